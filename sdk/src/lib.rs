@@ -1,0 +1,26 @@
+//! The SPIKE SDK: everything that clients and servers of the SPIKE secrets
+//! store share, and nothing that only a replica needs (no Raft, no storage).
+//!
+//! - [`identity`]: SPIFFE IDs, the roles SPIKE gives them and the trust roots
+//!   each role is accepted from.
+//! - [`svid`]: where a process gets its X.509 SVID and trust bundles: the
+//!   SPIFFE Workload API (rotating without restart) or PEM files (reloaded on
+//!   change).
+//! - [`tls`]: rustls configurations that verify peers against the bundle and
+//!   authorize them by SPIFFE ID, and a listener that hands the verified peer
+//!   ID to axum and tonic handlers.
+//! - [`crypto`]: AES-256-GCM envelope encryption, the data-key keyring, Shamir
+//!   sharing of the root key, the key check value and SPIKE's recovery lines.
+//!   Secret material lives in types that zeroize on drop and never print.
+//! - [`environment`]: configuration read through a trait, so tests pass a map
+//!   instead of touching the process environment.
+
+pub mod crypto;
+pub mod environment;
+pub mod identity;
+pub mod svid;
+pub mod tls;
+
+/// Exit code for a configuration or identity problem found at start-up,
+/// before any port is bound (`EX_USAGE` from sysexits.h).
+pub const EXIT_CONFIG: i32 = 64;
