@@ -12,12 +12,21 @@
 //! - [`crypto`]: AES-256-GCM envelope encryption, the data-key keyring, Shamir
 //!   sharing of the root key, the key check value and SPIKE's recovery lines.
 //!   Secret material lives in types that zeroize on drop and never print.
+//! - [`hardening`]: no core dumps, no ptrace, locked memory for processes
+//!   that hold key material.
+//! - `keeper_api` (feature `tonic`): the Keeper gRPC protocol.
+//! - `cli` (feature `cli`): shared start-up flags, logging and exit codes.
 //! - [`environment`]: configuration read through a trait, so tests pass a map
 //!   instead of touching the process environment.
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod crypto;
 pub mod environment;
+pub mod hardening;
 pub mod identity;
+#[cfg(feature = "tonic")]
+pub mod keeper_api;
 pub mod svid;
 pub mod tls;
 

@@ -181,8 +181,12 @@ mod tests {
         let b = seal(&key, DataKeyId(7), b"secrets/db", b"hunter2").expect("seal");
         assert_ne!(a.nonce(), b.nonce(), "every message gets its own nonce");
         assert_ne!(a.ciphertext(), b.ciphertext());
-        let opened = open(&key, &Sealed::from_bytes(&a.to_bytes()).expect("parse"), b"secrets/db")
-            .expect("open");
+        let opened = open(
+            &key,
+            &Sealed::from_bytes(&a.to_bytes()).expect("parse"),
+            b"secrets/db",
+        )
+        .expect("open");
         assert_eq!(opened.expose_secret(), b"hunter2");
     }
 
@@ -199,7 +203,10 @@ mod tests {
     #[test]
     fn wrong_key_fails() {
         let sealed = seal(&key(), DataKeyId(1), b"p", b"v").expect("seal");
-        assert_eq!(open(&key(), &sealed, b"p"), Err(CryptoError::DecryptionFailed));
+        assert_eq!(
+            open(&key(), &sealed, b"p"),
+            Err(CryptoError::DecryptionFailed)
+        );
     }
 
     #[test]
@@ -210,13 +217,18 @@ mod tests {
         bytes[4] ^= 0x02; // key id 1 -> 3
         let relabelled = Sealed::from_bytes(&bytes).expect("still well-formed");
         assert_eq!(relabelled.key_id(), DataKeyId(3));
-        assert_eq!(open(&key, &relabelled, b"p"), Err(CryptoError::DecryptionFailed));
+        assert_eq!(
+            open(&key, &relabelled, b"p"),
+            Err(CryptoError::DecryptionFailed)
+        );
     }
 
     #[test]
     fn every_flipped_bit_fails() {
         let key = key();
-        let bytes = seal(&key, DataKeyId(9), b"p", b"some plaintext").expect("seal").to_bytes();
+        let bytes = seal(&key, DataKeyId(9), b"p", b"some plaintext")
+            .expect("seal")
+            .to_bytes();
         for bit in 0..bytes.len() * 8 {
             let mut tampered = bytes.clone();
             tampered[bit / 8] ^= 1 << (bit % 8);
@@ -228,7 +240,9 @@ mod tests {
     #[test]
     fn truncation_fails() {
         let key = key();
-        let bytes = seal(&key, DataKeyId(2), b"p", b"some plaintext").expect("seal").to_bytes();
+        let bytes = seal(&key, DataKeyId(2), b"p", b"some plaintext")
+            .expect("seal")
+            .to_bytes();
         for len in 0..bytes.len() {
             let outcome = Sealed::from_bytes(&bytes[..len]).and_then(|s| open(&key, &s, b"p"));
             assert!(outcome.is_err(), "truncation to {len} bytes went unnoticed");
@@ -242,7 +256,9 @@ mod tests {
     #[test]
     fn unknown_version_is_malformed() {
         let key = key();
-        let mut bytes = seal(&key, DataKeyId(2), b"p", b"x").expect("seal").to_bytes();
+        let mut bytes = seal(&key, DataKeyId(2), b"p", b"x")
+            .expect("seal")
+            .to_bytes();
         bytes[0] = 2;
         assert_eq!(
             Sealed::from_bytes(&bytes),

@@ -100,8 +100,18 @@ impl Keyring {
         if self.keys.len() >= KEYS_MAX {
             return Err(CryptoError::KeyringFull(self.keys.len()));
         }
-        let newest = self.keys.keys().next_back().copied().unwrap_or(DataKeyId(0));
-        let next = DataKeyId(newest.0.checked_add(1).ok_or(CryptoError::KeyringFull(self.keys.len()))?);
+        let newest = self
+            .keys
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(DataKeyId(0));
+        let next = DataKeyId(
+            newest
+                .0
+                .checked_add(1)
+                .ok_or(CryptoError::KeyringFull(self.keys.len()))?,
+        );
         self.keys.insert(
             next,
             Entry {
@@ -142,7 +152,11 @@ impl Keyring {
 
     /// Seals the whole keyring under the root key; the associated data names
     /// the root key id so a keyring cannot be passed off under another root.
-    pub fn wrap(&self, root: &RootKey, root_key_id: RootKeyId) -> Result<WrappedKeyring, CryptoError> {
+    pub fn wrap(
+        &self,
+        root: &RootKey,
+        root_key_id: RootKeyId,
+    ) -> Result<WrappedKeyring, CryptoError> {
         let serial = self.serialize();
         let sealed = aead::seal_with(
             root.expose_secret(),
@@ -184,7 +198,9 @@ impl Keyring {
         if &header[..4] != SERIAL_MAGIC {
             return Err(malformed());
         }
-        let active = DataKeyId(u32::from_be_bytes([header[4], header[5], header[6], header[7]]));
+        let active = DataKeyId(u32::from_be_bytes([
+            header[4], header[5], header[6], header[7],
+        ]));
         let count = u32::from_be_bytes([header[8], header[9], header[10], header[11]]) as usize;
         let body = &bytes[12..];
         if count == 0 || count > KEYS_MAX || body.len() != count * SERIAL_ENTRY_LEN {
@@ -243,8 +259,14 @@ mod tests {
         let new = ring.seal(b"a", b"new").expect("seal");
         assert_eq!(old.key_id(), DataKeyId(1));
         assert_eq!(new.key_id(), DataKeyId(2));
-        assert_eq!(ring.open(&old, b"a").expect("old opens").expose_secret(), b"old");
-        assert_eq!(ring.open(&new, b"a").expect("new opens").expose_secret(), b"new");
+        assert_eq!(
+            ring.open(&old, b"a").expect("old opens").expose_secret(),
+            b"old"
+        );
+        assert_eq!(
+            ring.open(&new, b"a").expect("new opens").expose_secret(),
+            b"new"
+        );
         assert_eq!(ring.encryptions(DataKeyId(1)), Some(1));
         assert_eq!(ring.encryptions(DataKeyId(2)), Some(1));
     }
@@ -260,13 +282,19 @@ mod tests {
         let back = Keyring::unwrap(&wrapped, &root, RootKeyId(3)).expect("unwrap");
         assert_eq!(back.active_key_id(), DataKeyId(2));
         assert_eq!(back.encryptions(DataKeyId(1)), Some(1));
-        assert_eq!(back.open(&sealed, b"p").expect("open").expose_secret(), b"v");
+        assert_eq!(
+            back.open(&sealed, b"p").expect("open").expose_secret(),
+            b"v"
+        );
     }
 
     #[test]
     fn unwrap_fails_under_another_root_key_or_root_key_id() {
         let root = root();
-        let wrapped = Keyring::generate().expect("g").wrap(&root, RootKeyId(1)).expect("wrap");
+        let wrapped = Keyring::generate()
+            .expect("g")
+            .wrap(&root, RootKeyId(1))
+            .expect("wrap");
         assert_eq!(
             Keyring::unwrap(&wrapped, &self::root(), RootKeyId(1)).err(),
             Some(CryptoError::DecryptionFailed)
@@ -308,6 +336,9 @@ mod tests {
         other.rotate().expect("rotate");
         let sealed = other.seal(b"p", b"v").expect("seal");
         let ring = Keyring::generate().expect("g");
-        assert_eq!(ring.open(&sealed, b"p"), Err(CryptoError::UnknownDataKey(3)));
+        assert_eq!(
+            ring.open(&sealed, b"p"),
+            Err(CryptoError::UnknownDataKey(3))
+        );
     }
 }

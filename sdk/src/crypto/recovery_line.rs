@@ -33,7 +33,8 @@ pub fn parse(line: &str) -> Result<KeyShare, CryptoError> {
     let index: u8 = index
         .parse()
         .map_err(|_| invalid("the index must be a number from 1 to 255"))?;
-    let index = ShareIndex::new(index).map_err(|_| invalid("the index must be a number from 1 to 255"))?;
+    let index =
+        ShareIndex::new(index).map_err(|_| invalid("the index must be a number from 1 to 255"))?;
     if hex.len() != 64 {
         return Err(CryptoError::InvalidRecoveryLine(format!(
             "the share must be 64 hex characters, found {}",

@@ -147,7 +147,10 @@ pub fn split(root: &RootKey, params: ShamirParams) -> Result<Vec<KeyShare>, Cryp
 pub fn recover(shares: &[KeyShare], check: &KeyCheck) -> Result<RootKey, CryptoError> {
     let first = shares.first().ok_or(CryptoError::NoShares)?;
     for (position, share) in shares.iter().enumerate() {
-        if shares[..position].iter().any(|earlier| earlier.index == share.index) {
+        if shares[..position]
+            .iter()
+            .any(|earlier| earlier.index == share.index)
+        {
             return Err(CryptoError::InvalidShare(format!(
                 "share index {} appears twice",
                 share.index
@@ -296,7 +299,10 @@ mod tests {
     fn t_minus_one_shares_are_rejected_by_the_key_check() {
         let (_, check, shares) = setup(5, 3);
         for subset in subsets(&shares, 2).into_iter().chain(subsets(&shares, 1)) {
-            assert_eq!(recover(&subset, &check).err(), Some(CryptoError::KeyCheckMismatch));
+            assert_eq!(
+                recover(&subset, &check).err(),
+                Some(CryptoError::KeyCheckMismatch)
+            );
         }
     }
 
@@ -304,9 +310,19 @@ mod tests {
     fn mixed_shares_of_two_keys_are_rejected_by_the_key_check() {
         let (_, check_a, shares_a) = setup(5, 3);
         let (_, check_b, shares_b) = setup(5, 3);
-        let mixed = vec![shares_a[0].clone(), shares_a[1].clone(), shares_b[2].clone()];
-        assert_eq!(recover(&mixed, &check_a).err(), Some(CryptoError::KeyCheckMismatch));
-        assert_eq!(recover(&mixed, &check_b).err(), Some(CryptoError::KeyCheckMismatch));
+        let mixed = vec![
+            shares_a[0].clone(),
+            shares_a[1].clone(),
+            shares_b[2].clone(),
+        ];
+        assert_eq!(
+            recover(&mixed, &check_a).err(),
+            Some(CryptoError::KeyCheckMismatch)
+        );
+        assert_eq!(
+            recover(&mixed, &check_b).err(),
+            Some(CryptoError::KeyCheckMismatch)
+        );
         assert_eq!(
             recover(&shares_b[..3], &check_a).err(),
             Some(CryptoError::KeyCheckMismatch),
@@ -334,14 +350,20 @@ mod tests {
         let second = split(&root, params).expect("split");
         assert_eq!(first, second);
         let other_t = split(&root, ShamirParams::new(5, 2).expect("params")).expect("split");
-        assert_ne!(first[0], other_t[0], "another threshold gives another polynomial");
+        assert_ne!(
+            first[0], other_t[0],
+            "another threshold gives another polynomial"
+        );
     }
 
     #[test]
     fn threshold_one_gives_the_key_to_every_holder() {
         let (root, check, shares) = setup(3, 1);
         for share in &shares {
-            assert_eq!(recover(std::slice::from_ref(share), &check).expect("one share"), root);
+            assert_eq!(
+                recover(std::slice::from_ref(share), &check).expect("one share"),
+                root
+            );
         }
     }
 

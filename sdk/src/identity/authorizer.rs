@@ -97,7 +97,9 @@ mod tests {
         let nexus = SpiffeId::new("spiffe://spike.ist/spike/nexus/2").expect("id");
         let keeper = SpiffeId::new("spiffe://spike.ist/spike/keeper").expect("id");
         assert!(only_nexus.authorize(&nexus).is_ok());
-        let refusal = only_nexus.authorize(&keeper).expect_err("keeper is not nexus");
+        let refusal = only_nexus
+            .authorize(&keeper)
+            .expect_err("keeper is not nexus");
         assert_eq!(
             refusal.to_string(),
             "peer spiffe://spike.ist/spike/keeper is not a SPIKE nexus"

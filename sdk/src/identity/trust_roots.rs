@@ -166,10 +166,18 @@ mod tests {
 
     #[test]
     fn malformed_lists_are_rejected_with_the_variable_named() {
-        for bad in ["a.org,,b.org", "spiffe://a.org", "bad domain.org", "a.org/x"] {
+        for bad in [
+            "a.org,,b.org",
+            "spiffe://a.org",
+            "bad domain.org",
+            "a.org/x",
+        ] {
             let env = [("SPIKE_TRUST_ROOT_KEEPER", bad)];
             let error = TrustRoots::from_environment(&env).expect_err(bad);
-            assert!(error.to_string().contains("SPIKE_TRUST_ROOT_KEEPER"), "{error}");
+            assert!(
+                error.to_string().contains("SPIKE_TRUST_ROOT_KEEPER"),
+                "{error}"
+            );
         }
     }
 }

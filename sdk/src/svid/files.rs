@@ -54,16 +54,14 @@ pub async fn load(paths: &SvidFiles) -> Result<([u8; 32], SvidMaterial), Identit
         .map_err(|e| malformed("private key", &paths.key, e.to_string()))?;
 
     let leaf = chain.first().ok_or(IdentityError::EmptyChain)?;
-    let spiffe_id = spiffe::cert::spiffe_id_from_der(leaf.as_ref()).map_err(|e| {
-        IdentityError::NotASvid {
+    let spiffe_id =
+        spiffe::cert::spiffe_id_from_der(leaf.as_ref()).map_err(|e| IdentityError::NotASvid {
             reason: e.to_string(),
-        }
-    })?;
-    let domain = TrustDomain::new(spiffe_id.trust_domain_name()).map_err(|e| {
-        IdentityError::NotASvid {
+        })?;
+    let domain =
+        TrustDomain::new(spiffe_id.trust_domain_name()).map_err(|e| IdentityError::NotASvid {
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     let material = SvidMaterial::new(chain, key, [(domain, authorities)])?;
     Ok((fingerprint, material))
 }
@@ -88,7 +86,9 @@ async fn refresh(
             }
             // Mid-rotation writers can leave a torn set of files for a moment;
             // keep serving the last good SVID and try again next tick.
-            Err(error) => tracing::warn!(%error, "SVID files not reloaded; keeping the current SVID"),
+            Err(error) => {
+                tracing::warn!(%error, "SVID files not reloaded; keeping the current SVID")
+            }
         }
     }
 }
@@ -107,7 +107,10 @@ async fn read(what: &'static str, path: &Path) -> Result<Zeroizing<Vec<u8>>, Ide
             reason: format!("{size} bytes is over the {FILE_SIZE_MAX_BYTES}-byte limit"),
         });
     }
-    tokio::fs::read(path).await.map(Zeroizing::new).map_err(error)
+    tokio::fs::read(path)
+        .await
+        .map(Zeroizing::new)
+        .map_err(error)
 }
 
 fn parse_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {

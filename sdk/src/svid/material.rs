@@ -48,12 +48,11 @@ impl SvidMaterial {
         })?;
 
         let provider = crypto_provider();
-        let signing_key = provider
-            .key_provider
-            .load_private_key(key)
-            .map_err(|e| IdentityError::UnusableKey {
+        let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
+            IdentityError::UnusableKey {
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         let certified_key = CertifiedKey::new(chain, signing_key);
         match certified_key.keys_match() {
             Ok(()) => {}

@@ -20,9 +20,9 @@ use tokio::task::AbortHandle;
 
 pub use error::IdentityError;
 pub use material::SvidMaterial;
-pub use source::{SvidFiles, SvidSource, WORKLOAD_API_TIMEOUT_DEFAULT};
 #[cfg(feature = "cli")]
 pub use source::SvidArgs;
+pub use source::{SvidFiles, SvidSource, WORKLOAD_API_TIMEOUT_DEFAULT};
 
 use crate::identity::{Role, SpiffeId, TrustRoots};
 

@@ -78,7 +78,9 @@ fn material_of(source: &X509Source) -> Result<SvidMaterial, IdentityError> {
         reason,
     };
     let svid = source.svid().map_err(|e| unavailable(e.to_string()))?;
-    let bundles = source.bundle_set().map_err(|e| unavailable(e.to_string()))?;
+    let bundles = source
+        .bundle_set()
+        .map_err(|e| unavailable(e.to_string()))?;
     let chain = svid
         .cert_chain()
         .iter()

@@ -61,13 +61,18 @@ pub struct TlsListener {
     ready: mpsc::Receiver<TlsConnection>,
     local_address: SocketAddr,
     local_id: SpiffeId,
-    accept_task: AcceptTask,
+    /// Held for its `Drop`: accepting stops with the listener.
+    _accept_task: AcceptTask,
 }
 
 impl TlsListener {
     /// Starts accepting on `listener` with `config`. `local_id` is our own
     /// SPIFFE ID, reported by [`TlsListener::local_identity`].
-    pub fn new(listener: TcpListener, config: Arc<ServerConfig>, local_id: SpiffeId) -> io::Result<Self> {
+    pub fn new(
+        listener: TcpListener,
+        config: Arc<ServerConfig>,
+        local_id: SpiffeId,
+    ) -> io::Result<Self> {
         let local_address = listener.local_addr()?;
         let (sender, ready) = mpsc::channel(READY_CONNECTIONS_MAX);
         let accept_task = AcceptTask(tokio::spawn(accept_loop(
@@ -79,7 +84,7 @@ impl TlsListener {
             ready,
             local_address,
             local_id,
-            accept_task,
+            _accept_task: accept_task,
         })
     }
 
@@ -108,7 +113,9 @@ impl TlsListener {
     ) -> impl tokio_stream::Stream<Item = Result<TlsConnection, io::Error>> + Send + 'static {
         use tokio_stream::StreamExt;
         let TlsListener {
-            ready, accept_task, ..
+            ready,
+            _accept_task: accept_task,
+            ..
         } = self;
         // The guard rides along so accepting goes on as long as the stream lives.
         tokio_stream::wrappers::ReceiverStream::new(ready).map(move |connection| {
@@ -128,7 +135,11 @@ impl Drop for AcceptTask {
     }
 }
 
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, ready: mpsc::Sender<TlsConnection>) {
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    ready: mpsc::Sender<TlsConnection>,
+) {
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES_IN_FLIGHT_MAX));
     loop {
         let Ok(permit) = handshakes.clone().acquire_owned().await else {
@@ -160,7 +171,11 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, ready: mpsc::
     }
 }
 
-async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream, address: SocketAddr) -> io::Result<TlsConnection> {
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    address: SocketAddr,
+) -> io::Result<TlsConnection> {
     let _ = tcp.set_nodelay(true);
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
@@ -172,12 +187,19 @@ async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream, address: SocketAddr) -
     })
 }
 
-fn peer_id_of(certificates: Option<&[rustls::pki_types::CertificateDer<'static>]>) -> io::Result<SpiffeId> {
+fn peer_id_of(
+    certificates: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+) -> io::Result<SpiffeId> {
     // The verifier demanded and checked a client certificate, so a missing
     // one here means the configuration was not ours.
     let leaf = certificates
         .and_then(|chain| chain.first())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "peer presented no certificate"))?;
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "peer presented no certificate",
+            )
+        })?;
     peer_spiffe_id(leaf).map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))
 }
 
@@ -195,19 +217,47 @@ pub async fn connect(
         TlsConnector::from(config).connect(ServerName::IpAddress(address.ip().into()), tcp),
     )
     .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+    .map_err(explain_rejection)?;
     let spiffe_id = peer_id_of(stream.get_ref().1.peer_certificates())?;
     Ok((stream, PeerIdentity { spiffe_id, address }))
 }
 
+/// Turns "invalid peer certificate: Other(OtherError(PeerRejected {..}))"
+/// into "peer spiffe://... is not a SPIKE nexus".
+fn explain_rejection(error: io::Error) -> io::Error {
+    let rejected = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(|tls| match tls {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => other
+                .0
+                .downcast_ref::<crate::identity::PeerRejected>()
+                .cloned(),
+            _ => None,
+        });
+    match rejected {
+        Some(rejected) => io::Error::new(io::ErrorKind::PermissionDenied, rejected),
+        None => error,
+    }
+}
+
 impl AsyncRead for TlsConnection {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConnection {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
 

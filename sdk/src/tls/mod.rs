@@ -9,6 +9,8 @@
 //! SVIDs carry no DNS names: a client authenticates the server by the SPIFFE
 //! ID it expects (the role check), not by host name.
 
+#[cfg(feature = "tonic")]
+mod grpc;
 mod listener;
 mod resolver;
 mod verifier;
@@ -21,6 +23,8 @@ use rustls::{ClientConfig, ServerConfig};
 use crate::identity::PeerAuthorizer;
 use crate::svid::Identity;
 
+#[cfg(feature = "tonic")]
+pub use grpc::{ChannelOptions, grpc_channel};
 pub use listener::{
     HANDSHAKE_TIMEOUT, HANDSHAKES_IN_FLIGHT_MAX, PeerIdentity, READY_CONNECTIONS_MAX,
     TlsConnection, TlsListener, connect,

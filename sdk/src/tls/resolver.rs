@@ -1,10 +1,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use rustls::SignatureScheme;
 use rustls::client::ResolvesClientCert;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::SignatureScheme;
 
 use crate::svid::Identity;
 

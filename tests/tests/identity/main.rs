@@ -1,0 +1,8 @@
+//! Identity and mutual TLS, end to end: who may connect to whom, SVIDs that
+//! rotate under live servers, and processes that refuse to start with a bad
+//! identity.
+
+mod authorization;
+mod raw_tls;
+mod rotation;
+mod startup;
