@@ -11,17 +11,17 @@ mod share_store;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use spike_sdk::cli::{SvidArgs, config_error, init_logging, runtime_error, shutdown_signal};
-use spike_sdk::environment::ProcessEnvironment;
-use spike_sdk::identity::{PeerAuthorizer, Role, TrustRoots};
+use spike_sdk::cli::{
+    StartupError, SvidArgs, listen, load_role_identity, run_server, shutdown_signal,
+};
+use spike_sdk::hardening::Hardening;
+use spike_sdk::identity::{PeerAuthorizer, Role};
 use spike_sdk::keeper_api::MESSAGE_SIZE_MAX_BYTES;
 use spike_sdk::keeper_api::keeper_server::KeeperServer;
-use spike_sdk::tls::{TlsListener, server_config};
-use tokio::net::TcpListener;
+use spike_sdk::tls::server_config;
 
 use crate::service::KeeperService;
 
@@ -54,57 +54,19 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let hardening = spike_sdk::hardening::harden_process(args.lock_memory);
-    if args.lock_memory && !hardening.memory_locked {
-        return config_error(
-            "keeper",
-            "--lock-memory: mlockall was refused (raise RLIMIT_MEMLOCK)",
-        );
-    }
-    init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => return runtime_error("keeper", error),
-    };
-    runtime.block_on(run(args, hardening))
+    let lock_memory = args.lock_memory;
+    run_server("keeper", lock_memory, |hardening| serve(args, hardening))
 }
 
-async fn run(args: Args, hardening: spike_sdk::hardening::Hardening) -> ExitCode {
-    let trust_roots = match TrustRoots::from_environment(&ProcessEnvironment) {
-        Ok(roots) => roots,
-        Err(error) => return config_error("keeper", error),
-    };
-    let identity = match args.svid.load().await {
-        Ok(identity) => identity,
-        Err(error) => return config_error("keeper", error),
-    };
-    if let Err(error) = identity.require_role(&trust_roots, Role::Keeper) {
-        return config_error("keeper", error);
-    }
-    let mut tls = match server_config(
+async fn serve(args: Args, hardening: Hardening) -> Result<(), StartupError> {
+    let (trust_roots, identity) = load_role_identity(&args.svid, Role::Keeper).await?;
+    let mut tls = server_config(
         identity.clone(),
         PeerAuthorizer::role(trust_roots, Role::Nexus),
-    ) {
-        Ok(config) => config,
-        Err(error) => return runtime_error("keeper", error),
-    };
+    )
+    .map_err(StartupError::failed)?;
     tls.alpn_protocols = vec![b"h2".to_vec()];
-
-    let address = SocketAddr::new(args.bind, args.port);
-    let tcp = match TcpListener::bind(address).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            return runtime_error("keeper", format!("cannot listen on {address}: {error}"));
-        }
-    };
-    let listener = match TlsListener::new(tcp, Arc::new(tls), identity.spiffe_id()) {
-        Ok(listener) => listener,
-        Err(error) => return runtime_error("keeper", error),
-    };
+    let listener = listen(SocketAddr::new(args.bind, args.port), tls, &identity).await?;
     tracing::info!(
         spiffe_id = %identity.spiffe_id(),
         address = %listener.local_address(),
@@ -115,19 +77,13 @@ async fn run(args: Args, hardening: spike_sdk::hardening::Hardening) -> ExitCode
     let service = KeeperServer::new(KeeperService::default())
         .max_decoding_message_size(MESSAGE_SIZE_MAX_BYTES)
         .max_encoding_message_size(MESSAGE_SIZE_MAX_BYTES);
-    let served = tonic::transport::Server::builder()
+    tonic::transport::Server::builder()
         .timeout(REQUEST_TIMEOUT)
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_INTERVAL))
         .add_service(service)
         .serve_with_incoming_shutdown(listener.into_stream(), shutdown_signal())
-        .await;
-    match served {
-        Ok(()) => {
-            tracing::info!("keeper stopped");
-            ExitCode::SUCCESS
-        }
-        Err(error) => runtime_error("keeper", error),
-    }
+        .await
+        .map_err(StartupError::failed)
 }

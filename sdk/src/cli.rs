@@ -1,11 +1,111 @@
-//! Start-up plumbing shared by the binaries (feature `cli`): logging and the
-//! rule that configuration problems end the process with exit code 64
-//! before any port is bound.
+//! Start-up plumbing shared by the binaries (feature `cli`): hardening,
+//! logging, the runtime, loading the SVID of the process's role, binding the
+//! mTLS listener, and the rule that configuration problems end the process
+//! with exit code 64 before any port is bound.
 
 use std::fmt::Display;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+
+use crate::environment::ProcessEnvironment;
+use crate::hardening::{Hardening, harden_process};
+use crate::identity::{Role, TrustRoots};
+use crate::svid::Identity;
 pub use crate::svid::SvidArgs;
+use crate::tls::TlsListener;
+
+/// Why a server did not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The configuration or identity cannot work: exit code 64, nothing bound.
+    #[error("{0}")]
+    Config(String),
+    /// The process started but failed: exit code 1.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl StartupError {
+    /// A configuration error.
+    pub fn config(error: impl Display) -> Self {
+        Self::Config(error.to_string())
+    }
+
+    /// A run-time failure.
+    pub fn failed(error: impl Display) -> Self {
+        Self::Failed(error.to_string())
+    }
+
+    fn exit(&self, program: &str) -> ExitCode {
+        match self {
+            Self::Config(message) => config_error(program, message),
+            Self::Failed(message) => runtime_error(program, message),
+        }
+    }
+}
+
+/// Runs a server process: hardens it (locking memory if `lock_memory`),
+/// sets up logging and the runtime, runs `serve`, and turns its outcome
+/// into an exit code.
+pub fn run_server<F, Fut>(program: &str, lock_memory: bool, serve: F) -> ExitCode
+where
+    F: FnOnce(Hardening) -> Fut,
+    Fut: Future<Output = Result<(), StartupError>>,
+{
+    let hardening = harden_process(lock_memory);
+    if lock_memory && !hardening.memory_locked {
+        return config_error(
+            program,
+            "--lock-memory: mlockall was refused (raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK)",
+        );
+    }
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return runtime_error(program, error),
+    };
+    match runtime.block_on(serve(hardening)) {
+        Ok(()) => {
+            tracing::info!("{program} stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => error.exit(program),
+    }
+}
+
+/// Reads the trust roots, loads the SVID and checks it carries `role`.
+pub async fn load_role_identity(
+    svid: &SvidArgs,
+    role: Role,
+) -> Result<(TrustRoots, Identity), StartupError> {
+    let trust_roots =
+        TrustRoots::from_environment(&ProcessEnvironment).map_err(StartupError::config)?;
+    let identity = svid.load().await.map_err(StartupError::config)?;
+    identity
+        .require_role(&trust_roots, role)
+        .map_err(StartupError::config)?;
+    Ok((trust_roots, identity))
+}
+
+/// Binds `address` and accepts mTLS connections with `config`.
+pub async fn listen(
+    address: SocketAddr,
+    config: ServerConfig,
+    identity: &Identity,
+) -> Result<TlsListener, StartupError> {
+    let tcp = TcpListener::bind(address)
+        .await
+        .map_err(|error| StartupError::failed(format!("cannot listen on {address}: {error}")))?;
+    TlsListener::new(tcp, Arc::new(config), identity.spiffe_id()).map_err(StartupError::failed)
+}
 
 /// The variable that sets the log filter (SPIKE's name), e.g. `info`,
 /// `debug`, `spike_keeper=debug,warn`.

@@ -45,6 +45,17 @@ async fn dev() -> DevIdentities {
     .await
 }
 
+/// A Nexus SVID of the dev CA that expired an hour ago.
+fn expired_nexus_svid(ca: &DevCa) -> MintedSvid {
+    let now = OffsetDateTime::now_utc();
+    ca.mint_with_validity(
+        "spiffe://spike.ist/spike/nexus",
+        now - time::Duration::hours(2),
+        now - time::Duration::hours(1),
+    )
+    .expect("mint")
+}
+
 /// Asserts the server let no connection through within a short wait.
 async fn assert_no_peer_admitted(server: &mut EchoServer) {
     let admitted = tokio::time::timeout(Duration::from_millis(300), server.peers.recv()).await;
@@ -223,14 +234,7 @@ async fn a_federated_domain_verifies_but_roles_only_come_from_trust_roots() {
 async fn an_expired_client_certificate_is_refused() {
     let dev = dev().await;
     let ca = dev.directory.load_ca().expect("dev CA");
-    let now = OffsetDateTime::now_utc();
-    let expired = ca
-        .mint_with_validity(
-            "spiffe://spike.ist/spike/nexus",
-            now - time::Duration::hours(2),
-            now - time::Duration::hours(1),
-        )
-        .expect("mint");
+    let expired = expired_nexus_svid(&ca);
     let keeper = dev.identity("keeper").await;
     let mut server = EchoServer::start(keeper, PeerAuthorizer::role(roots(), Role::Nexus)).await;
 
@@ -265,14 +269,7 @@ async fn a_client_without_a_certificate_is_refused() {
 async fn a_client_refuses_an_expired_server_certificate() {
     let dev = dev().await;
     let ca = dev.directory.load_ca().expect("dev CA");
-    let now = OffsetDateTime::now_utc();
-    let expired = ca
-        .mint_with_validity(
-            "spiffe://spike.ist/spike/nexus",
-            now - time::Duration::hours(2),
-            now - time::Duration::hours(1),
-        )
-        .expect("mint");
+    let expired = expired_nexus_svid(&ca);
     let address = raw_tls::serve_presenting(&expired).await;
     let pilot = dev.identity("superuser").await;
     let error = exchange(&pilot, PeerAuthorizer::role(roots(), Role::Nexus), address)

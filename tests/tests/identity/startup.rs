@@ -17,19 +17,22 @@ use spike_tests::{ChildGuard, DevIdentities, binary, free_port, wait_for_port};
 
 /// Runs `program` with exactly `env` (plus PATH) and returns its output.
 async fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = tokio::process::Command::new(binary(program));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .args(args);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command
-        .stdin(Stdio::null())
+    tokio::process::Command::from(command(program, args, env))
         .output()
         .await
         .expect("run binary")
+}
+
+/// `program` with exactly `env` (plus PATH), no stdin.
+fn command(program: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(binary(program));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    command
 }
 
 /// Asserts a start-up failure: exit 64 and one line on stderr naming `needle`.
@@ -50,22 +53,12 @@ fn assert_config_error(output: &Output, needle: &str) {
 }
 
 fn spawn(program: &str, args: &[&str], env: &[(&str, &str)]) -> ChildGuard {
-    let mut command = Command::new(binary(program));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .args(args);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    ChildGuard(Some(
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn"),
-    ))
+    let child = command(program, args, env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    ChildGuard(Some(child))
 }
 
 #[tokio::test]
