@@ -5,6 +5,8 @@
 //! before binding exits with code 64 and a one-line reason.
 
 mod api;
+mod raft;
+mod state;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;

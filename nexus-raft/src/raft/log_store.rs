@@ -1,0 +1,223 @@
+//! The Raft log and vote in redb.
+//!
+//! Durability contract: `save_vote` and `append` return (and `append`
+//! signals its flush) only after a two-phase, fsynced redb commit, so a
+//! vote or entry Raft was told about survives a crash. All writes go
+//! through `&mut self`, so they land in the order openraft issued them.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::OptionalSend;
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::codec::{decode, encode};
+use super::{EntryOf, LogIdOf, TypeConfig, VoteOf, io_error};
+
+/// Log index -> encoded entry.
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// "vote", "purged", "committed" -> encoded value.
+const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("log_meta");
+const KEY_VOTE: &str = "vote";
+const KEY_PURGED: &str = "purged";
+const KEY_COMMITTED: &str = "committed";
+
+/// The log store; clones share the database.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    /// Opens (or creates) the log database at `path`.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let db = Database::create(path)
+            .map_err(|e| io_error(&format!("open log {}", path.display()), e))?;
+        let store = Self { db: Arc::new(db) };
+        // Create the tables so readers never meet a missing one.
+        store.write("create log tables", |txn| {
+            txn.open_table(LOG)?;
+            txn.open_table(LOG_META)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// Runs `body` in a durable (two-phase, fsynced) write transaction.
+    fn write<T>(
+        &self,
+        subject: &str,
+        body: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
+    ) -> io::Result<T> {
+        let mut txn = self.db.begin_write().map_err(|e| io_error(subject, e))?;
+        txn.set_two_phase_commit(true);
+        let value = body(&txn).map_err(|e| io_error(subject, e))?;
+        txn.commit().map_err(|e| io_error(subject, e))?;
+        Ok(value)
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
+        let subject = format!("read log {key}");
+        let txn = self.db.begin_read().map_err(|e| io_error(&subject, e))?;
+        let table = txn
+            .open_table(LOG_META)
+            .map_err(|e| io_error(&subject, e))?;
+        match table.get(key).map_err(|e| io_error(&subject, e))? {
+            Some(bytes) => decode(key, bytes.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+fn range_bounds(range: &impl RangeBounds<u64>) -> (Bound<u64>, Bound<u64>) {
+    (range.start_bound().cloned(), range.end_bound().cloned())
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<EntryOf<TypeConfig>>, io::Error> {
+        let subject = format!("read log entries {range:?}");
+        let txn = self.db.begin_read().map_err(|e| io_error(&subject, e))?;
+        let table = txn.open_table(LOG).map_err(|e| io_error(&subject, e))?;
+        let mut entries = Vec::new();
+        for row in table
+            .range::<u64>(range_bounds(&range))
+            .map_err(|e| io_error(&subject, e))?
+        {
+            let (index, bytes) = row.map_err(|e| io_error(&subject, e))?;
+            entries.push(decode(
+                &format!("log entry {}", index.value()),
+                bytes.value(),
+            )?);
+        }
+        Ok(entries)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
+        self.read_meta(KEY_VOTE)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let purged: Option<LogIdOf<TypeConfig>> = self.read_meta(KEY_PURGED)?;
+        let subject = "read last log entry";
+        let txn = self.db.begin_read().map_err(|e| io_error(subject, e))?;
+        let table = txn.open_table(LOG).map_err(|e| io_error(subject, e))?;
+        let last = match table.last().map_err(|e| io_error(subject, e))? {
+            Some((index, bytes)) => {
+                let entry: EntryOf<TypeConfig> =
+                    decode(&format!("log entry {}", index.value()), bytes.value())?;
+                Some(entry.log_id())
+            }
+            None => purged.clone(),
+        };
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
+        let bytes = encode(vote)?;
+        self.write("write vote", |txn| {
+            txn.open_table(LOG_META)?
+                .insert(KEY_VOTE, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogIdOf<TypeConfig>>,
+    ) -> Result<(), io::Error> {
+        let bytes = encode(&committed)?;
+        self.write("write committed log id", |txn| {
+            txn.open_table(LOG_META)?
+                .insert(KEY_COMMITTED, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
+        Ok(self
+            .read_meta::<Option<LogIdOf<TypeConfig>>>(KEY_COMMITTED)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = EntryOf<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let encoded = entries
+            .into_iter()
+            .map(|entry| Ok((entry.index(), encode(&entry)?)))
+            .collect::<io::Result<Vec<_>>>()?;
+        let store = self.clone();
+        // redb blocks on fsync; keep it off the async workers.
+        let outcome = tokio::task::spawn_blocking(move || {
+            store.write("append log entries", |txn| {
+                let mut table = txn.open_table(LOG)?;
+                for (index, bytes) in &encoded {
+                    table.insert(*index, bytes.as_slice())?;
+                }
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|e| io_error("append log entries", e))?;
+        match outcome {
+            Ok(()) => {
+                callback.io_completed(Ok(()));
+                Ok(())
+            }
+            Err(error) => {
+                callback.io_completed(Err(io::Error::new(error.kind(), error.to_string())));
+                Err(error)
+            }
+        }
+    }
+
+    async fn truncate_after(
+        &mut self,
+        last_log_id: Option<LogIdOf<TypeConfig>>,
+    ) -> Result<(), io::Error> {
+        let first_removed = last_log_id.map_or(0, |log_id| log_id.index() + 1);
+        self.write("truncate log", |txn| {
+            let mut table = txn.open_table(LOG)?;
+            table.retain_in(first_removed.., |_, _| false)?;
+            Ok(())
+        })
+    }
+
+    async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
+        let bytes = encode(&log_id)?;
+        let last_removed = log_id.index();
+        // One transaction: the purge mark and the deletion land together.
+        self.write("purge log", |txn| {
+            txn.open_table(LOG_META)?
+                .insert(KEY_PURGED, bytes.as_slice())?;
+            txn.open_table(LOG)?
+                .retain_in(..=last_removed, |_, _| false)?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,1 @@
+//! Raft RPCs between replicas (filled in with the cluster transport).

@@ -1,0 +1,332 @@
+//! Snapshot files: the whole state machine as a stream of rows, built from
+//! one consistent read transaction and installed in one write transaction,
+//! never held in memory as a whole.
+//!
+//! Layout: `SPKSNAP1 ‖ meta length (u32) ‖ meta ‖ tables ‖ sha256`, where
+//! each table is a run of `1 ‖ key length (u32) ‖ key ‖ value length (u32) ‖
+//! value` rows closed by a `0` byte, in [`SNAPSHOT_TABLES`] order. The
+//! trailing SHA-256 covers every byte before it and is checked before an
+//! installation touches the tables.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use redb::{ReadableTable, TableDefinition};
+use sha2::{Digest, Sha256};
+
+use super::codec::{decode, encode};
+use super::{SnapshotMetaOf, TypeConfig, io_error};
+use crate::state::store::{META, POLICIES, SECRETS, SESSION_EXPIRY, SESSIONS};
+
+const MAGIC: &[u8; 8] = b"SPKSNAP1";
+/// Largest key or value a snapshot row may carry (a secret record holds at
+/// most its versions' ciphertext).
+pub const ROW_PART_MAX_BYTES: u32 = 256 * 1024 * 1024;
+/// Largest snapshot metadata accepted.
+const META_MAX_BYTES: u32 = 16 * 1024 * 1024;
+
+/// A snapshot on disk, held open so it stays readable even if a newer one
+/// replaces it while it is being sent.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    /// Where it was when opened.
+    pub path: PathBuf,
+    /// The open file.
+    pub file: File,
+}
+
+impl SnapshotFile {
+    /// Opens `path`.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        Ok(Self {
+            path: path.to_owned(),
+            file: File::open(path)
+                .map_err(|e| io_error(&format!("open snapshot {}", path.display()), e))?,
+        })
+    }
+
+    /// A reader from the start of the file.
+    pub fn reader(&self) -> io::Result<File> {
+        let mut file = self.file.try_clone()?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(file)
+    }
+}
+
+/// Hashes everything written through it.
+struct HashingWriter<W> {
+    inner: W,
+    digest: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.digest.update(&bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes a snapshot of `txn` (a consistent view) with `meta` to `path`,
+/// fsynced.
+pub fn write(
+    txn: &redb::ReadTransaction,
+    meta: &SnapshotMetaOf<TypeConfig>,
+    path: &Path,
+) -> io::Result<()> {
+    let subject = format!("write snapshot {}", path.display());
+    let file = File::create(path).map_err(|e| io_error(&subject, e))?;
+    let mut out = HashingWriter {
+        inner: BufWriter::new(file),
+        digest: Sha256::new(),
+    };
+    out.write_all(MAGIC)?;
+    write_part(&mut out, &encode(meta)?)?;
+    dump_str_table(txn, META, &mut out)?;
+    dump_str_table(txn, SECRETS, &mut out)?;
+    dump_str_table(txn, POLICIES, &mut out)?;
+    // Numeric keys as big-endian bytes.
+    let sessions = open_read(txn, SESSIONS)?;
+    if let Some(table) = sessions {
+        for row in table.iter().map_err(|e| io_error(&subject, e))? {
+            let (key, value) = row.map_err(|e| io_error(&subject, e))?;
+            write_row(&mut out, &key.value().to_be_bytes(), value.value())?;
+        }
+    }
+    out.write_all(&[0])?;
+    if let Some(table) = open_read(txn, SESSION_EXPIRY)? {
+        for row in table.iter().map_err(|e| io_error(&subject, e))? {
+            let (key, _) = row.map_err(|e| io_error(&subject, e))?;
+            let (last_used, client_id) = key.value();
+            let mut bytes = last_used.to_be_bytes().to_vec();
+            bytes.extend_from_slice(&client_id.to_be_bytes());
+            write_row(&mut out, &bytes, &[])?;
+        }
+    }
+    out.write_all(&[0])?;
+    let digest = out.digest.clone().finalize();
+    let mut inner = out.inner;
+    inner.write_all(&digest)?;
+    let file = inner
+        .into_inner()
+        .map_err(|e| io_error(&subject, e.error()))?;
+    file.sync_all().map_err(|e| io_error(&subject, e))
+}
+
+fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> io::Result<Option<redb::ReadOnlyTable<K, V>>> {
+    match txn.open_table(table) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(io_error("open table for snapshot", e)),
+    }
+}
+
+fn dump_str_table(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    if let Some(table) = open_read(txn, table)? {
+        for row in table
+            .iter()
+            .map_err(|e| io_error("read table for snapshot", e))?
+        {
+            let (key, value) = row.map_err(|e| io_error("read table for snapshot", e))?;
+            write_row(out, key.value().as_bytes(), value.value())?;
+        }
+    }
+    out.write_all(&[0])
+}
+
+fn write_part(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+    let length =
+        u32::try_from(bytes.len()).map_err(|_| io::Error::other("snapshot row part over 4 GiB"))?;
+    out.write_all(&length.to_be_bytes())?;
+    out.write_all(bytes)
+}
+
+fn write_row(out: &mut impl Write, key: &[u8], value: &[u8]) -> io::Result<()> {
+    out.write_all(&[1])?;
+    write_part(out, key)?;
+    write_part(out, value)
+}
+
+/// Checks the trailing digest of a snapshot file.
+pub fn verify(file: &SnapshotFile) -> io::Result<()> {
+    let mut reader = file.reader()?;
+    let length = reader.seek(SeekFrom::End(0))?;
+    if length < (MAGIC.len() + 4 + 32) as u64 {
+        return Err(corrupt("shorter than its header and digest"));
+    }
+    reader.seek(SeekFrom::Start(0))?;
+    let mut digest = Sha256::new();
+    let mut remaining = length - 32;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut reader = BufReader::new(reader);
+    while remaining > 0 {
+        let take = remaining.min(buffer.len() as u64) as usize;
+        reader.read_exact(&mut buffer[..take])?;
+        digest.update(&buffer[..take]);
+        remaining -= take as u64;
+    }
+    let mut expected = [0u8; 32];
+    reader.read_exact(&mut expected)?;
+    if digest.finalize().as_slice() == expected {
+        Ok(())
+    } else {
+        Err(corrupt("digest mismatch"))
+    }
+}
+
+fn corrupt(reason: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("snapshot is corrupt: {reason}"),
+    )
+}
+
+/// Reads the metadata at the head of a snapshot.
+pub fn read_meta(file: &SnapshotFile) -> io::Result<SnapshotMetaOf<TypeConfig>> {
+    let mut reader = BufReader::new(file.reader()?);
+    read_header(&mut reader)
+}
+
+fn read_header(reader: &mut impl Read) -> io::Result<SnapshotMetaOf<TypeConfig>> {
+    let mut magic = [0u8; 8];
+    reader.read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(corrupt("not a SPIKE snapshot"));
+    }
+    let meta = read_part(reader, META_MAX_BYTES)?;
+    decode("snapshot meta", &meta)
+}
+
+fn read_part(reader: &mut impl Read, max: u32) -> io::Result<Vec<u8>> {
+    let mut length = [0u8; 4];
+    reader.read_exact(&mut length)?;
+    let length = u32::from_be_bytes(length);
+    if length > max {
+        return Err(corrupt("row larger than the limit"));
+    }
+    let mut bytes = vec![0u8; length as usize];
+    reader.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// One row of a snapshot table; `None` at the end of the table.
+fn read_row(reader: &mut impl Read) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let mut tag = [0u8; 1];
+    reader.read_exact(&mut tag)?;
+    match tag[0] {
+        0 => Ok(None),
+        1 => Ok(Some((
+            read_part(reader, ROW_PART_MAX_BYTES)?,
+            read_part(reader, ROW_PART_MAX_BYTES)?,
+        ))),
+        _ => Err(corrupt("bad row tag")),
+    }
+}
+
+/// Replaces every state table inside `txn` with the rows of `file`
+/// (already verified), returning the snapshot's metadata.
+pub fn load(
+    txn: &redb::WriteTransaction,
+    file: &SnapshotFile,
+) -> io::Result<SnapshotMetaOf<TypeConfig>> {
+    let subject = "install snapshot";
+    let mut reader = BufReader::new(file.reader()?);
+    let meta = read_header(&mut reader)?;
+    for table in [META, SECRETS, POLICIES] {
+        txn.delete_table(table).map_err(|e| io_error(subject, e))?;
+        let mut table = txn.open_table(table).map_err(|e| io_error(subject, e))?;
+        while let Some((key, value)) = read_row(&mut reader)? {
+            let key = std::str::from_utf8(&key).map_err(|_| corrupt("key is not UTF-8"))?;
+            table
+                .insert(key, value.as_slice())
+                .map_err(|e| io_error(subject, e))?;
+        }
+    }
+    txn.delete_table(SESSIONS)
+        .map_err(|e| io_error(subject, e))?;
+    let mut sessions = txn.open_table(SESSIONS).map_err(|e| io_error(subject, e))?;
+    while let Some((key, value)) = read_row(&mut reader)? {
+        let key: [u8; 16] = key
+            .as_slice()
+            .try_into()
+            .map_err(|_| corrupt("session key length"))?;
+        sessions
+            .insert(u128::from_be_bytes(key), value.as_slice())
+            .map_err(|e| io_error(subject, e))?;
+    }
+    txn.delete_table(SESSION_EXPIRY)
+        .map_err(|e| io_error(subject, e))?;
+    let mut expiry = txn
+        .open_table(SESSION_EXPIRY)
+        .map_err(|e| io_error(subject, e))?;
+    while let Some((key, _)) = read_row(&mut reader)? {
+        if key.len() != 24 {
+            return Err(corrupt("session expiry key length"));
+        }
+        let mut last_used = [0u8; 8];
+        last_used.copy_from_slice(&key[..8]);
+        let mut client_id = [0u8; 16];
+        client_id.copy_from_slice(&key[8..]);
+        expiry
+            .insert(
+                (
+                    u64::from_be_bytes(last_used),
+                    u128::from_be_bytes(client_id),
+                ),
+                (),
+            )
+            .map_err(|e| io_error(subject, e))?;
+    }
+    Ok(meta)
+}
+
+/// The newest snapshot file in `dir`, by log index in its name.
+pub fn newest(dir: &Path) -> io::Result<Option<PathBuf>> {
+    let mut newest: Option<(u64, PathBuf)> = None;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if let Some(index) = index_of(&path) {
+            if newest.as_ref().is_none_or(|(best, _)| index > *best) {
+                newest = Some((index, path));
+            }
+        }
+    }
+    Ok(newest.map(|(_, path)| path))
+}
+
+/// The file name of the snapshot whose last entry is `index`.
+pub fn file_name(index: u64) -> String {
+    format!("snapshot-{index:020}.snap")
+}
+
+fn index_of(path: &Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix("snapshot-")?
+        .strip_suffix(".snap")?
+        .parse()
+        .ok()
+}
+
+/// Removes every snapshot file in `dir` but `keep`.
+pub fn remove_others(dir: &Path, keep: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if index_of(&path).is_some() && path != keep {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}

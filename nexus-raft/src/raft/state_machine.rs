@@ -1,0 +1,295 @@
+//! The Raft state machine on redb: apply, snapshots, and the applied
+//! watermark other parts of the replica wait on.
+//!
+//! A batch of entries, their effects and the last-applied log id commit in
+//! one two-phase, fsynced transaction; responses go out only after it.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::{FutureExt, Stream, StreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{
+    EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta,
+};
+use openraft::{EntryPayload, OptionalSend, StoredMembership};
+use redb::{Database, ReadableDatabase, ReadableTable};
+use tokio::sync::watch;
+
+use super::codec::{decode, encode};
+use super::snapshot::{self, SnapshotFile};
+use super::{LogIdOf, NexusSnapshot, StoredMembershipOf, TypeConfig, io_error};
+use crate::state::command::Response;
+use crate::state::store::{self, META, META_APPLIED, META_MEMBERSHIP, StateReader};
+
+/// Most entries applied in one transaction.
+const APPLY_BATCH_MAX: usize = 512;
+
+/// The state machine; clones share the database and snapshot directory.
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Arc<Database>,
+    snapshot_dir: PathBuf,
+    applied: watch::Sender<Option<LogIdOf<TypeConfig>>>,
+}
+
+impl StateMachine {
+    /// Opens (or creates) the state database at `path`, with snapshots in
+    /// `snapshot_dir`.
+    pub fn open(path: &Path, snapshot_dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(snapshot_dir).map_err(|e| {
+            io_error(
+                &format!("create snapshot dir {}", snapshot_dir.display()),
+                e,
+            )
+        })?;
+        let db = Database::create(path)
+            .map_err(|e| io_error(&format!("open state {}", path.display()), e))?;
+        // Create every table up front so readers never meet a missing one.
+        let subject = "create state tables";
+        let txn = db.begin_write().map_err(|e| io_error(subject, e))?;
+        txn.open_table(store::META)
+            .map_err(|e| io_error(subject, e))?;
+        txn.open_table(store::SECRETS)
+            .map_err(|e| io_error(subject, e))?;
+        txn.open_table(store::POLICIES)
+            .map_err(|e| io_error(subject, e))?;
+        txn.open_table(store::SESSIONS)
+            .map_err(|e| io_error(subject, e))?;
+        txn.open_table(store::SESSION_EXPIRY)
+            .map_err(|e| io_error(subject, e))?;
+        txn.commit().map_err(|e| io_error(subject, e))?;
+        let machine = Self {
+            db: Arc::new(db),
+            snapshot_dir: snapshot_dir.to_owned(),
+            applied: watch::channel(None).0,
+        };
+        let (applied, _) = machine.read_applied()?;
+        machine.applied.send_replace(applied);
+        Ok(machine)
+    }
+
+    /// Read access to the applied state.
+    pub fn reader(&self) -> StateReader {
+        StateReader::new(self.db.clone())
+    }
+
+    /// Wakes whenever entries are applied or a snapshot is installed.
+    pub fn applied(&self) -> watch::Receiver<Option<LogIdOf<TypeConfig>>> {
+        self.applied.subscribe()
+    }
+
+    fn read_applied(
+        &self,
+    ) -> io::Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>)> {
+        let subject = "read applied state";
+        let txn = self.db.begin_read().map_err(|e| io_error(subject, e))?;
+        let table = match txn.open_table(META) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                return Ok((None, StoredMembership::default()));
+            }
+            Err(e) => return Err(io_error(subject, e)),
+        };
+        let applied = match table.get(META_APPLIED).map_err(|e| io_error(subject, e))? {
+            Some(bytes) => decode("applied log id", bytes.value())?,
+            None => None,
+        };
+        let membership = match table
+            .get(META_MEMBERSHIP)
+            .map_err(|e| io_error(subject, e))?
+        {
+            Some(bytes) => decode("applied membership", bytes.value())?,
+            None => StoredMembership::default(),
+        };
+        Ok((applied, membership))
+    }
+
+    /// Applies `entries` in one durable transaction and returns a response
+    /// per entry.
+    fn apply_batch(&self, entries: Vec<super::EntryOf<TypeConfig>>) -> io::Result<Vec<Response>> {
+        let subject = "apply entries";
+        let mut txn = self.db.begin_write().map_err(|e| io_error(subject, e))?;
+        txn.set_two_phase_commit(true);
+        let mut responses = Vec::with_capacity(entries.len());
+        let mut last_applied = None;
+        let mut membership = None;
+        for entry in entries {
+            let log_id = entry.log_id();
+            let response = match entry.payload {
+                EntryPayload::Blank => Response::Done,
+                EntryPayload::Normal(request) => store::apply(&txn, &request)
+                    .map_err(|e| io_error(&format!("apply entry {log_id}"), e))?,
+                EntryPayload::Membership(change) => {
+                    membership = Some(StoredMembership::new(Some(log_id.clone()), change));
+                    Response::Done
+                }
+            };
+            last_applied = Some(log_id);
+            responses.push(response);
+        }
+        {
+            let mut meta = txn.open_table(META).map_err(|e| io_error(subject, e))?;
+            meta.insert(META_APPLIED, encode(&last_applied)?.as_slice())
+                .map_err(|e| io_error(subject, e))?;
+            if let Some(membership) = &membership {
+                meta.insert(META_MEMBERSHIP, encode(membership)?.as_slice())
+                    .map_err(|e| io_error(subject, e))?;
+            }
+        }
+        txn.commit().map_err(|e| io_error(subject, e))?;
+        self.applied.send_replace(last_applied);
+        Ok(responses)
+    }
+
+    fn build(&self) -> io::Result<NexusSnapshot> {
+        let subject = "build snapshot";
+        let txn = self.db.begin_read().map_err(|e| io_error(subject, e))?;
+        let (last_log_id, last_membership) = {
+            let table = txn.open_table(META).map_err(|e| io_error(subject, e))?;
+            let applied = match table.get(META_APPLIED).map_err(|e| io_error(subject, e))? {
+                Some(bytes) => decode("applied log id", bytes.value())?,
+                None => None,
+            };
+            let membership = match table
+                .get(META_MEMBERSHIP)
+                .map_err(|e| io_error(subject, e))?
+            {
+                Some(bytes) => decode("applied membership", bytes.value())?,
+                None => StoredMembership::default(),
+            };
+            (applied, membership)
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_log_id.clone(),
+            last_membership,
+        };
+        let index = last_log_id.as_ref().map_or(0, |log_id| log_id.index());
+        let partial = self.snapshot_dir.join("building.tmp");
+        snapshot::write(&txn, &meta, &partial)?;
+        let path = self.snapshot_dir.join(snapshot::file_name(index));
+        std::fs::rename(&partial, &path).map_err(|e| io_error(subject, e))?;
+        sync_dir(&self.snapshot_dir)?;
+        snapshot::remove_others(&self.snapshot_dir, &path)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: SnapshotFile::open(&path)?,
+        })
+    }
+
+    fn install(&self, file: SnapshotFile) -> io::Result<()> {
+        let subject = "install snapshot";
+        snapshot::verify(&file)?;
+        let mut txn = self.db.begin_write().map_err(|e| io_error(subject, e))?;
+        txn.set_two_phase_commit(true);
+        let meta = snapshot::load(&txn, &file)?;
+        {
+            let mut table = txn.open_table(META).map_err(|e| io_error(subject, e))?;
+            table
+                .insert(META_APPLIED, encode(&meta.last_log_id)?.as_slice())
+                .map_err(|e| io_error(subject, e))?;
+            table
+                .insert(META_MEMBERSHIP, encode(&meta.last_membership)?.as_slice())
+                .map_err(|e| io_error(subject, e))?;
+        }
+        txn.commit().map_err(|e| io_error(subject, e))?;
+        // Keep the installed file as our current snapshot.
+        let index = meta.last_log_id.as_ref().map_or(0, |log_id| log_id.index());
+        let path = self.snapshot_dir.join(snapshot::file_name(index));
+        if file.path != path {
+            std::fs::rename(&file.path, &path).map_err(|e| io_error(subject, e))?;
+        }
+        sync_dir(&self.snapshot_dir)?;
+        snapshot::remove_others(&self.snapshot_dir, &path)?;
+        self.applied.send_replace(meta.last_log_id.clone());
+        Ok(())
+    }
+
+    /// Where received snapshots are written before installation.
+    pub fn incoming_path(&self, name: &str) -> PathBuf {
+        self.snapshot_dir.join(format!("incoming-{name}.tmp"))
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|e| io_error(&format!("sync {}", dir.display()), e))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<NexusSnapshot, io::Error> {
+        let machine = self.clone();
+        tokio::task::spawn_blocking(move || machine.build())
+            .await
+            .map_err(|e| io_error("build snapshot", e))?
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
+        self.read_applied()
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some(first) = entries.next().await {
+            // Take whatever else is ready now, so one fsync covers a batch.
+            let mut batch = vec![first?];
+            while batch.len() < APPLY_BATCH_MAX {
+                match entries.next().now_or_never() {
+                    Some(Some(next)) => batch.push(next?),
+                    _ => break,
+                }
+            }
+            let (batch_entries, responders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let machine = self.clone();
+            let responses = tokio::task::spawn_blocking(move || machine.apply_batch(batch_entries))
+                .await
+                .map_err(|e| io_error("apply entries", e))??;
+            for (responder, response) in responders.into_iter().zip(responses) {
+                if let Some(responder) = responder {
+                    responder.send(response);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _meta: &super::SnapshotMetaOf<TypeConfig>,
+        snapshot: SnapshotFile,
+    ) -> Result<(), io::Error> {
+        let machine = self.clone();
+        tokio::task::spawn_blocking(move || machine.install(snapshot))
+            .await
+            .map_err(|e| io_error("install snapshot", e))?
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<NexusSnapshot>, io::Error> {
+        let Some(path) = snapshot::newest(&self.snapshot_dir)? else {
+            return Ok(None);
+        };
+        let file = SnapshotFile::open(&path)?;
+        let meta = snapshot::read_meta(&file)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: file,
+        }))
+    }
+}

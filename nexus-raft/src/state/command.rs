@@ -1,0 +1,197 @@
+//! What the Raft log carries: commands with their leader-assigned time and
+//! optional client session, and the responses apply produces.
+//!
+//! Everything here is public metadata or ciphertext. A command is built on
+//! the node that received the request (which seals any values with the
+//! keyring first); apply never encrypts, decrypts or reads a clock.
+
+use serde::{Deserialize, Serialize};
+
+use super::secret::{SecretError, TimeNs, Written};
+
+/// A client's identity and the number of this write, for exactly-once
+/// application of retried writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRef {
+    /// Random id the client chose (128 bits).
+    pub client_id: u128,
+    /// Strictly increasing per client, from 1.
+    pub sequence: u64,
+}
+
+/// A replicated request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// What to do.
+    pub command: Command,
+    /// Set for writes that must apply at most once.
+    pub session: Option<SessionRef>,
+    /// The proposing leader's clock, nanoseconds since the Unix epoch. The
+    /// only time apply ever uses.
+    pub time_ns: TimeNs,
+}
+
+/// The root key the cluster uses, as the log records it: its id, its key
+/// check and the keyring it wraps. Never the key itself.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootKeyRecord {
+    /// Generation of the root key, from 1.
+    pub root_key_id: u64,
+    /// `KeyCheck` of the root key.
+    pub key_check: [u8; 32],
+    /// The keyring sealed under the root key.
+    pub wrapped_keyring: Vec<u8>,
+    /// Shamir n.
+    pub shares: u8,
+    /// Shamir t.
+    pub threshold: u8,
+}
+
+impl std::fmt::Debug for RootKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RootKeyRecord")
+            .field("root_key_id", &self.root_key_id)
+            .field("key_check", &hex_prefix(&self.key_check))
+            .field("shares", &self.shares)
+            .field("threshold", &self.threshold)
+            .finish_non_exhaustive()
+    }
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .take(8)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// A state change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// The first root key; succeeds only on an uninitialized cluster.
+    Initialize(RootKeyRecord),
+    /// A new root key; its id must be the current id plus one.
+    Rekey(RootKeyRecord),
+    /// The keyring re-wrapped after a data-key rotation, under the current
+    /// root key.
+    ReplaceKeyring {
+        /// Root key that wraps it (must be current).
+        root_key_id: u64,
+        /// The sealed keyring.
+        wrapped_keyring: Vec<u8>,
+    },
+    /// A new version of a secret.
+    PutSecret {
+        /// The secret's path.
+        path: String,
+        /// Its values, sealed.
+        ciphertext: Vec<u8>,
+        /// The data key that sealed them (for the per-key counter).
+        data_key_id: u32,
+        /// Check-and-set: write only over this current version.
+        cas: Option<u64>,
+        /// Versions to keep.
+        max_versions: u32,
+    },
+    /// Mark versions deleted.
+    DeleteSecret {
+        /// The secret's path.
+        path: String,
+        /// Versions (empty or 0: current).
+        versions: Vec<u64>,
+    },
+    /// Clear deletion marks.
+    UndeleteSecret {
+        /// The secret's path.
+        path: String,
+        /// Versions (empty: current or highest deleted).
+        versions: Vec<u64>,
+    },
+    /// Destroy versions for good.
+    DestroySecret {
+        /// The secret's path.
+        path: String,
+        /// Versions (empty or 0: current).
+        versions: Vec<u64>,
+    },
+    /// Create or replace a policy.
+    PutPolicy {
+        /// The policy name (its id).
+        name: String,
+        /// The policy body, sealed.
+        ciphertext: Vec<u8>,
+        /// The data key that sealed it.
+        data_key_id: u32,
+    },
+    /// Remove a policy.
+    DeletePolicy {
+        /// The policy name.
+        name: String,
+    },
+}
+
+/// What applying a request produced. Cached per client session, so a
+/// retried write returns exactly what the first attempt returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The change was made.
+    Done,
+    /// A secret version was written.
+    Written(Written),
+    /// The change was refused; nothing changed.
+    Refused(Refusal),
+}
+
+/// Why apply changed nothing. Deterministic: every replica refuses alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// A secret operation failed.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The policy does not exist.
+    #[error("policy not found")]
+    PolicyNotFound,
+    /// `Initialize` on an initialized cluster.
+    #[error("the cluster is already initialized")]
+    AlreadyInitialized,
+    /// A data command before `Initialize`.
+    #[error("the cluster is not initialized")]
+    NotInitialized,
+    /// A root-key command for the wrong generation.
+    #[error("root key {proposed} does not follow the current root key {current}")]
+    RootKeyOutOfOrder {
+        /// The current root key id.
+        current: u64,
+        /// The one proposed.
+        proposed: u64,
+    },
+    /// A retried write older than the client's last one.
+    #[error("sequence {sequence} is older than this client's last write {last}")]
+    StaleSequence {
+        /// The sequence sent.
+        sequence: u64,
+        /// The last one applied.
+        last: u64,
+    },
+}
+
+impl std::fmt::Display for Request {
+    /// A one-line summary for openraft's logs: the command kind and its
+    /// public target, never values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.command {
+            Command::Initialize(record) => write!(f, "initialize(root key {})", record.root_key_id),
+            Command::Rekey(record) => write!(f, "rekey(root key {})", record.root_key_id),
+            Command::ReplaceKeyring { root_key_id, .. } => {
+                write!(f, "replace-keyring(root key {root_key_id})")
+            }
+            Command::PutSecret { path, .. } => write!(f, "put-secret({path})"),
+            Command::DeleteSecret { path, .. } => write!(f, "delete-secret({path})"),
+            Command::UndeleteSecret { path, .. } => write!(f, "undelete-secret({path})"),
+            Command::DestroySecret { path, .. } => write!(f, "destroy-secret({path})"),
+            Command::PutPolicy { name, .. } => write!(f, "put-policy({name})"),
+            Command::DeletePolicy { name } => write!(f, "delete-policy({name})"),
+        }
+    }
+}

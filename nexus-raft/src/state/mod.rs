@@ -1,0 +1,10 @@
+//! The replicated state: what every replica holds, and the deterministic
+//! apply function that changes it.
+//!
+//! Only ciphertext and public metadata live here. [`store`] keeps it in
+//! redb tables; [`secret`] holds SPIKE's version rules; [`command`] is what
+//! the Raft log carries.
+
+pub mod command;
+pub mod secret;
+pub mod store;

@@ -1,0 +1,621 @@
+//! The replicated state in redb tables, and apply.
+//!
+//! Apply runs inside the caller's write transaction, so a batch of entries,
+//! their effects and the last-applied log id commit together or not at all.
+//! It is deterministic: it reads only the tables and the request (whose
+//! time the leader set), never a clock or a random source.
+
+use std::collections::BTreeMap;
+
+use redb::{
+    ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::command::{Command, Refusal, Request, Response, RootKeyRecord, SessionRef};
+use super::secret::{SecretError, SecretRecord, TimeNs};
+
+/// Secret path -> [`SecretRecord`].
+pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+/// Policy name -> [`PolicyRecord`].
+pub const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
+/// Client id -> [`SessionRecord`].
+pub const SESSIONS: TableDefinition<u128, &[u8]> = TableDefinition::new("sessions");
+/// (last used, client id), to expire sessions oldest first.
+pub const SESSION_EXPIRY: TableDefinition<(u64, u128), ()> = TableDefinition::new("session_expiry");
+/// Cluster metadata and Raft's applied state, by key.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Every table a snapshot carries, in a fixed order.
+pub const SNAPSHOT_TABLES: [&str; 5] =
+    ["meta", "secrets", "policies", "sessions", "session_expiry"];
+
+/// `META` key of the [`ClusterMeta`].
+pub const META_CLUSTER: &str = "cluster";
+/// `META` key of Raft's last applied log id (written by the state machine).
+pub const META_APPLIED: &str = "applied";
+/// `META` key of Raft's last applied membership (written by the state machine).
+pub const META_MEMBERSHIP: &str = "membership";
+
+/// Most client sessions kept; past it the least recently used is evicted.
+pub const SESSIONS_MAX: u64 = 65_536;
+/// A session unused for this long (log time) is forgotten.
+pub const SESSION_IDLE_EXPIRY_NS: u64 = 60 * 60 * 1_000_000_000;
+/// Most sessions expired by one apply, so apply time stays bounded.
+const SESSIONS_EXPIRED_PER_APPLY_MAX: usize = 64;
+
+/// Cluster-wide metadata: public, replicated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMeta {
+    /// The committed root key (its id, key check, wrapped keyring), once
+    /// initialized.
+    pub root_key: Option<RootKeyRecord>,
+    /// Log index of the last change to the wrapped keyring, so replicas know
+    /// when to unwrap it again.
+    pub keyring_changed_at: u64,
+    /// Encryptions recorded per data key id (for rotation before the AES-GCM
+    /// random-nonce limit).
+    pub encryptions: BTreeMap<u32, u64>,
+    /// Log time: the highest leader time applied so far. Never goes back,
+    /// even when a new leader's clock is behind.
+    pub log_time_ns: TimeNs,
+}
+
+/// A policy as stored: its body is sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    /// The sealed policy body.
+    pub ciphertext: Vec<u8>,
+    /// When first created.
+    pub created_at: TimeNs,
+    /// When last replaced.
+    pub updated_at: TimeNs,
+}
+
+/// The last write of one client, for exactly-once retries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The last sequence number applied.
+    pub last_sequence: u64,
+    /// What it returned.
+    pub response: Response,
+    /// Log time of that write.
+    pub last_used_ns: TimeNs,
+}
+
+/// A failure of the storage underneath apply (never a refusal: those are
+/// [`Response::Refused`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// redb failed.
+    #[error("state store {action}: {source}")]
+    Storage {
+        /// What was being done.
+        action: &'static str,
+        /// redb's error.
+        source: redb::Error,
+    },
+    /// A stored record does not decode: corruption or a version mismatch.
+    #[error("state store record {what} does not decode: {reason}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// The decoder's reason.
+        reason: String,
+    },
+}
+
+pub(crate) fn storage(action: &'static str) -> impl FnOnce(redb::Error) -> StoreError {
+    move |source| StoreError::Storage { action, source }
+}
+
+macro_rules! redb_try {
+    ($action:expr, $expr:expr) => {
+        $expr.map_err(|e| storage($action)(e.into()))
+    };
+}
+pub(crate) use redb_try;
+
+/// Encodes a record (postcard: compact, deterministic).
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing our own types into a Vec cannot fail.
+    postcard::to_stdvec(value).unwrap_or_else(|e| unreachable!("postcard encoding failed: {e}"))
+}
+
+/// Decodes a record, naming it in the error.
+pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Applies one request inside `txn`.
+pub fn apply(txn: &WriteTransaction, request: &Request) -> Result<Response, StoreError> {
+    let mut meta_table = redb_try!("open meta", txn.open_table(META))?;
+    let mut meta: ClusterMeta = match redb_try!("read cluster meta", meta_table.get(META_CLUSTER))?
+    {
+        Some(bytes) => decode("cluster meta", bytes.value())?,
+        None => ClusterMeta::default(),
+    };
+    meta.log_time_ns = meta.log_time_ns.max(request.time_ns);
+    let now = meta.log_time_ns;
+
+    let mut sessions = redb_try!("open sessions", txn.open_table(SESSIONS))?;
+    let mut expiry = redb_try!("open session expiry", txn.open_table(SESSION_EXPIRY))?;
+    expire_sessions(&mut sessions, &mut expiry, now)?;
+
+    if let Some(session) = request.session {
+        if let Some(bytes) = redb_try!("read session", sessions.get(session.client_id))? {
+            let record: SessionRecord = decode("session", bytes.value())?;
+            if session.sequence == record.last_sequence {
+                return Ok(record.response);
+            }
+            if session.sequence < record.last_sequence {
+                return Ok(Response::Refused(Refusal::StaleSequence {
+                    sequence: session.sequence,
+                    last: record.last_sequence,
+                }));
+            }
+        }
+    }
+
+    let response = match apply_command(txn, &mut meta, &request.command, now)? {
+        Ok(response) => response,
+        Err(refusal) => Response::Refused(refusal),
+    };
+    redb_try!(
+        "write cluster meta",
+        meta_table.insert(META_CLUSTER, encode(&meta).as_slice())
+    )?;
+
+    if let Some(session) = request.session {
+        record_session(&mut sessions, &mut expiry, session, &response, now)?;
+    }
+    Ok(response)
+}
+
+fn apply_command(
+    txn: &WriteTransaction,
+    meta: &mut ClusterMeta,
+    command: &Command,
+    now: TimeNs,
+) -> Result<Result<Response, Refusal>, StoreError> {
+    let initialized = meta.root_key.is_some();
+    match command {
+        Command::Initialize(record) => {
+            if initialized {
+                return Ok(Err(Refusal::AlreadyInitialized));
+            }
+            meta.root_key = Some(record.clone());
+            return Ok(Ok(Response::Done));
+        }
+        _ if !initialized => return Ok(Err(Refusal::NotInitialized)),
+        _ => {}
+    }
+    let current = meta
+        .root_key
+        .as_ref()
+        .map_or(0, |record| record.root_key_id);
+    match command {
+        Command::Initialize(_) => unreachable!("handled above"),
+        Command::Rekey(record) => {
+            if record.root_key_id != current + 1 {
+                return Ok(Err(Refusal::RootKeyOutOfOrder {
+                    current,
+                    proposed: record.root_key_id,
+                }));
+            }
+            meta.root_key = Some(record.clone());
+            Ok(Ok(Response::Done))
+        }
+        Command::ReplaceKeyring {
+            root_key_id,
+            wrapped_keyring,
+        } => {
+            if *root_key_id != current {
+                return Ok(Err(Refusal::RootKeyOutOfOrder {
+                    current,
+                    proposed: *root_key_id,
+                }));
+            }
+            if let Some(record) = meta.root_key.as_mut() {
+                record.wrapped_keyring = wrapped_keyring.clone();
+            }
+            Ok(Ok(Response::Done))
+        }
+        Command::PutSecret {
+            path,
+            ciphertext,
+            data_key_id,
+            cas,
+            max_versions,
+        } => {
+            let mut table = redb_try!("open secrets", txn.open_table(SECRETS))?;
+            let existing = match redb_try!("read secret", table.get(path.as_str()))? {
+                Some(bytes) => Some(decode::<SecretRecord>(path, bytes.value())?),
+                None => None,
+            };
+            match SecretRecord::put(existing, ciphertext.clone(), *cas, *max_versions, now) {
+                Ok((record, written)) => {
+                    redb_try!(
+                        "write secret",
+                        table.insert(path.as_str(), encode(&record).as_slice())
+                    )?;
+                    *meta.encryptions.entry(*data_key_id).or_default() += 1;
+                    Ok(Ok(Response::Written(written)))
+                }
+                Err(error) => Ok(Err(error.into())),
+            }
+        }
+        Command::DeleteSecret { path, versions }
+        | Command::UndeleteSecret { path, versions }
+        | Command::DestroySecret { path, versions } => {
+            let mut table = redb_try!("open secrets", txn.open_table(SECRETS))?;
+            let Some(bytes) = redb_try!("read secret", table.get(path.as_str()))? else {
+                return Ok(Err(SecretError::NotFound.into()));
+            };
+            let mut record: SecretRecord = decode(path, bytes.value())?;
+            drop(bytes);
+            let outcome = match command {
+                Command::DeleteSecret { .. } => {
+                    record.delete(versions, now);
+                    Ok(())
+                }
+                Command::UndeleteSecret { .. } => record.undelete(versions, now),
+                _ => record.destroy(versions, now),
+            };
+            if let Err(error) = outcome {
+                return Ok(Err(error.into()));
+            }
+            redb_try!(
+                "write secret",
+                table.insert(path.as_str(), encode(&record).as_slice())
+            )?;
+            Ok(Ok(Response::Done))
+        }
+        Command::PutPolicy {
+            name,
+            ciphertext,
+            data_key_id,
+        } => {
+            let mut table = redb_try!("open policies", txn.open_table(POLICIES))?;
+            let created_at = match redb_try!("read policy", table.get(name.as_str()))? {
+                Some(bytes) => decode::<PolicyRecord>(name, bytes.value())?.created_at,
+                None => now,
+            };
+            let record = PolicyRecord {
+                ciphertext: ciphertext.clone(),
+                created_at,
+                updated_at: now,
+            };
+            redb_try!(
+                "write policy",
+                table.insert(name.as_str(), encode(&record).as_slice())
+            )?;
+            *meta.encryptions.entry(*data_key_id).or_default() += 1;
+            Ok(Ok(Response::Done))
+        }
+        Command::DeletePolicy { name } => {
+            let mut table = redb_try!("open policies", txn.open_table(POLICIES))?;
+            match redb_try!("delete policy", table.remove(name.as_str()))? {
+                Some(_) => Ok(Ok(Response::Done)),
+                None => Ok(Err(Refusal::PolicyNotFound)),
+            }
+        }
+    }
+}
+
+fn expire_sessions(
+    sessions: &mut redb::Table<u128, &[u8]>,
+    expiry: &mut redb::Table<(u64, u128), ()>,
+    now: TimeNs,
+) -> Result<(), StoreError> {
+    let cutoff = now.saturating_sub(SESSION_IDLE_EXPIRY_NS);
+    for _ in 0..SESSIONS_EXPIRED_PER_APPLY_MAX {
+        let oldest = redb_try!("read session expiry", expiry.first())?.map(|(key, _)| key.value());
+        match oldest {
+            Some((last_used, client_id)) if last_used < cutoff => {
+                redb_try!("expire session", expiry.remove((last_used, client_id)))?;
+                redb_try!("expire session", sessions.remove(client_id))?;
+            }
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+fn record_session(
+    sessions: &mut redb::Table<u128, &[u8]>,
+    expiry: &mut redb::Table<(u64, u128), ()>,
+    session: SessionRef,
+    response: &Response,
+    now: TimeNs,
+) -> Result<(), StoreError> {
+    let previous = match redb_try!("read session", sessions.get(session.client_id))? {
+        Some(bytes) => Some(decode::<SessionRecord>("session", bytes.value())?.last_used_ns),
+        None => None,
+    };
+    match previous {
+        Some(last_used) => {
+            redb_try!(
+                "update session expiry",
+                expiry.remove((last_used, session.client_id))
+            )?;
+        }
+        None if redb_try!("count sessions", sessions.len())? >= SESSIONS_MAX => {
+            let oldest =
+                redb_try!("read session expiry", expiry.first())?.map(|(key, _)| key.value());
+            if let Some((last_used, evicted)) = oldest {
+                redb_try!("evict session", expiry.remove((last_used, evicted)))?;
+                redb_try!("evict session", sessions.remove(evicted))?;
+            }
+        }
+        None => {}
+    }
+    let record = SessionRecord {
+        last_sequence: session.sequence,
+        response: response.clone(),
+        last_used_ns: now,
+    };
+    redb_try!(
+        "write session",
+        sessions.insert(session.client_id, encode(&record).as_slice())
+    )?;
+    redb_try!(
+        "write session expiry",
+        expiry.insert((now, session.client_id), ())
+    )?;
+    Ok(())
+}
+
+/// Read access to the applied state (a consistent MVCC view per call).
+#[derive(Clone)]
+pub struct StateReader {
+    db: std::sync::Arc<redb::Database>,
+}
+
+impl StateReader {
+    /// Reads from `db`.
+    pub fn new(db: std::sync::Arc<redb::Database>) -> Self {
+        Self { db }
+    }
+
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        redb_try!("begin read", self.db.begin_read())
+    }
+
+    /// The cluster metadata.
+    pub fn cluster_meta(&self) -> Result<ClusterMeta, StoreError> {
+        let txn = self.read()?;
+        let table = match txn.open_table(META) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(ClusterMeta::default()),
+            Err(e) => return Err(storage("open meta")(e.into())),
+        };
+        match redb_try!("read cluster meta", table.get(META_CLUSTER))? {
+            Some(bytes) => decode("cluster meta", bytes.value()),
+            None => Ok(ClusterMeta::default()),
+        }
+    }
+
+    /// The record of secret `path`.
+    pub fn secret(&self, path: &str) -> Result<Option<SecretRecord>, StoreError> {
+        self.get(SECRETS, "open secrets", path)
+    }
+
+    /// The record of policy `name`.
+    pub fn policy(&self, name: &str) -> Result<Option<PolicyRecord>, StoreError> {
+        self.get(POLICIES, "open policies", name)
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        action: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let txn = self.read()?;
+        let table = match txn.open_table(table) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(storage(action)(e.into())),
+        };
+        match redb_try!("read record", table.get(key))? {
+            Some(bytes) => decode(key, bytes.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Paths that have a current version, sorted (SPIKE's list).
+    pub fn secret_paths(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.read()?;
+        let table = match txn.open_table(SECRETS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(storage("open secrets")(e.into())),
+        };
+        let mut paths = Vec::new();
+        for row in redb_try!("list secrets", table.iter())? {
+            let (key, value) = redb_try!("list secrets", row)?;
+            let record: SecretRecord = decode(key.value(), value.value())?;
+            if !record.is_empty() {
+                paths.push(key.value().to_owned());
+            }
+        }
+        Ok(paths)
+    }
+
+    /// Every policy by name, sorted.
+    pub fn policies(&self) -> Result<Vec<(String, PolicyRecord)>, StoreError> {
+        let txn = self.read()?;
+        let table = match txn.open_table(POLICIES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(storage("open policies")(e.into())),
+        };
+        let mut policies = Vec::new();
+        for row in redb_try!("list policies", table.iter())? {
+            let (key, value) = redb_try!("list policies", row)?;
+            policies.push((key.value().to_owned(), decode(key.value(), value.value())?));
+        }
+        Ok(policies)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::secret::Written;
+
+    fn database() -> (tempfile::TempDir, redb::Database) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = redb::Database::create(dir.path().join("state.redb")).expect("create");
+        (dir, db)
+    }
+
+    fn run(db: &redb::Database, request: Request) -> Response {
+        let txn = db.begin_write().expect("write");
+        let response = apply(&txn, &request).expect("apply");
+        txn.commit().expect("commit");
+        response
+    }
+
+    fn request(command: Command, session: Option<SessionRef>, time_ns: u64) -> Request {
+        Request {
+            command,
+            session,
+            time_ns,
+        }
+    }
+
+    fn initialize() -> Command {
+        Command::Initialize(RootKeyRecord {
+            root_key_id: 1,
+            key_check: [7; 32],
+            wrapped_keyring: vec![1, 2, 3],
+            shares: 5,
+            threshold: 3,
+        })
+    }
+
+    fn put(path: &str) -> Command {
+        Command::PutSecret {
+            path: path.to_owned(),
+            ciphertext: vec![9; 16],
+            data_key_id: 1,
+            cas: None,
+            max_versions: 10,
+        }
+    }
+
+    #[test]
+    fn data_commands_wait_for_initialize_and_initialize_happens_once() {
+        let (_dir, db) = database();
+        assert_eq!(
+            run(&db, request(put("a"), None, 1)),
+            Response::Refused(Refusal::NotInitialized)
+        );
+        assert_eq!(run(&db, request(initialize(), None, 2)), Response::Done);
+        assert_eq!(
+            run(&db, request(initialize(), None, 3)),
+            Response::Refused(Refusal::AlreadyInitialized)
+        );
+        assert_eq!(
+            run(&db, request(put("a"), None, 4)),
+            Response::Written(Written { version: 1 })
+        );
+        let reader = StateReader::new(std::sync::Arc::new(db));
+        assert_eq!(reader.secret_paths().expect("list"), vec!["a".to_owned()]);
+        assert_eq!(
+            reader.cluster_meta().expect("meta").encryptions.get(&1),
+            Some(&1)
+        );
+    }
+
+    #[test]
+    fn a_retried_write_returns_the_first_result_and_applies_once() {
+        let (_dir, db) = database();
+        run(&db, request(initialize(), None, 1));
+        let session = SessionRef {
+            client_id: 42,
+            sequence: 1,
+        };
+        let first = run(&db, request(put("p"), Some(session), 2));
+        let retry = run(&db, request(put("p"), Some(session), 3));
+        assert_eq!(first, Response::Written(Written { version: 1 }));
+        assert_eq!(retry, first, "the retry answers like the original");
+        let next = run(
+            &db,
+            request(
+                put("p"),
+                Some(SessionRef {
+                    sequence: 2,
+                    ..session
+                }),
+                4,
+            ),
+        );
+        assert_eq!(next, Response::Written(Written { version: 2 }));
+        let stale = run(&db, request(put("p"), Some(session), 5));
+        assert_eq!(
+            stale,
+            Response::Refused(Refusal::StaleSequence {
+                sequence: 1,
+                last: 2
+            })
+        );
+        let reader = StateReader::new(std::sync::Arc::new(db));
+        assert_eq!(
+            reader
+                .secret("p")
+                .expect("read")
+                .expect("exists")
+                .current_version,
+            2
+        );
+    }
+
+    #[test]
+    fn sessions_expire_by_log_time_not_wall_clock() {
+        let (_dir, db) = database();
+        run(&db, request(initialize(), None, 1));
+        let session = SessionRef {
+            client_id: 7,
+            sequence: 5,
+        };
+        run(&db, request(put("p"), Some(session), 10));
+        // A later leader with a clock behind does not move log time back.
+        run(&db, request(put("q"), None, 5));
+        let later = 10 + SESSION_IDLE_EXPIRY_NS + 1;
+        run(&db, request(put("q"), None, later));
+        // The session is gone, so the same sequence applies again.
+        let again = run(&db, request(put("p"), Some(session), later + 1));
+        assert_eq!(again, Response::Written(Written { version: 2 }));
+    }
+
+    #[test]
+    fn rekey_must_follow_the_current_root_key() {
+        let (_dir, db) = database();
+        run(&db, request(initialize(), None, 1));
+        let rekey = |id| {
+            Command::Rekey(RootKeyRecord {
+                root_key_id: id,
+                key_check: [8; 32],
+                wrapped_keyring: vec![4],
+                shares: 3,
+                threshold: 2,
+            })
+        };
+        assert_eq!(
+            run(&db, request(rekey(3), None, 2)),
+            Response::Refused(Refusal::RootKeyOutOfOrder {
+                current: 1,
+                proposed: 3
+            })
+        );
+        assert_eq!(run(&db, request(rekey(2), None, 3)), Response::Done);
+    }
+}
