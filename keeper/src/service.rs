@@ -3,10 +3,10 @@
 use std::sync::Mutex;
 
 use spike_sdk::crypto::key_check::RootKeyId;
-use spike_sdk::crypto::{KeyShare, SecretBytes, ShareIndex};
+use spike_sdk::crypto::{KeyCheck, KeyShare, SecretBytes, ShareIndex};
 use spike_sdk::keeper_api::keeper_server::Keeper;
 use spike_sdk::keeper_api::{
-    FetchShareRequest, FetchShareResponse, StoreShareRequest, StoreShareResponse,
+    FetchShareRequest, FetchShareResponse, HeldKey, StoreShareRequest, StoreShareResponse,
 };
 use spike_sdk::tls::PeerIdentity;
 use tonic::{Request, Response, Status};
@@ -38,21 +38,45 @@ fn caller<T>(request: &Request<T>) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-fn parse_store_request(request: &mut StoreShareRequest) -> Result<(RootKeyId, KeyShare), Status> {
+fn parse_key_check(bytes: &[u8]) -> Result<KeyCheck, Status> {
+    let bytes: [u8; 32] = bytes.try_into().map_err(|_| {
+        Status::invalid_argument(format!(
+            "a key check is 32 bytes, this one has {}",
+            bytes.len()
+        ))
+    })?;
+    Ok(KeyCheck::from_bytes(bytes))
+}
+
+struct ParsedStore {
+    root_key_id: RootKeyId,
+    key_check: KeyCheck,
+    share: KeyShare,
+}
+
+fn parse_store_request(request: &mut StoreShareRequest) -> Result<ParsedStore, Status> {
+    // Take the share out first so it is wiped whatever else is wrong.
+    let mut raw_share = std::mem::take(&mut request.share);
+    let value = SecretBytes::<32>::from_slice(&raw_share);
+    raw_share.zeroize();
     if request.root_key_id == 0 {
         return Err(Status::invalid_argument("root_key_id must be at least 1"));
     }
+    let key_check = parse_key_check(&request.key_check)?;
     let index = u8::try_from(request.index)
         .ok()
         .and_then(|index| ShareIndex::new(index).ok())
         .ok_or_else(|| {
             Status::invalid_argument(format!("share index {} is not in 1..=255", request.index))
         })?;
-    let value = SecretBytes::<32>::from_slice(&request.share).map_err(|length| {
+    let value = value.map_err(|length| {
         Status::invalid_argument(format!("a share is 32 bytes, this one has {length}"))
-    });
-    request.share.zeroize();
-    Ok((RootKeyId(request.root_key_id), KeyShare::new(index, value?)))
+    })?;
+    Ok(ParsedStore {
+        root_key_id: RootKeyId(request.root_key_id),
+        key_check,
+        share: KeyShare::new(index, value),
+    })
 }
 
 #[tonic::async_trait]
@@ -62,18 +86,30 @@ impl Keeper for KeeperService {
         mut request: Request<StoreShareRequest>,
     ) -> Result<Response<StoreShareResponse>, Status> {
         let caller = caller(&request);
-        let (root_key_id, share) = parse_store_request(request.get_mut())?;
-        let index = share.index();
-        let held = self.store()?.store(root_key_id, share).map_err(|error| {
-            tracing::warn!(%caller, %root_key_id, %index, %error, "share refused");
-            match error {
-                StoreError::Conflict(_) => Status::already_exists(error.to_string()),
-                StoreError::Stale(_) => Status::failed_precondition(error.to_string()),
-            }
-        })?;
-        tracing::info!(%caller, %root_key_id, %index, "share stored");
+        let committed = request.get_ref().committed;
+        let parsed = parse_store_request(request.get_mut())?;
+        let (root_key_id, key_check, index) =
+            (parsed.root_key_id, parsed.key_check, parsed.share.index());
+        let held = self
+            .store()?
+            .store(root_key_id, key_check, parsed.share, committed)
+            .map_err(|error| {
+                tracing::warn!(%caller, %root_key_id, %key_check, %index, %error, "share refused");
+                match error {
+                    StoreError::Conflict(_) => Status::already_exists(error.to_string()),
+                    StoreError::Stale(_) => Status::failed_precondition(error.to_string()),
+                }
+            })?;
+        tracing::debug!(%caller, %root_key_id, %key_check, %index, committed, "share stored");
         Ok(Response::new(StoreShareResponse {
-            held_root_key_ids: held.into_iter().map(|id| id.0).collect(),
+            held: held
+                .into_iter()
+                .map(|held| HeldKey {
+                    root_key_id: held.root_key_id.0,
+                    key_check: held.key_check.as_bytes().to_vec(),
+                    committed: held.committed,
+                })
+                .collect(),
         }))
     }
 
@@ -82,22 +118,32 @@ impl Keeper for KeeperService {
         request: Request<FetchShareRequest>,
     ) -> Result<Response<FetchShareResponse>, Status> {
         let caller = caller(&request);
-        let wanted = match request.get_ref().root_key_id {
-            0 => None,
-            id => Some(RootKeyId(id)),
+        let wanted = match (
+            request.get_ref().root_key_id,
+            request.get_ref().key_check.is_empty(),
+        ) {
+            (0, true) => None,
+            (0, false) => return Err(Status::invalid_argument("a key check needs a root_key_id")),
+            (id, _) => Some((
+                RootKeyId(id),
+                parse_key_check(&request.get_ref().key_check)?,
+            )),
         };
-        let store = self.store()?;
-        let (root_key_id, share) = store.fetch(wanted).ok_or_else(|| match wanted {
-            Some(id) => Status::not_found(format!("no share held for root key {id}")),
-            None => Status::not_found("no share held"),
+        let held = self.store()?.fetch(wanted).ok_or_else(|| match wanted {
+            Some((id, check)) => {
+                Status::not_found(format!("no share held for root key {id} ({check})"))
+            }
+            None => Status::not_found("no committed share held"),
         })?;
-        tracing::debug!(%caller, %root_key_id, "share fetched");
+        tracing::debug!(%caller, root_key_id = %held.root_key_id, "share fetched");
         // The response buffer is the one copy we cannot wipe: tonic owns it
         // once returned.
         Ok(Response::new(FetchShareResponse {
-            root_key_id: root_key_id.0,
-            index: u32::from(share.index().get()),
-            share: share.expose_secret().to_vec(),
+            root_key_id: held.root_key_id.0,
+            key_check: held.key_check.as_bytes().to_vec(),
+            index: u32::from(held.share.index().get()),
+            share: held.share.expose_secret().to_vec(),
+            committed: held.committed,
         }))
     }
 }

@@ -1,40 +1,47 @@
-//! SPIKE Nexus: one replica of the secret store.
+//! SPIKE Nexus: one replica of the Raft-replicated secret store.
 //!
 //! Start-up order is fixed: flags and environment, then the SVID (which
-//! must carry the Nexus role), and only then are ports bound; any problem
-//! before binding exits with code 64 and a one-line reason.
+//! must carry the Nexus role), then storage, and only then are ports bound;
+//! any problem before binding exits with code 64 and a one-line reason.
+//!
+//! Three listeners: the SPIKE API (mTLS, any trusted SVID, per-route
+//! authorization), the cluster port (mTLS, Nexus only: Raft and forwarding)
+//! and, if configured, plain-HTTP health and metrics.
 
 mod api;
+mod clock;
+mod cluster;
+mod config;
+mod health;
+mod keys;
+mod node;
 mod raft;
 mod state;
 
-use std::net::{IpAddr, SocketAddr};
+use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
-use spike_sdk::cli::{
-    StartupError, SvidArgs, listen, load_role_identity, run_server, shutdown_signal,
-};
+use openraft::Config as RaftConfig;
+use openraft::SnapshotPolicy;
+use spike_sdk::cli::{StartupError, listen, load_role_identity, run_server, shutdown_signal};
 use spike_sdk::hardening::Hardening;
 use spike_sdk::identity::{PeerAuthorizer, Role};
 use spike_sdk::tls::{PeerIdentity, server_config};
 
-#[derive(Debug, Parser)]
-#[command(version, about = "SPIKE Nexus: a replica of the secret store")]
-struct Args {
-    #[command(flatten)]
-    svid: SvidArgs,
-    /// Address the API listens on.
-    #[arg(long, env = "SPIKE_NEXUS_BIND", default_value = "0.0.0.0")]
-    bind: IpAddr,
-    /// TLS port of the SPIKE API.
-    #[arg(long, env = "SPIKE_NEXUS_TLS_PORT", default_value_t = 8553)]
-    port: u16,
-    /// Lock all memory so keys are never swapped out (needs a raised
-    /// RLIMIT_MEMLOCK or CAP_IPC_LOCK).
-    #[arg(long, env = "SPIKE_LOCK_MEMORY")]
-    lock_memory: bool,
-}
+use crate::cluster::peers::Peers;
+use crate::cluster::proto::cluster_server::ClusterServer;
+use crate::cluster::service::ClusterService;
+use crate::config::{Args, NexusConfig};
+use crate::keys::KeyState;
+use crate::keys::keepers::Keepers;
+use crate::keys::manager::KeyManager;
+use crate::node::Node;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::state_machine::StateMachine;
+use crate::raft::{NexusNode, NexusRaft};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -42,22 +49,163 @@ fn main() -> ExitCode {
     run_server("nexus", lock_memory, |hardening| serve(args, hardening))
 }
 
+/// Raft timing: heartbeats every 100 ms and elections after 300-600 ms of
+/// silence, so a failed leader is replaced well under a second.
+fn raft_config(config: &NexusConfig) -> Result<RaftConfig, StartupError> {
+    RaftConfig {
+        cluster_name: "spike".to_owned(),
+        heartbeat_interval: 100,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        install_snapshot_timeout: 2_000,
+        max_payload_entries: 256,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+        max_in_snapshot_log_to_keep: config.logs_kept,
+        purge_batch_size: 256,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(StartupError::config)
+}
+
 async fn serve(args: Args, hardening: Hardening) -> Result<(), StartupError> {
-    let (_trust_roots, identity) = load_role_identity(&args.svid, Role::Nexus).await?;
-    // Any SVID from a trusted bundle may connect; routes authorize per request.
-    let mut tls = server_config(identity.clone(), PeerAuthorizer::any_verified())
+    let config = NexusConfig::from_args(&args).map_err(StartupError::config)?;
+    let api_listen = config.api_listen().map_err(StartupError::config)?;
+    let cluster_listen = config.cluster_listen().map_err(StartupError::config)?;
+    let raft_config = Arc::new(raft_config(&config)?);
+    let (trust_roots, identity) = load_role_identity(&args.svid, Role::Nexus).await?;
+
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        StartupError::config(format!(
+            "cannot create data dir {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let log_store =
+        LogStore::open(&config.data_dir.join("log.redb")).map_err(StartupError::config)?;
+    let state_machine = StateMachine::open(
+        &config.data_dir.join("state.redb"),
+        &config.data_dir.join("snapshots"),
+    )
+    .map_err(StartupError::config)?;
+
+    let peers = Peers::new(identity.clone(), trust_roots.clone()).map_err(StartupError::failed)?;
+    let raft: NexusRaft = openraft::Raft::new(
+        config.node_id,
+        raft_config,
+        Network::new(peers.clone()),
+        log_store,
+        state_machine.clone(),
+    )
+    .await
+    .map_err(StartupError::failed)?;
+
+    let keepers = Keepers::new(&config.keepers, identity.clone(), trust_roots.clone())
         .map_err(StartupError::failed)?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let listener = listen(SocketAddr::new(args.bind, args.port), tls, &identity).await?;
-    tracing::info!(
-        spiffe_id = %identity.spiffe_id(),
-        address = %listener.local_address(),
-        ?hardening,
-        "nexus API listening"
+    let keys = Arc::new(KeyState::default());
+    let key_manager = Arc::new(KeyManager::new(
+        config.node_id,
+        raft.clone(),
+        state_machine.reader(),
+        keepers,
+        keys.clone(),
+        config.shamir,
+        config.keeper_update_interval,
+    ));
+    let node = Node::new(
+        config.node_id,
+        raft.clone(),
+        state_machine.reader(),
+        keys,
+        key_manager.clone(),
+        peers,
+        state_machine.applied(),
     );
-    let app = api::router().into_make_service_with_connect_info::<PeerIdentity>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(StartupError::failed)
+
+    // Listeners: cluster first, so peers can reach us as soon as we vote.
+    let mut cluster_tls = server_config(
+        identity.clone(),
+        PeerAuthorizer::role(trust_roots.clone(), Role::Nexus),
+    )
+    .map_err(StartupError::failed)?;
+    cluster_tls.alpn_protocols = vec![b"h2".to_vec()];
+    let cluster_listener = listen(cluster_listen, cluster_tls, &identity).await?;
+    let mut api_tls = server_config(identity.clone(), PeerAuthorizer::any_verified())
+        .map_err(StartupError::failed)?;
+    api_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let api_listener = listen(api_listen, api_tls, &identity).await?;
+
+    found_cluster(&raft, &config).await;
+    let manager_task = tokio::spawn(key_manager.run(state_machine.applied()));
+
+    tracing::info!(
+        node_id = config.node_id,
+        spiffe_id = %identity.spiffe_id(),
+        api = %api_listener.local_address(),
+        cluster = %cluster_listener.local_address(),
+        health = ?config.health_addr,
+        ?hardening,
+        "nexus listening"
+    );
+
+    let cluster_service = ClusterServer::new(ClusterService::new(node.clone(), state_machine))
+        .max_decoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES)
+        .max_encoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES);
+    let cluster_server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(2)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(2)))
+        .add_service(cluster_service)
+        .serve_with_incoming_shutdown(cluster_listener.into_stream(), shutdown_signal());
+    let api = Arc::new(api::Api {
+        node: node.clone(),
+        trust_roots,
+        max_versions: config.max_versions,
+    });
+    let api_server = axum::serve(
+        api_listener,
+        api::router(api).into_make_service_with_connect_info::<PeerIdentity>(),
+    )
+    .with_graceful_shutdown(shutdown_signal());
+    let health = async {
+        match config.health_addr {
+            Some(address) => health::serve(address, node.clone()).await,
+            None => {
+                shutdown_signal().await;
+                Ok(())
+            }
+        }
+    };
+
+    let outcome = tokio::try_join!(
+        async { cluster_server.await.map_err(StartupError::failed) },
+        async { api_server.await.map_err(StartupError::failed) },
+        async { health.await.map_err(StartupError::failed) },
+    );
+    manager_task.abort();
+    if let Err(error) = raft.shutdown().await {
+        tracing::warn!(%error, "raft did not shut down cleanly");
+    }
+    outcome.map(|_| ())
+}
+
+/// The lowest-id founder initializes Raft on first start; everyone else,
+/// and every later start, finds the membership in the log.
+async fn found_cluster(raft: &NexusRaft, config: &NexusConfig) {
+    let Some((&first, _)) = config.founders.first_key_value() else {
+        return;
+    };
+    if first != config.node_id {
+        return;
+    }
+    match raft.is_initialized().await {
+        Ok(true) => {}
+        Ok(false) => {
+            let members: BTreeMap<u64, NexusNode> = config.founders.clone();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(voters = config.founders.len(), "cluster founded"),
+                Err(error) => tracing::warn!(%error, "cluster not founded (already initialized?)"),
+            }
+        }
+        Err(error) => tracing::error!(%error, "cannot tell whether the cluster is initialized"),
+    }
 }

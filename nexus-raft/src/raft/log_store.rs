@@ -119,7 +119,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     decode(&format!("log entry {}", index.value()), bytes.value())?;
                 Some(entry.log_id())
             }
-            None => purged.clone(),
+            None => purged,
         };
         Ok(LogState {
             last_purged_log_id: purged,

@@ -1,1 +1,203 @@
-//! Raft RPCs between replicas (filled in with the cluster transport).
+//! openraft's network over the cluster gRPC service.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::{StreamExt, stream};
+use openraft::OptionalSend;
+use openraft::errors::{
+    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::Channel;
+
+use super::codec::{decode, encode};
+use super::snapshot::SnapshotFile;
+use super::{NexusNode, NexusSnapshot, TypeConfig, VoteOf};
+use crate::cluster::SNAPSHOT_CHUNK_BYTES;
+use crate::cluster::peers::Peers;
+use crate::cluster::proto::cluster_client::ClusterClient;
+use crate::cluster::proto::{Frame, SnapshotChunk, snapshot_chunk};
+
+/// Hands openraft a connection per peer.
+pub struct Network {
+    peers: Peers,
+}
+
+impl Network {
+    /// Connects through `peers`.
+    pub fn new(peers: Peers) -> Self {
+        Self { peers }
+    }
+}
+
+/// Raft RPCs to one peer.
+pub struct PeerConnection {
+    target: u64,
+    client: Result<ClusterClient<Channel>, String>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: u64, node: &NexusNode) -> PeerConnection {
+        PeerConnection {
+            target,
+            client: self
+                .peers
+                .client(&node.cluster_addr)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+fn to_rpc_error(status: tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown => {
+            RPCError::Unreachable(Unreachable::from_string(status.message().to_owned()))
+        }
+        _ => RPCError::Network(NetworkError::from_string(format!(
+            "{}: {}",
+            status.code(),
+            status.message()
+        ))),
+    }
+}
+
+impl PeerConnection {
+    fn client(&self) -> Result<ClusterClient<Channel>, RPCError<TypeConfig>> {
+        self.client
+            .clone()
+            .map_err(|reason| RPCError::Unreachable(Unreachable::from_string(reason)))
+    }
+
+    /// Sends `message` to `method` and decodes the remote `Result`.
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        message: &Req,
+        timeout: Duration,
+        method: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(ClusterClient<Channel>, tonic::Request<Frame>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Frame>, tonic::Status>>,
+    {
+        let payload = encode(message).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(Frame { payload });
+        request.set_timeout(timeout);
+        let reply = method(self.client()?, request)
+            .await
+            .map_err(to_rpc_error)?;
+        let outcome: Result<Resp, RaftError<TypeConfig>> =
+            decode("raft reply", &reply.into_inner().payload)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // The remote side failed fatally (shut down, storage error): to us
+        // it is a peer we cannot use right now.
+        outcome.map_err(|e| {
+            RPCError::Network(NetworkError::from_string(format!(
+                "node {}: {e}",
+                self.target
+            )))
+        })
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, option.hard_ttl(), |mut client, request| async move {
+            client.append_entries(request).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, option.hard_ttl(), |mut client, request| async move {
+            client.vote(request).await
+        })
+        .await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        request: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(
+            &request,
+            option.hard_ttl(),
+            |mut client, request| async move { client.transfer_leader(request).await },
+        )
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: NexusSnapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let header = encode(&(vote, snapshot.meta.clone()))
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let file = snapshot
+            .snapshot
+            .reader()
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        // Chunks are read on demand: the file never sits in memory whole.
+        let file = tokio::fs::File::from_std(file);
+        let chunks = stream::unfold(Some(file), |state| async move {
+            let mut reader = state?;
+            let mut buffer = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+            let read = tokio::io::AsyncReadExt::read(&mut reader, &mut buffer)
+                .await
+                .ok()?;
+            if read == 0 {
+                return None;
+            }
+            buffer.truncate(read);
+            Some((
+                SnapshotChunk {
+                    part: Some(snapshot_chunk::Part::Data(buffer)),
+                },
+                Some(reader),
+            ))
+        });
+        let first = SnapshotChunk {
+            part: Some(snapshot_chunk::Part::Header(header)),
+        };
+        let outgoing = stream::iter([first]).chain(chunks);
+        let mut client = self.client()?;
+        let send = async move { client.install_snapshot(outgoing).await };
+        let reply = tokio::select! {
+            reply = send => reply.map_err(|status| StreamingError::from(to_rpc_error(status)))?,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        let outcome: Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>> =
+            decode("snapshot reply", &reply.into_inner().payload)
+                .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        outcome.map_err(|e| {
+            StreamingError::Network(NetworkError::from_string(format!(
+                "node {}: {e}",
+                self.target
+            )))
+        })
+    }
+}

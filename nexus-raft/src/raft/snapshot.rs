@@ -4,7 +4,8 @@
 //!
 //! Layout: `SPKSNAP1 ‖ meta length (u32) ‖ meta ‖ tables ‖ sha256`, where
 //! each table is a run of `1 ‖ key length (u32) ‖ key ‖ value length (u32) ‖
-//! value` rows closed by a `0` byte, in [`SNAPSHOT_TABLES`] order. The
+//! value` rows closed by a `0` byte, in the order meta, secrets, policies,
+//! sessions, session expiry. The
 //! trailing SHA-256 covers every byte before it and is checked before an
 //! installation touches the tables.
 
@@ -297,10 +298,10 @@ pub fn newest(dir: &Path) -> io::Result<Option<PathBuf>> {
     let mut newest: Option<(u64, PathBuf)> = None;
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        if let Some(index) = index_of(&path) {
-            if newest.as_ref().is_none_or(|(best, _)| index > *best) {
-                newest = Some((index, path));
-            }
+        if let Some(index) = index_of(&path)
+            && newest.as_ref().is_none_or(|(best, _)| index > *best)
+        {
+            newest = Some((index, path));
         }
     }
     Ok(newest.map(|(_, path)| path))

@@ -14,7 +14,7 @@ use openraft::storage::{
     EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta,
 };
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase};
 use tokio::sync::watch;
 
 use super::codec::{decode, encode};
@@ -122,7 +122,7 @@ impl StateMachine {
                 EntryPayload::Normal(request) => store::apply(&txn, &request)
                     .map_err(|e| io_error(&format!("apply entry {log_id}"), e))?,
                 EntryPayload::Membership(change) => {
-                    membership = Some(StoredMembership::new(Some(log_id.clone()), change));
+                    membership = Some(StoredMembership::new(Some(log_id), change));
                     Response::Done
                 }
             };
@@ -162,7 +162,7 @@ impl StateMachine {
             (applied, membership)
         };
         let meta = SnapshotMeta {
-            last_log_id: last_log_id.clone(),
+            last_log_id,
             last_membership,
         };
         let index = last_log_id.as_ref().map_or(0, |log_id| log_id.index());
@@ -202,7 +202,7 @@ impl StateMachine {
         }
         sync_dir(&self.snapshot_dir)?;
         snapshot::remove_others(&self.snapshot_dir, &path)?;
-        self.applied.send_replace(meta.last_log_id.clone());
+        self.applied.send_replace(meta.last_log_id);
         Ok(())
     }
 

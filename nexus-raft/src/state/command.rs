@@ -129,6 +129,11 @@ pub enum Command {
         /// The policy name.
         name: String,
     },
+    /// Record that a removed replica's id may never be used again.
+    RetireNode {
+        /// The replica's id.
+        id: u64,
+    },
 }
 
 /// What applying a request produced. Cached per client session, so a
@@ -192,6 +197,7 @@ impl std::fmt::Display for Request {
             Command::DestroySecret { path, .. } => write!(f, "destroy-secret({path})"),
             Command::PutPolicy { name, .. } => write!(f, "put-policy({name})"),
             Command::DeletePolicy { name } => write!(f, "delete-policy({name})"),
+            Command::RetireNode { id } => write!(f, "retire-node({id})"),
         }
     }
 }

@@ -98,10 +98,10 @@ impl SecretRecord {
     ) -> Result<(Self, Written), SecretError> {
         let max_versions = max_versions.clamp(1, MAX_VERSIONS_LIMIT);
         let current = existing.as_ref().map_or(0, |record| record.current_version);
-        if let Some(expected) = cas {
-            if expected != current {
-                return Err(SecretError::CasMismatch { current, expected });
-            }
+        if let Some(expected) = cas
+            && expected != current
+        {
+            return Err(SecretError::CasMismatch { current, expected });
         }
         let mut record = existing.unwrap_or(Self {
             current_version: 0,
@@ -134,10 +134,10 @@ impl SecretRecord {
     /// Versions that do not exist are ignored (SPIKE).
     pub fn delete(&mut self, versions: &[u64], now: TimeNs) {
         for version in self.resolve(versions) {
-            if let Some(entry) = self.versions.get_mut(&version) {
-                if entry.deleted_at.is_none() {
-                    entry.deleted_at = Some(now);
-                }
+            if let Some(entry) = self.versions.get_mut(&version)
+                && entry.deleted_at.is_none()
+            {
+                entry.deleted_at = Some(now);
             }
         }
         self.updated_at = now;
@@ -160,11 +160,12 @@ impl SecretRecord {
         };
         let mut undeleted = false;
         for version in targets {
-            if let Some(entry) = self.versions.get_mut(&version) {
-                if entry.deleted_at.is_some() && !entry.destroyed {
-                    entry.deleted_at = None;
-                    undeleted = true;
-                }
+            if let Some(entry) = self.versions.get_mut(&version)
+                && entry.deleted_at.is_some()
+                && !entry.destroyed
+            {
+                entry.deleted_at = None;
+                undeleted = true;
             }
         }
         if !undeleted {
@@ -180,12 +181,12 @@ impl SecretRecord {
     pub fn destroy(&mut self, versions: &[u64], now: TimeNs) -> Result<(), SecretError> {
         let mut destroyed = false;
         for version in self.resolve(versions) {
-            if let Some(entry) = self.versions.get_mut(&version) {
-                if !entry.destroyed {
-                    entry.destroyed = true;
-                    entry.ciphertext = Vec::new();
-                    destroyed = true;
-                }
+            if let Some(entry) = self.versions.get_mut(&version)
+                && !entry.destroyed
+            {
+                entry.destroyed = true;
+                entry.ciphertext = Vec::new();
+                destroyed = true;
             }
         }
         if !destroyed {

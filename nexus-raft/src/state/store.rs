@@ -28,10 +28,6 @@ pub const SESSION_EXPIRY: TableDefinition<(u64, u128), ()> = TableDefinition::ne
 /// Cluster metadata and Raft's applied state, by key.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-/// Every table a snapshot carries, in a fixed order.
-pub const SNAPSHOT_TABLES: [&str; 5] =
-    ["meta", "secrets", "policies", "sessions", "session_expiry"];
-
 /// `META` key of the [`ClusterMeta`].
 pub const META_CLUSTER: &str = "cluster";
 /// `META` key of Raft's last applied log id (written by the state machine).
@@ -52,12 +48,14 @@ pub struct ClusterMeta {
     /// The committed root key (its id, key check, wrapped keyring), once
     /// initialized.
     pub root_key: Option<RootKeyRecord>,
-    /// Log index of the last change to the wrapped keyring, so replicas know
-    /// when to unwrap it again.
-    pub keyring_changed_at: u64,
+    /// Bumped on every change of the root key or wrapped keyring, so
+    /// replicas know when to unwrap the keyring again.
+    pub keyring_version: u64,
     /// Encryptions recorded per data key id (for rotation before the AES-GCM
     /// random-nonce limit).
     pub encryptions: BTreeMap<u32, u64>,
+    /// Ids of removed replicas, never to be used again.
+    pub retired_node_ids: std::collections::BTreeSet<u64>,
     /// Log time: the highest leader time applied so far. Never goes back,
     /// even when a new leader's clock is behind.
     pub log_time_ns: TimeNs,
@@ -116,7 +114,6 @@ macro_rules! redb_try {
         $expr.map_err(|e| storage($action)(e.into()))
     };
 }
-pub(crate) use redb_try;
 
 /// Encodes a record (postcard: compact, deterministic).
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -147,18 +144,18 @@ pub fn apply(txn: &WriteTransaction, request: &Request) -> Result<Response, Stor
     let mut expiry = redb_try!("open session expiry", txn.open_table(SESSION_EXPIRY))?;
     expire_sessions(&mut sessions, &mut expiry, now)?;
 
-    if let Some(session) = request.session {
-        if let Some(bytes) = redb_try!("read session", sessions.get(session.client_id))? {
-            let record: SessionRecord = decode("session", bytes.value())?;
-            if session.sequence == record.last_sequence {
-                return Ok(record.response);
-            }
-            if session.sequence < record.last_sequence {
-                return Ok(Response::Refused(Refusal::StaleSequence {
-                    sequence: session.sequence,
-                    last: record.last_sequence,
-                }));
-            }
+    if let Some(session) = request.session
+        && let Some(bytes) = redb_try!("read session", sessions.get(session.client_id))?
+    {
+        let record: SessionRecord = decode("session", bytes.value())?;
+        if session.sequence == record.last_sequence {
+            return Ok(record.response);
+        }
+        if session.sequence < record.last_sequence {
+            return Ok(Response::Refused(Refusal::StaleSequence {
+                sequence: session.sequence,
+                last: record.last_sequence,
+            }));
         }
     }
 
@@ -183,6 +180,10 @@ fn apply_command(
     command: &Command,
     now: TimeNs,
 ) -> Result<Result<Response, Refusal>, StoreError> {
+    if let Command::RetireNode { id } = command {
+        meta.retired_node_ids.insert(*id);
+        return Ok(Ok(Response::Done));
+    }
     let initialized = meta.root_key.is_some();
     match command {
         Command::Initialize(record) => {
@@ -190,6 +191,7 @@ fn apply_command(
                 return Ok(Err(Refusal::AlreadyInitialized));
             }
             meta.root_key = Some(record.clone());
+            meta.keyring_version += 1;
             return Ok(Ok(Response::Done));
         }
         _ if !initialized => return Ok(Err(Refusal::NotInitialized)),
@@ -200,7 +202,7 @@ fn apply_command(
         .as_ref()
         .map_or(0, |record| record.root_key_id);
     match command {
-        Command::Initialize(_) => unreachable!("handled above"),
+        Command::Initialize(_) | Command::RetireNode { .. } => unreachable!("handled above"),
         Command::Rekey(record) => {
             if record.root_key_id != current + 1 {
                 return Ok(Err(Refusal::RootKeyOutOfOrder {
@@ -209,6 +211,7 @@ fn apply_command(
                 }));
             }
             meta.root_key = Some(record.clone());
+            meta.keyring_version += 1;
             Ok(Ok(Response::Done))
         }
         Command::ReplaceKeyring {
@@ -224,6 +227,7 @@ fn apply_command(
             if let Some(record) = meta.root_key.as_mut() {
                 record.wrapped_keyring = wrapped_keyring.clone();
             }
+            meta.keyring_version += 1;
             Ok(Ok(Response::Done))
         }
         Command::PutSecret {
@@ -406,11 +410,6 @@ impl StateReader {
         self.get(SECRETS, "open secrets", path)
     }
 
-    /// The record of policy `name`.
-    pub fn policy(&self, name: &str) -> Result<Option<PolicyRecord>, StoreError> {
-        self.get(POLICIES, "open policies", name)
-    }
-
     fn get<T: DeserializeOwned>(
         &self,
         table: TableDefinition<&str, &[u8]>,
@@ -446,22 +445,6 @@ impl StateReader {
             }
         }
         Ok(paths)
-    }
-
-    /// Every policy by name, sorted.
-    pub fn policies(&self) -> Result<Vec<(String, PolicyRecord)>, StoreError> {
-        let txn = self.read()?;
-        let table = match txn.open_table(POLICIES) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(storage("open policies")(e.into())),
-        };
-        let mut policies = Vec::new();
-        for row in redb_try!("list policies", table.iter())? {
-            let (key, value) = redb_try!("list policies", row)?;
-            policies.push((key.value().to_owned(), decode(key.value(), value.value())?));
-        }
-        Ok(policies)
     }
 }
 

@@ -16,8 +16,16 @@ use spike_sdk::tls::{ChannelOptions, client_config, connect, grpc_channel};
 use spike_tests::{ChildGuard, DevIdentities, binary, free_port, wait_for_port};
 
 /// Runs `program` with exactly `env` (plus PATH) and returns its output.
+/// A nexus also gets a valid one-replica configuration, so what is under
+/// test is the identity alone.
 async fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    tokio::process::Command::from(command(program, args, env))
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let mut all: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+    if program == "nexus" {
+        all.extend(standalone_nexus(free_port(), data_dir.path()));
+    }
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    tokio::process::Command::from(command(program, &all, env))
         .output()
         .await
         .expect("run binary")
@@ -33,6 +41,23 @@ fn command(program: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
         .envs(env.iter().copied())
         .stdin(Stdio::null());
     command
+}
+
+/// Flags for a one-replica nexus on loopback whose single keeper does not
+/// exist: it starts, but never gets a root key.
+fn standalone_nexus(api_port: u16, data_dir: &Path) -> Vec<String> {
+    let cluster_port = free_port();
+    [
+        "--peers".to_owned(),
+        format!("1=127.0.0.1:{cluster_port}/127.0.0.1:{api_port}"),
+        "--keepers".to_owned(),
+        format!("127.0.0.1:{}", free_port()),
+        "--shares=1".to_owned(),
+        "--threshold=1".to_owned(),
+        "--data-dir".to_owned(),
+        data_dir.display().to_string(),
+    ]
+    .to_vec()
 }
 
 /// Asserts a start-up failure: exit 64 and one line on stderr naming `needle`.
@@ -76,10 +101,7 @@ async fn processes_refuse_to_start_with_a_bad_identity() {
         .await,
         "does not exist",
     );
-    assert_config_error(
-        &run("nexus", &["--port", &port], &[]).await,
-        "no SVID source",
-    );
+    assert_config_error(&run("nexus", &[], &[]).await, "no SVID source");
 
     let nexus_socket = dev.endpoint("nexus");
     assert_config_error(
@@ -93,18 +115,13 @@ async fn processes_refuse_to_start_with_a_bad_identity() {
     );
     let keeper_socket = dev.endpoint("keeper");
     assert_config_error(
-        &run(
-            "nexus",
-            &["--port", &port],
-            &[("SPIFFE_ENDPOINT_SOCKET", &keeper_socket)],
-        )
-        .await,
+        &run("nexus", &[], &[("SPIFFE_ENDPOINT_SOCKET", &keeper_socket)]).await,
         "is not a SPIKE nexus identity",
     );
     assert_config_error(
         &run(
             "nexus",
-            &["--port", &port],
+            &[],
             &[
                 ("SPIFFE_ENDPOINT_SOCKET", &dev.endpoint("nexus")),
                 ("SPIKE_TRUST_ROOT_NEXUS", "spiffe://not/a/domain"),
@@ -118,7 +135,6 @@ async fn processes_refuse_to_start_with_a_bad_identity() {
 #[tokio::test]
 async fn processes_refuse_malformed_or_missing_svid_files() {
     let dev = DevIdentities::start("spike.ist", &[], ServeOptions::default()).await;
-    let port = free_port().to_string();
     let cert = dev.directory.cert_path("nexus");
     let key = dev.directory.key_path("nexus");
     let bundle = dev.directory.bundle_path("nexus");
@@ -134,8 +150,6 @@ async fn processes_refuse_malformed_or_missing_svid_files() {
         run(
             "nexus",
             &[
-                "--port",
-                &port,
                 "--svid-cert",
                 cert,
                 "--svid-key",
@@ -162,12 +176,7 @@ async fn processes_refuse_malformed_or_missing_svid_files() {
         "does not match",
     );
     assert_config_error(
-        &run(
-            "nexus",
-            &["--port", &port, "--svid-cert", &text(&cert)],
-            &[],
-        )
-        .await,
+        &run("nexus", &["--svid-cert", &text(&cert)], &[]).await,
         "SPIKE_SVID_KEY_FILE is not set",
     );
     // Secrets never reach the message: the key file's body is not echoed.
@@ -197,17 +206,30 @@ async fn a_keeper_serves_shares_to_nexus_only_and_forgets_them_on_restart() {
 
     eprintln!("--- store and fetch a share as nexus");
     let share = vec![7u8; 32];
+    let check = vec![5u8; 32];
+    let store = |index: u32, share: Vec<u8>| StoreShareRequest {
+        root_key_id: 1,
+        key_check: check.clone(),
+        index,
+        share,
+        committed: true,
+    };
     let stored = client
-        .store_share(StoreShareRequest {
-            root_key_id: 1,
-            index: 2,
-            share: share.clone(),
-        })
+        .store_share(store(2, share.clone()))
         .await
         .expect("store");
-    assert_eq!(stored.into_inner().held_root_key_ids, vec![1]);
+    let held: Vec<u64> = stored
+        .into_inner()
+        .held
+        .iter()
+        .map(|held| held.root_key_id)
+        .collect();
+    assert_eq!(held, vec![1]);
     let fetched = client
-        .fetch_share(FetchShareRequest { root_key_id: 0 })
+        .fetch_share(FetchShareRequest {
+            root_key_id: 0,
+            key_check: Vec::new(),
+        })
         .await
         .expect("fetch")
         .into_inner();
@@ -224,17 +246,14 @@ async fn a_keeper_serves_shares_to_nexus_only_and_forgets_them_on_restart() {
         (256, vec![1u8; 32]),
         (2, vec![9u8; 32]),
     ] {
-        let refused = client
-            .store_share(StoreShareRequest {
-                root_key_id: 1,
-                index,
-                share: value,
-            })
-            .await;
+        let refused = client.store_share(store(index, value)).await;
         assert!(refused.is_err(), "index {index} accepted");
     }
     let still = client
-        .fetch_share(FetchShareRequest { root_key_id: 1 })
+        .fetch_share(FetchShareRequest {
+            root_key_id: 1,
+            key_check: check.clone(),
+        })
         .await
         .expect("fetch")
         .into_inner();
@@ -247,7 +266,10 @@ async fn a_keeper_serves_shares_to_nexus_only_and_forgets_them_on_restart() {
     let mut intruder = KeeperClient::new(grpc_channel(address, config, ChannelOptions::default()));
     assert!(
         intruder
-            .fetch_share(FetchShareRequest { root_key_id: 0 })
+            .fetch_share(FetchShareRequest {
+                root_key_id: 0,
+                key_check: Vec::new()
+            })
             .await
             .is_err()
     );
@@ -260,7 +282,10 @@ async fn a_keeper_serves_shares_to_nexus_only_and_forgets_them_on_restart() {
     let config = client_config(nexus, PeerAuthorizer::role(roots, Role::Keeper)).expect("config");
     let mut client = KeeperClient::new(grpc_channel(address, config, ChannelOptions::default()));
     let empty = client
-        .fetch_share(FetchShareRequest { root_key_id: 0 })
+        .fetch_share(FetchShareRequest {
+            root_key_id: 0,
+            key_check: Vec::new(),
+        })
         .await
         .expect_err("empty keeper");
     assert_eq!(empty.code(), tonic::Code::NotFound);
@@ -272,11 +297,10 @@ async fn a_nexus_without_the_root_key_answers_state_not_ready() {
     let port = free_port();
     let address: SocketAddr = ([127, 0, 0, 1], port).into();
     let endpoint = dev.endpoint("nexus");
-    let _nexus = spawn(
-        "nexus",
-        &["--bind", "127.0.0.1", "--port", &port.to_string()],
-        &[("SPIFFE_ENDPOINT_SOCKET", &endpoint)],
-    );
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let flags = standalone_nexus(port, data_dir.path());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let _nexus = spawn("nexus", &flags, &[("SPIFFE_ENDPOINT_SOCKET", &endpoint)]);
     wait_for_port(address).await;
 
     let roots = TrustRoots::from_environment(&[]).expect("defaults");

@@ -1,0 +1,597 @@
+//! `spike-cluster`: a local SPIKE cluster on loopback, everything under one
+//! directory.
+//!
+//! `up` creates dev identities (one per process) and starts the dev
+//! Workload API, the keepers and the Nexus replicas, then waits until every
+//! replica holds the root key; it writes `cluster.json` (every process with
+//! its role, id, addresses, pid, data dir and log) and `env`, `env.recover`,
+//! `env.restore` to `source`. A second `up` restarts the same cluster on its
+//! existing data. `start`, `stop` and `kill` act on one process by name
+//! (`nexus-2`, `keeper-4`, `workload-api`); `down` stops them all. Only
+//! processes recorded in `cluster.json` are ever signalled, and only while
+//! they still run the binary recorded for them.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+use spike_dev_identity::{IdentityDirectory, IdentitySpec};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A local SPIKE cluster on loopback (development and tests)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Action,
+}
+
+#[derive(Subcommand)]
+enum Action {
+    /// Start (or restart) the whole cluster and wait until it serves.
+    Up {
+        #[command(flatten)]
+        common: Common,
+        /// Nexus replicas (3 or 5 for production-like runs).
+        #[arg(long, default_value_t = 3)]
+        replicas: u64,
+        /// Keepers; each holds one share.
+        #[arg(long, default_value_t = 5)]
+        keepers: u8,
+        /// Shares needed to rebuild the root key.
+        #[arg(long, default_value_t = 3)]
+        threshold: u8,
+        /// First port; every process takes ports from here up.
+        #[arg(long, default_value_t = 28_500)]
+        base_port: u16,
+        /// Trust domain of every identity.
+        #[arg(long, default_value = "spike.ist")]
+        trust_domain: String,
+        /// Longest wait for every replica to serve, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait_secs: u64,
+        /// Extra flags for every nexus (e.g. "--snapshot-every=50").
+        #[arg(long = "nexus-arg", allow_hyphen_values = true)]
+        nexus_args: Vec<String>,
+    },
+    /// Stop every process of the cluster.
+    Down {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Start one process (nexus-N, keeper-N, workload-api).
+    Start {
+        /// The process.
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Stop one process gracefully (SIGTERM).
+    Stop {
+        /// The process.
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Kill one process (SIGKILL).
+    Kill {
+        /// The process.
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print each process and whether it runs.
+    Status {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// The cluster directory.
+    #[arg(long, default_value = ".spike-local")]
+    dir: PathBuf,
+    /// Where the nexus, keeper and spike-dev binaries are (default: next to
+    /// this one).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+/// `cluster.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ClusterFile {
+    dir: PathBuf,
+    trust_domain: String,
+    shares: u8,
+    threshold: u8,
+    nexus_args: Vec<String>,
+    processes: Vec<Process>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Process {
+    name: String,
+    role: String,
+    node_id: Option<u64>,
+    api_addr: Option<String>,
+    cluster_addr: Option<String>,
+    health_addr: Option<String>,
+    spiffe_endpoint_socket: Option<String>,
+    pid: Option<u32>,
+    data_dir: Option<PathBuf>,
+    log: PathBuf,
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("spike-cluster: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Action::Up {
+            common,
+            replicas,
+            keepers,
+            threshold,
+            base_port,
+            trust_domain,
+            wait_secs,
+            nexus_args,
+        } => {
+            let dir = absolute(&common.dir)?;
+            let mut cluster = match load(&dir) {
+                Ok(existing) => existing,
+                Err(_) => plan(
+                    &dir,
+                    replicas,
+                    keepers,
+                    threshold,
+                    base_port,
+                    &trust_domain,
+                    nexus_args,
+                )?,
+            };
+            up(
+                &mut cluster,
+                &bin_dir(&common)?,
+                Duration::from_secs(wait_secs),
+            )
+        }
+        Action::Down { common } => {
+            let mut cluster = load(&absolute(&common.dir)?)?;
+            for index in (0..cluster.processes.len()).rev() {
+                signal(&mut cluster, index, rustix::process::Signal::TERM)?;
+            }
+            save(&cluster)
+        }
+        Action::Start { name, common } => {
+            let mut cluster = load(&absolute(&common.dir)?)?;
+            let index = find(&cluster, &name)?;
+            start(&mut cluster, index, &bin_dir(&common)?)?;
+            save(&cluster)
+        }
+        Action::Stop { name, common } => signal_one(&name, &common, rustix::process::Signal::TERM),
+        Action::Kill { name, common } => signal_one(&name, &common, rustix::process::Signal::KILL),
+        Action::Status { common } => {
+            let cluster = load(&absolute(&common.dir)?)?;
+            for process in &cluster.processes {
+                let state = match running(process) {
+                    Some(pid) => format!("running (pid {pid})"),
+                    None => "stopped".to_owned(),
+                };
+                println!("{:<14} {state}", process.name);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn signal_one(
+    name: &str,
+    common: &Common,
+    signal_kind: rustix::process::Signal,
+) -> anyhow::Result<()> {
+    let mut cluster = load(&absolute(&common.dir)?)?;
+    let index = find(&cluster, name)?;
+    signal(&mut cluster, index, signal_kind)?;
+    save(&cluster)
+}
+
+fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    fs::canonicalize(dir).with_context(|| format!("cannot resolve {}", dir.display()))
+}
+
+fn bin_dir(common: &Common) -> anyhow::Result<PathBuf> {
+    match &common.bin_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => std::env::current_exe()?
+            .parent()
+            .map(Path::to_owned)
+            .context("cannot locate the binaries"),
+    }
+}
+
+fn binary(bin_dir: &Path, role: &str) -> PathBuf {
+    bin_dir.join(match role {
+        "workload-api" => "spike-dev",
+        other => other,
+    })
+}
+
+fn load(dir: &Path) -> anyhow::Result<ClusterFile> {
+    let path = dir.join("cluster.json");
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("no cluster at {}", dir.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a cluster file", path.display()))
+}
+
+fn save(cluster: &ClusterFile) -> anyhow::Result<()> {
+    let path = cluster.dir.join("cluster.json");
+    let temporary = cluster.dir.join("cluster.json.tmp");
+    fs::write(&temporary, serde_json::to_vec_pretty(cluster)?)?;
+    fs::rename(&temporary, &path)?;
+    Ok(())
+}
+
+fn find(cluster: &ClusterFile, name: &str) -> anyhow::Result<usize> {
+    cluster
+        .processes
+        .iter()
+        .position(|process| process.name == name)
+        .with_context(|| {
+            let names: Vec<&str> = cluster.processes.iter().map(|p| p.name.as_str()).collect();
+            format!("no process named {name}; known: {}", names.join(", "))
+        })
+}
+
+/// Lays out a new cluster: ports from `base_port` up, one identity per process.
+fn plan(
+    dir: &Path,
+    replicas: u64,
+    keepers: u8,
+    threshold: u8,
+    base_port: u16,
+    trust_domain: &str,
+    nexus_args: Vec<String>,
+) -> anyhow::Result<ClusterFile> {
+    if replicas == 0 || keepers == 0 || threshold == 0 || threshold > keepers {
+        bail!("need at least one replica and keeper, and 1 <= threshold <= keepers");
+    }
+    let port = |offset: u64| -> anyhow::Result<String> {
+        let port = u64::from(base_port) + offset;
+        let port = u16::try_from(port).context("--base-port leaves no room for every process")?;
+        Ok(format!("127.0.0.1:{port}"))
+    };
+    let sockets = dir.join("identities").join("sockets");
+    let socket = |name: &str| format!("unix://{}", sockets.join(format!("{name}.sock")).display());
+    let log = |name: &str| dir.join("logs").join(format!("{name}.log"));
+    let mut processes = vec![Process {
+        name: "workload-api".to_owned(),
+        role: "workload-api".to_owned(),
+        node_id: None,
+        api_addr: None,
+        cluster_addr: None,
+        health_addr: None,
+        spiffe_endpoint_socket: None,
+        pid: None,
+        data_dir: None,
+        log: log("workload-api"),
+    }];
+    for index in 1..=u64::from(keepers) {
+        let name = format!("keeper-{index}");
+        processes.push(Process {
+            role: "keeper".to_owned(),
+            node_id: Some(index),
+            api_addr: Some(port(100 + index)?),
+            cluster_addr: None,
+            health_addr: None,
+            spiffe_endpoint_socket: Some(socket(&name)),
+            pid: None,
+            data_dir: None,
+            log: log(&name),
+            name,
+        });
+    }
+    for id in 1..=replicas {
+        let name = format!("nexus-{id}");
+        let base = (id - 1) * 10;
+        processes.push(Process {
+            role: "nexus".to_owned(),
+            node_id: Some(id),
+            api_addr: Some(port(base)?),
+            cluster_addr: Some(port(base + 1)?),
+            health_addr: Some(port(base + 2)?),
+            spiffe_endpoint_socket: Some(socket(&name)),
+            pid: None,
+            data_dir: Some(dir.join(&name)),
+            log: log(&name),
+            name,
+        });
+    }
+    Ok(ClusterFile {
+        dir: dir.to_owned(),
+        trust_domain: trust_domain.to_owned(),
+        shares: keepers,
+        threshold,
+        nexus_args,
+        processes,
+    })
+}
+
+fn up(cluster: &mut ClusterFile, bin_dir: &Path, wait: Duration) -> anyhow::Result<()> {
+    let began = Instant::now();
+    let extra: Vec<IdentitySpec> = cluster
+        .processes
+        .iter()
+        .filter_map(|process| {
+            let id = process.node_id?;
+            let path = format!("/spike/{}/{id}", process.role);
+            Some(IdentitySpec::parse(&format!("{}={path}", process.name)))
+        })
+        .collect::<Result<_, _>>()?;
+    IdentityDirectory::create(
+        cluster.dir.join("identities"),
+        &cluster.trust_domain,
+        &extra,
+        Duration::from_secs(30 * 24 * 3600),
+    )?;
+    fs::create_dir_all(cluster.dir.join("logs"))?;
+    for index in 0..cluster.processes.len() {
+        if running(&cluster.processes[index]).is_none() {
+            start(cluster, index, bin_dir)?;
+        }
+        save(cluster)?;
+    }
+    write_env_files(cluster)?;
+    let deadline = Instant::now() + wait;
+    for process in cluster
+        .processes
+        .iter()
+        .filter(|process| process.role == "nexus")
+    {
+        let health = process
+            .health_addr
+            .as_deref()
+            .context("nexus without health address")?;
+        while !ready(health) {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not become ready in {wait:?}; see {}",
+                    process.name,
+                    process.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    println!(
+        "cluster ready in {:.2}s: {} replicas, {} keepers (threshold {}) in {}",
+        began.elapsed().as_secs_f64(),
+        cluster
+            .processes
+            .iter()
+            .filter(|p| p.role == "nexus")
+            .count(),
+        cluster.shares,
+        cluster.threshold,
+        cluster.dir.display()
+    );
+    println!("  source {}/env && spike whoami", cluster.dir.display());
+    Ok(())
+}
+
+/// Starts process `index` and records its pid.
+fn start(cluster: &mut ClusterFile, index: usize, bin_dir: &Path) -> anyhow::Result<()> {
+    if let Some(pid) = running(&cluster.processes[index]) {
+        bail!("{} already runs (pid {pid})", cluster.processes[index].name);
+    }
+    let process = cluster.processes[index].clone();
+    let mut command = Command::new(binary(bin_dir, &process.role));
+    command.env("SPIKE_TRUST_ROOT", &cluster.trust_domain).env(
+        "SPIKE_SYSTEM_LOG_LEVEL",
+        std::env::var("SPIKE_SYSTEM_LOG_LEVEL").unwrap_or_else(|_| "info".to_owned()),
+    );
+    if let Some(socket) = &process.spiffe_endpoint_socket {
+        command.env("SPIFFE_ENDPOINT_SOCKET", socket);
+    }
+    match process.role.as_str() {
+        "workload-api" => {
+            command
+                .arg("workload-api")
+                .arg("--dir")
+                .arg(cluster.dir.join("identities"));
+        }
+        "keeper" => {
+            let address: SocketAddr = process
+                .api_addr
+                .as_deref()
+                .context("keeper address")?
+                .parse()?;
+            command
+                .args(["--bind", &address.ip().to_string()])
+                .args(["--port", &address.port().to_string()]);
+        }
+        "nexus" => {
+            let peers: Vec<String> = cluster
+                .processes
+                .iter()
+                .filter(|p| p.role == "nexus")
+                .filter_map(|p| {
+                    Some(format!(
+                        "{}={}/{}",
+                        p.node_id?,
+                        p.cluster_addr.as_ref()?,
+                        p.api_addr.as_ref()?
+                    ))
+                })
+                .collect();
+            let keepers: Vec<String> = cluster
+                .processes
+                .iter()
+                .filter(|p| p.role == "keeper")
+                .filter_map(|p| p.api_addr.clone())
+                .collect();
+            command
+                .args([
+                    "--node-id",
+                    &process.node_id.context("nexus id")?.to_string(),
+                ])
+                .args(["--peers", &peers.join(",")])
+                .args(["--keepers", &keepers.join(",")])
+                .args(["--shares", &cluster.shares.to_string()])
+                .args(["--threshold", &cluster.threshold.to_string()])
+                .args([
+                    "--health-addr",
+                    process.health_addr.as_deref().context("health address")?,
+                ])
+                .args(["--keeper-update-interval", "1s"])
+                .arg("--data-dir")
+                .arg(process.data_dir.as_ref().context("data dir")?)
+                .args(&cluster.nexus_args);
+        }
+        other => bail!("unknown role {other}"),
+    }
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&process.log)
+        .with_context(|| format!("cannot open {}", process.log.display()))?;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C aimed at whoever ran `up` does
+        // not reach the cluster.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {}", process.name))?;
+    cluster.processes[index].pid = Some(child.id());
+    if process.role == "workload-api" {
+        wait_for_sockets(cluster)?;
+    }
+    Ok(())
+}
+
+fn wait_for_sockets(cluster: &ClusterFile) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for socket in cluster
+        .processes
+        .iter()
+        .filter_map(|p| p.spiffe_endpoint_socket.as_deref())
+    {
+        let path = socket.trim_start_matches("unix://");
+        while !Path::new(path).exists() {
+            if Instant::now() > deadline {
+                bail!("the dev Workload API did not create {path}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+/// The pid of `process` if it still runs the binary recorded for its role.
+fn running(process: &Process) -> Option<u32> {
+    let pid = process.pid?;
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let program = cmdline.split(|b| *b == 0).next()?;
+    let expected = match process.role.as_str() {
+        "workload-api" => "spike-dev",
+        other => other,
+    };
+    let program = Path::new(std::str::from_utf8(program).ok()?);
+    let state = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // A zombie (exited, not yet reaped by its parent) does not run.
+    let zombie = state
+        .rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+    (program.file_name()? == expected && !zombie).then_some(pid)
+}
+
+fn signal(
+    cluster: &mut ClusterFile,
+    index: usize,
+    signal_kind: rustix::process::Signal,
+) -> anyhow::Result<()> {
+    let process = &cluster.processes[index];
+    if let Some(pid) = running(process) {
+        let target = rustix::process::Pid::from_raw(pid as i32).context("pid 0")?;
+        rustix::process::kill_process(target, signal_kind)
+            .with_context(|| format!("cannot signal {} (pid {pid})", process.name))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while running(process).is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        println!("{} (pid {pid}) stopped", process.name);
+    }
+    cluster.processes[index].pid = None;
+    Ok(())
+}
+
+/// Whether the health listener at `address` says ready.
+fn ready(address: &str) -> bool {
+    let Ok(address) = address.parse::<SocketAddr>() else {
+        return false;
+    };
+    let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream
+        .write_all(b"GET /readyz HTTP/1.0\r\nHost: local\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+}
+
+fn write_env_files(cluster: &ClusterFile) -> anyhow::Result<()> {
+    let api = cluster
+        .processes
+        .iter()
+        .find(|p| p.role == "nexus")
+        .and_then(|p| p.api_addr.clone())
+        .context("no nexus")?;
+    let sockets = cluster.dir.join("identities").join("sockets");
+    for (file, role) in [
+        ("env", "superuser"),
+        ("env.recover", "recover"),
+        ("env.restore", "restore"),
+    ] {
+        let mut text =
+            format!("# source this file to act as the SPIKE {role} against the local cluster\n");
+        text += &format!("export SPIKE_NEXUS_API_URL=https://{api}\n");
+        text += &format!(
+            "export SPIFFE_ENDPOINT_SOCKET=unix://{}\n",
+            sockets.join(format!("{role}.sock")).display()
+        );
+        text += &format!("export SPIKE_TRUST_ROOT={}\n", cluster.trust_domain);
+        for role_variable in ["NEXUS", "KEEPER", "PILOT", "BOOTSTRAP", "LITE_WORKLOAD"] {
+            text += &format!(
+                "export SPIKE_TRUST_ROOT_{role_variable}={}\n",
+                cluster.trust_domain
+            );
+        }
+        fs::write(cluster.dir.join(file), text)?;
+    }
+    Ok(())
+}

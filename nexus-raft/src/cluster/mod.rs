@@ -1,0 +1,131 @@
+//! The cluster port: Raft RPCs between replicas and client requests
+//! forwarded to the leader, over gRPC with mTLS that admits Nexus
+//! identities only.
+
+pub mod peers;
+pub mod service;
+
+/// Generated cluster protocol.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/spike.cluster.v1.rs"));
+}
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::raft::NexusNode;
+
+/// Largest cluster message either way. Raft batches are capped well below
+/// it (`Config::max_payload_entries`), a forwarded request by the API body
+/// limit.
+pub const MESSAGE_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Size of the data chunks a snapshot is sent in.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Largest snapshot a replica accepts.
+pub const SNAPSHOT_SIZE_MAX_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+/// Longest a forwarded request may take on the leader.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Work only the leader does, carried from any replica to the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaderOp {
+    /// Apply a client write through Raft.
+    Write(crate::state::command::Request),
+    /// Add a replica: as a learner, then as a voter once caught up.
+    AddNode {
+        /// Its id (never used before in this cluster).
+        id: u64,
+        /// Its addresses.
+        node: NexusNode,
+    },
+    /// Remove a replica; its id is retired for good.
+    RemoveNode {
+        /// Its id.
+        id: u64,
+    },
+    /// Hand leadership to another voter.
+    TransferLeader {
+        /// The voter to lead next.
+        to: u64,
+    },
+    /// One operator restore shard.
+    Restore(RestoreShard),
+    /// Replace the root key.
+    Rekey {
+        /// New n.
+        shares: u8,
+        /// New t.
+        threshold: u8,
+    },
+    /// Add a data key for new writes.
+    RotateDataKey,
+}
+
+/// A restore shard in transit between replicas (inside mTLS); wiped on drop.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreShard {
+    /// The shard's index.
+    pub index: u8,
+    /// Its 32 bytes.
+    pub value: Vec<u8>,
+}
+
+impl Drop for RestoreShard {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.value);
+    }
+}
+
+impl std::fmt::Debug for RestoreShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RestoreShard(index {}, redacted)", self.index)
+    }
+}
+
+/// What the leader did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaderReply {
+    /// A write's response.
+    Written(crate::state::command::Response),
+    /// Done, nothing to report.
+    Done,
+    /// Restore progress.
+    Restore {
+        /// Shards collected.
+        collected: usize,
+        /// Shards still needed.
+        remaining: usize,
+        /// Whether the key is back.
+        restored: bool,
+        /// Whether a leader change dropped earlier progress.
+        progress_reset: bool,
+    },
+    /// The new root key id.
+    Rekeyed(u64),
+    /// The new active data key id.
+    Rotated(u32),
+}
+
+/// Why the leader could not take a forwarded request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    /// The receiver is not the leader (any more); it names the leader it
+    /// knows of.
+    #[error("not the leader; leader is {leader:?}")]
+    NotLeader {
+        /// The leader as the receiver knows it.
+        leader: Option<(u64, NexusNode)>,
+    },
+    /// The leader could not complete the request; it may or may not have
+    /// been applied.
+    #[error("leader could not complete the request: {0}")]
+    Unavailable(String),
+    /// The leader refused the request as invalid; nothing changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The leader does not hold the root key.
+    #[error("the leader does not hold the root key")]
+    NotReady,
+}

@@ -1,0 +1,67 @@
+//! One gRPC channel per peer address, shared by Raft replication and
+//! forwarding, so connections (and their TLS sessions) are reused.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use spike_sdk::identity::{PeerAuthorizer, Role, TrustRoots};
+use spike_sdk::svid::Identity;
+use spike_sdk::tls::{ChannelOptions, TlsConfigError, client_config, grpc_channel};
+use tonic::transport::Channel;
+
+use super::MESSAGE_SIZE_MAX_BYTES;
+use super::proto::cluster_client::ClusterClient;
+
+/// Channels to the other replicas.
+#[derive(Clone)]
+pub struct Peers {
+    tls: rustls::ClientConfig,
+    channels: Arc<Mutex<HashMap<SocketAddr, Channel>>>,
+}
+
+/// A peer address that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("peer address {0:?} is not HOST:PORT")]
+pub struct BadPeerAddress(pub String);
+
+impl Peers {
+    /// Peers we reach as `identity`, accepting only servers that carry the
+    /// Nexus role under `trust_roots`.
+    pub fn new(identity: Identity, trust_roots: TrustRoots) -> Result<Self, TlsConfigError> {
+        let authorizer = PeerAuthorizer::role(trust_roots, Role::Nexus);
+        Ok(Self {
+            tls: client_config(identity, authorizer)?,
+            channels: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// A client for the replica at `address` (a cluster address).
+    pub fn client(&self, address: &str) -> Result<ClusterClient<Channel>, BadPeerAddress> {
+        let socket: SocketAddr = address
+            .parse()
+            .map_err(|_| BadPeerAddress(address.to_owned()))?;
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let channel = channels
+            .entry(socket)
+            .or_insert_with(|| {
+                grpc_channel(
+                    socket,
+                    self.tls.clone(),
+                    ChannelOptions {
+                        connect_timeout: Duration::from_millis(500),
+                        request_timeout: super::FORWARD_TIMEOUT,
+                        keepalive_interval: Duration::from_secs(2),
+                    },
+                )
+            })
+            .clone();
+        Ok(ClusterClient::new(channel)
+            .max_decoding_message_size(MESSAGE_SIZE_MAX_BYTES)
+            .max_encoding_message_size(MESSAGE_SIZE_MAX_BYTES))
+    }
+}

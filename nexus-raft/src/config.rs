@@ -1,0 +1,399 @@
+//! Nexus configuration: SPIKE's environment variables and clap flags,
+//! validated as a whole before any port is bound (exit code 64 otherwise).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use spike_sdk::cli::SvidArgs;
+use spike_sdk::crypto::ShamirParams;
+
+use crate::raft::NexusNode;
+use crate::state::secret::{MAX_VERSIONS_DEFAULT, MAX_VERSIONS_LIMIT};
+
+/// The `nexus` command line.
+#[derive(Debug, Parser)]
+#[command(version, about = "SPIKE Nexus: a replica of the secret store")]
+pub struct Args {
+    #[command(flatten)]
+    pub svid: SvidArgs,
+    /// This replica's id (from 1, never reused).
+    #[arg(long, env = "SPIKE_NEXUS_NODE_ID", default_value_t = 1)]
+    pub node_id: u64,
+    /// The founding replicas, ID=CLUSTER_ADDR/API_ADDR, comma separated
+    /// (e.g. 1=10.0.0.1:8554/10.0.0.1:8553,2=...).
+    #[arg(long, env = "SPIKE_NEXUS_PEERS", default_value = "")]
+    pub peers: String,
+    /// Start empty and wait to be added with `spike cluster add` instead of
+    /// founding a cluster from --peers.
+    #[arg(long, env = "SPIKE_NEXUS_JOIN")]
+    pub join: bool,
+    /// Cluster port address (default: this replica's --peers entry).
+    #[arg(long, env = "SPIKE_NEXUS_CLUSTER_ADDR")]
+    pub cluster_addr: Option<SocketAddr>,
+    /// API address (default: this replica's --peers entry, else the
+    /// cluster host and SPIKE_NEXUS_TLS_PORT).
+    #[arg(long, env = "SPIKE_NEXUS_API_ADDR")]
+    pub api_addr: Option<SocketAddr>,
+    /// API port of a joining replica when --api-addr is not given (SPIKE's
+    /// variable).
+    #[arg(long, env = "SPIKE_NEXUS_TLS_PORT", default_value_t = 8553)]
+    pub port: u16,
+    /// Plain-HTTP health and metrics address (/livez, /readyz, /metrics);
+    /// off unless set.
+    #[arg(long, env = "SPIKE_NEXUS_HEALTH_ADDR")]
+    pub health_addr: Option<SocketAddr>,
+    /// Where the log, state and snapshots live.
+    #[arg(long, env = "SPIKE_NEXUS_DATA_DIR", default_value = "nexus-data")]
+    pub data_dir: PathBuf,
+    /// Storage backend; only `persistent` (redb) exists.
+    #[arg(long, env = "SPIKE_NEXUS_BACKEND_STORE", default_value = "persistent")]
+    pub backend_store: String,
+    /// Keeper addresses, comma separated; keeper i holds share i.
+    #[arg(long, env = "SPIKE_NEXUS_KEEPER_PEERS", default_value = "")]
+    pub keepers: String,
+    /// Shamir n: shares made (one per keeper).
+    #[arg(long, env = "SPIKE_NEXUS_SHAMIR_SHARES", default_value_t = 3)]
+    pub shares: u8,
+    /// Shamir t: shares needed to rebuild the root key.
+    #[arg(long, env = "SPIKE_NEXUS_SHAMIR_THRESHOLD", default_value_t = 2)]
+    pub threshold: u8,
+    /// How often the leader re-sends shares to keepers (e.g. 500ms, 5s, 1m).
+    #[arg(long, env = "SPIKE_NEXUS_KEEPER_UPDATE_INTERVAL", default_value = "5s")]
+    pub keeper_update_interval: String,
+    /// Versions kept per secret.
+    #[arg(long, env = "SPIKE_NEXUS_MAX_SECRET_VERSIONS", default_value_t = MAX_VERSIONS_DEFAULT)]
+    pub max_secret_versions: u32,
+    /// Build a snapshot after this many new log entries.
+    #[arg(long, env = "SPIKE_NEXUS_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot for lagging followers.
+    #[arg(long, env = "SPIKE_NEXUS_LOGS_KEPT", default_value_t = 1_000)]
+    pub logs_kept: u64,
+    /// Lock all memory so keys are never swapped out (needs a raised
+    /// RLIMIT_MEMLOCK or CAP_IPC_LOCK).
+    #[arg(long, env = "SPIKE_LOCK_MEMORY")]
+    pub lock_memory: bool,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Node ids start at 1.
+    #[error("--node-id must be at least 1")]
+    NodeIdZero,
+    /// A peer entry is malformed.
+    #[error(
+        "--peers entry {0:?} is not ID=CLUSTER_ADDR/API_ADDR (e.g. 2=10.0.0.2:8554/10.0.0.2:8553)"
+    )]
+    MalformedPeer(String),
+    /// A node id appears twice.
+    #[error("--peers names node {0} twice")]
+    DuplicatePeerId(u64),
+    /// An address appears twice.
+    #[error("--peers uses address {0} twice")]
+    DuplicatePeerAddress(SocketAddr),
+    /// This node is not among the peers.
+    #[error("--node-id {node_id} is not in --peers (known ids: {known})")]
+    NodeNotInPeers {
+        /// This node's id.
+        node_id: u64,
+        /// The ids given.
+        known: String,
+    },
+    /// Join mode needs its own address.
+    #[error("--join needs --cluster-addr")]
+    JoinWithoutAddresses,
+    /// A keeper address is malformed.
+    #[error("SPIKE_NEXUS_KEEPER_PEERS entry {0:?} is not HOST:PORT or https://HOST:PORT")]
+    MalformedKeeper(String),
+    /// A keeper is listed twice.
+    #[error("SPIKE_NEXUS_KEEPER_PEERS lists {0} twice")]
+    DuplicateKeeper(SocketAddr),
+    /// n and t are out of range.
+    #[error("SPIKE_NEXUS_SHAMIR_SHARES / SPIKE_NEXUS_SHAMIR_THRESHOLD: {0}")]
+    Shamir(String),
+    /// One share per keeper.
+    #[error(
+        "SPIKE_NEXUS_SHAMIR_SHARES is {shares} but SPIKE_NEXUS_KEEPER_PEERS lists {keepers} keepers"
+    )]
+    KeeperCountMismatch {
+        /// n.
+        shares: u8,
+        /// Keepers listed.
+        keepers: usize,
+    },
+    /// A duration does not parse.
+    #[error("SPIKE_NEXUS_KEEPER_UPDATE_INTERVAL {0:?} is not a duration like 500ms, 5s or 1m")]
+    Duration(String),
+    /// Out-of-range number.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// Unsupported backend.
+    #[error("SPIKE_NEXUS_BACKEND_STORE {0:?} is not supported: only persistent (redb) exists")]
+    Backend(String),
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct NexusConfig {
+    /// This replica's id.
+    pub node_id: u64,
+    /// This replica's addresses.
+    pub own: NexusNode,
+    /// Founding members (empty in join mode).
+    pub founders: BTreeMap<u64, NexusNode>,
+    /// Keeper addresses in share order.
+    pub keepers: Vec<SocketAddr>,
+    /// n and t for a new root key.
+    pub shamir: ShamirParams,
+    /// Share push period.
+    pub keeper_update_interval: Duration,
+    /// Versions kept per secret.
+    pub max_versions: u32,
+    /// Health listener.
+    pub health_addr: Option<SocketAddr>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Snapshot after this many entries.
+    pub snapshot_every: u64,
+    /// Entries kept behind a snapshot.
+    pub logs_kept: u64,
+}
+
+impl NexusConfig {
+    /// Validates `args`.
+    pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
+        if args.node_id == 0 {
+            return Err(ConfigError::NodeIdZero);
+        }
+        if args.backend_store != "persistent" {
+            return Err(ConfigError::Backend(args.backend_store.clone()));
+        }
+        let founders = if args.join {
+            BTreeMap::new()
+        } else {
+            parse_peers(&args.peers)?
+        };
+        let own_entry = founders.get(&args.node_id).cloned();
+        if !args.join && own_entry.is_none() {
+            let known: Vec<String> = founders.keys().map(u64::to_string).collect();
+            return Err(ConfigError::NodeNotInPeers {
+                node_id: args.node_id,
+                known: if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                },
+            });
+        }
+        let own = match (&own_entry, args.cluster_addr) {
+            (Some(entry), cluster) => NexusNode {
+                cluster_addr: cluster.map_or(entry.cluster_addr.clone(), |a| a.to_string()),
+                api_addr: args
+                    .api_addr
+                    .map_or(entry.api_addr.clone(), |a| a.to_string()),
+            },
+            // Joining: the API listens on the cluster host at SPIKE_NEXUS_TLS_PORT
+            // unless told otherwise.
+            (None, Some(cluster)) => NexusNode {
+                cluster_addr: cluster.to_string(),
+                api_addr: args
+                    .api_addr
+                    .unwrap_or_else(|| SocketAddr::new(cluster.ip(), args.port))
+                    .to_string(),
+            },
+            (None, None) => return Err(ConfigError::JoinWithoutAddresses),
+        };
+        let (keepers, shamir) = parse_keepers(&args.keepers, args.shares, args.threshold)?;
+        if args.max_secret_versions == 0 || args.max_secret_versions > MAX_VERSIONS_LIMIT {
+            return Err(ConfigError::OutOfRange(format!(
+                "SPIKE_NEXUS_MAX_SECRET_VERSIONS must be 1 to {MAX_VERSIONS_LIMIT}"
+            )));
+        }
+        if args.snapshot_every == 0 {
+            return Err(ConfigError::OutOfRange(
+                "SPIKE_NEXUS_SNAPSHOT_EVERY must be at least 1".to_owned(),
+            ));
+        }
+        Ok(Self {
+            node_id: args.node_id,
+            own,
+            founders,
+            keepers,
+            shamir,
+            keeper_update_interval: parse_duration(&args.keeper_update_interval)
+                .ok_or_else(|| ConfigError::Duration(args.keeper_update_interval.clone()))?,
+            max_versions: args.max_secret_versions,
+            health_addr: args.health_addr,
+            data_dir: args.data_dir.clone(),
+            snapshot_every: args.snapshot_every,
+            logs_kept: args.logs_kept,
+        })
+    }
+
+    /// The API listen address.
+    pub fn api_listen(&self) -> Result<SocketAddr, ConfigError> {
+        self.own
+            .api_addr
+            .parse()
+            .map_err(|_| ConfigError::MalformedPeer(self.own.api_addr.clone()))
+    }
+
+    /// The cluster listen address.
+    pub fn cluster_listen(&self) -> Result<SocketAddr, ConfigError> {
+        self.own
+            .cluster_addr
+            .parse()
+            .map_err(|_| ConfigError::MalformedPeer(self.own.cluster_addr.clone()))
+    }
+}
+
+/// Parses `1=10.0.0.1:8554/10.0.0.1:8553,2=...`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, NexusNode>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    let mut addresses = Vec::new();
+    for entry in text
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+    {
+        let malformed = || ConfigError::MalformedPeer(entry.to_owned());
+        let (id, addresses_text) = entry.split_once('=').ok_or_else(malformed)?;
+        let id: u64 = id.trim().parse().map_err(|_| malformed())?;
+        let (cluster, api) = addresses_text.split_once('/').ok_or_else(malformed)?;
+        let cluster: SocketAddr = cluster.trim().parse().map_err(|_| malformed())?;
+        let api: SocketAddr = api.trim().parse().map_err(|_| malformed())?;
+        if id == 0 {
+            return Err(ConfigError::NodeIdZero);
+        }
+        for address in [cluster, api] {
+            if addresses.contains(&address) {
+                return Err(ConfigError::DuplicatePeerAddress(address));
+            }
+            addresses.push(address);
+        }
+        let node = NexusNode {
+            cluster_addr: cluster.to_string(),
+            api_addr: api.to_string(),
+        };
+        if peers.insert(id, node).is_some() {
+            return Err(ConfigError::DuplicatePeerId(id));
+        }
+    }
+    Ok(peers)
+}
+
+/// Parses SPIKE's keeper list against the Shamir parameters.
+pub fn parse_keepers(
+    text: &str,
+    shares: u8,
+    threshold: u8,
+) -> Result<(Vec<SocketAddr>, ShamirParams), ConfigError> {
+    let params =
+        ShamirParams::new(shares, threshold).map_err(|e| ConfigError::Shamir(e.to_string()))?;
+    let mut keepers = Vec::new();
+    for entry in text
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+    {
+        let address = entry
+            .strip_prefix("https://")
+            .unwrap_or(entry)
+            .trim_end_matches('/');
+        let address: SocketAddr = address
+            .parse()
+            .map_err(|_| ConfigError::MalformedKeeper(entry.to_owned()))?;
+        if keepers.contains(&address) {
+            return Err(ConfigError::DuplicateKeeper(address));
+        }
+        keepers.push(address);
+    }
+    if keepers.len() != usize::from(shares) {
+        return Err(ConfigError::KeeperCountMismatch {
+            shares,
+            keepers: keepers.len(),
+        });
+    }
+    Ok((keepers, params))
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h` (Go-style, one unit).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number.checked_mul(60)?),
+        "h" => Duration::from_secs(number.checked_mul(3600)?),
+        _ => return None,
+    };
+    (!duration.is_zero()).then_some(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_reject_duplicates() {
+        let peers =
+            parse_peers("1=127.0.0.1:1/127.0.0.1:2, 2=127.0.0.1:3/127.0.0.1:4").expect("valid");
+        assert_eq!(peers[&2].api_addr, "127.0.0.1:4");
+        assert_eq!(
+            parse_peers("1=127.0.0.1:1/127.0.0.1:2,1=127.0.0.1:3/127.0.0.1:4"),
+            Err(ConfigError::DuplicatePeerId(1))
+        );
+        assert!(matches!(
+            parse_peers("1=127.0.0.1:1/127.0.0.1:2,2=127.0.0.1:1/127.0.0.1:5"),
+            Err(ConfigError::DuplicatePeerAddress(_))
+        ));
+        assert!(matches!(
+            parse_peers("1=127.0.0.1:1"),
+            Err(ConfigError::MalformedPeer(_))
+        ));
+    }
+
+    #[test]
+    fn keepers_match_shares_and_are_distinct() {
+        let (keepers, params) = parse_keepers(
+            "https://127.0.0.1:8443,127.0.0.1:8444/,127.0.0.1:8445",
+            3,
+            2,
+        )
+        .expect("valid");
+        assert_eq!(keepers.len(), 3);
+        assert_eq!(params.threshold(), 2);
+        assert!(matches!(
+            parse_keepers("127.0.0.1:1,127.0.0.1:2", 2, 3),
+            Err(ConfigError::Shamir(_))
+        ));
+        assert!(matches!(
+            parse_keepers("127.0.0.1:1,127.0.0.1:1", 2, 2),
+            Err(ConfigError::DuplicateKeeper(_))
+        ));
+        assert_eq!(
+            parse_keepers("127.0.0.1:1", 3, 2),
+            Err(ConfigError::KeeperCountMismatch {
+                shares: 3,
+                keepers: 1
+            })
+        );
+    }
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0s"), None);
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("1d"), None);
+    }
+}

@@ -1,0 +1,99 @@
+//! The health and metrics listener: plain HTTP for load balancers,
+//! Kubernetes probes and Prometheus. It reveals no secrets: liveness,
+//! readiness (whether this replica holds the root key) and Raft progress.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use openraft::async_runtime::WatchReceiver;
+
+use crate::keys::KeyStatus;
+use crate::node::Node;
+
+/// Serves `/livez`, `/readyz` and `/metrics` on `address` until shutdown.
+pub async fn serve(address: SocketAddr, node: Node) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(node);
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(spike_sdk::cli::shutdown_signal())
+        .await
+}
+
+async fn ready(State(node): State<Node>) -> impl IntoResponse {
+    match node.keys.status() {
+        KeyStatus::Ready { .. } => (StatusCode::OK, "ready\n"),
+        KeyStatus::Locked { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the root key\n",
+        ),
+        KeyStatus::Uninitialized => (StatusCode::SERVICE_UNAVAILABLE, "cluster not initialized\n"),
+    }
+}
+
+async fn metrics(State(node): State<Node>) -> impl IntoResponse {
+    let (term, leader, is_leader, last_log, applied, voters) = {
+        let metrics = node.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        (
+            metrics.current_term,
+            metrics.current_leader.unwrap_or(0),
+            metrics.state.is_leader(),
+            metrics.last_log_index.unwrap_or(0),
+            metrics
+                .last_applied
+                .as_ref()
+                .map_or(0, |log_id| log_id.index),
+            metrics.membership_config.membership().voter_ids().count(),
+        )
+    };
+    let ready = matches!(node.keys.status(), KeyStatus::Ready { .. });
+    let mut text = String::new();
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            text,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{}\"}} {value}",
+            node.id
+        );
+    };
+    gauge("spike_raft_term", "Current Raft term.", term);
+    gauge(
+        "spike_raft_leader_id",
+        "Id of the known leader (0: none).",
+        leader,
+    );
+    gauge(
+        "spike_raft_is_leader",
+        "1 if this replica leads.",
+        u64::from(is_leader),
+    );
+    gauge(
+        "spike_raft_last_log_index",
+        "Index of the last log entry.",
+        last_log,
+    );
+    gauge(
+        "spike_raft_applied_index",
+        "Index of the last applied entry.",
+        applied,
+    );
+    gauge(
+        "spike_raft_voters",
+        "Voters in the membership.",
+        voters as u64,
+    );
+    gauge(
+        "spike_root_key_ready",
+        "1 if this replica holds the root key.",
+        u64::from(ready),
+    );
+    ([("content-type", "text/plain; version=0.0.4")], text)
+}
