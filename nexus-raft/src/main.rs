@@ -61,7 +61,6 @@ fn raft_config(config: &NexusConfig) -> Result<RaftConfig, StartupError> {
         max_payload_entries: 256,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
         max_in_snapshot_log_to_keep: config.logs_kept,
-        purge_batch_size: 256,
         ..Default::default()
     }
     .validate()

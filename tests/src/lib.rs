@@ -223,3 +223,270 @@ pub async fn wait_for_port(address: SocketAddr) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A reply from the SPIKE API.
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body (`Null` if empty or not JSON).
+    pub body: serde_json::Value,
+    /// The leader hint header, if any.
+    pub leader: Option<String>,
+}
+
+/// A SPIKE API client acting as one identity; it accepts only servers with
+/// the Nexus role.
+#[derive(Clone)]
+pub struct ApiClient {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl ApiClient {
+    /// A client presenting `identity`.
+    pub fn new(identity: &Identity) -> Self {
+        let roots =
+            spike_sdk::identity::TrustRoots::from_environment(&[]).expect("default trust roots");
+        let mut config = client_config(
+            identity.clone(),
+            PeerAuthorizer::role(roots, spike_sdk::identity::Role::Nexus),
+        )
+        .expect("client config");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self {
+            config: Arc::new(config),
+        }
+    }
+
+    /// POSTs `body` to `path_and_query` on the node at `address`.
+    pub async fn post(
+        &self,
+        address: SocketAddr,
+        path_and_query: &str,
+        body: serde_json::Value,
+    ) -> Result<Reply, String> {
+        self.post_with(address, path_and_query, body, &[]).await
+    }
+
+    /// POSTs with extra headers.
+    pub async fn post_with(
+        &self,
+        address: SocketAddr,
+        path_and_query: &str,
+        body: serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, String> {
+        use http_body_util::BodyExt;
+        let call = async {
+            let (stream, _) = connect(address, self.config.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            let mut request = hyper::Request::builder()
+                .method("POST")
+                .uri(path_and_query)
+                .header("host", "nexus")
+                .header("content-type", "application/json");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let request = request
+                .body(http_body_util::Full::new(hyper::body::Bytes::from(
+                    body.to_string(),
+                )))
+                .map_err(|e| e.to_string())?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status().as_u16();
+            let leader = response
+                .headers()
+                .get("x-spike-leader")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned);
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok(Reply {
+                status,
+                body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+                leader,
+            })
+        };
+        tokio::time::timeout(STEP_TIMEOUT, call)
+            .await
+            .map_err(|_| "request timed out".to_owned())?
+    }
+}
+
+/// A cluster started with `spike-cluster` in a temporary directory, taken
+/// down when dropped.
+pub struct LocalCluster {
+    /// The cluster directory.
+    pub dir: TempDir,
+    /// `cluster.json` as last read.
+    pub file: serde_json::Value,
+}
+
+/// Each cluster of a test binary gets its own block of ports.
+fn next_base_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let slot = NEXT.fetch_add(1, Ordering::Relaxed);
+    let spread = (std::process::id() % 20) as u16;
+    21_000 + ((spread * 10 + slot) % 190) * 200
+}
+
+impl LocalCluster {
+    /// Starts a cluster (`spike-cluster up`) with `args` and waits until it
+    /// serves.
+    pub fn up(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("cluster directory");
+        let base_port = next_base_port().to_string();
+        let mut all = vec!["up", "--dir"];
+        let dir_text = dir.path().display().to_string();
+        all.push(&dir_text);
+        all.extend(["--base-port", &base_port]);
+        all.extend_from_slice(args);
+        let cluster = Self {
+            file: serde_json::Value::Null,
+            dir,
+        };
+        cluster.spike_cluster(&all);
+        let mut cluster = cluster;
+        cluster.reload();
+        cluster
+    }
+
+    fn spike_cluster(&self, args: &[&str]) {
+        let output = std::process::Command::new(binary("spike-cluster"))
+            .args(args)
+            .output()
+            .expect("run spike-cluster");
+        assert!(
+            output.status.success(),
+            "spike-cluster {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Runs `spike-cluster ACTION NAME` (start, stop, kill).
+    pub fn act(&mut self, action: &str, name: &str) {
+        let dir = self.dir.path().display().to_string();
+        self.spike_cluster(&[action, name, "--dir", &dir]);
+        self.reload();
+    }
+
+    /// Rereads `cluster.json`.
+    pub fn reload(&mut self) {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("cluster.json")).expect("cluster.json");
+        self.file = serde_json::from_str(&text).expect("cluster.json parses");
+    }
+
+    fn process(&self, name: &str) -> &serde_json::Value {
+        self.file["processes"]
+            .as_array()
+            .and_then(|processes| processes.iter().find(|p| p["name"] == name))
+            .unwrap_or_else(|| panic!("no process {name}"))
+    }
+
+    /// The API address of replica `id`.
+    pub fn api(&self, id: u64) -> SocketAddr {
+        self.address(&format!("nexus-{id}"), "api_addr")
+    }
+
+    /// An address field of a process.
+    pub fn address(&self, name: &str, field: &str) -> SocketAddr {
+        self.process(name)[field]
+            .as_str()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or_else(|| panic!("{name} has no {field}"))
+    }
+
+    /// The data directory of replica `id`.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        PathBuf::from(
+            self.process(&format!("nexus-{id}"))["data_dir"]
+                .as_str()
+                .expect("data dir"),
+        )
+    }
+
+    /// Names of every process of `role`.
+    pub fn names(&self, role: &str) -> Vec<String> {
+        self.file["processes"]
+            .as_array()
+            .map(|processes| {
+                processes
+                    .iter()
+                    .filter(|p| p["role"] == role)
+                    .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Identity `name` (a role like `superuser`, or a process name) from the
+    /// cluster's dev Workload API.
+    pub async fn identity(&self, name: &str) -> Identity {
+        let socket = self
+            .dir
+            .path()
+            .join("identities")
+            .join("sockets")
+            .join(format!("{name}.sock"));
+        SvidSource::WorkloadApi {
+            endpoint: format!("unix://{}", socket.display()),
+        }
+        .load(STEP_TIMEOUT)
+        .await
+        .unwrap_or_else(|error| panic!("identity {name}: {error}"))
+    }
+
+    /// Whether replica `id` says it holds the root key.
+    pub fn ready(&self, id: u64) -> bool {
+        use std::io::{Read, Write};
+        let address = self.address(&format!("nexus-{id}"), "health_addr");
+        let Ok(mut stream) =
+            std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200))
+        else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut head = [0u8; 12];
+        stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").is_ok()
+            && stream.read_exact(&mut head).is_ok()
+            && head.ends_with(b"200")
+    }
+
+    /// Waits until replica `id` holds the root key; returns how long it took.
+    pub async fn wait_ready(&self, id: u64, limit: Duration) -> Duration {
+        let began = tokio::time::Instant::now();
+        while !self.ready(id) {
+            assert!(
+                began.elapsed() < limit,
+                "nexus-{id} not ready after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        began.elapsed()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let dir = self.dir.path().display().to_string();
+        let _ = std::process::Command::new(binary("spike-cluster"))
+            .args(["down", "--dir", &dir])
+            .output();
+    }
+}

@@ -70,7 +70,7 @@ pub async fn status(call: Call<'_>) -> Result<Value, ApiError> {
     let key_check = node
         .keys
         .unlocked()
-        .map(|unlocked| unlocked.key_check.to_string());
+        .map(|unlocked| hex::encode(unlocked.key_check.as_bytes()));
     Ok(json!({
         "nodeId": node.id,
         "state": state,

@@ -172,6 +172,7 @@ impl StateMachine {
         std::fs::rename(&partial, &path).map_err(|e| io_error(subject, e))?;
         sync_dir(&self.snapshot_dir)?;
         snapshot::remove_others(&self.snapshot_dir, &path)?;
+        tracing::info!(last_log_index = index, "built snapshot");
         Ok(Snapshot {
             meta,
             snapshot: SnapshotFile::open(&path)?,
@@ -203,6 +204,7 @@ impl StateMachine {
         sync_dir(&self.snapshot_dir)?;
         snapshot::remove_others(&self.snapshot_dir, &path)?;
         self.applied.send_replace(meta.last_log_id);
+        tracing::info!(last_log_index = index, "installed snapshot from the leader");
         Ok(())
     }
 

@@ -1,0 +1,163 @@
+//! Membership: a replica joins as a learner then votes, leaves with its id
+//! retired for good, and leadership moves on request.
+
+use std::time::Duration;
+
+use serde_json::json;
+use spike_dev_identity::{IdentityDirectory, IdentitySpec};
+use spike_tests::{ChildGuard, LocalCluster, binary, free_port};
+
+use crate::support::{Operators, RECOVERY_LIMIT, get, leader, phase, put, status, value_of};
+
+fn voters(status: &serde_json::Value) -> Vec<u64> {
+    let mut ids: Vec<u64> = status["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter(|member| member["voter"] == true)
+        .filter_map(|member| member["id"].as_u64())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_joins_votes_leaves_and_its_id_is_never_reused() {
+    let cluster = LocalCluster::up(&[]);
+    let ops = Operators::of(&cluster).await;
+    assert_eq!(
+        put(&ops.superuser, cluster.api(1), "m", "1").await.status,
+        200
+    );
+
+    phase("start a fourth replica in join mode with file-based SVIDs");
+    let identities = cluster.dir.path().join("identities");
+    let spec = IdentitySpec::parse("nexus-4=/spike/nexus/4").expect("spec");
+    let directory =
+        IdentityDirectory::create(&identities, "spike.ist", &[spec], Duration::from_secs(3600))
+            .expect("identity for nexus-4");
+    let keepers: Vec<String> = cluster
+        .names("keeper")
+        .iter()
+        .map(|name| cluster.address(name, "api_addr").to_string())
+        .collect();
+    let (cluster_port, api_port, health_port) = (free_port(), free_port(), free_port());
+    let data_dir = cluster.dir.path().join("nexus-4");
+    let log =
+        std::fs::File::create(cluster.dir.path().join("logs").join("nexus-4.log")).expect("log");
+    let child = std::process::Command::new(binary("nexus"))
+        .env_clear()
+        .env("SPIKE_TRUST_ROOT", "spike.ist")
+        .args(["--node-id", "4", "--join"])
+        .args(["--cluster-addr", &format!("127.0.0.1:{cluster_port}")])
+        .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
+        .args(["--health-addr", &format!("127.0.0.1:{health_port}")])
+        .args([
+            "--keepers",
+            &keepers.join(","),
+            "--shares",
+            "5",
+            "--threshold",
+            "3",
+        ])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--svid-cert")
+        .arg(directory.cert_path("nexus-4"))
+        .arg("--svid-key")
+        .arg(directory.key_path("nexus-4"))
+        .arg("--svid-bundle")
+        .arg(directory.bundle_path("nexus-4"))
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start nexus-4");
+    let _nexus4 = ChildGuard(Some(child));
+    spike_tests::wait_for_port(([127, 0, 0, 1], api_port).into()).await;
+
+    phase("add it through a follower; it catches up, gets the key and votes");
+    let add = json!({
+        "id": 4,
+        "clusterAddr": format!("127.0.0.1:{cluster_port}"),
+        "apiAddr": format!("127.0.0.1:{api_port}"),
+    });
+    let reply = ops
+        .superuser
+        .post(cluster.api(2), "/v1/cluster?action=add", add.clone())
+        .await
+        .expect("add");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let state = status(&ops.superuser, cluster.api(1))
+        .await
+        .expect("status");
+    assert_eq!(voters(&state), vec![1, 2, 3, 4]);
+    let api4: std::net::SocketAddr = ([127, 0, 0, 1], api_port).into();
+    let began = tokio::time::Instant::now();
+    loop {
+        let read = get(&ops.superuser, api4, "m").await;
+        if value_of(&read).as_deref() == Some("1") {
+            break;
+        }
+        assert!(
+            began.elapsed() < RECOVERY_LIMIT,
+            "nexus-4 never served: {:?}",
+            read.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    phase("leadership moves on request");
+    let current = leader(&ops.superuser, &cluster, &[1, 2, 3]).await;
+    let target = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != current)
+        .expect("another voter");
+    let reply = ops
+        .superuser
+        .post(
+            cluster.api(target),
+            "/v1/cluster?action=transfer",
+            json!({ "id": target }),
+        )
+        .await
+        .expect("transfer");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let began = tokio::time::Instant::now();
+    while leader(&ops.superuser, &cluster, &[1, 2, 3]).await != target {
+        assert!(
+            began.elapsed() < RECOVERY_LIMIT,
+            "leadership did not move to {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    phase("remove it; its id is retired");
+    let reply = ops
+        .superuser
+        .post(
+            cluster.api(1),
+            "/v1/cluster?action=remove",
+            json!({ "id": 4 }),
+        )
+        .await
+        .expect("remove");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let state = status(&ops.superuser, cluster.api(1))
+        .await
+        .expect("status");
+    assert_eq!(voters(&state), vec![1, 2, 3]);
+    let again = ops
+        .superuser
+        .post(cluster.api(1), "/v1/cluster?action=add", add)
+        .await
+        .expect("add");
+    assert_eq!(
+        again.status, 400,
+        "a retired id comes back: {:?}",
+        again.body
+    );
+    assert_eq!(
+        put(&ops.superuser, cluster.api(3), "m", "2").await.status,
+        200
+    );
+}
