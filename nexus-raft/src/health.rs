@@ -2,27 +2,24 @@
 //! Kubernetes probes and Prometheus. It reveals no secrets: liveness,
 //! readiness (whether this replica holds the root key) and Raft progress.
 
-use std::fmt::Write;
-use std::net::SocketAddr;
-
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use openraft::async_runtime::WatchReceiver;
+use std::fmt::Write;
 
 use crate::keys::KeyStatus;
 use crate::node::Node;
 
-/// Serves `/livez`, `/readyz` and `/metrics` on `address` until shutdown.
-pub async fn serve(address: SocketAddr, node: Node) -> std::io::Result<()> {
+/// Serves `/livez`, `/readyz` and `/metrics` on `listener` until shutdown.
+pub async fn serve(listener: tokio::net::TcpListener, node: Node) -> std::io::Result<()> {
     let app = Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .with_state(node);
-    let listener = tokio::net::TcpListener::bind(address).await?;
     axum::serve(listener, app)
         .with_graceful_shutdown(spike_sdk::cli::shutdown_signal())
         .await

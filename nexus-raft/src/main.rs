@@ -135,6 +135,12 @@ async fn serve(args: Args, hardening: Hardening) -> Result<(), StartupError> {
         .map_err(StartupError::failed)?;
     api_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let api_listener = listen(api_listen, api_tls, &identity).await?;
+    let health_listener = match config.health_addr {
+        Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(|e| {
+            StartupError::failed(format!("cannot listen on {address} (health): {e}"))
+        })?),
+        None => None,
+    };
 
     found_cluster(&raft, &config).await;
     let manager_task = tokio::spawn(key_manager.run(state_machine.applied()));
@@ -168,8 +174,8 @@ async fn serve(args: Args, hardening: Hardening) -> Result<(), StartupError> {
     )
     .with_graceful_shutdown(shutdown_signal());
     let health = async {
-        match config.health_addr {
-            Some(address) => health::serve(address, node.clone()).await,
+        match health_listener {
+            Some(listener) => health::serve(listener, node.clone()).await,
             None => {
                 shutdown_signal().await;
                 Ok(())

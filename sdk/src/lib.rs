@@ -15,12 +15,15 @@
 //! - [`hardening`]: no core dumps, no ptrace, locked memory for processes
 //!   that hold key material.
 //! - `keeper_api` (feature `tonic`): the Keeper gRPC protocol.
+//! - `client` (feature `client`): a minimal HTTPS JSON client for the API.
 //! - `cli` (feature `cli`): shared start-up flags, logging and exit codes.
 //! - [`environment`]: configuration read through a trait, so tests pass a map
 //!   instead of touching the process environment.
 
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod crypto;
 pub mod environment;
 pub mod hardening;

@@ -225,21 +225,13 @@ pub async fn wait_for_port(address: SocketAddr) {
 }
 
 /// A reply from the SPIKE API.
-#[derive(Debug)]
-pub struct Reply {
-    /// HTTP status.
-    pub status: u16,
-    /// JSON body (`Null` if empty or not JSON).
-    pub body: serde_json::Value,
-    /// The leader hint header, if any.
-    pub leader: Option<String>,
-}
+pub use spike_sdk::client::JsonReply as Reply;
 
 /// A SPIKE API client acting as one identity; it accepts only servers with
 /// the Nexus role.
 #[derive(Clone)]
 pub struct ApiClient {
-    config: Arc<rustls::ClientConfig>,
+    client: spike_sdk::client::HttpsClient,
 }
 
 impl ApiClient {
@@ -247,14 +239,11 @@ impl ApiClient {
     pub fn new(identity: &Identity) -> Self {
         let roots =
             spike_sdk::identity::TrustRoots::from_environment(&[]).expect("default trust roots");
-        let mut config = client_config(
-            identity.clone(),
-            PeerAuthorizer::role(roots, spike_sdk::identity::Role::Nexus),
-        )
-        .expect("client config");
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let expect = PeerAuthorizer::role(roots, spike_sdk::identity::Role::Nexus);
         Self {
-            config: Arc::new(config),
+            client: spike_sdk::client::HttpsClient::new(identity.clone(), expect)
+                .expect("client config")
+                .with_timeout(STEP_TIMEOUT),
         }
     }
 
@@ -276,54 +265,10 @@ impl ApiClient {
         body: serde_json::Value,
         headers: &[(&str, &str)],
     ) -> Result<Reply, String> {
-        use http_body_util::BodyExt;
-        let call = async {
-            let (stream, _) = connect(address, self.config.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(connection);
-            let mut request = hyper::Request::builder()
-                .method("POST")
-                .uri(path_and_query)
-                .header("host", "nexus")
-                .header("content-type", "application/json");
-            for (name, value) in headers {
-                request = request.header(*name, *value);
-            }
-            let request = request
-                .body(http_body_util::Full::new(hyper::body::Bytes::from(
-                    body.to_string(),
-                )))
-                .map_err(|e| e.to_string())?;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = response.status().as_u16();
-            let leader = response
-                .headers()
-                .get("x-spike-leader")
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned);
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok(Reply {
-                status,
-                body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-                leader,
-            })
-        };
-        tokio::time::timeout(STEP_TIMEOUT, call)
+        self.client
+            .post_json(address, path_and_query, &body, headers)
             .await
-            .map_err(|_| "request timed out".to_owned())?
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -336,13 +281,24 @@ pub struct LocalCluster {
     pub file: serde_json::Value,
 }
 
-/// Each cluster of a test binary gets its own block of ports.
+/// Each cluster of a test binary gets its own block of 200 ports, all below
+/// Linux's ephemeral range (32768 and up), so no outgoing connection can
+/// hold one of them.
 fn next_base_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let slot = NEXT.fetch_add(1, Ordering::Relaxed);
-    let spread = (std::process::id() % 20) as u16;
-    21_000 + ((spread * 10 + slot) % 190) * 200
+    let spread = (std::process::id() % 10) as u16;
+    for _ in 0..110 {
+        let slot = NEXT.fetch_add(1, Ordering::Relaxed);
+        let base = 10_000 + ((spread * 11 + slot) % 110) * 200;
+        // Skip a block something else (a dev cluster, say) already uses.
+        let free =
+            (0..160).all(|offset| StdTcpListener::bind(("127.0.0.1", base + offset)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free block of loopback ports below 32768")
 }
 
 impl LocalCluster {

@@ -10,6 +10,13 @@
 //! (`nexus-2`, `keeper-4`, `workload-api`); `down` stops them all. Only
 //! processes recorded in `cluster.json` are ever signalled, and only while
 //! they still run the binary recorded for them.
+//!
+//! Keepers hold shares in memory only, so after `down` the restarted
+//! cluster cannot rebuild its root key by itself: that is a total loss. For
+//! development convenience the first `up` saves the recovery shards (as
+//! `spike operator recover` would) under `DIR/recovery`, and a later `up`
+//! that finds the replicas locked feeds them back through `restore`. A
+//! production deployment never keeps shards next to the data.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -23,6 +30,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use spike_dev_identity::{IdentityDirectory, IdentitySpec};
+
+mod operator;
 
 #[derive(Parser)]
 #[command(
@@ -360,25 +369,28 @@ fn up(cluster: &mut ClusterFile, bin_dir: &Path, wait: Duration) -> anyhow::Resu
     }
     write_env_files(cluster)?;
     let deadline = Instant::now() + wait;
-    for process in cluster
-        .processes
-        .iter()
-        .filter(|process| process.role == "nexus")
-    {
-        let health = process
-            .health_addr
-            .as_deref()
-            .context("nexus without health address")?;
-        while !ready(health) {
-            if Instant::now() > deadline {
-                bail!(
-                    "{} did not become ready in {wait:?}; see {}",
-                    process.name,
-                    process.log.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    let recovery_dir = cluster.dir.join("recovery");
+    let saved_shards = recovery_dir.join("spike.recovery.1.txt").exists();
+    if saved_shards && !wait_all_ready(cluster, Instant::now() + Duration::from_secs(3))? {
+        println!(
+            "keepers restarted empty: restoring the root key from {}",
+            recovery_dir.display()
+        );
+        operator::restore(cluster)?;
+    }
+    if !wait_all_ready(cluster, deadline)? {
+        let stuck = cluster
+            .processes
+            .iter()
+            .filter(|process| process.role == "nexus")
+            .find(|process| !process.health_addr.as_deref().is_some_and(ready))
+            .map_or_else(String::new, |process| {
+                format!("{}; see {}", process.name, process.log.display())
+            });
+        bail!("not every replica became ready in {wait:?}: {stuck}");
+    }
+    if !saved_shards {
+        operator::save_recovery_shards(cluster)?;
     }
     println!(
         "cluster ready in {:.2}s: {} replicas, {} keepers (threshold {}) in {}",
@@ -394,6 +406,36 @@ fn up(cluster: &mut ClusterFile, bin_dir: &Path, wait: Duration) -> anyhow::Resu
     );
     println!("  source {}/env && spike whoami", cluster.dir.display());
     Ok(())
+}
+
+/// Waits until every replica is ready; fails at once if one has exited.
+fn wait_all_ready(cluster: &ClusterFile, deadline: Instant) -> anyhow::Result<bool> {
+    for process in cluster
+        .processes
+        .iter()
+        .filter(|process| process.role == "nexus")
+    {
+        let health = process
+            .health_addr
+            .as_deref()
+            .context("nexus without health address")?;
+        while !ready(health) {
+            if running(process).is_none() {
+                let log = fs::read_to_string(&process.log).unwrap_or_default();
+                let last = log.lines().last().unwrap_or("(empty log)");
+                bail!(
+                    "{} exited: {last}\n(see {})",
+                    process.name,
+                    process.log.display()
+                );
+            }
+            if Instant::now() > deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(true)
 }
 
 /// Starts process `index` and records its pid.

@@ -33,18 +33,35 @@ async fn benchmark_cluster_start_failover_and_restart() {
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or(7);
-    let (mut ready, mut failover, mut restart_ready, mut restart_serving) = (vec![], vec![], vec![], vec![]);
+    let (mut ready, mut failover, mut restart_ready, mut restart_serving) =
+        (vec![], vec![], vec![], vec![]);
     for trial in 0..trials {
         let began = Instant::now();
         let mut cluster = LocalCluster::up(&[]);
         ready.push(began.elapsed());
         let ops = Operators::of(&cluster).await;
-        assert_eq!(put(&ops.superuser, cluster.api(1), "bench", "0").await.status, 200);
+        assert_eq!(
+            put(&ops.superuser, cluster.api(1), "bench", "0")
+                .await
+                .status,
+            200
+        );
 
         let old = leader(&ops.superuser, &cluster, &[1, 2, 3]).await;
-        let survivor = [1, 2, 3].into_iter().find(|id| *id != old).expect("survivor");
+        let survivor = [1, 2, 3]
+            .into_iter()
+            .find(|id| *id != old)
+            .expect("survivor");
         cluster.act("kill", &format!("nexus-{old}"));
-        failover.push(put_until_ok(&ops.superuser, cluster.api(survivor), "bench", &trial.to_string()).await);
+        failover.push(
+            put_until_ok(
+                &ops.superuser,
+                cluster.api(survivor),
+                "bench",
+                &trial.to_string(),
+            )
+            .await,
+        );
 
         let started = Instant::now();
         cluster.act("start", &format!("nexus-{old}"));

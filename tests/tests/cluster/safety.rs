@@ -14,6 +14,10 @@ use spike_tests::{LocalCluster, binary, free_port};
 
 use crate::support::{Operators, get, phase, put, recovery_shards, status, value_of};
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_owned()];
@@ -101,11 +105,21 @@ async fn no_root_key_share_or_plaintext_ever_reaches_the_disk() {
     let mut needles: Vec<(String, Vec<u8>)> = vec![
         ("marker".to_owned(), marker.into_bytes()),
         ("root key".to_owned(), root_key.expose_secret().to_vec()),
+        (
+            "root key (hex)".to_owned(),
+            hex(root_key.expose_secret()).into_bytes(),
+        ),
     ];
     for (index, bytes) in &shards {
         needles.push((format!("share {index}"), bytes.clone()));
+        needles.push((format!("share {index} (hex)"), hex(bytes).into_bytes()));
     }
-    let files = files_under(cluster.dir.path());
+    // Every replica's data directory and every process's log. (The dev
+    // launcher's own recovery/ folder holds shards on purpose.)
+    let mut files = files_under(&cluster.dir.path().join("logs"));
+    for id in 1..=3 {
+        files.extend(files_under(&cluster.data_dir(id)));
+    }
     let mut scanned = 0usize;
     for file in &files {
         let bytes = std::fs::read(file).expect("read");

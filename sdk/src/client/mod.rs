@@ -1,0 +1,160 @@
+//! A minimal HTTPS client for the SPIKE API (feature `client`): one POST
+//! with a JSON body over mTLS, checking the server carries the expected
+//! SPIFFE ID. The tools and tests build on it; applications will get a
+//! richer client with leader discovery on top.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use rustls::ClientConfig;
+
+use crate::identity::PeerAuthorizer;
+use crate::svid::Identity;
+use crate::tls::{TlsConfigError, client_config, connect};
+
+/// Longest a whole request (connect, TLS, send, receive) may take by default.
+pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Largest response body read.
+pub const RESPONSE_SIZE_MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// A JSON reply.
+#[derive(Debug, Clone)]
+pub struct JsonReply {
+    /// HTTP status.
+    pub status: u16,
+    /// The body (`Null` if empty or not JSON).
+    pub body: serde_json::Value,
+    /// The `X-Spike-Leader` hint, if any.
+    pub leader: Option<String>,
+}
+
+/// Why a request got no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting or the TLS handshake failed (including a server with the
+    /// wrong SPIFFE ID).
+    #[error("cannot connect to {address}: {reason}")]
+    Connect {
+        /// The server.
+        address: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The HTTP exchange failed after connecting: the request may or may not
+    /// have been processed.
+    #[error("request to {address} failed: {reason}")]
+    Exchange {
+        /// The server.
+        address: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// No reply in time: the request may or may not have been processed.
+    #[error("request to {address} timed out after {timeout:?}")]
+    Timeout {
+        /// The server.
+        address: SocketAddr,
+        /// The limit.
+        timeout: Duration,
+    },
+}
+
+/// Posts JSON to SPIKE API servers as one identity.
+#[derive(Clone)]
+pub struct HttpsClient {
+    config: Arc<ClientConfig>,
+    timeout: Duration,
+}
+
+impl HttpsClient {
+    /// A client presenting `identity`, accepting only servers `expect` admits.
+    pub fn new(identity: Identity, expect: PeerAuthorizer) -> Result<Self, TlsConfigError> {
+        let mut config = client_config(identity, expect)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            config: Arc::new(config),
+            timeout: REQUEST_TIMEOUT_DEFAULT,
+        })
+    }
+
+    /// The same client with another per-request timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// POSTs `body` to `path_and_query` with extra `headers`.
+    pub async fn post_json(
+        &self,
+        address: SocketAddr,
+        path_and_query: &str,
+        body: &serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> Result<JsonReply, ClientError> {
+        tokio::time::timeout(
+            self.timeout,
+            self.exchange(address, path_and_query, body, headers),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout {
+            address,
+            timeout: self.timeout,
+        })?
+    }
+
+    async fn exchange(
+        &self,
+        address: SocketAddr,
+        path_and_query: &str,
+        body: &serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> Result<JsonReply, ClientError> {
+        let (stream, _) =
+            connect(address, self.config.clone())
+                .await
+                .map_err(|e| ClientError::Connect {
+                    address,
+                    reason: e.to_string(),
+                })?;
+        let failed = |reason: String| ClientError::Exchange { address, reason };
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+        tokio::spawn(connection);
+        let mut request = hyper::Request::builder()
+            .method("POST")
+            .uri(path_and_query)
+            .header("host", address.to_string())
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| failed(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let status = response.status().as_u16();
+        let leader = response
+            .headers()
+            .get("x-spike-leader")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let bytes = Limited::new(response.into_body(), RESPONSE_SIZE_MAX_BYTES)
+            .collect()
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .to_bytes();
+        Ok(JsonReply {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+            leader,
+        })
+    }
+}
