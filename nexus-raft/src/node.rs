@@ -262,26 +262,15 @@ impl Node {
                 "node id {id} is a member with other addresses"
             )));
         }
-        let write_error = |e: openraft::errors::RaftError<
-            TypeConfig,
-            openraft::errors::ClientWriteError<TypeConfig>,
-        >| {
-            match e.forward_to_leader() {
-                Some(forward) => ForwardError::NotLeader {
-                    leader: forward.leader_id.zip(forward.leader_node.clone()),
-                },
-                None => ForwardError::Unavailable(e.to_string()),
-            }
-        };
         // As a learner first: it catches up without counting toward quorum.
         self.raft
             .add_learner(id, node, true)
             .await
-            .map_err(write_error)?;
+            .map_err(membership_error)?;
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
-            .map_err(write_error)?;
+            .map_err(membership_error)?;
         Ok(())
     }
 
@@ -300,21 +289,10 @@ impl Node {
                 "cannot remove the last voter".to_owned(),
             ));
         }
-        let write_error = |e: openraft::errors::RaftError<
-            TypeConfig,
-            openraft::errors::ClientWriteError<TypeConfig>,
-        >| {
-            match e.forward_to_leader() {
-                Some(forward) => ForwardError::NotLeader {
-                    leader: forward.leader_id.zip(forward.leader_node.clone()),
-                },
-                None => ForwardError::Unavailable(e.to_string()),
-            }
-        };
         self.raft
             .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
             .await
-            .map_err(write_error)?;
+            .map_err(membership_error)?;
         // The id is never to be used again, even if it is re-added by mistake.
         let retire = Request {
             command: Command::RetireNode { id },
@@ -423,5 +401,17 @@ impl Node {
     /// Whether this replica is the leader now.
     pub fn is_leader(&self) -> bool {
         self.leader().is_some_and(|(leader, _)| leader == self.id)
+    }
+}
+
+/// A failed membership change, as the forwarding protocol reports it.
+fn membership_error(
+    error: openraft::errors::RaftError<TypeConfig, openraft::errors::ClientWriteError<TypeConfig>>,
+) -> ForwardError {
+    match error.forward_to_leader() {
+        Some(forward) => ForwardError::NotLeader {
+            leader: forward.leader_id.zip(forward.leader_node.clone()),
+        },
+        None => ForwardError::Unavailable(error.to_string()),
     }
 }

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use super::{ApiError, Call};
 use crate::keys::Unlocked;
 use crate::state::command::{Command, Refusal, Request, Response};
-use crate::state::secret::SecretError;
+use crate::state::secret::{SecretError, SecretRecord};
 
 /// Longest secret path (SPIKE's limit).
 pub const PATH_LEN_MAX: usize = 500;
@@ -108,6 +108,17 @@ async fn read_barrier(call: &Call<'_>) -> Result<(), ApiError> {
     call.api.node.linearize().await.map_err(ApiError::from)
 }
 
+/// The record of `path` after the read barrier; 404 when there is none.
+async fn read_record(call: &Call<'_>, path: &str) -> Result<SecretRecord, ApiError> {
+    read_barrier(call).await?;
+    call.api
+        .node
+        .state
+        .secret(path)
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .ok_or(ApiError::NotFound)
+}
+
 /// Put: a new version of `path`.
 pub async fn put(call: Call<'_>) -> Result<Value, ApiError> {
     let body: PutBody = call.parse()?;
@@ -147,14 +158,7 @@ pub async fn get(call: Call<'_>) -> Result<Value, ApiError> {
         return Err(ApiError::BadRequest);
     }
     let unlocked = unlocked(&call)?;
-    read_barrier(&call).await?;
-    let record = call
-        .api
-        .node
-        .state
-        .secret(&body.path)
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .ok_or(ApiError::NotFound)?;
+    let record = read_record(&call, &body.path).await?;
     let (_, ciphertext) = record.read(body.version).map_err(|_| ApiError::NotFound)?;
     let plaintext = unlocked
         .open(&aad(&body.path), ciphertext)
@@ -235,14 +239,7 @@ pub async fn metadata(call: Call<'_>) -> Result<Value, ApiError> {
         return Err(ApiError::BadRequest);
     }
     unlocked(&call)?;
-    read_barrier(&call).await?;
-    let record = call
-        .api
-        .node
-        .state
-        .secret(&body.path)
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .ok_or(ApiError::NotFound)?;
+    let record = read_record(&call, &body.path).await?;
     let versions: serde_json::Map<String, Value> = record
         .versions
         .iter()

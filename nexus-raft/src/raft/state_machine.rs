@@ -83,27 +83,11 @@ impl StateMachine {
     fn read_applied(
         &self,
     ) -> io::Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>)> {
-        let subject = "read applied state";
-        let txn = self.db.begin_read().map_err(|e| io_error(subject, e))?;
-        let table = match txn.open_table(META) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => {
-                return Ok((None, StoredMembership::default()));
-            }
-            Err(e) => return Err(io_error(subject, e)),
-        };
-        let applied = match table.get(META_APPLIED).map_err(|e| io_error(subject, e))? {
-            Some(bytes) => decode("applied log id", bytes.value())?,
-            None => None,
-        };
-        let membership = match table
-            .get(META_MEMBERSHIP)
-            .map_err(|e| io_error(subject, e))?
-        {
-            Some(bytes) => decode("applied membership", bytes.value())?,
-            None => StoredMembership::default(),
-        };
-        Ok((applied, membership))
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| io_error("read applied state", e))?;
+        applied_in(&txn)
     }
 
     /// Applies `entries` in one durable transaction and returns a response
@@ -146,21 +130,7 @@ impl StateMachine {
     fn build(&self) -> io::Result<NexusSnapshot> {
         let subject = "build snapshot";
         let txn = self.db.begin_read().map_err(|e| io_error(subject, e))?;
-        let (last_log_id, last_membership) = {
-            let table = txn.open_table(META).map_err(|e| io_error(subject, e))?;
-            let applied = match table.get(META_APPLIED).map_err(|e| io_error(subject, e))? {
-                Some(bytes) => decode("applied log id", bytes.value())?,
-                None => None,
-            };
-            let membership = match table
-                .get(META_MEMBERSHIP)
-                .map_err(|e| io_error(subject, e))?
-            {
-                Some(bytes) => decode("applied membership", bytes.value())?,
-                None => StoredMembership::default(),
-            };
-            (applied, membership)
-        };
+        let (last_log_id, last_membership) = applied_in(&txn)?;
         let meta = SnapshotMeta {
             last_log_id,
             last_membership,
@@ -212,6 +182,32 @@ impl StateMachine {
     pub fn incoming_path(&self, name: &str) -> PathBuf {
         self.snapshot_dir.join(format!("incoming-{name}.tmp"))
     }
+}
+
+/// The last applied log id and membership as `txn` sees them.
+fn applied_in(
+    txn: &redb::ReadTransaction,
+) -> io::Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>)> {
+    let subject = "read applied state";
+    let table = match txn.open_table(META) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            return Ok((None, StoredMembership::default()));
+        }
+        Err(e) => return Err(io_error(subject, e)),
+    };
+    let applied = match table.get(META_APPLIED).map_err(|e| io_error(subject, e))? {
+        Some(bytes) => decode("applied log id", bytes.value())?,
+        None => None,
+    };
+    let membership = match table
+        .get(META_MEMBERSHIP)
+        .map_err(|e| io_error(subject, e))?
+    {
+        Some(bytes) => decode("applied membership", bytes.value())?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
