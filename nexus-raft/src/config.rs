@@ -48,6 +48,10 @@ pub struct Args {
     /// Where the log, state and snapshots live.
     #[arg(long, env = "SPIKE_NEXUS_DATA_DIR", default_value = "nexus-data")]
     pub data_dir: PathBuf,
+    /// The audit log (one hash-chained JSON line per request); default
+    /// DATA_DIR/audit.log.
+    #[arg(long, env = "SPIKE_NEXUS_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
     /// Storage backend; only `persistent` (redb) exists.
     #[arg(long, env = "SPIKE_NEXUS_BACKEND_STORE", default_value = "persistent")]
     pub backend_store: String,
@@ -157,6 +161,8 @@ pub struct NexusConfig {
     pub health_addr: Option<SocketAddr>,
     /// Data directory.
     pub data_dir: PathBuf,
+    /// Audit log file.
+    pub audit_log: PathBuf,
     /// Snapshot after this many entries.
     pub snapshot_every: u64,
     /// Entries kept behind a snapshot.
@@ -229,6 +235,10 @@ impl NexusConfig {
             max_versions: args.max_secret_versions,
             health_addr: args.health_addr,
             data_dir: args.data_dir.clone(),
+            audit_log: args
+                .audit_log
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("audit.log")),
             snapshot_every: args.snapshot_every,
             logs_kept: args.logs_kept,
         })

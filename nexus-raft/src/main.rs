@@ -9,6 +9,7 @@
 //! and, if configured, plain-HTTP health and metrics.
 
 mod api;
+mod audit;
 mod clock;
 mod cluster;
 mod config;
@@ -90,6 +91,12 @@ async fn serve(args: Args, hardening: Hardening) -> Result<(), StartupError> {
     )
     .map_err(StartupError::config)?;
 
+    let audit_log = audit::AuditLog::open(&config.audit_log, config.node_id).map_err(|e| {
+        StartupError::config(format!(
+            "cannot open audit log {}: {e}",
+            config.audit_log.display()
+        ))
+    })?;
     let peers = Peers::new(identity.clone(), trust_roots.clone()).map_err(StartupError::failed)?;
     let raft: NexusRaft = openraft::Raft::new(
         config.node_id,
@@ -167,6 +174,7 @@ async fn serve(args: Args, hardening: Hardening) -> Result<(), StartupError> {
         node: node.clone(),
         trust_roots,
         max_versions: config.max_versions,
+        audit: audit_log,
     });
     let api_server = axum::serve(
         api_listener,

@@ -39,10 +39,27 @@ enum Command {
     /// Show this tool's SPIFFE ID, the SPIKE role it carries and the trust
     /// domains it holds bundles for.
     Whoami,
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check a Nexus audit log's hash chain: an edited, removed or
+    /// reordered line is reported with its line number (exit code 1).
+    Verify {
+        /// The audit log file.
+        file: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Offline commands need no identity.
+    if let Command::Audit(AuditCommand::Verify { file }) = &cli.command {
+        return verify_audit_log(file, cli.format);
+    }
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -62,6 +79,7 @@ async fn run(cli: Cli) -> ExitCode {
         Err(error) => return config_error("spike", error),
     };
     match cli.command {
+        Command::Audit(_) => unreachable!("handled before loading an identity"),
         Command::Whoami => {
             let material = identity.current();
             let id = material.spiffe_id();
@@ -87,5 +105,27 @@ async fn run(cli: Cli) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+    }
+}
+
+fn verify_audit_log(file: &std::path::Path, format: Format) -> ExitCode {
+    let reader = match std::fs::File::open(file) {
+        Ok(handle) => std::io::BufReader::new(handle),
+        Err(error) => {
+            return runtime_error("spike", format!("cannot open {}: {error}", file.display()));
+        }
+    };
+    match spike_sdk::audit::verify(reader) {
+        Ok(records) => {
+            match format {
+                Format::Human => println!("{}: {records} records, chain intact", file.display()),
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({ "records": records, "intact": true })
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => runtime_error("spike", format!("{}: {error}", file.display())),
     }
 }

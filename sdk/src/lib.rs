@@ -15,11 +15,13 @@
 //! - [`hardening`]: no core dumps, no ptrace, locked memory for processes
 //!   that hold key material.
 //! - `keeper_api` (feature `tonic`): the Keeper gRPC protocol.
+//! - [`audit`]: the hash-chained audit log format and its verifier.
 //! - `client` (feature `client`): a minimal HTTPS JSON client for the API.
 //! - `cli` (feature `cli`): shared start-up flags, logging and exit codes.
 //! - [`environment`]: configuration read through a trait, so tests pass a map
 //!   instead of touching the process environment.
 
+pub mod audit;
 #[cfg(feature = "cli")]
 pub mod cli;
 #[cfg(feature = "client")]

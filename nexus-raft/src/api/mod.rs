@@ -23,6 +23,7 @@ use axum::response::Response;
 use spike_sdk::identity::{Role, TrustRoots};
 use spike_sdk::tls::PeerIdentity;
 
+use crate::audit::{AuditEntry, AuditLog};
 use crate::node::Node;
 use crate::state::command::SessionRef;
 pub use reply::ApiError;
@@ -38,6 +39,8 @@ pub struct Api {
     pub trust_roots: TrustRoots,
     /// Versions kept per secret (`SPIKE_NEXUS_MAX_SECRET_VERSIONS`).
     pub max_versions: u32,
+    /// Where every request is recorded.
+    pub audit: AuditLog,
 }
 
 /// The API router.
@@ -56,46 +59,100 @@ async fn dispatch(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    let leader = api.node.leader().map(|(_, node)| node.api_addr);
-    let outcome = if method != Method::POST {
-        Err(ApiError::BadRequest)
-    } else {
-        let action = action_of(&uri);
-        let request = Call {
-            api: &api,
-            peer: &peer,
-            body: &body,
-            session: session_of(&headers),
-            stale: headers
-                .get(STALE_READ_HEADER)
-                .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"stale")),
-        };
-        let path = uri.path();
-        // SPIKE answers 503 before anything else on routes that need the key.
-        if path.starts_with("/v1/store/") && api.node.keys.unlocked().is_none() {
-            return reply::finish(Err(ApiError::NotReady), leader.as_deref());
-        }
-        match (path, action.as_deref()) {
-            ("/v1/store/secrets", None) => secrets::put(request).await,
-            ("/v1/store/secrets", Some("get")) => secrets::get(request).await,
-            ("/v1/store/secrets", Some("delete")) => secrets::delete(request).await,
-            ("/v1/store/secrets", Some("undelete")) => secrets::undelete(request).await,
-            ("/v1/store/secrets", Some("destroy")) => secrets::destroy(request).await,
-            ("/v1/store/secrets", Some("list")) => secrets::list(request).await,
-            ("/v1/store/secrets/metadata", Some("get")) => secrets::metadata(request).await,
-            ("/v1/operator/recover", None) => operator::recover(request).await,
-            ("/v1/operator/restore", None) => operator::restore(request).await,
-            ("/v1/operator/rekey", None) => operator::rekey(request).await,
-            ("/v1/operator/rotate", None) => operator::rotate(request).await,
-            ("/v1/cluster", Some("status")) => cluster::status(request).await,
-            ("/v1/cluster", Some("members")) => cluster::list_members(request).await,
-            ("/v1/cluster", Some("add")) => cluster::add(request).await,
-            ("/v1/cluster", Some("remove")) => cluster::remove(request).await,
-            ("/v1/cluster", Some("transfer")) => cluster::transfer(request).await,
-            _ => Err(ApiError::BadRequest),
+    let started = std::time::Instant::now();
+    let action = action_of(&uri);
+    let outcome = route(
+        &api,
+        &peer,
+        &method,
+        &uri,
+        action.as_deref(),
+        &headers,
+        &body,
+    )
+    .await;
+    let (status, code) = match &outcome {
+        Ok(_) => (200, "ok"),
+        Err(error) => {
+            let (status, code) = error.status_and_code();
+            (status.as_u16(), code)
         }
     };
+    api.audit
+        .record(AuditEntry {
+            caller: peer.spiffe_id.to_string(),
+            route: uri.path().to_owned(),
+            action: action.unwrap_or_default(),
+            path: audit_target(&body),
+            result: code.to_owned(),
+            status,
+            duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        })
+        .await;
+    let leader = api.node.leader().map(|(_, node)| node.api_addr);
     reply::finish(outcome, leader.as_deref())
+}
+
+/// What the audit line names: the secret path or policy name, never values.
+fn audit_target(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Target {
+        path: Option<String>,
+        name: Option<String>,
+        id: Option<serde_json::Value>,
+    }
+    let target: Target = serde_json::from_slice(body).ok()?;
+    target
+        .path
+        .or(target.name)
+        .or_else(|| target.id.and_then(|id| id.as_str().map(str::to_owned)))
+}
+
+async fn route(
+    api: &Api,
+    peer: &PeerIdentity,
+    method: &Method,
+    uri: &Uri,
+    action: Option<&str>,
+    headers: &axum::http::HeaderMap,
+    body: &Bytes,
+) -> Result<serde_json::Value, ApiError> {
+    if method != Method::POST {
+        return Err(ApiError::BadRequest);
+    }
+    let path = uri.path();
+    // SPIKE answers 503 before anything else on routes that need the key.
+    if path.starts_with("/v1/store/") && api.node.keys.unlocked().is_none() {
+        return Err(ApiError::NotReady);
+    }
+    let request = Call {
+        api,
+        peer,
+        body,
+        session: session_of(headers),
+        stale: headers
+            .get(STALE_READ_HEADER)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"stale")),
+    };
+    match (path, action) {
+        ("/v1/store/secrets", None) => secrets::put(request).await,
+        ("/v1/store/secrets", Some("get")) => secrets::get(request).await,
+        ("/v1/store/secrets", Some("delete")) => secrets::delete(request).await,
+        ("/v1/store/secrets", Some("undelete")) => secrets::undelete(request).await,
+        ("/v1/store/secrets", Some("destroy")) => secrets::destroy(request).await,
+        ("/v1/store/secrets", Some("list")) => secrets::list(request).await,
+        ("/v1/store/secrets/metadata", Some("get")) => secrets::metadata(request).await,
+        ("/v1/operator/recover", None) => operator::recover(request).await,
+        ("/v1/operator/restore", None) => operator::restore(request).await,
+        ("/v1/operator/rekey", None) => operator::rekey(request).await,
+        ("/v1/operator/rotate", None) => operator::rotate(request).await,
+        ("/v1/cluster", Some("status")) => cluster::status(request).await,
+        ("/v1/cluster", Some("members")) => cluster::list_members(request).await,
+        ("/v1/cluster", Some("add")) => cluster::add(request).await,
+        ("/v1/cluster", Some("remove")) => cluster::remove(request).await,
+        ("/v1/cluster", Some("transfer")) => cluster::transfer(request).await,
+        _ => Err(ApiError::BadRequest),
+    }
 }
 
 /// Header a client sets to `stale` to read this replica's state without the
@@ -130,7 +187,7 @@ fn session_of(headers: &axum::http::HeaderMap) -> Option<SessionRef> {
 pub struct Call<'a> {
     api: &'a Api,
     peer: &'a PeerIdentity,
-    body: &'a Bytes,
+    body: &'a [u8],
     session: Option<SessionRef>,
     stale: bool,
 }

@@ -49,7 +49,8 @@ impl From<NodeError> for ApiError {
 }
 
 impl ApiError {
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    /// SPIKE's status and error code for this failure.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest => (StatusCode::BAD_REQUEST, "api_bad_request"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "access_unauthorized"),

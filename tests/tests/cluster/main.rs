@@ -3,6 +3,7 @@
 //! restarted, starved of keepers and restored; every acknowledged secret
 //! must survive and every replica must end up with the same root key.
 
+mod audit;
 mod benchmark;
 mod faults;
 mod membership;
