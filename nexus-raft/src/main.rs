@@ -170,12 +170,12 @@ async fn serve(args: Args, hardening: Hardening) -> Result<(), StartupError> {
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(2)))
         .add_service(cluster_service)
         .serve_with_incoming_shutdown(cluster_listener.into_stream(), shutdown_signal());
-    let api = Arc::new(api::Api {
-        node: node.clone(),
+    let api = Arc::new(api::Api::new(
+        node.clone(),
         trust_roots,
-        max_versions: config.max_versions,
-        audit: audit_log,
-    });
+        config.max_versions,
+        audit_log,
+    ));
     let api_server = axum::serve(
         api_listener,
         api::router(api).into_make_service_with_connect_info::<PeerIdentity>(),

@@ -44,7 +44,7 @@ fn members(call: &Call<'_>) -> Value {
 
 /// Status: this replica, the leader, Raft progress, members and the root key.
 pub async fn status(call: Call<'_>) -> Result<Value, ApiError> {
-    let _: serde_json::Map<String, Value> = call.parse()?;
+    let _: serde_json::Map<String, Value> = call.parse(&[])?;
     call.require(Role::PilotSuperuser)?;
     let node = &call.api.node;
     let (term, state, last_log, applied, committed) = {
@@ -91,7 +91,7 @@ pub async fn status(call: Call<'_>) -> Result<Value, ApiError> {
 
 /// Members: every replica and whether it votes.
 pub async fn list_members(call: Call<'_>) -> Result<Value, ApiError> {
-    let _: serde_json::Map<String, Value> = call.parse()?;
+    let _: serde_json::Map<String, Value> = call.parse(&[])?;
     call.require(Role::PilotSuperuser)?;
     Ok(json!({ "members": members(&call) }))
 }
@@ -105,7 +105,7 @@ async fn run(call: &Call<'_>, op: LeaderOp) -> Result<Value, ApiError> {
 
 /// Add: a new replica joins as a learner, then votes.
 pub async fn add(call: Call<'_>) -> Result<Value, ApiError> {
-    let body: AddBody = call.parse()?;
+    let body: AddBody = call.parse(&["id", "clusterAddr", "apiAddr"])?;
     call.require(Role::PilotSuperuser)?;
     let valid = |address: &str| address.parse::<std::net::SocketAddr>().is_ok();
     if body.id == 0 || !valid(&body.cluster_addr) || !valid(&body.api_addr) {
@@ -120,14 +120,14 @@ pub async fn add(call: Call<'_>) -> Result<Value, ApiError> {
 
 /// Remove: a replica leaves; its id is retired.
 pub async fn remove(call: Call<'_>) -> Result<Value, ApiError> {
-    let body: IdBody = call.parse()?;
+    let body: IdBody = call.parse(&["id"])?;
     call.require(Role::PilotSuperuser)?;
     run(&call, LeaderOp::RemoveNode { id: body.id }).await
 }
 
 /// Transfer: hand leadership to another voter.
 pub async fn transfer(call: Call<'_>) -> Result<Value, ApiError> {
-    let body: IdBody = call.parse()?;
+    let body: IdBody = call.parse(&["id"])?;
     call.require(Role::PilotSuperuser)?;
     run(&call, LeaderOp::TransferLeader { to: body.id }).await
 }

@@ -1,32 +1,39 @@
 //! The SPIKE REST API on every replica.
 //!
 //! SPIKE's conventions: every route is `POST` to a path plus `?action=`;
-//! anything else is 400 `api_bad_request`. Checks run in SPIKE's order:
-//! parse the body (bad JSON: 400), authorize (401), validate (400), act
-//! (404/500). Without the root key, secret routes answer 503
-//! `state_not_ready`; recover, restore and the cluster routes stay
-//! reachable. Every answer carries SPIKE's no-cache headers and a hint
-//! naming the leader's API address.
+//! anything else is 400 `api_bad_request`. Without the root key every route
+//! but recover, restore and the cluster extensions answers 503
+//! `state_not_ready`. Then, in SPIKE's order: parse the body (bad JSON:
+//! 400), authorize (401), validate (400), act (404/500). Errors carry the
+//! route's response shape with zero values plus `err`; every JSON answer
+//! carries SPIKE's no-cache headers and a hint naming the leader.
 
+mod authz;
+mod bootstrap;
+mod cipher;
 mod cluster;
 mod operator;
+mod policies;
 mod reply;
 mod secrets;
+mod wire;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{Method, Uri};
 use axum::response::Response;
+use serde::de::DeserializeOwned;
 use spike_sdk::identity::{Role, TrustRoots};
 use spike_sdk::tls::PeerIdentity;
 
 use crate::audit::{AuditEntry, AuditLog};
 use crate::node::Node;
 use crate::state::command::SessionRef;
-pub use reply::ApiError;
+use authz::{Permission, PolicySet};
+pub use reply::{ApiError, Body, RouteKind};
 
 /// Largest request body accepted (SPIKE sets none; we answer 413 past it).
 pub const BODY_SIZE_MAX_BYTES: usize = 1024 * 1024;
@@ -41,6 +48,40 @@ pub struct Api {
     pub max_versions: u32,
     /// Where every request is recorded.
     pub audit: AuditLog,
+    /// The compiled policies and the policy version they were built from.
+    policies: Mutex<(u64, Arc<PolicySet>)>,
+}
+
+impl Api {
+    /// The API of `node`.
+    pub fn new(node: Node, trust_roots: TrustRoots, max_versions: u32, audit: AuditLog) -> Self {
+        Self {
+            node,
+            trust_roots,
+            max_versions,
+            audit,
+            policies: Mutex::new((u64::MAX, PolicySet::new(Vec::new()))),
+        }
+    }
+
+    /// The compiled policies, rebuilt only when the policy version moved.
+    fn policy_set(&self) -> Result<Arc<PolicySet>, ApiError> {
+        let version = self
+            .node
+            .state
+            .cluster_meta()
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .policies_version;
+        let mut cached = self
+            .policies
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cached.0 != version {
+            let unlocked = self.node.keys.unlocked().ok_or(ApiError::NotReady)?;
+            *cached = (version, policies::compile_all(&self.node, &unlocked)?);
+        }
+        Ok(cached.1.clone())
+    }
 }
 
 /// The API router.
@@ -61,16 +102,20 @@ async fn dispatch(
 ) -> Response {
     let started = std::time::Instant::now();
     let action = action_of(&uri);
-    let outcome = route(
-        &api,
-        &peer,
-        &method,
-        &uri,
-        action.as_deref(),
-        &headers,
-        &body,
-    )
-    .await;
+    let kind = RouteKind::of(uri.path(), action.as_deref());
+    // SPIKE's router refuses wrong methods, then anything needing the key
+    // while it is missing, with a bare `{"err":..}` before any route runs.
+    let early = if method != Method::POST {
+        Some(ApiError::BadRequest)
+    } else if kind.needs_root_key() && api.node.keys.unlocked().is_none() {
+        Some(ApiError::NotReady)
+    } else {
+        None
+    };
+    let (shape, outcome) = match early {
+        Some(error) => (RouteKind::Unknown, Err(error)),
+        None => (kind, route(&api, &peer, kind, &headers, &body).await),
+    };
     let (status, code) = match &outcome {
         Ok(_) => (200, "ok"),
         Err(error) => {
@@ -90,7 +135,7 @@ async fn dispatch(
         })
         .await;
     let leader = api.node.leader().map(|(_, node)| node.api_addr);
-    reply::finish(outcome, leader.as_deref())
+    reply::finish(shape, outcome, leader.as_deref())
 }
 
 /// What the audit line names: the secret path or policy name, never values.
@@ -111,47 +156,47 @@ fn audit_target(body: &[u8]) -> Option<String> {
 async fn route(
     api: &Api,
     peer: &PeerIdentity,
-    method: &Method,
-    uri: &Uri,
-    action: Option<&str>,
+    kind: RouteKind,
     headers: &axum::http::HeaderMap,
     body: &Bytes,
-) -> Result<serde_json::Value, ApiError> {
-    if method != Method::POST {
-        return Err(ApiError::BadRequest);
-    }
-    let path = uri.path();
-    // SPIKE answers 503 before anything else on routes that need the key.
-    if path.starts_with("/v1/store/") && api.node.keys.unlocked().is_none() {
-        return Err(ApiError::NotReady);
-    }
-    let request = Call {
+) -> Result<Body, ApiError> {
+    let call = Call {
         api,
         peer,
         body,
+        content_type: headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok()),
         session: session_of(headers),
         stale: headers
             .get(STALE_READ_HEADER)
             .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"stale")),
     };
-    match (path, action) {
-        ("/v1/store/secrets", None) => secrets::put(request).await,
-        ("/v1/store/secrets", Some("get")) => secrets::get(request).await,
-        ("/v1/store/secrets", Some("delete")) => secrets::delete(request).await,
-        ("/v1/store/secrets", Some("undelete")) => secrets::undelete(request).await,
-        ("/v1/store/secrets", Some("destroy")) => secrets::destroy(request).await,
-        ("/v1/store/secrets", Some("list")) => secrets::list(request).await,
-        ("/v1/store/secrets/metadata", Some("get")) => secrets::metadata(request).await,
-        ("/v1/operator/recover", None) => operator::recover(request).await,
-        ("/v1/operator/restore", None) => operator::restore(request).await,
-        ("/v1/operator/rekey", None) => operator::rekey(request).await,
-        ("/v1/operator/rotate", None) => operator::rotate(request).await,
-        ("/v1/cluster", Some("status")) => cluster::status(request).await,
-        ("/v1/cluster", Some("members")) => cluster::list_members(request).await,
-        ("/v1/cluster", Some("add")) => cluster::add(request).await,
-        ("/v1/cluster", Some("remove")) => cluster::remove(request).await,
-        ("/v1/cluster", Some("transfer")) => cluster::transfer(request).await,
-        _ => Err(ApiError::BadRequest),
+    match kind {
+        RouteKind::SecretPut => secrets::put(call).await.map(Body::Json),
+        RouteKind::SecretGet => secrets::get(call).await.map(Body::Json),
+        RouteKind::SecretDelete => secrets::delete(call).await.map(Body::Json),
+        RouteKind::SecretUndelete => secrets::undelete(call).await.map(Body::Json),
+        RouteKind::SecretDestroy => secrets::destroy(call).await.map(Body::Json),
+        RouteKind::SecretList => secrets::list(call).await.map(Body::Json),
+        RouteKind::SecretMetadata => secrets::metadata(call).await.map(Body::Json),
+        RouteKind::PolicyPut => policies::put(call).await.map(Body::Json),
+        RouteKind::PolicyGet => policies::get(call).await.map(Body::Json),
+        RouteKind::PolicyDelete => policies::delete(call).await.map(Body::Json),
+        RouteKind::PolicyList => policies::list(call).await.map(Body::Json),
+        RouteKind::CipherEncrypt => cipher::encrypt(call).await,
+        RouteKind::CipherDecrypt => cipher::decrypt(call).await,
+        RouteKind::Recover => operator::recover(call).await.map(Body::Json),
+        RouteKind::Restore => operator::restore(call).await.map(Body::Json),
+        RouteKind::BootstrapVerify => bootstrap::verify(call).await.map(Body::Json),
+        RouteKind::Rekey => operator::rekey(call).await.map(Body::Json),
+        RouteKind::Rotate => operator::rotate(call).await.map(Body::Json),
+        RouteKind::ClusterStatus => cluster::status(call).await.map(Body::Json),
+        RouteKind::ClusterMembers => cluster::list_members(call).await.map(Body::Json),
+        RouteKind::ClusterAdd => cluster::add(call).await.map(Body::Json),
+        RouteKind::ClusterRemove => cluster::remove(call).await.map(Body::Json),
+        RouteKind::ClusterTransfer => cluster::transfer(call).await.map(Body::Json),
+        RouteKind::Unknown => Err(ApiError::BadRequest),
     }
 }
 
@@ -188,28 +233,61 @@ pub struct Call<'a> {
     api: &'a Api,
     peer: &'a PeerIdentity,
     body: &'a [u8],
+    content_type: Option<&'a str>,
     session: Option<SessionRef>,
     stale: bool,
 }
 
 impl Call<'_> {
-    /// Parses the JSON body (400 when it does not parse).
-    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
-        let body: &[u8] = if self.body.is_empty() {
-            b"{}"
-        } else {
-            self.body
-        };
-        serde_json::from_slice(body).map_err(|_| ApiError::BadRequest)
+    /// Parses the JSON body as Go would (400 when it does not parse);
+    /// `fields` are the body's field names.
+    fn parse<T: DeserializeOwned>(&self, fields: &[&str]) -> Result<T, ApiError> {
+        wire::parse(self.body, fields)
     }
 
-    /// 401 unless the caller carries `role`.
+    fn has_role(&self, role: Role) -> bool {
+        self.api.trust_roots.has_role(&self.peer.spiffe_id, role)
+    }
+
+    fn refuse(&self, what: &str) -> ApiError {
+        tracing::info!(caller = %self.peer.spiffe_id, what, "request refused");
+        ApiError::Unauthorized
+    }
+
+    /// 401 unless the caller carries `role` (operator routes).
     fn require(&self, role: Role) -> Result<(), ApiError> {
-        if self.api.trust_roots.has_role(&self.peer.spiffe_id, role) {
+        if self.has_role(role) {
             Ok(())
         } else {
-            tracing::info!(caller = %self.peer.spiffe_id, required = %role, "request refused");
-            Err(ApiError::Unauthorized)
+            Err(self.refuse(role.name()))
         }
+    }
+
+    /// Secret and policy routes: the superuser always, the lite workload
+    /// never, anyone else by policy.
+    fn authorize_path(&self, path: &str, wants: &[Permission]) -> Result<(), ApiError> {
+        if self.has_role(Role::PilotSuperuser) {
+            return Ok(());
+        }
+        if self.has_role(Role::LiteWorkload) {
+            return Err(self.refuse(path));
+        }
+        if self
+            .api
+            .policy_set()?
+            .allows(&self.peer.spiffe_id.to_string(), path, wants)
+        {
+            Ok(())
+        } else {
+            Err(self.refuse(path))
+        }
+    }
+
+    /// Cipher routes: the superuser, the lite workload, or by policy.
+    fn authorize_cipher(&self) -> Result<(), ApiError> {
+        if self.has_role(Role::LiteWorkload) {
+            return Ok(());
+        }
+        self.authorize_path(authz::CIPHER_PATH, &[Permission::Execute])
     }
 }

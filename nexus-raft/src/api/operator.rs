@@ -30,7 +30,7 @@ struct RekeyBody {
 /// Any replica that holds the key answers identically (shares are
 /// deterministic).
 pub async fn recover(call: Call<'_>) -> Result<Value, ApiError> {
-    let _: serde_json::Map<String, Value> = call.parse()?;
+    let _: serde_json::Map<String, Value> = call.parse(&[])?;
     call.require(Role::PilotRecover)?;
     let shares = call
         .api
@@ -53,7 +53,7 @@ pub async fn recover(call: Call<'_>) -> Result<Value, ApiError> {
 
 /// Restore: one shard at a time, taken by the leader.
 pub async fn restore(call: Call<'_>) -> Result<Value, ApiError> {
-    let mut body: RestoreBody = call.parse()?;
+    let mut body: RestoreBody = call.parse(&["id", "shard"])?;
     call.require(Role::PilotRestore)?;
     let index = u8::try_from(body.id)
         .ok()
@@ -84,7 +84,7 @@ pub async fn restore(call: Call<'_>) -> Result<Value, ApiError> {
 
 /// Rekey (extension): a new root key, possibly with new n and t.
 pub async fn rekey(call: Call<'_>) -> Result<Value, ApiError> {
-    let body: RekeyBody = call.parse()?;
+    let body: RekeyBody = call.parse(&["shares", "threshold"])?;
     call.require(Role::PilotSuperuser)?;
     match call
         .api
@@ -102,7 +102,7 @@ pub async fn rekey(call: Call<'_>) -> Result<Value, ApiError> {
 
 /// Rotate (extension): a new data key for new writes.
 pub async fn rotate(call: Call<'_>) -> Result<Value, ApiError> {
-    let _: serde_json::Map<String, Value> = call.parse()?;
+    let _: serde_json::Map<String, Value> = call.parse(&[])?;
     call.require(Role::PilotSuperuser)?;
     match call.api.node.execute(LeaderOp::RotateDataKey).await? {
         LeaderReply::Rotated(data_key_id) => Ok(json!({ "dataKeyId": data_key_id })),

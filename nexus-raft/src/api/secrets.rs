@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use spike_sdk::identity::Role;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use zeroize::Zeroizing;
 
+use super::authz::{Permission, SECRET_LIST_PATH};
 use super::{ApiError, Call};
 use crate::keys::Unlocked;
 use crate::state::command::{Command, Refusal, Request, Response};
@@ -28,6 +28,7 @@ pub const SECRET_SIZE_MAX_BYTES: usize = 512 * 1024;
 
 #[derive(Deserialize)]
 struct PutBody {
+    #[serde(default)]
     path: String,
     #[serde(default)]
     values: BTreeMap<String, String>,
@@ -35,6 +36,10 @@ struct PutBody {
     #[serde(default)]
     cas: Option<u64>,
 }
+
+const PUT_FIELDS: &[&str] = &["path", "values", "cas"];
+const READ_FIELDS: &[&str] = &["path", "version"];
+const VERSIONS_FIELDS: &[&str] = &["path", "versions"];
 
 impl Drop for PutBody {
     fn drop(&mut self) {
@@ -46,16 +51,28 @@ impl Drop for PutBody {
 
 #[derive(Deserialize)]
 struct ReadBody {
-    path: String,
     #[serde(default)]
-    version: u64,
+    path: String,
+    /// Go's int: negative versions parse and are simply never found.
+    #[serde(default)]
+    version: i64,
 }
 
 #[derive(Deserialize)]
 struct VersionsBody {
+    #[serde(default)]
     path: String,
     #[serde(default)]
-    versions: Vec<u64>,
+    versions: Vec<i64>,
+}
+
+/// Versions as the state machine takes them: negative ones exist nowhere,
+/// so they are dropped (SPIKE ignores them).
+fn known_versions(versions: &[i64]) -> Vec<u64> {
+    versions
+        .iter()
+        .filter_map(|version| u64::try_from(*version).ok())
+        .collect()
 }
 
 /// SPIKE's path rule: 1 to 500 of `a-zA-Z0-9._-/()?+*|[]{}\`.
@@ -121,8 +138,8 @@ async fn read_record(call: &Call<'_>, path: &str) -> Result<SecretRecord, ApiErr
 
 /// Put: a new version of `path`.
 pub async fn put(call: Call<'_>) -> Result<Value, ApiError> {
-    let body: PutBody = call.parse()?;
-    call.require(Role::PilotSuperuser)?;
+    let body: PutBody = call.parse(PUT_FIELDS)?;
+    call.authorize_path(&body.path, &[Permission::Write])?;
     if !valid_path(&body.path) || !body.values.keys().all(|key| valid_key(key)) {
         return Err(ApiError::BadRequest);
     }
@@ -152,14 +169,15 @@ pub async fn put(call: Call<'_>) -> Result<Value, ApiError> {
 
 /// Get: the values of a version (0: current).
 pub async fn get(call: Call<'_>) -> Result<Value, ApiError> {
-    let body: ReadBody = call.parse()?;
-    call.require(Role::PilotSuperuser)?;
+    let body: ReadBody = call.parse(READ_FIELDS)?;
+    call.authorize_path(&body.path, &[Permission::Read])?;
     if !valid_path(&body.path) {
         return Err(ApiError::BadRequest);
     }
     let unlocked = unlocked(&call)?;
     let record = read_record(&call, &body.path).await?;
-    let (_, ciphertext) = record.read(body.version).map_err(|_| ApiError::NotFound)?;
+    let version = u64::try_from(body.version).map_err(|_| ApiError::NotFound)?;
+    let (_, ciphertext) = record.read(version).map_err(|_| ApiError::NotFound)?;
     let plaintext = unlocked
         .open(&aad(&body.path), ciphertext)
         .map_err(|e| ApiError::Internal(format!("secret {} does not open: {e}", body.path)))?;
@@ -172,13 +190,18 @@ async fn versions_command(
     call: Call<'_>,
     build: fn(String, Vec<u64>) -> Command,
 ) -> Result<Value, ApiError> {
-    let body: VersionsBody = call.parse()?;
-    call.require(Role::PilotSuperuser)?;
+    let body: VersionsBody = call.parse(VERSIONS_FIELDS)?;
+    call.authorize_path(&body.path, &[Permission::Write])?;
     if !valid_path(&body.path) {
         return Err(ApiError::BadRequest);
     }
     unlocked(&call)?;
-    write(&call, build(body.path, body.versions)).await?;
+    let versions = known_versions(&body.versions);
+    if versions.is_empty() && !body.versions.is_empty() {
+        // Only negative versions: nothing to act on, like SPIKE.
+        return Ok(json!({}));
+    }
+    write(&call, build(body.path, versions)).await?;
     Ok(json!({}))
 }
 
@@ -211,8 +234,8 @@ pub async fn destroy(call: Call<'_>) -> Result<Value, ApiError> {
 
 /// List: every path with a current version, sorted.
 pub async fn list(call: Call<'_>) -> Result<Value, ApiError> {
-    let _: serde_json::Map<String, Value> = call.parse()?;
-    call.require(Role::PilotSuperuser)?;
+    let _: serde_json::Map<String, Value> = call.parse(&[])?;
+    call.authorize_path(SECRET_LIST_PATH, &[Permission::List])?;
     unlocked(&call)?;
     read_barrier(&call).await?;
     let keys = call
@@ -224,7 +247,8 @@ pub async fn list(call: Call<'_>) -> Result<Value, ApiError> {
     Ok(json!({ "keys": keys }))
 }
 
-fn rfc3339(time_ns: u64) -> Value {
+/// A log time as SPIKE's RFC 3339 timestamp.
+pub fn rfc3339(time_ns: u64) -> Value {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_ns))
         .ok()
         .and_then(|time| time.format(&Rfc3339).ok())
@@ -233,13 +257,15 @@ fn rfc3339(time_ns: u64) -> Value {
 
 /// Metadata get: versions and metadata, no values.
 pub async fn metadata(call: Call<'_>) -> Result<Value, ApiError> {
-    let body: ReadBody = call.parse()?;
-    call.require(Role::PilotSuperuser)?;
+    let body: ReadBody = call.parse(READ_FIELDS)?;
+    call.authorize_path(&body.path, &[Permission::Read])?;
     if !valid_path(&body.path) {
         return Err(ApiError::BadRequest);
     }
     unlocked(&call)?;
     let record = read_record(&call, &body.path).await?;
+    let version = u64::try_from(body.version).map_err(|_| ApiError::NotFound)?;
+    record.read(version).map_err(|_| ApiError::NotFound)?;
     let versions: serde_json::Map<String, Value> = record
         .versions
         .iter()

@@ -82,6 +82,35 @@ impl Unlocked {
         keyring.open(&sealed, aad)
     }
 
+    /// Seals for the cipher routes (SPIKE's format: no key id); returns the
+    /// nonce, the ciphertext and whether the active key is due for rotation.
+    pub fn seal_cipher(
+        &self,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<([u8; 12], Vec<u8>, bool), CryptoError> {
+        let mut keyring = self
+            .keyring
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (nonce, ciphertext) = keyring.seal_unframed(aad, plaintext)?;
+        Ok((nonce, ciphertext, keyring.needs_rotation()))
+    }
+
+    /// Opens what [`Unlocked::seal_cipher`] sealed, under any data key.
+    pub fn open_cipher(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Plaintext, CryptoError> {
+        let keyring = self
+            .keyring
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        keyring.open_unframed(nonce, aad, ciphertext)
+    }
+
     /// A copy of the keyring with a new active data key, wrapped under the
     /// root key, for a `ReplaceKeyring` proposal.
     pub fn rotated_keyring(&self) -> Result<Vec<u8>, CryptoError> {

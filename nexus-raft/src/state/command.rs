@@ -157,6 +157,9 @@ pub enum Refusal {
     /// The policy does not exist.
     #[error("policy not found")]
     PolicyNotFound,
+    /// The cluster holds the most policies it may.
+    #[error("the cluster already holds {0} policies, the maximum")]
+    PolicyLimit(u64),
     /// `Initialize` on an initialized cluster.
     #[error("the cluster is already initialized")]
     AlreadyInitialized,

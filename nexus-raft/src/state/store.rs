@@ -37,6 +37,8 @@ pub const META_MEMBERSHIP: &str = "membership";
 
 /// Most client sessions kept; past it the least recently used is evicted.
 pub const SESSIONS_MAX: u64 = 65_536;
+/// Most policies a cluster holds.
+pub const POLICIES_MAX: u64 = 10_000;
 /// A session unused for this long (log time) is forgotten.
 pub const SESSION_IDLE_EXPIRY_NS: u64 = 60 * 60 * 1_000_000_000;
 /// Most sessions expired by one apply, so apply time stays bounded.
@@ -54,6 +56,8 @@ pub struct ClusterMeta {
     /// Encryptions recorded per data key id (for rotation before the AES-GCM
     /// random-nonce limit).
     pub encryptions: BTreeMap<u32, u64>,
+    /// Bumped on every policy change, so replicas know when to recompile.
+    pub policies_version: u64,
     /// Ids of removed replicas, never to be used again.
     pub retired_node_ids: std::collections::BTreeSet<u64>,
     /// Log time: the highest leader time applied so far. Never goes back,
@@ -288,6 +292,9 @@ fn apply_command(
             let mut table = redb_try!("open policies", txn.open_table(POLICIES))?;
             let created_at = match redb_try!("read policy", table.get(name.as_str()))? {
                 Some(bytes) => decode::<PolicyRecord>(name, bytes.value())?.created_at,
+                None if redb_try!("count policies", table.len())? >= POLICIES_MAX => {
+                    return Ok(Err(Refusal::PolicyLimit(POLICIES_MAX)));
+                }
                 None => now,
             };
             let record = PolicyRecord {
@@ -305,7 +312,10 @@ fn apply_command(
         Command::DeletePolicy { name } => {
             let mut table = redb_try!("open policies", txn.open_table(POLICIES))?;
             match redb_try!("delete policy", table.remove(name.as_str()))? {
-                Some(_) => Ok(Ok(Response::Done)),
+                Some(_) => {
+                    meta.policies_version += 1;
+                    Ok(Ok(Response::Done))
+                }
                 None => Ok(Err(Refusal::PolicyNotFound)),
             }
         }
@@ -426,6 +436,27 @@ impl StateReader {
             Some(bytes) => decode(key, bytes.value()).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// The record of policy `name`.
+    pub fn policy(&self, name: &str) -> Result<Option<PolicyRecord>, StoreError> {
+        self.get(POLICIES, "open policies", name)
+    }
+
+    /// Every policy by name, sorted.
+    pub fn policies(&self) -> Result<Vec<(String, PolicyRecord)>, StoreError> {
+        let txn = self.read()?;
+        let table = match txn.open_table(POLICIES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(storage("open policies")(e.into())),
+        };
+        let mut policies = Vec::new();
+        for row in redb_try!("list policies", table.iter())? {
+            let (key, value) = redb_try!("list policies", row)?;
+            policies.push((key.value().to_owned(), decode(key.value(), value.value())?));
+        }
+        Ok(policies)
     }
 
     /// Paths that have a current version, sorted (SPIKE's list).

@@ -150,6 +150,46 @@ pub(super) fn open_with(
         .map_err(|_| CryptoError::DecryptionFailed)
 }
 
+/// AES-256-GCM without our framing, for SPIKE-compatible formats that carry
+/// only a nonce and the ciphertext (the cipher routes, bootstrap verify).
+/// Returns the nonce and ciphertext with its tag.
+pub fn seal_unframed(
+    key: &[u8; 32],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<([u8; NONCE_LEN], Vec<u8>), CryptoError> {
+    let nonce = random::array::<NONCE_LEN>()?;
+    let ciphertext = cipher(key)?
+        .encrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .map_err(|_| CryptoError::DecryptionFailed)?;
+    Ok((nonce, ciphertext))
+}
+
+/// Opens what [`seal_unframed`] (or SPIKE) sealed.
+pub fn open_unframed(
+    key: &[u8; 32],
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    ciphertext: &[u8],
+) -> Result<Plaintext, CryptoError> {
+    cipher(key)?
+        .decrypt(
+            &Nonce::from(*nonce),
+            Payload {
+                msg: ciphertext,
+                aad,
+            },
+        )
+        .map(Plaintext::new)
+        .map_err(|_| CryptoError::DecryptionFailed)
+}
+
 fn cipher(key: &[u8; 32]) -> Result<Aes256Gcm, CryptoError> {
     // A 32-byte slice always fits AES-256; the error arm is unreachable.
     Aes256Gcm::new_from_slice(key).map_err(|_| CryptoError::MalformedSealed("key length"))
@@ -264,6 +304,23 @@ mod tests {
             Sealed::from_bytes(&bytes),
             Err(CryptoError::MalformedSealed("unknown format version"))
         );
+    }
+
+    #[test]
+    fn unframed_round_trip_and_tamper() {
+        let key = key();
+        let (nonce, ciphertext) =
+            seal_unframed(key.expose_secret(), b"ctx", b"hello").expect("seal");
+        assert_eq!(
+            open_unframed(key.expose_secret(), &nonce, b"ctx", &ciphertext)
+                .expect("open")
+                .expose_secret(),
+            b"hello"
+        );
+        assert!(open_unframed(key.expose_secret(), &nonce, b"other", &ciphertext).is_err());
+        let mut flipped = ciphertext.clone();
+        flipped[0] ^= 1;
+        assert!(open_unframed(key.expose_secret(), &nonce, b"ctx", &flipped).is_err());
     }
 
     proptest! {

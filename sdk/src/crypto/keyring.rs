@@ -150,6 +150,46 @@ impl Keyring {
         aead::open(&entry.key, sealed, aad)
     }
 
+    /// Seals without a key id in the output (SPIKE's cipher format), under
+    /// the active key; counts the encryption like [`Keyring::seal`].
+    pub fn seal_unframed(
+        &mut self,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<([u8; aead::NONCE_LEN], Vec<u8>), CryptoError> {
+        let key_id = self.active;
+        let entry = self
+            .keys
+            .get_mut(&key_id)
+            .ok_or(CryptoError::UnknownDataKey(key_id.0))?;
+        if entry.encryptions >= ENCRYPTIONS_MAX {
+            return Err(CryptoError::DataKeyExhausted {
+                key_id: key_id.0,
+                count: entry.encryptions,
+            });
+        }
+        let sealed = aead::seal_unframed(entry.key.expose_secret(), aad, plaintext)?;
+        entry.encryptions += 1;
+        Ok(sealed)
+    }
+
+    /// Opens what [`Keyring::seal_unframed`] sealed: with no key id to go
+    /// by, every key is tried, newest first; GCM's tag tells the right one.
+    pub fn open_unframed(
+        &self,
+        nonce: &[u8; aead::NONCE_LEN],
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Plaintext, CryptoError> {
+        self.keys
+            .values()
+            .rev()
+            .find_map(|entry| {
+                aead::open_unframed(entry.key.expose_secret(), nonce, aad, ciphertext).ok()
+            })
+            .ok_or(CryptoError::DecryptionFailed)
+    }
+
     /// Seals the whole keyring under the root key; the associated data names
     /// the root key id so a keyring cannot be passed off under another root.
     pub fn wrap(
@@ -327,6 +367,31 @@ mod tests {
         ring.rotate().expect("rotate");
         assert!(!ring.needs_rotation());
         assert!(ring.seal(b"p", b"v").is_ok());
+    }
+
+    #[test]
+    fn unframed_data_opens_after_rotation_by_trying_every_key() {
+        let mut ring = Keyring::generate().expect("g");
+        let (nonce, old) = ring.seal_unframed(b"c", b"old").expect("seal");
+        ring.rotate().expect("rotate");
+        let (new_nonce, new) = ring.seal_unframed(b"c", b"new").expect("seal");
+        assert_eq!(
+            ring.open_unframed(&nonce, b"c", &old)
+                .expect("old")
+                .expose_secret(),
+            b"old"
+        );
+        assert_eq!(
+            ring.open_unframed(&new_nonce, b"c", &new)
+                .expect("new")
+                .expose_secret(),
+            b"new"
+        );
+        assert_eq!(
+            ring.open_unframed(&nonce, b"x", &old),
+            Err(CryptoError::DecryptionFailed)
+        );
+        assert_eq!(ring.encryptions(DataKeyId(1)), Some(1));
     }
 
     #[test]
