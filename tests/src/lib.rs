@@ -257,6 +257,28 @@ impl ApiClient {
         self.post_with(address, path_and_query, body, &[]).await
     }
 
+    /// Any request, raw.
+    pub async fn raw(
+        &self,
+        address: SocketAddr,
+        method: &str,
+        path_and_query: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<spike_sdk::client::RawReply, String> {
+        let request = spike_sdk::client::Request {
+            method,
+            path_and_query,
+            content_type,
+            body,
+            headers: &[],
+        };
+        self.client
+            .send(address, request)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// POSTs with extra headers.
     pub async fn post_with(
         &self,

@@ -70,6 +70,9 @@ enum Action {
         /// Extra flags for every nexus (e.g. "--snapshot-every=50").
         #[arg(long = "nexus-arg", allow_hyphen_values = true)]
         nexus_args: Vec<String>,
+        /// Extra workload identity NAME=PATH (served at sockets/NAME.sock).
+        #[arg(long = "workload", value_name = "NAME=PATH")]
+        workloads: Vec<String>,
     },
     /// Stop every process of the cluster.
     Down {
@@ -123,6 +126,8 @@ struct ClusterFile {
     shares: u8,
     threshold: u8,
     nexus_args: Vec<String>,
+    #[serde(default)]
+    workloads: Vec<String>,
     processes: Vec<Process>,
 }
 
@@ -161,18 +166,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             trust_domain,
             wait_secs,
             nexus_args,
+            workloads,
         } => {
             let dir = absolute(&common.dir)?;
             let mut cluster = match load(&dir) {
                 Ok(existing) => existing,
                 Err(_) => plan(
                     &dir,
-                    replicas,
-                    keepers,
-                    threshold,
-                    base_port,
-                    &trust_domain,
-                    nexus_args,
+                    Shape {
+                        replicas,
+                        keepers,
+                        threshold,
+                        base_port,
+                        trust_domain,
+                        nexus_args,
+                        workloads,
+                    },
                 )?,
             };
             up(
@@ -270,15 +279,27 @@ fn find(cluster: &ClusterFile, name: &str) -> anyhow::Result<usize> {
 }
 
 /// Lays out a new cluster: ports from `base_port` up, one identity per process.
-fn plan(
-    dir: &Path,
+/// What `up` was asked for on a new directory.
+struct Shape {
     replicas: u64,
     keepers: u8,
     threshold: u8,
     base_port: u16,
-    trust_domain: &str,
+    trust_domain: String,
     nexus_args: Vec<String>,
-) -> anyhow::Result<ClusterFile> {
+    workloads: Vec<String>,
+}
+
+fn plan(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
+    let Shape {
+        replicas,
+        keepers,
+        threshold,
+        base_port,
+        trust_domain,
+        nexus_args,
+        workloads,
+    } = shape;
     if replicas == 0 || keepers == 0 || threshold == 0 || threshold > keepers {
         bail!("need at least one replica and keeper, and 1 <= threshold <= keepers");
     }
@@ -333,12 +354,16 @@ fn plan(
             name,
         });
     }
+    for workload in &workloads {
+        IdentitySpec::parse(workload)?;
+    }
     Ok(ClusterFile {
         dir: dir.to_owned(),
-        trust_domain: trust_domain.to_owned(),
+        trust_domain,
         shares: keepers,
         threshold,
         nexus_args,
+        workloads,
         processes,
     })
 }
@@ -350,9 +375,10 @@ fn up(cluster: &mut ClusterFile, bin_dir: &Path, wait: Duration) -> anyhow::Resu
         .iter()
         .filter_map(|process| {
             let id = process.node_id?;
-            let path = format!("/spike/{}/{id}", process.role);
-            Some(IdentitySpec::parse(&format!("{}={path}", process.name)))
+            Some(format!("{}=/spike/{}/{id}", process.name, process.role))
         })
+        .chain(cluster.workloads.iter().cloned())
+        .map(|text| IdentitySpec::parse(&text))
         .collect::<Result<_, _>>()?;
     IdentityDirectory::create(
         cluster.dir.join("identities"),

@@ -72,12 +72,19 @@ pub async fn restore(call: Call<'_>) -> Result<Value, ApiError> {
             remaining,
             restored,
             progress_reset,
-        } => Ok(json!({
-            "collected": collected,
-            "remaining": remaining,
-            "restored": restored,
-            "progressReset": progress_reset,
-        })),
+        } => {
+            let mut reply = json!({
+                "collected": collected,
+                "remaining": remaining,
+                "restored": restored,
+            });
+            // Extension, only when it happened: a leader change dropped the
+            // shards collected so far.
+            if progress_reset {
+                reply["progressReset"] = json!(true);
+            }
+            Ok(reply)
+        }
         other => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
     }
 }

@@ -31,6 +31,24 @@ pub struct JsonReply {
     pub leader: Option<String>,
 }
 
+/// A raw reply: status, headers and body bytes.
+#[derive(Debug, Clone)]
+pub struct RawReply {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: hyper::HeaderMap,
+    /// The body.
+    pub bytes: Vec<u8>,
+}
+
+impl RawReply {
+    /// A header's value, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+}
+
 /// Why a request got no reply.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -60,6 +78,21 @@ pub enum ClientError {
         /// The limit.
         timeout: Duration,
     },
+}
+
+/// One request.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// `POST` for every SPIKE route.
+    pub method: &'a str,
+    /// Path and `?action=`.
+    pub path_and_query: &'a str,
+    /// `application/json`, or `application/octet-stream` for cipher streams.
+    pub content_type: &'a str,
+    /// The body.
+    pub body: Vec<u8>,
+    /// Extra headers.
+    pub headers: &'a [(&'a str, &'a str)],
 }
 
 /// Posts JSON to SPIKE API servers as one identity.
@@ -94,24 +127,40 @@ impl HttpsClient {
         body: &serde_json::Value,
         headers: &[(&str, &str)],
     ) -> Result<JsonReply, ClientError> {
-        tokio::time::timeout(
-            self.timeout,
-            self.exchange(address, path_and_query, body, headers),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout {
-            address,
-            timeout: self.timeout,
-        })?
+        let request = Request {
+            method: "POST",
+            path_and_query,
+            content_type: "application/json",
+            body: body.to_string().into_bytes(),
+            headers,
+        };
+        let reply = self.send(address, request).await?;
+        Ok(JsonReply {
+            status: reply.status,
+            body: serde_json::from_slice(&reply.bytes).unwrap_or(serde_json::Value::Null),
+            leader: reply.header("x-spike-leader").map(str::to_owned),
+        })
+    }
+
+    /// Sends any request and returns the raw reply.
+    pub async fn send(
+        &self,
+        address: SocketAddr,
+        request: Request<'_>,
+    ) -> Result<RawReply, ClientError> {
+        tokio::time::timeout(self.timeout, self.exchange(address, request))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                address,
+                timeout: self.timeout,
+            })?
     }
 
     async fn exchange(
         &self,
         address: SocketAddr,
-        path_and_query: &str,
-        body: &serde_json::Value,
-        headers: &[(&str, &str)],
-    ) -> Result<JsonReply, ClientError> {
+        request: Request<'_>,
+    ) -> Result<RawReply, ClientError> {
         let (stream, _) =
             connect(address, self.config.clone())
                 .await
@@ -125,36 +174,32 @@ impl HttpsClient {
                 .await
                 .map_err(|e| failed(e.to_string()))?;
         tokio::spawn(connection);
-        let mut request = hyper::Request::builder()
-            .method("POST")
-            .uri(path_and_query)
+        let mut builder = hyper::Request::builder()
+            .method(request.method)
+            .uri(request.path_and_query)
             .header("host", address.to_string())
-            .header("content-type", "application/json");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
+            .header("content-type", request.content_type);
+        for (name, value) in request.headers {
+            builder = builder.header(*name, *value);
         }
-        let request = request
-            .body(Full::new(Bytes::from(body.to_string())))
+        let http_request = builder
+            .body(Full::new(Bytes::from(request.body)))
             .map_err(|e| failed(e.to_string()))?;
         let response = sender
-            .send_request(request)
+            .send_request(http_request)
             .await
             .map_err(|e| failed(e.to_string()))?;
         let status = response.status().as_u16();
-        let leader = response
-            .headers()
-            .get("x-spike-leader")
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
+        let headers = response.headers().clone();
         let bytes = Limited::new(response.into_body(), RESPONSE_SIZE_MAX_BYTES)
             .collect()
             .await
             .map_err(|e| failed(e.to_string()))?
             .to_bytes();
-        Ok(JsonReply {
+        Ok(RawReply {
             status,
-            body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-            leader,
+            headers,
+            bytes: bytes.to_vec(),
         })
     }
 }

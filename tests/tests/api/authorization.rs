@@ -1,0 +1,212 @@
+//! Every route against every identity kind: allowed or refused (401), as
+//! SPIKE decides.
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::{client, cluster, grant_billing, phase};
+
+struct Route {
+    name: &'static str,
+    path: &'static str,
+    body: Value,
+}
+
+fn routes() -> Vec<Route> {
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let route = |name, path, body| Route { name, path, body };
+    vec![
+        route(
+            "secret put",
+            "/v1/store/secrets",
+            json!({"path": "apps/billing/db", "values": {"k": "v"}}),
+        ),
+        route(
+            "secret get",
+            "/v1/store/secrets?action=get",
+            json!({"path": "apps/billing/db"}),
+        ),
+        route(
+            "secret metadata",
+            "/v1/store/secrets/metadata?action=get",
+            json!({"path": "apps/billing/db"}),
+        ),
+        route(
+            "secret undelete",
+            "/v1/store/secrets?action=undelete",
+            json!({"path": "apps/billing/db", "versions": [1]}),
+        ),
+        route(
+            "secret delete",
+            "/v1/store/secrets?action=delete",
+            json!({"path": "apps/billing/db", "versions": [9]}),
+        ),
+        route("secret list", "/v1/store/secrets?action=list", json!({})),
+        route("policy list", "/v1/acl/policy?action=list", json!({})),
+        route(
+            "policy get",
+            "/v1/acl/policy?action=get",
+            json!({"id": "billing"}),
+        ),
+        route(
+            "policy put",
+            "/v1/acl/policy",
+            json!({"name": "other", "spiffeidPattern": "^spiffe://spike\\.ist/app/x$", "pathPattern": "^x/", "permissions": ["read"]}),
+        ),
+        route(
+            "policy delete",
+            "/v1/acl/policy?action=delete",
+            json!({"id": "other"}),
+        ),
+        route(
+            "cipher encrypt",
+            "/v1/cipher/encrypt",
+            json!({"plaintext": b64(b"hello")}),
+        ),
+        route(
+            "cipher decrypt",
+            "/v1/cipher/decrypt",
+            json!({"version": 1, "nonce": b64(&[0; 12]), "ciphertext": b64(&[0; 32])}),
+        ),
+        route("operator recover", "/v1/operator/recover", json!({})),
+        route(
+            "operator restore",
+            "/v1/operator/restore",
+            json!({"id": 1, "shard": vec![1u8; 32]}),
+        ),
+        route(
+            "bootstrap verify",
+            "/v1/bootstrap/verify",
+            json!({"nonce": b64(&[0; 12]), "ciphertext": b64(&[0; 32])}),
+        ),
+    ]
+}
+
+/// Which routes each identity may use (all others: 401).
+fn allowed(identity: &str) -> &'static [&'static str] {
+    const SECRETS_AND_POLICIES: &[&str] = &[
+        "secret put",
+        "secret get",
+        "secret metadata",
+        "secret undelete",
+        "secret delete",
+        "secret list",
+        "policy list",
+        "policy get",
+        "policy put",
+        "policy delete",
+        "cipher encrypt",
+        "cipher decrypt",
+    ];
+    match identity {
+        "superuser" => SECRETS_AND_POLICIES,
+        "recover" => &["operator recover"],
+        "restore" => &["operator restore"],
+        "bootstrap" => &["bootstrap verify"],
+        "lite-workload" => &["cipher encrypt", "cipher decrypt"],
+        "billing" => &[
+            "secret put",
+            "secret get",
+            "secret metadata",
+            "secret undelete",
+            "secret delete",
+        ],
+        _ => &[],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_against_every_identity() {
+    let cluster = cluster();
+    let superuser = client(&cluster, "superuser").await;
+    grant_billing(&superuser, &cluster).await;
+    let identities = [
+        "superuser",
+        "recover",
+        "restore",
+        "bootstrap",
+        "lite-workload",
+        "keeper-1",
+        "nexus-2",
+        "billing",
+        "stranger",
+    ];
+    let mut table = Vec::new();
+    for identity in identities {
+        phase(identity);
+        let caller = client(&cluster, identity).await;
+        for route in routes() {
+            let reply = caller
+                .post(cluster.api(2), route.path, route.body.clone())
+                .await
+                .unwrap_or_else(|error| panic!("{identity} {}: {error}", route.name));
+            let expected_allowed = allowed(identity).contains(&route.name);
+            let was_allowed = reply.status != 401;
+            table.push(format!(
+                "{identity:<14} {:<18} {} ({})",
+                route.name,
+                if was_allowed { "allow" } else { "deny " },
+                reply.status
+            ));
+            assert_eq!(
+                was_allowed, expected_allowed,
+                "{identity} on {}: status {} {:?}",
+                route.name, reply.status, reply.body
+            );
+            if !was_allowed {
+                assert_eq!(reply.body["err"], "access_unauthorized");
+            }
+        }
+    }
+    eprintln!("{}", table.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_trust_domain_cannot_even_connect() {
+    use spike_dev_identity::{DevCa, IdentityDirectory};
+    let cluster = cluster();
+    let home = IdentityDirectory::at(cluster.dir.path().join("identities"))
+        .load_ca()
+        .expect("cluster CA");
+    let ca = DevCa::generate("evil.example").expect("CA");
+    let svid = ca
+        .mint(
+            "spiffe://evil.example/spike/pilot/role/superuser",
+            std::time::Duration::from_secs(600),
+        )
+        .expect("mint");
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(svid.key_pkcs8_der.clone().into());
+    let chain = svid
+        .chain_der
+        .iter()
+        .cloned()
+        .map(rustls_pki_types::CertificateDer::from)
+        .collect();
+    // It trusts the cluster's CA (so it accepts the server); the cluster
+    // does not trust its CA, so the server must refuse it.
+    let bundle = [
+        (
+            ca.trust_domain().clone(),
+            vec![rustls_pki_types::CertificateDer::from(
+                ca.cert_der().to_vec(),
+            )],
+        ),
+        (
+            home.trust_domain().clone(),
+            vec![rustls_pki_types::CertificateDer::from(
+                home.cert_der().to_vec(),
+            )],
+        ),
+    ];
+    let foreign = spike_sdk::svid::Identity::fixed(
+        spike_sdk::svid::SvidMaterial::new(chain, key, bundle).expect("material"),
+    );
+    let client = spike_tests::ApiClient::new(&foreign);
+    let outcome = client
+        .post(cluster.api(1), "/v1/store/secrets?action=list", json!({}))
+        .await;
+    assert!(
+        outcome.is_err(),
+        "a foreign trust domain got an answer: {outcome:?}"
+    );
+}
