@@ -1,16 +1,34 @@
 //! `spike`, SPIKE Pilot: the operator's command-line tool.
 //!
-//! It gets its identity like every other SPIKE process (Workload API or SVID
-//! files) and talks to any Nexus node. So far it has one command, `whoami`,
-//! which shows the identity the tool would act as and the SPIKE role that
-//! identity carries: the first thing to check when a call is refused.
+//! SPIKE's commands (`secret`, `policy`, `cipher`, `operator`) with SPIKE's
+//! flags and output formats, plus the cluster's extensions (`secret
+//! destroy`, `--cas`, `cluster`, `operator rekey|rotate`, `audit verify`).
+//! It talks to any Nexus node (`SPIKE_NEXUS_API_URL`); writes reach the
+//! leader by themselves.
+//!
+//! Exit codes: 0 success, 1 the operation failed (reason on stderr), 2 usage
+//! error, 64 no usable identity or configuration. (SPIKE's own CLI exits 0
+//! on API errors.)
 
+mod commands;
+mod nexus;
+mod output;
+
+use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use spike_sdk::cli::{SvidArgs, config_error, runtime_error};
+use clap::{CommandFactory, Parser, Subcommand};
+use spike_sdk::cli::SvidArgs;
 use spike_sdk::environment::ProcessEnvironment;
 use spike_sdk::identity::TrustRoots;
+
+use commands::cipher::CipherCommand;
+use commands::cluster::ClusterCommand;
+use commands::operator::OperatorCommand;
+use commands::policy::PolicyCommand;
+use commands::secret::SecretCommand;
+use nexus::{API_URL_DEFAULT, CliError, Nexus};
+use output::Format;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,27 +39,45 @@ use spike_sdk::identity::TrustRoots;
 struct Cli {
     #[command(flatten)]
     svid: SvidArgs,
-    /// Output format.
-    #[arg(short, long, global = true, value_enum, default_value_t = Format::Human)]
-    format: Format,
+    /// The Nexus API (any replica).
+    #[arg(long, env = "SPIKE_NEXUS_API_URL", default_value = API_URL_DEFAULT, global = true)]
+    api_url: String,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Format {
-    Human,
-    Json,
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show this tool's SPIFFE ID, the SPIKE role it carries and the trust
-    /// domains it holds bundles for.
-    Whoami,
+    /// Manage secrets.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Manage access policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Encrypt and decrypt with SPIKE's keys.
+    #[command(subcommand)]
+    Cipher(CipherCommand),
+    /// Recovery, restore, rekey and rotation.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+    /// Cluster status, membership and leadership.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Show this tool's SPIFFE ID, the SPIKE role it carries and the trust
+    /// domains it holds bundles for.
+    Whoami {
+        /// Output format: human/h/plain/p, json/j, yaml/y.
+        #[arg(short = 'f', long, default_value = "human")]
+        format: Format,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,76 +92,91 @@ enum AuditCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Offline commands need no identity.
-    if let Command::Audit(AuditCommand::Verify { file }) = &cli.command {
-        return verify_audit_log(file, cli.format);
-    }
-    match tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(run(cli)),
-        Err(error) => runtime_error("spike", error),
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&CliError::Transport(error.to_string())),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(text) => {
+            let mut stdout = std::io::stdout();
+            let _ = stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush());
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&error),
     }
 }
 
-async fn run(cli: Cli) -> ExitCode {
-    let trust_roots = match TrustRoots::from_environment(&ProcessEnvironment) {
-        Ok(roots) => roots,
-        Err(error) => return config_error("spike", error),
-    };
-    let identity = match cli.svid.load().await {
-        Ok(identity) => identity,
-        Err(error) => return config_error("spike", error),
-    };
-    match cli.command {
-        Command::Audit(_) => unreachable!("handled before loading an identity"),
-        Command::Whoami => {
-            let material = identity.current();
-            let id = material.spiffe_id();
-            let role = trust_roots
-                .role_of(id)
-                .map(|role| role.name())
-                .unwrap_or("workload");
-            let domains: Vec<&str> = material.trust_domains().collect();
-            match cli.format {
-                Format::Human => {
-                    println!("spiffe id:     {id}");
-                    println!("role:          {role}");
-                    println!("trust bundles: {}", domains.join(", "));
-                }
-                Format::Json => println!(
-                    "{}",
-                    serde_json::json!({
-                        "spiffeId": id.to_string(),
-                        "role": role,
-                        "trustDomains": domains,
-                    })
-                ),
-            }
-            ExitCode::SUCCESS
-        }
+fn fail(error: &CliError) -> ExitCode {
+    eprintln!("{error}");
+    match error {
+        CliError::Config(_) => ExitCode::from(spike_sdk::EXIT_CONFIG as u8),
+        _ => ExitCode::FAILURE,
     }
 }
 
-fn verify_audit_log(file: &std::path::Path, format: Format) -> ExitCode {
-    let reader = match std::fs::File::open(file) {
-        Ok(handle) => std::io::BufReader::new(handle),
-        Err(error) => {
-            return runtime_error("spike", format!("cannot open {}: {error}", file.display()));
+async fn run(cli: Cli) -> Result<String, CliError> {
+    let Cli {
+        svid,
+        api_url,
+        command,
+    } = cli;
+    let connect = || Nexus::connect(&svid, &api_url);
+    match command {
+        // Offline commands need no identity.
+        Command::Audit(AuditCommand::Verify { file }) => verify_audit_log(&file),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "spike", &mut script);
+            Ok(String::from_utf8_lossy(&script).into_owned())
         }
-    };
-    match spike_sdk::audit::verify(reader) {
-        Ok(records) => {
-            match format {
-                Format::Human => println!("{}: {records} records, chain intact", file.display()),
-                Format::Json => println!(
-                    "{}",
-                    serde_json::json!({ "records": records, "intact": true })
-                ),
-            }
-            ExitCode::SUCCESS
-        }
-        Err(error) => runtime_error("spike", format!("{}: {error}", file.display())),
+        Command::Whoami { format } => whoami(&svid, format).await,
+        Command::Secret(command) => commands::secret::run(&connect().await?, command).await,
+        Command::Policy(command) => commands::policy::run(&connect().await?, command).await,
+        Command::Cipher(command) => commands::cipher::run(&connect().await?, command).await,
+        Command::Operator(command) => commands::operator::run(&connect().await?, command).await,
+        Command::Cluster(command) => commands::cluster::run(&connect().await?, command).await,
     }
+}
+
+async fn whoami(svid: &SvidArgs, format: Format) -> Result<String, CliError> {
+    let trust_roots = TrustRoots::from_environment(&ProcessEnvironment)
+        .map_err(|e| CliError::Config(e.to_string()))?;
+    let identity = svid
+        .load()
+        .await
+        .map_err(|e| CliError::Config(e.to_string()))?;
+    let material = identity.current();
+    let id = material.spiffe_id();
+    let role = trust_roots
+        .role_of(id)
+        .map(|role| role.name())
+        .unwrap_or("workload");
+    let domains: Vec<&str> = material.trust_domains().collect();
+    let value =
+        serde_json::json!({ "spiffeId": id.to_string(), "role": role, "trustDomains": domains });
+    Ok(match format {
+        Format::Human => format!(
+            "spiffe id:     {id}\nrole:          {role}\ntrust bundles: {}\n",
+            domains.join(", ")
+        ),
+        Format::Json => output::json(&value),
+        Format::Yaml => output::yaml(&value),
+    })
+}
+
+fn verify_audit_log(file: &std::path::Path) -> Result<String, CliError> {
+    let reader = std::fs::File::open(file)
+        .map(std::io::BufReader::new)
+        .map_err(|e| CliError::Invalid(format!("cannot open {}: {e}", file.display())))?;
+    let records = spike_sdk::audit::verify(reader)
+        .map_err(|error| CliError::Invalid(format!("{}: {error}", file.display())))?;
+    Ok(format!(
+        "{}: {records} records, chain intact\n",
+        file.display()
+    ))
 }

@@ -1,0 +1,165 @@
+//! `spike cipher`: encryption as a service, in stream or JSON mode.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use clap::Subcommand;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::nexus::{CliError, Nexus};
+
+/// Largest input read from a file or stdin (the server's limit is lower).
+const INPUT_SIZE_MAX_BYTES: u64 = 1024 * 1024;
+
+#[derive(Debug, Subcommand)]
+pub enum CipherCommand {
+    /// Encrypt a file or stdin (stream mode), or --plaintext (JSON mode).
+    Encrypt {
+        /// Input file (default: stdin).
+        #[arg(short = 'f', long)]
+        file: Option<PathBuf>,
+        /// Output file (default: stdout).
+        #[arg(short = 'o', long)]
+        out: Option<PathBuf>,
+        /// Base64 plaintext for JSON mode.
+        #[arg(long)]
+        plaintext: Option<String>,
+        /// Algorithm hint for JSON mode (ignored by the server).
+        #[arg(long)]
+        algorithm: Option<String>,
+    },
+    /// Decrypt a file or stdin (stream mode), or --version/--nonce/--ciphertext (JSON mode).
+    Decrypt {
+        /// Input file (default: stdin).
+        #[arg(short = 'f', long)]
+        file: Option<PathBuf>,
+        /// Output file (default: stdout).
+        #[arg(short = 'o', long)]
+        out: Option<PathBuf>,
+        /// Version byte (0-255) for JSON mode.
+        #[arg(long)]
+        version: Option<u8>,
+        /// Nonce (base64) for JSON mode.
+        #[arg(long)]
+        nonce: Option<String>,
+        /// Ciphertext (base64) for JSON mode.
+        #[arg(long)]
+        ciphertext: Option<String>,
+        /// Algorithm hint for JSON mode (ignored by the server).
+        #[arg(long)]
+        algorithm: Option<String>,
+    },
+}
+
+fn read_input(file: Option<&PathBuf>) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    let mut bytes = Zeroizing::new(Vec::new());
+    let outcome = match file {
+        Some(path) => std::fs::File::open(path)
+            .map_err(|e| {
+                CliError::Invalid(format!(
+                    "Cannot access input file: {} ({e})",
+                    path.display()
+                ))
+            })?
+            .take(INPUT_SIZE_MAX_BYTES)
+            .read_to_end(&mut bytes),
+        None => std::io::stdin()
+            .take(INPUT_SIZE_MAX_BYTES)
+            .read_to_end(&mut bytes),
+    };
+    outcome.map_err(|e| CliError::Invalid(format!("cannot read input: {e}")))?;
+    Ok(bytes)
+}
+
+fn write_output(out: Option<&PathBuf>, bytes: &[u8]) -> Result<(), CliError> {
+    let written = match out {
+        Some(path) => std::fs::write(path, bytes),
+        None => std::io::stdout()
+            .write_all(bytes)
+            .and_then(|()| std::io::stdout().flush()),
+    };
+    written.map_err(|e| CliError::Invalid(format!("Failed to write output: {e}")))
+}
+
+/// Runs a cipher command; the output is written here, nothing to print.
+pub async fn run(nexus: &Nexus, command: CipherCommand) -> Result<String, CliError> {
+    match command {
+        CipherCommand::Encrypt {
+            file,
+            out,
+            plaintext,
+            algorithm,
+        } => {
+            let sealed = match plaintext {
+                Some(plaintext) => {
+                    STANDARD
+                        .decode(&plaintext)
+                        .map_err(|_| CliError::Invalid("Invalid --plaintext base64.".to_owned()))?;
+                    let mut body = json!({ "plaintext": plaintext });
+                    if let Some(algorithm) = algorithm {
+                        body["algorithm"] = json!(algorithm);
+                    }
+                    let reply = nexus.call("/v1/cipher/encrypt", &body).await?;
+                    // SPIKE's CLI prints the ciphertext alone in JSON mode;
+                    // we print the whole stream frame so it can be decrypted.
+                    let nonce = STANDARD
+                        .decode(reply["nonce"].as_str().unwrap_or_default())
+                        .unwrap_or_default();
+                    let ciphertext = STANDARD
+                        .decode(reply["ciphertext"].as_str().unwrap_or_default())
+                        .unwrap_or_default();
+                    let mut frame = vec![reply["version"].as_u64().unwrap_or(1) as u8];
+                    frame.extend_from_slice(&nonce);
+                    frame.extend_from_slice(&ciphertext);
+                    frame
+                }
+                None => {
+                    nexus
+                        .call_stream("/v1/cipher/encrypt", read_input(file.as_ref())?.to_vec())
+                        .await?
+                }
+            };
+            write_output(out.as_ref(), &sealed)?;
+            Ok(String::new())
+        }
+        CipherCommand::Decrypt {
+            file,
+            out,
+            version,
+            nonce,
+            ciphertext,
+            algorithm,
+        } => {
+            let plaintext = if version.is_some() || nonce.is_some() || ciphertext.is_some() {
+                let nonce = nonce.unwrap_or_default();
+                let ciphertext = ciphertext.unwrap_or_default();
+                for (what, text) in [("--nonce", &nonce), ("--ciphertext", &ciphertext)] {
+                    STANDARD
+                        .decode(text)
+                        .map_err(|_| CliError::Invalid(format!("Invalid {what} base64.")))?;
+                }
+                let mut body = json!({ "version": version.unwrap_or(1), "nonce": nonce, "ciphertext": ciphertext });
+                if let Some(algorithm) = algorithm {
+                    body["algorithm"] = json!(algorithm);
+                }
+                let reply = nexus.call("/v1/cipher/decrypt", &body).await?;
+                Zeroizing::new(
+                    STANDARD
+                        .decode(reply["plaintext"].as_str().unwrap_or_default())
+                        .unwrap_or_default(),
+                )
+            } else {
+                Zeroizing::new(
+                    nexus
+                        .call_stream("/v1/cipher/decrypt", read_input(file.as_ref())?.to_vec())
+                        .await?,
+                )
+            };
+            write_output(out.as_ref(), &plaintext)?;
+            Ok(String::new())
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The command groups.
+
+pub mod cipher;
+pub mod cluster;
+pub mod operator;
+pub mod policy;
+pub mod secret;
