@@ -123,11 +123,10 @@ async fn serve(args: Args, hardening: Hardening) -> Result<(), StartupError> {
     let node = Node::new(
         config.node_id,
         raft.clone(),
-        state_machine.reader(),
+        state_machine.clone(),
         keys,
         key_manager.clone(),
         peers,
-        state_machine.applied(),
     );
 
     // Listeners: cluster first, so peers can reach us as soon as we vote.

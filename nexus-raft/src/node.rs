@@ -19,6 +19,7 @@ use crate::cluster::{FORWARD_TIMEOUT, ForwardError, LeaderOp, LeaderReply};
 use crate::keys::KeyState;
 use crate::keys::manager::{KeyError, KeyManager};
 use crate::raft::codec::{decode, encode};
+use crate::raft::state_machine::StateMachine;
 use crate::raft::{LogIdOf, NexusNode, NexusRaft, TypeConfig};
 use crate::state::command::{Command, Request, Response};
 use crate::state::store::StateReader;
@@ -61,6 +62,7 @@ pub struct Node {
     /// The root-key lifecycle (operator actions).
     pub key_manager: Arc<KeyManager>,
     peers: Peers,
+    machine: StateMachine,
     applied: watch::Receiver<Option<LogIdOf<TypeConfig>>>,
 }
 
@@ -69,21 +71,32 @@ impl Node {
     pub fn new(
         id: u64,
         raft: NexusRaft,
-        state: StateReader,
+        machine: StateMachine,
         keys: Arc<KeyState>,
         key_manager: Arc<KeyManager>,
         peers: Peers,
-        applied: watch::Receiver<Option<LogIdOf<TypeConfig>>>,
     ) -> Self {
         Self {
             id,
             raft,
-            state,
+            state: machine.reader(),
             keys,
             key_manager,
             peers,
-            applied,
+            applied: machine.applied(),
+            machine,
         }
+    }
+
+    /// A consistent copy of the applied state as a backup file's bytes,
+    /// written through `path`.
+    pub fn export_state(&self, path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+        self.machine.export(path)
+    }
+
+    /// A directory for temporary files.
+    pub fn scratch_dir(&self) -> std::path::PathBuf {
+        self.machine.scratch_dir().to_owned()
     }
 
     /// The leader as this replica knows it.

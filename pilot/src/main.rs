@@ -27,6 +27,7 @@ use commands::cluster::ClusterCommand;
 use commands::operator::OperatorCommand;
 use commands::policy::PolicyCommand;
 use commands::secret::SecretCommand;
+use commands::snapshot::SnapshotCommand;
 use nexus::{API_URL_DEFAULT, CliError, Nexus};
 use output::Format;
 
@@ -63,6 +64,9 @@ enum Command {
     /// Cluster status, membership and leadership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Backups of the encrypted store.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -140,6 +144,7 @@ async fn run(cli: Cli) -> Result<String, CliError> {
         Command::Cipher(command) => commands::cipher::run(&connect().await?, command).await,
         Command::Operator(command) => commands::operator::run(&connect().await?, command).await,
         Command::Cluster(command) => commands::cluster::run(&connect().await?, command).await,
+        Command::Snapshot(command) => commands::snapshot::run(&connect().await?, command).await,
     }
 }
 

@@ -9,6 +9,9 @@ use spike_sdk::client::{HttpsClient, Request};
 use spike_sdk::environment::ProcessEnvironment;
 use spike_sdk::identity::{PeerAuthorizer, Role, TrustRoots};
 
+/// Largest backup the CLI saves (the server's restore limit).
+pub const BACKUP_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
+
 /// SPIKE's default API address.
 pub const API_URL_DEFAULT: &str = "https://localhost:8553";
 
@@ -65,7 +68,9 @@ impl Nexus {
             .await
             .map_err(|e| CliError::Config(e.to_string()))?;
         let client = HttpsClient::new(identity, PeerAuthorizer::role(trust_roots, Role::Nexus))
-            .map_err(|e| CliError::Config(e.to_string()))?;
+            .map_err(|e| CliError::Config(e.to_string()))?
+            .with_response_limit(BACKUP_SIZE_MAX_BYTES)
+            .with_timeout(std::time::Duration::from_secs(60));
         let authority = api_url
             .trim()
             .strip_prefix("https://")

@@ -450,10 +450,22 @@ impl LocalCluster {
     pub async fn wait_ready(&self, id: u64, limit: Duration) -> Duration {
         let began = tokio::time::Instant::now();
         while !self.ready(id) {
-            assert!(
-                began.elapsed() < limit,
-                "nexus-{id} not ready after {limit:?}"
-            );
+            if began.elapsed() >= limit {
+                let log = std::fs::read_to_string(
+                    self.dir.path().join("logs").join(format!("nexus-{id}.log")),
+                )
+                .unwrap_or_default();
+                let tail: Vec<&str> = log
+                    .lines()
+                    .filter(|line| line.contains("nexus::"))
+                    .rev()
+                    .take(8)
+                    .collect();
+                panic!(
+                    "nexus-{id} not ready after {limit:?}; its last words:\n{}",
+                    tail.join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         began.elapsed()

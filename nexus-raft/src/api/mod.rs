@@ -16,6 +16,7 @@ mod operator;
 mod policies;
 mod reply;
 mod secrets;
+mod snapshot;
 mod wire;
 
 use std::sync::{Arc, Mutex};
@@ -88,7 +89,9 @@ impl Api {
 pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .fallback(dispatch)
-        .layer(DefaultBodyLimit::max(BODY_SIZE_MAX_BYTES))
+        // The largest body any route takes; every route but a backup
+        // restore is held to BODY_SIZE_MAX_BYTES in `dispatch`.
+        .layer(DefaultBodyLimit::max(snapshot::BACKUP_SIZE_MAX_BYTES))
         .with_state(api)
 }
 
@@ -107,6 +110,8 @@ async fn dispatch(
     // while it is missing, with a bare `{"err":..}` before any route runs.
     let early = if method != Method::POST {
         Some(ApiError::BadRequest)
+    } else if kind != RouteKind::SnapshotRestore && body.len() > BODY_SIZE_MAX_BYTES {
+        Some(ApiError::TooLarge)
     } else if kind.needs_root_key() && api.node.keys.unlocked().is_none() {
         Some(ApiError::NotReady)
     } else {
@@ -196,6 +201,8 @@ async fn route(
         RouteKind::ClusterAdd => cluster::add(call).await.map(Body::Json),
         RouteKind::ClusterRemove => cluster::remove(call).await.map(Body::Json),
         RouteKind::ClusterTransfer => cluster::transfer(call).await.map(Body::Json),
+        RouteKind::SnapshotSave => snapshot::save(call).await,
+        RouteKind::SnapshotRestore => snapshot::restore(call).await.map(Body::Json),
         RouteKind::Unknown => Err(ApiError::BadRequest),
     }
 }

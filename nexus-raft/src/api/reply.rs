@@ -71,6 +71,10 @@ pub enum RouteKind {
     ClusterRemove,
     /// `/v1/cluster?action=transfer` (extension).
     ClusterTransfer,
+    /// `/v1/snapshot?action=save` (extension).
+    SnapshotSave,
+    /// `/v1/snapshot?action=restore` (extension).
+    SnapshotRestore,
     /// Anything else (400).
     Unknown,
 }
@@ -102,6 +106,8 @@ impl RouteKind {
             ("/v1/cluster", Some("add")) => Self::ClusterAdd,
             ("/v1/cluster", Some("remove")) => Self::ClusterRemove,
             ("/v1/cluster", Some("transfer")) => Self::ClusterTransfer,
+            ("/v1/snapshot", Some("save")) => Self::SnapshotSave,
+            ("/v1/snapshot", Some("restore")) => Self::SnapshotRestore,
             _ => Self::Unknown,
         }
     }
@@ -119,6 +125,7 @@ impl RouteKind {
                 | Self::ClusterAdd
                 | Self::ClusterRemove
                 | Self::ClusterTransfer
+                | Self::SnapshotRestore
         )
     }
 
@@ -175,6 +182,8 @@ pub enum ApiError {
     NotFound,
     /// 409 `api_conflict` (extension: check-and-set failed).
     Conflict,
+    /// 413 `api_bad_request`: the body is over the route's limit.
+    TooLarge,
     /// 500 `api_internal_error`.
     Internal(String),
     /// 503 `state_not_ready`.
@@ -203,6 +212,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "access_unauthorized"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "api_not_found"),
             ApiError::Conflict => (StatusCode::CONFLICT, "api_conflict"),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "api_bad_request"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "api_internal_error"),
             ApiError::NotReady | ApiError::Unavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "state_not_ready")

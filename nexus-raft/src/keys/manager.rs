@@ -143,21 +143,43 @@ impl KeyManager {
         let mut metrics = self.raft.metrics();
         let mut backoff = BACKOFF_MIN;
         loop {
-            let wait = match self.step().await {
+            let step = self.step().await;
+            let leadership = {
+                let now = metrics.borrow_watched();
+                (now.current_leader, now.state)
+            };
+            // Metrics change on every heartbeat; only a change of leader or
+            // role is news here.
+            let leadership_changed = async {
+                loop {
+                    if metrics.changed().await.is_err() {
+                        return std::future::pending().await;
+                    }
+                    let now = metrics.borrow_watched();
+                    if (now.current_leader, now.state) != leadership {
+                        return;
+                    }
+                }
+            };
+            match step {
                 Step::Settled => {
                     backoff = BACKOFF_MIN;
-                    TICK
+                    tokio::select! {
+                        _ = tokio::time::sleep(TICK) => {}
+                        _ = applied.changed() => {}
+                        _ = leadership_changed => {}
+                    }
                 }
+                // Keepers or quorum missing: back off (bounded), waking
+                // early only when leadership moves.
                 Step::Retry => {
                     let wait = backoff;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
-                    wait
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = leadership_changed => {}
+                    }
                 }
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = applied.changed() => {}
-                _ = metrics.changed() => {}
             }
         }
     }
@@ -202,6 +224,12 @@ impl KeyManager {
         let Some(meta) = self.meta() else {
             return Step::Retry;
         };
+        if meta.restoring.is_some() {
+            // A backup is going in: no key until it is complete, and above
+            // all no fresh root key.
+            self.keys.set(None, KeyStatus::Uninitialized);
+            return Step::Settled;
+        }
         let Some(record) = meta.root_key.clone() else {
             self.keys.set(None, KeyStatus::Uninitialized);
             if self.is_settled_leader().await {
@@ -249,7 +277,7 @@ impl KeyManager {
                 );
                 let shares = self.keepers.fetch(root_key_id, key_check).await;
                 if shares.len() < usize::from(record.threshold) {
-                    tracing::info!(
+                    tracing::debug!(
                         %root_key_id,
                         shares = shares.len(),
                         threshold = record.threshold,
@@ -376,7 +404,9 @@ impl KeyManager {
             })
     }
 
-    async fn adopt(&self, root_key: RootKey, record: &RootKeyRecord) -> Result<(), KeyError> {
+    /// Holds `root_key` as the committed key and pushes its shares; returns
+    /// how many keepers took them.
+    async fn adopt(&self, root_key: RootKey, record: &RootKeyRecord) -> Result<usize, KeyError> {
         let version = self.meta().map_or(0, |meta| meta.keyring_version);
         let unlocked = Arc::new(Unlocked::new(root_key, record, version)?);
         self.keys.set(
@@ -385,9 +415,9 @@ impl KeyManager {
                 root_key_id: record.root_key_id,
             },
         );
-        self.push_committed(&unlocked).await;
+        let acknowledged = self.push_committed(&unlocked).await;
         self.lifecycle.lock().await.last_push = Some((unlocked.root_key_id, Instant::now()));
-        Ok(())
+        Ok(acknowledged)
     }
 
     async fn initialize(&self) -> Result<(), KeyError> {
@@ -408,7 +438,7 @@ impl KeyManager {
         match response {
             Response::Done => {
                 tracing::info!(%root_key_id, key_check = %KeyCheck::of(&root_key), "cluster initialized with a new root key");
-                self.adopt(root_key, &record).await
+                self.adopt(root_key, &record).await.map(|_| ())
             }
             // Another leader got there first: its key is the cluster's.
             Response::Refused(Refusal::AlreadyInitialized) => Ok(()),
@@ -528,7 +558,18 @@ impl KeyManager {
             root_key_id = record.root_key_id,
             "root key restored from operator shards"
         );
-        self.adopt(root_key, &record).await?;
+        let acknowledged = self.adopt(root_key, &record).await?;
+        if acknowledged < threshold {
+            // The keepers hold another key under this id (a backup from
+            // another cluster was restored): move to a fresh generation so
+            // every replica can fetch the key from them.
+            tracing::warn!(
+                acknowledged,
+                "keepers refused the restored key's shares; rekeying"
+            );
+            self.rekey(ShamirParams::new(record.shares, record.threshold)?)
+                .await?;
+        }
         Ok(RestoreStatus {
             collected,
             remaining: 0,

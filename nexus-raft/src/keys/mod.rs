@@ -204,6 +204,9 @@ impl KeyState {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = unlocked;
         self.status.send_if_modified(|current| {
             let changed = *current != status;
+            if changed {
+                tracing::info!(from = ?*current, to = ?status, "root key status");
+            }
             *current = status;
             changed
         });

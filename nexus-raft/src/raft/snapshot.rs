@@ -331,3 +331,43 @@ pub fn remove_others(dir: &Path, keep: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// The records a backup (a snapshot file) carries.
+#[derive(Debug, Default)]
+pub struct Backup {
+    /// The encoded cluster metadata row, if any.
+    pub cluster: Option<Vec<u8>>,
+    /// Secret path -> encoded record.
+    pub secrets: Vec<(String, Vec<u8>)>,
+    /// Policy name -> encoded record.
+    pub policies: Vec<(String, Vec<u8>)>,
+}
+
+/// Checks and reads a backup held in memory (an uploaded snapshot file).
+pub fn read_backup(bytes: &[u8]) -> io::Result<Backup> {
+    if bytes.len() < MAGIC.len() + 4 + 32 {
+        return Err(corrupt("shorter than its header and digest"));
+    }
+    let (body, digest) = bytes.split_at(bytes.len() - 32);
+    if Sha256::digest(body).as_slice() != digest {
+        return Err(corrupt("digest mismatch"));
+    }
+    let mut reader = io::Cursor::new(body);
+    read_header(&mut reader)?;
+    let text = |key: Vec<u8>| String::from_utf8(key).map_err(|_| corrupt("key is not UTF-8"));
+    let mut backup = Backup::default();
+    while let Some((key, value)) = read_row(&mut reader)? {
+        if key == crate::state::store::META_CLUSTER.as_bytes() {
+            backup.cluster = Some(value);
+        }
+    }
+    while let Some((key, value)) = read_row(&mut reader)? {
+        backup.secrets.push((text(key)?, value));
+    }
+    while let Some((key, value)) = read_row(&mut reader)? {
+        backup.policies.push((text(key)?, value));
+    }
+    // Sessions are not restored: they belong to the clients of the cluster
+    // the backup came from.
+    Ok(backup)
+}

@@ -178,6 +178,27 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Writes a consistent copy of the applied state to `path` (the snapshot
+    /// format) and returns its bytes: a backup.
+    pub fn export(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| io_error("export state", e))?;
+        let (last_log_id, last_membership) = applied_in(&txn)?;
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+        };
+        snapshot::write(&txn, &meta, path)?;
+        std::fs::read(path)
+    }
+
+    /// A directory for temporary files next to the snapshots.
+    pub fn scratch_dir(&self) -> &Path {
+        &self.snapshot_dir
+    }
+
     /// Where received snapshots are written before installation.
     pub fn incoming_path(&self, name: &str) -> PathBuf {
         self.snapshot_dir.join(format!("incoming-{name}.tmp"))

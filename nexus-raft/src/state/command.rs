@@ -134,6 +134,28 @@ pub enum Command {
         /// The replica's id.
         id: u64,
     },
+    /// Start replacing the whole store with a backup: clears secrets,
+    /// policies and sessions; the cluster is unusable until `FinishRestore`.
+    BeginRestore {
+        /// Names this restore, so pieces of another cannot mix in.
+        restore_id: u64,
+    },
+    /// One piece of a backup's records (raw: already sealed).
+    RestoreRows {
+        /// The restore in progress.
+        restore_id: u64,
+        /// Secret path -> encoded record.
+        secrets: Vec<(String, Vec<u8>)>,
+        /// Policy name -> encoded record.
+        policies: Vec<(String, Vec<u8>)>,
+    },
+    /// End of a restore: the backup's root key record and counters.
+    FinishRestore {
+        /// The restore in progress.
+        restore_id: u64,
+        /// The backup's encoded cluster metadata.
+        cluster: Vec<u8>,
+    },
 }
 
 /// What applying a request produced. Cached per client session, so a
@@ -174,6 +196,12 @@ pub enum Refusal {
         /// The one proposed.
         proposed: u64,
     },
+    /// A restore piece for a restore that is not in progress.
+    #[error("restore {0} is not in progress")]
+    RestoreNotInProgress(u64),
+    /// The store is being replaced by a backup.
+    #[error("a backup is being restored")]
+    Restoring,
     /// A retried write older than the client's last one.
     #[error("sequence {sequence} is older than this client's last write {last}")]
     StaleSequence {
@@ -201,6 +229,18 @@ impl std::fmt::Display for Request {
             Command::PutPolicy { name, .. } => write!(f, "put-policy({name})"),
             Command::DeletePolicy { name } => write!(f, "delete-policy({name})"),
             Command::RetireNode { id } => write!(f, "retire-node({id})"),
+            Command::BeginRestore { restore_id } => write!(f, "begin-restore({restore_id})"),
+            Command::RestoreRows {
+                restore_id,
+                secrets,
+                policies,
+            } => write!(
+                f,
+                "restore-rows({restore_id}: {} secrets, {} policies)",
+                secrets.len(),
+                policies.len()
+            ),
+            Command::FinishRestore { restore_id, .. } => write!(f, "finish-restore({restore_id})"),
         }
     }
 }

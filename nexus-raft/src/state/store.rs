@@ -58,6 +58,8 @@ pub struct ClusterMeta {
     pub encryptions: BTreeMap<u32, u64>,
     /// Bumped on every policy change, so replicas know when to recompile.
     pub policies_version: u64,
+    /// A backup restore in progress, by id: the store is incomplete.
+    pub restoring: Option<u64>,
     /// Ids of removed replicas, never to be used again.
     pub retired_node_ids: std::collections::BTreeSet<u64>,
     /// Log time: the highest leader time applied so far. Never goes back,
@@ -144,6 +146,23 @@ pub fn apply(txn: &WriteTransaction, request: &Request) -> Result<Response, Stor
     meta.log_time_ns = meta.log_time_ns.max(request.time_ns);
     let now = meta.log_time_ns;
 
+    // A restore replaces the session tables too, so it runs before they
+    // are opened below (and sessions do not apply to it).
+    if matches!(
+        request.command,
+        Command::BeginRestore { .. } | Command::RestoreRows { .. } | Command::FinishRestore { .. }
+    ) {
+        let response = match apply_restore(txn, &mut meta, &request.command)? {
+            Ok(response) => response,
+            Err(refusal) => Response::Refused(refusal),
+        };
+        redb_try!(
+            "write cluster meta",
+            meta_table.insert(META_CLUSTER, encode(&meta).as_slice())
+        )?;
+        return Ok(response);
+    }
+
     let mut sessions = redb_try!("open sessions", txn.open_table(SESSIONS))?;
     let mut expiry = redb_try!("open session expiry", txn.open_table(SESSION_EXPIRY))?;
     expire_sessions(&mut sessions, &mut expiry, now)?;
@@ -184,9 +203,13 @@ fn apply_command(
     command: &Command,
     now: TimeNs,
 ) -> Result<Result<Response, Refusal>, StoreError> {
-    if let Command::RetireNode { id } = command {
-        meta.retired_node_ids.insert(*id);
-        return Ok(Ok(Response::Done));
+    match command {
+        Command::RetireNode { id } => {
+            meta.retired_node_ids.insert(*id);
+            return Ok(Ok(Response::Done));
+        }
+        _ if meta.restoring.is_some() => return Ok(Err(Refusal::Restoring)),
+        _ => {}
     }
     let initialized = meta.root_key.is_some();
     match command {
@@ -206,7 +229,11 @@ fn apply_command(
         .as_ref()
         .map_or(0, |record| record.root_key_id);
     match command {
-        Command::Initialize(_) | Command::RetireNode { .. } => unreachable!("handled above"),
+        Command::Initialize(_)
+        | Command::RetireNode { .. }
+        | Command::BeginRestore { .. }
+        | Command::RestoreRows { .. }
+        | Command::FinishRestore { .. } => unreachable!("handled above"),
         Command::Rekey(record) => {
             if record.root_key_id != current + 1 {
                 return Ok(Err(Refusal::RootKeyOutOfOrder {
@@ -319,6 +346,80 @@ fn apply_command(
                 None => Ok(Err(Refusal::PolicyNotFound)),
             }
         }
+    }
+}
+
+/// Replacing the store with a backup, in three kinds of steps.
+fn apply_restore(
+    txn: &WriteTransaction,
+    meta: &mut ClusterMeta,
+    command: &Command,
+) -> Result<Result<Response, Refusal>, StoreError> {
+    match command {
+        Command::BeginRestore { restore_id } => {
+            redb_try!(
+                "clear secrets",
+                redb_try!("open secrets", txn.open_table(SECRETS))?.retain(|_, _| false)
+            )?;
+            redb_try!(
+                "clear policies",
+                redb_try!("open policies", txn.open_table(POLICIES))?.retain(|_, _| false)
+            )?;
+            redb_try!(
+                "clear sessions",
+                redb_try!("open sessions", txn.open_table(SESSIONS))?.retain(|_, _| false)
+            )?;
+            redb_try!(
+                "clear sessions",
+                redb_try!("open sessions", txn.open_table(SESSION_EXPIRY))?.retain(|_, _| false)
+            )?;
+            meta.restoring = Some(*restore_id);
+            meta.root_key = None;
+            meta.keyring_version += 1;
+            meta.policies_version += 1;
+            Ok(Ok(Response::Done))
+        }
+        Command::RestoreRows {
+            restore_id,
+            secrets,
+            policies,
+        } => {
+            if meta.restoring != Some(*restore_id) {
+                return Ok(Err(Refusal::RestoreNotInProgress(*restore_id)));
+            }
+            let mut table = redb_try!("open secrets", txn.open_table(SECRETS))?;
+            for (path, record) in secrets {
+                redb_try!(
+                    "restore secret",
+                    table.insert(path.as_str(), record.as_slice())
+                )?;
+            }
+            let mut table = redb_try!("open policies", txn.open_table(POLICIES))?;
+            for (name, record) in policies {
+                redb_try!(
+                    "restore policy",
+                    table.insert(name.as_str(), record.as_slice())
+                )?;
+            }
+            Ok(Ok(Response::Done))
+        }
+        Command::FinishRestore {
+            restore_id,
+            cluster,
+        } => {
+            if meta.restoring != Some(*restore_id) {
+                return Ok(Err(Refusal::RestoreNotInProgress(*restore_id)));
+            }
+            let backup: ClusterMeta = decode("backup cluster meta", cluster)?;
+            meta.root_key = backup.root_key;
+            meta.encryptions = backup.encryptions;
+            meta.keyring_version = meta.keyring_version.max(backup.keyring_version) + 1;
+            meta.policies_version = meta.policies_version.max(backup.policies_version) + 1;
+            meta.retired_node_ids.extend(backup.retired_node_ids);
+            meta.restoring = None;
+            Ok(Ok(Response::Done))
+        }
+        _ => unreachable!("only restore commands come here"),
     }
 }
 

@@ -5,3 +5,4 @@ pub mod cluster;
 pub mod operator;
 pub mod policy;
 pub mod secret;
+pub mod snapshot;

@@ -17,7 +17,7 @@ use crate::tls::{TlsConfigError, client_config, connect};
 
 /// Longest a whole request (connect, TLS, send, receive) may take by default.
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
-/// Largest response body read.
+/// Largest response body read by default.
 pub const RESPONSE_SIZE_MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// A JSON reply.
@@ -100,6 +100,7 @@ pub struct Request<'a> {
 pub struct HttpsClient {
     config: Arc<ClientConfig>,
     timeout: Duration,
+    response_limit: usize,
 }
 
 impl HttpsClient {
@@ -110,12 +111,19 @@ impl HttpsClient {
         Ok(Self {
             config: Arc::new(config),
             timeout: REQUEST_TIMEOUT_DEFAULT,
+            response_limit: RESPONSE_SIZE_MAX_BYTES,
         })
     }
 
     /// The same client with another per-request timeout.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// The same client reading responses up to `bytes` long (backups).
+    pub fn with_response_limit(mut self, bytes: usize) -> Self {
+        self.response_limit = bytes;
         self
     }
 
@@ -191,7 +199,7 @@ impl HttpsClient {
             .map_err(|e| failed(e.to_string()))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let bytes = Limited::new(response.into_body(), RESPONSE_SIZE_MAX_BYTES)
+        let bytes = Limited::new(response.into_body(), self.response_limit)
             .collect()
             .await
             .map_err(|e| failed(e.to_string()))?

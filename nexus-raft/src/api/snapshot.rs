@@ -1,0 +1,115 @@
+//! `/v1/snapshot` (extension): backups of the encrypted store.
+//!
+//! `save` returns a consistent copy of the replicated state as it stands
+//! after everything committed so far (the snapshot file format: ciphertext
+//! and public metadata only; useless without the recovery shards of its
+//! root key). `restore` replaces the whole store with a backup, through
+//! Raft, in bounded pieces; afterwards the replicas need the backup's root
+//! key, from the keepers if it is the current one, otherwise from an
+//! operator restore with the backup's recovery shards.
+
+use serde_json::{Value, json};
+use spike_sdk::identity::Role;
+
+use super::{ApiError, Body, Call};
+use crate::clock::now_ns;
+use crate::raft::snapshot;
+use crate::state::command::{Command, Request, Response};
+
+/// Largest backup accepted for restore (and the body limit of that route).
+pub const BACKUP_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Most record bytes proposed in one log entry during a restore.
+const RESTORE_PIECE_MAX_BYTES: usize = 512 * 1024;
+
+/// Save: the store as a backup file.
+pub async fn save(call: Call<'_>) -> Result<Body, ApiError> {
+    call.require(Role::PilotSuperuser)?;
+    call.api.node.linearize().await?;
+    let dir = tempfile_dir(&call)?;
+    let path = dir.join(format!("backup-{}.tmp", now_ns()));
+    let bytes = call
+        .api
+        .node
+        .export_state(&path)
+        .map_err(|e| ApiError::Internal(format!("cannot write backup: {e}")));
+    let _ = std::fs::remove_file(&path);
+    Ok(Body::Stream(bytes?))
+}
+
+fn tempfile_dir(call: &Call<'_>) -> Result<std::path::PathBuf, ApiError> {
+    Ok(call.api.node.scratch_dir())
+}
+
+async fn propose(call: &Call<'_>, command: Command) -> Result<(), ApiError> {
+    let request = Request {
+        command,
+        session: None,
+        time_ns: 0,
+    };
+    match call.api.node.write(request).await? {
+        Response::Done => Ok(()),
+        Response::Refused(refusal) => Err(ApiError::Internal(refusal.to_string())),
+        Response::Written(_) => Err(ApiError::Internal("unexpected response".to_owned())),
+    }
+}
+
+/// Restore: replace everything with the uploaded backup.
+pub async fn restore(call: Call<'_>) -> Result<Value, ApiError> {
+    call.require(Role::PilotSuperuser)?;
+    let backup = snapshot::read_backup(call.body).map_err(|error| {
+        tracing::info!(%error, "backup refused");
+        ApiError::BadRequest
+    })?;
+    let cluster = backup.cluster.ok_or(ApiError::BadRequest)?;
+    let restore_id = now_ns();
+    let (secrets, policies) = (backup.secrets.len(), backup.policies.len());
+    propose(&call, Command::BeginRestore { restore_id }).await?;
+    let mut piece = (Vec::new(), Vec::new(), 0usize);
+    let rows = backup
+        .secrets
+        .into_iter()
+        .map(|row| (true, row))
+        .chain(backup.policies.into_iter().map(|row| (false, row)));
+    for (is_secret, (key, value)) in rows {
+        piece.2 += key.len() + value.len();
+        if is_secret {
+            piece.0.push((key, value));
+        } else {
+            piece.1.push((key, value));
+        }
+        if piece.2 >= RESTORE_PIECE_MAX_BYTES {
+            let (secrets, policies, _) = std::mem::take(&mut piece);
+            propose(
+                &call,
+                Command::RestoreRows {
+                    restore_id,
+                    secrets,
+                    policies,
+                },
+            )
+            .await?;
+        }
+    }
+    let (secrets_left, policies_left, _) = piece;
+    if !secrets_left.is_empty() || !policies_left.is_empty() {
+        propose(
+            &call,
+            Command::RestoreRows {
+                restore_id,
+                secrets: secrets_left,
+                policies: policies_left,
+            },
+        )
+        .await?;
+    }
+    propose(
+        &call,
+        Command::FinishRestore {
+            restore_id,
+            cluster,
+        },
+    )
+    .await?;
+    tracing::warn!(secrets, policies, "store replaced by a backup");
+    Ok(json!({ "restored": true, "secrets": secrets, "policies": policies }))
+}

@@ -1,0 +1,73 @@
+//! `spike snapshot` (extension): backups of the encrypted store.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use crate::nexus::{BACKUP_SIZE_MAX_BYTES, CliError, Nexus};
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Save a backup of the encrypted store (keep the recovery shards of
+    /// the same root key: the backup is useless without them).
+    Save {
+        /// The backup file to write (mode 0600).
+        #[arg(short = 'o', long)]
+        out: PathBuf,
+    },
+    /// Replace the whole store with a backup. Replicas then need the
+    /// backup's root key (`spike operator restore` with its shards, unless
+    /// the keepers still hold it).
+    Restore {
+        /// The backup file.
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+    },
+}
+
+/// Runs a snapshot command; returns what to print.
+pub async fn run(nexus: &Nexus, command: SnapshotCommand) -> Result<String, CliError> {
+    match command {
+        SnapshotCommand::Save { out } => {
+            let bytes = nexus
+                .call_stream("/v1/snapshot?action=save", Vec::new())
+                .await?;
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&out)
+                .and_then(|mut file| file.write_all(&bytes))
+                .map_err(|e| CliError::Invalid(format!("cannot write {}: {e}", out.display())))?;
+            Ok(format!(
+                "Backup saved to {} ({} bytes).\n",
+                out.display(),
+                bytes.len()
+            ))
+        }
+        SnapshotCommand::Restore { file } => {
+            let size = std::fs::metadata(&file)
+                .map_err(|e| CliError::Invalid(format!("cannot read {}: {e}", file.display())))?
+                .len();
+            if size > BACKUP_SIZE_MAX_BYTES as u64 {
+                return Err(CliError::Invalid(format!(
+                    "{} is over the {BACKUP_SIZE_MAX_BYTES}-byte limit",
+                    file.display()
+                )));
+            }
+            let bytes = std::fs::read(&file)
+                .map_err(|e| CliError::Invalid(format!("cannot read {}: {e}", file.display())))?;
+            let reply = nexus
+                .call_stream("/v1/snapshot?action=restore", bytes)
+                .await?;
+            let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
+            Ok(format!(
+                "Store replaced by the backup: {} secrets, {} policies.\n",
+                reply["secrets"], reply["policies"]
+            ))
+        }
+    }
+}
