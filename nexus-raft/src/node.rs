@@ -335,7 +335,11 @@ impl Node {
             )
             .map_err(|e| ForwardError::Unavailable(e.to_string()))?,
             // Not connected at all: certainly not applied, find the leader again.
-            Err(status) if status.code() == tonic::Code::Unavailable => {
+            // Retry only when the request certainly never left: a failed
+            // connect. Anything else (a dropped connection, a keepalive
+            // timeout) may come after the leader took it, and retrying a
+            // write without a session could apply it twice.
+            Err(status) if status.code() == tonic::Code::Unavailable && never_sent(&status) => {
                 Err(ForwardError::NotLeader { leader: None })
             }
             Err(status) => Err(ForwardError::Unavailable(status.message().to_owned())),
@@ -427,4 +431,15 @@ fn membership_error(
         },
         None => ForwardError::Unavailable(error.to_string()),
     }
+}
+
+/// Whether a failed forward certainly never reached the leader: the
+/// connection itself could not be made.
+fn never_sent(status: &tonic::Status) -> bool {
+    let text = format!(
+        "{} {:?}",
+        status.message(),
+        std::error::Error::source(status)
+    );
+    text.contains("connect") || text.contains("Connection refused")
 }

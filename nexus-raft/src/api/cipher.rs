@@ -75,9 +75,15 @@ pub async fn encrypt(call: Call<'_>) -> Result<Body, ApiError> {
             ApiError::Internal(e.to_string())
         }
     })?;
-    if due {
+    let active = unlocked.active_data_key();
+    let first_ask = call
+        .api
+        .rotation_requested_for
+        .swap(active, std::sync::atomic::Ordering::SeqCst)
+        != active;
+    if due && first_ask {
         // These encryptions are not in the log, so this replica counts them
-        // and asks the leader for a fresh data key in time.
+        // and asks the leader (once per key) for a fresh data key in time.
         let node = call.api.node.clone();
         tokio::spawn(async move {
             if let Err(error) = node.execute(LeaderOp::RotateDataKey).await {

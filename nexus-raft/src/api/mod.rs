@@ -51,6 +51,9 @@ pub struct Api {
     pub audit: AuditLog,
     /// The compiled policies and the policy version they were built from.
     policies: Mutex<(u64, Arc<PolicySet>)>,
+    /// The data key this replica last asked to rotate away from, so it asks
+    /// once per key.
+    rotation_requested_for: std::sync::atomic::AtomicU32,
 }
 
 impl Api {
@@ -62,6 +65,7 @@ impl Api {
             max_versions,
             audit,
             policies: Mutex::new((u64::MAX, PolicySet::new(Vec::new()))),
+            rotation_requested_for: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -85,13 +89,17 @@ impl Api {
     }
 }
 
-/// The API router.
+/// The API router: one dispatcher (SPIKE routes by path and action), with
+/// a 1 MiB body limit everywhere but backup restores.
 pub fn router(api: Arc<Api>) -> Router {
     Router::new()
+        .route(
+            "/v1/snapshot",
+            axum::routing::any(dispatch)
+                .layer(DefaultBodyLimit::max(snapshot::BACKUP_SIZE_MAX_BYTES)),
+        )
         .fallback(dispatch)
-        // The largest body any route takes; every route but a backup
-        // restore is held to BODY_SIZE_MAX_BYTES in `dispatch`.
-        .layer(DefaultBodyLimit::max(snapshot::BACKUP_SIZE_MAX_BYTES))
+        .layer(DefaultBodyLimit::max(BODY_SIZE_MAX_BYTES))
         .with_state(api)
 }
 
@@ -111,6 +119,7 @@ async fn dispatch(
     let early = if method != Method::POST {
         Some(ApiError::BadRequest)
     } else if kind != RouteKind::SnapshotRestore && body.len() > BODY_SIZE_MAX_BYTES {
+        // A backup route other than restore, sent more than it takes.
         Some(ApiError::TooLarge)
     } else if kind.needs_root_key() && api.node.keys.unlocked().is_none() {
         Some(ApiError::NotReady)
@@ -133,7 +142,7 @@ async fn dispatch(
             caller: peer.spiffe_id.to_string(),
             route: uri.path().to_owned(),
             action: action.unwrap_or_default(),
-            path: audit_target(&body),
+            path: audit_target(kind, &body),
             result: code.to_owned(),
             status,
             duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
@@ -143,19 +152,34 @@ async fn dispatch(
     reply::finish(shape, outcome, leader.as_deref())
 }
 
-/// What the audit line names: the secret path or policy name, never values.
-fn audit_target(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Target {
-        path: Option<String>,
-        name: Option<String>,
-        id: Option<serde_json::Value>,
+/// Longest target an audit line records.
+const AUDIT_TARGET_LEN_MAX: usize = 512;
+
+/// What the audit line names: the field the route acts on (decoded as the
+/// handler decodes it), never values, at most 512 characters.
+fn audit_target(kind: RouteKind, body: &[u8]) -> Option<String> {
+    let field = match kind {
+        RouteKind::SecretPut
+        | RouteKind::SecretGet
+        | RouteKind::SecretDelete
+        | RouteKind::SecretUndelete
+        | RouteKind::SecretDestroy
+        | RouteKind::SecretMetadata => "path",
+        RouteKind::PolicyPut => "name",
+        RouteKind::PolicyGet | RouteKind::PolicyDelete => "id",
+        _ => return None,
+    };
+    let object: serde_json::Map<String, serde_json::Value> = wire::parse(body, &[field]).ok()?;
+    let mut target = object.get(field)?.as_str()?.to_owned();
+    if target.len() > AUDIT_TARGET_LEN_MAX {
+        let mut end = AUDIT_TARGET_LEN_MAX;
+        while !target.is_char_boundary(end) {
+            end -= 1;
+        }
+        target.truncate(end);
+        target.push('…');
     }
-    let target: Target = serde_json::from_slice(body).ok()?;
-    target
-        .path
-        .or(target.name)
-        .or_else(|| target.id.and_then(|id| id.as_str().map(str::to_owned)))
+    Some(target)
 }
 
 async fn route(
@@ -172,7 +196,7 @@ async fn route(
         content_type: headers
             .get(axum::http::header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok()),
-        session: session_of(headers),
+        session: session_of(&peer.spiffe_id.to_string(), headers),
         stale: headers
             .get(STALE_READ_HEADER)
             .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"stale")),
@@ -226,11 +250,19 @@ pub const CLIENT_ID_HEADER: &str = "x-spike-client-id";
 /// See [`CLIENT_ID_HEADER`].
 pub const SEQUENCE_HEADER: &str = "x-spike-sequence";
 
-fn session_of(headers: &axum::http::HeaderMap) -> Option<SessionRef> {
+/// The session of a write: the client's id is bound to the caller's SPIFFE
+/// ID, so no caller can touch another's session.
+fn session_of(caller: &str, headers: &axum::http::HeaderMap) -> Option<SessionRef> {
+    use sha2::{Digest, Sha256};
     let client_id = headers.get(CLIENT_ID_HEADER)?.to_str().ok()?;
     let sequence = headers.get(SEQUENCE_HEADER)?.to_str().ok()?;
+    let client_id = u128::from_str_radix(client_id, 16).ok()?;
+    let mut digest = Sha256::new();
+    digest.update(caller.as_bytes());
+    digest.update(client_id.to_be_bytes());
+    let bound: [u8; 16] = digest.finalize()[..16].try_into().ok()?;
     Some(SessionRef {
-        client_id: u128::from_str_radix(client_id, 16).ok()?,
+        client_id: u128::from_be_bytes(bound),
         sequence: sequence.parse().ok().filter(|sequence| *sequence > 0)?,
     })
 }

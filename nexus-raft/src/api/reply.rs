@@ -226,14 +226,12 @@ impl ApiError {
 pub fn finish(kind: RouteKind, outcome: Result<Body, ApiError>, leader: Option<&str>) -> Response {
     let mut response = match outcome {
         Ok(Body::Json(body)) => (StatusCode::OK, Json(body)).into_response(),
-        Ok(Body::Stream(bytes)) => {
-            return (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/octet-stream")],
-                bytes,
-            )
-                .into_response();
-        }
+        Ok(Body::Stream(bytes)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            bytes,
+        )
+            .into_response(),
         Err(ApiError::StreamText(status, message)) => {
             return (
                 status,

@@ -15,6 +15,8 @@ use super::{ApiError, Body, Call};
 use crate::clock::now_ns;
 use crate::raft::snapshot;
 use crate::state::command::{Command, Request, Response};
+use crate::state::secret::SecretRecord;
+use crate::state::store::{ClusterMeta, PolicyRecord, decode};
 
 /// Largest backup accepted for restore (and the body limit of that route).
 pub const BACKUP_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
@@ -61,6 +63,20 @@ pub async fn restore(call: Call<'_>) -> Result<Value, ApiError> {
         ApiError::BadRequest
     })?;
     let cluster = backup.cluster.ok_or(ApiError::BadRequest)?;
+    // Every record must decode before anything is replaced.
+    let decodes = decode::<ClusterMeta>("cluster", &cluster).is_ok()
+        && backup
+            .secrets
+            .iter()
+            .all(|(path, record)| decode::<SecretRecord>(path, record).is_ok())
+        && backup
+            .policies
+            .iter()
+            .all(|(name, record)| decode::<PolicyRecord>(name, record).is_ok());
+    if !decodes {
+        tracing::info!("backup refused: a record does not decode");
+        return Err(ApiError::BadRequest);
+    }
     let restore_id = now_ns();
     let (secrets, policies) = (backup.secrets.len(), backup.policies.len());
     propose(&call, Command::BeginRestore { restore_id }).await?;

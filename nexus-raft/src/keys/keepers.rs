@@ -95,6 +95,25 @@ impl Keepers {
             .count()
     }
 
+    /// The newest committed root key id each reachable keeper holds: a new
+    /// key must take an id above all of them, or keepers would refuse it.
+    pub async fn committed_ids(&self) -> Vec<u64> {
+        let calls = self.keepers.iter().map(|(_, client)| {
+            let mut client = client.clone();
+            async move {
+                let mut call = tonic::Request::new(FetchShareRequest {
+                    root_key_id: 0,
+                    key_check: Vec::new(),
+                });
+                call.set_timeout(KEEPER_CALL_TIMEOUT);
+                let mut reply = client.fetch_share(call).await.ok()?.into_inner();
+                reply.share.zeroize();
+                Some(reply.root_key_id)
+            }
+        });
+        join_all(calls).await.into_iter().flatten().collect()
+    }
+
     /// Fetches the shares of the key named by id and check from every keeper
     /// that holds one.
     pub async fn fetch(&self, root_key_id: RootKeyId, key_check: KeyCheck) -> Vec<KeyShare> {

@@ -361,7 +361,7 @@ impl KeyManager {
         root_key_id: RootKeyId,
         params: ShamirParams,
         wrapped_keyring: Vec<u8>,
-        command: fn(RootKeyRecord) -> Command,
+        command: impl FnOnce(RootKeyRecord) -> Command,
     ) -> Result<(RootKeyRecord, Response), KeyError> {
         let key_check = KeyCheck::of(root_key);
         let shares = split(root_key, params)?;
@@ -423,7 +423,9 @@ impl KeyManager {
     async fn initialize(&self) -> Result<(), KeyError> {
         let guard = self.lifecycle.lock().await;
         let root_key = RootKey::generate()?;
-        let root_key_id = RootKeyId(1);
+        // Keepers that outlived an earlier cluster may hold committed ids;
+        // start above them so they take the new key.
+        let root_key_id = self.next_root_key_id(0).await;
         let wrapped = Keyring::generate()?.wrap(&root_key, root_key_id)?;
         let (record, response) = self
             .propose_key(
@@ -447,17 +449,29 @@ impl KeyManager {
         }
     }
 
-    fn current_record(&self) -> Result<(RootKeyRecord, Arc<Unlocked>), KeyError> {
-        let record = self
-            .meta()
-            .and_then(|meta| meta.root_key)
-            .ok_or(KeyError::Uninitialized)?;
-        let unlocked = self
-            .keys
-            .unlocked()
-            .filter(|unlocked| unlocked.root_key_id.0 == record.root_key_id)
-            .ok_or(KeyError::NotReady)?;
-        Ok((record, unlocked))
+    /// The committed record, the keyring version, and the key in hand, but
+    /// only if the key in hand has exactly that keyring (never act on a
+    /// stale one: a change built from it would lose data keys).
+    fn current_record(&self) -> Result<(RootKeyRecord, u64, Arc<Unlocked>), KeyError> {
+        let meta = self.meta().ok_or(KeyError::NotReady)?;
+        let record = meta.root_key.clone().ok_or(KeyError::Uninitialized)?;
+        if !self.keys.holds(&record, meta.keyring_version) {
+            return Err(KeyError::NotReady);
+        }
+        let unlocked = self.keys.unlocked().ok_or(KeyError::NotReady)?;
+        Ok((record, meta.keyring_version, unlocked))
+    }
+
+    /// An id above the current one and above every id the keepers hold.
+    async fn next_root_key_id(&self, current: u64) -> RootKeyId {
+        let held = self
+            .keepers
+            .committed_ids()
+            .await
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        RootKeyId(current.max(held) + 1)
     }
 
     /// Replaces the root key (n and t may change). Leader only.
@@ -466,12 +480,17 @@ impl KeyManager {
             return Err(KeyError::NotLeader);
         }
         let guard = self.lifecycle.lock().await;
-        let (record, unlocked) = self.current_record()?;
+        let (record, keyring_version, unlocked) = self.current_record()?;
         let root_key = RootKey::generate()?;
-        let root_key_id = RootKeyId(record.root_key_id + 1);
+        let root_key_id = self.next_root_key_id(record.root_key_id).await;
         let wrapped = unlocked.keyring_wrapped_under(&root_key, root_key_id)?;
         let (new_record, response) = self
-            .propose_key(&root_key, root_key_id, params, wrapped, Command::Rekey)
+            .propose_key(&root_key, root_key_id, params, wrapped, |record| {
+                Command::Rekey {
+                    record,
+                    keyring_version,
+                }
+            })
             .await?;
         drop(guard);
         match response {
@@ -491,13 +510,14 @@ impl KeyManager {
             return Err(KeyError::NotLeader);
         }
         let _guard = self.lifecycle.lock().await;
-        let (record, unlocked) = self.current_record()?;
+        let (record, keyring_version, unlocked) = self.current_record()?;
         let wrapped_keyring = unlocked.rotated_keyring()?;
         let active = unlocked.active_data_key() + 1;
         match self
             .propose(Command::ReplaceKeyring {
                 root_key_id: record.root_key_id,
                 wrapped_keyring,
+                keyring_version,
             })
             .await?
         {
@@ -512,7 +532,7 @@ impl KeyManager {
 
     /// The shares of the current root key, for `operator recover`.
     pub fn recovery_shares(&self) -> Result<Vec<KeyShare>, KeyError> {
-        let (_, unlocked) = self.current_record()?;
+        let (_, _, unlocked) = self.current_record()?;
         Ok(split(unlocked.root_key(), unlocked.params)?)
     }
 

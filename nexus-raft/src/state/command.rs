@@ -71,8 +71,14 @@ fn hex_prefix(bytes: &[u8]) -> String {
 pub enum Command {
     /// The first root key; succeeds only on an uninitialized cluster.
     Initialize(RootKeyRecord),
-    /// A new root key; its id must be the current id plus one.
-    Rekey(RootKeyRecord),
+    /// A new root key; its id must be above the current one.
+    Rekey {
+        /// The new key's record (its keyring re-wrapped).
+        record: RootKeyRecord,
+        /// The keyring version it was built from: refused if the keyring
+        /// changed since, so no data key is ever lost.
+        keyring_version: u64,
+    },
     /// The keyring re-wrapped after a data-key rotation, under the current
     /// root key.
     ReplaceKeyring {
@@ -80,6 +86,8 @@ pub enum Command {
         root_key_id: u64,
         /// The sealed keyring.
         wrapped_keyring: Vec<u8>,
+        /// The keyring version it was built from (refused if stale).
+        keyring_version: u64,
     },
     /// A new version of a secret.
     PutSecret {
@@ -196,9 +204,22 @@ pub enum Refusal {
         /// The one proposed.
         proposed: u64,
     },
+    /// A key change built from a keyring that has changed since.
+    #[error(
+        "the keyring changed (version {current}) since this change was built (version {proposed})"
+    )]
+    KeyringChanged {
+        /// The current keyring version.
+        current: u64,
+        /// The version the change was built from.
+        proposed: u64,
+    },
     /// A restore piece for a restore that is not in progress.
     #[error("restore {0} is not in progress")]
     RestoreNotInProgress(u64),
+    /// A backup's records do not decode; nothing was changed by this step.
+    #[error("the backup does not decode: {0}")]
+    BadBackup(String),
     /// The store is being replaced by a backup.
     #[error("a backup is being restored")]
     Restoring,
@@ -218,7 +239,7 @@ impl std::fmt::Display for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.command {
             Command::Initialize(record) => write!(f, "initialize(root key {})", record.root_key_id),
-            Command::Rekey(record) => write!(f, "rekey(root key {})", record.root_key_id),
+            Command::Rekey { record, .. } => write!(f, "rekey(root key {})", record.root_key_id),
             Command::ReplaceKeyring { root_key_id, .. } => {
                 write!(f, "replace-keyring(root key {root_key_id})")
             }

@@ -234,11 +234,20 @@ fn apply_command(
         | Command::BeginRestore { .. }
         | Command::RestoreRows { .. }
         | Command::FinishRestore { .. } => unreachable!("handled above"),
-        Command::Rekey(record) => {
-            if record.root_key_id != current + 1 {
+        Command::Rekey {
+            record,
+            keyring_version,
+        } => {
+            if record.root_key_id <= current {
                 return Ok(Err(Refusal::RootKeyOutOfOrder {
                     current,
                     proposed: record.root_key_id,
+                }));
+            }
+            if *keyring_version != meta.keyring_version {
+                return Ok(Err(Refusal::KeyringChanged {
+                    current: meta.keyring_version,
+                    proposed: *keyring_version,
                 }));
             }
             meta.root_key = Some(record.clone());
@@ -248,11 +257,18 @@ fn apply_command(
         Command::ReplaceKeyring {
             root_key_id,
             wrapped_keyring,
+            keyring_version,
         } => {
             if *root_key_id != current {
                 return Ok(Err(Refusal::RootKeyOutOfOrder {
                     current,
                     proposed: *root_key_id,
+                }));
+            }
+            if *keyring_version != meta.keyring_version {
+                return Ok(Err(Refusal::KeyringChanged {
+                    current: meta.keyring_version,
+                    proposed: *keyring_version,
                 }));
             }
             if let Some(record) = meta.root_key.as_mut() {
@@ -334,6 +350,8 @@ fn apply_command(
                 table.insert(name.as_str(), encode(&record).as_slice())
             )?;
             *meta.encryptions.entry(*data_key_id).or_default() += 1;
+            // Replicas recompile their policies when this moves.
+            meta.policies_version += 1;
             Ok(Ok(Response::Done))
         }
         Command::DeletePolicy { name } => {
@@ -410,7 +428,12 @@ fn apply_restore(
             if meta.restoring != Some(*restore_id) {
                 return Ok(Err(Refusal::RestoreNotInProgress(*restore_id)));
             }
-            let backup: ClusterMeta = decode("backup cluster meta", cluster)?;
+            // Bytes from a request: a decode failure is the request's fault,
+            // never a storage failure that would stop the replica.
+            let backup: ClusterMeta = match decode("backup cluster meta", cluster) {
+                Ok(backup) => backup,
+                Err(error) => return Ok(Err(Refusal::BadBackup(error.to_string()))),
+            };
             meta.root_key = backup.root_key;
             meta.encryptions = backup.encryptions;
             meta.keyring_version = meta.keyring_version.max(backup.keyring_version) + 1;
@@ -712,25 +735,68 @@ mod tests {
     }
 
     #[test]
+    fn every_policy_change_moves_the_policy_version() {
+        let (_dir, db) = database();
+        run(&db, request(initialize(), None, 1));
+        let put = |body: u8| Command::PutPolicy {
+            name: "p".to_owned(),
+            ciphertext: vec![body],
+            data_key_id: 1,
+        };
+        let db = std::sync::Arc::new(db);
+        let version = || {
+            StateReader::new(db.clone())
+                .cluster_meta()
+                .expect("meta")
+                .policies_version
+        };
+        let start = version();
+        run(&db, request(put(1), None, 2));
+        assert_eq!(version(), start + 1, "create");
+        run(&db, request(put(2), None, 3));
+        assert_eq!(version(), start + 2, "replace");
+        run(
+            &db,
+            request(
+                Command::DeletePolicy {
+                    name: "p".to_owned(),
+                },
+                None,
+                4,
+            ),
+        );
+        assert_eq!(version(), start + 3, "delete");
+    }
+
+    #[test]
     fn rekey_must_follow_the_current_root_key() {
         let (_dir, db) = database();
         run(&db, request(initialize(), None, 1));
-        let rekey = |id| {
-            Command::Rekey(RootKeyRecord {
+        let rekey = |id, keyring_version| Command::Rekey {
+            record: RootKeyRecord {
                 root_key_id: id,
                 key_check: [8; 32],
                 wrapped_keyring: vec![4],
                 shares: 3,
                 threshold: 2,
-            })
+            },
+            keyring_version,
         };
         assert_eq!(
-            run(&db, request(rekey(3), None, 2)),
+            run(&db, request(rekey(1, 1), None, 2)),
             Response::Refused(Refusal::RootKeyOutOfOrder {
                 current: 1,
-                proposed: 3
+                proposed: 1
             })
         );
-        assert_eq!(run(&db, request(rekey(2), None, 3)), Response::Done);
+        assert_eq!(
+            run(&db, request(rekey(3, 0), None, 3)),
+            Response::Refused(Refusal::KeyringChanged {
+                current: 1,
+                proposed: 0
+            }),
+            "built from a stale keyring"
+        );
+        assert_eq!(run(&db, request(rekey(3, 1), None, 4)), Response::Done);
     }
 }

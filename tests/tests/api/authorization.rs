@@ -210,3 +210,66 @@ async fn a_foreign_trust_domain_cannot_even_connect() {
         "a foreign trust domain got an answer: {outcome:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_or_deleting_a_policy_changes_access_at_once() {
+    let cluster = cluster();
+    let superuser = client(&cluster, "superuser").await;
+    let billing = client(&cluster, "billing").await;
+    grant_billing(&superuser, &cluster).await;
+    let read = |node| {
+        let billing = billing.clone();
+        async move {
+            billing
+                .post(
+                    node,
+                    "/v1/store/secrets",
+                    json!({"path": "apps/billing/k", "values": {"k": "v"}}),
+                )
+                .await
+                .expect("reply")
+                .status
+        }
+    };
+    for id in 1..=3 {
+        assert_eq!(read(cluster.api(id)).await, 200, "granted on nexus-{id}");
+    }
+
+    phase("narrow the policy to read only: writes are refused on every replica");
+    let narrower = json!({
+        "name": "billing",
+        "spiffeidPattern": "^spiffe://spike\\.ist/app/billing$",
+        "pathPattern": "^apps/billing/",
+        "permissions": ["read"],
+    });
+    assert_eq!(
+        superuser
+            .post(cluster.api(1), "/v1/acl/policy", narrower)
+            .await
+            .expect("put")
+            .status,
+        200
+    );
+    for id in 1..=3 {
+        assert_eq!(read(cluster.api(id)).await, 401, "revoked on nexus-{id}");
+    }
+
+    phase("delete it: reads are refused too");
+    superuser
+        .post(
+            cluster.api(2),
+            "/v1/acl/policy?action=delete",
+            json!({"id": "billing"}),
+        )
+        .await
+        .expect("delete");
+    let get = billing
+        .post(
+            cluster.api(3),
+            "/v1/store/secrets?action=get",
+            json!({"path": "apps/billing/k"}),
+        )
+        .await
+        .expect("get");
+    assert_eq!(get.status, 401);
+}
