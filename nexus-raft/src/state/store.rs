@@ -509,6 +509,19 @@ fn record_session(
     Ok(())
 }
 
+/// Opens `table` for reading; `None` if it was never created.
+fn open_existing(
+    txn: &ReadTransaction,
+    table: TableDefinition<&'static str, &'static [u8]>,
+    action: &'static str,
+) -> Result<Option<redb::ReadOnlyTable<&'static str, &'static [u8]>>, StoreError> {
+    match txn.open_table(table) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(storage(action)(e.into())),
+    }
+}
+
 /// Read access to the applied state (a consistent MVCC view per call).
 #[derive(Clone)]
 pub struct StateReader {
@@ -551,10 +564,8 @@ impl StateReader {
         key: &str,
     ) -> Result<Option<T>, StoreError> {
         let txn = self.read()?;
-        let table = match txn.open_table(table) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(storage(action)(e.into())),
+        let Some(table) = open_existing(&txn, table, action)? else {
+            return Ok(None);
         };
         match redb_try!("read record", table.get(key))? {
             Some(bytes) => decode(key, bytes.value()).map(Some),
@@ -570,10 +581,8 @@ impl StateReader {
     /// Every policy by name, sorted.
     pub fn policies(&self) -> Result<Vec<(String, PolicyRecord)>, StoreError> {
         let txn = self.read()?;
-        let table = match txn.open_table(POLICIES) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(storage("open policies")(e.into())),
+        let Some(table) = open_existing(&txn, POLICIES, "open policies")? else {
+            return Ok(Vec::new());
         };
         let mut policies = Vec::new();
         for row in redb_try!("list policies", table.iter())? {
@@ -586,10 +595,8 @@ impl StateReader {
     /// Paths that have a current version, sorted (SPIKE's list).
     pub fn secret_paths(&self) -> Result<Vec<String>, StoreError> {
         let txn = self.read()?;
-        let table = match txn.open_table(SECRETS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(storage("open secrets")(e.into())),
+        let Some(table) = open_existing(&txn, SECRETS, "open secrets")? else {
+            return Ok(Vec::new());
         };
         let mut paths = Vec::new();
         for row in redb_try!("list secrets", table.iter())? {

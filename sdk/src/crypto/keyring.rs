@@ -123,8 +123,8 @@ impl Keyring {
         Ok(next)
     }
 
-    /// Seals under the active key.
-    pub fn seal(&mut self, aad: &[u8], plaintext: &[u8]) -> Result<Sealed, CryptoError> {
+    /// The active key, if it may seal one more message.
+    fn active_for_sealing(&mut self) -> Result<(DataKeyId, &mut Entry), CryptoError> {
         let key_id = self.active;
         let entry = self
             .keys
@@ -136,6 +136,12 @@ impl Keyring {
                 count: entry.encryptions,
             });
         }
+        Ok((key_id, entry))
+    }
+
+    /// Seals under the active key.
+    pub fn seal(&mut self, aad: &[u8], plaintext: &[u8]) -> Result<Sealed, CryptoError> {
+        let (key_id, entry) = self.active_for_sealing()?;
         let sealed = aead::seal(&entry.key, key_id, aad, plaintext)?;
         entry.encryptions += 1;
         Ok(sealed)
@@ -157,17 +163,7 @@ impl Keyring {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<([u8; aead::NONCE_LEN], Vec<u8>), CryptoError> {
-        let key_id = self.active;
-        let entry = self
-            .keys
-            .get_mut(&key_id)
-            .ok_or(CryptoError::UnknownDataKey(key_id.0))?;
-        if entry.encryptions >= ENCRYPTIONS_MAX {
-            return Err(CryptoError::DataKeyExhausted {
-                key_id: key_id.0,
-                count: entry.encryptions,
-            });
-        }
+        let (_, entry) = self.active_for_sealing()?;
         let sealed = aead::seal_unframed(entry.key.expose_secret(), aad, plaintext)?;
         entry.encryptions += 1;
         Ok(sealed)
