@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
 use spike_sdk::crypto::key_check::RootKeyId;
-use spike_sdk::crypto::shamir::{recover, split};
+use spike_sdk::crypto::shamir::{recover, recover_tolerant, split};
 use spike_sdk::crypto::{CryptoError, KeyCheck, KeyShare, Keyring, RootKey, ShamirParams};
 use tokio::sync::Mutex;
 
@@ -285,7 +285,7 @@ impl KeyManager {
                     );
                     return false;
                 }
-                match recover(&shares, &key_check) {
+                match recover_tolerant(&shares, usize::from(record.threshold), &key_check) {
                     Ok(root_key) => root_key,
                     Err(error) => {
                         // Never use a key that does not match the committed check.

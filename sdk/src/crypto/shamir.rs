@@ -183,6 +183,45 @@ pub fn recover(shares: &[KeyShare], check: &KeyCheck) -> Result<RootKey, CryptoE
     }
 }
 
+/// Most subsets [`recover_tolerant`] tries before giving up.
+pub const SUBSETS_TRIED_MAX: usize = 256;
+
+/// Like [`recover`], but survives bad shares among good ones: when all
+/// `shares` together do not rebuild the key, every subset of `threshold`
+/// of them is tried (at most [`SUBSETS_TRIED_MAX`]). One keeper answering
+/// with a corrupted or foreign share then no longer locks every replica out
+/// while `threshold` honest keepers remain.
+pub fn recover_tolerant(
+    shares: &[KeyShare],
+    threshold: usize,
+    check: &KeyCheck,
+) -> Result<RootKey, CryptoError> {
+    match recover(shares, check) {
+        Ok(key) => return Ok(key),
+        Err(CryptoError::KeyCheckMismatch) if threshold >= 1 && shares.len() > threshold => {}
+        Err(error) => return Err(error),
+    }
+    let mut indices: Vec<usize> = (0..threshold).collect();
+    for _ in 0..SUBSETS_TRIED_MAX {
+        let subset: Vec<KeyShare> = indices.iter().map(|&i| shares[i].clone()).collect();
+        if let Ok(key) = recover(&subset, check) {
+            return Ok(key);
+        }
+        // Next combination in lexicographic order.
+        let Some(position) = (0..threshold)
+            .rev()
+            .find(|&k| indices[k] < shares.len() - threshold + k)
+        else {
+            break;
+        };
+        indices[position] += 1;
+        for k in position + 1..threshold {
+            indices[k] = indices[k - 1] + 1;
+        }
+    }
+    Err(CryptoError::KeyCheckMismatch)
+}
+
 fn share_from_raw(raw: &[u8]) -> Result<KeyShare, CryptoError> {
     let (&index, value) = raw.split_first().ok_or_else(invalid_length)?;
     Ok(KeyShare::new(
@@ -339,6 +378,36 @@ mod tests {
         assert_eq!(
             recover(&[corrupted, shares[1].clone()], &check).err(),
             Some(CryptoError::KeyCheckMismatch)
+        );
+    }
+
+    #[test]
+    fn a_bad_share_among_enough_good_ones_is_survived() {
+        let (root, check, shares) = setup(5, 3);
+        let (_, _, foreign) = setup(5, 3);
+        for bad in 0..5 {
+            let mut mixed = shares.clone();
+            mixed[bad] = KeyShare::new(
+                shares[bad].index(),
+                SecretBytes::from_slice(foreign[bad].expose_secret()).expect("32"),
+            );
+            assert_eq!(
+                recover(&mixed, &check).err(),
+                Some(CryptoError::KeyCheckMismatch)
+            );
+            assert_eq!(
+                recover_tolerant(&mixed, 3, &check).expect("three good shares remain"),
+                root
+            );
+        }
+        let mut two_bad = shares[..4].to_vec();
+        for share in two_bad.iter_mut().take(2) {
+            *share = KeyShare::new(share.index(), SecretBytes::from_array(&mut [9u8; 32]));
+        }
+        assert_eq!(
+            recover_tolerant(&two_bad, 3, &check).err(),
+            Some(CryptoError::KeyCheckMismatch),
+            "two good shares are not enough"
         );
     }
 
