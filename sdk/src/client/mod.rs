@@ -1,7 +1,16 @@
-//! A minimal HTTPS client for the SPIKE API (feature `client`): one POST
-//! with a JSON body over mTLS, checking the server carries the expected
-//! SPIFFE ID. The tools and tests build on it; applications will get a
-//! richer client with leader discovery on top.
+//! Clients for the SPIKE API (feature `client`).
+//!
+//! - [`NexusClient`]: what applications use. Leader discovery, pooled
+//!   HTTP/2 connections, bounded retries, exactly-once writes, typed errors.
+//! - [`HttpsClient`]: one request to one node over its own HTTP/1.1
+//!   connection, the status and body returned as they are; the `spike` CLI
+//!   and the tests build on it.
+
+mod cluster;
+mod pool;
+
+pub use cluster::{Error, NexusClient, RetryPolicy, SecretMetadata, Settings};
+pub use pool::CONNECTION_AGE_MAX;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

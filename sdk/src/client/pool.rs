@@ -1,0 +1,145 @@
+//! One multiplexed HTTP/2 connection per Nexus node, reused by every
+//! request, so a request pays no TCP or TLS handshake. A connection is
+//! replaced when it closes and after [`CONNECTION_AGE_MAX`], so a rotated
+//! SVID (ours or the server's) is in use within that bound.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::client::conn::http2::SendRequest;
+use rustls::ClientConfig;
+
+use super::{ClientError, RawReply, Request};
+use crate::tls::connect;
+
+/// Longest one pooled connection is used before a fresh handshake.
+pub const CONNECTION_AGE_MAX: Duration = Duration::from_secs(600);
+
+struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    opened: Instant,
+}
+
+/// HTTP/2 connections to Nexus nodes, keyed by address.
+pub(crate) struct Pool {
+    config: Arc<ClientConfig>,
+    connections: Mutex<HashMap<SocketAddr, Connection>>,
+    timeout: Duration,
+    response_limit: usize,
+}
+
+impl Pool {
+    pub(crate) fn new(mut config: ClientConfig, timeout: Duration, response_limit: usize) -> Self {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Self {
+            config: Arc::new(config),
+            connections: Mutex::new(HashMap::new()),
+            timeout,
+            response_limit,
+        }
+    }
+
+    /// Sends one request to `address` within the timeout.
+    pub(crate) async fn send(
+        &self,
+        address: SocketAddr,
+        request: Request<'_>,
+    ) -> Result<RawReply, ClientError> {
+        let outcome = tokio::time::timeout(self.timeout, self.exchange(address, request)).await;
+        let outcome = outcome.unwrap_or(Err(ClientError::Timeout {
+            address,
+            timeout: self.timeout,
+        }));
+        if outcome.is_err() {
+            // The connection may be wedged: the next request dials afresh.
+            self.forget(address);
+        }
+        outcome
+    }
+
+    fn forget(&self, address: SocketAddr) {
+        self.lock().remove(&address);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Connection>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn sender(&self, address: SocketAddr) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        if let Some(connection) = self.lock().get(&address)
+            && !connection.sender.is_closed()
+            && connection.opened.elapsed() < CONNECTION_AGE_MAX
+        {
+            return Ok(connection.sender.clone());
+        }
+        // Two callers may dial at once; the later connection wins the slot
+        // and the other is dropped when its requests finish.
+        let (stream, _) =
+            connect(address, self.config.clone())
+                .await
+                .map_err(|e| ClientError::Connect {
+                    address,
+                    reason: e.to_string(),
+                })?;
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .map_err(|e| ClientError::Connect {
+            address,
+            reason: e.to_string(),
+        })?;
+        tokio::spawn(connection);
+        self.lock().insert(
+            address,
+            Connection {
+                sender: sender.clone(),
+                opened: Instant::now(),
+            },
+        );
+        Ok(sender)
+    }
+
+    async fn exchange(
+        &self,
+        address: SocketAddr,
+        request: Request<'_>,
+    ) -> Result<RawReply, ClientError> {
+        let mut sender = self.sender(address).await?;
+        let failed = |reason: String| ClientError::Exchange { address, reason };
+        sender.ready().await.map_err(|e| failed(e.to_string()))?;
+        let mut builder = hyper::Request::builder()
+            .method(request.method)
+            .uri(format!("https://{address}{}", request.path_and_query))
+            .header("content-type", request.content_type);
+        for (name, value) in request.headers {
+            builder = builder.header(*name, *value);
+        }
+        let http_request = builder
+            .body(Full::new(Bytes::from(request.body)))
+            .map_err(|e| failed(e.to_string()))?;
+        let response = sender
+            .send_request(http_request)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = Limited::new(response.into_body(), self.response_limit)
+            .collect()
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .to_bytes();
+        Ok(RawReply {
+            status,
+            headers,
+            bytes: bytes.to_vec(),
+        })
+    }
+}
