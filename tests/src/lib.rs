@@ -430,6 +430,20 @@ impl LocalCluster {
         .unwrap_or_else(|error| panic!("identity {name}: {error}"))
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the running process `name`:
+    /// a stopped process keeps its sockets open but answers nothing, like a
+    /// node behind a network partition.
+    pub fn signal(&self, name: &str, signal: &str) {
+        let pid = self.process(name)["pid"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} does not run"));
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {name} (pid {pid})");
+    }
+
     /// Whether replica `id` says it holds the root key.
     pub fn ready(&self, id: u64) -> bool {
         use std::io::{Read, Write};

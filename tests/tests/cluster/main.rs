@@ -9,4 +9,5 @@ mod benchmark;
 mod faults;
 mod membership;
 mod safety;
+mod sdk;
 mod support;

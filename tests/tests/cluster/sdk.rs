@@ -1,0 +1,185 @@
+//! The application SDK against a real cluster: it finds and follows the
+//! leader, survives kill -9 of the leader mid-stream, applies a write it
+//! retried after a timeout exactly once, and reports a replica without the
+//! root key as the typed, retryable not-ready error.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use spike_sdk::client::{Error, NexusClient, RetryPolicy, Settings};
+use spike_sdk::identity::TrustRoots;
+use spike_tests::LocalCluster;
+
+use crate::support::{Operators, RECOVERY_LIMIT, leader, phase};
+
+async fn sdk(
+    cluster: &LocalCluster,
+    ids: &[u64],
+    settings: impl FnOnce(&mut Settings),
+) -> NexusClient {
+    let mut chosen = Settings::new(ids.iter().map(|id| cluster.api(*id)).collect());
+    settings(&mut chosen);
+    let roots = TrustRoots::from_environment(&[]).expect("default trust roots");
+    NexusClient::new(cluster.identity("superuser").await, roots, chosen).expect("client")
+}
+
+fn value(n: u64) -> BTreeMap<String, String> {
+    BTreeMap::from([("n".to_owned(), n.to_string())])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_follows_a_transfer_and_a_killed_leader_applying_each_write_once() {
+    let mut cluster = LocalCluster::up(&[]);
+    let ops = Operators::of(&cluster).await;
+    let client = sdk(&cluster, &[1, 2, 3], |_| {}).await;
+    client
+        .put_secret("sdk/stream", &value(0), None)
+        .await
+        .expect("first write");
+    let first = leader(&ops.superuser, &cluster, &[1, 2, 3]).await;
+    assert_eq!(client.known_leader(), Some(cluster.api(first)));
+
+    phase("leadership moves by transfer; the client follows without an error");
+    let target = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != first)
+        .expect("a follower");
+    let moved = ops
+        .superuser
+        .post(
+            cluster.api(first),
+            "/v1/cluster?action=transfer",
+            json!({ "id": target }),
+        )
+        .await
+        .expect("transfer reaches the leader");
+    assert_eq!(moved.status, 200, "transfer: {:?}", moved.body);
+    let mut written = 0;
+    let began = tokio::time::Instant::now();
+    while client.known_leader() != Some(cluster.api(target)) {
+        assert!(
+            began.elapsed() < RECOVERY_LIMIT,
+            "the client never saw the new leader"
+        );
+        written += 1;
+        client
+            .put_secret("sdk/stream", &value(written), None)
+            .await
+            .expect("a write during the transfer");
+    }
+
+    phase("kill -9 the leader in the middle of a stream of writes");
+    for _ in 0..40 {
+        written += 1;
+        if written % 40 == 20 {
+            cluster.act("kill", &format!("nexus-{target}"));
+        }
+        client
+            .put_secret("sdk/stream", &value(written), None)
+            .await
+            .expect("every write is acknowledged within the retry budget");
+    }
+    assert_ne!(client.known_leader(), Some(cluster.api(target)));
+
+    phase("every acknowledged write made exactly one version");
+    let metadata = client
+        .secret_metadata("sdk/stream")
+        .await
+        .expect("metadata");
+    assert_eq!(
+        metadata.current_version,
+        written + 1,
+        "versions: {metadata:?}"
+    );
+    let latest = client.get_secret("sdk/stream", None).await.expect("read");
+    assert_eq!(latest, value(written));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_retried_after_timeouts_applies_once_and_not_ready_is_typed() {
+    let mut cluster = LocalCluster::up(&[]);
+    let ops = Operators::of(&cluster).await;
+    let first = leader(&ops.superuser, &cluster, &[1, 2, 3]).await;
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != first).collect();
+    let client = Arc::new(
+        sdk(&cluster, &[first], |settings| {
+            settings.request_timeout = Duration::from_millis(400);
+            settings.retry = RetryPolicy {
+                attempts_max: 200,
+                deadline: RECOVERY_LIMIT,
+                backoff_initial: Duration::from_millis(50),
+                backoff_max: Duration::from_millis(200),
+            };
+        })
+        .await,
+    );
+    client
+        .put_secret("sdk/warm", &value(0), None)
+        .await
+        .expect("warm-up write");
+
+    phase("followers frozen: the leader cannot commit, attempts time out");
+    for id in &followers {
+        cluster.signal(&format!("nexus-{id}"), "STOP");
+    }
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move { client.put_secret("sdk/once", &value(1), None).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!writer.is_finished(), "a write committed without a quorum");
+    for id in &followers {
+        cluster.signal(&format!("nexus-{id}"), "CONT");
+    }
+    writer
+        .await
+        .expect("writer task")
+        .expect("the write succeeds once a quorum is back");
+    let metadata = client.secret_metadata("sdk/once").await.expect("metadata");
+    assert_eq!(
+        metadata.current_version, 1,
+        "a write sent several times was applied more than once: {metadata:?}"
+    );
+
+    phase("a replica without the root key: typed not-ready, or the leader");
+    let leader_now = leader(&ops.superuser, &cluster, &[1, 2, 3]).await;
+    let locked = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader_now)
+        .expect("a follower");
+    for index in 1..=3 {
+        cluster.act("stop", &format!("keeper-{index}"));
+    }
+    cluster.act("kill", &format!("nexus-{locked}"));
+    cluster.act("start", &format!("nexus-{locked}"));
+    let impatient = sdk(&cluster, &[locked], |settings| {
+        settings.retry = RetryPolicy {
+            attempts_max: 3,
+            deadline: Duration::from_secs(2),
+            ..RetryPolicy::default()
+        };
+    })
+    .await;
+    let refused = impatient
+        .get_secret_stale("sdk/once", None)
+        .await
+        .expect_err("a replica without the root key cannot decrypt");
+    assert!(
+        matches!(refused, Error::NotReady(_) | Error::Unreachable(_)) && refused.is_retryable(),
+        "{refused:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let refused = impatient
+        .get_secret_stale("sdk/once", None)
+        .await
+        .expect_err("still locked");
+    assert!(matches!(refused, Error::NotReady(_)), "{refused:?}");
+    let followed = impatient
+        .get_secret("sdk/once", None)
+        .await
+        .expect("a linearizable read follows the leader hint");
+    assert_eq!(followed, value(1));
+    assert_eq!(impatient.known_leader(), Some(cluster.api(leader_now)));
+}
