@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::time::Instant;
+use zeroize::Zeroizing;
 
 use super::pool::Pool;
 use super::{ClientError, RESPONSE_SIZE_MAX_BYTES, Request};
@@ -148,6 +149,15 @@ enum Consistency {
     Leader,
     /// From whichever node answers first in endpoint order, possibly behind.
     Stale,
+}
+
+/// One request as the retry loop sends it.
+struct Operation<'a> {
+    path_and_query: &'a str,
+    content_type: &'a str,
+    body: Vec<u8>,
+    consistency: Consistency,
+    session: Option<Session>,
 }
 
 /// A client id and the sequence number its next write uses.
@@ -357,11 +367,52 @@ impl NexusClient {
         Ok(reply["policies"].as_array().cloned().unwrap_or_default())
     }
 
-    /// Deletes the policy with `id`.
+    /// Deletes the policy `id` (SPIKE names a policy by its name).
     pub async fn delete_policy(&self, id: &str) -> Result<(), Error> {
         self.write("/v1/acl/policy?action=delete", json!({ "id": id }))
             .await?;
         Ok(())
+    }
+
+    /// The policy `id` (its name) as SPIKE's JSON document.
+    pub async fn get_policy(&self, id: &str) -> Result<Value, Error> {
+        self.call(
+            "/v1/acl/policy?action=get",
+            json!({ "id": id }),
+            Consistency::Leader,
+            None,
+        )
+        .await
+    }
+
+    /// Seals `plaintext` under the cluster's current data key (the cipher
+    /// route, binary mode); returns the self-describing sealed frame. Any
+    /// node holding the root key serves it, so it is spread over the
+    /// endpoints rather than sent to the leader.
+    pub async fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        let sealed = self
+            .send(Operation {
+                path_and_query: "/v1/cipher/encrypt",
+                content_type: "application/octet-stream",
+                body: plaintext.to_vec(),
+                consistency: Consistency::Stale,
+                session: None,
+            })
+            .await?;
+        Ok(sealed.to_vec())
+    }
+
+    /// Opens a frame [`Self::encrypt`] returned; the plaintext zeroizes on
+    /// drop.
+    pub async fn decrypt(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+        self.send(Operation {
+            path_and_query: "/v1/cipher/decrypt",
+            content_type: "application/octet-stream",
+            body: sealed.to_vec(),
+            consistency: Consistency::Stale,
+            session: None,
+        })
+        .await
     }
 
     /// The cluster's status as the contacted node sees it (superusers).
@@ -403,8 +454,7 @@ impl NexusClient {
         })
     }
 
-    /// Sends one operation, following the leader and retrying within the
-    /// budget; returns the JSON body of the first definitive answer.
+    /// One JSON operation; the body of the answer as JSON.
     async fn call(
         &self,
         path_and_query: &str,
@@ -412,7 +462,27 @@ impl NexusClient {
         consistency: Consistency,
         session: Option<Session>,
     ) -> Result<Value, Error> {
-        let body = body.to_string().into_bytes();
+        let operation = Operation {
+            path_and_query,
+            content_type: "application/json",
+            body: body.to_string().into_bytes(),
+            consistency,
+            session,
+        };
+        let bytes = self.send(operation).await?;
+        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// Sends one operation, following the leader and retrying within the
+    /// budget; returns the body of the first successful answer.
+    async fn send(&self, operation: Operation<'_>) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let Operation {
+            path_and_query,
+            content_type,
+            body,
+            consistency,
+            session,
+        } = operation;
         let client_id = session.map(|s| format!("{:032x}", s.client_id));
         let sequence = session.map(|s| s.next_sequence.to_string());
         let mut headers: Vec<(&str, &str)> = Vec::new();
@@ -432,8 +502,8 @@ impl NexusClient {
             let request = Request {
                 method: "POST",
                 path_and_query,
-                content_type: "application/json",
-                body: body.clone(),
+                content_type,
+                body: body.to_vec(),
                 headers: &headers,
             };
             let last = match self.pool.send(target, request).await {
@@ -443,9 +513,7 @@ impl NexusClient {
                     if hint.is_some() {
                         *lock(&self.leader) = hint;
                     }
-                    let document: Value =
-                        serde_json::from_slice(&reply.bytes).unwrap_or(Value::Null);
-                    match answer(reply.status, document) {
+                    match answer(reply.status, Zeroizing::new(reply.bytes)) {
                         Err(Error::NotReady(reason)) if moved => {
                             // A fresh leader hint: try it at once.
                             if attempt < self.retry.attempts_max && Instant::now() < deadline {
@@ -509,11 +577,15 @@ fn parse_leader(hint: &str) -> Option<SocketAddr> {
     hint.strip_prefix("https://")?.parse().ok()
 }
 
-/// Turns a status and body into a result.
-fn answer(status: u16, document: Value) -> Result<Value, Error> {
+/// Turns a status and body into a result; error bodies are SPIKE's JSON
+/// with an `err` code.
+fn answer(status: u16, body: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>, Error> {
+    if status == 200 {
+        return Ok(body);
+    }
+    let document: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let code = document["err"].as_str().unwrap_or_default().to_owned();
     match status {
-        200 => Ok(document),
         400 => Err(Error::BadRequest),
         401 | 403 => Err(Error::Denied),
         404 => Err(Error::NotFound),
@@ -534,16 +606,23 @@ mod tests {
 
     #[test]
     fn statuses_map_to_errors_that_say_what_to_do() {
-        assert!(answer(200, json!({"data": {}})).is_ok());
-        assert!(matches!(answer(401, Value::Null), Err(Error::Denied)));
-        assert!(matches!(answer(404, Value::Null), Err(Error::NotFound)));
-        assert!(matches!(answer(409, Value::Null), Err(Error::Conflict)));
+        let body = |value: Value| Zeroizing::new(value.to_string().into_bytes());
+        assert!(answer(200, body(json!({"data": {}}))).is_ok());
+        assert!(matches!(answer(401, body(Value::Null)), Err(Error::Denied)));
+        assert!(matches!(
+            answer(404, Zeroizing::new(Vec::new())),
+            Err(Error::NotFound)
+        ));
+        assert!(matches!(
+            answer(409, body(Value::Null)),
+            Err(Error::Conflict)
+        ));
         let not_ready =
-            answer(503, json!({"err": "state_not_ready"})).expect_err("503 is an error");
+            answer(503, body(json!({"err": "state_not_ready"}))).expect_err("503 is an error");
         assert!(not_ready.is_retryable());
         assert!(!Error::Denied.is_retryable());
         assert!(matches!(
-            answer(500, json!({"err": "x"})),
+            answer(500, body(json!({"err": "x"}))),
             Err(Error::Server { status: 500, .. })
         ));
     }

@@ -41,6 +41,71 @@ async fn the_sdk_follows_a_transfer_and_a_killed_leader_applying_each_write_once
     let first = leader(&ops.superuser, &cluster, &[1, 2, 3]).await;
     assert_eq!(client.known_leader(), Some(cluster.api(first)));
 
+    phase("every operation through the SDK, errors typed");
+    let conflict = client
+        .put_secret("sdk/stream", &value(99), Some(7))
+        .await
+        .expect_err("compare-and-set against the wrong version");
+    assert!(matches!(conflict, Error::Conflict), "{conflict:?}");
+    assert!(matches!(
+        client.get_secret("sdk/absent", None).await,
+        Err(Error::NotFound)
+    ));
+    client
+        .put_secret("sdk/doomed", &value(1), Some(0))
+        .await
+        .expect("create-only write");
+    client
+        .delete_secret("sdk/doomed", &[])
+        .await
+        .expect("delete");
+    assert!(matches!(
+        client.get_secret("sdk/doomed", None).await,
+        Err(Error::NotFound)
+    ));
+    client
+        .undelete_secret("sdk/doomed", &[1])
+        .await
+        .expect("undelete");
+    assert_eq!(
+        client.get_secret_stale("sdk/doomed", Some(1)).await.ok(),
+        Some(value(1))
+    );
+    client
+        .destroy_secret("sdk/doomed", &[1])
+        .await
+        .expect("destroy");
+    assert!(client.get_secret("sdk/doomed", Some(1)).await.is_err());
+    let listed = client.list_secrets().await.expect("list");
+    assert!(listed.contains(&"sdk/stream".to_owned()), "{listed:?}");
+    client
+        .put_policy(
+            "sdk-readers",
+            "^spiffe://spike.ist/app/.*$",
+            "^sdk/.*$",
+            &["read"],
+        )
+        .await
+        .expect("policy put");
+    let policy = client.get_policy("sdk-readers").await.expect("policy get");
+    assert_eq!(policy["pathPattern"], "^sdk/.*$", "{policy}");
+    let policies = client.list_policies().await.expect("policy list");
+    assert!(policies.iter().any(|p| p["name"] == "sdk-readers"));
+    client
+        .delete_policy("sdk-readers")
+        .await
+        .expect("policy delete");
+    assert!(matches!(
+        client.get_policy("sdk-readers").await,
+        Err(Error::NotFound)
+    ));
+    let sealed = client.encrypt(b"attack at dawn").await.expect("encrypt");
+    assert!(!sealed.windows(6).any(|w| w == b"attack"));
+    let opened = client.decrypt(&sealed).await.expect("decrypt");
+    assert_eq!(opened.as_slice(), b"attack at dawn");
+    let status = client.cluster_status().await.expect("status");
+    assert_eq!(status["rootKey"]["status"], "ready");
+
     phase("leadership moves by transfer; the client follows without an error");
     let target = [1, 2, 3]
         .into_iter()
