@@ -1,0 +1,342 @@
+//! The other side: a 3-member etcd cluster on loopback with client and peer
+//! mTLS and fsync on (etcd's default), driven over its native gRPC API the
+//! way `clientv3` does: one HTTP/2 connection per member, requests spread
+//! round-robin (etcd forwards to its leader internally).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::load::Store;
+
+mod proto {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("etcdserverpb");
+}
+
+use proto::kv_client::KvClient;
+use proto::maintenance_client::MaintenanceClient;
+
+/// Certificates for the etcd cluster and its client: one CA, one leaf for
+/// everything with an IP SAN of 127.0.0.1 (etcd checks it on peers too).
+struct Pki {
+    ca_pem: String,
+    leaf_der: Vec<u8>,
+    leaf_key_der: Vec<u8>,
+}
+
+impl Pki {
+    fn write(dir: &Path) -> anyhow::Result<Self> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "spike-bench etcd CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = ca_params.self_signed(&ca_key)?;
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "spike-bench");
+        params.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let leaf = params.signed_by(&leaf_key, &issuer)?;
+        std::fs::write(dir.join("ca.pem"), ca.pem())?;
+        std::fs::write(dir.join("leaf.pem"), leaf.pem())?;
+        std::fs::write(dir.join("leaf.key"), leaf_key.serialize_pem())?;
+        Ok(Self {
+            ca_pem: ca.pem(),
+            leaf_der: leaf.der().to_vec(),
+            leaf_key_der: leaf_key.serialize_der(),
+        })
+    }
+
+    fn client_config(&self) -> anyhow::Result<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = rustls_pki_types::pem::PemObject::from_pem_slice(self.ca_pem.as_bytes())
+            .context("CA PEM")?;
+        roots.add(ca)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![CertificateDer::from(self.leaf_der.clone())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key_der.clone())),
+            )?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+}
+
+/// One member: its client and peer ports and process.
+struct Member {
+    name: String,
+    client: SocketAddr,
+    peer: SocketAddr,
+    child: Option<Child>,
+}
+
+/// A running etcd cluster, killed on drop.
+pub struct EtcdCluster {
+    dir: PathBuf,
+    members: Vec<Member>,
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl EtcdCluster {
+    /// Starts 3 members in `dir` on ports from `base_port`.
+    pub fn up(dir: &Path, base_port: u16) -> anyhow::Result<Self> {
+        let pki = Pki::write(dir)?;
+        let members: Vec<Member> = (0..3u16)
+            .map(|i| Member {
+                name: format!("etcd-{}", i + 1),
+                client: SocketAddr::from(([127, 0, 0, 1], base_port + 2 * i)),
+                peer: SocketAddr::from(([127, 0, 0, 1], base_port + 2 * i + 1)),
+                child: None,
+            })
+            .collect();
+        let mut cluster = Self {
+            dir: dir.to_owned(),
+            members,
+            config: Arc::new(pki.client_config()?),
+        };
+        for index in 0..cluster.members.len() {
+            cluster.start(index, "new")?;
+        }
+        Ok(cluster)
+    }
+
+    fn start(&mut self, index: usize, state: &str) -> anyhow::Result<()> {
+        let initial: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}=https://{}", m.name, m.peer))
+            .collect();
+        let member = &self.members[index];
+        let tls = |flag: &str, file: &str| format!("--{flag}={}", self.dir.join(file).display());
+        let log = std::fs::File::create(self.dir.join(format!("{}.log", member.name)))?;
+        let child = Command::new("etcd")
+            .arg(format!("--name={}", member.name))
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.join(&member.name).display()
+            ))
+            .arg(format!("--listen-client-urls=https://{}", member.client))
+            .arg(format!("--advertise-client-urls=https://{}", member.client))
+            .arg(format!("--listen-peer-urls=https://{}", member.peer))
+            .arg(format!(
+                "--initial-advertise-peer-urls=https://{}",
+                member.peer
+            ))
+            .arg(format!("--initial-cluster={}", initial.join(",")))
+            .arg(format!("--initial-cluster-state={state}"))
+            .arg("--client-cert-auth")
+            .arg(tls("trusted-ca-file", "ca.pem"))
+            .arg(tls("cert-file", "leaf.pem"))
+            .arg(tls("key-file", "leaf.key"))
+            .arg("--peer-client-cert-auth")
+            .arg(tls("peer-trusted-ca-file", "ca.pem"))
+            .arg(tls("peer-cert-file", "leaf.pem"))
+            .arg(tls("peer-key-file", "leaf.key"))
+            .arg("--log-level=warn")
+            .arg("--logger=zap")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start etcd (install the etcd-server package)")?;
+        self.members[index].child = Some(child);
+        Ok(())
+    }
+
+    /// A client over every member.
+    pub fn client(&self) -> EtcdStore {
+        let channels = self
+            .members
+            .iter()
+            .map(|m| channel(m.client, self.config.clone()))
+            .collect();
+        EtcdStore {
+            channels,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits until a linearizable read succeeds.
+    pub async fn wait_ready(&self, limit: Duration) -> anyhow::Result<Duration> {
+        let store = self.client();
+        let began = Instant::now();
+        loop {
+            if store.get(u64::MAX, false).await.is_ok() {
+                return Ok(began.elapsed());
+            }
+            if began.elapsed() > limit {
+                bail!("etcd not ready after {limit:?}; see {}", self.dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The index of the current leader, asked of the members.
+    pub async fn leader(&self) -> anyhow::Result<usize> {
+        for member in &self.members {
+            if member.child.is_none() {
+                continue;
+            }
+            let mut client = MaintenanceClient::new(channel(member.client, self.config.clone()));
+            let Ok(status) = client.status(proto::StatusRequest {}).await else {
+                continue;
+            };
+            let status = status.into_inner();
+            let mine = status.header.map(|h| h.member_id);
+            if mine == Some(status.leader) {
+                return Ok(self
+                    .members
+                    .iter()
+                    .position(|m| m.name == member.name)
+                    .unwrap_or(0));
+            }
+            // Ask the leader itself next round; follower answers name it only by id.
+        }
+        bail!("no etcd member says it leads")
+    }
+
+    /// kill -9 of member `index`.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.members[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Restarts member `index` on its data; returns how long until it
+    /// serves a linearizable read.
+    pub async fn restart_and_wait(
+        &mut self,
+        index: usize,
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
+        let began = Instant::now();
+        self.start(index, "existing")?;
+        let member = self.member_client(index);
+        while member.get(0, false).await.is_err() {
+            if began.elapsed() > limit {
+                bail!(
+                    "{} does not serve {limit:?} after its restart",
+                    self.members[index].name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(began.elapsed())
+    }
+
+    /// A client of member `index` alone.
+    pub fn member_client(&self, index: usize) -> EtcdStore {
+        EtcdStore {
+            channels: vec![channel(self.members[index].client, self.config.clone())],
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Resident memory (KiB) of each member.
+    pub fn resident_kib(&self) -> Vec<(String, u64)> {
+        self.members
+            .iter()
+            .filter_map(|m| {
+                let rss = crate::load::resident_kib(m.child.as_ref()?.id())?;
+                Some((m.name.clone(), rss))
+            })
+            .collect()
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for index in 0..self.members.len() {
+            self.kill(index);
+        }
+    }
+}
+
+fn channel(address: SocketAddr, config: Arc<rustls::ClientConfig>) -> Channel {
+    let connector = tower::service_fn(move |_uri| {
+        let config = config.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(address).await?;
+            tcp.set_nodelay(true)?;
+            let name = ServerName::IpAddress(address.ip().into());
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    Endpoint::from_shared(format!("http://{address}"))
+        .unwrap_or_else(|_| unreachable!("a socket address always forms a valid URI"))
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect_with_connector_lazy(connector)
+}
+
+/// etcd's KV API as a [`Store`].
+pub struct EtcdStore {
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+}
+
+impl EtcdStore {
+    fn kv(&self) -> KvClient<Channel> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        KvClient::new(self.channels[index].clone())
+    }
+}
+
+fn key_of(key: u64) -> Vec<u8> {
+    format!("bench/k{key}").into_bytes()
+}
+
+impl Store for EtcdStore {
+    async fn put(&self, key: u64, value: &str) -> Result<(), String> {
+        let request = proto::PutRequest {
+            key: key_of(key),
+            value: value.as_bytes().to_vec(),
+            lease: 0,
+        };
+        self.kv()
+            .put(request)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn get(&self, key: u64, stale: bool) -> Result<(), String> {
+        let request = proto::RangeRequest {
+            key: key_of(key),
+            serializable: stale,
+            ..Default::default()
+        };
+        self.kv()
+            .range(request)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,231 @@
+//! The load loop: N clients issue operations back to back for a fixed time;
+//! every latency is kept (4 bytes each, bounded by the run length) so the
+//! percentiles are exact.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// What each operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Writes only.
+    Put,
+    /// Linearizable reads only.
+    Get,
+    /// Reads served from the contacted node's state.
+    GetStale,
+    /// 90 % linearizable reads, 10 % writes.
+    Mixed,
+}
+
+/// The two operations a store under test offers.
+pub trait Store: Send + Sync + 'static {
+    /// Writes `value` at key number `key`.
+    fn put(&self, key: u64, value: &str) -> impl Future<Output = Result<(), String>> + Send;
+    /// Reads key number `key`, linearizable or not.
+    fn get(&self, key: u64, stale: bool) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Shape of one run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LoadShape {
+    /// The operation mix.
+    pub workload: Workload,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// How long operations are issued.
+    pub duration: Duration,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Bytes per value.
+    pub value_size: usize,
+}
+
+/// Figures of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// Completed operations per second.
+    pub ops_per_second: f64,
+    /// Completed operations.
+    pub operations: u64,
+    /// Failed operations.
+    pub errors: u64,
+    /// First error seen, if any.
+    pub first_error: Option<String>,
+    /// Latency percentiles in milliseconds.
+    pub p50_ms: f64,
+    /// See `p50_ms`.
+    pub p90_ms: f64,
+    /// See `p50_ms`.
+    pub p99_ms: f64,
+    /// See `p50_ms`.
+    pub max_ms: f64,
+}
+
+/// Resident memory of process `pid` in KiB, from /proc.
+pub fn resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A value of `size` printable bytes (JSON-safe for Nexus, bytes for etcd).
+pub fn value_of(size: usize) -> String {
+    "0123456789abcdef".chars().cycle().take(size).collect()
+}
+
+/// Writes every key once so reads find something.
+pub async fn preload<S: Store>(store: &Arc<S>, shape: &LoadShape) -> Result<(), String> {
+    let value = Arc::new(value_of(shape.value_size));
+    let lanes = shape.clients.clamp(1, 64) as u64;
+    let mut tasks = Vec::new();
+    for lane in 0..lanes {
+        let (store, value, keys) = (store.clone(), value.clone(), shape.keys);
+        tasks.push(tokio::spawn(async move {
+            let mut key = lane;
+            while key < keys {
+                store.put(key, &value).await?;
+                key += lanes;
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+/// Runs `shape` against `store` and measures it.
+pub async fn run<S: Store>(store: &Arc<S>, shape: &LoadShape) -> Outcome {
+    let value = Arc::new(value_of(shape.value_size));
+    let began = Instant::now();
+    let end = began + shape.duration;
+    let mut tasks = Vec::new();
+    for client in 0..shape.clients {
+        let (store, value, shape) = (store.clone(), value.clone(), *shape);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies_us: Vec<u32> = Vec::with_capacity(4096);
+            let mut errors = 0u64;
+            let mut first_error = None;
+            // A cheap per-client sequence spreads keys without a RNG.
+            let mut state = (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            while Instant::now() < end {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let key = state % shape.keys.max(1);
+                let write = match shape.workload {
+                    Workload::Put => true,
+                    Workload::Get | Workload::GetStale => false,
+                    Workload::Mixed => state.is_multiple_of(10),
+                };
+                let started = Instant::now();
+                let result = if write {
+                    store.put(key, &value).await
+                } else {
+                    store.get(key, shape.workload == Workload::GetStale).await
+                };
+                let took = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                match result {
+                    Ok(()) => latencies_us.push(took),
+                    Err(error) => {
+                        errors += 1;
+                        first_error.get_or_insert(error);
+                    }
+                }
+            }
+            (latencies_us, errors, first_error)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    for task in tasks {
+        if let Ok((latencies, failed, error)) = task.await {
+            all.extend(latencies);
+            errors += failed;
+            if first_error.is_none() {
+                first_error = error;
+            }
+        }
+    }
+    let elapsed = began.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let percentile = |p: f64| -> f64 {
+        if all.is_empty() {
+            return 0.0;
+        }
+        let index = ((all.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(all[index]) / 1000.0
+    };
+    Outcome {
+        ops_per_second: all.len() as f64 / elapsed,
+        operations: all.len() as u64,
+        errors,
+        first_error,
+        p50_ms: percentile(0.50),
+        p90_ms: percentile(0.90),
+        p99_ms: percentile(0.99),
+        max_ms: percentile(1.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    struct Counting {
+        puts: AtomicU64,
+        gets: AtomicU64,
+    }
+
+    impl Store for Counting {
+        async fn put(&self, _key: u64, value: &str) -> Result<(), String> {
+            assert_eq!(value.len(), 256);
+            self.puts.fetch_add(1, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+            Ok(())
+        }
+        async fn get(&self, key: u64, _stale: bool) -> Result<(), String> {
+            self.gets.fetch_add(1, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+            if key == 1 { Err("one".into()) } else { Ok(()) }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_mixed_run_is_mostly_reads_and_counts_errors() {
+        let store = Arc::new(Counting {
+            puts: AtomicU64::new(0),
+            gets: AtomicU64::new(0),
+        });
+        let shape = LoadShape {
+            workload: Workload::Mixed,
+            clients: 4,
+            duration: Duration::from_millis(100),
+            keys: 50,
+            value_size: 256,
+        };
+        preload(&store, &shape).await.expect("preload");
+        assert_eq!(store.puts.load(Ordering::Relaxed), 50);
+        let outcome = run(&store, &shape).await;
+        let puts = store.puts.load(Ordering::Relaxed) - 50;
+        let gets = store.gets.load(Ordering::Relaxed);
+        assert!(gets > 5 * puts, "gets {gets}, puts {puts}");
+        assert_eq!(outcome.operations + outcome.errors, puts + gets);
+        assert!(outcome.errors > 0 && outcome.first_error.as_deref() == Some("one"));
+        assert!(outcome.p50_ms <= outcome.p99_ms && outcome.p99_ms <= outcome.max_ms);
+    }
+}

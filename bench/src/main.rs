@@ -1,0 +1,348 @@
+//! `spike-bench`: drives the same load against our 3-replica cluster and a
+//! 3-member etcd cluster on this machine (both mTLS, both fsync on) and
+//! prints them side by side, with JSON and an SVG plot.
+//!
+//! ```text
+//! spike-bench compare                       # everything, defaults below
+//! spike-bench compare --targets nexus --clients 64 --duration 5s
+//! ```
+
+mod etcd;
+mod load;
+mod nexus;
+mod report;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+
+use crate::load::{LoadShape, Store, Workload};
+use crate::report::Row;
+
+#[derive(Parser)]
+#[command(name = "spike-bench", version, about)]
+enum Cli {
+    /// Start both clusters, run every workload at every concurrency level,
+    /// then the failover and restart trials; print the table.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Target {
+    Nexus,
+    Etcd,
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// Which systems to measure.
+    #[arg(long, value_delimiter = ',', default_value = "nexus,etcd")]
+    targets: Vec<Target>,
+    /// Workloads to run.
+    #[arg(long, value_delimiter = ',', default_value = "put,get,get-stale,mixed")]
+    workloads: Vec<Workload>,
+    /// Concurrency levels.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    clients: Vec<usize>,
+    /// Length of each run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Distinct keys (all written before the runs).
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// kill -9 of the leader under writes, this many times per target.
+    #[arg(long, default_value_t = 10)]
+    failover_trials: usize,
+    /// After the runs, grow the store to this many keys and report
+    /// resident memory and restart time (0: skip).
+    #[arg(long, default_value_t = 0)]
+    memory_keys: u64,
+    /// Where the JSON, the SVG and the clusters' files go.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Directory of the built binaries (default: next to this one).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// First of the loopback ports used (nexus from here, etcd 100 above).
+    #[arg(long, default_value_t = 27_000)]
+    base_port: u16,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" | "" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        _ => Err(format!("bad duration unit in {text:?} (ms, s, m)")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Cli::Compare(args) = Cli::parse();
+    if args.keys == 0 || args.clients.contains(&0) {
+        anyhow::bail!("--keys and every --clients level must be at least 1");
+    }
+    std::fs::create_dir_all(&args.out)?;
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no binary directory")?
+            .to_owned(),
+    };
+    let work = tempfile::Builder::new().prefix("spike-bench").tempdir()?;
+    let mut rows = Vec::new();
+    let mut extra = serde_json::Map::new();
+    for target in &args.targets {
+        match target {
+            Target::Nexus => {
+                let dir = work.path().join("nexus");
+                let mut cluster = nexus::NexusCluster::up(&bin_dir, &dir, args.base_port)?;
+                let store = Arc::new(cluster.client().await?);
+                rows.extend(measure("nexus", &store, &args).await?);
+                let trials = nexus_failover(&mut cluster, &store, args.failover_trials).await?;
+                extra.insert("nexus_failover".into(), trials);
+                if args.memory_keys > 0 {
+                    let memory = nexus_memory(&mut cluster, &store, &args).await?;
+                    extra.insert("nexus_memory".into(), memory);
+                }
+            }
+            Target::Etcd => {
+                let dir = work.path().join("etcd");
+                std::fs::create_dir_all(&dir)?;
+                let mut cluster = etcd::EtcdCluster::up(&dir, args.base_port + 100)?;
+                cluster.wait_ready(Duration::from_secs(30)).await?;
+                let store = Arc::new(cluster.client());
+                rows.extend(measure("etcd", &store, &args).await?);
+                let trials = etcd_failover(&mut cluster, &store, args.failover_trials).await?;
+                extra.insert("etcd_failover".into(), trials);
+                if args.memory_keys > 0 {
+                    let memory = etcd_memory(&mut cluster, &store, &args).await?;
+                    extra.insert("etcd_memory".into(), memory);
+                }
+            }
+        }
+    }
+    let table = report::table(&rows);
+    println!("\n{table}");
+    for (name, value) in &extra {
+        println!("{name}: {value}");
+    }
+    let document = json!({ "rows": rows, "extra": extra });
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_vec_pretty(&document)?,
+    )?;
+    std::fs::write(args.out.join("results.md"), &table)?;
+    std::fs::write(args.out.join("plot.svg"), report::svg(&rows))?;
+    println!(
+        "\nwrote {0}/results.json, {0}/results.md and {0}/plot.svg",
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Preloads, then runs every workload at every level.
+async fn measure<S: Store>(
+    target: &'static str,
+    store: &Arc<S>,
+    args: &CompareArgs,
+) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let base = LoadShape {
+        workload: Workload::Put,
+        clients: 64,
+        duration: args.duration,
+        keys: args.keys,
+        value_size: args.value_size,
+    };
+    let began = Instant::now();
+    load::preload(store, &base)
+        .await
+        .map_err(|e| anyhow::anyhow!("{target}: preload: {e}"))?;
+    eprintln!(
+        "{target}: {} keys written in {:.1?}",
+        args.keys,
+        began.elapsed()
+    );
+    for workload in &args.workloads {
+        for clients in &args.clients {
+            let shape = LoadShape {
+                workload: *workload,
+                clients: *clients,
+                ..base
+            };
+            let outcome = load::run(store, &shape).await;
+            eprintln!(
+                "{target} {workload:?} x{clients}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, errors {}{}",
+                outcome.ops_per_second,
+                outcome.p50_ms,
+                outcome.p99_ms,
+                outcome.errors,
+                outcome
+                    .first_error
+                    .as_deref()
+                    .map(|e| format!(" (first: {e})"))
+                    .unwrap_or_default()
+            );
+            rows.push(Row {
+                target,
+                shape,
+                outcome,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Longest a killed leader may take to serve again after its restart.
+const FAILOVER_RESTART_LIMIT: Duration = Duration::from_secs(30);
+
+/// Each write of a failover trial is abandoned after this long and sent
+/// again, for both targets alike, so the gap measures when the cluster
+/// acknowledges writes again rather than a client's request timeout.
+const FAILOVER_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Writes back to back from one client; returns how long after `kill`
+/// the next write was acknowledged.
+async fn gap_after<S: Store>(store: &S, kill: impl FnOnce()) -> Duration {
+    let value = load::value_of(256);
+    let _ = store.put(u64::MAX - 1, &value).await;
+    kill();
+    let killed = Instant::now();
+    loop {
+        let attempt =
+            tokio::time::timeout(FAILOVER_ATTEMPT_TIMEOUT, store.put(u64::MAX - 1, &value));
+        if matches!(attempt.await, Ok(Ok(()))) {
+            return killed.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn median_ms(mut values: Vec<Duration>) -> serde_json::Value {
+    values.sort_unstable();
+    let ms: Vec<f64> = values.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    json!({
+        "median_ms": ms.get(ms.len() / 2).copied(),
+        "min_ms": ms.first().copied(),
+        "max_ms": ms.last().copied(),
+        "trials_ms": ms,
+    })
+}
+
+async fn nexus_failover(
+    cluster: &mut nexus::NexusCluster,
+    store: &nexus::NexusStore,
+    trials: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let (mut gaps, mut restarts) = (Vec::new(), Vec::new());
+    for _ in 0..trials {
+        store
+            .put(u64::MAX - 1, "warm")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let leader = store.client.known_leader().context("no leader known")?;
+        let name = cluster
+            .name_of(leader)
+            .context("leader not in cluster.json")?;
+        let mut killed = Ok(());
+        let gap = gap_after(store, || killed = cluster.act("kill", &name)).await;
+        killed?;
+        gaps.push(gap);
+        restarts.push(cluster.restart_and_wait(&name, FAILOVER_RESTART_LIMIT)?);
+    }
+    Ok(json!({ "failover_gap": median_ms(gaps), "restart_to_serving": median_ms(restarts) }))
+}
+
+async fn etcd_failover(
+    cluster: &mut etcd::EtcdCluster,
+    store: &etcd::EtcdStore,
+    trials: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let (mut gaps, mut restarts) = (Vec::new(), Vec::new());
+    for _ in 0..trials {
+        let leader = cluster.leader().await?;
+        let gap = gap_after(store, || cluster.kill(leader)).await;
+        gaps.push(gap);
+        restarts.push(
+            cluster
+                .restart_and_wait(leader, FAILOVER_RESTART_LIMIT)
+                .await?,
+        );
+    }
+    Ok(json!({ "failover_gap": median_ms(gaps), "restart_to_serving": median_ms(restarts) }))
+}
+
+/// Longest a replica or member may take to serve again after a restart on
+/// a grown store.
+const MEMORY_RESTART_LIMIT: Duration = Duration::from_secs(120);
+
+fn memory_report(
+    args: &CompareArgs,
+    resident: &[(String, u64)],
+    restart: Duration,
+) -> serde_json::Value {
+    json!({
+        "keys": args.memory_keys,
+        "resident_kib": resident,
+        "restart_to_serving_ms": restart.as_secs_f64() * 1000.0,
+    })
+}
+
+/// Writes `--memory-keys` keys (the first `--keys` are overwritten).
+async fn grow<S: Store>(store: &Arc<S>, args: &CompareArgs) -> anyhow::Result<()> {
+    let shape = LoadShape {
+        workload: Workload::Put,
+        clients: 64,
+        duration: args.duration,
+        keys: args.memory_keys,
+        value_size: args.value_size,
+    };
+    load::preload(store, &shape)
+        .await
+        .map_err(anyhow::Error::msg)
+}
+
+async fn nexus_memory(
+    cluster: &mut nexus::NexusCluster,
+    store: &Arc<nexus::NexusStore>,
+    args: &CompareArgs,
+) -> anyhow::Result<serde_json::Value> {
+    grow(store, args).await?;
+    let resident = cluster.resident_kib();
+    let name = resident
+        .first()
+        .map(|(name, _)| name.clone())
+        .context("no replica")?;
+    cluster.act("kill", &name)?;
+    let took = cluster.restart_and_wait(&name, MEMORY_RESTART_LIMIT)?;
+    Ok(memory_report(args, &resident, took))
+}
+
+async fn etcd_memory(
+    cluster: &mut etcd::EtcdCluster,
+    store: &Arc<etcd::EtcdStore>,
+    args: &CompareArgs,
+) -> anyhow::Result<serde_json::Value> {
+    grow(store, args).await?;
+    let resident = cluster.resident_kib();
+    cluster.kill(0);
+    let took = cluster.restart_and_wait(0, MEMORY_RESTART_LIMIT).await?;
+    Ok(memory_report(args, &resident, took))
+}
