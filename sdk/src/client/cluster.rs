@@ -557,11 +557,8 @@ impl NexusClient {
             *leader = None;
         }
         drop(leader);
-        // Move on from the endpoint that failed, so the next try asks another.
-        let index = self.cursor.load(Ordering::Relaxed) % self.endpoints.len();
-        if self.endpoints[index] == unreachable || self.endpoints.len() > 1 {
-            self.cursor.fetch_add(1, Ordering::Relaxed);
-        }
+        // Move on, so the next try asks another endpoint.
+        self.cursor.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -55,7 +55,8 @@ impl Pool {
             timeout: self.timeout,
         }));
         if outcome.is_err() {
-            // The connection may be wedged: the next request dials afresh.
+            // The connection may be wedged: later requests dial afresh.
+            // Requests in flight on it keep their own handle and finish.
             self.forget(address);
         }
         outcome
