@@ -36,8 +36,7 @@ pub struct LogStore {
 impl LogStore {
     /// Opens (or creates) the log database at `path`.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let db = Database::create(path)
-            .map_err(|e| io_error(&format!("open log {}", path.display()), e))?;
+        let db = super::open_database(path, "log")?;
         let store = Self { db: Arc::new(db) };
         // Create the tables so readers never meet a missing one.
         store.write("create log tables", |txn| {

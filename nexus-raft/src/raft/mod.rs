@@ -79,6 +79,50 @@ pub(crate) fn io_error(subject: &str, error: impl fmt::Display) -> std::io::Erro
     std::io::Error::other(format!("{subject}: {error}"))
 }
 
+/// Longest a replica waits at start for its previous process to let go of
+/// a database: after kill -9 a multi-threaded process may still be tearing
+/// down (holding the file lock) when its supervisor starts the next one.
+pub const DATABASE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens (or creates) the redb database at `path`, waiting up to
+/// [`DATABASE_LOCK_WAIT`] while another process still holds it.
+pub(crate) fn open_database(path: &std::path::Path, what: &str) -> std::io::Result<redb::Database> {
+    let deadline = std::time::Instant::now() + DATABASE_LOCK_WAIT;
+    loop {
+        match redb::Database::create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => {
+                return opened.map_err(|e| io_error(&format!("open {what} {}", path.display()), e));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod opening {
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_database_still_held_by_a_dying_process_is_waited_for() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("held.redb");
+        let held = redb::Database::create(&path).expect("first open");
+        let began = Instant::now();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        let opened = super::open_database(&path, "test");
+        release.join().expect("release thread");
+        assert!(opened.is_ok(), "{:?}", opened.err());
+        assert!(began.elapsed() >= Duration::from_millis(300));
+    }
+}
+
 #[cfg(test)]
 mod conformance {
     use openraft::StorageError;

@@ -44,8 +44,7 @@ impl StateMachine {
                 e,
             )
         })?;
-        let db = Database::create(path)
-            .map_err(|e| io_error(&format!("open state {}", path.display()), e))?;
+        let db = super::open_database(path, "state")?;
         // Create every table up front so readers never meet a missing one.
         let subject = "create state tables";
         let txn = db.begin_write().map_err(|e| io_error(subject, e))?;
