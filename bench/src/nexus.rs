@@ -117,7 +117,13 @@ impl NexusCluster {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        bail!("{name} not ready after {limit:?}")
+        let log = std::fs::read_to_string(self.dir.join("logs").join(format!("{name}.log")))
+            .unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(12).collect();
+        bail!(
+            "{name} not ready after {limit:?}; its last log lines, newest first:\n{}",
+            tail.join("\n")
+        )
     }
 
     /// A superuser SDK client for every replica.
