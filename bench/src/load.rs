@@ -36,12 +36,17 @@ pub struct LoadShape {
     pub workload: Workload,
     /// Concurrent clients.
     pub clients: usize,
-    /// How long operations are issued.
+    /// How long operations are issued (seconds in JSON).
+    #[serde(rename = "duration_s", serialize_with = "seconds")]
     pub duration: Duration,
     /// Distinct keys.
     pub keys: u64,
     /// Bytes per value.
     pub value_size: usize,
+}
+
+fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64())
 }
 
 /// Figures of one run.

@@ -29,6 +29,33 @@ enum Cli {
     /// Start both clusters, run every workload at every concurrency level,
     /// then the failover and restart trials; print the table.
     Compare(CompareArgs),
+    /// One workload against a running cluster of ours, as the caller: the
+    /// SVID from `SPIFFE_ENDPOINT_SOCKET` or `SPIKE_SVID_*_FILE`, the nodes
+    /// from `SPIKE_NEXUS_API_URL` (comma-separated `https://IP:PORT`).
+    /// Writes go under `bench/`.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The operation mix.
+    #[arg(long, default_value = "put")]
+    workload: Workload,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Length of the run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Distinct keys (written first unless the workload is put).
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Nexus API URLs.
+    #[arg(long, env = "SPIKE_NEXUS_API_URL", value_delimiter = ',')]
+    api_url: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,7 +120,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Cli::Compare(args) = Cli::parse();
+    let args = match Cli::parse() {
+        Cli::Compare(args) => args,
+        Cli::Run(args) => return run_against_existing(args).await,
+    };
     if args.keys == 0 || args.clients.contains(&0) {
         anyhow::bail!("--keys and every --clients level must be at least 1");
     }
@@ -153,6 +183,41 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "\nwrote {0}/results.json, {0}/results.md and {0}/plot.svg",
         args.out.display()
+    );
+    Ok(())
+}
+
+async fn run_against_existing(args: RunArgs) -> anyhow::Result<()> {
+    if args.keys == 0 || args.clients == 0 {
+        anyhow::bail!("--keys and --clients must be at least 1");
+    }
+    let endpoints = args
+        .api_url
+        .iter()
+        .map(|url| {
+            url.trim()
+                .strip_prefix("https://")
+                .and_then(|address| address.parse().ok())
+                .with_context(|| format!("API URL {url:?} is not https://IP:PORT"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let store = Arc::new(nexus::NexusStore::from_environment(endpoints).await?);
+    let shape = LoadShape {
+        workload: args.workload,
+        clients: args.clients,
+        duration: args.duration,
+        keys: args.keys,
+        value_size: args.value_size,
+    };
+    if args.workload != Workload::Put {
+        load::preload(&store, &shape)
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    let outcome = load::run(&store, &shape).await;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({ "shape": shape, "outcome": outcome }))?
     );
     Ok(())
 }

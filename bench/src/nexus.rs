@@ -164,6 +164,21 @@ pub struct NexusStore {
     pub client: NexusClient,
 }
 
+impl NexusStore {
+    /// A client of `endpoints` with the SVID and trust roots the
+    /// environment names (as every SPIKE process finds them).
+    pub async fn from_environment(endpoints: Vec<SocketAddr>) -> anyhow::Result<Self> {
+        let env = spike_sdk::environment::ProcessEnvironment;
+        let identity = SvidSource::from_environment(&env)?
+            .load(WORKLOAD_API_TIMEOUT_DEFAULT)
+            .await?;
+        let roots = TrustRoots::from_environment(&env)?;
+        Ok(Self {
+            client: NexusClient::new(identity, roots, Settings::new(endpoints))?,
+        })
+    }
+}
+
 fn path_of(key: u64) -> String {
     format!("bench/k{key}")
 }
