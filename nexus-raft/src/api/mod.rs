@@ -189,6 +189,34 @@ async fn route(
     headers: &axum::http::HeaderMap,
     body: &Bytes,
 ) -> Result<Body, ApiError> {
+    let stale = headers
+        .get(STALE_READ_HEADER)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"stale"));
+    // Policies decide these routes for every caller but the superuser, and
+    // a replica's policies may trail the leader's: a revoked policy must
+    // stop granting at once, so catch up with the leader before deciding.
+    // The handler's own read barrier is then already satisfied.
+    let by_policy = matches!(
+        kind,
+        RouteKind::SecretPut
+            | RouteKind::SecretGet
+            | RouteKind::SecretDelete
+            | RouteKind::SecretUndelete
+            | RouteKind::SecretDestroy
+            | RouteKind::SecretList
+            | RouteKind::SecretMetadata
+            | RouteKind::PolicyPut
+            | RouteKind::PolicyGet
+            | RouteKind::PolicyDelete
+            | RouteKind::PolicyList
+            | RouteKind::CipherEncrypt
+            | RouteKind::CipherDecrypt
+    ) && !api
+        .trust_roots
+        .has_role(&peer.spiffe_id, Role::PilotSuperuser);
+    if by_policy && !stale {
+        api.node.linearize().await?;
+    }
     let call = Call {
         api,
         peer,
@@ -197,9 +225,8 @@ async fn route(
             .get(axum::http::header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok()),
         session: session_of(&peer.spiffe_id.to_string(), headers),
-        stale: headers
-            .get(STALE_READ_HEADER)
-            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"stale")),
+        stale,
+        caught_up: by_policy && !stale,
     };
     match kind {
         RouteKind::SecretPut => secrets::put(call).await.map(Body::Json),
@@ -275,6 +302,9 @@ pub struct Call<'a> {
     content_type: Option<&'a str>,
     session: Option<SessionRef>,
     stale: bool,
+    /// This replica already applied everything the leader had committed
+    /// when the request arrived.
+    caught_up: bool,
 }
 
 impl Call<'_> {

@@ -184,7 +184,7 @@ pub async fn get(call: Call<'_>) -> Result<Value, ApiError> {
         return Err(ApiError::BadRequest);
     }
     let unlocked = unlocked(&call)?;
-    if !call.stale {
+    if !call.stale && !call.caught_up {
         call.api.node.linearize().await?;
     }
     let record = call
@@ -224,7 +224,7 @@ pub async fn list(call: Call<'_>) -> Result<Value, ApiError> {
     let body: ListBody = call.parse(&["spiffeidPattern", "pathPattern"])?;
     call.authorize_path(ACL_PATH, &[Permission::List])?;
     let unlocked = unlocked(&call)?;
-    if !call.stale {
+    if !call.stale && !call.caught_up {
         call.api.node.linearize().await?;
     }
     let records = call

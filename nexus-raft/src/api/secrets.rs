@@ -119,7 +119,7 @@ async fn write(call: &Call<'_>, command: Command) -> Result<Response, ApiError> 
 }
 
 async fn read_barrier(call: &Call<'_>) -> Result<(), ApiError> {
-    if call.stale {
+    if call.stale || call.caught_up {
         return Ok(());
     }
     call.api.node.linearize().await.map_err(ApiError::from)

@@ -254,18 +254,31 @@ async fn replacing_or_deleting_a_policy_changes_access_at_once() {
         assert_eq!(read(cluster.api(id)).await, 401, "revoked on nexus-{id}");
     }
 
-    phase("delete it: reads are refused too");
-    superuser
+    phase("delete it while a follower is frozen: thawed, it refuses at once");
+    let status = superuser
+        .post(cluster.api(1), "/v1/cluster?action=status", json!({}))
+        .await
+        .expect("status");
+    let leader = status.body["leaderId"].as_u64().expect("a leader");
+    let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
+    let other = (1..=3)
+        .find(|id| *id != leader && *id != lagging)
+        .expect("another follower");
+    cluster.signal(&format!("nexus-{lagging}"), "STOP");
+    let deleted = superuser
         .post(
-            cluster.api(2),
+            cluster.api(other),
             "/v1/acl/policy?action=delete",
             json!({"id": "billing"}),
         )
-        .await
-        .expect("delete");
+        .await;
+    cluster.signal(&format!("nexus-{lagging}"), "CONT");
+    assert_eq!(deleted.expect("delete").status, 200);
+    // The thawed replica has not applied the deletion yet; it must still
+    // refuse, because it catches up before consulting its policies.
     let get = billing
         .post(
-            cluster.api(3),
+            cluster.api(lagging),
             "/v1/store/secrets?action=get",
             json!({"path": "apps/billing/k"}),
         )
