@@ -36,6 +36,20 @@ enum Cli {
     Run(RunArgs),
 }
 
+/// Run length and data size, shared by both commands.
+#[derive(clap::Args, Clone, Copy)]
+struct Sizing {
+    /// Length of each run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Distinct keys (written before the reads).
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
     /// The operation mix.
@@ -44,15 +58,8 @@ struct RunArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     clients: usize,
-    /// Length of the run.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Distinct keys (written first unless the workload is put).
-    #[arg(long, default_value_t = 10_000)]
-    keys: u64,
-    /// Bytes per value.
-    #[arg(long, default_value_t = 256)]
-    value_size: usize,
+    #[command(flatten)]
+    sizing: Sizing,
     /// Nexus API URLs.
     #[arg(long, env = "SPIKE_NEXUS_API_URL", value_delimiter = ',')]
     api_url: Vec<String>,
@@ -75,15 +82,8 @@ struct CompareArgs {
     /// Concurrency levels.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     clients: Vec<usize>,
-    /// Length of each run.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Distinct keys (all written before the runs).
-    #[arg(long, default_value_t = 10_000)]
-    keys: u64,
-    /// Bytes per value.
-    #[arg(long, default_value_t = 256)]
-    value_size: usize,
+    #[command(flatten)]
+    sizing: Sizing,
     /// kill -9 of the leader under writes, this many times per target.
     #[arg(long, default_value_t = 10)]
     failover_trials: usize,
@@ -124,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
         Cli::Compare(args) => args,
         Cli::Run(args) => return run_against_existing(args).await,
     };
-    if args.keys == 0 || args.clients.contains(&0) {
+    if args.sizing.keys == 0 || args.clients.contains(&0) {
         anyhow::bail!("--keys and every --clients level must be at least 1");
     }
     std::fs::create_dir_all(&args.out)?;
@@ -188,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run_against_existing(args: RunArgs) -> anyhow::Result<()> {
-    if args.keys == 0 || args.clients == 0 {
+    if args.sizing.keys == 0 || args.clients == 0 {
         anyhow::bail!("--keys and --clients must be at least 1");
     }
     let endpoints = args
@@ -205,9 +205,9 @@ async fn run_against_existing(args: RunArgs) -> anyhow::Result<()> {
     let shape = LoadShape {
         workload: args.workload,
         clients: args.clients,
-        duration: args.duration,
-        keys: args.keys,
-        value_size: args.value_size,
+        duration: args.sizing.duration,
+        keys: args.sizing.keys,
+        value_size: args.sizing.value_size,
     };
     if args.workload != Workload::Put {
         load::preload(&store, &shape)
@@ -232,9 +232,9 @@ async fn measure<S: Store>(
     let base = LoadShape {
         workload: Workload::Put,
         clients: 64,
-        duration: args.duration,
-        keys: args.keys,
-        value_size: args.value_size,
+        duration: args.sizing.duration,
+        keys: args.sizing.keys,
+        value_size: args.sizing.value_size,
     };
     let began = Instant::now();
     load::preload(store, &base)
@@ -242,7 +242,7 @@ async fn measure<S: Store>(
         .map_err(|e| anyhow::anyhow!("{target}: preload: {e}"))?;
     eprintln!(
         "{target}: {} keys written in {:.1?}",
-        args.keys,
+        args.sizing.keys,
         began.elapsed()
     );
     for workload in &args.workloads {
@@ -375,9 +375,9 @@ async fn grow<S: Store>(store: &Arc<S>, args: &CompareArgs) -> anyhow::Result<()
     let shape = LoadShape {
         workload: Workload::Put,
         clients: 64,
-        duration: args.duration,
+        duration: args.sizing.duration,
         keys: args.memory_keys,
-        value_size: args.value_size,
+        value_size: args.sizing.value_size,
     };
     load::preload(store, &shape)
         .await

@@ -264,7 +264,9 @@ impl NexusClient {
         let reply = self
             .call("/v1/store/secrets?action=get", body, consistency, None)
             .await?;
-        serde_json::from_value(reply["data"].clone()).map_err(|e| Error::Decode(e.to_string()))
+        // serde's message could quote a value: say only what was wrong.
+        serde_json::from_value(reply["data"].clone())
+            .map_err(|_| Error::Decode("secret values are not a map of strings".into()))
     }
 
     /// Marks `versions` of `path` deleted (empty: the current one).

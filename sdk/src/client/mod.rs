@@ -191,32 +191,57 @@ impl HttpsClient {
                 .await
                 .map_err(|e| failed(e.to_string()))?;
         tokio::spawn(connection);
-        let mut builder = hyper::Request::builder()
-            .method(request.method)
-            .uri(request.path_and_query)
-            .header("host", address.to_string())
-            .header("content-type", request.content_type);
-        for (name, value) in request.headers {
-            builder = builder.header(*name, *value);
-        }
-        let http_request = builder
-            .body(Full::new(Bytes::from(request.body)))
-            .map_err(|e| failed(e.to_string()))?;
+        let http_request =
+            build_request(request, address, false).map_err(|e| failed(e.to_string()))?;
         let response = sender
             .send_request(http_request)
             .await
             .map_err(|e| failed(e.to_string()))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = Limited::new(response.into_body(), self.response_limit)
-            .collect()
+        read_reply(response, self.response_limit)
             .await
-            .map_err(|e| failed(e.to_string()))?
-            .to_bytes();
-        Ok(RawReply {
-            status,
-            headers,
-            bytes: bytes.to_vec(),
-        })
+            .map_err(failed)
     }
+}
+
+/// The hyper request for `request` to `address`. HTTP/1.1 names the
+/// server in `host` with a path-only URI; HTTP/2 (`absolute_uri`) carries
+/// the scheme and authority in the URI instead.
+pub(crate) fn build_request(
+    request: Request<'_>,
+    address: SocketAddr,
+    absolute_uri: bool,
+) -> Result<hyper::Request<Full<Bytes>>, hyper::http::Error> {
+    let mut builder = hyper::Request::builder()
+        .method(request.method)
+        .header("content-type", request.content_type);
+    builder = if absolute_uri {
+        builder.uri(format!("https://{address}{}", request.path_and_query))
+    } else {
+        builder
+            .uri(request.path_and_query)
+            .header("host", address.to_string())
+    };
+    for (name, value) in request.headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Full::new(Bytes::from(request.body)))
+}
+
+/// Status, headers and at most `limit` bytes of body.
+pub(crate) async fn read_reply(
+    response: hyper::Response<hyper::body::Incoming>,
+    limit: usize,
+) -> Result<RawReply, String> {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = Limited::new(response.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(RawReply {
+        status,
+        headers,
+        bytes: bytes.to_vec(),
+    })
 }

@@ -8,12 +8,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::client::conn::http2::SendRequest;
 use rustls::ClientConfig;
 
-use super::{ClientError, RawReply, Request};
+use super::{ClientError, RawReply, Request, build_request, read_reply};
 use crate::tls::connect;
 
 /// Longest one pooled connection is used before a fresh handshake.
@@ -116,31 +116,14 @@ impl Pool {
         let mut sender = self.sender(address).await?;
         let failed = |reason: String| ClientError::Exchange { address, reason };
         sender.ready().await.map_err(|e| failed(e.to_string()))?;
-        let mut builder = hyper::Request::builder()
-            .method(request.method)
-            .uri(format!("https://{address}{}", request.path_and_query))
-            .header("content-type", request.content_type);
-        for (name, value) in request.headers {
-            builder = builder.header(*name, *value);
-        }
-        let http_request = builder
-            .body(Full::new(Bytes::from(request.body)))
-            .map_err(|e| failed(e.to_string()))?;
+        let http_request =
+            build_request(request, address, true).map_err(|e| failed(e.to_string()))?;
         let response = sender
             .send_request(http_request)
             .await
             .map_err(|e| failed(e.to_string()))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = Limited::new(response.into_body(), self.response_limit)
-            .collect()
+        read_reply(response, self.response_limit)
             .await
-            .map_err(|e| failed(e.to_string()))?
-            .to_bytes();
-        Ok(RawReply {
-            status,
-            headers,
-            bytes: bytes.to_vec(),
-        })
+            .map_err(failed)
     }
 }
