@@ -70,11 +70,13 @@ pub struct Args {
     /// Versions kept per secret.
     #[arg(long, env = "SPIKE_NEXUS_MAX_SECRET_VERSIONS", default_value_t = MAX_VERSIONS_DEFAULT)]
     pub max_secret_versions: u32,
-    /// Build a snapshot after this many new log entries.
-    #[arg(long, env = "SPIKE_NEXUS_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    /// Build a snapshot after this many new log entries (etcd's default
+    /// too: a snapshot copies the whole store, so frequent ones cost more
+    /// than the log they let go of).
+    #[arg(long, env = "SPIKE_NEXUS_SNAPSHOT_EVERY", default_value_t = 100_000)]
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot for lagging followers.
-    #[arg(long, env = "SPIKE_NEXUS_LOGS_KEPT", default_value_t = 1_000)]
+    #[arg(long, env = "SPIKE_NEXUS_LOGS_KEPT", default_value_t = 5_000)]
     pub logs_kept: u64,
     /// Lock all memory so keys are never swapped out (needs a raised
     /// RLIMIT_MEMLOCK or CAP_IPC_LOCK).

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use clap::Parser;
 use openraft::Config as RaftConfig;
 use openraft::SnapshotPolicy;
+use openraft::storage::{RaftLogReader, RaftLogStorage};
 use spike_sdk::cli::{StartupError, listen, load_role_identity, run_server, shutdown_signal};
 use spike_sdk::hardening::Hardening;
 use spike_sdk::identity::{PeerAuthorizer, Role};
@@ -83,8 +84,22 @@ async fn serve(args: Args, hardening: Hardening) -> Result<(), StartupError> {
             config.data_dir.display()
         ))
     })?;
-    let log_store =
+    let mut log_store =
         LogStore::open(&config.data_dir.join("log.redb")).map_err(StartupError::config)?;
+    // The read floor: see `Node::leader_read_index`.
+    let log_at_start = node::LogAtStart {
+        term: log_store
+            .read_vote()
+            .await
+            .map_err(StartupError::failed)?
+            .map_or(0, |vote| vote.leader_id().term),
+        last_index: log_store
+            .get_log_state()
+            .await
+            .map_err(StartupError::failed)?
+            .last_log_id
+            .map_or(0, |log_id| log_id.index),
+    };
     let state_machine = StateMachine::open(
         &config.data_dir.join("state.redb"),
         &config.data_dir.join("snapshots"),
@@ -127,6 +142,7 @@ async fn serve(args: Args, hardening: Hardening) -> Result<(), StartupError> {
         keys,
         key_manager.clone(),
         peers,
+        log_at_start,
     );
 
     // Listeners: cluster first, so peers can reach us as soon as we vote.

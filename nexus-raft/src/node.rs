@@ -64,6 +64,18 @@ pub struct Node {
     peers: Peers,
     machine: StateMachine,
     applied: watch::Receiver<Option<LogIdOf<TypeConfig>>>,
+    /// The vote's term and last log index when this process started.
+    log_at_start: LogAtStart,
+}
+
+/// Where the log stood when the process started (see
+/// [`Node::leader_read_index`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LogAtStart {
+    /// Term of the saved vote.
+    pub term: u64,
+    /// Index of the last entry.
+    pub last_index: u64,
 }
 
 impl Node {
@@ -75,8 +87,10 @@ impl Node {
         keys: Arc<KeyState>,
         key_manager: Arc<KeyManager>,
         peers: Peers,
+        log_at_start: LogAtStart,
     ) -> Self {
         Self {
+            log_at_start,
             id,
             raft,
             state: machine.reader(),
@@ -357,7 +371,7 @@ impl Node {
                 None => self.wait_for_leader(deadline).await?,
             };
             let read_index = if leader == self.id {
-                leader_read_index(&self.raft).await
+                self.leader_read_index().await
             } else {
                 self.remote_read_index(&node).await
             };
@@ -373,6 +387,27 @@ impl Node {
             }
         }
         Err(NodeError::NoLeader)
+    }
+
+    /// The log index a linearizable read must see applied, asked of this
+    /// replica as the leader: openraft's read index, but while leading in
+    /// the term it restarted in, never below the log as it was at start.
+    /// The committed id is saved without an fsync (raft/log_store.rs), and
+    /// openraft restores a restarted leader in its old term without a new
+    /// no-op entry, so after a crash its committed id can trail entries it
+    /// acknowledged before. Those are all in its own log (a leader counts
+    /// only its own durable appends), and a read that waits for them cannot
+    /// miss an acknowledged write. In any later term the new leader's no-op
+    /// already covers them. (Caught by the cluster test
+    /// `restarting_every_replica_loses_nothing`.)
+    pub async fn leader_read_index(&self) -> Result<u64, ForwardError> {
+        let term = self.raft.metrics().borrow_watched().current_term;
+        let index = leader_read_index(&self.raft).await?;
+        Ok(if term == self.log_at_start.term {
+            index.max(self.log_at_start.last_index)
+        } else {
+            index
+        })
     }
 
     async fn remote_read_index(&self, leader: &NexusNode) -> Result<u64, ForwardError> {

@@ -164,7 +164,7 @@ impl Cluster for ClusterService {
     }
 
     async fn read_index(&self, _request: Request<Frame>) -> Result<Response<Frame>, Status> {
-        frame(&leader_read_index(&self.raft).await)
+        frame(&self.node.leader_read_index().await)
     }
 }
 

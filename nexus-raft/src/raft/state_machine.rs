@@ -2,11 +2,25 @@
 //! watermark other parts of the replica wait on.
 //!
 //! A batch of entries, their effects and the last-applied log id commit in
-//! one two-phase, fsynced transaction; responses go out only after it.
+//! one transaction; responses go out only after it.
+//!
+//! Durability: applied state is a cache of the log, so most apply commits
+//! skip the fsync (redb `Durability::None`): an entry is already durable on
+//! a quorum of logs before it is applied, and after a crash the replica
+//! rolls back to its last durable commit and openraft re-applies the rest
+//! from the log (up to the saved committed id at start, the remainder once
+//! a leader speaks). What keeps that replay possible is that the log is
+//! never purged past the durable applied id: a snapshot, the only thing
+//! that lets openraft purge, makes the applied state durable as of the
+//! snapshot's read view before it is handed over. A checkpoint (an fsynced
+//! commit) every [`CHECKPOINT_ENTRIES`] entries or [`CHECKPOINT_INTERVAL`]
+//! bounds the replay and the memory redb holds for pending commits.
+//! Snapshot installation is always fsynced.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, Stream, StreamExt};
 use openraft::entry::RaftEntry;
@@ -14,7 +28,7 @@ use openraft::storage::{
     EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta,
 };
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
-use redb::{Database, ReadableDatabase};
+use redb::{Database, Durability, ReadableDatabase};
 use tokio::sync::watch;
 
 use super::codec::{decode, encode};
@@ -25,6 +39,10 @@ use crate::state::store::{self, META, META_APPLIED, META_MEMBERSHIP, StateReader
 
 /// Most entries applied in one transaction.
 const APPLY_BATCH_MAX: usize = 512;
+/// Applied entries after which the next apply commit is fsynced.
+pub const CHECKPOINT_ENTRIES: u64 = 10_000;
+/// Time after which the next apply commit is fsynced.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The state machine; clones share the database and snapshot directory.
 #[derive(Clone)]
@@ -32,6 +50,40 @@ pub struct StateMachine {
     db: Arc<Database>,
     snapshot_dir: PathBuf,
     applied: watch::Sender<Option<LogIdOf<TypeConfig>>>,
+    checkpoint: Arc<Mutex<Checkpoint>>,
+}
+
+/// Applied entries not yet fsynced, and when the last fsync was.
+#[derive(Debug)]
+struct Checkpoint {
+    pending_entries: u64,
+    last: Instant,
+}
+
+impl Checkpoint {
+    fn new() -> Self {
+        Self {
+            pending_entries: 0,
+            last: Instant::now(),
+        }
+    }
+
+    /// Counts `entries` about to commit and says whether this commit must be
+    /// fsynced.
+    fn durability_for(&mut self, entries: u64) -> Durability {
+        self.pending_entries += entries;
+        if self.pending_entries >= CHECKPOINT_ENTRIES || self.last.elapsed() >= CHECKPOINT_INTERVAL
+        {
+            Durability::Immediate
+        } else {
+            Durability::None
+        }
+    }
+
+    fn fsynced(&mut self) {
+        self.pending_entries = 0;
+        self.last = Instant::now();
+    }
 }
 
 impl StateMachine {
@@ -63,6 +115,7 @@ impl StateMachine {
             db: Arc::new(db),
             snapshot_dir: snapshot_dir.to_owned(),
             applied: watch::channel(None).0,
+            checkpoint: Arc::new(Mutex::new(Checkpoint::new())),
         };
         let (applied, _) = machine.read_applied()?;
         machine.applied.send_replace(applied);
@@ -89,12 +142,36 @@ impl StateMachine {
         applied_in(&txn)
     }
 
-    /// Applies `entries` in one durable transaction and returns a response
-    /// per entry.
+    fn checkpoint(&self) -> std::sync::MutexGuard<'_, Checkpoint> {
+        // The counters stay meaningful even if a holder panicked.
+        self.checkpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes every commit so far durable: one fsynced, empty commit.
+    fn make_durable(&self) -> io::Result<()> {
+        let subject = "checkpoint applied state";
+        let mut checkpoint = self.checkpoint();
+        let mut txn = self.db.begin_write().map_err(|e| io_error(subject, e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| io_error(subject, e))?;
+        txn.commit().map_err(|e| io_error(subject, e))?;
+        checkpoint.fsynced();
+        Ok(())
+    }
+
+    /// Applies `entries` in one transaction (fsynced only at checkpoints)
+    /// and returns a response per entry.
     fn apply_batch(&self, entries: Vec<super::EntryOf<TypeConfig>>) -> io::Result<Vec<Response>> {
         let subject = "apply entries";
+        let mut checkpoint = self.checkpoint();
+        let durability = checkpoint.durability_for(entries.len() as u64);
         let mut txn = self.db.begin_write().map_err(|e| io_error(subject, e))?;
-        txn.set_two_phase_commit(true);
+        txn.set_durability(durability)
+            .map_err(|e| io_error(subject, e))?;
+        let mut store_batch =
+            store::Batch::begin(&txn).map_err(|e| io_error("begin applying entries", e))?;
         let mut responses = Vec::with_capacity(entries.len());
         let mut last_applied = None;
         let mut membership = None;
@@ -102,7 +179,8 @@ impl StateMachine {
             let log_id = entry.log_id();
             let response = match entry.payload {
                 EntryPayload::Blank => Response::Done,
-                EntryPayload::Normal(request) => store::apply(&txn, &request)
+                EntryPayload::Normal(request) => store_batch
+                    .apply(&request)
                     .map_err(|e| io_error(&format!("apply entry {log_id}"), e))?,
                 EntryPayload::Membership(change) => {
                     membership = Some(StoredMembership::new(Some(log_id), change));
@@ -112,6 +190,9 @@ impl StateMachine {
             last_applied = Some(log_id);
             responses.push(response);
         }
+        store_batch
+            .finish()
+            .map_err(|e| io_error("finish applying entries", e))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| io_error(subject, e))?;
             meta.insert(META_APPLIED, encode(&last_applied)?.as_slice())
@@ -122,6 +203,10 @@ impl StateMachine {
             }
         }
         txn.commit().map_err(|e| io_error(subject, e))?;
+        if matches!(durability, Durability::Immediate) {
+            checkpoint.fsynced();
+        }
+        drop(checkpoint);
         self.applied.send_replace(last_applied);
         Ok(responses)
     }
@@ -129,6 +214,10 @@ impl StateMachine {
     fn build(&self) -> io::Result<NexusSnapshot> {
         let subject = "build snapshot";
         let txn = self.db.begin_read().map_err(|e| io_error(subject, e))?;
+        // openraft purges the log up to the snapshot once it has it: make
+        // the state this view sees durable first, so a crash never leaves
+        // the durable applied id behind the purged log.
+        self.make_durable()?;
         let (last_log_id, last_membership) = applied_in(&txn)?;
         let meta = SnapshotMeta {
             last_log_id,
@@ -151,8 +240,10 @@ impl StateMachine {
     fn install(&self, file: SnapshotFile) -> io::Result<()> {
         let subject = "install snapshot";
         snapshot::verify(&file)?;
+        let mut checkpoint = self.checkpoint();
         let mut txn = self.db.begin_write().map_err(|e| io_error(subject, e))?;
-        txn.set_two_phase_commit(true);
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| io_error(subject, e))?;
         let meta = snapshot::load(&txn, &file)?;
         {
             let mut table = txn.open_table(META).map_err(|e| io_error(subject, e))?;
@@ -164,6 +255,8 @@ impl StateMachine {
                 .map_err(|e| io_error(subject, e))?;
         }
         txn.commit().map_err(|e| io_error(subject, e))?;
+        checkpoint.fsynced();
+        drop(checkpoint);
         // Keep the installed file as our current snapshot.
         let index = meta.last_log_id.as_ref().map_or(0, |log_id| log_id.index());
         let path = self.snapshot_dir.join(snapshot::file_name(index));

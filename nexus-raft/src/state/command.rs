@@ -40,6 +40,7 @@ pub struct RootKeyRecord {
     /// `KeyCheck` of the root key.
     pub key_check: [u8; 32],
     /// The keyring sealed under the root key.
+    #[serde(with = "serde_bytes")]
     pub wrapped_keyring: Vec<u8>,
     /// Shamir n.
     pub shares: u8,
@@ -85,6 +86,7 @@ pub enum Command {
         /// Root key that wraps it (must be current).
         root_key_id: u64,
         /// The sealed keyring.
+        #[serde(with = "serde_bytes")]
         wrapped_keyring: Vec<u8>,
         /// The keyring version it was built from (refused if stale).
         keyring_version: u64,
@@ -94,6 +96,7 @@ pub enum Command {
         /// The secret's path.
         path: String,
         /// Its values, sealed.
+        #[serde(with = "serde_bytes")]
         ciphertext: Vec<u8>,
         /// The data key that sealed them (for the per-key counter).
         data_key_id: u32,
@@ -128,6 +131,7 @@ pub enum Command {
         /// The policy name (its id).
         name: String,
         /// The policy body, sealed.
+        #[serde(with = "serde_bytes")]
         ciphertext: Vec<u8>,
         /// The data key that sealed it.
         data_key_id: u32,
@@ -162,6 +166,7 @@ pub enum Command {
         /// The restore in progress.
         restore_id: u64,
         /// The backup's encoded cluster metadata.
+        #[serde(with = "serde_bytes")]
         cluster: Vec<u8>,
     },
 }

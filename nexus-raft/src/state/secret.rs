@@ -29,6 +29,7 @@ pub type TimeNs = u64;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretVersion {
     /// The sealed values (empty once destroyed).
+    #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
     /// When the version was written.
     pub created_at: TimeNs,
@@ -265,6 +266,38 @@ mod tests {
         SecretRecord::put(record, value.to_vec(), None, MAX_VERSIONS_DEFAULT, 1)
             .expect("unconditional put")
             .0
+    }
+
+    /// Records written before ciphertext went through `serde_bytes` (a
+    /// sequence of u8) must still decode: postcard encodes both alike.
+    #[test]
+    fn byte_fields_keep_the_sequence_encoding() {
+        #[derive(Serialize)]
+        struct AsSequence {
+            ciphertext: Vec<u8>,
+            created_at: TimeNs,
+            deleted_at: Option<TimeNs>,
+            destroyed: bool,
+        }
+        let bytes: Vec<u8> = (0..=255).collect();
+        let old = postcard::to_stdvec(&AsSequence {
+            ciphertext: bytes.clone(),
+            created_at: 7,
+            deleted_at: None,
+            destroyed: false,
+        })
+        .expect("encode");
+        let version = SecretVersion {
+            ciphertext: bytes,
+            created_at: 7,
+            deleted_at: None,
+            destroyed: false,
+        };
+        assert_eq!(postcard::to_stdvec(&version).expect("encode"), old);
+        assert_eq!(
+            postcard::from_bytes::<SecretVersion>(&old).expect("decode"),
+            version
+        );
     }
 
     #[test]
