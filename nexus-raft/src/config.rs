@@ -82,6 +82,12 @@ pub struct Args {
     /// RLIMIT_MEMLOCK or CAP_IPC_LOCK).
     #[arg(long, env = "SPIKE_LOCK_MEMORY")]
     pub lock_memory: bool,
+    /// UNSAFE, for fault-injection tests only: serve linearizable reads
+    /// from local state without a read index, so a partitioned old leader
+    /// answers stale data. The Jepsen harness uses it to prove its
+    /// checker catches stale reads.
+    #[arg(long, env = "SPIKE_NEXUS_UNSAFE_LOCAL_READS", hide = true)]
+    pub unsafe_local_reads: bool,
 }
 
 /// A configuration that cannot work.
@@ -169,6 +175,8 @@ pub struct NexusConfig {
     pub snapshot_every: u64,
     /// Entries kept behind a snapshot.
     pub logs_kept: u64,
+    /// Linearizable reads skip the read index (tests of the checker only).
+    pub unsafe_local_reads: bool,
 }
 
 impl NexusConfig {
@@ -243,6 +251,7 @@ impl NexusConfig {
                 .unwrap_or_else(|| args.data_dir.join("audit.log")),
             snapshot_every: args.snapshot_every,
             logs_kept: args.logs_kept,
+            unsafe_local_reads: args.unsafe_local_reads,
         })
     }
 

@@ -142,7 +142,10 @@ async fn serve(args: Args, hardening: Hardening) -> Result<(), StartupError> {
         keys,
         key_manager.clone(),
         peers,
-        log_at_start,
+        node::ReadSettings {
+            log_at_start,
+            unsafe_local_reads: config.unsafe_local_reads,
+        },
     );
 
     // Listeners: cluster first, so peers can reach us as soon as we vote.

@@ -66,6 +66,17 @@ pub struct Node {
     applied: watch::Receiver<Option<LogIdOf<TypeConfig>>>,
     /// The vote's term and last log index when this process started.
     log_at_start: LogAtStart,
+    /// Linearizable reads skip the read index: unsafe, tests only.
+    unsafe_local_reads: bool,
+}
+
+/// How this replica serves linearizable reads.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadSettings {
+    /// Where the log stood at start (see [`Node::leader_read_index`]).
+    pub log_at_start: LogAtStart,
+    /// Skip the read index: unsafe, for the checker's own test only.
+    pub unsafe_local_reads: bool,
 }
 
 /// Where the log stood when the process started (see
@@ -87,10 +98,21 @@ impl Node {
         keys: Arc<KeyState>,
         key_manager: Arc<KeyManager>,
         peers: Peers,
-        log_at_start: LogAtStart,
+        reads: ReadSettings,
     ) -> Self {
+        let ReadSettings {
+            log_at_start,
+            unsafe_local_reads,
+        } = reads;
+        if unsafe_local_reads {
+            tracing::warn!(
+                "UNSAFE: linearizable reads are served from local state without a read index \
+                 (--unsafe-local-reads); stale reads will happen"
+            );
+        }
         Self {
             log_at_start,
+            unsafe_local_reads,
             id,
             raft,
             state: machine.reader(),
@@ -363,6 +385,9 @@ impl Node {
     /// Returns once this replica has applied everything committed when the
     /// call began, so a read that follows is linearizable.
     pub async fn linearize(&self) -> Result<(), NodeError> {
+        if self.unsafe_local_reads {
+            return Ok(());
+        }
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         let mut hint: Option<(u64, NexusNode)> = None;
         for _ in 0..FORWARD_ATTEMPTS_MAX {

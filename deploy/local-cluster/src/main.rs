@@ -31,6 +31,7 @@ use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use spike_dev_identity::{IdentityDirectory, IdentitySpec};
 
+mod netns;
 mod operator;
 
 #[derive(Parser)]
@@ -73,6 +74,28 @@ enum Action {
         /// Extra workload identity NAME=PATH (served at sockets/NAME.sock).
         #[arg(long = "workload", value_name = "NAME=PATH")]
         workloads: Vec<String>,
+        /// Run every keeper and replica in a network namespace of its own,
+        /// named PREFIX-NAME (needs root; see `cut` and `heal`).
+        #[arg(long, value_name = "PREFIX")]
+        netns: Option<String>,
+        /// The private /24 of the namespaces (three octets).
+        #[arg(long, default_value = "10.213.7", requires = "netns")]
+        netns_subnet: String,
+    },
+    /// Cut the network link between two processes, both ways (--netns
+    /// clusters only).
+    Cut {
+        /// One end.
+        a: String,
+        /// The other end.
+        b: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Remove every cut (--netns clusters only).
+    Heal {
+        #[command(flatten)]
+        common: Common,
     },
     /// Stop every process of the cluster.
     Down {
@@ -128,6 +151,9 @@ struct ClusterFile {
     nexus_args: Vec<String>,
     #[serde(default)]
     workloads: Vec<String>,
+    /// Namespaces, when each process is a host of its own.
+    #[serde(default)]
+    netns: Option<netns::Layout>,
     processes: Vec<Process>,
 }
 
@@ -143,6 +169,9 @@ struct Process {
     pid: Option<u32>,
     data_dir: Option<PathBuf>,
     log: PathBuf,
+    /// Its network namespace, if it has one.
+    #[serde(default)]
+    netns: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -167,8 +196,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             wait_secs,
             nexus_args,
             workloads,
+            netns,
+            netns_subnet,
         } => {
             let dir = absolute(&common.dir)?;
+            let layout = netns
+                .map(|prefix| netns::Layout::new(&prefix, &netns_subnet))
+                .transpose()?;
             let mut cluster = match load(&dir) {
                 Ok(existing) => existing,
                 Err(_) => plan(
@@ -181,6 +215,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         trust_domain,
                         nexus_args,
                         workloads,
+                        netns: layout,
                     },
                 )?,
             };
@@ -195,7 +230,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for index in (0..cluster.processes.len()).rev() {
                 signal(&mut cluster, index, rustix::process::Signal::TERM)?;
             }
+            if let Some(layout) = &cluster.netns {
+                layout.destroy(&hosts(&cluster));
+            }
             save(&cluster)
+        }
+        Action::Cut { a, b, common } => {
+            let cluster = load(&absolute(&common.dir)?)?;
+            let a = host(&cluster, &a)?;
+            let b = host(&cluster, &b)?;
+            netns::cut(&a, &b)
+        }
+        Action::Heal { common } => {
+            let cluster = load(&absolute(&common.dir)?)?;
+            if cluster.netns.is_none() {
+                bail!("this cluster has no network namespaces (up --netns)");
+            }
+            hosts(&cluster).iter().try_for_each(netns::heal)
         }
         Action::Start { name, common } => {
             let mut cluster = load(&absolute(&common.dir)?)?;
@@ -267,6 +318,34 @@ fn save(cluster: &ClusterFile) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The hosts of a --netns cluster, in process order.
+fn hosts(cluster: &ClusterFile) -> Vec<netns::Host> {
+    let Some(layout) = &cluster.netns else {
+        return Vec::new();
+    };
+    cluster
+        .processes
+        .iter()
+        .filter(|process| process.netns.is_some())
+        .enumerate()
+        .map(|(index, process)| layout.host(&process.name, index))
+        .collect()
+}
+
+fn host(cluster: &ClusterFile, name: &str) -> anyhow::Result<netns::Host> {
+    if cluster.netns.is_none() {
+        bail!("this cluster has no network namespaces (up --netns)");
+    }
+    let namespace = cluster.processes[find(cluster, name)?]
+        .netns
+        .clone()
+        .with_context(|| format!("{name} has no namespace of its own"))?;
+    hosts(cluster)
+        .into_iter()
+        .find(|host| host.namespace == namespace)
+        .with_context(|| format!("no host for {name}"))
+}
+
 fn find(cluster: &ClusterFile, name: &str) -> anyhow::Result<usize> {
     cluster
         .processes
@@ -288,6 +367,7 @@ struct Shape {
     trust_domain: String,
     nexus_args: Vec<String>,
     workloads: Vec<String>,
+    netns: Option<netns::Layout>,
 }
 
 fn plan(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
@@ -299,14 +379,26 @@ fn plan(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
         trust_domain,
         nexus_args,
         workloads,
+        netns,
     } = shape;
     if replicas == 0 || keepers == 0 || threshold == 0 || threshold > keepers {
         bail!("need at least one replica and keeper, and 1 <= threshold <= keepers");
     }
-    let port = |offset: u64| -> anyhow::Result<String> {
+    // Hosts in namespaces are numbered in process order (keepers, then
+    // replicas); without namespaces everything is on loopback.
+    let mut hosts = 0;
+    let mut next_host = |name: &str| {
+        let host = netns.as_ref().map(|layout| layout.host(name, hosts));
+        hosts += 1;
+        host
+    };
+    let port = |host: &Option<netns::Host>, offset: u64| -> anyhow::Result<String> {
         let port = u64::from(base_port) + offset;
         let port = u16::try_from(port).context("--base-port leaves no room for every process")?;
-        Ok(format!("127.0.0.1:{port}"))
+        let address = host
+            .as_ref()
+            .map_or("127.0.0.1", |host| host.address.as_str());
+        Ok(format!("{address}:{port}"))
     };
     let sockets = dir.join("identities").join("sockets");
     let socket = |name: &str| format!("unix://{}", sockets.join(format!("{name}.sock")).display());
@@ -322,35 +414,40 @@ fn plan(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
         pid: None,
         data_dir: None,
         log: log("workload-api"),
+        netns: None,
     }];
     for index in 1..=u64::from(keepers) {
         let name = format!("keeper-{index}");
+        let host = next_host(&name);
         processes.push(Process {
             role: "keeper".to_owned(),
             node_id: Some(index),
-            api_addr: Some(port(100 + index)?),
+            api_addr: Some(port(&host, 100 + index)?),
             cluster_addr: None,
             health_addr: None,
             spiffe_endpoint_socket: Some(socket(&name)),
             pid: None,
             data_dir: None,
             log: log(&name),
+            netns: host.map(|host| host.namespace),
             name,
         });
     }
     for id in 1..=replicas {
         let name = format!("nexus-{id}");
         let base = (id - 1) * 10;
+        let host = next_host(&name);
         processes.push(Process {
             role: "nexus".to_owned(),
             node_id: Some(id),
-            api_addr: Some(port(base)?),
-            cluster_addr: Some(port(base + 1)?),
-            health_addr: Some(port(base + 2)?),
+            api_addr: Some(port(&host, base)?),
+            cluster_addr: Some(port(&host, base + 1)?),
+            health_addr: Some(port(&host, base + 2)?),
             spiffe_endpoint_socket: Some(socket(&name)),
             pid: None,
             data_dir: Some(dir.join(&name)),
             log: log(&name),
+            netns: host.map(|host| host.namespace),
             name,
         });
     }
@@ -364,6 +461,7 @@ fn plan(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
         threshold,
         nexus_args,
         workloads,
+        netns,
         processes,
     })
 }
@@ -387,6 +485,14 @@ fn up(cluster: &mut ClusterFile, bin_dir: &Path, wait: Duration) -> anyhow::Resu
         Duration::from_secs(30 * 24 * 3600),
     )?;
     fs::create_dir_all(cluster.dir.join("logs"))?;
+    if let Some(layout) = &cluster.netns
+        && cluster
+            .processes
+            .iter()
+            .all(|process| running(process).is_none())
+    {
+        layout.create(&hosts(cluster))?;
+    }
     for index in 0..cluster.processes.len() {
         if running(&cluster.processes[index]).is_none() {
             start(cluster, index, bin_dir)?;
@@ -470,7 +576,17 @@ fn start(cluster: &mut ClusterFile, index: usize, bin_dir: &Path) -> anyhow::Res
         bail!("{} already runs (pid {pid})", cluster.processes[index].name);
     }
     let process = cluster.processes[index].clone();
-    let mut command = Command::new(binary(bin_dir, &process.role));
+    let program = binary(bin_dir, &process.role);
+    let mut command = match &process.netns {
+        // `ip netns exec` enters the namespace and execs the program, so
+        // the pid recorded is the program's own.
+        Some(namespace) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", namespace]).arg(&program);
+            command
+        }
+        None => Command::new(&program),
+    };
     command.env("SPIKE_TRUST_ROOT", &cluster.trust_domain).env(
         "SPIKE_SYSTEM_LOG_LEVEL",
         std::env::var("SPIKE_SYSTEM_LOG_LEVEL").unwrap_or_else(|_| "info".to_owned()),
@@ -550,6 +666,20 @@ fn start(cluster: &mut ClusterFile, index: usize, bin_dir: &Path) -> anyhow::Res
         .spawn()
         .with_context(|| format!("cannot start {}", process.name))?;
     cluster.processes[index].pid = Some(child.id());
+    if process.netns.is_some() {
+        // `ip` has not necessarily exec'd the program yet.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while running(&cluster.processes[index]).is_none() {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not start in its namespace; see {}",
+                    process.name,
+                    process.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     if process.role == "workload-api" {
         wait_for_sockets(cluster)?;
     }
