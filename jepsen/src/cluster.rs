@@ -1,0 +1,271 @@
+//! The cluster under test: started, faulted and healed through
+//! `spike-cluster` (which owns the processes and, with `--netns`, the
+//! namespaces), addressed through its `cluster.json`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use spike_sdk::client::{NexusClient, RetryPolicy, Settings};
+use spike_sdk::identity::TrustRoots;
+use spike_sdk::svid::SvidSource;
+
+/// A running cluster.
+pub struct Cluster {
+    dir: PathBuf,
+    bin_dir: PathBuf,
+    /// Whether every process is a host of its own (network faults possible).
+    pub netns: bool,
+}
+
+/// A process of the cluster as `cluster.json` lists it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// `nexus-2`, `keeper-4`.
+    pub name: String,
+    /// Its pid while it runs.
+    pub pid: Option<u32>,
+    /// Its API address (replicas and keepers).
+    pub api_addr: Option<SocketAddr>,
+    /// Its health address (replicas).
+    pub health_addr: Option<SocketAddr>,
+}
+
+impl Cluster {
+    /// Starts a cluster of `replicas` replicas and 5 keepers (threshold 3)
+    /// in `dir`, each process in its own network namespace when `netns`
+    /// (name prefix, subnet) is given.
+    pub fn up(
+        dir: &Path,
+        bin_dir: &Path,
+        base_port: u16,
+        netns: Option<(&str, &str)>,
+        replicas: u64,
+        nexus_args: &[String],
+    ) -> anyhow::Result<Self> {
+        let mut args: Vec<String> = vec![
+            "up".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--base-port".into(),
+            base_port.to_string(),
+            "--replicas".into(),
+            replicas.to_string(),
+        ];
+        if let Some((prefix, subnet)) = netns {
+            args.extend([
+                "--netns".into(),
+                prefix.to_owned(),
+                "--netns-subnet".into(),
+                subnet.to_owned(),
+            ]);
+        }
+        args.extend(nexus_args.iter().map(|arg| format!("--nexus-arg={arg}")));
+        let cluster = Self {
+            dir: dir.to_owned(),
+            bin_dir: bin_dir.to_owned(),
+            netns: netns.is_some(),
+        };
+        if let Err(error) =
+            cluster.spike_cluster(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        {
+            // Whatever did start (processes, namespaces) goes away again.
+            let _ = cluster.down();
+            return Err(error);
+        }
+        Ok(cluster)
+    }
+
+    /// Runs `spike-cluster` with `args` on this cluster's directory.
+    fn spike_cluster(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut command = Command::new(self.bin_dir.join("spike-cluster"));
+        command.args(args);
+        if args.first() != Some(&"up") {
+            command.arg("--dir").arg(&self.dir);
+        }
+        let output = command.output().context("cannot run spike-cluster")?;
+        if !output.status.success() {
+            bail!(
+                "spike-cluster {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Every process as `cluster.json` says now.
+    pub fn members(&self) -> anyhow::Result<Vec<Member>> {
+        let text = std::fs::read_to_string(self.dir.join("cluster.json"))?;
+        let file: Value = serde_json::from_str(&text)?;
+        let address = |process: &Value, field: &str| -> Option<SocketAddr> {
+            process[field].as_str().and_then(|text| text.parse().ok())
+        };
+        Ok(file["processes"]
+            .as_array()
+            .context("cluster.json without processes")?
+            .iter()
+            .map(|process| Member {
+                name: process["name"].as_str().unwrap_or_default().to_owned(),
+                pid: process["pid"]
+                    .as_u64()
+                    .and_then(|pid| u32::try_from(pid).ok()),
+                api_addr: address(process, "api_addr"),
+                health_addr: address(process, "health_addr"),
+            })
+            .collect())
+    }
+
+    /// Names of the replicas, `nexus-1` first.
+    pub fn replicas(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .members()?
+            .into_iter()
+            .filter(|member| member.name.starts_with("nexus-"))
+            .map(|member| member.name)
+            .collect())
+    }
+
+    /// Names of the keepers.
+    pub fn keepers(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .members()?
+            .into_iter()
+            .filter(|member| member.name.starts_with("keeper-"))
+            .map(|member| member.name)
+            .collect())
+    }
+
+    /// The API addresses of every replica, in order.
+    pub fn api_addresses(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        Ok(self
+            .members()?
+            .into_iter()
+            .filter(|member| member.name.starts_with("nexus-"))
+            .filter_map(|member| member.api_addr)
+            .collect())
+    }
+
+    /// Kills `name` with SIGKILL.
+    pub fn kill(&self, name: &str) -> anyhow::Result<()> {
+        self.spike_cluster(&["kill", name])
+    }
+
+    /// Starts `name` again (nothing happens if it runs).
+    pub fn start(&self, name: &str) -> anyhow::Result<()> {
+        let running = self
+            .members()?
+            .iter()
+            .any(|member| member.name == name && member.pid.is_some_and(alive));
+        if running {
+            return Ok(());
+        }
+        self.spike_cluster(&["start", name])
+    }
+
+    /// Sends SIGSTOP or SIGCONT to `name`.
+    pub fn pause(&self, name: &str, paused: bool) -> anyhow::Result<()> {
+        let member = self
+            .members()?
+            .into_iter()
+            .find(|member| member.name == name)
+            .with_context(|| format!("no process {name}"))?;
+        let Some(pid) = member.pid.filter(|pid| alive(*pid)) else {
+            return Ok(());
+        };
+        let signal = if paused { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill {signal} {name} (pid {pid}) failed");
+        }
+        Ok(())
+    }
+
+    /// Cuts the link between `a` and `b`.
+    pub fn cut(&self, a: &str, b: &str) -> anyhow::Result<()> {
+        self.spike_cluster(&["cut", a, b])
+    }
+
+    /// Removes every cut.
+    pub fn heal_network(&self) -> anyhow::Result<()> {
+        if self.netns {
+            self.spike_cluster(&["heal"])?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every replica says it is ready; returns how long it took.
+    pub fn wait_ready(&self, limit: Duration) -> anyhow::Result<Duration> {
+        let began = Instant::now();
+        for member in self.members()? {
+            let Some(health) = member.health_addr else {
+                continue;
+            };
+            while !ready(health) {
+                if began.elapsed() > limit {
+                    bail!("{} not ready after {limit:?}", member.name);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(began.elapsed())
+    }
+
+    /// An SDK client as the superuser, with the given endpoints and short
+    /// budgets: a fault shows up as an unknown outcome within seconds.
+    pub async fn client(&self, endpoints: Vec<SocketAddr>) -> anyhow::Result<NexusClient> {
+        let socket = self.dir.join("identities/sockets/superuser.sock");
+        let identity = SvidSource::WorkloadApi {
+            endpoint: format!("unix://{}", socket.display()),
+        }
+        .load(Duration::from_secs(10))
+        .await?;
+        let roots = TrustRoots::from_environment(&[])?;
+        let mut settings = Settings::new(endpoints);
+        settings.request_timeout = Duration::from_millis(1500);
+        settings.retry = RetryPolicy {
+            attempts_max: 6,
+            deadline: Duration::from_secs(3),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(400),
+        };
+        Ok(NexusClient::new(identity, roots, settings)?)
+    }
+
+    /// Stops everything and removes the namespaces.
+    pub fn down(&self) -> anyhow::Result<()> {
+        // Paused processes do not die of SIGTERM: wake them first.
+        for member in self.members()? {
+            let _ = self.pause(&member.name, false);
+        }
+        self.spike_cluster(&["down"])
+    }
+}
+
+/// Whether `pid` exists.
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Whether the health listener at `address` says ready.
+pub fn ready(address: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200))
+    else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream
+        .write_all(b"GET /readyz HTTP/1.0\r\nHost: jepsen\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+}

@@ -1,0 +1,272 @@
+//! Nemeses: faults injected on a schedule (a quiet spell, a fault held for
+//! a while, its healing), every one healed at the end.
+
+use std::time::{Duration, Instant};
+
+use spike_sdk::client::NexusClient;
+
+use crate::cluster::Cluster;
+use crate::recorder::{Recorder, Rng};
+
+/// The faults a run can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Nemesis {
+    /// No faults: the baseline.
+    None,
+    /// Cut one random replica off from the other replicas.
+    PartitionOne,
+    /// Cut the leader off from the other replicas.
+    PartitionLeader,
+    /// Split the replicas into a random minority and majority.
+    PartitionHalves,
+    /// Each replica reaches only its two neighbours (5 replicas to matter).
+    PartitionRing,
+    /// Two halves that reach each other only through one bridge replica.
+    PartitionBridge,
+    /// kill -9 of the leader, restarted at healing.
+    KillLeader,
+    /// kill -9 of a random replica.
+    KillRandom,
+    /// kill -9 of a majority of replicas.
+    KillMajority,
+    /// SIGSTOP of the leader, SIGCONT at healing.
+    PauseLeader,
+    /// SIGSTOP of a random replica.
+    PauseRandom,
+    /// kill -9 of every keeper, restarted empty at healing.
+    KeepersKill,
+    /// Cut every replica off from every keeper.
+    KeepersPartition,
+    /// A random one of the above for each fault.
+    Mix,
+}
+
+/// Faults `Mix` chooses from.
+const MIX: [Nemesis; 12] = [
+    Nemesis::PartitionOne,
+    Nemesis::PartitionLeader,
+    Nemesis::PartitionHalves,
+    Nemesis::PartitionRing,
+    Nemesis::PartitionBridge,
+    Nemesis::KillLeader,
+    Nemesis::KillRandom,
+    Nemesis::KillMajority,
+    Nemesis::PauseLeader,
+    Nemesis::PauseRandom,
+    Nemesis::KeepersKill,
+    Nemesis::KeepersPartition,
+];
+
+impl Nemesis {
+    /// Whether it needs hosts of their own.
+    pub fn needs_network(self) -> bool {
+        matches!(
+            self,
+            Self::PartitionOne
+                | Self::PartitionLeader
+                | Self::PartitionHalves
+                | Self::PartitionRing
+                | Self::PartitionBridge
+                | Self::KeepersPartition
+                | Self::Mix
+        )
+    }
+}
+
+/// One fault as it happened.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FaultWindow {
+    /// Which fault.
+    pub fault: Nemesis,
+    /// Processes it hit.
+    pub targets: Vec<String>,
+    /// When it was in place, ns since the run began.
+    pub start_ns: u64,
+    /// When it was healed.
+    pub end_ns: u64,
+}
+
+/// The leader's process name, as the first replica that answers says.
+pub async fn leader_name(client: &NexusClient) -> Option<String> {
+    let status = client.cluster_status().await.ok()?;
+    status["leaderId"].as_u64().map(|id| format!("nexus-{id}"))
+}
+
+/// Replica pairs to cut so that only `links` remain (by position).
+fn cuts_except(
+    replicas: &[String],
+    connected: impl Fn(usize, usize) -> bool,
+) -> Vec<(String, String)> {
+    let mut cuts = Vec::new();
+    for a in 0..replicas.len() {
+        for b in a + 1..replicas.len() {
+            if !connected(a, b) {
+                cuts.push((replicas[a].clone(), replicas[b].clone()));
+            }
+        }
+    }
+    cuts
+}
+
+/// Injects `fault`; returns the targets (what healing must undo is
+/// "everything", so it need not be remembered).
+async fn inject(
+    fault: Nemesis,
+    cluster: &Cluster,
+    client: &NexusClient,
+    rng: &mut Rng,
+) -> anyhow::Result<Vec<String>> {
+    let replicas = cluster.replicas()?;
+    let n = replicas.len();
+    let random = replicas[rng.below(n as u64) as usize].clone();
+    let leader = leader_name(client).await.unwrap_or_else(|| random.clone());
+    let mut shuffled = replicas.clone();
+    for i in (1..n).rev() {
+        shuffled.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let isolate = |target: &str| -> anyhow::Result<()> {
+        for other in replicas.iter().filter(|other| *other != target) {
+            cluster.cut(target, other)?;
+        }
+        Ok(())
+    };
+    Ok(match fault {
+        Nemesis::None | Nemesis::Mix => Vec::new(),
+        Nemesis::PartitionOne => {
+            isolate(&random)?;
+            vec![random]
+        }
+        Nemesis::PartitionLeader => {
+            isolate(&leader)?;
+            vec![leader]
+        }
+        Nemesis::PartitionHalves => {
+            let minority = &shuffled[..(n - 1) / 2];
+            for a in minority {
+                for b in shuffled[(n - 1) / 2..].iter() {
+                    cluster.cut(a, b)?;
+                }
+            }
+            minority.to_vec()
+        }
+        Nemesis::PartitionRing => {
+            let ring = |a: usize, b: usize| (a + 1) % n == b || (b + 1) % n == a;
+            for (a, b) in cuts_except(&shuffled, ring) {
+                cluster.cut(&a, &b)?;
+            }
+            shuffled.clone()
+        }
+        Nemesis::PartitionBridge => {
+            // shuffled[0] is the bridge; the rest split in two halves.
+            let half = (n - 1) / 2;
+            let side = |i: usize| usize::from(i > half);
+            let bridged = |a: usize, b: usize| a == 0 || b == 0 || side(a) == side(b);
+            for (a, b) in cuts_except(&shuffled, bridged) {
+                cluster.cut(&a, &b)?;
+            }
+            vec![shuffled[0].clone()]
+        }
+        Nemesis::KillLeader => {
+            cluster.kill(&leader)?;
+            vec![leader]
+        }
+        Nemesis::KillRandom => {
+            cluster.kill(&random)?;
+            vec![random]
+        }
+        Nemesis::KillMajority => {
+            let majority = shuffled[..n / 2 + 1].to_vec();
+            for name in &majority {
+                cluster.kill(name)?;
+            }
+            majority
+        }
+        Nemesis::PauseLeader => {
+            cluster.pause(&leader, true)?;
+            vec![leader]
+        }
+        Nemesis::PauseRandom => {
+            cluster.pause(&random, true)?;
+            vec![random]
+        }
+        Nemesis::KeepersKill => {
+            let keepers = cluster.keepers()?;
+            for keeper in &keepers {
+                cluster.kill(keeper)?;
+            }
+            keepers
+        }
+        Nemesis::KeepersPartition => {
+            let keepers = cluster.keepers()?;
+            for replica in &replicas {
+                for keeper in &keepers {
+                    cluster.cut(replica, keeper)?;
+                }
+            }
+            keepers
+        }
+    })
+}
+
+/// Undoes every fault: links healed, processes woken and started.
+pub fn heal_all(cluster: &Cluster) -> anyhow::Result<()> {
+    cluster.heal_network()?;
+    for member in cluster.members()? {
+        if member.name.starts_with("nexus-") || member.name.starts_with("keeper-") {
+            cluster.pause(&member.name, false)?;
+        }
+    }
+    // Keepers first, so restarted replicas find their shares.
+    for keeper in cluster.keepers()? {
+        cluster.start(&keeper)?;
+    }
+    for replica in cluster.replicas()? {
+        cluster.start(&replica)?;
+    }
+    Ok(())
+}
+
+/// The schedule: until `deadline`, a quiet spell of 2 to 4 s, then a fault
+/// held 3 to 6 s, then healing. Returns the windows.
+pub async fn run(
+    nemesis: Nemesis,
+    cluster: &Cluster,
+    client: &NexusClient,
+    recorder: &Recorder,
+    seed: u64,
+    deadline: Instant,
+) -> anyhow::Result<Vec<FaultWindow>> {
+    let mut rng = Rng::new(seed ^ 0x6E65_6D65_7369_7321);
+    let mut windows = Vec::new();
+    if nemesis == Nemesis::None {
+        tokio::time::sleep_until(deadline.into()).await;
+        return Ok(windows);
+    }
+    loop {
+        let quiet = Duration::from_millis(2000 + rng.below(2000));
+        let hold = Duration::from_millis(3000 + rng.below(3000));
+        if Instant::now() + quiet + hold > deadline {
+            break;
+        }
+        tokio::time::sleep(quiet).await;
+        let fault = if nemesis == Nemesis::Mix {
+            *rng.pick(&MIX)
+        } else {
+            nemesis
+        };
+        let targets = inject(fault, cluster, client, &mut rng).await?;
+        // The window opens once the fault is in place.
+        let start_ns = recorder.now_ns();
+        tokio::time::sleep(hold).await;
+        heal_all(cluster)?;
+        windows.push(FaultWindow {
+            fault,
+            targets,
+            start_ns,
+            end_ns: recorder.now_ns(),
+        });
+    }
+    tokio::time::sleep_until(deadline.into()).await;
+    Ok(windows)
+}

@@ -1,0 +1,196 @@
+//! Workloads: what each client does, through the SDK, and how a result
+//! becomes a history completion. Timeouts and unreachable clusters are
+//! `info` for anything that writes (it may have happened); a failed read
+//! is `fail` (it changed nothing).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use spike_sdk::client::{Error, NexusClient};
+
+use crate::history::EventKind;
+use crate::recorder::{Invocation, Recorder, Rng};
+
+/// The workloads a run can drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Read, version, write and compare-and-set on a few keys; checked for
+    /// linearizability per key.
+    Register,
+    /// Unique adds (one new path each); the final read must hold every
+    /// acknowledged add once.
+    Set,
+}
+
+/// Path prefix of every key a run writes.
+pub const PREFIX: &str = "jepsen";
+
+/// The path of register key `key`.
+pub fn register_path(key: u64) -> String {
+    format!("{PREFIX}/register/{key}")
+}
+
+/// The path of set element `element`.
+pub fn set_path(element: u64) -> String {
+    format!("{PREFIX}/set/{element}")
+}
+
+fn values(value: u64) -> BTreeMap<String, String> {
+    BTreeMap::from([("v".to_owned(), value.to_string())])
+}
+
+/// How a write's error reads in the history: `fail` only when it certainly
+/// did not happen.
+fn write_outcome(error: &Error) -> EventKind {
+    match error {
+        Error::Denied | Error::BadRequest | Error::TooLarge | Error::Settings(_) => EventKind::Fail,
+        _ => EventKind::Info,
+    }
+}
+
+fn error_text(error: &Error) -> String {
+    match error {
+        Error::Conflict => "conflict".to_owned(),
+        Error::NotFound => "not-found".to_owned(),
+        Error::NotReady(_) => "not-ready".to_owned(),
+        Error::Unreachable(_) => "unreachable".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// One client: runs `workload` until `deadline`.
+pub async fn client_loop(
+    workload: Workload,
+    process: u64,
+    client: NexusClient,
+    recorder: &Recorder,
+    keys: u64,
+    seed: u64,
+    deadline: Instant,
+) {
+    let mut rng = Rng::new(seed ^ process.wrapping_mul(0x2545_F491_4F6C_DD1D));
+    let mut counter = 0u64;
+    // Versions this client last saw, for its compare-and-sets.
+    let mut seen: HashMap<u64, u64> = HashMap::new();
+    while Instant::now() < deadline {
+        counter += 1;
+        let unique = process * 1_000_000 + counter;
+        let node = client.known_leader().map(|address| address.to_string());
+        match workload {
+            Workload::Register => {
+                let key = rng.below(keys.max(1));
+                let path = register_path(key);
+                let roll = rng.below(100);
+                let (f, value) = match roll {
+                    0..40 => ("read", Value::Null),
+                    40..55 => ("version", Value::Null),
+                    55..85 => ("write", json!(unique)),
+                    _ => (
+                        "cas",
+                        json!({ "expected": seen.get(&key).copied().unwrap_or(0), "value": unique }),
+                    ),
+                };
+                let invocation = Invocation {
+                    process,
+                    f,
+                    key: Some(key.to_string()),
+                    value,
+                    node,
+                };
+                recorder.invoke(&invocation);
+                let (kind, result, error) = match f {
+                    "read" => match client.get_secret(&path, None).await {
+                        Ok(found) => {
+                            let value = found.get("v").and_then(|v| v.parse::<u64>().ok());
+                            (EventKind::Ok, json!(value), None)
+                        }
+                        Err(Error::NotFound) => (EventKind::Ok, Value::Null, None),
+                        Err(error) => (EventKind::Fail, Value::Null, Some(error_text(&error))),
+                    },
+                    "version" => match client.secret_metadata(&path).await {
+                        Ok(metadata) => {
+                            seen.insert(key, metadata.current_version);
+                            (EventKind::Ok, json!(metadata.current_version), None)
+                        }
+                        Err(Error::NotFound) => {
+                            seen.insert(key, 0);
+                            (EventKind::Ok, json!(0), None)
+                        }
+                        Err(error) => (EventKind::Fail, Value::Null, Some(error_text(&error))),
+                    },
+                    "write" => match client.put_secret(&path, &values(unique), None).await {
+                        Ok(()) => (EventKind::Ok, json!(unique), None),
+                        Err(error) => (
+                            write_outcome(&error),
+                            json!(unique),
+                            Some(error_text(&error)),
+                        ),
+                    },
+                    _ => {
+                        let expected = invocation.value["expected"].as_u64().unwrap_or(0);
+                        match client
+                            .put_secret(&path, &values(unique), Some(expected))
+                            .await
+                        {
+                            Ok(()) => {
+                                seen.insert(key, expected + 1);
+                                (EventKind::Ok, invocation.value.clone(), None)
+                            }
+                            Err(Error::Conflict) => {
+                                seen.remove(&key);
+                                (
+                                    EventKind::Fail,
+                                    invocation.value.clone(),
+                                    Some("conflict".to_owned()),
+                                )
+                            }
+                            Err(error) => (
+                                write_outcome(&error),
+                                invocation.value.clone(),
+                                Some(error_text(&error)),
+                            ),
+                        }
+                    }
+                };
+                recorder.complete(&invocation, kind, result, error);
+            }
+            Workload::Set => {
+                let invocation = Invocation {
+                    process,
+                    f: "add",
+                    key: None,
+                    value: json!(unique),
+                    node,
+                };
+                recorder.invoke(&invocation);
+                let (kind, error) = match client
+                    .put_secret(&set_path(unique), &values(unique), None)
+                    .await
+                {
+                    Ok(()) => (EventKind::Ok, None),
+                    Err(error) => (write_outcome(&error), Some(error_text(&error))),
+                };
+                recorder.complete(&invocation, kind, json!(unique), error);
+            }
+        }
+    }
+}
+
+/// The set as it stands: element -> versions of its path.
+pub async fn read_set(client: &NexusClient) -> Result<BTreeMap<u64, u64>, Error> {
+    let prefix = format!("{PREFIX}/set/");
+    let mut found = BTreeMap::new();
+    for path in client.list_secrets().await? {
+        let Some(element) = path
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let metadata = client.secret_metadata(&path).await?;
+        found.insert(element, metadata.current_version);
+    }
+    Ok(found)
+}
