@@ -14,7 +14,9 @@ use tokio::sync::watch;
 
 use crate::cluster::peers::Peers;
 use crate::cluster::proto::Frame;
-use crate::cluster::service::{known_leader, leader_read_index, leader_write};
+use crate::cluster::service::{
+    known_leader, leader_read_index, leader_without_quorum, leader_write,
+};
 use crate::cluster::{FORWARD_TIMEOUT, ForwardError, LeaderOp, LeaderReply};
 use crate::keys::KeyState;
 use crate::keys::manager::{KeyError, KeyManager};
@@ -169,6 +171,9 @@ impl Node {
     /// Runs `op` on the leader, wherever it is: here, or forwarded over the
     /// cluster port, following leader changes a few hops.
     pub async fn execute(&self, op: LeaderOp) -> Result<LeaderReply, NodeError> {
+        if leader_without_quorum(&self.raft) {
+            return Err(NodeError::NoLeader);
+        }
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         let mut hint: Option<(u64, NexusNode)> = None;
         for _ in 0..FORWARD_ATTEMPTS_MAX {
@@ -387,6 +392,9 @@ impl Node {
     pub async fn linearize(&self) -> Result<(), NodeError> {
         if self.unsafe_local_reads {
             return Ok(());
+        }
+        if leader_without_quorum(&self.raft) {
+            return Err(NodeError::NoLeader);
         }
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         let mut hint: Option<(u64, NexusNode)> = None;

@@ -54,6 +54,9 @@ pub fn known_leader(raft: &NexusRaft) -> Option<(u64, crate::raft::NexusNode)> {
     let metrics = raft.metrics();
     let metrics = metrics.borrow_watched();
     let leader = metrics.current_leader?;
+    if leader == metrics.id && !quorum_fresh(&metrics) {
+        return None;
+    }
     let node = metrics
         .membership_config
         .membership()
@@ -62,14 +65,64 @@ pub fn known_leader(raft: &NexusRaft) -> Option<(u64, crate::raft::NexusNode)> {
     Some((leader, node))
 }
 
+/// How long a leader may go without a quorum acknowledging it before it
+/// stops calling itself the leader ("check quorum"): a little more than the
+/// longest election timeout, by when the others are electing a new one.
+/// Requests then fail at once with 503 and no leader hint, so clients move
+/// to another node instead of waiting out their timeout on a leader cut off
+/// from its followers.
+pub const QUORUM_LOST_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether this node, as leader, heard from a quorum recently.
+fn quorum_fresh(metrics: &openraft::RaftMetrics<TypeConfig>) -> bool {
+    use openraft::async_runtime::Instant as _;
+    if metrics.membership_config.membership().voter_ids().count() <= 1 {
+        return true;
+    }
+    metrics
+        .last_quorum_acked
+        .as_ref()
+        .is_some_and(|acked| acked.elapsed() < QUORUM_LOST_AFTER)
+}
+
+/// Whether Raft calls this node the leader but a quorum has not answered
+/// it for [`QUORUM_LOST_AFTER`].
+pub fn leader_without_quorum(raft: &NexusRaft) -> bool {
+    use openraft::async_runtime::WatchReceiver;
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow_watched();
+    metrics.current_leader == Some(metrics.id) && !quorum_fresh(&metrics)
+}
+
+/// Resolves once this leader has lost its quorum (checked every 50 ms).
+async fn quorum_lost(raft: &NexusRaft) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if leader_without_quorum(raft) {
+            return;
+        }
+    }
+}
+
 /// Applies `request` through Raft on this replica, which must be the
-/// leader; the leader's clock stamps it.
+/// leader; the leader's clock stamps it. If the leader loses its quorum
+/// while the entry is in flight, the caller gets an unknown outcome at
+/// once (the entry may still commit if the partition heals in time, so a
+/// retry must carry the same session to stay exactly-once).
 pub async fn leader_write(
     raft: &NexusRaft,
     mut request: command::Request,
 ) -> Result<command::Response, ForwardError> {
     request.time_ns = crate::clock::now_ns();
-    match raft.client_write(request).await {
+    let written = tokio::select! {
+        written = raft.client_write(request) => written,
+        () = quorum_lost(raft) => {
+            return Err(ForwardError::Unavailable(
+                "the leader lost its quorum; the write may or may not apply".to_owned(),
+            ));
+        }
+    };
+    match written {
         Ok(written) => Ok(written.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
             Err(ForwardError::NotLeader {
@@ -83,7 +136,13 @@ pub async fn leader_write(
 /// The leader's read index: once a replica has applied it, a read there is
 /// linearizable.
 pub async fn leader_read_index(raft: &NexusRaft) -> Result<u64, ForwardError> {
-    match raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+    let linearizer = tokio::select! {
+        linearizer = raft.get_read_linearizer(ReadPolicy::ReadIndex) => linearizer,
+        () = quorum_lost(raft) => {
+            return Err(ForwardError::NotLeader { leader: None });
+        }
+    };
+    match linearizer {
         Ok(linearizer) => Ok(linearizer.read_log_id().index()),
         Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward))) => {
             Err(ForwardError::NotLeader {
