@@ -219,6 +219,17 @@ impl Cluster {
     /// An SDK client as the superuser, with the given endpoints and short
     /// budgets: a fault shows up as an unknown outcome within seconds.
     pub async fn client(&self, endpoints: Vec<SocketAddr>) -> anyhow::Result<NexusClient> {
+        self.client_with(endpoints, true).await
+    }
+
+    /// Like [`Self::client`]; with `follow_leader` false the client stays
+    /// on its endpoints (pinned to a node), which forward writes and serve
+    /// linearizable reads through a read index.
+    pub async fn client_with(
+        &self,
+        endpoints: Vec<SocketAddr>,
+        follow_leader: bool,
+    ) -> anyhow::Result<NexusClient> {
         let socket = self.dir.join("identities/sockets/superuser.sock");
         let identity = SvidSource::WorkloadApi {
             endpoint: format!("unix://{}", socket.display()),
@@ -234,6 +245,7 @@ impl Cluster {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_millis(400),
         };
+        settings.follow_leader = follow_leader;
         Ok(NexusClient::new(identity, roots, settings)?)
     }
 

@@ -223,15 +223,29 @@ async fn drive(args: &RunArgs, cluster: &Cluster, out: &Path) -> anyhow::Result<
     );
     let mut workers = Vec::new();
     for process in 0..args.clients {
-        // Each client starts from a different node.
-        let mut order = endpoints.clone();
-        let shift = process as usize % order.len().max(1);
-        order.rotate_left(shift);
-        let client = cluster.client(order).await?;
+        // Even clients follow the leader from a different first node each;
+        // odd ones are pinned to one node (as Jepsen binds clients to
+        // nodes), so forwarding and follower read indexes are under test.
+        let node = endpoints[process as usize % endpoints.len().max(1)];
+        let client = if process % 2 == 0 {
+            let mut order = endpoints.clone();
+            let shift = process as usize % order.len().max(1);
+            order.rotate_left(shift);
+            cluster.client(order).await?
+        } else {
+            cluster.client_with(vec![node], false).await?
+        };
         let recorder = recorder.clone();
-        let (workload, keys, seed) = (args.workload, args.keys, args.seed);
+        let spec = workload::ClientSpec {
+            workload: args.workload,
+            process,
+            keys: args.keys,
+            seed: args.seed,
+            deadline,
+            pinned: (process % 2 == 1).then_some(node),
+        };
         workers.push(tokio::spawn(async move {
-            workload::client_loop(workload, process, client, &recorder, keys, seed, deadline).await;
+            workload::client_loop(spec, client, &recorder).await;
         }));
     }
     let nemesis_client = cluster.client(endpoints.clone()).await?;

@@ -60,16 +60,33 @@ fn error_text(error: &Error) -> String {
     }
 }
 
-/// One client: runs `workload` until `deadline`.
-pub async fn client_loop(
-    workload: Workload,
-    process: u64,
-    client: NexusClient,
-    recorder: &Recorder,
-    keys: u64,
-    seed: u64,
-    deadline: Instant,
-) {
+/// What one client does.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSpec {
+    /// The workload.
+    pub workload: Workload,
+    /// Its process number in the history.
+    pub process: u64,
+    /// Register keys to spread over.
+    pub keys: u64,
+    /// The run's seed.
+    pub seed: u64,
+    /// When to stop.
+    pub deadline: Instant,
+    /// The node it is pinned to, if it does not follow the leader.
+    pub pinned: Option<std::net::SocketAddr>,
+}
+
+/// One client: runs its workload until its deadline.
+pub async fn client_loop(spec: ClientSpec, client: NexusClient, recorder: &Recorder) {
+    let ClientSpec {
+        workload,
+        process,
+        keys,
+        seed,
+        deadline,
+        pinned,
+    } = spec;
     let mut rng = Rng::new(seed ^ process.wrapping_mul(0x2545_F491_4F6C_DD1D));
     let mut counter = 0u64;
     // Versions this client last saw, for its compare-and-sets.
@@ -77,7 +94,9 @@ pub async fn client_loop(
     while Instant::now() < deadline {
         counter += 1;
         let unique = process * 1_000_000 + counter;
-        let node = client.known_leader().map(|address| address.to_string());
+        let node = pinned
+            .or_else(|| client.known_leader())
+            .map(|address| address.to_string());
         match workload {
             Workload::Register => {
                 let key = rng.below(keys.max(1));

@@ -79,6 +79,12 @@ pub struct Settings {
     pub response_limit: usize,
     /// Retry budget per operation.
     pub retry: RetryPolicy,
+    /// Send writes and linearizable reads straight to the leader (the
+    /// default). When false the client only ever talks to its endpoints,
+    /// which forward writes and serve linearizable reads after a read
+    /// index: a client pinned to one node, say for locality, or to test
+    /// that path.
+    pub follow_leader: bool,
 }
 
 impl Settings {
@@ -90,6 +96,7 @@ impl Settings {
             request_timeout: Duration::from_secs(5),
             response_limit: RESPONSE_SIZE_MAX_BYTES,
             retry: RetryPolicy::default(),
+            follow_leader: true,
         }
     }
 }
@@ -177,6 +184,7 @@ pub struct NexusClient {
     pool: Pool,
     endpoints: Vec<SocketAddr>,
     retry: RetryPolicy,
+    follow_leader: bool,
     leader: Mutex<Option<SocketAddr>>,
     cursor: AtomicUsize,
     idle_sessions: Mutex<Vec<Session>>,
@@ -212,6 +220,7 @@ impl NexusClient {
             pool: Pool::new(config, settings.request_timeout, settings.response_limit),
             endpoints: settings.endpoints,
             retry: settings.retry,
+            follow_leader: settings.follow_leader,
             leader: Mutex::new(None),
             cursor: AtomicUsize::new(0),
             idle_sessions: Mutex::new(Vec::new()),
@@ -558,6 +567,7 @@ impl NexusClient {
     /// endpoints in turn.
     fn target(&self, consistency: Consistency) -> SocketAddr {
         if consistency == Consistency::Leader
+            && self.follow_leader
             && let Some(leader) = self.known_leader()
         {
             return leader;
