@@ -180,7 +180,7 @@ impl StateMachine {
             let response = match entry.payload {
                 EntryPayload::Blank => Response::Done,
                 EntryPayload::Normal(request) => store_batch
-                    .apply(&request)
+                    .apply(log_id.index(), &request)
                     .map_err(|e| io_error(&format!("apply entry {log_id}"), e))?,
                 EntryPayload::Membership(change) => {
                     membership = Some(StoredMembership::new(Some(log_id), change));

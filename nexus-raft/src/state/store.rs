@@ -23,7 +23,7 @@ pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets"
 pub const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
 /// Client id -> [`SessionRecord`].
 pub const SESSIONS: TableDefinition<u128, &[u8]> = TableDefinition::new("sessions");
-/// (last used, client id), to expire sessions oldest first.
+/// (last used log index, client id), to expire sessions oldest first.
 pub const SESSION_EXPIRY: TableDefinition<(u64, u128), ()> = TableDefinition::new("session_expiry");
 /// Cluster metadata and Raft's applied state, by key.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -39,8 +39,13 @@ pub const META_MEMBERSHIP: &str = "membership";
 pub const SESSIONS_MAX: u64 = 65_536;
 /// Most policies a cluster holds.
 pub const POLICIES_MAX: u64 = 10_000;
-/// A session unused for this long (log time) is forgotten.
-pub const SESSION_IDLE_EXPIRY_NS: u64 = 60 * 60 * 1_000_000_000;
+/// A session unused for this many log entries is forgotten. By log
+/// position, not time: a leader whose clock jumps a day ahead stamps a day
+/// of log time on one entry, and expiry by time would forget every session
+/// at once, so a write retried across that jump would apply twice. A
+/// million entries outlast any retry budget (the SDK's is 15 s, 150,000
+/// entries at 10,000 writes per second).
+pub const SESSION_IDLE_ENTRIES: u64 = 1_000_000;
 /// Most sessions expired by one apply, so apply time stays bounded.
 const SESSIONS_EXPIRED_PER_APPLY_MAX: usize = 64;
 
@@ -86,8 +91,8 @@ pub struct SessionRecord {
     pub last_sequence: u64,
     /// What it returned.
     pub response: Response,
-    /// Log time of that write.
-    pub last_used_ns: TimeNs,
+    /// Log index of that write.
+    pub last_used_index: u64,
 }
 
 /// A failure of the storage underneath apply (never a refusal: those are
@@ -184,8 +189,8 @@ impl<'t> Batch<'t> {
         })
     }
 
-    /// Applies one request.
-    pub fn apply(&mut self, request: &Request) -> Result<Response, StoreError> {
+    /// Applies one request, the entry at log `index`.
+    pub fn apply(&mut self, index: u64, request: &Request) -> Result<Response, StoreError> {
         let txn = self.txn;
         let meta = &mut self.meta;
         meta.log_time_ns = meta.log_time_ns.max(request.time_ns);
@@ -210,7 +215,7 @@ impl<'t> Batch<'t> {
             Some(ref mut tables) => tables,
             None => self.tables.insert(Tables::open(txn)?),
         };
-        expire_sessions(&mut tables.sessions, &mut tables.expiry, now)?;
+        expire_sessions(&mut tables.sessions, &mut tables.expiry, index)?;
 
         if let Some(session) = request.session
             && let Some(bytes) = redb_try!("read session", tables.sessions.get(session.client_id))?
@@ -237,7 +242,7 @@ impl<'t> Batch<'t> {
                 &mut tables.expiry,
                 session,
                 &response,
-                now,
+                index,
             )?;
         }
         Ok(response)
@@ -256,9 +261,13 @@ impl<'t> Batch<'t> {
 
 /// Applies one request inside `txn` (a batch of one).
 #[cfg(test)]
-pub fn apply(txn: &WriteTransaction, request: &Request) -> Result<Response, StoreError> {
+pub fn apply(
+    txn: &WriteTransaction,
+    index: u64,
+    request: &Request,
+) -> Result<Response, StoreError> {
     let mut batch = Batch::begin(txn)?;
-    let response = batch.apply(request)?;
+    let response = batch.apply(index, request)?;
     batch.finish()?;
     Ok(response)
 }
@@ -515,9 +524,9 @@ fn apply_restore(
 fn expire_sessions(
     sessions: &mut redb::Table<u128, &[u8]>,
     expiry: &mut redb::Table<(u64, u128), ()>,
-    now: TimeNs,
+    index: u64,
 ) -> Result<(), StoreError> {
-    let cutoff = now.saturating_sub(SESSION_IDLE_EXPIRY_NS);
+    let cutoff = index.saturating_sub(SESSION_IDLE_ENTRIES);
     for _ in 0..SESSIONS_EXPIRED_PER_APPLY_MAX {
         let oldest = redb_try!("read session expiry", expiry.first())?.map(|(key, _)| key.value());
         match oldest {
@@ -536,10 +545,10 @@ fn record_session(
     expiry: &mut redb::Table<(u64, u128), ()>,
     session: SessionRef,
     response: &Response,
-    now: TimeNs,
+    index: u64,
 ) -> Result<(), StoreError> {
     let previous = match redb_try!("read session", sessions.get(session.client_id))? {
-        Some(bytes) => Some(decode::<SessionRecord>("session", bytes.value())?.last_used_ns),
+        Some(bytes) => Some(decode::<SessionRecord>("session", bytes.value())?.last_used_index),
         None => None,
     };
     match previous {
@@ -562,7 +571,7 @@ fn record_session(
     let record = SessionRecord {
         last_sequence: session.sequence,
         response: response.clone(),
-        last_used_ns: now,
+        last_used_index: index,
     };
     redb_try!(
         "write session",
@@ -570,7 +579,7 @@ fn record_session(
     )?;
     redb_try!(
         "write session expiry",
-        expiry.insert((now, session.client_id), ())
+        expiry.insert((index, session.client_id), ())
     )?;
     Ok(())
 }
@@ -687,9 +696,20 @@ mod tests {
         (dir, db)
     }
 
+    thread_local! {
+        /// The next log index a test applies at.
+        static NEXT_INDEX: std::cell::Cell<u64> = const { std::cell::Cell::new(1) };
+    }
+
     fn run(db: &redb::Database, request: Request) -> Response {
+        let index = NEXT_INDEX.replace(NEXT_INDEX.get() + 1);
+        run_at(db, index, request)
+    }
+
+    fn run_at(db: &redb::Database, index: u64, request: Request) -> Response {
+        NEXT_INDEX.set(index + 1);
         let txn = db.begin_write().expect("write");
-        let response = apply(&txn, &request).expect("apply");
+        let response = apply(&txn, index, &request).expect("apply");
         txn.commit().expect("commit");
         response
     }
@@ -790,21 +810,47 @@ mod tests {
     }
 
     #[test]
-    fn sessions_expire_by_log_time_not_wall_clock() {
+    fn sessions_expire_by_log_position() {
         let (_dir, db) = database();
         run(&db, request(initialize(), None, 1));
         let session = SessionRef {
             client_id: 7,
             sequence: 5,
         };
-        run(&db, request(put("p"), Some(session), 10));
-        // A later leader with a clock behind does not move log time back.
-        run(&db, request(put("q"), None, 5));
-        let later = 10 + SESSION_IDLE_EXPIRY_NS + 1;
-        run(&db, request(put("q"), None, later));
-        // The session is gone, so the same sequence applies again.
-        let again = run(&db, request(put("p"), Some(session), later + 1));
+        let first = run_at(&db, 10, request(put("p"), Some(session), 10));
+        assert_eq!(first, Response::Written(Written { version: 1 }));
+        // Still remembered just before the limit: the retry gets the
+        // original answer, nothing is applied.
+        run_at(&db, 9 + SESSION_IDLE_ENTRIES, request(put("q"), None, 11));
+        let retried = run(&db, request(put("p"), Some(session), 12));
+        assert_eq!(retried, first);
+        // Forgotten past it: the same sequence applies again.
+        run_at(
+            &db,
+            20 + 2 * SESSION_IDLE_ENTRIES,
+            request(put("q"), None, 13),
+        );
+        let again = run(&db, request(put("p"), Some(session), 14));
         assert_eq!(again, Response::Written(Written { version: 2 }));
+    }
+
+    /// Regression (clock-jump nemesis): a leader whose clock jumps a day
+    /// ahead must not make the sessions expire, or a write retried across
+    /// the jump applies twice.
+    #[test]
+    fn a_clock_jump_forgets_no_session() {
+        let (_dir, db) = database();
+        run(&db, request(initialize(), None, 1));
+        let session = SessionRef {
+            client_id: 9,
+            sequence: 1,
+        };
+        let day_ns = 24 * 60 * 60 * 1_000_000_000;
+        let first = run(&db, request(put("p"), Some(session), 100));
+        run(&db, request(put("q"), None, 100 + day_ns));
+        run(&db, request(put("q"), None, 100 + 2 * day_ns));
+        let retried = run(&db, request(put("p"), Some(session), 100 + 2 * day_ns));
+        assert_eq!(retried, first, "the retry was applied a second time");
     }
 
     #[test]
