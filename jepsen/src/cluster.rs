@@ -186,6 +186,19 @@ impl Cluster {
         Ok(())
     }
 
+    /// Offsets replica `name`'s clock by `offset_ms` (the replicas run
+    /// with `--test-clock-offset`, which reads this file).
+    pub fn set_clock_offset(&self, name: &str, offset_ms: i64) -> anyhow::Result<()> {
+        let path = self.dir.join(name).join("clock-offset-ms");
+        if offset_ms == 0 && !path.exists() {
+            return Ok(());
+        }
+        let temporary = path.with_extension("tmp");
+        std::fs::write(&temporary, offset_ms.to_string())?;
+        std::fs::rename(&temporary, &path)?;
+        Ok(())
+    }
+
     /// Cuts the link between `a` and `b`.
     pub fn cut(&self, a: &str, b: &str) -> anyhow::Result<()> {
         self.spike_cluster(&["cut", a, b])

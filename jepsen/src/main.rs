@@ -184,7 +184,8 @@ async fn run(args: RunArgs) -> anyhow::Result<Verdict> {
     let tag = std::process::id() % 100_000;
     let prefix = format!("sj{tag}");
     let subnet = format!("10.214.{}", tag % 250 + 1);
-    let mut nexus_args = Vec::new();
+    // The clock-jump nemesis moves clocks through this test hook.
+    let mut nexus_args = vec!["--test-clock-offset".to_owned()];
     if args.unsafe_local_reads {
         nexus_args.push("--unsafe-local-reads".to_owned());
     }
@@ -275,7 +276,7 @@ async fn drive(args: &RunArgs, cluster: &Cluster, out: &Path) -> anyhow::Result<
         Workload::Register => {
             final_register_reads(args, cluster, &recorder, &mut anomalies).await?;
         }
-        Workload::Set => {}
+        Workload::Set | Workload::Lifecycle => {}
     }
     let events = recorder.events();
     let operations = check::pair(&events).context("the history does not pair")?;
@@ -285,6 +286,11 @@ async fn drive(args: &RunArgs, cluster: &Cluster, out: &Path) -> anyhow::Result<
             let report = check::check_registers(&operations, check::SEARCH_STEPS_MAX);
             unknown |= !report.unknown_keys.is_empty();
             details["register"] = serde_json::to_value(&report)?;
+            anomalies.extend(report.anomalies);
+        }
+        Workload::Lifecycle => {
+            let report = check::lifecycle::check(&operations);
+            details["lifecycle"] = serde_json::to_value(&report)?;
             anomalies.extend(report.anomalies);
         }
         Workload::Set => {

@@ -38,12 +38,15 @@ pub enum Nemesis {
     KeepersKill,
     /// Cut every replica off from every keeper.
     KeepersPartition,
+    /// Move the leader's clock a minute to a day, ahead or back (through
+    /// the replicas' test clock offset), and back at healing.
+    ClockJump,
     /// A random one of the above for each fault.
     Mix,
 }
 
 /// Faults `Mix` chooses from.
-const MIX: [Nemesis; 12] = [
+const MIX: [Nemesis; 13] = [
     Nemesis::PartitionOne,
     Nemesis::PartitionLeader,
     Nemesis::PartitionHalves,
@@ -56,6 +59,7 @@ const MIX: [Nemesis; 12] = [
     Nemesis::PauseRandom,
     Nemesis::KeepersKill,
     Nemesis::KeepersPartition,
+    Nemesis::ClockJump,
 ];
 
 impl Nemesis {
@@ -197,6 +201,12 @@ async fn inject(
             }
             keepers
         }
+        Nemesis::ClockJump => {
+            let minutes = 1 + rng.below(24 * 60) as i64;
+            let sign = if rng.below(2) == 0 { 1 } else { -1 };
+            cluster.set_clock_offset(&leader, sign * minutes * 60_000)?;
+            vec![format!("{leader} {:+}min", sign * minutes)]
+        }
         Nemesis::KeepersPartition => {
             let keepers = cluster.keepers()?;
             for replica in &replicas {
@@ -212,6 +222,9 @@ async fn inject(
 /// Undoes every fault: links healed, processes woken and started.
 pub fn heal_all(cluster: &Cluster) -> anyhow::Result<()> {
     cluster.heal_network()?;
+    for replica in cluster.replicas()? {
+        cluster.set_clock_offset(&replica, 0)?;
+    }
     for member in cluster.members()? {
         if member.name.starts_with("nexus-") || member.name.starts_with("keeper-") {
             cluster.pause(&member.name, false)?;

@@ -107,7 +107,9 @@ fn escape(text: &str) -> String {
 /// that was invoked after it began (a write already under way may finish
 /// on the old leader), or `None` if none came before the end.
 pub fn write_gaps(operations: &[Operation<'_>], windows: &[FaultWindow]) -> Vec<Option<f64>> {
-    let writes = ["write", "cas", "add"];
+    let writes = [
+        "write", "cas", "add", "put", "delete", "undelete", "destroy",
+    ];
     windows
         .iter()
         .map(|window| {

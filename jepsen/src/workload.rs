@@ -22,6 +22,10 @@ pub enum Workload {
     /// Unique adds (one new path each); the final read must hold every
     /// acknowledged add once.
     Set,
+    /// Versions written, deleted, undeleted and destroyed on a few keys,
+    /// and read back by number: a destroyed version never returns, a
+    /// version never changes content.
+    Lifecycle,
 }
 
 /// Path prefix of every key a run writes.
@@ -30,6 +34,11 @@ pub const PREFIX: &str = "jepsen";
 /// The path of register key `key`.
 pub fn register_path(key: u64) -> String {
     format!("{PREFIX}/register/{key}")
+}
+
+/// The path of lifecycle key `key`.
+pub fn lifecycle_path(key: u64) -> String {
+    format!("{PREFIX}/lifecycle/{key}")
 }
 
 /// The path of set element `element`.
@@ -170,6 +179,74 @@ pub async fn client_loop(spec: ClientSpec, client: NexusClient, recorder: &Recor
                                 invocation.value.clone(),
                                 Some(error_text(&error)),
                             ),
+                        }
+                    }
+                };
+                recorder.complete(&invocation, kind, result, error);
+            }
+            Workload::Lifecycle => {
+                let key = rng.below(keys.max(1));
+                let path = lifecycle_path(key);
+                let known = seen.get(&key).copied().unwrap_or(0);
+                let version = 1 + rng.below(known.max(1));
+                let roll = rng.below(100);
+                let (f, value) = match roll {
+                    0..30 => ("put", json!(unique)),
+                    30..40 => ("version", Value::Null),
+                    40..75 => ("read-version", json!({ "version": version })),
+                    75..85 => ("delete", json!({ "version": version })),
+                    85..93 => ("undelete", json!({ "version": version })),
+                    _ => ("destroy", json!({ "version": version })),
+                };
+                let invocation = Invocation {
+                    process,
+                    f,
+                    key: Some(key.to_string()),
+                    value,
+                    node,
+                };
+                recorder.invoke(&invocation);
+                let (kind, result, error) = match f {
+                    "put" => match client.put_secret(&path, &values(unique), None).await {
+                        Ok(()) => (EventKind::Ok, json!(unique), None),
+                        Err(error) => (
+                            write_outcome(&error),
+                            json!(unique),
+                            Some(error_text(&error)),
+                        ),
+                    },
+                    "version" => match client.secret_metadata(&path).await {
+                        Ok(metadata) => {
+                            seen.insert(key, metadata.current_version.max(known));
+                            (EventKind::Ok, json!(metadata.current_version), None)
+                        }
+                        Err(Error::NotFound) => (EventKind::Ok, json!(0), None),
+                        Err(error) => (EventKind::Fail, Value::Null, Some(error_text(&error))),
+                    },
+                    "read-version" => match client.get_secret(&path, Some(version)).await {
+                        Ok(found) => {
+                            let value = found.get("v").and_then(|v| v.parse::<u64>().ok());
+                            (EventKind::Ok, json!(value), None)
+                        }
+                        Err(Error::NotFound) => (EventKind::Ok, Value::Null, None),
+                        Err(error) => (EventKind::Fail, Value::Null, Some(error_text(&error))),
+                    },
+                    action => {
+                        let versions = [version];
+                        let outcome = match action {
+                            "delete" => client.delete_secret(&path, &versions).await,
+                            "undelete" => client.undelete_secret(&path, &versions).await,
+                            _ => client.destroy_secret(&path, &versions).await,
+                        };
+                        match outcome {
+                            Ok(()) => (EventKind::Ok, Value::Null, None),
+                            // Nothing to act on: certainly not applied.
+                            Err(Error::NotFound) => {
+                                (EventKind::Fail, Value::Null, Some("not-found".to_owned()))
+                            }
+                            Err(error) => {
+                                (write_outcome(&error), Value::Null, Some(error_text(&error)))
+                            }
                         }
                     }
                 };

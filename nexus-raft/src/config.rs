@@ -88,6 +88,10 @@ pub struct Args {
     /// checker catches stale reads.
     #[arg(long, env = "SPIKE_NEXUS_UNSAFE_LOCAL_READS", hide = true)]
     pub unsafe_local_reads: bool,
+    /// For fault-injection tests only: offset the clock by the milliseconds
+    /// in DATA_DIR/clock-offset-ms (the clock-jump nemesis writes it).
+    #[arg(long, env = "SPIKE_NEXUS_TEST_CLOCK_OFFSET", hide = true)]
+    pub test_clock_offset: bool,
 }
 
 /// A configuration that cannot work.

@@ -76,6 +76,11 @@ async fn serve(args: Args, hardening: Hardening) -> Result<(), StartupError> {
     let api_listen = config.api_listen().map_err(StartupError::config)?;
     let cluster_listen = config.cluster_listen().map_err(StartupError::config)?;
     let raft_config = Arc::new(raft_config(&config)?);
+    if args.test_clock_offset {
+        let path = config.data_dir.join("clock-offset-ms");
+        tracing::warn!(path = %path.display(), "TEST: the clock follows the offset in this file");
+        clock::offset_from(path);
+    }
     let (trust_roots, identity) = load_role_identity(&args.svid, Role::Nexus).await?;
 
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {

@@ -6,8 +6,11 @@
 //!   catches lost writes, duplicated writes (a version too high) and
 //!   versions going back;
 //! - set: every acknowledged add is in the final read, nothing appears that
-//!   was never added, and no add was applied twice ([`set`]).
+//!   was never added, and no add was applied twice ([`set`]);
+//! - lifecycle: a destroyed version never comes back and a version never
+//!   changes content ([`lifecycle`]).
 
+pub mod lifecycle;
 pub mod linearizable;
 pub mod set;
 
@@ -116,6 +119,24 @@ pub enum Anomaly {
         element: u64,
         /// Versions found.
         versions: u64,
+    },
+    /// A read returned a version after its destroy was acknowledged.
+    DestroyedVersionReturned {
+        /// The key.
+        key: String,
+        /// The version.
+        version: u64,
+        /// Invocation index of the read.
+        read_at: u64,
+    },
+    /// Two reads of the same version returned different values.
+    VersionChanged {
+        /// The key.
+        key: String,
+        /// The version.
+        version: u64,
+        /// Invocation index of the second read.
+        read_at: u64,
     },
     /// The final reads disagree between replicas after healing.
     Divergence {
