@@ -13,6 +13,10 @@ use spike_sdk::client::{NexusClient, RetryPolicy, Settings};
 use spike_sdk::identity::TrustRoots;
 use spike_sdk::svid::SvidSource;
 
+/// The workload identity (besides the superuser) the harness can act as:
+/// `spiffe://spike.ist/app/jepsen`, served at `sockets/jepsen-app.sock`.
+pub const APP_IDENTITY: &str = "jepsen-app";
+
 /// A running cluster.
 pub struct Cluster {
     dir: PathBuf,
@@ -54,6 +58,8 @@ impl Cluster {
             base_port.to_string(),
             "--replicas".into(),
             replicas.to_string(),
+            "--workload".into(),
+            format!("{APP_IDENTITY}=/app/jepsen"),
         ];
         if let Some((prefix, subnet)) = netns {
             args.extend([
@@ -232,18 +238,23 @@ impl Cluster {
     /// An SDK client as the superuser, with the given endpoints and short
     /// budgets: a fault shows up as an unknown outcome within seconds.
     pub async fn client(&self, endpoints: Vec<SocketAddr>) -> anyhow::Result<NexusClient> {
-        self.client_with(endpoints, true).await
+        self.client_with(endpoints, true, "superuser").await
     }
 
-    /// Like [`Self::client`]; with `follow_leader` false the client stays
-    /// on its endpoints (pinned to a node), which forward writes and serve
+    /// Like [`Self::client`], as `identity` (`superuser` or
+    /// [`APP_IDENTITY`]); with `follow_leader` false the client stays on
+    /// its endpoints (pinned to a node), which forward writes and serve
     /// linearizable reads through a read index.
     pub async fn client_with(
         &self,
         endpoints: Vec<SocketAddr>,
         follow_leader: bool,
+        identity: &str,
     ) -> anyhow::Result<NexusClient> {
-        let socket = self.dir.join("identities/sockets/superuser.sock");
+        let socket = self
+            .dir
+            .join("identities/sockets")
+            .join(format!("{identity}.sock"));
         let identity = SvidSource::WorkloadApi {
             endpoint: format!("unix://{}", socket.display()),
         }

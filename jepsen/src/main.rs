@@ -216,6 +216,11 @@ async fn run(args: RunArgs) -> anyhow::Result<Verdict> {
 async fn drive(args: &RunArgs, cluster: &Cluster, out: &Path) -> anyhow::Result<Verdict> {
     let endpoints = cluster.api_addresses()?;
     let recorder = Arc::new(Recorder::new());
+    if args.workload == Workload::Policy {
+        let admin = cluster.client(endpoints.clone()).await?;
+        let values = BTreeMap::from([("v".to_owned(), "1".to_owned())]);
+        retry(|| admin.put_secret(workload::POLICY_SECRET, &values, None)).await?;
+    }
     let deadline = Instant::now() + args.time;
 
     println!(
@@ -228,13 +233,20 @@ async fn drive(args: &RunArgs, cluster: &Cluster, out: &Path) -> anyhow::Result<
         // odd ones are pinned to one node (as Jepsen binds clients to
         // nodes), so forwarding and follower read indexes are under test.
         let node = endpoints[process as usize % endpoints.len().max(1)];
+        // The policy workload's readers act as the granted workload; its
+        // admin (process 0) and everyone else as the superuser.
+        let identity = if args.workload == Workload::Policy && process != 0 {
+            spike_jepsen::cluster::APP_IDENTITY
+        } else {
+            "superuser"
+        };
         let client = if process % 2 == 0 {
             let mut order = endpoints.clone();
             let shift = process as usize % order.len().max(1);
             order.rotate_left(shift);
-            cluster.client(order).await?
+            cluster.client_with(order, true, identity).await?
         } else {
-            cluster.client_with(vec![node], false).await?
+            cluster.client_with(vec![node], false, identity).await?
         };
         let recorder = recorder.clone();
         let spec = workload::ClientSpec {
@@ -276,7 +288,7 @@ async fn drive(args: &RunArgs, cluster: &Cluster, out: &Path) -> anyhow::Result<
         Workload::Register => {
             final_register_reads(args, cluster, &recorder, &mut anomalies).await?;
         }
-        Workload::Set | Workload::Lifecycle => {}
+        Workload::Set | Workload::Lifecycle | Workload::Policy => {}
     }
     let events = recorder.events();
     let operations = check::pair(&events).context("the history does not pair")?;
@@ -286,6 +298,12 @@ async fn drive(args: &RunArgs, cluster: &Cluster, out: &Path) -> anyhow::Result<
             let report = check::check_registers(&operations, check::SEARCH_STEPS_MAX);
             unknown |= !report.unknown_keys.is_empty();
             details["register"] = serde_json::to_value(&report)?;
+            anomalies.extend(report.anomalies);
+        }
+        Workload::Policy => {
+            let report = check::policy::check(&operations);
+            unknown |= report.reads_judged == 0;
+            details["policy"] = serde_json::to_value(&report)?;
             anomalies.extend(report.anomalies);
         }
         Workload::Lifecycle => {
@@ -495,8 +513,16 @@ fn write_artifacts(
     if anomalies.is_empty() {
         let _ = writeln!(summary, "anomalies: none");
     }
-    for anomaly in anomalies {
+    const SHOWN: usize = 20;
+    for anomaly in anomalies.iter().take(SHOWN) {
         let _ = writeln!(summary, "ANOMALY {}", serde_json::to_string(anomaly)?);
+    }
+    if anomalies.len() > SHOWN {
+        let _ = writeln!(
+            summary,
+            "... and {} more anomalies (all in results.json)",
+            anomalies.len() - SHOWN
+        );
     }
     let _ = writeln!(
         summary,

@@ -26,7 +26,18 @@ pub enum Workload {
     /// and read back by number: a destroyed version never returns, a
     /// version never changes content.
     Lifecycle,
+    /// One admin grants and revokes a workload's read access (a policy);
+    /// the workload's readers must be denied after every acknowledged
+    /// revocation and allowed after every acknowledged grant.
+    Policy,
 }
+
+/// The policy workload's name for its grant.
+pub const POLICY_NAME: &str = "jepsen-grant";
+/// The secret the policy workload's readers read.
+pub const POLICY_SECRET: &str = "jepsen/policy/secret";
+/// The workload identity the policy workload grants and revokes.
+pub const POLICY_SPIFFE_ID_PATTERN: &str = "^spiffe://spike\\.ist/app/jepsen$";
 
 /// Path prefix of every key a run writes.
 pub const PREFIX: &str = "jepsen";
@@ -249,6 +260,53 @@ pub async fn client_loop(spec: ClientSpec, client: NexusClient, recorder: &Recor
                             }
                         }
                     }
+                };
+                recorder.complete(&invocation, kind, result, error);
+            }
+            Workload::Policy if process == 0 => {
+                // The admin: grant, pause, revoke, pause, ...
+                let f = if counter % 2 == 1 { "grant" } else { "revoke" };
+                let invocation = Invocation {
+                    process,
+                    f,
+                    key: None,
+                    value: Value::Null,
+                    node,
+                };
+                recorder.invoke(&invocation);
+                let outcome = if f == "grant" {
+                    client
+                        .put_policy(
+                            POLICY_NAME,
+                            POLICY_SPIFFE_ID_PATTERN,
+                            "^jepsen/policy/.*$",
+                            &["read"],
+                        )
+                        .await
+                } else {
+                    client.delete_policy(POLICY_NAME).await
+                };
+                let (kind, error) = match outcome {
+                    Ok(()) => (EventKind::Ok, None),
+                    Err(Error::NotFound) => (EventKind::Fail, Some("not-found".to_owned())),
+                    Err(error) => (write_outcome(&error), Some(error_text(&error))),
+                };
+                recorder.complete(&invocation, kind, Value::Null, error);
+                tokio::time::sleep(std::time::Duration::from_millis(50 + rng.below(200))).await;
+            }
+            Workload::Policy => {
+                let invocation = Invocation {
+                    process,
+                    f: "read-acl",
+                    key: None,
+                    value: Value::Null,
+                    node,
+                };
+                recorder.invoke(&invocation);
+                let (kind, result, error) = match client.get_secret(POLICY_SECRET, None).await {
+                    Ok(_) => (EventKind::Ok, json!("allowed"), None),
+                    Err(Error::Denied) => (EventKind::Ok, json!("denied"), None),
+                    Err(error) => (EventKind::Fail, Value::Null, Some(error_text(&error))),
                 };
                 recorder.complete(&invocation, kind, result, error);
             }

@@ -8,10 +8,13 @@
 //! - set: every acknowledged add is in the final read, nothing appears that
 //!   was never added, and no add was applied twice ([`set`]);
 //! - lifecycle: a destroyed version never comes back and a version never
-//!   changes content ([`lifecycle`]).
+//!   changes content ([`lifecycle`]);
+//! - policy: an acknowledged revocation (or grant) holds for every read that
+//!   starts after it ([`policy`]).
 
 pub mod lifecycle;
 pub mod linearizable;
+pub mod policy;
 pub mod set;
 
 use std::collections::BTreeMap;
@@ -136,6 +139,16 @@ pub enum Anomaly {
         /// The version.
         version: u64,
         /// Invocation index of the second read.
+        read_at: u64,
+    },
+    /// A read was allowed after a revocation was acknowledged.
+    RevocationNotHeld {
+        /// Invocation index of the read.
+        read_at: u64,
+    },
+    /// A read was denied after a grant was acknowledged.
+    GrantNotHeld {
+        /// Invocation index of the read.
         read_at: u64,
     },
     /// The final reads disagree between replicas after healing.
