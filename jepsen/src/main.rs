@@ -288,7 +288,7 @@ async fn drive(args: &RunArgs, cluster: &Cluster, out: &Path) -> anyhow::Result<
         Workload::Register => {
             final_register_reads(args, cluster, &recorder, &mut anomalies).await?;
         }
-        Workload::Set | Workload::Lifecycle | Workload::Policy => {}
+        Workload::Set | Workload::Lifecycle | Workload::Policy | Workload::Rootkey => {}
     }
     let events = recorder.events();
     let operations = check::pair(&events).context("the history does not pair")?;
@@ -313,10 +313,19 @@ async fn drive(args: &RunArgs, cluster: &Cluster, out: &Path) -> anyhow::Result<
         }
         Workload::Set => {
             let client = cluster.client(endpoints.clone()).await?;
-            let final_read = retry(|| workload::read_set(&client)).await?;
+            let final_read = retry(|| workload::read_set(&client, "set")).await?;
             let report = check::set::check(&operations, &final_read);
             details["set"] = serde_json::to_value(&report)?;
             anomalies.extend(report.anomalies);
+        }
+        Workload::Rootkey => {
+            let client = cluster.client(endpoints.clone()).await?;
+            let final_read = retry(|| workload::read_set(&client, "rootkey")).await?;
+            let report = check::set::check(&operations, &final_read);
+            details["rootkey"] = serde_json::to_value(&report)?;
+            anomalies.extend(report.anomalies);
+            let keys = root_key_checks(cluster, &final_read, args.seed, &mut anomalies).await?;
+            details["root_keys"] = keys;
         }
     }
     let acknowledged = operations
@@ -434,6 +443,80 @@ async fn final_register_reads(
         }
     }
     Ok(())
+}
+
+/// After healing, for the root-key workload: every replica reports the
+/// same root key (id and key check), and decrypts a sample of the
+/// acknowledged secrets itself (a stale read is served from its own state
+/// with its own keyring).
+async fn root_key_checks(
+    cluster: &Cluster,
+    elements: &BTreeMap<u64, u64>,
+    seed: u64,
+    anomalies: &mut Vec<Anomaly>,
+) -> anyhow::Result<Value> {
+    const SAMPLE: usize = 500;
+    let endpoints = cluster.api_addresses()?;
+    let mut rng = spike_jepsen::recorder::Rng::new(seed ^ 0x726f_6f74);
+    let all: Vec<u64> = elements.keys().copied().collect();
+    let sample: Vec<u64> = if all.len() <= SAMPLE {
+        all
+    } else {
+        (0..SAMPLE).map(|_| *rng.pick(&all)).collect()
+    };
+    let mut alone = Vec::new();
+    for endpoint in &endpoints {
+        alone.push(
+            cluster
+                .client_with(vec![*endpoint], false, "superuser")
+                .await?,
+        );
+    }
+    // A replica may still be taking up the last rekey: give them 10 s to
+    // agree.
+    let settle = Instant::now() + Duration::from_secs(10);
+    let keys = loop {
+        let mut keys = Vec::new();
+        for (position, client) in alone.iter().enumerate() {
+            let status = retry(|| client.cluster_status()).await?;
+            keys.push(json!({
+                "replica": format!("nexus-{}", position + 1),
+                "rootKeyId": status["rootKey"]["rootKeyId"],
+                "keyCheck": status["rootKey"]["keyCheck"],
+            }));
+        }
+        let first = keys
+            .first()
+            .map(|k| (k["rootKeyId"].clone(), k["keyCheck"].clone()));
+        let agree = keys
+            .iter()
+            .all(|k| Some((k["rootKeyId"].clone(), k["keyCheck"].clone())) == first);
+        if agree {
+            break keys;
+        }
+        if Instant::now() > settle {
+            anomalies.push(Anomaly::Divergence {
+                detail: format!("replicas hold different root keys: {keys:?}"),
+            });
+            break keys;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for (position, alone) in alone.iter().enumerate() {
+        let name = format!("nexus-{}", position + 1);
+        for element in &sample {
+            let path = workload::rootkey_path(*element);
+            let read = retry(|| alone.get_secret_stale(&path, None)).await;
+            let expected = element.to_string();
+            match read {
+                Ok(values) if values.get("v") == Some(&expected) => {}
+                other => anomalies.push(Anomaly::Divergence {
+                    detail: format!("{name} cannot read {path} after rekeys: {other:?}"),
+                }),
+            }
+        }
+    }
+    Ok(Value::Array(keys))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -30,6 +30,10 @@ pub enum Workload {
     /// the workload's readers must be denied after every acknowledged
     /// revocation and allowed after every acknowledged grant.
     Policy,
+    /// Unique adds while an operator rekeys and rotates the data key: every
+    /// acknowledged secret must still decrypt on every replica, and every
+    /// replica must end with the same root key.
+    Rootkey,
 }
 
 /// The policy workload's name for its grant.
@@ -55,6 +59,11 @@ pub fn lifecycle_path(key: u64) -> String {
 /// The path of set element `element`.
 pub fn set_path(element: u64) -> String {
     format!("{PREFIX}/set/{element}")
+}
+
+/// The path of root-key workload element `element`.
+pub fn rootkey_path(element: u64) -> String {
+    format!("{PREFIX}/rootkey/{element}")
 }
 
 fn values(value: u64) -> BTreeMap<String, String> {
@@ -310,7 +319,36 @@ pub async fn client_loop(spec: ClientSpec, client: NexusClient, recorder: &Recor
                 };
                 recorder.complete(&invocation, kind, result, error);
             }
-            Workload::Set => {
+            Workload::Rootkey if process == 0 => {
+                // The operator: rekey, rotate, rekey, ...
+                let f = if counter % 2 == 1 { "rekey" } else { "rotate" };
+                let invocation = Invocation {
+                    process,
+                    f,
+                    key: None,
+                    value: Value::Null,
+                    node,
+                };
+                recorder.invoke(&invocation);
+                let outcome = if f == "rekey" {
+                    // The harness's cluster: 5 keepers, threshold 3.
+                    client.rekey(5, 3).await
+                } else {
+                    client.rotate_data_key().await
+                };
+                let (kind, result, error) = match outcome {
+                    Ok(id) => (EventKind::Ok, json!(id), None),
+                    Err(error) => (write_outcome(&error), Value::Null, Some(error_text(&error))),
+                };
+                recorder.complete(&invocation, kind, result, error);
+                tokio::time::sleep(std::time::Duration::from_millis(300 + rng.below(500))).await;
+            }
+            Workload::Set | Workload::Rootkey => {
+                let path = if workload == Workload::Set {
+                    set_path(unique)
+                } else {
+                    rootkey_path(unique)
+                };
                 let invocation = Invocation {
                     process,
                     f: "add",
@@ -319,10 +357,7 @@ pub async fn client_loop(spec: ClientSpec, client: NexusClient, recorder: &Recor
                     node,
                 };
                 recorder.invoke(&invocation);
-                let (kind, error) = match client
-                    .put_secret(&set_path(unique), &values(unique), None)
-                    .await
-                {
+                let (kind, error) = match client.put_secret(&path, &values(unique), None).await {
                     Ok(()) => (EventKind::Ok, None),
                     Err(error) => (write_outcome(&error), Some(error_text(&error))),
                 };
@@ -332,9 +367,10 @@ pub async fn client_loop(spec: ClientSpec, client: NexusClient, recorder: &Recor
     }
 }
 
-/// The set as it stands: element -> versions of its path.
-pub async fn read_set(client: &NexusClient) -> Result<BTreeMap<u64, u64>, Error> {
-    let prefix = format!("{PREFIX}/set/");
+/// The set as it stands: element -> versions of its path, for the paths
+/// under `{PREFIX}/{kind}/` (`set` or `rootkey`).
+pub async fn read_set(client: &NexusClient, kind: &str) -> Result<BTreeMap<u64, u64>, Error> {
+    let prefix = format!("{PREFIX}/{kind}/");
     let mut found = BTreeMap::new();
     for path in client.list_secrets().await? {
         let Some(element) = path

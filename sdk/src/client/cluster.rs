@@ -442,6 +442,31 @@ impl NexusClient {
         .await
     }
 
+    /// Replaces the root key (extension, superusers): the leader makes a
+    /// new one, re-wraps the keyring and hands the keepers new shares, with
+    /// `shares` and `threshold` as the new n and t. Returns the new root
+    /// key's id.
+    pub async fn rekey(&self, shares: u8, threshold: u8) -> Result<u64, Error> {
+        let body = json!({ "shares": shares, "threshold": threshold });
+        let reply = self
+            .call("/v1/operator/rekey", body, Consistency::Leader, None)
+            .await?;
+        reply["rootKeyId"]
+            .as_u64()
+            .ok_or_else(|| Error::Decode("rekey reply without rootKeyId".into()))
+    }
+
+    /// Starts a new data key for new writes (extension, superusers);
+    /// returns its id.
+    pub async fn rotate_data_key(&self) -> Result<u64, Error> {
+        let reply = self
+            .call("/v1/operator/rotate", json!({}), Consistency::Leader, None)
+            .await?;
+        reply["dataKeyId"]
+            .as_u64()
+            .ok_or_else(|| Error::Decode("rotate reply without dataKeyId".into()))
+    }
+
     /// One write, under a session for its whole life.
     async fn write(&self, path_and_query: &str, body: Value) -> Result<Value, Error> {
         let mut session = self.take_session();
