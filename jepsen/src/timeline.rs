@@ -108,7 +108,8 @@ fn escape(text: &str) -> String {
 /// on the old leader), or `None` if none came before the end.
 pub fn write_gaps(operations: &[Operation<'_>], windows: &[FaultWindow]) -> Vec<Option<f64>> {
     let writes = [
-        "write", "cas", "add", "put", "delete", "undelete", "destroy",
+        "write", "cas", "add", "put", "delete", "undelete", "destroy", "grant", "revoke", "rekey",
+        "rotate",
     ];
     windows
         .iter()
