@@ -70,12 +70,47 @@ fn values(value: u64) -> BTreeMap<String, String> {
     BTreeMap::from([("v".to_owned(), value.to_string())])
 }
 
-/// How a write's error reads in the history: `fail` only when it certainly
-/// did not happen.
-fn write_outcome(error: &Error) -> EventKind {
-    match error {
-        Error::Denied | Error::BadRequest | Error::TooLarge | Error::Settings(_) => EventKind::Fail,
-        _ => EventKind::Info,
+/// How an operation ended, as its completion event records it.
+struct Outcome {
+    kind: EventKind,
+    value: Value,
+    error: Option<String>,
+}
+
+impl Outcome {
+    fn ok(value: Value) -> Self {
+        Self {
+            kind: EventKind::Ok,
+            value,
+            error: None,
+        }
+    }
+
+    /// A failed read: it changed nothing, so it certainly did not happen.
+    fn read_failed(error: &Error) -> Self {
+        Self {
+            kind: EventKind::Fail,
+            value: Value::Null,
+            error: Some(error_text(error)),
+        }
+    }
+
+    /// A failed write: `fail` only when it certainly did not happen, else
+    /// `info` (timeouts, unreachable nodes, a leader that lost its quorum).
+    fn write_failed(error: &Error, value: Value) -> Self {
+        let kind = match error {
+            Error::Denied | Error::BadRequest | Error::TooLarge | Error::Settings(_) => {
+                EventKind::Fail
+            }
+            // A conflict or nothing to act on: certainly not applied.
+            Error::Conflict | Error::NotFound => EventKind::Fail,
+            _ => EventKind::Info,
+        };
+        Self {
+            kind,
+            value,
+            error: Some(error_text(error)),
+        }
     }
 }
 
@@ -86,6 +121,34 @@ fn error_text(error: &Error) -> String {
         Error::NotReady(_) => "not-ready".to_owned(),
         Error::Unreachable(_) => "unreachable".to_owned(),
         other => other.to_string(),
+    }
+}
+
+/// Records `invocation`, runs `operation`, records how it ended.
+async fn record(
+    recorder: &Recorder,
+    invocation: Invocation,
+    operation: impl std::future::Future<Output = Outcome>,
+) {
+    recorder.invoke(&invocation);
+    let outcome = operation.await;
+    recorder.complete(&invocation, outcome.kind, outcome.value, outcome.error);
+}
+
+/// Reads the value of `path` (at `version`): null when there is none.
+async fn read_value(client: &NexusClient, path: &str, version: Option<u64>) -> Outcome {
+    match client.get_secret(path, version).await {
+        Ok(found) => Outcome::ok(json!(found.get("v").and_then(|v| v.parse::<u64>().ok()))),
+        Err(Error::NotFound) => Outcome::ok(Value::Null),
+        Err(error) => Outcome::read_failed(&error),
+    }
+}
+
+/// Writes `value` to `path` (only over version `cas`, if given).
+async fn write_value(client: &NexusClient, path: &str, value: u64, cas: Option<u64>) -> Outcome {
+    match client.put_secret(path, &values(value), cas).await {
+        Ok(()) => Outcome::ok(json!(value)),
+        Err(error) => Outcome::write_failed(&error, json!(value)),
     }
 }
 
@@ -118,7 +181,8 @@ pub async fn client_loop(spec: ClientSpec, client: NexusClient, recorder: &Recor
     } = spec;
     let mut rng = Rng::new(seed ^ process.wrapping_mul(0x2545_F491_4F6C_DD1D));
     let mut counter = 0u64;
-    // Versions this client last saw, for its compare-and-sets.
+    // Versions this client last saw, for its compare-and-sets and version
+    // reads.
     let mut seen: HashMap<u64, u64> = HashMap::new();
     while Instant::now() < deadline {
         counter += 1;
@@ -126,221 +190,174 @@ pub async fn client_loop(spec: ClientSpec, client: NexusClient, recorder: &Recor
         let node = pinned
             .or_else(|| client.known_leader())
             .map(|address| address.to_string());
+        let invocation = |f: &'static str, key: Option<u64>, value: Value| Invocation {
+            process,
+            f,
+            key: key.map(|key| key.to_string()),
+            value,
+            node: node.clone(),
+        };
+        let client = &client;
         match workload {
             Workload::Register => {
                 let key = rng.below(keys.max(1));
                 let path = register_path(key);
-                let roll = rng.below(100);
-                let (f, value) = match roll {
-                    0..40 => ("read", Value::Null),
-                    40..55 => ("version", Value::Null),
-                    55..85 => ("write", json!(unique)),
-                    _ => (
-                        "cas",
-                        json!({ "expected": seen.get(&key).copied().unwrap_or(0), "value": unique }),
-                    ),
-                };
-                let invocation = Invocation {
-                    process,
-                    f,
-                    key: Some(key.to_string()),
-                    value,
-                    node,
-                };
-                recorder.invoke(&invocation);
-                let (kind, result, error) = match f {
-                    "read" => match client.get_secret(&path, None).await {
-                        Ok(found) => {
-                            let value = found.get("v").and_then(|v| v.parse::<u64>().ok());
-                            (EventKind::Ok, json!(value), None)
-                        }
-                        Err(Error::NotFound) => (EventKind::Ok, Value::Null, None),
-                        Err(error) => (EventKind::Fail, Value::Null, Some(error_text(&error))),
-                    },
-                    "version" => match client.secret_metadata(&path).await {
-                        Ok(metadata) => {
-                            seen.insert(key, metadata.current_version);
-                            (EventKind::Ok, json!(metadata.current_version), None)
-                        }
-                        Err(Error::NotFound) => {
-                            seen.insert(key, 0);
-                            (EventKind::Ok, json!(0), None)
-                        }
-                        Err(error) => (EventKind::Fail, Value::Null, Some(error_text(&error))),
-                    },
-                    "write" => match client.put_secret(&path, &values(unique), None).await {
-                        Ok(()) => (EventKind::Ok, json!(unique), None),
-                        Err(error) => (
-                            write_outcome(&error),
-                            json!(unique),
-                            Some(error_text(&error)),
-                        ),
-                    },
-                    _ => {
-                        let expected = invocation.value["expected"].as_u64().unwrap_or(0);
-                        match client
-                            .put_secret(&path, &values(unique), Some(expected))
-                            .await
-                        {
-                            Ok(()) => {
-                                seen.insert(key, expected + 1);
-                                (EventKind::Ok, invocation.value.clone(), None)
-                            }
-                            Err(Error::Conflict) => {
-                                seen.remove(&key);
-                                (
-                                    EventKind::Fail,
-                                    invocation.value.clone(),
-                                    Some("conflict".to_owned()),
-                                )
-                            }
-                            Err(error) => (
-                                write_outcome(&error),
-                                invocation.value.clone(),
-                                Some(error_text(&error)),
-                            ),
-                        }
+                let expected = seen.get(&key).copied().unwrap_or(0);
+                let seen = &mut seen;
+                match rng.below(100) {
+                    0..40 => {
+                        let op = read_value(client, &path, None);
+                        record(recorder, invocation("read", Some(key), Value::Null), op).await;
                     }
-                };
-                recorder.complete(&invocation, kind, result, error);
+                    40..55 => {
+                        let op = async {
+                            match client.secret_metadata(&path).await {
+                                Ok(metadata) => {
+                                    seen.insert(key, metadata.current_version);
+                                    Outcome::ok(json!(metadata.current_version))
+                                }
+                                Err(Error::NotFound) => {
+                                    seen.insert(key, 0);
+                                    Outcome::ok(json!(0))
+                                }
+                                Err(error) => Outcome::read_failed(&error),
+                            }
+                        };
+                        record(recorder, invocation("version", Some(key), Value::Null), op).await;
+                    }
+                    55..85 => {
+                        let op = write_value(client, &path, unique, None);
+                        record(recorder, invocation("write", Some(key), json!(unique)), op).await;
+                    }
+                    _ => {
+                        let argument = json!({ "expected": expected, "value": unique });
+                        let op = async {
+                            let mut outcome =
+                                write_value(client, &path, unique, Some(expected)).await;
+                            match outcome.kind {
+                                EventKind::Ok => {
+                                    seen.insert(key, expected + 1);
+                                }
+                                _ if outcome.error.as_deref() == Some("conflict") => {
+                                    seen.remove(&key);
+                                }
+                                _ => {}
+                            }
+                            outcome.value = json!({ "expected": expected, "value": unique });
+                            outcome
+                        };
+                        record(recorder, invocation("cas", Some(key), argument), op).await;
+                    }
+                }
             }
             Workload::Lifecycle => {
                 let key = rng.below(keys.max(1));
                 let path = lifecycle_path(key);
                 let known = seen.get(&key).copied().unwrap_or(0);
                 let version = 1 + rng.below(known.max(1));
-                let roll = rng.below(100);
-                let (f, value) = match roll {
-                    0..30 => ("put", json!(unique)),
-                    30..40 => ("version", Value::Null),
-                    40..75 => ("read-version", json!({ "version": version })),
-                    75..85 => ("delete", json!({ "version": version })),
-                    85..93 => ("undelete", json!({ "version": version })),
-                    _ => ("destroy", json!({ "version": version })),
-                };
-                let invocation = Invocation {
-                    process,
-                    f,
-                    key: Some(key.to_string()),
-                    value,
-                    node,
-                };
-                recorder.invoke(&invocation);
-                let (kind, result, error) = match f {
-                    "put" => match client.put_secret(&path, &values(unique), None).await {
-                        Ok(()) => (EventKind::Ok, json!(unique), None),
-                        Err(error) => (
-                            write_outcome(&error),
-                            json!(unique),
-                            Some(error_text(&error)),
-                        ),
-                    },
-                    "version" => match client.secret_metadata(&path).await {
-                        Ok(metadata) => {
-                            seen.insert(key, metadata.current_version.max(known));
-                            (EventKind::Ok, json!(metadata.current_version), None)
-                        }
-                        Err(Error::NotFound) => (EventKind::Ok, json!(0), None),
-                        Err(error) => (EventKind::Fail, Value::Null, Some(error_text(&error))),
-                    },
-                    "read-version" => match client.get_secret(&path, Some(version)).await {
-                        Ok(found) => {
-                            let value = found.get("v").and_then(|v| v.parse::<u64>().ok());
-                            (EventKind::Ok, json!(value), None)
-                        }
-                        Err(Error::NotFound) => (EventKind::Ok, Value::Null, None),
-                        Err(error) => (EventKind::Fail, Value::Null, Some(error_text(&error))),
-                    },
-                    action => {
-                        let versions = [version];
-                        let outcome = match action {
-                            "delete" => client.delete_secret(&path, &versions).await,
-                            "undelete" => client.undelete_secret(&path, &versions).await,
-                            _ => client.destroy_secret(&path, &versions).await,
-                        };
-                        match outcome {
-                            Ok(()) => (EventKind::Ok, Value::Null, None),
-                            // Nothing to act on: certainly not applied.
-                            Err(Error::NotFound) => {
-                                (EventKind::Fail, Value::Null, Some("not-found".to_owned()))
-                            }
-                            Err(error) => {
-                                (write_outcome(&error), Value::Null, Some(error_text(&error)))
-                            }
-                        }
+                let numbered = json!({ "version": version });
+                let seen = &mut seen;
+                match rng.below(100) {
+                    0..30 => {
+                        let op = write_value(client, &path, unique, None);
+                        record(recorder, invocation("put", Some(key), json!(unique)), op).await;
                     }
-                };
-                recorder.complete(&invocation, kind, result, error);
+                    30..40 => {
+                        let op = async {
+                            match client.secret_metadata(&path).await {
+                                Ok(metadata) => {
+                                    seen.insert(key, metadata.current_version.max(known));
+                                    Outcome::ok(json!(metadata.current_version))
+                                }
+                                Err(Error::NotFound) => Outcome::ok(json!(0)),
+                                Err(error) => Outcome::read_failed(&error),
+                            }
+                        };
+                        record(recorder, invocation("version", Some(key), Value::Null), op).await;
+                    }
+                    40..75 => {
+                        let op = read_value(client, &path, Some(version));
+                        record(
+                            recorder,
+                            invocation("read-version", Some(key), numbered),
+                            op,
+                        )
+                        .await;
+                    }
+                    roll => {
+                        let action = match roll {
+                            75..85 => "delete",
+                            85..93 => "undelete",
+                            _ => "destroy",
+                        };
+                        let op = async {
+                            let versions = [version];
+                            let done = match action {
+                                "delete" => client.delete_secret(&path, &versions).await,
+                                "undelete" => client.undelete_secret(&path, &versions).await,
+                                _ => client.destroy_secret(&path, &versions).await,
+                            };
+                            match done {
+                                Ok(()) => Outcome::ok(Value::Null),
+                                Err(error) => Outcome::write_failed(&error, Value::Null),
+                            }
+                        };
+                        record(recorder, invocation(action, Some(key), numbered), op).await;
+                    }
+                }
             }
             Workload::Policy if process == 0 => {
                 // The admin: grant, pause, revoke, pause, ...
-                let f = if counter % 2 == 1 { "grant" } else { "revoke" };
-                let invocation = Invocation {
-                    process,
-                    f,
-                    key: None,
-                    value: Value::Null,
-                    node,
+                let grant = counter % 2 == 1;
+                let op = async {
+                    let done = if grant {
+                        client
+                            .put_policy(
+                                POLICY_NAME,
+                                POLICY_SPIFFE_ID_PATTERN,
+                                "^jepsen/policy/.*$",
+                                &["read"],
+                            )
+                            .await
+                    } else {
+                        client.delete_policy(POLICY_NAME).await
+                    };
+                    match done {
+                        Ok(()) => Outcome::ok(Value::Null),
+                        Err(error) => Outcome::write_failed(&error, Value::Null),
+                    }
                 };
-                recorder.invoke(&invocation);
-                let outcome = if f == "grant" {
-                    client
-                        .put_policy(
-                            POLICY_NAME,
-                            POLICY_SPIFFE_ID_PATTERN,
-                            "^jepsen/policy/.*$",
-                            &["read"],
-                        )
-                        .await
-                } else {
-                    client.delete_policy(POLICY_NAME).await
-                };
-                let (kind, error) = match outcome {
-                    Ok(()) => (EventKind::Ok, None),
-                    Err(Error::NotFound) => (EventKind::Fail, Some("not-found".to_owned())),
-                    Err(error) => (write_outcome(&error), Some(error_text(&error))),
-                };
-                recorder.complete(&invocation, kind, Value::Null, error);
+                let f = if grant { "grant" } else { "revoke" };
+                record(recorder, invocation(f, None, Value::Null), op).await;
                 tokio::time::sleep(std::time::Duration::from_millis(50 + rng.below(200))).await;
             }
             Workload::Policy => {
-                let invocation = Invocation {
-                    process,
-                    f: "read-acl",
-                    key: None,
-                    value: Value::Null,
-                    node,
+                let op = async {
+                    match client.get_secret(POLICY_SECRET, None).await {
+                        Ok(_) => Outcome::ok(json!("allowed")),
+                        Err(Error::Denied) => Outcome::ok(json!("denied")),
+                        Err(error) => Outcome::read_failed(&error),
+                    }
                 };
-                recorder.invoke(&invocation);
-                let (kind, result, error) = match client.get_secret(POLICY_SECRET, None).await {
-                    Ok(_) => (EventKind::Ok, json!("allowed"), None),
-                    Err(Error::Denied) => (EventKind::Ok, json!("denied"), None),
-                    Err(error) => (EventKind::Fail, Value::Null, Some(error_text(&error))),
-                };
-                recorder.complete(&invocation, kind, result, error);
+                record(recorder, invocation("read-acl", None, Value::Null), op).await;
             }
             Workload::Rootkey if process == 0 => {
                 // The operator: rekey, rotate, rekey, ...
-                let f = if counter % 2 == 1 { "rekey" } else { "rotate" };
-                let invocation = Invocation {
-                    process,
-                    f,
-                    key: None,
-                    value: Value::Null,
-                    node,
+                let rekey = counter % 2 == 1;
+                let op = async {
+                    let done = if rekey {
+                        // The harness's cluster: 5 keepers, threshold 3.
+                        client.rekey(5, 3).await
+                    } else {
+                        client.rotate_data_key().await
+                    };
+                    match done {
+                        Ok(id) => Outcome::ok(json!(id)),
+                        Err(error) => Outcome::write_failed(&error, Value::Null),
+                    }
                 };
-                recorder.invoke(&invocation);
-                let outcome = if f == "rekey" {
-                    // The harness's cluster: 5 keepers, threshold 3.
-                    client.rekey(5, 3).await
-                } else {
-                    client.rotate_data_key().await
-                };
-                let (kind, result, error) = match outcome {
-                    Ok(id) => (EventKind::Ok, json!(id), None),
-                    Err(error) => (write_outcome(&error), Value::Null, Some(error_text(&error))),
-                };
-                recorder.complete(&invocation, kind, result, error);
+                let f = if rekey { "rekey" } else { "rotate" };
+                record(recorder, invocation(f, None, Value::Null), op).await;
                 tokio::time::sleep(std::time::Duration::from_millis(300 + rng.below(500))).await;
             }
             Workload::Set | Workload::Rootkey => {
@@ -349,19 +366,8 @@ pub async fn client_loop(spec: ClientSpec, client: NexusClient, recorder: &Recor
                 } else {
                     rootkey_path(unique)
                 };
-                let invocation = Invocation {
-                    process,
-                    f: "add",
-                    key: None,
-                    value: json!(unique),
-                    node,
-                };
-                recorder.invoke(&invocation);
-                let (kind, error) = match client.put_secret(&path, &values(unique), None).await {
-                    Ok(()) => (EventKind::Ok, None),
-                    Err(error) => (write_outcome(&error), Some(error_text(&error))),
-                };
-                recorder.complete(&invocation, kind, json!(unique), error);
+                let op = write_value(client, &path, unique, None);
+                record(recorder, invocation("add", None, json!(unique)), op).await;
             }
         }
     }
