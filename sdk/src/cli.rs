@@ -10,7 +10,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
 
 use crate::environment::ProcessEnvironment;
 use crate::hardening::{Hardening, harden_process};
@@ -101,7 +100,7 @@ pub async fn listen(
     config: ServerConfig,
     identity: &Identity,
 ) -> Result<TlsListener, StartupError> {
-    let tcp = TcpListener::bind(address)
+    let tcp = crate::net::bind(address)
         .await
         .map_err(|error| StartupError::failed(format!("cannot listen on {address}: {error}")))?;
     TlsListener::new(tcp, Arc::new(config), identity.spiffe_id()).map_err(StartupError::failed)

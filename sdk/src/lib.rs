@@ -9,6 +9,7 @@
 //! - [`tls`]: rustls configurations that verify peers against the bundle and
 //!   authorize them by SPIFFE ID, and a listener that hands the verified peer
 //!   ID to axum and tonic handlers.
+//! - [`net`]: where connections come from: TCP, or a simulator's network.
 //! - [`crypto`]: AES-256-GCM envelope encryption, the data-key keyring, Shamir
 //!   sharing of the root key, the key check value and SPIKE's recovery lines.
 //!   Secret material lives in types that zeroize on drop and never print.
@@ -32,6 +33,7 @@ pub mod hardening;
 pub mod identity;
 #[cfg(feature = "tonic")]
 pub mod keeper_api;
+pub mod net;
 pub mod svid;
 pub mod tls;
 

@@ -110,8 +110,8 @@ impl EchoServer {
         let tcp = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
-        let mut listener =
-            TlsListener::new(tcp, Arc::new(config), identity.spiffe_id()).expect("listener");
+        let mut listener = TlsListener::new(Box::new(tcp), Arc::new(config), identity.spiffe_id())
+            .expect("listener");
         let address = listener.local_address();
         let (sender, peers) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -138,7 +138,7 @@ pub struct Exchange {
     /// The server's leaf certificate, DER.
     pub server_leaf: Vec<u8>,
     /// The open connection, for more pings.
-    pub stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    pub stream: tokio_rustls::client::TlsStream<spike_sdk::net::Stream>,
 }
 
 impl Exchange {
@@ -149,7 +149,7 @@ impl Exchange {
 }
 
 async fn ping(
-    stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    stream: &mut tokio_rustls::client::TlsStream<spike_sdk::net::Stream>,
 ) -> Result<(), String> {
     stream.write_all(b"ping").await.map_err(|e| e.to_string())?;
     let mut pong = [0u8; 4];

@@ -14,13 +14,13 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
 use super::verifier::peer_spiffe_id;
 use crate::identity::SpiffeId;
+use crate::net::{self, Listener, Stream};
 
 /// Longest a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,10 +41,17 @@ pub struct PeerIdentity {
 }
 
 /// A server-side mTLS connection and its verified peer.
-#[derive(Debug)]
 pub struct TlsConnection {
-    stream: server::TlsStream<TcpStream>,
+    stream: server::TlsStream<Stream>,
     peer: PeerIdentity,
+}
+
+impl std::fmt::Debug for TlsConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConnection")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TlsConnection {
@@ -69,7 +76,7 @@ impl TlsListener {
     /// Starts accepting on `listener` with `config`. `local_id` is our own
     /// SPIFFE ID, reported by [`TlsListener::local_identity`].
     pub fn new(
-        listener: TcpListener,
+        listener: Box<dyn Listener>,
         config: Arc<ServerConfig>,
         local_id: SpiffeId,
     ) -> io::Result<Self> {
@@ -136,7 +143,7 @@ impl Drop for AcceptTask {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    mut listener: Box<dyn Listener>,
     acceptor: TlsAcceptor,
     ready: mpsc::Sender<TlsConnection>,
 ) {
@@ -173,10 +180,9 @@ async fn accept_loop(
 
 async fn handshake(
     acceptor: TlsAcceptor,
-    tcp: TcpStream,
+    tcp: Stream,
     address: SocketAddr,
 ) -> io::Result<TlsConnection> {
-    let _ = tcp.set_nodelay(true);
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
@@ -209,9 +215,8 @@ fn peer_id_of(
 pub async fn connect(
     address: SocketAddr,
     config: Arc<ClientConfig>,
-) -> io::Result<(client::TlsStream<TcpStream>, PeerIdentity)> {
-    let tcp = TcpStream::connect(address).await?;
-    let _ = tcp.set_nodelay(true);
+) -> io::Result<(client::TlsStream<Stream>, PeerIdentity)> {
+    let tcp = net::connect(address).await?;
     let stream = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         TlsConnector::from(config).connect(ServerName::IpAddress(address.ip().into()), tcp),
