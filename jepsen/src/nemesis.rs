@@ -1,7 +1,9 @@
 //! Nemeses: faults injected on a schedule (a quiet spell, a fault held for
 //! a while, its healing), every one healed at the end.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use spike_sdk::client::NexusClient;
 
@@ -253,7 +255,7 @@ pub async fn run(
     let mut rng = Rng::new(seed ^ 0x6E65_6D65_7369_7321);
     let mut windows = Vec::new();
     if nemesis == Nemesis::None {
-        tokio::time::sleep_until(deadline.into()).await;
+        tokio::time::sleep_until(deadline).await;
         return Ok(windows);
     }
     loop {
@@ -280,6 +282,6 @@ pub async fn run(
             end_ns: recorder.now_ns(),
         });
     }
-    tokio::time::sleep_until(deadline.into()).await;
+    tokio::time::sleep_until(deadline).await;
     Ok(windows)
 }

@@ -3,7 +3,7 @@
 //! time since the run began.
 
 use std::sync::Mutex;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use serde_json::Value;
 

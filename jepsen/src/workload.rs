@@ -4,7 +4,7 @@
 //! is `fail` (it changed nothing).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use serde_json::{Value, json};
 use spike_sdk::client::{Error, NexusClient};

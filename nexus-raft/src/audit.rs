@@ -53,7 +53,12 @@ impl AuditLog {
             .open(path)?;
         let (seq, prev) = last_link(&mut file)?;
         let (sender, receiver) = mpsc::channel(QUEUE_MAX);
-        tokio::task::spawn_blocking(move || write_loop(file, node, seq, prev, receiver));
+        // A thread of its own, not the blocking pool: it lives as long as
+        // the process (and a pending blocking task would stop a simulated
+        // clock from advancing).
+        std::thread::Builder::new()
+            .name("audit-writer".to_owned())
+            .spawn(move || write_loop(file, node, seq, prev, receiver))?;
         Ok(Self { sender })
     }
 

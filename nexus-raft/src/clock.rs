@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// How often the offset file is read again.
 const OFFSET_REFRESH_NS: u64 = 50_000_000;
 
+static SOURCE: OnceLock<fn() -> u64> = OnceLock::new();
 static OFFSET_FILE: OnceLock<PathBuf> = OnceLock::new();
 static OFFSET_MS: AtomicI64 = AtomicI64::new(0);
 static OFFSET_READ_AT_NS: AtomicU64 = AtomicU64::new(0);
@@ -24,7 +25,17 @@ pub fn offset_from(path: PathBuf) {
     let _ = OFFSET_FILE.set(path);
 }
 
+/// Reads the wall clock (nanoseconds since the Unix epoch) from `source`
+/// instead of the system: the deterministic simulator's clock. Once per
+/// process; later calls change nothing.
+pub fn install(source: fn() -> u64) {
+    let _ = SOURCE.set(source);
+}
+
 fn system_ns() -> u64 {
+    if let Some(source) = SOURCE.get() {
+        return source();
+    }
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| {

@@ -17,6 +17,8 @@ use crate::state::secret::{MAX_VERSIONS_DEFAULT, MAX_VERSIONS_LIMIT};
 #[derive(Debug, Parser)]
 #[command(version, about = "SPIKE Nexus: a replica of the secret store")]
 pub struct Args {
+    // A doc comment here would become clap help text.
+    #[allow(missing_docs)]
     #[command(flatten)]
     pub svid: SvidArgs,
     /// This replica's id (from 1, never reused).

@@ -14,14 +14,18 @@ use crate::keys::KeyStatus;
 use crate::node::Node;
 
 /// Serves `/livez`, `/readyz` and `/metrics` on `listener` until shutdown.
-pub async fn serve(listener: tokio::net::TcpListener, node: Node) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Node,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .with_state(node);
     axum::serve(listener, app)
-        .with_graceful_shutdown(spike_sdk::cli::shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await
 }
 

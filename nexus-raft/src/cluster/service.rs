@@ -7,7 +7,6 @@ use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use openraft::storage::Snapshot;
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::proto::cluster_server::Cluster;
@@ -231,9 +230,13 @@ async fn receive_file(
     path: &std::path::Path,
     chunks: &mut Streaming<SnapshotChunk>,
 ) -> Result<(), Status> {
-    let mut file = tokio::fs::File::create(path)
+    use crate::raft::run_blocking;
+    let internal = |e: std::io::Error| Status::internal(e.to_string());
+    let path = path.to_owned();
+    let mut file = run_blocking("create snapshot file", move || std::fs::File::create(path))
         .await
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .and_then(|created| created)
+        .map_err(internal)?;
     let mut received: u64 = 0;
     while let Some(chunk) = chunks.next().await {
         let Some(snapshot_chunk::Part::Data(data)) = chunk?.part else {
@@ -247,11 +250,15 @@ async fn receive_file(
                 "snapshot larger than {SNAPSHOT_SIZE_MAX_BYTES} bytes"
             )));
         }
-        file.write_all(&data)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-    }
-    file.sync_all()
+        file = run_blocking("write snapshot", move || {
+            std::io::Write::write_all(&mut file, &data).map(|()| file)
+        })
         .await
-        .map_err(|e| Status::internal(e.to_string()))
+        .and_then(|written| written)
+        .map_err(internal)?;
+    }
+    run_blocking("sync snapshot", move || file.sync_all())
+        .await
+        .and_then(|synced| synced)
+        .map_err(internal)
 }

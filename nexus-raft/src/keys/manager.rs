@@ -13,7 +13,7 @@
 //! acts on the definitive state.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
@@ -21,6 +21,7 @@ use spike_sdk::crypto::key_check::RootKeyId;
 use spike_sdk::crypto::shamir::{recover, recover_tolerant, split};
 use spike_sdk::crypto::{CryptoError, KeyCheck, KeyShare, Keyring, RootKey, ShamirParams};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use super::keepers::Keepers;
 use super::restore::RestoreProgress;

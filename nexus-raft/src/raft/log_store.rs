@@ -184,7 +184,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .collect::<io::Result<Vec<_>>>()?;
         let store = self.clone();
         // redb blocks on fsync; keep it off the async workers.
-        let outcome = tokio::task::spawn_blocking(move || {
+        let outcome = super::run_blocking("append log entries", move || {
             store.write("append log entries", Durability::Immediate, |txn| {
                 let mut table = txn.open_table(LOG)?;
                 for (index, bytes) in &encoded {
@@ -193,8 +193,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok(())
             })
         })
-        .await
-        .map_err(|e| io_error("append log entries", e))?;
+        .await?;
         match outcome {
             Ok(()) => {
                 callback.io_completed(Ok(()));

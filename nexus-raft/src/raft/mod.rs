@@ -3,8 +3,10 @@
 //! files, and the gRPC network. A later openraft bump should touch only
 //! this module.
 
+pub mod disk;
 pub mod log_store;
 pub mod network;
+pub mod runtime;
 pub mod snapshot;
 pub mod state_machine;
 
@@ -37,6 +39,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = NexusNode,
         LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
+        AsyncRuntime = runtime::NexusRuntime,
 );
 
 /// The Raft handle of a replica.
@@ -85,8 +88,15 @@ pub(crate) fn io_error(subject: &str, error: impl fmt::Display) -> std::io::Erro
 pub const DATABASE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Opens (or creates) the redb database at `path`, waiting up to
-/// [`DATABASE_LOCK_WAIT`] while another process still holds it.
+/// [`DATABASE_LOCK_WAIT`] while another process still holds it. Under a
+/// simulator's disk ([`disk::install`]) it opens there instead.
 pub(crate) fn open_database(path: &std::path::Path, what: &str) -> std::io::Result<redb::Database> {
+    let failed = |e: &dyn fmt::Display| io_error(&format!("open {what} {}", path.display()), e);
+    if let Some(backend) = disk::backend_for(path) {
+        return redb::Database::builder()
+            .create_with_backend(backend.map_err(|e| failed(&e))?)
+            .map_err(|e| failed(&e));
+    }
     let deadline = std::time::Instant::now() + DATABASE_LOCK_WAIT;
     loop {
         match redb::Database::create(path) {
@@ -95,10 +105,26 @@ pub(crate) fn open_database(path: &std::path::Path, what: &str) -> std::io::Resu
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            opened => {
-                return opened.map_err(|e| io_error(&format!("open {what} {}", path.display()), e));
-            }
+            opened => return opened.map_err(|e| failed(&e)),
         }
+    }
+}
+
+/// Runs storage work that blocks (redb commits and their fsyncs): on a
+/// blocking thread under the multi-threaded runtime of a real replica, so
+/// the async workers go on; inline under a current-thread runtime (the
+/// simulator, unit tests), where a second thread would make the order of
+/// events depend on the operating system's scheduler.
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::CurrentThread => Ok(work()),
+        _ => tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| io_error(what, e)),
     }
 }
 

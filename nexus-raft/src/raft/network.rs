@@ -162,17 +162,21 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             .reader()
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         // Chunks are read on demand: the file never sits in memory whole.
-        let file = tokio::fs::File::from_std(file);
         let chunks = stream::unfold(Some(file), |state| async move {
-            let mut reader = state?;
-            let mut buffer = vec![0u8; SNAPSHOT_CHUNK_BYTES];
-            let read = tokio::io::AsyncReadExt::read(&mut reader, &mut buffer)
-                .await
-                .ok()?;
-            if read == 0 {
+            let reader = state?;
+            let (reader, buffer) = super::run_blocking("read snapshot", move || {
+                let mut reader = reader;
+                let mut buffer = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+                let read = std::io::Read::read(&mut reader, &mut buffer)?;
+                buffer.truncate(read);
+                Ok::<_, std::io::Error>((reader, buffer))
+            })
+            .await
+            .ok()?
+            .ok()?;
+            if buffer.is_empty() {
                 return None;
             }
-            buffer.truncate(read);
             Some((
                 SnapshotChunk {
                     part: Some(snapshot_chunk::Part::Data(buffer)),

@@ -20,7 +20,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{FutureExt, Stream, StreamExt};
 use openraft::entry::RaftEntry;
@@ -30,6 +30,7 @@ use openraft::storage::{
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
 use redb::{Database, Durability, ReadableDatabase};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::codec::{decode, encode};
 use super::snapshot::{self, SnapshotFile};
@@ -334,9 +335,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 
     async fn build_snapshot(&mut self) -> Result<NexusSnapshot, io::Error> {
         let machine = self.clone();
-        tokio::task::spawn_blocking(move || machine.build())
-            .await
-            .map_err(|e| io_error("build snapshot", e))?
+        super::run_blocking("build snapshot", move || machine.build()).await?
     }
 }
 
@@ -365,9 +364,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             let (batch_entries, responders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let machine = self.clone();
-            let responses = tokio::task::spawn_blocking(move || machine.apply_batch(batch_entries))
-                .await
-                .map_err(|e| io_error("apply entries", e))??;
+            let responses =
+                super::run_blocking("apply entries", move || machine.apply_batch(batch_entries))
+                    .await??;
             for (responder, response) in responders.into_iter().zip(responses) {
                 if let Some(responder) = responder {
                     responder.send(response);
@@ -387,9 +386,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
         let machine = self.clone();
-        tokio::task::spawn_blocking(move || machine.install(snapshot))
-            .await
-            .map_err(|e| io_error("install snapshot", e))?
+        super::run_blocking("install snapshot", move || machine.install(snapshot)).await?
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<NexusSnapshot>, io::Error> {
