@@ -1,0 +1,357 @@
+//! `spike-sim`: deterministic simulation of a SPIKE cluster.
+//!
+//! The real Nexus and Keeper code (`spike_nexus::serve`,
+//! `spike_keeper::serve`, with their mTLS, Raft, redb stores and key
+//! manager) and the real SDK clients run as turmoil hosts in one thread:
+//! simulated network ([`network`]), simulated clock (tokio's paused time)
+//! and a simulated disk that loses unsynced writes on a crash ([`disk`]).
+//! Everything random that steers the run (message latencies and loss,
+//! tokio's `select!`, Raft's election timeouts, the workload, the faults)
+//! comes from the seed, so a seed replays the same run; the fingerprint of
+//! its history shows it.
+//!
+//! A run has a safety phase (faults one after another, [`nemesis`]) and a
+//! healing phase (everything repaired and restarted). The history is
+//! checked for linearizability per key, the cluster must take writes again
+//! after healing, and every replica must converge.
+
+mod cluster;
+mod disk;
+mod entropy;
+mod nemesis;
+mod network;
+mod workload;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use clap::Parser;
+use spike_jepsen::check::{self, SEARCH_STEPS_MAX};
+use spike_jepsen::history::{Event, EventKind, write_event};
+
+use crate::cluster::{Identities, ReplicaOptions};
+use crate::disk::SimDisk;
+use crate::nemesis::{Fault, Schedule, WORKLOAD_HOST, heal_all};
+use crate::workload::{Findings, Observed};
+
+/// The first fault comes once the cluster has had time to elect a leader
+/// and store its root key with the keepers.
+const FIRST_FAULT: Duration = Duration::from_secs(3);
+/// Message latency on a healthy link: 0 to this, per message.
+const BASE_LATENCY: Duration = Duration::from_millis(5);
+/// Segments a simulated socket may buffer.
+const TCP_CAPACITY: usize = 16_384;
+/// The simulated wall clock starts at 2027-01-01T00:00:00Z in every run
+/// (seconds since the Unix epoch).
+const EPOCH_SECS: u64 = 1_798_761_600;
+/// Simulated time allowed beyond the two phases for the final checks.
+const CHECKS_SLACK: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Parser)]
+#[command(
+    about = "Deterministic simulation of a SPIKE cluster: the real Nexus and Keeper code on turmoil"
+)]
+struct Args {
+    /// The first seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// How many seeds to run, from --seed on.
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// Simulated seconds of faults (the safety phase).
+    #[arg(long, default_value_t = 20)]
+    fault_secs: u64,
+    /// Simulated seconds of clients on the healed cluster.
+    #[arg(long, default_value_t = 8)]
+    heal_secs: u64,
+    /// Run the replicas with the deliberately unsafe --unsafe-local-reads;
+    /// then the simulation must find anomalies, and succeeds only if it
+    /// does.
+    #[arg(long)]
+    unsafe_local_reads: bool,
+    /// Write each seed's history to DIR/history-SEED.jsonl.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+/// How a seed ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Verdict {
+    Valid,
+    Unknown,
+    Anomalies,
+}
+
+struct SeedReport {
+    verdict: Verdict,
+    lines: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Ok(filter) = std::env::var("SPIKE_SIM_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .without_time()
+            .init();
+    }
+    match run(&args) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("spike-sim: {error:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let disk = SimDisk::default();
+    spike_sdk::net::install(Box::new(network::SimNetwork))?;
+    spike_nexus::disk::install(Box::new(disk.clone()))?;
+    spike_nexus::install_wall_clock(simulated_wall_clock);
+    let identities = Identities::mint()?;
+    let root = std::env::temp_dir().join(format!("spike-sim-{}", std::process::id()));
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    }
+
+    let mut worst = Verdict::Valid;
+    let mut caught = 0;
+    for seed in args.seed..args.seed.saturating_add(args.seeds) {
+        let began = Instant::now();
+        let seed_root = root.join(format!("seed-{seed}"));
+        let outcome = run_seed(seed, args, &identities, &disk, &seed_root);
+        disk.forget(&seed_root);
+        let _ = std::fs::remove_dir_all(&seed_root);
+        let report = outcome.with_context(|| format!("seed {seed}: {}", replay(seed, args)))?;
+        if report.verdict == Verdict::Anomalies {
+            caught += 1;
+        }
+        worst = worst.max(report.verdict);
+        let mut stdout = std::io::stdout().lock();
+        for line in &report.lines {
+            writeln!(stdout, "{line}")?;
+        }
+        writeln!(stdout, "  ({:.1} s)", began.elapsed().as_secs_f64())?;
+        if report.verdict != Verdict::Valid && !args.unsafe_local_reads {
+            writeln!(stdout, "  replay: {}", replay(seed, args))?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+
+    if args.unsafe_local_reads {
+        println!(
+            "unsafe local reads: {caught} of {} seeds caught anomalies",
+            args.seeds
+        );
+        return Ok(if caught > 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    Ok(match worst {
+        Verdict::Valid => ExitCode::SUCCESS,
+        Verdict::Anomalies => ExitCode::from(1),
+        Verdict::Unknown => ExitCode::from(2),
+    })
+}
+
+/// The replicas' wall clock: the simulation's (the real one outside it).
+fn simulated_wall_clock() -> u64 {
+    let since_epoch = turmoil::since_epoch().unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+    });
+    u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The command that replays `seed` as it just ran.
+fn replay(seed: u64, args: &Args) -> String {
+    let mut command = format!(
+        "sim/run --seed {seed} --fault-secs {} --heal-secs {}",
+        args.fault_secs, args.heal_secs
+    );
+    if args.unsafe_local_reads {
+        command.push_str(" --unsafe-local-reads");
+    }
+    command.push_str(" --out sim-results");
+    command
+}
+
+fn run_seed(
+    seed: u64,
+    args: &Args,
+    identities: &Identities,
+    disk: &SimDisk,
+    root: &Path,
+) -> anyhow::Result<SeedReport> {
+    let fault_phase = Duration::from_secs(args.fault_secs);
+    let run_for = fault_phase + Duration::from_secs(args.heal_secs);
+    std::fs::create_dir_all(root).with_context(|| format!("create {}", root.display()))?;
+    entropy::reseed(seed);
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .epoch(SystemTime::UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
+        .simulation_duration(run_for + CHECKS_SLACK)
+        .tick_duration(Duration::from_millis(1))
+        .max_message_latency(BASE_LATENCY)
+        .repair_rate(0.2)
+        .tcp_capacity(TCP_CAPACITY)
+        .build();
+    let options = ReplicaOptions {
+        unsafe_local_reads: args.unsafe_local_reads,
+    };
+    cluster::add_hosts(&mut sim, identities, root, seed, options);
+    let findings = Findings::default();
+    {
+        let identities = identities.clone();
+        let findings = findings.clone();
+        sim.client(WORKLOAD_HOST, async move {
+            workload::run(identities, seed, run_for, findings).await;
+            Ok(())
+        });
+    }
+
+    let schedule = Schedule::new(seed, FIRST_FAULT, fault_phase);
+    let mut upcoming = schedule.faults.iter().peekable();
+    let mut active: Option<Duration> = None;
+    let mut healed = false;
+    loop {
+        let now = sim.elapsed();
+        if active.is_some_and(|end| now >= end) {
+            heal_all(&mut sim, BASE_LATENCY);
+            active = None;
+        }
+        if active.is_none()
+            && let Some((_, end, fault)) = upcoming.next_if(|(start, _, _)| now >= *start)
+        {
+            fault.start(&mut sim, disk, root);
+            active = Some(*end);
+        }
+        if !healed && now >= fault_phase {
+            heal_all(&mut sim, BASE_LATENCY);
+            healed = true;
+        }
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(error) => anyhow::bail!("the simulation failed: {error}"),
+        }
+    }
+    drop(sim);
+
+    let observed = findings
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+        .context("the workload left no findings")?;
+    if let Some(out) = &args.out {
+        write_history(&out.join(format!("history-{seed}.jsonl")), &observed.events)?;
+    }
+    Ok(judge(seed, &schedule.faults, fault_phase, observed))
+}
+
+/// Checks the history and the findings after healing.
+fn judge(
+    seed: u64,
+    faults: &[(Duration, Duration, Fault)],
+    fault_phase: Duration,
+    observed: Observed,
+) -> SeedReport {
+    let Observed {
+        events,
+        mut problems,
+        last_write_ok,
+    } = observed;
+    if last_write_ok.is_none_or(|at| at < fault_phase) {
+        problems.push("no write was acknowledged after healing".to_owned());
+    }
+    let mut lines = Vec::new();
+    let (verdict, anomalies) = match check::pair(&events) {
+        Err(error) => (
+            Verdict::Unknown,
+            vec![format!("unpairable history: {error}")],
+        ),
+        Ok(operations) => {
+            let report = check::check_registers(&operations, SEARCH_STEPS_MAX);
+            let mut found: Vec<String> = report
+                .anomalies
+                .iter()
+                .map(|anomaly| format!("{anomaly:?}"))
+                .collect();
+            found.extend(problems);
+            let verdict = if !found.is_empty() {
+                Verdict::Anomalies
+            } else if !report.unknown_keys.is_empty() {
+                found.push(format!("no verdict for keys {:?}", report.unknown_keys));
+                Verdict::Unknown
+            } else {
+                Verdict::Valid
+            };
+            (verdict, found)
+        }
+    };
+    let count = |kind| events.iter().filter(|event| event.kind == kind).count();
+    lines.push(format!(
+        "seed {seed}: {} · {} ok, {} info, {} fail · {} faults · fingerprint {:016x}",
+        match verdict {
+            Verdict::Valid => "valid",
+            Verdict::Unknown => "NO VERDICT",
+            Verdict::Anomalies => "ANOMALIES",
+        },
+        count(EventKind::Ok),
+        count(EventKind::Info),
+        count(EventKind::Fail),
+        faults.len(),
+        fingerprint(&events),
+    ));
+    if verdict != Verdict::Valid {
+        for (start, end, fault) in faults {
+            lines.push(format!(
+                "  fault {:>6.2}-{:>6.2} s: {fault:?}",
+                start.as_secs_f64(),
+                end.as_secs_f64()
+            ));
+        }
+        for anomaly in anomalies.iter().take(20) {
+            lines.push(format!("  {anomaly}"));
+        }
+    }
+    SeedReport { verdict, lines }
+}
+
+/// FNV-1a over the history's JSON lines: two runs of a seed print the same
+/// fingerprint exactly when they saw the same history, times included.
+fn fingerprint(events: &[Event]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut line = Vec::new();
+    for event in events {
+        line.clear();
+        if write_event(&mut line, event).is_err() {
+            continue;
+        }
+        for byte in &line {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+fn write_history(path: &Path, events: &[Event]) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?,
+    );
+    for event in events {
+        write_event(&mut out, event)?;
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! Faults, chosen and timed by the seed: partitions, lossy and slow links,
+//! held messages, crashes with power loss, keepers restarted empty. One
+//! fault at a time during the safety phase; everything is healed before the
+//! healing phase.
+
+use std::path::Path;
+use std::time::Duration;
+
+use spike_jepsen::recorder::Rng;
+
+use crate::cluster::{REPLICAS, keeper_names, nexus_name, nexus_names};
+use crate::disk::SimDisk;
+
+/// The host the workload's clients run on.
+pub const WORKLOAD_HOST: &str = "workload";
+
+/// One fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// A replica cut off from everyone, clients included.
+    Isolate(usize),
+    /// A replica cut off from the other replicas only: clients still reach
+    /// both sides.
+    SplitReplicas(usize),
+    /// Two replicas cannot talk; the third still talks to both.
+    Bridge(usize, usize),
+    /// A replica's links drop messages (they fail and come back at random).
+    Lossy(usize),
+    /// A replica's links deliver messages late, up to the given delay.
+    Slow(usize, Duration),
+    /// Everything a replica sends or receives is held, then released at
+    /// once.
+    Hold(usize),
+    /// Replicas lose power (kill -9 and every unsynced write lost), and
+    /// restart when the fault ends.
+    Crash(Vec<usize>),
+    /// Every keeper restarts empty.
+    KeepersRestart,
+    /// The replicas cannot reach the keepers.
+    KeepersCut,
+}
+
+impl Fault {
+    /// Picks a fault.
+    pub fn pick(rng: &mut Rng) -> Self {
+        let replica = rng.below(REPLICAS as u64) as usize;
+        let other = (replica + 1 + rng.below(REPLICAS as u64 - 1) as usize) % REPLICAS;
+        match rng.below(11) {
+            0 => Self::Isolate(replica),
+            1 => Self::SplitReplicas(replica),
+            2 => Self::Bridge(replica, other),
+            3 => Self::Lossy(replica),
+            4 => Self::Slow(replica, Duration::from_millis(50 + rng.below(400))),
+            5 => Self::Hold(replica),
+            6 | 7 => Self::Crash(vec![replica]),
+            8 => Self::Crash(vec![replica, other]),
+            9 => Self::Crash((0..REPLICAS).collect()),
+            _ => {
+                if rng.below(2) == 0 {
+                    Self::KeepersRestart
+                } else {
+                    Self::KeepersCut
+                }
+            }
+        }
+    }
+
+    /// Puts the fault in place.
+    pub fn start(&self, sim: &mut turmoil::Sim<'_>, disk: &SimDisk, root: &Path) {
+        match self {
+            Self::Isolate(replica) => {
+                let name = nexus_name(*replica);
+                for other in everyone_but(&name) {
+                    sim.partition(name.as_str(), other.as_str());
+                }
+            }
+            Self::SplitReplicas(replica) => {
+                let name = nexus_name(*replica);
+                for other in nexus_names().iter().filter(|other| **other != name) {
+                    sim.partition(name.as_str(), other.as_str());
+                }
+            }
+            Self::Bridge(a, b) => {
+                sim.partition(nexus_name(*a).as_str(), nexus_name(*b).as_str());
+            }
+            Self::Lossy(replica) => {
+                let name = nexus_name(*replica);
+                for other in everyone_but(&name) {
+                    sim.set_link_fail_rate(name.as_str(), other.as_str(), 0.05);
+                }
+            }
+            Self::Slow(replica, delay) => {
+                let name = nexus_name(*replica);
+                for other in everyone_but(&name) {
+                    sim.set_link_max_message_latency(name.as_str(), other.as_str(), *delay);
+                }
+            }
+            Self::Hold(replica) => {
+                let name = nexus_name(*replica);
+                for other in everyone_but(&name) {
+                    sim.hold(name.as_str(), other.as_str());
+                }
+            }
+            Self::Crash(replicas) => {
+                for replica in replicas {
+                    let name = nexus_name(*replica);
+                    // Power first: what the dying process flushes on its way
+                    // down must reach nothing.
+                    disk.power_cut(&crate::cluster::data_dir(root, &name));
+                    sim.crash(name.as_str());
+                }
+            }
+            Self::KeepersRestart => {
+                for keeper in keeper_names() {
+                    sim.bounce(keeper.as_str());
+                }
+            }
+            Self::KeepersCut => {
+                for replica in nexus_names() {
+                    for keeper in keeper_names() {
+                        sim.partition(replica.as_str(), keeper.as_str());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every host but `name`.
+fn everyone_but(name: &str) -> Vec<String> {
+    nexus_names()
+        .into_iter()
+        .chain(keeper_names())
+        .chain([WORKLOAD_HOST.to_owned()])
+        .filter(|other| other != name)
+        .collect()
+}
+
+/// Heals everything: links repaired, held messages released, latency and
+/// loss back to normal, crashed replicas restarted.
+pub fn heal_all(sim: &mut turmoil::Sim<'_>, base_latency: Duration) {
+    let hosts: Vec<String> = everyone_but("");
+    for a in &hosts {
+        for b in &hosts {
+            if a < b {
+                sim.repair(a.as_str(), b.as_str());
+                sim.release(a.as_str(), b.as_str());
+                sim.set_link_fail_rate(a.as_str(), b.as_str(), 0.0);
+                sim.set_link_max_message_latency(a.as_str(), b.as_str(), base_latency);
+            }
+        }
+    }
+    for replica in nexus_names() {
+        if !sim.is_host_running(replica.as_str()) {
+            sim.bounce(replica.as_str());
+        }
+    }
+}
+
+/// The faults of a run and when they start and end.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// (start, end, fault), in order, never overlapping.
+    pub faults: Vec<(Duration, Duration, Fault)>,
+}
+
+impl Schedule {
+    /// Faults from `first` until `until`: each held 0.5-4 s, then 0.5-2 s
+    /// of quiet.
+    pub fn new(seed: u64, first: Duration, until: Duration) -> Self {
+        let mut rng = Rng::new(seed ^ 0x6e65_6d65_7369_73);
+        let mut faults = Vec::new();
+        let mut at = first;
+        loop {
+            let hold = Duration::from_millis(500 + rng.below(3_500));
+            if at + hold > until {
+                break;
+            }
+            faults.push((at, at + hold, Fault::pick(&mut rng)));
+            at += hold + Duration::from_millis(500 + rng.below(1_500));
+        }
+        Self { faults }
+    }
+}

@@ -1,0 +1,205 @@
+//! The clients: Jepsen's register workload through the real SDK, from one
+//! simulated host, then the checks that need the healed cluster.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use spike_jepsen::history::{Event, EventKind};
+use spike_jepsen::recorder::{Invocation, Recorder};
+use spike_jepsen::workload::{self, ClientSpec, Workload};
+use spike_sdk::client::{Error, NexusClient, RetryPolicy, Settings};
+use tokio::time::Instant;
+
+use crate::cluster::{Identities, api_addresses};
+
+/// Register keys the clients share: few, so operations contend.
+pub const KEYS: u64 = 4;
+/// Concurrent clients; odd ones are pinned to one replica.
+pub const CLIENTS: u64 = 6;
+/// How long after healing every replica has to converge.
+const CONVERGE_WITHIN: Duration = Duration::from_secs(10);
+
+/// What the clients saw.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The history, invocations and completions in order.
+    pub events: Vec<Event>,
+    /// Problems found after healing: divergent replicas, no recovery.
+    pub problems: Vec<String>,
+    /// Simulated time of the last acknowledged write, from the start.
+    pub last_write_ok: Option<Duration>,
+}
+
+/// Where the workload host leaves its findings for the driver.
+pub type Findings = Arc<Mutex<Option<Observed>>>;
+
+fn client(
+    identities: &Identities,
+    endpoints: Vec<std::net::SocketAddr>,
+    follow: bool,
+) -> NexusClient {
+    let mut settings = Settings::new(endpoints);
+    settings.request_timeout = Duration::from_millis(1500);
+    settings.retry = RetryPolicy {
+        attempts_max: 6,
+        deadline: Duration::from_secs(3),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(400),
+    };
+    settings.follow_leader = follow;
+    NexusClient::new(
+        identities.superuser.clone(),
+        identities.trust_roots.clone(),
+        settings,
+    )
+    .unwrap_or_else(|error| panic!("client settings are valid: {error}"))
+}
+
+/// Runs the clients for `run_for`, then the final reads and the
+/// convergence check, and leaves the findings in `findings`.
+pub async fn run(identities: Identities, seed: u64, run_for: Duration, findings: Findings) {
+    let endpoints = api_addresses();
+    let recorder = Arc::new(Recorder::new());
+    let began = Instant::now();
+    let deadline = began + run_for;
+    let mut workers = Vec::new();
+    for process in 0..CLIENTS {
+        let node = endpoints[process as usize % endpoints.len()];
+        let pinned = process % 2 == 1;
+        let client = if pinned {
+            client(&identities, vec![node], false)
+        } else {
+            let mut order = endpoints.clone();
+            let shift = process as usize % order.len();
+            order.rotate_left(shift);
+            client(&identities, order, true)
+        };
+        let spec = ClientSpec {
+            workload: Workload::Register,
+            process,
+            keys: KEYS,
+            seed,
+            deadline,
+            pinned: pinned.then_some(node),
+        };
+        let recorder = recorder.clone();
+        workers.push(tokio::spawn(async move {
+            workload::client_loop(spec, client, &recorder).await;
+        }));
+    }
+    for worker in workers {
+        if let Err(error) = worker.await {
+            panic!("a client task failed: {error}");
+        }
+    }
+    let mut problems = Vec::new();
+    let finals = final_reads(&identities, &recorder, &mut problems).await;
+    converge(&identities, &finals, &mut problems).await;
+    let events = recorder.events();
+    let last_write_ok = last_acknowledged_write(&events);
+    *findings.lock().unwrap_or_else(PoisonError::into_inner) = Some(Observed {
+        events,
+        problems,
+        last_write_ok,
+    });
+}
+
+/// When (since the start) the last write or successful CAS was
+/// acknowledged.
+fn last_acknowledged_write(events: &[Event]) -> Option<Duration> {
+    events
+        .iter()
+        .filter(|event| event.kind == EventKind::Ok && matches!(event.f.as_str(), "write" | "cas"))
+        .map(|event| Duration::from_nanos(event.time_ns))
+        .max()
+}
+
+/// A linearizable read of every key through the leader, recorded in the
+/// history so the checker judges it with the rest.
+async fn final_reads(
+    identities: &Identities,
+    recorder: &Recorder,
+    problems: &mut Vec<String>,
+) -> BTreeMap<u64, Option<u64>> {
+    let reader = client(identities, api_addresses(), true);
+    let mut finals = BTreeMap::new();
+    for key in 0..KEYS {
+        let path = workload::register_path(key);
+        let invocation = Invocation {
+            process: CLIENTS,
+            f: "read",
+            key: Some(key.to_string()),
+            value: Value::Null,
+            node: None,
+        };
+        let give_up = Instant::now() + CONVERGE_WITHIN;
+        loop {
+            recorder.invoke(&invocation);
+            match reader.get_secret(&path, None).await {
+                Ok(found) => {
+                    let value = found.get("v").and_then(|v| v.parse::<u64>().ok());
+                    recorder.complete(&invocation, EventKind::Ok, json!(value), None);
+                    finals.insert(key, value);
+                    break;
+                }
+                Err(Error::NotFound) => {
+                    recorder.complete(&invocation, EventKind::Ok, Value::Null, None);
+                    finals.insert(key, None);
+                    break;
+                }
+                Err(error) => {
+                    recorder.complete(
+                        &invocation,
+                        EventKind::Fail,
+                        Value::Null,
+                        Some(error.to_string()),
+                    );
+                    if Instant::now() > give_up {
+                        problems.push(format!(
+                            "no linearizable read of key {key} after healing: {error}"
+                        ));
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    finals
+}
+
+/// Every replica, read alone and without a read index, must come to hold
+/// the final values.
+async fn converge(
+    identities: &Identities,
+    finals: &BTreeMap<u64, Option<u64>>,
+    problems: &mut Vec<String>,
+) {
+    for (position, endpoint) in api_addresses().into_iter().enumerate() {
+        let alone = client(identities, vec![endpoint], false);
+        for (key, expected) in finals {
+            let path = workload::register_path(*key);
+            let give_up = Instant::now() + CONVERGE_WITHIN;
+            loop {
+                let seen = match alone.get_secret_stale(&path, None).await {
+                    Ok(found) => Some(found.get("v").and_then(|v| v.parse::<u64>().ok())),
+                    Err(Error::NotFound) => Some(None),
+                    Err(_) => None,
+                };
+                if seen.as_ref() == Some(expected) {
+                    break;
+                }
+                if Instant::now() > give_up {
+                    problems.push(format!(
+                        "nexus-{} holds {seen:?} for key {key}, the cluster {expected:?}",
+                        position + 1
+                    ));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
