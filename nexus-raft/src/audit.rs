@@ -52,13 +52,37 @@ impl AuditLog {
             .mode(0o600)
             .open(path)?;
         let (seq, prev) = last_link(&mut file)?;
-        let (sender, receiver) = mpsc::channel(QUEUE_MAX);
-        // A thread of its own, not the blocking pool: it lives as long as
-        // the process (and a pending blocking task would stop a simulated
-        // clock from advancing).
-        std::thread::Builder::new()
-            .name("audit-writer".to_owned())
-            .spawn(move || write_loop(file, node, seq, prev, receiver))?;
+        let (sender, mut receiver) = mpsc::channel(QUEUE_MAX);
+        let mut writer = Writer {
+            file,
+            node,
+            seq,
+            prev,
+        };
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current() {
+            // A single-threaded runtime (the simulator) writes in a task of
+            // its own: a second thread would make the order of events
+            // depend on the OS scheduler whenever the queue fills.
+            Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::CurrentThread => {
+                tokio::spawn(async move {
+                    while let Some(first) = receiver.recv().await {
+                        writer.write(take_batch(first, &mut receiver));
+                    }
+                });
+            }
+            // Otherwise a thread of its own, not the blocking pool: it
+            // lives as long as the process.
+            _ => {
+                std::thread::Builder::new()
+                    .name("audit-writer".to_owned())
+                    .spawn(move || {
+                        while let Some(first) = receiver.blocking_recv() {
+                            writer.write(take_batch(first, &mut receiver));
+                        }
+                    })?;
+            }
+        }
         Ok(Self { sender })
     }
 
@@ -96,30 +120,38 @@ fn last_link(file: &mut File) -> io::Result<(u64, String)> {
     }
 }
 
-fn write_loop(
-    mut file: File,
-    node: u64,
-    mut seq: u64,
-    mut prev: String,
-    mut receiver: mpsc::Receiver<AuditEntry>,
-) {
-    while let Some(first) = receiver.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH_MAX {
-            match receiver.try_recv() {
-                Ok(entry) => batch.push(entry),
-                Err(_) => break,
-            }
+/// `first` and whatever else is queued, up to [`BATCH_MAX`].
+fn take_batch(first: AuditEntry, receiver: &mut mpsc::Receiver<AuditEntry>) -> Vec<AuditEntry> {
+    let mut batch = vec![first];
+    while batch.len() < BATCH_MAX {
+        match receiver.try_recv() {
+            Ok(entry) => batch.push(entry),
+            Err(_) => break,
         }
+    }
+    batch
+}
+
+/// The end of the chain and the file it is appended to.
+struct Writer {
+    file: File,
+    node: u64,
+    seq: u64,
+    prev: String,
+}
+
+impl Writer {
+    /// Appends `batch` and fsyncs once.
+    fn write(&mut self, batch: Vec<AuditEntry>) {
         let mut text = String::new();
         for entry in batch {
-            seq += 1;
+            self.seq += 1;
             let record = AuditRecord {
-                seq,
+                seq: self.seq,
                 time: OffsetDateTime::now_utc()
                     .format(&Rfc3339)
                     .unwrap_or_default(),
-                node,
+                node: self.node,
                 caller: entry.caller,
                 route: entry.route,
                 action: entry.action,
@@ -127,7 +159,7 @@ fn write_loop(
                 result: entry.result,
                 status: entry.status,
                 duration_us: entry.duration_us,
-                prev: prev.clone(),
+                prev: self.prev.clone(),
             };
             let line = match serde_json::to_string(&record) {
                 Ok(line) => line,
@@ -136,13 +168,14 @@ fn write_loop(
                     continue;
                 }
             };
-            prev = hash(line.as_bytes());
+            self.prev = hash(line.as_bytes());
             text.push_str(&line);
             text.push('\n');
         }
-        if let Err(error) = file
+        if let Err(error) = self
+            .file
             .write_all(text.as_bytes())
-            .and_then(|()| file.sync_data())
+            .and_then(|()| self.file.sync_data())
         {
             tracing::error!(%error, "audit log write failed");
         }
