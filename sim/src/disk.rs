@@ -23,6 +23,10 @@ const PAGE: u64 = 4096;
 #[derive(Debug, Default, Clone)]
 pub struct SimDisk {
     files: Arc<Mutex<BTreeMap<PathBuf, Arc<Mutex<File>>>>>,
+    /// Deliberately broken: `sync_data` succeeds and persists nothing, as
+    /// a disk that lies about its write cache. A run with it must lose
+    /// acknowledged writes to power loss, and be caught.
+    lying: bool,
 }
 
 #[derive(Debug, Default)]
@@ -42,6 +46,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SimDisk {
+    /// A disk whose fsyncs persist nothing (see the field).
+    pub fn lying() -> Self {
+        Self {
+            lying: true,
+            ..Self::default()
+        }
+    }
+
     /// Cuts the power of the host whose files live under `dir`: every one
     /// of them returns to its last synced state.
     pub fn power_cut(&self, dir: &Path) {
@@ -70,7 +82,11 @@ impl Disk for SimDisk {
             .or_default()
             .clone();
         let generation = lock(&file).generation;
-        Ok(Box::new(Backend { file, generation }))
+        Ok(Box::new(Backend {
+            file,
+            generation,
+            lying: self.lying,
+        }))
     }
 }
 
@@ -79,6 +95,7 @@ impl Disk for SimDisk {
 struct Backend {
     file: Arc<Mutex<File>>,
     generation: u64,
+    lying: bool,
 }
 
 impl Backend {
@@ -127,6 +144,9 @@ impl redb::StorageBackend for Backend {
 
     fn sync_data(&self) -> io::Result<()> {
         let mut file = self.file()?;
+        if self.lying {
+            return Ok(());
+        }
         let File {
             current,
             durable,
@@ -161,8 +181,6 @@ impl redb::StorageBackend for Backend {
 
 #[cfg(test)]
 mod tests {
-    use redb::StorageBackend;
-
     use super::*;
 
     #[test]
@@ -180,6 +198,18 @@ mod tests {
         reopened.read(0, &mut head).expect("read");
         assert_eq!(&head, b"synced");
         assert_eq!(reopened.len().expect("len"), 6);
+    }
+
+    #[test]
+    fn a_lying_disk_loses_even_synced_writes() {
+        let disk = SimDisk::lying();
+        let dir = Path::new("/sim/n1");
+        let backend = disk.open(&dir.join("log.redb")).expect("open");
+        backend.write(0, b"acknowledged").expect("write");
+        backend.sync_data().expect("sync");
+        disk.power_cut(dir);
+        let reopened = disk.open(&dir.join("log.redb")).expect("reopen");
+        assert_eq!(reopened.len().expect("len"), 0);
     }
 
     #[test]

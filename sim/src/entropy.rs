@@ -16,7 +16,7 @@ static STATE: Mutex<u64> = Mutex::new(0);
 
 /// Restarts the stream from `seed`.
 pub fn reseed(seed: u64) {
-    *STATE.lock().unwrap_or_else(PoisonError::into_inner) = seed ^ 0x656e_7472_6f70_79;
+    *STATE.lock().unwrap_or_else(PoisonError::into_inner) = seed ^ 0x0065_6e74_726f_7079;
 }
 
 /// Fills `buffer` from the stream (SplitMix64).

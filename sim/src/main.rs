@@ -23,6 +23,7 @@ mod network;
 mod workload;
 
 use std::io::Write;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
@@ -72,9 +73,22 @@ struct Args {
     /// does.
     #[arg(long)]
     unsafe_local_reads: bool,
+    /// Give the replicas a disk whose fsyncs persist nothing; then power
+    /// losses must lose acknowledged writes, and the simulation succeeds
+    /// only if it finds anomalies.
+    #[arg(long)]
+    unsafe_lying_disk: bool,
     /// Write each seed's history to DIR/history-SEED.jsonl.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+}
+
+impl Args {
+    /// Whether a deliberately unsafe setting is on, so anomalies are the
+    /// expected outcome.
+    fn expects_anomalies(&self) -> bool {
+        self.unsafe_local_reads || self.unsafe_lying_disk
+    }
 }
 
 /// How a seed ended.
@@ -110,7 +124,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let disk = SimDisk::default();
+    install_panic_hook();
+    let disk = if args.unsafe_lying_disk {
+        SimDisk::lying()
+    } else {
+        SimDisk::default()
+    };
     spike_sdk::net::install(Box::new(network::SimNetwork))?;
     spike_nexus::disk::install(Box::new(disk.clone()))?;
     spike_nexus::install_wall_clock(simulated_wall_clock);
@@ -138,15 +157,15 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
             writeln!(stdout, "{line}")?;
         }
         writeln!(stdout, "  ({:.1} s)", began.elapsed().as_secs_f64())?;
-        if report.verdict != Verdict::Valid && !args.unsafe_local_reads {
+        if report.verdict != Verdict::Valid && !args.expects_anomalies() {
             writeln!(stdout, "  replay: {}", replay(seed, args))?;
         }
     }
     let _ = std::fs::remove_dir_all(&root);
 
-    if args.unsafe_local_reads {
+    if args.expects_anomalies() {
         println!(
-            "unsafe local reads: {caught} of {} seeds caught anomalies",
+            "deliberately unsafe run: {caught} of {} seeds found anomalies",
             args.seeds
         );
         return Ok(if caught > 0 {
@@ -180,6 +199,9 @@ fn replay(seed: u64, args: &Args) -> String {
     );
     if args.unsafe_local_reads {
         command.push_str(" --unsafe-local-reads");
+    }
+    if args.unsafe_lying_disk {
+        command.push_str(" --unsafe-lying-disk");
     }
     command.push_str(" --out sim-results");
     command
@@ -239,10 +261,19 @@ fn run_seed(
             heal_all(&mut sim, BASE_LATENCY);
             healed = true;
         }
-        match sim.step() {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(error) => anyhow::bail!("the simulation failed: {error}"),
+        // A panic in the code under test (an assertion of openraft's, say)
+        // stops the run: it is an anomaly, not a crash of the simulator.
+        match panic::catch_unwind(AssertUnwindSafe(|| sim.step())) {
+            Ok(Ok(true)) => break,
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => anyhow::bail!("the simulation failed: {error}"),
+            Err(_) => {
+                let message = take_panic().unwrap_or_else(|| "unknown panic".to_owned());
+                // Tearing down half-dead hosts may panic again.
+                let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(sim)));
+                let message = format!("at {:.3} s: {message}", now.as_secs_f64());
+                return Ok(judge_panic(seed, &schedule.faults, message));
+            }
         }
     }
     drop(sim);
@@ -256,6 +287,49 @@ fn run_seed(
         write_history(&out.join(format!("history-{seed}.jsonl")), &observed.events)?;
     }
     Ok(judge(seed, &schedule.faults, fault_phase, observed))
+}
+
+thread_local! {
+    /// The first panic message since the last [`take_panic`].
+    static PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Keeps the first panic message for the report instead of printing the
+/// default report and backtrace (the seed replays it; the panics of the
+/// teardown that follows are noise).
+fn install_panic_hook() {
+    panic::set_hook(Box::new(|info| {
+        PANIC.with(|first| {
+            first.borrow_mut().get_or_insert_with(|| info.to_string());
+        });
+    }));
+}
+
+fn take_panic() -> Option<String> {
+    PANIC.with(|first| first.borrow_mut().take())
+}
+
+/// A run stopped by a panic in the code under test.
+fn judge_panic(seed: u64, faults: &[(Duration, Duration, Fault)], message: String) -> SeedReport {
+    let mut lines = vec![format!(
+        "seed {seed}: ANOMALIES · the code under test panicked"
+    )];
+    push_faults(&mut lines, faults);
+    lines.push(format!("  {message}"));
+    SeedReport {
+        verdict: Verdict::Anomalies,
+        lines,
+    }
+}
+
+fn push_faults(lines: &mut Vec<String>, faults: &[(Duration, Duration, Fault)]) {
+    for (start, end, fault) in faults {
+        lines.push(format!(
+            "  fault {:>6.2}-{:>6.2} s: {fault:?}",
+            start.as_secs_f64(),
+            end.as_secs_f64()
+        ));
+    }
 }
 
 /// Checks the history and the findings after healing.
@@ -313,13 +387,7 @@ fn judge(
         fingerprint(&events),
     ));
     if verdict != Verdict::Valid {
-        for (start, end, fault) in faults {
-            lines.push(format!(
-                "  fault {:>6.2}-{:>6.2} s: {fault:?}",
-                start.as_secs_f64(),
-                end.as_secs_f64()
-            ));
-        }
+        push_faults(&mut lines, faults);
         for anomaly in anomalies.iter().take(20) {
             lines.push(format!("  {anomaly}"));
         }

@@ -168,7 +168,7 @@ impl Schedule {
     /// Faults from `first` until `until`: each held 0.5-4 s, then 0.5-2 s
     /// of quiet.
     pub fn new(seed: u64, first: Duration, until: Duration) -> Self {
-        let mut rng = Rng::new(seed ^ 0x6e65_6d65_7369_73);
+        let mut rng = Rng::new(seed ^ 0x006e_656d_6573_6973);
         let mut faults = Vec::new();
         let mut at = first;
         loop {
