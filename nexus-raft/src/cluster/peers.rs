@@ -1,7 +1,7 @@
 //! One gRPC channel per peer address, shared by Raft replication and
 //! forwarding, so connections (and their TLS sessions) are reused.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,10 +15,12 @@ use super::MESSAGE_SIZE_MAX_BYTES;
 use super::proto::cluster_client::ClusterClient;
 
 /// Channels to the other replicas.
+/// Ordered, so they are dropped (and their connections closed) in the
+/// same order every time: the deterministic simulator depends on it.
 #[derive(Clone)]
 pub struct Peers {
     tls: rustls::ClientConfig,
-    channels: Arc<Mutex<HashMap<SocketAddr, Channel>>>,
+    channels: Arc<Mutex<BTreeMap<SocketAddr, Channel>>>,
 }
 
 /// A peer address that does not parse.
@@ -33,7 +35,7 @@ impl Peers {
         let authorizer = PeerAuthorizer::role(trust_roots, Role::Nexus);
         Ok(Self {
             tls: client_config(identity, authorizer)?,
-            channels: Arc::new(Mutex::new(HashMap::new())),
+            channels: Arc::new(Mutex::new(BTreeMap::new())),
         })
     }
 

@@ -442,6 +442,35 @@ impl NexusClient {
         .await
     }
 
+    /// Adds a replica (extension, superusers): it joins as a learner,
+    /// catches up, then votes. `id` must be new (ids of removed replicas
+    /// are retired); the replica must already run with `--join` at these
+    /// addresses.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        cluster_addr: SocketAddr,
+        api_addr: SocketAddr,
+    ) -> Result<(), Error> {
+        let body = json!({
+            "id": id,
+            "clusterAddr": cluster_addr.to_string(),
+            "apiAddr": api_addr.to_string(),
+        });
+        self.call("/v1/cluster?action=add", body, Consistency::Leader, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Removes a voter (extension, superusers); its id is retired. A retry
+    /// of a removal that already happened is refused as a bad request.
+    pub async fn remove_member(&self, id: u64) -> Result<(), Error> {
+        let body = json!({ "id": id });
+        self.call("/v1/cluster?action=remove", body, Consistency::Leader, None)
+            .await
+            .map(|_| ())
+    }
+
     /// Replaces the root key (extension, superusers): the leader makes a
     /// new one, re-wraps the keyring and hands the keepers new shares, with
     /// `shares` and `threshold` as the new n and t. Returns the new root

@@ -3,7 +3,7 @@
 //! replaced when it closes and after [`CONNECTION_AGE_MAX`], so a rotated
 //! SVID (ours or the server's) is in use within that bound.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,9 +26,11 @@ struct Connection {
 }
 
 /// HTTP/2 connections to Nexus nodes, keyed by address.
+/// Ordered, so they are dropped (and their connections closed) in the
+/// same order every time: the deterministic simulator depends on it.
 pub(crate) struct Pool {
     config: Arc<ClientConfig>,
-    connections: Mutex<HashMap<SocketAddr, Connection>>,
+    connections: Mutex<BTreeMap<SocketAddr, Connection>>,
     timeout: Duration,
     response_limit: usize,
 }
@@ -38,7 +40,7 @@ impl Pool {
         config.alpn_protocols = vec![b"h2".to_vec()];
         Self {
             config: Arc::new(config),
-            connections: Mutex::new(HashMap::new()),
+            connections: Mutex::new(BTreeMap::new()),
             timeout,
             response_limit,
         }
@@ -67,7 +69,7 @@ impl Pool {
         self.lock().remove(&address);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Connection>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<SocketAddr, Connection>> {
         self.connections
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
