@@ -18,8 +18,13 @@ use spike_sdk::hardening::Hardening;
 use spike_sdk::identity::TrustRoots;
 use spike_sdk::svid::{Identity, SvidMaterial};
 
-/// Replicas in the cluster.
+/// Replicas that found the cluster.
 pub const REPLICAS: usize = 3;
+/// Replicas that start with `--join` and wait to be added (membership
+/// changes replace founders with them; ids are never reused).
+pub const SPARES: usize = 3;
+/// Every replica host, founders first.
+pub const NEXUS_HOSTS: usize = REPLICAS + SPARES;
 /// Keepers, each holding one share; any [`THRESHOLD`] recover the root key.
 pub const KEEPERS: usize = 3;
 /// Shares needed to recover the root key.
@@ -90,9 +95,9 @@ pub fn keeper_name(index: usize) -> String {
     format!("keeper-{}", index + 1)
 }
 
-/// Every replica's host name.
+/// Every replica host's name, spares included.
 pub fn nexus_names() -> Vec<String> {
-    (0..REPLICAS).map(nexus_name).collect()
+    (0..NEXUS_HOSTS).map(nexus_name).collect()
 }
 
 /// Every keeper's host name.
@@ -137,7 +142,7 @@ pub fn add_hosts(
             }
         });
     }
-    for index in 0..REPLICAS {
+    for index in 0..NEXUS_HOSTS {
         let name = nexus_name(index);
         let identities = identities.clone();
         let data_dir = root.join(&name);
@@ -170,23 +175,24 @@ fn nexus_config(
 ) -> anyhow::Result<NexusConfig> {
     let peers: Vec<String> = (0..REPLICAS)
         .map(|peer| {
-            let ip = turmoil::lookup(nexus_name(peer).as_str());
-            format!(
-                "{}={}/{}",
-                peer + 1,
-                SocketAddr::new(ip, CLUSTER_PORT),
-                SocketAddr::new(ip, API_PORT)
-            )
+            let (cluster, api) = nexus_addresses(peer);
+            format!("{}={cluster}/{api}", peer + 1)
         })
         .collect();
     let keepers: Vec<String> = keeper_names()
         .iter()
         .map(|name| SocketAddr::new(turmoil::lookup(name.as_str()), KEEPER_PORT).to_string())
         .collect();
-    let mut flags = vec![
-        "nexus".to_owned(),
-        format!("--node-id={}", index + 1),
-        format!("--peers={}", peers.join(",")),
+    let mut flags = vec!["nexus".to_owned(), format!("--node-id={}", index + 1)];
+    if index < REPLICAS {
+        flags.push(format!("--peers={}", peers.join(",")));
+    } else {
+        let (cluster, api) = nexus_addresses(index);
+        flags.push("--join".to_owned());
+        flags.push(format!("--cluster-addr={cluster}"));
+        flags.push(format!("--api-addr={api}"));
+    }
+    flags.extend([
         format!("--keepers={}", keepers.join(",")),
         format!("--shares={KEEPERS}"),
         format!("--threshold={THRESHOLD}"),
@@ -194,7 +200,7 @@ fn nexus_config(
         format!("--snapshot-every={SNAPSHOT_EVERY}"),
         format!("--logs-kept={LOGS_KEPT}"),
         format!("--data-dir={}", data_dir.display()),
-    ];
+    ]);
     if options.unsafe_local_reads {
         flags.push("--unsafe-local-reads".to_owned());
     }
@@ -210,11 +216,20 @@ fn no_hardening() -> Hardening {
     }
 }
 
-/// The API addresses of the replicas (inside the simulation).
+/// The cluster and API addresses of replica host `index` (inside the
+/// simulation).
+pub fn nexus_addresses(index: usize) -> (SocketAddr, SocketAddr) {
+    let ip = turmoil::lookup(nexus_name(index).as_str());
+    (
+        SocketAddr::new(ip, CLUSTER_PORT),
+        SocketAddr::new(ip, API_PORT),
+    )
+}
+
+/// The API addresses of the founding replicas, the clients' endpoints.
 pub fn api_addresses() -> Vec<SocketAddr> {
-    nexus_names()
-        .iter()
-        .map(|name| SocketAddr::new(turmoil::lookup(name.as_str()), API_PORT))
+    (0..REPLICAS)
+        .map(|index| nexus_addresses(index).1)
         .collect()
 }
 

@@ -68,13 +68,6 @@ impl SimDisk {
     }
 }
 
-impl SimDisk {
-    /// Drops every file under `dir` (a finished run's).
-    pub fn forget(&self, dir: &Path) {
-        lock(&self.files).retain(|path, _| !path.starts_with(dir));
-    }
-}
-
 impl Disk for SimDisk {
     fn open(&self, path: &Path) -> io::Result<Box<dyn redb::StorageBackend>> {
         let file = lock(&self.files)

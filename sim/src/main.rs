@@ -15,6 +15,7 @@
 //! checked for linearizability per key, the cluster must take writes again
 //! after healing, and every replica must converge.
 
+mod clock;
 mod cluster;
 mod disk;
 mod entropy;
@@ -81,6 +82,10 @@ struct Args {
     /// Write each seed's history to DIR/history-SEED.jsonl.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Run only --seed, in this process, and exit with its verdict (how
+    /// the driver runs each seed).
+    #[arg(long, hide = true)]
+    one: bool,
 }
 
 impl Args {
@@ -123,45 +128,50 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs every seed in a process of its own (this executable with
+/// `--one`), so no state of one run (thread-local RNGs, counters, caches)
+/// can steer the next: a seed runs the same alone as among others, and
+/// its replay command reproduces it.
 fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    install_panic_hook();
-    let disk = if args.unsafe_lying_disk {
-        SimDisk::lying()
-    } else {
-        SimDisk::default()
-    };
-    spike_sdk::net::install(Box::new(network::SimNetwork))?;
-    spike_nexus::disk::install(Box::new(disk.clone()))?;
-    spike_nexus::install_wall_clock(simulated_wall_clock);
-    let identities = Identities::mint()?;
-    let root = std::env::temp_dir().join(format!("spike-sim-{}", std::process::id()));
-    if let Some(out) = &args.out {
-        std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    if args.one {
+        return run_one(args);
     }
-
+    let executable = std::env::current_exe().context("find this executable")?;
     let mut worst = Verdict::Valid;
     let mut caught = 0;
     for seed in args.seed..args.seed.saturating_add(args.seeds) {
         let began = Instant::now();
-        let seed_root = root.join(format!("seed-{seed}"));
-        let outcome = run_seed(seed, args, &identities, &disk, &seed_root);
-        disk.forget(&seed_root);
-        let _ = std::fs::remove_dir_all(&seed_root);
-        let report = outcome.with_context(|| format!("seed {seed}: {}", replay(seed, args)))?;
-        if report.verdict == Verdict::Anomalies {
+        let mut child = std::process::Command::new(&executable);
+        child
+            .arg("--one")
+            .args(["--seed", &seed.to_string()])
+            .args(["--fault-secs", &args.fault_secs.to_string()])
+            .args(["--heal-secs", &args.heal_secs.to_string()]);
+        if args.unsafe_local_reads {
+            child.arg("--unsafe-local-reads");
+        }
+        if args.unsafe_lying_disk {
+            child.arg("--unsafe-lying-disk");
+        }
+        if let Some(out) = &args.out {
+            child.arg("--out").arg(out);
+        }
+        let status = child.status().context("run a seed")?;
+        let verdict = match status.code() {
+            Some(0) => Verdict::Valid,
+            Some(1) => Verdict::Anomalies,
+            Some(2) => Verdict::Unknown,
+            _ => anyhow::bail!("seed {seed} failed ({status}): {}", replay(seed, args)),
+        };
+        if verdict == Verdict::Anomalies {
             caught += 1;
         }
-        worst = worst.max(report.verdict);
-        let mut stdout = std::io::stdout().lock();
-        for line in &report.lines {
-            writeln!(stdout, "{line}")?;
-        }
-        writeln!(stdout, "  ({:.1} s)", began.elapsed().as_secs_f64())?;
-        if report.verdict != Verdict::Valid && !args.expects_anomalies() {
-            writeln!(stdout, "  replay: {}", replay(seed, args))?;
+        worst = worst.max(verdict);
+        println!("  ({:.1} s)", began.elapsed().as_secs_f64());
+        if verdict != Verdict::Valid && !args.expects_anomalies() {
+            println!("  replay: {}", replay(seed, args));
         }
     }
-    let _ = std::fs::remove_dir_all(&root);
 
     if args.expects_anomalies() {
         println!(
@@ -174,11 +184,43 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
             ExitCode::from(1)
         });
     }
-    Ok(match worst {
+    Ok(verdict_code(worst))
+}
+
+fn verdict_code(verdict: Verdict) -> ExitCode {
+    match verdict {
         Verdict::Valid => ExitCode::SUCCESS,
         Verdict::Anomalies => ExitCode::from(1),
         Verdict::Unknown => ExitCode::from(2),
-    })
+    }
+}
+
+/// One seed, in this process; the exit status is its verdict.
+fn run_one(args: &Args) -> anyhow::Result<ExitCode> {
+    install_panic_hook();
+    let disk = if args.unsafe_lying_disk {
+        SimDisk::lying()
+    } else {
+        SimDisk::default()
+    };
+    spike_sdk::net::install(Box::new(network::SimNetwork))?;
+    spike_nexus::disk::install(Box::new(disk.clone()))?;
+    spike_nexus::install_wall_clock(simulated_wall_clock);
+    let identities = Identities::mint()?;
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    }
+    let seed = args.seed;
+    let root = std::env::temp_dir().join(format!("spike-sim-{}-{seed}", std::process::id()));
+    let outcome = run_seed(seed, args, &identities, &disk, &root);
+    clock::end_run();
+    let _ = std::fs::remove_dir_all(&root);
+    let report = outcome?;
+    let mut stdout = std::io::stdout().lock();
+    for line in &report.lines {
+        writeln!(stdout, "{line}")?;
+    }
+    Ok(verdict_code(report.verdict))
 }
 
 /// The replicas' wall clock: the simulation's (the real one outside it).
@@ -218,6 +260,7 @@ fn run_seed(
     let run_for = fault_phase + Duration::from_secs(args.heal_secs);
     std::fs::create_dir_all(root).with_context(|| format!("create {}", root.display()))?;
     entropy::reseed(seed);
+    clock::start_run();
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .epoch(SystemTime::UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
@@ -231,22 +274,24 @@ fn run_seed(
         unsafe_local_reads: args.unsafe_local_reads,
     };
     cluster::add_hosts(&mut sim, identities, root, seed, options);
+    let schedule = Schedule::new(seed, FIRST_FAULT, fault_phase);
     let findings = Findings::default();
     {
         let identities = identities.clone();
         let findings = findings.clone();
+        let replacements = schedule.replacements();
         sim.client(WORKLOAD_HOST, async move {
-            workload::run(identities, seed, run_for, findings).await;
+            workload::run(identities, seed, run_for, replacements, findings).await;
             Ok(())
         });
     }
 
-    let schedule = Schedule::new(seed, FIRST_FAULT, fault_phase);
     let mut upcoming = schedule.faults.iter().peekable();
     let mut active: Option<Duration> = None;
     let mut healed = false;
     loop {
         let now = sim.elapsed();
+        clock::set_elapsed(now);
         if active.is_some_and(|end| now >= end) {
             heal_all(&mut sim, BASE_LATENCY);
             active = None;
@@ -340,6 +385,7 @@ fn judge(
     observed: Observed,
 ) -> SeedReport {
     let Observed {
+        membership,
         events,
         mut problems,
         last_write_ok,
@@ -386,6 +432,7 @@ fn judge(
         faults.len(),
         fingerprint(&events),
     ));
+    lines.extend(membership.iter().map(|note| format!("  {note}")));
     if verdict != Verdict::Valid {
         push_faults(&mut lines, faults);
         for anomaly in anomalies.iter().take(20) {

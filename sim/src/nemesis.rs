@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use spike_jepsen::recorder::Rng;
 
-use crate::cluster::{REPLICAS, keeper_names, nexus_name, nexus_names};
+use crate::cluster::{
+    KEEPERS, NEXUS_HOSTS, REPLICAS, keeper_name, keeper_names, nexus_name, nexus_names,
+};
 use crate::disk::SimDisk;
 
 /// The host the workload's clients run on.
@@ -36,16 +38,30 @@ pub enum Fault {
     Crash(Vec<usize>),
     /// Every keeper restarts empty.
     KeepersRestart,
+    /// Fewer keepers than the threshold are up (the others are down until
+    /// the fault ends, and come back empty).
+    KeepersDown(Vec<usize>),
+    /// The operator replaces a voter: removes replica `remove`, then adds
+    /// the spare `add` (a fresh id). The workload host's operator does it
+    /// through the SDK, retrying until the fault's end.
+    Replace {
+        /// The replica host removed.
+        remove: usize,
+        /// The spare host added.
+        add: usize,
+    },
     /// The replicas cannot reach the keepers.
     KeepersCut,
 }
 
 impl Fault {
-    /// Picks a fault.
-    pub fn pick(rng: &mut Rng) -> Self {
-        let replica = rng.below(REPLICAS as u64) as usize;
-        let other = (replica + 1 + rng.below(REPLICAS as u64 - 1) as usize) % REPLICAS;
-        match rng.below(11) {
+    /// Picks a fault against the replicas in `members`; `spare` is the next
+    /// spare host a replacement may add.
+    fn pick(rng: &mut Rng, members: &[usize], spare: Option<usize>) -> Self {
+        let replica = *rng.pick(members);
+        let others: Vec<usize> = members.iter().copied().filter(|m| *m != replica).collect();
+        let other = *rng.pick(&others);
+        match rng.below(13) {
             0 => Self::Isolate(replica),
             1 => Self::SplitReplicas(replica),
             2 => Self::Bridge(replica, other),
@@ -54,7 +70,19 @@ impl Fault {
             5 => Self::Hold(replica),
             6 | 7 => Self::Crash(vec![replica]),
             8 => Self::Crash(vec![replica, other]),
-            9 => Self::Crash((0..REPLICAS).collect()),
+            9 => Self::Crash(members.to_vec()),
+            10 => match spare {
+                Some(add) => Self::Replace {
+                    remove: replica,
+                    add,
+                },
+                None => Self::Crash(vec![replica]),
+            },
+            11 => {
+                let up = rng.below(KEEPERS as u64) as usize;
+                let down = (0..KEEPERS).filter(|keeper| *keeper != up).collect();
+                Self::KeepersDown(down)
+            }
             _ => {
                 if rng.below(2) == 0 {
                     Self::KeepersRestart
@@ -115,6 +143,13 @@ impl Fault {
                     sim.bounce(keeper.as_str());
                 }
             }
+            Self::KeepersDown(keepers) => {
+                for keeper in keepers {
+                    sim.crash(keeper_name(*keeper).as_str());
+                }
+            }
+            // The operator in the workload host carries it out.
+            Self::Replace { .. } => {}
             Self::KeepersCut => {
                 for replica in nexus_names() {
                     for keeper in keeper_names() {
@@ -150,9 +185,9 @@ pub fn heal_all(sim: &mut turmoil::Sim<'_>, base_latency: Duration) {
             }
         }
     }
-    for replica in nexus_names() {
-        if !sim.is_host_running(replica.as_str()) {
-            sim.bounce(replica.as_str());
+    for host in nexus_names().into_iter().chain(keeper_names()) {
+        if !sim.is_host_running(host.as_str()) {
+            sim.bounce(host.as_str());
         }
     }
 }
@@ -166,19 +201,45 @@ pub struct Schedule {
 
 impl Schedule {
     /// Faults from `first` until `until`: each held 0.5-4 s, then 0.5-2 s
-    /// of quiet.
+    /// of quiet. Replacements are held long enough for a replica to join.
     pub fn new(seed: u64, first: Duration, until: Duration) -> Self {
         let mut rng = Rng::new(seed ^ 0x006e_656d_6573_6973);
         let mut faults = Vec::new();
+        // The voters as planned (a replacement that fails leaves the
+        // cluster otherwise; faults aimed at a non-member then do less).
+        let mut members: Vec<usize> = (0..REPLICAS).collect();
+        let mut spares = REPLICAS..NEXUS_HOSTS;
         let mut at = first;
         loop {
-            let hold = Duration::from_millis(500 + rng.below(3_500));
+            let spare = spares.clone().next();
+            let fault = Fault::pick(&mut rng, &members, spare);
+            let hold = match fault {
+                Fault::Replace { .. } => Duration::from_secs(4),
+                _ => Duration::from_millis(500 + rng.below(3_500)),
+            };
             if at + hold > until {
                 break;
             }
-            faults.push((at, at + hold, Fault::pick(&mut rng)));
+            if let Fault::Replace { remove, add } = fault {
+                spares.next();
+                members.retain(|member| *member != remove);
+                members.push(add);
+            }
+            faults.push((at, at + hold, fault));
             at += hold + Duration::from_millis(500 + rng.below(1_500));
         }
         Self { faults }
+    }
+
+    /// The replacements, for the operator: (start, end, removed replica
+    /// host, added spare host).
+    pub fn replacements(&self) -> Vec<(Duration, Duration, usize, usize)> {
+        self.faults
+            .iter()
+            .filter_map(|(start, end, fault)| match fault {
+                Fault::Replace { remove, add } => Some((*start, *end, *remove, *add)),
+                _ => None,
+            })
+            .collect()
     }
 }

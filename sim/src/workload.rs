@@ -12,7 +12,7 @@ use spike_jepsen::workload::{self, ClientSpec, Workload};
 use spike_sdk::client::{Error, NexusClient, RetryPolicy, Settings};
 use tokio::time::Instant;
 
-use crate::cluster::{Identities, api_addresses};
+use crate::cluster::{Identities, NEXUS_HOSTS, api_addresses, nexus_addresses};
 
 /// Register keys the clients share: few, so operations contend.
 pub const KEYS: u64 = 4;
@@ -21,9 +21,15 @@ pub const CLIENTS: u64 = 6;
 /// How long after healing every replica has to converge.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(10);
 
+/// Replacements the operator carries out: (start, end, removed replica
+/// host, added spare host), times from the start of the run.
+pub type Replacements = Vec<(Duration, Duration, usize, usize)>;
+
 /// What the clients saw.
 #[derive(Debug, Default)]
 pub struct Observed {
+    /// What the operator's membership changes came to.
+    pub membership: Vec<String>,
     /// The history, invocations and completions in order.
     pub events: Vec<Event>,
     /// Problems found after healing: divergent replicas, no recovery.
@@ -59,10 +65,17 @@ fn client(
 
 /// Runs the clients for `run_for`, then the final reads and the
 /// convergence check, and leaves the findings in `findings`.
-pub async fn run(identities: Identities, seed: u64, run_for: Duration, findings: Findings) {
+pub async fn run(
+    identities: Identities,
+    seed: u64,
+    run_for: Duration,
+    replacements: Replacements,
+    findings: Findings,
+) {
     let endpoints = api_addresses();
     let recorder = Arc::new(Recorder::new());
     let began = Instant::now();
+    let operator = tokio::spawn(operate(identities.clone(), began, replacements));
     let deadline = began + run_for;
     let mut workers = Vec::new();
     for process in 0..CLIENTS {
@@ -94,16 +107,69 @@ pub async fn run(identities: Identities, seed: u64, run_for: Duration, findings:
             panic!("a client task failed: {error}");
         }
     }
+    let membership = operator
+        .await
+        .unwrap_or_else(|error| panic!("the operator task failed: {error}"));
     let mut problems = Vec::new();
     let finals = final_reads(&identities, &recorder, &mut problems).await;
     converge(&identities, &finals, &mut problems).await;
     let events = recorder.events();
     let last_write_ok = last_acknowledged_write(&events);
     *findings.lock().unwrap_or_else(PoisonError::into_inner) = Some(Observed {
+        membership,
         events,
         problems,
         last_write_ok,
     });
+}
+
+/// The operator: replaces voters as scheduled, through the SDK, retrying
+/// each step until the fault's end. Returns what each came to.
+async fn operate(
+    identities: Identities,
+    began: Instant,
+    replacements: Replacements,
+) -> Vec<String> {
+    let admin = client(&identities, api_addresses(), true);
+    let mut notes = Vec::new();
+    for (start, end, remove, add) in replacements {
+        tokio::time::sleep_until(began + start).await;
+        let deadline = began + end;
+        let removed = until(deadline, || admin.remove_member(remove as u64 + 1)).await;
+        let (cluster, api) = nexus_addresses(add);
+        let added = until(deadline, || admin.add_member(add as u64 + 1, cluster, api)).await;
+        notes.push(format!(
+            "replace nexus-{} by nexus-{}: removal {}, addition {}",
+            remove + 1,
+            add + 1,
+            outcome(&removed),
+            outcome(&added)
+        ));
+    }
+    notes
+}
+
+fn outcome(result: &Result<(), Error>) -> String {
+    match result {
+        Ok(()) => "ok".to_owned(),
+        Err(error) => format!("failed ({error})"),
+    }
+}
+
+/// Retries `operation` while its errors are retryable, until `deadline`.
+async fn until<F, Fut>(deadline: Instant, mut operation: F) -> Result<(), Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
+    loop {
+        match operation().await {
+            Err(error) if error.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            done => return done,
+        }
+    }
 }
 
 /// When (since the start) the last write or successful CAS was
@@ -170,14 +236,59 @@ async fn final_reads(
     finals
 }
 
-/// Every replica, read alone and without a read index, must come to hold
-/// the final values.
+/// The API addresses of the voters, as the leader sees them.
+async fn voters(identities: &Identities, problems: &mut Vec<String>) -> Vec<std::net::SocketAddr> {
+    let give_up = Instant::now() + CONVERGE_WITHIN;
+    // Any member names the leader (a removed replica may name none: then
+    // ask the next host); the leader's own status is authoritative.
+    let hosts: Vec<std::net::SocketAddr> = (0..NEXUS_HOSTS)
+        .map(|index| nexus_addresses(index).1)
+        .collect();
+    let mut next_host = 0;
+    let mut ask = hosts[0];
+    loop {
+        let status = client(identities, vec![ask], false).cluster_status().await;
+        let mut hint = None;
+        if let Ok(status) = &status {
+            let leader = status["leaderId"].as_u64();
+            if leader.is_some() && status["nodeId"].as_u64() == leader {
+                let voters: Option<Vec<std::net::SocketAddr>> = status["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|member| member["voter"].as_bool() == Some(true))
+                    .map(|member| member["apiAddr"].as_str()?.parse().ok())
+                    .collect();
+                if let Some(voters) = voters {
+                    return voters;
+                }
+            }
+            hint = status["leaderApiAddr"]
+                .as_str()
+                .and_then(|a| a.parse().ok());
+        }
+        if Instant::now() > give_up {
+            problems.push(format!(
+                "no leader reported the membership after healing: {status:?}"
+            ));
+            return Vec::new();
+        }
+        ask = hint.unwrap_or_else(|| {
+            next_host = (next_host + 1) % hosts.len();
+            hosts[next_host]
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every voter, read alone and without a read index, must come to hold the
+/// final values.
 async fn converge(
     identities: &Identities,
     finals: &BTreeMap<u64, Option<u64>>,
     problems: &mut Vec<String>,
 ) {
-    for (position, endpoint) in api_addresses().into_iter().enumerate() {
+    for endpoint in voters(identities, problems).await {
         let alone = client(identities, vec![endpoint], false);
         for (key, expected) in finals {
             let path = workload::register_path(*key);
@@ -193,8 +304,7 @@ async fn converge(
                 }
                 if Instant::now() > give_up {
                     problems.push(format!(
-                        "nexus-{} holds {seen:?} for key {key}, the cluster {expected:?}",
-                        position + 1
+                        "the voter at {endpoint} holds {seen:?} for key {key}, the cluster {expected:?}"
                     ));
                     break;
                 }
