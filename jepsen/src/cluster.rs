@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
-use spike_sdk::client::{NexusClient, RetryPolicy, Settings};
+use spike_sdk::client::NexusClient;
 use spike_sdk::identity::TrustRoots;
 use spike_sdk::svid::SvidSource;
 
@@ -261,15 +261,7 @@ impl Cluster {
         .load(Duration::from_secs(10))
         .await?;
         let roots = TrustRoots::from_environment(&[])?;
-        let mut settings = Settings::new(endpoints);
-        settings.request_timeout = Duration::from_millis(1500);
-        settings.retry = RetryPolicy {
-            attempts_max: 6,
-            deadline: Duration::from_secs(3),
-            backoff_initial: Duration::from_millis(50),
-            backoff_max: Duration::from_millis(400),
-        };
-        settings.follow_leader = follow_leader;
+        let settings = crate::workload::client_settings(endpoints, follow_leader);
         Ok(NexusClient::new(identity, roots, settings)?)
     }
 

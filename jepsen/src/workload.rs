@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use tokio::time::Instant;
 
 use serde_json::{Value, json};
-use spike_sdk::client::{Error, NexusClient};
+use spike_sdk::client::{Error, NexusClient, RetryPolicy, Settings};
 
 use crate::history::EventKind;
 use crate::recorder::{Invocation, Recorder, Rng};
@@ -68,6 +68,22 @@ pub fn rootkey_path(element: u64) -> String {
 
 fn values(value: u64) -> BTreeMap<String, String> {
     BTreeMap::from([("v".to_owned(), value.to_string())])
+}
+
+/// Client settings for a fault-injection run: short budgets, so a fault
+/// shows as an unknown (`info`) outcome within seconds. With
+/// `follow_leader` false the client stays on its endpoints (pinned).
+pub fn client_settings(endpoints: Vec<std::net::SocketAddr>, follow_leader: bool) -> Settings {
+    let mut settings = Settings::new(endpoints);
+    settings.request_timeout = std::time::Duration::from_millis(1500);
+    settings.retry = RetryPolicy {
+        attempts_max: 6,
+        deadline: std::time::Duration::from_secs(3),
+        backoff_initial: std::time::Duration::from_millis(50),
+        backoff_max: std::time::Duration::from_millis(400),
+    };
+    settings.follow_leader = follow_leader;
+    settings
 }
 
 /// How an operation ended, as its completion event records it.

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use spike_jepsen::history::{Event, EventKind};
 use spike_jepsen::recorder::{Invocation, Recorder};
 use spike_jepsen::workload::{self, ClientSpec, Workload};
-use spike_sdk::client::{Error, NexusClient, RetryPolicy, Settings};
+use spike_sdk::client::{Error, NexusClient};
 use tokio::time::Instant;
 
 use crate::cluster::{Identities, NEXUS_HOSTS, api_addresses, nexus_addresses};
@@ -46,15 +46,7 @@ fn client(
     endpoints: Vec<std::net::SocketAddr>,
     follow: bool,
 ) -> NexusClient {
-    let mut settings = Settings::new(endpoints);
-    settings.request_timeout = Duration::from_millis(1500);
-    settings.retry = RetryPolicy {
-        attempts_max: 6,
-        deadline: Duration::from_secs(3),
-        backoff_initial: Duration::from_millis(50),
-        backoff_max: Duration::from_millis(400),
-    };
-    settings.follow_leader = follow;
+    let settings = workload::client_settings(endpoints, follow);
     NexusClient::new(
         identities.superuser.clone(),
         identities.trust_roots.clone(),
