@@ -36,18 +36,33 @@ pub struct Member {
     pub api_addr: Option<SocketAddr>,
     /// Its health address (replicas).
     pub health_addr: Option<SocketAddr>,
+    /// Its cluster (Raft) address (replicas).
+    pub cluster_addr: Option<SocketAddr>,
+    /// Its node id (replicas and keepers).
+    pub node_id: Option<u64>,
+    /// `founder`, `spare`, `joined` or `retired`.
+    pub membership: String,
+}
+
+impl Member {
+    /// A replica that is, or is meant to be, in the cluster (not a spare
+    /// never started nor a retired one).
+    pub fn is_serving_replica(&self) -> bool {
+        self.name.starts_with("nexus-") && matches!(self.membership.as_str(), "founder" | "joined")
+    }
 }
 
 impl Cluster {
     /// Starts a cluster of `replicas` replicas and 5 keepers (threshold 3)
     /// in `dir`, each process in its own network namespace when `netns`
-    /// (name prefix, subnet) is given.
+    /// (name prefix, subnet) is given, with `spares` spare replicas planned
+    /// for membership changes.
     pub fn up(
         dir: &Path,
         bin_dir: &Path,
         base_port: u16,
         netns: Option<(&str, &str)>,
-        replicas: u64,
+        (replicas, spares): (u64, u64),
         nexus_args: &[String],
     ) -> anyhow::Result<Self> {
         let mut args: Vec<String> = vec![
@@ -58,6 +73,8 @@ impl Cluster {
             base_port.to_string(),
             "--replicas".into(),
             replicas.to_string(),
+            "--spares".into(),
+            spares.to_string(),
             "--workload".into(),
             format!("{APP_IDENTITY}=/app/jepsen"),
         ];
@@ -121,18 +138,44 @@ impl Cluster {
                     .and_then(|pid| u32::try_from(pid).ok()),
                 api_addr: address(process, "api_addr"),
                 health_addr: address(process, "health_addr"),
+                cluster_addr: address(process, "cluster_addr"),
+                node_id: process["node_id"].as_u64(),
+                membership: process["membership"]
+                    .as_str()
+                    .unwrap_or("founder")
+                    .to_owned(),
             })
             .collect())
     }
 
-    /// Names of the replicas, `nexus-1` first.
+    /// Names of the replicas in the cluster (spares and retired ones
+    /// left out), lowest id first.
     pub fn replicas(&self) -> anyhow::Result<Vec<String>> {
         Ok(self
             .members()?
             .into_iter()
-            .filter(|member| member.name.starts_with("nexus-"))
+            .filter(Member::is_serving_replica)
             .map(|member| member.name)
             .collect())
+    }
+
+    /// Spare replicas not started yet, lowest id first.
+    pub fn spares(&self) -> anyhow::Result<Vec<Member>> {
+        Ok(self
+            .members()?
+            .into_iter()
+            .filter(|member| member.membership == "spare")
+            .collect())
+    }
+
+    /// Starts spare `name` with --join (it waits to be added).
+    pub fn join(&self, name: &str) -> anyhow::Result<()> {
+        self.spike_cluster(&["join", name])
+    }
+
+    /// Stops a removed replica for good.
+    pub fn retire(&self, name: &str) -> anyhow::Result<()> {
+        self.spike_cluster(&["retire", name])
     }
 
     /// Names of the keepers.
@@ -145,13 +188,22 @@ impl Cluster {
             .collect())
     }
 
-    /// The API addresses of every replica, in order.
+    /// The API addresses of the replicas in the cluster, in order.
     pub fn api_addresses(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        Ok(self
+            .replica_endpoints()?
+            .into_iter()
+            .map(|(_, address)| address)
+            .collect())
+    }
+
+    /// The replicas in the cluster with their API addresses, in order.
+    pub fn replica_endpoints(&self) -> anyhow::Result<Vec<(String, SocketAddr)>> {
         Ok(self
             .members()?
             .into_iter()
-            .filter(|member| member.name.starts_with("nexus-"))
-            .filter_map(|member| member.api_addr)
+            .filter(Member::is_serving_replica)
+            .filter_map(|member| Some((member.name, member.api_addr?)))
             .collect())
     }
 
@@ -210,7 +262,25 @@ impl Cluster {
         self.spike_cluster(&["cut", a, b])
     }
 
-    /// Removes every cut.
+    /// Impairs `name`'s link to every other process: `loss_percent` of
+    /// its packets dropped each way and/or its bandwidth capped.
+    pub fn impair(
+        &self,
+        name: &str,
+        loss_percent: Option<u8>,
+        rate_kbit: Option<u32>,
+    ) -> anyhow::Result<()> {
+        let mut args = vec!["impair".to_owned(), name.to_owned()];
+        if let Some(percent) = loss_percent {
+            args.extend(["--loss".to_owned(), percent.to_string()]);
+        }
+        if let Some(rate) = rate_kbit {
+            args.extend(["--rate".to_owned(), rate.to_string()]);
+        }
+        self.spike_cluster(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// Removes every cut and impairment.
     pub fn heal_network(&self) -> anyhow::Result<()> {
         if self.netns {
             self.spike_cluster(&["heal"])?;
@@ -222,7 +292,7 @@ impl Cluster {
     pub fn wait_ready(&self, limit: Duration) -> anyhow::Result<Duration> {
         let began = Instant::now();
         for member in self.members()? {
-            let Some(health) = member.health_addr else {
+            let Some(health) = member.health_addr.filter(|_| member.is_serving_replica()) else {
                 continue;
             };
             while !ready(health) {

@@ -10,6 +10,7 @@
 pub mod check;
 pub mod cluster;
 pub mod history;
+pub mod membership;
 pub mod nemesis;
 pub mod recorder;
 pub mod timeline;

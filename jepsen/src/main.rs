@@ -200,12 +200,19 @@ async fn run(args: RunArgs) -> anyhow::Result<Verdict> {
             String::new()
         }
     );
+    // Spares for membership changes: every free id up to 10 (the ports
+    // spike-cluster has for replicas).
+    let spares = if args.nemesis.needs_spares() {
+        10u64.saturating_sub(args.replicas)
+    } else {
+        0
+    };
     let cluster = Cluster::up(
         &out.join("cluster"),
         &bin_dir,
         args.base_port,
         netns.then_some((prefix.as_str(), subnet.as_str())),
-        args.replicas,
+        (args.replicas, spares),
         &nexus_args,
     )?;
     let outcome = drive(&args, &cluster, &out).await;
@@ -284,6 +291,8 @@ async fn drive(args: &RunArgs, cluster: &Cluster, out: &Path) -> anyhow::Result<
         recovery.as_secs_f64()
     );
 
+    // Membership changes may have replaced the replicas the run began with.
+    let endpoints = cluster.api_addresses()?;
     let mut anomalies = Vec::new();
     let mut details = json!({});
     match args.workload {
@@ -417,8 +426,8 @@ async fn final_register_reads(
         finals.insert(key, value);
     }
     // Convergence: each replica, read alone and without a barrier.
-    for (position, endpoint) in endpoints.iter().enumerate() {
-        let alone = cluster.client(vec![*endpoint]).await?;
+    for (name, endpoint) in cluster.replica_endpoints()? {
+        let alone = cluster.client(vec![endpoint]).await?;
         for (key, expected) in &finals {
             let path = workload::register_path(*key);
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -434,8 +443,7 @@ async fn final_register_reads(
                 if Instant::now() > deadline {
                     anomalies.push(Anomaly::Divergence {
                         detail: format!(
-                            "nexus-{} holds {seen:?} for key {key}, the cluster {expected:?}",
-                            position + 1
+                            "{name} holds {seen:?} for key {key}, the cluster {expected:?}"
                         ),
                     });
                     break;
@@ -458,7 +466,7 @@ async fn root_key_checks(
     anomalies: &mut Vec<Anomaly>,
 ) -> anyhow::Result<Value> {
     const SAMPLE: usize = 500;
-    let endpoints = cluster.api_addresses()?;
+    let endpoints = cluster.replica_endpoints()?;
     let mut rng = spike_jepsen::recorder::Rng::new(seed ^ 0x726f_6f74);
     let all: Vec<u64> = elements.keys().copied().collect();
     let sample: Vec<u64> = if all.len() <= SAMPLE {
@@ -467,22 +475,23 @@ async fn root_key_checks(
         (0..SAMPLE).map(|_| *rng.pick(&all)).collect()
     };
     let mut alone = Vec::new();
-    for endpoint in &endpoints {
-        alone.push(
+    for (name, endpoint) in &endpoints {
+        alone.push((
+            name.clone(),
             cluster
                 .client_with(vec![*endpoint], false, "superuser")
                 .await?,
-        );
+        ));
     }
     // A replica may still be taking up the last rekey: give them 10 s to
     // agree.
     let settle = Instant::now() + Duration::from_secs(10);
     let keys = loop {
         let mut keys = Vec::new();
-        for (position, client) in alone.iter().enumerate() {
+        for (name, client) in &alone {
             let status = retry(|| client.cluster_status()).await?;
             keys.push(json!({
-                "replica": format!("nexus-{}", position + 1),
+                "replica": name,
                 "rootKeyId": status["rootKey"]["rootKeyId"],
                 "keyCheck": status["rootKey"]["keyCheck"],
             }));
@@ -504,8 +513,7 @@ async fn root_key_checks(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    for (position, alone) in alone.iter().enumerate() {
-        let name = format!("nexus-{}", position + 1);
+    for (name, alone) in &alone {
         for element in &sample {
             let path = workload::rootkey_path(*element);
             let read = retry(|| alone.get_secret_stale(&path, None)).await;

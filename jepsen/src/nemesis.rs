@@ -7,7 +7,10 @@ use tokio::time::Instant;
 
 use spike_sdk::client::NexusClient;
 
+use anyhow::{Context, bail};
+
 use crate::cluster::Cluster;
+use crate::membership;
 use crate::recorder::{Recorder, Rng};
 
 /// The faults a run can inject.
@@ -43,12 +46,23 @@ pub enum Nemesis {
     /// Move the leader's clock a minute to a day, ahead or back (through
     /// the replicas' test clock offset), and back at healing.
     ClockJump,
+    /// Drop 5 to 30 % of the packets, each way, of the leader or of every
+    /// replica (iptables' random match).
+    LossyLinks,
+    /// Cap the leader's or a random replica's bandwidth at 32 to 512
+    /// kbit/s, with a queue of up to 1 s: replication and answers wait
+    /// behind each other (this kernel has no netem for a fixed delay).
+    SlowLinks,
+    /// Replace a random replica (the leader too) by a spare under a fresh
+    /// id, as an operator would: remove it, stop it for good, start the
+    /// spare with --join and add it. Each fault uses up one spare.
+    Membership,
     /// A random one of the above for each fault.
     Mix,
 }
 
 /// Faults `Mix` chooses from.
-const MIX: [Nemesis; 13] = [
+const MIX: [Nemesis; 16] = [
     Nemesis::PartitionOne,
     Nemesis::PartitionLeader,
     Nemesis::PartitionHalves,
@@ -62,9 +76,20 @@ const MIX: [Nemesis; 13] = [
     Nemesis::KeepersKill,
     Nemesis::KeepersPartition,
     Nemesis::ClockJump,
+    Nemesis::LossyLinks,
+    Nemesis::SlowLinks,
+    Nemesis::Membership,
 ];
 
+/// How long a replacement may take, removal and addition each.
+const MEMBERSHIP_STEP_WITHIN: Duration = Duration::from_secs(10);
+
 impl Nemesis {
+    /// Whether it needs spare replicas.
+    pub fn needs_spares(self) -> bool {
+        matches!(self, Self::Membership | Self::Mix)
+    }
+
     /// Whether it needs hosts of their own.
     pub fn needs_network(self) -> bool {
         matches!(
@@ -75,6 +100,8 @@ impl Nemesis {
                 | Self::PartitionRing
                 | Self::PartitionBridge
                 | Self::KeepersPartition
+                | Self::LossyLinks
+                | Self::SlowLinks
                 | Self::Mix
         )
     }
@@ -209,6 +236,28 @@ async fn inject(
             cluster.set_clock_offset(&leader, sign * minutes * 60_000)?;
             vec![format!("{leader} {:+}min", sign * minutes)]
         }
+        Nemesis::LossyLinks => {
+            let percent = 5 + rng.below(26) as u8;
+            let targets = if rng.below(2) == 0 {
+                vec![leader]
+            } else {
+                replicas.clone()
+            };
+            for target in &targets {
+                cluster.impair(target, Some(percent), None)?;
+            }
+            targets
+                .into_iter()
+                .map(|target| format!("{target} {percent}% loss"))
+                .collect()
+        }
+        Nemesis::SlowLinks => {
+            let rate = 32 << rng.below(5);
+            let target = if rng.below(2) == 0 { leader } else { random };
+            cluster.impair(&target, None, Some(rate))?;
+            vec![format!("{target} {rate} kbit/s")]
+        }
+        Nemesis::Membership => replace(cluster, &random).await?,
         Nemesis::KeepersPartition => {
             let keepers = cluster.keepers()?;
             for replica in &replicas {
@@ -219,6 +268,81 @@ async fn inject(
             keepers
         }
     })
+}
+
+/// Replaces replica `victim` by the next spare through the SDK, as an
+/// operator would; returns what happened, for the fault window. A step
+/// whose outcome is unknown (a retried removal is refused once the first
+/// went through) is judged by the leader's membership.
+async fn replace(cluster: &Cluster, victim: &str) -> anyhow::Result<Vec<String>> {
+    let Some(spare) = cluster.spares()?.into_iter().next() else {
+        return Ok(vec!["no spare left".to_owned()]);
+    };
+    let members = cluster.members()?;
+    let victim_id = members
+        .iter()
+        .find(|member| member.name == victim)
+        .and_then(|member| member.node_id)
+        .with_context(|| format!("{victim} has no id"))?;
+    let (Some(spare_id), Some(cluster_addr), Some(api_addr)) =
+        (spare.node_id, spare.cluster_addr, spare.api_addr)
+    else {
+        bail!("{} lacks an id or addresses", spare.name);
+    };
+    let endpoints = cluster.api_addresses()?;
+    let admin = cluster.client(endpoints.clone()).await?;
+    let membership_now = |deadline| {
+        let endpoints = endpoints.clone();
+        async move {
+            let connect = |address| async move {
+                cluster
+                    .client_with(vec![address], false, "superuser")
+                    .await
+                    .ok()
+            };
+            membership::leader_status(&endpoints, connect, deadline)
+                .await
+                .map(|status| membership::members(&status))
+                .unwrap_or_default()
+        }
+    };
+
+    let deadline = Instant::now() + MEMBERSHIP_STEP_WITHIN;
+    let removed = membership::until(deadline, || admin.remove_member(victim_id)).await;
+    let gone = removed.is_ok()
+        || !membership_now(deadline)
+            .await
+            .iter()
+            .any(|(id, ..)| *id == victim_id);
+    if !gone {
+        return Ok(vec![format!(
+            "{victim} stays: removal {}",
+            membership::outcome(&removed)
+        )]);
+    }
+    cluster.retire(victim)?;
+
+    cluster.join(&spare.name)?;
+    let deadline = Instant::now() + MEMBERSHIP_STEP_WITHIN;
+    let added = membership::until(deadline, || {
+        admin.add_member(spare_id, cluster_addr, api_addr)
+    })
+    .await;
+    let voting = added.is_ok()
+        || membership_now(deadline)
+            .await
+            .iter()
+            .any(|(id, voter, _)| *id == spare_id && *voter);
+    if !voting {
+        // Never counted on: stopped, so convergence is not asked of it.
+        cluster.retire(&spare.name)?;
+    }
+    Ok(vec![format!(
+        "{victim} replaced by {}: removal {}, addition {}",
+        spare.name,
+        membership::outcome(&removed),
+        membership::outcome(&added)
+    )])
 }
 
 /// Undoes every fault: links healed, processes woken and started.

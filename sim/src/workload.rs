@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use spike_jepsen::history::{Event, EventKind};
+use spike_jepsen::membership::{self, outcome, until};
 use spike_jepsen::recorder::{Invocation, Recorder};
 use spike_jepsen::workload::{self, ClientSpec, Workload};
 use spike_sdk::client::{Error, NexusClient};
@@ -141,29 +142,6 @@ async fn operate(
     notes
 }
 
-fn outcome(result: &Result<(), Error>) -> String {
-    match result {
-        Ok(()) => "ok".to_owned(),
-        Err(error) => format!("failed ({error})"),
-    }
-}
-
-/// Retries `operation` while its errors are retryable, until `deadline`.
-async fn until<F, Fut>(deadline: Instant, mut operation: F) -> Result<(), Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), Error>>,
-{
-    loop {
-        match operation().await {
-            Err(error) if error.is_retryable() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            done => return done,
-        }
-    }
-}
-
 /// When (since the start) the last write or successful CAS was
 /// acknowledged.
 fn last_acknowledged_write(events: &[Event]) -> Option<Duration> {
@@ -230,46 +208,21 @@ async fn final_reads(
 
 /// The API addresses of the voters, as the leader sees them.
 async fn voters(identities: &Identities, problems: &mut Vec<String>) -> Vec<std::net::SocketAddr> {
-    let give_up = Instant::now() + CONVERGE_WITHIN;
-    // Any member names the leader (a removed replica may name none: then
-    // ask the next host); the leader's own status is authoritative.
     let hosts: Vec<std::net::SocketAddr> = (0..NEXUS_HOSTS)
         .map(|index| nexus_addresses(index).1)
         .collect();
-    let mut next_host = 0;
-    let mut ask = hosts[0];
-    loop {
-        let status = client(identities, vec![ask], false).cluster_status().await;
-        let mut hint = None;
-        if let Ok(status) = &status {
-            let leader = status["leaderId"].as_u64();
-            if leader.is_some() && status["nodeId"].as_u64() == leader {
-                let voters: Option<Vec<std::net::SocketAddr>> = status["members"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|member| member["voter"].as_bool() == Some(true))
-                    .map(|member| member["apiAddr"].as_str()?.parse().ok())
-                    .collect();
-                if let Some(voters) = voters {
-                    return voters;
-                }
-            }
-            hint = status["leaderApiAddr"]
-                .as_str()
-                .and_then(|a| a.parse().ok());
-        }
-        if Instant::now() > give_up {
+    let connect = |address| async move { Some(client(identities, vec![address], false)) };
+    match membership::leader_status(&hosts, connect, Instant::now() + CONVERGE_WITHIN).await {
+        Ok(status) => membership::members(&status)
+            .into_iter()
+            .filter_map(|(_, voter, address)| address.filter(|_| voter))
+            .collect(),
+        Err(status) => {
             problems.push(format!(
                 "no leader reported the membership after healing: {status:?}"
             ));
-            return Vec::new();
+            Vec::new()
         }
-        ask = hint.unwrap_or_else(|| {
-            next_host = (next_host + 1) % hosts.len();
-            hosts[next_host]
-        });
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

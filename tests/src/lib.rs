@@ -345,22 +345,63 @@ impl LocalCluster {
     }
 
     fn spike_cluster(&self, args: &[&str]) {
+        if let Err(complaint) = self.try_spike_cluster(args) {
+            panic!("spike-cluster {args:?} failed: {complaint}");
+        }
+    }
+
+    /// Runs `spike-cluster` with `args`: its output, or its complaint.
+    fn try_spike_cluster(&self, args: &[&str]) -> Result<String, String> {
         let output = std::process::Command::new(binary("spike-cluster"))
             .args(args)
             .output()
             .expect("run spike-cluster");
-        assert!(
-            output.status.success(),
-            "spike-cluster {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
     }
 
-    /// Runs `spike-cluster ACTION NAME` (start, stop, kill).
+    /// Runs `spike-cluster ACTION NAME` (start, stop, kill, join, retire).
     pub fn act(&mut self, action: &str, name: &str) {
-        let dir = self.dir.path().display().to_string();
-        self.spike_cluster(&[action, name, "--dir", &dir]);
+        if let Err(complaint) = self.try_act(action, name) {
+            panic!("spike-cluster {action} {name} failed: {complaint}");
+        }
+    }
+
+    /// Like [`Self::act`], with the output or the complaint returned.
+    pub fn try_act(&mut self, action: &str, name: &str) -> Result<String, String> {
+        let outcome = self.try_spike(action, &[name]);
         self.reload();
+        outcome
+    }
+
+    /// Runs `spike-cluster ACTION ARGS...` on this cluster: its output,
+    /// or its complaint.
+    pub fn try_spike(&self, action: &str, args: &[&str]) -> Result<String, String> {
+        let dir = self.dir.path().display().to_string();
+        let mut all = vec![action];
+        all.extend_from_slice(args);
+        all.extend(["--dir", &dir]);
+        self.try_spike_cluster(&all)
+    }
+
+    /// Impairs process `name`'s links (`spike-cluster impair`, --netns
+    /// clusters).
+    pub fn impair(&self, name: &str, args: &[&str]) {
+        let mut all = vec![name];
+        all.extend_from_slice(args);
+        if let Err(complaint) = self.try_spike("impair", &all) {
+            panic!("spike-cluster impair {all:?} failed: {complaint}");
+        }
+    }
+
+    /// Removes every cut and impairment (`spike-cluster heal`).
+    pub fn heal(&self) {
+        if let Err(complaint) = self.try_spike("heal", &[]) {
+            panic!("spike-cluster heal failed: {complaint}");
+        }
     }
 
     /// Rereads `cluster.json`.
@@ -370,7 +411,8 @@ impl LocalCluster {
         self.file = serde_json::from_str(&text).expect("cluster.json parses");
     }
 
-    fn process(&self, name: &str) -> &serde_json::Value {
+    /// Process `name` as `cluster.json` lists it.
+    pub fn process(&self, name: &str) -> &serde_json::Value {
         self.file["processes"]
             .as_array()
             .and_then(|processes| processes.iter().find(|p| p["name"] == name))

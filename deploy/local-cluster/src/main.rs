@@ -7,7 +7,10 @@
 //! its role, id, addresses, pid, data dir and log) and `env`, `env.recover`,
 //! `env.restore` to `source`. A second `up` restarts the same cluster on its
 //! existing data. `start`, `stop` and `kill` act on one process by name
-//! (`nexus-2`, `keeper-4`, `workload-api`); `down` stops them all. Only
+//! (`nexus-2`, `keeper-4`, `workload-api`); `down` stops them all.
+//! `up --spares K` also plans K spare replicas (fresh ids, addresses and
+//! identities) that stay down until `join` starts one with `--join`, for an
+//! operator to add; `retire` stops a removed replica for good. Only
 //! processes recorded in `cluster.json` are ever signalled, and only while
 //! they still run the binary recorded for them.
 //!
@@ -53,6 +56,10 @@ enum Action {
         /// Nexus replicas (3 or 5 for production-like runs).
         #[arg(long, default_value_t = 3)]
         replicas: u64,
+        /// Spare replicas, planned but not started (see `join`); replicas
+        /// and spares together are at most 10.
+        #[arg(long, default_value_t = 0)]
+        spares: u64,
         /// Keepers; each holds one share.
         #[arg(long, default_value_t = 5)]
         keepers: u8,
@@ -92,7 +99,21 @@ enum Action {
         #[command(flatten)]
         common: Common,
     },
-    /// Remove every cut (--netns clusters only).
+    /// Impair one process's link to every other: random packet loss
+    /// and/or a bandwidth cap (--netns clusters only; `heal` undoes it).
+    Impair {
+        /// The process.
+        name: String,
+        /// Drop this share of its packets, each way (1 to 100).
+        #[arg(long, value_name = "PERCENT")]
+        loss: Option<u8>,
+        /// Cap its bandwidth, in kbit/s (at least 8).
+        #[arg(long, value_name = "KBIT")]
+        rate: Option<u32>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Remove every cut and impairment (--netns clusters only).
     Heal {
         #[command(flatten)]
         common: Common,
@@ -119,6 +140,22 @@ enum Action {
     /// Kill one process (SIGKILL).
     Kill {
         /// The process.
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Start a spare replica with --join (an operator then adds it with
+    /// `spike cluster add`, whose arguments this prints).
+    Join {
+        /// The spare (nexus-N).
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Stop a replica removed from the cluster, for good: its id is
+    /// retired, and `up` and `start` leave it down.
+    Retire {
+        /// The removed replica (nexus-N).
         name: String,
         #[command(flatten)]
         common: Common,
@@ -172,6 +209,33 @@ struct Process {
     /// Its network namespace, if it has one.
     #[serde(default)]
     netns: Option<String>,
+    /// Where a replica stands in the cluster's membership.
+    #[serde(default)]
+    membership: Membership,
+}
+
+/// A replica's place in the membership (keepers and the Workload API are
+/// always `Founder`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Membership {
+    /// Started by `up`; founding replicas are listed in each other's
+    /// --peers.
+    #[default]
+    Founder,
+    /// Planned by `up --spares`, never started.
+    Spare,
+    /// Started with --join by `join` (added, or waiting to be).
+    Joined,
+    /// Removed and stopped by `retire`; never started again.
+    Retired,
+}
+
+impl Process {
+    /// Whether `up` starts it and waits for it.
+    fn serves(&self) -> bool {
+        matches!(self.membership, Membership::Founder | Membership::Joined)
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -189,6 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Action::Up {
             common,
             replicas,
+            spares,
             keepers,
             threshold,
             base_port,
@@ -209,6 +274,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &dir,
                     Shape {
                         replicas,
+                        spares,
                         keepers,
                         threshold,
                         base_port,
@@ -241,6 +307,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let b = host(&cluster, &b)?;
             netns::cut(&a, &b)
         }
+        Action::Impair {
+            name,
+            loss,
+            rate,
+            common,
+        } => {
+            if loss.is_none() && rate.is_none() {
+                bail!("impair needs --loss, --rate or both");
+            }
+            let cluster = load(&absolute(&common.dir)?)?;
+            netns::impair(
+                &host(&cluster, &name)?,
+                netns::Impairment {
+                    loss_percent: loss,
+                    rate_kbit: rate,
+                },
+            )
+        }
         Action::Heal { common } => {
             let cluster = load(&absolute(&common.dir)?)?;
             if cluster.netns.is_none() {
@@ -251,7 +335,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Action::Start { name, common } => {
             let mut cluster = load(&absolute(&common.dir)?)?;
             let index = find(&cluster, &name)?;
+            match cluster.processes[index].membership {
+                Membership::Spare => bail!("{name} is a spare: start it with `join`"),
+                Membership::Retired => bail!("{name} was retired; its id is never reused"),
+                Membership::Founder | Membership::Joined => {}
+            }
             start(&mut cluster, index, &bin_dir(&common)?)?;
+            save(&cluster)
+        }
+        Action::Join { name, common } => {
+            let mut cluster = load(&absolute(&common.dir)?)?;
+            let index = find(&cluster, &name)?;
+            if cluster.processes[index].membership != Membership::Spare {
+                bail!("{name} is not a spare replica");
+            }
+            cluster.processes[index].membership = Membership::Joined;
+            start(&mut cluster, index, &bin_dir(&common)?)?;
+            save(&cluster)?;
+            let process = &cluster.processes[index];
+            println!(
+                "{name} waits to be added: spike cluster add --id {} --cluster-addr {} --api-addr {}",
+                process.node_id.unwrap_or_default(),
+                process.cluster_addr.as_deref().unwrap_or_default(),
+                process.api_addr.as_deref().unwrap_or_default()
+            );
+            Ok(())
+        }
+        Action::Retire { name, common } => {
+            let mut cluster = load(&absolute(&common.dir)?)?;
+            let index = find(&cluster, &name)?;
+            if cluster.processes[index].role != "nexus" {
+                bail!("only replicas are retired");
+            }
+            signal(&mut cluster, index, rustix::process::Signal::TERM)?;
+            cluster.processes[index].membership = Membership::Retired;
             save(&cluster)
         }
         Action::Stop { name, common } => signal_one(&name, &common, rustix::process::Signal::TERM),
@@ -259,9 +376,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Action::Status { common } => {
             let cluster = load(&absolute(&common.dir)?)?;
             for process in &cluster.processes {
-                let state = match running(process) {
-                    Some(pid) => format!("running (pid {pid})"),
-                    None => "stopped".to_owned(),
+                let state = match (running(process), process.membership) {
+                    (Some(pid), _) => format!("running (pid {pid})"),
+                    (None, Membership::Spare) => "spare".to_owned(),
+                    (None, Membership::Retired) => "retired".to_owned(),
+                    (None, _) => "stopped".to_owned(),
                 };
                 println!("{:<14} {state}", process.name);
             }
@@ -361,6 +480,7 @@ fn find(cluster: &ClusterFile, name: &str) -> anyhow::Result<usize> {
 /// What `up` was asked for on a new directory.
 struct Shape {
     replicas: u64,
+    spares: u64,
     keepers: u8,
     threshold: u8,
     base_port: u16,
@@ -373,6 +493,7 @@ struct Shape {
 fn plan(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
     let Shape {
         replicas,
+        spares,
         keepers,
         threshold,
         base_port,
@@ -383,6 +504,10 @@ fn plan(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
     } = shape;
     if replicas == 0 || keepers == 0 || threshold == 0 || threshold > keepers {
         bail!("need at least one replica and keeper, and 1 <= threshold <= keepers");
+    }
+    // Replica N takes ports BASE+10(N-1) to +2, keepers BASE+101 up.
+    if replicas + spares > 10 {
+        bail!("at most 10 replicas and spares together (their ports would reach the keepers')");
     }
     // Hosts in namespaces are numbered in process order (keepers, then
     // replicas); without namespaces everything is on loopback.
@@ -415,6 +540,7 @@ fn plan(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
         data_dir: None,
         log: log("workload-api"),
         netns: None,
+        membership: Membership::Founder,
     }];
     for index in 1..=u64::from(keepers) {
         let name = format!("keeper-{index}");
@@ -430,10 +556,11 @@ fn plan(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
             data_dir: None,
             log: log(&name),
             netns: host.map(|host| host.namespace),
+            membership: Membership::Founder,
             name,
         });
     }
-    for id in 1..=replicas {
+    for id in 1..=replicas + spares {
         let name = format!("nexus-{id}");
         let base = (id - 1) * 10;
         let host = next_host(&name);
@@ -448,6 +575,11 @@ fn plan(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
             data_dir: Some(dir.join(&name)),
             log: log(&name),
             netns: host.map(|host| host.namespace),
+            membership: if id <= replicas {
+                Membership::Founder
+            } else {
+                Membership::Spare
+            },
             name,
         });
     }
@@ -494,7 +626,7 @@ fn up(cluster: &mut ClusterFile, bin_dir: &Path, wait: Duration) -> anyhow::Resu
         layout.create(&hosts(cluster))?;
     }
     for index in 0..cluster.processes.len() {
-        if running(&cluster.processes[index]).is_none() {
+        if cluster.processes[index].serves() && running(&cluster.processes[index]).is_none() {
             start(cluster, index, bin_dir)?;
         }
         save(cluster)?;
@@ -514,7 +646,7 @@ fn up(cluster: &mut ClusterFile, bin_dir: &Path, wait: Duration) -> anyhow::Resu
         let stuck = cluster
             .processes
             .iter()
-            .filter(|process| process.role == "nexus")
+            .filter(|process| process.role == "nexus" && process.serves())
             .find(|process| !process.health_addr.as_deref().is_some_and(ready))
             .map_or_else(String::new, |process| {
                 format!("{}; see {}", process.name, process.log.display())
@@ -530,7 +662,7 @@ fn up(cluster: &mut ClusterFile, bin_dir: &Path, wait: Duration) -> anyhow::Resu
         cluster
             .processes
             .iter()
-            .filter(|p| p.role == "nexus")
+            .filter(|p| p.role == "nexus" && p.serves())
             .count(),
         cluster.shares,
         cluster.threshold,
@@ -545,7 +677,7 @@ fn wait_all_ready(cluster: &ClusterFile, deadline: Instant) -> anyhow::Result<bo
     for process in cluster
         .processes
         .iter()
-        .filter(|process| process.role == "nexus")
+        .filter(|process| process.role == "nexus" && process.serves())
     {
         let health = process
             .health_addr
@@ -615,7 +747,7 @@ fn start(cluster: &mut ClusterFile, index: usize, bin_dir: &Path) -> anyhow::Res
             let peers: Vec<String> = cluster
                 .processes
                 .iter()
-                .filter(|p| p.role == "nexus")
+                .filter(|p| p.role == "nexus" && p.membership == Membership::Founder)
                 .filter_map(|p| {
                     Some(format!(
                         "{}={}/{}",
@@ -636,7 +768,6 @@ fn start(cluster: &mut ClusterFile, index: usize, bin_dir: &Path) -> anyhow::Res
                     "--node-id",
                     &process.node_id.context("nexus id")?.to_string(),
                 ])
-                .args(["--peers", &peers.join(",")])
                 .args(["--keepers", &keepers.join(",")])
                 .args(["--shares", &cluster.shares.to_string()])
                 .args(["--threshold", &cluster.threshold.to_string()])
@@ -648,6 +779,20 @@ fn start(cluster: &mut ClusterFile, index: usize, bin_dir: &Path) -> anyhow::Res
                 .arg("--data-dir")
                 .arg(process.data_dir.as_ref().context("data dir")?)
                 .args(&cluster.nexus_args);
+            if process.membership == Membership::Founder {
+                command.args(["--peers", &peers.join(",")]);
+            } else {
+                command
+                    .arg("--join")
+                    .args([
+                        "--cluster-addr",
+                        process.cluster_addr.as_deref().context("cluster address")?,
+                    ])
+                    .args([
+                        "--api-addr",
+                        process.api_addr.as_deref().context("API address")?,
+                    ]);
+            }
         }
         other => bail!("unknown role {other}"),
     }
@@ -766,7 +911,7 @@ fn write_env_files(cluster: &ClusterFile) -> anyhow::Result<()> {
     let api = cluster
         .processes
         .iter()
-        .find(|p| p.role == "nexus")
+        .find(|p| p.role == "nexus" && p.serves())
         .and_then(|p| p.api_addr.clone())
         .context("no nexus")?;
     let sockets = cluster.dir.join("identities").join("sockets");

@@ -4,9 +4,12 @@
 //! address `.1` (from which clients and the health checks reach them).
 //! Links between two processes are cut with blackhole routes inside both
 //! namespaces (packets vanish, as in a real partition) and healed by
-//! removing them. Everything here is created by `up` and removed by
-//! `down`; nothing else on the machine is touched. Needs root (or
-//! CAP_NET_ADMIN and CAP_SYS_ADMIN) and iproute2.
+//! removing them. A host's link can also be impaired: random packet loss
+//! (iptables' `statistic` match, both ways) and a bandwidth cap (a `tbf`
+//! queue, so packets wait behind each other; this kernel has no `netem`
+//! for a fixed per-packet delay). Everything here is created by `up` and
+//! removed by `down`; nothing else on the machine is touched. Needs root
+//! (or CAP_NET_ADMIN and CAP_SYS_ADMIN), iproute2, and iptables for loss.
 
 use std::process::Command;
 
@@ -141,8 +144,117 @@ pub fn cut(a: &Host, b: &Host) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes every cut from `host`.
+/// How a host's link is impaired.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Impairment {
+    /// Share of packets dropped, each way, in percent (1 to 100).
+    pub loss_percent: Option<u8>,
+    /// Bandwidth cap in kbit/s (at least 8).
+    pub rate_kbit: Option<u32>,
+}
+
+/// Impairs `host`'s link to every other host (replacing an earlier
+/// impairment of the same kind).
+pub fn impair(host: &Host, impairment: Impairment) -> anyhow::Result<()> {
+    if let Some(percent) = impairment.loss_percent {
+        if !(1..=100).contains(&percent) {
+            bail!("loss must be 1 to 100 percent");
+        }
+        clear_loss(host)?;
+        let probability = format!("{:.2}", f64::from(percent) / 100.0);
+        for (chain, direction) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
+            iptables(
+                host,
+                &[
+                    "-A",
+                    chain,
+                    direction,
+                    "eth0",
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    &probability,
+                    "-j",
+                    "DROP",
+                ],
+            )?;
+        }
+    }
+    if let Some(rate) = impairment.rate_kbit {
+        if rate < 8 {
+            bail!("the bandwidth cap must be at least 8 kbit/s");
+        }
+        // A queue of up to a second behind the cap: bursts wait, as on a
+        // congested link, rather than vanish.
+        ip_tool(
+            "tc",
+            &[
+                "-n",
+                &host.namespace,
+                "qdisc",
+                "replace",
+                "dev",
+                "eth0",
+                "root",
+                "tbf",
+                "rate",
+                &format!("{rate}kbit"),
+                "burst",
+                "16kb",
+                "latency",
+                "1s",
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Removes packet loss rules from `host` (none is fine).
+fn clear_loss(host: &Host) -> anyhow::Result<()> {
+    // The namespace is ours alone: every rule in it is a loss rule.
+    if has_rules(host) {
+        iptables(host, &["-F"])?;
+    }
+    Ok(())
+}
+
+/// Whether `host` has iptables rules (false without iptables).
+fn has_rules(host: &Host) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", &host.namespace, "iptables", "-w", "-S"])
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains("-A "))
+}
+
+fn iptables(host: &Host, args: &[&str]) -> anyhow::Result<()> {
+    let mut full = vec!["netns", "exec", &host.namespace, "iptables", "-w"];
+    full.extend_from_slice(args);
+    ip(&full).context("iptables (apt-get install iptables) is needed for packet loss")
+}
+
+/// Removes every cut and impairment from `host`.
 pub fn heal(host: &Host) -> anyhow::Result<()> {
+    clear_loss(host)?;
+    let queues = Command::new("tc")
+        .args([
+            "-n",
+            &host.namespace,
+            "qdisc",
+            "show",
+            "dev",
+            "eth0",
+            "root",
+        ])
+        .output()
+        .context("cannot run tc (iproute2)")?;
+    if String::from_utf8_lossy(&queues.stdout).contains("tbf") {
+        ip_tool(
+            "tc",
+            &["-n", &host.namespace, "qdisc", "del", "dev", "eth0", "root"],
+        )?;
+    }
     let listed = Command::new("ip")
         .args(["-n", &host.namespace, "route", "show", "type", "blackhole"])
         .output()
@@ -163,13 +275,18 @@ pub fn heal(host: &Host) -> anyhow::Result<()> {
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new("ip")
+    ip_tool("ip", args)
+}
+
+/// Runs an iproute2 tool (`ip`, `tc`), failing with its complaint.
+fn ip_tool(tool: &str, args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new(tool)
         .args(args)
         .output()
-        .context("cannot run ip (iproute2)")?;
+        .with_context(|| format!("cannot run {tool} (iproute2)"))?;
     if !output.status.success() {
         bail!(
-            "ip {} failed: {}",
+            "{tool} {} failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&output.stderr).trim()
         );

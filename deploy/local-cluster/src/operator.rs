@@ -47,7 +47,7 @@ fn first_api(cluster: &ClusterFile) -> anyhow::Result<SocketAddr> {
     cluster
         .processes
         .iter()
-        .find(|process| process.role == "nexus")
+        .find(|process| process.role == "nexus" && process.serves())
         .and_then(|process| process.api_addr.as_deref())
         .context("no nexus")?
         .parse()

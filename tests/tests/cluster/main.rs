@@ -8,6 +8,7 @@ mod backup;
 mod benchmark;
 mod faults;
 mod membership;
+mod network;
 mod safety;
 mod sdk;
 mod support;

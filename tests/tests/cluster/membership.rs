@@ -161,3 +161,62 @@ async fn a_replica_joins_votes_leaves_and_its_id_is_never_reused() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spike_cluster_spares_join_when_asked_and_retired_replicas_stay_down() {
+    let mut cluster = LocalCluster::up(&["--spares", "1"]);
+    let ops = Operators::of(&cluster).await;
+    assert!(!cluster.ready(4), "a spare must not be started by up");
+    let refused = cluster
+        .try_act("start", "nexus-4")
+        .expect_err("a spare is joined, not started");
+    assert!(refused.contains("join"), "{refused}");
+
+    phase("join prints the add command; adding it makes a fourth voter");
+    let printed = cluster.try_act("join", "nexus-4").expect("join");
+    let cluster_addr = cluster.address("nexus-4", "cluster_addr");
+    let api4 = cluster.api(4);
+    assert!(
+        printed.contains(&format!(
+            "--id 4 --cluster-addr {cluster_addr} --api-addr {api4}"
+        )),
+        "{printed}"
+    );
+    let add =
+        json!({ "id": 4, "clusterAddr": cluster_addr.to_string(), "apiAddr": api4.to_string() });
+    let reply = ops
+        .superuser
+        .post(cluster.api(1), "/v1/cluster?action=add", add)
+        .await
+        .expect("add");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    cluster.wait_ready(4, RECOVERY_LIMIT).await;
+    assert_eq!(put(&ops.superuser, api4, "spare", "1").await.status, 200);
+
+    phase("removed and retired, it stays down");
+    let reply = ops
+        .superuser
+        .post(
+            cluster.api(4),
+            "/v1/cluster?action=remove",
+            json!({ "id": 4 }),
+        )
+        .await
+        .expect("remove");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    cluster.act("retire", "nexus-4");
+    assert!(!cluster.ready(4));
+    assert_eq!(cluster.process("nexus-4")["membership"], "retired");
+    let refused = cluster
+        .try_act("start", "nexus-4")
+        .expect_err("a retired id comes back");
+    assert!(refused.contains("retired"), "{refused}");
+    let state = status(&ops.superuser, cluster.api(2))
+        .await
+        .expect("status");
+    assert_eq!(voters(&state), vec![1, 2, 3]);
+    assert_eq!(
+        value_of(&get(&ops.superuser, cluster.api(3), "spare").await).as_deref(),
+        Some("1")
+    );
+}
