@@ -1,6 +1,7 @@
 //! The cluster under test: started, faulted and healed through
 //! `spike-cluster` (which owns the processes and, with `--netns`, the
-//! namespaces), addressed through its `cluster.json`.
+//! namespaces), addressed through its `cluster.json`. Without namespaces,
+//! links are faulted in the harness's own per-link proxies ([`crate::proxy`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,16 +14,39 @@ use spike_sdk::client::NexusClient;
 use spike_sdk::identity::TrustRoots;
 use spike_sdk::svid::SvidSource;
 
+use crate::proxy::{Impairment, LinkProxies};
+
 /// The workload identity (besides the superuser) the harness can act as:
 /// `spiffe://spike.ist/app/jepsen`, served at `sockets/jepsen-app.sock`.
 pub const APP_IDENTITY: &str = "jepsen-app";
+
+/// How the processes' links are made faultable.
+#[derive(Debug, Clone)]
+pub enum Hosts {
+    /// Every process in a network namespace `PREFIX-NAME` on the /24
+    /// `SUBNET.0` (needs root).
+    Namespaces {
+        /// Namespace name prefix.
+        prefix: String,
+        /// First three octets.
+        subnet: String,
+    },
+    /// Every process on loopback; each replica dials through a proxy of the
+    /// harness's (no privileges needed).
+    Proxies,
+}
+
+/// Replica N's proxy listens on BASE_PORT + this + N.
+const PROXY_PORT_OFFSET: u16 = 150;
 
 /// A running cluster.
 pub struct Cluster {
     dir: PathBuf,
     bin_dir: PathBuf,
-    /// Whether every process is a host of its own (network faults possible).
-    pub netns: bool,
+    /// Set when links are faulted in the harness's proxies.
+    proxies: Option<LinkProxies>,
+    /// The replicas' Raft heartbeat interval.
+    pub heartbeat: Duration,
 }
 
 /// A process of the cluster as `cluster.json` lists it.
@@ -54,14 +78,13 @@ impl Member {
 
 impl Cluster {
     /// Starts a cluster of `replicas` replicas and 5 keepers (threshold 3)
-    /// in `dir`, each process in its own network namespace when `netns`
-    /// (name prefix, subnet) is given, with `spares` spare replicas planned
-    /// for membership changes.
+    /// in `dir` on `hosts`, with `spares` spare replicas planned for
+    /// membership changes. Ports are taken from `base_port` up to 200 more.
     pub fn up(
         dir: &Path,
         bin_dir: &Path,
         base_port: u16,
-        netns: Option<(&str, &str)>,
+        hosts: &Hosts,
         (replicas, spares): (u64, u64),
         nexus_args: &[String],
     ) -> anyhow::Result<Self> {
@@ -78,19 +101,36 @@ impl Cluster {
             "--workload".into(),
             format!("{APP_IDENTITY}=/app/jepsen"),
         ];
-        if let Some((prefix, subnet)) = netns {
-            args.extend([
-                "--netns".into(),
-                prefix.to_owned(),
-                "--netns-subnet".into(),
-                subnet.to_owned(),
-            ]);
-        }
+        let proxies = match hosts {
+            Hosts::Namespaces { prefix, subnet } => {
+                args.extend([
+                    "--netns".into(),
+                    prefix.clone(),
+                    "--netns-subnet".into(),
+                    subnet.clone(),
+                ]);
+                None
+            }
+            Hosts::Proxies => {
+                let proxy_base = base_port
+                    .checked_add(PROXY_PORT_OFFSET)
+                    .context("--base-port leaves no room for the proxies")?;
+                args.extend(["--connect-proxy-base".into(), proxy_base.to_string()]);
+                // Every id a replica may have (spares included), before
+                // any replica starts dialling.
+                let sources = (1..=replicas + spares)
+                    .map(|id| Ok((format!("nexus-{id}"), proxy_base + u16::try_from(id)?)))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                std::fs::create_dir_all(dir)?;
+                Some(LinkProxies::start(sources, dir.join("cluster.json"))?)
+            }
+        };
         args.extend(nexus_args.iter().map(|arg| format!("--nexus-arg={arg}")));
         let cluster = Self {
             dir: dir.to_owned(),
             bin_dir: bin_dir.to_owned(),
-            netns: netns.is_some(),
+            proxies,
+            heartbeat: crate::nemesis::DEFAULT_HEARTBEAT,
         };
         if let Err(error) =
             cluster.spike_cluster(&args.iter().map(String::as_str).collect::<Vec<_>>())
@@ -259,33 +299,50 @@ impl Cluster {
 
     /// Cuts the link between `a` and `b`.
     pub fn cut(&self, a: &str, b: &str) -> anyhow::Result<()> {
-        self.spike_cluster(&["cut", a, b])
+        match &self.proxies {
+            Some(proxies) => {
+                proxies.cut(a, b);
+                Ok(())
+            }
+            None => self.spike_cluster(&["cut", a, b]),
+        }
     }
 
-    /// Impairs `name`'s link to every other process: `loss_percent` of
-    /// its packets dropped each way and/or its bandwidth capped.
-    pub fn impair(
-        &self,
-        name: &str,
-        loss_percent: Option<u8>,
-        rate_kbit: Option<u32>,
-    ) -> anyhow::Result<()> {
-        let mut args = vec!["impair".to_owned(), name.to_owned()];
-        if let Some(percent) = loss_percent {
-            args.extend(["--loss".to_owned(), percent.to_string()]);
+    /// Impairs `name`'s links to every other process. In namespaces,
+    /// loss drops packets and the rate caps the link; a fixed delay needs
+    /// the proxies (this kernel has no netem).
+    pub fn impair(&self, name: &str, impairment: Impairment) -> anyhow::Result<()> {
+        if let Some(proxies) = &self.proxies {
+            proxies.impair(name, impairment);
+            return Ok(());
         }
-        if let Some(rate) = rate_kbit {
+        if !impairment.delay.is_zero() {
+            bail!("a fixed delay needs the proxies (spike-jepsen run --proxies)");
+        }
+        let mut args = vec!["impair".to_owned(), name.to_owned()];
+        if impairment.loss_percent > 0 {
+            args.extend(["--loss".to_owned(), impairment.loss_percent.to_string()]);
+        }
+        if let Some(rate) = impairment.rate_kbit {
             args.extend(["--rate".to_owned(), rate.to_string()]);
         }
         self.spike_cluster(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
+    /// Whether links are faulted in the harness's proxies.
+    pub fn proxied(&self) -> bool {
+        self.proxies.is_some()
+    }
+
     /// Removes every cut and impairment.
     pub fn heal_network(&self) -> anyhow::Result<()> {
-        if self.netns {
-            self.spike_cluster(&["heal"])?;
+        match &self.proxies {
+            Some(proxies) => {
+                proxies.heal();
+                Ok(())
+            }
+            None => self.spike_cluster(&["heal"]),
         }
-        Ok(())
     }
 
     /// Waits until every replica says it is ready; returns how long it took.

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod history;
 pub mod membership;
 pub mod nemesis;
+pub mod proxy;
 pub mod recorder;
 pub mod timeline;
 pub mod workload;

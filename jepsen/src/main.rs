@@ -29,7 +29,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
 use spike_jepsen::check::{self, Anomaly, Operation};
-use spike_jepsen::cluster::Cluster;
+use spike_jepsen::cluster::{Cluster, Hosts};
 use spike_jepsen::history::{EventKind, write_event};
 use spike_jepsen::nemesis::{self, FaultWindow, Nemesis};
 use spike_jepsen::recorder::{Invocation, Recorder};
@@ -81,9 +81,11 @@ struct RunArgs {
     /// First port of the cluster.
     #[arg(long, default_value_t = 29_000)]
     base_port: u16,
-    /// Stay on loopback (no namespaces): process faults only.
+    /// Fault links in per-link proxies of the harness's, with every process
+    /// on loopback, even where network namespaces are possible (they are
+    /// used without this flag if this runs as root; the proxies otherwise).
     #[arg(long)]
-    no_netns: bool,
+    proxies: bool,
     /// Start the replicas with linearizable reads served from local state
     /// without a read index: unsafe on purpose, to show the checker
     /// catches it.
@@ -171,33 +173,51 @@ async fn run(args: RunArgs) -> anyhow::Result<Verdict> {
             .context("cannot locate the binaries")?
             .to_owned(),
     };
-    let netns = !args.no_netns && namespaces_possible();
-    if !netns {
-        if args.nemesis.needs_network() {
-            bail!(
-                "the {:?} nemesis cuts links, which needs network namespaces (run as root \
-                 with iproute2); per-link TCP proxies for unprivileged runs are not built yet",
-                args.nemesis
-            );
-        }
-        println!("no network namespaces: every process on loopback, process faults only");
-    }
     // Names unique to this run, so parallel runs do not collide.
     let tag = std::process::id() % 100_000;
-    let prefix = format!("sj{tag}");
-    let subnet = format!("10.214.{}", tag % 250 + 1);
+    let hosts = if !args.proxies && namespaces_possible() {
+        Hosts::Namespaces {
+            prefix: format!("sj{tag}"),
+            subnet: format!("10.214.{}", tag % 250 + 1),
+        }
+    } else {
+        if !args.proxies {
+            println!(
+                "no network namespaces here (they need root and iproute2): every process on \
+                 loopback, links faulted in per-link proxies"
+            );
+        }
+        Hosts::Proxies
+    };
+    if args.nemesis.needs_proxies() && !matches!(hosts, Hosts::Proxies) {
+        bail!(
+            "the {:?} nemesis needs the per-link proxies (--proxies): this kernel has no \
+             netem to delay packets in namespaces",
+            args.nemesis
+        );
+    }
     // The clock-jump nemesis moves clocks through this test hook.
     let mut nexus_args = vec!["--test-clock-offset".to_owned()];
+    // Delayed links stand for replicas far apart: timing tuned for that,
+    // as an operator would (a heartbeat must come back within one interval).
+    let heartbeat = if args.nemesis == Nemesis::DelayedLinks {
+        nexus_args.push("--heartbeat-interval=500ms".to_owned());
+        nexus_args.push("--election-timeout=2s".to_owned());
+        Duration::from_millis(500)
+    } else {
+        nemesis::DEFAULT_HEARTBEAT
+    };
     if args.unsafe_local_reads {
         nexus_args.push("--unsafe-local-reads".to_owned());
     }
     println!(
-        "starting {} replicas and 5 keepers{}",
+        "starting {} replicas and 5 keepers, {}",
         args.replicas,
-        if netns {
-            format!(", one namespace each ({prefix}-*, {subnet}.0/24)")
-        } else {
-            String::new()
+        match &hosts {
+            Hosts::Namespaces { prefix, subnet } => {
+                format!("one namespace each ({prefix}-*, {subnet}.0/24)")
+            }
+            Hosts::Proxies => "on loopback, each replica dialling through a proxy".to_owned(),
         }
     );
     // Spares for membership changes: every free id up to 10 (the ports
@@ -207,14 +227,15 @@ async fn run(args: RunArgs) -> anyhow::Result<Verdict> {
     } else {
         0
     };
-    let cluster = Cluster::up(
+    let mut cluster = Cluster::up(
         &out.join("cluster"),
         &bin_dir,
         args.base_port,
-        netns.then_some((prefix.as_str(), subnet.as_str())),
+        &hosts,
         (args.replicas, spares),
         &nexus_args,
     )?;
+    cluster.heartbeat = heartbeat;
     let outcome = drive(&args, &cluster, &out).await;
     if let Err(error) = cluster.down() {
         eprintln!("spike-jepsen: cleaning up the cluster: {error:#}");
@@ -360,6 +381,7 @@ async fn drive(args: &RunArgs, cluster: &Cluster, out: &Path) -> anyhow::Result<
         details,
         recovery,
         verdict,
+        cluster.proxied(),
     )?;
     Ok(verdict)
 }
@@ -540,6 +562,7 @@ fn write_artifacts(
     details: Value,
     recovery: Duration,
     verdict: Verdict,
+    proxied: bool,
 ) -> anyhow::Result<()> {
     let mut history = std::io::BufWriter::new(std::fs::File::create(out.join("history.jsonl"))?);
     for event in events {
@@ -558,6 +581,7 @@ fn write_artifacts(
         "clients": args.clients,
         "replicas": args.replicas,
         "unsafe_local_reads": args.unsafe_local_reads,
+        "hosts": if proxied { "proxies" } else { "namespaces" },
         "operations": { "ok": count(EventKind::Ok), "fail": count(EventKind::Fail), "info": count(EventKind::Info) },
         "faults": windows,
         "write_gap_ms": gaps,
@@ -619,7 +643,7 @@ fn write_artifacts(
     }
     let _ = writeln!(
         summary,
-        "replay: spike-jepsen run --workload {} --nemesis {} --time {}s --seed {} --clients {} --keys {} --replicas {}{} --out DIR",
+        "replay: spike-jepsen run --workload {} --nemesis {} --time {}s --seed {} --clients {} --keys {} --replicas {}{}{} --out DIR",
         clap::ValueEnum::to_possible_value(&args.workload)
             .map_or_else(String::new, |v| v.get_name().to_owned()),
         clap::ValueEnum::to_possible_value(&args.nemesis)
@@ -633,7 +657,8 @@ fn write_artifacts(
             " --unsafe-local-reads"
         } else {
             ""
-        }
+        },
+        if args.proxies { " --proxies" } else { "" }
     );
     let _ = writeln!(summary, "artifacts: {}", out.display());
     std::fs::write(out.join("summary.txt"), &summary)?;

@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 
 use crate::cluster::Cluster;
 use crate::membership;
+use crate::proxy::Impairment;
 use crate::recorder::{Recorder, Rng};
 
 /// The faults a run can inject.
@@ -47,22 +48,30 @@ pub enum Nemesis {
     /// the replicas' test clock offset), and back at healing.
     ClockJump,
     /// Drop 5 to 30 % of the packets, each way, of the leader or of every
-    /// replica (iptables' random match).
+    /// replica (iptables' random match; through the proxies, that share of
+    /// chunks pays a retransmission timeout).
     LossyLinks,
     /// Cap the leader's or a random replica's bandwidth at 32 to 512
     /// kbit/s, with a queue of up to 1 s: replication and answers wait
-    /// behind each other (this kernel has no netem for a fixed delay).
+    /// behind each other.
     SlowLinks,
+    /// Delay every packet of the leader or of every replica: mostly within
+    /// what the cluster's timing allows (a round trip under the heartbeat
+    /// interval; runs of this nemesis tune the replicas for distance, 500
+    /// ms heartbeats), one time in four up to four times beyond. Needs the
+    /// proxies (`--proxies`): this kernel has no netem.
+    DelayedLinks,
     /// Replace a random replica (the leader too) by a spare under a fresh
     /// id, as an operator would: remove it, stop it for good, start the
     /// spare with --join and add it. Each fault uses up one spare.
     Membership,
-    /// A random one of the above for each fault.
+    /// A random one of the above for each fault (slow links instead of
+    /// delayed ones in namespaces).
     Mix,
 }
 
 /// Faults `Mix` chooses from.
-const MIX: [Nemesis; 16] = [
+const MIX: [Nemesis; 17] = [
     Nemesis::PartitionOne,
     Nemesis::PartitionLeader,
     Nemesis::PartitionHalves,
@@ -78,8 +87,12 @@ const MIX: [Nemesis; 16] = [
     Nemesis::ClockJump,
     Nemesis::LossyLinks,
     Nemesis::SlowLinks,
+    Nemesis::DelayedLinks,
     Nemesis::Membership,
 ];
+
+/// The replicas' default Raft heartbeat interval.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(50);
 
 /// How long a replacement may take, removal and addition each.
 const MEMBERSHIP_STEP_WITHIN: Duration = Duration::from_secs(10);
@@ -90,20 +103,9 @@ impl Nemesis {
         matches!(self, Self::Membership | Self::Mix)
     }
 
-    /// Whether it needs hosts of their own.
-    pub fn needs_network(self) -> bool {
-        matches!(
-            self,
-            Self::PartitionOne
-                | Self::PartitionLeader
-                | Self::PartitionHalves
-                | Self::PartitionRing
-                | Self::PartitionBridge
-                | Self::KeepersPartition
-                | Self::LossyLinks
-                | Self::SlowLinks
-                | Self::Mix
-        )
+    /// Whether it needs the harness's per-link proxies.
+    pub fn needs_proxies(self) -> bool {
+        self == Self::DelayedLinks
     }
 }
 
@@ -243,8 +245,12 @@ async fn inject(
             } else {
                 replicas.clone()
             };
+            let loss = Impairment {
+                loss_percent: percent,
+                ..Impairment::default()
+            };
             for target in &targets {
-                cluster.impair(target, Some(percent), None)?;
+                cluster.impair(target, loss)?;
             }
             targets
                 .into_iter()
@@ -254,8 +260,39 @@ async fn inject(
         Nemesis::SlowLinks => {
             let rate = 32 << rng.below(5);
             let target = if rng.below(2) == 0 { leader } else { random };
-            cluster.impair(&target, None, Some(rate))?;
+            let slow = Impairment {
+                rate_kbit: Some(rate),
+                ..Impairment::default()
+            };
+            cluster.impair(&target, slow)?;
             vec![format!("{target} {rate} kbit/s")]
+        }
+        Nemesis::DelayedLinks => {
+            // Two delayed ends add up, both ways: a fifth of the heartbeat
+            // each keeps the round trip within it.
+            let within = (cluster.heartbeat / 5).as_millis() as u64;
+            let most = if rng.below(4) == 0 {
+                within * 4
+            } else {
+                within
+            };
+            let delay = Duration::from_millis(1 + rng.below(most.max(1)));
+            let targets = if rng.below(2) == 0 {
+                vec![leader]
+            } else {
+                replicas.clone()
+            };
+            let late = Impairment {
+                delay,
+                ..Impairment::default()
+            };
+            for target in &targets {
+                cluster.impair(target, late)?;
+            }
+            targets
+                .into_iter()
+                .map(|target| format!("{target} +{}ms", delay.as_millis()))
+                .collect()
         }
         Nemesis::Membership => replace(cluster, &random).await?,
         Nemesis::KeepersPartition => {
@@ -390,7 +427,10 @@ pub async fn run(
         }
         tokio::time::sleep(quiet).await;
         let fault = if nemesis == Nemesis::Mix {
-            *rng.pick(&MIX)
+            match *rng.pick(&MIX) {
+                fault if fault.needs_proxies() && !cluster.proxied() => Nemesis::SlowLinks,
+                fault => fault,
+            }
         } else {
             nemesis
         };

@@ -69,6 +69,17 @@ pub struct Args {
     /// How often the leader re-sends shares to keepers (e.g. 500ms, 5s, 1m).
     #[arg(long, env = "SPIKE_NEXUS_KEEPER_UPDATE_INTERVAL", default_value = "5s")]
     pub keeper_update_interval: String,
+    /// Raft heartbeat interval (10ms to 10s). Each heartbeat and
+    /// read-index round must come back within it, so it must exceed the
+    /// round trip between replicas: the default suits one data centre;
+    /// raise it for replicas further apart (with --election-timeout).
+    #[arg(long, env = "SPIKE_NEXUS_HEARTBEAT_INTERVAL", default_value = "50ms")]
+    pub heartbeat_interval: String,
+    /// Shortest wait for a leader before a follower stands for election;
+    /// each waits a random time up to twice this. At least 3 heartbeat
+    /// intervals; failover takes about two of it.
+    #[arg(long, env = "SPIKE_NEXUS_ELECTION_TIMEOUT", default_value = "150ms")]
+    pub election_timeout: String,
     /// Versions kept per secret.
     #[arg(long, env = "SPIKE_NEXUS_MAX_SECRET_VERSIONS", default_value_t = MAX_VERSIONS_DEFAULT)]
     pub max_secret_versions: u32,
@@ -80,6 +91,12 @@ pub struct Args {
     /// Log entries kept behind a snapshot for lagging followers.
     #[arg(long, env = "SPIKE_NEXUS_LOGS_KEPT", default_value_t = 5_000)]
     pub logs_kept: u64,
+    /// Dial every outgoing connection (peers, keepers, forwarded
+    /// requests) through this HTTP CONNECT proxy, HOST:PORT (an egress
+    /// proxy; the fault-injection harness's per-link proxies). mTLS runs
+    /// end to end through it: the proxy sees only ciphertext.
+    #[arg(long, env = "SPIKE_NEXUS_CONNECT_PROXY")]
+    pub connect_proxy: Option<SocketAddr>,
     /// Lock all memory so keys are never swapped out (needs a raised
     /// RLIMIT_MEMLOCK or CAP_IPC_LOCK).
     #[arg(long, env = "SPIKE_LOCK_MEMORY")]
@@ -169,6 +186,10 @@ pub struct NexusConfig {
     pub shamir: ShamirParams,
     /// Share push period.
     pub keeper_update_interval: Duration,
+    /// Raft heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Shortest election timeout (the longest is twice it).
+    pub election_timeout: Duration,
     /// Versions kept per secret.
     pub max_versions: u32,
     /// Health listener.
@@ -235,6 +256,21 @@ impl NexusConfig {
                 "SPIKE_NEXUS_MAX_SECRET_VERSIONS must be 1 to {MAX_VERSIONS_LIMIT}"
             )));
         }
+        let heartbeat_interval = parse_duration(&args.heartbeat_interval)
+            .ok_or_else(|| ConfigError::Duration(args.heartbeat_interval.clone()))?;
+        let election_timeout = parse_duration(&args.election_timeout)
+            .ok_or_else(|| ConfigError::Duration(args.election_timeout.clone()))?;
+        if !(Duration::from_millis(10)..=Duration::from_secs(10)).contains(&heartbeat_interval) {
+            return Err(ConfigError::OutOfRange(
+                "SPIKE_NEXUS_HEARTBEAT_INTERVAL must be 10ms to 10s".to_owned(),
+            ));
+        }
+        if election_timeout < heartbeat_interval * 3 || election_timeout > Duration::from_secs(60) {
+            return Err(ConfigError::OutOfRange(format!(
+                "SPIKE_NEXUS_ELECTION_TIMEOUT must be 3 heartbeat intervals ({:?}) to 60s",
+                heartbeat_interval * 3
+            )));
+        }
         if args.snapshot_every == 0 {
             return Err(ConfigError::OutOfRange(
                 "SPIKE_NEXUS_SNAPSHOT_EVERY must be at least 1".to_owned(),
@@ -248,6 +284,8 @@ impl NexusConfig {
             shamir,
             keeper_update_interval: parse_duration(&args.keeper_update_interval)
                 .ok_or_else(|| ConfigError::Duration(args.keeper_update_interval.clone()))?,
+            heartbeat_interval,
+            election_timeout,
             max_versions: args.max_secret_versions,
             health_addr: args.health_addr,
             data_dir: args.data_dir.clone(),
@@ -412,6 +450,43 @@ mod tests {
                 keepers: 1
             })
         );
+    }
+
+    #[test]
+    fn raft_timing_is_configurable_within_limits() {
+        use clap::Parser;
+        let config = |timing: &[&str]| {
+            let mut argv = vec![
+                "nexus",
+                "--peers",
+                "1=127.0.0.1:1/127.0.0.1:2",
+                "--keepers",
+                "127.0.0.1:3,127.0.0.1:4,127.0.0.1:5",
+            ];
+            argv.extend_from_slice(timing);
+            NexusConfig::from_args(&Args::try_parse_from(argv).expect("flags parse"))
+        };
+        let defaults = config(&[]).expect("defaults");
+        assert_eq!(defaults.heartbeat_interval, Duration::from_millis(50));
+        assert_eq!(defaults.election_timeout, Duration::from_millis(150));
+        let far = config(&["--heartbeat-interval", "200ms", "--election-timeout", "2s"])
+            .expect("replicas far apart");
+        assert_eq!(far.election_timeout, Duration::from_secs(2));
+        for refused in [
+            &["--heartbeat-interval", "5ms"][..],
+            &["--heartbeat-interval", "200ms"],
+            &["--election-timeout", "100ms"],
+            &["--election-timeout", "2m"],
+        ] {
+            assert!(
+                matches!(config(refused), Err(ConfigError::OutOfRange(_))),
+                "{refused:?} accepted"
+            );
+        }
+        assert!(matches!(
+            config(&["--heartbeat-interval", "fast"]),
+            Err(ConfigError::Duration(_))
+        ));
     }
 
     #[test]

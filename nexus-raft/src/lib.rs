@@ -66,18 +66,22 @@ pub struct Startup {
     pub test_clock_offset: bool,
 }
 
-/// Raft timing: heartbeats every 50 ms and elections after 150-300 ms of
-/// silence. Followers honour the old leader's lease (the maximum election
-/// timeout) before voting, so a failed leader is replaced in roughly
-/// 0.3-0.6 s (kill -9 to the next acknowledged write: 0.75 s median in
-/// `bench/run`, against 1.02 s with 200-400 ms). Shorter would risk
-/// elections on a busy machine that merely delayed a few heartbeats.
+/// Raft timing, by default heartbeats every 50 ms and elections after
+/// 150-300 ms of silence. Followers honour the old leader's lease (the
+/// maximum election timeout) before voting, so a failed leader is replaced
+/// in roughly 0.3-0.6 s (kill -9 to the next acknowledged write: 0.75 s
+/// median in `bench/run`, against 1.02 s with 200-400 ms). Shorter would
+/// risk elections on a busy machine that merely delayed a few heartbeats.
+/// openraft gives a heartbeat one interval to come back, so replicas
+/// further apart than that need both raised (--heartbeat-interval,
+/// --election-timeout).
 fn raft_config(config: &NexusConfig) -> Result<RaftConfig, StartupError> {
+    let millis = |duration: std::time::Duration| duration.as_millis() as u64;
     RaftConfig {
         cluster_name: "spike".to_owned(),
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: 300,
+        heartbeat_interval: millis(config.heartbeat_interval),
+        election_timeout_min: millis(config.election_timeout),
+        election_timeout_max: millis(config.election_timeout) * 2,
         install_snapshot_timeout: 2_000,
         max_payload_entries: 256,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),

@@ -88,6 +88,11 @@ enum Action {
         /// The private /24 of the namespaces (three octets).
         #[arg(long, default_value = "10.213.7", requires = "netns")]
         netns_subnet: String,
+        /// Replica N dials every outgoing connection through the HTTP
+        /// CONNECT proxy at 127.0.0.1:PORT+N (the fault-injection
+        /// harness's per-link proxies, for runs without namespaces).
+        #[arg(long, value_name = "PORT", conflicts_with = "netns")]
+        connect_proxy_base: Option<u16>,
     },
     /// Cut the network link between two processes, both ways (--netns
     /// clusters only).
@@ -191,6 +196,9 @@ struct ClusterFile {
     /// Namespaces, when each process is a host of its own.
     #[serde(default)]
     netns: Option<netns::Layout>,
+    /// Replica N dials through the proxy at 127.0.0.1:BASE+N.
+    #[serde(default)]
+    connect_proxy_base: Option<u16>,
     processes: Vec<Process>,
 }
 
@@ -263,6 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             workloads,
             netns,
             netns_subnet,
+            connect_proxy_base,
         } => {
             let dir = absolute(&common.dir)?;
             let layout = netns
@@ -282,6 +291,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         nexus_args,
                         workloads,
                         netns: layout,
+                        connect_proxy_base,
                     },
                 )?,
             };
@@ -488,6 +498,7 @@ struct Shape {
     nexus_args: Vec<String>,
     workloads: Vec<String>,
     netns: Option<netns::Layout>,
+    connect_proxy_base: Option<u16>,
 }
 
 fn plan(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
@@ -501,7 +512,11 @@ fn plan(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
         nexus_args,
         workloads,
         netns,
+        connect_proxy_base,
     } = shape;
+    if connect_proxy_base.is_some_and(|base| base.checked_add(10).is_none()) {
+        bail!("--connect-proxy-base leaves no room for 10 replicas");
+    }
     if replicas == 0 || keepers == 0 || threshold == 0 || threshold > keepers {
         bail!("need at least one replica and keeper, and 1 <= threshold <= keepers");
     }
@@ -594,6 +609,7 @@ fn plan(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
         nexus_args,
         workloads,
         netns,
+        connect_proxy_base,
         processes,
     })
 }
@@ -779,6 +795,11 @@ fn start(cluster: &mut ClusterFile, index: usize, bin_dir: &Path) -> anyhow::Res
                 .arg("--data-dir")
                 .arg(process.data_dir.as_ref().context("data dir")?)
                 .args(&cluster.nexus_args);
+            if let Some(base) = cluster.connect_proxy_base {
+                let id = process.node_id.context("nexus id")?;
+                let port = u64::from(base) + id;
+                command.args(["--connect-proxy", &format!("127.0.0.1:{port}")]);
+            }
             if process.membership == Membership::Founder {
                 command.args(["--peers", &peers.join(",")]);
             } else {

@@ -50,10 +50,11 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, request: Request<Frame>) ->
 /// The leader as this replica knows it.
 pub fn known_leader(raft: &NexusRaft) -> Option<(u64, crate::raft::NexusNode)> {
     use openraft::async_runtime::WatchReceiver;
+    let lost_after = quorum_lost_after(raft.config());
     let metrics = raft.metrics();
     let metrics = metrics.borrow_watched();
     let leader = metrics.current_leader?;
-    if leader == metrics.id && !quorum_fresh(&metrics) {
+    if leader == metrics.id && !quorum_fresh(&metrics, lost_after) {
         return None;
     }
     let node = metrics
@@ -65,15 +66,20 @@ pub fn known_leader(raft: &NexusRaft) -> Option<(u64, crate::raft::NexusNode)> {
 }
 
 /// How long a leader may go without a quorum acknowledging it before it
-/// stops calling itself the leader ("check quorum"): a little more than the
-/// longest election timeout, by when the others are electing a new one.
-/// Requests then fail at once with 503 and no leader hint, so clients move
-/// to another node instead of waiting out their timeout on a leader cut off
-/// from its followers.
-pub const QUORUM_LOST_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+/// stops calling itself the leader ("check quorum"): the longest election
+/// timeout and four heartbeats more (500 ms by default), by when the others
+/// are electing a new one. Requests then fail at once with 503 and no
+/// leader hint, so clients move to another node instead of waiting out
+/// their timeout on a leader cut off from its followers.
+pub fn quorum_lost_after(config: &openraft::Config) -> std::time::Duration {
+    std::time::Duration::from_millis(config.election_timeout_max + 4 * config.heartbeat_interval)
+}
 
-/// Whether this node, as leader, heard from a quorum recently.
-fn quorum_fresh(metrics: &openraft::RaftMetrics<TypeConfig>) -> bool {
+/// Whether this node, as leader, heard from a quorum within `lost_after`.
+fn quorum_fresh(
+    metrics: &openraft::RaftMetrics<TypeConfig>,
+    lost_after: std::time::Duration,
+) -> bool {
     use openraft::async_runtime::Instant as _;
     if metrics.membership_config.membership().voter_ids().count() <= 1 {
         return true;
@@ -81,16 +87,17 @@ fn quorum_fresh(metrics: &openraft::RaftMetrics<TypeConfig>) -> bool {
     metrics
         .last_quorum_acked
         .as_ref()
-        .is_some_and(|acked| acked.elapsed() < QUORUM_LOST_AFTER)
+        .is_some_and(|acked| acked.elapsed() < lost_after)
 }
 
 /// Whether Raft calls this node the leader but a quorum has not answered
-/// it for [`QUORUM_LOST_AFTER`].
+/// it for [`quorum_lost_after`].
 pub fn leader_without_quorum(raft: &NexusRaft) -> bool {
     use openraft::async_runtime::WatchReceiver;
+    let lost_after = quorum_lost_after(raft.config());
     let metrics = raft.metrics();
     let metrics = metrics.borrow_watched();
-    metrics.current_leader == Some(metrics.id) && !quorum_fresh(&metrics)
+    metrics.current_leader == Some(metrics.id) && !quorum_fresh(&metrics, lost_after)
 }
 
 /// Resolves once this leader has lost its quorum (checked every 50 ms).

@@ -25,6 +25,24 @@ use crate::cluster::peers::Peers;
 use crate::cluster::proto::cluster_client::ClusterClient;
 use crate::cluster::proto::{Frame, SnapshotChunk, snapshot_chunk};
 
+/// openraft gives an append one heartbeat interval (50 ms), the whole
+/// round trip included: a peer further away than that, or a batch larger
+/// than the link carries in that time, would never be replicated, and the
+/// cluster would stop committing (the harness's delayed-links nemesis found
+/// it: 25 ms each way stalled every write). Appends get at least this...
+const APPEND_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+/// ...and a second more per this many bytes (a slow link). A partitioned
+/// follower's replication waits this long before it is retried; the
+/// others' replication and heartbeats go on meanwhile.
+const APPEND_BYTES_PER_SECOND: usize = 8 * 1024 * 1024;
+
+/// The timeout of an append of `payload` bytes that openraft asked to
+/// finish within `asked`.
+fn append_timeout(asked: Duration, payload: usize) -> Duration {
+    let for_size = Duration::from_millis((payload as u64 * 1000) / APPEND_BYTES_PER_SECOND as u64);
+    asked.max(APPEND_TIMEOUT_MIN + for_size)
+}
+
 /// Hands openraft a connection per peer.
 pub struct Network {
     peers: Peers,
@@ -77,11 +95,12 @@ impl PeerConnection {
             .map_err(|reason| RPCError::Unreachable(Unreachable::from_string(reason)))
     }
 
-    /// Sends `message` to `method` and decodes the remote `Result`.
+    /// Sends `message` to `method` and decodes the remote `Result`;
+    /// `timeout` is given the encoded size.
     async fn call<Req, Resp, F, Fut>(
         &self,
         message: &Req,
-        timeout: Duration,
+        timeout: impl FnOnce(usize) -> Duration,
         method: F,
     ) -> Result<Resp, RPCError<TypeConfig>>
     where
@@ -91,6 +110,7 @@ impl PeerConnection {
         Fut: Future<Output = Result<tonic::Response<Frame>, tonic::Status>>,
     {
         let payload = encode(message).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let timeout = timeout(payload.len());
         let mut request = tonic::Request::new(Frame { payload });
         request.set_timeout(timeout);
         let reply = method(self.client()?, request)
@@ -118,9 +138,12 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, option.hard_ttl(), |mut client, request| async move {
-            client.append_entries(request).await
-        })
+        let asked = option.hard_ttl();
+        self.call(
+            &rpc,
+            |payload| append_timeout(asked, payload),
+            |mut client, request| async move { client.append_entries(request).await },
+        )
         .await
     }
 
@@ -129,9 +152,11 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, option.hard_ttl(), |mut client, request| async move {
-            client.vote(request).await
-        })
+        self.call(
+            &rpc,
+            |_| option.hard_ttl(),
+            |mut client, request| async move { client.vote(request).await },
+        )
         .await
     }
 
@@ -142,7 +167,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(
             &request,
-            option.hard_ttl(),
+            |_| option.hard_ttl(),
             |mut client, request| async move { client.transfer_leader(request).await },
         )
         .await
@@ -203,5 +228,22 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 self.target
             )))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_get_time_for_distance_and_size_beyond_a_heartbeat() {
+        let heartbeat = Duration::from_millis(50);
+        assert_eq!(append_timeout(heartbeat, 200), APPEND_TIMEOUT_MIN);
+        assert_eq!(
+            append_timeout(heartbeat, 16 * 1024 * 1024),
+            APPEND_TIMEOUT_MIN + Duration::from_secs(2)
+        );
+        let generous = Duration::from_secs(30);
+        assert_eq!(append_timeout(generous, 200), generous);
     }
 }
