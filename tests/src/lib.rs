@@ -327,7 +327,12 @@ impl LocalCluster {
     /// Starts a cluster (`spike-cluster up`) with `args` and waits until it
     /// serves.
     pub fn up(args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("cluster directory");
+        Self::up_in(tempfile::tempdir().expect("cluster directory"), args)
+    }
+
+    /// Like [`Self::up`], in `dir` (for a test that needs to know where
+    /// `cluster.json` will be before the cluster starts).
+    pub fn up_in(dir: TempDir, args: &[&str]) -> Self {
         let base_port = next_base_port().to_string();
         let mut all = vec!["up", "--dir"];
         let dir_text = dir.path().display().to_string();

@@ -1,14 +1,16 @@
-//! `spike-cluster --netns`: every process a host of its own, whose links
-//! the fault-injection harness cuts and impairs. Needs root and iproute2
-//! (and iptables for packet loss); without them the test says so and
-//! checks nothing.
+//! Faulted links. `spike-cluster --netns` makes every process a host of
+//! its own, whose links the fault-injection harness cuts and impairs
+//! (needs root, iproute2 and iptables; without them that test says so and
+//! checks nothing). Without root, replicas dial through the harness's
+//! per-link proxies (`nexus --connect-proxy`).
 
 use std::process::Command;
 use std::time::Duration;
 
+use spike_jepsen::proxy::{Impairment, LinkProxies};
 use spike_tests::LocalCluster;
 
-use crate::support::{RECOVERY_LIMIT, phase};
+use crate::support::{Operators, RECOVERY_LIMIT, get, phase, put, value_of};
 
 /// Whether this process may make network namespaces and drop packets.
 fn namespaces_possible() -> bool {
@@ -73,4 +75,81 @@ async fn impaired_links_lose_packets_and_slow_down_until_healed() {
     assert!(refused.contains("--loss"), "{refused}");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(cluster.ready(2));
+}
+
+/// Proxies for nexus-1 to nexus-3 on three free consecutive ports; returns
+/// them and the base to give `--connect-proxy-base`.
+fn proxies_for_three(cluster_file: &std::path::Path) -> (LinkProxies, u16) {
+    for _ in 0..20 {
+        let base = spike_tests::free_port() - 1;
+        let sources = (1..=3u16)
+            .map(|id| (format!("nexus-{id}"), base + id))
+            .collect();
+        if let Ok(proxies) = LinkProxies::start(sources, cluster_file.to_owned()) {
+            return (proxies, base);
+        }
+    }
+    panic!("no three free consecutive ports for the proxies")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_25ms_apart_through_proxies_still_commit() {
+    let dir = tempfile::tempdir().expect("cluster directory");
+    let (proxies, base) = proxies_for_three(&dir.path().join("cluster.json"));
+    let cluster = LocalCluster::up_in(dir, &["--connect-proxy-base", &base.to_string()]);
+    let ops = Operators::of(&cluster).await;
+    assert_eq!(
+        put(&ops.superuser, cluster.api(1), "far", "0").await.status,
+        200
+    );
+
+    // openraft gives an append one heartbeat (50 ms) for the round trip:
+    // before appends got a floor of their own, no write committed here.
+    phase("every replica 25 ms away from the others, each way");
+    let late = Impairment {
+        delay: Duration::from_millis(25),
+        ..Impairment::default()
+    };
+    for id in 1..=3 {
+        proxies.impair(&format!("nexus-{id}"), late);
+    }
+    for round in 1..=10 {
+        let reply = put(
+            &ops.superuser,
+            cluster.api(1 + round % 3),
+            "far",
+            &round.to_string(),
+        )
+        .await;
+        assert_eq!(
+            reply.status, 200,
+            "write {round} across slow links: {:?}",
+            reply.body
+        );
+    }
+
+    phase("a cut link stalls; healed, the replica catches up");
+    proxies.heal();
+    proxies.cut("nexus-3", "nexus-1");
+    proxies.cut("nexus-3", "nexus-2");
+    assert_eq!(
+        put(&ops.superuser, cluster.api(1), "far", "cut")
+            .await
+            .status,
+        200
+    );
+    proxies.heal();
+    let began = tokio::time::Instant::now();
+    loop {
+        let read = get(&ops.superuser, cluster.api(3), "far").await;
+        if value_of(&read).as_deref() == Some("cut") {
+            break;
+        }
+        assert!(
+            began.elapsed() < RECOVERY_LIMIT,
+            "nexus-3 never caught up: {:?}",
+            read.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
