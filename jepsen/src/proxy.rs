@@ -448,19 +448,52 @@ mod tests {
         ) && &echo == b"ping"
     }
 
+    /// `nexus-1`'s proxy in front of an echo server named `nexus-2`, and
+    /// a tunnel through it.
+    struct Proxied {
+        _dir: tempfile::TempDir,
+        echo: SocketAddr,
+        port: u16,
+        proxies: LinkProxies,
+        through: spike_sdk::net::HttpConnectProxy,
+        stream: spike_sdk::net::Stream,
+    }
+
+    impl Proxied {
+        async fn start() -> Self {
+            use spike_sdk::net::Network;
+            let dir = tempfile::tempdir().expect("dir");
+            let echo = echo_server().await;
+            let port = free_port();
+            let proxies = LinkProxies::start(
+                vec![("nexus-1".to_owned(), port)],
+                cluster_file(dir.path(), echo),
+            )
+            .expect("proxies");
+            let through = spike_sdk::net::HttpConnectProxy::new(([127, 0, 0, 1], port).into());
+            let stream = through.connect(echo).await.expect("tunnel");
+            Self {
+                _dir: dir,
+                echo,
+                port,
+                proxies,
+                through,
+                stream,
+            }
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cut_links_stall_and_deliver_everything_once_healed() {
         use spike_sdk::net::Network;
-        let dir = tempfile::tempdir().expect("dir");
-        let echo = echo_server().await;
-        let port = free_port();
-        let proxies = LinkProxies::start(
-            vec![("nexus-1".to_owned(), port)],
-            cluster_file(dir.path(), echo),
-        )
-        .expect("proxies");
-        let through = spike_sdk::net::HttpConnectProxy::new(([127, 0, 0, 1], port).into());
-        let mut stream = through.connect(echo).await.expect("tunnel");
+        let Proxied {
+            _dir,
+            echo,
+            proxies,
+            through,
+            mut stream,
+            ..
+        } = Proxied::start().await;
         assert!(round_trip(&mut stream, Duration::from_secs(5)).await);
 
         proxies.cut("nexus-2", "nexus-1");
@@ -490,16 +523,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn impaired_links_are_late_and_strangers_are_refused() {
         use spike_sdk::net::Network;
-        let dir = tempfile::tempdir().expect("dir");
-        let echo = echo_server().await;
-        let port = free_port();
-        let proxies = LinkProxies::start(
-            vec![("nexus-1".to_owned(), port)],
-            cluster_file(dir.path(), echo),
-        )
-        .expect("proxies");
-        let through = spike_sdk::net::HttpConnectProxy::new(([127, 0, 0, 1], port).into());
-        let mut stream = through.connect(echo).await.expect("tunnel");
+        let Proxied {
+            _dir,
+            port,
+            proxies,
+            through,
+            mut stream,
+            ..
+        } = Proxied::start().await;
         proxies.impair(
             "nexus-2",
             Impairment {

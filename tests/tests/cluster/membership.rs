@@ -7,7 +7,9 @@ use serde_json::json;
 use spike_dev_identity::{IdentityDirectory, IdentitySpec};
 use spike_tests::{ChildGuard, LocalCluster, binary, free_port};
 
-use crate::support::{Operators, RECOVERY_LIMIT, get, leader, phase, put, status, value_of};
+use crate::support::{
+    Operators, RECOVERY_LIMIT, get, leader, phase, put, read_until, status, value_of,
+};
 
 fn voters(status: &serde_json::Value) -> Vec<u64> {
     let mut ids: Vec<u64> = status["members"]
@@ -92,19 +94,7 @@ async fn a_replica_joins_votes_leaves_and_its_id_is_never_reused() {
         .expect("status");
     assert_eq!(voters(&state), vec![1, 2, 3, 4]);
     let api4: std::net::SocketAddr = ([127, 0, 0, 1], api_port).into();
-    let began = tokio::time::Instant::now();
-    loop {
-        let read = get(&ops.superuser, api4, "m").await;
-        if value_of(&read).as_deref() == Some("1") {
-            break;
-        }
-        assert!(
-            began.elapsed() < RECOVERY_LIMIT,
-            "nexus-4 never served: {:?}",
-            read.body
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    read_until(&ops.superuser, api4, "m", "1").await;
 
     phase("leadership moves on request");
     let current = leader(&ops.superuser, &cluster, &[1, 2, 3]).await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use spike_jepsen::proxy::{Impairment, LinkProxies};
 use spike_tests::LocalCluster;
 
-use crate::support::{Operators, RECOVERY_LIMIT, get, phase, put, value_of};
+use crate::support::{Operators, RECOVERY_LIMIT, phase, put, read_until};
 
 /// Whether this process may make network namespaces and drop packets.
 fn namespaces_possible() -> bool {
@@ -139,17 +139,5 @@ async fn replicas_25ms_apart_through_proxies_still_commit() {
         200
     );
     proxies.heal();
-    let began = tokio::time::Instant::now();
-    loop {
-        let read = get(&ops.superuser, cluster.api(3), "far").await;
-        if value_of(&read).as_deref() == Some("cut") {
-            break;
-        }
-        assert!(
-            began.elapsed() < RECOVERY_LIMIT,
-            "nexus-3 never caught up: {:?}",
-            read.body
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    read_until(&ops.superuser, cluster.api(3), "far", "cut").await;
 }

@@ -53,6 +53,24 @@ pub fn value_of(reply: &Reply) -> Option<String> {
     (reply.status == 200).then(|| reply.body["data"]["v"].as_str().map(str::to_owned))?
 }
 
+/// Reads `path` on `node` until it holds `expected`; fails the test after
+/// [`RECOVERY_LIMIT`].
+pub async fn read_until(client: &ApiClient, node: SocketAddr, path: &str, expected: &str) {
+    let began = tokio::time::Instant::now();
+    loop {
+        let read = get(client, node, path).await;
+        if value_of(&read).as_deref() == Some(expected) {
+            return;
+        }
+        assert!(
+            began.elapsed() < RECOVERY_LIMIT,
+            "{node} never served {path}={expected}: {:?}",
+            read.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn status(client: &ApiClient, node: SocketAddr) -> Option<Value> {
     let reply = client
         .post(node, "/v1/cluster?action=status", json!({}))
