@@ -72,7 +72,8 @@ struct RunArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 8)]
     clients: u64,
-    /// Register keys (few keys, many clients: contention).
+    /// Register keys in use at once (few keys, many clients: contention);
+    /// a fresh set every 10 s.
     #[arg(long, default_value_t = 4)]
     keys: u64,
     /// Nexus replicas.
@@ -251,7 +252,12 @@ async fn drive(args: &RunArgs, cluster: &Cluster, out: &Path) -> anyhow::Result<
         let values = BTreeMap::from([("v".to_owned(), "1".to_owned())]);
         retry(|| admin.put_secret(workload::POLICY_SECRET, &values, None)).await?;
     }
-    let deadline = Instant::now() + args.time;
+    let started = Instant::now();
+    let deadline = started + args.time;
+    let key_rotation = workload::KeyRotation {
+        started,
+        lifetime: KEY_LIFETIME,
+    };
 
     println!(
         "running {:?} under {:?} for {:?} with {} clients (seed {})",
@@ -283,6 +289,7 @@ async fn drive(args: &RunArgs, cluster: &Cluster, out: &Path) -> anyhow::Result<
             workload: args.workload,
             process,
             keys: args.keys,
+            key_rotation: Some(key_rotation),
             seed: args.seed,
             deadline,
             pinned: (process % 2 == 1).then_some(node),
@@ -318,7 +325,8 @@ async fn drive(args: &RunArgs, cluster: &Cluster, out: &Path) -> anyhow::Result<
     let mut details = json!({});
     match args.workload {
         Workload::Register => {
-            final_register_reads(args, cluster, &recorder, &mut anomalies).await?;
+            let keys = key_rotation.keys_used(args.keys, deadline);
+            final_register_reads(args, keys, cluster, &recorder, &mut anomalies).await?;
         }
         Workload::Set | Workload::Lifecycle | Workload::Policy | Workload::Rootkey => {}
     }
@@ -386,6 +394,9 @@ async fn drive(args: &RunArgs, cluster: &Cluster, out: &Path) -> anyhow::Result<
     Ok(verdict)
 }
 
+/// How long the register workload uses one set of keys.
+const KEY_LIFETIME: Duration = Duration::from_secs(10);
+
 /// Retries `read` for up to 30 s (the cluster just healed).
 async fn retry<T, F, Fut>(mut read: F) -> anyhow::Result<T>
 where
@@ -409,6 +420,7 @@ where
 /// copy must come to match it.
 async fn final_register_reads(
     args: &RunArgs,
+    keys: u64,
     cluster: &Cluster,
     recorder: &Recorder,
     anomalies: &mut Vec<Anomaly>,
@@ -417,7 +429,7 @@ async fn final_register_reads(
     let client = cluster.client(endpoints.clone()).await?;
     let process = args.clients;
     let mut finals = BTreeMap::new();
-    for key in 0..args.keys {
+    for key in 0..keys {
         let path = workload::register_path(key);
         let value = retry(|| async {
             let invocation = Invocation {

@@ -4,6 +4,8 @@
 //! is `fail` (it changed nothing).
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use serde_json::{Value, json};
@@ -168,6 +170,33 @@ async fn write_value(client: &NexusClient, path: &str, value: u64, cas: Option<u
     }
 }
 
+/// Register keys in use change every `lifetime`: key `k` of epoch `e` is
+/// `e * keys + k`. Each key's history then holds only the operations (and
+/// the unknown outcomes) of one epoch, so the linearizability search stays
+/// small however long the run: an unknown write stays open for the rest of
+/// its key's history, and a two-minute history with a hundred of them
+/// defeated the search.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRotation {
+    /// When the run began.
+    pub started: Instant,
+    /// How long a set of keys is used.
+    pub lifetime: Duration,
+}
+
+impl KeyRotation {
+    /// The epoch at `now`.
+    pub fn epoch(&self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.started);
+        (elapsed.as_millis() / self.lifetime.as_millis().max(1)) as u64
+    }
+
+    /// How many keys were used by `until`, `keys` at a time.
+    pub fn keys_used(&self, keys: u64, until: Instant) -> u64 {
+        (self.epoch(until) + 1) * keys
+    }
+}
+
 /// What one client does.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientSpec {
@@ -175,8 +204,10 @@ pub struct ClientSpec {
     pub workload: Workload,
     /// Its process number in the history.
     pub process: u64,
-    /// Register keys to spread over.
+    /// Register keys to spread over at once.
     pub keys: u64,
+    /// Whether and how register keys change over the run.
+    pub key_rotation: Option<KeyRotation>,
     /// The run's seed.
     pub seed: u64,
     /// When to stop.
@@ -191,6 +222,7 @@ pub async fn client_loop(spec: ClientSpec, client: NexusClient, recorder: &Recor
         workload,
         process,
         keys,
+        key_rotation,
         seed,
         deadline,
         pinned,
@@ -216,7 +248,8 @@ pub async fn client_loop(spec: ClientSpec, client: NexusClient, recorder: &Recor
         let client = &client;
         match workload {
             Workload::Register => {
-                let key = rng.below(keys.max(1));
+                let epoch = key_rotation.map_or(0, |rotation| rotation.epoch(Instant::now()));
+                let key = epoch * keys + rng.below(keys.max(1));
                 let path = register_path(key);
                 let expected = seen.get(&key).copied().unwrap_or(0);
                 let seen = &mut seen;

@@ -86,6 +86,8 @@ pub async fn run(
             workload: Workload::Register,
             process,
             keys: KEYS,
+            // Runs are short: four keys for the whole run.
+            key_rotation: None,
             seed,
             deadline,
             pinned: pinned.then_some(node),
