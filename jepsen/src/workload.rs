@@ -439,3 +439,24 @@ pub async fn read_set(client: &NexusClient, kind: &str) -> Result<BTreeMap<u64, 
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_sets_change_each_lifetime_and_every_set_is_counted() {
+        let started = Instant::now();
+        let rotation = KeyRotation {
+            started,
+            lifetime: Duration::from_secs(10),
+        };
+        assert_eq!(rotation.epoch(started), 0);
+        assert_eq!(rotation.epoch(started + Duration::from_millis(9_999)), 0);
+        assert_eq!(rotation.epoch(started + Duration::from_secs(25)), 2);
+        // A clock read before the start is epoch 0, not an underflow.
+        assert_eq!(rotation.epoch(started - Duration::from_millis(1)), 0);
+        // 4 keys at a time over 25 s: epochs 0, 1 and 2.
+        assert_eq!(rotation.keys_used(4, started + Duration::from_secs(25)), 12);
+    }
+}
