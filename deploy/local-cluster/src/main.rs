@@ -392,7 +392,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     (None, Membership::Retired) => "retired".to_owned(),
                     (None, _) => "stopped".to_owned(),
                 };
-                println!("{:<14} {state}", process.name);
+                // A reader that stops early (`| head`) is not an error.
+                match writeln!(std::io::stdout(), "{:<14} {state}", process.name) {
+                    Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => break,
+                    written => written?,
+                }
             }
             Ok(())
         }
