@@ -337,20 +337,20 @@ async fn replace(cluster: &Cluster, victim: &str) -> anyhow::Result<Vec<String>>
                     .await
                     .ok()
             };
+            // None when no leader answers: nothing is known then.
             membership::leader_status(&endpoints, connect, deadline)
                 .await
+                .ok()
                 .map(|status| membership::members(&status))
-                .unwrap_or_default()
         }
     };
 
     let deadline = Instant::now() + MEMBERSHIP_STEP_WITHIN;
     let removed = membership::until(deadline, || admin.remove_member(victim_id)).await;
     let gone = removed.is_ok()
-        || !membership_now(deadline)
+        || membership_now(deadline)
             .await
-            .iter()
-            .any(|(id, ..)| *id == victim_id);
+            .is_some_and(|members| !members.iter().any(|(id, ..)| *id == victim_id));
     if !gone {
         return Ok(vec![format!(
             "{victim} stays: removal {}",
@@ -366,10 +366,11 @@ async fn replace(cluster: &Cluster, victim: &str) -> anyhow::Result<Vec<String>>
     })
     .await;
     let voting = added.is_ok()
-        || membership_now(deadline)
-            .await
-            .iter()
-            .any(|(id, voter, _)| *id == spare_id && *voter);
+        || membership_now(deadline).await.is_some_and(|members| {
+            members
+                .iter()
+                .any(|(id, voter, _)| *id == spare_id && *voter)
+        });
     if !voting {
         // Never counted on: stopped, so convergence is not asked of it.
         cluster.retire(&spare.name)?;
