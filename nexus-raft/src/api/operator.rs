@@ -93,6 +93,10 @@ pub async fn restore(call: Call<'_>) -> Result<Value, ApiError> {
 pub async fn rekey(call: Call<'_>) -> Result<Value, ApiError> {
     let body: RekeyBody = call.parse(&["shares", "threshold"])?;
     call.require(Role::PilotSuperuser)?;
+    // Impossible n and t are bad input on any node, whatever the leader's
+    // state (the leader checks them again, with the keepers it has).
+    spike_sdk::crypto::shamir::ShamirParams::new(body.shares, body.threshold)
+        .map_err(|_| ApiError::BadRequest)?;
     match call
         .api
         .node
