@@ -160,6 +160,17 @@ impl Cluster {
         Ok(())
     }
 
+    /// Where the dev Workload API serves identities (`cluster.json`'s
+    /// `sockets_dir`: outside the cluster directory when its path is too
+    /// long for a unix socket).
+    pub fn sockets_dir(&self) -> anyhow::Result<PathBuf> {
+        let text = std::fs::read_to_string(self.dir.join("cluster.json"))?;
+        let file: Value = serde_json::from_str(&text)?;
+        Ok(file["sockets_dir"]
+            .as_str()
+            .map_or_else(|| self.dir.join("identities/sockets"), PathBuf::from))
+    }
+
     /// Every process as `cluster.json` says now.
     pub fn members(&self) -> anyhow::Result<Vec<Member>> {
         let text = std::fs::read_to_string(self.dir.join("cluster.json"))?;
@@ -378,10 +389,7 @@ impl Cluster {
         follow_leader: bool,
         identity: &str,
     ) -> anyhow::Result<NexusClient> {
-        let socket = self
-            .dir
-            .join("identities/sockets")
-            .join(format!("{identity}.sock"));
+        let socket = self.sockets_dir()?.join(format!("{identity}.sock"));
         let identity = SvidSource::WorkloadApi {
             endpoint: format!("unix://{}", socket.display()),
         }

@@ -416,6 +416,17 @@ impl LocalCluster {
         self.file = serde_json::from_str(&text).expect("cluster.json parses");
     }
 
+    /// The dev Workload API socket serving identity `name`.
+    pub fn socket(&self, name: &str) -> std::path::PathBuf {
+        self.file["sockets_dir"]
+            .as_str()
+            .map_or_else(
+                || self.dir.path().join("identities").join("sockets"),
+                std::path::PathBuf::from,
+            )
+            .join(format!("{name}.sock"))
+    }
+
     /// Process `name` as `cluster.json` lists it.
     pub fn process(&self, name: &str) -> &serde_json::Value {
         self.file["processes"]
@@ -463,12 +474,7 @@ impl LocalCluster {
     /// Identity `name` (a role like `superuser`, or a process name) from the
     /// cluster's dev Workload API.
     pub async fn identity(&self, name: &str) -> Identity {
-        let socket = self
-            .dir
-            .path()
-            .join("identities")
-            .join("sockets")
-            .join(format!("{name}.sock"));
+        let socket = self.socket(name);
         SvidSource::WorkloadApi {
             endpoint: format!("unix://{}", socket.display()),
         }

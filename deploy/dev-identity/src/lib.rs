@@ -17,4 +17,4 @@ pub mod workload_api;
 
 pub use ca::{DevCa, MintedSvid};
 pub use directory::{IdentityDirectory, IdentitySpec, Manifest};
-pub use workload_api::{ServeOptions, WorkloadApiServer};
+pub use workload_api::{MAX_SOCKET_PATH, ServeOptions, WorkloadApiServer, check_socket_path};

@@ -45,6 +45,10 @@ enum Command {
         /// The identity directory.
         #[arg(long)]
         dir: PathBuf,
+        /// Put the sockets here instead of <dir>/sockets (a unix socket
+        /// path holds at most 107 bytes).
+        #[arg(long, value_name = "DIR")]
+        sockets: Option<PathBuf>,
         /// Lifetime of each SVID served, in seconds.
         #[arg(long, default_value_t = 24 * 3600)]
         svid_ttl_secs: u64,
@@ -108,6 +112,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::WorkloadApi {
             dir,
+            sockets,
             svid_ttl_secs,
             rotate_every_secs,
         } => {
@@ -116,7 +121,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 svid_ttl: Duration::from_secs(svid_ttl_secs),
                 rotate_every: rotate_every_secs.map(Duration::from_secs),
             };
-            let server = WorkloadApiServer::start(&directory, options)
+            let sockets = sockets.unwrap_or_else(|| directory.sockets_dir());
+            let server = WorkloadApiServer::start_in(&directory, &sockets, options)
                 .await
                 .with_context(|| format!("cannot serve identities from {}", dir.display()))?;
             for name in server.names() {

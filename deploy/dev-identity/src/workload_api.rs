@@ -71,9 +71,37 @@ pub enum ServeError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A socket path longer than a unix socket address can hold.
+    #[error(
+        "socket path {path} is {length} bytes, over the {MAX_SOCKET_PATH}-byte limit of a unix \
+         socket address; serve the sockets from a shorter directory"
+    )]
+    SocketPathTooLong {
+        /// The socket path.
+        path: PathBuf,
+        /// Its length in bytes.
+        length: usize,
+    },
     /// No such identity.
     #[error("no identity named {0:?}")]
     UnknownIdentity(String),
+}
+
+/// The longest path a unix socket can be bound at or connected to: Linux's
+/// `sun_path` holds 108 bytes, the last a terminating NUL. A longer path
+/// fails only at bind time, with an error that does not name the cause.
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Refuses a socket path that no unix socket can use.
+pub fn check_socket_path(path: &Path) -> Result<(), ServeError> {
+    let length = path.as_os_str().len();
+    if length > MAX_SOCKET_PATH {
+        return Err(ServeError::SocketPathTooLong {
+            path: path.to_owned(),
+            length,
+        });
+    }
+    Ok(())
 }
 
 struct Feed {
@@ -122,14 +150,30 @@ pub struct WorkloadApiServer {
 }
 
 impl WorkloadApiServer {
-    /// Serves every identity of `directory` on its own socket.
+    /// Serves every identity of `directory` on its own socket, in the
+    /// directory's `sockets/`.
     pub async fn start(
         directory: &IdentityDirectory,
         options: ServeOptions,
     ) -> Result<Self, ServeError> {
+        Self::start_in(directory, &directory.sockets_dir(), options).await
+    }
+
+    /// Serves every identity of `directory` on its own socket in
+    /// `sockets_dir` (for a directory whose own `sockets/` path is too long
+    /// for a unix socket).
+    pub async fn start_in(
+        directory: &IdentityDirectory,
+        sockets_dir: &Path,
+        options: ServeOptions,
+    ) -> Result<Self, ServeError> {
         let manifest: Manifest = directory.manifest()?;
+        let socket_path = |name: &str| sockets_dir.join(format!("{name}.sock"));
+        for spec in &manifest.identities {
+            check_socket_path(&socket_path(&spec.name))?;
+        }
         let ca = directory.load_ca()?;
-        make_private_dir(&directory.sockets_dir())?;
+        make_private_dir(sockets_dir)?;
 
         let mut feeds = BTreeMap::new();
         let mut receivers = Vec::new();
@@ -141,7 +185,7 @@ impl WorkloadApiServer {
         for spec in &manifest.identities {
             let spiffe_id = manifest.spiffe_id(spec);
             let (sender, receiver) = watch::channel(Arc::new(pending.mint(&spiffe_id)?));
-            let socket = directory.socket_path(&spec.name);
+            let socket = socket_path(&spec.name);
             receivers.push((socket.clone(), receiver));
             feeds.insert(
                 spec.name.clone(),
@@ -292,5 +336,36 @@ impl SpiffeWorkloadApi for DevWorkloadApi {
         let first = tokio_stream::once(Ok(self.bundles.clone()));
         let stream = first.chain(tokio_stream::pending());
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_paths_longer_than_a_unix_address_are_refused_by_name() {
+        let fits = PathBuf::from(format!("/{}", "s".repeat(MAX_SOCKET_PATH - 1)));
+        check_socket_path(&fits).expect("107 bytes fit");
+        let long = PathBuf::from(format!("/{}", "s".repeat(MAX_SOCKET_PATH)));
+        let refused = check_socket_path(&long).expect_err("108 bytes do not");
+        assert!(matches!(
+            refused,
+            ServeError::SocketPathTooLong { length: 108, .. }
+        ));
+        assert!(
+            refused.to_string().contains("shorter directory"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn the_kernel_agrees_on_the_limit() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let room = MAX_SOCKET_PATH - dir.path().as_os_str().len() - 1;
+        let at_limit = dir.path().join("a".repeat(room));
+        std::os::unix::net::UnixListener::bind(&at_limit).expect("a 107-byte path binds");
+        let over = dir.path().join("b".repeat(room + 1));
+        assert!(std::os::unix::net::UnixListener::bind(&over).is_err());
     }
 }

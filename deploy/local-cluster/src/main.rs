@@ -5,7 +5,11 @@
 //! Workload API, the keepers and the Nexus replicas, then waits until every
 //! replica holds the root key; it writes `cluster.json` (every process with
 //! its role, id, addresses, pid, data dir and log) and `env`, `env.recover`,
-//! `env.restore` to `source`. A second `up` restarts the same cluster on its
+//! `env.restore` to `source`. The Workload API sockets live in
+//! `DIR/identities/sockets`, or, when `DIR` is so deep that a socket path
+//! there would pass the 107-byte limit of a unix socket address, in a
+//! private `spike-sockets-*` directory of the system's temporary directory
+//! (`cluster.json` names it; `down` removes it). A second `up` restarts the same cluster on its
 //! existing data. `start`, `stop` and `kill` act on one process by name
 //! (`nexus-2`, `keeper-4`, `workload-api`); `down` stops them all.
 //! `up --spares K` also plans K spare replicas (fresh ids, addresses and
@@ -22,6 +26,7 @@
 //! production deployment never keeps shards next to the data.
 
 use std::fs;
+use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -32,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
-use spike_dev_identity::{IdentityDirectory, IdentitySpec};
+use spike_dev_identity::{IdentityDirectory, IdentitySpec, MAX_SOCKET_PATH};
 
 mod netns;
 mod operator;
@@ -199,7 +204,87 @@ struct ClusterFile {
     /// Replica N dials through the proxy at 127.0.0.1:BASE+N.
     #[serde(default)]
     connect_proxy_base: Option<u16>,
+    /// Where the dev Workload API serves its sockets (see [`sockets_dir`]);
+    /// absent in files from before it could move: `identities/sockets`.
+    #[serde(default)]
+    sockets_dir: Option<PathBuf>,
     processes: Vec<Process>,
+}
+
+impl ClusterFile {
+    /// The directory of the dev Workload API's sockets.
+    fn sockets(&self) -> PathBuf {
+        self.sockets_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.join("identities").join("sockets"))
+    }
+
+    /// The Workload API socket serving identity `name`.
+    fn socket(&self, name: &str) -> PathBuf {
+        self.sockets().join(format!("{name}.sock"))
+    }
+}
+
+/// Room kept for an identity's socket file name (`lite-workload.sock` is 18
+/// bytes; process names are shorter).
+const SOCKET_NAME_ROOM: usize = 24;
+
+/// Where the dev Workload API puts its sockets: `identities/sockets` in the
+/// cluster directory when every socket path there fits a unix socket
+/// address (107 bytes), otherwise a private directory in the system's
+/// temporary directory named after the cluster directory. A deep checkout
+/// (a CI workspace, a long `--dir`) would otherwise leave the cluster
+/// without identities.
+fn sockets_dir(dir: &Path, workloads: &[IdentitySpec]) -> anyhow::Result<PathBuf> {
+    let longest_name = workloads
+        .iter()
+        .map(|spec| spec.name.len() + ".sock".len())
+        .fold(SOCKET_NAME_ROOM, usize::max);
+    let fits = |sockets: &Path| sockets.as_os_str().len() + 1 + longest_name <= MAX_SOCKET_PATH;
+    let inside = dir.join("identities").join("sockets");
+    if fits(&inside) {
+        return Ok(inside);
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut hasher);
+    let outside = std::env::temp_dir().join(format!("spike-sockets-{:016x}", hasher.finish()));
+    if !fits(&outside) {
+        bail!(
+            "no directory for the Workload API sockets: {} and {} are both too long for a unix \
+             socket path ({MAX_SOCKET_PATH} bytes); use a shorter --dir or TMPDIR",
+            inside.display(),
+            outside.display()
+        );
+    }
+    Ok(outside)
+}
+
+/// Makes `sockets` a directory only this user can enter, or refuses one
+/// that is not: in a shared temporary directory, a directory someone else
+/// made first could let them serve identities to the cluster.
+fn private_sockets_dir(sockets: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if let Err(error) = fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(sockets)
+    {
+        bail!("cannot create {}: {error}", sockets.display());
+    }
+    let metadata = fs::symlink_metadata(sockets)
+        .with_context(|| format!("cannot inspect {}", sockets.display()))?;
+    if !metadata.is_dir()
+        || metadata.uid() != rustix::process::geteuid().as_raw()
+        || metadata.mode() & 0o077 != 0
+    {
+        bail!(
+            "{} is not a private directory of this user (a directory, mode 0700, owned by uid {}); \
+             remove it and try again",
+            sockets.display(),
+            rustix::process::geteuid().as_raw()
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -308,6 +393,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(layout) = &cluster.netns {
                 layout.destroy(&hosts(&cluster));
+            }
+            // A sockets directory outside the cluster's is not left behind
+            // in the temporary directory (the server removed its sockets).
+            if !cluster.sockets().starts_with(&cluster.dir) {
+                let _ = fs::remove_dir(cluster.sockets());
             }
             save(&cluster)
         }
@@ -544,7 +634,11 @@ fn plan(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
             .map_or("127.0.0.1", |host| host.address.as_str());
         Ok(format!("{address}:{port}"))
     };
-    let sockets = dir.join("identities").join("sockets");
+    let extra = workloads
+        .iter()
+        .map(|workload| IdentitySpec::parse(workload))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sockets = sockets_dir(dir, &extra)?;
     let socket = |name: &str| format!("unix://{}", sockets.join(format!("{name}.sock")).display());
     let log = |name: &str| dir.join("logs").join(format!("{name}.log"));
     let mut processes = vec![Process {
@@ -602,9 +696,6 @@ fn plan(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
             name,
         });
     }
-    for workload in &workloads {
-        IdentitySpec::parse(workload)?;
-    }
     Ok(ClusterFile {
         dir: dir.to_owned(),
         trust_domain,
@@ -614,6 +705,7 @@ fn plan(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
         workloads,
         netns,
         connect_proxy_base,
+        sockets_dir: Some(sockets),
         processes,
     })
 }
@@ -748,10 +840,14 @@ fn start(cluster: &mut ClusterFile, index: usize, bin_dir: &Path) -> anyhow::Res
     }
     match process.role.as_str() {
         "workload-api" => {
+            let sockets = cluster.sockets();
+            private_sockets_dir(&sockets)?;
             command
                 .arg("workload-api")
                 .arg("--dir")
-                .arg(cluster.dir.join("identities"));
+                .arg(cluster.dir.join("identities"))
+                .arg("--sockets")
+                .arg(&sockets);
         }
         "keeper" => {
             let address: SocketAddr = process
@@ -826,7 +922,7 @@ fn start(cluster: &mut ClusterFile, index: usize, bin_dir: &Path) -> anyhow::Res
         .append(true)
         .open(&process.log)
         .with_context(|| format!("cannot open {}", process.log.display()))?;
-    let child = command
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -851,12 +947,16 @@ fn start(cluster: &mut ClusterFile, index: usize, bin_dir: &Path) -> anyhow::Res
         }
     }
     if process.role == "workload-api" {
-        wait_for_sockets(cluster)?;
+        wait_for_sockets(cluster, &mut child, &process.log)?;
     }
     Ok(())
 }
 
-fn wait_for_sockets(cluster: &ClusterFile) -> anyhow::Result<()> {
+fn wait_for_sockets(
+    cluster: &ClusterFile,
+    server: &mut std::process::Child,
+    log: &Path,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     for socket in cluster
         .processes
@@ -865,13 +965,32 @@ fn wait_for_sockets(cluster: &ClusterFile) -> anyhow::Result<()> {
     {
         let path = socket.trim_start_matches("unix://");
         while !Path::new(path).exists() {
+            // A server that exited will not create it: say why at once.
+            if let Ok(Some(status)) = server.try_wait() {
+                bail!(
+                    "the dev Workload API exited ({status}): {}",
+                    last_line(log).unwrap_or_else(|| format!("see {}", log.display()))
+                );
+            }
             if Instant::now() > deadline {
-                bail!("the dev Workload API did not create {path}");
+                bail!(
+                    "the dev Workload API did not create {path} in 10 s; see {}",
+                    log.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
     Ok(())
+}
+
+/// The last non-empty line of a log, for an error message.
+fn last_line(log: &Path) -> Option<String> {
+    let text = fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .map(str::to_owned)
 }
 
 /// The pid of `process` if it still runs the binary recorded for its role.
@@ -939,7 +1058,6 @@ fn write_env_files(cluster: &ClusterFile) -> anyhow::Result<()> {
         .find(|p| p.role == "nexus" && p.serves())
         .and_then(|p| p.api_addr.clone())
         .context("no nexus")?;
-    let sockets = cluster.dir.join("identities").join("sockets");
     for (file, role) in [
         ("env", "superuser"),
         ("env.recover", "recover"),
@@ -950,7 +1068,7 @@ fn write_env_files(cluster: &ClusterFile) -> anyhow::Result<()> {
         text += &format!("export SPIKE_NEXUS_API_URL=https://{api}\n");
         text += &format!(
             "export SPIFFE_ENDPOINT_SOCKET=unix://{}\n",
-            sockets.join(format!("{role}.sock")).display()
+            cluster.socket(role).display()
         );
         text += &format!("export SPIKE_TRUST_ROOT={}\n", cluster.trust_domain);
         for role_variable in ["NEXUS", "KEEPER", "PILOT", "BOOTSTRAP", "LITE_WORKLOAD"] {

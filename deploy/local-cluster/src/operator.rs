@@ -25,11 +25,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn client(cluster: &ClusterFile, role: &str) -> anyhow::Result<HttpsClient> {
-    let socket = cluster
-        .dir
-        .join("identities")
-        .join("sockets")
-        .join(format!("{role}.sock"));
+    let socket = cluster.socket(role);
     let identity = SvidSource::WorkloadApi {
         endpoint: format!("unix://{}", socket.display()),
     }

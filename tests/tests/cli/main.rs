@@ -17,13 +17,7 @@ impl Cli<'_> {
     /// Runs `spike ARGS` as `role` with `stdin`.
     async fn run(&self, role: &str, args: &[&str], stdin: &[u8]) -> Output {
         use tokio::io::AsyncWriteExt;
-        let socket = self
-            .cluster
-            .dir
-            .path()
-            .join("identities")
-            .join("sockets")
-            .join(format!("{role}.sock"));
+        let socket = self.cluster.socket(role);
         let mut child = tokio::process::Command::new(binary("spike"))
             .env_clear()
             .env(

@@ -498,3 +498,41 @@ async fn a_rekey_replaces_the_root_key_and_every_replica_follows() {
         Some("data")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_in_a_deep_directory_serves_identities_from_a_short_one() {
+    // A unix socket path holds at most 107 bytes; a CI workspace or a long
+    // --dir can leave `identities/sockets/lite-workload.sock` over it.
+    let parent = tempfile::tempdir().expect("temporary directory");
+    let deep = parent.path().join("d".repeat(60)).join("e".repeat(20));
+    std::fs::create_dir_all(&deep).expect("deep directory");
+    let dir = tempfile::tempdir_in(&deep).expect("cluster directory");
+    let cluster = LocalCluster::up_in(
+        dir,
+        &["--replicas", "1", "--keepers", "1", "--threshold", "1"],
+    );
+    let sockets = std::path::PathBuf::from(
+        cluster.file["sockets_dir"]
+            .as_str()
+            .expect("cluster.json names its sockets directory"),
+    );
+    assert!(
+        !sockets.starts_with(cluster.dir.path()),
+        "{} would hold sockets past the limit",
+        sockets.display()
+    );
+    assert!(cluster.socket("lite-workload").as_os_str().len() <= 107);
+
+    phase("the replica got its identity there and serves");
+    let ops = Operators::of(&cluster).await;
+    assert_eq!(
+        put(&ops.superuser, cluster.api(1), "deep/path", "v")
+            .await
+            .status,
+        200
+    );
+
+    phase("down leaves nothing in the temporary directory");
+    drop(cluster);
+    assert!(!sockets.exists(), "{} left behind", sockets.display());
+}
