@@ -996,20 +996,35 @@ fn last_line(log: &Path) -> Option<String> {
 /// The pid of `process` if it still runs the binary recorded for its role.
 fn running(process: &Process) -> Option<u32> {
     let pid = process.pid?;
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let program = cmdline.split(|b| *b == 0).next()?;
     let expected = match process.role.as_str() {
         "workload-api" => "spike-dev",
         other => other,
     };
-    let program = Path::new(std::str::from_utf8(program).ok()?);
-    let state = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // A zombie (exited, not yet reaped by its parent) does not run.
-    let zombie = state
-        .rsplit(')')
-        .next()
-        .is_some_and(|rest| rest.trim_start().starts_with('Z'));
-    (program.file_name()? == expected && !zombie).then_some(pid)
+    // A process in the middle of exec (its parent already resumed) shows
+    // an empty command line until the kernel has laid out its arguments;
+    // on a loaded machine that takes a while, and reading it as "not
+    // running" made `up` report a replica it had just started as exited.
+    // Only a kernel thread or a zombie stays empty.
+    for _ in 0..100 {
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let state = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // A zombie (exited, not yet reaped by its parent) does not run.
+        let zombie = state
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        if zombie {
+            return None;
+        }
+        if cmdline.is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        let program = cmdline.split(|b| *b == 0).next()?;
+        let program = Path::new(std::str::from_utf8(program).ok()?);
+        return (program.file_name()? == expected).then_some(pid);
+    }
+    None
 }
 
 fn signal(
