@@ -422,22 +422,32 @@ pub async fn client_loop(spec: ClientSpec, client: NexusClient, recorder: &Recor
     }
 }
 
+/// Metadata reads a final set read keeps in flight: a set of thousands of
+/// elements is read in seconds, not one round trip after another.
+const SET_READS_IN_FLIGHT: usize = 16;
+
 /// The set as it stands: element -> versions of its path, for the paths
 /// under `{PREFIX}/{kind}/` (`set` or `rootkey`).
 pub async fn read_set(client: &NexusClient, kind: &str) -> Result<BTreeMap<u64, u64>, Error> {
+    use futures_util::{StreamExt, TryStreamExt};
     let prefix = format!("{PREFIX}/{kind}/");
-    let mut found = BTreeMap::new();
-    for path in client.list_secrets().await? {
-        let Some(element) = path
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        let metadata = client.secret_metadata(&path).await?;
-        found.insert(element, metadata.current_version);
-    }
-    Ok(found)
+    let elements: Vec<(u64, String)> = client
+        .list_secrets()
+        .await?
+        .into_iter()
+        .filter_map(|path| {
+            let element = path.strip_prefix(&prefix)?.parse::<u64>().ok()?;
+            Some((element, path))
+        })
+        .collect();
+    futures_util::stream::iter(elements)
+        .map(|(element, path)| async move {
+            let metadata = client.secret_metadata(&path).await?;
+            Ok::<_, Error>((element, metadata.current_version))
+        })
+        .buffer_unordered(SET_READS_IN_FLIGHT)
+        .try_collect()
+        .await
 }
 
 #[cfg(test)]

@@ -11,9 +11,11 @@
 //! its history shows it.
 //!
 //! A run has a safety phase (faults one after another, [`nemesis`]) and a
-//! healing phase (everything repaired and restarted). The history is
-//! checked for linearizability per key, the cluster must take writes again
-//! after healing, and every replica must converge.
+//! healing phase (everything repaired and restarted). The clients run the
+//! register workload (the history is checked for linearizability per key)
+//! or the set workload (every acknowledged add is found exactly once);
+//! either way the cluster must take writes again after healing, and every
+//! replica must converge.
 
 mod clock;
 mod cluster;
@@ -23,8 +25,9 @@ mod nemesis;
 mod network;
 mod workload;
 
+use std::cell::RefCell;
 use std::io::Write;
-use std::panic::{self, AssertUnwindSafe};
+use std::panic;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
@@ -37,7 +40,7 @@ use spike_jepsen::history::{Event, EventKind, write_event};
 use crate::cluster::{Identities, ReplicaOptions};
 use crate::disk::SimDisk;
 use crate::nemesis::{Fault, Schedule, WORKLOAD_HOST, heal_all};
-use crate::workload::{Findings, Observed};
+use crate::workload::{Findings, Observed, SimWorkload};
 
 /// The first fault comes once the cluster has had time to elect a leader
 /// and store its root key with the keepers.
@@ -63,6 +66,9 @@ struct Args {
     /// How many seeds to run, from --seed on.
     #[arg(long, default_value_t = 1)]
     seeds: u64,
+    /// What the clients do.
+    #[arg(long, value_enum, default_value_t = SimWorkload::Register)]
+    workload: SimWorkload,
     /// Simulated seconds of faults (the safety phase).
     #[arg(long, default_value_t = 20)]
     fault_secs: u64,
@@ -145,6 +151,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         child
             .arg("--one")
             .args(["--seed", &seed.to_string()])
+            .args(["--workload", args.workload.name()])
             .args(["--fault-secs", &args.fault_secs.to_string()])
             .args(["--heal-secs", &args.heal_secs.to_string()]);
         if args.unsafe_local_reads {
@@ -236,8 +243,10 @@ fn simulated_wall_clock() -> u64 {
 /// The command that replays `seed` as it just ran.
 fn replay(seed: u64, args: &Args) -> String {
     let mut command = format!(
-        "sim/run --seed {seed} --fault-secs {} --heal-secs {}",
-        args.fault_secs, args.heal_secs
+        "sim/run --seed {seed} --workload {} --fault-secs {} --heal-secs {}",
+        args.workload.name(),
+        args.fault_secs,
+        args.heal_secs
     );
     if args.unsafe_local_reads {
         command.push_str(" --unsafe-local-reads");
@@ -280,12 +289,22 @@ fn run_seed(
         let identities = identities.clone();
         let findings = findings.clone();
         let replacements = schedule.replacements();
+        let workload = args.workload;
         sim.client(WORKLOAD_HOST, async move {
-            workload::run(identities, seed, run_for, replacements, findings).await;
+            workload::run(identities, workload, seed, run_for, replacements, findings).await;
             Ok(())
         });
     }
 
+    RUNNING.with(|running| {
+        *running.borrow_mut() = Some(Running {
+            seed,
+            workload: args.workload,
+            faults: schedule.faults.clone(),
+            now: Duration::ZERO,
+            root: root.to_owned(),
+        });
+    });
     let mut upcoming = schedule.faults.iter().peekable();
     let mut active: Option<Duration> = None;
     let mut healed = false;
@@ -306,21 +325,18 @@ fn run_seed(
             heal_all(&mut sim, BASE_LATENCY);
             healed = true;
         }
-        // A panic in the code under test (an assertion of openraft's, say)
-        // stops the run: it is an anomaly, not a crash of the simulator.
-        match panic::catch_unwind(AssertUnwindSafe(|| sim.step())) {
-            Ok(Ok(true)) => break,
-            Ok(Ok(false)) => {}
-            Ok(Err(error)) => anyhow::bail!("the simulation failed: {error}"),
-            Err(_) => {
-                let message = take_panic().unwrap_or_else(|| "unknown panic".to_owned());
-                // Tearing down half-dead hosts may panic again.
-                let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(sim)));
-                let message = format!("at {:.3} s: {message}", now.as_secs_f64());
-                return Ok(judge_panic(seed, &schedule.faults, message));
+        RUNNING.with(|running| {
+            if let Some(running) = running.borrow_mut().as_mut() {
+                running.now = now;
             }
+        });
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(error) => anyhow::bail!("the simulation failed: {error}"),
         }
     }
+    RUNNING.with(|running| running.borrow_mut().take());
     drop(sim);
 
     let observed = findings
@@ -331,40 +347,82 @@ fn run_seed(
     if let Some(out) = &args.out {
         write_history(&out.join(format!("history-{seed}.jsonl")), &observed.events)?;
     }
-    Ok(judge(seed, &schedule.faults, fault_phase, observed))
+    Ok(judge(
+        seed,
+        args.workload,
+        &schedule.faults,
+        fault_phase,
+        observed,
+    ))
+}
+
+/// A seed under way, as the panic hook needs it.
+struct Running {
+    seed: u64,
+    workload: SimWorkload,
+    faults: Vec<(Duration, Duration, Fault)>,
+    /// Simulated time of the step under way.
+    now: Duration,
+    /// The seed's data directory.
+    root: PathBuf,
 }
 
 thread_local! {
-    /// The first panic message since the last [`take_panic`].
-    static PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// Set while a seed's simulation steps.
+    static RUNNING: RefCell<Option<Running>> = const { RefCell::new(None) };
 }
 
-/// Keeps the first panic message for the report instead of printing the
-/// default report and backtrace (the seed replays it; the panics of the
-/// teardown that follows are noise).
+/// A panic while a seed runs is a panic of the code under test (an
+/// assertion of openraft's, say; turmoil turns a panicking task into the
+/// end of its host's runtime): the seed's verdict is "anomalies". The hook
+/// reports it and ends the process at once, with the first message: the
+/// runtime's shutdown that would follow drops half-dead tasks, and their
+/// destructors panic again until the process aborts, which would lose the
+/// report. Each seed runs in a process of its own, so nothing else is cut
+/// short. Outside a run, a panic is the simulator's own and reported as
+/// usual.
 fn install_panic_hook() {
-    panic::set_hook(Box::new(|info| {
-        PANIC.with(|first| {
-            first.borrow_mut().get_or_insert_with(|| info.to_string());
+    let default = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        let report = RUNNING.with(|running| {
+            let running = running.try_borrow().ok()?;
+            let running = running.as_ref()?;
+            let message = format!("at {:.3} s: {info}", running.now.as_secs_f64());
+            let _ = std::fs::remove_dir_all(&running.root);
+            Some(panic_report(
+                running.seed,
+                running.workload,
+                &running.faults,
+                message,
+            ))
         });
+        let Some(report) = report else {
+            return default(info);
+        };
+        let mut stdout = std::io::stdout().lock();
+        for line in &report {
+            let _ = writeln!(stdout, "{line}");
+        }
+        let _ = stdout.flush();
+        // The exit status of `Verdict::Anomalies` (see `verdict_code`).
+        std::process::exit(1);
     }));
 }
 
-fn take_panic() -> Option<String> {
-    PANIC.with(|first| first.borrow_mut().take())
-}
-
-/// A run stopped by a panic in the code under test.
-fn judge_panic(seed: u64, faults: &[(Duration, Duration, Fault)], message: String) -> SeedReport {
+/// The report of a run stopped by a panic in the code under test.
+fn panic_report(
+    seed: u64,
+    workload: SimWorkload,
+    faults: &[(Duration, Duration, Fault)],
+    message: String,
+) -> Vec<String> {
     let mut lines = vec![format!(
-        "seed {seed}: ANOMALIES · the code under test panicked"
+        "seed {seed} {}: ANOMALIES · the code under test panicked",
+        workload.name()
     )];
     push_faults(&mut lines, faults);
     lines.push(format!("  {message}"));
-    SeedReport {
-        verdict: Verdict::Anomalies,
-        lines,
-    }
+    lines
 }
 
 fn push_faults(lines: &mut Vec<String>, faults: &[(Duration, Duration, Fault)]) {
@@ -380,6 +438,7 @@ fn push_faults(lines: &mut Vec<String>, faults: &[(Duration, Duration, Fault)]) 
 /// Checks the history and the findings after healing.
 fn judge(
     seed: u64,
+    workload: SimWorkload,
     faults: &[(Duration, Duration, Fault)],
     fault_phase: Duration,
     observed: Observed,
@@ -388,6 +447,7 @@ fn judge(
         membership,
         events,
         mut problems,
+        final_set,
         last_write_ok,
     } = observed;
     if last_write_ok.is_none_or(|at| at < fault_phase) {
@@ -400,17 +460,35 @@ fn judge(
             vec![format!("unpairable history: {error}")],
         ),
         Ok(operations) => {
-            let report = check::check_registers(&operations, SEARCH_STEPS_MAX);
-            let mut found: Vec<String> = report
-                .anomalies
-                .iter()
-                .map(|anomaly| format!("{anomaly:?}"))
-                .collect();
+            // Anomalies, and why there is no verdict if there is none.
+            let (found, undecided): (Vec<String>, Option<String>) = match (workload, &final_set) {
+                (SimWorkload::Register, _) => {
+                    let report = check::check_registers(&operations, SEARCH_STEPS_MAX);
+                    let undecided = (!report.unknown_keys.is_empty())
+                        .then(|| format!("no verdict for keys {:?}", report.unknown_keys));
+                    (
+                        report.anomalies.iter().map(|a| format!("{a:?}")).collect(),
+                        undecided,
+                    )
+                }
+                // No final read: `problems` says why.
+                (SimWorkload::Set, None) => (Vec::new(), None),
+                (SimWorkload::Set, Some(elements)) => {
+                    let report = check::set::check(&operations, elements);
+                    let undecided =
+                        (report.acknowledged == 0).then(|| "no add was acknowledged".to_owned());
+                    (
+                        report.anomalies.iter().map(|a| format!("{a:?}")).collect(),
+                        undecided,
+                    )
+                }
+            };
+            let mut found = found;
             found.extend(problems);
             let verdict = if !found.is_empty() {
                 Verdict::Anomalies
-            } else if !report.unknown_keys.is_empty() {
-                found.push(format!("no verdict for keys {:?}", report.unknown_keys));
+            } else if let Some(reason) = undecided {
+                found.push(reason);
                 Verdict::Unknown
             } else {
                 Verdict::Valid
@@ -420,7 +498,8 @@ fn judge(
     };
     let count = |kind| events.iter().filter(|event| event.kind == kind).count();
     lines.push(format!(
-        "seed {seed}: {} · {} ok, {} info, {} fail · {} faults · fingerprint {:016x}",
+        "seed {seed} {}: {} · {} ok, {} info, {} fail · {} faults · fingerprint {:016x}",
+        workload.name(),
         match verdict {
             Verdict::Valid => "valid",
             Verdict::Unknown => "NO VERDICT",

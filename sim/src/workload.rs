@@ -1,5 +1,5 @@
-//! The clients: Jepsen's register workload through the real SDK, from one
-//! simulated host, then the checks that need the healed cluster.
+//! The clients: Jepsen's register or set workload through the real SDK,
+//! from one simulated host, then the checks that need the healed cluster.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,6 +14,36 @@ use spike_sdk::client::{Error, NexusClient};
 use tokio::time::Instant;
 
 use crate::cluster::{Identities, NEXUS_HOSTS, api_addresses, nexus_addresses};
+
+/// What the clients do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimWorkload {
+    /// Read, version, write and compare-and-set on a few keys; checked for
+    /// linearizability per key.
+    Register,
+    /// Unique adds; after healing every acknowledged add must be there
+    /// exactly once (crashes with power loss must not lose one, retries
+    /// must not apply one twice).
+    Set,
+}
+
+impl SimWorkload {
+    /// The harness's workload the clients run.
+    fn clients(self) -> Workload {
+        match self {
+            Self::Register => Workload::Register,
+            Self::Set => Workload::Set,
+        }
+    }
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Register => "register",
+            Self::Set => "set",
+        }
+    }
+}
 
 /// Register keys the clients share: few, so operations contend.
 pub const KEYS: u64 = 4;
@@ -35,6 +65,8 @@ pub struct Observed {
     pub events: Vec<Event>,
     /// Problems found after healing: divergent replicas, no recovery.
     pub problems: Vec<String>,
+    /// The set workload's final read (element -> versions), if it had one.
+    pub final_set: Option<BTreeMap<u64, u64>>,
     /// Simulated time of the last acknowledged write, from the start.
     pub last_write_ok: Option<Duration>,
 }
@@ -60,6 +92,7 @@ fn client(
 /// convergence check, and leaves the findings in `findings`.
 pub async fn run(
     identities: Identities,
+    workload: SimWorkload,
     seed: u64,
     run_for: Duration,
     replacements: Replacements,
@@ -83,7 +116,7 @@ pub async fn run(
             client(&identities, order, true)
         };
         let spec = ClientSpec {
-            workload: Workload::Register,
+            workload: workload.clients(),
             process,
             keys: KEYS,
             // Runs are short: four keys for the whole run.
@@ -106,14 +139,27 @@ pub async fn run(
         .await
         .unwrap_or_else(|error| panic!("the operator task failed: {error}"));
     let mut problems = Vec::new();
-    let finals = final_reads(&identities, &recorder, &mut problems).await;
-    converge(&identities, &finals, &mut problems).await;
+    let final_set = match workload {
+        SimWorkload::Register => {
+            let finals = final_reads(&identities, &recorder, &mut problems).await;
+            converge(&identities, &finals, &mut problems).await;
+            None
+        }
+        SimWorkload::Set => {
+            let final_set = final_set(&identities, &mut problems).await;
+            if let Some(elements) = &final_set {
+                converge_set(&identities, elements, &mut problems).await;
+            }
+            final_set
+        }
+    };
     let events = recorder.events();
     let last_write_ok = last_acknowledged_write(&events);
     *findings.lock().unwrap_or_else(PoisonError::into_inner) = Some(Observed {
         membership,
         events,
         problems,
+        final_set,
         last_write_ok,
     });
 }
@@ -144,12 +190,14 @@ async fn operate(
     notes
 }
 
-/// When (since the start) the last write or successful CAS was
+/// When (since the start) the last write, successful CAS or add was
 /// acknowledged.
 fn last_acknowledged_write(events: &[Event]) -> Option<Duration> {
     events
         .iter()
-        .filter(|event| event.kind == EventKind::Ok && matches!(event.f.as_str(), "write" | "cas"))
+        .filter(|event| {
+            event.kind == EventKind::Ok && matches!(event.f.as_str(), "write" | "cas" | "add")
+        })
         .map(|event| Duration::from_nanos(event.time_ns))
         .max()
 }
@@ -259,4 +307,67 @@ async fn converge(
             }
         }
     }
+}
+
+/// The whole set, read through the leader once the cluster has healed.
+async fn final_set(
+    identities: &Identities,
+    problems: &mut Vec<String>,
+) -> Option<BTreeMap<u64, u64>> {
+    let reader = client(identities, api_addresses(), true);
+    let give_up = Instant::now() + CONVERGE_WITHIN;
+    loop {
+        match workload::read_set(&reader, "set").await {
+            Ok(elements) => return Some(elements),
+            Err(error) if Instant::now() > give_up => {
+                problems.push(format!("no final read of the set after healing: {error}"));
+                return None;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Every voter, asked alone, must come to list exactly the final set's
+/// paths (its own state, after it caught up through a read index).
+async fn converge_set(
+    identities: &Identities,
+    finals: &BTreeMap<u64, u64>,
+    problems: &mut Vec<String>,
+) {
+    let expected: Vec<String> = finals
+        .keys()
+        .map(|element| workload::set_path(*element))
+        .collect();
+    for endpoint in voters(identities, problems).await {
+        let alone = client(identities, vec![endpoint], false);
+        let give_up = Instant::now() + CONVERGE_WITHIN;
+        loop {
+            let listed = alone.list_secrets().await.map(|mut paths| {
+                paths.retain(|path| path.starts_with(&format!("{}/set/", workload::PREFIX)));
+                paths.sort_by_key(|path| set_element(path));
+                paths
+            });
+            match listed {
+                Ok(paths) if paths == expected => break,
+                seen if Instant::now() > give_up => {
+                    let seen = seen.map(|paths| paths.len());
+                    problems.push(format!(
+                        "the voter at {endpoint} lists {seen:?} set elements, the cluster {}",
+                        expected.len()
+                    ));
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+/// The element a set path names (paths sort by it, as the final read does).
+fn set_element(path: &str) -> u64 {
+    path.rsplit('/')
+        .next()
+        .and_then(|element| element.parse().ok())
+        .unwrap_or(u64::MAX)
 }
