@@ -1096,3 +1096,91 @@ fn write_env_files(cluster: &ClusterFile) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process_of(role: &str, pid: u32) -> Process {
+        Process {
+            name: role.to_owned(),
+            role: role.to_owned(),
+            node_id: None,
+            api_addr: None,
+            cluster_addr: None,
+            health_addr: None,
+            spiffe_endpoint_socket: None,
+            pid: Some(pid),
+            data_dir: None,
+            log: PathBuf::new(),
+            netns: None,
+            membership: Membership::Founder,
+        }
+    }
+
+    #[test]
+    fn a_process_just_started_runs_and_one_that_exited_does_not() {
+        // Right after spawn returns, the child may still be in exec with an
+        // empty command line: it must count as running all the same.
+        for _ in 0..20 {
+            let mut child = Command::new("sleep")
+                .arg("10")
+                .process_group(0)
+                .spawn()
+                .expect("spawn sleep");
+            let sleeping = process_of("sleep", child.id());
+            assert_eq!(running(&sleeping), Some(child.id()));
+            assert_eq!(running(&process_of("nexus", child.id())), None);
+            child.kill().expect("kill");
+            child.wait().expect("reap");
+            assert_eq!(running(&sleeping), None);
+        }
+    }
+
+    #[test]
+    fn sockets_stay_in_the_cluster_directory_unless_it_is_too_deep() {
+        let short = Path::new("/var/lib/spike-local");
+        assert_eq!(
+            sockets_dir(short, &[]).expect("short"),
+            short.join("identities").join("sockets")
+        );
+        let deep = PathBuf::from(format!("/{}", "d".repeat(80)));
+        let outside = sockets_dir(&deep, &[]).expect("deep");
+        assert!(
+            outside.starts_with(std::env::temp_dir()),
+            "{}",
+            outside.display()
+        );
+        assert!(outside.as_os_str().len() + 1 + SOCKET_NAME_ROOM <= MAX_SOCKET_PATH);
+        assert_eq!(
+            sockets_dir(&deep, &[]).expect("deep"),
+            outside,
+            "stable per directory"
+        );
+        let other = PathBuf::from(format!("/{}", "e".repeat(80)));
+        assert_ne!(sockets_dir(&other, &[]).expect("other"), outside);
+        // A workload name that fits nowhere is refused before anything runs.
+        let long_name = IdentitySpec::parse(&format!("{}=/app/x", "w".repeat(100)));
+        if let Ok(spec) = long_name {
+            assert!(sockets_dir(short, &[spec]).is_err());
+        }
+    }
+
+    #[test]
+    fn a_sockets_directory_others_can_enter_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!("spike-cluster-test-{}", std::process::id()));
+        let sockets = root.join("sockets");
+        private_sockets_dir(&sockets).expect("a fresh directory is made private");
+        let mode = fs::metadata(&sockets).expect("made").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        private_sockets_dir(&sockets).expect("and found private again");
+        fs::set_permissions(&sockets, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let refused = private_sockets_dir(&sockets).expect_err("others may enter it");
+        assert!(
+            refused.to_string().contains("not a private directory"),
+            "{refused}"
+        );
+        fs::remove_dir_all(&root).expect("clean up");
+    }
+}
