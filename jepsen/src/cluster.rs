@@ -166,9 +166,10 @@ impl Cluster {
     pub fn sockets_dir(&self) -> anyhow::Result<PathBuf> {
         let text = std::fs::read_to_string(self.dir.join("cluster.json"))?;
         let file: Value = serde_json::from_str(&text)?;
-        Ok(file["sockets_dir"]
+        file["sockets_dir"]
             .as_str()
-            .map_or_else(|| self.dir.join("identities/sockets"), PathBuf::from))
+            .map(PathBuf::from)
+            .context("cluster.json names no sockets_dir")
     }
 
     /// Every process as `cluster.json` says now.

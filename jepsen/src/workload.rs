@@ -422,6 +422,17 @@ pub async fn client_loop(spec: ClientSpec, client: NexusClient, recorder: &Recor
     }
 }
 
+/// The element a path under `{PREFIX}/{kind}/` names (`set` or `rootkey`),
+/// or `None` for any other path.
+pub fn set_element(path: &str, kind: &str) -> Option<u64> {
+    path.strip_prefix(PREFIX)?
+        .strip_prefix('/')?
+        .strip_prefix(kind)?
+        .strip_prefix('/')?
+        .parse()
+        .ok()
+}
+
 /// Metadata reads a final set read keeps in flight: a set of thousands of
 /// elements is read in seconds, not one round trip after another.
 const SET_READS_IN_FLIGHT: usize = 16;
@@ -430,15 +441,11 @@ const SET_READS_IN_FLIGHT: usize = 16;
 /// under `{PREFIX}/{kind}/` (`set` or `rootkey`).
 pub async fn read_set(client: &NexusClient, kind: &str) -> Result<BTreeMap<u64, u64>, Error> {
     use futures_util::{StreamExt, TryStreamExt};
-    let prefix = format!("{PREFIX}/{kind}/");
     let elements: Vec<(u64, String)> = client
         .list_secrets()
         .await?
         .into_iter()
-        .filter_map(|path| {
-            let element = path.strip_prefix(&prefix)?.parse::<u64>().ok()?;
-            Some((element, path))
-        })
+        .filter_map(|path| Some((set_element(&path, kind)?, path)))
         .collect();
     futures_util::stream::iter(elements)
         .map(|(element, path)| async move {
@@ -453,6 +460,16 @@ pub async fn read_set(client: &NexusClient, kind: &str) -> Result<BTreeMap<u64, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_paths_name_their_element_and_nothing_else_does() {
+        assert_eq!(set_element(&set_path(42), "set"), Some(42));
+        assert_eq!(set_element(&rootkey_path(7), "rootkey"), Some(7));
+        assert_eq!(set_element(&rootkey_path(7), "set"), None);
+        assert_eq!(set_element("jepsen/settings/1", "set"), None);
+        assert_eq!(set_element(&register_path(1), "set"), None);
+        assert_eq!(set_element("jepsen/set/x", "set"), None);
+    }
 
     #[test]
     fn key_sets_change_each_lifetime_and_every_set_is_counted() {

@@ -461,15 +461,12 @@ fn judge(
         ),
         Ok(operations) => {
             // Anomalies, and why there is no verdict if there is none.
-            let (found, undecided): (Vec<String>, Option<String>) = match (workload, &final_set) {
+            let (mut found, undecided) = match (workload, &final_set) {
                 (SimWorkload::Register, _) => {
                     let report = check::check_registers(&operations, SEARCH_STEPS_MAX);
                     let undecided = (!report.unknown_keys.is_empty())
                         .then(|| format!("no verdict for keys {:?}", report.unknown_keys));
-                    (
-                        report.anomalies.iter().map(|a| format!("{a:?}")).collect(),
-                        undecided,
-                    )
+                    (described(&report.anomalies), undecided)
                 }
                 // No final read: `problems` says why.
                 (SimWorkload::Set, None) => (Vec::new(), None),
@@ -477,13 +474,9 @@ fn judge(
                     let report = check::set::check(&operations, elements);
                     let undecided =
                         (report.acknowledged == 0).then(|| "no add was acknowledged".to_owned());
-                    (
-                        report.anomalies.iter().map(|a| format!("{a:?}")).collect(),
-                        undecided,
-                    )
+                    (described(&report.anomalies), undecided)
                 }
             };
-            let mut found = found;
             found.extend(problems);
             let verdict = if !found.is_empty() {
                 Verdict::Anomalies
@@ -519,6 +512,14 @@ fn judge(
         }
     }
     SeedReport { verdict, lines }
+}
+
+/// The anomalies as the report lists them.
+fn described(anomalies: &[check::Anomaly]) -> Vec<String> {
+    anomalies
+        .iter()
+        .map(|anomaly| format!("{anomaly:?}"))
+        .collect()
 }
 
 /// FNV-1a over the history's JSON lines: two runs of a seed print the same

@@ -1,7 +1,7 @@
 //! The clients: Jepsen's register or set workload through the real SDK,
 //! from one simulated host, then the checks that need the healed cluster.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -329,29 +329,27 @@ async fn final_set(
 }
 
 /// Every voter, asked alone, must come to list exactly the final set's
-/// paths (its own state, after it caught up through a read index).
+/// elements (its own state, after it caught up through a read index).
 async fn converge_set(
     identities: &Identities,
     finals: &BTreeMap<u64, u64>,
     problems: &mut Vec<String>,
 ) {
-    let expected: Vec<String> = finals
-        .keys()
-        .map(|element| workload::set_path(*element))
-        .collect();
+    let expected: BTreeSet<u64> = finals.keys().copied().collect();
     for endpoint in voters(identities, problems).await {
         let alone = client(identities, vec![endpoint], false);
         let give_up = Instant::now() + CONVERGE_WITHIN;
         loop {
-            let listed = alone.list_secrets().await.map(|mut paths| {
-                paths.retain(|path| path.starts_with(&format!("{}/set/", workload::PREFIX)));
-                paths.sort_by_key(|path| set_element(path));
+            let listed = alone.list_secrets().await.map(|paths| {
                 paths
+                    .iter()
+                    .filter_map(|path| workload::set_element(path, "set"))
+                    .collect::<BTreeSet<u64>>()
             });
             match listed {
-                Ok(paths) if paths == expected => break,
+                Ok(elements) if elements == expected => break,
                 seen if Instant::now() > give_up => {
-                    let seen = seen.map(|paths| paths.len());
+                    let seen = seen.map(|elements| elements.len());
                     problems.push(format!(
                         "the voter at {endpoint} lists {seen:?} set elements, the cluster {}",
                         expected.len()
@@ -362,12 +360,4 @@ async fn converge_set(
             }
         }
     }
-}
-
-/// The element a set path names (paths sort by it, as the final read does).
-fn set_element(path: &str) -> u64 {
-    path.rsplit('/')
-        .next()
-        .and_then(|element| element.parse().ok())
-        .unwrap_or(u64::MAX)
 }

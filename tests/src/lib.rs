@@ -418,13 +418,10 @@ impl LocalCluster {
 
     /// The dev Workload API socket serving identity `name`.
     pub fn socket(&self, name: &str) -> std::path::PathBuf {
-        self.file["sockets_dir"]
+        let sockets = self.file["sockets_dir"]
             .as_str()
-            .map_or_else(
-                || self.dir.path().join("identities").join("sockets"),
-                std::path::PathBuf::from,
-            )
-            .join(format!("{name}.sock"))
+            .expect("cluster.json names its sockets directory");
+        std::path::Path::new(sockets).join(format!("{name}.sock"))
     }
 
     /// Process `name` as `cluster.json` lists it.

@@ -9,8 +9,8 @@
 //! `DIR/identities/sockets`, or, when `DIR` is so deep that a socket path
 //! there would pass the 107-byte limit of a unix socket address, in a
 //! private `spike-sockets-*` directory of the system's temporary directory
-//! (`cluster.json` names it; `down` removes it). A second `up` restarts the same cluster on its
-//! existing data. `start`, `stop` and `kill` act on one process by name
+//! (`cluster.json` names it; `down` removes it). A second `up` restarts
+//! the same cluster on its existing data. `start`, `stop` and `kill` act on one process by name
 //! (`nexus-2`, `keeper-4`, `workload-api`); `down` stops them all.
 //! `up --spares K` also plans K spare replicas (fresh ids, addresses and
 //! identities) that stay down until `join` starts one with `--join`, for an
