@@ -432,6 +432,21 @@ async fn a_rekey_replaces_the_root_key_and_every_replica_follows() {
         .await
         .expect("status");
 
+    // Asked before the rekey: right after it, a follower answers 503
+    // `state_not_ready` to everything that needs the root key until it has
+    // fetched the new key's shares from the keepers.
+    phase("an impossible rekey (t > n) is refused by a follower");
+    let refused = ops
+        .superuser
+        .post(
+            cluster.api(3),
+            "/v1/operator/rekey",
+            json!({ "shares": 2, "threshold": 3 }),
+        )
+        .await
+        .expect("rekey");
+    assert_eq!(refused.status, 400, "t > n is refused");
+
     phase("rekey through a follower, to 5 shares with threshold 2");
     let reply = ops
         .superuser
@@ -444,16 +459,6 @@ async fn a_rekey_replaces_the_root_key_and_every_replica_follows() {
         .expect("rekey");
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     assert_eq!(reply.body["rootKeyId"], 2);
-    let refused = ops
-        .superuser
-        .post(
-            cluster.api(3),
-            "/v1/operator/rekey",
-            json!({ "shares": 2, "threshold": 3 }),
-        )
-        .await
-        .expect("rekey");
-    assert_eq!(refused.status, 400, "t > n is refused");
 
     phase("every replica ends on the new key; old data still opens");
     let began = tokio::time::Instant::now();
