@@ -1,4 +1,4 @@
-//! Our side: a 3-replica cluster started with `spike-cluster` (dev
+//! Our side: a 3-replica cluster started with `spike-dev-cluster` (dev
 //! identities, mTLS everywhere, fsynced redb), driven through the SDK.
 
 use std::collections::BTreeMap;
@@ -22,11 +22,11 @@ pub struct NexusCluster {
 }
 
 impl NexusCluster {
-    /// `spike-cluster up` in `dir` on ports from `base_port`.
+    /// `spike-dev-cluster up` in `dir` on ports from `base_port`.
     pub fn up(bin_dir: &Path, dir: &Path, base_port: u16) -> anyhow::Result<Self> {
         let cluster = Self {
             dir: dir.to_owned(),
-            launcher: bin_dir.join("spike-cluster"),
+            launcher: bin_dir.join("spike-dev-cluster"),
             file: serde_json::Value::Null,
         };
         cluster.launch(&["up", "--base-port", &base_port.to_string()])?;
@@ -44,7 +44,7 @@ impl NexusCluster {
             .with_context(|| format!("cannot run {}", self.launcher.display()))?;
         if !output.status.success() {
             bail!(
-                "spike-cluster {args:?}: {}",
+                "spike-dev-cluster {args:?}: {}",
                 String::from_utf8_lossy(&output.stderr)
             );
         }
@@ -79,7 +79,7 @@ impl NexusCluster {
             .and_then(|p| p["name"].as_str().map(str::to_owned))
     }
 
-    /// `spike-cluster kill|start NAME`.
+    /// `spike-dev-cluster kill|start NAME`.
     pub fn act(&mut self, action: &str, name: &str) -> anyhow::Result<()> {
         self.launch(&[action, name])?;
         self.reload()

@@ -1,5 +1,5 @@
 //! The cluster under test: started, faulted and healed through
-//! `spike-cluster` (which owns the processes and, with `--netns`, the
+//! `spike-dev-cluster` (which owns the processes and, with `--netns`, the
 //! namespaces), addressed through its `cluster.json`. Without namespaces,
 //! links are faulted in the harness's own per-link proxies ([`crate::proxy`]).
 
@@ -142,17 +142,17 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Runs `spike-cluster` with `args` on this cluster's directory.
+    /// Runs `spike-dev-cluster` with `args` on this cluster's directory.
     fn spike_cluster(&self, args: &[&str]) -> anyhow::Result<()> {
-        let mut command = Command::new(self.bin_dir.join("spike-cluster"));
+        let mut command = Command::new(self.bin_dir.join("spike-dev-cluster"));
         command.args(args);
         if args.first() != Some(&"up") {
             command.arg("--dir").arg(&self.dir);
         }
-        let output = command.output().context("cannot run spike-cluster")?;
+        let output = command.output().context("cannot run spike-dev-cluster")?;
         if !output.status.success() {
             bail!(
-                "spike-cluster {} failed: {}",
+                "spike-dev-cluster {} failed: {}",
                 args.join(" "),
                 String::from_utf8_lossy(&output.stderr).trim()
             );

@@ -6,7 +6,7 @@
 //!     --time 30s --seed 7 --out jepsen-results/register-partition-leader
 //! ```
 //!
-//! Starts 3 (or 5) replicas and 5 keepers through `spike-cluster`, each in
+//! Starts 3 (or 5) replicas and 5 keepers through `spike-dev-cluster`, each in
 //! its own network namespace (root needed; without it only process faults
 //! run, on loopback), drives the workload with many SDK clients while the
 //! nemesis injects and heals faults, heals everything, waits for recovery,
@@ -92,7 +92,7 @@ struct RunArgs {
     /// catches it.
     #[arg(long)]
     unsafe_local_reads: bool,
-    /// Where nexus, keeper, spike-dev and spike-cluster are (default: next
+    /// Where nexus, keeper, spike-dev-identity and spike-dev-cluster are (default: next
     /// to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -222,7 +222,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Verdict> {
         }
     );
     // Spares for membership changes: every free id up to 10 (the ports
-    // spike-cluster has for replicas).
+    // spike-dev-cluster has for replicas).
     let spares = if args.nemesis.needs_spares() {
         10u64.saturating_sub(args.replicas)
     } else {

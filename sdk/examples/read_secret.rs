@@ -2,7 +2,7 @@
 //! entry point, the leader found by the client, "not ready" retried.
 //!
 //! ```text
-//! source .spike-local/env          # from `deploy/local/cluster up`
+//! source .spike-local/env          # from `dev/cluster/run up`
 //! cargo run -p spike-sdk --features client --example read_secret -- apps/db
 //! ```
 //!

@@ -294,7 +294,7 @@ impl ApiClient {
     }
 }
 
-/// A cluster started with `spike-cluster` in a temporary directory, taken
+/// A cluster started with `spike-dev-cluster` in a temporary directory, taken
 /// down when dropped.
 pub struct LocalCluster {
     /// The cluster directory.
@@ -324,7 +324,7 @@ fn next_base_port() -> u16 {
 }
 
 impl LocalCluster {
-    /// Starts a cluster (`spike-cluster up`) with `args` and waits until it
+    /// Starts a cluster (`spike-dev-cluster up`) with `args` and waits until it
     /// serves.
     pub fn up(args: &[&str]) -> Self {
         Self::up_in(tempfile::tempdir().expect("cluster directory"), args)
@@ -351,16 +351,16 @@ impl LocalCluster {
 
     fn spike_cluster(&self, args: &[&str]) {
         if let Err(complaint) = self.try_spike_cluster(args) {
-            panic!("spike-cluster {args:?} failed: {complaint}");
+            panic!("spike-dev-cluster {args:?} failed: {complaint}");
         }
     }
 
-    /// Runs `spike-cluster` with `args`: its output, or its complaint.
+    /// Runs `spike-dev-cluster` with `args`: its output, or its complaint.
     fn try_spike_cluster(&self, args: &[&str]) -> Result<String, String> {
-        let output = std::process::Command::new(binary("spike-cluster"))
+        let output = std::process::Command::new(binary("spike-dev-cluster"))
             .args(args)
             .output()
-            .expect("run spike-cluster");
+            .expect("run spike-dev-cluster");
         if output.status.success() {
             Ok(String::from_utf8_lossy(&output.stdout).into_owned())
         } else {
@@ -368,10 +368,10 @@ impl LocalCluster {
         }
     }
 
-    /// Runs `spike-cluster ACTION NAME` (start, stop, kill, join, retire).
+    /// Runs `spike-dev-cluster ACTION NAME` (start, stop, kill, join, retire).
     pub fn act(&mut self, action: &str, name: &str) {
         if let Err(complaint) = self.try_act(action, name) {
-            panic!("spike-cluster {action} {name} failed: {complaint}");
+            panic!("spike-dev-cluster {action} {name} failed: {complaint}");
         }
     }
 
@@ -382,7 +382,7 @@ impl LocalCluster {
         outcome
     }
 
-    /// Runs `spike-cluster ACTION ARGS...` on this cluster: its output,
+    /// Runs `spike-dev-cluster ACTION ARGS...` on this cluster: its output,
     /// or its complaint.
     pub fn try_spike(&self, action: &str, args: &[&str]) -> Result<String, String> {
         let dir = self.dir.path().display().to_string();
@@ -392,20 +392,20 @@ impl LocalCluster {
         self.try_spike_cluster(&all)
     }
 
-    /// Impairs process `name`'s links (`spike-cluster impair`, --netns
+    /// Impairs process `name`'s links (`spike-dev-cluster impair`, --netns
     /// clusters).
     pub fn impair(&self, name: &str, args: &[&str]) {
         let mut all = vec![name];
         all.extend_from_slice(args);
         if let Err(complaint) = self.try_spike("impair", &all) {
-            panic!("spike-cluster impair {all:?} failed: {complaint}");
+            panic!("spike-dev-cluster impair {all:?} failed: {complaint}");
         }
     }
 
-    /// Removes every cut and impairment (`spike-cluster heal`).
+    /// Removes every cut and impairment (`spike-dev-cluster heal`).
     pub fn heal(&self) {
         if let Err(complaint) = self.try_spike("heal", &[]) {
-            panic!("spike-cluster heal failed: {complaint}");
+            panic!("spike-dev-cluster heal failed: {complaint}");
         }
     }
 
@@ -539,7 +539,7 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         let dir = self.dir.path().display().to_string();
-        let _ = std::process::Command::new(binary("spike-cluster"))
+        let _ = std::process::Command::new(binary("spike-dev-cluster"))
             .args(["down", "--dir", &dir])
             .output();
     }

@@ -1,5 +1,5 @@
 //! A real cluster on loopback: 3 Nexus replicas, 5 keepers (threshold 3),
-//! started with `spike-cluster` as an operator would. Replicas are killed,
+//! started with `spike-dev-cluster` as an operator would. Replicas are killed,
 //! restarted, starved of keepers and restored; every acknowledged secret
 //! must survive and every replica must end up with the same root key.
 

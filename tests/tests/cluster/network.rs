@@ -1,4 +1,4 @@
-//! Faulted links. `spike-cluster --netns` makes every process a host of
+//! Faulted links. `spike-dev-cluster --netns` makes every process a host of
 //! its own, whose links the fault-injection harness cuts and impairs
 //! (needs root, iproute2 and iptables; without them that test says so and
 //! checks nothing). Without root, replicas dial through the harness's

@@ -1,4 +1,4 @@
-//! `spike-dev`: creates dev identities and serves them over the SPIFFE
+//! `spike-dev-identity`: creates dev identities and serves them over the SPIFFE
 //! Workload API.
 
 use std::path::PathBuf;
@@ -73,14 +73,14 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("spike-dev: cannot start the runtime: {error}");
+            eprintln!("spike-dev-identity: cannot start the runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("spike-dev: {error:#}");
+            eprintln!("spike-dev-identity: {error:#}");
             ExitCode::from(64)
         }
     }

@@ -1,4 +1,4 @@
-//! `spike-cluster`: a local SPIKE cluster on loopback, everything under one
+//! `spike-dev-cluster`: a local SPIKE cluster on loopback, everything under one
 //! directory.
 //!
 //! `up` creates dev identities (one per process) and starts the dev
@@ -182,7 +182,7 @@ struct Common {
     /// The cluster directory.
     #[arg(long, default_value = ".spike-local")]
     dir: PathBuf,
-    /// Where the nexus, keeper and spike-dev binaries are (default: next to
+    /// Where the nexus, keeper and spike-dev-identity binaries are (default: next to
     /// this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -335,7 +335,7 @@ fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("spike-cluster: {error:#}");
+            eprintln!("spike-dev-cluster: {error:#}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -521,7 +521,7 @@ fn bin_dir(common: &Common) -> anyhow::Result<PathBuf> {
 
 fn binary(bin_dir: &Path, role: &str) -> PathBuf {
     bin_dir.join(match role {
-        "workload-api" => "spike-dev",
+        "workload-api" => "spike-dev-identity",
         other => other,
     })
 }
@@ -997,7 +997,7 @@ fn last_line(log: &Path) -> Option<String> {
 fn running(process: &Process) -> Option<u32> {
     let pid = process.pid?;
     let expected = match process.role.as_str() {
-        "workload-api" => "spike-dev",
+        "workload-api" => "spike-dev-identity",
         other => other,
     };
     // A process in the middle of exec (its parent already resumed) shows
