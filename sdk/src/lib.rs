@@ -19,6 +19,7 @@
 //! - [`audit`]: the hash-chained audit log format and its verifier.
 //! - `client` (feature `client`): a minimal HTTPS JSON client for the API.
 //! - `cli` (feature `cli`): shared start-up flags, logging and exit codes.
+//! - [`duration`]: the one duration grammar every binary reads (Go's).
 //! - [`environment`]: configuration read through a trait, so tests pass a map
 //!   instead of touching the process environment.
 
@@ -28,6 +29,7 @@ pub mod cli;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod crypto;
+pub mod duration;
 pub mod environment;
 pub mod hardening;
 pub mod identity;
