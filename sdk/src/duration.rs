@@ -124,7 +124,15 @@ mod tests {
     #[test]
     fn everything_else_is_refused_with_the_reason() {
         for text in [
-            "", "5", "s", "-5s", "5x", "5 s", "1.2.3s", "99999999999999999999h", "fast",
+            "",
+            "5",
+            "s",
+            "-5s",
+            "5x",
+            "5 s",
+            "1.2.3s",
+            "99999999999999999999h",
+            "fast",
         ] {
             let error = parse(text).expect_err(text);
             assert_eq!(error.text, text);

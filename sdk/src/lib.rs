@@ -19,6 +19,8 @@
 //! - [`audit`]: the hash-chained audit log format and its verifier.
 //! - `client` (feature `client`): a minimal HTTPS JSON client for the API.
 //! - `cli` (feature `cli`): shared start-up flags, logging and exit codes.
+//! - [`domain`]: identifiers parsed once at the edge: secret paths, policy
+//!   names and ids, permissions, node ids, root and data key ids.
 //! - [`duration`]: the one duration grammar every binary reads (Go's).
 //! - [`environment`]: configuration read through a trait, so tests pass a map
 //!   instead of touching the process environment.
@@ -29,6 +31,7 @@ pub mod cli;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod crypto;
+pub mod domain;
 pub mod duration;
 pub mod environment;
 pub mod hardening;

@@ -28,7 +28,10 @@ pub const HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
 const AAD_DOMAIN: &[u8] = b"spike/aead/v1";
 
 /// Identifies a data key within the keyring (public).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct DataKeyId(pub u32);
 
 impl fmt::Display for DataKeyId {

@@ -16,7 +16,10 @@ const KEY_CHECK_LABEL: &[u8] = b"spike/root-key-check/v1";
 
 /// Which root key of the cluster's history is meant (public). Rekeying
 /// moves to the next id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct RootKeyId(pub u64);
 
 impl fmt::Display for RootKeyId {
