@@ -1,6 +1,8 @@
 //! The SPIKE SDK: everything that clients and servers of the SPIKE secrets
 //! store share, and nothing that only a replica needs (no Raft, no storage).
 //!
+//! - [`api`]: the wire contract of the SPIKE API: routes, headers, error
+//!   codes, typed requests and answers, Go-compatible decoding.
 //! - [`identity`]: SPIFFE IDs, the roles SPIKE gives them and the trust roots
 //!   each role is accepted from.
 //! - [`svid`]: where a process gets its X.509 SVID and trust bundles: the
@@ -25,6 +27,7 @@
 //! - [`environment`]: configuration read through a trait, so tests pass a map
 //!   instead of touching the process environment.
 
+pub mod api;
 pub mod audit;
 #[cfg(feature = "cli")]
 pub mod cli;

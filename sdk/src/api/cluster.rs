@@ -1,0 +1,167 @@
+//! `/v1/cluster` (extension): status, membership and leadership.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ApiRequest, EmptyResponse, ErrorCode, Route};
+
+/// Status: the contacted replica, the leader it knows, Raft progress,
+/// members and the root key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatusRequest {}
+
+impl ApiRequest for ClusterStatusRequest {
+    const ROUTE: Route = Route::ClusterStatus;
+    type Response = ClusterStatus;
+}
+
+/// The role a replica plays in Raft.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RaftRole {
+    /// Leads: takes writes and serves read indexes.
+    Leader,
+    /// Follows a leader.
+    #[default]
+    Follower,
+    /// Asking for votes.
+    Candidate,
+    /// Replicates without voting.
+    Learner,
+    /// Stopping.
+    Shutdown,
+}
+
+/// Whether a replica holds the cluster's root key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootKeyState {
+    /// The cluster has no root key yet.
+    #[default]
+    Uninitialized,
+    /// The cluster has one this replica does not hold (yet).
+    Locked,
+    /// This replica holds it and serves.
+    Ready,
+}
+
+/// A replica as the membership records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    /// Its node id.
+    pub id: u64,
+    /// Its cluster port (Raft, forwarding).
+    pub cluster_addr: SocketAddr,
+    /// Its API port.
+    pub api_addr: SocketAddr,
+    /// Whether it votes (a learner does not).
+    pub voter: bool,
+}
+
+/// The root key as a replica reports it (public facts only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct RootKeyStatus {
+    /// Held, missing or not yet made.
+    pub status: RootKeyState,
+    /// The committed root key's id.
+    pub root_key_id: Option<u64>,
+    /// Its key check, hex (only where the key is held).
+    pub key_check: Option<String>,
+}
+
+/// Status's answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// The replica that answered.
+    pub node_id: u64,
+    /// Its Raft role.
+    pub state: RaftRole,
+    /// The leader it knows of.
+    pub leader_id: Option<u64>,
+    /// That leader's API address.
+    pub leader_api_addr: Option<SocketAddr>,
+    /// Its Raft term.
+    pub term: u64,
+    /// Index of its last log entry.
+    pub last_log_index: Option<u64>,
+    /// Highest index it knows to be committed.
+    pub commit_index: Option<u64>,
+    /// Highest index it has applied.
+    pub applied_index: Option<u64>,
+    /// Every member, voters and learners.
+    pub members: Vec<Member>,
+    /// Its root key.
+    pub root_key: RootKeyStatus,
+    /// Set on failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub err: Option<ErrorCode>,
+}
+
+/// Members: every replica and whether it votes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMembersRequest {}
+
+impl ApiRequest for ClusterMembersRequest {
+    const ROUTE: Route = Route::ClusterMembers;
+    type Response = ClusterMembers;
+}
+
+/// Members' answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterMembers {
+    /// Every member.
+    pub members: Vec<Member>,
+    /// Set on failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub err: Option<ErrorCode>,
+}
+
+/// Add: a replica already running with `--join` at these addresses joins
+/// as a learner, catches up, then votes. Its id must never have been used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct AddMemberRequest {
+    /// Its node id.
+    pub id: u64,
+    /// Its cluster address, `IP:PORT`.
+    pub cluster_addr: String,
+    /// Its API address, `IP:PORT`.
+    pub api_addr: String,
+}
+
+impl ApiRequest for AddMemberRequest {
+    const ROUTE: Route = Route::ClusterAdd;
+    type Response = EmptyResponse;
+}
+
+/// Remove: a voter leaves, and its id is retired for good.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RemoveMemberRequest {
+    /// The voter's node id.
+    pub id: u64,
+}
+
+impl ApiRequest for RemoveMemberRequest {
+    const ROUTE: Route = Route::ClusterRemove;
+    type Response = EmptyResponse;
+}
+
+/// Transfer: hand leadership to another voter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TransferLeaderRequest {
+    /// The voter to lead.
+    pub id: u64,
+}
+
+impl ApiRequest for TransferLeaderRequest {
+    const ROUTE: Route = Route::ClusterTransfer;
+    type Response = EmptyResponse;
+}
+
+super::responses!(ClusterStatus, ClusterMembers);
