@@ -6,14 +6,16 @@
 //! cargo run -p spike-sdk --features client --example read_secret -- apps/db
 //! ```
 //!
-//! `SPIKE_NEXUS_API_URL` may list several nodes, comma-separated; the SVID
-//! comes from `SPIFFE_ENDPOINT_SOCKET` (or the `SPIKE_SVID_*_FILE` files).
+//! The nodes come from `SPIKE_NEXUS_API_URL` and `SPIKE_NEXUS_API_URLS`
+//! (every replica, comma-separated); the SVID from `SPIFFE_ENDPOINT_SOCKET`
+//! (or the `SPIKE_SVID_*_FILE` files).
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use spike_sdk::client::endpoints::{self, API_URL_DEFAULT, API_URL_VARIABLE, API_URLS_VARIABLE};
 use spike_sdk::client::{Error, NexusClient, Settings};
+use spike_sdk::domain::SecretPath;
 use spike_sdk::environment::ProcessEnvironment;
 use spike_sdk::identity::TrustRoots;
 use spike_sdk::svid::{SvidSource, WORKLOAD_API_TIMEOUT_DEFAULT};
@@ -34,17 +36,15 @@ async fn main() -> ExitCode {
 }
 
 async fn read(path: &str) -> Result<(), String> {
-    let urls =
-        std::env::var("SPIKE_NEXUS_API_URL").unwrap_or_else(|_| "https://127.0.0.1:8553".into());
-    let endpoints = urls
-        .split(',')
-        .map(|url| {
-            url.trim()
-                .trim_start_matches("https://")
-                .parse::<SocketAddr>()
-                .map_err(|e| format!("endpoint {url:?}: {e} (use https://IP:PORT)"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let path: SecretPath = path.parse().map_err(|e| format!("{e}"))?;
+    let urls = [API_URL_VARIABLE, API_URLS_VARIABLE].map(|name| std::env::var(name).ok());
+    let urls: Vec<&str> = urls.iter().flatten().map(String::as_str).collect();
+    let urls = if urls.is_empty() {
+        vec![API_URL_DEFAULT]
+    } else {
+        urls
+    };
+    let endpoints = endpoints::resolve(urls).await.map_err(|e| e.to_string())?;
     let identity = SvidSource::from_environment(&ProcessEnvironment)
         .map_err(|e| e.to_string())?
         .load(WORKLOAD_API_TIMEOUT_DEFAULT)
@@ -58,9 +58,9 @@ async fn read(path: &str) -> Result<(), String> {
     // The client already retries within its budget (15 s by default); an
     // application that starts with the cluster may wait longer.
     for _ in 0..4 {
-        match client.get_secret(path, None).await {
+        match client.get_secret(&path, None).await {
             Ok(values) => {
-                for (key, value) in values {
+                for (key, value) in values.iter() {
                     // A real application would use the value, not print it.
                     println!("{key}: {} bytes", value.len());
                 }

@@ -1,15 +1,24 @@
 //! Clients for the SPIKE API (feature `client`).
 //!
-//! - [`NexusClient`]: what applications use. Leader discovery, pooled
-//!   HTTP/2 connections, bounded retries, exactly-once writes, typed errors.
-//! - [`HttpsClient`]: one request to one node over its own HTTP/1.1
-//!   connection, the status and body returned as they are; the `spike` CLI
-//!   and the tests build on it.
+//! - [`NexusClient`]: what applications, the `spike` CLI, the benchmark and
+//!   the fault-injection harness use. Leader discovery, pooled HTTP/2
+//!   connections, bounded retries, exactly-once writes, typed requests and
+//!   answers ([`crate::api`]), typed errors.
+//! - [`HttpsClient`]: one raw request to one node over its own HTTP/1.1
+//!   connection, as SPIKE's Go clients send them, the status and bytes
+//!   returned as they are: for tests of the wire itself.
+//! - [`endpoints`]: API URLs (`SPIKE_NEXUS_API_URL`, `SPIKE_NEXUS_API_URLS`)
+//!   to addresses.
 
-mod cluster;
+pub mod endpoints;
+mod error;
+mod nexus;
+mod operations;
 mod pool;
+mod session;
 
-pub use cluster::{Error, NexusClient, RetryPolicy, SecretMetadata, Settings};
+pub use error::Error;
+pub use nexus::{NexusClient, RetryPolicy, Settings};
 pub use pool::CONNECTION_AGE_MAX;
 
 use std::net::SocketAddr;
@@ -28,17 +37,6 @@ use crate::tls::{TlsConfigError, client_config, connect};
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// Largest response body read by default.
 pub const RESPONSE_SIZE_MAX_BYTES: usize = 8 * 1024 * 1024;
-
-/// A JSON reply.
-#[derive(Debug, Clone)]
-pub struct JsonReply {
-    /// HTTP status.
-    pub status: u16,
-    /// The body (`Null` if empty or not JSON).
-    pub body: serde_json::Value,
-    /// The `X-Spike-Leader` hint, if any.
-    pub leader: Option<String>,
-}
 
 /// A raw reply: status, headers and body bytes.
 #[derive(Debug, Clone)]
@@ -134,29 +132,6 @@ impl HttpsClient {
     pub fn with_response_limit(mut self, bytes: usize) -> Self {
         self.response_limit = bytes;
         self
-    }
-
-    /// POSTs `body` to `path_and_query` with extra `headers`.
-    pub async fn post_json(
-        &self,
-        address: SocketAddr,
-        path_and_query: &str,
-        body: &serde_json::Value,
-        headers: &[(&str, &str)],
-    ) -> Result<JsonReply, ClientError> {
-        let request = Request {
-            method: "POST",
-            path_and_query,
-            content_type: "application/json",
-            body: body.to_string().into_bytes(),
-            headers,
-        };
-        let reply = self.send(address, request).await?;
-        Ok(JsonReply {
-            status: reply.status,
-            body: serde_json::from_slice(&reply.bytes).unwrap_or(serde_json::Value::Null),
-            leader: reply.header("x-spike-leader").map(str::to_owned),
-        })
     }
 
     /// Sends any request and returns the raw reply.

@@ -31,16 +31,23 @@ struct Connection {
 pub(crate) struct Pool {
     config: Arc<ClientConfig>,
     connections: Mutex<BTreeMap<SocketAddr, Connection>>,
+    connect_timeout: Duration,
     timeout: Duration,
     response_limit: usize,
 }
 
 impl Pool {
-    pub(crate) fn new(mut config: ClientConfig, timeout: Duration, response_limit: usize) -> Self {
+    pub(crate) fn new(
+        mut config: ClientConfig,
+        connect_timeout: Duration,
+        timeout: Duration,
+        response_limit: usize,
+    ) -> Self {
         config.alpn_protocols = vec![b"h2".to_vec()];
         Self {
             config: Arc::new(config),
             connections: Mutex::new(BTreeMap::new()),
+            connect_timeout,
             timeout,
             response_limit,
         }
@@ -84,22 +91,21 @@ impl Pool {
         }
         // Two callers may dial at once; the later connection wins the slot
         // and the other is dropped when its requests finish.
-        let (stream, _) =
-            connect(address, self.config.clone())
+        let dial = async {
+            let (stream, _) = connect(address, self.config.clone())
                 .await
-                .map_err(|e| ClientError::Connect {
-                    address,
-                    reason: e.to_string(),
-                })?;
-        let (sender, connection) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .map_err(|e| ClientError::Connect {
-            address,
-            reason: e.to_string(),
-        })?;
+                .map_err(|e| e.to_string())?;
+            hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await
+            .map_err(|e| e.to_string())
+        };
+        let (sender, connection) = tokio::time::timeout(self.connect_timeout, dial)
+            .await
+            .unwrap_or_else(|_| Err(format!("no connection within {:?}", self.connect_timeout)))
+            .map_err(|reason| ClientError::Connect { address, reason })?;
         tokio::spawn(connection);
         self.lock().insert(
             address,
