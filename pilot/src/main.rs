@@ -3,8 +3,11 @@
 //! SPIKE's commands (`secret`, `policy`, `cipher`, `operator`) with SPIKE's
 //! flags and output formats, plus the cluster's extensions (`secret
 //! destroy`, `--cas`, `cluster`, `operator rekey|rotate`, `audit verify`).
-//! It talks to any Nexus node (`SPIKE_NEXUS_API_URL`); writes reach the
-//! leader by themselves.
+//! It talks to any Nexus node (`SPIKE_NEXUS_API_URL`, and every replica in
+//! `SPIKE_NEXUS_API_URLS`): it follows the leader and fails over to another
+//! replica when one is down, as the SDK does (it is the SDK's client), and
+//! each write of one invocation carries an exactly-once session, so a retry
+//! never applies it twice.
 //!
 //! Exit codes: 0 success, 1 the operation failed (reason on stderr), 2 usage
 //! error, 64 no usable identity or configuration. (SPIKE's own CLI exits 0
@@ -28,8 +31,9 @@ use commands::operator::OperatorCommand;
 use commands::policy::PolicyCommand;
 use commands::secret::SecretCommand;
 use commands::snapshot::SnapshotCommand;
-use nexus::{API_URL_DEFAULT, CliError, Nexus};
+use nexus::CliError;
 use output::Format;
+use spike_sdk::client::endpoints::{API_URL_DEFAULT, API_URL_VARIABLE, API_URLS_VARIABLE};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,9 +44,13 @@ use output::Format;
 struct Cli {
     #[command(flatten)]
     svid: SvidArgs,
-    /// The Nexus API (any replica).
-    #[arg(long, env = "SPIKE_NEXUS_API_URL", default_value = API_URL_DEFAULT, global = true)]
+    /// The Nexus API: any replica, `https://HOST:PORT`.
+    #[arg(long, env = API_URL_VARIABLE, default_value = API_URL_DEFAULT, global = true)]
     api_url: String,
+    /// Every replica's API, comma-separated: tried in turn when the one in
+    /// --api-url is down (the local cluster's env files set it).
+    #[arg(long, env = API_URLS_VARIABLE, global = true)]
+    api_urls: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -101,7 +109,7 @@ fn main() -> ExitCode {
         .build()
     {
         Ok(runtime) => runtime,
-        Err(error) => return fail(&CliError::Transport(error.to_string())),
+        Err(error) => return fail(&CliError::Invalid(format!("cannot start: {error}"))),
     };
     match runtime.block_on(run(cli)) {
         Ok(text) => {
@@ -127,9 +135,10 @@ async fn run(cli: Cli) -> Result<String, CliError> {
     let Cli {
         svid,
         api_url,
+        api_urls,
         command,
     } = cli;
-    let connect = || Nexus::connect(&svid, &api_url);
+    let connect = || nexus::connect(&svid, &api_url, api_urls.as_deref());
     match command {
         // Offline commands need no identity.
         Command::Audit(AuditCommand::Verify { file }) => verify_audit_log(&file),
@@ -148,6 +157,15 @@ async fn run(cli: Cli) -> Result<String, CliError> {
     }
 }
 
+/// Who this tool is.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Whoami<'a> {
+    spiffe_id: String,
+    role: &'a str,
+    trust_domains: Vec<&'a str>,
+}
+
 async fn whoami(svid: &SvidArgs, format: Format) -> Result<String, CliError> {
     let trust_roots = TrustRoots::from_environment(&ProcessEnvironment)
         .map_err(|e| CliError::Config(e.to_string()))?;
@@ -162,16 +180,19 @@ async fn whoami(svid: &SvidArgs, format: Format) -> Result<String, CliError> {
         .map(|role| role.name())
         .unwrap_or("workload");
     let domains: Vec<&str> = material.trust_domains().collect();
-    let value =
-        serde_json::json!({ "spiffeId": id.to_string(), "role": role, "trustDomains": domains });
-    Ok(match format {
-        Format::Human => format!(
-            "spiffe id:     {id}\nrole:          {role}\ntrust bundles: {}\n",
-            domains.join(", ")
-        ),
-        Format::Json => output::json(&value),
-        Format::Yaml => output::yaml(&value),
-    })
+    let whoami = Whoami {
+        spiffe_id: id.to_string(),
+        role,
+        trust_domains: domains,
+    };
+    Ok(format.render(&whoami, |whoami| {
+        format!(
+            "spiffe id:     {}\nrole:          {}\ntrust bundles: {}\n",
+            whoami.spiffe_id,
+            whoami.role,
+            whoami.trust_domains.join(", ")
+        )
+    }))
 }
 
 fn verify_audit_log(file: &std::path::Path) -> Result<String, CliError> {

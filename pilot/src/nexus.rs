@@ -1,19 +1,19 @@
-//! The connection to Nexus: the caller's SVID, the API address from
-//! `SPIKE_NEXUS_API_URL`, and SPIKE's error codes turned into messages.
+//! The connection to the cluster: the caller's SVID, every replica the
+//! operator named (`SPIKE_NEXUS_API_URL`, and ours, `SPIKE_NEXUS_API_URLS`),
+//! and the SDK's client, which follows the leader, fails over when a
+//! replica dies, and gives each write of this invocation an exactly-once
+//! session. Failures become SPIKE's messages.
 
-use std::net::SocketAddr;
+use std::time::Duration;
 
-use serde_json::Value;
+use spike_sdk::api::BACKUP_SIZE_MAX_BYTES;
 use spike_sdk::cli::SvidArgs;
-use spike_sdk::client::{HttpsClient, Request};
+use spike_sdk::client::{Error, NexusClient, Settings, endpoints};
 use spike_sdk::environment::ProcessEnvironment;
-use spike_sdk::identity::{PeerAuthorizer, Role, TrustRoots};
+use spike_sdk::identity::TrustRoots;
 
-/// Largest backup the CLI saves (the server's restore limit).
-pub const BACKUP_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
-
-/// SPIKE's default API address.
-pub const API_URL_DEFAULT: &str = "https://localhost:8553";
+/// Longest one exchange may take: a backup of up to 64 MiB must fit.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,117 +21,49 @@ pub enum CliError {
     /// The identity or configuration cannot work (exit code 64).
     #[error("{0}")]
     Config(String),
-    /// Nexus answered with an error.
-    #[error("{}", api_message(.status, .code))]
-    Api {
-        /// HTTP status.
-        status: u16,
-        /// SPIKE's error code.
-        code: String,
-    },
-    /// Nexus could not be reached, or answered nonsense.
-    #[error("Error: Failed to connect to SPIKE Nexus: {0}")]
-    Transport(String),
+    /// The cluster refused or failed the operation.
+    #[error("{}", api_message(.0))]
+    Api(#[from] Error),
     /// The command's own input is wrong.
     #[error("Error: {0}")]
     Invalid(String),
 }
 
-fn api_message(status: &u16, code: &str) -> String {
-    match code {
-        "state_not_ready" => {
-            "SPIKE is not ready yet. Please wait a moment and try again.".to_owned()
+/// SPIKE's CLI messages, where SPIKE has one.
+fn api_message(error: &Error) -> String {
+    match error {
+        Error::NotReady(_) => "SPIKE is not ready yet. Please wait a moment and try again.".into(),
+        Error::NotFound => "Error: Resource not found.".into(),
+        Error::BadRequest => "Error: Invalid request.".into(),
+        Error::Denied => "Error: Unauthorized access.".into(),
+        Error::Conflict => {
+            "Error: The current version is not the one expected (check-and-set).".into()
         }
-        "api_not_found" => "Error: Resource not found.".to_owned(),
-        "api_bad_request" => "Error: Invalid request.".to_owned(),
-        "access_unauthorized" => "Error: Unauthorized access.".to_owned(),
-        "api_conflict" => {
-            "Error: The current version is not the one expected (check-and-set).".to_owned()
-        }
-        other => format!("Error: SPIKE Nexus failed ({status} {other})."),
+        Error::TooLarge => "Error: The request is larger than SPIKE Nexus takes.".into(),
+        Error::Unreachable(reason) => format!("Error: Failed to connect to SPIKE Nexus: {reason}"),
+        Error::Decode(reason) => format!("Error: Failed to parse API response: {reason}"),
+        other => format!("Error: SPIKE Nexus failed: {other}"),
     }
 }
 
-/// A connected client.
-pub struct Nexus {
-    client: HttpsClient,
-    address: SocketAddr,
-}
-
-impl Nexus {
-    /// Loads the SVID and resolves the API address.
-    pub async fn connect(svid: &SvidArgs, api_url: &str) -> Result<Self, CliError> {
-        let trust_roots = TrustRoots::from_environment(&ProcessEnvironment)
-            .map_err(|e| CliError::Config(e.to_string()))?;
-        let identity = svid
-            .load()
-            .await
-            .map_err(|e| CliError::Config(e.to_string()))?;
-        let client = HttpsClient::new(identity, PeerAuthorizer::role(trust_roots, Role::Nexus))
-            .map_err(|e| CliError::Config(e.to_string()))?
-            .with_response_limit(BACKUP_SIZE_MAX_BYTES)
-            .with_timeout(std::time::Duration::from_secs(60));
-        let authority = api_url
-            .trim()
-            .strip_prefix("https://")
-            .ok_or_else(|| {
-                CliError::Config(format!(
-                    "SPIKE_NEXUS_API_URL {api_url:?} must start with https://"
-                ))
-            })?
-            .trim_end_matches('/');
-        let address = tokio::net::lookup_host(authority)
-            .await
-            .ok()
-            .and_then(|mut addresses| addresses.next())
-            .ok_or_else(|| {
-                CliError::Config(format!("SPIKE_NEXUS_API_URL {api_url:?} does not resolve"))
-            })?;
-        Ok(Self { client, address })
-    }
-
-    /// POSTs JSON; a non-200 answer becomes [`CliError::Api`].
-    pub async fn call(&self, path_and_query: &str, body: &Value) -> Result<Value, CliError> {
-        let reply = self
-            .client
-            .post_json(self.address, path_and_query, body, &[])
-            .await
-            .map_err(|e| CliError::Transport(e.to_string()))?;
-        if reply.status == 200 {
-            Ok(reply.body)
-        } else {
-            Err(CliError::Api {
-                status: reply.status,
-                code: reply.body["err"].as_str().unwrap_or("unknown").to_owned(),
-            })
-        }
-    }
-
-    /// POSTs raw bytes (cipher stream mode); returns the raw answer.
-    pub async fn call_stream(&self, path: &str, bytes: Vec<u8>) -> Result<Vec<u8>, CliError> {
-        let request = Request {
-            method: "POST",
-            path_and_query: path,
-            content_type: "application/octet-stream",
-            body: bytes,
-            headers: &[],
-        };
-        let reply = self
-            .client
-            .send(self.address, request)
-            .await
-            .map_err(|e| CliError::Transport(e.to_string()))?;
-        if reply.status == 200 {
-            Ok(reply.bytes)
-        } else {
-            let code = serde_json::from_slice::<Value>(&reply.bytes)
-                .ok()
-                .and_then(|body| body["err"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&reply.bytes).trim().to_owned());
-            Err(CliError::Api {
-                status: reply.status,
-                code,
-            })
-        }
-    }
+/// Loads the SVID and resolves every API URL given.
+pub async fn connect(
+    svid: &SvidArgs,
+    api_url: &str,
+    api_urls: Option<&str>,
+) -> Result<NexusClient, CliError> {
+    let trust_roots = TrustRoots::from_environment(&ProcessEnvironment)
+        .map_err(|e| CliError::Config(e.to_string()))?;
+    let identity = svid
+        .load()
+        .await
+        .map_err(|e| CliError::Config(e.to_string()))?;
+    let urls = std::iter::once(api_url).chain(api_urls);
+    let endpoints = endpoints::resolve(urls)
+        .await
+        .map_err(|e| CliError::Config(e.to_string()))?;
+    let mut settings = Settings::new(endpoints);
+    settings.request_timeout = REQUEST_TIMEOUT;
+    settings.response_limit = BACKUP_SIZE_MAX_BYTES + 1024 * 1024;
+    NexusClient::new(identity, trust_roots, settings).map_err(|e| CliError::Config(e.to_string()))
 }

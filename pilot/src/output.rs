@@ -1,7 +1,9 @@
 //! Output formats: SPIKE's `human`, `json` and `yaml`, with SPIKE's aliases.
+//! JSON and YAML render the API's own answer types.
 
 use std::fmt::Write;
 
+use serde::Serialize;
 use serde_json::Value;
 
 /// How results are printed.
@@ -30,18 +32,34 @@ impl std::str::FromStr for Format {
     }
 }
 
+impl Format {
+    /// `value` in this format, `human` rendering it for people.
+    pub fn render<T: Serialize>(self, value: &T, human: impl FnOnce(&T) -> String) -> String {
+        match self {
+            Format::Human => human(value),
+            Format::Json => json(value),
+            Format::Yaml => yaml(value),
+        }
+    }
+}
+
+fn to_value<T: Serialize>(value: &T) -> Value {
+    // Our answer types are plain data: they always convert.
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
 /// `value` as indented JSON with a trailing newline.
-pub fn json(value: &Value) -> String {
-    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+pub fn json<T: Serialize>(value: &T) -> String {
+    let mut text = serde_json::to_string_pretty(&to_value(value)).unwrap_or_default();
     text.push('\n');
     text
 }
 
 /// `value` as block-style YAML (maps, lists, scalars; strings quoted when
 /// YAML would read them as something else).
-pub fn yaml(value: &Value) -> String {
+pub fn yaml<T: Serialize>(value: &T) -> String {
     let mut out = String::new();
-    write_yaml(&mut out, value, 0);
+    write_yaml(&mut out, &to_value(value), 0);
     if !out.ends_with('\n') {
         out.push('\n');
     }

@@ -224,8 +224,16 @@ pub async fn wait_for_port(address: SocketAddr) {
     }
 }
 
-/// A reply from the SPIKE API.
-pub use spike_sdk::client::JsonReply as Reply;
+/// A JSON reply from the SPIKE API, as a test reads it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// The body (`Null` if empty or not JSON).
+    pub body: serde_json::Value,
+    /// The `X-Spike-Leader` hint, if any.
+    pub leader: Option<String>,
+}
 
 /// A SPIKE API client acting as one identity; it accepts only servers with
 /// the Nexus role.
@@ -287,10 +295,25 @@ impl ApiClient {
         body: serde_json::Value,
         headers: &[(&str, &str)],
     ) -> Result<Reply, String> {
-        self.client
-            .post_json(address, path_and_query, &body, headers)
+        let request = spike_sdk::client::Request {
+            method: "POST",
+            path_and_query,
+            content_type: spike_sdk::api::header::JSON,
+            body: body.to_string().into_bytes(),
+            headers,
+        };
+        let reply = self
+            .client
+            .send(address, request)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(Reply {
+            status: reply.status,
+            body: serde_json::from_slice(&reply.bytes).unwrap_or(serde_json::Value::Null),
+            leader: reply
+                .header(spike_sdk::api::header::LEADER)
+                .map(str::to_owned),
+        })
     }
 }
 

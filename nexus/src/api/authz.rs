@@ -31,21 +31,7 @@ pub const SECRET_LIST_PATH: &str = RESERVED_PATHS[1];
 /// Path checked for cipher routes.
 pub const CIPHER_PATH: &str = RESERVED_PATHS[2];
 
-/// What a policy may grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Permission {
-    /// Read secrets and policies.
-    Read,
-    /// Write secrets and policies.
-    Write,
-    /// List secrets and policies.
-    List,
-    /// Use the cipher routes.
-    Execute,
-    /// Everything.
-    Super,
-}
+pub use spike_sdk::domain::Permission;
 
 /// A policy's body as stored (sealed) in the replicated state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

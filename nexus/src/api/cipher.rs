@@ -1,9 +1,5 @@
-//! `/v1/cipher/*`: encryption as a service, in SPIKE's two modes.
-//!
-//! JSON mode: `{"plaintext":b64}` in, `{"version":1,"nonce":b64,
-//! "ciphertext":b64}` out, and back. Stream mode (`Content-Type:
-//! application/octet-stream` exactly): raw plaintext in, `0x01 ‖ nonce(12)
-//! ‖ ciphertext ‖ tag` out, and back; its errors are `text/plain`.
+//! `/v1/cipher/*`: encryption as a service, in SPIKE's two modes (see
+//! [`spike_sdk::api::StreamFrame`] and the JSON bodies).
 //!
 //! Unlike SPIKE, which seals with the root key itself, we seal with the
 //! keyring's active data key: ciphertexts survive rekeys and data-key
@@ -11,60 +7,54 @@
 //! one), and the root key never touches caller data.
 
 use axum::http::StatusCode;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use serde::Deserialize;
-use serde_json::json;
+use spike_sdk::api::{
+    ApiResponse, CIPHER_SIZE_MAX_BYTES, DecryptRequest, DecryptResponse, EncryptRequest,
+    EncryptResponse, FORMAT_VERSION, NONCE_LEN, StreamFrame, decode, header,
+};
+use zeroize::Zeroizing;
 
-use super::{ApiError, Body, Call};
+use super::reply::Reply;
+use super::{ApiError, Call};
 use crate::cluster::LeaderOp;
+use crate::keys::Unlocked;
 
-/// Largest plaintext or ciphertext (SPIKE's default
-/// `SPIKE_NEXUS_CRYPTO_MAX_CIPHERTEXT_SIZE`).
-pub const CIPHER_SIZE_MAX_BYTES: usize = 65_536;
-/// The cipher format version SPIKE defines.
-const FORMAT_VERSION: u8 = 1;
 /// Associated data of every cipher-route ciphertext.
 const AAD: &[u8] = b"spike/cipher/v1";
 
 fn stream_mode(call: &Call<'_>) -> bool {
-    call.content_type == Some("application/octet-stream")
+    call.content_type == Some(header::OCTET_STREAM)
 }
 
-fn decode_b64(text: &str) -> Result<Vec<u8>, ApiError> {
-    STANDARD.decode(text).map_err(|_| ApiError::BadRequest)
+/// The reply of a cipher route: JSON mode answers its answer type, stream
+/// mode raw bytes (and SPIKE's `text/plain` errors).
+fn reply<R: ApiResponse>(outcome: Result<Reply, ApiError>) -> Reply {
+    outcome.unwrap_or_else(Reply::failed::<R>)
 }
 
-#[derive(Deserialize)]
-struct EncryptBody {
-    #[serde(default)]
-    plaintext: String,
-}
-
-#[derive(Deserialize)]
-struct DecryptBody {
-    #[serde(default)]
-    version: u8,
-    #[serde(default)]
-    nonce: String,
-    #[serde(default)]
-    ciphertext: String,
+fn unlocked(call: &Call<'_>) -> Result<std::sync::Arc<Unlocked>, ApiError> {
+    call.api.node.keys.unlocked().ok_or(ApiError::NOT_READY)
 }
 
 /// Encrypt.
-pub async fn encrypt(call: Call<'_>) -> Result<Body, ApiError> {
+pub async fn encrypt(call: Call<'_>) -> Reply {
+    reply::<EncryptResponse>(seal(call).await)
+}
+
+async fn seal(call: Call<'_>) -> Result<Reply, ApiError> {
+    call.policy_barrier().await?;
     let stream = stream_mode(&call);
     let plaintext = if stream {
-        zeroize::Zeroizing::new(call.body.to_vec())
+        Zeroizing::new(call.body.to_vec())
     } else {
-        let body: EncryptBody = call.parse(&["plaintext", "algorithm"])?;
-        zeroize::Zeroizing::new(decode_b64(&body.plaintext)?)
+        decode::<EncryptRequest>(call.body)
+            .map_err(|_| ApiError::BAD_REQUEST)?
+            .plaintext
     };
     call.authorize_cipher()?;
     if plaintext.len() > CIPHER_SIZE_MAX_BYTES {
-        return Err(ApiError::BadRequest);
+        return Err(ApiError::BAD_REQUEST);
     }
-    let unlocked = call.api.node.keys.unlocked().ok_or(ApiError::NotReady)?;
+    let unlocked = unlocked(&call)?;
     let (nonce, ciphertext, due) = unlocked.seal_cipher(AAD, &plaintext).map_err(|e| {
         if stream {
             ApiError::StreamText(
@@ -75,6 +65,29 @@ pub async fn encrypt(call: Call<'_>) -> Result<Body, ApiError> {
             ApiError::Internal(e.to_string())
         }
     })?;
+    ask_rotation_once(&call, &unlocked, due);
+    Ok(if stream {
+        Reply::stream(
+            StreamFrame {
+                version: FORMAT_VERSION,
+                nonce,
+                ciphertext,
+            }
+            .to_bytes(),
+        )
+    } else {
+        Reply::json(&EncryptResponse {
+            version: FORMAT_VERSION,
+            nonce: nonce.to_vec(),
+            ciphertext,
+            err: None,
+        })
+    })
+}
+
+/// These encryptions are not in the log, so this replica counts them and
+/// asks the leader (once per data key) for a fresh one in time.
+fn ask_rotation_once(call: &Call<'_>, unlocked: &Unlocked, due: bool) {
     let active = unlocked.active_data_key();
     let first_ask = call
         .api
@@ -82,8 +95,6 @@ pub async fn encrypt(call: Call<'_>) -> Result<Body, ApiError> {
         .swap(active, std::sync::atomic::Ordering::SeqCst)
         != active;
     if due && first_ask {
-        // These encryptions are not in the log, so this replica counts them
-        // and asks the leader (once per key) for a fresh data key in time.
         let node = call.api.node.clone();
         tokio::spawn(async move {
             if let Err(error) = node.execute(LeaderOp::RotateDataKey).await {
@@ -91,72 +102,49 @@ pub async fn encrypt(call: Call<'_>) -> Result<Body, ApiError> {
             }
         });
     }
-    if stream {
-        let mut out = Vec::with_capacity(1 + nonce.len() + ciphertext.len());
-        out.push(FORMAT_VERSION);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ciphertext);
-        Ok(Body::Stream(out))
-    } else {
-        Ok(Body::Json(json!({
-            "version": FORMAT_VERSION,
-            "nonce": STANDARD.encode(nonce),
-            "ciphertext": STANDARD.encode(&ciphertext),
-        })))
-    }
 }
 
 /// Decrypt.
-pub async fn decrypt(call: Call<'_>) -> Result<Body, ApiError> {
+pub async fn decrypt(call: Call<'_>) -> Reply {
+    reply::<DecryptResponse>(open(call).await)
+}
+
+async fn open(call: Call<'_>) -> Result<Reply, ApiError> {
+    call.policy_barrier().await?;
     let stream = stream_mode(&call);
     // SPIKE authorizes decryption before it reads the body.
     call.authorize_cipher()?;
-    let text = |status, message| ApiError::StreamText(status, message);
     let (version, nonce, ciphertext) = if stream {
-        let Some((&version, rest)) = call.body.split_first() else {
-            return Err(text(
-                StatusCode::BAD_REQUEST,
-                "crypto_failed_to_read_version",
-            ));
-        };
-        if version != FORMAT_VERSION {
-            return Err(text(StatusCode::BAD_REQUEST, "crypto_unsupported_version"));
-        }
-        if rest.len() < 12 {
-            return Err(text(StatusCode::BAD_REQUEST, "crypto_failed_to_read_nonce"));
-        }
-        let (nonce, ciphertext) = rest.split_at(12);
-        (version, nonce.to_vec(), ciphertext.to_vec())
+        let frame = StreamFrame::parse(call.body)
+            .map_err(|error| ApiError::StreamText(StatusCode::BAD_REQUEST, error.code()))?;
+        (frame.version, frame.nonce.to_vec(), frame.ciphertext)
     } else {
-        let body: DecryptBody = call.parse(&["version", "nonce", "ciphertext", "algorithm"])?;
-        (
-            body.version,
-            decode_b64(&body.nonce)?,
-            decode_b64(&body.ciphertext)?,
-        )
+        let body: DecryptRequest = decode(call.body).map_err(|_| ApiError::BAD_REQUEST)?;
+        (body.version, body.nonce, body.ciphertext)
     };
-    let nonce: [u8; 12] = nonce
+    let nonce: [u8; NONCE_LEN] = nonce
         .as_slice()
         .try_into()
-        .map_err(|_| ApiError::BadRequest)?;
+        .map_err(|_| ApiError::BAD_REQUEST)?;
     if version != FORMAT_VERSION || ciphertext.len() > CIPHER_SIZE_MAX_BYTES {
-        return Err(ApiError::BadRequest);
+        return Err(ApiError::BAD_REQUEST);
     }
-    let unlocked = call.api.node.keys.unlocked().ok_or(ApiError::NotReady)?;
+    let unlocked = unlocked(&call)?;
     let plaintext = unlocked
         .open_cipher(&nonce, AAD, &ciphertext)
         .map_err(|_| {
             if stream {
-                text(StatusCode::BAD_REQUEST, "decryption failed")
+                ApiError::StreamText(StatusCode::BAD_REQUEST, "decryption failed")
             } else {
                 ApiError::Internal("decryption failed".to_owned())
             }
         })?;
-    if stream {
-        Ok(Body::Stream(plaintext.expose_secret().to_vec()))
+    Ok(if stream {
+        Reply::stream(plaintext.expose_secret().to_vec())
     } else {
-        Ok(Body::Json(
-            json!({ "plaintext": STANDARD.encode(plaintext.expose_secret()) }),
-        ))
-    }
+        Reply::json(&DecryptResponse {
+            plaintext: Zeroizing::new(plaintext.expose_secret().to_vec()),
+            err: None,
+        })
+    })
 }

@@ -1,58 +1,59 @@
 //! `/v1/cluster` (extension): status, membership and leadership.
 
 use openraft::async_runtime::WatchReceiver;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use spike_sdk::api::{
+    AddMemberRequest, ClusterMembers, ClusterMembersRequest, ClusterStatus, ClusterStatusRequest,
+    EmptyResponse, Member, RaftRole, RemoveMemberRequest, RootKeyState, RootKeyStatus,
+    TransferLeaderRequest,
+};
 use spike_sdk::identity::Role;
 
-use super::{ApiError, Call};
+use super::{ApiError, Audited, Call};
 use crate::cluster::{LeaderOp, LeaderReply};
 use crate::keys::KeyStatus;
 use crate::raft::NexusNode;
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AddBody {
-    id: u64,
-    cluster_addr: String,
-    api_addr: String,
-}
+impl Audited for ClusterStatusRequest {}
+impl Audited for ClusterMembersRequest {}
+impl Audited for AddMemberRequest {}
+impl Audited for RemoveMemberRequest {}
+impl Audited for TransferLeaderRequest {}
 
-#[derive(Deserialize)]
-struct IdBody {
-    id: u64,
-}
-
-fn members(call: &Call<'_>) -> Value {
+fn member_list(call: &Call<'_>) -> Vec<Member> {
     let metrics = call.api.node.raft.metrics();
     let metrics = metrics.borrow_watched();
     let membership = metrics.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
-    let members: Vec<Value> = membership
+    membership
         .nodes()
-        .map(|(id, node)| {
-            json!({
-                "id": id,
-                "clusterAddr": node.cluster_addr,
-                "apiAddr": node.api_addr,
-                "voter": voters.contains(id),
+        .filter_map(|(id, node)| {
+            Some(Member {
+                id: *id,
+                cluster_addr: node.cluster_addr.parse().ok()?,
+                api_addr: node.api_addr.parse().ok()?,
+                voter: voters.contains(id),
             })
         })
-        .collect();
-    Value::Array(members)
+        .collect()
 }
 
 /// Status: this replica, the leader, Raft progress, members and the root key.
-pub async fn status(call: Call<'_>) -> Result<Value, ApiError> {
-    let _: serde_json::Map<String, Value> = call.parse(&[])?;
+pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterStatus, ApiError> {
     call.require(Role::PilotSuperuser)?;
     let node = &call.api.node;
-    let (term, state, last_log, applied, committed) = {
+    let (term, state, last_log_index, applied_index, commit_index) = {
         let metrics = node.raft.metrics();
         let metrics = metrics.borrow_watched();
+        let state = match metrics.state {
+            openraft::ServerState::Leader => RaftRole::Leader,
+            openraft::ServerState::Follower => RaftRole::Follower,
+            openraft::ServerState::Candidate => RaftRole::Candidate,
+            openraft::ServerState::Learner => RaftRole::Learner,
+            openraft::ServerState::Shutdown => RaftRole::Shutdown,
+        };
         (
             metrics.current_term,
-            format!("{:?}", metrics.state),
+            state,
             metrics.last_log_index,
             metrics.last_applied.as_ref().map(|log_id| log_id.index),
             metrics
@@ -62,54 +63,58 @@ pub async fn status(call: Call<'_>) -> Result<Value, ApiError> {
         )
     };
     let leader = node.leader();
-    let (key_status, root_key_id) = match node.keys.status() {
-        KeyStatus::Uninitialized => ("uninitialized", None),
-        KeyStatus::Locked { root_key_id } => ("locked", Some(root_key_id)),
-        KeyStatus::Ready { root_key_id } => ("ready", Some(root_key_id)),
+    let (status, root_key_id) = match node.keys.status() {
+        KeyStatus::Uninitialized => (RootKeyState::Uninitialized, None),
+        KeyStatus::Locked { root_key_id } => (RootKeyState::Locked, Some(root_key_id)),
+        KeyStatus::Ready { root_key_id } => (RootKeyState::Ready, Some(root_key_id)),
     };
     let key_check = node
         .keys
         .unlocked()
         .map(|unlocked| hex::encode(unlocked.key_check.as_bytes()));
-    Ok(json!({
-        "nodeId": node.id,
-        "state": state,
-        "leaderId": leader.as_ref().map(|(id, _)| *id),
-        "leaderApiAddr": leader.as_ref().map(|(_, leader)| leader.api_addr.clone()),
-        "term": term,
-        "lastLogIndex": last_log,
-        "commitIndex": committed,
-        "appliedIndex": applied,
-        "members": members(&call),
-        "rootKey": {
-            "status": key_status,
-            "rootKeyId": root_key_id,
-            "keyCheck": key_check,
+    Ok(ClusterStatus {
+        node_id: node.id,
+        state,
+        leader_id: leader.as_ref().map(|(id, _)| *id),
+        leader_api_addr: leader
+            .as_ref()
+            .and_then(|(_, leader)| leader.api_addr.parse().ok()),
+        term,
+        last_log_index,
+        commit_index,
+        applied_index,
+        members: member_list(&call),
+        root_key: RootKeyStatus {
+            status,
+            root_key_id,
+            key_check,
         },
-    }))
+        err: None,
+    })
 }
 
 /// Members: every replica and whether it votes.
-pub async fn list_members(call: Call<'_>) -> Result<Value, ApiError> {
-    let _: serde_json::Map<String, Value> = call.parse(&[])?;
+pub async fn members(call: Call<'_>, _: ClusterMembersRequest) -> Result<ClusterMembers, ApiError> {
     call.require(Role::PilotSuperuser)?;
-    Ok(json!({ "members": members(&call) }))
+    Ok(ClusterMembers {
+        members: member_list(&call),
+        err: None,
+    })
 }
 
-async fn run(call: &Call<'_>, op: LeaderOp) -> Result<Value, ApiError> {
+async fn run(call: &Call<'_>, op: LeaderOp) -> Result<EmptyResponse, ApiError> {
     match call.api.node.execute(op).await? {
-        LeaderReply::Done => Ok(json!({})),
+        LeaderReply::Done => Ok(EmptyResponse::default()),
         other => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
     }
 }
 
 /// Add: a new replica joins as a learner, then votes.
-pub async fn add(call: Call<'_>) -> Result<Value, ApiError> {
-    let body: AddBody = call.parse(&["id", "clusterAddr", "apiAddr"])?;
+pub async fn add(call: Call<'_>, body: AddMemberRequest) -> Result<EmptyResponse, ApiError> {
     call.require(Role::PilotSuperuser)?;
     let valid = |address: &str| address.parse::<std::net::SocketAddr>().is_ok();
     if body.id == 0 || !valid(&body.cluster_addr) || !valid(&body.api_addr) {
-        return Err(ApiError::BadRequest);
+        return Err(ApiError::BAD_REQUEST);
     }
     let node = NexusNode {
         cluster_addr: body.cluster_addr,
@@ -119,15 +124,16 @@ pub async fn add(call: Call<'_>) -> Result<Value, ApiError> {
 }
 
 /// Remove: a replica leaves; its id is retired.
-pub async fn remove(call: Call<'_>) -> Result<Value, ApiError> {
-    let body: IdBody = call.parse(&["id"])?;
+pub async fn remove(call: Call<'_>, body: RemoveMemberRequest) -> Result<EmptyResponse, ApiError> {
     call.require(Role::PilotSuperuser)?;
     run(&call, LeaderOp::RemoveNode { id: body.id }).await
 }
 
 /// Transfer: hand leadership to another voter.
-pub async fn transfer(call: Call<'_>) -> Result<Value, ApiError> {
-    let body: IdBody = call.parse(&["id"])?;
+pub async fn transfer(
+    call: Call<'_>,
+    body: TransferLeaderRequest,
+) -> Result<EmptyResponse, ApiError> {
     call.require(Role::PilotSuperuser)?;
     run(&call, LeaderOp::TransferLeader { to: body.id }).await
 }

@@ -1,12 +1,14 @@
-//! The SPIKE REST API on every replica.
+//! The SPIKE REST API on every replica, on the contract of
+//! [`spike_sdk::api`].
 //!
 //! SPIKE's conventions: every route is `POST` to a path plus `?action=`;
 //! anything else is 400 `api_bad_request`. Without the root key every route
 //! but recover, restore and the cluster extensions answers 503
-//! `state_not_ready`. Then, in SPIKE's order: parse the body (bad JSON:
-//! 400), authorize (401), validate (400), act (404/500). Errors carry the
-//! route's response shape with zero values plus `err`; every JSON answer
-//! carries SPIKE's no-cache headers and a hint naming the leader.
+//! `state_not_ready`. Then, in SPIKE's order: decode the body as Go would
+//! (bad JSON: 400), authorize (401), validate (400), act (404/500). A
+//! failure answers the route's zero answer plus `err`; every JSON answer
+//! carries SPIKE's no-cache headers and a hint naming the leader. Every
+//! request is audited, in a span naming the caller, route, node and leader.
 
 mod authz;
 mod bootstrap;
@@ -17,27 +19,29 @@ mod policies;
 mod reply;
 mod secrets;
 mod snapshot;
-mod wire;
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
-use axum::http::{Method, Uri};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
-use serde::de::DeserializeOwned;
+use spike_sdk::api::{
+    ApiRequest, BACKUP_SIZE_MAX_BYTES, BODY_SIZE_MAX_BYTES, EmptyResponse, ErrorCode, Route, header,
+};
 use spike_sdk::identity::{Role, TrustRoots};
 use spike_sdk::tls::PeerIdentity;
+use tracing::Instrument;
 
 use crate::audit::{AuditEntry, AuditLog};
 use crate::node::Node;
 use crate::state::command::SessionRef;
 use authz::{Permission, PolicySet};
-pub use reply::{ApiError, Body, RouteKind};
-
-/// Largest request body accepted (SPIKE sets none; we answer 413 past it).
-pub const BODY_SIZE_MAX_BYTES: usize = 1024 * 1024;
+pub use reply::ApiError;
+use reply::Reply;
 
 /// What every handler needs.
 pub struct Api {
@@ -82,21 +86,28 @@ impl Api {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if cached.0 != version {
-            let unlocked = self.node.keys.unlocked().ok_or(ApiError::NotReady)?;
+            let unlocked = self.node.keys.unlocked().ok_or(ApiError::NOT_READY)?;
             *cached = (version, policies::compile_all(&self.node, &unlocked)?);
         }
         Ok(cached.1.clone())
     }
+
+    /// The leader's API address, for the hint every answer carries.
+    fn leader_api(&self) -> Option<SocketAddr> {
+        self.node
+            .leader()
+            .and_then(|(_, leader)| leader.api_addr.parse().ok())
+    }
 }
 
 /// The API router: one dispatcher (SPIKE routes by path and action), with
-/// a 1 MiB body limit everywhere but backup restores.
+/// a body limit everywhere ([`BODY_SIZE_MAX_BYTES`]) but backup restores
+/// ([`BACKUP_SIZE_MAX_BYTES`]).
 pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route(
-            "/v1/snapshot",
-            axum::routing::any(dispatch)
-                .layer(DefaultBodyLimit::max(snapshot::BACKUP_SIZE_MAX_BYTES)),
+            Route::SnapshotRestore.path(),
+            axum::routing::any(dispatch).layer(DefaultBodyLimit::max(BACKUP_SIZE_MAX_BYTES)),
         )
         .fallback(dispatch)
         .layer(DefaultBodyLimit::max(BODY_SIZE_MAX_BYTES))
@@ -108,115 +119,83 @@ async fn dispatch(
     ConnectInfo(peer): ConnectInfo<PeerIdentity>,
     method: Method,
     uri: Uri,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let started = std::time::Instant::now();
-    let action = action_of(&uri);
-    let kind = RouteKind::of(uri.path(), action.as_deref());
-    // SPIKE's router refuses wrong methods, then anything needing the key
-    // while it is missing, with a bare `{"err":..}` before any route runs.
-    let early = if method != Method::POST {
-        Some(ApiError::BadRequest)
-    } else if kind != RouteKind::SnapshotRestore && body.len() > BODY_SIZE_MAX_BYTES {
-        // A backup route other than restore, sent more than it takes.
-        Some(ApiError::TooLarge)
-    } else if kind.needs_root_key() && api.node.keys.unlocked().is_none() {
-        Some(ApiError::NotReady)
-    } else {
-        None
-    };
-    let (shape, outcome) = match early {
-        Some(error) => (RouteKind::Unknown, Err(error)),
-        None => (kind, route(&api, &peer, kind, &headers, &body).await),
-    };
-    let (status, code) = match &outcome {
-        Ok(_) => (200, "ok"),
-        Err(error) => {
-            let (status, code) = error.status_and_code();
-            (status.as_u16(), code)
-        }
-    };
+    let route = Route::from_request(uri.path(), uri.query());
+    let leader = api.leader_api();
+    let span = tracing::info_span!(
+        "request",
+        caller = %peer.spiffe_id,
+        route = %uri.path(),
+        action = route.and_then(Route::action).unwrap_or_default(),
+        node = api.node.id,
+        leader = leader.map(tracing::field::display),
+    );
+    let (reply, target) = handle(&api, &peer, method, route, &headers, &body)
+        .instrument(span)
+        .await;
     api.audit
         .record(AuditEntry {
             caller: peer.spiffe_id.to_string(),
             route: uri.path().to_owned(),
-            action: action.unwrap_or_default(),
-            path: audit_target(kind, &body),
-            result: code.to_owned(),
-            status,
+            action: route.and_then(Route::action).unwrap_or_default().to_owned(),
+            path: target,
+            result: reply.code.to_owned(),
+            status: reply.status.as_u16(),
             duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         })
         .await;
-    let leader = api.node.leader().map(|(_, node)| node.api_addr);
-    reply::finish(shape, outcome, leader.as_deref())
+    reply.into_response(api.leader_api().or(leader).as_ref())
 }
 
-/// Longest target an audit line records.
-const AUDIT_TARGET_LEN_MAX: usize = 512;
-
-/// What the audit line names: the field the route acts on (decoded as the
-/// handler decodes it), never values, at most 512 characters.
-fn audit_target(kind: RouteKind, body: &[u8]) -> Option<String> {
-    let field = match kind {
-        RouteKind::SecretPut
-        | RouteKind::SecretGet
-        | RouteKind::SecretDelete
-        | RouteKind::SecretUndelete
-        | RouteKind::SecretDestroy
-        | RouteKind::SecretMetadata => "path",
-        RouteKind::PolicyPut => "name",
-        RouteKind::PolicyGet | RouteKind::PolicyDelete => "id",
-        _ => return None,
-    };
-    let object: serde_json::Map<String, serde_json::Value> = wire::parse(body, &[field]).ok()?;
-    let mut target = object.get(field)?.as_str()?.to_owned();
-    if target.len() > AUDIT_TARGET_LEN_MAX {
-        let mut end = AUDIT_TARGET_LEN_MAX;
-        while !target.is_char_boundary(end) {
-            end -= 1;
-        }
-        target.truncate(end);
-        target.push('…');
-    }
-    Some(target)
-}
-
-async fn route(
+/// SPIKE's router refuses wrong methods, unknown routes, and anything
+/// needing the key while it is missing, with a bare `{"err":..}` before
+/// any route runs; then the route's handler.
+async fn handle(
     api: &Api,
     peer: &PeerIdentity,
-    kind: RouteKind,
-    headers: &axum::http::HeaderMap,
+    method: Method,
+    route: Option<Route>,
+    headers: &HeaderMap,
     body: &Bytes,
-) -> Result<Body, ApiError> {
-    let stale = headers
-        .get(STALE_READ_HEADER)
-        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"stale"));
+) -> (Reply, Option<String>) {
+    let refused = |error| (Reply::failed::<EmptyResponse>(error), None);
+    let Some(route) = route.filter(|_| method == Method::POST) else {
+        return refused(ApiError::BAD_REQUEST);
+    };
+    if route != Route::SnapshotRestore && body.len() > BODY_SIZE_MAX_BYTES {
+        // A backup route other than restore, sent more than it takes.
+        return refused(ApiError::Code(ErrorCode::TooLarge));
+    }
+    if route.needs_root_key() && api.node.keys.unlocked().is_none() {
+        return refused(ApiError::NOT_READY);
+    }
+    serve(api, peer, route, headers, body).await
+}
+
+async fn serve(
+    api: &Api,
+    peer: &PeerIdentity,
+    route: Route,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> (Reply, Option<String>) {
+    let stale = headers.get(header::CONSISTENCY).is_some_and(|value| {
+        value
+            .as_bytes()
+            .eq_ignore_ascii_case(header::STALE.as_bytes())
+    });
     // Policies decide these routes for every caller but the superuser, and
     // a replica's policies may trail the leader's: a revoked policy must
-    // stop granting at once, so catch up with the leader before deciding.
-    // The handler's own read barrier is then already satisfied.
-    let by_policy = matches!(
-        kind,
-        RouteKind::SecretPut
-            | RouteKind::SecretGet
-            | RouteKind::SecretDelete
-            | RouteKind::SecretUndelete
-            | RouteKind::SecretDestroy
-            | RouteKind::SecretList
-            | RouteKind::SecretMetadata
-            | RouteKind::PolicyPut
-            | RouteKind::PolicyGet
-            | RouteKind::PolicyDelete
-            | RouteKind::PolicyList
-            | RouteKind::CipherEncrypt
-            | RouteKind::CipherDecrypt
-    ) && !api
-        .trust_roots
-        .has_role(&peer.spiffe_id, Role::PilotSuperuser);
-    if by_policy && !stale {
-        api.node.linearize().await?;
-    }
+    // stop granting at once, so the handler catches up with the leader
+    // before deciding (`Call::policy_barrier`), and its own read barrier
+    // is then already satisfied.
+    let by_policy = decided_by_policy(route)
+        && !api
+            .trust_roots
+            .has_role(&peer.spiffe_id, Role::PilotSuperuser);
     let call = Call {
         api,
         peer,
@@ -228,61 +207,109 @@ async fn route(
         stale,
         caught_up: by_policy && !stale,
     };
-    match kind {
-        RouteKind::SecretPut => secrets::put(call).await.map(Body::Json),
-        RouteKind::SecretGet => secrets::get(call).await.map(Body::Json),
-        RouteKind::SecretDelete => secrets::delete(call).await.map(Body::Json),
-        RouteKind::SecretUndelete => secrets::undelete(call).await.map(Body::Json),
-        RouteKind::SecretDestroy => secrets::destroy(call).await.map(Body::Json),
-        RouteKind::SecretList => secrets::list(call).await.map(Body::Json),
-        RouteKind::SecretMetadata => secrets::metadata(call).await.map(Body::Json),
-        RouteKind::PolicyPut => policies::put(call).await.map(Body::Json),
-        RouteKind::PolicyGet => policies::get(call).await.map(Body::Json),
-        RouteKind::PolicyDelete => policies::delete(call).await.map(Body::Json),
-        RouteKind::PolicyList => policies::list(call).await.map(Body::Json),
-        RouteKind::CipherEncrypt => cipher::encrypt(call).await,
-        RouteKind::CipherDecrypt => cipher::decrypt(call).await,
-        RouteKind::Recover => operator::recover(call).await.map(Body::Json),
-        RouteKind::Restore => operator::restore(call).await.map(Body::Json),
-        RouteKind::BootstrapVerify => bootstrap::verify(call).await.map(Body::Json),
-        RouteKind::Rekey => operator::rekey(call).await.map(Body::Json),
-        RouteKind::Rotate => operator::rotate(call).await.map(Body::Json),
-        RouteKind::ClusterStatus => cluster::status(call).await.map(Body::Json),
-        RouteKind::ClusterMembers => cluster::list_members(call).await.map(Body::Json),
-        RouteKind::ClusterAdd => cluster::add(call).await.map(Body::Json),
-        RouteKind::ClusterRemove => cluster::remove(call).await.map(Body::Json),
-        RouteKind::ClusterTransfer => cluster::transfer(call).await.map(Body::Json),
-        RouteKind::SnapshotSave => snapshot::save(call).await,
-        RouteKind::SnapshotRestore => snapshot::restore(call).await.map(Body::Json),
-        RouteKind::Unknown => Err(ApiError::BadRequest),
+    match route {
+        Route::SecretPut => json(call, secrets::put).await,
+        Route::SecretGet => json(call, secrets::get).await,
+        Route::SecretDelete => json(call, secrets::delete).await,
+        Route::SecretUndelete => json(call, secrets::undelete).await,
+        Route::SecretDestroy => json(call, secrets::destroy).await,
+        Route::SecretList => json(call, secrets::list).await,
+        Route::SecretMetadata => json(call, secrets::metadata).await,
+        Route::PolicyPut => json(call, policies::put).await,
+        Route::PolicyGet => json(call, policies::get).await,
+        Route::PolicyDelete => json(call, policies::delete).await,
+        Route::PolicyList => json(call, policies::list).await,
+        Route::CipherEncrypt => (cipher::encrypt(call).await, None),
+        Route::CipherDecrypt => (cipher::decrypt(call).await, None),
+        Route::Recover => json(call, operator::recover).await,
+        Route::Restore => json(call, operator::restore).await,
+        Route::BootstrapVerify => json(call, bootstrap::verify).await,
+        Route::Rekey => json(call, operator::rekey).await,
+        Route::Rotate => json(call, operator::rotate).await,
+        Route::ClusterStatus => json(call, cluster::status).await,
+        Route::ClusterMembers => json(call, cluster::members).await,
+        Route::ClusterAdd => json(call, cluster::add).await,
+        Route::ClusterRemove => json(call, cluster::remove).await,
+        Route::ClusterTransfer => json(call, cluster::transfer).await,
+        Route::SnapshotSave => (snapshot::save(call).await, None),
+        Route::SnapshotRestore => (snapshot::restore(call).await, None),
     }
 }
 
-/// Header a client sets to `stale` to read this replica's state without the
-/// linearizable round trip.
-pub const STALE_READ_HEADER: &str = "x-spike-consistency";
-
-fn action_of(uri: &Uri) -> Option<String> {
-    uri.query()?
-        .split('&')
-        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-        .find(|(key, _)| *key == "action")
-        .map(|(_, value)| value.to_owned())
-        .filter(|value| !value.is_empty())
+/// Routes whose authorization may come from policies (every caller but
+/// the superuser).
+fn decided_by_policy(route: Route) -> bool {
+    matches!(
+        route,
+        Route::SecretPut
+            | Route::SecretGet
+            | Route::SecretDelete
+            | Route::SecretUndelete
+            | Route::SecretDestroy
+            | Route::SecretList
+            | Route::SecretMetadata
+            | Route::PolicyPut
+            | Route::PolicyGet
+            | Route::PolicyDelete
+            | Route::PolicyList
+            | Route::CipherEncrypt
+            | Route::CipherDecrypt
+    )
 }
 
-/// Headers an SDK sets so a retried write applies at most once: a random
-/// 128-bit client id (32 hex digits) and a per-client sequence number.
-pub const CLIENT_ID_HEADER: &str = "x-spike-client-id";
-/// See [`CLIENT_ID_HEADER`].
-pub const SEQUENCE_HEADER: &str = "x-spike-sequence";
+/// Longest target an audit line records.
+const AUDIT_TARGET_LEN_MAX: usize = 512;
+
+/// What an audit line names for a request: the secret path or policy it
+/// acts on, never a value.
+trait Audited {
+    fn audit_target(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// A JSON route: decodes the body as Go would (400 when it does not),
+/// runs `handler`, and answers its answer type, or its zero value with
+/// `err` on failure. Returns the reply and the audit target.
+async fn json<'a, R, F, Fut>(call: Call<'a>, handler: F) -> (Reply, Option<String>)
+where
+    R: ApiRequest + Audited,
+    F: FnOnce(Call<'a>, R) -> Fut,
+    Fut: Future<Output = Result<R::Response, ApiError>>,
+{
+    if let Err(error) = call.policy_barrier().await {
+        return (Reply::failed::<R::Response>(error), None);
+    }
+    let request: R = match spike_sdk::api::decode(call.body) {
+        Ok(request) => request,
+        Err(_) => return (Reply::failed::<R::Response>(ApiError::BAD_REQUEST), None),
+    };
+    let target = request.audit_target().map(audit_excerpt);
+    let reply = match handler(call, request).await {
+        Ok(answer) => Reply::json(&answer),
+        Err(error) => Reply::failed::<R::Response>(error),
+    };
+    (reply, target)
+}
+
+/// At most [`AUDIT_TARGET_LEN_MAX`] bytes of `target`, cut at a character.
+fn audit_excerpt(target: &str) -> String {
+    if target.len() <= AUDIT_TARGET_LEN_MAX {
+        return target.to_owned();
+    }
+    let mut end = AUDIT_TARGET_LEN_MAX;
+    while !target.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &target[..end])
+}
 
 /// The session of a write: the client's id is bound to the caller's SPIFFE
 /// ID, so no caller can touch another's session.
-fn session_of(caller: &str, headers: &axum::http::HeaderMap) -> Option<SessionRef> {
+fn session_of(caller: &str, headers: &HeaderMap) -> Option<SessionRef> {
     use sha2::{Digest, Sha256};
-    let client_id = headers.get(CLIENT_ID_HEADER)?.to_str().ok()?;
-    let sequence = headers.get(SEQUENCE_HEADER)?.to_str().ok()?;
+    let client_id = headers.get(header::CLIENT_ID)?.to_str().ok()?;
+    let sequence = headers.get(header::SEQUENCE)?.to_str().ok()?;
     let client_id = u128::from_str_radix(client_id, 16).ok()?;
     let mut digest = Sha256::new();
     digest.update(caller.as_bytes());
@@ -302,25 +329,20 @@ pub struct Call<'a> {
     content_type: Option<&'a str>,
     session: Option<SessionRef>,
     stale: bool,
-    /// This replica already applied everything the leader had committed
-    /// when the request arrived.
+    /// Policies decide this request, so the replica catches up with the
+    /// leader before deciding; reads after that need no barrier of their
+    /// own.
     caught_up: bool,
 }
 
 impl Call<'_> {
-    /// Parses the JSON body as Go would (400 when it does not parse);
-    /// `fields` are the body's field names.
-    fn parse<T: DeserializeOwned>(&self, fields: &[&str]) -> Result<T, ApiError> {
-        wire::parse(self.body, fields)
-    }
-
     fn has_role(&self, role: Role) -> bool {
         self.api.trust_roots.has_role(&self.peer.spiffe_id, role)
     }
 
     fn refuse(&self, what: &str) -> ApiError {
-        tracing::info!(caller = %self.peer.spiffe_id, what, "request refused");
-        ApiError::Unauthorized
+        tracing::info!(what, "request refused");
+        ApiError::UNAUTHORIZED
     }
 
     /// 401 unless the caller carries `role` (operator routes).
@@ -358,5 +380,25 @@ impl Call<'_> {
             return Ok(());
         }
         self.authorize_path(authz::CIPHER_PATH, &[Permission::Execute])
+    }
+
+    /// Before a decision by policy: waits until this replica has applied
+    /// everything the leader had committed (unless the caller asked for a
+    /// stale read).
+    async fn policy_barrier(&self) -> Result<(), ApiError> {
+        if self.caught_up {
+            self.api.node.linearize().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits, unless the caller asked for a stale read or the policy check
+    /// already did, until this replica has applied everything the leader
+    /// had committed: a read after it is linearizable.
+    async fn read_barrier(&self) -> Result<(), ApiError> {
+        if self.stale || self.caught_up {
+            return Ok(());
+        }
+        self.api.node.linearize().await.map_err(ApiError::from)
     }
 }

@@ -1,17 +1,21 @@
 //! `/v1/acl/policy`: SPIKE's access policies. A policy's body (patterns
 //! and permissions) is sealed in the replicated state like a secret; its
-//! name is the key (SPIKE's `id` field carries the name).
+//! name is unique, and it keeps a stable id (a UUID) from its creation.
+//! SPIKE's release line names a policy by id, its development line by
+//! name, both in the `id` field: both are accepted.
 
 use std::sync::{Arc, OnceLock};
 
 use regex::Regex;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use spike_sdk::api::{
+    DeletePolicyRequest, EmptyResponse, GetPolicyRequest, ListPoliciesRequest,
+    ListPoliciesResponse, Policy, PolicyResponse, PutPolicyRequest, PutPolicyResponse, Timestamp,
+};
+use spike_sdk::domain::{PolicyName, PolicyRef};
 use zeroize::Zeroizing;
 
 use super::authz::{ACL_PATH, CompiledPolicy, Permission, PolicyBody, PolicySet};
-use super::secrets::{rfc3339, valid_key};
-use super::{ApiError, Call};
+use super::{ApiError, Audited, Call};
 use crate::keys::Unlocked;
 use crate::node::Node;
 use crate::state::command::{Command, Refusal, Request, Response};
@@ -20,35 +24,27 @@ use crate::state::store::PolicyRecord;
 /// Longest path pattern (SPIKE's limit).
 pub const PATH_PATTERN_LEN_MAX: usize = 500;
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PutBody {
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    spiffeid_pattern: String,
-    #[serde(default)]
-    path_pattern: String,
-    #[serde(default)]
-    permissions: Vec<String>,
+impl Audited for PutPolicyRequest {
+    fn audit_target(&self) -> Option<&str> {
+        Some(&self.name)
+    }
 }
 
-#[derive(Deserialize)]
-struct IdBody {
-    #[serde(default)]
-    id: String,
+impl Audited for GetPolicyRequest {
+    fn audit_target(&self) -> Option<&str> {
+        Some(&self.id)
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ListBody {
-    #[serde(default)]
-    spiffeid_pattern: String,
-    #[serde(default)]
-    path_pattern: String,
+impl Audited for DeletePolicyRequest {
+    fn audit_target(&self) -> Option<&str> {
+        Some(&self.id)
+    }
 }
 
-fn aad(name: &str) -> Vec<u8> {
+impl Audited for ListPoliciesRequest {}
+
+fn aad(name: &PolicyName) -> Vec<u8> {
     format!("spike/policy/{name}").into_bytes()
 }
 
@@ -72,20 +68,9 @@ fn valid_path_pattern(pattern: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-/^$()?+*|[]{}\\".contains(&b))
 }
 
-fn permission(text: &str) -> Option<Permission> {
-    match text {
-        "read" => Some(Permission::Read),
-        "write" => Some(Permission::Write),
-        "list" => Some(Permission::List),
-        "execute" => Some(Permission::Execute),
-        "super" => Some(Permission::Super),
-        _ => None,
-    }
-}
-
 fn open_body(
     unlocked: &Unlocked,
-    name: &str,
+    name: &PolicyName,
     record: &PolicyRecord,
 ) -> Result<PolicyBody, ApiError> {
     let plaintext = unlocked
@@ -94,14 +79,58 @@ fn open_body(
     serde_json::from_slice(plaintext.expose_secret()).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-/// Every policy, opened and compiled (once per policy change).
-pub fn compile_all(node: &Node, unlocked: &Unlocked) -> Result<Arc<PolicySet>, ApiError> {
+/// Every stored policy with its name, sorted by name.
+fn stored(node: &Node) -> Result<Vec<(PolicyName, PolicyRecord)>, ApiError> {
     let records = node
         .state
         .policies()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut compiled = Vec::with_capacity(records.len());
-    for (name, record) in records {
+    records
+        .into_iter()
+        .map(|(name, record)| {
+            let name = PolicyName::try_from(name)
+                .map_err(|e| ApiError::Internal(format!("a stored policy: {e}")))?;
+            Ok((name, record))
+        })
+        .collect()
+}
+
+/// The stored policy `reference` names: by id first, then by name.
+fn find(node: &Node, reference: &PolicyRef) -> Result<(PolicyName, PolicyRecord), ApiError> {
+    let Some(name) = reference.name() else {
+        return Err(ApiError::NOT_FOUND);
+    };
+    let record = node
+        .state
+        .policy(name.as_str())
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .ok_or(ApiError::NOT_FOUND)?;
+    Ok((name.clone(), record))
+}
+
+/// A stored policy as the API shows it.
+fn shown(
+    unlocked: &Unlocked,
+    name: &PolicyName,
+    record: &PolicyRecord,
+) -> Result<(Policy, PolicyBody), ApiError> {
+    let body = open_body(unlocked, name, record)?;
+    let policy = Policy {
+        id: String::new(),
+        name: name.to_string(),
+        spiffeid_pattern: body.spiffeid_pattern.clone(),
+        path_pattern: body.path_pattern.clone(),
+        permissions: body.permissions.clone(),
+        created_at: Timestamp::from_unix_nanos(record.created_at),
+        updated_at: Timestamp::from_unix_nanos(record.updated_at),
+    };
+    Ok((policy, body))
+}
+
+/// Every policy, opened and compiled (once per policy change).
+pub fn compile_all(node: &Node, unlocked: &Unlocked) -> Result<Arc<PolicySet>, ApiError> {
+    let mut compiled = Vec::new();
+    for (name, record) in stored(node)? {
         match open_body(unlocked, &name, &record).and_then(|body| {
             CompiledPolicy::compile(&body).map_err(|e| ApiError::Internal(e.to_string()))
         }) {
@@ -115,38 +144,39 @@ pub fn compile_all(node: &Node, unlocked: &Unlocked) -> Result<Arc<PolicySet>, A
 }
 
 fn unlocked(call: &Call<'_>) -> Result<Arc<Unlocked>, ApiError> {
-    call.api.node.keys.unlocked().ok_or(ApiError::NotReady)
+    call.api.node.keys.unlocked().ok_or(ApiError::NOT_READY)
 }
 
-async fn write(call: &Call<'_>, command: Command) -> Result<(), ApiError> {
+async fn write(call: &Call<'_>, command: Command) -> Result<Response, ApiError> {
     let request = Request {
         command,
         session: call.session,
         time_ns: 0,
     };
     match call.api.node.write(request).await? {
-        Response::Done | Response::Written(_) => Ok(()),
-        Response::Refused(Refusal::PolicyNotFound) => Err(ApiError::NotFound),
-        Response::Refused(Refusal::PolicyLimit(_)) => Err(ApiError::BadRequest),
-        Response::Refused(Refusal::NotInitialized) => Err(ApiError::NotReady),
+        Response::Refused(Refusal::PolicyNotFound) => Err(ApiError::NOT_FOUND),
+        Response::Refused(Refusal::PolicyLimit(_)) => Err(ApiError::BAD_REQUEST),
+        Response::Refused(Refusal::NotInitialized) => Err(ApiError::NOT_READY),
         Response::Refused(refusal) => Err(ApiError::Internal(refusal.to_string())),
+        response => Ok(response),
     }
 }
 
-/// Upsert: create or replace a policy (its creation time is kept).
-pub async fn put(call: Call<'_>) -> Result<Value, ApiError> {
-    let body: PutBody = call.parse(&["name", "spiffeidPattern", "pathPattern", "permissions"])?;
+/// Upsert: create or replace a policy (its id and creation time are kept).
+pub async fn put(call: Call<'_>, body: PutPolicyRequest) -> Result<PutPolicyResponse, ApiError> {
     call.authorize_path(ACL_PATH, &[Permission::Write])?;
-    let permissions: Option<Vec<Permission>> =
-        body.permissions.iter().map(|p| permission(p)).collect();
-    let (true, true, true, Some(permissions)) = (
-        valid_key(&body.name),
-        valid_spiffeid_pattern(&body.spiffeid_pattern),
-        valid_path_pattern(&body.path_pattern),
-        permissions.filter(|permissions| !permissions.is_empty()),
-    ) else {
-        return Err(ApiError::BadRequest);
-    };
+    let name = PolicyName::try_from(body.name.as_str())?;
+    let permissions: Vec<Permission> = body
+        .permissions
+        .iter()
+        .map(|permission| permission.parse())
+        .collect::<Result<_, _>>()?;
+    if permissions.is_empty()
+        || !valid_spiffeid_pattern(&body.spiffeid_pattern)
+        || !valid_path_pattern(&body.path_pattern)
+    {
+        return Err(ApiError::BAD_REQUEST);
+    }
     let policy = PolicyBody {
         spiffeid_pattern: body.spiffeid_pattern,
         path_pattern: body.path_pattern,
@@ -155,97 +185,80 @@ pub async fn put(call: Call<'_>) -> Result<Value, ApiError> {
     // Refused here, never stored: patterns that do not compile, and
     // policies that would reach a reserved path they may not.
     CompiledPolicy::compile(&policy).map_err(|error| {
-        tracing::info!(policy = %body.name, %error, "policy refused");
-        ApiError::BadRequest
+        tracing::info!(policy = %name, %error, "policy refused");
+        ApiError::BAD_REQUEST
     })?;
     let unlocked = unlocked(&call)?;
+    // Named step: the body becomes the plaintext that is sealed.
     let plaintext =
         Zeroizing::new(serde_json::to_vec(&policy).map_err(|e| ApiError::Internal(e.to_string()))?);
     let (ciphertext, data_key_id) = unlocked
-        .seal(&aad(&body.name), &plaintext)
+        .seal(&aad(&name), &plaintext)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     write(
         &call,
         Command::PutPolicy {
-            name: body.name,
+            name: name.to_string(),
             ciphertext,
             data_key_id,
         },
     )
     .await?;
-    Ok(json!({}))
+    Ok(PutPolicyResponse::default())
 }
 
-/// Get: one policy by name (SPIKE's `id`).
-pub async fn get(call: Call<'_>) -> Result<Value, ApiError> {
-    let body: IdBody = call.parse(&["id"])?;
+/// Get: one policy, by id or name (SPIKE's `id` field).
+pub async fn get(call: Call<'_>, body: GetPolicyRequest) -> Result<PolicyResponse, ApiError> {
     call.authorize_path(ACL_PATH, &[Permission::Read])?;
-    if !valid_key(&body.id) {
-        return Err(ApiError::BadRequest);
-    }
+    let reference = PolicyRef::try_from(body.id)?;
     let unlocked = unlocked(&call)?;
-    if !call.stale && !call.caught_up {
-        call.api.node.linearize().await?;
-    }
-    let record = call
-        .api
-        .node
-        .state
-        .policy(&body.id)
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .ok_or(ApiError::NotFound)?;
-    let policy = open_body(&unlocked, &body.id, &record)?;
-    Ok(json!({
-        "id": "",
-        "name": body.id,
-        "spiffiedPattern": policy.spiffeid_pattern,
-        "pathPattern": policy.path_pattern,
-        "permissions": policy.permissions,
-        "createdAt": rfc3339(record.created_at),
-        "updatedAt": rfc3339(record.updated_at),
-    }))
+    call.read_barrier().await?;
+    let (name, record) = find(&call.api.node, &reference)?;
+    let (policy, _) = shown(&unlocked, &name, &record)?;
+    Ok(PolicyResponse { policy, err: None })
 }
 
-/// Delete: one policy by name.
-pub async fn delete(call: Call<'_>) -> Result<Value, ApiError> {
-    let body: IdBody = call.parse(&["id"])?;
+/// Delete: one policy, by id or name.
+pub async fn delete(call: Call<'_>, body: DeletePolicyRequest) -> Result<EmptyResponse, ApiError> {
     call.authorize_path(ACL_PATH, &[Permission::Write])?;
-    if !valid_key(&body.id) {
-        return Err(ApiError::BadRequest);
-    }
+    let reference = PolicyRef::try_from(body.id)?;
     unlocked(&call)?;
-    write(&call, Command::DeletePolicy { name: body.id }).await?;
-    Ok(json!({}))
+    let name = reference.name().ok_or(ApiError::NOT_FOUND)?;
+    write(
+        &call,
+        Command::DeletePolicy {
+            name: name.to_string(),
+        },
+    )
+    .await?;
+    Ok(EmptyResponse::default())
 }
 
-/// List: every policy, or those whose SPIFFE ID pattern (else path pattern)
-/// equals the filter exactly.
-pub async fn list(call: Call<'_>) -> Result<Value, ApiError> {
-    let body: ListBody = call.parse(&["spiffeidPattern", "pathPattern"])?;
+/// List: every policy, whole, or those whose SPIFFE ID pattern (else path
+/// pattern) equals the filter exactly.
+pub async fn list(
+    call: Call<'_>,
+    body: ListPoliciesRequest,
+) -> Result<ListPoliciesResponse, ApiError> {
     call.authorize_path(ACL_PATH, &[Permission::List])?;
     let unlocked = unlocked(&call)?;
-    if !call.stale && !call.caught_up {
-        call.api.node.linearize().await?;
-    }
-    let records = call
-        .api
-        .node
-        .state
-        .policies()
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    call.read_barrier().await?;
     let mut listed = Vec::new();
-    for (name, record) in records {
-        let policy = open_body(&unlocked, &name, &record)?;
+    for (name, record) in stored(&call.api.node)? {
+        let (policy, body_of) = shown(&unlocked, &name, &record)?;
         let keep = if !body.spiffeid_pattern.is_empty() {
-            policy.spiffeid_pattern == body.spiffeid_pattern
+            body_of.spiffeid_pattern == body.spiffeid_pattern
         } else if !body.path_pattern.is_empty() {
-            policy.path_pattern == body.path_pattern
+            body_of.path_pattern == body.path_pattern
         } else {
             true
         };
         if keep {
-            listed.push(json!({ "id": "", "name": name }));
+            listed.push(policy);
         }
     }
-    Ok(json!({ "policies": listed }))
+    Ok(ListPoliciesResponse {
+        policies: Some(listed),
+        err: None,
+    })
 }

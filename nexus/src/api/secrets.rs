@@ -5,66 +5,58 @@
 //! enter the Raft log, with the path in the associated data: a ciphertext
 //! copied to another path does not open.
 
-use std::collections::BTreeMap;
-
-use serde::Deserialize;
-use serde_json::{Value, json};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
+use spike_sdk::api::{
+    DeleteSecretRequest, DestroySecretRequest, EmptyResponse, GetSecretRequest, GetSecretResponse,
+    ListSecretsRequest, ListSecretsResponse, PutSecretRequest, SECRET_SIZE_MAX_BYTES,
+    SecretMetadata, SecretMetadataRequest, SecretMetadataResponse, SecretValues, SecretVersions,
+    Timestamp, UndeleteSecretRequest, VersionInfo,
+};
+use spike_sdk::domain::{SecretPath, valid_name};
 use zeroize::Zeroizing;
 
 use super::authz::{Permission, SECRET_LIST_PATH};
-use super::{ApiError, Call};
+use super::{ApiError, Audited, Call};
 use crate::keys::Unlocked;
 use crate::state::command::{Command, Refusal, Request, Response};
 use crate::state::secret::{SecretError, SecretRecord};
 
-/// Longest secret path (SPIKE's limit).
-pub const PATH_LEN_MAX: usize = 500;
-/// Longest value key (SPIKE's name rule).
-pub const KEY_LEN_MAX: usize = 250;
-/// Largest secret: its values serialized as JSON.
-pub const SECRET_SIZE_MAX_BYTES: usize = 512 * 1024;
-
-#[derive(Deserialize)]
-struct PutBody {
-    #[serde(default)]
-    path: String,
-    #[serde(default)]
-    values: BTreeMap<String, String>,
-    /// Extension: write only if the current version is this one.
-    #[serde(default)]
-    cas: Option<u64>,
-}
-
-const PUT_FIELDS: &[&str] = &["path", "values", "cas"];
-const READ_FIELDS: &[&str] = &["path", "version"];
-const VERSIONS_FIELDS: &[&str] = &["path", "versions"];
-
-impl Drop for PutBody {
-    fn drop(&mut self) {
-        for value in self.values.values_mut() {
-            zeroize::Zeroize::zeroize(value);
-        }
+impl Audited for PutSecretRequest {
+    fn audit_target(&self) -> Option<&str> {
+        Some(&self.path)
     }
 }
 
-#[derive(Deserialize)]
-struct ReadBody {
-    #[serde(default)]
-    path: String,
-    /// Go's int: negative versions parse and are simply never found.
-    #[serde(default)]
-    version: i64,
+impl Audited for GetSecretRequest {
+    fn audit_target(&self) -> Option<&str> {
+        Some(&self.path)
+    }
 }
 
-#[derive(Deserialize)]
-struct VersionsBody {
-    #[serde(default)]
-    path: String,
-    #[serde(default)]
-    versions: Vec<i64>,
+impl Audited for SecretMetadataRequest {
+    fn audit_target(&self) -> Option<&str> {
+        Some(&self.path)
+    }
 }
+
+impl Audited for DeleteSecretRequest {
+    fn audit_target(&self) -> Option<&str> {
+        Some(&self.0.path)
+    }
+}
+
+impl Audited for UndeleteSecretRequest {
+    fn audit_target(&self) -> Option<&str> {
+        Some(&self.0.path)
+    }
+}
+
+impl Audited for DestroySecretRequest {
+    fn audit_target(&self) -> Option<&str> {
+        Some(&self.0.path)
+    }
+}
+
+impl Audited for ListSecretsRequest {}
 
 /// Versions as the state machine takes them: negative ones exist nowhere,
 /// so they are dropped (SPIKE ignores them).
@@ -75,30 +67,12 @@ fn known_versions(versions: &[i64]) -> Vec<u64> {
         .collect()
 }
 
-/// SPIKE's path rule: 1 to 500 of `a-zA-Z0-9._-/()?+*|[]{}\`.
-pub fn valid_path(path: &str) -> bool {
-    !path.is_empty()
-        && path.len() <= PATH_LEN_MAX
-        && path
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-/()?+*|[]{}\\".contains(&b))
-}
-
-/// SPIKE's name rule for value keys: 1 to 250 of `a-zA-Z0-9-_ `.
-pub fn valid_key(key: &str) -> bool {
-    !key.is_empty()
-        && key.len() <= KEY_LEN_MAX
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_ ".contains(&b))
-}
-
-fn aad(path: &str) -> Vec<u8> {
+fn aad(path: &SecretPath) -> Vec<u8> {
     format!("spike/secret/{path}").into_bytes()
 }
 
 fn unlocked(call: &Call<'_>) -> Result<std::sync::Arc<Unlocked>, ApiError> {
-    call.api.node.keys.unlocked().ok_or(ApiError::NotReady)
+    call.api.node.keys.unlocked().ok_or(ApiError::NOT_READY)
 }
 
 async fn write(call: &Call<'_>, command: Command) -> Result<Response, ApiError> {
@@ -108,55 +82,49 @@ async fn write(call: &Call<'_>, command: Command) -> Result<Response, ApiError> 
         time_ns: 0,
     };
     match call.api.node.write(request).await? {
-        Response::Refused(Refusal::Secret(SecretError::NotFound)) => Err(ApiError::NotFound),
+        Response::Refused(Refusal::Secret(SecretError::NotFound)) => Err(ApiError::NOT_FOUND),
         Response::Refused(Refusal::Secret(SecretError::CasMismatch { .. })) => {
-            Err(ApiError::Conflict)
+            Err(ApiError::CONFLICT)
         }
-        Response::Refused(Refusal::NotInitialized) => Err(ApiError::NotReady),
+        Response::Refused(Refusal::NotInitialized) => Err(ApiError::NOT_READY),
         Response::Refused(refusal) => Err(ApiError::Internal(refusal.to_string())),
         response => Ok(response),
     }
 }
 
-async fn read_barrier(call: &Call<'_>) -> Result<(), ApiError> {
-    if call.stale || call.caught_up {
-        return Ok(());
-    }
-    call.api.node.linearize().await.map_err(ApiError::from)
-}
-
 /// The record of `path` after the read barrier; 404 when there is none.
-async fn read_record(call: &Call<'_>, path: &str) -> Result<SecretRecord, ApiError> {
-    read_barrier(call).await?;
+async fn read_record(call: &Call<'_>, path: &SecretPath) -> Result<SecretRecord, ApiError> {
+    call.read_barrier().await?;
     call.api
         .node
         .state
-        .secret(path)
+        .secret(path.as_str())
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .ok_or(ApiError::NotFound)
+        .ok_or(ApiError::NOT_FOUND)
 }
 
 /// Put: a new version of `path`.
-pub async fn put(call: Call<'_>) -> Result<Value, ApiError> {
-    let body: PutBody = call.parse(PUT_FIELDS)?;
+pub async fn put(call: Call<'_>, body: PutSecretRequest) -> Result<EmptyResponse, ApiError> {
     call.authorize_path(&body.path, &[Permission::Write])?;
-    if !valid_path(&body.path) || !body.values.keys().all(|key| valid_key(key)) {
-        return Err(ApiError::BadRequest);
+    let path = SecretPath::try_from(body.path.as_str())?;
+    if !body.values.keys().all(valid_name) {
+        return Err(ApiError::BAD_REQUEST);
     }
     let unlocked = unlocked(&call)?;
+    // Named step: the values become the plaintext that is sealed.
     let plaintext = Zeroizing::new(
         serde_json::to_vec(&body.values).map_err(|e| ApiError::Internal(e.to_string()))?,
     );
     if plaintext.len() > SECRET_SIZE_MAX_BYTES {
-        return Err(ApiError::BadRequest);
+        return Err(ApiError::BAD_REQUEST);
     }
     let (ciphertext, data_key_id) = unlocked
-        .seal(&aad(&body.path), &plaintext)
+        .seal(&aad(&path), &plaintext)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     write(
         &call,
         Command::PutSecret {
-            path: body.path.clone(),
+            path: path.to_string(),
             ciphertext,
             data_key_id,
             cas: body.cas,
@@ -164,50 +132,49 @@ pub async fn put(call: Call<'_>) -> Result<Value, ApiError> {
         },
     )
     .await?;
-    Ok(json!({}))
+    Ok(EmptyResponse::default())
 }
 
 /// Get: the values of a version (0: current).
-pub async fn get(call: Call<'_>) -> Result<Value, ApiError> {
-    let body: ReadBody = call.parse(READ_FIELDS)?;
+pub async fn get(call: Call<'_>, body: GetSecretRequest) -> Result<GetSecretResponse, ApiError> {
     call.authorize_path(&body.path, &[Permission::Read])?;
-    if !valid_path(&body.path) {
-        return Err(ApiError::BadRequest);
-    }
+    let path = SecretPath::try_from(body.path.as_str())?;
     let unlocked = unlocked(&call)?;
-    let record = read_record(&call, &body.path).await?;
-    let version = u64::try_from(body.version).map_err(|_| ApiError::NotFound)?;
-    let (_, ciphertext) = record.read(version).map_err(|_| ApiError::NotFound)?;
+    let record = read_record(&call, &path).await?;
+    // Go's int: a negative version exists nowhere.
+    let version = u64::try_from(body.version).map_err(|_| ApiError::NOT_FOUND)?;
+    let (_, ciphertext) = record.read(version).map_err(|_| ApiError::NOT_FOUND)?;
     let plaintext = unlocked
-        .open(&aad(&body.path), ciphertext)
-        .map_err(|e| ApiError::Internal(format!("secret {} does not open: {e}", body.path)))?;
-    let values: BTreeMap<String, String> = serde_json::from_slice(plaintext.expose_secret())
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(json!({ "data": values }))
+        .open(&aad(&path), ciphertext)
+        .map_err(|e| ApiError::Internal(format!("secret {path} does not open: {e}")))?;
+    let values: SecretValues = serde_json::from_slice(plaintext.expose_secret())
+        .map_err(|_| ApiError::Internal(format!("secret {path} is not a map of strings")))?;
+    Ok(GetSecretResponse {
+        data: Some(values),
+        err: None,
+    })
 }
 
 async fn versions_command(
     call: Call<'_>,
+    body: SecretVersions,
     build: fn(String, Vec<u64>) -> Command,
-) -> Result<Value, ApiError> {
-    let body: VersionsBody = call.parse(VERSIONS_FIELDS)?;
+) -> Result<EmptyResponse, ApiError> {
     call.authorize_path(&body.path, &[Permission::Write])?;
-    if !valid_path(&body.path) {
-        return Err(ApiError::BadRequest);
-    }
+    let path = SecretPath::try_from(body.path.as_str())?;
     unlocked(&call)?;
     let versions = known_versions(&body.versions);
     if versions.is_empty() && !body.versions.is_empty() {
         // Only negative versions: nothing to act on, like SPIKE.
-        return Ok(json!({}));
+        return Ok(EmptyResponse::default());
     }
-    write(&call, build(body.path, versions)).await?;
-    Ok(json!({}))
+    write(&call, build(path.to_string(), versions)).await?;
+    Ok(EmptyResponse::default())
 }
 
 /// Delete: mark versions deleted.
-pub async fn delete(call: Call<'_>) -> Result<Value, ApiError> {
-    versions_command(call, |path, versions| Command::DeleteSecret {
+pub async fn delete(call: Call<'_>, body: DeleteSecretRequest) -> Result<EmptyResponse, ApiError> {
+    versions_command(call, body.0, |path, versions| Command::DeleteSecret {
         path,
         versions,
     })
@@ -215,8 +182,11 @@ pub async fn delete(call: Call<'_>) -> Result<Value, ApiError> {
 }
 
 /// Undelete: clear deletion marks.
-pub async fn undelete(call: Call<'_>) -> Result<Value, ApiError> {
-    versions_command(call, |path, versions| Command::UndeleteSecret {
+pub async fn undelete(
+    call: Call<'_>,
+    body: UndeleteSecretRequest,
+) -> Result<EmptyResponse, ApiError> {
+    versions_command(call, body.0, |path, versions| Command::UndeleteSecret {
         path,
         versions,
     })
@@ -224,8 +194,11 @@ pub async fn undelete(call: Call<'_>) -> Result<Value, ApiError> {
 }
 
 /// Destroy (extension): drop versions' ciphertext for good.
-pub async fn destroy(call: Call<'_>) -> Result<Value, ApiError> {
-    versions_command(call, |path, versions| Command::DestroySecret {
+pub async fn destroy(
+    call: Call<'_>,
+    body: DestroySecretRequest,
+) -> Result<EmptyResponse, ApiError> {
+    versions_command(call, body.0, |path, versions| Command::DestroySecret {
         path,
         versions,
     })
@@ -233,62 +206,55 @@ pub async fn destroy(call: Call<'_>) -> Result<Value, ApiError> {
 }
 
 /// List: every path with a current version, sorted.
-pub async fn list(call: Call<'_>) -> Result<Value, ApiError> {
-    let _: serde_json::Map<String, Value> = call.parse(&[])?;
+pub async fn list(call: Call<'_>, _: ListSecretsRequest) -> Result<ListSecretsResponse, ApiError> {
     call.authorize_path(SECRET_LIST_PATH, &[Permission::List])?;
     unlocked(&call)?;
-    read_barrier(&call).await?;
+    call.read_barrier().await?;
     let keys = call
         .api
         .node
         .state
         .secret_paths()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(json!({ "keys": keys }))
-}
-
-/// A log time as SPIKE's RFC 3339 timestamp.
-pub fn rfc3339(time_ns: u64) -> Value {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_ns))
-        .ok()
-        .and_then(|time| time.format(&Rfc3339).ok())
-        .map_or(Value::Null, Value::String)
+    Ok(ListSecretsResponse {
+        keys: Some(keys),
+        err: None,
+    })
 }
 
 /// Metadata get: versions and metadata, no values.
-pub async fn metadata(call: Call<'_>) -> Result<Value, ApiError> {
-    let body: ReadBody = call.parse(READ_FIELDS)?;
+pub async fn metadata(
+    call: Call<'_>,
+    body: SecretMetadataRequest,
+) -> Result<SecretMetadataResponse, ApiError> {
     call.authorize_path(&body.path, &[Permission::Read])?;
-    if !valid_path(&body.path) {
-        return Err(ApiError::BadRequest);
-    }
+    let path = SecretPath::try_from(body.path.as_str())?;
     unlocked(&call)?;
-    let record = read_record(&call, &body.path).await?;
-    let version = u64::try_from(body.version).map_err(|_| ApiError::NotFound)?;
-    record.read(version).map_err(|_| ApiError::NotFound)?;
-    let versions: serde_json::Map<String, Value> = record
+    let record = read_record(&call, &path).await?;
+    let version = u64::try_from(body.version).map_err(|_| ApiError::NOT_FOUND)?;
+    record.read(version).map_err(|_| ApiError::NOT_FOUND)?;
+    let versions = record
         .versions
         .iter()
         .map(|(number, version)| {
-            (
-                number.to_string(),
-                json!({
-                    "createdTime": rfc3339(version.created_at),
-                    "version": number,
-                    "deletedTime": version.deleted_at.map_or(Value::Null, rfc3339),
-                    "destroyed": version.destroyed,
-                }),
-            )
+            let info = VersionInfo {
+                created_time: Timestamp::from_unix_nanos(version.created_at),
+                version: *number,
+                deleted_time: version.deleted_at.map(Timestamp::from_unix_nanos),
+                destroyed: version.destroyed,
+            };
+            (*number, info)
         })
         .collect();
-    Ok(json!({
-        "versions": versions,
-        "metadata": {
-            "currentVersion": record.current_version,
-            "oldestVersion": record.oldest_version,
-            "createdTime": rfc3339(record.created_at),
-            "updatedTime": rfc3339(record.updated_at),
-            "maxVersions": record.max_versions,
+    Ok(SecretMetadataResponse {
+        versions,
+        metadata: SecretMetadata {
+            current_version: record.current_version,
+            oldest_version: record.oldest_version,
+            created_time: Timestamp::from_unix_nanos(record.created_at),
+            updated_time: Timestamp::from_unix_nanos(record.updated_at),
+            max_versions: record.max_versions,
         },
-    }))
+        err: None,
+    })
 }

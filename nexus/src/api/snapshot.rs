@@ -8,23 +8,28 @@
 //! key, from the keepers if it is the current one, otherwise from an
 //! operator restore with the backup's recovery shards.
 
-use serde_json::{Value, json};
+use spike_sdk::api::{EmptyResponse, SnapshotRestoreResponse};
 use spike_sdk::identity::Role;
 
-use super::{ApiError, Body, Call};
+use super::reply::Reply;
+use super::{ApiError, Call};
 use crate::clock::now_ns;
 use crate::raft::snapshot;
 use crate::state::command::{Command, Request, Response};
 use crate::state::secret::SecretRecord;
 use crate::state::store::{ClusterMeta, PolicyRecord, decode};
 
-/// Largest backup accepted for restore (and the body limit of that route).
-pub const BACKUP_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Most record bytes proposed in one log entry during a restore.
 const RESTORE_PIECE_MAX_BYTES: usize = 512 * 1024;
 
 /// Save: the store as a backup file.
-pub async fn save(call: Call<'_>) -> Result<Body, ApiError> {
+pub async fn save(call: Call<'_>) -> Reply {
+    backup(call)
+        .await
+        .unwrap_or_else(Reply::failed::<EmptyResponse>)
+}
+
+async fn backup(call: Call<'_>) -> Result<Reply, ApiError> {
     call.require(Role::PilotSuperuser)?;
     call.api.node.linearize().await?;
     let dir = tempfile_dir(&call)?;
@@ -35,7 +40,7 @@ pub async fn save(call: Call<'_>) -> Result<Body, ApiError> {
         .export_state(&path)
         .map_err(|e| ApiError::Internal(format!("cannot write backup: {e}")));
     let _ = std::fs::remove_file(&path);
-    Ok(Body::Stream(bytes?))
+    Ok(Reply::stream(bytes?))
 }
 
 fn tempfile_dir(call: &Call<'_>) -> Result<std::path::PathBuf, ApiError> {
@@ -56,13 +61,20 @@ async fn propose(call: &Call<'_>, command: Command) -> Result<(), ApiError> {
 }
 
 /// Restore: replace everything with the uploaded backup.
-pub async fn restore(call: Call<'_>) -> Result<Value, ApiError> {
+pub async fn restore(call: Call<'_>) -> Reply {
+    match replace_store(call).await {
+        Ok(answer) => Reply::json(&answer),
+        Err(error) => Reply::failed::<SnapshotRestoreResponse>(error),
+    }
+}
+
+async fn replace_store(call: Call<'_>) -> Result<SnapshotRestoreResponse, ApiError> {
     call.require(Role::PilotSuperuser)?;
     let backup = snapshot::read_backup(call.body).map_err(|error| {
         tracing::info!(%error, "backup refused");
-        ApiError::BadRequest
+        ApiError::BAD_REQUEST
     })?;
-    let cluster = backup.cluster.ok_or(ApiError::BadRequest)?;
+    let cluster = backup.cluster.ok_or(ApiError::BAD_REQUEST)?;
     // Every record must decode before anything is replaced.
     let decodes = decode::<ClusterMeta>("cluster", &cluster).is_ok()
         && backup
@@ -75,7 +87,7 @@ pub async fn restore(call: Call<'_>) -> Result<Value, ApiError> {
             .all(|(name, record)| decode::<PolicyRecord>(name, record).is_ok());
     if !decodes {
         tracing::info!("backup refused: a record does not decode");
-        return Err(ApiError::BadRequest);
+        return Err(ApiError::BAD_REQUEST);
     }
     let restore_id = now_ns();
     let (secrets, policies) = (backup.secrets.len(), backup.policies.len());
@@ -127,5 +139,10 @@ pub async fn restore(call: Call<'_>) -> Result<Value, ApiError> {
     )
     .await?;
     tracing::warn!(secrets, policies, "store replaced by a backup");
-    Ok(json!({ "restored": true, "secrets": secrets, "policies": policies }))
+    Ok(SnapshotRestoreResponse {
+        restored: true,
+        secrets: secrets as u64,
+        policies: policies as u64,
+        err: None,
+    })
 }

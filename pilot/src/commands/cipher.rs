@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::Subcommand;
-use serde_json::json;
+use spike_sdk::api::{DecryptRequest, EncryptRequest, FORMAT_VERSION, StreamFrame};
+use spike_sdk::client::NexusClient;
 use zeroize::Zeroizing;
 
-use crate::nexus::{CliError, Nexus};
+use crate::nexus::CliError;
 
 /// Largest input read from a file or stdin (the server's limit is lower).
 const INPUT_SIZE_MAX_BYTES: u64 = 1024 * 1024;
@@ -84,8 +85,14 @@ fn write_output(out: Option<&PathBuf>, bytes: &[u8]) -> Result<(), CliError> {
     written.map_err(|e| CliError::Invalid(format!("Failed to write output: {e}")))
 }
 
+fn base64_flag(text: &str, flag: &str) -> Result<Vec<u8>, CliError> {
+    STANDARD
+        .decode(text)
+        .map_err(|_| CliError::Invalid(format!("Invalid {flag} base64.")))
+}
+
 /// Runs a cipher command; the output is written here, nothing to print.
-pub async fn run(nexus: &Nexus, command: CipherCommand) -> Result<String, CliError> {
+pub async fn run(nexus: &NexusClient, command: CipherCommand) -> Result<String, CliError> {
     match command {
         CipherCommand::Encrypt {
             file,
@@ -95,32 +102,24 @@ pub async fn run(nexus: &Nexus, command: CipherCommand) -> Result<String, CliErr
         } => {
             let sealed = match plaintext {
                 Some(plaintext) => {
-                    STANDARD
-                        .decode(&plaintext)
-                        .map_err(|_| CliError::Invalid("Invalid --plaintext base64.".to_owned()))?;
-                    let mut body = json!({ "plaintext": plaintext });
-                    if let Some(algorithm) = algorithm {
-                        body["algorithm"] = json!(algorithm);
-                    }
-                    let reply = nexus.call("/v1/cipher/encrypt", &body).await?;
+                    let request = EncryptRequest {
+                        plaintext: Zeroizing::new(base64_flag(&plaintext, "--plaintext")?),
+                        algorithm: algorithm.unwrap_or_default(),
+                    };
+                    let answer = nexus.encrypt_json(&request).await?;
                     // SPIKE's CLI prints the ciphertext alone in JSON mode;
                     // we print the whole stream frame so it can be decrypted.
-                    let nonce = STANDARD
-                        .decode(reply["nonce"].as_str().unwrap_or_default())
-                        .unwrap_or_default();
-                    let ciphertext = STANDARD
-                        .decode(reply["ciphertext"].as_str().unwrap_or_default())
-                        .unwrap_or_default();
-                    let mut frame = vec![reply["version"].as_u64().unwrap_or(1) as u8];
-                    frame.extend_from_slice(&nonce);
-                    frame.extend_from_slice(&ciphertext);
-                    frame
+                    let nonce = answer.nonce.as_slice().try_into().map_err(|_| {
+                        CliError::Invalid("the answer's nonce is not 12 bytes".to_owned())
+                    })?;
+                    StreamFrame {
+                        version: answer.version,
+                        nonce,
+                        ciphertext: answer.ciphertext,
+                    }
+                    .to_bytes()
                 }
-                None => {
-                    nexus
-                        .call_stream("/v1/cipher/encrypt", read_input(file.as_ref())?.to_vec())
-                        .await?
-                }
+                None => nexus.encrypt(&read_input(file.as_ref())?).await?,
             };
             write_output(out.as_ref(), &sealed)?;
             Ok(String::new())
@@ -134,29 +133,15 @@ pub async fn run(nexus: &Nexus, command: CipherCommand) -> Result<String, CliErr
             algorithm,
         } => {
             let plaintext = if version.is_some() || nonce.is_some() || ciphertext.is_some() {
-                let nonce = nonce.unwrap_or_default();
-                let ciphertext = ciphertext.unwrap_or_default();
-                for (what, text) in [("--nonce", &nonce), ("--ciphertext", &ciphertext)] {
-                    STANDARD
-                        .decode(text)
-                        .map_err(|_| CliError::Invalid(format!("Invalid {what} base64.")))?;
-                }
-                let mut body = json!({ "version": version.unwrap_or(1), "nonce": nonce, "ciphertext": ciphertext });
-                if let Some(algorithm) = algorithm {
-                    body["algorithm"] = json!(algorithm);
-                }
-                let reply = nexus.call("/v1/cipher/decrypt", &body).await?;
-                Zeroizing::new(
-                    STANDARD
-                        .decode(reply["plaintext"].as_str().unwrap_or_default())
-                        .unwrap_or_default(),
-                )
+                let request = DecryptRequest {
+                    version: version.unwrap_or(FORMAT_VERSION),
+                    nonce: base64_flag(&nonce.unwrap_or_default(), "--nonce")?,
+                    ciphertext: base64_flag(&ciphertext.unwrap_or_default(), "--ciphertext")?,
+                    algorithm: algorithm.unwrap_or_default(),
+                };
+                nexus.decrypt_json(&request).await?.plaintext
             } else {
-                Zeroizing::new(
-                    nexus
-                        .call_stream("/v1/cipher/decrypt", read_input(file.as_ref())?.to_vec())
-                        .await?,
-                )
+                nexus.decrypt(&read_input(file.as_ref())?).await?
             };
             write_output(out.as_ref(), &plaintext)?;
             Ok(String::new())

@@ -1,10 +1,14 @@
 //! `spike cluster` (extension): status, membership and leadership.
 
-use clap::Subcommand;
-use serde_json::{Value, json};
+use std::net::SocketAddr;
 
-use crate::nexus::{CliError, Nexus};
-use crate::output::{self, Format};
+use clap::Subcommand;
+use spike_sdk::api::{ClusterStatus, Member};
+use spike_sdk::client::NexusClient;
+use spike_sdk::domain::NodeId;
+
+use crate::nexus::CliError;
+use crate::output::Format;
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
@@ -46,60 +50,69 @@ pub enum ClusterCommand {
     },
 }
 
-fn members_text(members: &Value) -> String {
-    let mut out = String::new();
-    for member in members.as_array().into_iter().flatten() {
-        out += &format!(
-            "  {:<4} {:<8} api {:<22} cluster {}\n",
-            member["id"],
-            if member["voter"] == true {
-                "voter"
-            } else {
-                "learner"
-            },
-            member["apiAddr"].as_str().unwrap_or_default(),
-            member["clusterAddr"].as_str().unwrap_or_default(),
-        );
-    }
-    out
+fn members_text(members: &[Member]) -> String {
+    members
+        .iter()
+        .map(|member| {
+            format!(
+                "  {:<4} {:<8} api {:<22} cluster {}\n",
+                member.id,
+                if member.voter { "voter" } else { "learner" },
+                member.api_addr,
+                member.cluster_addr,
+            )
+        })
+        .collect()
 }
 
-fn render(value: &Value, format: Format, human: impl FnOnce(&Value) -> String) -> String {
-    match format {
-        Format::Json => output::json(value),
-        Format::Yaml => output::yaml(value),
-        Format::Human => human(value),
-    }
+fn optional<T: std::fmt::Display>(value: Option<T>, none: &str) -> String {
+    value.map_or_else(|| none.to_owned(), |value| value.to_string())
+}
+
+fn human_status(status: &ClusterStatus) -> String {
+    let root_key = &status.root_key;
+    format!(
+        "node:      {} ({:?})\nleader:    {} at {}\nterm:      {}\ncommitted: {}\napplied:   {}\nroot key:  {} (id {}, check {})\nmembers:\n{}",
+        status.node_id,
+        status.state,
+        optional(status.leader_id, "none"),
+        optional(status.leader_api_addr, "unknown"),
+        status.term,
+        optional(status.commit_index, "-"),
+        optional(status.applied_index, "-"),
+        serde_json::to_value(root_key.status)
+            .ok()
+            .and_then(|value| value.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        optional(root_key.root_key_id, "-"),
+        root_key
+            .key_check
+            .as_deref()
+            .map(|check| &check[..check.len().min(16)])
+            .unwrap_or("-"),
+        members_text(&status.members),
+    )
+}
+
+fn node_id(id: u64) -> Result<NodeId, CliError> {
+    NodeId::new(id).map_err(|e| CliError::Invalid(e.to_string()))
+}
+
+fn address(text: &str, flag: &str) -> Result<SocketAddr, CliError> {
+    text.parse()
+        .map_err(|_| CliError::Invalid(format!("--{flag} {text:?} is not IP:PORT")))
 }
 
 /// Runs a cluster command; returns what to print.
-pub async fn run(nexus: &Nexus, command: ClusterCommand) -> Result<String, CliError> {
+pub async fn run(nexus: &NexusClient, command: ClusterCommand) -> Result<String, CliError> {
     match command {
         ClusterCommand::Status { format } => {
-            let status = nexus.call("/v1/cluster?action=status", &json!({})).await?;
-            Ok(render(&status, format, |s| {
-                format!(
-                    "node:      {} ({})\nleader:    {} at {}\nterm:      {}\ncommitted: {}\napplied:   {}\nroot key:  {} (id {}, check {})\nmembers:\n{}",
-                    s["nodeId"],
-                    s["state"].as_str().unwrap_or_default(),
-                    s["leaderId"],
-                    s["leaderApiAddr"].as_str().unwrap_or("unknown"),
-                    s["term"],
-                    s["commitIndex"],
-                    s["appliedIndex"],
-                    s["rootKey"]["status"].as_str().unwrap_or_default(),
-                    s["rootKey"]["rootKeyId"],
-                    s["rootKey"]["keyCheck"]
-                        .as_str()
-                        .map(|check| &check[..check.len().min(16)])
-                        .unwrap_or("-"),
-                    members_text(&s["members"]),
-                )
-            }))
+            let status = nexus.cluster_status().await?;
+            Ok(format.render(&status, human_status))
         }
         ClusterCommand::Members { format } => {
-            let reply = nexus.call("/v1/cluster?action=members", &json!({})).await?;
-            Ok(render(&reply["members"], format, members_text))
+            let members = nexus.cluster_members().await?;
+            Ok(format.render(&members, |members| members_text(members)))
         }
         ClusterCommand::Add {
             id,
@@ -107,23 +120,20 @@ pub async fn run(nexus: &Nexus, command: ClusterCommand) -> Result<String, CliEr
             api_addr,
         } => {
             nexus
-                .call(
-                    "/v1/cluster?action=add",
-                    &json!({ "id": id, "clusterAddr": cluster_addr, "apiAddr": api_addr }),
+                .add_member(
+                    node_id(id)?,
+                    address(&cluster_addr, "cluster-addr")?,
+                    address(&api_addr, "api-addr")?,
                 )
                 .await?;
             Ok(format!("Node {id} added.\n"))
         }
         ClusterCommand::Remove { id } => {
-            nexus
-                .call("/v1/cluster?action=remove", &json!({ "id": id }))
-                .await?;
+            nexus.remove_member(node_id(id)?).await?;
             Ok(format!("Node {id} removed; its id is retired.\n"))
         }
         ClusterCommand::TransferLeader { id } => {
-            nexus
-                .call("/v1/cluster?action=transfer", &json!({ "id": id }))
-                .await?;
+            nexus.transfer_leader(node_id(id)?).await?;
             Ok(format!("Leadership handed to node {id}.\n"))
         }
     }

@@ -6,12 +6,12 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use serde_json::{Value, json};
+use spike_sdk::client::NexusClient;
+use spike_sdk::crypto::KeyShare;
 use spike_sdk::crypto::recovery_line;
-use spike_sdk::crypto::{KeyShare, SecretBytes, ShareIndex};
 use zeroize::Zeroizing;
 
-use crate::nexus::{CliError, Nexus};
+use crate::nexus::CliError;
 
 /// Longest shard line read from stdin.
 const SHARD_LINE_MAX_BYTES: usize = 4096;
@@ -48,7 +48,7 @@ fn recovery_dir() -> PathBuf {
     PathBuf::from(format!("/tmp/.spike-{user}")).join("recover")
 }
 
-fn write_shards(shards: &serde_json::Map<String, Value>) -> Result<PathBuf, CliError> {
+fn write_shards(shares: &[KeyShare]) -> Result<PathBuf, CliError> {
     let dir = recovery_dir();
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -69,31 +69,11 @@ fn write_shards(shards: &serde_json::Map<String, Value>) -> Result<PathBuf, CliE
             let _ = std::fs::remove_file(entry.path());
         }
     }
-    for (index, bytes) in shards {
-        let value: Zeroizing<Vec<u8>> = Zeroizing::new(
-            bytes
-                .as_array()
-                .ok_or_else(|| CliError::Invalid("No shards found.".to_owned()))?
-                .iter()
-                .map(|byte| {
-                    byte.as_u64()
-                        .and_then(|b| u8::try_from(b).ok())
-                        .unwrap_or(0)
-                })
-                .collect(),
-        );
-        if value.iter().all(|byte| *byte == 0) {
+    for share in shares {
+        if share.expose_secret().iter().all(|byte| *byte == 0) {
             return Err(CliError::Invalid("Empty shard found.".to_owned()));
         }
-        let index: u8 = index
-            .parse()
-            .map_err(|_| CliError::Invalid(format!("Invalid shard index: {index}")))?;
-        let share = KeyShare::new(
-            ShareIndex::new(index).map_err(|e| CliError::Invalid(e.to_string()))?,
-            SecretBytes::from_slice(&value).map_err(|n| {
-                CliError::Invalid(format!("Invalid shard length: {n} (expected 32)."))
-            })?,
-        );
+        let index = share.index().get();
         let path = dir.join(format!("spike.recovery.{index}.txt"));
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -102,7 +82,8 @@ fn write_shards(shards: &serde_json::Map<String, Value>) -> Result<PathBuf, CliE
             .mode(0o600)
             .open(&path)
             .map_err(|e| CliError::Invalid(format!("Failed to save shard {index}: {e}")))?;
-        file.write_all(recovery_line::format(&share).as_bytes())
+        let line = Zeroizing::new(recovery_line::format(share));
+        file.write_all(line.as_bytes())
             .map_err(|e| CliError::Invalid(format!("Failed to save shard {index}: {e}")))?;
     }
     Ok(dir)
@@ -145,15 +126,14 @@ fn read_hidden_line() -> std::io::Result<Zeroizing<String>> {
 }
 
 /// Runs an operator command; returns what to print.
-pub async fn run(nexus: &Nexus, command: OperatorCommand) -> Result<String, CliError> {
+pub async fn run(nexus: &NexusClient, command: OperatorCommand) -> Result<String, CliError> {
     match command {
         OperatorCommand::Recover => {
-            let reply = nexus.call("/v1/operator/recover", &json!({})).await?;
-            let shards = reply["shards"]
-                .as_object()
-                .filter(|shards| !shards.is_empty())
-                .ok_or_else(|| CliError::Invalid("No shards found.".to_owned()))?;
-            let dir = write_shards(shards)?;
+            let shares = nexus.recover().await?;
+            if shares.is_empty() {
+                return Err(CliError::Invalid("No shards found.".to_owned()));
+            }
+            let dir = write_shards(&shares)?;
             Ok(format!(
                 "\n  SPIKE Recovery shards saved to the recovery directory:\n  {}\n\n  Please make sure that:\n    1. You encrypt these shards and keep them safe.\n    2. Securely erase the shards from the\n       recovery directory after you encrypt them\n       and save them to a safe location.\n\n  If you lose these shards, you will not be able to recover\n  SPIKE Nexus in the unlikely event of a total system crash.\n\n",
                 dir.display()
@@ -163,39 +143,28 @@ pub async fn run(nexus: &Nexus, command: OperatorCommand) -> Result<String, CliE
             let line = read_shard()?;
             let share =
                 recovery_line::parse(&line).map_err(|e| CliError::Invalid(e.to_string()))?;
-            let body =
-                json!({ "id": share.index().get(), "shard": share.expose_secret().to_vec() });
-            let status = nexus.call("/v1/operator/restore", &body).await?;
-            if status["restored"] == true {
+            let status = nexus.restore(&share).await?;
+            if status.restored {
                 return Ok("\n  SPIKE is now restored and ready to use.\n\n".to_owned());
             }
             let mut out = String::new();
-            if status["progressReset"] == true {
+            if status.progress_reset {
                 out += "\n  The leader changed: shards given before are forgotten; start again.\n";
             }
             out += &format!(
                 "\n  Shards collected:  {}\n  Shards remaining:  {}\n  Please run `spike operator restore` again to provide the remaining shards.\n\n",
-                status["collected"], status["remaining"]
+                status.collected, status.remaining
             );
             Ok(out)
         }
         OperatorCommand::Rekey { shares, threshold } => {
-            let reply = nexus
-                .call(
-                    "/v1/operator/rekey",
-                    &json!({ "shares": shares, "threshold": threshold }),
-                )
-                .await?;
-            Ok(format!(
-                "Root key replaced: now root key {}.\n",
-                reply["rootKeyId"]
-            ))
+            let root_key_id = nexus.rekey(shares, threshold).await?;
+            Ok(format!("Root key replaced: now root key {root_key_id}.\n"))
         }
         OperatorCommand::Rotate => {
-            let reply = nexus.call("/v1/operator/rotate", &json!({})).await?;
+            let data_key_id = nexus.rotate_data_key().await?;
             Ok(format!(
-                "Data key rotated: new writes use data key {}.\n",
-                reply["dataKeyId"]
+                "Data key rotated: new writes use data key {data_key_id}.\n"
             ))
         }
     }

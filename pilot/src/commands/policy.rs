@@ -3,10 +3,13 @@
 use std::io::BufRead;
 
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use serde_json::Value;
+use spike_sdk::api::{ListPoliciesRequest, Policy};
+use spike_sdk::client::NexusClient;
+use spike_sdk::domain::{Permission, PolicyName, PolicyRef};
 
-use crate::nexus::{CliError, Nexus};
-use crate::output::{self, Format};
+use crate::nexus::CliError;
+use crate::output::Format;
 
 #[derive(Debug, Args)]
 pub struct PolicyFields {
@@ -50,9 +53,9 @@ pub enum PolicyCommand {
     },
     /// Print one policy.
     Get {
-        /// The policy name.
+        /// The policy's id or name.
         policy_name: Option<String>,
-        /// The policy name (alternative to the argument).
+        /// The policy's name (alternative to the argument).
         #[arg(long)]
         name: Option<String>,
         /// Output format: human/h/plain/p, json/j, yaml/y.
@@ -61,9 +64,9 @@ pub enum PolicyCommand {
     },
     /// Delete a policy (asks for confirmation unless --yes).
     Delete {
-        /// The policy name.
+        /// The policy's id or name.
         policy_name: Option<String>,
-        /// The policy name (alternative to the argument).
+        /// The policy's name (alternative to the argument).
         #[arg(long)]
         name: Option<String>,
         /// Do not ask.
@@ -72,62 +75,93 @@ pub enum PolicyCommand {
     },
 }
 
-const PERMISSIONS: [&str; 5] = ["read", "write", "list", "execute", "super"];
+/// A policy as the operator gives it, checked before anything is sent.
+struct PolicySpec {
+    name: PolicyName,
+    spiffeid_pattern: String,
+    path_pattern: String,
+    permissions: Vec<Permission>,
+}
 
-fn permissions(text: &str) -> Result<Vec<String>, CliError> {
-    let list: Vec<String> = text
+fn permissions(text: &str) -> Result<Vec<Permission>, CliError> {
+    let list: Vec<&str> = text
         .split(',')
         .map(str::trim)
         .filter(|item| !item.is_empty())
-        .map(str::to_owned)
         .collect();
     if list.is_empty() {
         return Err(CliError::Invalid(
             "no valid permissions specified. valid permissions are: read, write, list, execute, super".to_owned(),
         ));
     }
-    if let Some(bad) = list
-        .iter()
-        .find(|item| !PERMISSIONS.contains(&item.as_str()))
-    {
-        return Err(CliError::Invalid(format!(
-            "invalid permission: '{bad}'. valid permissions: 'read, write, list, execute, super'"
-        )));
-    }
-    Ok(list)
+    list.into_iter()
+        .map(|item| {
+            item.parse().map_err(|_| {
+                CliError::Invalid(format!(
+                    "invalid permission: '{item}'. valid permissions: 'read, write, list, execute, super'"
+                ))
+            })
+        })
+        .collect()
 }
 
-fn body_from_fields(fields: &PolicyFields) -> Result<Value, CliError> {
-    let missing: Vec<&str> = [
+fn policy_name(text: &str) -> Result<PolicyName, CliError> {
+    text.parse()
+        .map_err(|e: spike_sdk::domain::InvalidValue| CliError::Invalid(e.to_string()))
+}
+
+fn spec_from_fields(fields: &PolicyFields) -> Result<PolicySpec, CliError> {
+    let missing: Vec<String> = [
         ("name", fields.name.is_none()),
         ("path-pattern", fields.path_pattern.is_none()),
         ("spiffeid-pattern", fields.spiffeid_pattern.is_none()),
         ("permissions", fields.permissions.is_none()),
     ]
     .into_iter()
-    .filter_map(|(flag, absent)| absent.then_some(flag))
+    .filter(|(_, absent)| *absent)
+    .map(|(flag, _)| format!("  --{flag} is missing"))
     .collect();
     if !missing.is_empty() {
-        let lines: Vec<String> = missing
-            .iter()
-            .map(|flag| format!("  --{flag} is missing"))
-            .collect();
         return Err(CliError::Invalid(format!(
             "All flags are required.\n{}",
-            lines.join("\n")
+            missing.join("\n")
         )));
     }
-    Ok(json!({
-        "name": fields.name,
-        "spiffeidPattern": fields.spiffeid_pattern,
-        "pathPattern": fields.path_pattern,
-        "permissions": permissions(fields.permissions.as_deref().unwrap_or_default())?,
-    }))
+    Ok(PolicySpec {
+        name: policy_name(fields.name.as_deref().unwrap_or_default())?,
+        spiffeid_pattern: fields.spiffeid_pattern.clone().unwrap_or_default(),
+        path_pattern: fields.path_pattern.clone().unwrap_or_default(),
+        permissions: permissions(fields.permissions.as_deref().unwrap_or_default())?,
+    })
+}
+
+/// A policy file's fields (SPIKE's `PolicySpec`): permissions as a list or
+/// as one comma-separated string.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PolicyFile {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    spiffeid_pattern: String,
+    #[serde(default)]
+    path_pattern: String,
+    #[serde(default)]
+    permissions: PermissionList,
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(untagged)]
+enum PermissionList {
+    #[default]
+    None,
+    List(Vec<String>),
+    Text(String),
 }
 
 /// Reads a policy file: JSON, or the YAML subset SPIKE's files use
 /// (`key: value` lines and a `permissions` list).
-fn body_from_file(path: &std::path::Path) -> Result<Value, CliError> {
+fn spec_from_file(path: &std::path::Path) -> Result<PolicySpec, CliError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         CliError::Invalid(format!("cannot read policy file {}: {e}", path.display()))
     })?;
@@ -137,31 +171,31 @@ fn body_from_file(path: &std::path::Path) -> Result<Value, CliError> {
     } else {
         parse_yaml_policy(&text)?
     };
-    for field in ["name", "spiffeidPattern", "pathPattern", "permissions"] {
-        if parsed
-            .get(field)
-            .is_none_or(|value| value.is_null() || value == "")
-        {
+    let file: PolicyFile = serde_json::from_value(parsed)
+        .map_err(|e| CliError::Invalid(format!("policy file: {e}")))?;
+    let listed = match file.permissions {
+        PermissionList::None => String::new(),
+        PermissionList::List(items) => items.join(","),
+        PermissionList::Text(text) => text,
+    };
+    for (field, empty) in [
+        ("name", file.name.is_empty()),
+        ("spiffeidPattern", file.spiffeid_pattern.is_empty()),
+        ("pathPattern", file.path_pattern.is_empty()),
+        ("permissions", listed.trim().is_empty()),
+    ] {
+        if empty {
             return Err(CliError::Invalid(format!(
                 "{field} is required in the policy file"
             )));
         }
     }
-    let listed = match &parsed["permissions"] {
-        Value::Array(items) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(","),
-        Value::String(text) => text.clone(),
-        _ => String::new(),
-    };
-    Ok(json!({
-        "name": parsed["name"],
-        "spiffeidPattern": parsed["spiffeidPattern"],
-        "pathPattern": parsed["pathPattern"],
-        "permissions": permissions(&listed)?,
-    }))
+    Ok(PolicySpec {
+        name: policy_name(&file.name)?,
+        spiffeid_pattern: file.spiffeid_pattern,
+        path_pattern: file.path_pattern,
+        permissions: permissions(&listed)?,
+    })
 }
 
 fn unquote(text: &str) -> String {
@@ -222,11 +256,9 @@ fn parse_yaml_policy(text: &str) -> Result<Value, CliError> {
     Ok(Value::Object(object))
 }
 
-async fn exists(nexus: &Nexus, name: &str) -> Result<bool, CliError> {
-    let reply = nexus.call("/v1/acl/policy?action=list", &json!({})).await?;
-    Ok(reply["policies"]
-        .as_array()
-        .is_some_and(|policies| policies.iter().any(|policy| policy["name"] == name)))
+async fn exists(nexus: &NexusClient, name: &PolicyName) -> Result<bool, CliError> {
+    let policies = nexus.list_policies().await?;
+    Ok(policies.iter().any(|policy| policy.name == name.as_str()))
 }
 
 fn confirm(name: &str) -> bool {
@@ -235,112 +267,118 @@ fn confirm(name: &str) -> bool {
     std::io::stdin().lock().read_line(&mut answer).is_ok() && matches!(answer.trim(), "y" | "Y")
 }
 
+fn policy_ref(argument: Option<String>, name: Option<String>) -> Result<PolicyRef, CliError> {
+    let text = argument.or(name).ok_or_else(|| {
+        CliError::Invalid("a policy id or name is required (argument or --name)".to_owned())
+    })?;
+    text.parse()
+        .map_err(|e: spike_sdk::domain::InvalidValue| CliError::Invalid(e.to_string()))
+}
+
+fn permissions_text(policy: &Policy) -> String {
+    policy
+        .permissions
+        .iter()
+        .map(|permission| permission.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A policy for people, in SPIKE 0.8.0's layout.
+fn human_policy(policy: &Policy) -> String {
+    let mut out = format!(
+        "ID: {}\nName: {}\nSPIFFE ID Pattern: {}\nPath Pattern: {}\nPermissions: {}\nCreated At: {}\n",
+        policy.id,
+        policy.name,
+        policy.spiffeid_pattern,
+        policy.path_pattern,
+        permissions_text(policy),
+        policy.created_at,
+    );
+    if !policy.updated_at.is_zero() {
+        out += &format!("Updated At: {}\n", policy.updated_at);
+    }
+    out
+}
+
+async fn put(nexus: &NexusClient, spec: &PolicySpec) -> Result<String, CliError> {
+    Ok(nexus
+        .put_policy(
+            &spec.name,
+            &spec.spiffeid_pattern,
+            &spec.path_pattern,
+            &spec.permissions,
+        )
+        .await?)
+}
+
 /// Runs a policy command; returns what to print.
-pub async fn run(nexus: &Nexus, command: PolicyCommand) -> Result<String, CliError> {
+pub async fn run(nexus: &NexusClient, command: PolicyCommand) -> Result<String, CliError> {
     match command {
         PolicyCommand::Create(fields) => {
-            let body = body_from_fields(&fields)?;
-            let name = body["name"].as_str().unwrap_or_default().to_owned();
-            if exists(nexus, &name).await? {
+            let spec = spec_from_fields(&fields)?;
+            if exists(nexus, &spec.name).await? {
                 return Err(CliError::Invalid(format!(
-                    "Policy '{name}' already exists."
+                    "Policy '{}' already exists.",
+                    spec.name
                 )));
             }
-            nexus.call("/v1/acl/policy", &body).await?;
+            put(nexus, &spec).await?;
             Ok("Policy created successfully.\n".to_owned())
         }
         PolicyCommand::Apply { fields, file } => {
-            let body = match file {
-                Some(path) => body_from_file(&path)?,
-                None => body_from_fields(&fields)?,
+            let spec = match file {
+                Some(path) => spec_from_file(&path)?,
+                None => spec_from_fields(&fields)?,
             };
-            nexus.call("/v1/acl/policy", &body).await?;
-            Ok(format!(
-                "Policy '{}' applied successfully\n",
-                body["name"].as_str().unwrap_or_default()
-            ))
+            put(nexus, &spec).await?;
+            Ok(format!("Policy '{}' applied successfully\n", spec.name))
         }
         PolicyCommand::List {
             path_pattern,
             spiffeid_pattern,
             format,
         } => {
-            let body = json!({
-                "spiffeidPattern": spiffeid_pattern.unwrap_or_default(),
-                "pathPattern": path_pattern.unwrap_or_default(),
-            });
-            let reply = match nexus.call("/v1/acl/policy?action=list", &body).await {
-                Err(CliError::Api { status: 404, .. }) => json!({ "policies": [] }),
-                other => other?,
+            let filter = ListPoliciesRequest {
+                spiffeid_pattern: spiffeid_pattern.unwrap_or_default(),
+                path_pattern: path_pattern.unwrap_or_default(),
             };
-            let policies = reply["policies"].as_array().cloned().unwrap_or_default();
-            Ok(match format {
-                Format::Human if policies.is_empty() => "No policies found.\n".to_owned(),
-                Format::Human => {
-                    let mut out = "POLICIES\n========\n\n".to_owned();
-                    for policy in &policies {
-                        out += &format!(
-                            "Name: {}\n--------\n\n",
-                            policy["name"].as_str().unwrap_or_default()
-                        );
-                    }
-                    out
+            let policies = nexus.list_policies_matching(&filter).await?;
+            Ok(format.render(&policies, |policies| {
+                if policies.is_empty() {
+                    return "No policies found.\n".to_owned();
                 }
-                Format::Json => output::json(&Value::Array(policies)),
-                Format::Yaml => output::yaml(&Value::Array(policies)),
-            })
+                let mut out = "POLICIES\n========\n\n".to_owned();
+                for policy in policies {
+                    out += &human_policy(policy);
+                    out += "--------\n\n";
+                }
+                out
+            }))
         }
         PolicyCommand::Get {
             policy_name,
             name,
             format,
         } => {
-            let name = policy_name.or(name).ok_or_else(|| {
-                CliError::Invalid("a policy name is required (argument or --name)".to_owned())
-            })?;
-            let policy = nexus
-                .call("/v1/acl/policy?action=get", &json!({ "id": name }))
-                .await?;
-            Ok(match format {
-                Format::Json => output::json(&policy),
-                Format::Yaml => output::yaml(&policy),
-                Format::Human => {
-                    let list = policy["permissions"]
-                        .as_array()
-                        .map(|items| {
-                            items
-                                .iter()
-                                .filter_map(Value::as_str)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        })
-                        .unwrap_or_default();
-                    let text = |field: &str| policy[field].as_str().unwrap_or_default().to_owned();
-                    format!(
-                        "POLICY DETAILS\n=============\n\nName: {}\nSPIFFE ID Pattern: {}\nPath Pattern: {}\nPermissions: {list}\nCreated At: {}\nUpdated At: {}\n\n",
-                        text("name"),
-                        text("spiffiedPattern"),
-                        text("pathPattern"),
-                        text("createdAt"),
-                        text("updatedAt"),
-                    )
-                }
-            })
+            let policy = nexus.get_policy(&policy_ref(policy_name, name)?).await?;
+            Ok(format.render(&policy, |policy| {
+                format!(
+                    "POLICY DETAILS\n=============\n\n{}\n",
+                    human_policy(policy)
+                )
+            }))
         }
         PolicyCommand::Delete {
             policy_name,
             name,
             yes,
         } => {
-            let name = policy_name.or(name).ok_or_else(|| {
-                CliError::Invalid("a policy name is required (argument or --name)".to_owned())
-            })?;
-            if !yes && !confirm(&name) {
+            let policy = policy_ref(policy_name, name)?;
+            if !yes && !confirm(policy.as_str()) {
                 return Ok("Operation canceled.\n".to_owned());
             }
-            nexus
-                .call("/v1/acl/policy?action=delete", &json!({ "id": name }))
-                .await?;
+            nexus.delete_policy(&policy).await?;
             Ok("Policy deleted successfully.\n".to_owned())
         }
     }
@@ -357,14 +395,17 @@ mod tests {
         assert_eq!(parsed["name"], "db-readers");
         assert_eq!(parsed["spiffeidPattern"], "^spiffe://example\\.org/app/.*$");
         assert_eq!(parsed["pathPattern"], "^db/.*$");
-        assert_eq!(parsed["permissions"], json!(["read", "list"]));
+        assert_eq!(parsed["permissions"], serde_json::json!(["read", "list"]));
         let inline = parse_yaml_policy("permissions: [read, write]\n").expect("parses");
-        assert_eq!(inline["permissions"], json!(["read", "write"]));
+        assert_eq!(inline["permissions"], serde_json::json!(["read", "write"]));
     }
 
     #[test]
     fn permissions_are_checked_before_sending() {
-        assert!(permissions("read, write").is_ok());
+        assert_eq!(
+            permissions("read, write").ok(),
+            Some(vec![Permission::Read, Permission::Write])
+        );
         assert!(permissions("read,fly").is_err());
         assert!(permissions(" , ").is_err());
     }

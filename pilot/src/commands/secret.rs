@@ -1,17 +1,19 @@
 //! `spike secret`: SPIKE's secret commands, plus `destroy` and `--cas`.
 
 use clap::Subcommand;
-use serde_json::{Map, Value, json};
+use spike_sdk::api::{SecretMetadataResponse, SecretValues};
+use spike_sdk::client::NexusClient;
+use spike_sdk::domain::SecretPath;
 
-use crate::nexus::{CliError, Nexus};
-use crate::output::{self, Format};
+use crate::nexus::CliError;
+use crate::output::Format;
 
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
     /// Store a new version of a secret: spike secret put PATH KEY=VALUE...
     Put {
         /// The secret path.
-        path: String,
+        path: SecretPath,
         /// Values as key=value (split at the first '=').
         #[arg(required = true)]
         values: Vec<String>,
@@ -22,7 +24,7 @@ pub enum SecretCommand {
     /// Print a secret's values, or one value.
     Get {
         /// The secret path.
-        path: String,
+        path: SecretPath,
         /// Print only this key's value.
         key: Option<String>,
         /// Version to read (0: current).
@@ -41,7 +43,7 @@ pub enum SecretCommand {
     /// Mark versions deleted (they can be undeleted).
     Delete {
         /// The secret path.
-        path: String,
+        path: SecretPath,
         /// Comma-separated versions (0: current).
         #[arg(short, long, default_value = "0")]
         versions: String,
@@ -49,7 +51,7 @@ pub enum SecretCommand {
     /// Clear deletion marks.
     Undelete {
         /// The secret path.
-        path: String,
+        path: SecretPath,
         /// Comma-separated versions (0: current).
         #[arg(short, long, default_value = "0")]
         versions: String,
@@ -57,7 +59,7 @@ pub enum SecretCommand {
     /// Destroy versions for good (their values are erased; no undelete).
     Destroy {
         /// The secret path.
-        path: String,
+        path: SecretPath,
         /// Comma-separated versions (0: current).
         #[arg(short, long, default_value = "0")]
         versions: String,
@@ -72,7 +74,7 @@ pub enum MetadataCommand {
     /// Print a secret's versions and metadata (never values).
     Get {
         /// The secret path.
-        path: String,
+        path: SecretPath,
         /// Version that must exist (0: current).
         #[arg(short, long, default_value_t = 0)]
         version: u64,
@@ -99,21 +101,17 @@ fn parse_versions(text: &str) -> Result<Vec<u64>, CliError> {
 }
 
 /// Runs a secret command; returns what to print.
-pub async fn run(nexus: &Nexus, command: SecretCommand) -> Result<String, CliError> {
+pub async fn run(nexus: &NexusClient, command: SecretCommand) -> Result<String, CliError> {
     match command {
         SecretCommand::Put { path, values, cas } => {
-            let mut map = Map::new();
+            let mut map = SecretValues::new();
             for pair in &values {
                 let (key, value) = pair
                     .split_once('=')
                     .ok_or_else(|| CliError::Invalid(format!("Invalid key-value pair: {pair}")))?;
-                map.insert(key.to_owned(), Value::String(value.to_owned()));
+                map.insert(key, value);
             }
-            let mut body = json!({ "path": path, "values": map });
-            if let Some(cas) = cas {
-                body["cas"] = json!(cas);
-            }
-            nexus.call("/v1/store/secrets", &body).await?;
+            nexus.put_secret(&path, &map, cas).await?;
             Ok("OK\n".to_owned())
         }
         SecretCommand::Get {
@@ -122,132 +120,80 @@ pub async fn run(nexus: &Nexus, command: SecretCommand) -> Result<String, CliErr
             version,
             format,
         } => {
-            let reply = nexus
-                .call(
-                    "/v1/store/secrets?action=get",
-                    &json!({ "path": path, "version": version }),
-                )
-                .await?;
-            let data = reply["data"].as_object().cloned().unwrap_or_default();
+            let values = nexus.get_secret(&path, Some(version)).await?;
             match key {
                 Some(key) => {
-                    let value = data
+                    let value = values
                         .get(&key)
                         .ok_or_else(|| CliError::Invalid("Key not found.".to_owned()))?;
-                    Ok(match format {
-                        Format::Human => format!("{}\n", value.as_str().unwrap_or_default()),
-                        Format::Json => output::json(value),
-                        Format::Yaml => output::yaml(value),
-                    })
+                    Ok(format.render(&value, |value| format!("{value}\n")))
                 }
-                None => Ok(match format {
-                    Format::Human => data
+                None => Ok(format.render(&values, |values| {
+                    values
                         .iter()
-                        .map(|(key, value)| {
-                            format!("{key}: {}\n", value.as_str().unwrap_or_default())
-                        })
-                        .collect(),
-                    Format::Json => output::json(&Value::Object(data)),
-                    Format::Yaml => output::yaml(&Value::Object(data)),
-                }),
+                        .map(|(key, value)| format!("{key}: {value}\n"))
+                        .collect()
+                })),
             }
         }
         SecretCommand::List { format } => {
-            let reply = match nexus
-                .call("/v1/store/secrets?action=list", &json!({}))
-                .await
-            {
-                Err(CliError::Api { status: 404, .. }) => json!({ "keys": [] }),
-                other => other?,
-            };
-            let keys = reply["keys"].as_array().cloned().unwrap_or_default();
-            Ok(match format {
-                Format::Human if keys.is_empty() => "No secrets found.\n".to_owned(),
-                Format::Human => keys
-                    .iter()
-                    .map(|key| format!("- {}\n", key.as_str().unwrap_or_default()))
-                    .collect(),
-                Format::Json => output::json(&Value::Array(keys)),
-                Format::Yaml => output::yaml(&Value::Array(keys)),
-            })
+            let keys = nexus.list_secrets().await?;
+            Ok(format.render(&keys, |keys| {
+                if keys.is_empty() {
+                    "No secrets found.\n".to_owned()
+                } else {
+                    keys.iter().map(|key| format!("- {key}\n")).collect()
+                }
+            }))
         }
         SecretCommand::Delete { path, versions } => {
-            versions_command(nexus, "delete", &path, &versions).await
+            nexus
+                .delete_secret(&path, &parse_versions(&versions)?)
+                .await?;
+            Ok("OK\n".to_owned())
         }
         SecretCommand::Undelete { path, versions } => {
-            versions_command(nexus, "undelete", &path, &versions).await
+            nexus
+                .undelete_secret(&path, &parse_versions(&versions)?)
+                .await?;
+            Ok("OK\n".to_owned())
         }
         SecretCommand::Destroy { path, versions } => {
-            versions_command(nexus, "destroy", &path, &versions).await
+            nexus
+                .destroy_secret(&path, &parse_versions(&versions)?)
+                .await?;
+            Ok("OK\n".to_owned())
         }
         SecretCommand::Metadata(MetadataCommand::Get {
             path,
             version,
             format,
         }) => {
-            let reply = nexus
-                .call(
-                    "/v1/store/secrets/metadata?action=get",
-                    &json!({ "path": path, "version": version }),
-                )
-                .await?;
-            Ok(match format {
-                Format::Json => output::json(&reply),
-                Format::Yaml => output::yaml(&reply),
-                Format::Human => human_metadata(&reply),
-            })
+            let metadata = nexus.secret_metadata(&path, Some(version)).await?;
+            Ok(format.render(&metadata, human_metadata))
         }
     }
 }
 
-async fn versions_command(
-    nexus: &Nexus,
-    action: &str,
-    path: &str,
-    versions: &str,
-) -> Result<String, CliError> {
-    let versions = parse_versions(versions)?;
-    nexus
-        .call(
-            &format!("/v1/store/secrets?action={action}"),
-            &json!({ "path": path, "versions": versions }),
-        )
-        .await?;
-    Ok("OK\n".to_owned())
-}
-
-fn human_metadata(reply: &Value) -> String {
+fn human_metadata(answer: &SecretMetadataResponse) -> String {
     let line = "-".repeat(50);
-    let meta = &reply["metadata"];
-    let text = |value: &Value| match value {
-        Value::String(text) => text.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    };
+    let meta = &answer.metadata;
     let mut out = format!(
         "\nMetadata:\n{line}\nCurrent Version : {}\nOldest Version  : {}\nCreated Time    : {}\nLast Updated    : {}\nMax Versions    : {}\n{line}\n",
-        text(&meta["currentVersion"]),
-        text(&meta["oldestVersion"]),
-        text(&meta["createdTime"]),
-        text(&meta["updatedTime"]),
-        text(&meta["maxVersions"]),
+        meta.current_version,
+        meta.oldest_version,
+        meta.created_time,
+        meta.updated_time,
+        meta.max_versions,
     );
-    if let Some(versions) = reply["versions"]
-        .as_object()
-        .filter(|versions| !versions.is_empty())
-    {
+    if !answer.versions.is_empty() {
         out += &format!("\nSecret Versions:\n{line}\n");
-        let mut numbers: Vec<(&String, &Value)> = versions.iter().collect();
-        numbers.sort_by_key(|(number, _)| number.parse::<u64>().unwrap_or(0));
-        for (number, version) in numbers {
-            out += &format!(
-                "Version {number}:\n  Created: {}\n",
-                text(&version["createdTime"])
-            );
-            if !version["deletedTime"].is_null() {
-                out += &format!("  Deleted: {}\n", text(&version["deletedTime"]));
+        for (number, version) in &answer.versions {
+            out += &format!("Version {number}:\n  Created: {}\n", version.created_time);
+            if let Some(deleted) = version.deleted_time {
+                out += &format!("  Deleted: {deleted}\n");
             }
-            if version["destroyed"] == true {
+            if version.destroyed {
                 out += "  Destroyed\n";
             }
             out += &format!("{line}\n");

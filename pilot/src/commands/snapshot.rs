@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use crate::nexus::{BACKUP_SIZE_MAX_BYTES, CliError, Nexus};
+use spike_sdk::api::BACKUP_SIZE_MAX_BYTES;
+use spike_sdk::client::NexusClient;
+
+use crate::nexus::CliError;
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
@@ -26,12 +29,10 @@ pub enum SnapshotCommand {
 }
 
 /// Runs a snapshot command; returns what to print.
-pub async fn run(nexus: &Nexus, command: SnapshotCommand) -> Result<String, CliError> {
+pub async fn run(nexus: &NexusClient, command: SnapshotCommand) -> Result<String, CliError> {
     match command {
         SnapshotCommand::Save { out } => {
-            let bytes = nexus
-                .call_stream("/v1/snapshot?action=save", Vec::new())
-                .await?;
+            let bytes = nexus.snapshot_save().await?;
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
             std::fs::OpenOptions::new()
@@ -60,13 +61,10 @@ pub async fn run(nexus: &Nexus, command: SnapshotCommand) -> Result<String, CliE
             }
             let bytes = std::fs::read(&file)
                 .map_err(|e| CliError::Invalid(format!("cannot read {}: {e}", file.display())))?;
-            let reply = nexus
-                .call_stream("/v1/snapshot?action=restore", bytes)
-                .await?;
-            let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
+            let restored = nexus.snapshot_restore(&bytes).await?;
             Ok(format!(
                 "Store replaced by the backup: {} secrets, {} policies.\n",
-                reply["secrets"], reply["policies"]
+                restored.secrets, restored.policies
             ))
         }
     }

@@ -98,19 +98,27 @@ pub struct StreamFrame {
     pub ciphertext: Vec<u8>,
 }
 
-/// A stream-mode body that is no frame; each names SPIKE's `text/plain`
-/// error body.
+/// A stream-mode body that is no frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.code())]
 pub enum FrameError {
     /// The body is empty.
-    #[error("crypto_failed_to_read_version")]
     NoVersion,
     /// The version is not [`FORMAT_VERSION`].
-    #[error("crypto_unsupported_version")]
     UnsupportedVersion,
     /// The body ends inside the nonce.
-    #[error("crypto_failed_to_read_nonce")]
     NoNonce,
+}
+
+impl FrameError {
+    /// SPIKE's `text/plain` error body for it.
+    pub fn code(self) -> &'static str {
+        match self {
+            FrameError::NoVersion => "crypto_failed_to_read_version",
+            FrameError::UnsupportedVersion => "crypto_unsupported_version",
+            FrameError::NoNonce => "crypto_failed_to_read_nonce",
+        }
+    }
 }
 
 impl StreamFrame {
