@@ -4,6 +4,8 @@
 
 mod authorization;
 mod bad_input;
+mod compat;
+mod go_client;
 mod wire;
 
 use serde_json::{Value, json};

@@ -14,8 +14,21 @@ struct Cli<'a> {
 }
 
 impl Cli<'_> {
-    /// Runs `spike ARGS` as `role` with `stdin`.
+    /// Runs `spike ARGS` as `role` with `stdin`, pointed at replica 2.
     async fn run(&self, role: &str, args: &[&str], stdin: &[u8]) -> Output {
+        let api_url = format!("https://{}", self.cluster.api(2));
+        self.run_at(role, &[("SPIKE_NEXUS_API_URL", &api_url)], args, stdin)
+            .await
+    }
+
+    /// Runs `spike ARGS` as `role` with `stdin` and the variables `env`.
+    async fn run_at(
+        &self,
+        role: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        stdin: &[u8],
+    ) -> Output {
         use tokio::io::AsyncWriteExt;
         let socket = self.cluster.socket(role);
         let mut child = tokio::process::Command::new(binary("spike"))
@@ -24,10 +37,7 @@ impl Cli<'_> {
                 "SPIFFE_ENDPOINT_SOCKET",
                 format!("unix://{}", socket.display()),
             )
-            .env(
-                "SPIKE_NEXUS_API_URL",
-                format!("https://{}", self.cluster.api(2)),
-            )
+            .envs(env.iter().copied())
             .env("SPIKE_PILOT_RECOVERY_DIR", self.home)
             .env("HOME", self.home)
             .args(args)
@@ -460,6 +470,68 @@ async fn cipher_operator_and_cluster_commands() {
         cli.ok("superuser", &["completions", "bash"])
             .await
             .contains("spike")
+    );
+}
+
+/// Regression: with the env file's `SPIKE_NEXUS_API_URL` naming the leader,
+/// killed with -9, every command failed until the operator edited it. The
+/// CLI now also reads `SPIKE_NEXUS_API_URLS` and fails over, and its write
+/// is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_fails_over_when_the_replica_it_names_is_killed() {
+    let mut cluster = cluster();
+    let home = tempfile::tempdir().expect("home");
+    let cli = Cli {
+        cluster: &cluster,
+        home: home.path(),
+    };
+    let status = json(&cli.ok("superuser", &["cluster", "status", "-f", "json"]).await);
+    let leader = status["leaderId"].as_u64().expect("a leader");
+    let first = format!("https://{}", cluster.api(leader));
+    let every: Vec<String> = (1..=3)
+        .map(|id| format!("https://{}", cluster.api(id)))
+        .collect();
+    let every = every.join(",");
+    let env = [
+        ("SPIKE_NEXUS_API_URL", first.as_str()),
+        ("SPIKE_NEXUS_API_URLS", every.as_str()),
+    ];
+    let put = cli
+        .run_at("superuser", &env, &["secret", "put", "ops/a", "v=1"], b"")
+        .await;
+    assert!(put.status.success(), "{put:?}");
+
+    cluster.act("kill", &format!("nexus-{leader}"));
+    let cli = Cli {
+        cluster: &cluster,
+        home: home.path(),
+    };
+    let alone = cli
+        .run_at(
+            "superuser",
+            &[("SPIKE_NEXUS_API_URL", first.as_str())],
+            &["secret", "get", "ops/a"],
+            b"",
+        )
+        .await;
+    assert_eq!(alone.status.code(), Some(1), "only the dead leader named");
+    let put = cli
+        .run_at("superuser", &env, &["secret", "put", "ops/a", "v=2"], b"")
+        .await;
+    assert!(put.status.success(), "failover: {put:?}");
+    let metadata = cli
+        .run_at(
+            "superuser",
+            &env,
+            &["secret", "metadata", "get", "ops/a", "-f", "json"],
+            b"",
+        )
+        .await;
+    assert!(metadata.status.success(), "{metadata:?}");
+    let metadata = json(&String::from_utf8_lossy(&metadata.stdout));
+    assert_eq!(
+        metadata["metadata"]["currentVersion"], 2,
+        "the write applied exactly once"
     );
 }
 
