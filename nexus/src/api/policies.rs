@@ -1,6 +1,7 @@
 //! `/v1/acl/policy`: SPIKE's access policies. A policy's body (patterns
-//! and permissions) is sealed in the replicated state like a secret; its
-//! name is the key (SPIKE's `id` field carries the name).
+//! and permissions) is sealed in the replicated state like a secret, under
+//! its name; it also has a stable id. SPIKE's `id` field names a policy by
+//! id (0.8's clients) or by name (the development line's).
 
 use std::sync::{Arc, OnceLock};
 
@@ -10,15 +11,20 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::authz::{ACL_PATH, CompiledPolicy, Permission, PolicyBody, PolicySet};
-use super::secrets::{rfc3339, valid_key};
+use spike_sdk::domain::{DataKeyId, PolicyId, PolicyName, PolicyRef};
+
+use super::secrets::rfc3339;
 use super::{ApiError, Call};
 use crate::keys::Unlocked;
 use crate::node::Node;
-use crate::state::command::{Command, Refusal, Request, Response};
+use crate::state::command::{Command, PolicyCommand, Refusal, Request, Response, SessionRef};
 use crate::state::store::PolicyRecord;
 
 /// Longest path pattern (SPIKE's limit).
 pub const PATH_PATTERN_LEN_MAX: usize = 500;
+/// Ids drawn for a new policy before giving up: apply refuses an id another
+/// policy holds, which takes a UUID collision.
+const POLICY_ID_ATTEMPTS_MAX: usize = 3;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -102,7 +108,7 @@ pub fn compile_all(node: &Node, unlocked: &Unlocked) -> Result<Arc<PolicySet>, A
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut compiled = Vec::with_capacity(records.len());
     for (name, record) in records {
-        match open_body(unlocked, &name, &record).and_then(|body| {
+        match open_body(unlocked, name.as_str(), &record).and_then(|body| {
             CompiledPolicy::compile(&body).map_err(|e| ApiError::Internal(e.to_string()))
         }) {
             Ok(policy) => compiled.push(policy),
@@ -118,14 +124,22 @@ fn unlocked(call: &Call<'_>) -> Result<Arc<Unlocked>, ApiError> {
     call.api.node.keys.unlocked().ok_or(ApiError::NotReady)
 }
 
-async fn write(call: &Call<'_>, command: Command) -> Result<(), ApiError> {
+async fn propose(
+    call: &Call<'_>,
+    command: Command,
+    session: Option<SessionRef>,
+) -> Result<Response, ApiError> {
     let request = Request {
         command,
-        session: call.session,
+        session,
         time_ns: 0,
     };
-    match call.api.node.write(request).await? {
-        Response::Done | Response::Written(_) => Ok(()),
+    Ok(call.api.node.write(request).await?)
+}
+
+fn answer(response: Response) -> Result<(), ApiError> {
+    match response {
+        Response::Done | Response::Written(_) | Response::PolicyStored(_) => Ok(()),
         Response::Refused(Refusal::PolicyNotFound) => Err(ApiError::NotFound),
         Response::Refused(Refusal::PolicyLimit(_)) => Err(ApiError::BadRequest),
         Response::Refused(Refusal::NotInitialized) => Err(ApiError::NotReady),
@@ -139,8 +153,8 @@ pub async fn put(call: Call<'_>) -> Result<Value, ApiError> {
     call.authorize_path(ACL_PATH, &[Permission::Write])?;
     let permissions: Option<Vec<Permission>> =
         body.permissions.iter().map(|p| permission(p)).collect();
-    let (true, true, true, Some(permissions)) = (
-        valid_key(&body.name),
+    let (Ok(name), true, true, Some(permissions)) = (
+        body.name.parse::<PolicyName>(),
         valid_spiffeid_pattern(&body.spiffeid_pattern),
         valid_path_pattern(&body.path_pattern),
         permissions.filter(|permissions| !permissions.is_empty()),
@@ -164,40 +178,50 @@ pub async fn put(call: Call<'_>) -> Result<Value, ApiError> {
     let (ciphertext, data_key_id) = unlocked
         .seal(&aad(&body.name), &plaintext)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    write(
-        &call,
-        Command::PutPolicy {
-            name: body.name,
-            ciphertext,
-            data_key_id,
-        },
-    )
-    .await?;
-    Ok(json!({}))
+    // Only the first attempt carries the client's session: a refusal is
+    // remembered under it, and a put is an upsert anyway.
+    let mut session = call.session;
+    for _ in 0..POLICY_ID_ATTEMPTS_MAX {
+        let command = Command::Policy(PolicyCommand::Put {
+            id: PolicyId::generate().map_err(|e| ApiError::Internal(e.to_string()))?,
+            name: name.clone(),
+            ciphertext: ciphertext.clone(),
+            data_key_id: DataKeyId(data_key_id),
+        });
+        match propose(&call, command, session.take()).await? {
+            Response::Refused(Refusal::PolicyIdTaken(id)) => {
+                tracing::info!(policy = %name, %id, "proposed policy id taken; drawing another");
+            }
+            response => return answer(response).map(|()| json!({})),
+        }
+    }
+    Err(ApiError::Internal("no free policy id".to_owned()))
 }
 
-/// Get: one policy by name (SPIKE's `id`).
+fn policy_ref(text: &str) -> Result<PolicyRef, ApiError> {
+    text.parse().map_err(|_| ApiError::BadRequest)
+}
+
+/// Get: one policy by id or name (SPIKE's `id`).
 pub async fn get(call: Call<'_>) -> Result<Value, ApiError> {
     let body: IdBody = call.parse(&["id"])?;
     call.authorize_path(ACL_PATH, &[Permission::Read])?;
-    if !valid_key(&body.id) {
-        return Err(ApiError::BadRequest);
-    }
+    let policy = policy_ref(&body.id)?;
     let unlocked = unlocked(&call)?;
     if !call.stale && !call.caught_up {
         call.api.node.linearize().await?;
     }
-    let record = call
+    let (name, record) = call
         .api
         .node
         .state
-        .policy(&body.id)
+        .policy(&policy)
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .ok_or(ApiError::NotFound)?;
-    let policy = open_body(&unlocked, &body.id, &record)?;
+    let policy = open_body(&unlocked, name.as_str(), &record)?;
     Ok(json!({
-        "id": "",
-        "name": body.id,
+        "id": record.id,
+        "name": name,
         "spiffiedPattern": policy.spiffeid_pattern,
         "pathPattern": policy.path_pattern,
         "permissions": policy.permissions,
@@ -206,15 +230,14 @@ pub async fn get(call: Call<'_>) -> Result<Value, ApiError> {
     }))
 }
 
-/// Delete: one policy by name.
+/// Delete: one policy by id or name.
 pub async fn delete(call: Call<'_>) -> Result<Value, ApiError> {
     let body: IdBody = call.parse(&["id"])?;
     call.authorize_path(ACL_PATH, &[Permission::Write])?;
-    if !valid_key(&body.id) {
-        return Err(ApiError::BadRequest);
-    }
+    let policy = policy_ref(&body.id)?;
     unlocked(&call)?;
-    write(&call, Command::DeletePolicy { name: body.id }).await?;
+    let command = Command::Policy(PolicyCommand::Delete { policy });
+    answer(propose(&call, command, call.session).await?)?;
     Ok(json!({}))
 }
 
@@ -235,7 +258,7 @@ pub async fn list(call: Call<'_>) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut listed = Vec::new();
     for (name, record) in records {
-        let policy = open_body(&unlocked, &name, &record)?;
+        let policy = open_body(&unlocked, name.as_str(), &record)?;
         let keep = if !body.spiffeid_pattern.is_empty() {
             policy.spiffeid_pattern == body.spiffeid_pattern
         } else if !body.path_pattern.is_empty() {
@@ -244,7 +267,7 @@ pub async fn list(call: Call<'_>) -> Result<Value, ApiError> {
             true
         };
         if keep {
-            listed.push(json!({ "id": "", "name": name }));
+            listed.push(json!({ "id": record.id, "name": name }));
         }
     }
     Ok(json!({ "policies": listed }))

@@ -15,12 +15,12 @@ use zeroize::Zeroizing;
 
 use super::authz::{Permission, SECRET_LIST_PATH};
 use super::{ApiError, Call};
+use spike_sdk::domain::{DataKeyId, SecretPath};
+
 use crate::keys::Unlocked;
-use crate::state::command::{Command, Refusal, Request, Response};
+use crate::state::command::{Command, Refusal, Request, Response, SecretCommand};
 use crate::state::secret::{SecretError, SecretRecord};
 
-/// Longest secret path (SPIKE's limit).
-pub const PATH_LEN_MAX: usize = 500;
 /// Longest value key (SPIKE's name rule).
 pub const KEY_LEN_MAX: usize = 250;
 /// Largest secret: its values serialized as JSON.
@@ -75,13 +75,9 @@ fn known_versions(versions: &[i64]) -> Vec<u64> {
         .collect()
 }
 
-/// SPIKE's path rule: 1 to 500 of `a-zA-Z0-9._-/()?+*|[]{}\`.
-pub fn valid_path(path: &str) -> bool {
-    !path.is_empty()
-        && path.len() <= PATH_LEN_MAX
-        && path
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-/()?+*|[]{}\\".contains(&b))
+/// A path under SPIKE's rule: 1 to 500 of `a-zA-Z0-9._-/()?+*|[]{}\`.
+fn secret_path(text: &str) -> Result<SecretPath, ApiError> {
+    text.parse().map_err(|_| ApiError::BadRequest)
 }
 
 /// SPIKE's name rule for value keys: 1 to 250 of `a-zA-Z0-9-_ `.
@@ -126,7 +122,7 @@ async fn read_barrier(call: &Call<'_>) -> Result<(), ApiError> {
 }
 
 /// The record of `path` after the read barrier; 404 when there is none.
-async fn read_record(call: &Call<'_>, path: &str) -> Result<SecretRecord, ApiError> {
+async fn read_record(call: &Call<'_>, path: &SecretPath) -> Result<SecretRecord, ApiError> {
     read_barrier(call).await?;
     call.api
         .node
@@ -140,7 +136,8 @@ async fn read_record(call: &Call<'_>, path: &str) -> Result<SecretRecord, ApiErr
 pub async fn put(call: Call<'_>) -> Result<Value, ApiError> {
     let body: PutBody = call.parse(PUT_FIELDS)?;
     call.authorize_path(&body.path, &[Permission::Write])?;
-    if !valid_path(&body.path) || !body.values.keys().all(|key| valid_key(key)) {
+    let path = secret_path(&body.path)?;
+    if !body.values.keys().all(|key| valid_key(key)) {
         return Err(ApiError::BadRequest);
     }
     let unlocked = unlocked(&call)?;
@@ -155,13 +152,13 @@ pub async fn put(call: Call<'_>) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     write(
         &call,
-        Command::PutSecret {
-            path: body.path.clone(),
+        Command::Secret(SecretCommand::Put {
+            path,
             ciphertext,
-            data_key_id,
+            data_key_id: DataKeyId(data_key_id),
             cas: body.cas,
             max_versions: call.api.max_versions,
-        },
+        }),
     )
     .await?;
     Ok(json!({}))
@@ -171,11 +168,9 @@ pub async fn put(call: Call<'_>) -> Result<Value, ApiError> {
 pub async fn get(call: Call<'_>) -> Result<Value, ApiError> {
     let body: ReadBody = call.parse(READ_FIELDS)?;
     call.authorize_path(&body.path, &[Permission::Read])?;
-    if !valid_path(&body.path) {
-        return Err(ApiError::BadRequest);
-    }
+    let path = secret_path(&body.path)?;
     let unlocked = unlocked(&call)?;
-    let record = read_record(&call, &body.path).await?;
+    let record = read_record(&call, &path).await?;
     let version = u64::try_from(body.version).map_err(|_| ApiError::NotFound)?;
     let (_, ciphertext) = record.read(version).map_err(|_| ApiError::NotFound)?;
     let plaintext = unlocked
@@ -188,26 +183,24 @@ pub async fn get(call: Call<'_>) -> Result<Value, ApiError> {
 
 async fn versions_command(
     call: Call<'_>,
-    build: fn(String, Vec<u64>) -> Command,
+    build: fn(SecretPath, Vec<u64>) -> SecretCommand,
 ) -> Result<Value, ApiError> {
     let body: VersionsBody = call.parse(VERSIONS_FIELDS)?;
     call.authorize_path(&body.path, &[Permission::Write])?;
-    if !valid_path(&body.path) {
-        return Err(ApiError::BadRequest);
-    }
+    let path = secret_path(&body.path)?;
     unlocked(&call)?;
     let versions = known_versions(&body.versions);
     if versions.is_empty() && !body.versions.is_empty() {
         // Only negative versions: nothing to act on, like SPIKE.
         return Ok(json!({}));
     }
-    write(&call, build(body.path, versions)).await?;
+    write(&call, Command::Secret(build(path, versions))).await?;
     Ok(json!({}))
 }
 
 /// Delete: mark versions deleted.
 pub async fn delete(call: Call<'_>) -> Result<Value, ApiError> {
-    versions_command(call, |path, versions| Command::DeleteSecret {
+    versions_command(call, |path, versions| SecretCommand::Delete {
         path,
         versions,
     })
@@ -216,7 +209,7 @@ pub async fn delete(call: Call<'_>) -> Result<Value, ApiError> {
 
 /// Undelete: clear deletion marks.
 pub async fn undelete(call: Call<'_>) -> Result<Value, ApiError> {
-    versions_command(call, |path, versions| Command::UndeleteSecret {
+    versions_command(call, |path, versions| SecretCommand::Undelete {
         path,
         versions,
     })
@@ -225,7 +218,7 @@ pub async fn undelete(call: Call<'_>) -> Result<Value, ApiError> {
 
 /// Destroy (extension): drop versions' ciphertext for good.
 pub async fn destroy(call: Call<'_>) -> Result<Value, ApiError> {
-    versions_command(call, |path, versions| Command::DestroySecret {
+    versions_command(call, |path, versions| SecretCommand::Destroy {
         path,
         versions,
     })
@@ -259,11 +252,9 @@ pub fn rfc3339(time_ns: u64) -> Value {
 pub async fn metadata(call: Call<'_>) -> Result<Value, ApiError> {
     let body: ReadBody = call.parse(READ_FIELDS)?;
     call.authorize_path(&body.path, &[Permission::Read])?;
-    if !valid_path(&body.path) {
-        return Err(ApiError::BadRequest);
-    }
+    let path = secret_path(&body.path)?;
     unlocked(&call)?;
-    let record = read_record(&call, &body.path).await?;
+    let record = read_record(&call, &path).await?;
     let version = u64::try_from(body.version).map_err(|_| ApiError::NotFound)?;
     record.read(version).map_err(|_| ApiError::NotFound)?;
     let versions: serde_json::Map<String, Value> = record

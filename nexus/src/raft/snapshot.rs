@@ -2,12 +2,15 @@
 //! one consistent read transaction and installed in one write transaction,
 //! never held in memory as a whole.
 //!
-//! Layout: `SPKSNAP1 ‖ meta length (u32) ‖ meta ‖ tables ‖ sha256`, where
-//! each table is a run of `1 ‖ key length (u32) ‖ key ‖ value length (u32) ‖
-//! value` rows closed by a `0` byte, in the order meta, secrets, policies,
-//! sessions, session expiry. The
+//! Layout: `SPKSNAPV ‖ format (u32) ‖ meta length (u32) ‖ meta ‖ tables ‖
+//! sha256`, where the format is the on-disk format ([`super::format`]) of
+//! everything after it, and each table is a run of `1 ‖ key length (u32) ‖
+//! key ‖ value length (u32) ‖ value` rows closed by a `0` byte, in the
+//! order meta, secrets, policies, sessions, session expiry (the policy id
+//! index is rebuilt from the policies). Numbers are big-endian. The
 //! trailing SHA-256 covers every byte before it and is checked before an
-//! installation touches the tables.
+//! installation touches the tables; the format is checked before that, so
+//! a file of another format is refused as such.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -16,11 +19,26 @@ use std::path::{Path, PathBuf};
 use redb::{ReadableTable, TableDefinition};
 use sha2::{Digest, Sha256};
 
-use super::codec::{decode, encode};
-use super::{SnapshotMetaOf, TypeConfig, io_error};
-use crate::state::store::{META, POLICIES, SECRETS, SESSION_EXPIRY, SESSIONS};
+use std::collections::BTreeSet;
 
-const MAGIC: &[u8; 8] = b"SPKSNAP1";
+use spike_sdk::domain::{PolicyName, SecretPath};
+
+use super::codec::{decode, encode};
+use super::format::{self, FORMAT_VERSION, FormatError};
+use super::{SnapshotMetaOf, TypeConfig, io_error};
+use crate::state::secret::SecretRecord;
+use crate::state::store::{
+    self, ClusterMeta, META, POLICIES, POLICIES_MAX, PolicyRecord, SECRETS, SESSION_EXPIRY,
+    SESSIONS,
+};
+
+/// Starts every snapshot: a format number follows.
+const MAGIC: &[u8; 8] = b"SPKSNAPV";
+/// Started the snapshots of builds from before format stamps, whose
+/// layout had no format number; recognized only to say so.
+const UNSTAMPED_MAGIC: &[u8; 8] = b"SPKSNAP1";
+/// Magic and format.
+const HEADER_BYTES: usize = MAGIC.len() + 4;
 /// Largest key or value a snapshot row may carry (a secret record holds at
 /// most its versions' ciphertext).
 pub const ROW_PART_MAX_BYTES: u32 = 256 * 1024 * 1024;
@@ -87,6 +105,7 @@ pub fn write(
         digest: Sha256::new(),
     };
     out.write_all(MAGIC)?;
+    out.write_all(&FORMAT_VERSION.to_be_bytes())?;
     write_part(&mut out, &encode(meta)?)?;
     dump_str_table(txn, META, &mut out)?;
     dump_str_table(txn, SECRETS, &mut out)?;
@@ -160,11 +179,12 @@ fn write_row(out: &mut impl Write, key: &[u8], value: &[u8]) -> io::Result<()> {
     write_part(out, value)
 }
 
-/// Checks the trailing digest of a snapshot file.
+/// Checks the format and then the trailing digest of a snapshot file.
 pub fn verify(file: &SnapshotFile) -> io::Result<()> {
     let mut reader = file.reader()?;
+    read_format(&mut reader, || file.path.display().to_string())?;
     let length = reader.seek(SeekFrom::End(0))?;
-    if length < (MAGIC.len() + 4 + 32) as u64 {
+    if length < (HEADER_BYTES + 4 + 32) as u64 {
         return Err(corrupt("shorter than its header and digest"));
     }
     reader.seek(SeekFrom::Start(0))?;
@@ -197,17 +217,41 @@ fn corrupt(reason: &str) -> io::Error {
 /// Reads the metadata at the head of a snapshot.
 pub fn read_meta(file: &SnapshotFile) -> io::Result<SnapshotMetaOf<TypeConfig>> {
     let mut reader = BufReader::new(file.reader()?);
-    read_header(&mut reader)
+    read_header(&mut reader, || file.path.display().to_string())
 }
 
-fn read_header(reader: &mut impl Read) -> io::Result<SnapshotMetaOf<TypeConfig>> {
-    let mut magic = [0u8; 8];
-    reader.read_exact(&mut magic)?;
-    if &magic != MAGIC {
+/// Refuses the snapshot at `path` if this build does not read its format.
+pub fn check_format(path: &Path) -> io::Result<()> {
+    let mut file =
+        File::open(path).map_err(|e| io_error(&format!("open snapshot {}", path.display()), e))?;
+    read_format(&mut file, || path.display().to_string())
+}
+
+/// Reads the magic and the format; `subject` names the file.
+fn read_format(reader: &mut impl Read, subject: impl Fn() -> String) -> io::Result<()> {
+    let mut header = [0u8; HEADER_BYTES];
+    reader
+        .read_exact(&mut header)
+        .map_err(|_| corrupt("shorter than its header"))?;
+    let (magic, found) = header.split_at(MAGIC.len());
+    if magic == UNSTAMPED_MAGIC {
+        return Err(FormatError::Unstamped { subject: subject() }.into());
+    }
+    if magic != MAGIC {
         return Err(corrupt("not a SPIKE snapshot"));
     }
+    let mut version = [0u8; 4];
+    version.copy_from_slice(found);
+    Ok(format::check(u32::from_be_bytes(version), subject)?)
+}
+
+fn read_header(
+    reader: &mut impl Read,
+    subject: impl Fn() -> String,
+) -> io::Result<SnapshotMetaOf<TypeConfig>> {
+    read_format(reader, subject)?;
     let meta = read_part(reader, META_MAX_BYTES)?;
-    decode("snapshot meta", &meta)
+    Ok(decode("snapshot meta", &meta)?)
 }
 
 fn read_part(reader: &mut impl Read, max: u32) -> io::Result<Vec<u8>> {
@@ -244,7 +288,7 @@ pub fn load(
 ) -> io::Result<SnapshotMetaOf<TypeConfig>> {
     let subject = "install snapshot";
     let mut reader = BufReader::new(file.reader()?);
-    let meta = read_header(&mut reader)?;
+    let meta = read_header(&mut reader, || file.path.display().to_string())?;
     for table in [META, SECRETS, POLICIES] {
         txn.delete_table(table).map_err(|e| io_error(subject, e))?;
         let mut table = txn.open_table(table).map_err(|e| io_error(subject, e))?;
@@ -290,6 +334,7 @@ pub fn load(
             )
             .map_err(|e| io_error(subject, e))?;
     }
+    store::rebuild_policy_index(txn).map_err(|e| io_error(subject, e))?;
     Ok(meta)
 }
 
@@ -332,20 +377,36 @@ pub fn remove_others(dir: &Path, keep: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// The records a backup (a snapshot file) carries.
-#[derive(Debug, Default)]
-pub struct Backup {
-    /// The encoded cluster metadata row, if any.
-    pub cluster: Option<Vec<u8>>,
-    /// Secret path -> encoded record.
-    pub secrets: Vec<(String, Vec<u8>)>,
-    /// Policy name -> encoded record.
-    pub policies: Vec<(String, Vec<u8>)>,
+/// One record of a backup, decoded, with the bytes it took in the file.
+#[derive(Debug)]
+pub struct BackupRow<K, V> {
+    /// Its key: a secret's path or a policy's name.
+    pub key: K,
+    /// The record.
+    pub record: V,
+    /// Key and encoded record, in bytes (to cut a restore into pieces).
+    pub size_bytes: usize,
 }
 
-/// Checks and reads a backup held in memory (an uploaded snapshot file).
+/// The records a backup (a snapshot file) carries, decoded and checked.
+#[derive(Debug)]
+pub struct Backup {
+    /// The cluster metadata.
+    pub cluster: ClusterMeta,
+    /// Secrets by path.
+    pub secrets: Vec<BackupRow<SecretPath, SecretRecord>>,
+    /// Policies by name.
+    pub policies: Vec<BackupRow<PolicyName, PolicyRecord>>,
+}
+
+/// Checks and reads a backup held in memory (an uploaded snapshot file):
+/// its format, its digest, and every record, so a restore never stores
+/// what the state could trip over (an inconsistent secret, two policies
+/// with one id, more policies than the limit).
 pub fn read_backup(bytes: &[u8]) -> io::Result<Backup> {
-    if bytes.len() < MAGIC.len() + 4 + 32 {
+    let subject = || "backup".to_owned();
+    read_format(&mut io::Cursor::new(bytes), subject)?;
+    if bytes.len() < HEADER_BYTES + 4 + 32 {
         return Err(corrupt("shorter than its header and digest"));
     }
     let (body, digest) = bytes.split_at(bytes.len() - 32);
@@ -353,21 +414,58 @@ pub fn read_backup(bytes: &[u8]) -> io::Result<Backup> {
         return Err(corrupt("digest mismatch"));
     }
     let mut reader = io::Cursor::new(body);
-    read_header(&mut reader)?;
-    let text = |key: Vec<u8>| String::from_utf8(key).map_err(|_| corrupt("key is not UTF-8"));
-    let mut backup = Backup::default();
+    read_header(&mut reader, subject)?;
+    let mut cluster = None;
     while let Some((key, value)) = read_row(&mut reader)? {
-        if key == crate::state::store::META_CLUSTER.as_bytes() {
-            backup.cluster = Some(value);
+        if key == store::META_CLUSTER.as_bytes() {
+            cluster = Some(decode::<ClusterMeta>("backup cluster meta", &value)?);
         }
     }
+    let cluster = cluster.ok_or_else(|| corrupt("the backup has no cluster metadata"))?;
+    let mut secrets = Vec::new();
     while let Some((key, value)) = read_row(&mut reader)? {
-        backup.secrets.push((text(key)?, value));
+        let row: BackupRow<SecretPath, SecretRecord> = backup_row(&key, &value)?;
+        if !row.record.is_consistent() {
+            return Err(corrupt(&format!("secret {} is inconsistent", row.key)));
+        }
+        secrets.push(row);
     }
+    let mut policies = Vec::new();
+    let mut ids = BTreeSet::new();
     while let Some((key, value)) = read_row(&mut reader)? {
-        backup.policies.push((text(key)?, value));
+        let row: BackupRow<PolicyName, PolicyRecord> = backup_row(&key, &value)?;
+        if !ids.insert(row.record.id) {
+            return Err(corrupt(&format!("policy id {} twice", row.record.id)));
+        }
+        policies.push(row);
+    }
+    if policies.len() as u64 > POLICIES_MAX {
+        return Err(corrupt(&format!(
+            "{} policies, more than the {POLICIES_MAX} a cluster holds",
+            policies.len()
+        )));
     }
     // Sessions are not restored: they belong to the clients of the cluster
     // the backup came from.
-    Ok(backup)
+    Ok(Backup {
+        cluster,
+        secrets,
+        policies,
+    })
+}
+
+fn backup_row<K, V>(key: &[u8], value: &[u8]) -> io::Result<BackupRow<K, V>>
+where
+    K: std::str::FromStr<Err = spike_sdk::domain::InvalidValue>,
+    V: serde::de::DeserializeOwned,
+{
+    let text = std::str::from_utf8(key).map_err(|_| corrupt("key is not UTF-8"))?;
+    let parsed = text
+        .parse()
+        .map_err(|e| corrupt(&format!("backup key: {e}")))?;
+    Ok(BackupRow {
+        key: parsed,
+        record: decode(&format!("backup record {text:?}"), value)?,
+        size_bytes: key.len() + value.len(),
+    })
 }

@@ -16,6 +16,11 @@
 //! commit) every [`CHECKPOINT_ENTRIES`] entries or [`CHECKPOINT_INTERVAL`]
 //! bounds the replay and the memory redb holds for pending commits.
 //! Snapshot installation is always fsynced.
+//!
+//! Invariants, asserted on apply and on installation: the applied log index
+//! strictly grows, and the state's watermarks (keyring and policy versions,
+//! log time) never go back. The database's format is stamped when it is
+//! created and checked when it is opened, and so is the current snapshot's.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -28,7 +33,7 @@ use openraft::storage::{
     EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta,
 };
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
-use redb::{Database, Durability, ReadableDatabase};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -36,7 +41,7 @@ use super::codec::{decode, encode};
 use super::snapshot::{self, SnapshotFile};
 use super::{LogIdOf, NexusSnapshot, StoredMembershipOf, TypeConfig, io_error};
 use crate::state::command::Response;
-use crate::state::store::{self, META, META_APPLIED, META_MEMBERSHIP, StateReader};
+use crate::state::store::{self, META, META_APPLIED, META_MEMBERSHIP, StateReader, Watermarks};
 
 /// Most entries applied in one transaction.
 const APPLY_BATCH_MAX: usize = 512;
@@ -89,7 +94,8 @@ impl Checkpoint {
 
 impl StateMachine {
     /// Opens (or creates) the state database at `path`, with snapshots in
-    /// `snapshot_dir`.
+    /// `snapshot_dir`; refuses a database or a current snapshot of a format
+    /// this build does not read.
     pub fn open(path: &Path, snapshot_dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(snapshot_dir).map_err(|e| {
             io_error(
@@ -98,6 +104,10 @@ impl StateMachine {
             )
         })?;
         let db = super::open_database(path, "state")?;
+        super::format::stamp_or_check(&db, path)?;
+        if let Some(current) = snapshot::newest(snapshot_dir)? {
+            snapshot::check_format(&current)?;
+        }
         // Create every table up front so readers never meet a missing one.
         let subject = "create state tables";
         let txn = db.begin_write().map_err(|e| io_error(subject, e))?;
@@ -106,6 +116,8 @@ impl StateMachine {
         txn.open_table(store::SECRETS)
             .map_err(|e| io_error(subject, e))?;
         txn.open_table(store::POLICIES)
+            .map_err(|e| io_error(subject, e))?;
+        txn.open_table(store::POLICY_IDS)
             .map_err(|e| io_error(subject, e))?;
         txn.open_table(store::SESSIONS)
             .map_err(|e| io_error(subject, e))?;
@@ -171,13 +183,19 @@ impl StateMachine {
         let mut txn = self.db.begin_write().map_err(|e| io_error(subject, e))?;
         txn.set_durability(durability)
             .map_err(|e| io_error(subject, e))?;
+        let mut last_applied = applied_in_write(&txn)?;
         let mut store_batch =
             store::Batch::begin(&txn).map_err(|e| io_error("begin applying entries", e))?;
         let mut responses = Vec::with_capacity(entries.len());
-        let mut last_applied = None;
         let mut membership = None;
         for entry in entries {
             let log_id = entry.log_id();
+            if let Some(previous) = &last_applied {
+                assert!(
+                    log_id.index() > previous.index(),
+                    "entry {log_id} applied after entry {previous}"
+                );
+            }
             let response = match entry.payload {
                 EntryPayload::Blank => Response::Done,
                 EntryPayload::Normal(request) => store_batch
@@ -245,7 +263,19 @@ impl StateMachine {
         let mut txn = self.db.begin_write().map_err(|e| io_error(subject, e))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| io_error(subject, e))?;
+        let applied_before = applied_in_write(&txn)?;
+        let state_before = store::read_cluster_meta(&txn).map_err(|e| io_error(subject, e))?;
         let meta = snapshot::load(&txn, &file)?;
+        // openraft installs only a snapshot past everything committed here,
+        // so past everything applied: the state only moves forward.
+        if let (Some(before), Some(installed)) = (&applied_before, &meta.last_log_id) {
+            assert!(
+                installed.index() > before.index(),
+                "snapshot up to {installed} installed over applied entry {before}"
+            );
+        }
+        let state_after = store::read_cluster_meta(&txn).map_err(|e| io_error(subject, e))?;
+        Watermarks::of(&state_before).assert_not_behind(&state_after);
         {
             let mut table = txn.open_table(META).map_err(|e| io_error(subject, e))?;
             table
@@ -295,6 +325,16 @@ impl StateMachine {
     /// Where received snapshots are written before installation.
     pub fn incoming_path(&self, name: &str) -> PathBuf {
         self.snapshot_dir.join(format!("incoming-{name}.tmp"))
+    }
+}
+
+/// The last applied log id as the write transaction `txn` sees it.
+fn applied_in_write(txn: &redb::WriteTransaction) -> io::Result<Option<LogIdOf<TypeConfig>>> {
+    let subject = "read applied log id";
+    let table = txn.open_table(META).map_err(|e| io_error(subject, e))?;
+    match table.get(META_APPLIED).map_err(|e| io_error(subject, e))? {
+        Some(bytes) => Ok(decode("applied log id", bytes.value())?),
+        None => Ok(None),
     }
 }
 
