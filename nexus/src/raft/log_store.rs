@@ -269,3 +269,98 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::blank_ent;
+
+    use super::*;
+
+    /// Writes `entries` (index, stored bytes) straight into the log table.
+    fn put_raw(store: &LogStore, entries: &[(u64, Vec<u8>)]) {
+        store
+            .write("test entries", Durability::Immediate, |txn| {
+                let mut table = txn.open_table(LOG)?;
+                for (index, bytes) in entries {
+                    table.insert(*index, bytes.as_slice())?;
+                }
+                Ok(())
+            })
+            .expect("write entries");
+    }
+
+    fn stored(index: u64) -> Vec<u8> {
+        encode_stamped(&blank_ent::<TypeConfig>(1, 1, index)).expect("encodes")
+    }
+
+    /// `stored(index)` as a build of format 99 would have stamped it.
+    fn stored_as_format_99(index: u64) -> Vec<u8> {
+        let mut bytes = stored(index);
+        bytes[0] = 99;
+        bytes
+    }
+
+    #[tokio::test]
+    async fn an_entry_of_an_unknown_format_is_refused_when_read_and_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log.redb");
+        let mut store = LogStore::open(&path).expect("open");
+
+        tracing::info!("--- a format-99 entry between two of ours: open passes, reading it fails");
+        put_raw(
+            &store,
+            &[(1, stored(1)), (2, stored_as_format_99(2)), (3, stored(3))],
+        );
+        assert_eq!(
+            store.try_get_log_entries(1..2).await.expect("ours").len(),
+            1
+        );
+        let error = store
+            .try_get_log_entries(1..4)
+            .await
+            .expect_err("format 99");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "log entry 2 in {} is in on-disk format 99; this build reads format 1",
+                path.display()
+            )
+        );
+        drop(store);
+        let store = LogStore::open(&path).expect("first and last are ours");
+
+        tracing::info!("--- a format-99 last entry: the log is refused at open");
+        put_raw(&store, &[(4, stored_as_format_99(4))]);
+        drop(store);
+        let error = LogStore::open(&path).err().expect("refused");
+        assert!(
+            error.to_string().starts_with(&format!(
+                "log entry 4 in {} is in on-disk format 99",
+                path.display()
+            )),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_log_from_before_format_stamps_is_refused_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log.redb");
+        let db = Database::create(&path).expect("create");
+        let txn = db.begin_write().expect("write");
+        txn.open_table(LOG)
+            .expect("log")
+            .insert(1, [0u8, 1].as_slice())
+            .expect("insert");
+        txn.commit().expect("commit");
+        drop(db);
+        let error = LogStore::open(&path).err().expect("refused");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{} was written before on-disk format stamps existed; this build reads format 1",
+                path.display()
+            )
+        );
+    }
+}

@@ -469,3 +469,141 @@ where
         size_bytes: key.len() + value.len(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use redb::ReadableDatabase;
+    use spike_sdk::domain::{DataKeyId, PolicyId, RootKeyId};
+
+    use super::*;
+    use crate::state::command::{
+        Command, KeyCommand, PolicyCommand, Request, RootKeyRecord, SecretCommand,
+    };
+    use crate::state::store::Batch;
+
+    /// A backup of a store holding one secret and one policy, after
+    /// `tamper` has had its way with the tables.
+    fn backup(tamper: impl FnOnce(&redb::WriteTransaction)) -> Vec<u8> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = redb::Database::create(dir.path().join("state.redb")).expect("create");
+        let commands = [
+            Command::Keys(KeyCommand::Initialize(RootKeyRecord {
+                root_key_id: RootKeyId(1),
+                key_check: [1; 32],
+                wrapped_keyring: vec![1],
+                shares: 1,
+                threshold: 1,
+            })),
+            Command::Secret(SecretCommand::Put {
+                path: "apps/db".parse().expect("a path"),
+                ciphertext: vec![2],
+                data_key_id: DataKeyId(1),
+                cas: None,
+                max_versions: 10,
+            }),
+            Command::Policy(PolicyCommand::Put {
+                id: PolicyId::from_bytes([3; 16]),
+                name: "readers".parse().expect("a name"),
+                ciphertext: vec![3],
+                data_key_id: DataKeyId(1),
+            }),
+        ];
+        let txn = db.begin_write().expect("write");
+        let mut batch = Batch::begin(&txn).expect("batch");
+        for (index, command) in (1..).zip(commands) {
+            let request = Request {
+                command,
+                session: None,
+                time_ns: index,
+            };
+            batch.apply(index, &request).expect("apply");
+        }
+        batch.finish().expect("finish");
+        tamper(&txn);
+        txn.commit().expect("commit");
+        let path = dir.path().join("backup");
+        let read = db.begin_read().expect("read");
+        write(&read, &SnapshotMetaOf::<TypeConfig>::default(), &path).expect("write");
+        fs::read(&path).expect("read backup")
+    }
+
+    /// Copies the row `from` of `table` to the key `to`.
+    fn copy_row(
+        txn: &redb::WriteTransaction,
+        table: TableDefinition<&str, &[u8]>,
+        from: &str,
+        to: &str,
+    ) {
+        let mut table = txn.open_table(table).expect("table");
+        let value = table.get(from).expect("get").expect("row").value().to_vec();
+        table.insert(to, value.as_slice()).expect("insert");
+    }
+
+    fn refusal(bytes: &[u8]) -> String {
+        read_backup(bytes).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn a_backup_reads_back_as_typed_records() {
+        let backup = read_backup(&backup(|_| {})).expect("reads");
+        assert_eq!(backup.cluster.root_key_id(), Some(RootKeyId(1)));
+        let secrets: Vec<&str> = backup.secrets.iter().map(|row| row.key.as_str()).collect();
+        assert_eq!(secrets, vec!["apps/db"]);
+        let policies: Vec<(&str, PolicyId)> = backup
+            .policies
+            .iter()
+            .map(|row| (row.key.as_str(), row.record.id))
+            .collect();
+        assert_eq!(policies, vec![("readers", PolicyId::from_bytes([3; 16]))]);
+    }
+
+    #[test]
+    fn a_backup_of_another_format_is_refused_as_such() {
+        let mut future = backup(|_| {});
+        future[MAGIC.len()..HEADER_BYTES].copy_from_slice(&7u32.to_be_bytes());
+        assert_eq!(
+            refusal(&future),
+            "backup is in on-disk format 7; this build reads format 1"
+        );
+        let mut unstamped = backup(|_| {});
+        unstamped[..MAGIC.len()].copy_from_slice(UNSTAMPED_MAGIC);
+        assert_eq!(
+            refusal(&unstamped),
+            "backup was written before on-disk format stamps existed; this build reads format 1"
+        );
+        assert_eq!(
+            refusal(b"not a snapshot at all, not even close, no"),
+            "snapshot is corrupt: not a SPIKE snapshot"
+        );
+    }
+
+    #[test]
+    fn a_backup_whose_records_the_state_would_trip_over_is_refused() {
+        let twice = backup(|txn| copy_row(txn, POLICIES, "readers", "writers"));
+        assert!(refusal(&twice).contains("policy id 03030303-0303-0303-0303-030303030303 twice"));
+
+        let inconsistent = backup(|txn| {
+            let mut record = SecretRecord::put(None, vec![1], None, 10, 1)
+                .expect("put")
+                .0;
+            record.max_versions = 0;
+            txn.open_table(SECRETS)
+                .expect("secrets")
+                .insert("broken", encode(&record).expect("encodes").as_slice())
+                .expect("insert");
+        });
+        assert!(refusal(&inconsistent).contains("secret broken is inconsistent"));
+
+        let bad_path = backup(|txn| copy_row(txn, SECRETS, "apps/db", "a b"));
+        assert!(
+            refusal(&bad_path).contains("invalid secret path"),
+            "{}",
+            refusal(&bad_path)
+        );
+
+        let mut flipped = backup(|_| {});
+        let last = flipped.len() - 40;
+        flipped[last] ^= 1;
+        assert!(refusal(&flipped).contains("digest mismatch"));
+    }
+}

@@ -441,3 +441,169 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::{blank_ent, log_id};
+    use spike_sdk::domain::{DataKeyId, PolicyId, PolicyRef, RootKeyId};
+
+    use super::*;
+    use crate::raft::EntryOf;
+    use crate::state::command::{Command, KeyCommand, PolicyCommand, Request, RootKeyRecord};
+
+    fn machine(dir: &Path) -> io::Result<StateMachine> {
+        StateMachine::open(&dir.join("state.redb"), &dir.join("snapshots"))
+    }
+
+    fn normal(index: u64, command: Command) -> EntryOf<TypeConfig> {
+        EntryOf::<TypeConfig>::new_normal(
+            log_id::<TypeConfig>(1, 1, index),
+            Request {
+                command,
+                session: None,
+                time_ns: index,
+            },
+        )
+    }
+
+    fn initialize() -> Command {
+        Command::Keys(KeyCommand::Initialize(RootKeyRecord {
+            root_key_id: RootKeyId(1),
+            key_check: [1; 32],
+            wrapped_keyring: vec![1],
+            shares: 1,
+            threshold: 1,
+        }))
+    }
+
+    fn put_policy(id: PolicyId) -> Command {
+        Command::Policy(PolicyCommand::Put {
+            id,
+            name: "readers".parse().expect("a name"),
+            ciphertext: vec![1],
+            data_key_id: DataKeyId(1),
+        })
+    }
+
+    #[test]
+    fn a_state_database_from_before_format_stamps_is_refused_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        let db = Database::create(&path).expect("create");
+        let txn = db.begin_write().expect("write");
+        txn.open_table(META).expect("meta");
+        txn.commit().expect("commit");
+        drop(db);
+        let error = machine(dir.path()).err().expect("refused");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{} was written before on-disk format stamps existed; this build reads format 1",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_current_snapshot_of_another_format_is_refused_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snapshots = dir.path().join("snapshots");
+        std::fs::create_dir_all(&snapshots).expect("snapshot dir");
+        let path = snapshots.join(snapshot::file_name(7));
+
+        let mut future = b"SPKSNAPV".to_vec();
+        future.extend_from_slice(&99u32.to_be_bytes());
+        future.extend_from_slice(&[0; 64]);
+        std::fs::write(&path, &future).expect("write");
+        let error = machine(dir.path()).err().expect("refused");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{} is in on-disk format 99; this build reads format 1",
+                path.display()
+            )
+        );
+
+        let mut unstamped = b"SPKSNAP1".to_vec();
+        unstamped.extend_from_slice(&[0; 64]);
+        std::fs::write(&path, &unstamped).expect("write");
+        let error = machine(dir.path()).err().expect("refused");
+        assert!(
+            error.to_string().ends_with(
+                "was written before on-disk format stamps existed; this build reads format 1"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "applied after entry")]
+    fn an_entry_applied_twice_is_caught() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let machine = machine(dir.path()).expect("open");
+        machine
+            .apply_batch(vec![blank_ent::<TypeConfig>(1, 1, 5)])
+            .expect("apply");
+        let _ = machine.apply_batch(vec![blank_ent::<TypeConfig>(1, 1, 5)]);
+    }
+
+    /// Builds a snapshot on `dir` after `entries` and copies it to where
+    /// `to` receives snapshots.
+    fn snapshot_of(
+        dir: &Path,
+        entries: Vec<EntryOf<TypeConfig>>,
+        to: &StateMachine,
+    ) -> SnapshotFile {
+        let leader = machine(dir).expect("open");
+        leader.apply_batch(entries).expect("apply");
+        let built = leader.build().expect("build");
+        let incoming = to.incoming_path("test");
+        std::fs::copy(&built.snapshot.path, &incoming).expect("copy");
+        SnapshotFile::open(&incoming).expect("open snapshot")
+    }
+
+    #[test]
+    fn an_installed_snapshot_brings_policies_with_their_id_index() {
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let follower_dir = tempfile::tempdir().expect("tempdir");
+        let follower = machine(follower_dir.path()).expect("open");
+        let id = PolicyId::from_bytes([4; 16]);
+        let file = snapshot_of(
+            leader_dir.path(),
+            vec![normal(1, initialize()), normal(2, put_policy(id))],
+            &follower,
+        );
+        let mut header = [0u8; 12];
+        std::io::Read::read_exact(&mut file.reader().expect("reader"), &mut header)
+            .expect("header");
+        assert_eq!(&header, b"SPKSNAPV\0\0\0\x01", "magic and format 1");
+        follower.install(file).expect("install");
+        let (name, record) = follower
+            .reader()
+            .policy(&PolicyRef::from(id))
+            .expect("read")
+            .expect("found by id");
+        assert_eq!((name.as_str(), record.id), ("readers", id));
+    }
+
+    #[test]
+    #[should_panic(expected = "installed over applied entry")]
+    fn a_snapshot_behind_the_applied_state_is_never_installed() {
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let follower_dir = tempfile::tempdir().expect("tempdir");
+        let follower = machine(follower_dir.path()).expect("open");
+        follower
+            .apply_batch(
+                (1..=5)
+                    .map(|index| blank_ent::<TypeConfig>(1, 1, index))
+                    .collect(),
+            )
+            .expect("apply");
+        let file = snapshot_of(
+            leader_dir.path(),
+            vec![blank_ent::<TypeConfig>(1, 1, 3)],
+            &follower,
+        );
+        let _ = follower.install(file);
+    }
+}
