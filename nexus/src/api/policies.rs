@@ -8,11 +8,10 @@ use std::sync::{Arc, OnceLock};
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use spike_sdk::domain::{DataKeyId, PolicyId, PolicyName, PolicyRef};
 use zeroize::Zeroizing;
 
 use super::authz::{ACL_PATH, CompiledPolicy, Permission, PolicyBody, PolicySet};
-use spike_sdk::domain::{DataKeyId, PolicyId, PolicyName, PolicyRef};
-
 use super::secrets::rfc3339;
 use super::{ApiError, Call};
 use crate::keys::Unlocked;

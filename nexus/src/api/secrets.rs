@@ -9,14 +9,13 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
+use spike_sdk::domain::{DataKeyId, SecretPath};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use zeroize::Zeroizing;
 
 use super::authz::{Permission, SECRET_LIST_PATH};
 use super::{ApiError, Call};
-use spike_sdk::domain::{DataKeyId, SecretPath};
-
 use crate::keys::Unlocked;
 use crate::state::command::{Command, Refusal, Request, Response, SecretCommand};
 use crate::state::secret::{SecretError, SecretRecord};

@@ -12,15 +12,13 @@
 //! installation touches the tables; the format is checked before that, so
 //! a file of another format is refused as such.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use redb::{ReadableTable, TableDefinition};
 use sha2::{Digest, Sha256};
-
-use std::collections::BTreeSet;
-
 use spike_sdk::domain::{PolicyName, SecretPath};
 
 use super::codec::{decode, encode};
