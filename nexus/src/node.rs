@@ -23,9 +23,10 @@ use crate::keys::manager::{KeyError, KeyManager};
 use crate::raft::codec::{decode, encode};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{LogIdOf, NexusNode, NexusRaft, TypeConfig};
-use crate::state::command::{Command, Request, Response};
+use crate::state::command::{Command, MembershipCommand, Request, Response};
 use crate::state::store::StateReader;
 use spike_sdk::crypto::{KeyShare, SecretBytes, ShamirParams, ShareIndex};
+use spike_sdk::domain::NodeId;
 
 /// How long a request waits for a leader to exist before giving up.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -297,7 +298,7 @@ impl Node {
             .state
             .cluster_meta()
             .map_err(|e| ForwardError::Unavailable(e.to_string()))?;
-        if id == 0 || meta.retired_node_ids.contains(&id) {
+        if id == 0 || NodeId::new(id).is_ok_and(|id| meta.retired_node_ids.contains(&id)) {
             return Err(ForwardError::Invalid(format!(
                 "node id {id} was used before and is retired"
             )));
@@ -334,6 +335,7 @@ impl Node {
                 leader: self.leader(),
             });
         }
+        let node_id = NodeId::new(id).map_err(|e| ForwardError::Invalid(e.to_string()))?;
         let voters = self.voters();
         if !voters.contains(&id) {
             return Err(ForwardError::Invalid(format!("node {id} is not a voter")));
@@ -349,7 +351,7 @@ impl Node {
             .map_err(membership_error)?;
         // The id is never to be used again, even if it is re-added by mistake.
         let retire = Request {
-            command: Command::RetireNode { id },
+            command: Command::Membership(MembershipCommand::RetireNode { id: node_id }),
             session: None,
             time_ns: 0,
         };

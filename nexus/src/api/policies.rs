@@ -11,18 +11,21 @@ use spike_sdk::api::{
     DeletePolicyRequest, EmptyResponse, GetPolicyRequest, ListPoliciesRequest,
     ListPoliciesResponse, Policy, PolicyResponse, PutPolicyRequest, PutPolicyResponse, Timestamp,
 };
-use spike_sdk::domain::{PolicyName, PolicyRef};
+use spike_sdk::domain::{DataKeyId, PolicyId, PolicyName, PolicyRef};
 use zeroize::Zeroizing;
 
 use super::authz::{ACL_PATH, CompiledPolicy, Permission, PolicyBody, PolicySet};
 use super::{ApiError, Audited, Call};
 use crate::keys::Unlocked;
 use crate::node::Node;
-use crate::state::command::{Command, Refusal, Request, Response};
+use crate::state::command::{Command, PolicyCommand, Refusal, Request, Response, SessionRef};
 use crate::state::store::PolicyRecord;
 
 /// Longest path pattern (SPIKE's limit).
 pub const PATH_PATTERN_LEN_MAX: usize = 500;
+/// Ids drawn for a new policy before giving up: apply refuses an id another
+/// policy holds, which takes a UUID collision.
+const POLICY_ID_ATTEMPTS_MAX: usize = 3;
 
 impl Audited for PutPolicyRequest {
     fn audit_target(&self) -> Option<&str> {
@@ -81,31 +84,17 @@ fn open_body(
 
 /// Every stored policy with its name, sorted by name.
 fn stored(node: &Node) -> Result<Vec<(PolicyName, PolicyRecord)>, ApiError> {
-    let records = node
-        .state
+    node.state
         .policies()
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    records
-        .into_iter()
-        .map(|(name, record)| {
-            let name = PolicyName::try_from(name)
-                .map_err(|e| ApiError::Internal(format!("a stored policy: {e}")))?;
-            Ok((name, record))
-        })
-        .collect()
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// The stored policy `reference` names: by id first, then by name.
 fn find(node: &Node, reference: &PolicyRef) -> Result<(PolicyName, PolicyRecord), ApiError> {
-    let Some(name) = reference.name() else {
-        return Err(ApiError::NOT_FOUND);
-    };
-    let record = node
-        .state
-        .policy(name.as_str())
+    node.state
+        .policy(reference)
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .ok_or(ApiError::NOT_FOUND)?;
-    Ok((name.clone(), record))
+        .ok_or(ApiError::NOT_FOUND)
 }
 
 /// A stored policy as the API shows it.
@@ -116,7 +105,7 @@ fn shown(
 ) -> Result<(Policy, PolicyBody), ApiError> {
     let body = open_body(unlocked, name, record)?;
     let policy = Policy {
-        id: String::new(),
+        id: record.id.to_string(),
         name: name.to_string(),
         spiffeid_pattern: body.spiffeid_pattern.clone(),
         path_pattern: body.path_pattern.clone(),
@@ -147,16 +136,21 @@ fn unlocked(call: &Call<'_>) -> Result<Arc<Unlocked>, ApiError> {
     call.api.node.keys.unlocked().ok_or(ApiError::NOT_READY)
 }
 
-async fn write(call: &Call<'_>, command: Command) -> Result<Response, ApiError> {
+async fn write(
+    call: &Call<'_>,
+    command: PolicyCommand,
+    session: Option<SessionRef>,
+) -> Result<Response, ApiError> {
     let request = Request {
-        command,
-        session: call.session,
+        command: Command::Policy(command),
+        session,
         time_ns: 0,
     };
     match call.api.node.write(request).await? {
         Response::Refused(Refusal::PolicyNotFound) => Err(ApiError::NOT_FOUND),
         Response::Refused(Refusal::PolicyLimit(_)) => Err(ApiError::BAD_REQUEST),
         Response::Refused(Refusal::NotInitialized) => Err(ApiError::NOT_READY),
+        Response::Refused(taken @ Refusal::PolicyIdTaken(_)) => Ok(Response::Refused(taken)),
         Response::Refused(refusal) => Err(ApiError::Internal(refusal.to_string())),
         response => Ok(response),
     }
@@ -195,16 +189,30 @@ pub async fn put(call: Call<'_>, body: PutPolicyRequest) -> Result<PutPolicyResp
     let (ciphertext, data_key_id) = unlocked
         .seal(&aad(&name), &plaintext)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    write(
-        &call,
-        Command::PutPolicy {
-            name: name.to_string(),
-            ciphertext,
-            data_key_id,
-        },
-    )
-    .await?;
-    Ok(PutPolicyResponse::default())
+    // Only the first attempt carries the client's session: a refusal is
+    // remembered under it, and a put is an upsert anyway.
+    let mut session = call.session;
+    for _ in 0..POLICY_ID_ATTEMPTS_MAX {
+        let command = PolicyCommand::Put {
+            id: PolicyId::generate().map_err(|e| ApiError::Internal(e.to_string()))?,
+            name: name.clone(),
+            ciphertext: ciphertext.clone(),
+            data_key_id: DataKeyId(data_key_id),
+        };
+        match write(&call, command, session.take()).await? {
+            Response::PolicyStored(id) => {
+                return Ok(PutPolicyResponse {
+                    id: id.to_string(),
+                    err: None,
+                });
+            }
+            Response::Refused(Refusal::PolicyIdTaken(id)) => {
+                tracing::info!(policy = %name, %id, "proposed policy id taken; drawing another");
+            }
+            other => return Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+    Err(ApiError::Internal("no free policy id".to_owned()))
 }
 
 /// Get: one policy, by id or name (SPIKE's `id` field).
@@ -223,14 +231,8 @@ pub async fn delete(call: Call<'_>, body: DeletePolicyRequest) -> Result<EmptyRe
     call.authorize_path(ACL_PATH, &[Permission::Write])?;
     let reference = PolicyRef::try_from(body.id)?;
     unlocked(&call)?;
-    let name = reference.name().ok_or(ApiError::NOT_FOUND)?;
-    write(
-        &call,
-        Command::DeletePolicy {
-            name: name.to_string(),
-        },
-    )
-    .await?;
+    let command = PolicyCommand::Delete { policy: reference };
+    write(&call, command, call.session).await?;
     Ok(EmptyResponse::default())
 }
 

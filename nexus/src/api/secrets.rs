@@ -11,13 +11,13 @@ use spike_sdk::api::{
     SecretMetadata, SecretMetadataRequest, SecretMetadataResponse, SecretValues, SecretVersions,
     Timestamp, UndeleteSecretRequest, VersionInfo,
 };
-use spike_sdk::domain::{SecretPath, valid_name};
+use spike_sdk::domain::{DataKeyId, SecretPath, valid_name};
 use zeroize::Zeroizing;
 
 use super::authz::{Permission, SECRET_LIST_PATH};
 use super::{ApiError, Audited, Call};
 use crate::keys::Unlocked;
-use crate::state::command::{Command, Refusal, Request, Response};
+use crate::state::command::{Command, Refusal, Request, Response, SecretCommand};
 use crate::state::secret::{SecretError, SecretRecord};
 
 impl Audited for PutSecretRequest {
@@ -98,7 +98,7 @@ async fn read_record(call: &Call<'_>, path: &SecretPath) -> Result<SecretRecord,
     call.api
         .node
         .state
-        .secret(path.as_str())
+        .secret(path)
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .ok_or(ApiError::NOT_FOUND)
 }
@@ -123,13 +123,13 @@ pub async fn put(call: Call<'_>, body: PutSecretRequest) -> Result<EmptyResponse
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     write(
         &call,
-        Command::PutSecret {
-            path: path.to_string(),
+        Command::Secret(SecretCommand::Put {
+            path,
             ciphertext,
-            data_key_id,
+            data_key_id: DataKeyId(data_key_id),
             cas: body.cas,
             max_versions: call.api.max_versions,
-        },
+        }),
     )
     .await?;
     Ok(EmptyResponse::default())
@@ -158,7 +158,7 @@ pub async fn get(call: Call<'_>, body: GetSecretRequest) -> Result<GetSecretResp
 async fn versions_command(
     call: Call<'_>,
     body: SecretVersions,
-    build: fn(String, Vec<u64>) -> Command,
+    build: fn(SecretPath, Vec<u64>) -> SecretCommand,
 ) -> Result<EmptyResponse, ApiError> {
     call.authorize_path(&body.path, &[Permission::Write])?;
     let path = SecretPath::try_from(body.path.as_str())?;
@@ -168,13 +168,13 @@ async fn versions_command(
         // Only negative versions: nothing to act on, like SPIKE.
         return Ok(EmptyResponse::default());
     }
-    write(&call, build(path.to_string(), versions)).await?;
+    write(&call, Command::Secret(build(path, versions))).await?;
     Ok(EmptyResponse::default())
 }
 
 /// Delete: mark versions deleted.
 pub async fn delete(call: Call<'_>, body: DeleteSecretRequest) -> Result<EmptyResponse, ApiError> {
-    versions_command(call, body.0, |path, versions| Command::DeleteSecret {
+    versions_command(call, body.0, |path, versions| SecretCommand::Delete {
         path,
         versions,
     })
@@ -186,7 +186,7 @@ pub async fn undelete(
     call: Call<'_>,
     body: UndeleteSecretRequest,
 ) -> Result<EmptyResponse, ApiError> {
-    versions_command(call, body.0, |path, versions| Command::UndeleteSecret {
+    versions_command(call, body.0, |path, versions| SecretCommand::Undelete {
         path,
         versions,
     })
@@ -198,7 +198,7 @@ pub async fn destroy(
     call: Call<'_>,
     body: DestroySecretRequest,
 ) -> Result<EmptyResponse, ApiError> {
-    versions_command(call, body.0, |path, versions| Command::DestroySecret {
+    versions_command(call, body.0, |path, versions| SecretCommand::Destroy {
         path,
         versions,
     })
@@ -217,7 +217,7 @@ pub async fn list(call: Call<'_>, _: ListSecretsRequest) -> Result<ListSecretsRe
         .secret_paths()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(ListSecretsResponse {
-        keys: Some(keys),
+        keys: Some(keys.into_iter().map(String::from).collect()),
         err: None,
     })
 }

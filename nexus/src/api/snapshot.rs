@@ -9,15 +9,16 @@
 //! operator restore with the backup's recovery shards.
 
 use spike_sdk::api::{EmptyResponse, SnapshotRestoreResponse};
+use spike_sdk::domain::{PolicyName, SecretPath};
 use spike_sdk::identity::Role;
 
 use super::reply::Reply;
 use super::{ApiError, Call};
 use crate::clock::now_ns;
-use crate::raft::snapshot;
-use crate::state::command::{Command, Request, Response};
+use crate::raft::snapshot::{self, BackupRow};
+use crate::state::command::{Command, Request, Response, RestoreCommand};
 use crate::state::secret::SecretRecord;
-use crate::state::store::{ClusterMeta, PolicyRecord, decode};
+use crate::state::store::PolicyRecord;
 
 /// Most record bytes proposed in one log entry during a restore.
 const RESTORE_PIECE_MAX_BYTES: usize = 512 * 1024;
@@ -47,16 +48,18 @@ fn tempfile_dir(call: &Call<'_>) -> Result<std::path::PathBuf, ApiError> {
     Ok(call.api.node.scratch_dir())
 }
 
-async fn propose(call: &Call<'_>, command: Command) -> Result<(), ApiError> {
+async fn propose(call: &Call<'_>, command: RestoreCommand) -> Result<(), ApiError> {
     let request = Request {
-        command,
+        command: Command::Restore(command),
         session: None,
         time_ns: 0,
     };
     match call.api.node.write(request).await? {
         Response::Done => Ok(()),
         Response::Refused(refusal) => Err(ApiError::Internal(refusal.to_string())),
-        Response::Written(_) => Err(ApiError::Internal("unexpected response".to_owned())),
+        Response::Written(_) | Response::PolicyStored(_) => {
+            Err(ApiError::Internal("unexpected response".to_owned()))
+        }
     }
 }
 
@@ -70,46 +73,44 @@ pub async fn restore(call: Call<'_>) -> Reply {
 
 async fn replace_store(call: Call<'_>) -> Result<SnapshotRestoreResponse, ApiError> {
     call.require(Role::PilotSuperuser)?;
+    // Every record is decoded and checked before anything is replaced.
     let backup = snapshot::read_backup(call.body).map_err(|error| {
         tracing::info!(%error, "backup refused");
         ApiError::BAD_REQUEST
     })?;
-    let cluster = backup.cluster.ok_or(ApiError::BAD_REQUEST)?;
-    // Every record must decode before anything is replaced.
-    let decodes = decode::<ClusterMeta>("cluster", &cluster).is_ok()
-        && backup
-            .secrets
-            .iter()
-            .all(|(path, record)| decode::<SecretRecord>(path, record).is_ok())
-        && backup
-            .policies
-            .iter()
-            .all(|(name, record)| decode::<PolicyRecord>(name, record).is_ok());
-    if !decodes {
-        tracing::info!("backup refused: a record does not decode");
-        return Err(ApiError::BAD_REQUEST);
-    }
     let restore_id = now_ns();
     let (secrets, policies) = (backup.secrets.len(), backup.policies.len());
-    propose(&call, Command::BeginRestore { restore_id }).await?;
+    propose(&call, RestoreCommand::Begin { restore_id }).await?;
     let mut piece = (Vec::new(), Vec::new(), 0usize);
     let rows = backup
         .secrets
         .into_iter()
-        .map(|row| (true, row))
-        .chain(backup.policies.into_iter().map(|row| (false, row)));
-    for (is_secret, (key, value)) in rows {
-        piece.2 += key.len() + value.len();
-        if is_secret {
-            piece.0.push((key, value));
-        } else {
-            piece.1.push((key, value));
-        }
+        .map(Row::Secret)
+        .chain(backup.policies.into_iter().map(Row::Policy));
+    for row in rows {
+        piece.2 += match row {
+            Row::Secret(BackupRow {
+                key,
+                record,
+                size_bytes,
+            }) => {
+                piece.0.push((key, record));
+                size_bytes
+            }
+            Row::Policy(BackupRow {
+                key,
+                record,
+                size_bytes,
+            }) => {
+                piece.1.push((key, record));
+                size_bytes
+            }
+        };
         if piece.2 >= RESTORE_PIECE_MAX_BYTES {
             let (secrets, policies, _) = std::mem::take(&mut piece);
             propose(
                 &call,
-                Command::RestoreRows {
+                RestoreCommand::Rows {
                     restore_id,
                     secrets,
                     policies,
@@ -122,7 +123,7 @@ async fn replace_store(call: Call<'_>) -> Result<SnapshotRestoreResponse, ApiErr
     if !secrets_left.is_empty() || !policies_left.is_empty() {
         propose(
             &call,
-            Command::RestoreRows {
+            RestoreCommand::Rows {
                 restore_id,
                 secrets: secrets_left,
                 policies: policies_left,
@@ -132,9 +133,9 @@ async fn replace_store(call: Call<'_>) -> Result<SnapshotRestoreResponse, ApiErr
     }
     propose(
         &call,
-        Command::FinishRestore {
+        RestoreCommand::Finish {
             restore_id,
-            cluster,
+            cluster: Box::new(backup.cluster),
         },
     )
     .await?;
@@ -145,4 +146,10 @@ async fn replace_store(call: Call<'_>) -> Result<SnapshotRestoreResponse, ApiErr
         policies: policies as u64,
         err: None,
     })
+}
+
+/// A backup record on its way into a restore piece.
+enum Row {
+    Secret(BackupRow<SecretPath, SecretRecord>),
+    Policy(BackupRow<PolicyName, PolicyRecord>),
 }

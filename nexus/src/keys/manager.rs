@@ -19,7 +19,9 @@ use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
 use spike_sdk::crypto::key_check::RootKeyId;
 use spike_sdk::crypto::shamir::{recover, recover_tolerant, split};
-use spike_sdk::crypto::{CryptoError, KeyCheck, KeyShare, Keyring, RootKey, ShamirParams};
+use spike_sdk::crypto::{
+    CryptoError, DataKeyId, KeyCheck, KeyShare, Keyring, RootKey, ShamirParams,
+};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -29,7 +31,7 @@ use super::{KeyState, KeyStatus, Unlocked};
 use crate::cluster::ForwardError;
 use crate::cluster::service::leader_write;
 use crate::raft::NexusRaft;
-use crate::state::command::{Command, Refusal, Request, Response, RootKeyRecord};
+use crate::state::command::{Command, KeyCommand, Refusal, Request, Response, RootKeyRecord};
 use crate::state::store::{ClusterMeta, StateReader};
 
 /// How often the manager looks at the state when nothing wakes it.
@@ -258,7 +260,7 @@ impl KeyManager {
     /// Gets the committed key: from the key we already hold (when only the
     /// keyring changed), or from the keepers.
     async fn unlock(&self, record: &RootKeyRecord, keyring_version: u64) -> bool {
-        let root_key_id = RootKeyId(record.root_key_id);
+        let root_key_id = record.root_key_id;
         let key_check = KeyCheck::from_bytes(record.key_check);
         let held = self
             .keys
@@ -273,7 +275,7 @@ impl KeyManager {
                 self.keys.set(
                     None,
                     KeyStatus::Locked {
-                        root_key_id: record.root_key_id,
+                        root_key_id: record.root_key_id.0,
                     },
                 );
                 let shares = self.keepers.fetch(root_key_id, key_check).await;
@@ -302,7 +304,7 @@ impl KeyManager {
                 self.keys.set(
                     Some(Arc::new(unlocked)),
                     KeyStatus::Ready {
-                        root_key_id: record.root_key_id,
+                        root_key_id: record.root_key_id.0,
                     },
                 );
                 true
@@ -318,7 +320,7 @@ impl KeyManager {
         let Some(unlocked) = self.keys.unlocked() else {
             return;
         };
-        let root_key_id = RootKeyId(record.root_key_id);
+        let root_key_id = record.root_key_id;
         let mut lifecycle = self.lifecycle.lock().await;
         let due = lifecycle.last_push.is_none_or(|(pushed_id, at)| {
             pushed_id != root_key_id || at.elapsed() >= self.push_interval
@@ -332,7 +334,11 @@ impl KeyManager {
         }
         drop(lifecycle);
         let active = unlocked.active_data_key();
-        let count = meta.encryptions.get(&active).copied().unwrap_or(0);
+        let count = meta
+            .encryptions
+            .get(&DataKeyId(active))
+            .copied()
+            .unwrap_or(0);
         if count >= spike_sdk::crypto::keyring::ENCRYPTIONS_ROTATE_AT {
             tracing::info!(data_key = active, count, "data key due for rotation");
             if let Err(error) = self.rotate_data_key().await {
@@ -378,7 +384,7 @@ impl KeyManager {
             });
         }
         let record = RootKeyRecord {
-            root_key_id: root_key_id.0,
+            root_key_id,
             key_check: *key_check.as_bytes(),
             wrapped_keyring,
             shares: params.shares(),
@@ -413,7 +419,7 @@ impl KeyManager {
         self.keys.set(
             Some(unlocked.clone()),
             KeyStatus::Ready {
-                root_key_id: record.root_key_id,
+                root_key_id: record.root_key_id.0,
             },
         );
         let acknowledged = self.push_committed(&unlocked).await;
@@ -434,7 +440,7 @@ impl KeyManager {
                 root_key_id,
                 self.params,
                 wrapped.as_bytes().to_vec(),
-                Command::Initialize,
+                |record| Command::Keys(KeyCommand::Initialize(record)),
             )
             .await?;
         drop(guard);
@@ -446,7 +452,9 @@ impl KeyManager {
             // Another leader got there first: its key is the cluster's.
             Response::Refused(Refusal::AlreadyInitialized) => Ok(()),
             Response::Refused(refusal) => Err(KeyError::Proposal(refusal.to_string())),
-            Response::Written(_) => Err(KeyError::Proposal("unexpected response".to_owned())),
+            Response::Written(_) | Response::PolicyStored(_) => {
+                Err(KeyError::Proposal("unexpected response".to_owned()))
+            }
         }
     }
 
@@ -483,14 +491,14 @@ impl KeyManager {
         let guard = self.lifecycle.lock().await;
         let (record, keyring_version, unlocked) = self.current_record()?;
         let root_key = RootKey::generate()?;
-        let root_key_id = self.next_root_key_id(record.root_key_id).await;
+        let root_key_id = self.next_root_key_id(record.root_key_id.0).await;
         let wrapped = unlocked.keyring_wrapped_under(&root_key, root_key_id)?;
         let (new_record, response) = self
             .propose_key(&root_key, root_key_id, params, wrapped, |record| {
-                Command::Rekey {
+                Command::Keys(KeyCommand::Rekey {
                     record,
                     keyring_version,
-                }
+                })
             })
             .await?;
         drop(guard);
@@ -501,7 +509,9 @@ impl KeyManager {
                 Ok(root_key_id.0)
             }
             Response::Refused(refusal) => Err(KeyError::Proposal(refusal.to_string())),
-            Response::Written(_) => Err(KeyError::Proposal("unexpected response".to_owned())),
+            Response::Written(_) | Response::PolicyStored(_) => {
+                Err(KeyError::Proposal("unexpected response".to_owned()))
+            }
         }
     }
 
@@ -515,11 +525,11 @@ impl KeyManager {
         let wrapped_keyring = unlocked.rotated_keyring()?;
         let active = unlocked.active_data_key() + 1;
         match self
-            .propose(Command::ReplaceKeyring {
+            .propose(Command::Keys(KeyCommand::ReplaceKeyring {
                 root_key_id: record.root_key_id,
                 wrapped_keyring,
                 keyring_version,
-            })
+            }))
             .await?
         {
             Response::Done => {
@@ -527,7 +537,9 @@ impl KeyManager {
                 Ok(active)
             }
             Response::Refused(refusal) => Err(KeyError::Proposal(refusal.to_string())),
-            Response::Written(_) => Err(KeyError::Proposal("unexpected response".to_owned())),
+            Response::Written(_) | Response::PolicyStored(_) => {
+                Err(KeyError::Proposal("unexpected response".to_owned()))
+            }
         }
     }
 
@@ -576,7 +588,7 @@ impl KeyManager {
         drop(lifecycle);
         let root_key = rebuilt.map_err(|_| KeyError::WrongShards)?;
         tracing::info!(
-            root_key_id = record.root_key_id,
+            root_key_id = record.root_key_id.0,
             "root key restored from operator shards"
         );
         let acknowledged = self.adopt(root_key, &record).await?;

@@ -39,7 +39,7 @@ impl Unlocked {
         record: &RootKeyRecord,
         keyring_version: u64,
     ) -> Result<Self, CryptoError> {
-        let root_key_id = RootKeyId(record.root_key_id);
+        let root_key_id = record.root_key_id;
         let key_check = KeyCheck::from_bytes(record.key_check);
         if !key_check.matches(&root_key) {
             return Err(CryptoError::KeyCheckMismatch);
@@ -215,7 +215,7 @@ impl KeyState {
     /// Whether the held key is the committed one with this keyring version.
     fn holds(&self, record: &RootKeyRecord, keyring_version: u64) -> bool {
         self.unlocked().is_some_and(|unlocked| {
-            unlocked.root_key_id.0 == record.root_key_id
+            unlocked.root_key_id == record.root_key_id
                 && unlocked.key_check.as_bytes() == &record.key_check
                 && unlocked.keyring_version == keyring_version
         })

@@ -13,6 +13,10 @@
 //! used. The two-phase kind costs a second fsync per write and only guards
 //! against an attacker who controls both the page flush order and crashes
 //! mid-fsync; etcd's WAL makes the same trade with CRC32.
+//!
+//! Format ([`super::format`]): the database is stamped when created and
+//! checked when opened, and every entry carries its format in front; the
+//! first and last entries are checked at open, the others when read.
 
 use std::fmt::Debug;
 use std::io;
@@ -26,6 +30,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::codec::{decode, encode};
+use super::format::{decode_stamped, encode_stamped, stamp_of};
 use super::{EntryOf, LogIdOf, TypeConfig, VoteOf, io_error};
 
 /// Log index -> encoded entry.
@@ -40,20 +45,53 @@ const KEY_COMMITTED: &str = "committed";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Where the database is, for messages.
+    path: Arc<Path>,
 }
 
 impl LogStore {
-    /// Opens (or creates) the log database at `path`.
+    /// Opens (or creates) the log database at `path`; refuses one of a
+    /// format this build does not read.
     pub fn open(path: &Path) -> io::Result<Self> {
         let db = super::open_database(path, "log")?;
-        let store = Self { db: Arc::new(db) };
+        super::format::stamp_or_check(&db, path)?;
+        let store = Self {
+            db: Arc::new(db),
+            path: path.into(),
+        };
         // Create the tables so readers never meet a missing one.
         store.write("create log tables", Durability::Immediate, |txn| {
             txn.open_table(LOG)?;
             txn.open_table(LOG_META)?;
             Ok(())
         })?;
+        store.check_entry_formats()?;
         Ok(store)
+    }
+
+    /// Checks the format of the first and the last entry: a build writes
+    /// entries in its own format and refuses to start on a newer one, so
+    /// the formats in between lie within theirs.
+    fn check_entry_formats(&self) -> io::Result<()> {
+        let subject = "check log entry formats";
+        let txn = self.db.begin_read().map_err(|e| io_error(subject, e))?;
+        let table = txn.open_table(LOG).map_err(|e| io_error(subject, e))?;
+        for end in [
+            table.first().map_err(|e| io_error(subject, e))?,
+            table.last().map_err(|e| io_error(subject, e))?,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let (index, bytes) = end;
+            stamp_of(|| self.entry_subject(index.value()), bytes.value())?;
+        }
+        Ok(())
+    }
+
+    /// Names entry `index` in messages.
+    fn entry_subject(&self, index: u64) -> String {
+        format!("log entry {index} in {}", self.path.display())
     }
 
     /// Runs `body` in one write transaction, committed with `durability`.
@@ -78,7 +116,7 @@ impl LogStore {
             .open_table(LOG_META)
             .map_err(|e| io_error(&subject, e))?;
         match table.get(key).map_err(|e| io_error(&subject, e))? {
-            Some(bytes) => decode(key, bytes.value()).map(Some),
+            Some(bytes) => Ok(Some(decode(&format!("log {key}"), bytes.value())?)),
             None => Ok(None),
         }
     }
@@ -102,8 +140,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .map_err(|e| io_error(&subject, e))?
         {
             let (index, bytes) = row.map_err(|e| io_error(&subject, e))?;
-            entries.push(decode(
-                &format!("log entry {}", index.value()),
+            entries.push(decode_stamped(
+                || self.entry_subject(index.value()),
                 bytes.value(),
             )?);
         }
@@ -126,7 +164,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last = match table.last().map_err(|e| io_error(subject, e))? {
             Some((index, bytes)) => {
                 let entry: EntryOf<TypeConfig> =
-                    decode(&format!("log entry {}", index.value()), bytes.value())?;
+                    decode_stamped(|| self.entry_subject(index.value()), bytes.value())?;
                 Some(entry.log_id())
             }
             None => purged,
@@ -180,7 +218,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let encoded = entries
             .into_iter()
-            .map(|entry| Ok((entry.index(), encode(&entry)?)))
+            .map(|entry| Ok((entry.index(), encode_stamped(&entry)?)))
             .collect::<io::Result<Vec<_>>>()?;
         let store = self.clone();
         // redb blocks on fsync; keep it off the async workers.
@@ -229,5 +267,100 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .retain_in(..=last_removed, |_, _| false)?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::blank_ent;
+
+    use super::*;
+
+    /// Writes `entries` (index, stored bytes) straight into the log table.
+    fn put_raw(store: &LogStore, entries: &[(u64, Vec<u8>)]) {
+        store
+            .write("test entries", Durability::Immediate, |txn| {
+                let mut table = txn.open_table(LOG)?;
+                for (index, bytes) in entries {
+                    table.insert(*index, bytes.as_slice())?;
+                }
+                Ok(())
+            })
+            .expect("write entries");
+    }
+
+    fn stored(index: u64) -> Vec<u8> {
+        encode_stamped(&blank_ent::<TypeConfig>(1, 1, index)).expect("encodes")
+    }
+
+    /// `stored(index)` as a build of format 99 would have stamped it.
+    fn stored_as_format_99(index: u64) -> Vec<u8> {
+        let mut bytes = stored(index);
+        bytes[0] = 99;
+        bytes
+    }
+
+    #[tokio::test]
+    async fn an_entry_of_an_unknown_format_is_refused_when_read_and_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log.redb");
+        let mut store = LogStore::open(&path).expect("open");
+
+        tracing::info!("--- a format-99 entry between two of ours: open passes, reading it fails");
+        put_raw(
+            &store,
+            &[(1, stored(1)), (2, stored_as_format_99(2)), (3, stored(3))],
+        );
+        assert_eq!(
+            store.try_get_log_entries(1..2).await.expect("ours").len(),
+            1
+        );
+        let error = store
+            .try_get_log_entries(1..4)
+            .await
+            .expect_err("format 99");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "log entry 2 in {} is in on-disk format 99; this build reads format 1",
+                path.display()
+            )
+        );
+        drop(store);
+        let store = LogStore::open(&path).expect("first and last are ours");
+
+        tracing::info!("--- a format-99 last entry: the log is refused at open");
+        put_raw(&store, &[(4, stored_as_format_99(4))]);
+        drop(store);
+        let error = LogStore::open(&path).err().expect("refused");
+        assert!(
+            error.to_string().starts_with(&format!(
+                "log entry 4 in {} is in on-disk format 99",
+                path.display()
+            )),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_log_from_before_format_stamps_is_refused_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log.redb");
+        let db = Database::create(&path).expect("create");
+        let txn = db.begin_write().expect("write");
+        txn.open_table(LOG)
+            .expect("log")
+            .insert(1, [0u8, 1].as_slice())
+            .expect("insert");
+        txn.commit().expect("commit");
+        drop(db);
+        let error = LogStore::open(&path).err().expect("refused");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{} was written before on-disk format stamps existed; this build reads format 1",
+                path.display()
+            )
+        );
     }
 }

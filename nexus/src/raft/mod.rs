@@ -3,7 +3,9 @@
 //! files, and the gRPC network. A later openraft bump should touch only
 //! this module.
 
+pub mod codec;
 pub mod disk;
+pub mod format;
 pub mod log_store;
 pub mod network;
 pub mod runtime;
@@ -53,28 +55,6 @@ pub use openraft::type_config::alias::{
 /// A snapshot of our state machine: metadata and the open file.
 pub type NexusSnapshot =
     openraft::type_config::alias::SnapshotOf<TypeConfig, snapshot::SnapshotFile>;
-
-/// Serialization of everything Raft stores or sends: postcard (compact,
-/// deterministic, no self-description needed).
-pub mod codec {
-    use serde::Serialize;
-    use serde::de::DeserializeOwned;
-
-    /// Encodes `value`.
-    pub fn encode<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
-        postcard::to_stdvec(value).map_err(std::io::Error::other)
-    }
-
-    /// Decodes `bytes`, naming `what` on failure.
-    pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> std::io::Result<T> {
-        postcard::from_bytes(bytes).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{what} does not decode: {e}"),
-            )
-        })
-    }
-}
 
 /// A storage failure as openraft wants it: an `io::Error` that says what was
 /// touched and how.

@@ -2,25 +2,41 @@
 //! one consistent read transaction and installed in one write transaction,
 //! never held in memory as a whole.
 //!
-//! Layout: `SPKSNAP1 ‖ meta length (u32) ‖ meta ‖ tables ‖ sha256`, where
-//! each table is a run of `1 ‖ key length (u32) ‖ key ‖ value length (u32) ‖
-//! value` rows closed by a `0` byte, in the order meta, secrets, policies,
-//! sessions, session expiry. The
+//! Layout: `SPKSNAPV ‖ format (u32) ‖ meta length (u32) ‖ meta ‖ tables ‖
+//! sha256`, where the format is the on-disk format ([`super::format`]) of
+//! everything after it, and each table is a run of `1 ‖ key length (u32) ‖
+//! key ‖ value length (u32) ‖ value` rows closed by a `0` byte, in the
+//! order meta, secrets, policies, sessions, session expiry (the policy id
+//! index is rebuilt from the policies). Numbers are big-endian. The
 //! trailing SHA-256 covers every byte before it and is checked before an
-//! installation touches the tables.
+//! installation touches the tables; the format is checked before that, so
+//! a file of another format is refused as such.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use redb::{ReadableTable, TableDefinition};
 use sha2::{Digest, Sha256};
+use spike_sdk::domain::{PolicyName, SecretPath};
 
 use super::codec::{decode, encode};
+use super::format::{self, FORMAT_VERSION, FormatError};
 use super::{SnapshotMetaOf, TypeConfig, io_error};
-use crate::state::store::{META, POLICIES, SECRETS, SESSION_EXPIRY, SESSIONS};
+use crate::state::secret::SecretRecord;
+use crate::state::store::{
+    self, ClusterMeta, META, POLICIES, POLICIES_MAX, PolicyRecord, SECRETS, SESSION_EXPIRY,
+    SESSIONS,
+};
 
-const MAGIC: &[u8; 8] = b"SPKSNAP1";
+/// Starts every snapshot: a format number follows.
+const MAGIC: &[u8; 8] = b"SPKSNAPV";
+/// Started the snapshots of builds from before format stamps, whose
+/// layout had no format number; recognized only to say so.
+const UNSTAMPED_MAGIC: &[u8; 8] = b"SPKSNAP1";
+/// Magic and format.
+const HEADER_BYTES: usize = MAGIC.len() + 4;
 /// Largest key or value a snapshot row may carry (a secret record holds at
 /// most its versions' ciphertext).
 pub const ROW_PART_MAX_BYTES: u32 = 256 * 1024 * 1024;
@@ -87,6 +103,7 @@ pub fn write(
         digest: Sha256::new(),
     };
     out.write_all(MAGIC)?;
+    out.write_all(&FORMAT_VERSION.to_be_bytes())?;
     write_part(&mut out, &encode(meta)?)?;
     dump_str_table(txn, META, &mut out)?;
     dump_str_table(txn, SECRETS, &mut out)?;
@@ -160,11 +177,12 @@ fn write_row(out: &mut impl Write, key: &[u8], value: &[u8]) -> io::Result<()> {
     write_part(out, value)
 }
 
-/// Checks the trailing digest of a snapshot file.
+/// Checks the format and then the trailing digest of a snapshot file.
 pub fn verify(file: &SnapshotFile) -> io::Result<()> {
     let mut reader = file.reader()?;
+    read_format(&mut reader, || file.path.display().to_string())?;
     let length = reader.seek(SeekFrom::End(0))?;
-    if length < (MAGIC.len() + 4 + 32) as u64 {
+    if length < (HEADER_BYTES + 4 + 32) as u64 {
         return Err(corrupt("shorter than its header and digest"));
     }
     reader.seek(SeekFrom::Start(0))?;
@@ -197,17 +215,41 @@ fn corrupt(reason: &str) -> io::Error {
 /// Reads the metadata at the head of a snapshot.
 pub fn read_meta(file: &SnapshotFile) -> io::Result<SnapshotMetaOf<TypeConfig>> {
     let mut reader = BufReader::new(file.reader()?);
-    read_header(&mut reader)
+    read_header(&mut reader, || file.path.display().to_string())
 }
 
-fn read_header(reader: &mut impl Read) -> io::Result<SnapshotMetaOf<TypeConfig>> {
-    let mut magic = [0u8; 8];
-    reader.read_exact(&mut magic)?;
-    if &magic != MAGIC {
+/// Refuses the snapshot at `path` if this build does not read its format.
+pub fn check_format(path: &Path) -> io::Result<()> {
+    let mut file =
+        File::open(path).map_err(|e| io_error(&format!("open snapshot {}", path.display()), e))?;
+    read_format(&mut file, || path.display().to_string())
+}
+
+/// Reads the magic and the format; `subject` names the file.
+fn read_format(reader: &mut impl Read, subject: impl Fn() -> String) -> io::Result<()> {
+    let mut header = [0u8; HEADER_BYTES];
+    reader
+        .read_exact(&mut header)
+        .map_err(|_| corrupt("shorter than its header"))?;
+    let (magic, found) = header.split_at(MAGIC.len());
+    if magic == UNSTAMPED_MAGIC {
+        return Err(FormatError::Unstamped { subject: subject() }.into());
+    }
+    if magic != MAGIC {
         return Err(corrupt("not a SPIKE snapshot"));
     }
+    let mut version = [0u8; 4];
+    version.copy_from_slice(found);
+    Ok(format::check(u32::from_be_bytes(version), subject)?)
+}
+
+fn read_header(
+    reader: &mut impl Read,
+    subject: impl Fn() -> String,
+) -> io::Result<SnapshotMetaOf<TypeConfig>> {
+    read_format(reader, subject)?;
     let meta = read_part(reader, META_MAX_BYTES)?;
-    decode("snapshot meta", &meta)
+    Ok(decode("snapshot meta", &meta)?)
 }
 
 fn read_part(reader: &mut impl Read, max: u32) -> io::Result<Vec<u8>> {
@@ -244,7 +286,7 @@ pub fn load(
 ) -> io::Result<SnapshotMetaOf<TypeConfig>> {
     let subject = "install snapshot";
     let mut reader = BufReader::new(file.reader()?);
-    let meta = read_header(&mut reader)?;
+    let meta = read_header(&mut reader, || file.path.display().to_string())?;
     for table in [META, SECRETS, POLICIES] {
         txn.delete_table(table).map_err(|e| io_error(subject, e))?;
         let mut table = txn.open_table(table).map_err(|e| io_error(subject, e))?;
@@ -290,6 +332,7 @@ pub fn load(
             )
             .map_err(|e| io_error(subject, e))?;
     }
+    store::rebuild_policy_index(txn).map_err(|e| io_error(subject, e))?;
     Ok(meta)
 }
 
@@ -332,20 +375,36 @@ pub fn remove_others(dir: &Path, keep: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// The records a backup (a snapshot file) carries.
-#[derive(Debug, Default)]
-pub struct Backup {
-    /// The encoded cluster metadata row, if any.
-    pub cluster: Option<Vec<u8>>,
-    /// Secret path -> encoded record.
-    pub secrets: Vec<(String, Vec<u8>)>,
-    /// Policy name -> encoded record.
-    pub policies: Vec<(String, Vec<u8>)>,
+/// One record of a backup, decoded, with the bytes it took in the file.
+#[derive(Debug)]
+pub struct BackupRow<K, V> {
+    /// Its key: a secret's path or a policy's name.
+    pub key: K,
+    /// The record.
+    pub record: V,
+    /// Key and encoded record, in bytes (to cut a restore into pieces).
+    pub size_bytes: usize,
 }
 
-/// Checks and reads a backup held in memory (an uploaded snapshot file).
+/// The records a backup (a snapshot file) carries, decoded and checked.
+#[derive(Debug)]
+pub struct Backup {
+    /// The cluster metadata.
+    pub cluster: ClusterMeta,
+    /// Secrets by path.
+    pub secrets: Vec<BackupRow<SecretPath, SecretRecord>>,
+    /// Policies by name.
+    pub policies: Vec<BackupRow<PolicyName, PolicyRecord>>,
+}
+
+/// Checks and reads a backup held in memory (an uploaded snapshot file):
+/// its format, its digest, and every record, so a restore never stores
+/// what the state could trip over (an inconsistent secret, two policies
+/// with one id, more policies than the limit).
 pub fn read_backup(bytes: &[u8]) -> io::Result<Backup> {
-    if bytes.len() < MAGIC.len() + 4 + 32 {
+    let subject = || "backup".to_owned();
+    read_format(&mut io::Cursor::new(bytes), subject)?;
+    if bytes.len() < HEADER_BYTES + 4 + 32 {
         return Err(corrupt("shorter than its header and digest"));
     }
     let (body, digest) = bytes.split_at(bytes.len() - 32);
@@ -353,21 +412,196 @@ pub fn read_backup(bytes: &[u8]) -> io::Result<Backup> {
         return Err(corrupt("digest mismatch"));
     }
     let mut reader = io::Cursor::new(body);
-    read_header(&mut reader)?;
-    let text = |key: Vec<u8>| String::from_utf8(key).map_err(|_| corrupt("key is not UTF-8"));
-    let mut backup = Backup::default();
+    read_header(&mut reader, subject)?;
+    let mut cluster = None;
     while let Some((key, value)) = read_row(&mut reader)? {
-        if key == crate::state::store::META_CLUSTER.as_bytes() {
-            backup.cluster = Some(value);
+        if key == store::META_CLUSTER.as_bytes() {
+            cluster = Some(decode::<ClusterMeta>("backup cluster meta", &value)?);
         }
     }
+    let cluster = cluster.ok_or_else(|| corrupt("the backup has no cluster metadata"))?;
+    let mut secrets = Vec::new();
     while let Some((key, value)) = read_row(&mut reader)? {
-        backup.secrets.push((text(key)?, value));
+        let row: BackupRow<SecretPath, SecretRecord> = backup_row(&key, &value)?;
+        if !row.record.is_consistent() {
+            return Err(corrupt(&format!("secret {} is inconsistent", row.key)));
+        }
+        secrets.push(row);
     }
+    let mut policies = Vec::new();
+    let mut ids = BTreeSet::new();
     while let Some((key, value)) = read_row(&mut reader)? {
-        backup.policies.push((text(key)?, value));
+        let row: BackupRow<PolicyName, PolicyRecord> = backup_row(&key, &value)?;
+        if !ids.insert(row.record.id) {
+            return Err(corrupt(&format!("policy id {} twice", row.record.id)));
+        }
+        policies.push(row);
+    }
+    if policies.len() as u64 > POLICIES_MAX {
+        return Err(corrupt(&format!(
+            "{} policies, more than the {POLICIES_MAX} a cluster holds",
+            policies.len()
+        )));
     }
     // Sessions are not restored: they belong to the clients of the cluster
     // the backup came from.
-    Ok(backup)
+    Ok(Backup {
+        cluster,
+        secrets,
+        policies,
+    })
+}
+
+fn backup_row<K, V>(key: &[u8], value: &[u8]) -> io::Result<BackupRow<K, V>>
+where
+    K: std::str::FromStr<Err = spike_sdk::domain::InvalidValue>,
+    V: serde::de::DeserializeOwned,
+{
+    let text = std::str::from_utf8(key).map_err(|_| corrupt("key is not UTF-8"))?;
+    let parsed = text
+        .parse()
+        .map_err(|e| corrupt(&format!("backup key: {e}")))?;
+    Ok(BackupRow {
+        key: parsed,
+        record: decode(&format!("backup record {text:?}"), value)?,
+        size_bytes: key.len() + value.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::ReadableDatabase;
+    use spike_sdk::domain::{DataKeyId, PolicyId, RootKeyId};
+
+    use super::*;
+    use crate::state::command::{
+        Command, KeyCommand, PolicyCommand, Request, RootKeyRecord, SecretCommand,
+    };
+    use crate::state::store::Batch;
+
+    /// A backup of a store holding one secret and one policy, after
+    /// `tamper` has had its way with the tables.
+    fn backup(tamper: impl FnOnce(&redb::WriteTransaction)) -> Vec<u8> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = redb::Database::create(dir.path().join("state.redb")).expect("create");
+        let commands = [
+            Command::Keys(KeyCommand::Initialize(RootKeyRecord {
+                root_key_id: RootKeyId(1),
+                key_check: [1; 32],
+                wrapped_keyring: vec![1],
+                shares: 1,
+                threshold: 1,
+            })),
+            Command::Secret(SecretCommand::Put {
+                path: "apps/db".parse().expect("a path"),
+                ciphertext: vec![2],
+                data_key_id: DataKeyId(1),
+                cas: None,
+                max_versions: 10,
+            }),
+            Command::Policy(PolicyCommand::Put {
+                id: PolicyId::from_bytes([3; 16]),
+                name: "readers".parse().expect("a name"),
+                ciphertext: vec![3],
+                data_key_id: DataKeyId(1),
+            }),
+        ];
+        let txn = db.begin_write().expect("write");
+        let mut batch = Batch::begin(&txn).expect("batch");
+        for (index, command) in (1..).zip(commands) {
+            let request = Request {
+                command,
+                session: None,
+                time_ns: index,
+            };
+            batch.apply(index, &request).expect("apply");
+        }
+        batch.finish().expect("finish");
+        tamper(&txn);
+        txn.commit().expect("commit");
+        let path = dir.path().join("backup");
+        let read = db.begin_read().expect("read");
+        write(&read, &SnapshotMetaOf::<TypeConfig>::default(), &path).expect("write");
+        fs::read(&path).expect("read backup")
+    }
+
+    /// Copies the row `from` of `table` to the key `to`.
+    fn copy_row(
+        txn: &redb::WriteTransaction,
+        table: TableDefinition<&str, &[u8]>,
+        from: &str,
+        to: &str,
+    ) {
+        let mut table = txn.open_table(table).expect("table");
+        let value = table.get(from).expect("get").expect("row").value().to_vec();
+        table.insert(to, value.as_slice()).expect("insert");
+    }
+
+    fn refusal(bytes: &[u8]) -> String {
+        read_backup(bytes).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn a_backup_reads_back_as_typed_records() {
+        let backup = read_backup(&backup(|_| {})).expect("reads");
+        assert_eq!(backup.cluster.root_key_id(), Some(RootKeyId(1)));
+        let secrets: Vec<&str> = backup.secrets.iter().map(|row| row.key.as_str()).collect();
+        assert_eq!(secrets, vec!["apps/db"]);
+        let policies: Vec<(&str, PolicyId)> = backup
+            .policies
+            .iter()
+            .map(|row| (row.key.as_str(), row.record.id))
+            .collect();
+        assert_eq!(policies, vec![("readers", PolicyId::from_bytes([3; 16]))]);
+    }
+
+    #[test]
+    fn a_backup_of_another_format_is_refused_as_such() {
+        let mut future = backup(|_| {});
+        future[MAGIC.len()..HEADER_BYTES].copy_from_slice(&7u32.to_be_bytes());
+        assert_eq!(
+            refusal(&future),
+            "backup is in on-disk format 7; this build reads format 1"
+        );
+        let mut unstamped = backup(|_| {});
+        unstamped[..MAGIC.len()].copy_from_slice(UNSTAMPED_MAGIC);
+        assert_eq!(
+            refusal(&unstamped),
+            "backup was written before on-disk format stamps existed; this build reads format 1"
+        );
+        assert_eq!(
+            refusal(b"not a snapshot at all, not even close, no"),
+            "snapshot is corrupt: not a SPIKE snapshot"
+        );
+    }
+
+    #[test]
+    fn a_backup_whose_records_the_state_would_trip_over_is_refused() {
+        let twice = backup(|txn| copy_row(txn, POLICIES, "readers", "writers"));
+        assert!(refusal(&twice).contains("policy id 03030303-0303-0303-0303-030303030303 twice"));
+
+        let inconsistent = backup(|txn| {
+            let mut record = SecretRecord::put(None, vec![1], None, 10, 1)
+                .expect("put")
+                .0;
+            record.max_versions = 0;
+            txn.open_table(SECRETS)
+                .expect("secrets")
+                .insert("broken", encode(&record).expect("encodes").as_slice())
+                .expect("insert");
+        });
+        assert!(refusal(&inconsistent).contains("secret broken is inconsistent"));
+
+        let bad_path = backup(|txn| copy_row(txn, SECRETS, "apps/db", "a b"));
+        assert!(
+            refusal(&bad_path).contains("invalid secret path"),
+            "{}",
+            refusal(&bad_path)
+        );
+
+        let mut flipped = backup(|_| {});
+        let last = flipped.len() - 40;
+        flipped[last] ^= 1;
+        assert!(refusal(&flipped).contains("digest mismatch"));
+    }
 }

@@ -16,6 +16,11 @@
 //! commit) every [`CHECKPOINT_ENTRIES`] entries or [`CHECKPOINT_INTERVAL`]
 //! bounds the replay and the memory redb holds for pending commits.
 //! Snapshot installation is always fsynced.
+//!
+//! Invariants, asserted on apply and on installation: the applied log index
+//! strictly grows, and the state's watermarks (keyring and policy versions,
+//! log time) never go back. The database's format is stamped when it is
+//! created and checked when it is opened, and so is the current snapshot's.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -28,7 +33,7 @@ use openraft::storage::{
     EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta,
 };
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
-use redb::{Database, Durability, ReadableDatabase};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -36,7 +41,7 @@ use super::codec::{decode, encode};
 use super::snapshot::{self, SnapshotFile};
 use super::{LogIdOf, NexusSnapshot, StoredMembershipOf, TypeConfig, io_error};
 use crate::state::command::Response;
-use crate::state::store::{self, META, META_APPLIED, META_MEMBERSHIP, StateReader};
+use crate::state::store::{self, META, META_APPLIED, META_MEMBERSHIP, StateReader, Watermarks};
 
 /// Most entries applied in one transaction.
 const APPLY_BATCH_MAX: usize = 512;
@@ -89,7 +94,8 @@ impl Checkpoint {
 
 impl StateMachine {
     /// Opens (or creates) the state database at `path`, with snapshots in
-    /// `snapshot_dir`.
+    /// `snapshot_dir`; refuses a database or a current snapshot of a format
+    /// this build does not read.
     pub fn open(path: &Path, snapshot_dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(snapshot_dir).map_err(|e| {
             io_error(
@@ -98,6 +104,10 @@ impl StateMachine {
             )
         })?;
         let db = super::open_database(path, "state")?;
+        super::format::stamp_or_check(&db, path)?;
+        if let Some(current) = snapshot::newest(snapshot_dir)? {
+            snapshot::check_format(&current)?;
+        }
         // Create every table up front so readers never meet a missing one.
         let subject = "create state tables";
         let txn = db.begin_write().map_err(|e| io_error(subject, e))?;
@@ -106,6 +116,8 @@ impl StateMachine {
         txn.open_table(store::SECRETS)
             .map_err(|e| io_error(subject, e))?;
         txn.open_table(store::POLICIES)
+            .map_err(|e| io_error(subject, e))?;
+        txn.open_table(store::POLICY_IDS)
             .map_err(|e| io_error(subject, e))?;
         txn.open_table(store::SESSIONS)
             .map_err(|e| io_error(subject, e))?;
@@ -171,13 +183,19 @@ impl StateMachine {
         let mut txn = self.db.begin_write().map_err(|e| io_error(subject, e))?;
         txn.set_durability(durability)
             .map_err(|e| io_error(subject, e))?;
+        let mut last_applied = applied_in_write(&txn)?;
         let mut store_batch =
             store::Batch::begin(&txn).map_err(|e| io_error("begin applying entries", e))?;
         let mut responses = Vec::with_capacity(entries.len());
-        let mut last_applied = None;
         let mut membership = None;
         for entry in entries {
             let log_id = entry.log_id();
+            if let Some(previous) = &last_applied {
+                assert!(
+                    log_id.index() > previous.index(),
+                    "entry {log_id} applied after entry {previous}"
+                );
+            }
             let response = match entry.payload {
                 EntryPayload::Blank => Response::Done,
                 EntryPayload::Normal(request) => store_batch
@@ -245,7 +263,19 @@ impl StateMachine {
         let mut txn = self.db.begin_write().map_err(|e| io_error(subject, e))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| io_error(subject, e))?;
+        let applied_before = applied_in_write(&txn)?;
+        let state_before = store::read_cluster_meta(&txn).map_err(|e| io_error(subject, e))?;
         let meta = snapshot::load(&txn, &file)?;
+        // openraft installs only a snapshot past everything committed here,
+        // so past everything applied: the state only moves forward.
+        if let (Some(before), Some(installed)) = (&applied_before, &meta.last_log_id) {
+            assert!(
+                installed.index() > before.index(),
+                "snapshot up to {installed} installed over applied entry {before}"
+            );
+        }
+        let state_after = store::read_cluster_meta(&txn).map_err(|e| io_error(subject, e))?;
+        Watermarks::of(&state_before).assert_not_behind(&state_after);
         {
             let mut table = txn.open_table(META).map_err(|e| io_error(subject, e))?;
             table
@@ -295,6 +325,16 @@ impl StateMachine {
     /// Where received snapshots are written before installation.
     pub fn incoming_path(&self, name: &str) -> PathBuf {
         self.snapshot_dir.join(format!("incoming-{name}.tmp"))
+    }
+}
+
+/// The last applied log id as the write transaction `txn` sees it.
+fn applied_in_write(txn: &redb::WriteTransaction) -> io::Result<Option<LogIdOf<TypeConfig>>> {
+    let subject = "read applied log id";
+    let table = txn.open_table(META).map_err(|e| io_error(subject, e))?;
+    match table.get(META_APPLIED).map_err(|e| io_error(subject, e))? {
+        Some(bytes) => Ok(decode("applied log id", bytes.value())?),
+        None => Ok(None),
     }
 }
 
@@ -399,5 +439,171 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             snapshot: file,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::{blank_ent, log_id};
+    use spike_sdk::domain::{DataKeyId, PolicyId, PolicyRef, RootKeyId};
+
+    use super::*;
+    use crate::raft::EntryOf;
+    use crate::state::command::{Command, KeyCommand, PolicyCommand, Request, RootKeyRecord};
+
+    fn machine(dir: &Path) -> io::Result<StateMachine> {
+        StateMachine::open(&dir.join("state.redb"), &dir.join("snapshots"))
+    }
+
+    fn normal(index: u64, command: Command) -> EntryOf<TypeConfig> {
+        EntryOf::<TypeConfig>::new_normal(
+            log_id::<TypeConfig>(1, 1, index),
+            Request {
+                command,
+                session: None,
+                time_ns: index,
+            },
+        )
+    }
+
+    fn initialize() -> Command {
+        Command::Keys(KeyCommand::Initialize(RootKeyRecord {
+            root_key_id: RootKeyId(1),
+            key_check: [1; 32],
+            wrapped_keyring: vec![1],
+            shares: 1,
+            threshold: 1,
+        }))
+    }
+
+    fn put_policy(id: PolicyId) -> Command {
+        Command::Policy(PolicyCommand::Put {
+            id,
+            name: "readers".parse().expect("a name"),
+            ciphertext: vec![1],
+            data_key_id: DataKeyId(1),
+        })
+    }
+
+    #[test]
+    fn a_state_database_from_before_format_stamps_is_refused_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        let db = Database::create(&path).expect("create");
+        let txn = db.begin_write().expect("write");
+        txn.open_table(META).expect("meta");
+        txn.commit().expect("commit");
+        drop(db);
+        let error = machine(dir.path()).err().expect("refused");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{} was written before on-disk format stamps existed; this build reads format 1",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_current_snapshot_of_another_format_is_refused_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snapshots = dir.path().join("snapshots");
+        std::fs::create_dir_all(&snapshots).expect("snapshot dir");
+        let path = snapshots.join(snapshot::file_name(7));
+
+        let mut future = b"SPKSNAPV".to_vec();
+        future.extend_from_slice(&99u32.to_be_bytes());
+        future.extend_from_slice(&[0; 64]);
+        std::fs::write(&path, &future).expect("write");
+        let error = machine(dir.path()).err().expect("refused");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{} is in on-disk format 99; this build reads format 1",
+                path.display()
+            )
+        );
+
+        let mut unstamped = b"SPKSNAP1".to_vec();
+        unstamped.extend_from_slice(&[0; 64]);
+        std::fs::write(&path, &unstamped).expect("write");
+        let error = machine(dir.path()).err().expect("refused");
+        assert!(
+            error.to_string().ends_with(
+                "was written before on-disk format stamps existed; this build reads format 1"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "applied after entry")]
+    fn an_entry_applied_twice_is_caught() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let machine = machine(dir.path()).expect("open");
+        machine
+            .apply_batch(vec![blank_ent::<TypeConfig>(1, 1, 5)])
+            .expect("apply");
+        let _ = machine.apply_batch(vec![blank_ent::<TypeConfig>(1, 1, 5)]);
+    }
+
+    /// Builds a snapshot on `dir` after `entries` and copies it to where
+    /// `to` receives snapshots.
+    fn snapshot_of(
+        dir: &Path,
+        entries: Vec<EntryOf<TypeConfig>>,
+        to: &StateMachine,
+    ) -> SnapshotFile {
+        let leader = machine(dir).expect("open");
+        leader.apply_batch(entries).expect("apply");
+        let built = leader.build().expect("build");
+        let incoming = to.incoming_path("test");
+        std::fs::copy(&built.snapshot.path, &incoming).expect("copy");
+        SnapshotFile::open(&incoming).expect("open snapshot")
+    }
+
+    #[test]
+    fn an_installed_snapshot_brings_policies_with_their_id_index() {
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let follower_dir = tempfile::tempdir().expect("tempdir");
+        let follower = machine(follower_dir.path()).expect("open");
+        let id = PolicyId::from_bytes([4; 16]);
+        let file = snapshot_of(
+            leader_dir.path(),
+            vec![normal(1, initialize()), normal(2, put_policy(id))],
+            &follower,
+        );
+        let mut header = [0u8; 12];
+        std::io::Read::read_exact(&mut file.reader().expect("reader"), &mut header)
+            .expect("header");
+        assert_eq!(&header, b"SPKSNAPV\0\0\0\x01", "magic and format 1");
+        follower.install(file).expect("install");
+        let (name, record) = follower
+            .reader()
+            .policy(&PolicyRef::from(id))
+            .expect("read")
+            .expect("found by id");
+        assert_eq!((name.as_str(), record.id), ("readers", id));
+    }
+
+    #[test]
+    #[should_panic(expected = "installed over applied entry")]
+    fn a_snapshot_behind_the_applied_state_is_never_installed() {
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let follower_dir = tempfile::tempdir().expect("tempdir");
+        let follower = machine(follower_dir.path()).expect("open");
+        follower
+            .apply_batch(
+                (1..=5)
+                    .map(|index| blank_ent::<TypeConfig>(1, 1, index))
+                    .collect(),
+            )
+            .expect("apply");
+        let file = snapshot_of(
+            leader_dir.path(),
+            vec![blank_ent::<TypeConfig>(1, 1, 3)],
+            &follower,
+        );
+        let _ = follower.install(file);
     }
 }

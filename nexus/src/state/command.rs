@@ -2,12 +2,18 @@
 //! optional client session, and the responses apply produces.
 //!
 //! Everything here is public metadata or ciphertext. A command is built on
-//! the node that received the request (which seals any values with the
-//! keyring first); apply never encrypts, decrypts or reads a clock.
+//! the node that received the request (which parses identifiers and seals
+//! any values with the keyring first); apply never encrypts, decrypts,
+//! reads a clock or draws a random number. Commands are grouped by family,
+//! and each family has its own apply function.
 
 use serde::{Deserialize, Serialize};
+use spike_sdk::domain::{
+    DataKeyId, NodeId, PolicyId, PolicyName, PolicyRef, RootKeyId, SecretPath,
+};
 
-use super::secret::{SecretError, TimeNs, Written};
+use super::secret::{SecretError, SecretRecord, TimeNs, Written};
+use super::store::{ClusterMeta, PolicyRecord};
 
 /// A client's identity and the number of this write, for exactly-once
 /// application of retried writes.
@@ -36,7 +42,7 @@ pub struct Request {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootKeyRecord {
     /// Generation of the root key, from 1.
-    pub root_key_id: u64,
+    pub root_key_id: RootKeyId,
     /// `KeyCheck` of the root key.
     pub key_check: [u8; 32],
     /// The keyring sealed under the root key.
@@ -67,9 +73,24 @@ fn hex_prefix(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// A state change.
+/// A state change, by family.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
+    /// The root key and the keyring.
+    Keys(KeyCommand),
+    /// Secrets and their versions.
+    Secret(SecretCommand),
+    /// Access policies.
+    Policy(PolicyCommand),
+    /// Replacing the whole store with a backup.
+    Restore(RestoreCommand),
+    /// Facts about the cluster's replicas (membership itself is Raft's).
+    Membership(MembershipCommand),
+}
+
+/// The root key and the keyring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyCommand {
     /// The first root key; succeeds only on an uninitialized cluster.
     Initialize(RootKeyRecord),
     /// A new root key; its id must be above the current one.
@@ -84,90 +105,116 @@ pub enum Command {
     /// root key.
     ReplaceKeyring {
         /// Root key that wraps it (must be current).
-        root_key_id: u64,
+        root_key_id: RootKeyId,
         /// The sealed keyring.
         #[serde(with = "serde_bytes")]
         wrapped_keyring: Vec<u8>,
         /// The keyring version it was built from (refused if stale).
         keyring_version: u64,
     },
+}
+
+/// Secrets and their versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecretCommand {
     /// A new version of a secret.
-    PutSecret {
+    Put {
         /// The secret's path.
-        path: String,
+        path: SecretPath,
         /// Its values, sealed.
         #[serde(with = "serde_bytes")]
         ciphertext: Vec<u8>,
         /// The data key that sealed them (for the per-key counter).
-        data_key_id: u32,
+        data_key_id: DataKeyId,
         /// Check-and-set: write only over this current version.
         cas: Option<u64>,
         /// Versions to keep.
         max_versions: u32,
     },
     /// Mark versions deleted.
-    DeleteSecret {
+    Delete {
         /// The secret's path.
-        path: String,
+        path: SecretPath,
         /// Versions (empty or 0: current).
         versions: Vec<u64>,
     },
     /// Clear deletion marks.
-    UndeleteSecret {
+    Undelete {
         /// The secret's path.
-        path: String,
+        path: SecretPath,
         /// Versions (empty: current or highest deleted).
         versions: Vec<u64>,
     },
     /// Destroy versions for good.
-    DestroySecret {
+    Destroy {
         /// The secret's path.
-        path: String,
+        path: SecretPath,
         /// Versions (empty or 0: current).
         versions: Vec<u64>,
     },
-    /// Create or replace a policy.
-    PutPolicy {
-        /// The policy name (its id).
-        name: String,
+}
+
+/// Access policies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PolicyCommand {
+    /// Create or replace the policy named `name`. Replacing keeps its id
+    /// and creation time.
+    Put {
+        /// The id the policy gets if it is created; chosen at random by the
+        /// replica that took the request, as apply may not draw one.
+        /// Ignored on a replace; refused if another policy holds it.
+        id: PolicyId,
+        /// The policy's name.
+        name: PolicyName,
         /// The policy body, sealed.
         #[serde(with = "serde_bytes")]
         ciphertext: Vec<u8>,
         /// The data key that sealed it.
-        data_key_id: u32,
+        data_key_id: DataKeyId,
     },
-    /// Remove a policy.
-    DeletePolicy {
-        /// The policy name.
-        name: String,
+    /// Remove a policy, found at apply time (by id first, then by name), so
+    /// a policy re-created since the request was taken is not hit by its
+    /// id.
+    Delete {
+        /// The policy, as the client named it.
+        policy: PolicyRef,
     },
-    /// Record that a removed replica's id may never be used again.
-    RetireNode {
-        /// The replica's id.
-        id: u64,
-    },
-    /// Start replacing the whole store with a backup: clears secrets,
-    /// policies and sessions; the cluster is unusable until `FinishRestore`.
-    BeginRestore {
+}
+
+/// Replacing the store with a backup, in three kinds of steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestoreCommand {
+    /// Start: clears secrets, policies and sessions; the cluster is
+    /// unusable until `Finish`.
+    Begin {
         /// Names this restore, so pieces of another cannot mix in.
         restore_id: u64,
     },
-    /// One piece of a backup's records (raw: already sealed).
-    RestoreRows {
+    /// One piece of a backup's records (their values already sealed).
+    Rows {
         /// The restore in progress.
         restore_id: u64,
-        /// Secret path -> encoded record.
-        secrets: Vec<(String, Vec<u8>)>,
-        /// Policy name -> encoded record.
-        policies: Vec<(String, Vec<u8>)>,
+        /// Secrets by path.
+        secrets: Vec<(SecretPath, SecretRecord)>,
+        /// Policies by name.
+        policies: Vec<(PolicyName, PolicyRecord)>,
     },
-    /// End of a restore: the backup's root key record and counters.
-    FinishRestore {
+    /// End: the backup's root key record and counters.
+    Finish {
         /// The restore in progress.
         restore_id: u64,
-        /// The backup's encoded cluster metadata.
-        #[serde(with = "serde_bytes")]
-        cluster: Vec<u8>,
+        /// The backup's cluster metadata.
+        cluster: Box<ClusterMeta>,
+    },
+}
+
+/// Facts about the cluster's replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipCommand {
+    /// Record that a removed replica's id may never be used again.
+    RetireNode {
+        /// The replica's id.
+        id: NodeId,
     },
 }
 
@@ -179,6 +226,8 @@ pub enum Response {
     Done,
     /// A secret version was written.
     Written(Written),
+    /// A policy was created or replaced; this is its id.
+    PolicyStored(PolicyId),
     /// The change was refused; nothing changed.
     Refused(Refusal),
 }
@@ -195,6 +244,10 @@ pub enum Refusal {
     /// The cluster holds the most policies it may.
     #[error("the cluster already holds {0} policies, the maximum")]
     PolicyLimit(u64),
+    /// A new policy's proposed id is another policy's: the replica that
+    /// proposed it draws another.
+    #[error("policy id {0} is taken")]
+    PolicyIdTaken(PolicyId),
     /// `Initialize` on an initialized cluster.
     #[error("the cluster is already initialized")]
     AlreadyInitialized,
@@ -205,9 +258,9 @@ pub enum Refusal {
     #[error("root key {proposed} does not follow the current root key {current}")]
     RootKeyOutOfOrder {
         /// The current root key id.
-        current: u64,
+        current: RootKeyId,
         /// The one proposed.
-        proposed: u64,
+        proposed: RootKeyId,
     },
     /// A key change built from a keyring that has changed since.
     #[error(
@@ -222,9 +275,9 @@ pub enum Refusal {
     /// A restore piece for a restore that is not in progress.
     #[error("restore {0} is not in progress")]
     RestoreNotInProgress(u64),
-    /// A backup's records do not decode; nothing was changed by this step.
-    #[error("the backup does not decode: {0}")]
-    BadBackup(String),
+    /// A backup's policies share an id; nothing was changed by this step.
+    #[error("the backup holds policy id {0} twice")]
+    BackupPolicyIdTwice(PolicyId),
     /// The store is being replaced by a backup.
     #[error("a backup is being restored")]
     Restoring,
@@ -243,30 +296,48 @@ impl std::fmt::Display for Request {
     /// public target, never values.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.command {
-            Command::Initialize(record) => write!(f, "initialize(root key {})", record.root_key_id),
-            Command::Rekey { record, .. } => write!(f, "rekey(root key {})", record.root_key_id),
-            Command::ReplaceKeyring { root_key_id, .. } => {
+            Command::Keys(KeyCommand::Initialize(record)) => {
+                write!(f, "initialize(root key {})", record.root_key_id)
+            }
+            Command::Keys(KeyCommand::Rekey { record, .. }) => {
+                write!(f, "rekey(root key {})", record.root_key_id)
+            }
+            Command::Keys(KeyCommand::ReplaceKeyring { root_key_id, .. }) => {
                 write!(f, "replace-keyring(root key {root_key_id})")
             }
-            Command::PutSecret { path, .. } => write!(f, "put-secret({path})"),
-            Command::DeleteSecret { path, .. } => write!(f, "delete-secret({path})"),
-            Command::UndeleteSecret { path, .. } => write!(f, "undelete-secret({path})"),
-            Command::DestroySecret { path, .. } => write!(f, "destroy-secret({path})"),
-            Command::PutPolicy { name, .. } => write!(f, "put-policy({name})"),
-            Command::DeletePolicy { name } => write!(f, "delete-policy({name})"),
-            Command::RetireNode { id } => write!(f, "retire-node({id})"),
-            Command::BeginRestore { restore_id } => write!(f, "begin-restore({restore_id})"),
-            Command::RestoreRows {
+            Command::Secret(SecretCommand::Put { path, .. }) => write!(f, "put-secret({path})"),
+            Command::Secret(SecretCommand::Delete { path, .. }) => {
+                write!(f, "delete-secret({path})")
+            }
+            Command::Secret(SecretCommand::Undelete { path, .. }) => {
+                write!(f, "undelete-secret({path})")
+            }
+            Command::Secret(SecretCommand::Destroy { path, .. }) => {
+                write!(f, "destroy-secret({path})")
+            }
+            Command::Policy(PolicyCommand::Put { name, .. }) => write!(f, "put-policy({name})"),
+            Command::Policy(PolicyCommand::Delete { policy }) => {
+                write!(f, "delete-policy({policy})")
+            }
+            Command::Restore(RestoreCommand::Begin { restore_id }) => {
+                write!(f, "begin-restore({restore_id})")
+            }
+            Command::Restore(RestoreCommand::Rows {
                 restore_id,
                 secrets,
                 policies,
-            } => write!(
+            }) => write!(
                 f,
                 "restore-rows({restore_id}: {} secrets, {} policies)",
                 secrets.len(),
                 policies.len()
             ),
-            Command::FinishRestore { restore_id, .. } => write!(f, "finish-restore({restore_id})"),
+            Command::Restore(RestoreCommand::Finish { restore_id, .. }) => {
+                write!(f, "finish-restore({restore_id})")
+            }
+            Command::Membership(MembershipCommand::RetireNode { id }) => {
+                write!(f, "retire-node({id})")
+            }
         }
     }
 }

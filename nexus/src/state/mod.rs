@@ -2,9 +2,10 @@
 //! apply function that changes it.
 //!
 //! Only ciphertext and public metadata live here. [`store`] keeps it in
-//! redb tables; [`secret`] holds SPIKE's version rules; [`command`] is what
-//! the Raft log carries.
+//! redb tables; [`apply`] is what each command does to them; [`secret`]
+//! holds SPIKE's version rules; [`command`] is what the Raft log carries.
 
+mod apply;
 pub mod command;
 pub mod secret;
 pub mod store;

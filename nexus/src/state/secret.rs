@@ -238,22 +238,41 @@ impl SecretRecord {
         }
     }
 
-    /// Recomputes the derived fields and checks the invariants.
-    fn settle(&mut self) {
-        self.current_version = self
-            .versions
+    /// Whether the record keeps the invariants: a record that did not come
+    /// from these operations (one in an uploaded backup) is checked before
+    /// it is stored, so no later operation trips over it.
+    pub fn is_consistent(&self) -> bool {
+        (1..=MAX_VERSIONS_LIMIT).contains(&self.max_versions)
+            && self.versions.len() <= self.max_versions as usize
+            && self.current_version == self.live_version()
+            && self.oldest_version == self.lowest_kept()
+            && self
+                .versions
+                .keys()
+                .all(|version| (1..=self.highest_version).contains(version))
+            && self
+                .versions
+                .values()
+                .all(|entry| !entry.destroyed || entry.ciphertext.is_empty())
+    }
+
+    fn live_version(&self) -> u64 {
+        self.versions
             .iter()
             .rev()
             .find(|(_, entry)| entry.is_live())
-            .map_or(0, |(version, _)| *version);
-        self.oldest_version = self.versions.keys().next().copied().unwrap_or(0);
-        debug_assert!(self.versions.len() <= self.max_versions as usize);
-        debug_assert!(self.current_version <= self.highest_version);
-        debug_assert!(
-            self.versions
-                .values()
-                .all(|entry| !entry.destroyed || entry.ciphertext.is_empty())
-        );
+            .map_or(0, |(version, _)| *version)
+    }
+
+    fn lowest_kept(&self) -> u64 {
+        self.versions.keys().next().copied().unwrap_or(0)
+    }
+
+    /// Recomputes the derived fields and checks the invariants.
+    fn settle(&mut self) {
+        self.current_version = self.live_version();
+        self.oldest_version = self.lowest_kept();
+        debug_assert!(self.is_consistent());
     }
 }
 

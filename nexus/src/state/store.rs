@@ -1,11 +1,19 @@
-//! The replicated state in redb tables, and apply.
+//! The replicated state in redb tables: what they hold, a batch of applies
+//! with its invariants and client sessions, and read access.
 //!
 //! Apply runs inside the caller's write transaction, so a batch of entries,
 //! their effects and the last-applied log id commit together or not at all.
 //! It is deterministic: it reads only the tables and the request (whose
-//! time the leader set), never a clock or a random source.
+//! time the leader set), never a clock or a random source. What each
+//! command does is in [`super::apply`].
+//!
+//! Invariants, asserted on every apply (none depends on what a client
+//! sends): the keyring and policy versions and the log time never go back;
+//! outside a restore the root key id never goes back; every policy is in
+//! the id index once and the index holds nothing else; a session is last
+//! used strictly before the entry that uses it again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use redb::{
     ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -13,14 +21,25 @@ use redb::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use spike_sdk::domain::{
+    DataKeyId, InvalidValue, NodeId, PolicyId, PolicyName, PolicyRef, RootKeyId, SecretPath,
+};
 
+use super::apply::apply_command;
 use super::command::{Command, Refusal, Request, Response, RootKeyRecord, SessionRef};
-use super::secret::{SecretError, SecretRecord, TimeNs};
+use super::secret::{SecretRecord, TimeNs};
+use crate::raft::codec::{self, CodecError};
 
 /// Secret path -> [`SecretRecord`].
 pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
-/// Policy name -> [`PolicyRecord`].
+/// Policy name -> [`PolicyRecord`]. Keyed by name: names are what the
+/// development line's clients send and what lists are sorted by, and they
+/// are unique, so a put finds the policy it replaces in one lookup.
 pub const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
+/// Policy id (its 16 bytes, big-endian) -> policy name: SPIKE 0.8's clients
+/// name policies by id. Derived from [`POLICIES`]: snapshots leave it out
+/// and installing one rebuilds it.
+pub const POLICY_IDS: TableDefinition<u128, &str> = TableDefinition::new("policy_ids");
 /// Client id -> [`SessionRecord`].
 pub const SESSIONS: TableDefinition<u128, &[u8]> = TableDefinition::new("sessions");
 /// (last used log index, client id), to expire sessions oldest first.
@@ -56,25 +75,35 @@ pub struct ClusterMeta {
     /// initialized.
     pub root_key: Option<RootKeyRecord>,
     /// Bumped on every change of the root key or wrapped keyring, so
-    /// replicas know when to unwrap the keyring again.
+    /// replicas know when to unwrap the keyring again. Never goes back.
     pub keyring_version: u64,
-    /// Encryptions recorded per data key id (for rotation before the AES-GCM
+    /// Encryptions recorded per data key (for rotation before the AES-GCM
     /// random-nonce limit).
-    pub encryptions: BTreeMap<u32, u64>,
+    pub encryptions: BTreeMap<DataKeyId, u64>,
     /// Bumped on every policy change, so replicas know when to recompile.
+    /// Never goes back.
     pub policies_version: u64,
     /// A backup restore in progress, by id: the store is incomplete.
     pub restoring: Option<u64>,
     /// Ids of removed replicas, never to be used again.
-    pub retired_node_ids: std::collections::BTreeSet<u64>,
+    pub retired_node_ids: BTreeSet<NodeId>,
     /// Log time: the highest leader time applied so far. Never goes back,
     /// even when a new leader's clock is behind.
     pub log_time_ns: TimeNs,
 }
 
+impl ClusterMeta {
+    /// The current root key's id, once initialized.
+    pub fn root_key_id(&self) -> Option<RootKeyId> {
+        self.root_key.as_ref().map(|record| record.root_key_id)
+    }
+}
+
 /// A policy as stored: its body is sealed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRecord {
+    /// Its id: given when the policy is created, kept when it is replaced.
+    pub id: PolicyId,
     /// The sealed policy body.
     #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
@@ -107,13 +136,26 @@ pub enum StoreError {
         /// redb's error.
         source: redb::Error,
     },
-    /// A stored record does not decode: corruption or a version mismatch.
-    #[error("state store record {what} does not decode: {reason}")]
-    Corrupt {
-        /// Which record.
-        what: String,
-        /// The decoder's reason.
-        reason: String,
+    /// A stored record does not decode (or one of ours does not encode).
+    #[error("state store: {0}")]
+    Codec(#[from] CodecError),
+    /// A stored key is not a valid identifier: corruption.
+    #[error("state store key in {table}: {source}")]
+    Key {
+        /// The table.
+        table: &'static str,
+        /// Why the key is not valid.
+        source: InvalidValue,
+    },
+    /// Two policies hold one id (a snapshot being installed is corrupt).
+    #[error("state store: policies {first:?} and {second:?} share id {id}")]
+    PolicyIdTwice {
+        /// The id.
+        id: PolicyId,
+        /// One policy.
+        first: String,
+        /// The other.
+        second: String,
     },
 }
 
@@ -123,22 +165,24 @@ pub(crate) fn storage(action: &'static str) -> impl FnOnce(redb::Error) -> Store
 
 macro_rules! redb_try {
     ($action:expr, $expr:expr) => {
-        $expr.map_err(|e| storage($action)(e.into()))
+        $expr.map_err(|e| $crate::state::store::storage($action)(e.into()))
     };
 }
+pub(super) use redb_try;
 
-/// Encodes a record (postcard: compact, deterministic).
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serializing our own types into a Vec cannot fail.
-    postcard::to_stdvec(value).unwrap_or_else(|e| unreachable!("postcard encoding failed: {e}"))
+/// Encodes a record.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    Ok(codec::encode(value)?)
 }
 
 /// Decodes a record, naming it in the error.
 pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
-        what: what.to_owned(),
-        reason: e.to_string(),
-    })
+    Ok(codec::decode(what, bytes)?)
+}
+
+/// The [`POLICY_IDS`] key of `id`.
+pub(super) fn id_key(id: PolicyId) -> u128 {
+    u128::from_be_bytes(*id.as_bytes())
 }
 
 /// Applies a batch of requests inside one write transaction. The cluster
@@ -150,17 +194,17 @@ pub struct Batch<'t> {
     txn: &'t WriteTransaction,
     meta: ClusterMeta,
     /// Opened on first use and kept for the batch (opening a table is a
-    /// b-tree lookup of its root); closed around restores, which open them
-    /// themselves.
+    /// b-tree lookup of its root).
     tables: Option<Tables<'t>>,
 }
 
-/// The tables ordinary commands touch.
-struct Tables<'t> {
-    secrets: redb::Table<'t, &'static str, &'static [u8]>,
-    policies: redb::Table<'t, &'static str, &'static [u8]>,
-    sessions: redb::Table<'t, u128, &'static [u8]>,
-    expiry: redb::Table<'t, (u64, u128), ()>,
+/// The tables commands touch.
+pub(super) struct Tables<'t> {
+    pub(super) secrets: redb::Table<'t, &'static str, &'static [u8]>,
+    pub(super) policies: redb::Table<'t, &'static str, &'static [u8]>,
+    pub(super) policy_ids: redb::Table<'t, u128, &'static str>,
+    pub(super) sessions: redb::Table<'t, u128, &'static [u8]>,
+    pub(super) expiry: redb::Table<'t, (u64, u128), ()>,
 }
 
 impl<'t> Tables<'t> {
@@ -168,23 +212,78 @@ impl<'t> Tables<'t> {
         Ok(Self {
             secrets: redb_try!("open secrets", txn.open_table(SECRETS))?,
             policies: redb_try!("open policies", txn.open_table(POLICIES))?,
+            policy_ids: redb_try!("open policy ids", txn.open_table(POLICY_IDS))?,
             sessions: redb_try!("open sessions", txn.open_table(SESSIONS))?,
             expiry: redb_try!("open session expiry", txn.open_table(SESSION_EXPIRY))?,
         })
+    }
+
+    /// Every policy is in the id index once and the index holds nothing
+    /// else: the counts agree (apply keeps the index one to one).
+    fn assert_policy_index(&self) -> Result<(), StoreError> {
+        let policies = redb_try!("count policies", self.policies.len())?;
+        let indexed = redb_try!("count policy ids", self.policy_ids.len())?;
+        assert_eq!(policies, indexed, "policies and their id index disagree");
+        assert!(policies <= POLICIES_MAX, "{policies} policies stored");
+        Ok(())
+    }
+}
+
+/// What never goes back, as it stood before an apply or an installation.
+pub struct Watermarks {
+    keyring_version: u64,
+    policies_version: u64,
+    log_time_ns: TimeNs,
+}
+
+impl Watermarks {
+    /// The watermarks of `meta`.
+    pub fn of(meta: &ClusterMeta) -> Self {
+        Self {
+            keyring_version: meta.keyring_version,
+            policies_version: meta.policies_version,
+            log_time_ns: meta.log_time_ns,
+        }
+    }
+
+    /// Panics if `meta` is behind these watermarks: the state went back.
+    pub fn assert_not_behind(&self, meta: &ClusterMeta) {
+        assert!(
+            meta.keyring_version >= self.keyring_version,
+            "keyring version went back from {} to {}",
+            self.keyring_version,
+            meta.keyring_version
+        );
+        assert!(
+            meta.policies_version >= self.policies_version,
+            "policies version went back from {} to {}",
+            self.policies_version,
+            meta.policies_version
+        );
+        assert!(
+            meta.log_time_ns >= self.log_time_ns,
+            "log time went back from {} to {}",
+            self.log_time_ns,
+            meta.log_time_ns
+        );
+    }
+}
+
+/// The cluster metadata as `txn` sees it.
+pub fn read_cluster_meta(txn: &WriteTransaction) -> Result<ClusterMeta, StoreError> {
+    let table = redb_try!("open meta", txn.open_table(META))?;
+    match redb_try!("read cluster meta", table.get(META_CLUSTER))? {
+        Some(bytes) => decode("cluster meta", bytes.value()),
+        None => Ok(ClusterMeta::default()),
     }
 }
 
 impl<'t> Batch<'t> {
     /// Starts a batch in `txn`.
     pub fn begin(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
-        let meta_table = redb_try!("open meta", txn.open_table(META))?;
-        let meta = match redb_try!("read cluster meta", meta_table.get(META_CLUSTER))? {
-            Some(bytes) => decode("cluster meta", bytes.value())?,
-            None => ClusterMeta::default(),
-        };
         Ok(Self {
             txn,
-            meta,
+            meta: read_cluster_meta(txn)?,
             tables: None,
         })
     }
@@ -193,29 +292,15 @@ impl<'t> Batch<'t> {
     pub fn apply(&mut self, index: u64, request: &Request) -> Result<Response, StoreError> {
         let txn = self.txn;
         let meta = &mut self.meta;
+        let before = Watermarks::of(meta);
+        let root_key_before = meta.root_key_id();
         meta.log_time_ns = meta.log_time_ns.max(request.time_ns);
         let now = meta.log_time_ns;
-
-        // A restore replaces the session tables too, so it runs before they
-        // are opened below (and sessions do not apply to it).
-        if matches!(
-            request.command,
-            Command::BeginRestore { .. }
-                | Command::RestoreRows { .. }
-                | Command::FinishRestore { .. }
-        ) {
-            self.tables = None;
-            return Ok(match apply_restore(txn, meta, &request.command)? {
-                Ok(response) => response,
-                Err(refusal) => Response::Refused(refusal),
-            });
-        }
-
         let tables = match self.tables {
             Some(ref mut tables) => tables,
             None => self.tables.insert(Tables::open(txn)?),
         };
-        expire_sessions(&mut tables.sessions, &mut tables.expiry, index)?;
+        expire_sessions(tables, index)?;
 
         if let Some(session) = request.session
             && let Some(bytes) = redb_try!("read session", tables.sessions.get(session.client_id))?
@@ -237,23 +322,30 @@ impl<'t> Batch<'t> {
             Err(refusal) => Response::Refused(refusal),
         };
         if let Some(session) = request.session {
-            record_session(
-                &mut tables.sessions,
-                &mut tables.expiry,
-                session,
-                &response,
-                index,
-            )?;
+            record_session(tables, session, &response, index)?;
+        }
+        before.assert_not_behind(meta);
+        // A restore installs the backup's root key, which may be older.
+        if !matches!(request.command, Command::Restore(_)) {
+            assert!(
+                meta.root_key_id() >= root_key_before,
+                "root key went back from {root_key_before:?} to {:?}",
+                meta.root_key_id()
+            );
+        }
+        if matches!(request.command, Command::Policy(_) | Command::Restore(_)) {
+            tables.assert_policy_index()?;
         }
         Ok(response)
     }
 
     /// Writes the cluster metadata back; the caller then commits.
     pub fn finish(self) -> Result<(), StoreError> {
+        drop(self.tables);
         let mut meta_table = redb_try!("open meta", self.txn.open_table(META))?;
         redb_try!(
             "write cluster meta",
-            meta_table.insert(META_CLUSTER, encode(&self.meta).as_slice())
+            meta_table.insert(META_CLUSTER, encode(&self.meta)?.as_slice())
         )?;
         Ok(())
     }
@@ -272,267 +364,18 @@ pub fn apply(
     Ok(response)
 }
 
-fn apply_command(
-    tables: &mut Tables<'_>,
-    meta: &mut ClusterMeta,
-    command: &Command,
-    now: TimeNs,
-) -> Result<Result<Response, Refusal>, StoreError> {
-    match command {
-        Command::RetireNode { id } => {
-            meta.retired_node_ids.insert(*id);
-            return Ok(Ok(Response::Done));
-        }
-        _ if meta.restoring.is_some() => return Ok(Err(Refusal::Restoring)),
-        _ => {}
-    }
-    let initialized = meta.root_key.is_some();
-    match command {
-        Command::Initialize(record) => {
-            if initialized {
-                return Ok(Err(Refusal::AlreadyInitialized));
-            }
-            meta.root_key = Some(record.clone());
-            meta.keyring_version += 1;
-            return Ok(Ok(Response::Done));
-        }
-        _ if !initialized => return Ok(Err(Refusal::NotInitialized)),
-        _ => {}
-    }
-    let current = meta
-        .root_key
-        .as_ref()
-        .map_or(0, |record| record.root_key_id);
-    match command {
-        Command::Initialize(_)
-        | Command::RetireNode { .. }
-        | Command::BeginRestore { .. }
-        | Command::RestoreRows { .. }
-        | Command::FinishRestore { .. } => unreachable!("handled above"),
-        Command::Rekey {
-            record,
-            keyring_version,
-        } => {
-            if record.root_key_id <= current {
-                return Ok(Err(Refusal::RootKeyOutOfOrder {
-                    current,
-                    proposed: record.root_key_id,
-                }));
-            }
-            if *keyring_version != meta.keyring_version {
-                return Ok(Err(Refusal::KeyringChanged {
-                    current: meta.keyring_version,
-                    proposed: *keyring_version,
-                }));
-            }
-            meta.root_key = Some(record.clone());
-            meta.keyring_version += 1;
-            Ok(Ok(Response::Done))
-        }
-        Command::ReplaceKeyring {
-            root_key_id,
-            wrapped_keyring,
-            keyring_version,
-        } => {
-            if *root_key_id != current {
-                return Ok(Err(Refusal::RootKeyOutOfOrder {
-                    current,
-                    proposed: *root_key_id,
-                }));
-            }
-            if *keyring_version != meta.keyring_version {
-                return Ok(Err(Refusal::KeyringChanged {
-                    current: meta.keyring_version,
-                    proposed: *keyring_version,
-                }));
-            }
-            if let Some(record) = meta.root_key.as_mut() {
-                record.wrapped_keyring = wrapped_keyring.clone();
-            }
-            meta.keyring_version += 1;
-            Ok(Ok(Response::Done))
-        }
-        Command::PutSecret {
-            path,
-            ciphertext,
-            data_key_id,
-            cas,
-            max_versions,
-        } => {
-            let table = &mut tables.secrets;
-            let existing = match redb_try!("read secret", table.get(path.as_str()))? {
-                Some(bytes) => Some(decode::<SecretRecord>(path, bytes.value())?),
-                None => None,
-            };
-            match SecretRecord::put(existing, ciphertext.clone(), *cas, *max_versions, now) {
-                Ok((record, written)) => {
-                    redb_try!(
-                        "write secret",
-                        table.insert(path.as_str(), encode(&record).as_slice())
-                    )?;
-                    *meta.encryptions.entry(*data_key_id).or_default() += 1;
-                    Ok(Ok(Response::Written(written)))
-                }
-                Err(error) => Ok(Err(error.into())),
-            }
-        }
-        Command::DeleteSecret { path, versions }
-        | Command::UndeleteSecret { path, versions }
-        | Command::DestroySecret { path, versions } => {
-            let table = &mut tables.secrets;
-            let Some(bytes) = redb_try!("read secret", table.get(path.as_str()))? else {
-                return Ok(Err(SecretError::NotFound.into()));
-            };
-            let mut record: SecretRecord = decode(path, bytes.value())?;
-            drop(bytes);
-            let outcome = match command {
-                Command::DeleteSecret { .. } => {
-                    record.delete(versions, now);
-                    Ok(())
-                }
-                Command::UndeleteSecret { .. } => record.undelete(versions, now),
-                _ => record.destroy(versions, now),
-            };
-            if let Err(error) = outcome {
-                return Ok(Err(error.into()));
-            }
-            redb_try!(
-                "write secret",
-                table.insert(path.as_str(), encode(&record).as_slice())
-            )?;
-            Ok(Ok(Response::Done))
-        }
-        Command::PutPolicy {
-            name,
-            ciphertext,
-            data_key_id,
-        } => {
-            let table = &mut tables.policies;
-            let created_at = match redb_try!("read policy", table.get(name.as_str()))? {
-                Some(bytes) => decode::<PolicyRecord>(name, bytes.value())?.created_at,
-                None if redb_try!("count policies", table.len())? >= POLICIES_MAX => {
-                    return Ok(Err(Refusal::PolicyLimit(POLICIES_MAX)));
-                }
-                None => now,
-            };
-            let record = PolicyRecord {
-                ciphertext: ciphertext.clone(),
-                created_at,
-                updated_at: now,
-            };
-            redb_try!(
-                "write policy",
-                table.insert(name.as_str(), encode(&record).as_slice())
-            )?;
-            *meta.encryptions.entry(*data_key_id).or_default() += 1;
-            // Replicas recompile their policies when this moves.
-            meta.policies_version += 1;
-            Ok(Ok(Response::Done))
-        }
-        Command::DeletePolicy { name } => {
-            let table = &mut tables.policies;
-            match redb_try!("delete policy", table.remove(name.as_str()))? {
-                Some(_) => {
-                    meta.policies_version += 1;
-                    Ok(Ok(Response::Done))
-                }
-                None => Ok(Err(Refusal::PolicyNotFound)),
-            }
-        }
-    }
-}
-
-/// Replacing the store with a backup, in three kinds of steps.
-fn apply_restore(
-    txn: &WriteTransaction,
-    meta: &mut ClusterMeta,
-    command: &Command,
-) -> Result<Result<Response, Refusal>, StoreError> {
-    match command {
-        Command::BeginRestore { restore_id } => {
-            redb_try!(
-                "clear secrets",
-                redb_try!("open secrets", txn.open_table(SECRETS))?.retain(|_, _| false)
-            )?;
-            redb_try!(
-                "clear policies",
-                redb_try!("open policies", txn.open_table(POLICIES))?.retain(|_, _| false)
-            )?;
-            redb_try!(
-                "clear sessions",
-                redb_try!("open sessions", txn.open_table(SESSIONS))?.retain(|_, _| false)
-            )?;
-            redb_try!(
-                "clear sessions",
-                redb_try!("open sessions", txn.open_table(SESSION_EXPIRY))?.retain(|_, _| false)
-            )?;
-            meta.restoring = Some(*restore_id);
-            meta.root_key = None;
-            meta.keyring_version += 1;
-            meta.policies_version += 1;
-            Ok(Ok(Response::Done))
-        }
-        Command::RestoreRows {
-            restore_id,
-            secrets,
-            policies,
-        } => {
-            if meta.restoring != Some(*restore_id) {
-                return Ok(Err(Refusal::RestoreNotInProgress(*restore_id)));
-            }
-            let mut table = redb_try!("open secrets", txn.open_table(SECRETS))?;
-            for (path, record) in secrets {
-                redb_try!(
-                    "restore secret",
-                    table.insert(path.as_str(), record.as_slice())
-                )?;
-            }
-            let mut table = redb_try!("open policies", txn.open_table(POLICIES))?;
-            for (name, record) in policies {
-                redb_try!(
-                    "restore policy",
-                    table.insert(name.as_str(), record.as_slice())
-                )?;
-            }
-            Ok(Ok(Response::Done))
-        }
-        Command::FinishRestore {
-            restore_id,
-            cluster,
-        } => {
-            if meta.restoring != Some(*restore_id) {
-                return Ok(Err(Refusal::RestoreNotInProgress(*restore_id)));
-            }
-            // Bytes from a request: a decode failure is the request's fault,
-            // never a storage failure that would stop the replica.
-            let backup: ClusterMeta = match decode("backup cluster meta", cluster) {
-                Ok(backup) => backup,
-                Err(error) => return Ok(Err(Refusal::BadBackup(error.to_string()))),
-            };
-            meta.root_key = backup.root_key;
-            meta.encryptions = backup.encryptions;
-            meta.keyring_version = meta.keyring_version.max(backup.keyring_version) + 1;
-            meta.policies_version = meta.policies_version.max(backup.policies_version) + 1;
-            meta.retired_node_ids.extend(backup.retired_node_ids);
-            meta.restoring = None;
-            Ok(Ok(Response::Done))
-        }
-        _ => unreachable!("only restore commands come here"),
-    }
-}
-
-fn expire_sessions(
-    sessions: &mut redb::Table<u128, &[u8]>,
-    expiry: &mut redb::Table<(u64, u128), ()>,
-    index: u64,
-) -> Result<(), StoreError> {
+fn expire_sessions(tables: &mut Tables<'_>, index: u64) -> Result<(), StoreError> {
     let cutoff = index.saturating_sub(SESSION_IDLE_ENTRIES);
     for _ in 0..SESSIONS_EXPIRED_PER_APPLY_MAX {
-        let oldest = redb_try!("read session expiry", expiry.first())?.map(|(key, _)| key.value());
+        let oldest =
+            redb_try!("read session expiry", tables.expiry.first())?.map(|(key, _)| key.value());
         match oldest {
             Some((last_used, client_id)) if last_used < cutoff => {
-                redb_try!("expire session", expiry.remove((last_used, client_id)))?;
-                redb_try!("expire session", sessions.remove(client_id))?;
+                redb_try!(
+                    "expire session",
+                    tables.expiry.remove((last_used, client_id))
+                )?;
+                redb_try!("expire session", tables.sessions.remove(client_id))?;
             }
             _ => break,
         }
@@ -541,29 +384,32 @@ fn expire_sessions(
 }
 
 fn record_session(
-    sessions: &mut redb::Table<u128, &[u8]>,
-    expiry: &mut redb::Table<(u64, u128), ()>,
+    tables: &mut Tables<'_>,
     session: SessionRef,
     response: &Response,
     index: u64,
 ) -> Result<(), StoreError> {
-    let previous = match redb_try!("read session", sessions.get(session.client_id))? {
+    let previous = match redb_try!("read session", tables.sessions.get(session.client_id))? {
         Some(bytes) => Some(decode::<SessionRecord>("session", bytes.value())?.last_used_index),
         None => None,
     };
     match previous {
         Some(last_used) => {
+            assert!(
+                last_used < index,
+                "session last used at {last_used}, used again at {index}"
+            );
             redb_try!(
                 "update session expiry",
-                expiry.remove((last_used, session.client_id))
+                tables.expiry.remove((last_used, session.client_id))
             )?;
         }
-        None if redb_try!("count sessions", sessions.len())? >= SESSIONS_MAX => {
-            let oldest =
-                redb_try!("read session expiry", expiry.first())?.map(|(key, _)| key.value());
+        None if redb_try!("count sessions", tables.sessions.len())? >= SESSIONS_MAX => {
+            let oldest = redb_try!("read session expiry", tables.expiry.first())?
+                .map(|(key, _)| key.value());
             if let Some((last_used, evicted)) = oldest {
-                redb_try!("evict session", expiry.remove((last_used, evicted)))?;
-                redb_try!("evict session", sessions.remove(evicted))?;
+                redb_try!("evict session", tables.expiry.remove((last_used, evicted)))?;
+                redb_try!("evict session", tables.sessions.remove(evicted))?;
             }
         }
         None => {}
@@ -575,26 +421,61 @@ fn record_session(
     };
     redb_try!(
         "write session",
-        sessions.insert(session.client_id, encode(&record).as_slice())
+        tables
+            .sessions
+            .insert(session.client_id, encode(&record)?.as_slice())
     )?;
     redb_try!(
         "write session expiry",
-        expiry.insert((index, session.client_id), ())
+        tables.expiry.insert((index, session.client_id), ())
     )?;
     Ok(())
 }
 
+/// Rebuilds the policy id index from the policies (after a snapshot
+/// replaced them); fails if two policies share an id.
+pub fn rebuild_policy_index(txn: &WriteTransaction) -> Result<(), StoreError> {
+    redb_try!("clear policy ids", txn.delete_table(POLICY_IDS))?;
+    let policies = redb_try!("open policies", txn.open_table(POLICIES))?;
+    let mut index = redb_try!("open policy ids", txn.open_table(POLICY_IDS))?;
+    for row in redb_try!("read policies", policies.iter())? {
+        let (name, bytes) = redb_try!("read policies", row)?;
+        let record: PolicyRecord = decode(name.value(), bytes.value())?;
+        let previous = redb_try!(
+            "index policy",
+            index.insert(id_key(record.id), name.value())
+        )?;
+        if let Some(first) = previous {
+            return Err(StoreError::PolicyIdTwice {
+                id: record.id,
+                first: first.value().to_owned(),
+                second: name.value().to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Opens `table` for reading; `None` if it was never created.
-fn open_existing(
+fn open_existing<K: redb::Key + 'static, V: redb::Value + 'static>(
     txn: &ReadTransaction,
-    table: TableDefinition<&'static str, &'static [u8]>,
+    table: TableDefinition<K, V>,
     action: &'static str,
-) -> Result<Option<redb::ReadOnlyTable<&'static str, &'static [u8]>>, StoreError> {
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
     match txn.open_table(table) {
         Ok(table) => Ok(Some(table)),
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
         Err(e) => Err(storage(action)(e.into())),
     }
+}
+
+/// A stored key as the identifier it was written as.
+fn parse_key<T: std::str::FromStr<Err = InvalidValue>>(
+    table: &'static str,
+    key: &str,
+) -> Result<T, StoreError> {
+    key.parse()
+        .map_err(|source| StoreError::Key { table, source })
 }
 
 /// Read access to the applied state (a consistent MVCC view per call).
@@ -616,10 +497,8 @@ impl StateReader {
     /// The cluster metadata.
     pub fn cluster_meta(&self) -> Result<ClusterMeta, StoreError> {
         let txn = self.read()?;
-        let table = match txn.open_table(META) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(ClusterMeta::default()),
-            Err(e) => return Err(storage("open meta")(e.into())),
+        let Some(table) = open_existing(&txn, META, "open meta")? else {
+            return Ok(ClusterMeta::default());
         };
         match redb_try!("read cluster meta", table.get(META_CLUSTER))? {
             Some(bytes) => decode("cluster meta", bytes.value()),
@@ -628,33 +507,50 @@ impl StateReader {
     }
 
     /// The record of secret `path`.
-    pub fn secret(&self, path: &str) -> Result<Option<SecretRecord>, StoreError> {
-        self.get(SECRETS, "open secrets", path)
-    }
-
-    fn get<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        action: &'static str,
-        key: &str,
-    ) -> Result<Option<T>, StoreError> {
+    pub fn secret(&self, path: &SecretPath) -> Result<Option<SecretRecord>, StoreError> {
         let txn = self.read()?;
-        let Some(table) = open_existing(&txn, table, action)? else {
+        let Some(table) = open_existing(&txn, SECRETS, "open secrets")? else {
             return Ok(None);
         };
-        match redb_try!("read record", table.get(key))? {
-            Some(bytes) => decode(key, bytes.value()).map(Some),
+        match redb_try!("read secret", table.get(path.as_str()))? {
+            Some(bytes) => decode(path.as_str(), bytes.value()).map(Some),
             None => Ok(None),
         }
     }
 
-    /// The record of policy `name`.
-    pub fn policy(&self, name: &str) -> Result<Option<PolicyRecord>, StoreError> {
-        self.get(POLICIES, "open policies", name)
+    /// The policy `policy` names, with its name: by id first, then by name
+    /// (a name can look like an id).
+    pub fn policy(
+        &self,
+        policy: &PolicyRef,
+    ) -> Result<Option<(PolicyName, PolicyRecord)>, StoreError> {
+        let txn = self.read()?;
+        let Some(policies) = open_existing(&txn, POLICIES, "open policies")? else {
+            return Ok(None);
+        };
+        let by_id = match (
+            policy.id(),
+            open_existing(&txn, POLICY_IDS, "open policy ids")?,
+        ) {
+            (Some(id), Some(index)) => redb_try!("read policy id", index.get(id_key(id)))?
+                .map(|name| parse_key::<PolicyName>("policy_ids", name.value()))
+                .transpose()?,
+            _ => None,
+        };
+        let Some(name) = by_id.or_else(|| policy.name().cloned()) else {
+            return Ok(None);
+        };
+        match redb_try!("read policy", policies.get(name.as_str()))? {
+            Some(bytes) => {
+                let record = decode(name.as_str(), bytes.value())?;
+                Ok(Some((name, record)))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Every policy by name, sorted.
-    pub fn policies(&self) -> Result<Vec<(String, PolicyRecord)>, StoreError> {
+    pub fn policies(&self) -> Result<Vec<(PolicyName, PolicyRecord)>, StoreError> {
         let txn = self.read()?;
         let Some(table) = open_existing(&txn, POLICIES, "open policies")? else {
             return Ok(Vec::new());
@@ -662,13 +558,16 @@ impl StateReader {
         let mut policies = Vec::new();
         for row in redb_try!("list policies", table.iter())? {
             let (key, value) = redb_try!("list policies", row)?;
-            policies.push((key.value().to_owned(), decode(key.value(), value.value())?));
+            policies.push((
+                parse_key("policies", key.value())?,
+                decode(key.value(), value.value())?,
+            ));
         }
         Ok(policies)
     }
 
     /// Paths that have a current version, sorted (SPIKE's list).
-    pub fn secret_paths(&self) -> Result<Vec<String>, StoreError> {
+    pub fn secret_paths(&self) -> Result<Vec<SecretPath>, StoreError> {
         let txn = self.read()?;
         let Some(table) = open_existing(&txn, SECRETS, "open secrets")? else {
             return Ok(Vec::new());
@@ -678,7 +577,7 @@ impl StateReader {
             let (key, value) = redb_try!("list secrets", row)?;
             let record: SecretRecord = decode(key.value(), value.value())?;
             if !record.is_empty() {
-                paths.push(key.value().to_owned());
+                paths.push(parse_key("secrets", key.value())?);
             }
         }
         Ok(paths)
@@ -686,14 +585,15 @@ impl StateReader {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use crate::state::command::{KeyCommand, SecretCommand};
     use crate::state::secret::Written;
 
-    fn database() -> (tempfile::TempDir, redb::Database) {
+    pub(in crate::state) fn database() -> (tempfile::TempDir, std::sync::Arc<redb::Database>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = redb::Database::create(dir.path().join("state.redb")).expect("create");
-        (dir, db)
+        (dir, std::sync::Arc::new(db))
     }
 
     thread_local! {
@@ -701,9 +601,13 @@ mod tests {
         static NEXT_INDEX: std::cell::Cell<u64> = const { std::cell::Cell::new(1) };
     }
 
-    fn run(db: &redb::Database, request: Request) -> Response {
-        let index = NEXT_INDEX.replace(NEXT_INDEX.get() + 1);
-        run_at(db, index, request)
+    /// Applies `command` at the next index, at time `time_ns`.
+    pub(in crate::state) fn run(db: &redb::Database, command: Command, time_ns: u64) -> Response {
+        run_request(db, request(command, None, time_ns))
+    }
+
+    fn run_request(db: &redb::Database, request: Request) -> Response {
+        run_at(db, NEXT_INDEX.get(), request)
     }
 
     fn run_at(db: &redb::Database, index: u64, request: Request) -> Response {
@@ -722,63 +626,47 @@ mod tests {
         }
     }
 
-    fn initialize() -> Command {
-        Command::Initialize(RootKeyRecord {
-            root_key_id: 1,
+    pub(in crate::state) fn root_key(id: u64) -> RootKeyRecord {
+        RootKeyRecord {
+            root_key_id: RootKeyId(id),
             key_check: [7; 32],
             wrapped_keyring: vec![1, 2, 3],
             shares: 5,
             threshold: 3,
-        })
-    }
-
-    fn put(path: &str) -> Command {
-        Command::PutSecret {
-            path: path.to_owned(),
-            ciphertext: vec![9; 16],
-            data_key_id: 1,
-            cas: None,
-            max_versions: 10,
         }
     }
 
-    #[test]
-    fn data_commands_wait_for_initialize_and_initialize_happens_once() {
-        let (_dir, db) = database();
-        assert_eq!(
-            run(&db, request(put("a"), None, 1)),
-            Response::Refused(Refusal::NotInitialized)
-        );
-        assert_eq!(run(&db, request(initialize(), None, 2)), Response::Done);
-        assert_eq!(
-            run(&db, request(initialize(), None, 3)),
-            Response::Refused(Refusal::AlreadyInitialized)
-        );
-        assert_eq!(
-            run(&db, request(put("a"), None, 4)),
-            Response::Written(Written { version: 1 })
-        );
-        let reader = StateReader::new(std::sync::Arc::new(db));
-        assert_eq!(reader.secret_paths().expect("list"), vec!["a".to_owned()]);
-        assert_eq!(
-            reader.cluster_meta().expect("meta").encryptions.get(&1),
-            Some(&1)
-        );
+    pub(in crate::state) fn initialize() -> Command {
+        Command::Keys(KeyCommand::Initialize(root_key(1)))
+    }
+
+    pub(in crate::state) fn path(text: &str) -> SecretPath {
+        text.parse().expect("a valid path")
+    }
+
+    pub(in crate::state) fn put(path_text: &str) -> Command {
+        Command::Secret(SecretCommand::Put {
+            path: path(path_text),
+            ciphertext: vec![9; 16],
+            data_key_id: DataKeyId(1),
+            cas: None,
+            max_versions: 10,
+        })
     }
 
     #[test]
     fn a_retried_write_returns_the_first_result_and_applies_once() {
         let (_dir, db) = database();
-        run(&db, request(initialize(), None, 1));
+        run(&db, initialize(), 1);
         let session = SessionRef {
             client_id: 42,
             sequence: 1,
         };
-        let first = run(&db, request(put("p"), Some(session), 2));
-        let retry = run(&db, request(put("p"), Some(session), 3));
+        let first = run_request(&db, request(put("p"), Some(session), 2));
+        let retry = run_request(&db, request(put("p"), Some(session), 3));
         assert_eq!(first, Response::Written(Written { version: 1 }));
         assert_eq!(retry, first, "the retry answers like the original");
-        let next = run(
+        let next = run_request(
             &db,
             request(
                 put("p"),
@@ -790,7 +678,7 @@ mod tests {
             ),
         );
         assert_eq!(next, Response::Written(Written { version: 2 }));
-        let stale = run(&db, request(put("p"), Some(session), 5));
+        let stale = run_request(&db, request(put("p"), Some(session), 5));
         assert_eq!(
             stale,
             Response::Refused(Refusal::StaleSequence {
@@ -798,10 +686,10 @@ mod tests {
                 last: 2
             })
         );
-        let reader = StateReader::new(std::sync::Arc::new(db));
+        let reader = StateReader::new(db);
         assert_eq!(
             reader
-                .secret("p")
+                .secret(&path("p"))
                 .expect("read")
                 .expect("exists")
                 .current_version,
@@ -812,7 +700,7 @@ mod tests {
     #[test]
     fn sessions_expire_by_log_position() {
         let (_dir, db) = database();
-        run(&db, request(initialize(), None, 1));
+        run(&db, initialize(), 1);
         let session = SessionRef {
             client_id: 7,
             sequence: 5,
@@ -822,7 +710,7 @@ mod tests {
         // Still remembered just before the limit: the retry gets the
         // original answer, nothing is applied.
         run_at(&db, 9 + SESSION_IDLE_ENTRIES, request(put("q"), None, 11));
-        let retried = run(&db, request(put("p"), Some(session), 12));
+        let retried = run_request(&db, request(put("p"), Some(session), 12));
         assert_eq!(retried, first);
         // Forgotten past it: the same sequence applies again.
         run_at(
@@ -830,7 +718,7 @@ mod tests {
             20 + 2 * SESSION_IDLE_ENTRIES,
             request(put("q"), None, 13),
         );
-        let again = run(&db, request(put("p"), Some(session), 14));
+        let again = run_request(&db, request(put("p"), Some(session), 14));
         assert_eq!(again, Response::Written(Written { version: 2 }));
     }
 
@@ -840,82 +728,85 @@ mod tests {
     #[test]
     fn a_clock_jump_forgets_no_session() {
         let (_dir, db) = database();
-        run(&db, request(initialize(), None, 1));
+        run(&db, initialize(), 1);
         let session = SessionRef {
             client_id: 9,
             sequence: 1,
         };
         let day_ns = 24 * 60 * 60 * 1_000_000_000;
-        let first = run(&db, request(put("p"), Some(session), 100));
-        run(&db, request(put("q"), None, 100 + day_ns));
-        run(&db, request(put("q"), None, 100 + 2 * day_ns));
-        let retried = run(&db, request(put("p"), Some(session), 100 + 2 * day_ns));
+        let first = run_request(&db, request(put("p"), Some(session), 100));
+        run(&db, put("q"), 100 + day_ns);
+        run(&db, put("q"), 100 + 2 * day_ns);
+        let retried = run_request(&db, request(put("p"), Some(session), 100 + 2 * day_ns));
         assert_eq!(retried, first, "the retry was applied a second time");
     }
 
     #[test]
-    fn every_policy_change_moves_the_policy_version() {
+    fn log_time_never_goes_back_when_a_leader_clock_is_behind() {
         let (_dir, db) = database();
-        run(&db, request(initialize(), None, 1));
-        let put = |body: u8| Command::PutPolicy {
-            name: "p".to_owned(),
-            ciphertext: vec![body],
-            data_key_id: 1,
-        };
-        let db = std::sync::Arc::new(db);
-        let version = || {
-            StateReader::new(db.clone())
-                .cluster_meta()
-                .expect("meta")
-                .policies_version
-        };
-        let start = version();
-        run(&db, request(put(1), None, 2));
-        assert_eq!(version(), start + 1, "create");
-        run(&db, request(put(2), None, 3));
-        assert_eq!(version(), start + 2, "replace");
-        run(
-            &db,
-            request(
-                Command::DeletePolicy {
-                    name: "p".to_owned(),
-                },
-                None,
-                4,
-            ),
-        );
-        assert_eq!(version(), start + 3, "delete");
+        run(&db, initialize(), 50);
+        run(&db, put("p"), 10);
+        let reader = StateReader::new(db.clone());
+        assert_eq!(reader.cluster_meta().expect("meta").log_time_ns, 50);
+        let record = reader.secret(&path("p")).expect("read").expect("exists");
+        assert_eq!(record.created_at, 50, "stamped with log time");
     }
 
     #[test]
-    fn rekey_must_follow_the_current_root_key() {
-        let (_dir, db) = database();
-        run(&db, request(initialize(), None, 1));
-        let rekey = |id, keyring_version| Command::Rekey {
-            record: RootKeyRecord {
-                root_key_id: id,
-                key_check: [8; 32],
-                wrapped_keyring: vec![4],
-                shares: 3,
-                threshold: 2,
-            },
-            keyring_version,
+    #[should_panic(expected = "keyring version went back")]
+    fn a_keyring_version_going_back_is_caught() {
+        let meta = ClusterMeta {
+            keyring_version: 3,
+            ..ClusterMeta::default()
         };
-        assert_eq!(
-            run(&db, request(rekey(1, 1), None, 2)),
-            Response::Refused(Refusal::RootKeyOutOfOrder {
-                current: 1,
-                proposed: 1
-            })
+        let before = Watermarks::of(&meta);
+        let behind = ClusterMeta {
+            keyring_version: 2,
+            ..meta
+        };
+        before.assert_not_behind(&behind);
+    }
+
+    #[test]
+    #[should_panic(expected = "log time went back")]
+    fn a_log_time_going_back_is_caught() {
+        let meta = ClusterMeta {
+            log_time_ns: 30,
+            ..ClusterMeta::default()
+        };
+        let before = Watermarks::of(&meta);
+        let behind = ClusterMeta {
+            log_time_ns: 29,
+            ..meta
+        };
+        before.assert_not_behind(&behind);
+    }
+
+    #[test]
+    fn a_stored_key_that_is_no_identifier_is_reported_as_corrupt() {
+        let (_dir, db) = database();
+        run(&db, initialize(), 1);
+        run(&db, put("p"), 2);
+        let txn = db.begin_write().expect("write");
+        let record = txn
+            .open_table(SECRETS)
+            .expect("secrets")
+            .get("p")
+            .expect("get")
+            .expect("exists")
+            .value()
+            .to_vec();
+        txn.open_table(SECRETS)
+            .expect("secrets")
+            .insert("a b", record.as_slice())
+            .expect("insert");
+        txn.commit().expect("commit");
+        let error = StateReader::new(db)
+            .secret_paths()
+            .expect_err("an invalid path");
+        assert!(
+            error.to_string().contains("invalid secret path \"a b\""),
+            "{error}"
         );
-        assert_eq!(
-            run(&db, request(rekey(3, 0), None, 3)),
-            Response::Refused(Refusal::KeyringChanged {
-                current: 1,
-                proposed: 0
-            }),
-            "built from a stale keyring"
-        );
-        assert_eq!(run(&db, request(rekey(3, 1), None, 4)), Response::Done);
     }
 }

@@ -83,10 +83,19 @@ async fn secret_cells(line: &str, cluster: &LocalCluster, pilot: &GoClient) {
     let got = ok(
         &cell("secret get"),
         &pilot
-            .post(node, "/v1/store/secrets?action=get", r#"{"path":"apps/db"}"#)
+            .post(
+                node,
+                "/v1/store/secrets?action=get",
+                r#"{"path":"apps/db"}"#,
+            )
             .await,
     );
-    assert_eq!(got["data"], serde_json::json!({"user": "root"}), "{}", cell("secret get"));
+    assert_eq!(
+        got["data"],
+        serde_json::json!({"user": "root"}),
+        "{}",
+        cell("secret get")
+    );
     let first = ok(
         &cell("secret get"),
         &pilot
@@ -110,7 +119,9 @@ async fn secret_cells(line: &str, cluster: &LocalCluster, pilot: &GoClient) {
     phase(&cell("secret list"));
     let listed = ok(
         &cell("secret list"),
-        &pilot.post(node, "/v1/store/secrets?action=list", "{}").await,
+        &pilot
+            .post(node, "/v1/store/secrets?action=list", "{}")
+            .await,
     );
     assert_eq!(listed["keys"], serde_json::json!(["apps/db"]));
 
@@ -127,11 +138,19 @@ async fn secret_cells(line: &str, cluster: &LocalCluster, pilot: &GoClient) {
     );
     let meta = &metadata["metadata"];
     for field in ["currentVersion", "oldestVersion", "maxVersions"] {
-        assert!(meta[field].is_u64(), "{}: {field}", cell("secret metadata get"));
+        assert!(
+            meta[field].is_u64(),
+            "{}: {field}",
+            cell("secret metadata get")
+        );
     }
     assert_eq!(meta["currentVersion"], 2);
     for field in ["createdTime", "updatedTime"] {
-        assert!(is_go_time(&meta[field]), "{}: {field}", cell("secret metadata get"));
+        assert!(
+            is_go_time(&meta[field]),
+            "{}: {field}",
+            cell("secret metadata get")
+        );
     }
     let versions = metadata["versions"].as_object().expect("versions");
     assert_eq!(versions.keys().collect::<Vec<_>>(), vec!["1", "2"]);
@@ -155,7 +174,11 @@ async fn secret_cells(line: &str, cluster: &LocalCluster, pilot: &GoClient) {
     let back_to_first = ok(
         &cell("secret delete"),
         &pilot
-            .post(node, "/v1/store/secrets?action=get", r#"{"path":"apps/db"}"#)
+            .post(
+                node,
+                "/v1/store/secrets?action=get",
+                r#"{"path":"apps/db"}"#,
+            )
             .await,
     );
     assert_eq!(back_to_first["data"]["user"], "admin");
@@ -185,7 +208,11 @@ async fn secret_cells(line: &str, cluster: &LocalCluster, pilot: &GoClient) {
     let undeleted = ok(
         &cell("secret undelete"),
         &pilot
-            .post(node, "/v1/store/secrets?action=get", r#"{"path":"apps/db"}"#)
+            .post(
+                node,
+                "/v1/store/secrets?action=get",
+                r#"{"path":"apps/db"}"#,
+            )
             .await,
     );
     assert_eq!(undeleted["data"]["user"], "root");
@@ -216,7 +243,11 @@ async fn secret_cells(line: &str, cluster: &LocalCluster, pilot: &GoClient) {
     let highest = ok(
         &cell("secret undelete"),
         &pilot
-            .post(node, "/v1/store/secrets?action=get", r#"{"path":"apps/db"}"#)
+            .post(
+                node,
+                "/v1/store/secrets?action=get",
+                r#"{"path":"apps/db"}"#,
+            )
             .await,
     );
     assert_eq!(highest["data"]["user"], "root");
@@ -250,7 +281,10 @@ async fn policy_put_cell(line: &str, cluster: &LocalCluster, pilot: &GoClient) -
     let created = ok(&cell, &pilot.post(node, "/v1/acl/policy", POLICY_PUT).await);
     assert!(is_uuid(&created["id"]), "{cell}: {created}");
     let applied = ok(&cell, &pilot.post(node, "/v1/acl/policy", POLICY_PUT).await);
-    assert_eq!(applied["id"], created["id"], "{cell}: an upsert keeps the id");
+    assert_eq!(
+        applied["id"], created["id"],
+        "{cell}: an upsert keeps the id"
+    );
     created
 }
 
@@ -311,7 +345,12 @@ async fn cipher_cells(line: &str, cluster: &LocalCluster, pilot: &GoClient) {
     let frame = pilot
         .post_stream(node, "/v1/cipher/encrypt", b"hello stream")
         .await;
-    assert_eq!(frame.status, 200, "{}: {frame:?}", cell("cipher encrypt (stream)"));
+    assert_eq!(
+        frame.status,
+        200,
+        "{}: {frame:?}",
+        cell("cipher encrypt (stream)")
+    );
     assert_eq!(frame.body[0], 1, "the frame starts with its version");
     assert_eq!(frame.body.len(), 1 + 12 + 12 + 16);
 
@@ -339,13 +378,16 @@ async fn bootstrap_cell(line: &str, cluster: &LocalCluster, shares: &[KeyShare])
     let su = GoClient::new(&cluster.identity("superuser").await);
     let status = ok(
         &cell,
-        &su.post(cluster.api(1), "/v1/cluster?action=status", "{}").await,
+        &su.post(cluster.api(1), "/v1/cluster?action=status", "{}")
+            .await,
     );
     let check = hex::decode(status["rootKey"]["keyCheck"].as_str().expect("key check"))
         .expect("hex key check");
     let check: [u8; 32] = check.try_into().expect("32 bytes");
     let root = recover(shares, &KeyCheck::from_bytes(check)).expect("root key");
-    let text: String = (0..64).map(|i| char::from(b"0123456789abcdef"[i % 16])).collect();
+    let text: String = (0..64)
+        .map(|i| char::from(b"0123456789abcdef"[i % 16]))
+        .collect();
     let (nonce, ciphertext) =
         spike_sdk::crypto::aead::seal_unframed(root.expose_secret(), &[], text.as_bytes())
             .expect("seal");
@@ -391,7 +433,11 @@ async fn operator_cells(line: &str, cluster: &LocalCluster) -> Vec<KeyShare> {
                 .as_array()
                 .expect("a [32]byte is an array of numbers")
                 .iter()
-                .map(|byte| byte.as_u64().and_then(|b| u8::try_from(b).ok()).expect("byte"))
+                .map(|byte| {
+                    byte.as_u64()
+                        .and_then(|b| u8::try_from(b).ok())
+                        .expect("byte")
+                })
                 .collect();
             KeyShare::new(
                 ShareIndex::new(index.parse().expect("index")).expect("index"),
@@ -415,7 +461,10 @@ async fn operator_cells(line: &str, cluster: &LocalCluster) -> Vec<KeyShare> {
             .await,
     );
     assert!(restored["collected"].is_u64() && restored["remaining"].is_u64());
-    assert_eq!(restored["restored"], true, "{cell}: the key is held already");
+    assert_eq!(
+        restored["restored"], true,
+        "{cell}: the key is held already"
+    );
     shares
 }
 

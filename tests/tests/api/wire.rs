@@ -181,7 +181,12 @@ async fn policy_routes_answer_in_spikes_shapes() {
             "updatedAt"
         ]
     );
-    assert_eq!(got.body["id"], "");
+    let id = got.body["id"].as_str().expect("an id").to_owned();
+    assert_eq!(
+        (id.len(), id.as_bytes()[14]),
+        (36, b'4'),
+        "a version 4 UUID: {id}"
+    );
     assert_eq!(got.body["name"], "billing");
     assert_eq!(
         got.body["spiffiedPattern"],
@@ -195,7 +200,15 @@ async fn policy_routes_answer_in_spikes_shapes() {
         .expect("list");
     assert_eq!(
         list.body,
-        json!({"policies": [{"id": "", "name": "billing"}]})
+        json!({"policies": [{"id": id, "name": "billing"}]})
+    );
+    let by_id = su
+        .post(node, "/v1/acl/policy?action=get", json!({"id": id}))
+        .await
+        .expect("get by id");
+    assert_eq!(
+        (by_id.status, &by_id.body["name"]),
+        (200, &json!("billing"))
     );
     let filtered = su
         .post(
@@ -218,13 +231,9 @@ async fn policy_routes_answer_in_spikes_shapes() {
                "createdAt": "0001-01-01T00:00:00Z", "updatedAt": "0001-01-01T00:00:00Z", "err": "api_not_found"})
     );
     let deleted = su
-        .post(
-            node,
-            "/v1/acl/policy?action=delete",
-            json!({"id": "billing"}),
-        )
+        .post(node, "/v1/acl/policy?action=delete", json!({"id": id}))
         .await
-        .expect("delete");
+        .expect("delete by id");
     assert_eq!((deleted.status, &deleted.body), (200, &json!({})));
 }
 

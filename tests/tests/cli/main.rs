@@ -288,7 +288,12 @@ async fn policy_commands_in_every_format() {
         )
         .await,
     );
-    assert_eq!(only, serde_json::json!([{"id": "", "name": "readers"}]));
+    let readers_id = only[0]["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(readers_id.len(), 36, "a UUID: {only}");
+    assert_eq!(
+        only,
+        serde_json::json!([{"id": readers_id, "name": "readers"}])
+    );
 
     let details = cli.ok("superuser", &["policy", "get", "billing"]).await;
     assert!(
@@ -485,7 +490,10 @@ async fn the_cli_fails_over_when_the_replica_it_names_is_killed() {
         cluster: &cluster,
         home: home.path(),
     };
-    let status = json(&cli.ok("superuser", &["cluster", "status", "-f", "json"]).await);
+    let status = json(
+        &cli.ok("superuser", &["cluster", "status", "-f", "json"])
+            .await,
+    );
     let leader = status["leaderId"].as_u64().expect("a leader");
     let first = format!("https://{}", cluster.api(leader));
     let every: Vec<String> = (1..=3)

@@ -42,7 +42,10 @@ async fn a_backup_restores_into_the_same_cluster_and_into_another() {
         .expect("save");
     assert_eq!(saved.status, 200);
     let backup = saved.bytes;
-    assert!(backup.starts_with(b"SPKSNAP1"));
+    assert!(
+        backup.starts_with(b"SPKSNAPV\0\0\0\x01"),
+        "magic and on-disk format 1"
+    );
     assert!(
         !backup.windows(3).any(|w| w == b"one"),
         "a backup holds ciphertext only"
