@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use serde_json::json;
+use spike_dev_cluster::Action;
 
 use crate::load::{LoadShape, Store, Workload};
 use crate::report::Row;
@@ -327,7 +328,7 @@ async fn nexus_failover(
             .name_of(leader)
             .context("leader not in cluster.json")?;
         let mut killed = Ok(());
-        let gap = gap_after(store, || killed = cluster.act("kill", &name)).await;
+        let gap = gap_after(store, || killed = cluster.act(Action::Kill, &name)).await;
         killed?;
         gaps.push(gap);
         restarts.push(cluster.restart_and_wait(&name, FAILOVER_RESTART_LIMIT)?);
@@ -395,7 +396,7 @@ async fn nexus_memory(
         .first()
         .map(|(name, _)| name.clone())
         .context("no replica")?;
-    cluster.act("kill", &name)?;
+    cluster.act(Action::Kill, &name)?;
     let took = cluster.restart_and_wait(&name, MEMORY_RESTART_LIMIT)?;
     Ok(memory_report(args, &resident, took))
 }
