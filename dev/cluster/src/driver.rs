@@ -82,11 +82,6 @@ impl Launcher {
         }
     }
 
-    /// The cluster directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Runs `spike-dev-cluster ARGS --dir DIR`: what it printed, or its
     /// complaint.
     pub fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<String, DriverError> {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use crate::file::{ClusterFile, FileError};
 
 /// Each env file and the identity it acts as.
-pub const FILES: [(&str, &str); 3] = [
+const FILES: [(&str, &str); 3] = [
     ("env", "superuser"),
     ("env.recover", "recover"),
     ("env.restore", "restore"),
@@ -34,7 +34,7 @@ pub enum EnvError {
 
 /// The API URL of every replica in the cluster (founders and joined ones),
 /// in node-id order.
-pub fn api_urls(cluster: &ClusterFile) -> Vec<String> {
+fn api_urls(cluster: &ClusterFile) -> Vec<String> {
     let mut replicas: Vec<_> = cluster.serving_replicas().map(|(_, r)| r).collect();
     replicas.sort_by_key(|replica| replica.id);
     replicas

@@ -9,7 +9,7 @@ use spike_dev_identity::{IdentitySpec, MAX_SOCKET_PATH};
 
 /// Room kept for an identity's socket file name (`lite-workload.sock` is 18
 /// bytes; process names are shorter).
-pub const SOCKET_NAME_ROOM: usize = 24;
+const SOCKET_NAME_ROOM: usize = 24;
 
 /// No usable sockets directory.
 #[derive(Debug, thiserror::Error)]
