@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use serde_json::json;
+use spike_dev_cluster::Action;
 
 use crate::load::{LoadShape, Store, Workload};
 use crate::report::Row;
@@ -39,8 +40,8 @@ enum Cli {
 /// Run length and data size, shared by both commands.
 #[derive(clap::Args, Clone, Copy)]
 struct Sizing {
-    /// Length of each run.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// Length of each run (e.g. 10s, 1m30s).
+    #[arg(long, default_value = "10s", value_parser = spike_sdk::duration::parse)]
     duration: Duration,
     /// Distinct keys (written before the reads).
     #[arg(long, default_value_t = 10_000)]
@@ -48,6 +49,16 @@ struct Sizing {
     /// Bytes per value.
     #[arg(long, default_value_t = 256)]
     value_size: usize,
+}
+
+impl Sizing {
+    /// Refuses a run too short to measure anything.
+    fn check_duration(&self) -> anyhow::Result<()> {
+        if self.duration.is_zero() {
+            anyhow::bail!("--duration must be more than 0");
+        }
+        Ok(())
+    }
 }
 
 #[derive(clap::Args)]
@@ -102,22 +113,6 @@ struct CompareArgs {
     base_port: u16,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("bad duration {text:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "s" | "" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value * 60)),
-        _ => Err(format!("bad duration unit in {text:?} (ms, s, m)")),
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = match Cli::parse() {
@@ -127,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
     if args.sizing.keys == 0 || args.clients.contains(&0) {
         anyhow::bail!("--keys and every --clients level must be at least 1");
     }
+    args.sizing.check_duration()?;
     std::fs::create_dir_all(&args.out)?;
     let bin_dir = match &args.bin_dir {
         Some(dir) => dir.clone(),
@@ -191,6 +187,7 @@ async fn run_against_existing(args: RunArgs) -> anyhow::Result<()> {
     if args.sizing.keys == 0 || args.clients == 0 {
         anyhow::bail!("--keys and --clients must be at least 1");
     }
+    args.sizing.check_duration()?;
     let endpoints = args
         .api_url
         .iter()
@@ -327,7 +324,7 @@ async fn nexus_failover(
             .name_of(leader)
             .context("leader not in cluster.json")?;
         let mut killed = Ok(());
-        let gap = gap_after(store, || killed = cluster.act("kill", &name)).await;
+        let gap = gap_after(store, || killed = cluster.act(Action::Kill, &name)).await;
         killed?;
         gaps.push(gap);
         restarts.push(cluster.restart_and_wait(&name, FAILOVER_RESTART_LIMIT)?);
@@ -395,7 +392,7 @@ async fn nexus_memory(
         .first()
         .map(|(name, _)| name.clone())
         .context("no replica")?;
-    cluster.act("kill", &name)?;
+    cluster.act(Action::Kill, &name)?;
     let took = cluster.restart_and_wait(&name, MEMORY_RESTART_LIMIT)?;
     Ok(memory_report(args, &resident, took))
 }
@@ -410,4 +407,22 @@ async fn etcd_memory(
     cluster.kill(0);
     let took = cluster.restart_and_wait(0, MEMORY_RESTART_LIMIT).await?;
     Ok(memory_report(args, &resident, took))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_every_other_binary() {
+        let parsed = Cli::try_parse_from(["spike-bench", "compare", "--duration", "1m30s"]);
+        let Ok(Cli::Compare(args)) = parsed else {
+            panic!("compare --duration 1m30s does not parse");
+        };
+        assert_eq!(args.sizing.duration, Duration::from_secs(90));
+        assert!(
+            Cli::try_parse_from(["spike-bench", "compare", "--duration", "10"]).is_err(),
+            "a bare number needs a unit"
+        );
+    }
 }

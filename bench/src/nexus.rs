@@ -3,122 +3,83 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use spike_dev_cluster::{Action, ClusterFile, Launcher, probe};
 use spike_sdk::client::{NexusClient, Settings};
 use spike_sdk::identity::TrustRoots;
 use spike_sdk::svid::{SvidSource, WORKLOAD_API_TIMEOUT_DEFAULT};
 
 use crate::load::Store;
 
+/// Each readiness probe's steps time out this soon: a restart is timed to
+/// within a few milliseconds, so a probe must not hang on one attempt.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+
 /// A running local cluster, taken down on drop.
 pub struct NexusCluster {
-    dir: PathBuf,
-    launcher: PathBuf,
-    file: serde_json::Value,
+    launcher: Launcher,
+    file: ClusterFile,
 }
 
 impl NexusCluster {
     /// `spike-dev-cluster up` in `dir` on ports from `base_port`.
     pub fn up(bin_dir: &Path, dir: &Path, base_port: u16) -> anyhow::Result<Self> {
-        let cluster = Self {
-            dir: dir.to_owned(),
-            launcher: bin_dir.join("spike-dev-cluster"),
-            file: serde_json::Value::Null,
-        };
-        cluster.launch(&["up", "--base-port", &base_port.to_string()])?;
-        let mut cluster = cluster;
-        cluster.reload()?;
-        Ok(cluster)
-    }
-
-    fn launch(&self, args: &[&str]) -> anyhow::Result<()> {
-        let output = Command::new(&self.launcher)
-            .args(args)
-            .arg("--dir")
-            .arg(&self.dir)
-            .output()
-            .with_context(|| format!("cannot run {}", self.launcher.display()))?;
-        if !output.status.success() {
-            bail!(
-                "spike-dev-cluster {args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+        let launcher = Launcher::new(bin_dir, dir);
+        match launcher.up(&["--base-port", &base_port.to_string()]) {
+            Ok(file) => Ok(Self { launcher, file }),
+            Err(error) => {
+                let _ = launcher.down();
+                Err(error.into())
+            }
         }
-        Ok(())
-    }
-
-    fn reload(&mut self) -> anyhow::Result<()> {
-        let text = std::fs::read_to_string(self.dir.join("cluster.json"))?;
-        self.file = serde_json::from_str(&text)?;
-        Ok(())
-    }
-
-    fn replicas(&self) -> impl Iterator<Item = &serde_json::Value> {
-        self.file["processes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|process| process["role"] == "nexus")
     }
 
     /// Every replica's API address.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
-        self.replicas()
-            .filter_map(|p| p["api_addr"].as_str()?.parse().ok())
+        self.file
+            .serving_replicas()
+            .map(|(_, replica)| replica.api_addr)
             .collect()
     }
 
     /// The process name of the replica serving `api`.
     pub fn name_of(&self, api: SocketAddr) -> Option<String> {
-        self.replicas()
-            .find(|p| p["api_addr"].as_str() == Some(&api.to_string()))
-            .and_then(|p| p["name"].as_str().map(str::to_owned))
+        self.file
+            .replicas()
+            .find(|(_, replica)| replica.api_addr == api)
+            .map(|(process, _)| process.name.clone())
     }
 
     /// `spike-dev-cluster kill|start NAME`.
-    pub fn act(&mut self, action: &str, name: &str) -> anyhow::Result<()> {
-        self.launch(&[action, name])?;
-        self.reload()
+    pub fn act(&mut self, action: Action, name: &str) -> anyhow::Result<()> {
+        self.launcher.act(action, name)?;
+        self.file = self.launcher.load()?;
+        Ok(())
     }
 
     /// Starts replica `name`; returns how long until it reports ready.
     pub fn restart_and_wait(&mut self, name: &str, limit: Duration) -> anyhow::Result<Duration> {
         let began = Instant::now();
-        self.act("start", name)?;
+        self.act(Action::Start, name)?;
         self.wait_ready(name, limit)?;
         Ok(began.elapsed())
     }
 
     /// Waits until replica `name` reports ready on its health port.
     pub fn wait_ready(&self, name: &str, limit: Duration) -> anyhow::Result<Duration> {
-        use std::io::{Read, Write};
-        let address: SocketAddr = self
-            .replicas()
-            .find(|p| p["name"] == name)
-            .and_then(|p| p["health_addr"].as_str()?.parse().ok())
-            .context("no health address")?;
+        let process = self.file.process(name)?;
+        let replica = process.replica().context("not a replica")?;
         let began = Instant::now();
         while began.elapsed() < limit {
-            if let Ok(mut stream) =
-                std::net::TcpStream::connect_timeout(&address, Duration::from_millis(100))
-            {
-                let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-                let mut head = [0u8; 12];
-                if stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").is_ok()
-                    && stream.read_exact(&mut head).is_ok()
-                    && head.ends_with(b"200")
-                {
-                    return Ok(began.elapsed());
-                }
+            if probe::ready(replica.health_addr, READY_PROBE_TIMEOUT) {
+                return Ok(began.elapsed());
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        let log = std::fs::read_to_string(self.dir.join("logs").join(format!("{name}.log")))
-            .unwrap_or_default();
+        let log = std::fs::read_to_string(&process.log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(12).collect();
         bail!(
             "{name} not ready after {limit:?}; its last log lines, newest first:\n{}",
@@ -128,7 +89,7 @@ impl NexusCluster {
 
     /// A superuser SDK client for every replica.
     pub async fn client(&self) -> anyhow::Result<NexusStore> {
-        let socket = self.dir.join("identities/sockets/superuser.sock");
+        let socket = self.file.socket("superuser");
         let identity = SvidSource::WorkloadApi {
             endpoint: format!("unix://{}", socket.display()),
         }
@@ -142,11 +103,11 @@ impl NexusCluster {
 
     /// Resident memory (KiB) of each running replica, from /proc.
     pub fn resident_kib(&self) -> Vec<(String, u64)> {
-        self.replicas()
-            .filter_map(|p| {
-                let pid = u32::try_from(p["pid"].as_u64()?).ok()?;
-                let rss = crate::load::resident_kib(pid)?;
-                Some((p["name"].as_str()?.to_owned(), rss))
+        self.file
+            .replicas()
+            .filter_map(|(process, _)| {
+                let rss = crate::load::resident_kib(process.pid?.get())?;
+                Some((process.name.clone(), rss))
             })
             .collect()
     }
@@ -154,7 +115,7 @@ impl NexusCluster {
 
 impl Drop for NexusCluster {
     fn drop(&mut self) {
-        let _ = self.launch(&["down"]);
+        let _ = self.launcher.down();
     }
 }
 

@@ -4,12 +4,13 @@
 //! links are faulted in the harness's own per-link proxies ([`crate::proxy`]).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::Value;
+use spike_dev_cluster::supervise::running;
+use spike_dev_cluster::{Action, ClusterFile, Launcher, Membership, Process, Replica, probe};
 use spike_sdk::client::NexusClient;
 use spike_sdk::identity::TrustRoots;
 use spike_sdk::svid::SvidSource;
@@ -41,39 +42,11 @@ const PROXY_PORT_OFFSET: u16 = 150;
 
 /// A running cluster.
 pub struct Cluster {
-    dir: PathBuf,
-    bin_dir: PathBuf,
+    launcher: Launcher,
     /// Set when links are faulted in the harness's proxies.
     proxies: Option<LinkProxies>,
     /// The replicas' Raft heartbeat interval.
     pub heartbeat: Duration,
-}
-
-/// A process of the cluster as `cluster.json` lists it.
-#[derive(Debug, Clone)]
-pub struct Member {
-    /// `nexus-2`, `keeper-4`.
-    pub name: String,
-    /// Its pid while it runs.
-    pub pid: Option<u32>,
-    /// Its API address (replicas and keepers).
-    pub api_addr: Option<SocketAddr>,
-    /// Its health address (replicas).
-    pub health_addr: Option<SocketAddr>,
-    /// Its cluster (Raft) address (replicas).
-    pub cluster_addr: Option<SocketAddr>,
-    /// Its node id (replicas and keepers).
-    pub node_id: Option<u64>,
-    /// `founder`, `spare`, `joined` or `retired`.
-    pub membership: String,
-}
-
-impl Member {
-    /// A replica that is, or is meant to be, in the cluster (not a spare
-    /// never started nor a retired one).
-    pub fn is_serving_replica(&self) -> bool {
-        self.name.starts_with("nexus-") && matches!(self.membership.as_str(), "founder" | "joined")
-    }
 }
 
 impl Cluster {
@@ -89,9 +62,6 @@ impl Cluster {
         nexus_args: &[String],
     ) -> anyhow::Result<Self> {
         let mut args: Vec<String> = vec![
-            "up".into(),
-            "--dir".into(),
-            dir.display().to_string(),
             "--base-port".into(),
             base_port.to_string(),
             "--replicas".into(),
@@ -122,121 +92,71 @@ impl Cluster {
                     .map(|id| Ok((format!("nexus-{id}"), proxy_base + u16::try_from(id)?)))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 std::fs::create_dir_all(dir)?;
-                Some(LinkProxies::start(sources, dir.join("cluster.json"))?)
+                Some(LinkProxies::start(sources, dir.to_owned())?)
             }
         };
         args.extend(nexus_args.iter().map(|arg| format!("--nexus-arg={arg}")));
         let cluster = Self {
-            dir: dir.to_owned(),
-            bin_dir: bin_dir.to_owned(),
+            launcher: Launcher::new(bin_dir, dir),
             proxies,
             heartbeat: crate::nemesis::DEFAULT_HEARTBEAT,
         };
-        if let Err(error) =
-            cluster.spike_cluster(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        {
+        if let Err(error) = cluster.launcher.up(&args) {
             // Whatever did start (processes, namespaces) goes away again.
             let _ = cluster.down();
-            return Err(error);
+            return Err(error.into());
         }
         Ok(cluster)
     }
 
-    /// Runs `spike-dev-cluster` with `args` on this cluster's directory.
-    fn spike_cluster(&self, args: &[&str]) -> anyhow::Result<()> {
-        let mut command = Command::new(self.bin_dir.join("spike-dev-cluster"));
-        command.args(args);
-        if args.first() != Some(&"up") {
-            command.arg("--dir").arg(&self.dir);
-        }
-        let output = command.output().context("cannot run spike-dev-cluster")?;
-        if !output.status.success() {
-            bail!(
-                "spike-dev-cluster {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(())
-    }
-
-    /// Where the dev Workload API serves identities (`cluster.json`'s
-    /// `sockets_dir`: outside the cluster directory when its path is too
-    /// long for a unix socket).
-    pub fn sockets_dir(&self) -> anyhow::Result<PathBuf> {
-        let text = std::fs::read_to_string(self.dir.join("cluster.json"))?;
-        let file: Value = serde_json::from_str(&text)?;
-        file["sockets_dir"]
-            .as_str()
-            .map(PathBuf::from)
-            .context("cluster.json names no sockets_dir")
+    /// `cluster.json` as it is now.
+    pub fn file(&self) -> anyhow::Result<ClusterFile> {
+        Ok(self.launcher.load()?)
     }
 
     /// Every process as `cluster.json` says now.
-    pub fn members(&self) -> anyhow::Result<Vec<Member>> {
-        let text = std::fs::read_to_string(self.dir.join("cluster.json"))?;
-        let file: Value = serde_json::from_str(&text)?;
-        let address = |process: &Value, field: &str| -> Option<SocketAddr> {
-            process[field].as_str().and_then(|text| text.parse().ok())
-        };
-        Ok(file["processes"]
-            .as_array()
-            .context("cluster.json without processes")?
-            .iter()
-            .map(|process| Member {
-                name: process["name"].as_str().unwrap_or_default().to_owned(),
-                pid: process["pid"]
-                    .as_u64()
-                    .and_then(|pid| u32::try_from(pid).ok()),
-                api_addr: address(process, "api_addr"),
-                health_addr: address(process, "health_addr"),
-                cluster_addr: address(process, "cluster_addr"),
-                node_id: process["node_id"].as_u64(),
-                membership: process["membership"]
-                    .as_str()
-                    .unwrap_or("founder")
-                    .to_owned(),
-            })
-            .collect())
+    pub fn members(&self) -> anyhow::Result<Vec<Process>> {
+        Ok(self.file()?.processes)
     }
 
     /// Names of the replicas in the cluster (spares and retired ones
     /// left out), lowest id first.
     pub fn replicas(&self) -> anyhow::Result<Vec<String>> {
         Ok(self
-            .members()?
-            .into_iter()
-            .filter(Member::is_serving_replica)
-            .map(|member| member.name)
+            .file()?
+            .serving_replicas()
+            .map(|(process, _)| process.name.clone())
             .collect())
     }
 
     /// Spare replicas not started yet, lowest id first.
-    pub fn spares(&self) -> anyhow::Result<Vec<Member>> {
+    pub fn spares(&self) -> anyhow::Result<Vec<(Process, Replica)>> {
         Ok(self
-            .members()?
-            .into_iter()
-            .filter(|member| member.membership == "spare")
+            .file()?
+            .replicas()
+            .filter(|(process, _)| process.membership == Membership::Spare)
+            .map(|(process, replica)| (process.clone(), replica.clone()))
             .collect())
     }
 
     /// Starts spare `name` with --join (it waits to be added).
     pub fn join(&self, name: &str) -> anyhow::Result<()> {
-        self.spike_cluster(&["join", name])
+        self.launcher.act(Action::Join, name)?;
+        Ok(())
     }
 
     /// Stops a removed replica for good.
     pub fn retire(&self, name: &str) -> anyhow::Result<()> {
-        self.spike_cluster(&["retire", name])
+        self.launcher.act(Action::Retire, name)?;
+        Ok(())
     }
 
     /// Names of the keepers.
     pub fn keepers(&self) -> anyhow::Result<Vec<String>> {
         Ok(self
-            .members()?
-            .into_iter()
-            .filter(|member| member.name.starts_with("keeper-"))
-            .map(|member| member.name)
+            .file()?
+            .keepers()
+            .map(|(process, _)| process.name.clone())
             .collect())
     }
 
@@ -252,38 +172,30 @@ impl Cluster {
     /// The replicas in the cluster with their API addresses, in order.
     pub fn replica_endpoints(&self) -> anyhow::Result<Vec<(String, SocketAddr)>> {
         Ok(self
-            .members()?
-            .into_iter()
-            .filter(Member::is_serving_replica)
-            .filter_map(|member| Some((member.name, member.api_addr?)))
+            .file()?
+            .serving_replicas()
+            .map(|(process, replica)| (process.name.clone(), replica.api_addr))
             .collect())
     }
 
     /// Kills `name` with SIGKILL.
     pub fn kill(&self, name: &str) -> anyhow::Result<()> {
-        self.spike_cluster(&["kill", name])
+        self.launcher.act(Action::Kill, name)?;
+        Ok(())
     }
 
     /// Starts `name` again (nothing happens if it runs).
     pub fn start(&self, name: &str) -> anyhow::Result<()> {
-        let running = self
-            .members()?
-            .iter()
-            .any(|member| member.name == name && member.pid.is_some_and(alive));
-        if running {
+        if running(self.file()?.process(name)?).is_some() {
             return Ok(());
         }
-        self.spike_cluster(&["start", name])
+        self.launcher.act(Action::Start, name)?;
+        Ok(())
     }
 
     /// Sends SIGSTOP or SIGCONT to `name`.
     pub fn pause(&self, name: &str, paused: bool) -> anyhow::Result<()> {
-        let member = self
-            .members()?
-            .into_iter()
-            .find(|member| member.name == name)
-            .with_context(|| format!("no process {name}"))?;
-        let Some(pid) = member.pid.filter(|pid| alive(*pid)) else {
+        let Some(pid) = running(self.file()?.process(name)?) else {
             return Ok(());
         };
         let signal = if paused { "-STOP" } else { "-CONT" };
@@ -299,7 +211,12 @@ impl Cluster {
     /// Offsets replica `name`'s clock by `offset_ms` (the replicas run
     /// with `--test-clock-offset`, which reads this file).
     pub fn set_clock_offset(&self, name: &str, offset_ms: i64) -> anyhow::Result<()> {
-        let path = self.dir.join(name).join("clock-offset-ms");
+        let file = self.file()?;
+        let replica = file
+            .process(name)?
+            .replica()
+            .with_context(|| format!("{name} is not a replica"))?;
+        let path = replica.data_dir.join("clock-offset-ms");
         if offset_ms == 0 && !path.exists() {
             return Ok(());
         }
@@ -316,7 +233,11 @@ impl Cluster {
                 proxies.cut(a, b);
                 Ok(())
             }
-            None => self.spike_cluster(&["cut", a, b]),
+            None => self
+                .launcher
+                .run(&["cut", a, b])
+                .map(drop)
+                .map_err(Into::into),
         }
     }
 
@@ -338,7 +259,8 @@ impl Cluster {
         if let Some(rate) = impairment.rate_kbit {
             args.extend(["--rate".to_owned(), rate.to_string()]);
         }
-        self.spike_cluster(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        self.launcher.run(&args)?;
+        Ok(())
     }
 
     /// Whether links are faulted in the harness's proxies.
@@ -353,20 +275,17 @@ impl Cluster {
                 proxies.heal();
                 Ok(())
             }
-            None => self.spike_cluster(&["heal"]),
+            None => self.launcher.run(&["heal"]).map(drop).map_err(Into::into),
         }
     }
 
     /// Waits until every replica says it is ready; returns how long it took.
     pub fn wait_ready(&self, limit: Duration) -> anyhow::Result<Duration> {
         let began = Instant::now();
-        for member in self.members()? {
-            let Some(health) = member.health_addr.filter(|_| member.is_serving_replica()) else {
-                continue;
-            };
-            while !ready(health) {
+        for (process, replica) in self.file()?.serving_replicas() {
+            while !probe::ready(replica.health_addr, probe::PROBE_TIMEOUT) {
                 if began.elapsed() > limit {
-                    bail!("{} not ready after {limit:?}", member.name);
+                    bail!("{} not ready after {limit:?}", process.name);
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -390,7 +309,7 @@ impl Cluster {
         follow_leader: bool,
         identity: &str,
     ) -> anyhow::Result<NexusClient> {
-        let socket = self.sockets_dir()?.join(format!("{identity}.sock"));
+        let socket = self.file()?.socket(identity);
         let identity = SvidSource::WorkloadApi {
             endpoint: format!("unix://{}", socket.display()),
         }
@@ -404,32 +323,9 @@ impl Cluster {
     /// Stops everything and removes the namespaces.
     pub fn down(&self) -> anyhow::Result<()> {
         // Paused processes do not die of SIGTERM: wake them first.
-        for member in self.members()? {
+        for member in self.members().unwrap_or_default() {
             let _ = self.pause(&member.name, false);
         }
-        self.spike_cluster(&["down"])
+        Ok(self.launcher.down()?)
     }
-}
-
-/// Whether `pid` exists.
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Whether the health listener at `address` says ready.
-pub fn ready(address: SocketAddr) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200))
-    else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream
-        .write_all(b"GET /readyz HTTP/1.0\r\nHost: jepsen\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).is_ok() && head.ends_with(b"200")
 }

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use spike_sdk::client::NexusClient;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::cluster::Cluster;
 use crate::membership;
@@ -312,20 +312,20 @@ async fn inject(
 /// whose outcome is unknown (a retried removal is refused once the first
 /// went through) is judged by the leader's membership.
 async fn replace(cluster: &Cluster, victim: &str) -> anyhow::Result<Vec<String>> {
-    let Some(spare) = cluster.spares()?.into_iter().next() else {
+    let Some((spare, spare_replica)) = cluster.spares()?.into_iter().next() else {
         return Ok(vec!["no spare left".to_owned()]);
     };
     let members = cluster.members()?;
     let victim_id = members
         .iter()
         .find(|member| member.name == victim)
-        .and_then(|member| member.node_id)
+        .and_then(|member| member.node_id())
         .with_context(|| format!("{victim} has no id"))?;
-    let (Some(spare_id), Some(cluster_addr), Some(api_addr)) =
-        (spare.node_id, spare.cluster_addr, spare.api_addr)
-    else {
-        bail!("{} lacks an id or addresses", spare.name);
-    };
+    let (spare_id, cluster_addr, api_addr) = (
+        spare_replica.id,
+        spare_replica.cluster_addr,
+        spare_replica.api_addr,
+    );
     let endpoints = cluster.api_addresses()?;
     let admin = cluster.client(endpoints.clone()).await?;
     let membership_now = |deadline| {

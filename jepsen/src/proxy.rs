@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use spike_dev_cluster::ClusterFile;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -99,7 +100,8 @@ struct Shared {
     changed: watch::Sender<u64>,
     /// Process names by the addresses they listen on.
     book: Mutex<BTreeMap<SocketAddr, String>>,
-    cluster_file: PathBuf,
+    /// The cluster directory, whose `cluster.json` names the listeners.
+    cluster_dir: PathBuf,
     tunnels: Arc<Semaphore>,
     seeds: AtomicU64,
 }
@@ -142,16 +144,11 @@ impl Shared {
         if let Some(name) = book.get(&address) {
             return Some(name.clone());
         }
-        let text = std::fs::read_to_string(&self.cluster_file).ok()?;
-        let file: serde_json::Value = serde_json::from_str(&text).ok()?;
-        for process in file["processes"].as_array()? {
-            let Some(name) = process["name"].as_str() else {
-                continue;
-            };
-            for field in ["api_addr", "cluster_addr"] {
-                if let Some(listening) = process[field].as_str().and_then(|a| a.parse().ok()) {
-                    book.insert(listening, name.to_owned());
-                }
+        let file = ClusterFile::load(&self.cluster_dir).ok()?;
+        for process in file.processes {
+            let cluster_addr = process.replica().map(|replica| replica.cluster_addr);
+            for listening in [process.api_addr(), cluster_addr].into_iter().flatten() {
+                book.insert(listening, process.name.clone());
             }
         }
         book.get(&address).cloned()
@@ -167,13 +164,14 @@ pub struct LinkProxies {
 
 impl LinkProxies {
     /// Starts one proxy per source: `sources` names each with the loopback
-    /// port it listens on. Destinations are looked up in `cluster_file`.
-    pub fn start(sources: Vec<(String, u16)>, cluster_file: PathBuf) -> anyhow::Result<Self> {
+    /// port it listens on. Destinations are looked up in the `cluster.json`
+    /// of `cluster_dir`.
+    pub fn start(sources: Vec<(String, u16)>, cluster_dir: PathBuf) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
             links: Mutex::new(Links::default()),
             changed: watch::channel(0).0,
             book: Mutex::new(BTreeMap::new()),
-            cluster_file,
+            cluster_dir,
             tunnels: Arc::new(Semaphore::new(TUNNELS_MAX)),
             seeds: AtomicU64::new(0x7072_6f78_7969_6e67),
         });
@@ -406,14 +404,24 @@ async fn carry(
 mod tests {
     use super::*;
 
-    /// A cluster file naming one echo server `nexus-2` at `address`.
-    fn cluster_file(dir: &std::path::Path, address: SocketAddr) -> PathBuf {
-        let path = dir.join("cluster.json");
-        let file = serde_json::json!({
-            "processes": [{ "name": "nexus-2", "api_addr": address.to_string() }]
-        });
-        std::fs::write(&path, file.to_string()).expect("write cluster.json");
-        path
+    /// A cluster directory whose `cluster.json` has an echo server at
+    /// `address` for `nexus-2`.
+    fn cluster_dir(dir: &std::path::Path, address: SocketAddr) -> PathBuf {
+        use spike_dev_cluster::Role;
+        use spike_dev_cluster::plan::{Shape, plan};
+        let shape = Shape {
+            replicas: 2,
+            keepers: 1,
+            threshold: 1,
+            ..Shape::default()
+        };
+        let mut file = plan(dir, shape).expect("plan");
+        let index = file.index_of("nexus-2").expect("nexus-2");
+        if let Role::Nexus(replica) = &mut file.processes[index].role {
+            replica.api_addr = address;
+        }
+        file.save().expect("write cluster.json");
+        dir.to_owned()
     }
 
     async fn echo_server() -> SocketAddr {
@@ -467,7 +475,7 @@ mod tests {
             let port = free_port();
             let proxies = LinkProxies::start(
                 vec![("nexus-1".to_owned(), port)],
-                cluster_file(dir.path(), echo),
+                cluster_dir(dir.path(), echo),
             )
             .expect("proxies");
             let through = spike_sdk::net::HttpConnectProxy::new(([127, 0, 0, 1], port).into());

@@ -54,9 +54,14 @@ pub struct Args {
     /// DATA_DIR/audit.log.
     #[arg(long, env = "SPIKE_NEXUS_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
-    /// Storage backend; only `persistent` (redb) exists.
-    #[arg(long, env = "SPIKE_NEXUS_BACKEND_STORE", default_value = "persistent")]
-    pub backend_store: String,
+    /// Storage backend.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_BACKEND_STORE",
+        value_enum,
+        default_value_t = BackendStore::Persistent
+    )]
+    pub backend_store: BackendStore,
     /// Keeper addresses, comma separated; keeper i holds share i.
     #[arg(long, env = "SPIKE_NEXUS_KEEPER_PEERS", default_value = "")]
     pub keepers: String,
@@ -67,19 +72,34 @@ pub struct Args {
     #[arg(long, env = "SPIKE_NEXUS_SHAMIR_THRESHOLD", default_value_t = 2)]
     pub threshold: u8,
     /// How often the leader re-sends shares to keepers (e.g. 500ms, 5s, 1m).
-    #[arg(long, env = "SPIKE_NEXUS_KEEPER_UPDATE_INTERVAL", default_value = "5s")]
-    pub keeper_update_interval: String,
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_KEEPER_UPDATE_INTERVAL",
+        default_value = "5s",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub keeper_update_interval: Duration,
     /// Raft heartbeat interval (10ms to 10s). Each heartbeat and
     /// read-index round must come back within it, so it must exceed the
     /// round trip between replicas: the default suits one data centre;
     /// raise it for replicas further apart (with --election-timeout).
-    #[arg(long, env = "SPIKE_NEXUS_HEARTBEAT_INTERVAL", default_value = "50ms")]
-    pub heartbeat_interval: String,
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_HEARTBEAT_INTERVAL",
+        default_value = "50ms",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub heartbeat_interval: Duration,
     /// Shortest wait for a leader before a follower stands for election;
     /// each waits a random time up to twice this. At least 3 heartbeat
     /// intervals; failover takes about two of it.
-    #[arg(long, env = "SPIKE_NEXUS_ELECTION_TIMEOUT", default_value = "150ms")]
-    pub election_timeout: String,
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_ELECTION_TIMEOUT",
+        default_value = "150ms",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub election_timeout: Duration,
     /// Versions kept per secret.
     #[arg(long, env = "SPIKE_NEXUS_MAX_SECRET_VERSIONS", default_value_t = MAX_VERSIONS_DEFAULT)]
     pub max_secret_versions: u32,
@@ -160,15 +180,20 @@ pub enum ConfigError {
         /// Keepers listed.
         keepers: usize,
     },
-    /// A duration does not parse.
-    #[error("SPIKE_NEXUS_KEEPER_UPDATE_INTERVAL {0:?} is not a duration like 500ms, 5s or 1m")]
-    Duration(String),
+    /// A period that must pass between two events is zero.
+    #[error("{0} must be more than 0")]
+    ZeroDuration(&'static str),
     /// Out-of-range number.
     #[error("{0}")]
     OutOfRange(String),
-    /// Unsupported backend.
-    #[error("SPIKE_NEXUS_BACKEND_STORE {0:?} is not supported: only persistent (redb) exists")]
-    Backend(String),
+}
+
+/// Where the state lives. SPIKE's other backends (`sqlite`, `memory`)
+/// have no counterpart here: a replica's state is its Raft log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendStore {
+    /// redb files in the data directory.
+    Persistent,
 }
 
 /// The validated configuration.
@@ -212,9 +237,6 @@ impl NexusConfig {
         if args.node_id == 0 {
             return Err(ConfigError::NodeIdZero);
         }
-        if args.backend_store != "persistent" {
-            return Err(ConfigError::Backend(args.backend_store.clone()));
-        }
         let founders = if args.join {
             BTreeMap::new()
         } else {
@@ -256,10 +278,13 @@ impl NexusConfig {
                 "SPIKE_NEXUS_MAX_SECRET_VERSIONS must be 1 to {MAX_VERSIONS_LIMIT}"
             )));
         }
-        let heartbeat_interval = parse_duration(&args.heartbeat_interval)
-            .ok_or_else(|| ConfigError::Duration(args.heartbeat_interval.clone()))?;
-        let election_timeout = parse_duration(&args.election_timeout)
-            .ok_or_else(|| ConfigError::Duration(args.election_timeout.clone()))?;
+        let (heartbeat_interval, election_timeout) =
+            (args.heartbeat_interval, args.election_timeout);
+        if args.keeper_update_interval.is_zero() {
+            return Err(ConfigError::ZeroDuration(
+                "SPIKE_NEXUS_KEEPER_UPDATE_INTERVAL (--keeper-update-interval)",
+            ));
+        }
         if !(Duration::from_millis(10)..=Duration::from_secs(10)).contains(&heartbeat_interval) {
             return Err(ConfigError::OutOfRange(
                 "SPIKE_NEXUS_HEARTBEAT_INTERVAL must be 10ms to 10s".to_owned(),
@@ -282,8 +307,7 @@ impl NexusConfig {
             founders,
             keepers,
             shamir,
-            keeper_update_interval: parse_duration(&args.keeper_update_interval)
-                .ok_or_else(|| ConfigError::Duration(args.keeper_update_interval.clone()))?,
+            keeper_update_interval: args.keeper_update_interval,
             heartbeat_interval,
             election_timeout,
             max_versions: args.max_secret_versions,
@@ -386,22 +410,6 @@ pub fn parse_keepers(
     Ok((keepers, params))
 }
 
-/// Parses `250ms`, `5s`, `2m`, `1h` (Go-style, one unit).
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(number),
-        "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number.checked_mul(60)?),
-        "h" => Duration::from_secs(number.checked_mul(3600)?),
-        _ => return None,
-    };
-    (!duration.is_zero()).then_some(duration)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,19 +491,48 @@ mod tests {
                 "{refused:?} accepted"
             );
         }
-        assert!(matches!(
-            config(&["--heartbeat-interval", "fast"]),
-            Err(ConfigError::Duration(_))
-        ));
+        let fast = Args::try_parse_from(["nexus", "--heartbeat-interval", "fast"])
+            .expect_err("not a duration");
+        assert!(
+            fast.to_string().contains("--heartbeat-interval"),
+            "the error names the flag given: {fast}"
+        );
     }
 
     #[test]
-    fn durations_parse_like_go() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("0s"), None);
-        assert_eq!(parse_duration("5"), None);
-        assert_eq!(parse_duration("1d"), None);
+    fn durations_read_like_go_and_zero_is_refused_where_it_means_never() {
+        use clap::Parser;
+        let config = |extra: &[&str]| {
+            let mut argv = vec![
+                "nexus",
+                "--peers",
+                "1=127.0.0.1:1/127.0.0.1:2",
+                "--keepers",
+                "127.0.0.1:3,127.0.0.1:4,127.0.0.1:5",
+            ];
+            argv.extend_from_slice(extra);
+            NexusConfig::from_args(&Args::try_parse_from(argv).expect("flags parse"))
+        };
+        let mixed = config(&["--keeper-update-interval", "1m30s"]).expect("Go grammar");
+        assert_eq!(mixed.keeper_update_interval, Duration::from_secs(90));
+        let zero = config(&["--keeper-update-interval", "0s"]).expect_err("zero");
+        assert_eq!(
+            zero,
+            ConfigError::ZeroDuration(
+                "SPIKE_NEXUS_KEEPER_UPDATE_INTERVAL (--keeper-update-interval)"
+            )
+        );
+        assert!(
+            zero.to_string()
+                .contains("SPIKE_NEXUS_KEEPER_UPDATE_INTERVAL"),
+            "{zero}"
+        );
+        assert!(matches!(
+            config(&["--heartbeat-interval", "0"]),
+            Err(ConfigError::OutOfRange(_))
+        ));
+        let sqlite = Args::try_parse_from(["nexus", "--backend-store", "sqlite"])
+            .expect_err("only persistent exists");
+        assert!(sqlite.to_string().contains("persistent"), "{sqlite}");
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use spike_dev_cluster::{ClusterFile, Launcher, Process, Replica, probe};
 use spike_dev_identity::{IdentityDirectory, IdentitySpec, ServeOptions, WorkloadApiServer};
 use spike_sdk::identity::{PeerAuthorizer, SpiffeId};
 use spike_sdk::svid::{Identity, SvidSource};
@@ -323,7 +324,8 @@ pub struct LocalCluster {
     /// The cluster directory.
     pub dir: TempDir,
     /// `cluster.json` as last read.
-    pub file: serde_json::Value,
+    pub file: ClusterFile,
+    launcher: Launcher,
 }
 
 /// Each cluster of a test binary gets its own block of 200 ports, all below
@@ -356,45 +358,30 @@ impl LocalCluster {
     /// Like [`Self::up`], in `dir` (for a test that needs to know where
     /// `cluster.json` will be before the cluster starts).
     pub fn up_in(dir: TempDir, args: &[&str]) -> Self {
+        let launcher_binary = binary(spike_dev_cluster::driver::BINARY);
+        let bin_dir = launcher_binary.parent().expect("binaries in a directory");
+        let launcher = Launcher::new(bin_dir, dir.path());
         let base_port = next_base_port().to_string();
-        let mut all = vec!["up", "--dir"];
-        let dir_text = dir.path().display().to_string();
-        all.push(&dir_text);
-        all.extend(["--base-port", &base_port]);
+        let mut all = vec!["--base-port", &base_port];
         all.extend_from_slice(args);
-        let cluster = Self {
-            file: serde_json::Value::Null,
-            dir,
-        };
-        cluster.spike_cluster(&all);
-        let mut cluster = cluster;
-        cluster.reload();
-        cluster
-    }
-
-    fn spike_cluster(&self, args: &[&str]) {
-        if let Err(complaint) = self.try_spike_cluster(args) {
-            panic!("spike-dev-cluster {args:?} failed: {complaint}");
-        }
-    }
-
-    /// Runs `spike-dev-cluster` with `args`: its output, or its complaint.
-    fn try_spike_cluster(&self, args: &[&str]) -> Result<String, String> {
-        let output = std::process::Command::new(binary("spike-dev-cluster"))
-            .args(args)
-            .output()
-            .expect("run spike-dev-cluster");
-        if output.status.success() {
-            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        match launcher.up(&all) {
+            Ok(file) => Self {
+                dir,
+                file,
+                launcher,
+            },
+            Err(error) => {
+                // Whatever did start goes away again.
+                let _ = launcher.down();
+                panic!("{error}");
+            }
         }
     }
 
     /// Runs `spike-dev-cluster ACTION NAME` (start, stop, kill, join, retire).
     pub fn act(&mut self, action: &str, name: &str) {
         if let Err(complaint) = self.try_act(action, name) {
-            panic!("spike-dev-cluster {action} {name} failed: {complaint}");
+            panic!("{complaint}");
         }
     }
 
@@ -408,11 +395,9 @@ impl LocalCluster {
     /// Runs `spike-dev-cluster ACTION ARGS...` on this cluster: its output,
     /// or its complaint.
     pub fn try_spike(&self, action: &str, args: &[&str]) -> Result<String, String> {
-        let dir = self.dir.path().display().to_string();
         let mut all = vec![action];
         all.extend_from_slice(args);
-        all.extend(["--dir", &dir]);
-        self.try_spike_cluster(&all)
+        self.launcher.run(&all).map_err(|error| error.to_string())
     }
 
     /// Impairs process `name`'s links (`spike-dev-cluster impair`, --netns
@@ -421,74 +406,70 @@ impl LocalCluster {
         let mut all = vec![name];
         all.extend_from_slice(args);
         if let Err(complaint) = self.try_spike("impair", &all) {
-            panic!("spike-dev-cluster impair {all:?} failed: {complaint}");
+            panic!("{complaint}");
         }
     }
 
     /// Removes every cut and impairment (`spike-dev-cluster heal`).
     pub fn heal(&self) {
         if let Err(complaint) = self.try_spike("heal", &[]) {
-            panic!("spike-dev-cluster heal failed: {complaint}");
+            panic!("{complaint}");
         }
     }
 
     /// Rereads `cluster.json`.
     pub fn reload(&mut self) {
-        let text =
-            std::fs::read_to_string(self.dir.path().join("cluster.json")).expect("cluster.json");
-        self.file = serde_json::from_str(&text).expect("cluster.json parses");
+        self.file = self
+            .launcher
+            .load()
+            .unwrap_or_else(|error| panic!("{error}"));
     }
 
     /// The dev Workload API socket serving identity `name`.
-    pub fn socket(&self, name: &str) -> std::path::PathBuf {
-        let sockets = self.file["sockets_dir"]
-            .as_str()
-            .expect("cluster.json names its sockets directory");
-        std::path::Path::new(sockets).join(format!("{name}.sock"))
+    pub fn socket(&self, name: &str) -> PathBuf {
+        self.file.socket(name)
     }
 
     /// Process `name` as `cluster.json` lists it.
-    pub fn process(&self, name: &str) -> &serde_json::Value {
-        self.file["processes"]
-            .as_array()
-            .and_then(|processes| processes.iter().find(|p| p["name"] == name))
-            .unwrap_or_else(|| panic!("no process {name}"))
+    pub fn process(&self, name: &str) -> &Process {
+        self.file
+            .process(name)
+            .unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// Replica `id` as `cluster.json` lists it.
+    pub fn replica(&self, id: u64) -> &Replica {
+        self.file
+            .replicas()
+            .find(|(_, replica)| replica.id == id)
+            .map(|(_, replica)| replica)
+            .unwrap_or_else(|| panic!("no replica {id}"))
     }
 
     /// The API address of replica `id`.
     pub fn api(&self, id: u64) -> SocketAddr {
-        self.address(&format!("nexus-{id}"), "api_addr")
-    }
-
-    /// An address field of a process.
-    pub fn address(&self, name: &str, field: &str) -> SocketAddr {
-        self.process(name)[field]
-            .as_str()
-            .and_then(|text| text.parse().ok())
-            .unwrap_or_else(|| panic!("{name} has no {field}"))
+        self.replica(id).api_addr
     }
 
     /// The data directory of replica `id`.
     pub fn data_dir(&self, id: u64) -> PathBuf {
-        PathBuf::from(
-            self.process(&format!("nexus-{id}"))["data_dir"]
-                .as_str()
-                .expect("data dir"),
-        )
+        self.replica(id).data_dir.clone()
     }
 
-    /// Names of every process of `role`.
-    pub fn names(&self, role: &str) -> Vec<String> {
-        self.file["processes"]
-            .as_array()
-            .map(|processes| {
-                processes
-                    .iter()
-                    .filter(|p| p["role"] == role)
-                    .filter_map(|p| p["name"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// Names of every replica (spares and retired ones too).
+    pub fn replica_names(&self) -> Vec<String> {
+        self.file
+            .replicas()
+            .map(|(process, _)| process.name.clone())
+            .collect()
+    }
+
+    /// Names of every keeper.
+    pub fn keeper_names(&self) -> Vec<String> {
+        self.file
+            .keepers()
+            .map(|(process, _)| process.name.clone())
+            .collect()
     }
 
     /// Identity `name` (a role like `superuser`, or a process name) from the
@@ -507,8 +488,9 @@ impl LocalCluster {
     /// a stopped process keeps its sockets open but answers nothing, like a
     /// node behind a network partition.
     pub fn signal(&self, name: &str, signal: &str) {
-        let pid = self.process(name)["pid"]
-            .as_u64()
+        let pid = self
+            .process(name)
+            .pid
             .unwrap_or_else(|| panic!("{name} does not run"));
         let status = std::process::Command::new("kill")
             .args([format!("-{signal}"), pid.to_string()])
@@ -519,18 +501,7 @@ impl LocalCluster {
 
     /// Whether replica `id` says it holds the root key.
     pub fn ready(&self, id: u64) -> bool {
-        use std::io::{Read, Write};
-        let address = self.address(&format!("nexus-{id}"), "health_addr");
-        let Ok(mut stream) =
-            std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200))
-        else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut head = [0u8; 12];
-        stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").is_ok()
-            && stream.read_exact(&mut head).is_ok()
-            && head.ends_with(b"200")
+        probe::ready(self.replica(id).health_addr, probe::PROBE_TIMEOUT)
     }
 
     /// Waits until replica `id` holds the root key; returns how long it took.
@@ -538,10 +509,8 @@ impl LocalCluster {
         let began = tokio::time::Instant::now();
         while !self.ready(id) {
             if began.elapsed() >= limit {
-                let log = std::fs::read_to_string(
-                    self.dir.path().join("logs").join(format!("nexus-{id}.log")),
-                )
-                .unwrap_or_default();
+                let log = std::fs::read_to_string(&self.process(&format!("nexus-{id}")).log)
+                    .unwrap_or_default();
                 let tail: Vec<&str> = log
                     .lines()
                     .filter(|line| line.contains("nexus::"))
@@ -561,9 +530,6 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        let dir = self.dir.path().display().to_string();
-        let _ = std::process::Command::new(binary("spike-dev-cluster"))
-            .args(["down", "--dir", &dir])
-            .output();
+        let _ = self.launcher.down();
     }
 }

@@ -1,88 +1,179 @@
 //! Saving the recovery shards after the first start and restoring them
 //! after a total loss, through the API, as the recover and restore roles.
+//! Development convenience only: a production deployment never keeps
+//! shards next to the data.
 
+use std::collections::BTreeMap;
 use std::fs;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use serde::Deserialize;
 use serde_json::json;
-use spike_sdk::client::HttpsClient;
-use spike_sdk::crypto::recovery_line;
-use spike_sdk::crypto::{KeyShare, SecretBytes, ShareIndex};
+use spike_sdk::client::{ClientError, HttpsClient, JsonReply};
+use spike_sdk::crypto::{CryptoError, KeyShare, SecretBytes, ShareIndex, recovery_line};
 use spike_sdk::identity::{PeerAuthorizer, Role, TrustDomain, TrustRoots};
-use spike_sdk::svid::SvidSource;
-use std::io::Write;
+use spike_sdk::svid::{IdentityError, SvidSource};
+use spike_sdk::tls::TlsConfigError;
 
-use crate::ClusterFile;
+use crate::file::ClusterFile;
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
+/// Longest wait for an operator identity from the Workload API.
+const IDENTITY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Restore attempts per shard while the leader still settles (503).
+const RESTORE_ATTEMPTS_MAX: u32 = 50;
+/// Pause between those attempts.
+const RESTORE_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Saving or restoring the shards failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// No runtime for the API calls (the machine is out of threads or
+    /// file descriptors).
+    #[error("cannot start a runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The cluster has no replica to ask.
+    #[error("no nexus")]
+    NoReplica,
+    /// The dev Workload API does not serve the operator identity.
+    #[error("identity {role}: {source}")]
+    Identity {
+        /// `recover` or `restore`.
+        role: &'static str,
+        /// Why.
+        source: IdentityError,
+    },
+    /// `cluster.json`'s trust domain is not one.
+    #[error("trust domain {domain:?}: {reason}")]
+    TrustDomain {
+        /// As the file says.
+        domain: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The identity makes no TLS client.
+    #[error(transparent)]
+    Tls(#[from] TlsConfigError),
+    /// The request did not get an answer.
+    #[error(transparent)]
+    Request(#[from] ClientError),
+    /// The replica refused (or its reply lacks what it must hold).
+    #[error("operator {action} answered {status}: {body}")]
+    Refused {
+        /// `recover` or `restore`.
+        action: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// The reply.
+        body: String,
+    },
+    /// A shard in the reply is not one.
+    #[error("a shard in the recover reply: {0}")]
+    Shard(CryptoError),
+    /// A saved shard cannot be written or read back.
+    #[error("{}: {reason}", path.display())]
+    ShardFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Every saved shard was fed and the key is still not restored.
+    #[error("the saved shards did not restore the root key")]
+    NotRestored,
 }
 
-async fn client(cluster: &ClusterFile, role: &str) -> anyhow::Result<HttpsClient> {
-    let socket = cluster.socket(role);
+/// `POST /v1/operator/recover`'s reply: shard bytes by share index.
+#[derive(Deserialize)]
+struct Recovered {
+    shards: BTreeMap<u8, Vec<u8>>,
+}
+
+/// `POST /v1/operator/restore`'s reply, as far as read here.
+#[derive(Deserialize)]
+struct Restored {
+    #[serde(default)]
+    restored: bool,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, OperatorError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(OperatorError::Runtime)
+}
+
+async fn client(cluster: &ClusterFile, role: &'static str) -> Result<HttpsClient, OperatorError> {
     let identity = SvidSource::WorkloadApi {
-        endpoint: format!("unix://{}", socket.display()),
+        endpoint: format!("unix://{}", cluster.socket(role).display()),
     }
-    .load(Duration::from_secs(10))
+    .load(IDENTITY_TIMEOUT)
     .await
-    .with_context(|| format!("identity {role}"))?;
-    let roots = TrustRoots::single(TrustDomain::new(&cluster.trust_domain)?);
+    .map_err(|source| OperatorError::Identity { role, source })?;
+    let domain =
+        TrustDomain::new(&cluster.trust_domain).map_err(|error| OperatorError::TrustDomain {
+            domain: cluster.trust_domain.clone(),
+            reason: error.to_string(),
+        })?;
+    let roots = TrustRoots::single(domain);
     Ok(HttpsClient::new(
         identity,
         PeerAuthorizer::role(roots, Role::Nexus),
     )?)
 }
 
-fn first_api(cluster: &ClusterFile) -> anyhow::Result<SocketAddr> {
+fn first_api(cluster: &ClusterFile) -> Result<SocketAddr, OperatorError> {
     cluster
-        .processes
-        .iter()
-        .find(|process| process.role == "nexus" && process.serves())
-        .and_then(|process| process.api_addr.as_deref())
-        .context("no nexus")?
-        .parse()
-        .context("nexus address")
+        .serving_replicas()
+        .next()
+        .map(|(_, replica)| replica.api_addr)
+        .ok_or(OperatorError::NoReplica)
+}
+
+/// The reply's body as `T` if the status is 200, else [`OperatorError::Refused`].
+fn accepted<T: for<'de> Deserialize<'de>>(
+    action: &'static str,
+    reply: JsonReply,
+) -> Result<T, OperatorError> {
+    let refused = |reply: &JsonReply| OperatorError::Refused {
+        action,
+        status: reply.status,
+        body: reply.body.to_string(),
+    };
+    if reply.status != 200 {
+        return Err(refused(&reply));
+    }
+    T::deserialize(&reply.body).map_err(|_| refused(&reply))
 }
 
 /// Writes `spike.recovery.<i>.txt` files (mode 0600), like `spike operator recover`.
-pub fn save_recovery_shards(cluster: &ClusterFile) -> anyhow::Result<()> {
+pub fn save_recovery_shards(cluster: &ClusterFile) -> Result<(), OperatorError> {
     let dir = cluster.dir.join("recovery");
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&dir)?;
+        .create(&dir)
+        .map_err(|error| OperatorError::ShardFile {
+            path: dir.clone(),
+            reason: error.to_string(),
+        })?;
     runtime()?.block_on(async {
         let client = client(cluster, "recover").await?;
         let reply = client
             .post_json(first_api(cluster)?, "/v1/operator/recover", &json!({}), &[])
             .await?;
-        if reply.status != 200 {
-            bail!("operator recover answered {}: {}", reply.status, reply.body);
-        }
-        let shards = reply.body["shards"]
-            .as_object()
-            .context("no shards in the reply")?;
-        for (index, bytes) in shards {
-            let value: Vec<u8> = bytes
-                .as_array()
-                .context("shard is not an array")?
-                .iter()
-                .map(|byte| {
-                    byte.as_u64()
-                        .and_then(|b| u8::try_from(b).ok())
-                        .context("shard byte")
-                })
-                .collect::<anyhow::Result<_>>()?;
+        let recovered: Recovered = accepted("recover", reply)?;
+        for (index, bytes) in recovered.shards {
             let share = KeyShare::new(
-                ShareIndex::new(index.parse()?)?,
-                SecretBytes::from_slice(&value)
-                    .map_err(|n| anyhow::anyhow!("shard of {n} bytes"))?,
+                ShareIndex::new(index).map_err(OperatorError::Shard)?,
+                SecretBytes::from_slice(&bytes).map_err(|length| OperatorError::Refused {
+                    action: "recover",
+                    status: 200,
+                    body: format!("a shard of {length} bytes"),
+                })?,
             );
             write_private(
                 &dir.join(format!("spike.recovery.{index}.txt")),
@@ -93,21 +184,26 @@ pub fn save_recovery_shards(cluster: &ClusterFile) -> anyhow::Result<()> {
     })
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let mut file = fs::OpenOptions::new()
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), OperatorError> {
+    fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)?;
-    file.write_all(contents)?;
-    file.write_all(b"\n")?;
-    Ok(())
+        .open(path)
+        .and_then(|mut file| {
+            file.write_all(contents)?;
+            file.write_all(b"\n")
+        })
+        .map_err(|error| OperatorError::ShardFile {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        })
 }
 
-/// Feeds the saved shards to the leader, one at a time, until it says the
-/// key is restored.
-pub fn restore(cluster: &ClusterFile) -> anyhow::Result<()> {
+/// Feeds the saved shards to the first replica (which forwards them to
+/// the leader), one at a time, until it says the key is restored.
+pub fn restore(cluster: &ClusterFile) -> Result<(), OperatorError> {
     let dir = cluster.dir.join("recovery");
     runtime()?.block_on(async {
         let client = client(cluster, "restore").await?;
@@ -117,8 +213,10 @@ pub fn restore(cluster: &ClusterFile) -> anyhow::Result<()> {
             let Ok(line) = fs::read_to_string(&path) else {
                 continue;
             };
-            let share =
-                recovery_line::parse(&line).with_context(|| format!("{}", path.display()))?;
+            let share = recovery_line::parse(&line).map_err(|error| OperatorError::ShardFile {
+                path: path.clone(),
+                reason: error.to_string(),
+            })?;
             let body = json!({
                 "id": share.index().get(),
                 "shard": share.expose_secret().to_vec(),
@@ -130,18 +228,16 @@ pub fn restore(cluster: &ClusterFile) -> anyhow::Result<()> {
                     .post_json(address, "/v1/operator/restore", &body, &[])
                     .await?;
                 attempts += 1;
-                if reply.status != 503 || attempts >= 50 {
+                if reply.status != 503 || attempts >= RESTORE_ATTEMPTS_MAX {
                     break reply;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(RESTORE_RETRY_PAUSE).await;
             };
-            if reply.status != 200 {
-                bail!("operator restore answered {}: {}", reply.status, reply.body);
-            }
-            if reply.body["restored"] == true {
+            let restored: Restored = accepted("restore", reply)?;
+            if restored.restored {
                 return Ok(());
             }
         }
-        bail!("the saved shards did not restore the root key")
+        Err(OperatorError::NotRestored)
     })
 }

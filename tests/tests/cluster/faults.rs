@@ -147,10 +147,10 @@ async fn keepers_restarted_empty_get_their_shares_back_from_the_leader() {
     );
 
     phase("every keeper dies and comes back empty");
-    for name in cluster.names("keeper") {
+    for name in cluster.keeper_names() {
         cluster.act("kill", &name);
     }
-    for name in cluster.names("keeper") {
+    for name in cluster.keeper_names() {
         cluster.act("start", &name);
     }
 
@@ -244,16 +244,16 @@ async fn after_a_total_loss_only_an_operator_restore_brings_the_cluster_back() {
 
     phase("every replica and every keeper restarts: nothing holds the key");
     for name in cluster
-        .names("nexus")
+        .replica_names()
         .into_iter()
-        .chain(cluster.names("keeper"))
+        .chain(cluster.keeper_names())
     {
         cluster.act("kill", &name);
     }
     for name in cluster
-        .names("keeper")
+        .keeper_names()
         .into_iter()
-        .chain(cluster.names("nexus"))
+        .chain(cluster.replica_names())
     {
         cluster.act("start", &name);
     }
@@ -516,11 +516,7 @@ async fn a_cluster_in_a_deep_directory_serves_identities_from_a_short_one() {
         dir,
         &["--replicas", "1", "--keepers", "1", "--threshold", "1"],
     );
-    let sockets = std::path::PathBuf::from(
-        cluster.file["sockets_dir"]
-            .as_str()
-            .expect("cluster.json names its sockets directory"),
-    );
+    let sockets = cluster.file.sockets_dir.clone();
     assert!(
         !sockets.starts_with(cluster.dir.path()),
         "{} would hold sockets past the limit",

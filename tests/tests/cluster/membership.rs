@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use spike_dev_cluster::Membership;
 use spike_dev_identity::{IdentityDirectory, IdentitySpec};
 use spike_tests::{ChildGuard, LocalCluster, binary, free_port};
 
@@ -39,9 +40,9 @@ async fn a_replica_joins_votes_leaves_and_its_id_is_never_reused() {
         IdentityDirectory::create(&identities, "spike.ist", &[spec], Duration::from_secs(3600))
             .expect("identity for nexus-4");
     let keepers: Vec<String> = cluster
-        .names("keeper")
-        .iter()
-        .map(|name| cluster.address(name, "api_addr").to_string())
+        .file
+        .keepers()
+        .map(|(_, keeper)| keeper.api_addr.to_string())
         .collect();
     let (cluster_port, api_port, health_port) = (free_port(), free_port(), free_port());
     let data_dir = cluster.dir.path().join("nexus-4");
@@ -164,7 +165,7 @@ async fn spike_cluster_spares_join_when_asked_and_retired_replicas_stay_down() {
 
     phase("join prints the add command; adding it makes a fourth voter");
     let printed = cluster.try_act("join", "nexus-4").expect("join");
-    let cluster_addr = cluster.address("nexus-4", "cluster_addr");
+    let cluster_addr = cluster.replica(4).cluster_addr;
     let api4 = cluster.api(4);
     assert!(
         printed.contains(&format!(
@@ -196,7 +197,7 @@ async fn spike_cluster_spares_join_when_asked_and_retired_replicas_stay_down() {
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     cluster.act("retire", "nexus-4");
     assert!(!cluster.ready(4));
-    assert_eq!(cluster.process("nexus-4")["membership"], "retired");
+    assert_eq!(cluster.process("nexus-4").membership, Membership::Retired);
     let refused = cluster
         .try_act("start", "nexus-4")
         .expect_err("a retired id comes back");

@@ -79,13 +79,13 @@ async fn impaired_links_lose_packets_and_slow_down_until_healed() {
 
 /// Proxies for nexus-1 to nexus-3 on three free consecutive ports; returns
 /// them and the base to give `--connect-proxy-base`.
-fn proxies_for_three(cluster_file: &std::path::Path) -> (LinkProxies, u16) {
+fn proxies_for_three(cluster_dir: &std::path::Path) -> (LinkProxies, u16) {
     for _ in 0..20 {
         let base = spike_tests::free_port() - 1;
         let sources = (1..=3u16)
             .map(|id| (format!("nexus-{id}"), base + id))
             .collect();
-        if let Ok(proxies) = LinkProxies::start(sources, cluster_file.to_owned()) {
+        if let Ok(proxies) = LinkProxies::start(sources, cluster_dir.to_owned()) {
             return (proxies, base);
         }
     }
@@ -95,7 +95,7 @@ fn proxies_for_three(cluster_file: &std::path::Path) -> (LinkProxies, u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_25ms_apart_through_proxies_still_commit() {
     let dir = tempfile::tempdir().expect("cluster directory");
-    let (proxies, base) = proxies_for_three(&dir.path().join("cluster.json"));
+    let (proxies, base) = proxies_for_three(dir.path());
     let cluster = LocalCluster::up_in(dir, &["--connect-proxy-base", &base.to_string()]);
     let ops = Operators::of(&cluster).await;
     assert_eq!(

@@ -96,9 +96,9 @@ async fn no_root_key_share_or_plaintext_ever_reaches_the_disk() {
 
     phase("stop the cluster and scan every byte it wrote");
     for name in cluster
-        .names("nexus")
+        .replica_names()
         .into_iter()
-        .chain(cluster.names("keeper"))
+        .chain(cluster.keeper_names())
     {
         cluster.act("stop", &name);
     }
@@ -145,7 +145,7 @@ async fn no_root_key_share_or_plaintext_ever_reaches_the_disk() {
 async fn the_cluster_port_refuses_non_nexus_peers_and_survives_garbage() {
     let cluster = LocalCluster::up(&["--replicas", "3", "--keepers", "3", "--threshold", "2"]);
     let ops = Operators::of(&cluster).await;
-    let cluster_port = cluster.address("nexus-1", "cluster_addr");
+    let cluster_port = cluster.replica(1).cluster_addr;
     let roots = TrustRoots::from_environment(&[]).expect("defaults");
 
     phase("a superuser is refused at TLS on the cluster port");

@@ -1,0 +1,114 @@
+//! The env files: `source DIR/env` (or `env.recover`, `env.restore`) to
+//! act as that SPIKE role against the cluster with `spike`.
+//!
+//! `SPIKE_NEXUS_API_URL` names one replica, as SPIKE's own clients read
+//! it; `SPIKE_NEXUS_API_URLS` names every replica in the cluster, comma
+//! separated in node-id order, for clients that fail over. Both follow the
+//! membership: `join` and `retire` write the files again.
+
+use std::fs;
+use std::path::PathBuf;
+
+use crate::file::{ClusterFile, FileError};
+
+/// Each env file and the identity it acts as.
+const FILES: [(&str, &str); 3] = [
+    ("env", "superuser"),
+    ("env.recover", "recover"),
+    ("env.restore", "restore"),
+];
+
+/// The roles whose trust root every file sets (`SPIKE_TRUST_ROOT_NEXUS`, ...).
+const TRUST_ROOT_ROLES: [&str; 5] = ["NEXUS", "KEEPER", "PILOT", "BOOTSTRAP", "LITE_WORKLOAD"];
+
+/// The cluster has no replica to point the files at (every one retired).
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    /// No founding or joined replica is left.
+    #[error("no nexus")]
+    NoReplica,
+    /// A file could not be written.
+    #[error(transparent)]
+    Write(#[from] FileError),
+}
+
+/// The API URL of every replica in the cluster (founders and joined ones),
+/// in node-id order.
+fn api_urls(cluster: &ClusterFile) -> Vec<String> {
+    let mut replicas: Vec<_> = cluster.serving_replicas().map(|(_, r)| r).collect();
+    replicas.sort_by_key(|replica| replica.id);
+    replicas
+        .into_iter()
+        .map(|replica| format!("https://{}", replica.api_addr))
+        .collect()
+}
+
+/// The text of the env file acting as `identity`.
+pub fn render(cluster: &ClusterFile, identity: &str) -> Result<String, EnvError> {
+    let urls = api_urls(cluster);
+    let first = urls.first().ok_or(EnvError::NoReplica)?;
+    let mut text =
+        format!("# source this file to act as the SPIKE {identity} against the local cluster\n");
+    text += &format!("export SPIKE_NEXUS_API_URL={first}\n");
+    text += &format!("export SPIKE_NEXUS_API_URLS={}\n", urls.join(","));
+    text += &format!(
+        "export SPIFFE_ENDPOINT_SOCKET=unix://{}\n",
+        cluster.socket(identity).display()
+    );
+    text += &format!("export SPIKE_TRUST_ROOT={}\n", cluster.trust_domain);
+    for role in TRUST_ROOT_ROLES {
+        text += &format!("export SPIKE_TRUST_ROOT_{role}={}\n", cluster.trust_domain);
+    }
+    Ok(text)
+}
+
+/// Writes every env file into the cluster directory.
+pub fn write(cluster: &ClusterFile) -> Result<(), EnvError> {
+    for (file, identity) in FILES {
+        let path: PathBuf = cluster.dir.join(file);
+        let text = render(cluster, identity)?;
+        fs::write(&path, text).map_err(|source| FileError::Write { path, source })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::file::Membership;
+    use crate::plan::{Shape, plan};
+    use std::path::Path;
+
+    #[test]
+    fn every_serving_replica_is_listed_in_id_order_and_the_first_stays_alone() {
+        let mut cluster = plan(
+            Path::new("/c"),
+            Shape {
+                replicas: 3,
+                spares: 2,
+                base_port: 20_000,
+                ..Shape::default()
+            },
+        )
+        .expect("plan");
+        let text = render(&cluster, "superuser").expect("env");
+        assert!(text.contains("export SPIKE_NEXUS_API_URL=https://127.0.0.1:20000\n"));
+        assert!(text.contains(
+            "export SPIKE_NEXUS_API_URLS=https://127.0.0.1:20000,https://127.0.0.1:20010,https://127.0.0.1:20020\n"
+        ));
+
+        // nexus-4 joins, nexus-1 retires: the first URL moves on.
+        let set = |cluster: &mut ClusterFile, name: &str, membership| {
+            let index = cluster.index_of(name).expect("known");
+            cluster.processes[index].membership = membership;
+        };
+        set(&mut cluster, "nexus-4", Membership::Joined);
+        set(&mut cluster, "nexus-1", Membership::Retired);
+        let text = render(&cluster, "recover").expect("env");
+        assert!(text.contains("export SPIKE_NEXUS_API_URL=https://127.0.0.1:20010\n"));
+        assert!(text.contains(
+            "export SPIKE_NEXUS_API_URLS=https://127.0.0.1:20010,https://127.0.0.1:20020,https://127.0.0.1:20030\n"
+        ));
+        assert!(text.contains("/c/identities/sockets/recover.sock"));
+    }
+}
