@@ -1,6 +1,5 @@
 //! `/v1/cluster` (extension): status, membership and leadership.
 
-use openraft::async_runtime::WatchReceiver;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use spike_sdk::identity::Role;
@@ -8,7 +7,7 @@ use spike_sdk::identity::Role;
 use super::{ApiError, Call};
 use crate::cluster::{LeaderOp, LeaderReply};
 use crate::keys::KeyStatus;
-use crate::raft::NexusNode;
+use crate::raft::{ClusterView, NexusNode};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -23,19 +22,16 @@ struct IdBody {
     id: u64,
 }
 
-fn members(call: &Call<'_>) -> Value {
-    let metrics = call.api.node.raft.metrics();
-    let metrics = metrics.borrow_watched();
-    let membership = metrics.membership_config.membership();
-    let voters: Vec<u64> = membership.voter_ids().collect();
-    let members: Vec<Value> = membership
-        .nodes()
-        .map(|(id, node)| {
+fn members(view: &ClusterView) -> Value {
+    let members: Vec<Value> = view
+        .members
+        .iter()
+        .map(|member| {
             json!({
-                "id": id,
-                "clusterAddr": node.cluster_addr,
-                "apiAddr": node.api_addr,
-                "voter": voters.contains(id),
+                "id": member.id,
+                "clusterAddr": member.node.cluster_addr,
+                "apiAddr": member.node.api_addr,
+                "voter": member.voter,
             })
         })
         .collect();
@@ -47,21 +43,8 @@ pub async fn status(call: Call<'_>) -> Result<Value, ApiError> {
     let _: serde_json::Map<String, Value> = call.parse(&[])?;
     call.require(Role::PilotSuperuser)?;
     let node = &call.api.node;
-    let (term, state, last_log, applied, committed) = {
-        let metrics = node.raft.metrics();
-        let metrics = metrics.borrow_watched();
-        (
-            metrics.current_term,
-            format!("{:?}", metrics.state),
-            metrics.last_log_index,
-            metrics.last_applied.as_ref().map(|log_id| log_id.index),
-            metrics
-                .cluster_committed
-                .as_ref()
-                .map(|log_id| log_id.index),
-        )
-    };
-    let leader = node.leader();
+    let view = node.cluster_view();
+    let leader = view.leader.as_ref();
     let (key_status, root_key_id) = match node.keys.status() {
         KeyStatus::Uninitialized => ("uninitialized", None),
         KeyStatus::Locked { root_key_id } => ("locked", Some(root_key_id)),
@@ -73,14 +56,14 @@ pub async fn status(call: Call<'_>) -> Result<Value, ApiError> {
         .map(|unlocked| hex::encode(unlocked.key_check.as_bytes()));
     Ok(json!({
         "nodeId": node.id,
-        "state": state,
-        "leaderId": leader.as_ref().map(|(id, _)| *id),
-        "leaderApiAddr": leader.as_ref().map(|(_, leader)| leader.api_addr.clone()),
-        "term": term,
-        "lastLogIndex": last_log,
-        "commitIndex": committed,
-        "appliedIndex": applied,
-        "members": members(&call),
+        "state": view.role.name(),
+        "leaderId": leader.map(|leader| leader.id),
+        "leaderApiAddr": leader.map(|leader| leader.node.api_addr.clone()),
+        "term": view.term,
+        "lastLogIndex": view.last_log_index,
+        "commitIndex": view.committed_index,
+        "appliedIndex": view.applied_index,
+        "members": members(&view),
         "rootKey": {
             "status": key_status,
             "rootKeyId": root_key_id,
@@ -93,7 +76,7 @@ pub async fn status(call: Call<'_>) -> Result<Value, ApiError> {
 pub async fn list_members(call: Call<'_>) -> Result<Value, ApiError> {
     let _: serde_json::Map<String, Value> = call.parse(&[])?;
     call.require(Role::PilotSuperuser)?;
-    Ok(json!({ "members": members(&call) }))
+    Ok(json!({ "members": members(&call.api.node.cluster_view()) }))
 }
 
 async fn run(call: &Call<'_>, op: LeaderOp) -> Result<Value, ApiError> {

@@ -148,7 +148,7 @@ async fn dispatch(
             duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         })
         .await;
-    let leader = api.node.leader().map(|(_, node)| node.api_addr);
+    let leader = api.node.leader().map(|leader| leader.node.api_addr);
     reply::finish(shape, outcome, leader.as_deref())
 }
 

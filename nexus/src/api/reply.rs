@@ -199,7 +199,9 @@ impl From<NodeError> for ApiError {
         match error {
             NodeError::Invalid(_) => ApiError::BadRequest,
             NodeError::NotReady => ApiError::NotReady,
-            NodeError::NoLeader | NodeError::Unknown(_) => ApiError::Unavailable(error.to_string()),
+            NodeError::NoLeader | NodeError::OutcomeUnknown(_) => {
+                ApiError::Unavailable(error.to_string())
+            }
         }
     }
 }
