@@ -6,7 +6,8 @@ use spike_sdk::crypto::key_check::RootKeyId;
 use spike_sdk::crypto::{KeyCheck, KeyShare, SecretBytes, ShareIndex};
 use spike_sdk::keeper_api::keeper_server::Keeper;
 use spike_sdk::keeper_api::{
-    FetchShareRequest, FetchShareResponse, HeldKey, StoreShareRequest, StoreShareResponse,
+    FetchShareRequest, FetchShareResponse, HeldKey, ShareKind, StoreShareRequest,
+    StoreShareResponse,
 };
 use spike_sdk::tls::PeerIdentity;
 use tonic::{Request, Response, Status};
@@ -86,13 +87,13 @@ impl Keeper for KeeperService {
         mut request: Request<StoreShareRequest>,
     ) -> Result<Response<StoreShareResponse>, Status> {
         let caller = caller(&request);
-        let committed = request.get_ref().committed;
+        let kind = ShareKind::from_committed_flag(request.get_ref().committed);
         let parsed = parse_store_request(request.get_mut())?;
         let (root_key_id, key_check, index) =
             (parsed.root_key_id, parsed.key_check, parsed.share.index());
         let held = self
             .store()?
-            .store(root_key_id, key_check, parsed.share, committed)
+            .store(root_key_id, key_check, parsed.share, kind)
             .map_err(|error| {
                 tracing::warn!(%caller, %root_key_id, %key_check, %index, %error, "share refused");
                 match error {
@@ -100,14 +101,14 @@ impl Keeper for KeeperService {
                     StoreError::Stale(_) => Status::failed_precondition(error.to_string()),
                 }
             })?;
-        tracing::debug!(%caller, %root_key_id, %key_check, %index, committed, "share stored");
+        tracing::debug!(%caller, %root_key_id, %key_check, %index, ?kind, "share stored");
         Ok(Response::new(StoreShareResponse {
             held: held
                 .into_iter()
                 .map(|held| HeldKey {
                     root_key_id: held.root_key_id.0,
                     key_check: held.key_check.as_bytes().to_vec(),
-                    committed: held.committed,
+                    committed: held.kind.committed_flag(),
                 })
                 .collect(),
         }))
@@ -143,7 +144,7 @@ impl Keeper for KeeperService {
             key_check: held.key_check.as_bytes().to_vec(),
             index: u32::from(held.share.index().get()),
             share: held.share.expose_secret().to_vec(),
-            committed: held.committed,
+            committed: held.kind.committed_flag(),
         }))
     }
 }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use spike_sdk::crypto::key_check::RootKeyId;
 use spike_sdk::crypto::{KeyCheck, KeyShare};
+use spike_sdk::keeper_api::ShareKind;
 
 /// Committed root keys whose shares a keeper keeps.
 pub const COMMITTED_KEYS_MAX: usize = 2;
@@ -39,7 +40,7 @@ pub struct Held {
     /// The share.
     pub share: KeyShare,
     /// Committed or pending.
-    pub committed: bool,
+    pub kind: ShareKind,
 }
 
 /// Shares by root key.
@@ -56,7 +57,7 @@ impl ShareStore {
         root_key_id: RootKeyId,
         key_check: KeyCheck,
         share: KeyShare,
-        committed: bool,
+        kind: ShareKind,
     ) -> Result<Vec<Held>, StoreError> {
         if let Some((held_check, held_share)) = self.committed.get(&root_key_id) {
             // Shares are deterministic in (key, n, t): re-sending gives the
@@ -68,7 +69,7 @@ impl ShareStore {
             };
         }
         let newest_committed = self.committed.keys().next_back().copied();
-        if committed {
+        if kind == ShareKind::Committed {
             if self.committed.len() >= COMMITTED_KEYS_MAX
                 && self.committed.keys().all(|held| *held > root_key_id)
             {
@@ -119,7 +120,7 @@ impl ShareStore {
                     root_key_id: *id,
                     key_check: *check,
                     share: share.clone(),
-                    committed: true,
+                    kind: ShareKind::Committed,
                 }),
             Some((id, check)) => {
                 if let Some((held_check, share)) = self.committed.get(&id) {
@@ -127,7 +128,7 @@ impl ShareStore {
                         root_key_id: id,
                         key_check: check,
                         share: share.clone(),
-                        committed: true,
+                        kind: ShareKind::Committed,
                     });
                 }
                 self.pending
@@ -139,7 +140,7 @@ impl ShareStore {
                         root_key_id: id,
                         key_check: check,
                         share: share.clone(),
-                        committed: false,
+                        kind: ShareKind::Pending,
                     })
             }
         }
@@ -151,13 +152,13 @@ impl ShareStore {
             root_key_id: *id,
             key_check: *check,
             share: share.clone(),
-            committed: true,
+            kind: ShareKind::Committed,
         });
         let pending = self.pending.iter().map(|(id, check, share)| Held {
             root_key_id: *id,
             key_check: *check,
             share: share.clone(),
-            committed: false,
+            kind: ShareKind::Pending,
         });
         committed.chain(pending).collect()
     }
@@ -165,6 +166,7 @@ impl ShareStore {
 
 #[cfg(test)]
 mod tests {
+    use super::ShareKind::{Committed, Pending};
     use super::*;
     use spike_sdk::crypto::{SecretBytes, ShareIndex};
 
@@ -179,20 +181,18 @@ mod tests {
         KeyCheck::from_bytes([fill; 32])
     }
 
-    fn ids(held: &[Held]) -> Vec<(u64, bool)> {
-        held.iter()
-            .map(|h| (h.root_key_id.0, h.committed))
-            .collect()
+    fn ids(held: &[Held]) -> Vec<(u64, ShareKind)> {
+        held.iter().map(|h| (h.root_key_id.0, h.kind)).collect()
     }
 
     #[test]
     fn storing_the_same_share_twice_is_idempotent() {
         let mut store = ShareStore::default();
         let first = store
-            .store(RootKeyId(1), check(1), share(7), true)
+            .store(RootKeyId(1), check(1), share(7), Committed)
             .expect("store");
         let again = store
-            .store(RootKeyId(1), check(1), share(7), true)
+            .store(RootKeyId(1), check(1), share(7), Committed)
             .expect("again");
         assert_eq!(ids(&first), ids(&again));
     }
@@ -201,14 +201,14 @@ mod tests {
     fn a_conflicting_share_is_refused_and_the_held_one_kept() {
         let mut store = ShareStore::default();
         store
-            .store(RootKeyId(1), check(1), share(7), true)
+            .store(RootKeyId(1), check(1), share(7), Committed)
             .expect("store");
         assert_eq!(
-            store.store(RootKeyId(1), check(1), share(8), true),
+            store.store(RootKeyId(1), check(1), share(8), Committed),
             Err(StoreError::Conflict(RootKeyId(1)))
         );
         assert_eq!(
-            store.store(RootKeyId(1), check(2), share(7), false),
+            store.store(RootKeyId(1), check(2), share(7), Pending),
             Err(StoreError::Conflict(RootKeyId(1)))
         );
         let held = store
@@ -221,20 +221,25 @@ mod tests {
     fn competing_proposals_never_displace_the_committed_key() {
         let mut store = ShareStore::default();
         store
-            .store(RootKeyId(1), check(1), share(1), true)
+            .store(RootKeyId(1), check(1), share(1), Committed)
             .expect("committed");
         for proposal in 0..10u8 {
             store
-                .store(RootKeyId(2), check(100 + proposal), share(proposal), false)
+                .store(
+                    RootKeyId(2),
+                    check(100 + proposal),
+                    share(proposal),
+                    Pending,
+                )
                 .expect("pending");
         }
         assert!(store.fetch(Some((RootKeyId(1), check(1)))).is_some());
         assert_eq!(
-            store.held().iter().filter(|h| !h.committed).count(),
+            store.held().iter().filter(|h| h.kind == Pending).count(),
             PENDING_KEYS_MAX
         );
         assert_eq!(
-            store.store(RootKeyId(1), check(9), share(9), false),
+            store.store(RootKeyId(1), check(9), share(9), Pending),
             Err(StoreError::Conflict(RootKeyId(1)))
         );
     }
@@ -243,28 +248,28 @@ mod tests {
     fn committing_a_proposal_clears_older_pending_shares_and_keeps_two_committed() {
         let mut store = ShareStore::default();
         store
-            .store(RootKeyId(1), check(1), share(1), true)
+            .store(RootKeyId(1), check(1), share(1), Committed)
             .expect("1");
         store
-            .store(RootKeyId(2), check(2), share(2), false)
+            .store(RootKeyId(2), check(2), share(2), Pending)
             .expect("2 pending");
         store
-            .store(RootKeyId(2), check(22), share(22), false)
+            .store(RootKeyId(2), check(22), share(22), Pending)
             .expect("2 competing");
         store
-            .store(RootKeyId(2), check(2), share(2), true)
+            .store(RootKeyId(2), check(2), share(2), Committed)
             .expect("2 committed");
-        assert_eq!(ids(&store.held()), vec![(1, true), (2, true)]);
+        assert_eq!(ids(&store.held()), vec![(1, Committed), (2, Committed)]);
         store
-            .store(RootKeyId(3), check(3), share(3), true)
+            .store(RootKeyId(3), check(3), share(3), Committed)
             .expect("3 committed");
-        assert_eq!(ids(&store.held()), vec![(2, true), (3, true)]);
+        assert_eq!(ids(&store.held()), vec![(2, Committed), (3, Committed)]);
         assert_eq!(
-            store.store(RootKeyId(1), check(1), share(1), true),
+            store.store(RootKeyId(1), check(1), share(1), Committed),
             Err(StoreError::Stale(RootKeyId(1)))
         );
         assert_eq!(
-            store.store(RootKeyId(2), check(5), share(5), false),
+            store.store(RootKeyId(2), check(5), share(5), Pending),
             Err(StoreError::Conflict(RootKeyId(2)))
         );
         assert_eq!(store.fetch(None).map(|h| h.root_key_id), Some(RootKeyId(3)));
@@ -274,13 +279,13 @@ mod tests {
     fn a_pending_share_is_fetched_only_by_its_exact_key() {
         let mut store = ShareStore::default();
         store
-            .store(RootKeyId(1), check(1), share(1), false)
+            .store(RootKeyId(1), check(1), share(1), Pending)
             .expect("pending");
         assert!(store.fetch(None).is_none(), "nothing committed yet");
         assert!(store.fetch(Some((RootKeyId(1), check(2)))).is_none());
         let held = store
             .fetch(Some((RootKeyId(1), check(1))))
             .expect("pending held");
-        assert!(!held.committed);
+        assert_eq!(held.kind, Pending);
     }
 }

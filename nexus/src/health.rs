@@ -7,7 +7,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use openraft::async_runtime::WatchReceiver;
 use std::fmt::Write;
 
 use crate::keys::KeyStatus;
@@ -41,21 +40,8 @@ async fn ready(State(node): State<Node>) -> impl IntoResponse {
 }
 
 async fn metrics(State(node): State<Node>) -> impl IntoResponse {
-    let (term, leader, is_leader, last_log, applied, voters) = {
-        let metrics = node.raft.metrics();
-        let metrics = metrics.borrow_watched();
-        (
-            metrics.current_term,
-            metrics.current_leader.unwrap_or(0),
-            metrics.state.is_leader(),
-            metrics.last_log_index.unwrap_or(0),
-            metrics
-                .last_applied
-                .as_ref()
-                .map_or(0, |log_id| log_id.index),
-            metrics.membership_config.membership().voter_ids().count(),
-        )
-    };
+    let view = node.cluster_view();
+    let voters = u64::try_from(view.voter_count()).unwrap_or(u64::MAX);
     let ready = matches!(node.keys.status(), KeyStatus::Ready { .. });
     let mut text = String::new();
     let mut gauge = |name: &str, help: &str, value: u64| {
@@ -65,32 +51,28 @@ async fn metrics(State(node): State<Node>) -> impl IntoResponse {
             node.id
         );
     };
-    gauge("spike_raft_term", "Current Raft term.", term);
+    gauge("spike_raft_term", "Current Raft term.", view.term);
     gauge(
         "spike_raft_leader_id",
         "Id of the known leader (0: none).",
-        leader,
+        view.leader.as_ref().map_or(0, |leader| leader.id),
     );
     gauge(
         "spike_raft_is_leader",
         "1 if this replica leads.",
-        u64::from(is_leader),
+        u64::from(view.is_leader()),
     );
     gauge(
         "spike_raft_last_log_index",
         "Index of the last log entry.",
-        last_log,
+        view.last_log_index.unwrap_or(0),
     );
     gauge(
         "spike_raft_applied_index",
         "Index of the last applied entry.",
-        applied,
+        view.applied_index.unwrap_or(0),
     );
-    gauge(
-        "spike_raft_voters",
-        "Voters in the membership.",
-        voters as u64,
-    );
+    gauge("spike_raft_voters", "Voters in the membership.", voters);
     gauge(
         "spike_root_key_ready",
         "1 if this replica holds the root key.",

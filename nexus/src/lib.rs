@@ -26,19 +26,16 @@ pub use clock::install as install_wall_clock;
 pub use raft::disk;
 pub use raft::runtime::seeded;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use openraft::Config as RaftConfig;
-use openraft::SnapshotPolicy;
-use openraft::storage::{RaftLogReader, RaftLogStorage};
 use spike_sdk::cli::{StartupError, listen};
 use spike_sdk::hardening::Hardening;
 use spike_sdk::identity::{PeerAuthorizer, Role, TrustRoots};
 use spike_sdk::svid::Identity;
 use spike_sdk::tls::{PeerIdentity, server_config};
 
+use crate::cluster::forward::Forwarder;
 use crate::cluster::peers::Peers;
 use crate::cluster::proto::cluster_server::ClusterServer;
 use crate::cluster::service::ClusterService;
@@ -46,11 +43,8 @@ use crate::config::NexusConfig;
 use crate::keys::KeyState;
 use crate::keys::keepers::Keepers;
 use crate::keys::manager::KeyManager;
-use crate::node::Node;
-use crate::raft::log_store::LogStore;
-use crate::raft::network::Network;
-use crate::raft::state_machine::StateMachine;
-use crate::raft::{NexusNode, NexusRaft};
+use crate::node::{Node, Reads};
+use crate::raft::{RaftSettings, StartError};
 
 /// Everything a replica starts from.
 pub struct Startup {
@@ -66,30 +60,25 @@ pub struct Startup {
     pub test_clock_offset: bool,
 }
 
-/// Raft timing, by default heartbeats every 50 ms and elections after
-/// 150-300 ms of silence. Followers honour the old leader's lease (the
-/// maximum election timeout) before voting, so a failed leader is replaced
-/// in roughly 0.3-0.6 s (kill -9 to the next acknowledged write: 0.75 s
-/// median in `bench/run`, against 1.02 s with 200-400 ms). Shorter would
-/// risk elections on a busy machine that merely delayed a few heartbeats.
-/// openraft gives a heartbeat one interval to come back, so replicas
-/// further apart than that need both raised (--heartbeat-interval,
-/// --election-timeout).
-fn raft_config(config: &NexusConfig) -> Result<RaftConfig, StartupError> {
-    let millis = |duration: std::time::Duration| duration.as_millis() as u64;
-    RaftConfig {
-        cluster_name: "spike".to_owned(),
-        heartbeat_interval: millis(config.heartbeat_interval),
-        election_timeout_min: millis(config.election_timeout),
-        election_timeout_max: millis(config.election_timeout) * 2,
-        install_snapshot_timeout: 2_000,
-        max_payload_entries: 256,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-        max_in_snapshot_log_to_keep: config.logs_kept,
-        ..Default::default()
+/// Raft's settings from the validated configuration.
+fn raft_settings(config: &NexusConfig) -> RaftSettings {
+    RaftSettings {
+        node_id: config.node_id,
+        heartbeat_interval: config.heartbeat_interval,
+        election_timeout: config.election_timeout,
+        snapshot_every: config.snapshot_every,
+        logs_kept: config.logs_kept,
     }
-    .validate()
-    .map_err(StartupError::config)
+}
+
+/// A span per cluster RPC, naming the RPC and the calling replica.
+fn cluster_rpc_span(request: &axum::http::Request<()>) -> tracing::Span {
+    let rpc = request.uri().path().rsplit('/').next().unwrap_or_default();
+    let peer = request
+        .extensions()
+        .get::<PeerIdentity>()
+        .map(|peer| peer.spiffe_id.to_string());
+    tracing::info_span!("cluster_rpc", rpc, peer)
 }
 
 /// Runs a replica until `shutdown` resolves.
@@ -107,7 +96,6 @@ pub async fn serve(
     let stopping = stop_signal(shutdown);
     let api_listen = config.api_listen().map_err(StartupError::config)?;
     let cluster_listen = config.cluster_listen().map_err(StartupError::config)?;
-    let raft_config = Arc::new(raft_config(&config)?);
     if test_clock_offset {
         let path = config.data_dir.join("clock-offset-ms");
         tracing::warn!(path = %path.display(), "TEST: the clock follows the offset in this file");
@@ -119,28 +107,6 @@ pub async fn serve(
             config.data_dir.display()
         ))
     })?;
-    let mut log_store =
-        LogStore::open(&config.data_dir.join("log.redb")).map_err(StartupError::config)?;
-    // The read floor: see `Node::leader_read_index`.
-    let log_at_start = node::LogAtStart {
-        term: log_store
-            .read_vote()
-            .await
-            .map_err(StartupError::failed)?
-            .map_or(0, |vote| vote.leader_id().term),
-        last_index: log_store
-            .get_log_state()
-            .await
-            .map_err(StartupError::failed)?
-            .last_log_id
-            .map_or(0, |log_id| log_id.index),
-    };
-    let state_machine = StateMachine::open(
-        &config.data_dir.join("state.redb"),
-        &config.data_dir.join("snapshots"),
-    )
-    .map_err(StartupError::config)?;
-
     let audit_log = audit::AuditLog::open(&config.audit_log, config.node_id).map_err(|e| {
         StartupError::config(format!(
             "cannot open audit log {}: {e}",
@@ -148,39 +114,40 @@ pub async fn serve(
         ))
     })?;
     let peers = Peers::new(identity.clone(), trust_roots.clone()).map_err(StartupError::failed)?;
-    let raft: NexusRaft = openraft::Raft::new(
-        config.node_id,
-        raft_config,
-        Network::new(peers.clone()),
-        log_store,
-        state_machine.clone(),
-    )
-    .await
-    .map_err(StartupError::failed)?;
+    let raft::Started {
+        leadership,
+        inbound,
+        machine,
+    } = raft::start(raft_settings(&config), &config.data_dir, peers.clone())
+        .await
+        .map_err(|error| match error {
+            StartError::Settings(_) | StartError::Open(_) => StartupError::config(error),
+            StartError::Failed(_) => StartupError::failed(error),
+        })?;
 
     let keepers = Keepers::new(&config.keepers, identity.clone(), trust_roots.clone())
         .map_err(StartupError::failed)?;
     let keys = Arc::new(KeyState::default());
     let key_manager = Arc::new(KeyManager::new(
-        config.node_id,
-        raft.clone(),
-        state_machine.reader(),
+        leadership.clone(),
+        machine.reader(),
         keepers,
         keys.clone(),
         config.shamir,
         config.keeper_update_interval,
     ));
+    let reads = if config.unsafe_local_reads {
+        Reads::UnsafeLocal
+    } else {
+        Reads::Linearizable
+    };
     let node = Node::new(
-        config.node_id,
-        raft.clone(),
-        state_machine.clone(),
+        leadership.clone(),
+        machine.clone(),
         keys,
         key_manager.clone(),
-        peers,
-        node::ReadSettings {
-            log_at_start,
-            unsafe_local_reads: config.unsafe_local_reads,
-        },
+        Forwarder::new(peers),
+        reads,
     );
 
     // Listeners: cluster first, so peers can reach us as soon as we vote.
@@ -202,8 +169,12 @@ pub async fn serve(
         None => None,
     };
 
-    found_cluster(&raft, &config).await;
-    let manager_task = tokio::spawn(key_manager.run(state_machine.applied()));
+    // The lowest-id founder founds the cluster on first start; everyone
+    // else, and every later start, finds the membership in the log.
+    if config.founders.first_key_value().map(|(id, _)| *id) == Some(config.node_id) {
+        leadership.found_cluster(&config.founders).await;
+    }
+    let manager_task = tokio::spawn(key_manager.run(machine.applied()));
 
     tracing::info!(
         node_id = config.node_id,
@@ -215,10 +186,11 @@ pub async fn serve(
         "nexus listening"
     );
 
-    let cluster_service = ClusterServer::new(ClusterService::new(node.clone(), state_machine))
+    let cluster_service = ClusterServer::new(ClusterService::new(node.clone(), inbound))
         .max_decoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES)
         .max_encoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES);
     let cluster_server = tonic::transport::Server::builder()
+        .trace_fn(cluster_rpc_span)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(2)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(2)))
         .add_service(cluster_service)
@@ -250,32 +222,8 @@ pub async fn serve(
         async { health.await.map_err(StartupError::failed) },
     );
     manager_task.abort();
-    if let Err(error) = raft.shutdown().await {
-        tracing::warn!(%error, "raft did not shut down cleanly");
-    }
+    leadership.shutdown().await;
     outcome.map(|_| ())
-}
-
-/// The lowest-id founder initializes Raft on first start; everyone else,
-/// and every later start, finds the membership in the log.
-async fn found_cluster(raft: &NexusRaft, config: &NexusConfig) {
-    let Some((&first, _)) = config.founders.first_key_value() else {
-        return;
-    };
-    if first != config.node_id {
-        return;
-    }
-    match raft.is_initialized().await {
-        Ok(true) => {}
-        Ok(false) => {
-            let members: BTreeMap<u64, NexusNode> = config.founders.clone();
-            match raft.initialize(members).await {
-                Ok(()) => tracing::info!(voters = config.founders.len(), "cluster founded"),
-                Err(error) => tracing::warn!(%error, "cluster not founded (already initialized?)"),
-            }
-        }
-        Err(error) => tracing::error!(%error, "cannot tell whether the cluster is initialized"),
-    }
 }
 
 /// Turns one shutdown future into as many as the servers need.

@@ -3,46 +3,41 @@
 //! leader's read index to be applied here, and the leader is known for
 //! hints.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::BTreeSet;
+use tokio::time::Instant;
 
-use openraft::ChangeMembers;
-use openraft::async_runtime::WatchReceiver;
-use tokio::sync::watch;
-
-use crate::cluster::peers::Peers;
-use crate::cluster::proto::Frame;
-use crate::cluster::service::{
-    known_leader, leader_read_index, leader_without_quorum, leader_write,
-};
-use crate::cluster::{FORWARD_TIMEOUT, ForwardError, LeaderOp, LeaderReply};
+use crate::cluster::forward::Forwarder;
+use crate::cluster::{ForwardError, LeaderOp, LeaderReply};
 use crate::keys::KeyState;
 use crate::keys::manager::{KeyError, KeyManager};
-use crate::raft::codec::{decode, encode};
-use crate::raft::state_machine::StateMachine;
-use crate::raft::{LogIdOf, NexusNode, NexusRaft, TypeConfig};
+use crate::raft::state_machine::{AppliedIndex, StateMachine};
+use crate::raft::{ClusterView, Leader, Leadership, NexusNode};
 use crate::state::command::{Command, MembershipCommand, Request, Response};
 use crate::state::store::StateReader;
 use spike_sdk::crypto::{KeyShare, SecretBytes, ShamirParams, ShareIndex};
 use spike_sdk::domain::NodeId;
 
-/// How long a request waits for a leader to exist before giving up.
+/// How long a request waits for a leader to exist; no retry starts later.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
-/// Forwarding hops tried before giving up (leaders change mid-request).
+/// Attempts at the leader before giving up (leaders change mid-request).
 const FORWARD_ATTEMPTS_MAX: usize = 5;
+/// Pause before looking for the leader again when no hint came back.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// Why a write or linearizable read did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    /// No leader is known (election in progress, or no quorum).
+    /// No leader is known (election in progress, or no quorum); nothing was
+    /// applied.
     #[error("no leader is available")]
     NoLeader,
-    /// The request may or may not have been applied (the leader failed or
+    /// The request may or may not have been applied (the leader failed, or
     /// the connection dropped after sending).
     #[error("outcome unknown: {0}")]
-    Unknown(String),
+    OutcomeUnknown(String),
     /// The request is invalid; nothing changed.
     #[error("{0}")]
     Invalid(String),
@@ -51,79 +46,109 @@ pub enum NodeError {
     NotReady,
 }
 
+/// How this replica serves linearizable reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    /// After the leader's read index is applied here.
+    Linearizable,
+    /// From local state at once: stale reads happen. Unsafe, for the
+    /// checker's own test only.
+    UnsafeLocal,
+}
+
+/// Whether a request may change state, which decides what an unknown
+/// outcome allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    /// Asking again is harmless.
+    ReadOnly,
+    /// Asking again after an unknown outcome could apply it twice.
+    Mutating,
+}
+
+/// What the retry loop does after a failed attempt.
+#[derive(Debug)]
+enum Next {
+    /// Try again at once, at this leader.
+    RetryAt(Leader),
+    /// Pause, find the leader again, and try again.
+    RetryAfterPause,
+    /// Give up with this error.
+    Fail(NodeError),
+}
+
+/// The decision after `error` from an attempt at a request with `effect`,
+/// made on replica `own_id`.
+fn after_failure(error: ForwardError, effect: Effect, own_id: u64) -> Next {
+    match error {
+        ForwardError::NotLeader {
+            leader: Some(leader),
+        } if leader.id != own_id => Next::RetryAt(leader),
+        ForwardError::NotLeader { .. } | ForwardError::NeverSent(_) => Next::RetryAfterPause,
+        ForwardError::OutcomeUnknown(_) if effect == Effect::ReadOnly => Next::RetryAfterPause,
+        ForwardError::OutcomeUnknown(reason) => Next::Fail(NodeError::OutcomeUnknown(reason)),
+        ForwardError::Invalid(reason) => Next::Fail(NodeError::Invalid(reason)),
+        ForwardError::NotReady => Next::Fail(NodeError::NotReady),
+    }
+}
+
+/// A key manager's refusal as the forwarding protocol reports it; `leader`
+/// is the hint for [`KeyError::NotLeader`].
+fn key_refusal(error: KeyError, leader: Option<Leader>) -> ForwardError {
+    match error {
+        KeyError::NotLeader => ForwardError::NotLeader { leader },
+        KeyError::NotReady => ForwardError::NotReady,
+        KeyError::Uninitialized | KeyError::WrongShards => ForwardError::Invalid(error.to_string()),
+        KeyError::KeepersUnavailable { .. } | KeyError::Crypto(_) | KeyError::Proposal(_) => {
+            ForwardError::OutcomeUnknown(error.to_string())
+        }
+    }
+}
+
 /// One replica.
 #[derive(Clone)]
 pub struct Node {
     /// This replica's id.
     pub id: u64,
-    /// Its Raft handle.
-    pub raft: NexusRaft,
     /// Read access to its applied state.
     pub state: StateReader,
     /// The root key as this replica holds it.
     pub keys: Arc<KeyState>,
     /// The root-key lifecycle (operator actions).
     pub key_manager: Arc<KeyManager>,
-    peers: Peers,
+    leadership: Leadership,
+    forwarder: Forwarder,
     machine: StateMachine,
-    applied: watch::Receiver<Option<LogIdOf<TypeConfig>>>,
-    /// The vote's term and last log index when this process started.
-    log_at_start: LogAtStart,
-    /// Linearizable reads skip the read index: unsafe, tests only.
-    unsafe_local_reads: bool,
-}
-
-/// How this replica serves linearizable reads.
-#[derive(Debug, Clone, Copy)]
-pub struct ReadSettings {
-    /// Where the log stood at start (see [`Node::leader_read_index`]).
-    pub log_at_start: LogAtStart,
-    /// Skip the read index: unsafe, for the checker's own test only.
-    pub unsafe_local_reads: bool,
-}
-
-/// Where the log stood when the process started (see
-/// [`Node::leader_read_index`]).
-#[derive(Debug, Clone, Copy)]
-pub struct LogAtStart {
-    /// Term of the saved vote.
-    pub term: u64,
-    /// Index of the last entry.
-    pub last_index: u64,
+    applied: AppliedIndex,
+    reads: Reads,
 }
 
 impl Node {
     /// Assembles a replica.
     pub fn new(
-        id: u64,
-        raft: NexusRaft,
+        leadership: Leadership,
         machine: StateMachine,
         keys: Arc<KeyState>,
         key_manager: Arc<KeyManager>,
-        peers: Peers,
-        reads: ReadSettings,
+        forwarder: Forwarder,
+        reads: Reads,
     ) -> Self {
-        let ReadSettings {
-            log_at_start,
-            unsafe_local_reads,
-        } = reads;
-        if unsafe_local_reads {
+        if reads == Reads::UnsafeLocal {
             tracing::warn!(
                 "UNSAFE: linearizable reads are served from local state without a read index \
                  (--unsafe-local-reads); stale reads will happen"
             );
         }
         Self {
-            log_at_start,
-            unsafe_local_reads,
-            id,
-            raft,
+            id: leadership.id(),
             state: machine.reader(),
             keys,
             key_manager,
-            peers,
+            leadership,
+            forwarder,
             applied: machine.applied(),
             machine,
+            reads,
         }
     }
 
@@ -139,65 +164,97 @@ impl Node {
     }
 
     /// The leader as this replica knows it.
-    pub fn leader(&self) -> Option<(u64, NexusNode)> {
-        known_leader(&self.raft)
+    pub fn leader(&self) -> Option<Leader> {
+        self.leadership.leader()
     }
 
-    async fn wait_for_leader(
-        &self,
-        deadline: tokio::time::Instant,
-    ) -> Result<(u64, NexusNode), NodeError> {
-        let mut metrics = self.raft.metrics();
-        loop {
-            if let Some(leader) = self.leader() {
-                return Ok(leader);
-            }
-            if tokio::time::timeout_at(deadline, metrics.changed())
-                .await
-                .is_err()
-            {
-                return Err(NodeError::NoLeader);
-            }
-        }
+    /// This replica's view of the cluster: role, progress, leader, members.
+    pub fn cluster_view(&self) -> ClusterView {
+        self.leadership.view()
     }
 
     /// Applies `request` through the leader, wherever it is.
     pub async fn write(&self, request: Request) -> Result<Response, NodeError> {
         match self.execute(LeaderOp::Write(request)).await? {
             LeaderReply::Written(response) => Ok(response),
-            other => Err(NodeError::Unknown(format!("unexpected reply {other:?}"))),
+            other => Err(NodeError::OutcomeUnknown(format!(
+                "unexpected reply {other:?}"
+            ))),
         }
     }
 
     /// Runs `op` on the leader, wherever it is: here, or forwarded over the
     /// cluster port, following leader changes a few hops.
     pub async fn execute(&self, op: LeaderOp) -> Result<LeaderReply, NodeError> {
-        if leader_without_quorum(&self.raft) {
-            return Err(NodeError::NoLeader);
-        }
-        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
-        let mut hint: Option<(u64, NexusNode)> = None;
-        for _ in 0..FORWARD_ATTEMPTS_MAX {
-            let (leader, node) = match hint.take() {
-                Some(leader) => leader,
-                None => self.wait_for_leader(deadline).await?,
-            };
-            let outcome = if leader == self.id {
+        let op = &op;
+        self.with_leader(Effect::Mutating, |leader| async move {
+            if leader.id == self.id {
                 self.execute_here(op.clone()).await
             } else {
-                self.forward(&node, &op).await
-            };
-            match outcome {
-                Ok(reply) => return Ok(reply),
-                Err(ForwardError::NotLeader { leader }) => {
-                    hint = leader.filter(|(id, _)| *id != self.id);
-                    if hint.is_none() {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                self.forwarder.execute(&leader.node, op).await
+            }
+        })
+        .await
+    }
+
+    /// Returns once this replica has applied everything committed when the
+    /// call began, so a read that follows is linearizable.
+    pub async fn linearize(&self) -> Result<(), NodeError> {
+        if self.reads == Reads::UnsafeLocal {
+            return Ok(());
+        }
+        let deadline = Instant::now() + LEADER_WAIT;
+        let index = self
+            .with_leader(Effect::ReadOnly, |leader| async move {
+                if leader.id == self.id {
+                    self.leader_read_index().await
+                } else {
+                    self.forwarder.read_index(&leader.node).await
                 }
-                Err(ForwardError::Unavailable(reason)) => return Err(NodeError::Unknown(reason)),
-                Err(ForwardError::Invalid(reason)) => return Err(NodeError::Invalid(reason)),
-                Err(ForwardError::NotReady) => return Err(NodeError::NotReady),
+            })
+            .await?;
+        if self.applied.clone().reached(index, deadline).await {
+            Ok(())
+        } else {
+            Err(NodeError::OutcomeUnknown(format!(
+                "this replica did not apply index {index} in time"
+            )))
+        }
+    }
+
+    /// Runs `attempt` at the leader until it succeeds, a failure says to
+    /// stop ([`after_failure`]), [`FORWARD_ATTEMPTS_MAX`] attempts are
+    /// spent, or [`LEADER_WAIT`] has passed.
+    async fn with_leader<T, F, Fut>(&self, effect: Effect, mut attempt: F) -> Result<T, NodeError>
+    where
+        F: FnMut(Leader) -> Fut,
+        Fut: Future<Output = Result<T, ForwardError>>,
+    {
+        if self.leadership.leader_without_quorum() {
+            return Err(NodeError::NoLeader);
+        }
+        let deadline = Instant::now() + LEADER_WAIT;
+        let mut hint: Option<Leader> = None;
+        for _ in 0..FORWARD_ATTEMPTS_MAX {
+            let leader = match hint.take() {
+                Some(leader) => leader,
+                None => self
+                    .leadership
+                    .wait_for_leader(deadline)
+                    .await
+                    .ok_or(NodeError::NoLeader)?,
+            };
+            let error = match attempt(leader).await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            match after_failure(error, effect, self.id) {
+                Next::RetryAt(leader) => hint = Some(leader),
+                Next::RetryAfterPause => tokio::time::sleep(RETRY_PAUSE).await,
+                Next::Fail(error) => return Err(error),
+            }
+            if Instant::now() >= deadline {
+                break;
             }
         }
         Err(NodeError::NoLeader)
@@ -205,30 +262,16 @@ impl Node {
 
     /// Runs `op` on this replica, which must be the leader.
     pub async fn execute_here(&self, op: LeaderOp) -> Result<LeaderReply, ForwardError> {
-        let not_leader = || ForwardError::NotLeader {
-            leader: self.leader(),
-        };
         match op {
-            LeaderOp::Write(request) => leader_write(&self.raft, request)
-                .await
-                .map(LeaderReply::Written),
+            LeaderOp::Write(request) => {
+                Ok(LeaderReply::Written(self.leadership.write(request).await?))
+            }
             LeaderOp::AddNode { id, node } => {
                 self.add_node(id, node).await.map(|()| LeaderReply::Done)
             }
             LeaderOp::RemoveNode { id } => self.remove_node(id).await.map(|()| LeaderReply::Done),
             LeaderOp::TransferLeader { to } => {
-                if !self.is_leader() {
-                    return Err(not_leader());
-                }
-                if !self.voters().contains(&to) {
-                    return Err(ForwardError::Invalid(format!("node {to} is not a voter")));
-                }
-                self.raft
-                    .trigger()
-                    .transfer_leader(to)
-                    .await
-                    .map_err(|e| ForwardError::Unavailable(e.to_string()))?;
-                Ok(LeaderReply::Done)
+                self.transfer_leader(to).await.map(|()| LeaderReply::Done)
             }
             LeaderOp::Restore(shard) => {
                 let index = ShareIndex::new(shard.index)
@@ -240,7 +283,7 @@ impl Node {
                     .key_manager
                     .restore(KeyShare::new(index, value))
                     .await
-                    .map_err(|e| self.key_error(e))?;
+                    .map_err(|e| self.key_refusal(e))?;
                 Ok(LeaderReply::Restore {
                     collected: status.collected,
                     remaining: status.remaining,
@@ -255,88 +298,61 @@ impl Node {
                     .rekey(params)
                     .await
                     .map(LeaderReply::Rekeyed)
-                    .map_err(|e| self.key_error(e))
+                    .map_err(|e| self.key_refusal(e))
             }
             LeaderOp::RotateDataKey => self
                 .key_manager
                 .rotate_data_key()
                 .await
                 .map(LeaderReply::Rotated)
-                .map_err(|e| self.key_error(e)),
+                .map_err(|e| self.key_refusal(e)),
         }
     }
 
-    fn key_error(&self, error: KeyError) -> ForwardError {
-        match error {
-            KeyError::NotLeader => ForwardError::NotLeader {
-                leader: self.leader(),
-            },
-            KeyError::NotReady => ForwardError::NotReady,
-            KeyError::Uninitialized | KeyError::WrongShards => {
-                ForwardError::Invalid(error.to_string())
-            }
-            KeyError::KeepersUnavailable { .. } | KeyError::Crypto(_) | KeyError::Proposal(_) => {
-                ForwardError::Unavailable(error.to_string())
-            }
-        }
+    fn key_refusal(&self, error: KeyError) -> ForwardError {
+        key_refusal(error, self.leader())
     }
 
-    /// The voters of the current membership.
-    pub fn voters(&self) -> Vec<u64> {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow_watched();
-        metrics.membership_config.membership().voter_ids().collect()
+    fn not_leader(&self) -> ForwardError {
+        ForwardError::NotLeader {
+            leader: self.leader(),
+        }
     }
 
     async fn add_node(&self, id: u64, node: NexusNode) -> Result<(), ForwardError> {
-        if !self.is_leader() {
-            return Err(ForwardError::NotLeader {
-                leader: self.leader(),
-            });
+        if !self.leadership.is_leader() {
+            return Err(self.not_leader());
         }
         let meta = self
             .state
             .cluster_meta()
-            .map_err(|e| ForwardError::Unavailable(e.to_string()))?;
+            .map_err(|e| ForwardError::OutcomeUnknown(e.to_string()))?;
         if id == 0 || NodeId::new(id).is_ok_and(|id| meta.retired_node_ids.contains(&id)) {
             return Err(ForwardError::Invalid(format!(
                 "node id {id} was used before and is retired"
             )));
         }
-        let known = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow_watched();
-            metrics
-                .membership_config
-                .membership()
-                .get_node(&id)
-                .cloned()
-        };
-        if known.is_some_and(|known| known != node) {
+        if self
+            .leadership
+            .member(id)
+            .is_some_and(|known| known != node)
+        {
             return Err(ForwardError::Invalid(format!(
                 "node id {id} is a member with other addresses"
             )));
         }
         // As a learner first: it catches up without counting toward quorum.
-        self.raft
-            .add_learner(id, node, true)
-            .await
-            .map_err(membership_error)?;
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map_err(membership_error)?;
+        self.leadership.add_learner(id, node).await?;
+        self.leadership.add_voter(id).await?;
         Ok(())
     }
 
     async fn remove_node(&self, id: u64) -> Result<(), ForwardError> {
-        if !self.is_leader() {
-            return Err(ForwardError::NotLeader {
-                leader: self.leader(),
-            });
+        if !self.leadership.is_leader() {
+            return Err(self.not_leader());
         }
         let node_id = NodeId::new(id).map_err(|e| ForwardError::Invalid(e.to_string()))?;
-        let voters = self.voters();
+        let voters = self.leadership.voters();
         if !voters.contains(&id) {
             return Err(ForwardError::Invalid(format!("node {id} is not a voter")));
         }
@@ -345,171 +361,141 @@ impl Node {
                 "cannot remove the last voter".to_owned(),
             ));
         }
-        self.raft
-            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-            .await
-            .map_err(membership_error)?;
+        self.leadership.remove_voter(id).await?;
         // The id is never to be used again, even if it is re-added by mistake.
         let retire = Request {
             command: Command::Membership(MembershipCommand::RetireNode { id: node_id }),
             session: None,
             time_ns: 0,
         };
-        leader_write(&self.raft, retire).await?;
+        self.leadership.write(retire).await?;
         Ok(())
     }
 
-    async fn forward(
-        &self,
-        leader: &NexusNode,
-        op: &LeaderOp,
-    ) -> Result<LeaderReply, ForwardError> {
-        let mut client = self
-            .peers
-            .client(&leader.cluster_addr)
-            .map_err(|e| ForwardError::Unavailable(e.to_string()))?;
-        let payload = encode(op).map_err(|e| ForwardError::Unavailable(e.to_string()))?;
-        let mut call = tonic::Request::new(Frame { payload });
-        call.set_timeout(FORWARD_TIMEOUT);
-        match client.forward(call).await {
-            Ok(reply) => decode::<Result<LeaderReply, ForwardError>>(
-                "forward reply",
-                &reply.into_inner().payload,
-            )
-            .map_err(|e| ForwardError::Unavailable(e.to_string()))?,
-            // Not connected at all: certainly not applied, find the leader again.
-            // Retry only when the request certainly never left: a failed
-            // connect. Anything else (a dropped connection, a keepalive
-            // timeout) may come after the leader took it, and retrying a
-            // write without a session could apply it twice.
-            Err(status) if status.code() == tonic::Code::Unavailable && never_sent(&status) => {
-                Err(ForwardError::NotLeader { leader: None })
-            }
-            Err(status) => Err(ForwardError::Unavailable(status.message().to_owned())),
+    async fn transfer_leader(&self, to: u64) -> Result<(), ForwardError> {
+        if !self.leadership.is_leader() {
+            return Err(self.not_leader());
         }
+        if !self.leadership.voters().contains(&to) {
+            return Err(ForwardError::Invalid(format!("node {to} is not a voter")));
+        }
+        Ok(self.leadership.transfer_leader(to).await?)
     }
 
-    /// Returns once this replica has applied everything committed when the
-    /// call began, so a read that follows is linearizable.
-    pub async fn linearize(&self) -> Result<(), NodeError> {
-        if self.unsafe_local_reads {
-            return Ok(());
-        }
-        if leader_without_quorum(&self.raft) {
-            return Err(NodeError::NoLeader);
-        }
-        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
-        let mut hint: Option<(u64, NexusNode)> = None;
-        for _ in 0..FORWARD_ATTEMPTS_MAX {
-            let (leader, node) = match hint.take() {
-                Some(leader) => leader,
-                None => self.wait_for_leader(deadline).await?,
-            };
-            let read_index = if leader == self.id {
-                self.leader_read_index().await
-            } else {
-                self.remote_read_index(&node).await
-            };
-            match read_index {
-                Ok(index) => return self.wait_applied(index, deadline).await,
-                Err(ForwardError::NotLeader { leader }) => {
-                    hint = leader.filter(|(id, _)| *id != self.id);
-                    if hint.is_none() {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-                Err(error) => return Err(NodeError::Unknown(error.to_string())),
-            }
-        }
-        Err(NodeError::NoLeader)
-    }
-
-    /// The log index a linearizable read must see applied, asked of this
-    /// replica as the leader: openraft's read index, but while leading in
-    /// the term it restarted in, never below the log as it was at start.
-    /// The committed id is saved without an fsync (raft/log_store.rs), and
-    /// openraft restores a restarted leader in its old term without a new
-    /// no-op entry, so after a crash its committed id can trail entries it
-    /// acknowledged before. Those are all in its own log (a leader counts
-    /// only its own durable appends), and a read that waits for them cannot
-    /// miss an acknowledged write. In any later term the new leader's no-op
-    /// already covers them. (Caught by the cluster test
-    /// `restarting_every_replica_loses_nothing`.)
+    /// The read index, asked of this replica as the leader (see
+    /// [`Leadership::read_index`]).
     pub async fn leader_read_index(&self) -> Result<u64, ForwardError> {
-        let term = self.raft.metrics().borrow_watched().current_term;
-        let index = leader_read_index(&self.raft).await?;
-        Ok(if term == self.log_at_start.term {
-            index.max(self.log_at_start.last_index)
-        } else {
-            index
-        })
-    }
-
-    async fn remote_read_index(&self, leader: &NexusNode) -> Result<u64, ForwardError> {
-        let mut client = self
-            .peers
-            .client(&leader.cluster_addr)
-            .map_err(|e| ForwardError::Unavailable(e.to_string()))?;
-        let mut call = tonic::Request::new(Frame {
-            payload: Vec::new(),
-        });
-        call.set_timeout(FORWARD_TIMEOUT);
-        match client.read_index(call).await {
-            Ok(reply) => {
-                decode::<Result<u64, ForwardError>>("read index reply", &reply.into_inner().payload)
-                    .map_err(|e| ForwardError::Unavailable(e.to_string()))?
-            }
-            Err(status) if status.code() == tonic::Code::Unavailable => {
-                Err(ForwardError::NotLeader { leader: None })
-            }
-            Err(status) => Err(ForwardError::Unavailable(status.message().to_owned())),
-        }
-    }
-
-    async fn wait_applied(
-        &self,
-        index: u64,
-        deadline: tokio::time::Instant,
-    ) -> Result<(), NodeError> {
-        let mut applied = self.applied.clone();
-        let reached = tokio::time::timeout_at(
-            deadline,
-            applied.wait_for(|log_id| log_id.as_ref().is_some_and(|log_id| log_id.index >= index)),
-        )
-        .await;
-        match reached {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(NodeError::Unknown(format!(
-                "this replica did not apply index {index} in time"
-            ))),
-        }
-    }
-
-    /// Whether this replica is the leader now.
-    pub fn is_leader(&self) -> bool {
-        self.leader().is_some_and(|(leader, _)| leader == self.id)
+        Ok(self.leadership.read_index().await?)
     }
 }
 
-/// A failed membership change, as the forwarding protocol reports it.
-fn membership_error(
-    error: openraft::errors::RaftError<TypeConfig, openraft::errors::ClientWriteError<TypeConfig>>,
-) -> ForwardError {
-    match error.forward_to_leader() {
-        Some(forward) => ForwardError::NotLeader {
-            leader: forward.leader_id.zip(forward.leader_node.clone()),
-        },
-        None => ForwardError::Unavailable(error.to_string()),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Whether a failed forward certainly never reached the leader: the
-/// connection itself could not be made.
-fn never_sent(status: &tonic::Status) -> bool {
-    let text = format!(
-        "{} {:?}",
-        status.message(),
-        std::error::Error::source(status)
-    );
-    text.contains("connect") || text.contains("Connection refused")
+    fn leader(id: u64) -> Leader {
+        Leader {
+            id,
+            node: NexusNode {
+                cluster_addr: format!("127.0.0.1:{}", 9000 + id),
+                api_addr: format!("127.0.0.1:{}", 8000 + id),
+            },
+        }
+    }
+
+    fn reason() -> String {
+        "reason".to_owned()
+    }
+
+    #[test]
+    fn a_hint_naming_another_replica_is_followed_at_once() {
+        for effect in [Effect::ReadOnly, Effect::Mutating] {
+            let next = after_failure(
+                ForwardError::NotLeader {
+                    leader: Some(leader(2)),
+                },
+                effect,
+                1,
+            );
+            assert!(matches!(next, Next::RetryAt(hinted) if hinted == leader(2)));
+        }
+    }
+
+    #[test]
+    fn no_hint_or_a_hint_naming_this_replica_means_finding_the_leader_again() {
+        for hint in [None, Some(leader(1))] {
+            let next = after_failure(
+                ForwardError::NotLeader { leader: hint },
+                Effect::Mutating,
+                1,
+            );
+            assert!(matches!(next, Next::RetryAfterPause), "{next:?}");
+        }
+    }
+
+    #[test]
+    fn a_write_never_sent_is_retried() {
+        let next = after_failure(ForwardError::NeverSent(reason()), Effect::Mutating, 1);
+        assert!(matches!(next, Next::RetryAfterPause), "{next:?}");
+    }
+
+    #[test]
+    fn a_write_of_unknown_outcome_is_never_retried() {
+        let next = after_failure(ForwardError::OutcomeUnknown(reason()), Effect::Mutating, 1);
+        assert!(
+            matches!(next, Next::Fail(NodeError::OutcomeUnknown(_))),
+            "{next:?}"
+        );
+    }
+
+    #[test]
+    fn a_read_index_of_unknown_outcome_is_asked_again() {
+        let next = after_failure(ForwardError::OutcomeUnknown(reason()), Effect::ReadOnly, 1);
+        assert!(matches!(next, Next::RetryAfterPause), "{next:?}");
+    }
+
+    #[test]
+    fn refusals_end_the_request() {
+        for effect in [Effect::ReadOnly, Effect::Mutating] {
+            let invalid = after_failure(ForwardError::Invalid(reason()), effect, 1);
+            assert!(matches!(invalid, Next::Fail(NodeError::Invalid(_))));
+            let not_ready = after_failure(ForwardError::NotReady, effect, 1);
+            assert!(matches!(not_ready, Next::Fail(NodeError::NotReady)));
+        }
+    }
+
+    #[test]
+    fn key_manager_refusals_map_to_what_the_forwarder_retries_or_reports() {
+        let hint = Some(leader(3));
+        assert_eq!(
+            key_refusal(KeyError::NotLeader, hint.clone()),
+            ForwardError::NotLeader {
+                leader: hint.clone()
+            }
+        );
+        assert_eq!(
+            key_refusal(KeyError::NotReady, hint.clone()),
+            ForwardError::NotReady
+        );
+        for invalid in [KeyError::Uninitialized, KeyError::WrongShards] {
+            assert!(matches!(
+                key_refusal(invalid, hint.clone()),
+                ForwardError::Invalid(_)
+            ));
+        }
+        // A key operation that reached the keepers or Raft may have taken
+        // effect: never reported as safe to retry.
+        for unknown in [
+            KeyError::KeepersUnavailable {
+                acknowledged: 1,
+                needed: 2,
+            },
+            KeyError::Proposal(reason()),
+        ] {
+            assert!(matches!(
+                key_refusal(unknown, hint.clone()),
+                ForwardError::OutcomeUnknown(_)
+            ));
+        }
+    }
 }

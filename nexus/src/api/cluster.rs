@@ -1,17 +1,15 @@
 //! `/v1/cluster` (extension): status, membership and leadership.
 
-use openraft::async_runtime::WatchReceiver;
 use spike_sdk::api::{
     AddMemberRequest, ClusterMembers, ClusterMembersRequest, ClusterStatus, ClusterStatusRequest,
-    EmptyResponse, Member, RaftRole, RemoveMemberRequest, RootKeyState, RootKeyStatus,
-    TransferLeaderRequest,
+    EmptyResponse, Member, RemoveMemberRequest, RootKeyState, RootKeyStatus, TransferLeaderRequest,
 };
 use spike_sdk::identity::Role;
 
 use super::{ApiError, Audited, Call};
 use crate::cluster::{LeaderOp, LeaderReply};
 use crate::keys::KeyStatus;
-use crate::raft::NexusNode;
+use crate::raft::{ClusterView, NexusNode};
 
 impl Audited for ClusterStatusRequest {}
 impl Audited for ClusterMembersRequest {}
@@ -19,19 +17,15 @@ impl Audited for AddMemberRequest {}
 impl Audited for RemoveMemberRequest {}
 impl Audited for TransferLeaderRequest {}
 
-fn member_list(call: &Call<'_>) -> Vec<Member> {
-    let metrics = call.api.node.raft.metrics();
-    let metrics = metrics.borrow_watched();
-    let membership = metrics.membership_config.membership();
-    let voters: Vec<u64> = membership.voter_ids().collect();
-    membership
-        .nodes()
-        .filter_map(|(id, node)| {
+fn member_list(view: &ClusterView) -> Vec<Member> {
+    view.members
+        .iter()
+        .filter_map(|member| {
             Some(Member {
-                id: *id,
-                cluster_addr: node.cluster_addr.parse().ok()?,
-                api_addr: node.api_addr.parse().ok()?,
-                voter: voters.contains(id),
+                id: member.id,
+                cluster_addr: member.node.cluster_addr.parse().ok()?,
+                api_addr: member.node.api_addr.parse().ok()?,
+                voter: member.voter,
             })
         })
         .collect()
@@ -41,28 +35,8 @@ fn member_list(call: &Call<'_>) -> Vec<Member> {
 pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterStatus, ApiError> {
     call.require(Role::PilotSuperuser)?;
     let node = &call.api.node;
-    let (term, state, last_log_index, applied_index, commit_index) = {
-        let metrics = node.raft.metrics();
-        let metrics = metrics.borrow_watched();
-        let state = match metrics.state {
-            openraft::ServerState::Leader => RaftRole::Leader,
-            openraft::ServerState::Follower => RaftRole::Follower,
-            openraft::ServerState::Candidate => RaftRole::Candidate,
-            openraft::ServerState::Learner => RaftRole::Learner,
-            openraft::ServerState::Shutdown => RaftRole::Shutdown,
-        };
-        (
-            metrics.current_term,
-            state,
-            metrics.last_log_index,
-            metrics.last_applied.as_ref().map(|log_id| log_id.index),
-            metrics
-                .cluster_committed
-                .as_ref()
-                .map(|log_id| log_id.index),
-        )
-    };
-    let leader = node.leader();
+    let view = node.cluster_view();
+    let leader = view.leader.as_ref();
     let (status, root_key_id) = match node.keys.status() {
         KeyStatus::Uninitialized => (RootKeyState::Uninitialized, None),
         KeyStatus::Locked { root_key_id } => (RootKeyState::Locked, Some(root_key_id)),
@@ -74,16 +48,14 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
         .map(|unlocked| hex::encode(unlocked.key_check.as_bytes()));
     Ok(ClusterStatus {
         node_id: node.id,
-        state,
-        leader_id: leader.as_ref().map(|(id, _)| *id),
-        leader_api_addr: leader
-            .as_ref()
-            .and_then(|(_, leader)| leader.api_addr.parse().ok()),
-        term,
-        last_log_index,
-        commit_index,
-        applied_index,
-        members: member_list(&call),
+        state: view.role,
+        leader_id: leader.map(|leader| leader.id),
+        leader_api_addr: leader.and_then(|leader| leader.node.api_addr.parse().ok()),
+        term: view.term,
+        last_log_index: view.last_log_index,
+        commit_index: view.committed_index,
+        applied_index: view.applied_index,
+        members: member_list(&view),
         root_key: RootKeyStatus {
             status,
             root_key_id,
@@ -97,7 +69,7 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
 pub async fn members(call: Call<'_>, _: ClusterMembersRequest) -> Result<ClusterMembers, ApiError> {
     call.require(Role::PilotSuperuser)?;
     Ok(ClusterMembers {
-        members: member_list(&call),
+        members: member_list(&call.api.node.cluster_view()),
         err: None,
     })
 }

@@ -96,7 +96,7 @@ impl Api {
     fn leader_api(&self) -> Option<SocketAddr> {
         self.node
             .leader()
-            .and_then(|(_, leader)| leader.api_addr.parse().ok())
+            .and_then(|leader| leader.node.api_addr.parse().ok())
     }
 }
 

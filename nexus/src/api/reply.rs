@@ -61,7 +61,9 @@ impl From<NodeError> for ApiError {
         match error {
             NodeError::Invalid(_) => ApiError::BAD_REQUEST,
             NodeError::NotReady => ApiError::NOT_READY,
-            NodeError::NoLeader | NodeError::Unknown(_) => ApiError::Unavailable(error.to_string()),
+            NodeError::NoLeader | NodeError::OutcomeUnknown(_) => {
+                ApiError::Unavailable(error.to_string())
+            }
         }
     }
 }

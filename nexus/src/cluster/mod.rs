@@ -2,6 +2,7 @@
 //! forwarded to the leader, over gRPC with mTLS that admits Nexus
 //! identities only.
 
+pub mod forward;
 pub mod peers;
 pub mod service;
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::raft::NexusNode;
+use crate::raft::{Leader, LeaderError, NexusNode};
 
 /// Largest cluster message either way. Raft batches are capped well below
 /// it (`Config::max_payload_entries`), a forwarded request by the API body
@@ -108,24 +109,40 @@ pub enum LeaderReply {
     Rotated(u32),
 }
 
-/// Why the leader could not take a forwarded request.
+/// Why the leader could not take a forwarded request. It travels back to
+/// the forwarding replica (postcard: variants by position, so new ones go
+/// last).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ForwardError {
     /// The receiver is not the leader (any more); it names the leader it
-    /// knows of.
+    /// knows of. Nothing was applied.
     #[error("not the leader; leader is {leader:?}")]
     NotLeader {
         /// The leader as the receiver knows it.
-        leader: Option<(u64, NexusNode)>,
+        leader: Option<Leader>,
     },
-    /// The leader could not complete the request; it may or may not have
-    /// been applied.
-    #[error("leader could not complete the request: {0}")]
-    Unavailable(String),
+    /// The request may or may not have been applied: the leader could not
+    /// complete it, or the connection failed after it was sent.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// The leader refused the request as invalid; nothing changed.
     #[error("{0}")]
     Invalid(String),
     /// The leader does not hold the root key.
     #[error("the leader does not hold the root key")]
     NotReady,
+    /// The request never left this replica: no connection to the leader
+    /// could be made. Only the forwarding side says this (a leader never
+    /// does), and sending the request again is safe.
+    #[error("never sent: {0}")]
+    NeverSent(String),
+}
+
+impl From<LeaderError> for ForwardError {
+    fn from(error: LeaderError) -> Self {
+        match error {
+            LeaderError::NotLeader { leader } => ForwardError::NotLeader { leader },
+            LeaderError::OutcomeUnknown(reason) => ForwardError::OutcomeUnknown(reason),
+        }
+    }
 }

@@ -1,39 +1,29 @@
-//! The cluster gRPC service: the receiving side of Raft RPCs, snapshot
-//! installation and forwarded client requests.
+//! The cluster gRPC service, a plain adapter: it takes frames off the wire
+//! and hands them to the replica's Raft ([`Inbound`]) or to [`Node`]
+//! (forwarded requests, read indexes), and puts the outcome back in a
+//! frame.
 
 use futures_util::StreamExt;
-use openraft::ReadPolicy;
-use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
-use openraft::storage::Snapshot;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::proto::cluster_server::Cluster;
 use super::proto::{Frame, SnapshotChunk, snapshot_chunk};
-use super::{ForwardError, LeaderOp, SNAPSHOT_SIZE_MAX_BYTES};
+use super::{LeaderOp, SNAPSHOT_SIZE_MAX_BYTES};
 use crate::node::Node;
 use crate::raft::codec::{decode, encode};
-use crate::raft::snapshot::SnapshotFile;
-use crate::raft::state_machine::StateMachine;
-use crate::raft::{NexusRaft, SnapshotMetaOf, TypeConfig, VoteOf};
-use crate::state::command;
+use crate::raft::{Inbound, InboundError};
 
 /// Serves the cluster port of one replica.
 pub struct ClusterService {
     node: Node,
-    raft: NexusRaft,
-    state_machine: StateMachine,
+    inbound: Inbound,
 }
 
 impl ClusterService {
-    /// The service of `node`.
-    pub fn new(node: Node, state_machine: StateMachine) -> Self {
-        Self {
-            raft: node.raft.clone(),
-            node,
-            state_machine,
-        }
+    /// The service of `node`, whose Raft takes RPCs through `inbound`.
+    pub fn new(node: Node, inbound: Inbound) -> Self {
+        Self { node, inbound }
     }
 }
 
@@ -47,138 +37,31 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, request: Request<Frame>) ->
     decode(what, &request.into_inner().payload).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-/// The leader as this replica knows it.
-pub fn known_leader(raft: &NexusRaft) -> Option<(u64, crate::raft::NexusNode)> {
-    use openraft::async_runtime::WatchReceiver;
-    let lost_after = quorum_lost_after(raft.config());
-    let metrics = raft.metrics();
-    let metrics = metrics.borrow_watched();
-    let leader = metrics.current_leader?;
-    if leader == metrics.id && !quorum_fresh(&metrics, lost_after) {
-        return None;
-    }
-    let node = metrics
-        .membership_config
-        .membership()
-        .get_node(&leader)?
-        .clone();
-    Some((leader, node))
-}
-
-/// How long a leader may go without a quorum acknowledging it before it
-/// stops calling itself the leader ("check quorum"): the longest election
-/// timeout and four heartbeats more (500 ms by default), by when the others
-/// are electing a new one. Requests then fail at once with 503 and no
-/// leader hint, so clients move to another node instead of waiting out
-/// their timeout on a leader cut off from its followers.
-pub fn quorum_lost_after(config: &openraft::Config) -> std::time::Duration {
-    std::time::Duration::from_millis(config.election_timeout_max + 4 * config.heartbeat_interval)
-}
-
-/// Whether this node, as leader, heard from a quorum within `lost_after`.
-fn quorum_fresh(
-    metrics: &openraft::RaftMetrics<TypeConfig>,
-    lost_after: std::time::Duration,
-) -> bool {
-    use openraft::async_runtime::Instant as _;
-    if metrics.membership_config.membership().voter_ids().count() <= 1 {
-        return true;
-    }
-    metrics
-        .last_quorum_acked
-        .as_ref()
-        .is_some_and(|acked| acked.elapsed() < lost_after)
-}
-
-/// Whether Raft calls this node the leader but a quorum has not answered
-/// it for [`quorum_lost_after`].
-pub fn leader_without_quorum(raft: &NexusRaft) -> bool {
-    use openraft::async_runtime::WatchReceiver;
-    let lost_after = quorum_lost_after(raft.config());
-    let metrics = raft.metrics();
-    let metrics = metrics.borrow_watched();
-    metrics.current_leader == Some(metrics.id) && !quorum_fresh(&metrics, lost_after)
-}
-
-/// Resolves once this leader has lost its quorum (checked every 50 ms).
-async fn quorum_lost(raft: &NexusRaft) {
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        if leader_without_quorum(raft) {
-            return;
+fn raft_reply(outcome: Result<Vec<u8>, InboundError>) -> Result<Response<Frame>, Status> {
+    match outcome {
+        Ok(payload) => Ok(Response::new(Frame { payload })),
+        Err(error @ InboundError::Malformed(_)) => Err(Status::invalid_argument(error.to_string())),
+        Err(error @ (InboundError::Encode(_) | InboundError::Local(_))) => {
+            Err(Status::internal(error.to_string()))
         }
-    }
-}
-
-/// Applies `request` through Raft on this replica, which must be the
-/// leader; the leader's clock stamps it. If the leader loses its quorum
-/// while the entry is in flight, the caller gets an unknown outcome at
-/// once (the entry may still commit if the partition heals in time, so a
-/// retry must carry the same session to stay exactly-once).
-pub async fn leader_write(
-    raft: &NexusRaft,
-    mut request: command::Request,
-) -> Result<command::Response, ForwardError> {
-    request.time_ns = crate::clock::now_ns();
-    let written = tokio::select! {
-        written = raft.client_write(request) => written,
-        () = quorum_lost(raft) => {
-            return Err(ForwardError::Unavailable(
-                "the leader lost its quorum; the write may or may not apply".to_owned(),
-            ));
-        }
-    };
-    match written {
-        Ok(written) => Ok(written.data),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-            Err(ForwardError::NotLeader {
-                leader: forward.leader_id.zip(forward.leader_node),
-            })
-        }
-        Err(error) => Err(ForwardError::Unavailable(error.to_string())),
-    }
-}
-
-/// The leader's read index: once a replica has applied it, a read there is
-/// linearizable.
-pub async fn leader_read_index(raft: &NexusRaft) -> Result<u64, ForwardError> {
-    let linearizer = tokio::select! {
-        linearizer = raft.get_read_linearizer(ReadPolicy::ReadIndex) => linearizer,
-        () = quorum_lost(raft) => {
-            return Err(ForwardError::NotLeader { leader: None });
-        }
-    };
-    match linearizer {
-        Ok(linearizer) => Ok(linearizer.read_log_id().index()),
-        Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward))) => {
-            Err(ForwardError::NotLeader {
-                leader: forward.leader_id.zip(forward.leader_node),
-            })
-        }
-        Err(error) => Err(ForwardError::Unavailable(error.to_string())),
     }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn append_entries(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = parse("append entries", request)?;
-        frame(&self.raft.append_entries(rpc).await)
+        let payload = request.into_inner().payload;
+        raft_reply(self.inbound.append_entries(&payload).await)
     }
 
     async fn vote(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
-        let rpc: VoteRequest<TypeConfig> = parse("vote", request)?;
-        frame(&self.raft.vote(rpc).await)
+        let payload = request.into_inner().payload;
+        raft_reply(self.inbound.vote(&payload).await)
     }
 
     async fn transfer_leader(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
-        let rpc: TransferLeaderRequest<TypeConfig> = parse("transfer leader", request)?;
-        let outcome: Result<_, RaftError<TypeConfig>> = self
-            .raft
-            .handle_transfer_leader(rpc)
-            .await
-            .map_err(RaftError::Fatal);
-        frame(&outcome)
+        let payload = request.into_inner().payload;
+        raft_reply(self.inbound.transfer_leader(&payload).await)
     }
 
     async fn install_snapshot(
@@ -197,30 +80,18 @@ impl Cluster for ClusterService {
                 ));
             }
         };
-        let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) =
-            decode("snapshot header", &header)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let header = self
+            .inbound
+            .snapshot_header(&header)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let name = format!("{}-{}", std::process::id(), crate::clock::now_ns());
-        let path = self.state_machine.incoming_path(&name);
-        let written = receive_file(&path, &mut chunks).await;
-        if let Err(status) = written {
-            let _ = std::fs::remove_file(&path);
-            return Err(status);
-        }
-        let file = SnapshotFile::open(&path).map_err(|e| Status::internal(e.to_string()))?;
-        let outcome: Result<_, RaftError<TypeConfig>> = self
-            .raft
-            .install_full_snapshot(
-                vote,
-                Snapshot {
-                    meta,
-                    snapshot: file,
-                },
-            )
-            .await
-            .map_err(RaftError::Fatal);
+        let path = self.inbound.snapshot_path(&name);
+        let installed = match receive_file(&path, &mut chunks).await {
+            Ok(()) => raft_reply(self.inbound.install_snapshot(header, &path).await),
+            Err(status) => Err(status),
+        };
         let _ = std::fs::remove_file(&path);
-        frame(&outcome)
+        installed
     }
 
     async fn forward(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {

@@ -10,7 +10,9 @@ use spike_sdk::crypto::key_check::RootKeyId;
 use spike_sdk::crypto::{KeyCheck, KeyShare, SecretBytes, ShareIndex};
 use spike_sdk::identity::{PeerAuthorizer, Role, TrustRoots};
 use spike_sdk::keeper_api::keeper_client::KeeperClient;
-use spike_sdk::keeper_api::{FetchShareRequest, MESSAGE_SIZE_MAX_BYTES, StoreShareRequest};
+use spike_sdk::keeper_api::{
+    FetchShareRequest, MESSAGE_SIZE_MAX_BYTES, ShareKind, StoreShareRequest,
+};
 use spike_sdk::svid::Identity;
 use spike_sdk::tls::{ChannelOptions, TlsConfigError, client_config, grpc_channel};
 use tonic::transport::Channel;
@@ -56,14 +58,14 @@ impl Keepers {
         self.keepers.len()
     }
 
-    /// Sends share `i` to keeper `i`, all at once; returns how many keepers
-    /// acknowledged holding their share.
+    /// Sends share `i` to keeper `i`, all at once, as shares of a key of
+    /// `kind`; returns how many keepers acknowledged holding their share.
     pub async fn push(
         &self,
         root_key_id: RootKeyId,
         key_check: KeyCheck,
         shares: &[KeyShare],
-        committed: bool,
+        kind: ShareKind,
     ) -> usize {
         let calls = self.keepers.iter().zip(shares).map(|((address, client), share)| {
             let mut client = client.clone();
@@ -73,7 +75,7 @@ impl Keepers {
                 key_check: key_check.as_bytes().to_vec(),
                 index: u32::from(share.index().get()),
                 share: share.expose_secret().to_vec(),
-                committed,
+                committed: kind.committed_flag(),
             };
             async move {
                 let mut call = tonic::Request::new(request.clone());

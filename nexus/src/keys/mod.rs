@@ -2,11 +2,12 @@
 //! keepers (or, after a total loss, from an operator's restore shards), and
 //! checked against the key check the cluster committed.
 //!
-//! [`manager`] runs the lifecycle; [`KeyState`] is what request handlers
-//! consult: without the key, secret, policy and cipher routes answer 503
-//! `state_not_ready`.
+//! [`lifecycle`] decides the lifecycle's next step and [`manager`] runs it;
+//! [`KeyState`] is what request handlers consult: without the key, secret,
+//! policy and cipher routes answer 503 `state_not_ready`.
 
 pub mod keepers;
+pub mod lifecycle;
 pub mod manager;
 pub mod restore;
 
@@ -54,6 +55,15 @@ impl Unlocked {
             keyring: Mutex::new(keyring),
             keyring_version,
         })
+    }
+
+    /// Which committed key and keyring this is.
+    pub fn version(&self) -> lifecycle::KeyVersion {
+        lifecycle::KeyVersion {
+            root_key_id: self.root_key_id.0,
+            key_check: *self.key_check.as_bytes(),
+            keyring_version: self.keyring_version,
+        }
     }
 
     /// The root key (for splitting into shares and wrapping keyrings).

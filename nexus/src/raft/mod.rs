@@ -1,16 +1,25 @@
 //! Our adapter over openraft (pinned `=0.10.0-alpha.37`): the type
 //! configuration, redb-backed log and state machine, snapshots as streamed
-//! files, and the gRPC network. A later openraft bump should touch only
-//! this module.
+//! files, the gRPC network and its receiving side ([`Inbound`]), start-up
+//! ([`start`]), and [`Leadership`]: who leads, the membership, and the
+//! work only a leader does. The rest of Nexus uses these and never names
+//! openraft, so a later openraft bump touches only this module.
 
 pub mod codec;
 pub mod disk;
 pub mod format;
+mod inbound;
+mod leadership;
 pub mod log_store;
 pub mod network;
 pub mod runtime;
 pub mod snapshot;
+mod start;
 pub mod state_machine;
+
+pub use inbound::{Inbound, InboundError};
+pub use leadership::{ClusterView, Leader, LeaderError, Leadership};
+pub use start::{RaftSettings, StartError, Started, start};
 
 use std::fmt;
 

@@ -59,6 +59,29 @@ pub struct StateMachine {
     checkpoint: Arc<Mutex<Checkpoint>>,
 }
 
+/// The last applied index of a state machine, as a watch that wakes
+/// whenever entries are applied or a snapshot is installed.
+#[derive(Clone)]
+pub struct AppliedIndex(watch::Receiver<Option<LogIdOf<TypeConfig>>>);
+
+impl AppliedIndex {
+    /// Resolves at the next apply or snapshot install; never, once the
+    /// state machine is gone.
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Whether `index` is applied by `deadline`.
+    pub async fn reached(&mut self, index: u64, deadline: tokio::time::Instant) -> bool {
+        let reached = self
+            .0
+            .wait_for(|log_id| log_id.as_ref().is_some_and(|log_id| log_id.index >= index));
+        matches!(tokio::time::timeout_at(deadline, reached).await, Ok(Ok(_)))
+    }
+}
+
 /// Applied entries not yet fsynced, and when the last fsync was.
 #[derive(Debug)]
 struct Checkpoint {
@@ -140,9 +163,9 @@ impl StateMachine {
         StateReader::new(self.db.clone())
     }
 
-    /// Wakes whenever entries are applied or a snapshot is installed.
-    pub fn applied(&self) -> watch::Receiver<Option<LogIdOf<TypeConfig>>> {
-        self.applied.subscribe()
+    /// The index of the last applied entry, as a watch.
+    pub fn applied(&self) -> AppliedIndex {
+        AppliedIndex(self.applied.subscribe())
     }
 
     fn read_applied(

@@ -32,9 +32,35 @@ impl Default for ChannelOptions {
     }
 }
 
+/// A channel could not open a connection (TCP connect, TLS handshake or the
+/// server's identity failed, or the connect timeout passed). The request
+/// that needed the connection never left this process, so sending it again
+/// cannot apply it twice. The channel's connector returns it, and it stays
+/// in the source chain of the [`tonic::Status`] the call fails with: find
+/// it with [`ConnectFailed::in_chain`], never by the status's text.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to {address}: {source}")]
+pub struct ConnectFailed {
+    /// The server's address.
+    pub address: SocketAddr,
+    /// What failed.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl ConnectFailed {
+    /// Whether `error` or any error in its source chain is a
+    /// [`ConnectFailed`]: the call that failed with it was never sent.
+    pub fn in_chain(error: &(dyn std::error::Error + 'static)) -> bool {
+        std::iter::successors(Some(error), |error| error.source()).any(|error| error.is::<Self>())
+    }
+}
+
 /// A lazily connecting channel to `address` that presents our SVID and
 /// accepts the server only if `config`'s authorizer does. The channel
-/// reconnects by itself and is cheap to clone: keep one per peer.
+/// reconnects by itself and is cheap to clone: keep one per peer. A call
+/// that fails because no connection could be made carries a
+/// [`ConnectFailed`].
 pub fn grpc_channel(
     address: SocketAddr,
     mut config: ClientConfig,
@@ -42,18 +68,27 @@ pub fn grpc_channel(
 ) -> Channel {
     config.alpn_protocols = vec![b"h2".to_vec()];
     let config = Arc::new(config);
+    // The connect timeout is applied here rather than by the endpoint, so
+    // that every way a connection can fail to open is a `ConnectFailed`.
     let connector = tower::service_fn(move |_uri| {
         let config = config.clone();
         async move {
-            let (stream, peer) = connect(address, config).await?;
+            let connected = tokio::time::timeout(options.connect_timeout, connect(address, config))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection within {:?}", options.connect_timeout),
+                    ))
+                });
+            let (stream, peer) = connected.map_err(|source| ConnectFailed { address, source })?;
             tracing::trace!(server = %peer.spiffe_id, %address, "gRPC connection established");
-            Ok::<_, std::io::Error>(TokioIo::new(stream))
+            Ok::<_, ConnectFailed>(TokioIo::new(stream))
         }
     });
     // The scheme is a formality: TLS happens in the connector.
     Endpoint::from_shared(format!("http://{address}"))
         .unwrap_or_else(|_| unreachable!("a socket address always forms a valid URI"))
-        .connect_timeout(options.connect_timeout)
         .timeout(options.request_timeout)
         .http2_keep_alive_interval(options.keepalive_interval)
         .keep_alive_timeout(options.keepalive_interval)

@@ -166,15 +166,21 @@ async fn accept_loop(
         }
         let acceptor = acceptor.clone();
         let ready = ready.clone();
-        tokio::spawn(async move {
+        // The peer is known once the handshake has verified it.
+        let span = tracing::info_span!("connection", peer = tracing::field::Empty, %address);
+        let accepted = async move {
             let _permit = permit;
             match handshake(acceptor, tcp, address).await {
                 Ok(connection) => {
+                    tracing::Span::current()
+                        .record("peer", tracing::field::display(&connection.peer.spiffe_id));
+                    tracing::trace!("TLS handshake done");
                     let _ = ready.send(connection).await;
                 }
-                Err(error) => tracing::debug!(%address, %error, "TLS handshake refused"),
+                Err(error) => tracing::debug!(%error, "TLS handshake refused"),
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(accepted, span));
     }
 }
 

@@ -24,7 +24,7 @@ use crate::identity::PeerAuthorizer;
 use crate::svid::Identity;
 
 #[cfg(feature = "tonic")]
-pub use grpc::{ChannelOptions, grpc_channel};
+pub use grpc::{ChannelOptions, ConnectFailed, grpc_channel};
 pub use listener::{
     HANDSHAKE_TIMEOUT, HANDSHAKES_IN_FLIGHT_MAX, PeerIdentity, READY_CONNECTIONS_MAX,
     TlsConnection, TlsListener, connect,

@@ -1,0 +1,280 @@
+//! The changes a leader proposes to the cluster's root key and keyring:
+//! the first key, a new key (rekey, on operator request or after a
+//! restore), a new data key, and a key restored from operator shards. A
+//! new key is proposed only after at least t keepers hold its shares, and
+//! operator actions run only on a settled leader.
+
+use std::sync::Arc;
+
+use spike_sdk::crypto::key_check::RootKeyId;
+use spike_sdk::crypto::shamir::{recover, split};
+use spike_sdk::crypto::{KeyCheck, KeyShare, Keyring, RootKey, ShamirParams};
+use spike_sdk::keeper_api::ShareKind;
+use tokio::time::Instant;
+
+use super::{KeyError, KeyManager, LEADERSHIP_CHECK_TIMEOUT, RestoreStatus};
+use crate::keys::{KeyStatus, Unlocked};
+use crate::raft::LeaderError;
+use crate::state::command::{Command, KeyCommand, Refusal, Request, Response, RootKeyRecord};
+
+impl KeyManager {
+    /// Proposes a fresh key after at least t keepers hold its shares.
+    async fn propose_key(
+        &self,
+        root_key: &RootKey,
+        root_key_id: RootKeyId,
+        params: ShamirParams,
+        wrapped_keyring: Vec<u8>,
+        command: impl FnOnce(RootKeyRecord) -> Command,
+    ) -> Result<(RootKeyRecord, Response), KeyError> {
+        let key_check = KeyCheck::of(root_key);
+        let shares = split(root_key, params)?;
+        let acknowledged = self
+            .keepers
+            .push(root_key_id, key_check, &shares, ShareKind::Pending)
+            .await;
+        let needed = usize::from(params.threshold());
+        if acknowledged < needed {
+            return Err(KeyError::KeepersUnavailable {
+                acknowledged,
+                needed,
+            });
+        }
+        let record = RootKeyRecord {
+            root_key_id,
+            key_check: *key_check.as_bytes(),
+            wrapped_keyring,
+            shares: params.shares(),
+            threshold: params.threshold(),
+        };
+        let response = self.propose(command(record.clone())).await?;
+        Ok((record, response))
+    }
+
+    async fn propose(&self, command: Command) -> Result<Response, KeyError> {
+        let request = Request {
+            command,
+            session: None,
+            time_ns: 0,
+        };
+        self.leadership
+            .write(request)
+            .await
+            .map_err(|error| match error {
+                LeaderError::NotLeader { .. } => KeyError::NotLeader,
+                LeaderError::OutcomeUnknown(reason) => KeyError::Proposal(reason),
+            })
+    }
+
+    /// Holds `root_key` as the committed key and pushes its shares; returns
+    /// how many keepers took them.
+    async fn adopt(&self, root_key: RootKey, record: &RootKeyRecord) -> Result<usize, KeyError> {
+        let version = self.meta().map_or(0, |meta| meta.keyring_version);
+        let unlocked = Arc::new(Unlocked::new(root_key, record, version)?);
+        self.keys.set(
+            Some(unlocked.clone()),
+            KeyStatus::Ready {
+                root_key_id: record.root_key_id.0,
+            },
+        );
+        let acknowledged = self.push_committed(&unlocked).await;
+        self.lifecycle.lock().await.last_push = Some((unlocked.root_key_id, Instant::now()));
+        Ok(acknowledged)
+    }
+
+    pub(super) async fn initialize(&self) -> Result<(), KeyError> {
+        let guard = self.lifecycle.lock().await;
+        let root_key = RootKey::generate()?;
+        // Keepers that outlived an earlier cluster may hold committed ids;
+        // start above them so they take the new key.
+        let root_key_id = self.next_root_key_id(0).await;
+        let wrapped = Keyring::generate()?.wrap(&root_key, root_key_id)?;
+        let (record, response) = self
+            .propose_key(
+                &root_key,
+                root_key_id,
+                self.params,
+                wrapped.as_bytes().to_vec(),
+                |record| Command::Keys(KeyCommand::Initialize(record)),
+            )
+            .await?;
+        drop(guard);
+        match response {
+            Response::Done => {
+                tracing::info!(%root_key_id, key_check = %KeyCheck::of(&root_key), "cluster initialized with a new root key");
+                self.adopt(root_key, &record).await.map(|_| ())
+            }
+            // Another leader got there first: its key is the cluster's.
+            Response::Refused(Refusal::AlreadyInitialized) => Ok(()),
+            Response::Refused(refusal) => Err(KeyError::Proposal(refusal.to_string())),
+            Response::Written(_) | Response::PolicyStored(_) => {
+                Err(KeyError::Proposal("unexpected response".to_owned()))
+            }
+        }
+    }
+
+    /// The committed record, the keyring version, and the key in hand, but
+    /// only if the key in hand has exactly that keyring (never act on a
+    /// stale one: a change built from it would lose data keys).
+    fn current_record(&self) -> Result<(RootKeyRecord, u64, Arc<Unlocked>), KeyError> {
+        let meta = self.meta().ok_or(KeyError::NotReady)?;
+        let record = meta.root_key.clone().ok_or(KeyError::Uninitialized)?;
+        if !self.keys.holds(&record, meta.keyring_version) {
+            return Err(KeyError::NotReady);
+        }
+        let unlocked = self.keys.unlocked().ok_or(KeyError::NotReady)?;
+        Ok((record, meta.keyring_version, unlocked))
+    }
+
+    /// An id above the current one and above every id the keepers hold.
+    async fn next_root_key_id(&self, current: u64) -> RootKeyId {
+        let held = self
+            .keepers
+            .committed_ids()
+            .await
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        RootKeyId(current.max(held) + 1)
+    }
+
+    /// Replaces the root key (n and t may change). Leader only.
+    pub async fn rekey(&self, params: ShamirParams) -> Result<u64, KeyError> {
+        if !self
+            .leadership
+            .is_settled_leader(LEADERSHIP_CHECK_TIMEOUT)
+            .await
+        {
+            return Err(KeyError::NotLeader);
+        }
+        let guard = self.lifecycle.lock().await;
+        let (record, keyring_version, unlocked) = self.current_record()?;
+        let root_key = RootKey::generate()?;
+        let root_key_id = self.next_root_key_id(record.root_key_id.0).await;
+        let wrapped = unlocked.keyring_wrapped_under(&root_key, root_key_id)?;
+        let (new_record, response) = self
+            .propose_key(&root_key, root_key_id, params, wrapped, |record| {
+                Command::Keys(KeyCommand::Rekey {
+                    record,
+                    keyring_version,
+                })
+            })
+            .await?;
+        drop(guard);
+        match response {
+            Response::Done => {
+                tracing::info!(%root_key_id, shares = params.shares(), threshold = params.threshold(), "root key replaced");
+                self.adopt(root_key, &new_record).await?;
+                Ok(root_key_id.0)
+            }
+            Response::Refused(refusal) => Err(KeyError::Proposal(refusal.to_string())),
+            Response::Written(_) | Response::PolicyStored(_) => {
+                Err(KeyError::Proposal("unexpected response".to_owned()))
+            }
+        }
+    }
+
+    /// Adds a new data key for new writes; old data stays readable. Leader only.
+    pub async fn rotate_data_key(&self) -> Result<u32, KeyError> {
+        if !self
+            .leadership
+            .is_settled_leader(LEADERSHIP_CHECK_TIMEOUT)
+            .await
+        {
+            return Err(KeyError::NotLeader);
+        }
+        let _guard = self.lifecycle.lock().await;
+        let (record, keyring_version, unlocked) = self.current_record()?;
+        let wrapped_keyring = unlocked.rotated_keyring()?;
+        let active = unlocked.active_data_key() + 1;
+        match self
+            .propose(Command::Keys(KeyCommand::ReplaceKeyring {
+                root_key_id: record.root_key_id,
+                wrapped_keyring,
+                keyring_version,
+            }))
+            .await?
+        {
+            Response::Done => {
+                tracing::info!(data_key = active, "data key rotated");
+                Ok(active)
+            }
+            Response::Refused(refusal) => Err(KeyError::Proposal(refusal.to_string())),
+            Response::Written(_) | Response::PolicyStored(_) => {
+                Err(KeyError::Proposal("unexpected response".to_owned()))
+            }
+        }
+    }
+
+    /// The shares of the current root key, for `operator recover`.
+    pub fn recovery_shares(&self) -> Result<Vec<KeyShare>, KeyError> {
+        let (_, _, unlocked) = self.current_record()?;
+        Ok(split(unlocked.root_key(), unlocked.params)?)
+    }
+
+    /// Takes one restore shard. Leader only; progress lives in this
+    /// leader's memory for this term.
+    pub async fn restore(&self, shard: KeyShare) -> Result<RestoreStatus, KeyError> {
+        if !self
+            .leadership
+            .is_settled_leader(LEADERSHIP_CHECK_TIMEOUT)
+            .await
+        {
+            return Err(KeyError::NotLeader);
+        }
+        let record = self
+            .meta()
+            .and_then(|meta| meta.root_key)
+            .ok_or(KeyError::Uninitialized)?;
+        let threshold = usize::from(record.threshold);
+        if self.current_record().is_ok() {
+            return Ok(RestoreStatus {
+                collected: threshold,
+                remaining: 0,
+                restored: true,
+                progress_reset: false,
+            });
+        }
+        let mut lifecycle = self.lifecycle.lock().await;
+        let progress_reset = lifecycle.restore.add(self.leadership.term(), shard);
+        if progress_reset {
+            tracing::warn!("restore progress from an earlier leadership term was dropped");
+        }
+        let collected = lifecycle.restore.collected();
+        if collected < threshold {
+            return Ok(RestoreStatus {
+                collected,
+                remaining: threshold - collected,
+                restored: false,
+                progress_reset,
+            });
+        }
+        let key_check = KeyCheck::from_bytes(record.key_check);
+        let rebuilt = recover(&lifecycle.restore.shards(), &key_check);
+        lifecycle.restore.clear();
+        drop(lifecycle);
+        let root_key = rebuilt.map_err(|_| KeyError::WrongShards)?;
+        tracing::info!(
+            root_key_id = record.root_key_id.0,
+            "root key restored from operator shards"
+        );
+        let acknowledged = self.adopt(root_key, &record).await?;
+        if acknowledged < threshold {
+            // The keepers hold another key under this id (a backup from
+            // another cluster was restored): move to a fresh generation so
+            // every replica can fetch the key from them.
+            tracing::warn!(
+                acknowledged,
+                "keepers refused the restored key's shares; rekeying"
+            );
+            self.rekey(ShamirParams::new(record.shares, record.threshold)?)
+                .await?;
+        }
+        Ok(RestoreStatus {
+            collected,
+            remaining: 0,
+            restored: true,
+            progress_reset,
+        })
+    }
+}
