@@ -235,16 +235,18 @@ pub async fn root_keys_converge(
             );
             keys.push((replica.name.clone(), key));
         }
-        let first = keys.first().map(|(_, key)| key.clone());
-        let differing: Vec<_> = keys
-            .iter()
-            .filter(|(_, key)| Some(key) != first.as_ref())
-            .collect();
+        let Some((first_name, first)) = keys.first().cloned() else {
+            break keys;
+        };
+        let differing: Vec<_> = keys.iter().filter(|(_, key)| *key != first).collect();
         if differing.is_empty() || Instant::now() > settle {
             for (name, (id, check)) in differing {
                 anomalies.push(Anomaly::Divergence {
                     replica: name.clone(),
-                    detail: format!("holds root key {id} (key check {check}), {first:?} elsewhere"),
+                    detail: format!(
+                        "holds root key {id} (key check {check}), {first_name} {} ({})",
+                        first.0, first.1
+                    ),
                 });
             }
             break keys;

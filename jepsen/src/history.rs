@@ -4,7 +4,8 @@
 //! a completion when it ends, which is `ok` (it happened), `fail` (it
 //! certainly did not happen) or `info` (unknown: timeouts and connection
 //! errors are always `info`, never `fail`, since the request may have been
-//! applied).
+//! applied). An invocation carries the [`Op`] (its `f` and argument), a
+//! completion the [`Reply`] (the same `f` and the result).
 
 use std::io::{self, BufRead, Write};
 

@@ -194,8 +194,8 @@ impl Client<'_> {
         self.spec.process * 1_000_000 + self.steps
     }
 
-    /// Runs `op` on `path` (`key` in the history) and records it.
-    async fn run(&self, key: Option<u64>, op: Op, path: &str) -> Completion {
+    /// Runs `op` on `path` (`key` in the history), recorded.
+    async fn invoke(&self, key: Option<u64>, op: Op, path: &str) -> Completion {
         let node = self
             .spec
             .pinned
@@ -250,7 +250,7 @@ async fn register_step(client: &mut Client<'_>) {
         55..85 => Op::Write(value),
         _ => Op::Cas(Cas { expected, value }),
     };
-    match client.run(Some(key), op, &register_path(key)).await {
+    match client.invoke(Some(key), op, &register_path(key)).await {
         Completion::Ok(Reply::Version(Some(version))) => {
             client.seen.insert(key, version);
         }
@@ -271,7 +271,7 @@ async fn register_step(client: &mut Client<'_>) {
 async fn set_step(client: &Client<'_>) {
     let element = client.unique();
     client
-        .run(None, Op::Add(element), &SetKind::Set.path(element))
+        .invoke(None, Op::Add(element), &SetKind::Set.path(element))
         .await;
 }
 
@@ -292,7 +292,7 @@ async fn lifecycle_step(client: &mut Client<'_>) {
         _ => Op::Destroy(version),
     };
     if let Completion::Ok(Reply::Version(Some(current))) =
-        client.run(Some(key), op, &lifecycle_path(key)).await
+        client.invoke(Some(key), op, &lifecycle_path(key)).await
     {
         client.seen.insert(key, current.max(known));
     }
@@ -302,7 +302,7 @@ async fn lifecycle_step(client: &mut Client<'_>) {
 /// the granted secret as the workload.
 async fn policy_step(client: &mut Client<'_>) {
     if client.spec.process != ADMIN_PROCESS {
-        client.run(None, Op::ReadAcl, POLICY_SECRET).await;
+        client.invoke(None, Op::ReadAcl, POLICY_SECRET).await;
         return;
     }
     let op = if client.steps % 2 == 1 {
@@ -310,7 +310,7 @@ async fn policy_step(client: &mut Client<'_>) {
     } else {
         Op::Revoke
     };
-    client.run(None, op, POLICY_SECRET).await;
+    client.invoke(None, op, POLICY_SECRET).await;
     let pause_ms = 50 + client.rng.below(ADMIN_PAUSE_SPREAD_MS);
     tokio::time::sleep(Duration::from_millis(pause_ms)).await;
 }
@@ -321,7 +321,7 @@ async fn rootkey_step(client: &mut Client<'_>) {
     if client.spec.process != ADMIN_PROCESS {
         let element = client.unique();
         client
-            .run(None, Op::Add(element), &SetKind::Rootkey.path(element))
+            .invoke(None, Op::Add(element), &SetKind::Rootkey.path(element))
             .await;
         return;
     }
@@ -330,7 +330,7 @@ async fn rootkey_step(client: &mut Client<'_>) {
     } else {
         Op::Rotate
     };
-    client.run(None, op, "").await;
+    client.invoke(None, op, "").await;
     let pause_ms = 300 + client.rng.below(OPERATOR_PAUSE_SPREAD_MS);
     tokio::time::sleep(Duration::from_millis(pause_ms)).await;
 }

@@ -245,7 +245,7 @@ async fn voters(identities: &Identities, anomalies: &mut Vec<Anomaly>) -> Vec<Re
             .into_iter()
             .filter_map(|(_, voter, address)| address.filter(|_| voter))
             .map(|address| Replica {
-                name: format!("the voter at {address}"),
+                name: address.to_string(),
                 nexus: client(identities, vec![address], false),
             })
             .collect(),
