@@ -5,9 +5,8 @@
 use std::sync::Mutex;
 use tokio::time::Instant;
 
-use serde_json::Value;
-
-use crate::history::{Event, EventKind};
+use crate::history::{Completion, Event, Step};
+use crate::op::Op;
 
 /// Shared by every client of a run.
 pub struct Recorder {
@@ -19,12 +18,10 @@ pub struct Recorder {
 pub struct Invocation {
     /// The process (client) number.
     pub process: u64,
-    /// The function.
-    pub f: &'static str,
+    /// The operation.
+    pub op: Op,
     /// The key, if any.
     pub key: Option<String>,
-    /// The argument.
-    pub value: Value,
     /// The node the client starts with.
     pub node: Option<String>,
 }
@@ -60,33 +57,21 @@ impl Recorder {
             index: 0,
             time_ns: 0,
             process: invocation.process,
-            kind: EventKind::Invoke,
-            f: invocation.f.to_owned(),
+            step: Step::Invoke(invocation.op),
             key: invocation.key.clone(),
-            value: invocation.value.clone(),
             node: invocation.node.clone(),
-            error: None,
         });
     }
 
-    /// Records the completion of `invocation`.
-    pub fn complete(
-        &self,
-        invocation: &Invocation,
-        kind: EventKind,
-        value: Value,
-        error: Option<String>,
-    ) {
+    /// Records how `invocation` ended.
+    pub fn complete(&self, invocation: &Invocation, completion: Completion) {
         self.push(Event {
             index: 0,
             time_ns: 0,
             process: invocation.process,
-            kind,
-            f: invocation.f.to_owned(),
+            step: completion.into(),
             key: invocation.key.clone(),
-            value,
             node: invocation.node.clone(),
-            error,
         });
     }
 

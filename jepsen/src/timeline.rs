@@ -107,16 +107,12 @@ fn escape(text: &str) -> String {
 /// that was invoked after it began (a write already under way may finish
 /// on the old leader), or `None` if none came before the end.
 pub fn write_gaps(operations: &[Operation<'_>], windows: &[FaultWindow]) -> Vec<Option<f64>> {
-    let writes = [
-        "write", "cas", "add", "put", "delete", "undelete", "destroy", "grant", "revoke", "rekey",
-        "rotate",
-    ];
     windows
         .iter()
         .map(|window| {
             operations
                 .iter()
-                .filter(|op| writes.contains(&op.invoke.f.as_str()))
+                .filter(|op| op.op.is_write())
                 .filter(|op| op.outcome() == EventKind::Ok)
                 .filter(|op| op.invoke.time_ns >= window.start_ns)
                 .filter_map(|op| op.completion)

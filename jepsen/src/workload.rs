@@ -1,17 +1,16 @@
-//! Workloads: what each client does, through the SDK, and how a result
-//! becomes a history completion. Timeouts and unreachable clusters are
-//! `info` for anything that writes (it may have happened); a failed read
-//! is `fail` (it changed nothing).
+//! Workloads: what each client does, one step function per workload. The
+//! operations go through [`crate::perform`], which records them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use serde_json::{Value, json};
-use spike_sdk::client::{Error, NexusClient, RetryPolicy, Settings};
+use spike_sdk::client::{NexusClient, RetryPolicy, Settings};
 
-use crate::history::EventKind;
+use crate::history::{Completion, Failure};
+use crate::op::{Cas, ErrorKind, Op, Reply, VersionNumber};
+use crate::perform::record;
 use crate::recorder::{Invocation, Recorder, Rng};
 
 /// The workloads a run can drive.
@@ -38,15 +37,38 @@ pub enum Workload {
     Rootkey,
 }
 
+impl Workload {
+    /// The elements it adds, for the workloads that add.
+    pub fn set_kind(self) -> Option<SetKind> {
+        match self {
+            Self::Set => Some(SetKind::Set),
+            Self::Rootkey => Some(SetKind::Rootkey),
+            Self::Register | Self::Lifecycle | Self::Policy => None,
+        }
+    }
+}
+
 /// The policy workload's name for its grant.
 pub const POLICY_NAME: &str = "jepsen-grant";
 /// The secret the policy workload's readers read.
 pub const POLICY_SECRET: &str = "jepsen/policy/secret";
+/// The paths the policy workload's grant covers.
+pub const POLICY_PATH_PATTERN: &str = "^jepsen/policy/.*$";
 /// The workload identity the policy workload grants and revokes.
 pub const POLICY_SPIFFE_ID_PATTERN: &str = "^spiffe://spike\\.ist/app/jepsen$";
 
 /// Path prefix of every key a run writes.
 pub const PREFIX: &str = "jepsen";
+
+/// The process of the policy workload's admin and of the root-key
+/// workload's operator; every other process reads or adds.
+const ADMIN_PROCESS: u64 = 0;
+/// The admin's pause after each grant or revoke: 50 ms and up to this
+/// much more.
+const ADMIN_PAUSE_SPREAD_MS: u64 = 200;
+/// The operator's pause after each rekey or rotation: 300 ms and up to
+/// this much more.
+const OPERATOR_PAUSE_SPREAD_MS: u64 = 500;
 
 /// The path of register key `key`.
 pub fn register_path(key: u64) -> String {
@@ -58,18 +80,37 @@ pub fn lifecycle_path(key: u64) -> String {
     format!("{PREFIX}/lifecycle/{key}")
 }
 
-/// The path of set element `element`.
-pub fn set_path(element: u64) -> String {
-    format!("{PREFIX}/set/{element}")
+/// The workloads that add elements, each under a path prefix of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetKind {
+    /// The set workload's elements.
+    Set,
+    /// The root-key workload's elements.
+    Rootkey,
 }
 
-/// The path of root-key workload element `element`.
-pub fn rootkey_path(element: u64) -> String {
-    format!("{PREFIX}/rootkey/{element}")
-}
+impl SetKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Set => "set",
+            Self::Rootkey => "rootkey",
+        }
+    }
 
-fn values(value: u64) -> BTreeMap<String, String> {
-    BTreeMap::from([("v".to_owned(), value.to_string())])
+    /// The path of `element`.
+    pub fn path(self, element: u64) -> String {
+        format!("{PREFIX}/{}/{element}", self.name())
+    }
+
+    /// The element `path` names, or `None` for any other path.
+    pub fn element(self, path: &str) -> Option<u64> {
+        path.strip_prefix(PREFIX)?
+            .strip_prefix('/')?
+            .strip_prefix(self.name())?
+            .strip_prefix('/')?
+            .parse()
+            .ok()
+    }
 }
 
 /// Client settings for a fault-injection run: short budgets, so a fault
@@ -77,97 +118,15 @@ fn values(value: u64) -> BTreeMap<String, String> {
 /// `follow_leader` false the client stays on its endpoints (pinned).
 pub fn client_settings(endpoints: Vec<std::net::SocketAddr>, follow_leader: bool) -> Settings {
     let mut settings = Settings::new(endpoints);
-    settings.request_timeout = std::time::Duration::from_millis(1500);
+    settings.request_timeout = Duration::from_millis(1500);
     settings.retry = RetryPolicy {
         attempts_max: 6,
-        deadline: std::time::Duration::from_secs(3),
-        backoff_initial: std::time::Duration::from_millis(50),
-        backoff_max: std::time::Duration::from_millis(400),
+        deadline: Duration::from_secs(3),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(400),
     };
     settings.follow_leader = follow_leader;
     settings
-}
-
-/// How an operation ended, as its completion event records it.
-struct Outcome {
-    kind: EventKind,
-    value: Value,
-    error: Option<String>,
-}
-
-impl Outcome {
-    fn ok(value: Value) -> Self {
-        Self {
-            kind: EventKind::Ok,
-            value,
-            error: None,
-        }
-    }
-
-    /// A failed read: it changed nothing, so it certainly did not happen.
-    fn read_failed(error: &Error) -> Self {
-        Self {
-            kind: EventKind::Fail,
-            value: Value::Null,
-            error: Some(error_text(error)),
-        }
-    }
-
-    /// A failed write: `fail` only when it certainly did not happen, else
-    /// `info` (timeouts, unreachable nodes, a leader that lost its quorum).
-    fn write_failed(error: &Error, value: Value) -> Self {
-        let kind = match error {
-            Error::Denied | Error::BadRequest | Error::TooLarge | Error::Settings(_) => {
-                EventKind::Fail
-            }
-            // A conflict or nothing to act on: certainly not applied.
-            Error::Conflict | Error::NotFound => EventKind::Fail,
-            _ => EventKind::Info,
-        };
-        Self {
-            kind,
-            value,
-            error: Some(error_text(error)),
-        }
-    }
-}
-
-fn error_text(error: &Error) -> String {
-    match error {
-        Error::Conflict => "conflict".to_owned(),
-        Error::NotFound => "not-found".to_owned(),
-        Error::NotReady(_) => "not-ready".to_owned(),
-        Error::Unreachable(_) => "unreachable".to_owned(),
-        other => other.to_string(),
-    }
-}
-
-/// Records `invocation`, runs `operation`, records how it ended.
-async fn record(
-    recorder: &Recorder,
-    invocation: Invocation,
-    operation: impl std::future::Future<Output = Outcome>,
-) {
-    recorder.invoke(&invocation);
-    let outcome = operation.await;
-    recorder.complete(&invocation, outcome.kind, outcome.value, outcome.error);
-}
-
-/// Reads the value of `path` (at `version`): null when there is none.
-async fn read_value(client: &NexusClient, path: &str, version: Option<u64>) -> Outcome {
-    match client.get_secret(path, version).await {
-        Ok(found) => Outcome::ok(json!(found.get("v").and_then(|v| v.parse::<u64>().ok()))),
-        Err(Error::NotFound) => Outcome::ok(Value::Null),
-        Err(error) => Outcome::read_failed(&error),
-    }
-}
-
-/// Writes `value` to `path` (only over version `cas`, if given).
-async fn write_value(client: &NexusClient, path: &str, value: u64, cas: Option<u64>) -> Outcome {
-    match client.put_secret(path, &values(value), cas).await {
-        Ok(()) => Outcome::ok(json!(value)),
-        Err(error) => Outcome::write_failed(&error, json!(value)),
-    }
 }
 
 /// Register keys in use change every `lifetime`: key `k` of epoch `e` is
@@ -216,245 +175,164 @@ pub struct ClientSpec {
     pub pinned: Option<std::net::SocketAddr>,
 }
 
-/// One client: runs its workload until its deadline.
-pub async fn client_loop(spec: ClientSpec, client: NexusClient, recorder: &Recorder) {
-    let ClientSpec {
-        workload,
-        process,
-        keys,
-        key_rotation,
-        seed,
-        deadline,
-        pinned,
-    } = spec;
-    let mut rng = Rng::new(seed ^ process.wrapping_mul(0x2545_F491_4F6C_DD1D));
-    let mut counter = 0u64;
-    // Versions this client last saw, for its compare-and-sets and version
-    // reads.
-    let mut seen: HashMap<u64, u64> = HashMap::new();
-    while Instant::now() < deadline {
-        counter += 1;
-        let unique = process * 1_000_000 + counter;
-        let node = pinned
-            .or_else(|| client.known_leader())
+/// One client's state between its steps.
+struct Client<'r> {
+    spec: ClientSpec,
+    nexus: NexusClient,
+    recorder: &'r Recorder,
+    rng: Rng,
+    /// Steps taken so far.
+    steps: u64,
+    /// Versions this client last saw, per key, for its compare-and-sets
+    /// and version reads.
+    seen: HashMap<u64, u64>,
+}
+
+impl Client<'_> {
+    /// A value (or element) no other operation of the run writes.
+    fn unique(&self) -> u64 {
+        self.spec.process * 1_000_000 + self.steps
+    }
+
+    /// Runs `op` on `path` (`key` in the history), recorded.
+    async fn invoke(&self, key: Option<u64>, op: Op, path: &str) -> Completion {
+        let node = self
+            .spec
+            .pinned
+            .or_else(|| self.nexus.known_leader())
             .map(|address| address.to_string());
-        let invocation = |f: &'static str, key: Option<u64>, value: Value| Invocation {
-            process,
-            f,
+        let invocation = Invocation {
+            process: self.spec.process,
+            op,
             key: key.map(|key| key.to_string()),
-            value,
-            node: node.clone(),
+            node,
         };
-        let client = &client;
-        match workload {
-            Workload::Register => {
-                let epoch = key_rotation.map_or(0, |rotation| rotation.epoch(Instant::now()));
-                let key = epoch * keys + rng.below(keys.max(1));
-                let path = register_path(key);
-                let expected = seen.get(&key).copied().unwrap_or(0);
-                let seen = &mut seen;
-                match rng.below(100) {
-                    0..40 => {
-                        let op = read_value(client, &path, None);
-                        record(recorder, invocation("read", Some(key), Value::Null), op).await;
-                    }
-                    40..55 => {
-                        let op = async {
-                            match client.secret_metadata(&path).await {
-                                Ok(metadata) => {
-                                    seen.insert(key, metadata.current_version);
-                                    Outcome::ok(json!(metadata.current_version))
-                                }
-                                Err(Error::NotFound) => {
-                                    seen.insert(key, 0);
-                                    Outcome::ok(json!(0))
-                                }
-                                Err(error) => Outcome::read_failed(&error),
-                            }
-                        };
-                        record(recorder, invocation("version", Some(key), Value::Null), op).await;
-                    }
-                    55..85 => {
-                        let op = write_value(client, &path, unique, None);
-                        record(recorder, invocation("write", Some(key), json!(unique)), op).await;
-                    }
-                    _ => {
-                        let argument = json!({ "expected": expected, "value": unique });
-                        let op = async {
-                            let mut outcome =
-                                write_value(client, &path, unique, Some(expected)).await;
-                            match outcome.kind {
-                                EventKind::Ok => {
-                                    seen.insert(key, expected + 1);
-                                }
-                                _ if outcome.error.as_deref() == Some("conflict") => {
-                                    seen.remove(&key);
-                                }
-                                _ => {}
-                            }
-                            outcome.value = json!({ "expected": expected, "value": unique });
-                            outcome
-                        };
-                        record(recorder, invocation("cas", Some(key), argument), op).await;
-                    }
-                }
-            }
-            Workload::Lifecycle => {
-                let key = rng.below(keys.max(1));
-                let path = lifecycle_path(key);
-                let known = seen.get(&key).copied().unwrap_or(0);
-                let version = 1 + rng.below(known.max(1));
-                let numbered = json!({ "version": version });
-                let seen = &mut seen;
-                match rng.below(100) {
-                    0..30 => {
-                        let op = write_value(client, &path, unique, None);
-                        record(recorder, invocation("put", Some(key), json!(unique)), op).await;
-                    }
-                    30..40 => {
-                        let op = async {
-                            match client.secret_metadata(&path).await {
-                                Ok(metadata) => {
-                                    seen.insert(key, metadata.current_version.max(known));
-                                    Outcome::ok(json!(metadata.current_version))
-                                }
-                                Err(Error::NotFound) => Outcome::ok(json!(0)),
-                                Err(error) => Outcome::read_failed(&error),
-                            }
-                        };
-                        record(recorder, invocation("version", Some(key), Value::Null), op).await;
-                    }
-                    40..75 => {
-                        let op = read_value(client, &path, Some(version));
-                        record(
-                            recorder,
-                            invocation("read-version", Some(key), numbered),
-                            op,
-                        )
-                        .await;
-                    }
-                    roll => {
-                        let action = match roll {
-                            75..85 => "delete",
-                            85..93 => "undelete",
-                            _ => "destroy",
-                        };
-                        let op = async {
-                            let versions = [version];
-                            let done = match action {
-                                "delete" => client.delete_secret(&path, &versions).await,
-                                "undelete" => client.undelete_secret(&path, &versions).await,
-                                _ => client.destroy_secret(&path, &versions).await,
-                            };
-                            match done {
-                                Ok(()) => Outcome::ok(Value::Null),
-                                Err(error) => Outcome::write_failed(&error, Value::Null),
-                            }
-                        };
-                        record(recorder, invocation(action, Some(key), numbered), op).await;
-                    }
-                }
-            }
-            Workload::Policy if process == 0 => {
-                // The admin: grant, pause, revoke, pause, ...
-                let grant = counter % 2 == 1;
-                let op = async {
-                    let done = if grant {
-                        client
-                            .put_policy(
-                                POLICY_NAME,
-                                POLICY_SPIFFE_ID_PATTERN,
-                                "^jepsen/policy/.*$",
-                                &["read"],
-                            )
-                            .await
-                    } else {
-                        client.delete_policy(POLICY_NAME).await
-                    };
-                    match done {
-                        Ok(()) => Outcome::ok(Value::Null),
-                        Err(error) => Outcome::write_failed(&error, Value::Null),
-                    }
-                };
-                let f = if grant { "grant" } else { "revoke" };
-                record(recorder, invocation(f, None, Value::Null), op).await;
-                tokio::time::sleep(std::time::Duration::from_millis(50 + rng.below(200))).await;
-            }
-            Workload::Policy => {
-                let op = async {
-                    match client.get_secret(POLICY_SECRET, None).await {
-                        Ok(_) => Outcome::ok(json!("allowed")),
-                        Err(Error::Denied) => Outcome::ok(json!("denied")),
-                        Err(error) => Outcome::read_failed(&error),
-                    }
-                };
-                record(recorder, invocation("read-acl", None, Value::Null), op).await;
-            }
-            Workload::Rootkey if process == 0 => {
-                // The operator: rekey, rotate, rekey, ...
-                let rekey = counter % 2 == 1;
-                let op = async {
-                    let done = if rekey {
-                        // The harness's cluster: 5 keepers, threshold 3.
-                        client.rekey(5, 3).await
-                    } else {
-                        client.rotate_data_key().await
-                    };
-                    match done {
-                        Ok(id) => Outcome::ok(json!(id)),
-                        Err(error) => Outcome::write_failed(&error, Value::Null),
-                    }
-                };
-                let f = if rekey { "rekey" } else { "rotate" };
-                record(recorder, invocation(f, None, Value::Null), op).await;
-                tokio::time::sleep(std::time::Duration::from_millis(300 + rng.below(500))).await;
-            }
-            Workload::Set | Workload::Rootkey => {
-                let path = if workload == Workload::Set {
-                    set_path(unique)
-                } else {
-                    rootkey_path(unique)
-                };
-                let op = write_value(client, &path, unique, None);
-                record(recorder, invocation("add", None, json!(unique)), op).await;
-            }
+        record(self.recorder, &invocation, &self.nexus, path).await
+    }
+}
+
+/// One client: runs its workload until its deadline.
+pub async fn client_loop(spec: ClientSpec, nexus: NexusClient, recorder: &Recorder) {
+    let mut client = Client {
+        spec,
+        nexus,
+        recorder,
+        rng: Rng::new(spec.seed ^ spec.process.wrapping_mul(0x2545_F491_4F6C_DD1D)),
+        steps: 0,
+        seen: HashMap::new(),
+    };
+    while Instant::now() < spec.deadline {
+        client.steps += 1;
+        match spec.workload {
+            Workload::Register => register_step(&mut client).await,
+            Workload::Set => set_step(&client).await,
+            Workload::Lifecycle => lifecycle_step(&mut client).await,
+            Workload::Policy => policy_step(&mut client).await,
+            Workload::Rootkey => rootkey_step(&mut client).await,
         }
     }
 }
 
-/// The element a path under `{PREFIX}/{kind}/` names (`set` or `rootkey`),
-/// or `None` for any other path.
-pub fn set_element(path: &str, kind: &str) -> Option<u64> {
-    path.strip_prefix(PREFIX)?
-        .strip_prefix('/')?
-        .strip_prefix(kind)?
-        .strip_prefix('/')?
-        .parse()
-        .ok()
+/// A read, version read, write or compare-and-set of one of the keys in
+/// use.
+async fn register_step(client: &mut Client<'_>) {
+    let keys = client.spec.keys.max(1);
+    let epoch = client
+        .spec
+        .key_rotation
+        .map_or(0, |rotation| rotation.epoch(Instant::now()));
+    let key = epoch * keys + client.rng.below(keys);
+    let expected = client.seen.get(&key).copied().unwrap_or(0);
+    let value = client.unique();
+    let op = match client.rng.below(100) {
+        0..40 => Op::Read,
+        40..55 => Op::Version,
+        55..85 => Op::Write(value),
+        _ => Op::Cas(Cas { expected, value }),
+    };
+    match client.invoke(Some(key), op, &register_path(key)).await {
+        Completion::Ok(Reply::Version(Some(version))) => {
+            client.seen.insert(key, version);
+        }
+        Completion::Ok(Reply::Cas(_)) => {
+            client.seen.insert(key, expected + 1);
+        }
+        Completion::Fail(Failure {
+            reply: Reply::Cas(_),
+            error: ErrorKind::Conflict,
+        }) => {
+            client.seen.remove(&key);
+        }
+        _ => {}
+    }
 }
 
-/// Metadata reads a final set read keeps in flight: a set of thousands of
-/// elements is read in seconds, not one round trip after another.
-const SET_READS_IN_FLIGHT: usize = 16;
+/// One add of a new element.
+async fn set_step(client: &Client<'_>) {
+    let element = client.unique();
+    client
+        .invoke(None, Op::Add(element), &SetKind::Set.path(element))
+        .await;
+}
 
-/// The set as it stands: element -> versions of its path, for the paths
-/// under `{PREFIX}/{kind}/` (`set` or `rootkey`).
-pub async fn read_set(client: &NexusClient, kind: &str) -> Result<BTreeMap<u64, u64>, Error> {
-    use futures_util::{StreamExt, TryStreamExt};
-    let elements: Vec<(u64, String)> = client
-        .list_secrets()
-        .await?
-        .into_iter()
-        .filter_map(|path| Some((set_element(&path, kind)?, path)))
-        .collect();
-    futures_util::stream::iter(elements)
-        .map(|(element, path)| async move {
-            let metadata = client.secret_metadata(&path).await?;
-            Ok::<_, Error>((element, metadata.current_version))
-        })
-        .buffer_unordered(SET_READS_IN_FLIGHT)
-        .try_collect()
-        .await
+/// A write, version read, read of one version, delete, undelete or
+/// destroy on one of the keys.
+async fn lifecycle_step(client: &mut Client<'_>) {
+    let key = client.rng.below(client.spec.keys.max(1));
+    let known = client.seen.get(&key).copied().unwrap_or(0);
+    let version = VersionNumber {
+        version: 1 + client.rng.below(known.max(1)),
+    };
+    let op = match client.rng.below(100) {
+        0..30 => Op::Put(client.unique()),
+        30..40 => Op::Version,
+        40..75 => Op::ReadVersion(version),
+        75..85 => Op::Delete(version),
+        85..93 => Op::Undelete(version),
+        _ => Op::Destroy(version),
+    };
+    if let Completion::Ok(Reply::Version(Some(current))) =
+        client.invoke(Some(key), op, &lifecycle_path(key)).await
+    {
+        client.seen.insert(key, current.max(known));
+    }
+}
+
+/// The admin grants or revokes (in turn, then a pause); a reader reads
+/// the granted secret as the workload.
+async fn policy_step(client: &mut Client<'_>) {
+    if client.spec.process != ADMIN_PROCESS {
+        client.invoke(None, Op::ReadAcl, POLICY_SECRET).await;
+        return;
+    }
+    let op = if client.steps % 2 == 1 {
+        Op::Grant
+    } else {
+        Op::Revoke
+    };
+    client.invoke(None, op, POLICY_SECRET).await;
+    let pause_ms = 50 + client.rng.below(ADMIN_PAUSE_SPREAD_MS);
+    tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+}
+
+/// The operator rekeys or rotates the data key (in turn, then a pause);
+/// everyone else adds a new element.
+async fn rootkey_step(client: &mut Client<'_>) {
+    if client.spec.process != ADMIN_PROCESS {
+        let element = client.unique();
+        client
+            .invoke(None, Op::Add(element), &SetKind::Rootkey.path(element))
+            .await;
+        return;
+    }
+    let op = if client.steps % 2 == 1 {
+        Op::Rekey
+    } else {
+        Op::Rotate
+    };
+    client.invoke(None, op, "").await;
+    let pause_ms = 300 + client.rng.below(OPERATOR_PAUSE_SPREAD_MS);
+    tokio::time::sleep(Duration::from_millis(pause_ms)).await;
 }
 
 #[cfg(test)]
@@ -463,12 +341,12 @@ mod tests {
 
     #[test]
     fn set_paths_name_their_element_and_nothing_else_does() {
-        assert_eq!(set_element(&set_path(42), "set"), Some(42));
-        assert_eq!(set_element(&rootkey_path(7), "rootkey"), Some(7));
-        assert_eq!(set_element(&rootkey_path(7), "set"), None);
-        assert_eq!(set_element("jepsen/settings/1", "set"), None);
-        assert_eq!(set_element(&register_path(1), "set"), None);
-        assert_eq!(set_element("jepsen/set/x", "set"), None);
+        assert_eq!(SetKind::Set.element(&SetKind::Set.path(42)), Some(42));
+        assert_eq!(SetKind::Rootkey.element(&SetKind::Rootkey.path(7)), Some(7));
+        assert_eq!(SetKind::Set.element(&SetKind::Rootkey.path(7)), None);
+        assert_eq!(SetKind::Set.element("jepsen/settings/1"), None);
+        assert_eq!(SetKind::Set.element(&register_path(1)), None);
+        assert_eq!(SetKind::Set.element("jepsen/set/x"), None);
     }
 
     #[test]

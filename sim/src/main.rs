@@ -446,12 +446,14 @@ fn judge(
     let Observed {
         membership,
         events,
-        mut problems,
+        anomalies: mut after_healing,
         final_set,
         last_write_ok,
     } = observed;
     if last_write_ok.is_none_or(|at| at < fault_phase) {
-        problems.push("no write was acknowledged after healing".to_owned());
+        after_healing.push(check::Anomaly::NotRecovered {
+            detail: "no write was acknowledged after healing".to_owned(),
+        });
     }
     let mut lines = Vec::new();
     let (verdict, anomalies) = match check::pair(&events) {
@@ -468,7 +470,7 @@ fn judge(
                         .then(|| format!("no verdict for keys {:?}", report.unknown_keys));
                     (described(&report.anomalies), undecided)
                 }
-                // No final read: `problems` says why.
+                // No final read: `after_healing` says why.
                 (SimWorkload::Set, None) => (Vec::new(), None),
                 (SimWorkload::Set, Some(elements)) => {
                     let report = check::set::check(&operations, elements);
@@ -477,7 +479,7 @@ fn judge(
                     (described(&report.anomalies), undecided)
                 }
             };
-            found.extend(problems);
+            found.extend(described(&after_healing));
             let verdict = if !found.is_empty() {
                 Verdict::Anomalies
             } else if let Some(reason) = undecided {
@@ -489,7 +491,7 @@ fn judge(
             (verdict, found)
         }
     };
-    let count = |kind| events.iter().filter(|event| event.kind == kind).count();
+    let count = |kind| events.iter().filter(|event| event.kind() == kind).count();
     lines.push(format!(
         "seed {seed} {}: {} · {} ok, {} info, {} fail · {} faults · fingerprint {:016x}",
         workload.name(),

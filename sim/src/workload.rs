@@ -1,16 +1,18 @@
 //! The clients: Jepsen's register or set workload through the real SDK,
-//! from one simulated host, then the checks that need the healed cluster.
+//! from one simulated host, then the harness's final reads and
+//! convergence checks on the healed cluster.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use spike_jepsen::check::{self, Anomaly};
+use spike_jepsen::converge::{self, Replica};
 use spike_jepsen::history::{Event, EventKind};
 use spike_jepsen::membership::{self, outcome, until};
-use spike_jepsen::recorder::{Invocation, Recorder};
-use spike_jepsen::workload::{self, ClientSpec, Workload};
-use spike_sdk::client::{Error, NexusClient};
+use spike_jepsen::recorder::Recorder;
+use spike_jepsen::workload::{self, ClientSpec, SetKind, Workload};
+use spike_sdk::client::NexusClient;
 use tokio::time::Instant;
 
 use crate::cluster::{Identities, NEXUS_HOSTS, api_addresses, nexus_addresses};
@@ -63,8 +65,8 @@ pub struct Observed {
     pub membership: Vec<String>,
     /// The history, invocations and completions in order.
     pub events: Vec<Event>,
-    /// Problems found after healing: divergent replicas, no recovery.
-    pub problems: Vec<String>,
+    /// Found after healing: divergent replicas, no recovery.
+    pub anomalies: Vec<Anomaly>,
     /// The set workload's final read (element -> versions), if it had one.
     pub final_set: Option<BTreeMap<u64, u64>>,
     /// Simulated time of the last acknowledged write, from the start.
@@ -138,30 +140,59 @@ pub async fn run(
     let membership = operator
         .await
         .unwrap_or_else(|error| panic!("the operator task failed: {error}"));
-    let mut problems = Vec::new();
-    let final_set = match workload {
-        SimWorkload::Register => {
-            let finals = final_reads(&identities, &recorder, &mut problems).await;
-            converge(&identities, &finals, &mut problems).await;
-            None
-        }
-        SimWorkload::Set => {
-            let final_set = final_set(&identities, &mut problems).await;
-            if let Some(elements) = &final_set {
-                converge_set(&identities, elements, &mut problems).await;
-            }
-            final_set
-        }
-    };
+    let (final_set, anomalies) = final_checks(&identities, workload, &recorder).await;
     let events = recorder.events();
     let last_write_ok = last_acknowledged_write(&events);
     *findings.lock().unwrap_or_else(PoisonError::into_inner) = Some(Observed {
         membership,
         events,
-        problems,
+        anomalies,
         final_set,
         last_write_ok,
     });
+}
+
+/// After healing: the final reads through the leader (the register
+/// reads go into the history), then every voter must converge to them.
+async fn final_checks(
+    identities: &Identities,
+    workload: SimWorkload,
+    recorder: &Recorder,
+) -> (Option<BTreeMap<u64, u64>>, Vec<Anomaly>) {
+    let reader = client(identities, api_addresses(), true);
+    let mut anomalies = Vec::new();
+    let final_set = match workload {
+        SimWorkload::Register => {
+            match converge::final_register_reads(&reader, KEYS, CLIENTS, recorder, CONVERGE_WITHIN)
+                .await
+            {
+                Ok(finals) => {
+                    let voters = voters(identities, &mut anomalies).await;
+                    let diverged =
+                        converge::registers_converge(&voters, &finals, CONVERGE_WITHIN).await;
+                    anomalies.extend(diverged);
+                }
+                Err(error) => anomalies.push(error.anomaly()),
+            }
+            None
+        }
+        SimWorkload::Set => match converge::final_set(&reader, SetKind::Set, CONVERGE_WITHIN).await
+        {
+            Ok(elements) => {
+                let listed: BTreeSet<u64> = elements.keys().copied().collect();
+                let voters = voters(identities, &mut anomalies).await;
+                let diverged =
+                    converge::set_converges(&voters, SetKind::Set, &listed, CONVERGE_WITHIN).await;
+                anomalies.extend(diverged);
+                Some(elements)
+            }
+            Err(error) => {
+                anomalies.push(error.anomaly());
+                None
+            }
+        },
+    };
+    (final_set, anomalies)
 }
 
 /// The operator: replaces voters as scheduled, through the SDK, retrying
@@ -190,74 +221,21 @@ async fn operate(
     notes
 }
 
-/// When (since the start) the last write, successful CAS or add was
-/// acknowledged.
+/// When (since the start) the last write was acknowledged; `None` also
+/// when the history does not pair (the checkers report that).
 fn last_acknowledged_write(events: &[Event]) -> Option<Duration> {
-    events
+    check::pair(events)
+        .ok()?
         .iter()
-        .filter(|event| {
-            event.kind == EventKind::Ok && matches!(event.f.as_str(), "write" | "cas" | "add")
-        })
-        .map(|event| Duration::from_nanos(event.time_ns))
+        .filter(|operation| operation.op.is_write() && operation.outcome() == EventKind::Ok)
+        .filter_map(|operation| operation.completion)
+        .map(|completion| Duration::from_nanos(completion.time_ns))
         .max()
 }
 
-/// A linearizable read of every key through the leader, recorded in the
-/// history so the checker judges it with the rest.
-async fn final_reads(
-    identities: &Identities,
-    recorder: &Recorder,
-    problems: &mut Vec<String>,
-) -> BTreeMap<u64, Option<u64>> {
-    let reader = client(identities, api_addresses(), true);
-    let mut finals = BTreeMap::new();
-    for key in 0..KEYS {
-        let path = workload::register_path(key);
-        let invocation = Invocation {
-            process: CLIENTS,
-            f: "read",
-            key: Some(key.to_string()),
-            value: Value::Null,
-            node: None,
-        };
-        let give_up = Instant::now() + CONVERGE_WITHIN;
-        loop {
-            recorder.invoke(&invocation);
-            match reader.get_secret(&path, None).await {
-                Ok(found) => {
-                    let value = found.get("v").and_then(|v| v.parse::<u64>().ok());
-                    recorder.complete(&invocation, EventKind::Ok, json!(value), None);
-                    finals.insert(key, value);
-                    break;
-                }
-                Err(Error::NotFound) => {
-                    recorder.complete(&invocation, EventKind::Ok, Value::Null, None);
-                    finals.insert(key, None);
-                    break;
-                }
-                Err(error) => {
-                    recorder.complete(
-                        &invocation,
-                        EventKind::Fail,
-                        Value::Null,
-                        Some(error.to_string()),
-                    );
-                    if Instant::now() > give_up {
-                        problems.push(format!(
-                            "no linearizable read of key {key} after healing: {error}"
-                        ));
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    }
-    finals
-}
-
-/// The API addresses of the voters, as the leader sees them.
-async fn voters(identities: &Identities, problems: &mut Vec<String>) -> Vec<std::net::SocketAddr> {
+/// The voters as the leader sees them, each with a client bound to it
+/// alone.
+async fn voters(identities: &Identities, anomalies: &mut Vec<Anomaly>) -> Vec<Replica> {
     let hosts: Vec<std::net::SocketAddr> = (0..NEXUS_HOSTS)
         .map(|index| nexus_addresses(index).1)
         .collect();
@@ -266,98 +244,16 @@ async fn voters(identities: &Identities, problems: &mut Vec<String>) -> Vec<std:
         Ok(status) => membership::members(&status)
             .into_iter()
             .filter_map(|(_, voter, address)| address.filter(|_| voter))
+            .map(|address| Replica {
+                name: address.to_string(),
+                nexus: client(identities, vec![address], false),
+            })
             .collect(),
         Err(status) => {
-            problems.push(format!(
-                "no leader reported the membership after healing: {status:?}"
-            ));
-            Vec::new()
-        }
-    }
-}
-
-/// Every voter, read alone and without a read index, must come to hold the
-/// final values.
-async fn converge(
-    identities: &Identities,
-    finals: &BTreeMap<u64, Option<u64>>,
-    problems: &mut Vec<String>,
-) {
-    for endpoint in voters(identities, problems).await {
-        let alone = client(identities, vec![endpoint], false);
-        for (key, expected) in finals {
-            let path = workload::register_path(*key);
-            let give_up = Instant::now() + CONVERGE_WITHIN;
-            loop {
-                let seen = match alone.get_secret_stale(&path, None).await {
-                    Ok(found) => Some(found.get("v").and_then(|v| v.parse::<u64>().ok())),
-                    Err(Error::NotFound) => Some(None),
-                    Err(_) => None,
-                };
-                if seen.as_ref() == Some(expected) {
-                    break;
-                }
-                if Instant::now() > give_up {
-                    problems.push(format!(
-                        "the voter at {endpoint} holds {seen:?} for key {key}, the cluster {expected:?}"
-                    ));
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// The whole set, read through the leader once the cluster has healed.
-async fn final_set(
-    identities: &Identities,
-    problems: &mut Vec<String>,
-) -> Option<BTreeMap<u64, u64>> {
-    let reader = client(identities, api_addresses(), true);
-    let give_up = Instant::now() + CONVERGE_WITHIN;
-    loop {
-        match workload::read_set(&reader, "set").await {
-            Ok(elements) => return Some(elements),
-            Err(error) if Instant::now() > give_up => {
-                problems.push(format!("no final read of the set after healing: {error}"));
-                return None;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
-/// Every voter, asked alone, must come to list exactly the final set's
-/// elements (its own state, after it caught up through a read index).
-async fn converge_set(
-    identities: &Identities,
-    finals: &BTreeMap<u64, u64>,
-    problems: &mut Vec<String>,
-) {
-    let expected: BTreeSet<u64> = finals.keys().copied().collect();
-    for endpoint in voters(identities, problems).await {
-        let alone = client(identities, vec![endpoint], false);
-        let give_up = Instant::now() + CONVERGE_WITHIN;
-        loop {
-            let listed = alone.list_secrets().await.map(|paths| {
-                paths
-                    .iter()
-                    .filter_map(|path| workload::set_element(path, "set"))
-                    .collect::<BTreeSet<u64>>()
+            anomalies.push(Anomaly::NotRecovered {
+                detail: format!("no leader reported the membership after healing: {status:?}"),
             });
-            match listed {
-                Ok(elements) if elements == expected => break,
-                seen if Instant::now() > give_up => {
-                    let seen = seen.map(|elements| elements.len());
-                    problems.push(format!(
-                        "the voter at {endpoint} lists {seen:?} set elements, the cluster {}",
-                        expected.len()
-                    ));
-                    break;
-                }
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
+            Vec::new()
         }
     }
 }

@@ -7,10 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
-
 use super::{Anomaly, Operation};
-use crate::history::EventKind;
+use crate::op::{Op, Reply, VersionNumber};
 
 /// What the lifecycle checker counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -23,24 +21,19 @@ pub struct LifecycleReport {
     pub anomalies: Vec<Anomaly>,
 }
 
-fn version_of(value: &Value) -> Option<u64> {
-    value["version"].as_u64()
-}
-
-/// Checks `operations` of the lifecycle workload (`destroy` and
-/// `read-version`, each with `{"version": v}` as argument; reads complete
-/// with the value or null).
+/// Checks `operations` of the lifecycle workload (destroys and reads of
+/// one version each; a read completes with the value or null).
 pub fn check(operations: &[Operation<'_>]) -> LifecycleReport {
     let mut report = LifecycleReport::default();
     // (key, version) -> when its destroy completed (event index).
     let mut destroyed: BTreeMap<(String, u64), u64> = BTreeMap::new();
     for op in operations {
-        if op.invoke.f != "destroy" || op.outcome() != EventKind::Ok {
+        let Op::Destroy(VersionNumber { version }) = op.op else {
             continue;
-        }
-        let (Some(key), Some(version), Some(done)) = (
+        };
+        let (Some(key), Some(_), Some(done)) = (
             op.invoke.key.clone(),
-            version_of(&op.invoke.value),
+            op.acknowledged(),
             op.completion.map(|c| c.index),
         ) else {
             continue;
@@ -51,17 +44,12 @@ pub fn check(operations: &[Operation<'_>]) -> LifecycleReport {
     }
     let mut contents: BTreeMap<(String, u64), (u64, u64)> = BTreeMap::new();
     for op in operations {
-        if op.invoke.f != "read-version" || op.outcome() != EventKind::Ok {
-            continue;
-        }
-        let (Some(key), Some(version), Some(completion)) = (
-            op.invoke.key.clone(),
-            version_of(&op.invoke.value),
-            op.completion,
-        ) else {
+        let Op::ReadVersion(VersionNumber { version }) = op.op else {
             continue;
         };
-        let Some(value) = completion.value.as_u64() else {
+        let (Some(key), Some(Reply::ReadVersion(Some(value)))) =
+            (op.invoke.key.clone(), op.acknowledged())
+        else {
             continue;
         };
         report.reads_with_value += 1;
@@ -95,36 +83,32 @@ pub fn check(operations: &[Operation<'_>]) -> LifecycleReport {
 mod tests {
     use super::*;
     use crate::check::pair;
-    use crate::history::Event;
-    use serde_json::json;
+    use crate::check::testing::{History, info};
+    use crate::history::Completion;
 
-    fn op(events: &mut Vec<Event>, f: &str, version: u64, kind: EventKind, result: Value) {
-        for (event_kind, value) in [
-            (EventKind::Invoke, json!({ "version": version })),
-            (kind, result),
-        ] {
-            events.push(Event {
-                index: events.len() as u64,
-                time_ns: 0,
-                process: 1,
-                kind: event_kind,
-                f: f.to_owned(),
-                key: Some("k".to_owned()),
-                value,
-                node: None,
-                error: None,
-            });
-        }
+    const K: Option<&str> = Some("k");
+
+    fn read(history: &mut History, version: u64, value: Option<u64>) {
+        history.op(
+            1,
+            K,
+            Op::ReadVersion(VersionNumber { version }),
+            Completion::Ok(Reply::ReadVersion(value)),
+        );
+    }
+
+    fn destroy(version: u64) -> Op {
+        Op::Destroy(VersionNumber { version })
     }
 
     #[test]
     fn a_destroyed_version_that_comes_back_is_flagged() {
-        let mut events = Vec::new();
-        op(&mut events, "read-version", 1, EventKind::Ok, json!(7));
-        op(&mut events, "destroy", 1, EventKind::Ok, Value::Null);
-        op(&mut events, "read-version", 1, EventKind::Ok, Value::Null);
-        op(&mut events, "read-version", 1, EventKind::Ok, json!(7));
-        let operations = pair(&events).expect("pairs");
+        let mut history = History::default();
+        read(&mut history, 1, Some(7));
+        history.op(1, K, destroy(1), Completion::Ok(Reply::Destroy));
+        read(&mut history, 1, None);
+        read(&mut history, 1, Some(7));
+        let operations = pair(&history.0).expect("pairs");
         let report = check(&operations);
         assert_eq!(
             report.anomalies,
@@ -138,10 +122,10 @@ mod tests {
 
     #[test]
     fn a_version_whose_content_changes_is_flagged() {
-        let mut events = Vec::new();
-        op(&mut events, "read-version", 2, EventKind::Ok, json!(7));
-        op(&mut events, "read-version", 2, EventKind::Ok, json!(8));
-        let operations = pair(&events).expect("pairs");
+        let mut history = History::default();
+        read(&mut history, 2, Some(7));
+        read(&mut history, 2, Some(8));
+        let operations = pair(&history.0).expect("pairs");
         assert_eq!(
             check(&operations).anomalies,
             vec![Anomaly::VersionChanged {
@@ -154,10 +138,10 @@ mod tests {
 
     #[test]
     fn an_unknown_destroy_proves_nothing() {
-        let mut events = Vec::new();
-        op(&mut events, "destroy", 1, EventKind::Info, Value::Null);
-        op(&mut events, "read-version", 1, EventKind::Ok, json!(7));
-        let operations = pair(&events).expect("pairs");
+        let mut history = History::default();
+        history.op(1, K, destroy(1), info(Reply::Destroy));
+        read(&mut history, 1, Some(7));
+        let operations = pair(&history.0).expect("pairs");
         assert!(check(&operations).anomalies.is_empty());
     }
 }

@@ -20,9 +20,9 @@ pub mod set;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use serde_json::Value;
 
-use crate::history::{Event, EventKind};
+use crate::history::{Completion, Event, EventKind, Failure, Step};
+use crate::op::{Cas, ErrorKind, Op, Reply};
 use linearizable::{RegisterOp, TimedOp, Verdict};
 
 /// Most search steps spent on one key before giving up on it.
@@ -33,6 +33,8 @@ pub const SEARCH_STEPS_MAX: u64 = 20_000_000;
 pub struct Operation<'h> {
     /// The invocation.
     pub invoke: &'h Event,
+    /// The operation invoked.
+    pub op: Op,
     /// The completion; `None` when the run ended first (unknown).
     pub completion: Option<&'h Event>,
 }
@@ -40,7 +42,29 @@ pub struct Operation<'h> {
 impl Operation<'_> {
     /// How the operation ended (`Info` when it never did).
     pub fn outcome(&self) -> EventKind {
-        self.completion.map_or(EventKind::Info, |event| event.kind)
+        self.completion.map_or(EventKind::Info, Event::kind)
+    }
+
+    /// How the operation ended, if it did.
+    pub fn ended(&self) -> Option<Completion> {
+        self.completion.and_then(Event::completion)
+    }
+
+    /// The reply of an acknowledged operation.
+    pub fn acknowledged(&self) -> Option<Reply> {
+        match self.ended() {
+            Some(Completion::Ok(reply)) => Some(reply),
+            _ => None,
+        }
+    }
+
+    /// The completion's index if the operation happened or certainly did
+    /// not; `None` when its outcome is unknown.
+    pub fn decided_at(&self) -> Option<u64> {
+        match self.outcome() {
+            EventKind::Ok | EventKind::Fail => self.completion.map(|event| event.index),
+            EventKind::Invoke | EventKind::Info => None,
+        }
     }
 }
 
@@ -63,6 +87,14 @@ pub enum PairingError {
         /// The offending event.
         index: u64,
     },
+    /// A completion of another operation than the one invoked.
+    #[error("event {index} answers another operation than process {process} invoked")]
+    Mismatched {
+        /// The process.
+        process: u64,
+        /// The offending event.
+        index: u64,
+    },
 }
 
 /// Pairs invocations with completions, in invocation order.
@@ -70,26 +102,31 @@ pub fn pair(events: &[Event]) -> Result<Vec<Operation<'_>>, PairingError> {
     let mut open: BTreeMap<u64, usize> = BTreeMap::new();
     let mut operations: Vec<Operation<'_>> = Vec::new();
     for event in events {
-        if event.kind == EventKind::Invoke {
-            if open.contains_key(&event.process) {
-                return Err(PairingError::Overlapping {
-                    process: event.process,
-                    index: event.index,
+        let process = event.process;
+        let index = event.index;
+        match event.step {
+            Step::Invoke(op) => {
+                if open.contains_key(&process) {
+                    return Err(PairingError::Overlapping { process, index });
+                }
+                open.insert(process, operations.len());
+                operations.push(Operation {
+                    invoke: event,
+                    op,
+                    completion: None,
                 });
             }
-            open.insert(event.process, operations.len());
-            operations.push(Operation {
-                invoke: event,
-                completion: None,
-            });
-        } else {
-            let Some(position) = open.remove(&event.process) else {
-                return Err(PairingError::Orphan {
-                    process: event.process,
-                    index: event.index,
-                });
-            };
-            operations[position].completion = Some(event);
+            Step::Ok(_) | Step::Fail(_) | Step::Info(_) => {
+                let Some(position) = open.remove(&process) else {
+                    return Err(PairingError::Orphan { process, index });
+                };
+                let operation = &mut operations[position];
+                let reply = event.completion().map(Completion::reply);
+                if !reply.is_some_and(|reply| operation.op.answered_by(reply)) {
+                    return Err(PairingError::Mismatched { process, index });
+                }
+                operation.completion = Some(event);
+            }
         }
     }
     Ok(operations)
@@ -151,9 +188,17 @@ pub enum Anomaly {
         /// Invocation index of the read.
         read_at: u64,
     },
-    /// The final reads disagree between replicas after healing.
+    /// A replica still disagrees with the cluster after healing.
     Divergence {
+        /// The replica.
+        replica: String,
         /// What differs.
+        detail: String,
+    },
+    /// The cluster did not recover after healing: no final read, no
+    /// leader, no acknowledged write.
+    NotRecovered {
+        /// What did not come back.
         detail: String,
     },
     /// A history line does not have the shape its workload writes.
@@ -177,48 +222,30 @@ pub struct RegisterReport {
     pub anomalies: Vec<Anomaly>,
 }
 
-fn number(value: &Value) -> Option<u64> {
-    value.as_u64()
-}
-
 /// Turns one register operation into the search's form; `Ok(None)` drops
 /// it (it certainly did not happen, or a read without a result).
 fn register_op(operation: &Operation<'_>) -> Result<Option<TimedOp>, String> {
-    let invoke = operation.invoke;
-    let completion = operation.completion;
-    let outcome = operation.outcome();
-    let result = completion.map(|event| &event.value);
-    let op = match (invoke.f.as_str(), outcome) {
-        (_, EventKind::Invoke) => return Err("completion marked invoke".to_owned()),
-        ("read" | "version", EventKind::Fail | EventKind::Info) => return Ok(None),
-        ("read", EventKind::Ok) => {
-            let value = result.ok_or("read without result")?;
-            if value.is_null() {
-                RegisterOp::Read(None)
-            } else {
-                RegisterOp::Read(Some(number(value).ok_or("read of a non-number")?))
-            }
+    let ended = operation.ended();
+    let op = match (operation.op, ended) {
+        (Op::Read | Op::Version, Some(Completion::Fail(_) | Completion::Info(_)) | None) => {
+            return Ok(None);
         }
-        ("version", EventKind::Ok) => {
-            RegisterOp::Version(result.and_then(number).ok_or("version without a number")?)
+        (Op::Read, Some(Completion::Ok(Reply::Read(value)))) => RegisterOp::Read(value),
+        (Op::Version, Some(Completion::Ok(Reply::Version(version)))) => {
+            RegisterOp::Version(version.ok_or("version without a number")?)
         }
-        ("write", EventKind::Fail) => return Ok(None),
-        ("write", _) => RegisterOp::Write(number(&invoke.value).ok_or("write of a non-number")?),
-        ("cas", _) => {
-            let expected = invoke.value["expected"]
-                .as_u64()
-                .ok_or("cas without expected")?;
-            let value = invoke.value["value"].as_u64().ok_or("cas without value")?;
-            let wrote = match outcome {
-                EventKind::Ok => Some(true),
+        (Op::Write(_), Some(Completion::Fail(_))) => return Ok(None),
+        (Op::Write(value), _) => RegisterOp::Write(value),
+        (Op::Cas(Cas { expected, value }), _) => {
+            let wrote = match ended {
+                Some(Completion::Ok(_)) => Some(true),
                 // A conflict is an observation; any other failure is not.
-                EventKind::Fail
-                    if completion.and_then(|e| e.error.as_deref()) == Some("conflict") =>
-                {
-                    Some(false)
-                }
-                EventKind::Fail => return Ok(None),
-                _ => None,
+                Some(Completion::Fail(Failure {
+                    error: ErrorKind::Conflict,
+                    ..
+                })) => Some(false),
+                Some(Completion::Fail(_)) => return Ok(None),
+                Some(Completion::Info(_)) | None => None,
             };
             RegisterOp::Cas {
                 expected,
@@ -226,21 +253,17 @@ fn register_op(operation: &Operation<'_>) -> Result<Option<TimedOp>, String> {
                 wrote,
             }
         }
-        (other, _) => return Err(format!("unknown register operation {other:?}")),
-    };
-    let completed = match outcome {
-        EventKind::Info => None,
-        _ => completion.map(|event| event.index),
+        (op, ended) => return Err(format!("{op:?} is not a register operation ({ended:?})")),
     };
     Ok(Some(TimedOp {
-        invoked: invoke.index,
-        completed,
+        invoked: operation.invoke.index,
+        completed: operation.decided_at(),
         op,
     }))
 }
 
-/// Checks every register key of `operations` (those with a key and an `f`
-/// of read, version, write or cas).
+/// Checks every register key of `operations` (reads, versions, writes and
+/// compare-and-sets with a key).
 pub fn check_registers(operations: &[Operation<'_>], step_limit: u64) -> RegisterReport {
     let mut report = RegisterReport::default();
     let mut by_key: BTreeMap<&str, Vec<TimedOp>> = BTreeMap::new();
@@ -249,8 +272,8 @@ pub fn check_registers(operations: &[Operation<'_>], step_limit: u64) -> Registe
             continue;
         };
         if !matches!(
-            operation.invoke.f.as_str(),
-            "read" | "version" | "write" | "cas"
+            operation.op,
+            Op::Read | Op::Version | Op::Write(_) | Op::Cas(_)
         ) {
             continue;
         }
@@ -280,35 +303,72 @@ pub fn check_registers(operations: &[Operation<'_>], step_limit: u64) -> Registe
     report
 }
 
+/// Histories for the checkers' tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
+pub(crate) mod testing {
+    use crate::history::{Completion, Event, Failure, Step};
+    use crate::op::{ErrorKind, Op, Reply};
 
-    struct Recorder(Vec<Event>);
+    /// A history written event by event.
+    #[derive(Default)]
+    pub(crate) struct History(pub(crate) Vec<Event>);
 
-    impl Recorder {
-        fn event(&mut self, process: u64, kind: EventKind, f: &str, value: Value) {
+    impl History {
+        fn push(&mut self, process: u64, key: Option<&str>, step: Step) {
             let index = self.0.len() as u64;
             self.0.push(Event {
                 index,
                 time_ns: index,
                 process,
-                kind,
-                f: f.to_owned(),
-                key: Some("k".to_owned()),
-                value,
+                step,
+                key: key.map(str::to_owned),
                 node: None,
-                error: None,
             });
+        }
+
+        /// `process` invokes `op` on `key`.
+        pub(crate) fn invoke(&mut self, process: u64, key: Option<&str>, op: Op) {
+            self.push(process, key, Step::Invoke(op));
+        }
+
+        /// `process`'s operation on `key` ends.
+        pub(crate) fn complete(&mut self, process: u64, key: Option<&str>, done: Completion) {
+            self.push(process, key, done.into());
+        }
+
+        /// `process` invokes `op` on `key` and it ends.
+        pub(crate) fn op(&mut self, process: u64, key: Option<&str>, op: Op, done: Completion) {
+            self.invoke(process, key, op);
+            self.complete(process, key, done);
         }
     }
 
+    /// A failure with `reply`.
+    pub(crate) fn fail(reply: Reply, error: ErrorKind) -> Completion {
+        Completion::Fail(Failure { reply, error })
+    }
+
+    /// An unknown outcome with `reply`.
+    pub(crate) fn info(reply: Reply) -> Completion {
+        Completion::Info(Failure {
+            reply,
+            error: ErrorKind::Unreachable,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{History, fail, info};
+    use super::*;
+
+    const K: Option<&str> = Some("k");
+
     #[test]
-    fn pairing_refuses_overlaps_and_orphans() {
-        let mut history = Recorder(Vec::new());
-        history.event(1, EventKind::Invoke, "read", Value::Null);
-        history.event(1, EventKind::Invoke, "read", Value::Null);
+    fn pairing_refuses_overlaps_orphans_and_mismatched_replies() {
+        let mut history = History::default();
+        history.invoke(1, K, Op::Read);
+        history.invoke(1, K, Op::Read);
         assert_eq!(
             pair(&history.0).err(),
             Some(PairingError::Overlapping {
@@ -316,20 +376,26 @@ mod tests {
                 index: 1
             })
         );
-        let mut history = Recorder(Vec::new());
-        history.event(2, EventKind::Ok, "read", Value::Null);
+        let mut history = History::default();
+        history.complete(2, K, Completion::Ok(Reply::Read(None)));
         assert!(matches!(pair(&history.0), Err(PairingError::Orphan { .. })));
+        let mut history = History::default();
+        history.op(3, K, Op::Write(1), Completion::Ok(Reply::Read(Some(1))));
+        assert_eq!(
+            pair(&history.0).err(),
+            Some(PairingError::Mismatched {
+                process: 3,
+                index: 1
+            })
+        );
     }
 
     #[test]
     fn a_stale_read_in_a_history_is_an_anomaly() {
-        let mut history = Recorder(Vec::new());
-        history.event(1, EventKind::Invoke, "write", json!(1));
-        history.event(1, EventKind::Ok, "write", json!(1));
-        history.event(2, EventKind::Invoke, "write", json!(2));
-        history.event(2, EventKind::Ok, "write", json!(2));
-        history.event(3, EventKind::Invoke, "read", Value::Null);
-        history.event(3, EventKind::Ok, "read", json!(1));
+        let mut history = History::default();
+        history.op(1, K, Op::Write(1), Completion::Ok(Reply::Write(1)));
+        history.op(2, K, Op::Write(2), Completion::Ok(Reply::Write(2)));
+        history.op(3, K, Op::Read, Completion::Ok(Reply::Read(Some(1))));
         let operations = pair(&history.0).expect("pairs");
         let report = check_registers(&operations, SEARCH_STEPS_MAX);
         assert_eq!(
@@ -343,16 +409,59 @@ mod tests {
 
     #[test]
     fn timeouts_are_unknown_not_failures() {
-        let mut history = Recorder(Vec::new());
-        history.event(1, EventKind::Invoke, "write", json!(5));
-        history.event(1, EventKind::Info, "write", json!(5));
-        history.event(2, EventKind::Invoke, "read", Value::Null);
-        history.event(2, EventKind::Ok, "read", json!(5));
+        let mut history = History::default();
+        history.op(1, K, Op::Write(5), info(Reply::Write(5)));
+        history.op(2, K, Op::Read, Completion::Ok(Reply::Read(Some(5))));
         // A write still open when the run ended counts as unknown too.
-        history.event(1, EventKind::Invoke, "write", json!(6));
+        history.invoke(1, K, Op::Write(6));
         let operations = pair(&history.0).expect("pairs");
         let report = check_registers(&operations, SEARCH_STEPS_MAX);
         assert!(report.anomalies.is_empty(), "{:?}", report.anomalies);
         assert_eq!(report.linearizable_keys, 1);
+    }
+
+    #[test]
+    fn a_refused_cas_is_an_observation_and_other_failures_are_not() {
+        let cas = Cas {
+            expected: 0,
+            value: 9,
+        };
+        // The key is empty (version 0): a conflict over version 0 is
+        // impossible, a cas that failed for another reason proves nothing.
+        let mut history = History::default();
+        history.op(
+            1,
+            K,
+            Op::Cas(cas),
+            fail(Reply::Cas(cas), ErrorKind::NotReady),
+        );
+        let operations = pair(&history.0).expect("pairs");
+        assert!(
+            check_registers(&operations, SEARCH_STEPS_MAX)
+                .anomalies
+                .is_empty()
+        );
+        history.op(
+            1,
+            K,
+            Op::Cas(cas),
+            fail(Reply::Cas(cas), ErrorKind::Conflict),
+        );
+        let operations = pair(&history.0).expect("pairs");
+        assert!(matches!(
+            check_registers(&operations, SEARCH_STEPS_MAX).anomalies[..],
+            [Anomaly::NotLinearizable { .. }]
+        ));
+    }
+
+    #[test]
+    fn a_version_read_without_a_number_is_malformed() {
+        let mut history = History::default();
+        history.op(1, K, Op::Version, Completion::Ok(Reply::Version(None)));
+        let operations = pair(&history.0).expect("pairs");
+        assert!(matches!(
+            check_registers(&operations, SEARCH_STEPS_MAX).anomalies[..],
+            [Anomaly::Malformed { index: 0, .. }]
+        ));
     }
 }

@@ -13,6 +13,7 @@
 
 use super::{Anomaly, Operation};
 use crate::history::EventKind;
+use crate::op::{Access, Op, Reply};
 
 /// What the policy checker counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -34,32 +35,36 @@ struct Change {
     unknown: bool,
 }
 
-/// Checks `operations` (`grant`, `revoke`, and `read-acl` completing with
-/// `"allowed"` or `"denied"`).
+/// Checks `operations` (grants, revokes, and reads that were allowed or
+/// denied).
 pub fn check(operations: &[Operation<'_>]) -> PolicyReport {
     let mut report = PolicyReport::default();
     let changes: Vec<Change> = operations
         .iter()
-        .filter(|op| matches!(op.invoke.f.as_str(), "grant" | "revoke"))
-        .map(|op| Change {
-            grant: op.invoke.f == "grant",
-            invoked: op.invoke.index,
-            acknowledged: (op.outcome() == EventKind::Ok)
-                .then(|| op.completion.map(|c| c.index))
-                .flatten(),
-            unknown: matches!(op.outcome(), EventKind::Info | EventKind::Invoke),
+        .filter_map(|op| {
+            let grant = match op.op {
+                Op::Grant => true,
+                Op::Revoke => false,
+                _ => return None,
+            };
+            Some(Change {
+                grant,
+                invoked: op.invoke.index,
+                acknowledged: op
+                    .acknowledged()
+                    .and(op.completion.map(|completion| completion.index)),
+                unknown: op.outcome() == EventKind::Info,
+            })
         })
         .collect();
     report.changes = changes.iter().filter(|c| c.acknowledged.is_some()).count();
-    for read in operations.iter().filter(|op| op.invoke.f == "read-acl") {
-        let (EventKind::Ok, Some(completion)) = (read.outcome(), read.completion) else {
+    for read in operations.iter().filter(|op| op.op == Op::ReadAcl) {
+        let (Some(Reply::ReadAcl(Some(access))), Some(completion)) =
+            (read.acknowledged(), read.completion)
+        else {
             continue;
         };
-        let allowed = match completion.value.as_str() {
-            Some("allowed") => true,
-            Some("denied") => false,
-            _ => continue,
-        };
+        let allowed = access == Access::Allowed;
         // The last change acknowledged before the read began.
         let Some(last) = changes
             .iter()
@@ -98,33 +103,26 @@ pub fn check(operations: &[Operation<'_>]) -> PolicyReport {
 mod tests {
     use super::*;
     use crate::check::pair;
-    use crate::history::Event;
-    use serde_json::{Value, json};
+    use crate::check::testing::{History, info};
+    use crate::history::Completion;
 
-    fn op(events: &mut Vec<Event>, process: u64, f: &str, kind: EventKind, result: Value) {
-        for (event_kind, value) in [(EventKind::Invoke, Value::Null), (kind, result)] {
-            events.push(Event {
-                index: events.len() as u64,
-                time_ns: 0,
-                process,
-                kind: event_kind,
-                f: f.to_owned(),
-                key: None,
-                value,
-                node: None,
-                error: None,
-            });
-        }
+    fn read(history: &mut History, access: Access) {
+        history.op(
+            1,
+            None,
+            Op::ReadAcl,
+            Completion::Ok(Reply::ReadAcl(Some(access))),
+        );
     }
 
     #[test]
     fn a_read_allowed_after_an_acknowledged_revoke_is_flagged() {
-        let mut events = Vec::new();
-        op(&mut events, 0, "grant", EventKind::Ok, Value::Null);
-        op(&mut events, 1, "read-acl", EventKind::Ok, json!("allowed"));
-        op(&mut events, 0, "revoke", EventKind::Ok, Value::Null);
-        op(&mut events, 1, "read-acl", EventKind::Ok, json!("allowed"));
-        let operations = pair(&events).expect("pairs");
+        let mut history = History::default();
+        history.op(0, None, Op::Grant, Completion::Ok(Reply::Grant));
+        read(&mut history, Access::Allowed);
+        history.op(0, None, Op::Revoke, Completion::Ok(Reply::Revoke));
+        read(&mut history, Access::Allowed);
+        let operations = pair(&history.0).expect("pairs");
         assert_eq!(
             check(&operations).anomalies,
             vec![Anomaly::RevocationNotHeld { read_at: 6 }]
@@ -133,10 +131,10 @@ mod tests {
 
     #[test]
     fn a_read_denied_after_an_acknowledged_grant_is_flagged() {
-        let mut events = Vec::new();
-        op(&mut events, 0, "grant", EventKind::Ok, Value::Null);
-        op(&mut events, 1, "read-acl", EventKind::Ok, json!("denied"));
-        let operations = pair(&events).expect("pairs");
+        let mut history = History::default();
+        history.op(0, None, Op::Grant, Completion::Ok(Reply::Grant));
+        read(&mut history, Access::Denied);
+        let operations = pair(&history.0).expect("pairs");
         assert_eq!(
             check(&operations).anomalies,
             vec![Anomaly::GrantNotHeld { read_at: 2 }]
@@ -145,13 +143,13 @@ mod tests {
 
     #[test]
     fn concurrent_or_unknown_changes_excuse_either_answer() {
-        let mut events = Vec::new();
-        op(&mut events, 0, "grant", EventKind::Ok, Value::Null);
+        let mut history = History::default();
+        history.op(0, None, Op::Grant, Completion::Ok(Reply::Grant));
         // A revoke that timed out may land any time later.
-        op(&mut events, 0, "revoke", EventKind::Info, Value::Null);
-        op(&mut events, 1, "read-acl", EventKind::Ok, json!("denied"));
-        op(&mut events, 1, "read-acl", EventKind::Ok, json!("allowed"));
-        let operations = pair(&events).expect("pairs");
+        history.op(0, None, Op::Revoke, info(Reply::Revoke));
+        read(&mut history, Access::Denied);
+        read(&mut history, Access::Allowed);
+        let operations = pair(&history.0).expect("pairs");
         assert!(check(&operations).anomalies.is_empty());
     }
 }

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Anomaly, Operation};
 use crate::history::EventKind;
+use crate::op::Op;
 
 /// Counts the set checker reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -22,18 +23,14 @@ pub struct SetReport {
     pub anomalies: Vec<Anomaly>,
 }
 
-/// Checks `operations` (`add` with the element as value) against the final
-/// read: element -> number of versions found.
+/// Checks `operations` (adds of an element) against the final read:
+/// element -> number of versions found.
 pub fn check(operations: &[Operation<'_>], final_read: &BTreeMap<u64, u64>) -> SetReport {
     let mut report = SetReport::default();
     let mut attempted = BTreeSet::new();
     let mut acknowledged = BTreeSet::new();
-    for operation in operations.iter().filter(|op| op.invoke.f == "add") {
-        let Some(element) = operation.invoke.value.as_u64() else {
-            report.anomalies.push(Anomaly::Malformed {
-                index: operation.invoke.index,
-                reason: "add of a non-number".to_owned(),
-            });
+    for operation in operations {
+        let Op::Add(element) = operation.op else {
             continue;
         };
         attempted.insert(element);
@@ -78,38 +75,33 @@ pub fn check(operations: &[Operation<'_>], final_read: &BTreeMap<u64, u64>) -> S
 mod tests {
     use super::*;
     use crate::check::pair;
-    use crate::history::Event;
-    use serde_json::json;
+    use crate::check::testing::{History, fail, info};
+    use crate::history::Completion;
+    use crate::op::{ErrorKind, Reply};
 
-    fn history(adds: &[(u64, EventKind)]) -> Vec<Event> {
-        let mut events = Vec::new();
+    fn history(adds: &[(u64, EventKind)]) -> History {
+        let mut history = History::default();
         for (process, (element, outcome)) in adds.iter().enumerate() {
-            for kind in [EventKind::Invoke, *outcome] {
-                events.push(Event {
-                    index: events.len() as u64,
-                    time_ns: 0,
-                    process: process as u64,
-                    kind,
-                    f: "add".to_owned(),
-                    key: None,
-                    value: json!(element),
-                    node: None,
-                    error: None,
-                });
-            }
+            let reply = Reply::Add(*element);
+            let done = match outcome {
+                EventKind::Ok => Completion::Ok(reply),
+                EventKind::Fail => fail(reply, ErrorKind::Denied),
+                EventKind::Info | EventKind::Invoke => info(reply),
+            };
+            history.op(process as u64, None, Op::Add(*element), done);
         }
-        events
+        history
     }
 
     #[test]
     fn lost_unexpected_and_duplicated_elements_are_flagged() {
-        let events = history(&[
+        let history = history(&[
             (1, EventKind::Ok),
             (2, EventKind::Ok),
             (3, EventKind::Info),
             (4, EventKind::Fail),
         ]);
-        let operations = pair(&events).expect("pairs");
+        let operations = pair(&history.0).expect("pairs");
         // 2 lost, 3 applied though unknown (fine), 9 never added, 1 twice.
         let read = BTreeMap::from([(1, 2), (3, 1), (9, 1)]);
         let report = check(&operations, &read);
@@ -130,8 +122,8 @@ mod tests {
 
     #[test]
     fn a_clean_history_passes() {
-        let events = history(&[(1, EventKind::Ok), (2, EventKind::Info)]);
-        let operations = pair(&events).expect("pairs");
+        let history = history(&[(1, EventKind::Ok), (2, EventKind::Info)]);
+        let operations = pair(&history.0).expect("pairs");
         let report = check(&operations, &BTreeMap::from([(1, 1)]));
         assert!(report.anomalies.is_empty());
     }
