@@ -32,7 +32,7 @@ enum Cli {
     Compare(CompareArgs),
     /// One workload against a running cluster of ours, as the caller: the
     /// SVID from `SPIFFE_ENDPOINT_SOCKET` or `SPIKE_SVID_*_FILE`, the nodes
-    /// from `SPIKE_NEXUS_API_URL` (comma-separated `https://IP:PORT`).
+    /// from `SPIKE_NEXUS_API_URL` and `SPIKE_NEXUS_API_URLS`.
     /// Writes go under `bench/`.
     Run(RunArgs),
 }
@@ -71,9 +71,12 @@ struct RunArgs {
     clients: usize,
     #[command(flatten)]
     sizing: Sizing,
-    /// Nexus API URLs.
-    #[arg(long, env = "SPIKE_NEXUS_API_URL", value_delimiter = ',')]
-    api_url: Vec<String>,
+    /// A Nexus API URL (`https://HOST:PORT`).
+    #[arg(long, env = spike_sdk::client::endpoints::API_URL_VARIABLE)]
+    api_url: Option<String>,
+    /// Every replica's API URL, comma-separated.
+    #[arg(long, env = spike_sdk::client::endpoints::API_URLS_VARIABLE)]
+    api_urls: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -188,16 +191,8 @@ async fn run_against_existing(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("--keys and --clients must be at least 1");
     }
     args.sizing.check_duration()?;
-    let endpoints = args
-        .api_url
-        .iter()
-        .map(|url| {
-            url.trim()
-                .strip_prefix("https://")
-                .and_then(|address| address.parse().ok())
-                .with_context(|| format!("API URL {url:?} is not https://IP:PORT"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let urls = [args.api_url.as_deref(), args.api_urls.as_deref()];
+    let endpoints = spike_sdk::client::endpoints::resolve(urls.into_iter().flatten()).await?;
     let store = Arc::new(nexus::NexusStore::from_environment(endpoints).await?);
     let shape = LoadShape {
         workload: args.workload,

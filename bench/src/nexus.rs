@@ -1,7 +1,8 @@
 //! Our side: a 3-replica cluster started with `spike-dev-cluster` (dev
 //! identities, mTLS everywhere, fsynced redb), driven through the SDK.
 
-use std::collections::BTreeMap;
+use spike_sdk::api::SecretValues;
+use spike_sdk::domain::SecretPath;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -140,13 +141,14 @@ impl NexusStore {
     }
 }
 
-fn path_of(key: u64) -> String {
-    format!("bench/k{key}")
+/// The path of key `key`: `bench/k<number>` follows the path rule.
+fn path_of(key: u64) -> SecretPath {
+    SecretPath::try_from(format!("bench/k{key}")).expect("bench paths follow the path rule")
 }
 
 impl Store for NexusStore {
     async fn put(&self, key: u64, value: &str) -> Result<(), String> {
-        let values = BTreeMap::from([("v".to_owned(), value.to_owned())]);
+        let values: SecretValues = [("v", value)].into_iter().collect();
         self.client
             .put_secret(&path_of(key), &values, None)
             .await

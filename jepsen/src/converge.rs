@@ -229,10 +229,7 @@ pub async fn root_keys_converge(
                     replica: replica.name.clone(),
                     error,
                 })?;
-            let key = (
-                status["rootKey"]["rootKeyId"].clone(),
-                status["rootKey"]["keyCheck"].clone(),
-            );
+            let key = (status.root_key.root_key_id, status.root_key.key_check);
             keys.push((replica.name.clone(), key));
         }
         let Some((first_name, first)) = keys.first().cloned() else {
@@ -244,7 +241,7 @@ pub async fn root_keys_converge(
                 anomalies.push(Anomaly::Divergence {
                     replica: name.clone(),
                     detail: format!(
-                        "holds root key {id} (key check {check}), {first_name} {} ({})",
+                        "holds root key {id:?} (key check {check:?}), {first_name} {:?} ({:?})",
                         first.0, first.1
                     ),
                 });

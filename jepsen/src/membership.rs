@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde_json::Value;
+use spike_sdk::api::{ClusterStatus, Member};
 use spike_sdk::client::{Error, NexusClient};
 use tokio::time::Instant;
 
@@ -41,7 +41,7 @@ pub async fn leader_status<F, Fut>(
     hosts: &[SocketAddr],
     mut connect: F,
     deadline: Instant,
-) -> Result<Value, Option<Value>>
+) -> Result<ClusterStatus, Option<ClusterStatus>>
 where
     F: FnMut(SocketAddr) -> Fut,
     Fut: std::future::Future<Output = Option<NexusClient>>,
@@ -54,13 +54,10 @@ where
         if let Some(client) = connect(ask).await
             && let Ok(status) = client.cluster_status().await
         {
-            let leader = status["leaderId"].as_u64();
-            if leader.is_some() && status["nodeId"].as_u64() == leader {
+            if status.leader_id == Some(status.node_id) {
                 return Ok(status);
             }
-            hint = status["leaderApiAddr"]
-                .as_str()
-                .and_then(|address| address.parse().ok());
+            hint = status.leader_api_addr;
             last = Some(status);
         }
         if Instant::now() > deadline {
@@ -75,17 +72,10 @@ where
 }
 
 /// The members a status lists: (id, voter, API address).
-pub fn members(status: &Value) -> Vec<(u64, bool, Option<SocketAddr>)> {
-    status["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|member| {
-            Some((
-                member["id"].as_u64()?,
-                member["voter"].as_bool() == Some(true),
-                member["apiAddr"].as_str().and_then(|a| a.parse().ok()),
-            ))
-        })
+pub fn members(status: &ClusterStatus) -> Vec<(u64, bool, Option<SocketAddr>)> {
+    status
+        .members
+        .iter()
+        .map(|member: &Member| (member.id, member.voter, Some(member.api_addr)))
         .collect()
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use spike_sdk::client::NexusClient;
+use spike_sdk::domain::NodeId;
 
 use anyhow::Context;
 
@@ -125,7 +126,7 @@ pub struct FaultWindow {
 /// The leader's process name, as the first replica that answers says.
 pub async fn leader_name(client: &NexusClient) -> Option<String> {
     let status = client.cluster_status().await.ok()?;
-    status["leaderId"].as_u64().map(|id| format!("nexus-{id}"))
+    status.leader_id.map(|id| format!("nexus-{id}"))
 }
 
 /// Replica pairs to cut so that only `links` remain (by position).
@@ -326,6 +327,7 @@ async fn replace(cluster: &Cluster, victim: &str) -> anyhow::Result<Vec<String>>
         spare_replica.cluster_addr,
         spare_replica.api_addr,
     );
+    let (victim_node, spare_node) = (NodeId::new(victim_id)?, NodeId::new(spare_id)?);
     let endpoints = cluster.api_addresses()?;
     let admin = cluster.client(endpoints.clone()).await?;
     let membership_now = |deadline| {
@@ -346,7 +348,7 @@ async fn replace(cluster: &Cluster, victim: &str) -> anyhow::Result<Vec<String>>
     };
 
     let deadline = Instant::now() + MEMBERSHIP_STEP_WITHIN;
-    let removed = membership::until(deadline, || admin.remove_member(victim_id)).await;
+    let removed = membership::until(deadline, || admin.remove_member(victim_node)).await;
     let gone = removed.is_ok()
         || membership_now(deadline)
             .await
@@ -362,7 +364,7 @@ async fn replace(cluster: &Cluster, victim: &str) -> anyhow::Result<Vec<String>>
     cluster.join(&spare.name)?;
     let deadline = Instant::now() + MEMBERSHIP_STEP_WITHIN;
     let added = membership::until(deadline, || {
-        admin.add_member(spare_id, cluster_addr, api_addr)
+        admin.add_member(spare_node, cluster_addr, api_addr)
     })
     .await;
     let voting = added.is_ok()

@@ -186,8 +186,9 @@ async fn drive(settings: &RunSettings, cluster: &Cluster, out: &Path) -> anyhow:
     if settings.workload == Workload::Policy {
         let admin = cluster.client(endpoints.clone()).await?;
         let values = secret_values(1);
+        let secret = workload::policy_secret();
         converge::retry(FINAL_READ_WITHIN, || {
-            admin.put_secret(workload::POLICY_SECRET, &values, None)
+            admin.put_secret(&secret, &values, None)
         })
         .await
         .context("the policy workload's secret")?;

@@ -1,6 +1,7 @@
 //! Workloads: what each client does, one step function per workload. The
 //! operations go through [`crate::perform`], which records them.
 
+use spike_sdk::domain::SecretPath;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -70,14 +71,25 @@ const ADMIN_PAUSE_SPREAD_MS: u64 = 200;
 /// this much more.
 const OPERATOR_PAUSE_SPREAD_MS: u64 = 500;
 
+/// A path the harness makes: its prefix, a kind and a number follow the
+/// path rule by construction.
+fn harness_path(text: String) -> SecretPath {
+    SecretPath::try_from(text).expect("the harness's paths follow SPIKE's path rule")
+}
+
 /// The path of register key `key`.
-pub fn register_path(key: u64) -> String {
-    format!("{PREFIX}/register/{key}")
+pub fn register_path(key: u64) -> SecretPath {
+    harness_path(format!("{PREFIX}/register/{key}"))
 }
 
 /// The path of lifecycle key `key`.
-pub fn lifecycle_path(key: u64) -> String {
-    format!("{PREFIX}/lifecycle/{key}")
+pub fn lifecycle_path(key: u64) -> SecretPath {
+    harness_path(format!("{PREFIX}/lifecycle/{key}"))
+}
+
+/// The secret the policy workload's readers read.
+pub fn policy_secret() -> SecretPath {
+    harness_path(POLICY_SECRET.to_owned())
 }
 
 /// The workloads that add elements, each under a path prefix of its own.
@@ -98,8 +110,8 @@ impl SetKind {
     }
 
     /// The path of `element`.
-    pub fn path(self, element: u64) -> String {
-        format!("{PREFIX}/{}/{element}", self.name())
+    pub fn path(self, element: u64) -> SecretPath {
+        harness_path(format!("{PREFIX}/{}/{element}", self.name()))
     }
 
     /// The element `path` names, or `None` for any other path.
@@ -195,7 +207,7 @@ impl Client<'_> {
     }
 
     /// Runs `op` on `path` (`key` in the history), recorded.
-    async fn invoke(&self, key: Option<u64>, op: Op, path: &str) -> Completion {
+    async fn invoke(&self, key: Option<u64>, op: Op, path: &SecretPath) -> Completion {
         let node = self
             .spec
             .pinned
@@ -302,7 +314,7 @@ async fn lifecycle_step(client: &mut Client<'_>) {
 /// the granted secret as the workload.
 async fn policy_step(client: &mut Client<'_>) {
     if client.spec.process != ADMIN_PROCESS {
-        client.invoke(None, Op::ReadAcl, POLICY_SECRET).await;
+        client.invoke(None, Op::ReadAcl, &policy_secret()).await;
         return;
     }
     let op = if client.steps % 2 == 1 {
@@ -310,7 +322,7 @@ async fn policy_step(client: &mut Client<'_>) {
     } else {
         Op::Revoke
     };
-    client.invoke(None, op, POLICY_SECRET).await;
+    client.invoke(None, op, &policy_secret()).await;
     let pause_ms = 50 + client.rng.below(ADMIN_PAUSE_SPREAD_MS);
     tokio::time::sleep(Duration::from_millis(pause_ms)).await;
 }
@@ -330,7 +342,8 @@ async fn rootkey_step(client: &mut Client<'_>) {
     } else {
         Op::Rotate
     };
-    client.invoke(None, op, "").await;
+    // Rekeys and rotations name no secret; the invocation's path is unused.
+    client.invoke(None, op, &policy_secret()).await;
     let pause_ms = 300 + client.rng.below(OPERATOR_PAUSE_SPREAD_MS);
     tokio::time::sleep(Duration::from_millis(pause_ms)).await;
 }
@@ -341,11 +354,20 @@ mod tests {
 
     #[test]
     fn set_paths_name_their_element_and_nothing_else_does() {
-        assert_eq!(SetKind::Set.element(&SetKind::Set.path(42)), Some(42));
-        assert_eq!(SetKind::Rootkey.element(&SetKind::Rootkey.path(7)), Some(7));
-        assert_eq!(SetKind::Set.element(&SetKind::Rootkey.path(7)), None);
+        assert_eq!(
+            SetKind::Set.element(SetKind::Set.path(42).as_str()),
+            Some(42)
+        );
+        assert_eq!(
+            SetKind::Rootkey.element(SetKind::Rootkey.path(7).as_str()),
+            Some(7)
+        );
+        assert_eq!(
+            SetKind::Set.element(SetKind::Rootkey.path(7).as_str()),
+            None
+        );
         assert_eq!(SetKind::Set.element("jepsen/settings/1"), None);
-        assert_eq!(SetKind::Set.element(&register_path(1)), None);
+        assert_eq!(SetKind::Set.element(register_path(1).as_str()), None);
         assert_eq!(SetKind::Set.element("jepsen/set/x"), None);
     }
 

@@ -70,6 +70,11 @@ async fn secret_cells(line: &str, cluster: &LocalCluster, pilot: &GoClient) {
         )
         .await;
     ok(&cell("secret put"), &put);
+    assert_eq!(put.header("content-type"), Some("application/json"));
+    assert_eq!(
+        put.header("cache-control"),
+        Some("no-store, no-cache, must-revalidate, private")
+    );
     let second = pilot
         .post(
             node,

@@ -3,12 +3,13 @@
 //! retried after a timeout exactly once, and reports a replica without the
 //! root key as the typed, retryable not-ready error.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use spike_sdk::api::SecretValues;
 use spike_sdk::client::{Error, NexusClient, RetryPolicy, Settings};
+use spike_sdk::domain::{Permission, PolicyName, PolicyRef, SecretPath};
 use spike_sdk::identity::TrustRoots;
 use spike_tests::LocalCluster;
 
@@ -25,8 +26,16 @@ async fn sdk(
     NexusClient::new(cluster.identity("superuser").await, roots, chosen).expect("client")
 }
 
-fn value(n: u64) -> BTreeMap<String, String> {
-    BTreeMap::from([("n".to_owned(), n.to_string())])
+fn value(n: u64) -> SecretValues {
+    [("n", n.to_string())].into_iter().collect()
+}
+
+fn path(text: &str) -> SecretPath {
+    text.parse().expect("a valid path")
+}
+
+fn policy(text: &str) -> PolicyRef {
+    text.parse().expect("a valid policy name")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,7 +44,7 @@ async fn the_sdk_follows_a_transfer_and_a_killed_leader_applying_each_write_once
     let ops = Operators::of(&cluster).await;
     let client = sdk(&cluster, &[1, 2, 3], |_| {}).await;
     client
-        .put_secret("sdk/stream", &value(0), None)
+        .put_secret(&path("sdk/stream"), &value(0), None)
         .await
         .expect("first write");
     let first = leader(&ops.superuser, &cluster, &[1, 2, 3]).await;
@@ -43,60 +52,77 @@ async fn the_sdk_follows_a_transfer_and_a_killed_leader_applying_each_write_once
 
     phase("every operation through the SDK, errors typed");
     let conflict = client
-        .put_secret("sdk/stream", &value(99), Some(7))
+        .put_secret(&path("sdk/stream"), &value(99), Some(7))
         .await
         .expect_err("compare-and-set against the wrong version");
     assert!(matches!(conflict, Error::Conflict), "{conflict:?}");
     assert!(matches!(
-        client.get_secret("sdk/absent", None).await,
+        client.get_secret(&path("sdk/absent"), None).await,
         Err(Error::NotFound)
     ));
     client
-        .put_secret("sdk/doomed", &value(1), Some(0))
+        .put_secret(&path("sdk/doomed"), &value(1), Some(0))
         .await
         .expect("create-only write");
     client
-        .delete_secret("sdk/doomed", &[])
+        .delete_secret(&path("sdk/doomed"), &[])
         .await
         .expect("delete");
     assert!(matches!(
-        client.get_secret("sdk/doomed", None).await,
+        client.get_secret(&path("sdk/doomed"), None).await,
         Err(Error::NotFound)
     ));
     client
-        .undelete_secret("sdk/doomed", &[1])
+        .undelete_secret(&path("sdk/doomed"), &[1])
         .await
         .expect("undelete");
     assert_eq!(
-        client.get_secret_stale("sdk/doomed", Some(1)).await.ok(),
+        client
+            .get_secret_stale(&path("sdk/doomed"), Some(1))
+            .await
+            .ok(),
         Some(value(1))
     );
     client
-        .destroy_secret("sdk/doomed", &[1])
+        .destroy_secret(&path("sdk/doomed"), &[1])
         .await
         .expect("destroy");
-    assert!(client.get_secret("sdk/doomed", Some(1)).await.is_err());
+    assert!(
+        client
+            .get_secret(&path("sdk/doomed"), Some(1))
+            .await
+            .is_err()
+    );
     let listed = client.list_secrets().await.expect("list");
-    assert!(listed.contains(&"sdk/stream".to_owned()), "{listed:?}");
+    assert!(listed.contains(&path("sdk/stream")), "{listed:?}");
     client
         .put_policy(
-            "sdk-readers",
+            &"sdk-readers".parse::<PolicyName>().expect("name"),
             "^spiffe://spike.ist/app/.*$",
             "^sdk/.*$",
-            &["read"],
+            &[Permission::Read],
         )
         .await
         .expect("policy put");
-    let policy = client.get_policy("sdk-readers").await.expect("policy get");
-    assert_eq!(policy["pathPattern"], "^sdk/.*$", "{policy}");
+    let got = client
+        .get_policy(&policy("sdk-readers"))
+        .await
+        .expect("policy get");
+    assert_eq!(got.path_pattern, "^sdk/.*$", "{got:?}");
+    let by_id = client.get_policy(&policy(&got.id)).await.expect("by id");
+    assert_eq!(by_id.name, "sdk-readers");
     let policies = client.list_policies().await.expect("policy list");
-    assert!(policies.iter().any(|p| p["name"] == "sdk-readers"));
+    assert!(
+        policies
+            .iter()
+            .any(|p| p.name == "sdk-readers" && p.id == got.id)
+    );
     client
-        .delete_policy("sdk-readers")
+        .delete_policy(&policy(&got.id))
         .await
         .expect("policy delete");
     assert!(matches!(
-        client.get_policy("sdk-readers").await,
+        client.get_policy(&policy("sdk-readers")).await,
         Err(Error::NotFound)
     ));
     let sealed = client.encrypt(b"attack at dawn").await.expect("encrypt");
@@ -104,7 +130,7 @@ async fn the_sdk_follows_a_transfer_and_a_killed_leader_applying_each_write_once
     let opened = client.decrypt(&sealed).await.expect("decrypt");
     assert_eq!(opened.as_slice(), b"attack at dawn");
     let status = client.cluster_status().await.expect("status");
-    assert_eq!(status["rootKey"]["status"], "ready");
+    assert_eq!(status.root_key.status, spike_sdk::api::RootKeyState::Ready);
 
     phase("leadership moves by transfer; the client follows without an error");
     let target = [1, 2, 3]
@@ -130,7 +156,7 @@ async fn the_sdk_follows_a_transfer_and_a_killed_leader_applying_each_write_once
         );
         written += 1;
         client
-            .put_secret("sdk/stream", &value(written), None)
+            .put_secret(&path("sdk/stream"), &value(written), None)
             .await
             .expect("a write during the transfer");
     }
@@ -142,7 +168,7 @@ async fn the_sdk_follows_a_transfer_and_a_killed_leader_applying_each_write_once
             cluster.act("kill", &format!("nexus-{target}"));
         }
         client
-            .put_secret("sdk/stream", &value(written), None)
+            .put_secret(&path("sdk/stream"), &value(written), None)
             .await
             .expect("every write is acknowledged within the retry budget");
     }
@@ -150,15 +176,18 @@ async fn the_sdk_follows_a_transfer_and_a_killed_leader_applying_each_write_once
 
     phase("every acknowledged write made exactly one version");
     let metadata = client
-        .secret_metadata("sdk/stream")
+        .secret_metadata(&path("sdk/stream"), None)
         .await
         .expect("metadata");
     assert_eq!(
-        metadata.current_version,
+        metadata.metadata.current_version,
         written + 1,
         "versions: {metadata:?}"
     );
-    let latest = client.get_secret("sdk/stream", None).await.expect("read");
+    let latest = client
+        .get_secret(&path("sdk/stream"), None)
+        .await
+        .expect("read");
     assert_eq!(latest, value(written));
 }
 
@@ -181,7 +210,7 @@ async fn a_write_retried_after_timeouts_applies_once_and_not_ready_is_typed() {
         .await,
     );
     client
-        .put_secret("sdk/warm", &value(0), None)
+        .put_secret(&path("sdk/warm"), &value(0), None)
         .await
         .expect("warm-up write");
 
@@ -191,7 +220,7 @@ async fn a_write_retried_after_timeouts_applies_once_and_not_ready_is_typed() {
     }
     let writer = {
         let client = client.clone();
-        tokio::spawn(async move { client.put_secret("sdk/once", &value(1), None).await })
+        tokio::spawn(async move { client.put_secret(&path("sdk/once"), &value(1), None).await })
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!writer.is_finished(), "a write committed without a quorum");
@@ -202,9 +231,12 @@ async fn a_write_retried_after_timeouts_applies_once_and_not_ready_is_typed() {
         .await
         .expect("writer task")
         .expect("the write succeeds once a quorum is back");
-    let metadata = client.secret_metadata("sdk/once").await.expect("metadata");
+    let metadata = client
+        .secret_metadata(&path("sdk/once"), None)
+        .await
+        .expect("metadata");
     assert_eq!(
-        metadata.current_version, 1,
+        metadata.metadata.current_version, 1,
         "a write sent several times was applied more than once: {metadata:?}"
     );
 
@@ -228,7 +260,7 @@ async fn a_write_retried_after_timeouts_applies_once_and_not_ready_is_typed() {
     })
     .await;
     let refused = impatient
-        .get_secret_stale("sdk/once", None)
+        .get_secret_stale(&path("sdk/once"), None)
         .await
         .expect_err("a replica without the root key cannot decrypt");
     assert!(
@@ -237,12 +269,12 @@ async fn a_write_retried_after_timeouts_applies_once_and_not_ready_is_typed() {
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let refused = impatient
-        .get_secret_stale("sdk/once", None)
+        .get_secret_stale(&path("sdk/once"), None)
         .await
         .expect_err("still locked");
     assert!(matches!(refused, Error::NotReady(_)), "{refused:?}");
     let followed = impatient
-        .get_secret("sdk/once", None)
+        .get_secret(&path("sdk/once"), None)
         .await
         .expect("a linearizable read follows the leader hint");
     assert_eq!(followed, value(1));
@@ -272,7 +304,7 @@ async fn killing_every_replica_mid_stream_loses_no_acknowledged_write() {
         .await,
     );
     client
-        .put_secret("crash/warm", &value(0), None)
+        .put_secret(&path("crash/warm"), &value(0), None)
         .await
         .expect("warm-up write");
 
@@ -283,7 +315,7 @@ async fn killing_every_replica_mid_stream_loses_no_acknowledged_write() {
             tokio::spawn(async move {
                 let mut acknowledged = Vec::new();
                 for n in 0.. {
-                    let path = format!("crash/{writer}/{n}");
+                    let path = path(&format!("crash/{writer}/{n}"));
                     match client.put_secret(&path, &value(n), None).await {
                         Ok(_) => acknowledged.push((path, n)),
                         Err(_) => break,
@@ -321,8 +353,8 @@ async fn killing_every_replica_mid_stream_loses_no_acknowledged_write() {
             .await
             .unwrap_or_else(|e| panic!("acknowledged write {path} lost: {e:?}"));
         assert_eq!(&read, &value(*n), "{path}");
-        let metadata = reader.secret_metadata(path).await.expect("metadata");
-        assert_eq!(metadata.current_version, 1, "{path} applied twice");
+        let metadata = reader.secret_metadata(path, None).await.expect("metadata");
+        assert_eq!(metadata.metadata.current_version, 1, "{path} applied twice");
     }
     eprintln!(
         "crash: {} acknowledged writes all present after kill -9 of every replica",
