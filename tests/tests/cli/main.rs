@@ -290,9 +290,17 @@ async fn policy_commands_in_every_format() {
     );
     let readers_id = only[0]["id"].as_str().unwrap_or_default().to_owned();
     assert_eq!(readers_id.len(), 36, "a UUID: {only}");
-    assert_eq!(
-        only,
-        serde_json::json!([{"id": readers_id, "name": "readers"}])
+    assert_eq!(only.as_array().map(Vec::len), Some(1));
+    assert_eq!(only[0]["name"], "readers");
+    assert_eq!(only[0]["pathPattern"], "^apps/");
+    assert_eq!(only[0]["permissions"], serde_json::json!(["read", "list"]));
+    let by_id = cli
+        .ok("superuser", &["policy", "get", &readers_id, "-f", "json"])
+        .await;
+    assert_eq!(json(&by_id)["name"], "readers", "a policy is found by its id");
+    assert!(
+        list.contains(&format!("ID: {readers_id}\n")),
+        "the list shows ids: {list}"
     );
 
     let details = cli.ok("superuser", &["policy", "get", "billing"]).await;
