@@ -256,19 +256,16 @@ impl NexusConfig {
         }
         let own = match (&own_entry, args.cluster_addr) {
             (Some(entry), cluster) => NexusNode {
-                cluster_addr: cluster.map_or(entry.cluster_addr.clone(), |a| a.to_string()),
-                api_addr: args
-                    .api_addr
-                    .map_or(entry.api_addr.clone(), |a| a.to_string()),
+                cluster_addr: cluster.unwrap_or(entry.cluster_addr),
+                api_addr: args.api_addr.unwrap_or(entry.api_addr),
             },
             // Joining: the API listens on the cluster host at SPIKE_NEXUS_TLS_PORT
             // unless told otherwise.
             (None, Some(cluster)) => NexusNode {
-                cluster_addr: cluster.to_string(),
+                cluster_addr: cluster,
                 api_addr: args
                     .api_addr
-                    .unwrap_or_else(|| SocketAddr::new(cluster.ip(), args.port))
-                    .to_string(),
+                    .unwrap_or_else(|| SocketAddr::new(cluster.ip(), args.port)),
             },
             (None, None) => return Err(ConfigError::JoinWithoutAddresses),
         };
@@ -324,19 +321,13 @@ impl NexusConfig {
     }
 
     /// The API listen address.
-    pub fn api_listen(&self) -> Result<SocketAddr, ConfigError> {
-        self.own
-            .api_addr
-            .parse()
-            .map_err(|_| ConfigError::MalformedPeer(self.own.api_addr.clone()))
+    pub fn api_listen(&self) -> SocketAddr {
+        self.own.api_addr
     }
 
     /// The cluster listen address.
-    pub fn cluster_listen(&self) -> Result<SocketAddr, ConfigError> {
-        self.own
-            .cluster_addr
-            .parse()
-            .map_err(|_| ConfigError::MalformedPeer(self.own.cluster_addr.clone()))
+    pub fn cluster_listen(&self) -> SocketAddr {
+        self.own.cluster_addr
     }
 }
 
@@ -365,8 +356,8 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, NexusNode>, ConfigError> 
             addresses.push(address);
         }
         let node = NexusNode {
-            cluster_addr: cluster.to_string(),
-            api_addr: api.to_string(),
+            cluster_addr: cluster,
+            api_addr: api,
         };
         if peers.insert(id, node).is_some() {
             return Err(ConfigError::DuplicatePeerId(id));
@@ -418,7 +409,7 @@ mod tests {
     fn peers_parse_and_reject_duplicates() {
         let peers =
             parse_peers("1=127.0.0.1:1/127.0.0.1:2, 2=127.0.0.1:3/127.0.0.1:4").expect("valid");
-        assert_eq!(peers[&2].api_addr, "127.0.0.1:4");
+        assert_eq!(peers[&2].api_addr.to_string(), "127.0.0.1:4");
         assert_eq!(
             parse_peers("1=127.0.0.1:1/127.0.0.1:2,1=127.0.0.1:3/127.0.0.1:4"),
             Err(ConfigError::DuplicatePeerId(1))

@@ -94,8 +94,8 @@ pub async fn serve(
         test_clock_offset,
     } = startup;
     let stopping = stop_signal(shutdown);
-    let api_listen = config.api_listen().map_err(StartupError::config)?;
-    let cluster_listen = config.cluster_listen().map_err(StartupError::config)?;
+    let api_listen = config.api_listen();
+    let cluster_listen = config.cluster_listen();
     if test_clock_offset {
         let path = config.data_dir.join("clock-offset-ms");
         tracing::warn!(path = %path.display(), "TEST: the clock follows the offset in this file");

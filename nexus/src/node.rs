@@ -397,8 +397,8 @@ mod tests {
         Leader {
             id,
             node: NexusNode {
-                cluster_addr: format!("127.0.0.1:{}", 9000 + id),
-                api_addr: format!("127.0.0.1:{}", 8000 + id),
+                cluster_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9000 + id as u16)),
+                api_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 8000 + id as u16)),
             },
         }
     }

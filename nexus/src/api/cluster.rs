@@ -20,13 +20,11 @@ impl Audited for TransferLeaderRequest {}
 fn member_list(view: &ClusterView) -> Vec<Member> {
     view.members
         .iter()
-        .filter_map(|member| {
-            Some(Member {
-                id: member.id,
-                cluster_addr: member.node.cluster_addr.parse().ok()?,
-                api_addr: member.node.api_addr.parse().ok()?,
-                voter: member.voter,
-            })
+        .map(|member| Member {
+            id: member.id,
+            cluster_addr: member.node.cluster_addr,
+            api_addr: member.node.api_addr,
+            voter: member.voter,
         })
         .collect()
 }
@@ -50,7 +48,7 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
         node_id: node.id,
         state: view.role,
         leader_id: leader.map(|leader| leader.id),
-        leader_api_addr: leader.and_then(|leader| leader.node.api_addr.parse().ok()),
+        leader_api_addr: leader.map(|leader| leader.node.api_addr),
         term: view.term,
         last_log_index: view.last_log_index,
         commit_index: view.committed_index,
@@ -84,13 +82,13 @@ async fn run(call: &Call<'_>, op: LeaderOp) -> Result<EmptyResponse, ApiError> {
 /// Add: a new replica joins as a learner, then votes.
 pub async fn add(call: Call<'_>, body: AddMemberRequest) -> Result<EmptyResponse, ApiError> {
     call.require(Role::PilotSuperuser)?;
-    let valid = |address: &str| address.parse::<std::net::SocketAddr>().is_ok();
-    if body.id == 0 || !valid(&body.cluster_addr) || !valid(&body.api_addr) {
+    let address = |text: &str| text.parse().map_err(|_| ApiError::BAD_REQUEST);
+    if body.id == 0 {
         return Err(ApiError::BAD_REQUEST);
     }
     let node = NexusNode {
-        cluster_addr: body.cluster_addr,
-        api_addr: body.api_addr,
+        cluster_addr: address(&body.cluster_addr)?,
+        api_addr: address(&body.api_addr)?,
     };
     run(&call, LeaderOp::AddNode { id: body.id, node }).await
 }

@@ -94,9 +94,7 @@ impl Api {
 
     /// The leader's API address, for the hint every answer carries.
     fn leader_api(&self) -> Option<SocketAddr> {
-        self.node
-            .leader()
-            .and_then(|leader| leader.node.api_addr.parse().ok())
+        self.node.leader().map(|leader| leader.node.api_addr)
     }
 }
 

@@ -34,10 +34,7 @@ impl Forwarder {
         leader: &NexusNode,
         op: &LeaderOp,
     ) -> Result<LeaderReply, ForwardError> {
-        let mut client = self
-            .peers
-            .client(&leader.cluster_addr)
-            .map_err(|e| ForwardError::NeverSent(e.to_string()))?;
+        let mut client = self.peers.client(leader.cluster_addr);
         let payload = encode(op).map_err(|e| ForwardError::NeverSent(e.to_string()))?;
         let mut call = tonic::Request::new(Frame { payload });
         call.set_timeout(FORWARD_TIMEOUT);
@@ -51,10 +48,7 @@ impl Forwarder {
 
     /// Asks `leader` for its read index.
     pub async fn read_index(&self, leader: &NexusNode) -> Result<u64, ForwardError> {
-        let mut client = self
-            .peers
-            .client(&leader.cluster_addr)
-            .map_err(|e| ForwardError::NeverSent(e.to_string()))?;
+        let mut client = self.peers.client(leader.cluster_addr);
         let mut call = tonic::Request::new(Frame {
             payload: Vec::new(),
         });
@@ -251,8 +245,8 @@ mod tests {
 
     fn at(address: SocketAddr) -> NexusNode {
         NexusNode {
-            cluster_addr: address.to_string(),
-            api_addr: address.to_string(),
+            cluster_addr: address,
+            api_addr: address,
         }
     }
 

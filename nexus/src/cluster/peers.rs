@@ -23,11 +23,6 @@ pub struct Peers {
     channels: Arc<Mutex<BTreeMap<SocketAddr, Channel>>>,
 }
 
-/// A peer address that does not parse.
-#[derive(Debug, thiserror::Error)]
-#[error("peer address {0:?} is not HOST:PORT")]
-pub struct BadPeerAddress(pub String);
-
 impl Peers {
     /// Peers we reach as `identity`, accepting only servers that carry the
     /// Nexus role under `trust_roots`.
@@ -40,10 +35,7 @@ impl Peers {
     }
 
     /// A client for the replica at `address` (a cluster address).
-    pub fn client(&self, address: &str) -> Result<ClusterClient<Channel>, BadPeerAddress> {
-        let socket: SocketAddr = address
-            .parse()
-            .map_err(|_| BadPeerAddress(address.to_owned()))?;
+    pub fn client(&self, socket: SocketAddr) -> ClusterClient<Channel> {
         let mut channels = self
             .channels
             .lock()
@@ -62,8 +54,8 @@ impl Peers {
                 )
             })
             .clone();
-        Ok(ClusterClient::new(channel)
+        ClusterClient::new(channel)
             .max_decoding_message_size(MESSAGE_SIZE_MAX_BYTES)
-            .max_encoding_message_size(MESSAGE_SIZE_MAX_BYTES))
+            .max_encoding_message_size(MESSAGE_SIZE_MAX_BYTES)
     }
 }

@@ -158,11 +158,7 @@ impl Leadership {
         if id == self.id && !(metrics.state == ServerState::Leader && self.quorum_fresh(metrics)) {
             return None;
         }
-        let node = metrics
-            .membership_config
-            .membership()
-            .get_node(&id)?
-            .clone();
+        let node = *metrics.membership_config.membership().get_node(&id)?;
         Some(Leader { id, node })
     }
 
@@ -233,7 +229,7 @@ impl Leadership {
                 .nodes()
                 .map(|(id, node)| Member {
                     id: *id,
-                    node: node.clone(),
+                    node: *node,
                     voter: voters.contains(id),
                 })
                 .collect(),

@@ -22,18 +22,31 @@ pub use leadership::{ClusterView, Leader, LeaderError, Leadership};
 pub use start::{RaftSettings, StartError, Started, start};
 
 use std::fmt;
+use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::state::command::{Request, Response};
 
 /// A Nexus replica as Raft's membership records it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NexusNode {
     /// Cluster port address (Raft RPCs, forwarding).
-    pub cluster_addr: String,
+    pub cluster_addr: SocketAddr,
     /// SPIKE API address, given to clients as the leader hint.
-    pub api_addr: String,
+    pub api_addr: SocketAddr,
+}
+
+/// openraft's storage suite builds nodes with `Default`; nothing else may.
+#[cfg(test)]
+impl Default for NexusNode {
+    fn default() -> Self {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        Self {
+            cluster_addr: unspecified,
+            api_addr: unspecified,
+        }
+    }
 }
 
 impl fmt::Display for NexusNode {

@@ -58,7 +58,7 @@ impl Network {
 /// Raft RPCs to one peer.
 pub struct PeerConnection {
     target: u64,
-    client: Result<ClusterClient<Channel>, String>,
+    client: ClusterClient<Channel>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -67,10 +67,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: u64, node: &NexusNode) -> PeerConnection {
         PeerConnection {
             target,
-            client: self
-                .peers
-                .client(&node.cluster_addr)
-                .map_err(|e| e.to_string()),
+            client: self.peers.client(node.cluster_addr),
         }
     }
 }
@@ -89,12 +86,6 @@ fn to_rpc_error(status: tonic::Status) -> RPCError<TypeConfig> {
 }
 
 impl PeerConnection {
-    fn client(&self) -> Result<ClusterClient<Channel>, RPCError<TypeConfig>> {
-        self.client
-            .clone()
-            .map_err(|reason| RPCError::Unreachable(Unreachable::from_string(reason)))
-    }
-
     /// Sends `message` to `method` and decodes the remote `Result`;
     /// `timeout` is given the encoded size.
     async fn call<Req, Resp, F, Fut>(
@@ -113,7 +104,7 @@ impl PeerConnection {
         let timeout = timeout(payload.len());
         let mut request = tonic::Request::new(Frame { payload });
         request.set_timeout(timeout);
-        let reply = method(self.client()?, request)
+        let reply = method(self.client.clone(), request)
             .await
             .map_err(to_rpc_error)?;
         let outcome: Result<Resp, RaftError<TypeConfig>> =
@@ -213,7 +204,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             part: Some(snapshot_chunk::Part::Header(header)),
         };
         let outgoing = stream::iter([first]).chain(chunks);
-        let mut client = self.client()?;
+        let mut client = self.client.clone();
         let send = async move { client.install_snapshot(outgoing).await };
         let reply = tokio::select! {
             reply = send => reply.map_err(|status| StreamingError::from(to_rpc_error(status)))?,

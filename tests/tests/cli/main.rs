@@ -297,7 +297,11 @@ async fn policy_commands_in_every_format() {
     let by_id = cli
         .ok("superuser", &["policy", "get", &readers_id, "-f", "json"])
         .await;
-    assert_eq!(json(&by_id)["name"], "readers", "a policy is found by its id");
+    assert_eq!(
+        json(&by_id)["name"],
+        "readers",
+        "a policy is found by its id"
+    );
     assert!(
         list.contains(&format!("ID: {readers_id}\n")),
         "the list shows ids: {list}"
