@@ -1,6 +1,7 @@
 //! Nexus configuration: SPIKE's environment variables and clap flags,
 //! validated as a whole before any port is bound (exit code 64 otherwise).
 
+use spike_sdk::domain::NodeId;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -200,11 +201,11 @@ pub enum BackendStore {
 #[derive(Debug, Clone)]
 pub struct NexusConfig {
     /// This replica's id.
-    pub node_id: u64,
+    pub node_id: NodeId,
     /// This replica's addresses.
     pub own: NexusNode,
     /// Founding members (empty in join mode).
-    pub founders: BTreeMap<u64, NexusNode>,
+    pub founders: BTreeMap<NodeId, NexusNode>,
     /// Keeper addresses in share order.
     pub keepers: Vec<SocketAddr>,
     /// n and t for a new root key.
@@ -234,17 +235,15 @@ pub struct NexusConfig {
 impl NexusConfig {
     /// Validates `args`.
     pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
-        if args.node_id == 0 {
-            return Err(ConfigError::NodeIdZero);
-        }
+        let node_id = NodeId::new(args.node_id).map_err(|_| ConfigError::NodeIdZero)?;
         let founders = if args.join {
             BTreeMap::new()
         } else {
             parse_peers(&args.peers)?
         };
-        let own_entry = founders.get(&args.node_id).cloned();
+        let own_entry = founders.get(&node_id).cloned();
         if !args.join && own_entry.is_none() {
-            let known: Vec<String> = founders.keys().map(u64::to_string).collect();
+            let known: Vec<String> = founders.keys().map(NodeId::to_string).collect();
             return Err(ConfigError::NodeNotInPeers {
                 node_id: args.node_id,
                 known: if known.is_empty() {
@@ -299,7 +298,7 @@ impl NexusConfig {
             ));
         }
         Ok(Self {
-            node_id: args.node_id,
+            node_id,
             own,
             founders,
             keepers,
@@ -332,7 +331,7 @@ impl NexusConfig {
 }
 
 /// Parses `1=10.0.0.1:8554/10.0.0.1:8553,2=...`.
-pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, NexusNode>, ConfigError> {
+pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, NexusNode>, ConfigError> {
     let mut peers = BTreeMap::new();
     let mut addresses = Vec::new();
     for entry in text
@@ -346,9 +345,7 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, NexusNode>, ConfigError> 
         let (cluster, api) = addresses_text.split_once('/').ok_or_else(malformed)?;
         let cluster: SocketAddr = cluster.trim().parse().map_err(|_| malformed())?;
         let api: SocketAddr = api.trim().parse().map_err(|_| malformed())?;
-        if id == 0 {
-            return Err(ConfigError::NodeIdZero);
-        }
+        let id = NodeId::new(id).map_err(|_| ConfigError::NodeIdZero)?;
         for address in [cluster, api] {
             if addresses.contains(&address) {
                 return Err(ConfigError::DuplicatePeerAddress(address));
@@ -360,7 +357,7 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, NexusNode>, ConfigError> 
             api_addr: api,
         };
         if peers.insert(id, node).is_some() {
-            return Err(ConfigError::DuplicatePeerId(id));
+            return Err(ConfigError::DuplicatePeerId(id.get()));
         }
     }
     Ok(peers)
@@ -409,7 +406,8 @@ mod tests {
     fn peers_parse_and_reject_duplicates() {
         let peers =
             parse_peers("1=127.0.0.1:1/127.0.0.1:2, 2=127.0.0.1:3/127.0.0.1:4").expect("valid");
-        assert_eq!(peers[&2].api_addr.to_string(), "127.0.0.1:4");
+        let two = NodeId::new(2).expect("a node id");
+        assert_eq!(peers[&two].api_addr.to_string(), "127.0.0.1:4");
         assert_eq!(
             parse_peers("1=127.0.0.1:1/127.0.0.1:2,1=127.0.0.1:3/127.0.0.1:4"),
             Err(ConfigError::DuplicatePeerId(1))

@@ -63,7 +63,7 @@ pub struct Startup {
 /// Raft's settings from the validated configuration.
 fn raft_settings(config: &NexusConfig) -> RaftSettings {
     RaftSettings {
-        node_id: config.node_id,
+        node_id: config.node_id.get(),
         heartbeat_interval: config.heartbeat_interval,
         election_timeout: config.election_timeout,
         snapshot_every: config.snapshot_every,
@@ -107,12 +107,13 @@ pub async fn serve(
             config.data_dir.display()
         ))
     })?;
-    let audit_log = audit::AuditLog::open(&config.audit_log, config.node_id).map_err(|e| {
-        StartupError::config(format!(
-            "cannot open audit log {}: {e}",
-            config.audit_log.display()
-        ))
-    })?;
+    let audit_log =
+        audit::AuditLog::open(&config.audit_log, config.node_id.get()).map_err(|e| {
+            StartupError::config(format!(
+                "cannot open audit log {}: {e}",
+                config.audit_log.display()
+            ))
+        })?;
     let peers = Peers::new(identity.clone(), trust_roots.clone()).map_err(StartupError::failed)?;
     let raft::Started {
         leadership,
@@ -172,12 +173,13 @@ pub async fn serve(
     // The lowest-id founder founds the cluster on first start; everyone
     // else, and every later start, finds the membership in the log.
     if config.founders.first_key_value().map(|(id, _)| *id) == Some(config.node_id) {
-        leadership.found_cluster(&config.founders).await;
+        let founders = config.founders.iter().map(|(id, node)| (id.get(), *node));
+        leadership.found_cluster(&founders.collect()).await;
     }
     let manager_task = tokio::spawn(key_manager.run(machine.applied()));
 
     tracing::info!(
-        node_id = config.node_id,
+        node_id = %config.node_id,
         spiffe_id = %identity.spiffe_id(),
         api = %api_listener.local_address(),
         cluster = %cluster_listener.local_address(),

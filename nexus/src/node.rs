@@ -319,7 +319,8 @@ impl Node {
         }
     }
 
-    async fn add_node(&self, id: u64, node: NexusNode) -> Result<(), ForwardError> {
+    async fn add_node(&self, node_id: NodeId, node: NexusNode) -> Result<(), ForwardError> {
+        let id = node_id.get();
         if !self.leadership.is_leader() {
             return Err(self.not_leader());
         }
@@ -327,7 +328,7 @@ impl Node {
             .state
             .cluster_meta()
             .map_err(|e| ForwardError::OutcomeUnknown(e.to_string()))?;
-        if id == 0 || NodeId::new(id).is_ok_and(|id| meta.retired_node_ids.contains(&id)) {
+        if meta.retired_node_ids.contains(&node_id) {
             return Err(ForwardError::Invalid(format!(
                 "node id {id} was used before and is retired"
             )));
@@ -347,11 +348,11 @@ impl Node {
         Ok(())
     }
 
-    async fn remove_node(&self, id: u64) -> Result<(), ForwardError> {
+    async fn remove_node(&self, node_id: NodeId) -> Result<(), ForwardError> {
+        let id = node_id.get();
         if !self.leadership.is_leader() {
             return Err(self.not_leader());
         }
-        let node_id = NodeId::new(id).map_err(|e| ForwardError::Invalid(e.to_string()))?;
         let voters = self.leadership.voters();
         if !voters.contains(&id) {
             return Err(ForwardError::Invalid(format!("node {id} is not a voter")));
@@ -372,7 +373,8 @@ impl Node {
         Ok(())
     }
 
-    async fn transfer_leader(&self, to: u64) -> Result<(), ForwardError> {
+    async fn transfer_leader(&self, to: NodeId) -> Result<(), ForwardError> {
+        let to = to.get();
         if !self.leadership.is_leader() {
             return Err(self.not_leader());
         }

@@ -4,6 +4,7 @@ use spike_sdk::api::{
     AddMemberRequest, ClusterMembers, ClusterMembersRequest, ClusterStatus, ClusterStatusRequest,
     EmptyResponse, Member, RemoveMemberRequest, RootKeyState, RootKeyStatus, TransferLeaderRequest,
 };
+use spike_sdk::domain::NodeId;
 use spike_sdk::identity::Role;
 
 use super::{ApiError, Audited, Call};
@@ -83,20 +84,19 @@ async fn run(call: &Call<'_>, op: LeaderOp) -> Result<EmptyResponse, ApiError> {
 pub async fn add(call: Call<'_>, body: AddMemberRequest) -> Result<EmptyResponse, ApiError> {
     call.require(Role::PilotSuperuser)?;
     let address = |text: &str| text.parse().map_err(|_| ApiError::BAD_REQUEST);
-    if body.id == 0 {
-        return Err(ApiError::BAD_REQUEST);
-    }
+    let id = NodeId::new(body.id)?;
     let node = NexusNode {
         cluster_addr: address(&body.cluster_addr)?,
         api_addr: address(&body.api_addr)?,
     };
-    run(&call, LeaderOp::AddNode { id: body.id, node }).await
+    run(&call, LeaderOp::AddNode { id, node }).await
 }
 
 /// Remove: a replica leaves; its id is retired.
 pub async fn remove(call: Call<'_>, body: RemoveMemberRequest) -> Result<EmptyResponse, ApiError> {
     call.require(Role::PilotSuperuser)?;
-    run(&call, LeaderOp::RemoveNode { id: body.id }).await
+    let id = NodeId::new(body.id)?;
+    run(&call, LeaderOp::RemoveNode { id }).await
 }
 
 /// Transfer: hand leadership to another voter.
@@ -105,5 +105,6 @@ pub async fn transfer(
     body: TransferLeaderRequest,
 ) -> Result<EmptyResponse, ApiError> {
     call.require(Role::PilotSuperuser)?;
-    run(&call, LeaderOp::TransferLeader { to: body.id }).await
+    let to = NodeId::new(body.id)?;
+    run(&call, LeaderOp::TransferLeader { to }).await
 }

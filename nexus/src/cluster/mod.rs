@@ -12,6 +12,7 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/spike.cluster.v1.rs"));
 }
 
+use spike_sdk::domain::NodeId;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -37,19 +38,19 @@ pub enum LeaderOp {
     /// Add a replica: as a learner, then as a voter once caught up.
     AddNode {
         /// Its id (never used before in this cluster).
-        id: u64,
+        id: NodeId,
         /// Its addresses.
         node: NexusNode,
     },
     /// Remove a replica; its id is retired for good.
     RemoveNode {
         /// Its id.
-        id: u64,
+        id: NodeId,
     },
     /// Hand leadership to another voter.
     TransferLeader {
         /// The voter to lead next.
-        to: u64,
+        to: NodeId,
     },
     /// One operator restore shard.
     Restore(RestoreShard),

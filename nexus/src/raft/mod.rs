@@ -60,6 +60,9 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Request,
         R = Response,
+        // A plain number inside the adapter: openraft's conformance suite
+        // builds node ids from any u64, 0 included. The rest of Nexus
+        // speaks `spike_sdk::domain::NodeId` (never 0) and converts here.
         NodeId = u64,
         Node = NexusNode,
         LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
