@@ -207,9 +207,14 @@ async fn operate(
     for (start, end, remove, add) in replacements {
         tokio::time::sleep_until(began + start).await;
         let deadline = began + end;
-        let removed = until(deadline, || admin.remove_member(remove as u64 + 1)).await;
+        // Replica i is node i + 1: never 0.
+        let node = |index: usize| {
+            spike_sdk::domain::NodeId::new(index as u64 + 1).expect("replica ids start at 1")
+        };
+        let (removed_id, added_id) = (node(remove), node(add));
+        let removed = until(deadline, || admin.remove_member(removed_id)).await;
         let (cluster, api) = nexus_addresses(add);
-        let added = until(deadline, || admin.add_member(add as u64 + 1, cluster, api)).await;
+        let added = until(deadline, || admin.add_member(added_id, cluster, api)).await;
         notes.push(format!(
             "replace nexus-{} by nexus-{}: removal {}, addition {}",
             remove + 1,
