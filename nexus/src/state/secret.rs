@@ -145,19 +145,28 @@ impl SecretRecord {
         self.settle();
     }
 
-    /// Clears deletion marks; an empty list means the current version or,
-    /// with no current version, the highest deleted one. Destroyed versions
-    /// stay destroyed. Fails when nothing was undeleted.
+    /// Clears deletion marks; an empty list, or 0, means the current
+    /// version or, with no current version, the highest deleted one (so
+    /// SPIKE 0.8.0's `spike secret undelete PATH`, which sends `[0]`, brings
+    /// back what `spike secret delete PATH` just deleted). Destroyed
+    /// versions stay destroyed. Fails when nothing was undeleted.
     pub fn undelete(&mut self, versions: &[u64], now: TimeNs) -> Result<(), SecretError> {
-        let targets: Vec<u64> = if versions.is_empty() && self.current_version == 0 {
+        let current = if self.current_version == 0 {
             self.versions
                 .iter()
                 .rev()
                 .find(|(_, entry)| entry.deleted_at.is_some() && !entry.destroyed)
-                .map(|(version, _)| vec![*version])
-                .unwrap_or_default()
+                .map_or(0, |(version, _)| *version)
         } else {
-            self.resolve(versions)
+            self.current_version
+        };
+        let targets: Vec<u64> = if versions.is_empty() {
+            vec![current]
+        } else {
+            versions
+                .iter()
+                .map(|&version| if version == 0 { current } else { version })
+                .collect()
         };
         let mut undeleted = false;
         for version in targets {
@@ -370,6 +379,17 @@ mod tests {
         record.undelete(&[], 4).expect("undelete highest");
         assert_eq!(record.current_version, 2);
         assert_eq!(record.read(1), Err(SecretError::NotFound));
+    }
+
+    /// Regression: SPIKE 0.8.0's CLI undeletes `[0]` by default; after its
+    /// delete `[0]` left no current version, that found nothing (404).
+    #[test]
+    fn undelete_of_version_0_with_no_current_picks_the_highest_deleted() {
+        let mut record = put(None, b"1");
+        record.delete(&[0], 3);
+        assert_eq!(record.current_version, 0);
+        record.undelete(&[0], 4).expect("undelete 0");
+        assert_eq!(record.current_version, 1);
     }
 
     #[test]

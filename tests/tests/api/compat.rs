@@ -200,6 +200,41 @@ async fn secret_cells(line: &str, cluster: &LocalCluster, pilot: &GoClient) {
     assert!(is_go_time(&deleted["versions"]["2"]["deletedTime"]));
 
     phase(&cell("secret undelete"));
+    // The CLI's defaults, `spike secret delete PATH` then `undelete PATH`,
+    // both send [0]: the one version comes back.
+    let solo = r#"{"path":"apps/solo","versions":[0]}"#;
+    ok(
+        &cell("secret undelete"),
+        &pilot
+            .post(
+                node,
+                "/v1/store/secrets",
+                r#"{"path":"apps/solo","values":{"k":"v"}}"#,
+            )
+            .await,
+    );
+    ok(
+        &cell("secret undelete"),
+        &pilot
+            .post(node, "/v1/store/secrets?action=delete", solo)
+            .await,
+    );
+    ok(
+        &cell("secret undelete"),
+        &pilot
+            .post(node, "/v1/store/secrets?action=undelete", solo)
+            .await,
+    );
+    ok(
+        &cell("secret undelete"),
+        &pilot
+            .post(
+                node,
+                "/v1/store/secrets?action=get",
+                r#"{"path":"apps/solo"}"#,
+            )
+            .await,
+    );
     ok(
         &cell("secret undelete"),
         &pilot
