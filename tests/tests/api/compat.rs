@@ -56,105 +56,82 @@ fn ok(cell: &str, answer: &Answer) -> Value {
     body
 }
 
+/// One client line's JSON requests to one node, each checked as a Go
+/// client reads a 200 answer.
+struct Cells<'a> {
+    line: &'a str,
+    pilot: &'a GoClient,
+    node: std::net::SocketAddr,
+}
+
+impl Cells<'_> {
+    /// Sends `body` to `path_and_query` for the cell `route`.
+    async fn ok(&self, route: &str, path_and_query: &str, body: &str) -> Value {
+        let answer = self.pilot.post(self.node, path_and_query, body).await;
+        ok(&format!("{} / {route}", self.line), &answer)
+    }
+}
+
+const SECRETS: &str = "/v1/store/secrets";
+const GET: &str = "/v1/store/secrets?action=get";
+const DELETE: &str = "/v1/store/secrets?action=delete";
+const UNDELETE: &str = "/v1/store/secrets?action=undelete";
+const METADATA: &str = "/v1/store/secrets/metadata?action=get";
+
 /// The cells both lines share: every secret route.
 async fn secret_cells(line: &str, cluster: &LocalCluster, pilot: &GoClient) {
     let node = cluster.api(2);
-    let cell = |route: &str| format!("{line} / {route}");
+    let cells = Cells { line, pilot, node };
+    let db = r#"{"path":"apps/db"}"#;
 
-    phase(&cell("secret put"));
+    phase(&format!("{line} / secret put"));
     let put = pilot
         .post(
             node,
-            "/v1/store/secrets",
+            SECRETS,
             r#"{"path":"apps/db","values":{"pass":"s3cr\u003cet\u003e\u0026","user":"admin"}}"#,
         )
         .await;
-    ok(&cell("secret put"), &put);
+    ok(&format!("{line} / secret put"), &put);
     assert_eq!(put.header("content-type"), Some("application/json"));
     assert_eq!(
         put.header("cache-control"),
         Some("no-store, no-cache, must-revalidate, private")
     );
-    let second = pilot
-        .post(
-            node,
-            "/v1/store/secrets",
-            r#"{"path":"apps/db","values":{"user":"root"}}"#,
-        )
-        .await;
-    ok(&cell("secret put"), &second);
+    let second = r#"{"path":"apps/db","values":{"user":"root"}}"#;
+    cells.ok("secret put", SECRETS, second).await;
 
-    phase(&cell("secret get"));
-    let got = ok(
-        &cell("secret get"),
-        &pilot
-            .post(
-                node,
-                "/v1/store/secrets?action=get",
-                r#"{"path":"apps/db"}"#,
-            )
-            .await,
-    );
-    assert_eq!(
-        got["data"],
-        serde_json::json!({"user": "root"}),
-        "{}",
-        cell("secret get")
-    );
-    let first = ok(
-        &cell("secret get"),
-        &pilot
-            .post(
-                node,
-                "/v1/store/secrets?action=get",
-                r#"{"path":"apps/db","version":1}"#,
-            )
-            .await,
-    );
-    assert_eq!(first["data"]["pass"], "s3cr<et>&", "{}", cell("secret get"));
+    phase(&format!("{line} / secret get"));
+    let got = cells.ok("secret get", GET, db).await;
+    assert_eq!(got["data"], serde_json::json!({"user": "root"}));
+    let first = r#"{"path":"apps/db","version":1}"#;
+    let first = cells.ok("secret get", GET, first).await;
+    assert_eq!(first["data"]["pass"], "s3cr<et>&");
     let missing = pilot
-        .post(
-            node,
-            "/v1/store/secrets?action=get",
-            r#"{"path":"apps/db","version":9}"#,
-        )
+        .post(node, GET, r#"{"path":"apps/db","version":9}"#)
         .await;
-    assert_eq!(missing.status, 404, "{}: {missing:?}", cell("secret get"));
+    assert_eq!(missing.status, 404, "{line} / secret get: {missing:?}");
 
-    phase(&cell("secret list"));
-    let listed = ok(
-        &cell("secret list"),
-        &pilot
-            .post(node, "/v1/store/secrets?action=list", "{}")
-            .await,
-    );
+    phase(&format!("{line} / secret list"));
+    let listed = cells
+        .ok("secret list", "/v1/store/secrets?action=list", "{}")
+        .await;
     assert_eq!(listed["keys"], serde_json::json!(["apps/db"]));
 
-    phase(&cell("secret metadata get"));
-    let metadata = ok(
-        &cell("secret metadata get"),
-        &pilot
-            .post(
-                node,
-                "/v1/store/secrets/metadata?action=get",
-                r#"{"path":"apps/db"}"#,
-            )
-            .await,
-    );
+    phase(&format!("{line} / secret metadata get"));
+    let metadata = cells.ok("secret metadata get", METADATA, db).await;
     let meta = &metadata["metadata"];
     for field in ["currentVersion", "oldestVersion", "maxVersions"] {
         assert!(
             meta[field].is_u64(),
-            "{}: {field}",
-            cell("secret metadata get")
+            "{line} / secret metadata get: {field}"
         );
     }
     assert_eq!(meta["currentVersion"], 2);
     for field in ["createdTime", "updatedTime"] {
         assert!(
             is_go_time(&meta[field]),
-            "{}: {field}",
-            cell("secret metadata get")
+            "{line} / secret metadata get: {field}"
         );
     }
     let versions = metadata["versions"].as_object().expect("versions");
@@ -164,132 +141,37 @@ async fn secret_cells(line: &str, cluster: &LocalCluster, pilot: &GoClient) {
         assert!(version["deletedTime"].is_null());
     }
 
-    phase(&cell("secret delete"));
+    phase(&format!("{line} / secret delete"));
     // The CLI's default is the current version, 0.
-    ok(
-        &cell("secret delete"),
-        &pilot
-            .post(
-                node,
-                "/v1/store/secrets?action=delete",
-                r#"{"path":"apps/db","versions":[0]}"#,
-            )
-            .await,
-    );
-    let back_to_first = ok(
-        &cell("secret delete"),
-        &pilot
-            .post(
-                node,
-                "/v1/store/secrets?action=get",
-                r#"{"path":"apps/db"}"#,
-            )
-            .await,
-    );
+    let current = r#"{"path":"apps/db","versions":[0]}"#;
+    cells.ok("secret delete", DELETE, current).await;
+    let back_to_first = cells.ok("secret delete", GET, db).await;
     assert_eq!(back_to_first["data"]["user"], "admin");
-    let deleted = ok(
-        &cell("secret delete"),
-        &pilot
-            .post(
-                node,
-                "/v1/store/secrets/metadata?action=get",
-                r#"{"path":"apps/db"}"#,
-            )
-            .await,
-    );
+    let deleted = cells.ok("secret delete", METADATA, db).await;
     assert!(is_go_time(&deleted["versions"]["2"]["deletedTime"]));
 
-    phase(&cell("secret undelete"));
+    phase(&format!("{line} / secret undelete"));
     // The CLI's defaults, `spike secret delete PATH` then `undelete PATH`,
     // both send [0]: the one version comes back.
     let solo = r#"{"path":"apps/solo","versions":[0]}"#;
-    ok(
-        &cell("secret undelete"),
-        &pilot
-            .post(
-                node,
-                "/v1/store/secrets",
-                r#"{"path":"apps/solo","values":{"k":"v"}}"#,
-            )
-            .await,
-    );
-    ok(
-        &cell("secret undelete"),
-        &pilot
-            .post(node, "/v1/store/secrets?action=delete", solo)
-            .await,
-    );
-    ok(
-        &cell("secret undelete"),
-        &pilot
-            .post(node, "/v1/store/secrets?action=undelete", solo)
-            .await,
-    );
-    ok(
-        &cell("secret undelete"),
-        &pilot
-            .post(
-                node,
-                "/v1/store/secrets?action=get",
-                r#"{"path":"apps/solo"}"#,
-            )
-            .await,
-    );
-    ok(
-        &cell("secret undelete"),
-        &pilot
-            .post(
-                node,
-                "/v1/store/secrets?action=undelete",
-                r#"{"path":"apps/db","versions":[2]}"#,
-            )
-            .await,
-    );
-    let undeleted = ok(
-        &cell("secret undelete"),
-        &pilot
-            .post(
-                node,
-                "/v1/store/secrets?action=get",
-                r#"{"path":"apps/db"}"#,
-            )
-            .await,
-    );
+    let solo_value = r#"{"path":"apps/solo","values":{"k":"v"}}"#;
+    cells.ok("secret undelete", SECRETS, solo_value).await;
+    cells.ok("secret undelete", DELETE, solo).await;
+    cells.ok("secret undelete", UNDELETE, solo).await;
+    cells
+        .ok("secret undelete", GET, r#"{"path":"apps/solo"}"#)
+        .await;
+    let second = r#"{"path":"apps/db","versions":[2]}"#;
+    cells.ok("secret undelete", UNDELETE, second).await;
+    let undeleted = cells.ok("secret undelete", GET, db).await;
     assert_eq!(undeleted["data"]["user"], "root");
     // An empty list is the current version; with none current, undelete
     // takes the highest deleted one. The SDK sends an empty list as [].
-    for _ in 0..2 {
-        ok(
-            &cell("secret delete"),
-            &pilot
-                .post(
-                    node,
-                    "/v1/store/secrets?action=delete",
-                    r#"{"path":"apps/db","versions":[]}"#,
-                )
-                .await,
-        );
-    }
-    ok(
-        &cell("secret undelete"),
-        &pilot
-            .post(
-                node,
-                "/v1/store/secrets?action=undelete",
-                r#"{"path":"apps/db","versions":[]}"#,
-            )
-            .await,
-    );
-    let highest = ok(
-        &cell("secret undelete"),
-        &pilot
-            .post(
-                node,
-                "/v1/store/secrets?action=get",
-                r#"{"path":"apps/db"}"#,
-            )
-            .await,
-    );
+    let empty = r#"{"path":"apps/db","versions":[]}"#;
+    cells.ok("secret delete", DELETE, empty).await;
+    cells.ok("secret delete", DELETE, empty).await;
+    cells.ok("secret undelete", UNDELETE, empty).await;
+    let highest = cells.ok("secret undelete", GET, db).await;
     assert_eq!(highest["data"]["user"], "root");
 }
 
