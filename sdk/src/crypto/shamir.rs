@@ -82,6 +82,13 @@ impl ShamirParams {
     pub fn threshold(self) -> u8 {
         self.threshold
     }
+
+    /// Whether every share is the key itself (t = 1): any one keeper, or
+    /// anyone who reads one keeper's memory, holds the root key. Nexus
+    /// refuses it unless told it runs for development.
+    pub fn every_share_is_the_key(self) -> bool {
+        self.threshold == 1
+    }
 }
 
 /// One share of the root key: secret, zeroized on drop, never printed.
@@ -189,8 +196,9 @@ pub const SUBSETS_TRIED_MAX: usize = 256;
 /// Like [`recover`], but survives bad shares among good ones: when all
 /// `shares` together do not rebuild the key, every subset of `threshold`
 /// of them is tried (at most [`SUBSETS_TRIED_MAX`]). One keeper answering
-/// with a corrupted or foreign share then no longer locks every replica out
-/// while `threshold` honest keepers remain.
+/// with a corrupted or foreign share, or with another keeper's index, then
+/// no longer locks every replica out while `threshold` honest keepers
+/// remain: a subset holding an index twice is skipped like a wrong one.
 pub fn recover_tolerant(
     shares: &[KeyShare],
     threshold: usize,
@@ -198,7 +206,8 @@ pub fn recover_tolerant(
 ) -> Result<RootKey, CryptoError> {
     match recover(shares, check) {
         Ok(key) => return Ok(key),
-        Err(CryptoError::KeyCheckMismatch) if threshold >= 1 && shares.len() > threshold => {}
+        Err(CryptoError::KeyCheckMismatch | CryptoError::InvalidShare(_))
+            if threshold >= 1 && shares.len() > threshold => {}
         Err(error) => return Err(error),
     }
     let mut indices: Vec<usize> = (0..threshold).collect();
@@ -408,6 +417,39 @@ mod tests {
             recover_tolerant(&two_bad, 3, &check).err(),
             Some(CryptoError::KeyCheckMismatch),
             "two good shares are not enough"
+        );
+    }
+
+    #[test]
+    fn a_share_under_another_keepers_index_is_survived() {
+        // Regression (review #8): a duplicate index made `recover` fail
+        // with InvalidShare, which ended the tolerant search at once.
+        let (root, check, shares) = setup(5, 3);
+        for (liar, victim) in [(0, 1), (4, 0), (2, 3)] {
+            let mut answers = shares.clone();
+            answers[liar] = KeyShare::new(
+                shares[victim].index(),
+                SecretBytes::from_array(&mut [7u8; 32]),
+            );
+            assert_eq!(
+                recover_tolerant(&answers, 3, &check).expect("four good shares remain"),
+                root
+            );
+        }
+        let mut same_keeper_twice = shares[..3].to_vec();
+        same_keeper_twice.push(shares[0].clone());
+        assert_eq!(
+            recover_tolerant(&same_keeper_twice, 3, &check).expect("three distinct shares"),
+            root
+        );
+        assert!(
+            recover_tolerant(
+                &[shares[0].clone(), shares[0].clone(), shares[1].clone()],
+                3,
+                &check
+            )
+            .is_err(),
+            "two distinct shares are not enough"
         );
     }
 
