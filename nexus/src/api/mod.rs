@@ -134,6 +134,12 @@ async fn dispatch(
     let (reply, target) = handle(&api, &peer, method, route, &headers, &body)
         .instrument(span)
         .await;
+    // The body may hold secret values or a restore shard: wipe it once
+    // handled, when this is its only owner (it always is: axum collected it
+    // for this request alone).
+    if let Ok(mut body) = body.try_into_mut() {
+        zeroize::Zeroize::zeroize(body.as_mut());
+    }
     api.audit
         .record(AuditEntry {
             caller: peer.spiffe_id.to_string(),

@@ -224,7 +224,8 @@ mod tests {
         }
 
         async fn forward(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
-            let payload = request.into_inner().payload;
+            let frame = request.into_inner();
+            let payload = &frame.payload;
             if payload.windows(MARKER.len()).any(|window| window == MARKER) {
                 let arrived = self
                     .arrived
