@@ -55,6 +55,7 @@ pub async fn serve(
         ?hardening,
         "keeper listening"
     );
+    spike_sdk::cli::warn_if_unlocked(hardening);
 
     let service = KeeperServer::new(KeeperService::default())
         .max_decoding_message_size(MESSAGE_SIZE_MAX_BYTES)

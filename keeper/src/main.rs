@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use spike_sdk::cli::{SvidArgs, load_role_identity, run_server, shutdown_signal};
+use spike_sdk::hardening::MemoryLock;
 use spike_sdk::identity::Role;
 
 #[derive(Debug, Parser)]
@@ -21,10 +22,11 @@ struct Args {
     /// TLS port of the keeper API.
     #[arg(long, env = "SPIKE_KEEPER_TLS_PORT", default_value_t = 8443)]
     port: u16,
-    /// Lock all memory so shares are never swapped out (needs a raised
-    /// RLIMIT_MEMLOCK or CAP_IPC_LOCK).
-    #[arg(long, env = "SPIKE_LOCK_MEMORY")]
-    lock_memory: bool,
+    /// Lock memory so shares are never swapped out: auto (where no
+    /// RLIMIT_MEMLOCK applies: CAP_IPC_LOCK or an unlimited limit; a
+    /// warning otherwise), required (or refuse to start), off.
+    #[arg(long, env = "SPIKE_LOCK_MEMORY", default_value = "auto", num_args = 0..=1, default_missing_value = "required")]
+    lock_memory: MemoryLock,
 }
 
 fn main() -> ExitCode {

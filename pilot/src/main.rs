@@ -23,6 +23,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 use spike_sdk::cli::SvidArgs;
 use spike_sdk::environment::ProcessEnvironment;
+use spike_sdk::hardening::{MemoryLock, harden_process, memory_lock_hazard};
 use spike_sdk::identity::TrustRoots;
 
 use commands::cipher::CipherCommand;
@@ -104,6 +105,24 @@ enum AuditCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `operator recover` and `restore` hold shards (recover: all of them,
+    // that is the root key): no core file, no ptrace, and locked memory
+    // where no limit makes that risky. Other commands hold at most one
+    // secret's values and skip the lock.
+    let holds_shards = matches!(
+        cli.command,
+        Command::Operator(OperatorCommand::Recover | OperatorCommand::Restore)
+    );
+    let lock = if holds_shards {
+        MemoryLock::Auto
+    } else {
+        MemoryLock::Off
+    };
+    let hardening = harden_process(lock);
+    if holds_shards && !hardening.memory_locked {
+        let reason = memory_lock_hazard().unwrap_or_else(|| "mlockall was refused".to_owned());
+        eprintln!("spike: warning: memory is not locked, shards may be swapped to disk ({reason})");
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

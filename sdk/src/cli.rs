@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rustls::ServerConfig;
 
 use crate::environment::ProcessEnvironment;
-use crate::hardening::{Hardening, harden_process};
+use crate::hardening::{Hardening, MemoryLock, harden_process, memory_lock_hazard};
 use crate::identity::{Role, TrustRoots};
 use crate::svid::Identity;
 pub use crate::svid::SvidArgs;
@@ -48,19 +48,19 @@ impl StartupError {
     }
 }
 
-/// Runs a server process: hardens it (locking memory if `lock_memory`),
-/// sets up logging and the runtime, runs `serve`, and turns its outcome
-/// into an exit code.
-pub fn run_server<F, Fut>(program: &str, lock_memory: bool, serve: F) -> ExitCode
+/// Runs a server process: hardens it (locking memory as `lock_memory`
+/// says), sets up logging and the runtime, runs `serve`, and turns its
+/// outcome into an exit code.
+pub fn run_server<F, Fut>(program: &str, lock_memory: MemoryLock, serve: F) -> ExitCode
 where
     F: FnOnce(Hardening) -> Fut,
     Fut: Future<Output = Result<(), StartupError>>,
 {
     let hardening = harden_process(lock_memory);
-    if lock_memory && !hardening.memory_locked {
+    if lock_memory == MemoryLock::Required && !hardening.memory_locked {
         return config_error(
             program,
-            "--lock-memory: mlockall was refused (raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK)",
+            "--lock-memory=required: mlockall was refused (raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK)",
         );
     }
     init_logging();
@@ -77,6 +77,20 @@ where
             ExitCode::SUCCESS
         }
         Err(error) => error.exit(program),
+    }
+}
+
+/// Says that keys may be swapped out because memory could not be locked by
+/// default. Servers call it once they listen, so a configuration error
+/// stays the one line on stderr.
+pub fn warn_if_unlocked(hardening: Hardening) {
+    if hardening.unlocked_by_default {
+        let reason = memory_lock_hazard().unwrap_or_else(|| "mlockall was refused".to_owned());
+        tracing::warn!(
+            %reason,
+            "memory is not locked: keys and shares may be swapped to disk \
+             (--lock-memory=off silences this, --lock-memory=required makes it fatal)"
+        );
     }
 }
 

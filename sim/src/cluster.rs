@@ -213,6 +213,7 @@ fn no_hardening() -> Hardening {
         core_dumps_disabled: false,
         non_dumpable: false,
         memory_locked: false,
+        unlocked_by_default: false,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use spike_sdk::client::NexusClient;
@@ -50,17 +50,30 @@ fn recovery_dir() -> PathBuf {
 
 fn write_shards(shares: &[KeyShare]) -> Result<PathBuf, CliError> {
     let dir = recovery_dir();
+    write_shards_in(&dir, shares)?;
+    Ok(dir)
+}
+
+/// Writes the shards into `dir`, which must be this user's own: created
+/// 0700 if missing, refused if it (or its parent) is a symlink, belongs to
+/// someone else, or others may write to it, as a directory another local
+/// user made in /tmp would.
+fn write_shards_in(dir: &Path, shares: &[KeyShare]) -> Result<(), CliError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&dir)
+        .create(dir)
         .map_err(|e| {
             CliError::Invalid(format!(
                 "Invalid recovery directory path: {} ({e})",
                 dir.display()
             ))
         })?;
-    for entry in std::fs::read_dir(&dir)
+    check_private_dir(dir, false)?;
+    if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        check_private_dir(parent, true)?;
+    }
+    for entry in std::fs::read_dir(dir)
         .map_err(|e| CliError::Invalid(e.to_string()))?
         .flatten()
     {
@@ -75,18 +88,53 @@ fn write_shards(shares: &[KeyShare]) -> Result<PathBuf, CliError> {
         }
         let index = share.index().get();
         let path = dir.join(format!("spike.recovery.{index}.txt"));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
+        let mut file = create_private(&path)
             .map_err(|e| CliError::Invalid(format!("Failed to save shard {index}: {e}")))?;
         let line = Zeroizing::new(recovery_line::format(share));
         file.write_all(line.as_bytes())
             .map_err(|e| CliError::Invalid(format!("Failed to save shard {index}: {e}")))?;
     }
-    Ok(dir)
+    Ok(())
+}
+
+/// A new file at `path`, mode 0600. `create_new` is `O_CREAT | O_EXCL`,
+/// which never follows a symlink and fails on anything already there, so a
+/// link planted after the old shards were removed cannot redirect a shard.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Refuses `dir` unless it is a real directory (not a symlink) owned by
+/// this user (or by root, for a parent) that no one else may write to.
+fn check_private_dir(dir: &Path, root_may_own: bool) -> Result<(), CliError> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |why: String| {
+        CliError::Invalid(format!(
+            "Refusing recovery directory {}: {why}",
+            dir.display()
+        ))
+    };
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| refuse(e.to_string()))?;
+    if !meta.file_type().is_dir() {
+        return Err(refuse("not a directory (a symlink?)".to_owned()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && !(root_may_own && meta.uid() == 0) {
+        return Err(refuse(format!("owned by uid {}, not {me}", meta.uid())));
+    }
+    // Group or world writable, unless sticky (/tmp itself, as a parent).
+    let sticky = meta.mode() & 0o1000 != 0;
+    if meta.mode() & 0o022 != 0 && !(root_may_own && sticky) {
+        return Err(refuse(format!(
+            "others may write to it (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 /// Reads one shard line: hidden from a terminal, plain from a pipe.
@@ -167,5 +215,74 @@ pub async fn run(nexus: &NexusClient, command: OperatorCommand) -> Result<String
                 "Data key rotated: new writes use data key {data_key_id}.\n"
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spike_sdk::crypto::{SecretBytes, ShareIndex};
+    use std::os::unix::fs::PermissionsExt;
+
+    fn shares() -> Vec<KeyShare> {
+        (1..=2)
+            .map(|index| {
+                KeyShare::new(
+                    ShareIndex::new(index).expect("index"),
+                    SecretBytes::from_array(&mut [index; 32]),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shards_go_only_into_a_directory_of_our_own() {
+        // Regression (review #16): an existing directory was used whoever
+        // owned it and whatever its mode.
+        let base = tempfile::tempdir().expect("temp dir");
+        std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        let dir = base.path().join("recover");
+        write_shards_in(&dir, &shares()).expect("a fresh private directory");
+        let mode = std::fs::metadata(dir.join("spike.recovery.1.txt"))
+            .expect("shard file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        write_shards_in(&dir, &shares()).expect("written again over the old ones");
+
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(write_shards_in(&dir, &shares()).is_err(), "world-writable");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+
+        let elsewhere = base.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).expect("mkdir");
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&elsewhere, &link).expect("symlink");
+        assert!(
+            write_shards_in(&link, &shares()).is_err(),
+            "a symlinked directory"
+        );
+
+        if rustix::process::geteuid().is_root() {
+            let foreign = base.path().join("foreign");
+            std::fs::create_dir(&foreign).expect("mkdir");
+            std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).expect("chown");
+            assert!(
+                write_shards_in(&foreign, &shares()).is_err(),
+                "owned by nobody"
+            );
+        }
+    }
+
+    #[test]
+    fn a_shard_file_never_follows_a_symlink() {
+        let base = tempfile::tempdir().expect("temp dir");
+        let target = base.path().join("target");
+        std::fs::write(&target, "keep me").expect("write");
+        let link = base.path().join("spike.recovery.1.txt");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        assert!(create_private(&link).is_err());
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep me");
     }
 }
