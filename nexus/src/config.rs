@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use spike_sdk::cli::SvidArgs;
 use spike_sdk::crypto::ShamirParams;
+use spike_sdk::hardening::MemoryLock;
 
 use crate::raft::NexusNode;
 use crate::state::secret::{MAX_VERSIONS_DEFAULT, MAX_VERSIONS_LIMIT};
@@ -118,20 +119,61 @@ pub struct Args {
     /// end to end through it: the proxy sees only ciphertext.
     #[arg(long, env = "SPIKE_NEXUS_CONNECT_PROXY")]
     pub connect_proxy: Option<SocketAddr>,
-    /// Lock all memory so keys are never swapped out (needs a raised
-    /// RLIMIT_MEMLOCK or CAP_IPC_LOCK).
-    #[arg(long, env = "SPIKE_LOCK_MEMORY")]
-    pub lock_memory: bool,
-    /// UNSAFE, for fault-injection tests only: serve linearizable reads
-    /// from local state without a read index, so a partitioned old leader
-    /// answers stale data. The Jepsen harness uses it to prove its
-    /// checker catches stale reads.
+    /// Lock memory so keys are never swapped out: auto (where no
+    /// RLIMIT_MEMLOCK applies: CAP_IPC_LOCK or an unlimited limit; a
+    /// warning otherwise), required (or refuse to start), off.
+    #[arg(
+        long,
+        env = "SPIKE_LOCK_MEMORY",
+        default_value = "auto",
+        num_args = 0..=1,
+        default_missing_value = "required"
+    )]
+    pub lock_memory: MemoryLock,
+    /// DEVELOPMENT ONLY: accept Shamir threshold 1 (at start and in a
+    /// rekey), where every keeper holds the root key itself.
+    #[arg(long, env = "SPIKE_NEXUS_ALLOW_INSECURE_THRESHOLD")]
+    pub allow_insecure_threshold: bool,
+    /// UNSAFE, for fault-injection tests only (built with the
+    /// `fault-injection` feature): serve linearizable reads from local
+    /// state without a read index, so a partitioned old leader answers
+    /// stale data. The Jepsen harness uses it to prove its checker catches
+    /// stale reads.
+    #[cfg(feature = "fault-injection")]
     #[arg(long, env = "SPIKE_NEXUS_UNSAFE_LOCAL_READS", hide = true)]
     pub unsafe_local_reads: bool,
-    /// For fault-injection tests only: offset the clock by the milliseconds
-    /// in DATA_DIR/clock-offset-ms (the clock-jump nemesis writes it).
+    /// For fault-injection tests only (built with the `fault-injection`
+    /// feature): offset the clock by the milliseconds in
+    /// DATA_DIR/clock-offset-ms (the clock-jump nemesis writes it).
+    #[cfg(feature = "fault-injection")]
     #[arg(long, env = "SPIKE_NEXUS_TEST_CLOCK_OFFSET", hide = true)]
     pub test_clock_offset: bool,
+}
+
+#[cfg(feature = "fault-injection")]
+impl Args {
+    /// Whether linearizable reads skip the read index.
+    pub fn unsafe_local_reads(&self) -> bool {
+        self.unsafe_local_reads
+    }
+
+    /// Whether the clock follows `DATA_DIR/clock-offset-ms`.
+    pub fn test_clock_offset(&self) -> bool {
+        self.test_clock_offset
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+impl Args {
+    /// Never: a build without the `fault-injection` feature has no such switch.
+    pub fn unsafe_local_reads(&self) -> bool {
+        false
+    }
+
+    /// Never: a build without the `fault-injection` feature has no such switch.
+    pub fn test_clock_offset(&self) -> bool {
+        false
+    }
 }
 
 /// A configuration that cannot work.
@@ -171,6 +213,12 @@ pub enum ConfigError {
     /// n and t are out of range.
     #[error("SPIKE_NEXUS_SHAMIR_SHARES / SPIKE_NEXUS_SHAMIR_THRESHOLD: {0}")]
     Shamir(String),
+    /// t = 1 without the development switch.
+    #[error(
+        "SPIKE_NEXUS_SHAMIR_THRESHOLD is 1: every keeper would hold the root key itself; \
+         set SPIKE_NEXUS_ALLOW_INSECURE_THRESHOLD=true (--allow-insecure-threshold) for development only"
+    )]
+    InsecureThreshold,
     /// One share per keeper.
     #[error(
         "SPIKE_NEXUS_SHAMIR_SHARES is {shares} but SPIKE_NEXUS_KEEPER_PEERS lists {keepers} keepers"
@@ -210,6 +258,8 @@ pub struct NexusConfig {
     pub keepers: Vec<SocketAddr>,
     /// n and t for a new root key.
     pub shamir: ShamirParams,
+    /// Whether t = 1 is accepted (development only).
+    pub allow_insecure_threshold: bool,
     /// Share push period.
     pub keeper_update_interval: Duration,
     /// Raft heartbeat interval.
@@ -269,6 +319,9 @@ impl NexusConfig {
             (None, None) => return Err(ConfigError::JoinWithoutAddresses),
         };
         let (keepers, shamir) = parse_keepers(&args.keepers, args.shares, args.threshold)?;
+        if shamir.every_share_is_the_key() && !args.allow_insecure_threshold {
+            return Err(ConfigError::InsecureThreshold);
+        }
         if args.max_secret_versions == 0 || args.max_secret_versions > MAX_VERSIONS_LIMIT {
             return Err(ConfigError::OutOfRange(format!(
                 "SPIKE_NEXUS_MAX_SECRET_VERSIONS must be 1 to {MAX_VERSIONS_LIMIT}"
@@ -303,6 +356,7 @@ impl NexusConfig {
             founders,
             keepers,
             shamir,
+            allow_insecure_threshold: args.allow_insecure_threshold,
             keeper_update_interval: args.keeper_update_interval,
             heartbeat_interval,
             election_timeout,
@@ -315,7 +369,7 @@ impl NexusConfig {
                 .unwrap_or_else(|| args.data_dir.join("audit.log")),
             snapshot_every: args.snapshot_every,
             logs_kept: args.logs_kept,
-            unsafe_local_reads: args.unsafe_local_reads,
+            unsafe_local_reads: args.unsafe_local_reads(),
         })
     }
 
@@ -447,6 +501,57 @@ mod tests {
                 keepers: 1
             })
         );
+    }
+
+    #[test]
+    fn threshold_one_needs_the_development_switch() {
+        use clap::Parser;
+        let config = |extra: &[&str]| {
+            let mut argv = vec![
+                "nexus",
+                "--peers",
+                "1=127.0.0.1:1/127.0.0.1:2",
+                "--keepers",
+                "127.0.0.1:3,127.0.0.1:4",
+                "--shares=2",
+            ];
+            argv.extend_from_slice(extra);
+            NexusConfig::from_args(&Args::try_parse_from(argv).expect("flags parse"))
+        };
+        assert_eq!(
+            config(&["--threshold=1"]).err(),
+            Some(ConfigError::InsecureThreshold)
+        );
+        let allowed = config(&["--threshold=1", "--allow-insecure-threshold"]).expect("allowed");
+        assert!(allowed.allow_insecure_threshold);
+        assert!(config(&["--threshold=2"]).is_ok());
+    }
+
+    #[test]
+    fn memory_is_locked_by_default_where_the_os_allows() {
+        use clap::Parser;
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["nexus"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).expect("flags parse").lock_memory
+        };
+        assert_eq!(parse(&[]), MemoryLock::Auto);
+        assert_eq!(parse(&["--lock-memory"]), MemoryLock::Required);
+        assert_eq!(parse(&["--lock-memory=off"]), MemoryLock::Off);
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    #[test]
+    fn the_release_build_has_no_fault_injection_switches() {
+        use clap::Parser;
+        for flag in ["--unsafe-local-reads", "--test-clock-offset"] {
+            let error = Args::try_parse_from(["nexus", flag]).expect_err("no such flag");
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::UnknownArgument,
+                "{flag}"
+            );
+        }
     }
 
     #[test]

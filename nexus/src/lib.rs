@@ -81,6 +81,18 @@ fn cluster_rpc_span(request: &axum::http::Request<()>) -> tracing::Span {
     tracing::info_span!("cluster_rpc", rpc, peer)
 }
 
+/// Creates `dir` (and its parents) as the replica's own: mode 0700, also
+/// when it exists from before, so no other local user reads the files in
+/// it (secret paths, policy names, times, membership).
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Runs a replica until `shutdown` resolves.
 pub async fn serve(
     startup: Startup,
@@ -101,7 +113,7 @@ pub async fn serve(
         tracing::warn!(path = %path.display(), "TEST: the clock follows the offset in this file");
         clock::offset_from(path);
     }
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+    private_dir(&config.data_dir).map_err(|e| {
         StartupError::config(format!(
             "cannot create data dir {}: {e}",
             config.data_dir.display()
@@ -135,6 +147,7 @@ pub async fn serve(
         keepers,
         keys.clone(),
         config.shamir,
+        config.allow_insecure_threshold,
         config.keeper_update_interval,
     ));
     let reads = if config.unsafe_local_reads {
@@ -187,6 +200,7 @@ pub async fn serve(
         ?hardening,
         "nexus listening"
     );
+    spike_sdk::cli::warn_if_unlocked(hardening);
 
     let cluster_service = ClusterServer::new(ClusterService::new(node.clone(), inbound))
         .max_decoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES)

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             identity,
             trust_roots,
             hardening,
-            test_clock_offset: args.test_clock_offset,
+            test_clock_offset: args.test_clock_offset(),
         };
         spike_nexus::serve(startup, shutdown_signal()).await
     })

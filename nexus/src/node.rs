@@ -98,10 +98,36 @@ fn key_refusal(error: KeyError, leader: Option<Leader>) -> ForwardError {
     match error {
         KeyError::NotLeader => ForwardError::NotLeader { leader },
         KeyError::NotReady => ForwardError::NotReady,
-        KeyError::Uninitialized | KeyError::WrongShards => ForwardError::Invalid(error.to_string()),
+        KeyError::Uninitialized
+        | KeyError::WrongShards
+        | KeyError::Parameters(_)
+        | KeyError::IdsExhausted => ForwardError::Invalid(error.to_string()),
         KeyError::KeepersUnavailable { .. } | KeyError::Crypto(_) | KeyError::Proposal(_) => {
             ForwardError::OutcomeUnknown(error.to_string())
         }
+    }
+}
+
+/// Whether a peer may forward `op` to the leader. A replica forwards
+/// client writes (secrets, policies, backup restore pieces) and typed
+/// operator operations, which the leader checks itself (restore shards,
+/// rekey, rotation, membership). Raw key commands (`Initialize`, `Rekey`,
+/// `ReplaceKeyring`) and membership facts are only ever proposed by the
+/// leader's own key manager and membership code, after its own checks
+/// (shares pushed to t keepers first): a forwarded one is refused, so a
+/// peer cannot commit a key no keeper holds shares of.
+fn forwardable(op: &LeaderOp) -> Result<(), ForwardError> {
+    let LeaderOp::Write(request) = op else {
+        return Ok(());
+    };
+    match &request.command {
+        Command::Secret(_) | Command::Policy(_) | Command::Restore(_) => Ok(()),
+        Command::Keys(_) => Err(ForwardError::Invalid(
+            "key commands come from the leader's key manager, never from a peer".to_owned(),
+        )),
+        Command::Membership(_) => Err(ForwardError::Invalid(
+            "membership facts come from the leader, never from a peer".to_owned(),
+        )),
     }
 }
 
@@ -260,6 +286,15 @@ impl Node {
         Err(NodeError::NoLeader)
     }
 
+    /// Runs `op` that another replica forwarded, on this replica, which
+    /// must be the leader. Commands only this leader's own key manager or
+    /// membership code may propose never arrive this way (see
+    /// [`forwardable`]).
+    pub async fn execute_forwarded(&self, op: LeaderOp) -> Result<LeaderReply, ForwardError> {
+        forwardable(&op)?;
+        self.execute_here(op).await
+    }
+
     /// Runs `op` on this replica, which must be the leader.
     pub async fn execute_here(&self, op: LeaderOp) -> Result<LeaderReply, ForwardError> {
         match op {
@@ -407,6 +442,61 @@ mod tests {
 
     fn reason() -> String {
         "reason".to_owned()
+    }
+
+    #[test]
+    fn a_peer_cannot_forward_key_or_membership_commands() {
+        use crate::state::command::{KeyCommand, RestoreCommand, RootKeyRecord};
+        use spike_sdk::crypto::key_check::RootKeyId;
+        let write = |command| {
+            LeaderOp::Write(Request {
+                command,
+                session: None,
+                time_ns: 0,
+            })
+        };
+        let record = RootKeyRecord {
+            root_key_id: RootKeyId(9),
+            key_check: [1; 32],
+            wrapped_keyring: vec![2; 8],
+            shares: 3,
+            threshold: 2,
+        };
+        for refused in [
+            write(Command::Keys(KeyCommand::Initialize(record.clone()))),
+            write(Command::Keys(KeyCommand::Rekey {
+                record,
+                keyring_version: 1,
+            })),
+            write(Command::Keys(KeyCommand::ReplaceKeyring {
+                root_key_id: RootKeyId(9),
+                wrapped_keyring: vec![3; 8],
+                keyring_version: 1,
+            })),
+            write(Command::Membership(MembershipCommand::RetireNode {
+                id: NodeId::new(2).expect("a node id"),
+            })),
+        ] {
+            assert!(
+                matches!(forwardable(&refused), Err(ForwardError::Invalid(_))),
+                "{refused:?} was accepted"
+            );
+        }
+        // What replicas legitimately forward still goes through.
+        for accepted in [
+            write(Command::Restore(RestoreCommand::Begin { restore_id: 1 })),
+            LeaderOp::Rekey {
+                shares: 3,
+                threshold: 2,
+            },
+            LeaderOp::RotateDataKey,
+            LeaderOp::Restore(crate::cluster::RestoreShard {
+                index: 1,
+                value: vec![4; 32],
+            }),
+        ] {
+            assert!(forwardable(&accepted).is_ok(), "{accepted:?} was refused");
+        }
     }
 
     #[test]

@@ -50,18 +50,23 @@ fn raft_reply(outcome: Result<Vec<u8>, InboundError>) -> Result<Response<Frame>,
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn append_entries(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
-        let payload = request.into_inner().payload;
-        raft_reply(self.inbound.append_entries(&payload).await)
+        raft_reply(
+            self.inbound
+                .append_entries(&request.into_inner().payload)
+                .await,
+        )
     }
 
     async fn vote(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
-        let payload = request.into_inner().payload;
-        raft_reply(self.inbound.vote(&payload).await)
+        raft_reply(self.inbound.vote(&request.into_inner().payload).await)
     }
 
     async fn transfer_leader(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
-        let payload = request.into_inner().payload;
-        raft_reply(self.inbound.transfer_leader(&payload).await)
+        raft_reply(
+            self.inbound
+                .transfer_leader(&request.into_inner().payload)
+                .await,
+        )
     }
 
     async fn install_snapshot(
@@ -96,7 +101,7 @@ impl Cluster for ClusterService {
 
     async fn forward(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
         let op: LeaderOp = parse("forwarded request", request)?;
-        frame(&self.node.execute_here(op).await)
+        frame(&self.node.execute_forwarded(op).await)
     }
 
     async fn read_index(&self, _request: Request<Frame>) -> Result<Response<Frame>, Status> {

@@ -11,7 +11,7 @@ use spike_sdk::crypto::{KeyCheck, KeyShare, SecretBytes, ShareIndex};
 use spike_sdk::identity::{PeerAuthorizer, Role, TrustRoots};
 use spike_sdk::keeper_api::keeper_client::KeeperClient;
 use spike_sdk::keeper_api::{
-    FetchShareRequest, MESSAGE_SIZE_MAX_BYTES, ShareKind, StoreShareRequest,
+    FetchShareRequest, FetchShareResponse, MESSAGE_SIZE_MAX_BYTES, ShareKind, StoreShareRequest,
 };
 use spike_sdk::svid::Identity;
 use spike_sdk::tls::{ChannelOptions, TlsConfigError, client_config, grpc_channel};
@@ -69,8 +69,9 @@ impl Keepers {
     ) -> usize {
         let calls = self.keepers.iter().zip(shares).map(|((address, client), share)| {
             let mut client = client.clone();
-            // Named step: the share leaves its wrapper for the wire.
-            let mut request = StoreShareRequest {
+            // Named step: the share leaves its wrapper for the wire (the
+            // message wipes it when tonic drops it).
+            let request = StoreShareRequest {
                 root_key_id: root_key_id.0,
                 key_check: key_check.as_bytes().to_vec(),
                 index: u32::from(share.index().get()),
@@ -78,9 +79,8 @@ impl Keepers {
                 committed: kind.committed_flag(),
             };
             async move {
-                let mut call = tonic::Request::new(request.clone());
+                let mut call = tonic::Request::new(request);
                 call.set_timeout(KEEPER_CALL_TIMEOUT);
-                request.share.zeroize();
                 match client.store_share(call).await {
                     Ok(_) => true,
                     Err(status) => {
@@ -117,9 +117,11 @@ impl Keepers {
     }
 
     /// Fetches the shares of the key named by id and check from every keeper
-    /// that holds one.
+    /// that holds one. Keeper `i` must answer with share `i`: a share under
+    /// another index (a lying keeper, or one keeper listed under two
+    /// addresses) is dropped, so it cannot stand in for an honest keeper's.
     pub async fn fetch(&self, root_key_id: RootKeyId, key_check: KeyCheck) -> Vec<KeyShare> {
-        let calls = self.keepers.iter().map(|(address, client)| {
+        let calls = self.keepers.iter().enumerate().map(|(position, (address, client))| {
             let mut client = client.clone();
             async move {
                 let mut call = tonic::Request::new(FetchShareRequest {
@@ -127,27 +129,82 @@ impl Keepers {
                     key_check: key_check.as_bytes().to_vec(),
                 });
                 call.set_timeout(KEEPER_CALL_TIMEOUT);
-                let mut reply = match client.fetch_share(call).await {
+                let reply = match client.fetch_share(call).await {
                     Ok(reply) => reply.into_inner(),
                     Err(status) => {
                         tracing::debug!(keeper = %address, %root_key_id, code = ?status.code(), "keeper has no share");
                         return None;
                     }
                 };
-                let share = SecretBytes::<32>::from_slice(&reply.share);
-                reply.share.zeroize();
-                let index = u8::try_from(reply.index).ok().and_then(|i| ShareIndex::new(i).ok());
-                let answered_other_key = reply.root_key_id != root_key_id.0
-                    || reply.key_check.as_slice() != key_check.as_bytes();
-                match (index, share) {
-                    (Some(index), Ok(value)) if !answered_other_key => Some(KeyShare::new(index, value)),
-                    _ => {
-                        tracing::warn!(keeper = %address, "keeper answered with a malformed share; ignored");
-                        None
-                    }
-                }
+                share_of_reply(position, root_key_id, key_check, &reply)
+                    .map_err(|reason| tracing::warn!(keeper = %address, %reason, "keeper answered with an unusable share; ignored"))
+                    .ok()
             }
         });
         join_all(calls).await.into_iter().flatten().collect()
+    }
+}
+
+/// The share in `reply` from the keeper at `position` (from 0), if it is
+/// well formed, of the key asked for, and under that keeper's own index.
+fn share_of_reply(
+    position: usize,
+    root_key_id: RootKeyId,
+    key_check: KeyCheck,
+    reply: &FetchShareResponse,
+) -> Result<KeyShare, String> {
+    let value = SecretBytes::<32>::from_slice(&reply.share)
+        .map_err(|length| format!("a share is 32 bytes, this one has {length}"))?;
+    if reply.root_key_id != root_key_id.0 || reply.key_check.as_slice() != key_check.as_bytes() {
+        return Err(format!(
+            "asked for root key {root_key_id}, answered with root key {}",
+            reply.root_key_id
+        ));
+    }
+    let expected = position + 1;
+    if usize::try_from(reply.index).ok() != Some(expected) {
+        return Err(format!(
+            "keeper {expected} answered with share index {}",
+            reply.index
+        ));
+    }
+    let index = u8::try_from(reply.index)
+        .ok()
+        .and_then(|index| ShareIndex::new(index).ok())
+        .ok_or_else(|| format!("share index {} is not in 1..=255", reply.index))?;
+    Ok(KeyShare::new(index, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(index: u32, root_key_id: u64, check: KeyCheck) -> FetchShareResponse {
+        FetchShareResponse {
+            root_key_id,
+            key_check: check.as_bytes().to_vec(),
+            index,
+            share: vec![5; 32],
+            committed: true,
+        }
+    }
+
+    #[test]
+    fn a_keeper_answers_only_with_its_own_share_index() {
+        // Regression (review #8): the index was taken from the reply as is,
+        // so one keeper could answer with another's index, or one keeper
+        // listed twice answered twice with the same index.
+        let check = KeyCheck::from_bytes([3; 32]);
+        let id = RootKeyId(4);
+        let share = share_of_reply(1, id, check, &reply(2, 4, check)).expect("keeper 2, share 2");
+        assert_eq!(share.index().get(), 2);
+        assert!(share_of_reply(0, id, check, &reply(2, 4, check)).is_err());
+        assert!(share_of_reply(2, id, check, &reply(2, 4, check)).is_err());
+        assert!(share_of_reply(1, id, check, &reply(2, 5, check)).is_err());
+        assert!(share_of_reply(1, id, KeyCheck::from_bytes([9; 32]), &reply(2, 4, check)).is_err());
+        let mut short = reply(2, 4, check);
+        short.share.truncate(31);
+        assert!(share_of_reply(1, id, check, &short).is_err());
+        assert!(share_of_reply(255, id, check, &reply(256, 4, check)).is_err());
     }
 }

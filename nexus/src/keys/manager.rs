@@ -78,6 +78,12 @@ pub enum KeyError {
     /// Raft refused or could not complete the proposal.
     #[error("proposal failed: {0}")]
     Proposal(String),
+    /// The operator asked for n and t this cluster refuses; nothing changed.
+    #[error("refused Shamir parameters: {0}")]
+    Parameters(String),
+    /// The root key id cannot grow any more (it is at `u64::MAX`).
+    #[error("root key ids are exhausted")]
+    IdsExhausted,
 }
 
 /// What a restore call reports (SPIKE's shape).
@@ -100,6 +106,8 @@ pub struct KeyManager {
     keepers: Keepers,
     keys: Arc<KeyState>,
     params: ShamirParams,
+    /// Whether a rekey may ask for t = 1 (development only).
+    allow_insecure_threshold: bool,
     policy: Policy,
     /// Serializes initialize, rekey, rotation, restore and pushes.
     lifecycle: Mutex<Lifecycle>,
@@ -127,13 +135,15 @@ struct Observed {
 
 impl KeyManager {
     /// A manager for the replica `leadership` belongs to. `params` are the
-    /// Shamir parameters a first root key is split with.
+    /// Shamir parameters a first root key is split with;
+    /// `allow_insecure_threshold` lets a rekey ask for t = 1.
     pub fn new(
         leadership: Leadership,
         reader: StateReader,
         keepers: Keepers,
         keys: Arc<KeyState>,
         params: ShamirParams,
+        allow_insecure_threshold: bool,
         push_interval: Duration,
     ) -> Self {
         Self {
@@ -142,6 +152,7 @@ impl KeyManager {
             keepers,
             keys,
             params,
+            allow_insecure_threshold,
             policy: Policy {
                 push_interval,
                 rotate_at: spike_sdk::crypto::keyring::ENCRYPTIONS_ROTATE_AT,

@@ -87,7 +87,7 @@ impl KeyManager {
         let root_key = RootKey::generate()?;
         // Keepers that outlived an earlier cluster may hold committed ids;
         // start above them so they take the new key.
-        let root_key_id = self.next_root_key_id(0).await;
+        let root_key_id = self.next_root_key_id(0).await?;
         let wrapped = Keyring::generate()?.wrap(&root_key, root_key_id)?;
         let (record, response) = self
             .propose_key(
@@ -126,20 +126,15 @@ impl KeyManager {
         Ok((record, meta.keyring_version, unlocked))
     }
 
-    /// An id above the current one and above every id the keepers hold.
-    async fn next_root_key_id(&self, current: u64) -> RootKeyId {
-        let held = self
-            .keepers
-            .committed_ids()
-            .await
-            .into_iter()
-            .max()
-            .unwrap_or(0);
-        RootKeyId(current.max(held) + 1)
+    /// An id above the current one and above every plausible id the
+    /// keepers hold.
+    async fn next_root_key_id(&self, current: u64) -> Result<RootKeyId, KeyError> {
+        next_root_key_id(current, &self.keepers.committed_ids().await)
     }
 
     /// Replaces the root key (n and t may change). Leader only.
     pub async fn rekey(&self, params: ShamirParams) -> Result<u64, KeyError> {
+        check_params(params, self.keepers.len(), self.allow_insecure_threshold)?;
         if !self
             .leadership
             .is_settled_leader(LEADERSHIP_CHECK_TIMEOUT)
@@ -150,7 +145,7 @@ impl KeyManager {
         let guard = self.lifecycle.lock().await;
         let (record, keyring_version, unlocked) = self.current_record()?;
         let root_key = RootKey::generate()?;
-        let root_key_id = self.next_root_key_id(record.root_key_id.0).await;
+        let root_key_id = self.next_root_key_id(record.root_key_id.0).await?;
         let wrapped = unlocked.keyring_wrapped_under(&root_key, root_key_id)?;
         let (new_record, response) = self
             .propose_key(&root_key, root_key_id, params, wrapped, |record| {
@@ -276,5 +271,105 @@ impl KeyManager {
             restored: true,
             progress_reset,
         })
+    }
+}
+
+/// How far above the current root key id a keeper-reported id may be and
+/// still count. Every key takes the next id, so a real cluster never gets
+/// near this; a keeper that reports more is lying or broken, and following
+/// it could push the id to `u64::MAX`, after which no key could be made.
+pub const KEEPER_ID_AHEAD_MAX: u64 = 1 << 32;
+
+/// The id of the next root key: above `current` and above every id in
+/// `held` (keepers refuse ids below one they hold), ignoring ids more than
+/// [`KEEPER_ID_AHEAD_MAX`] ahead. A keeper ignored that way refuses the new
+/// key's share; the others still take theirs.
+fn next_root_key_id(current: u64, held: &[u64]) -> Result<RootKeyId, KeyError> {
+    let ceiling = current.saturating_add(KEEPER_ID_AHEAD_MAX);
+    let mut highest = current;
+    for &id in held {
+        if id > ceiling {
+            tracing::warn!(
+                reported = id,
+                current,
+                "a keeper reports an implausible root key id; ignored"
+            );
+        } else {
+            highest = highest.max(id);
+        }
+    }
+    highest
+        .checked_add(1)
+        .map(RootKeyId)
+        .ok_or(KeyError::IdsExhausted)
+}
+
+/// Whether a rekey may use `params` with `keepers` keepers: one share per
+/// keeper (as at start-up; fewer would leave keepers serving an older key's
+/// share, more would make shares no keeper holds), and t = 1 only when
+/// allowed for development.
+fn check_params(
+    params: ShamirParams,
+    keepers: usize,
+    allow_insecure_threshold: bool,
+) -> Result<(), KeyError> {
+    if usize::from(params.shares()) != keepers {
+        return Err(KeyError::Parameters(format!(
+            "{} shares for {keepers} keepers; n must equal the number of keepers",
+            params.shares()
+        )));
+    }
+    if params.every_share_is_the_key() && !allow_insecure_threshold {
+        return Err(KeyError::Parameters(
+            "threshold 1 gives every keeper the root key itself; only a replica started \
+             with --allow-insecure-threshold accepts it"
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keeper_reporting_a_huge_root_key_id_cannot_exhaust_ids() {
+        // Regression (review #8): `current.max(held) + 1` overflowed on a
+        // keeper reporting u64::MAX (a panic in debug, id 0 in release).
+        assert_eq!(next_root_key_id(0, &[u64::MAX]).expect("an id").0, 1);
+        assert_eq!(
+            next_root_key_id(4, &[2, 7, u64::MAX - 1]).expect("an id").0,
+            8
+        );
+        assert_eq!(
+            next_root_key_id(4, &[4 + KEEPER_ID_AHEAD_MAX])
+                .expect("an id")
+                .0,
+            5 + KEEPER_ID_AHEAD_MAX
+        );
+        assert!(matches!(
+            next_root_key_id(u64::MAX, &[]),
+            Err(KeyError::IdsExhausted)
+        ));
+    }
+
+    #[test]
+    fn a_rekey_takes_one_share_per_keeper_and_t_above_one_unless_allowed() {
+        let params = |n, t| ShamirParams::new(n, t).expect("valid");
+        assert!(check_params(params(3, 2), 3, false).is_ok());
+        assert!(matches!(
+            check_params(params(5, 2), 3, false),
+            Err(KeyError::Parameters(_))
+        ));
+        assert!(matches!(
+            check_params(params(2, 2), 3, false),
+            Err(KeyError::Parameters(_))
+        ));
+        assert!(matches!(
+            check_params(params(3, 1), 3, false),
+            Err(KeyError::Parameters(_))
+        ));
+        assert!(check_params(params(3, 1), 3, true).is_ok());
     }
 }
