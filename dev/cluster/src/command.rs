@@ -63,6 +63,9 @@ fn nexus_flags(command: &mut Command, cluster: &ClusterFile, process: &Process, 
         .args(["--keepers", &keepers.join(",")])
         .args(["--shares", &cluster.shares.to_string()])
         .args(["--threshold", &cluster.threshold.to_string()])
+        // A dev cluster asked for t = 1 (every keeper holds the key; `up`
+        // says so): nexus refuses it without this switch.
+        .args((cluster.threshold == 1).then_some("--allow-insecure-threshold"))
         .args(["--health-addr", &replica.health_addr.to_string()])
         .args(["--keeper-update-interval", KEEPER_UPDATE_INTERVAL])
         .arg("--data-dir")

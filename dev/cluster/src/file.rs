@@ -81,6 +81,12 @@ pub struct ClusterFile {
     /// Replica N dials through the proxy at 127.0.0.1:BASE+N.
     #[serde(default)]
     pub connect_proxy_base: Option<u16>,
+    /// `up --auto-restore-from-disk-shards`: every recovery shard (the
+    /// root key) is kept in `DIR/recovery` and fed back after a total loss.
+    /// Development only; off unless asked for, and remembered once asked
+    /// (absent from the file while off).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_restore_from_disk_shards: bool,
     /// Where the dev Workload API serves its sockets (see
     /// [`crate::sockets::choose`]).
     pub sockets_dir: PathBuf,

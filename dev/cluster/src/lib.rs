@@ -19,12 +19,14 @@
 //! binary recorded for them ([`supervise`]).
 //!
 //! Keepers hold shares in memory only, so after `down` the restarted
-//! cluster cannot rebuild its root key by itself: that is a total loss. For
-//! development convenience the first `up` saves the recovery shards (as
-//! `spike operator recover` would) under `DIR/recovery`, and a later `up`
-//! that finds the replicas locked feeds them back through `restore`
-//! ([`operator`]). A production deployment never keeps shards next to the
-//! data.
+//! cluster cannot rebuild its root key by itself: that is a total loss, and
+//! as in production the replicas wait (503) for an operator restore; `up`
+//! says so and how. Only with `up --auto-restore-from-disk-shards`
+//! (development convenience, with a warning at every `up`) does the first
+//! `up` save the recovery shards (as `spike operator recover` would) under
+//! `DIR/recovery`, and a later `up` that finds the replicas locked feed
+//! them back through `restore` ([`operator`]): the root key is then on
+//! disk. A production deployment never keeps shards next to the data.
 //!
 //! The modules:
 //! - [`file`]: `cluster.json`'s model ([`ClusterFile`], [`Process`],

@@ -28,7 +28,8 @@ Files in DIR:
                 SPIKE_NEXUS_API_URLS (every replica in the cluster, comma
                 separated in node-id order, for clients that fail over; `join`
                 and `retire` rewrite it)
-  recovery/     the recovery shards saved after the first start (dev only)
+  recovery/     with --auto-restore-from-disk-shards only: every recovery
+                shard, that is the root key, on disk (development only)
   logs/         one log per process";
 
 #[derive(Parser)]
@@ -89,6 +90,13 @@ enum Command {
         /// harness's per-link proxies, for runs without namespaces).
         #[arg(long, value_name = "PORT", conflicts_with = "netns")]
         connect_proxy_base: Option<u16>,
+        /// DEVELOPMENT ONLY: save every recovery shard (together, the root
+        /// key) in DIR/recovery after the first start, and feed them back
+        /// after a total loss (`down`, then `up`). Without it a restarted
+        /// cluster waits (503) for `spike operator restore`, as production
+        /// does. Remembered in cluster.json once given.
+        #[arg(long)]
+        auto_restore_from_disk_shards: bool,
     },
     /// Cut the network link between two processes, both ways (--netns
     /// clusters only).
@@ -220,6 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             netns,
             netns_subnet,
             connect_proxy_base,
+            auto_restore_from_disk_shards,
         } => {
             if wait.is_zero() {
                 bail!("--wait must be more than 0");
@@ -237,6 +246,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|prefix| Layout::new(&prefix, &netns_subnet))
                     .transpose()?,
                 connect_proxy_base,
+                auto_restore_from_disk_shards,
             };
             up::up(&common.dir, shape, &common.bin_dir()?, wait, out)?;
         }

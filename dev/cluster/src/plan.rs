@@ -52,6 +52,9 @@ pub struct Shape {
     pub netns: Option<netns::Layout>,
     /// Replica N dials through the proxy at 127.0.0.1:BASE+N.
     pub connect_proxy_base: Option<u16>,
+    /// Keep every recovery shard in `DIR/recovery` and restore from them
+    /// after a total loss (development only: the root key is on disk).
+    pub auto_restore_from_disk_shards: bool,
 }
 
 impl Default for Shape {
@@ -67,6 +70,7 @@ impl Default for Shape {
             workloads: Vec::new(),
             netns: None,
             connect_proxy_base: None,
+            auto_restore_from_disk_shards: false,
         }
     }
 }
@@ -138,6 +142,7 @@ pub fn plan(dir: &Path, shape: Shape) -> Result<ClusterFile, PlanError> {
         workloads: shape.workloads,
         netns: shape.netns,
         connect_proxy_base: shape.connect_proxy_base,
+        auto_restore_from_disk_shards: shape.auto_restore_from_disk_shards,
         sockets_dir,
         processes,
     })

@@ -1,6 +1,8 @@
 //! `up`: start (or restart) the whole cluster and wait until every replica
-//! serves, restoring the root key from the saved shards after a total
-//! loss and saving them after the first start.
+//! serves. After a total loss the replicas wait for an operator restore,
+//! unless the cluster was started with `--auto-restore-from-disk-shards`
+//! (development only), which saves the shards after the first start and
+//! feeds them back.
 
 use std::fs;
 use std::io::Write;
@@ -37,11 +39,20 @@ pub fn up(
 ) -> Result<(), Error> {
     let began = Instant::now();
     let dir = crate::actions::absolute(dir)?;
-    let mut cluster = match ClusterFile::load(&dir) {
-        Ok(existing) => existing,
-        Err(FileError::NoCluster { .. }) => plan(&dir, shape)?,
+    let auto_restore = shape.auto_restore_from_disk_shards;
+    let (mut cluster, existed) = match ClusterFile::load(&dir) {
+        Ok(existing) => (existing, true),
+        Err(FileError::NoCluster { .. }) => (plan(&dir, shape)?, false),
         Err(error) => return Err(error.into()),
     };
+    cluster.auto_restore_from_disk_shards |= auto_restore;
+    // Nothing of the cluster runs: the keepers come back empty, so an
+    // initialized cluster has lost its root key (a total loss).
+    let total_restart = cluster
+        .processes
+        .iter()
+        .all(|process| running(process).is_none());
+    warn_insecure(&cluster, out)?;
     create_identities(&cluster)?;
     let logs = cluster.dir.join("logs");
     fs::create_dir_all(&logs).map_err(|source| Error::Directory { path: logs, source })?;
@@ -63,7 +74,8 @@ pub fn up(
     env::write(&cluster)?;
     let deadline = Instant::now() + wait;
     let recovery_dir = cluster.dir.join("recovery");
-    let saved_shards = recovery_dir.join("spike.recovery.1.txt").exists();
+    let saved_shards =
+        cluster.auto_restore_from_disk_shards && recovery_dir.join("spike.recovery.1.txt").exists();
     if saved_shards && !all_ready(&cluster, Instant::now() + RESTORE_AFTER)? {
         writeln!(
             out,
@@ -72,6 +84,23 @@ pub fn up(
         )
         .map_err(Error::Output)?;
         operator::restore(&cluster)?;
+    } else if existed
+        && total_restart
+        && !cluster.auto_restore_from_disk_shards
+        && !all_ready(&cluster, Instant::now() + RESTORE_AFTER)?
+    {
+        // What production does: the replicas wait (503) for an operator.
+        writeln!(
+            out,
+            "cluster started in {}, but the keepers restarted empty: every replica waits (503) \
+             for the root key.\n  Restore it with the shards saved by `spike operator recover`:\n  \
+             source {}/env.restore && spike operator restore   (once per shard; {} are needed)",
+            cluster.dir.display(),
+            cluster.dir.display(),
+            cluster.threshold
+        )
+        .map_err(Error::Output)?;
+        return Ok(());
     }
     if !all_ready(&cluster, deadline)? {
         let stuck = cluster
@@ -82,7 +111,7 @@ pub fn up(
             });
         return Err(Error::NotReady { wait, stuck });
     }
-    if !saved_shards {
+    if cluster.auto_restore_from_disk_shards && !saved_shards {
         operator::save_recovery_shards(&cluster)?;
     }
     writeln!(
@@ -102,6 +131,29 @@ pub fn up(
         )
     })
     .map_err(Error::Output)
+}
+
+/// Says so when the cluster keeps its root key where anyone reading the
+/// directory finds it: the shards on disk, or t = 1.
+fn warn_insecure(cluster: &ClusterFile, out: &mut dyn Write) -> Result<(), Error> {
+    if cluster.auto_restore_from_disk_shards {
+        writeln!(
+            out,
+            "WARNING: --auto-restore-from-disk-shards: all {} recovery shards, that is the root key, \
+             are kept in {}; development only",
+            cluster.shares,
+            cluster.dir.join("recovery").display()
+        )
+        .map_err(Error::Output)?;
+    }
+    if cluster.threshold == 1 {
+        writeln!(
+            out,
+            "WARNING: threshold 1: every keeper holds the root key itself; development only"
+        )
+        .map_err(Error::Output)?;
+    }
+    Ok(())
 }
 
 /// One identity per process (`/spike/ROLE/ID`), plus the workloads asked
