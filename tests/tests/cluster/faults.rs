@@ -447,6 +447,24 @@ async fn a_rekey_replaces_the_root_key_and_every_replica_follows() {
         .expect("rekey");
     assert_eq!(refused.status, 400, "t > n is refused");
 
+    phase("n other than the number of keepers, or t = 1, is refused too");
+    for (shares, threshold, why) in [
+        (3, 2, "3 shares for 5 keepers"),
+        (7, 3, "7 shares for 5 keepers"),
+        (5, 1, "t = 1 without --allow-insecure-threshold"),
+    ] {
+        let refused = ops
+            .superuser
+            .post(
+                cluster.api(3),
+                "/v1/operator/rekey",
+                json!({ "shares": shares, "threshold": threshold }),
+            )
+            .await
+            .expect("rekey");
+        assert_eq!(refused.status, 400, "{why}: {:?}", refused.body);
+    }
+
     phase("rekey through a follower, to 5 shares with threshold 2");
     let reply = ops
         .superuser
@@ -536,4 +554,76 @@ async fn a_cluster_in_a_deep_directory_serves_identities_from_a_short_one() {
     phase("down leaves nothing in the temporary directory");
     drop(cluster);
     assert!(!sockets.exists(), "{} left behind", sockets.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_down_and_up_the_launcher_waits_for_an_operator_unless_told_to_keep_shards() {
+    let small = ["--replicas", "1", "--keepers", "2", "--threshold", "2"];
+    let mut cluster = LocalCluster::up(&small);
+    let ops = Operators::of(&cluster).await;
+    assert_eq!(
+        put(&ops.superuser, cluster.api(1), "k", "v").await.status,
+        200
+    );
+    let recovery = cluster.dir.path().join("recovery");
+    assert!(
+        !recovery.exists(),
+        "the launcher keeps shards on disk without being asked"
+    );
+    let shards = recovery_shards(&ops.recover, cluster.api(1)).await;
+
+    phase("down, then up: the keepers are empty and the replica waits");
+    cluster.try_spike("down", &[]).expect("down");
+    let said = cluster.try_spike("up", &[]).expect("up");
+    cluster.reload();
+    assert!(said.contains("spike operator restore"), "{said}");
+    assert!(!cluster.ready(1));
+    assert_eq!(get(&ops.superuser, cluster.api(1), "k").await.status, 503);
+
+    phase("an operator restore brings it back");
+    for (index, shard) in shards.into_iter().take(2) {
+        let reply = ops
+            .restore
+            .post(
+                cluster.api(1),
+                "/v1/operator/restore",
+                json!({ "id": index, "shard": shard }),
+            )
+            .await
+            .expect("reachable");
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    }
+    cluster.wait_ready(1, RECOVERY_LIMIT).await;
+    assert_eq!(
+        value_of(&get(&ops.superuser, cluster.api(1), "k").await).as_deref(),
+        Some("v")
+    );
+
+    phase("with --auto-restore-from-disk-shards the launcher warns, saves and restores");
+    let mut all = small.to_vec();
+    all.push("--auto-restore-from-disk-shards");
+    let mut kept = LocalCluster::up(&all);
+    let ops = Operators::of(&kept).await;
+    assert_eq!(
+        put(&ops.superuser, kept.api(1), "k", "kept").await.status,
+        200
+    );
+    assert!(
+        kept.dir
+            .path()
+            .join("recovery/spike.recovery.2.txt")
+            .exists()
+    );
+    kept.try_spike("down", &[]).expect("down");
+    let said = kept.try_spike("up", &[]).expect("up restores by itself");
+    kept.reload();
+    assert!(
+        said.contains("WARNING: --auto-restore-from-disk-shards"),
+        "{said}"
+    );
+    assert!(kept.ready(1));
+    assert_eq!(
+        value_of(&get(&ops.superuser, kept.api(1), "k").await).as_deref(),
+        Some("kept")
+    );
 }

@@ -279,3 +279,116 @@ async fn a_replica_with_an_impossible_configuration_exits_64_before_binding() {
         );
     }
 }
+
+/// Whether this process may lock memory without a limit (`CAP_IPC_LOCK`,
+/// bit 14 of the effective set), which the processes it starts inherit:
+/// their default `--lock-memory=auto` then locks.
+fn may_lock_memory_without_limit() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").expect("own status");
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let unlimited = std::fs::read_to_string("/proc/self/limits")
+        .expect("own limits")
+        .lines()
+        .any(|line| line.starts_with("Max locked memory") && line.contains("unlimited"));
+    effective & (1 << 14) != 0 || unlimited
+}
+
+/// A line of `/proc/PID/FILE` that starts with `prefix`.
+fn proc_line(pid: u32, file: &str, prefix: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .expect("proc file")
+        .lines()
+        .find(|line| line.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in /proc/{pid}/{file}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_and_keepers_lock_memory_and_keep_their_files_private() {
+    let mut cluster = LocalCluster::up(&[
+        "--replicas",
+        "1",
+        "--keepers",
+        "2",
+        "--threshold",
+        "2",
+        "--nexus-arg=--snapshot-every=5",
+    ]);
+    let ops = Operators::of(&cluster).await;
+    for i in 0..8 {
+        assert_eq!(
+            put(&ops.superuser, cluster.api(1), &format!("p/{i}"), "v")
+                .await
+                .status,
+            200
+        );
+    }
+
+    phase("no core files, and memory locked where the OS allows it");
+    let lock_expected = may_lock_memory_without_limit();
+    for name in cluster
+        .replica_names()
+        .into_iter()
+        .chain(cluster.keeper_names())
+    {
+        let pid = cluster.process(&name).pid.expect("running").get();
+        let core = proc_line(pid, "limits", "Max core file size");
+        assert!(
+            core.split_whitespace().nth(4) == Some("0"),
+            "{name}: {core}"
+        );
+        let locked_kb: u64 = proc_line(pid, "status", "VmLck:")
+            .split_whitespace()
+            .nth(1)
+            .and_then(|kb| kb.parse().ok())
+            .expect("VmLck in kB");
+        assert_eq!(
+            locked_kb > 0,
+            lock_expected,
+            "{name} locked {locked_kb} kB (locking allowed here: {lock_expected})"
+        );
+    }
+
+    phase("the data directory is 0700 and every file in it 0600");
+    // A backup goes through a scratch file in the data directory.
+    let backup = ops
+        .superuser
+        .raw(
+            cluster.api(1),
+            "POST",
+            "/v1/snapshot?action=save",
+            "application/octet-stream",
+            Vec::new(),
+        )
+        .await
+        .expect("backup");
+    assert_eq!(backup.status, 200);
+    cluster.act("stop", "nexus-1");
+    let data_dir = cluster.data_dir(1);
+    let mode = |path: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&data_dir), 0o700, "{}", data_dir.display());
+    let files = files_under(&data_dir);
+    assert!(
+        files.iter().any(|f| f.to_string_lossy().ends_with(".snap")),
+        "a snapshot was written: {files:?}"
+    );
+    for file in &files {
+        assert_eq!(
+            mode(file) & 0o077,
+            0,
+            "{} is readable by others",
+            file.display()
+        );
+    }
+}

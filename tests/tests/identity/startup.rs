@@ -54,6 +54,7 @@ fn standalone_nexus(api_port: u16, data_dir: &Path) -> Vec<String> {
         format!("127.0.0.1:{}", free_port()),
         "--shares=1".to_owned(),
         "--threshold=1".to_owned(),
+        "--allow-insecure-threshold".to_owned(),
         "--data-dir".to_owned(),
         data_dir.display().to_string(),
     ]
@@ -130,6 +131,33 @@ async fn processes_refuse_to_start_with_a_bad_identity() {
         .await,
         "SPIKE_TRUST_ROOT_NEXUS",
     );
+}
+
+#[tokio::test]
+async fn a_release_nexus_refuses_threshold_one_and_has_no_test_switches() {
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let flags: Vec<String> = standalone_nexus(free_port(), data_dir.path())
+        .into_iter()
+        .filter(|flag| flag != "--allow-insecure-threshold")
+        .collect();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let output = tokio::process::Command::from(command("nexus", &flags, &[]))
+        .output()
+        .await
+        .expect("run nexus");
+    assert_config_error(&output, "SPIKE_NEXUS_SHAMIR_THRESHOLD is 1");
+
+    // target/debug/nexus as `cargo build --workspace --bins` leaves it
+    // (jepsen/run rebuilds it with the fault-injection feature).
+    for switch in ["--unsafe-local-reads", "--test-clock-offset"] {
+        let output = tokio::process::Command::from(command("nexus", &[switch], &[]))
+            .output()
+            .await
+            .expect("run nexus");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{switch} accepted: {stderr}");
+        assert!(stderr.contains("unexpected argument"), "{stderr}");
+    }
 }
 
 #[tokio::test]
