@@ -119,7 +119,8 @@ struct Servers {
 }
 
 impl Servers {
-    async fn start(issuer: &DevCa, bundle: &[&DevCa]) -> Self {
+    /// `flags` go to both processes.
+    async fn start(issuer: &DevCa, bundle: &[&DevCa], flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let ttl = Duration::from_secs(3600);
         let nexus_svid = issuer.mint(NEXUS_ID, ttl).expect("nexus SVID");
@@ -147,6 +148,7 @@ impl Servers {
             "--data-dir".to_owned(),
             data_dir.display().to_string(),
         ]);
+        nexus_args.extend(flags.iter().map(|flag| (*flag).to_owned()));
         let mut keeper_args = keeper_files.flags();
         keeper_args.extend([
             "--bind".to_owned(),
@@ -154,6 +156,7 @@ impl Servers {
             "--port".to_owned(),
             keeper.port().to_string(),
         ]);
+        keeper_args.extend(flags.iter().map(|flag| (*flag).to_owned()));
         let processes = vec![spawn("nexus", &nexus_args), spawn("keeper", &keeper_args)];
         for address in [api, cluster, keeper] {
             wait_for_port(address).await;
@@ -212,6 +215,9 @@ fn client(svid: &MintedSvid, resume: bool) -> Arc<ClientConfig> {
 struct Connection {
     sender: SendRequest<Empty<Bytes>>,
     resumed: bool,
+    /// The HTTP/2 connection; it finishes `Ok` when the server closed it
+    /// gracefully (GOAWAY), `Err` when the connection was cut.
+    driver: tokio::task::JoinHandle<Result<(), hyper::Error>>,
 }
 
 impl Connection {
@@ -233,8 +239,12 @@ impl Connection {
                 hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                     .await
                     .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
-            tokio::spawn(connection);
-            Ok(Self { sender, resumed })
+            let driver = tokio::spawn(connection);
+            Ok(Self {
+                sender,
+                resumed,
+                driver,
+            })
         };
         tokio::time::timeout(STEP_TIMEOUT, step)
             .await
@@ -344,7 +354,7 @@ impl WhileValid {
 #[tokio::test]
 async fn an_expired_svid_is_refused_on_every_port_with_or_without_a_cached_session() {
     let ca = DevCa::generate(TRUST_DOMAIN).expect("CA");
-    let servers = Servers::start(&ca, &[&ca]).await;
+    let servers = Servers::start(&ca, &[&ca], &[]).await;
 
     // Valid for a few seconds: enough for the connections below.
     let now = OffsetDateTime::now_utc();
@@ -371,7 +381,7 @@ async fn a_client_whose_ca_left_the_bundle_is_refused_on_every_port_with_or_with
     // from the one that is dropped, as after a CA compromise.
     let staying = DevCa::generate(TRUST_DOMAIN).expect("CA");
     let dropped = DevCa::generate(TRUST_DOMAIN).expect("CA");
-    let servers = Servers::start(&staying, &[&staying, &dropped]).await;
+    let servers = Servers::start(&staying, &[&staying, &dropped], &[]).await;
     let svid = dropped
         .mint(NEXUS_ID, Duration::from_secs(3600))
         .expect("client SVID");
@@ -399,4 +409,49 @@ async fn a_client_whose_ca_left_the_bundle_is_refused_on_every_port_with_or_with
         }
     }
     before.assert_refused(&servers, &svid).await;
+}
+
+/// Every connection re-authenticates periodically: at its maximum age the
+/// server closes it gracefully (GOAWAY, long before the hard end 30 s
+/// later), and the client gets back in with a new, verified, handshake.
+#[tokio::test]
+async fn every_port_retires_a_connection_gracefully_at_its_maximum_age() {
+    const MAX_AGE: Duration = Duration::from_secs(2);
+    let ca = DevCa::generate(TRUST_DOMAIN).expect("CA");
+    let servers = Servers::start(&ca, &[&ca], &["--max-connection-age", "2s"]).await;
+    let svid = ca
+        .mint(NEXUS_ID, Duration::from_secs(3600))
+        .expect("client SVID");
+
+    let mut open = Vec::new();
+    for port in Port::ALL {
+        let mut connection = Connection::open(servers.address(port), client(&svid, false))
+            .await
+            .unwrap_or_else(|e| panic!("{port:?}: connect: {e}"));
+        connection
+            .request(port)
+            .await
+            .unwrap_or_else(|e| panic!("{port:?}: a valid client is admitted: {e}"));
+        open.push((port, tokio::time::Instant::now(), connection));
+    }
+    for (port, opened, connection) in open {
+        let closed = tokio::time::timeout(MAX_AGE + STEP_TIMEOUT, connection.driver)
+            .await
+            .unwrap_or_else(|_| panic!("{port:?}: the connection outlived its maximum age"))
+            .expect("connection task");
+        let age = opened.elapsed();
+        assert!(
+            age + Duration::from_millis(500) >= MAX_AGE,
+            "{port:?}: closed after {age:?}, before its maximum age"
+        );
+        closed.unwrap_or_else(|e| panic!("{port:?}: the connection was cut, not retired: {e}"));
+
+        let mut again = Connection::open(servers.address(port), client(&svid, false))
+            .await
+            .unwrap_or_else(|e| panic!("{port:?}: reconnect: {e}"));
+        again
+            .request(port)
+            .await
+            .unwrap_or_else(|e| panic!("{port:?}: the client gets back in: {e}"));
+    }
 }
