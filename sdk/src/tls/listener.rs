@@ -47,8 +47,10 @@ pub const READY_CONNECTIONS_MAX: usize = 64;
 /// the SVID it was opened with expires.
 pub const CONNECTION_AGE_MAX_DEFAULT: Duration = Duration::from_secs(15 * 60);
 /// How long a connection past its maximum age has to finish what it is
-/// doing before it is ended.
-pub const CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
+/// doing before it is ended. Long enough for a Raft snapshot stream on the
+/// cluster port (64 GiB at most); a stream cut here is retried on a new
+/// connection, which has the whole maximum age ahead of it.
+pub const CONNECTION_AGE_GRACE: Duration = Duration::from_secs(5 * 60);
 
 /// Why an established connection was ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -412,8 +412,9 @@ async fn a_client_whose_ca_left_the_bundle_is_refused_on_every_port_with_or_with
 }
 
 /// Every connection re-authenticates periodically: at its maximum age the
-/// server closes it gracefully (GOAWAY, long before the hard end 30 s
-/// later), and the client gets back in with a new, verified, handshake.
+/// server closes it gracefully (GOAWAY, long before the listener's hard
+/// end a grace period later), and the client gets back in with a new,
+/// verified, handshake.
 #[tokio::test]
 async fn every_port_retires_a_connection_gracefully_at_its_maximum_age() {
     const MAX_AGE: Duration = Duration::from_secs(2);
