@@ -34,12 +34,14 @@ const REQUESTS_PER_CONNECTION_MAX: usize = 32;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Serves the keeper API on `address` as `identity` until `shutdown`
-/// resolves; only Nexus SVIDs under `trust_roots` get in.
+/// resolves; only Nexus SVIDs under `trust_roots` get in, and a connection
+/// is retired after `max_connection_age` (its caller verified again).
 pub async fn serve(
     address: SocketAddr,
     identity: Identity,
     trust_roots: TrustRoots,
     hardening: Hardening,
+    max_connection_age: Duration,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartupError> {
     let mut tls = server_config(
@@ -48,7 +50,7 @@ pub async fn serve(
     )
     .map_err(StartupError::failed)?;
     tls.alpn_protocols = vec![b"h2".to_vec()];
-    let listener = listen(address, tls, &identity).await?;
+    let listener = listen(address, tls, &identity, max_connection_age).await?;
     tracing::info!(
         spiffe_id = %identity.spiffe_id(),
         address = %listener.local_address(),
@@ -65,6 +67,9 @@ pub async fn serve(
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_INTERVAL))
+        // GOAWAY at the maximum age; the listener ends the connection a
+        // grace period later if the client has not gone.
+        .max_connection_age(max_connection_age)
         .add_service(service)
         .serve_with_incoming_shutdown(listener.into_stream(), shutdown)
         .await

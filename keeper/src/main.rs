@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use spike_sdk::cli::{SvidArgs, load_role_identity, run_server, shutdown_signal};
@@ -27,6 +28,25 @@ struct Args {
     /// warning otherwise), required (or refuse to start), off.
     #[arg(long, env = "SPIKE_LOCK_MEMORY", default_value = "auto", num_args = 0..=1, default_missing_value = "required")]
     lock_memory: MemoryLock,
+    /// Longest life of a Nexus connection before the Nexus must connect,
+    /// and be verified, again (e.g. 5m, 1h; at least 1s).
+    #[arg(
+        long,
+        env = "SPIKE_KEEPER_MAX_CONNECTION_AGE",
+        default_value = "15m",
+        value_parser = connection_age
+    )]
+    max_connection_age: Duration,
+}
+
+/// A Go duration of at least a second: a shorter one would make every
+/// connection a reconnect.
+fn connection_age(text: &str) -> Result<Duration, String> {
+    let age = spike_sdk::duration::parse(text).map_err(|e| e.to_string())?;
+    if age < Duration::from_secs(1) {
+        return Err("must be at least 1s".to_owned());
+    }
+    Ok(age)
 }
 
 fn main() -> ExitCode {
@@ -35,6 +55,14 @@ fn main() -> ExitCode {
     run_server("keeper", lock_memory, |hardening| async move {
         let (trust_roots, identity) = load_role_identity(&args.svid, Role::Keeper).await?;
         let address = SocketAddr::new(args.bind, args.port);
-        spike_keeper::serve(address, identity, trust_roots, hardening, shutdown_signal()).await
+        spike_keeper::serve(
+            address,
+            identity,
+            trust_roots,
+            hardening,
+            args.max_connection_age,
+            shutdown_signal(),
+        )
+        .await
     })
 }

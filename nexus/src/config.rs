@@ -119,6 +119,15 @@ pub struct Args {
     /// end to end through it: the proxy sees only ciphertext.
     #[arg(long, env = "SPIKE_NEXUS_CONNECT_PROXY")]
     pub connect_proxy: Option<SocketAddr>,
+    /// Longest life of a connection to the API or cluster port before the
+    /// client must connect, and be verified, again (at least 1s).
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_MAX_CONNECTION_AGE",
+        default_value = "15m",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub max_connection_age: Duration,
     /// Lock memory so keys are never swapped out: auto (where no
     /// RLIMIT_MEMLOCK applies: CAP_IPC_LOCK or an unlimited limit; a
     /// warning otherwise), required (or refuse to start), off.
@@ -280,6 +289,8 @@ pub struct NexusConfig {
     pub logs_kept: u64,
     /// Linearizable reads skip the read index (tests of the checker only).
     pub unsafe_local_reads: bool,
+    /// Longest life of an inbound connection.
+    pub max_connection_age: Duration,
 }
 
 impl NexusConfig {
@@ -345,6 +356,11 @@ impl NexusConfig {
                 heartbeat_interval * 3
             )));
         }
+        if args.max_connection_age < Duration::from_secs(1) {
+            return Err(ConfigError::OutOfRange(
+                "SPIKE_NEXUS_MAX_CONNECTION_AGE must be at least 1s".to_owned(),
+            ));
+        }
         if args.snapshot_every == 0 {
             return Err(ConfigError::OutOfRange(
                 "SPIKE_NEXUS_SNAPSHOT_EVERY must be at least 1".to_owned(),
@@ -370,6 +386,7 @@ impl NexusConfig {
             snapshot_every: args.snapshot_every,
             logs_kept: args.logs_kept,
             unsafe_local_reads: args.unsafe_local_reads(),
+            max_connection_age: args.max_connection_age,
         })
     }
 
@@ -625,6 +642,13 @@ mod tests {
             config(&["--heartbeat-interval", "0"]),
             Err(ConfigError::OutOfRange(_))
         ));
+        let age = config(&[]).expect("defaults").max_connection_age;
+        assert_eq!(age, spike_sdk::tls::CONNECTION_AGE_MAX_DEFAULT);
+        let short = config(&["--max-connection-age", "500ms"]).expect_err("under 1s");
+        assert!(
+            short.to_string().contains("SPIKE_NEXUS_MAX_CONNECTION_AGE"),
+            "{short}"
+        );
         let sqlite = Args::try_parse_from(["nexus", "--backend-store", "sqlite"])
             .expect_err("only persistent exists");
         assert!(sqlite.to_string().contains("persistent"), "{sqlite}");

@@ -171,11 +171,12 @@ pub async fn serve(
     )
     .map_err(StartupError::failed)?;
     cluster_tls.alpn_protocols = vec![b"h2".to_vec()];
-    let cluster_listener = listen(cluster_listen, cluster_tls, &identity).await?;
+    let max_age = config.max_connection_age;
+    let cluster_listener = listen(cluster_listen, cluster_tls, &identity, max_age).await?;
     let mut api_tls = server_config(identity.clone(), PeerAuthorizer::any_verified())
         .map_err(StartupError::failed)?;
     api_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let api_listener = listen(api_listen, api_tls, &identity).await?;
+    let api_listener = listen(api_listen, api_tls, &identity, max_age).await?;
     let health_listener = match config.health_addr {
         Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(|e| {
             StartupError::failed(format!("cannot listen on {address} (health): {e}"))
@@ -209,6 +210,9 @@ pub async fn serve(
         .trace_fn(cluster_rpc_span)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(2)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(2)))
+        // GOAWAY at the maximum age; the listener ends the connection a
+        // grace period later.
+        .max_connection_age(max_age)
         .add_service(cluster_service)
         .serve_with_incoming_shutdown(cluster_listener.into_stream(), stopping());
     let api = Arc::new(api::Api::new(
@@ -217,11 +221,7 @@ pub async fn serve(
         config.max_versions,
         audit_log,
     ));
-    let api_server = axum::serve(
-        api_listener,
-        api::router(api).into_make_service_with_connect_info::<PeerIdentity>(),
-    )
-    .with_graceful_shutdown(stopping());
+    let api_server = spike_sdk::tls::serve_router(api_listener, api::router(api), stopping());
     let health = async {
         match health_listener {
             Some(listener) => health::serve(listener, node.clone(), stopping()).await,
@@ -234,7 +234,10 @@ pub async fn serve(
 
     let outcome = tokio::try_join!(
         async { cluster_server.await.map_err(StartupError::failed) },
-        async { api_server.await.map_err(StartupError::failed) },
+        async {
+            api_server.await;
+            Ok(())
+        },
         async { health.await.map_err(StartupError::failed) },
     );
     manager_task.abort();

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::ServerConfig;
 
@@ -108,16 +109,18 @@ pub async fn load_role_identity(
     Ok((trust_roots, identity))
 }
 
-/// Binds `address` and accepts mTLS connections with `config`.
+/// Binds `address` and accepts mTLS connections with `config` (a server
+/// config of `identity`) that live at most `max_age`.
 pub async fn listen(
     address: SocketAddr,
     config: ServerConfig,
     identity: &Identity,
+    max_age: Duration,
 ) -> Result<TlsListener, StartupError> {
     let tcp = crate::net::bind(address)
         .await
         .map_err(|error| StartupError::failed(format!("cannot listen on {address}: {error}")))?;
-    TlsListener::new(tcp, Arc::new(config), identity.spiffe_id()).map_err(StartupError::failed)
+    TlsListener::new(tcp, Arc::new(config), identity.clone(), max_age).map_err(StartupError::failed)
 }
 
 /// The variable that sets the log filter (SPIKE's name), e.g. `info`,

@@ -135,6 +135,7 @@ pub fn add_hosts(
                     identities.keeper,
                     identities.trust_roots,
                     no_hardening(),
+                    spike_sdk::tls::CONNECTION_AGE_MAX_DEFAULT,
                     pending(),
                 )
                 .await?;

@@ -11,7 +11,9 @@ use spike_dev_cluster::{ClusterFile, Launcher, Process, Replica, probe};
 use spike_dev_identity::{IdentityDirectory, IdentitySpec, ServeOptions, WorkloadApiServer};
 use spike_sdk::identity::{PeerAuthorizer, SpiffeId};
 use spike_sdk::svid::{Identity, SvidSource};
-use spike_sdk::tls::{PeerIdentity, TlsListener, client_config, connect, server_config};
+use spike_sdk::tls::{
+    CONNECTION_AGE_MAX_DEFAULT, PeerIdentity, TlsListener, client_config, connect, server_config,
+};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -111,8 +113,13 @@ impl EchoServer {
         let tcp = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
-        let mut listener = TlsListener::new(Box::new(tcp), Arc::new(config), identity.spiffe_id())
-            .expect("listener");
+        let mut listener = TlsListener::new(
+            Box::new(tcp),
+            Arc::new(config),
+            identity,
+            CONNECTION_AGE_MAX_DEFAULT,
+        )
+        .expect("listener");
         let address = listener.local_address();
         let (sender, peers) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {

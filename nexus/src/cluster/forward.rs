@@ -142,7 +142,8 @@ mod tests {
             .expect("server config");
             tls.alpn_protocols = vec![b"h2".to_vec()];
             let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-            spike_sdk::cli::listen(loopback, tls, &identity)
+            let max_age = spike_sdk::tls::CONNECTION_AGE_MAX_DEFAULT;
+            spike_sdk::cli::listen(loopback, tls, &identity, max_age)
                 .await
                 .expect("listen")
         }

@@ -3,24 +3,36 @@
 //!
 //! Handshakes run in their own tasks, bounded in number and time, so a slow
 //! or hostile client cannot stall `accept` for everybody else.
+//!
+//! A connection is only as good as the identity verified at its handshake.
+//! It ends when the peer's chain expires, when the trust bundle changes and
+//! the chain no longer verifies against it, and at the latest at its maximum
+//! age plus [`CONNECTION_AGE_GRACE`]: from then on every read and write
+//! fails, whatever the protocol above is doing. Servers that can (HTTP/2
+//! with GOAWAY) retire a connection gracefully at its maximum age
+//! ([`TlsConnection::retire_at`]), so that well-behaved clients reconnect,
+//! and are verified again, before the hard end.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
-use super::verifier::peer_spiffe_id;
+use super::verifier::{peer_spiffe_id, verify_client_chain};
 use crate::identity::SpiffeId;
 use crate::net::{self, Listener, Stream};
+use crate::svid::{Identity, SvidMaterial};
 
 /// Longest a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,6 +41,30 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 256;
 /// Most established connections waiting for the server to take them.
 pub const READY_CONNECTIONS_MAX: usize = 64;
+/// Default maximum age of a server-side connection: every client verifies
+/// again at least this often. Under half the lifetime of SPIRE's default
+/// SVIDs (1 h, rotated at half-life), so a connection is retired before
+/// the SVID it was opened with expires.
+pub const CONNECTION_AGE_MAX_DEFAULT: Duration = Duration::from_secs(15 * 60);
+/// How long a connection past its maximum age has to finish what it is
+/// doing before it is ended. Long enough for a Raft snapshot stream on the
+/// cluster port (64 GiB at most); a stream cut here is retried on a new
+/// connection, which has the whole maximum age ahead of it.
+pub const CONNECTION_AGE_GRACE: Duration = Duration::from_secs(5 * 60);
+
+/// Why an established connection was ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Lapse {
+    /// A certificate of the peer's chain is past its notAfter.
+    #[error("the peer's certificate chain has expired")]
+    Expired,
+    /// The trust bundle changed and the peer's chain no longer verifies.
+    #[error("the peer's certificate chain no longer verifies against the trust bundle: {0}")]
+    Untrusted(String),
+    /// The connection outlived its maximum age and grace period.
+    #[error("the connection outlived its maximum age")]
+    TooOld,
+}
 
 /// The authenticated peer of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,10 +76,15 @@ pub struct PeerIdentity {
     pub address: SocketAddr,
 }
 
-/// A server-side mTLS connection and its verified peer.
+/// A server-side mTLS connection and its verified peer. Reads and writes
+/// fail once the peer's identity has lapsed (see [`Lapse`]).
 pub struct TlsConnection {
     stream: server::TlsStream<Stream>,
     peer: PeerIdentity,
+    retire_at: Instant,
+    /// Resolves when the connection must end.
+    lapse: Pin<Box<dyn Future<Output = Lapse> + Send>>,
+    lapsed: Option<Lapse>,
 }
 
 impl std::fmt::Debug for TlsConnection {
@@ -59,6 +100,31 @@ impl TlsConnection {
     pub fn peer(&self) -> &PeerIdentity {
         &self.peer
     }
+
+    /// When the connection reaches its maximum age: a server should stop
+    /// taking requests on it then and let it close (HTTP/2 GOAWAY); the
+    /// listener ends it [`CONNECTION_AGE_GRACE`] later.
+    pub fn retire_at(&self) -> Instant {
+        self.retire_at
+    }
+
+    /// `Err` once the peer's identity has lapsed; registers `cx` to be woken
+    /// when it does.
+    fn check_lapse(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.lapsed.is_none()
+            && let Poll::Ready(lapse) = self.lapse.as_mut().poll(cx)
+        {
+            tracing::info!(peer = %self.peer.spiffe_id, address = %self.peer.address, reason = %lapse, "connection ended");
+            self.lapsed = Some(lapse);
+        }
+        match &self.lapsed {
+            Some(lapse) => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                lapse.clone(),
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Accepts mTLS connections in the background; [`TlsListener::accept`]
@@ -73,18 +139,22 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Starts accepting on `listener` with `config`. `local_id` is our own
-    /// SPIFFE ID, reported by [`TlsListener::local_identity`].
+    /// Starts accepting on `listener` with `config`, a [`super::server_config`]
+    /// of `identity`, whose bundle updates re-check open connections.
+    /// Connections live at most `max_age` (plus [`CONNECTION_AGE_GRACE`]).
     pub fn new(
         listener: Box<dyn Listener>,
         config: Arc<ServerConfig>,
-        local_id: SpiffeId,
+        identity: Identity,
+        max_age: Duration,
     ) -> io::Result<Self> {
         let local_address = listener.local_addr()?;
+        let local_id = identity.spiffe_id();
         let (sender, ready) = mpsc::channel(READY_CONNECTIONS_MAX);
         let accept_task = AcceptTask(tokio::spawn(accept_loop(
             listener,
             TlsAcceptor::from(config),
+            Lifetime { identity, max_age },
             sender,
         )));
         Ok(Self {
@@ -142,9 +212,17 @@ impl Drop for AcceptTask {
     }
 }
 
+/// What bounds the life of the listener's connections.
+#[derive(Debug, Clone)]
+struct Lifetime {
+    identity: Identity,
+    max_age: Duration,
+}
+
 async fn accept_loop(
     mut listener: Box<dyn Listener>,
     acceptor: TlsAcceptor,
+    lifetime: Lifetime,
     ready: mpsc::Sender<TlsConnection>,
 ) {
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES_IN_FLIGHT_MAX));
@@ -165,12 +243,13 @@ async fn accept_loop(
             return;
         }
         let acceptor = acceptor.clone();
+        let lifetime = lifetime.clone();
         let ready = ready.clone();
         // The peer is known once the handshake has verified it.
         let span = tracing::info_span!("connection", peer = tracing::field::Empty, %address);
         let accepted = async move {
             let _permit = permit;
-            match handshake(acceptor, tcp, address).await {
+            match handshake(acceptor, tcp, address, lifetime).await {
                 Ok(connection) => {
                     tracing::Span::current()
                         .record("peer", tracing::field::display(&connection.peer.spiffe_id));
@@ -188,15 +267,102 @@ async fn handshake(
     acceptor: TlsAcceptor,
     tcp: Stream,
     address: SocketAddr,
+    lifetime: Lifetime,
 ) -> io::Result<TlsConnection> {
+    // Subscribed before the verifier reads the bundle, so any bundle
+    // published after that read wakes a re-check.
+    let mut bundles = lifetime.identity.subscribe();
+    bundles.mark_unchanged();
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-    let spiffe_id = peer_id_of(stream.get_ref().1.peer_certificates())?;
+    let accepted_at = Instant::now();
+    let chain = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(<[_]>::to_vec)
+        .unwrap_or_default();
+    let spiffe_id = peer_id_of(Some(chain.as_slice()))?;
+    let expires_at = chain_not_after(&chain).map(deadline_of)?;
+    let retire_at = accepted_at + lifetime.max_age;
+    let lapse = Box::pin(until_lapse(
+        chain,
+        bundles,
+        expires_at,
+        retire_at + CONNECTION_AGE_GRACE,
+    ));
     Ok(TlsConnection {
         stream,
         peer: PeerIdentity { spiffe_id, address },
+        retire_at,
+        lapse,
+        lapsed: None,
     })
+}
+
+/// Resolves when a connection whose peer presented `chain` must end: at
+/// the chain's expiry (`None`: beyond what a deadline can hold), when a new
+/// bundle no longer verifies it, or at `end_of_age`.
+async fn until_lapse(
+    chain: Vec<CertificateDer<'static>>,
+    mut bundles: watch::Receiver<Arc<SvidMaterial>>,
+    expires_at: Option<Instant>,
+    end_of_age: Instant,
+) -> Lapse {
+    let expiry = async {
+        match expires_at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    let distrust = async {
+        // An identity that never changes drops its sender at once; then
+        // there is nothing to watch.
+        while bundles.changed().await.is_ok() {
+            let material = bundles.borrow_and_update().clone();
+            let Some((leaf, intermediates)) = chain.split_first() else {
+                return Lapse::Untrusted("no certificate".to_owned());
+            };
+            if let Err(error) = verify_client_chain(&material, leaf, intermediates, UnixTime::now())
+            {
+                return Lapse::Untrusted(error.to_string());
+            }
+        }
+        std::future::pending().await
+    };
+    tokio::select! {
+        () = expiry => Lapse::Expired,
+        () = tokio::time::sleep_until(end_of_age) => Lapse::TooOld,
+        lapse = distrust => lapse,
+    }
+}
+
+/// The earliest notAfter of `chain` (the verifier has checked every
+/// certificate in it, so it parses).
+fn chain_not_after(chain: &[CertificateDer<'_>]) -> io::Result<SystemTime> {
+    let mut earliest = None;
+    for certificate in chain {
+        let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let seconds = parsed.validity().not_after.timestamp();
+        let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.max(0).unsigned_abs());
+        earliest = Some(earliest.map_or(not_after, |e: SystemTime| e.min(not_after)));
+    }
+    earliest.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "peer presented no certificate",
+        )
+    })
+}
+
+/// `at` on the runtime's clock; `None` when it is too far away to hold.
+fn deadline_of(at: SystemTime) -> Option<Instant> {
+    match at.duration_since(SystemTime::now()) {
+        Ok(left) => Instant::now().checked_add(left),
+        Err(_) => Some(Instant::now()),
+    }
 }
 
 fn peer_id_of(
@@ -259,7 +425,9 @@ impl AsyncRead for TlsConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        this.check_lapse(cx)?;
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
@@ -269,11 +437,15 @@ impl AsyncWrite for TlsConnection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.check_lapse(cx)?;
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        this.check_lapse(cx)?;
+        Pin::new(&mut this.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -285,7 +457,9 @@ impl AsyncWrite for TlsConnection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.check_lapse(cx)?;
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -300,7 +474,10 @@ mod axum_support {
     use axum::serve::{IncomingStream, Listener};
 
     /// `axum::serve(listener, router.into_make_service_with_connect_info::<PeerIdentity>())`
-    /// gives every handler `ConnectInfo<PeerIdentity>`.
+    /// gives every handler `ConnectInfo<PeerIdentity>`; unlike
+    /// [`super::super::serve_router`] it does not retire a connection
+    /// gracefully at its maximum age, so the listener's hard end is all
+    /// its clients see.
     impl Listener for TlsListener {
         type Io = TlsConnection;
         type Addr = PeerIdentity;

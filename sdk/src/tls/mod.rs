@@ -8,11 +8,20 @@
 //!
 //! SVIDs carry no DNS names: a client authenticates the server by the SPIFFE
 //! ID it expects (the role check), not by host name.
+//!
+//! No session is ever resumed, on either side: a resumed TLS 1.3 handshake
+//! re-uses the first handshake's peer chain without verifying it again, so
+//! an SVID that expired or whose CA left the bundle would keep getting in.
+//! An established connection ends when its peer's chain expires or stops
+//! verifying against a new bundle, and at the latest after a maximum age
+//! (see [`TlsListener`]).
 
 #[cfg(feature = "tonic")]
 mod grpc;
 mod listener;
 mod resolver;
+#[cfg(feature = "axum")]
+mod serve;
 mod verifier;
 
 use std::sync::{Arc, OnceLock};
@@ -26,9 +35,11 @@ use crate::svid::Identity;
 #[cfg(feature = "tonic")]
 pub use grpc::{ChannelOptions, ConnectFailed, grpc_channel};
 pub use listener::{
-    HANDSHAKE_TIMEOUT, HANDSHAKES_IN_FLIGHT_MAX, PeerIdentity, READY_CONNECTIONS_MAX,
-    TlsConnection, TlsListener, connect,
+    CONNECTION_AGE_GRACE, CONNECTION_AGE_MAX_DEFAULT, HANDSHAKE_TIMEOUT, HANDSHAKES_IN_FLIGHT_MAX,
+    Lapse, PeerIdentity, READY_CONNECTIONS_MAX, TlsConnection, TlsListener, connect,
 };
+#[cfg(feature = "axum")]
+pub use serve::serve_router;
 pub use verifier::peer_spiffe_id;
 
 /// The one crypto provider of every TLS config we build (ring).
@@ -56,10 +67,15 @@ pub fn server_config(
         identity.clone(),
         authorizer,
     ));
-    let config = ServerConfig::builder_with_provider(crypto_provider())
+    let mut config = ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(resolver::SvidResolver::new(identity)));
+    // No resumption: neither a stateful session cache nor TLS 1.3 tickets
+    // (rustls's stateless ticketer is already off by default), so every
+    // handshake runs the verifier above.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(config)
 }
 
@@ -74,10 +90,13 @@ pub fn client_config(
         identity.clone(),
         authorizer,
     ));
-    let config = ClientConfig::builder_with_provider(crypto_provider())
+    let mut config = ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous() // our verifier checks the chain and the SPIFFE ID instead of a DNS name
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(resolver::SvidResolver::new(identity)));
+    // Our servers issue no tickets; offering none also keeps this client
+    // from resuming with any other server on a chain it verified before.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }

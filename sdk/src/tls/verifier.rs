@@ -11,13 +11,32 @@ use rustls::{
 
 use super::crypto_provider;
 use crate::identity::{PeerAuthorizer, SpiffeId};
-use crate::svid::Identity;
+use crate::svid::{Identity, SvidMaterial};
 
 /// The SPIFFE ID in a certificate's URI SAN, as a rustls error when absent
 /// (the peer sent a certificate that is not an SVID).
 pub fn peer_spiffe_id(certificate: &CertificateDer<'_>) -> Result<SpiffeId, Error> {
     spiffe::cert::spiffe_id_from_der(certificate.as_ref())
         .map_err(|e| Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e)))))
+}
+
+/// Verifies a client chain against `material`'s bundle for the leaf's trust
+/// domain at `now`, returning the leaf's SPIFFE ID. The handshake calls it,
+/// and so does an established connection when the bundle changes.
+pub(super) fn verify_client_chain(
+    material: &SvidMaterial,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+) -> Result<SpiffeId, Error> {
+    // The ID only picks the bundle here; it is trusted once the chain
+    // verifies against that bundle.
+    let id = peer_spiffe_id(end_entity)?;
+    let verifier = material
+        .client_verifier_for(id.trust_domain_name())
+        .ok_or(Error::InvalidCertificate(CertificateError::UnknownIssuer))?;
+    verifier.verify_client_cert(end_entity, intermediates, now)?;
+    Ok(id)
 }
 
 fn rejected(reason: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -52,14 +71,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        // The ID only picks the bundle here; it is trusted once the chain
-        // verifies against that bundle.
-        let id = peer_spiffe_id(end_entity)?;
-        let material = self.identity.current();
-        let verifier = material
-            .client_verifier_for(id.trust_domain_name())
-            .ok_or(Error::InvalidCertificate(CertificateError::UnknownIssuer))?;
-        verifier.verify_client_cert(end_entity, intermediates, now)?;
+        let id = verify_client_chain(&self.identity.current(), end_entity, intermediates, now)?;
         self.authorizer.authorize(&id).map_err(rejected)?;
         Ok(ClientCertVerified::assertion())
     }
