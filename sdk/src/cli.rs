@@ -16,7 +16,7 @@ use crate::hardening::{Hardening, harden_process};
 use crate::identity::{Role, TrustRoots};
 use crate::svid::Identity;
 pub use crate::svid::SvidArgs;
-use crate::tls::TlsListener;
+use crate::tls::{ConnectionLimits, TlsListener};
 
 /// Why a server did not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -94,16 +94,28 @@ pub async fn load_role_identity(
     Ok((trust_roots, identity))
 }
 
-/// Binds `address` and accepts mTLS connections with `config`.
+/// Binds `address` and accepts mTLS connections with `config`, under the
+/// default [`ConnectionLimits`].
 pub async fn listen(
     address: SocketAddr,
     config: ServerConfig,
     identity: &Identity,
 ) -> Result<TlsListener, StartupError> {
+    listen_limited(address, config, identity, ConnectionLimits::DEFAULT).await
+}
+
+/// Like [`listen`], under `limits`.
+pub async fn listen_limited(
+    address: SocketAddr,
+    config: ServerConfig,
+    identity: &Identity,
+    limits: ConnectionLimits,
+) -> Result<TlsListener, StartupError> {
     let tcp = crate::net::bind(address)
         .await
         .map_err(|error| StartupError::failed(format!("cannot listen on {address}: {error}")))?;
-    TlsListener::new(tcp, Arc::new(config), identity.spiffe_id()).map_err(StartupError::failed)
+    TlsListener::with_limits(tcp, Arc::new(config), identity.spiffe_id(), limits)
+        .map_err(StartupError::failed)
 }
 
 /// The variable that sets the log filter (SPIKE's name), e.g. `info`,

@@ -2,7 +2,9 @@
 //! SPIFFE ID of the peer, for axum and tonic servers alike.
 //!
 //! Handshakes run in their own tasks, bounded in number and time, so a slow
-//! or hostile client cannot stall `accept` for everybody else.
+//! or hostile client cannot stall `accept` for everybody else; connections
+//! are bounded by [`ConnectionLimits`] (in total, per peer, handshakes per
+//! address).
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
+use super::limits::{ConnectionGate, ConnectionLimits, ConnectionPermit};
 use super::verifier::peer_spiffe_id;
 use crate::identity::SpiffeId;
 use crate::net::{self, Listener, Stream};
@@ -44,6 +47,8 @@ pub struct PeerIdentity {
 pub struct TlsConnection {
     stream: server::TlsStream<Stream>,
     peer: PeerIdentity,
+    /// The connection's place under the listener's limits.
+    _permit: ConnectionPermit,
 }
 
 impl std::fmt::Debug for TlsConnection {
@@ -73,12 +78,23 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Starts accepting on `listener` with `config`. `local_id` is our own
-    /// SPIFFE ID, reported by [`TlsListener::local_identity`].
+    /// Starts accepting on `listener` with `config` under the default
+    /// [`ConnectionLimits`]. `local_id` is our own SPIFFE ID, reported by
+    /// [`TlsListener::local_identity`].
     pub fn new(
         listener: Box<dyn Listener>,
         config: Arc<ServerConfig>,
         local_id: SpiffeId,
+    ) -> io::Result<Self> {
+        Self::with_limits(listener, config, local_id, ConnectionLimits::DEFAULT)
+    }
+
+    /// Like [`TlsListener::new`], under `limits`.
+    pub fn with_limits(
+        listener: Box<dyn Listener>,
+        config: Arc<ServerConfig>,
+        local_id: SpiffeId,
+        limits: ConnectionLimits,
     ) -> io::Result<Self> {
         let local_address = listener.local_addr()?;
         let (sender, ready) = mpsc::channel(READY_CONNECTIONS_MAX);
@@ -86,6 +102,7 @@ impl TlsListener {
             listener,
             TlsAcceptor::from(config),
             sender,
+            ConnectionGate::new(limits),
         )));
         Ok(Self {
             ready,
@@ -146,6 +163,7 @@ async fn accept_loop(
     mut listener: Box<dyn Listener>,
     acceptor: TlsAcceptor,
     ready: mpsc::Sender<TlsConnection>,
+    gate: Arc<ConnectionGate>,
 ) {
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES_IN_FLIGHT_MAX));
     loop {
@@ -164,17 +182,34 @@ async fn accept_loop(
         if ready.is_closed() {
             return;
         }
+        let Some(address_permit) = gate.handshake(address.ip()) else {
+            tracing::debug!(%address, "too many handshakes from this address; closed");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let ready = ready.clone();
+        let gate = gate.clone();
         // The peer is known once the handshake has verified it.
         let span = tracing::info_span!("connection", peer = tracing::field::Empty, %address);
         let accepted = async move {
             let _permit = permit;
-            match handshake(acceptor, tcp, address).await {
-                Ok(connection) => {
+            let handshaken = handshake(acceptor, tcp, address).await;
+            drop(address_permit);
+            match handshaken {
+                Ok((stream, peer)) => {
                     tracing::Span::current()
-                        .record("peer", tracing::field::display(&connection.peer.spiffe_id));
+                        .record("peer", tracing::field::display(&peer.spiffe_id));
+                    // Dropping the stream closes a connection over the limits.
+                    let Some(permit) = gate.connection(&peer.spiffe_id) else {
+                        tracing::debug!("connection limit reached; closed");
+                        return;
+                    };
                     tracing::trace!("TLS handshake done");
+                    let connection = TlsConnection {
+                        stream,
+                        peer,
+                        _permit: permit,
+                    };
                     let _ = ready.send(connection).await;
                 }
                 Err(error) => tracing::debug!(%error, "TLS handshake refused"),
@@ -188,15 +223,12 @@ async fn handshake(
     acceptor: TlsAcceptor,
     tcp: Stream,
     address: SocketAddr,
-) -> io::Result<TlsConnection> {
+) -> io::Result<(server::TlsStream<Stream>, PeerIdentity)> {
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
     let spiffe_id = peer_id_of(stream.get_ref().1.peer_certificates())?;
-    Ok(TlsConnection {
-        stream,
-        peer: PeerIdentity { spiffe_id, address },
-    })
+    Ok((stream, PeerIdentity { spiffe_id, address }))
 }
 
 fn peer_id_of(

@@ -11,6 +11,7 @@
 
 #[cfg(feature = "tonic")]
 mod grpc;
+mod limits;
 mod listener;
 mod resolver;
 mod verifier;
@@ -25,6 +26,10 @@ use crate::svid::Identity;
 
 #[cfg(feature = "tonic")]
 pub use grpc::{ChannelOptions, ConnectFailed, grpc_channel};
+pub use limits::{
+    CONNECTIONS_MAX_DEFAULT, CONNECTIONS_PER_PEER_MAX_DEFAULT, ConnectionLimits,
+    HANDSHAKES_PER_ADDRESS_MAX_DEFAULT, raise_descriptor_limit,
+};
 pub use listener::{
     HANDSHAKE_TIMEOUT, HANDSHAKES_IN_FLIGHT_MAX, PeerIdentity, READY_CONNECTIONS_MAX,
     TlsConnection, TlsListener, connect,
