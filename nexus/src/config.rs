@@ -132,6 +132,9 @@ pub struct Args {
     /// in DATA_DIR/clock-offset-ms (the clock-jump nemesis writes it).
     #[arg(long, env = "SPIKE_NEXUS_TEST_CLOCK_OFFSET", hide = true)]
     pub test_clock_offset: bool,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub edge: crate::edge::EdgeArgs,
 }
 
 /// A configuration that cannot work.
@@ -230,6 +233,8 @@ pub struct NexusConfig {
     pub logs_kept: u64,
     /// Linearizable reads skip the read index (tests of the checker only).
     pub unsafe_local_reads: bool,
+    /// Connection and request limits of the API and cluster ports.
+    pub edge: crate::edge::EdgeLimits,
 }
 
 impl NexusConfig {
@@ -316,6 +321,7 @@ impl NexusConfig {
             snapshot_every: args.snapshot_every,
             logs_kept: args.logs_kept,
             unsafe_local_reads: args.unsafe_local_reads,
+            edge: args.edge.limits().map_err(ConfigError::OutOfRange)?,
         })
     }
 
