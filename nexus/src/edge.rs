@@ -37,7 +37,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use spike_sdk::identity::SpiffeId;
-use spike_sdk::tls::{ConnectionLimits, PeerIdentity, TlsListener};
+use spike_sdk::tls::{ConnectionLimits, TlsListener};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -48,13 +48,25 @@ pub struct EdgeArgs {
     #[arg(long, env = "SPIKE_NEXUS_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
     /// Most connections one SPIFFE ID holds on each port.
-    #[arg(long, env = "SPIKE_NEXUS_MAX_CONNECTIONS_PER_PEER", default_value_t = 256)]
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 256
+    )]
     pub max_connections_per_peer: usize,
     /// Most TLS handshakes in progress from one IP address on each port.
-    #[arg(long, env = "SPIKE_NEXUS_MAX_HANDSHAKES_PER_ADDRESS", default_value_t = 32)]
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_MAX_HANDSHAKES_PER_ADDRESS",
+        default_value_t = 32
+    )]
     pub max_handshakes_per_address: usize,
     /// Most concurrent HTTP/2 streams on one API connection.
-    #[arg(long, env = "SPIKE_NEXUS_MAX_STREAMS_PER_CONNECTION", default_value_t = 100)]
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 100
+    )]
     pub max_streams_per_connection: u32,
     /// Most API requests in progress for one SPIFFE ID; more answer 503.
     #[arg(long, env = "SPIKE_NEXUS_MAX_REQUESTS_PER_PEER", default_value_t = 128)]
@@ -130,7 +142,10 @@ impl EdgeArgs {
                 "SPIKE_NEXUS_MAX_HANDSHAKES_PER_ADDRESS",
                 self.max_handshakes_per_address,
             ),
-            ("SPIKE_NEXUS_MAX_REQUESTS_PER_PEER", self.max_requests_per_peer),
+            (
+                "SPIKE_NEXUS_MAX_REQUESTS_PER_PEER",
+                self.max_requests_per_peer,
+            ),
             (
                 "SPIKE_NEXUS_MAX_STREAMS_PER_CONNECTION",
                 self.max_streams_per_connection as usize,
@@ -415,7 +430,10 @@ mod tests {
     fn limits(argv: &[&str]) -> Result<EdgeLimits, String> {
         let mut all = vec!["nexus"];
         all.extend_from_slice(argv);
-        Flags::try_parse_from(all).expect("flags parse").edge.limits()
+        Flags::try_parse_from(all)
+            .expect("flags parse")
+            .edge
+            .limits()
     }
 
     #[test]
@@ -433,8 +451,13 @@ mod tests {
         ] {
             assert!(limits(refused).is_err(), "{refused:?} accepted");
         }
-        let tight = limits(&["--request-timeout", "2s", "--max-streams-per-connection", "8"])
-            .expect("tight");
+        let tight = limits(&[
+            "--request-timeout",
+            "2s",
+            "--max-streams-per-connection",
+            "8",
+        ])
+        .expect("tight");
         assert_eq!(
             (tight.request_timeout, tight.streams_per_connection),
             (Duration::from_secs(2), 8)

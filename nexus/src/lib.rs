@@ -160,8 +160,13 @@ pub async fn serve(
     .map_err(StartupError::failed)?;
     cluster_tls.alpn_protocols = vec![b"h2".to_vec()];
     edge::check_descriptor_limit(&config.edge);
-    let cluster_listener =
-        listen_limited(cluster_listen, cluster_tls, &identity, config.edge.connections).await?;
+    let cluster_listener = listen_limited(
+        cluster_listen,
+        cluster_tls,
+        &identity,
+        config.edge.connections,
+    )
+    .await?;
     let mut api_tls = server_config(identity.clone(), PeerAuthorizer::any_verified())
         .map_err(StartupError::failed)?;
     api_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -164,7 +164,7 @@ pub fn raise_descriptor_limit() -> Option<u64> {
             current: limit.maximum,
             maximum: limit.maximum,
         };
-        if setrlimit(Resource::Nofile, raised.clone()).is_ok() {
+        if setrlimit(Resource::Nofile, raised).is_ok() {
             limit = raised;
         }
     }
@@ -199,7 +199,10 @@ mod tests {
         let address: IpAddr = "127.0.0.2".parse().expect("address");
         let handshake = gate.handshake(address).expect("first handshake");
         assert!(gate.handshake(address).is_none());
-        assert!(gate.handshake("127.0.0.1".parse().expect("address")).is_some());
+        assert!(
+            gate.handshake("127.0.0.1".parse().expect("address"))
+                .is_some()
+        );
         drop(handshake);
         assert!(gate.handshake(address).is_some());
     }

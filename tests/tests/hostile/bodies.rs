@@ -45,7 +45,7 @@ impl hyper::body::Body for Endless {
 /// upload before it asks who is sending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_body_is_refused_before_it_is_read() {
-    let _turn = turn();
+    let _turn = turn().await;
     let cluster = cluster();
     let mallory = cluster.identity("mallory").await;
     let config = tls_config(&mallory, &[b"http/1.1"]);
@@ -82,7 +82,7 @@ async fn a_large_body_is_refused_before_it_is_read() {
 /// request timeout, and the well-behaved client is not slowed down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_flood_with_endless_bodies_is_bounded() {
-    let _turn = turn();
+    let _turn = turn().await;
     let cluster = cluster();
     let watch = Watch::start(&cluster).await;
     let mallory = cluster.identity("mallory").await;

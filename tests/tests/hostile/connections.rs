@@ -17,9 +17,7 @@ const MALLORY_ADDRESS: [u8; 4] = [127, 0, 0, 2];
 
 async fn raw_connection(server: SocketAddr) -> Option<TcpStream> {
     let socket = TcpSocket::new_v4().ok()?;
-    socket
-        .bind(SocketAddr::from((MALLORY_ADDRESS, 0)))
-        .ok()?;
+    socket.bind(SocketAddr::from((MALLORY_ADDRESS, 0))).ok()?;
     tokio::time::timeout(Duration::from_secs(2), socket.connect(server))
         .await
         .ok()?
@@ -46,9 +44,12 @@ async fn closed_within<S: AsyncReadExt + Unpin>(stream: &mut S, limit: Duration)
 /// slow heads after the header timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_and_slow_heads_are_bounded() {
-    let _turn = turn();
+    let _turn = turn().await;
     let limit = spike_sdk::tls::raise_descriptor_limit().unwrap_or(0);
-    assert!(limit >= 12_000, "this test needs 12,000 open files, the limit is {limit}");
+    assert!(
+        limit >= 12_000,
+        "this test needs 12,000 open files, the limit is {limit}"
+    );
     let cluster = cluster();
     let node = cluster.api(1);
     let mallory = cluster.identity("mallory").await;
@@ -78,8 +79,12 @@ async fn idle_connections_and_slow_heads_are_bounded() {
         let Ok(stream) = tls(node, &config).await else {
             continue;
         };
-        if let Ok((sender, connection)) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await
+        if let Ok((sender, connection)) = hyper::client::conn::http2::handshake::<
+            _,
+            _,
+            http_body_util::Empty<hyper::body::Bytes>,
+        >(TokioExecutor::new(), TokioIo::new(stream))
+        .await
         {
             idle.push((sender, tokio::spawn(connection)));
         }
@@ -129,7 +134,10 @@ async fn idle_connections_and_slow_heads_are_bounded() {
     phase("idle connections close after the idle timeout");
     tokio::time::sleep(IDLE_TIMEOUT + Duration::from_secs(2)).await;
     let open = idle.iter().filter(|(_, task)| !task.is_finished()).count();
-    assert_eq!(open, 0, "{open} idle connections outlived the {IDLE_TIMEOUT:?} idle timeout");
+    assert_eq!(
+        open, 0,
+        "{open} idle connections outlived the {IDLE_TIMEOUT:?} idle timeout"
+    );
     watch.check().await;
     drop(silent);
 }

@@ -15,7 +15,7 @@ use crate::{cluster, phase, tls, tls_config, turn};
 /// Go's rule (the last one in document order wins, whatever its case).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_gets_a_clear_400() {
-    let _turn = turn();
+    let _turn = turn().await;
     let cluster = cluster();
     let watch = Watch::start(&cluster).await;
     let su = ApiClient::new(&cluster.identity("superuser").await);
@@ -54,14 +54,23 @@ async fn malformed_json_gets_a_clear_400() {
     phase("duplicate and case-variant keys: the last wins");
     let body = br#"{"path":"dup/first","values":{"k":"1"},"PATH":"dup/second","Values":{"k":"2"}}"#;
     let reply = raw(&su, "/v1/store/secrets", body.to_vec()).await;
-    assert_eq!(reply.status, 200, "{:?}", String::from_utf8_lossy(&reply.bytes));
+    assert_eq!(
+        reply.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&reply.bytes)
+    );
     let list = su
         .post(node, "/v1/store/secrets?action=list", json!({}))
         .await
         .expect("list");
     assert_eq!(list.body["keys"], json!(["dup/second", "probe/x"]));
     let read = su
-        .post(node, "/v1/store/secrets?action=get", json!({"path": "dup/second"}))
+        .post(
+            node,
+            "/v1/store/secrets?action=get",
+            json!({"path": "dup/second"}),
+        )
         .await
         .expect("get");
     assert_eq!(read.body["data"], json!({"k": "2"}));
@@ -74,7 +83,7 @@ async fn malformed_json_gets_a_clear_400() {
 /// answer is clear and nothing is harmed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_regexes_get_a_clear_400() {
-    let _turn = turn();
+    let _turn = turn().await;
     let cluster = cluster();
     let watch = Watch::start(&cluster).await;
     let su = ApiClient::new(&cluster.identity("superuser").await);
@@ -83,8 +92,14 @@ async fn huge_regexes_get_a_clear_400() {
     let huge = "a".repeat(512 * 1024);
     for (spiffe, path) in [
         (format!("^spiffe://spike.ist/{huge}$"), "^x$".to_owned()),
-        ("^spiffe://spike.ist/x$".to_owned(), "(a{1000}){1000}".to_owned()),
-        ("^spiffe://spike.ist/(x{1000}){1000}$".to_owned(), "^x$".to_owned()),
+        (
+            "^spiffe://spike.ist/x$".to_owned(),
+            "(a{1000}){1000}".to_owned(),
+        ),
+        (
+            "^spiffe://spike.ist/(x{1000}){1000}$".to_owned(),
+            "^x$".to_owned(),
+        ),
     ] {
         let reply = su
             .post(
@@ -94,7 +109,12 @@ async fn huge_regexes_get_a_clear_400() {
             )
             .await
             .expect("policy put");
-        assert_eq!(reply.status, 400, "pattern of {} bytes accepted", spiffe.len() + path.len());
+        assert_eq!(
+            reply.status,
+            400,
+            "pattern of {} bytes accepted",
+            spiffe.len() + path.len()
+        );
     }
     let policies = su
         .post(node, "/v1/acl/policy?action=list", json!({}))
@@ -108,7 +128,7 @@ async fn huge_regexes_get_a_clear_400() {
 /// and every replica's audit log still verifies line by line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_uri_leaves_the_audit_log_readable() {
-    let _turn = turn();
+    let _turn = turn().await;
     let cluster = cluster();
     let mallory = cluster.identity("mallory").await;
     let node = cluster.api(1);
@@ -145,7 +165,9 @@ async fn a_huge_uri_leaves_the_audit_log_readable() {
     for (length, status) in [(12_000, 414), (7_000, 400)] {
         let request = hyper::Request::post(format!("https://nexus/{}", "b".repeat(length)))
             .header("content-type", "application/json")
-            .body(http_body_util::Full::new(hyper::body::Bytes::from_static(b"{}")))
+            .body(http_body_util::Full::new(hyper::body::Bytes::from_static(
+                b"{}",
+            )))
             .expect("request");
         let reply = sender.send_request(request).await.expect("reply");
         assert_eq!(reply.status().as_u16(), status, "path of {length} bytes");

@@ -16,7 +16,7 @@ mod ports;
 mod watch;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ClientConfig;
@@ -37,15 +37,21 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One test's turn: a cluster at a time.
-pub fn turn() -> MutexGuard<'static, ()> {
-    static TURN: Mutex<()> = Mutex::new(());
-    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+pub async fn turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
 }
 
 /// A cluster with one hostile workload, `mallory`, which no policy names.
 pub fn cluster() -> LocalCluster {
-    let header = format!("--nexus-arg=--header-read-timeout={}s", HEADER_READ_TIMEOUT.as_secs());
-    let request = format!("--nexus-arg=--request-timeout={}s", REQUEST_TIMEOUT.as_secs());
+    let header = format!(
+        "--nexus-arg=--header-read-timeout={}s",
+        HEADER_READ_TIMEOUT.as_secs()
+    );
+    let request = format!(
+        "--nexus-arg=--request-timeout={}s",
+        REQUEST_TIMEOUT.as_secs()
+    );
     let idle = format!("--nexus-arg=--idle-timeout={}s", IDLE_TIMEOUT.as_secs());
     LocalCluster::up(&[
         "--replicas",
@@ -66,11 +72,9 @@ pub fn cluster() -> LocalCluster {
 /// offering `alpn`.
 pub fn tls_config(identity: &Identity, alpn: &[&[u8]]) -> Arc<ClientConfig> {
     let roots = TrustRoots::from_environment(&[]).expect("default trust roots");
-    let mut config = spike_sdk::tls::client_config(
-        identity.clone(),
-        PeerAuthorizer::role(roots, Role::Nexus),
-    )
-    .expect("client config");
+    let mut config =
+        spike_sdk::tls::client_config(identity.clone(), PeerAuthorizer::role(roots, Role::Nexus))
+            .expect("client config");
     config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     Arc::new(config)
 }

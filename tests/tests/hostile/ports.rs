@@ -36,12 +36,16 @@ async fn garbage_in_the_clear(address: SocketAddr, garbage: &[u8]) {
 /// client is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_cluster_and_keeper_ports_is_refused() {
-    let _turn = turn();
+    let _turn = turn().await;
     let cluster = cluster();
     let watch = Watch::start(&cluster).await;
     let mallory = cluster.identity("mallory").await;
     let replica = cluster.replica(1).clone();
-    let keepers: Vec<SocketAddr> = cluster.file.keepers().map(|(_, keeper)| keeper.api_addr).collect();
+    let keepers: Vec<SocketAddr> = cluster
+        .file
+        .keepers()
+        .map(|(_, keeper)| keeper.api_addr)
+        .collect();
     let mut ports = vec![replica.cluster_addr];
     ports.extend(keepers);
     let config = tls_config(&mallory, &[b"h2"]);
@@ -51,7 +55,9 @@ async fn garbage_on_the_cluster_and_keeper_ports_is_refused() {
         if let Ok((mut stream, _)) = outcome {
             // TLS 1.3: the server may refuse the client certificate after
             // the client thinks it is done; the first exchange shows it.
-            let _ = stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\ngarbage").await;
+            let _ = stream
+                .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\ngarbage")
+                .await;
             let mut buffer = [0; 64];
             let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
                 .await

@@ -15,6 +15,7 @@ use crate::{P99_MAX, RSS_MAX_BYTES};
 /// as SPIKE's CLI makes) asking replica 1 every 50 ms, and a sampler of
 /// every replica's VmRSS.
 pub struct Watch {
+    started: Instant,
     stop: Arc<AtomicBool>,
     probe: JoinHandle<(Vec<Duration>, Vec<String>)>,
     memory: JoinHandle<Vec<(String, u64)>>,
@@ -35,7 +36,11 @@ impl Watch {
         let client = ApiClient::new(&cluster.identity("superuser").await);
         let node = cluster.api(1);
         let put = client
-            .post(node, "/v1/store/secrets", json!({"path": "probe/x", "values": {"k": "v"}}))
+            .post(
+                node,
+                "/v1/store/secrets",
+                json!({"path": "probe/x", "values": {"k": "v"}}),
+            )
             .await
             .expect("probe put");
         assert_eq!(put.status, 200, "{:?}", put.body);
@@ -46,7 +51,11 @@ impl Watch {
                 while !stop.load(Ordering::SeqCst) {
                     let began = Instant::now();
                     match client
-                        .post(node, "/v1/store/secrets?action=get", json!({"path": "probe/x"}))
+                        .post(
+                            node,
+                            "/v1/store/secrets?action=get",
+                            json!({"path": "probe/x"}),
+                        )
                         .await
                     {
                         Ok(reply) if reply.status == 200 => latencies.push(began.elapsed()),
@@ -61,7 +70,7 @@ impl Watch {
         let pids: Vec<(String, u32)> = cluster
             .replica_names()
             .into_iter()
-            .filter_map(|name| Some((name.clone(), cluster.process(&name).pid?)))
+            .filter_map(|name| Some((name.clone(), cluster.process(&name).pid?.get())))
             .collect();
         assert!(!pids.is_empty(), "no replica runs");
         let memory = tokio::spawn({
@@ -79,6 +88,7 @@ impl Watch {
             }
         });
         Self {
+            started: Instant::now(),
             stop,
             probe,
             memory,
@@ -87,6 +97,11 @@ impl Watch {
 
     /// Stops watching and asserts the bounds held throughout.
     pub async fn check(self) {
+        // Enough probe requests for a p99 even after a quick attack.
+        let watched = self.started.elapsed();
+        if watched < Duration::from_secs(3) {
+            tokio::time::sleep(Duration::from_secs(3) - watched).await;
+        }
         self.stop.store(true, Ordering::SeqCst);
         let (mut latencies, failures) = self.probe.await.expect("probe task");
         let peaks = self.memory.await.expect("memory task");
@@ -106,7 +121,11 @@ impl Watch {
             latencies.len(),
             &failures[..failures.len().min(5)]
         );
-        assert!(latencies.len() >= 5, "too few probe requests: {}", latencies.len());
+        assert!(
+            latencies.len() >= 5,
+            "too few probe requests: {}",
+            latencies.len()
+        );
         latencies.sort();
         let p99 = latencies[(latencies.len() * 99).div_ceil(100) - 1];
         eprintln!("probe: {} requests, p99 {p99:?}", latencies.len());
