@@ -157,6 +157,9 @@ pub struct Args {
     #[cfg(feature = "fault-injection")]
     #[arg(long, env = "SPIKE_NEXUS_TEST_CLOCK_OFFSET", hide = true)]
     pub test_clock_offset: bool,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub edge: crate::edge::EdgeArgs,
 }
 
 #[cfg(feature = "fault-injection")]
@@ -291,6 +294,8 @@ pub struct NexusConfig {
     pub unsafe_local_reads: bool,
     /// Longest life of an inbound connection.
     pub max_connection_age: Duration,
+    /// Connection and request limits of the API and cluster ports.
+    pub edge: crate::edge::EdgeLimits,
 }
 
 impl NexusConfig {
@@ -387,6 +392,7 @@ impl NexusConfig {
             logs_kept: args.logs_kept,
             unsafe_local_reads: args.unsafe_local_reads(),
             max_connection_age: args.max_connection_age,
+            edge: args.edge.limits().map_err(ConfigError::OutOfRange)?,
         })
     }
 

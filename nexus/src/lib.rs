@@ -16,6 +16,7 @@ mod audit;
 mod clock;
 mod cluster;
 pub mod config;
+pub mod edge;
 mod health;
 mod keys;
 mod node;
@@ -29,7 +30,7 @@ pub use raft::runtime::seeded;
 use std::future::Future;
 use std::sync::Arc;
 
-use spike_sdk::cli::{StartupError, listen};
+use spike_sdk::cli::{StartupError, listen_limited};
 use spike_sdk::hardening::Hardening;
 use spike_sdk::identity::{PeerAuthorizer, Role, TrustRoots};
 use spike_sdk::svid::Identity;
@@ -171,12 +172,15 @@ pub async fn serve(
     )
     .map_err(StartupError::failed)?;
     cluster_tls.alpn_protocols = vec![b"h2".to_vec()];
+    edge::check_descriptor_limit(&config.edge);
     let max_age = config.max_connection_age;
-    let cluster_listener = listen(cluster_listen, cluster_tls, &identity, max_age).await?;
+    let limits = config.edge.connections;
+    let cluster_listener =
+        listen_limited(cluster_listen, cluster_tls, &identity, max_age, limits).await?;
     let mut api_tls = server_config(identity.clone(), PeerAuthorizer::any_verified())
         .map_err(StartupError::failed)?;
     api_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let api_listener = listen(api_listen, api_tls, &identity, max_age).await?;
+    let api_listener = listen_limited(api_listen, api_tls, &identity, max_age, limits).await?;
     let health_listener = match config.health_addr {
         Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(|e| {
             StartupError::failed(format!("cannot listen on {address} (health): {e}"))
@@ -208,6 +212,10 @@ pub async fn serve(
         .max_encoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES);
     let cluster_server = tonic::transport::Server::builder()
         .trace_fn(cluster_rpc_span)
+        // Only Nexus peers get this far; they multiplex Raft and forwarded
+        // requests, so streams keep hyper's default.
+        .timeout(config.edge.request_timeout)
+        .http2_max_header_list_size(config.edge.header_bytes)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(2)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(2)))
         // GOAWAY at the maximum age; the listener ends the connection a
@@ -221,7 +229,7 @@ pub async fn serve(
         config.max_versions,
         audit_log,
     ));
-    let api_server = spike_sdk::tls::serve_router(api_listener, api::router(api), stopping());
+    let api_server = edge::serve_api(api_listener, api::router(api), config.edge, stopping());
     let health = async {
         match health_listener {
             Some(listener) => health::serve(listener, node.clone(), stopping()).await,

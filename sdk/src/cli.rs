@@ -17,7 +17,7 @@ use crate::hardening::{Hardening, MemoryLock, harden_process, memory_lock_hazard
 use crate::identity::{Role, TrustRoots};
 use crate::svid::Identity;
 pub use crate::svid::SvidArgs;
-use crate::tls::TlsListener;
+use crate::tls::{ConnectionLimits, TlsListener};
 
 /// Why a server did not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -110,17 +110,37 @@ pub async fn load_role_identity(
 }
 
 /// Binds `address` and accepts mTLS connections with `config` (a server
-/// config of `identity`) that live at most `max_age`.
+/// config of `identity`) that live at most `max_age`, under the default
+/// [`ConnectionLimits`].
 pub async fn listen(
     address: SocketAddr,
     config: ServerConfig,
     identity: &Identity,
     max_age: Duration,
 ) -> Result<TlsListener, StartupError> {
+    listen_limited(
+        address,
+        config,
+        identity,
+        max_age,
+        ConnectionLimits::DEFAULT,
+    )
+    .await
+}
+
+/// Like [`listen`], under `limits`.
+pub async fn listen_limited(
+    address: SocketAddr,
+    config: ServerConfig,
+    identity: &Identity,
+    max_age: Duration,
+    limits: ConnectionLimits,
+) -> Result<TlsListener, StartupError> {
     let tcp = crate::net::bind(address)
         .await
         .map_err(|error| StartupError::failed(format!("cannot listen on {address}: {error}")))?;
-    TlsListener::new(tcp, Arc::new(config), identity.clone(), max_age).map_err(StartupError::failed)
+    TlsListener::with_limits(tcp, Arc::new(config), identity.clone(), max_age, limits)
+        .map_err(StartupError::failed)
 }
 
 /// The variable that sets the log filter (SPIKE's name), e.g. `info`,

@@ -25,8 +25,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
 use spike_sdk::api::{
@@ -98,18 +98,39 @@ impl Api {
     }
 }
 
-/// The API router: one dispatcher (SPIKE routes by path and action), with
-/// a body limit everywhere ([`BODY_SIZE_MAX_BYTES`]) but backup restores
-/// ([`BACKUP_SIZE_MAX_BYTES`]).
+/// The API router: one dispatcher (SPIKE routes by path and action).
 pub fn router(api: Arc<Api>) -> Router {
-    Router::new()
-        .route(
-            Route::SnapshotRestore.path(),
-            axum::routing::any(dispatch).layer(DefaultBodyLimit::max(BACKUP_SIZE_MAX_BYTES)),
-        )
-        .fallback(dispatch)
-        .layer(DefaultBodyLimit::max(BODY_SIZE_MAX_BYTES))
-        .with_state(api)
+    Router::new().fallback(dispatch).with_state(api)
+}
+
+/// Most body bytes this request may send: [`BODY_SIZE_MAX_BYTES`], or
+/// [`BACKUP_SIZE_MAX_BYTES`] for a backup restore by the superuser. Who
+/// may send the large body is decided before any of it is read, so no
+/// other caller can make a replica buffer more than 1 MiB per request.
+fn body_limit(api: &Api, peer: &PeerIdentity, method: &Method, route: Option<Route>) -> usize {
+    let restore = *method == Method::POST && route == Some(Route::SnapshotRestore);
+    if restore
+        && api
+            .trust_roots
+            .has_role(&peer.spiffe_id, Role::PilotSuperuser)
+    {
+        BACKUP_SIZE_MAX_BYTES
+    } else {
+        BODY_SIZE_MAX_BYTES
+    }
+}
+
+/// The body, or `None` when it is over `limit` (a declared length over it
+/// is refused before reading) or broke off.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Option<Bytes> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|declared| declared > limit as u64) {
+        return None;
+    }
+    axum::body::to_bytes(body, limit).await.ok()
 }
 
 async fn dispatch(
@@ -118,7 +139,7 @@ async fn dispatch(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let started = std::time::Instant::now();
     let route = Route::from_request(uri.path(), uri.query());
@@ -131,19 +152,31 @@ async fn dispatch(
         node = api.node.id,
         leader = leader.map(tracing::field::display),
     );
-    let (reply, target) = handle(&api, &peer, method, route, &headers, &body)
-        .instrument(span)
-        .await;
-    // The body may hold secret values or a restore shard: wipe it once
-    // handled, when this is its only owner (it always is: axum collected it
-    // for this request alone).
-    if let Ok(mut body) = body.try_into_mut() {
-        zeroize::Zeroize::zeroize(body.as_mut());
+    let limit = body_limit(&api, &peer, &method, route);
+    let (reply, target) = async {
+        let Some(body) = read_body(&headers, body, limit).await else {
+            return (
+                Reply::failed::<EmptyResponse>(ApiError::Code(ErrorCode::TooLarge)),
+                None,
+            );
+        };
+        let handled = handle(&api, &peer, method, route, &headers, &body).await;
+        // The body may hold secret values or a restore shard: wipe it once
+        // handled, when this is its only owner (it always is: it was
+        // collected for this request alone).
+        if let Ok(mut body) = body.try_into_mut() {
+            zeroize::Zeroize::zeroize(body.as_mut());
+        }
+        handled
     }
+    .instrument(span)
+    .await;
+    // Every field a caller chose is capped, so no request can make a line
+    // the verifier refuses.
     api.audit
         .record(AuditEntry {
-            caller: peer.spiffe_id.to_string(),
-            route: uri.path().to_owned(),
+            caller: audit_excerpt(&peer.spiffe_id.to_string()),
+            route: audit_excerpt(uri.path()),
             action: route.and_then(Route::action).unwrap_or_default().to_owned(),
             path: target,
             result: reply.code.to_owned(),
@@ -169,10 +202,6 @@ async fn handle(
     let Some(route) = route.filter(|_| method == Method::POST) else {
         return refused(ApiError::BAD_REQUEST);
     };
-    if route != Route::SnapshotRestore && body.len() > BODY_SIZE_MAX_BYTES {
-        // A backup route other than restore, sent more than it takes.
-        return refused(ApiError::Code(ErrorCode::TooLarge));
-    }
     if route.needs_root_key() && api.node.keys.unlocked().is_none() {
         return refused(ApiError::NOT_READY);
     }
@@ -261,7 +290,9 @@ fn decided_by_policy(route: Route) -> bool {
     )
 }
 
-/// Longest target an audit line records.
+/// Longest caller-chosen field (target, route, caller) an audit line
+/// records: with every field at this length a line stays far below
+/// [`spike_sdk::audit::LINE_LEN_MAX`].
 const AUDIT_TARGET_LEN_MAX: usize = 512;
 
 /// What an audit line names for a request: the secret path or policy it

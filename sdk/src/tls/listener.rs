@@ -12,6 +12,9 @@
 //! with GOAWAY) retire a connection gracefully at its maximum age
 //! ([`TlsConnection::retire_at`]), so that well-behaved clients reconnect,
 //! and are verified again, before the hard end.
+//!
+//! Connections are bounded by [`ConnectionLimits`] (in total, per peer,
+//! handshakes per address).
 
 use std::future::Future;
 use std::io;
@@ -29,6 +32,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
+use super::limits::{ConnectionGate, ConnectionLimits, ConnectionPermit};
 use super::verifier::{peer_spiffe_id, verify_client_chain};
 use crate::identity::SpiffeId;
 use crate::net::{self, Listener, Stream};
@@ -85,6 +89,8 @@ pub struct TlsConnection {
     /// Resolves when the connection must end.
     lapse: Pin<Box<dyn Future<Output = Lapse> + Send>>,
     lapsed: Option<Lapse>,
+    /// The connection's place under the listener's limits.
+    _permit: ConnectionPermit,
 }
 
 impl std::fmt::Debug for TlsConnection {
@@ -141,12 +147,30 @@ pub struct TlsListener {
 impl TlsListener {
     /// Starts accepting on `listener` with `config`, a [`super::server_config`]
     /// of `identity`, whose bundle updates re-check open connections.
-    /// Connections live at most `max_age` (plus [`CONNECTION_AGE_GRACE`]).
+    /// Connections live at most `max_age` (plus [`CONNECTION_AGE_GRACE`]),
+    /// under the default [`ConnectionLimits`].
     pub fn new(
         listener: Box<dyn Listener>,
         config: Arc<ServerConfig>,
         identity: Identity,
         max_age: Duration,
+    ) -> io::Result<Self> {
+        Self::with_limits(
+            listener,
+            config,
+            identity,
+            max_age,
+            ConnectionLimits::DEFAULT,
+        )
+    }
+
+    /// Like [`TlsListener::new`], under `limits`.
+    pub fn with_limits(
+        listener: Box<dyn Listener>,
+        config: Arc<ServerConfig>,
+        identity: Identity,
+        max_age: Duration,
+        limits: ConnectionLimits,
     ) -> io::Result<Self> {
         let local_address = listener.local_addr()?;
         let local_id = identity.spiffe_id();
@@ -156,6 +180,7 @@ impl TlsListener {
             TlsAcceptor::from(config),
             Lifetime { identity, max_age },
             sender,
+            ConnectionGate::new(limits),
         )));
         Ok(Self {
             ready,
@@ -224,6 +249,7 @@ async fn accept_loop(
     acceptor: TlsAcceptor,
     lifetime: Lifetime,
     ready: mpsc::Sender<TlsConnection>,
+    gate: Arc<ConnectionGate>,
 ) {
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES_IN_FLIGHT_MAX));
     loop {
@@ -242,14 +268,21 @@ async fn accept_loop(
         if ready.is_closed() {
             return;
         }
+        let Some(address_permit) = gate.handshake(address.ip()) else {
+            tracing::debug!(%address, "too many handshakes from this address; closed");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let lifetime = lifetime.clone();
         let ready = ready.clone();
+        let gate = gate.clone();
         // The peer is known once the handshake has verified it.
         let span = tracing::info_span!("connection", peer = tracing::field::Empty, %address);
         let accepted = async move {
             let _permit = permit;
-            match handshake(acceptor, tcp, address, lifetime).await {
+            let handshaken = handshake(acceptor, tcp, address, lifetime, &gate).await;
+            drop(address_permit);
+            match handshaken {
                 Ok(connection) => {
                     tracing::Span::current()
                         .record("peer", tracing::field::display(&connection.peer.spiffe_id));
@@ -268,6 +301,7 @@ async fn handshake(
     tcp: Stream,
     address: SocketAddr,
     lifetime: Lifetime,
+    gate: &Arc<ConnectionGate>,
 ) -> io::Result<TlsConnection> {
     // Subscribed before the verifier reads the bundle, so any bundle
     // published after that read wakes a re-check.
@@ -284,6 +318,10 @@ async fn handshake(
         .map(<[_]>::to_vec)
         .unwrap_or_default();
     let spiffe_id = peer_id_of(Some(chain.as_slice()))?;
+    // Dropping the stream closes a connection over the limits.
+    let permit = gate.connection(&spiffe_id).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::ConnectionRefused, "connection limit reached")
+    })?;
     let expires_at = chain_not_after(&chain).map(deadline_of)?;
     let retire_at = accepted_at + lifetime.max_age;
     let lapse = Box::pin(until_lapse(
@@ -298,6 +336,7 @@ async fn handshake(
         retire_at,
         lapse,
         lapsed: None,
+        _permit: permit,
     })
 }
 
@@ -474,10 +513,9 @@ mod axum_support {
     use axum::serve::{IncomingStream, Listener};
 
     /// `axum::serve(listener, router.into_make_service_with_connect_info::<PeerIdentity>())`
-    /// gives every handler `ConnectInfo<PeerIdentity>`; unlike
-    /// [`super::super::serve_router`] it does not retire a connection
-    /// gracefully at its maximum age, so the listener's hard end is all
-    /// its clients see.
+    /// gives every handler `ConnectInfo<PeerIdentity>`; it does not retire
+    /// a connection gracefully at its maximum age (Nexus's own server
+    /// loop does), so the listener's hard end is all its clients see.
     impl Listener for TlsListener {
         type Io = TlsConnection;
         type Addr = PeerIdentity;

@@ -18,10 +18,10 @@
 
 #[cfg(feature = "tonic")]
 mod grpc;
+mod limits;
 mod listener;
 mod resolver;
 #[cfg(feature = "axum")]
-mod serve;
 mod verifier;
 
 use std::sync::{Arc, OnceLock};
@@ -34,12 +34,15 @@ use crate::svid::Identity;
 
 #[cfg(feature = "tonic")]
 pub use grpc::{ChannelOptions, ConnectFailed, grpc_channel};
+pub use limits::{
+    CONNECTIONS_MAX_DEFAULT, CONNECTIONS_PER_PEER_MAX_DEFAULT, ConnectionLimits,
+    HANDSHAKES_PER_ADDRESS_MAX_DEFAULT, raise_descriptor_limit,
+};
 pub use listener::{
     CONNECTION_AGE_GRACE, CONNECTION_AGE_MAX_DEFAULT, HANDSHAKE_TIMEOUT, HANDSHAKES_IN_FLIGHT_MAX,
     Lapse, PeerIdentity, READY_CONNECTIONS_MAX, TlsConnection, TlsListener, connect,
 };
 #[cfg(feature = "axum")]
-pub use serve::serve_router;
 pub use verifier::peer_spiffe_id;
 
 /// The one crypto provider of every TLS config we build (ring).
