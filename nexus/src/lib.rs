@@ -136,6 +136,7 @@ pub async fn serve(
         keys.clone(),
         config.shamir,
         config.keeper_update_interval,
+        config.data_key_rotate_after,
     ));
     let reads = if config.unsafe_local_reads {
         Reads::UnsafeLocal
@@ -201,6 +202,8 @@ pub async fn serve(
         node.clone(),
         trust_roots,
         config.max_versions,
+        config.stale_read_max,
+        config.data_key_rotate_after,
         audit_log,
     ));
     let api_server = axum::serve(

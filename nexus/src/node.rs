@@ -173,6 +173,15 @@ impl Node {
         self.leadership.view()
     }
 
+    /// At most how old this replica's applied state is (see
+    /// [`Leadership::staleness`]); `None` when it cannot say.
+    pub fn staleness(&self) -> Option<Duration> {
+        if self.reads == Reads::UnsafeLocal {
+            return Some(Duration::ZERO);
+        }
+        self.leadership.staleness(self.applied.current())
+    }
+
     /// Applies `request` through the leader, wherever it is.
     pub async fn write(&self, request: Request) -> Result<Response, NodeError> {
         match self.execute(LeaderOp::Write(request)).await? {

@@ -127,7 +127,8 @@ struct Observed {
 
 impl KeyManager {
     /// A manager for the replica `leadership` belongs to. `params` are the
-    /// Shamir parameters a first root key is split with.
+    /// Shamir parameters a first root key is split with; the active data
+    /// key is rotated after `rotate_at` encryptions (cluster-wide).
     pub fn new(
         leadership: Leadership,
         reader: StateReader,
@@ -135,6 +136,7 @@ impl KeyManager {
         keys: Arc<KeyState>,
         params: ShamirParams,
         push_interval: Duration,
+        rotate_at: u64,
     ) -> Self {
         Self {
             leadership,
@@ -144,7 +146,7 @@ impl KeyManager {
             params,
             policy: Policy {
                 push_interval,
-                rotate_at: spike_sdk::crypto::keyring::ENCRYPTIONS_ROTATE_AT,
+                rotate_at,
             },
             lifecycle: Mutex::new(Lifecycle {
                 last_push: None,
