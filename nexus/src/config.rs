@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use spike_sdk::cli::SvidArgs;
 use spike_sdk::crypto::ShamirParams;
+use spike_sdk::crypto::keyring::ENCRYPTIONS_ROTATE_AT;
 use spike_sdk::hardening::MemoryLock;
 
 use crate::raft::NexusNode;
@@ -102,6 +103,27 @@ pub struct Args {
         value_parser = spike_sdk::duration::parse
     )]
     pub election_timeout: Duration,
+    /// Oldest state a stale read (`X-Spike-Consistency: stale`) of
+    /// secrets, policies or the cipher is answered from: a replica that
+    /// has not been told by a leader, within this long, of a commit it
+    /// has applied refuses such reads (503). Writes and other reads never
+    /// use stale state. At least 2 heartbeat intervals, at most 60s.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_STALE_READ_MAX",
+        default_value = "2s",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub stale_read_max: Duration,
+    /// Encryptions under one data key (secrets, policies and cipher
+    /// calls, counted cluster-wide) after which the leader rotates it;
+    /// 1 to 2^30 (the default), far below AES-GCM's random-nonce limit.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_DATA_KEY_ROTATE_AFTER",
+        default_value_t = ENCRYPTIONS_ROTATE_AT
+    )]
+    pub data_key_rotate_after: u64,
     /// Versions kept per secret.
     #[arg(long, env = "SPIKE_NEXUS_MAX_SECRET_VERSIONS", default_value_t = MAX_VERSIONS_DEFAULT)]
     pub max_secret_versions: u32,
@@ -280,6 +302,10 @@ pub struct NexusConfig {
     pub election_timeout: Duration,
     /// Versions kept per secret.
     pub max_versions: u32,
+    /// Oldest state a stale read is answered from.
+    pub stale_read_max: Duration,
+    /// Encryptions under one data key before the leader rotates it.
+    pub data_key_rotate_after: u64,
     /// Health listener.
     pub health_addr: Option<SocketAddr>,
     /// Data directory.
@@ -366,6 +392,19 @@ impl NexusConfig {
                 "SPIKE_NEXUS_MAX_CONNECTION_AGE must be at least 1s".to_owned(),
             ));
         }
+        if args.stale_read_max < heartbeat_interval * 2
+            || args.stale_read_max > Duration::from_secs(60)
+        {
+            return Err(ConfigError::OutOfRange(format!(
+                "SPIKE_NEXUS_STALE_READ_MAX must be 2 heartbeat intervals ({:?}) to 60s",
+                heartbeat_interval * 2
+            )));
+        }
+        if !(1..=ENCRYPTIONS_ROTATE_AT).contains(&args.data_key_rotate_after) {
+            return Err(ConfigError::OutOfRange(format!(
+                "SPIKE_NEXUS_DATA_KEY_ROTATE_AFTER must be 1 to {ENCRYPTIONS_ROTATE_AT}"
+            )));
+        }
         if args.snapshot_every == 0 {
             return Err(ConfigError::OutOfRange(
                 "SPIKE_NEXUS_SNAPSHOT_EVERY must be at least 1".to_owned(),
@@ -382,6 +421,8 @@ impl NexusConfig {
             heartbeat_interval,
             election_timeout,
             max_versions: args.max_secret_versions,
+            stale_read_max: args.stale_read_max,
+            data_key_rotate_after: args.data_key_rotate_after,
             health_addr: args.health_addr,
             data_dir: args.data_dir.clone(),
             audit_log: args

@@ -149,7 +149,10 @@ pub async fn serve(
         keys.clone(),
         config.shamir,
         config.allow_insecure_threshold,
-        config.keeper_update_interval,
+        keys::lifecycle::Policy {
+            push_interval: config.keeper_update_interval,
+            rotate_at: config.data_key_rotate_after,
+        },
     ));
     let reads = if config.unsafe_local_reads {
         Reads::UnsafeLocal
@@ -227,6 +230,8 @@ pub async fn serve(
         node.clone(),
         trust_roots,
         config.max_versions,
+        config.stale_read_max,
+        config.data_key_rotate_after,
         audit_log,
     ));
     let api_server = edge::serve_api(api_listener, api::router(api), config.edge, stopping());

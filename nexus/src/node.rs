@@ -15,7 +15,7 @@ use crate::keys::KeyState;
 use crate::keys::manager::{KeyError, KeyManager};
 use crate::raft::state_machine::{AppliedIndex, StateMachine};
 use crate::raft::{ClusterView, Leader, Leadership, NexusNode};
-use crate::state::command::{Command, MembershipCommand, Request, Response};
+use crate::state::command::{Command, KeyCommand, MembershipCommand, Request, Response};
 use crate::state::store::StateReader;
 use spike_sdk::crypto::{KeyShare, SecretBytes, ShamirParams, ShareIndex};
 use spike_sdk::domain::NodeId;
@@ -115,13 +115,18 @@ fn key_refusal(error: KeyError, leader: Option<Leader>) -> ForwardError {
 /// `ReplaceKeyring`) and membership facts are only ever proposed by the
 /// leader's own key manager and membership code, after its own checks
 /// (shares pushed to t keepers first): a forwarded one is refused, so a
-/// peer cannot commit a key no keeper holds shares of.
+/// peer cannot commit a key no keeper holds shares of. An encryption
+/// reservation (the cipher routes' count) changes no key and comes from
+/// any replica.
 fn forwardable(op: &LeaderOp) -> Result<(), ForwardError> {
     let LeaderOp::Write(request) = op else {
         return Ok(());
     };
     match &request.command {
-        Command::Secret(_) | Command::Policy(_) | Command::Restore(_) => Ok(()),
+        Command::Secret(_)
+        | Command::Policy(_)
+        | Command::Restore(_)
+        | Command::Keys(KeyCommand::ReserveEncryptions { .. }) => Ok(()),
         Command::Keys(_) => Err(ForwardError::Invalid(
             "key commands come from the leader's key manager, never from a peer".to_owned(),
         )),
@@ -197,6 +202,15 @@ impl Node {
     /// This replica's view of the cluster: role, progress, leader, members.
     pub fn cluster_view(&self) -> ClusterView {
         self.leadership.view()
+    }
+
+    /// At most how old this replica's applied state is (see
+    /// [`Leadership::staleness`]); `None` when it cannot say.
+    pub fn staleness(&self) -> Option<Duration> {
+        if self.reads == Reads::UnsafeLocal {
+            return Some(Duration::ZERO);
+        }
+        self.leadership.staleness(self.applied.current())
     }
 
     /// Applies `request` through the leader, wherever it is.
@@ -446,7 +460,7 @@ mod tests {
 
     #[test]
     fn a_peer_cannot_forward_key_or_membership_commands() {
-        use crate::state::command::{KeyCommand, RestoreCommand, RootKeyRecord};
+        use crate::state::command::{RestoreCommand, RootKeyRecord};
         use spike_sdk::crypto::key_check::RootKeyId;
         let write = |command| {
             LeaderOp::Write(Request {
@@ -485,6 +499,10 @@ mod tests {
         // What replicas legitimately forward still goes through.
         for accepted in [
             write(Command::Restore(RestoreCommand::Begin { restore_id: 1 })),
+            write(Command::Keys(KeyCommand::ReserveEncryptions {
+                data_key_id: spike_sdk::domain::DataKeyId(1),
+                count: 64,
+            })),
             LeaderOp::Rekey {
                 shares: 3,
                 threshold: 2,

@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
 /// Reserved paths: the ACL itself, the secret list, the cipher routes.
@@ -30,6 +30,19 @@ pub const ACL_PATH: &str = RESERVED_PATHS[0];
 pub const SECRET_LIST_PATH: &str = RESERVED_PATHS[1];
 /// Path checked for cipher routes.
 pub const CIPHER_PATH: &str = RESERVED_PATHS[2];
+/// Most memory one compiled pattern may take, and its lazy DFA's cache per
+/// thread: far above what a SPIFFE ID or path pattern needs, and it keeps
+/// the worst case (every policy at the limit) bounded. A pattern past it
+/// (large counted repetitions) is refused as not compiling.
+pub const PATTERN_COMPILED_SIZE_MAX: usize = 64 * 1024;
+
+/// Compiles `pattern` within [`PATTERN_COMPILED_SIZE_MAX`].
+fn bounded_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(pattern)
+        .size_limit(PATTERN_COMPILED_SIZE_MAX)
+        .dfa_size_limit(PATTERN_COMPILED_SIZE_MAX)
+        .build()
+}
 
 pub use spike_sdk::domain::Permission;
 
@@ -77,11 +90,11 @@ impl CompiledPolicy {
     /// Compiles `body`; refuses a policy that reaches a reserved path it may
     /// not (SPIKE refuses it at upsert).
     pub fn compile(body: &PolicyBody) -> Result<Self, PolicyError> {
-        let spiffe_id = Regex::new(&body.spiffeid_pattern).map_err(|e| PolicyError::Regex {
+        let spiffe_id = bounded_regex(&body.spiffeid_pattern).map_err(|e| PolicyError::Regex {
             which: "SPIFFE ID",
             reason: e.to_string(),
         })?;
-        let path = Regex::new(&body.path_pattern).map_err(|e| PolicyError::Regex {
+        let path = bounded_regex(&body.path_pattern).map_err(|e| PolicyError::Regex {
             which: "path",
             reason: e.to_string(),
         })?;
@@ -118,7 +131,7 @@ impl CompiledPolicy {
 fn may_reach_reserved(body: &PolicyBody) -> bool {
     let anchored_id =
         body.spiffeid_pattern.starts_with('^') && body.spiffeid_pattern.ends_with('$');
-    let full_path = Regex::new(&format!("^(?:{})$", body.path_pattern)).is_ok_and(|full| {
+    let full_path = bounded_regex(&format!("^(?:{})$", body.path_pattern)).is_ok_and(|full| {
         RESERVED_PATHS
             .iter()
             .any(|reserved| full.is_match(reserved))
@@ -129,12 +142,18 @@ fn may_reach_reserved(body: &PolicyBody) -> bool {
 /// Every policy of the cluster, compiled.
 #[derive(Debug, Default)]
 pub struct PolicySet {
-    policies: Vec<CompiledPolicy>,
+    policies: Vec<Arc<CompiledPolicy>>,
 }
 
 impl PolicySet {
     /// A set of compiled policies.
+    #[cfg(test)]
     pub fn new(policies: Vec<CompiledPolicy>) -> Arc<Self> {
+        Self::from_shared(policies.into_iter().map(Arc::new).collect())
+    }
+
+    /// A set of compiled policies, shared with the cache they came from.
+    pub fn from_shared(policies: Vec<Arc<CompiledPolicy>>) -> Arc<Self> {
         Arc::new(Self { policies })
     }
 
@@ -223,6 +242,23 @@ mod tests {
             APP,
             "spike/system/acl",
             &[Permission::Read]
+        ));
+    }
+
+    #[test]
+    fn patterns_that_compile_too_large_are_refused() {
+        // 500 characters, the path pattern limit, that expand far past it.
+        let huge = "(a{100}){100}";
+        assert!(matches!(
+            policy(APP, huge, &[Permission::Read]),
+            Err(PolicyError::Regex { which: "path", .. })
+        ));
+        assert!(matches!(
+            policy(&format!("^spiffe://x/{huge}$"), "^x$", &[Permission::Read]),
+            Err(PolicyError::Regex {
+                which: "SPIFFE ID",
+                ..
+            })
         ));
     }
 

@@ -6,6 +6,8 @@
 //! rotations (decryption tries every data key; the GCM tag picks the right
 //! one), and the root key never touches caller data.
 
+use std::sync::Mutex;
+
 use axum::http::StatusCode;
 use spike_sdk::api::{
     ApiResponse, CIPHER_SIZE_MAX_BYTES, DecryptRequest, DecryptResponse, EncryptRequest,
@@ -13,10 +15,13 @@ use spike_sdk::api::{
 };
 use zeroize::Zeroizing;
 
+use spike_sdk::domain::DataKeyId;
+
 use super::reply::Reply;
 use super::{ApiError, Call};
-use crate::cluster::LeaderOp;
 use crate::keys::Unlocked;
+use crate::node::Node;
+use crate::state::command::{Command, KeyCommand, Refusal, Request, Response};
 
 /// Associated data of every cipher-route ciphertext.
 const AAD: &[u8] = b"spike/cipher/v1";
@@ -35,6 +40,88 @@ fn unlocked(call: &Call<'_>) -> Result<std::sync::Arc<Unlocked>, ApiError> {
     call.api.node.keys.unlocked().ok_or(ApiError::NOT_READY)
 }
 
+/// Most encryptions one replica reserves at a time (one log entry each).
+const RESERVATION_MAX: u64 = 65_536;
+
+/// The encryptions this replica has reserved in the replicated per-key
+/// counter and not yet made. Cipher calls write nothing to the log, so
+/// without it each replica would count its own in memory, lose the count
+/// on restart, and the cluster as a whole would exceed a data key's
+/// budget unseen (and never rotate it). With it, the replicated counter is
+/// never below the encryptions made, the leader rotates on it, and at most
+/// one unused reservation per replica is lost to a restart or rotation.
+pub struct EncryptionBudget {
+    /// Reservation size: a 64th of the rotation threshold, so rotation is
+    /// not much late, and at most [`RESERVATION_MAX`].
+    block: u64,
+    /// The data key reserved for and what is left of its reservation.
+    left: Mutex<(DataKeyId, u64)>,
+    /// One reservation in flight at a time.
+    reserving: tokio::sync::Mutex<()>,
+}
+
+impl EncryptionBudget {
+    /// A budget for a cluster that rotates data keys after `rotate_at`
+    /// encryptions.
+    pub fn new(rotate_at: u64) -> Self {
+        Self {
+            block: (rotate_at / 64).clamp(1, RESERVATION_MAX),
+            left: Mutex::new((DataKeyId(0), 0)),
+            reserving: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn try_take(&self, key: DataKeyId) -> bool {
+        let mut left = self
+            .left
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if left.0 == key && left.1 > 0 {
+            left.1 -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes one encryption under `key`, reserving a block through the
+    /// leader when none is left. 503 while the key's budget is spent (the
+    /// leader rotates it well before) or no leader is reachable.
+    pub async fn take(&self, node: &Node, key: DataKeyId) -> Result<(), ApiError> {
+        if self.try_take(key) {
+            return Ok(());
+        }
+        let _only_one = self.reserving.lock().await;
+        if self.try_take(key) {
+            return Ok(());
+        }
+        let request = Request {
+            command: Command::Keys(KeyCommand::ReserveEncryptions {
+                data_key_id: key,
+                count: self.block,
+            }),
+            session: None,
+            time_ns: 0,
+        };
+        match node.write(request).await? {
+            Response::Done => {
+                *self
+                    .left
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = (key, self.block - 1);
+                Ok(())
+            }
+            Response::Refused(refusal @ Refusal::EncryptionsSpent { .. }) => {
+                Err(ApiError::Unavailable(refusal.to_string()))
+            }
+            Response::Refused(Refusal::NotInitialized) => Err(ApiError::NOT_READY),
+            other => Err(ApiError::Internal(format!(
+                "unexpected answer to an encryption reservation: {other:?}"
+            ))),
+        }
+    }
+}
+
 /// Encrypt.
 pub async fn encrypt(call: Call<'_>) -> Reply {
     reply::<EncryptResponse>(seal(call).await)
@@ -50,12 +137,16 @@ async fn seal(call: Call<'_>) -> Result<Reply, ApiError> {
             .map_err(|_| ApiError::BAD_REQUEST)?
             .plaintext
     };
-    call.authorize_cipher()?;
+    call.authorize_cipher().await?;
     if plaintext.len() > CIPHER_SIZE_MAX_BYTES {
         return Err(ApiError::BAD_REQUEST);
     }
     let unlocked = unlocked(&call)?;
-    let (nonce, ciphertext, due) = unlocked.seal_cipher(AAD, &plaintext).map_err(|e| {
+    call.api
+        .encryptions
+        .take(&call.api.node, DataKeyId(unlocked.active_data_key()))
+        .await?;
+    let (nonce, ciphertext) = unlocked.seal_cipher(AAD, &plaintext).map_err(|e| {
         if stream {
             ApiError::StreamText(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -65,7 +156,6 @@ async fn seal(call: Call<'_>) -> Result<Reply, ApiError> {
             ApiError::Internal(e.to_string())
         }
     })?;
-    ask_rotation_once(&call, &unlocked, due);
     Ok(if stream {
         Reply::stream(
             StreamFrame {
@@ -85,25 +175,6 @@ async fn seal(call: Call<'_>) -> Result<Reply, ApiError> {
     })
 }
 
-/// These encryptions are not in the log, so this replica counts them and
-/// asks the leader (once per data key) for a fresh one in time.
-fn ask_rotation_once(call: &Call<'_>, unlocked: &Unlocked, due: bool) {
-    let active = unlocked.active_data_key();
-    let first_ask = call
-        .api
-        .rotation_requested_for
-        .swap(active, std::sync::atomic::Ordering::SeqCst)
-        != active;
-    if due && first_ask {
-        let node = call.api.node.clone();
-        tokio::spawn(async move {
-            if let Err(error) = node.execute(LeaderOp::RotateDataKey).await {
-                tracing::warn!(%error, "data-key rotation request failed");
-            }
-        });
-    }
-}
-
 /// Decrypt.
 pub async fn decrypt(call: Call<'_>) -> Reply {
     reply::<DecryptResponse>(open(call).await)
@@ -113,7 +184,7 @@ async fn open(call: Call<'_>) -> Result<Reply, ApiError> {
     call.policy_barrier().await?;
     let stream = stream_mode(&call);
     // SPIKE authorizes decryption before it reads the body.
-    call.authorize_cipher()?;
+    call.authorize_cipher().await?;
     let (version, nonce, ciphertext) = if stream {
         let frame = StreamFrame::parse(call.body)
             .map_err(|error| ApiError::StreamText(StatusCode::BAD_REQUEST, error.code()))?;

@@ -4,7 +4,7 @@ use spike_sdk::api::{
     AddMemberRequest, ClusterMembers, ClusterMembersRequest, ClusterStatus, ClusterStatusRequest,
     EmptyResponse, Member, RemoveMemberRequest, RootKeyState, RootKeyStatus, TransferLeaderRequest,
 };
-use spike_sdk::domain::NodeId;
+use spike_sdk::domain::{DataKeyId, NodeId};
 use spike_sdk::identity::Role;
 
 use super::{ApiError, Audited, Call};
@@ -41,10 +41,23 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
         KeyStatus::Locked { root_key_id } => (RootKeyState::Locked, Some(root_key_id)),
         KeyStatus::Ready { root_key_id } => (RootKeyState::Ready, Some(root_key_id)),
     };
-    let key_check = node
-        .keys
-        .unlocked()
+    let unlocked = node.keys.unlocked();
+    let key_check = unlocked
+        .as_ref()
         .map(|unlocked| hex::encode(unlocked.key_check.as_bytes()));
+    let data_key_id = unlocked.as_ref().map(|unlocked| unlocked.active_data_key());
+    let data_key_encryptions = match data_key_id {
+        Some(id) => Some(
+            node.state
+                .cluster_meta()
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .encryptions
+                .get(&DataKeyId(id))
+                .copied()
+                .unwrap_or(0),
+        ),
+        None => None,
+    };
     Ok(ClusterStatus {
         node_id: node.id,
         state: view.role,
@@ -59,6 +72,8 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
             status,
             root_key_id,
             key_check,
+            data_key_id,
+            data_key_encryptions,
         },
         err: None,
     })

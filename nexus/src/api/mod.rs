@@ -22,7 +22,7 @@ mod snapshot;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -39,7 +39,7 @@ use tracing::Instrument;
 use crate::audit::{AuditEntry, AuditLog};
 use crate::node::Node;
 use crate::state::command::SessionRef;
-use authz::{Permission, PolicySet};
+use authz::Permission;
 pub use reply::ApiError;
 use reply::Reply;
 
@@ -53,43 +53,47 @@ pub struct Api {
     pub max_versions: u32,
     /// Where every request is recorded.
     pub audit: AuditLog,
-    /// The compiled policies and the policy version they were built from.
-    policies: Mutex<(u64, Arc<PolicySet>)>,
-    /// The data key this replica last asked to rotate away from, so it asks
-    /// once per key.
-    rotation_requested_for: std::sync::atomic::AtomicU32,
+    /// Oldest state a stale read is answered from
+    /// (`SPIKE_NEXUS_STALE_READ_MAX`).
+    pub stale_read_max: std::time::Duration,
+    /// The compiled policies.
+    policies: policies::PolicyCache,
+    /// Cipher-route encryptions reserved cluster-wide and not yet made.
+    encryptions: cipher::EncryptionBudget,
 }
 
 impl Api {
     /// The API of `node`.
-    pub fn new(node: Node, trust_roots: TrustRoots, max_versions: u32, audit: AuditLog) -> Self {
+    pub fn new(
+        node: Node,
+        trust_roots: TrustRoots,
+        max_versions: u32,
+        stale_read_max: std::time::Duration,
+        data_key_rotate_after: u64,
+        audit: AuditLog,
+    ) -> Self {
         Self {
             node,
             trust_roots,
             max_versions,
             audit,
-            policies: Mutex::new((u64::MAX, PolicySet::new(Vec::new()))),
-            rotation_requested_for: std::sync::atomic::AtomicU32::new(0),
+            stale_read_max,
+            policies: policies::PolicyCache::default(),
+            encryptions: cipher::EncryptionBudget::new(data_key_rotate_after),
         }
     }
 
-    /// The compiled policies, rebuilt only when the policy version moved.
-    fn policy_set(&self) -> Result<Arc<PolicySet>, ApiError> {
-        let version = self
-            .node
-            .state
-            .cluster_meta()
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .policies_version;
-        let mut cached = self
-            .policies
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if cached.0 != version {
-            let unlocked = self.node.keys.unlocked().ok_or(ApiError::NOT_READY)?;
-            *cached = (version, policies::compile_all(&self.node, &unlocked)?);
+    /// Refuses (503) a stale read while this replica's state may be older
+    /// than [`Api::stale_read_max`]: a replica cut off from the leader, or
+    /// far behind it, stops answering from its old state.
+    fn stale_within_bound(&self) -> Result<(), ApiError> {
+        match self.node.staleness() {
+            Some(age) if age <= self.stale_read_max => Ok(()),
+            age => Err(ApiError::Unavailable(format!(
+                "stale read refused: state may be older than {:?} (is {age:?})",
+                self.stale_read_max
+            ))),
         }
-        Ok(cached.1.clone())
     }
 
     /// The leader's API address, for the hint every answer carries.
@@ -215,20 +219,9 @@ async fn serve(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> (Reply, Option<String>) {
-    let stale = headers.get(header::CONSISTENCY).is_some_and(|value| {
-        value
-            .as_bytes()
-            .eq_ignore_ascii_case(header::STALE.as_bytes())
-    });
-    // Policies decide these routes for every caller but the superuser, and
-    // a replica's policies may trail the leader's: a revoked policy must
-    // stop granting at once, so the handler catches up with the leader
-    // before deciding (`Call::policy_barrier`), and its own read barrier
-    // is then already satisfied.
-    let by_policy = decided_by_policy(route)
-        && !api
-            .trust_roots
-            .has_role(&peer.spiffe_id, Role::PilotSuperuser);
+    let superuser = api
+        .trust_roots
+        .has_role(&peer.spiffe_id, Role::PilotSuperuser);
     let call = Call {
         api,
         peer,
@@ -237,8 +230,7 @@ async fn serve(
             .get(axum::http::header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok()),
         session: session_of(&peer.spiffe_id.to_string(), headers),
-        stale,
-        caught_up: by_policy && !stale,
+        freshness: Freshness::of(route, asks_stale(headers), superuser),
     };
     match route {
         Route::SecretPut => json(call, secrets::put).await,
@@ -267,6 +259,66 @@ async fn serve(
         Route::SnapshotSave => (snapshot::save(call).await, None),
         Route::SnapshotRestore => (snapshot::restore(call).await, None),
     }
+}
+
+/// Whether the caller asked for a stale read (`X-Spike-Consistency:
+/// stale`).
+fn asks_stale(headers: &HeaderMap) -> bool {
+    headers.get(header::CONSISTENCY).is_some_and(|value| {
+        value
+            .as_bytes()
+            .eq_ignore_ascii_case(header::STALE.as_bytes())
+    })
+}
+
+/// How fresh the state must be that a request is decided and served on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Freshness {
+    /// Policies decide it and may trail the leader's on this replica: a
+    /// revoked grant must stop at once, so the replica catches up with the
+    /// leader's read index before deciding (every write, and every read
+    /// that did not ask to be stale). Reads after that need no barrier of
+    /// their own.
+    CaughtUpBeforeDecision,
+    /// Linearizable: a read waits for the leader's read index itself.
+    Linearizable,
+    /// A stale read of secrets, policies or the cipher: decided and served
+    /// on this replica's state, which must be no older than the bound
+    /// (`SPIKE_NEXUS_STALE_READ_MAX`), or the request is refused.
+    StaleWithinBound,
+    /// A stale read of this replica's own view of the cluster (status,
+    /// members): always served, a leader or not, for diagnosis.
+    StaleLocal,
+}
+
+impl Freshness {
+    /// A caller's `stale` asks only relax reads: writes, and everything
+    /// policies decide for a write, never run on stale state.
+    fn of(route: Route, asks_stale: bool, superuser: bool) -> Self {
+        let stale = asks_stale && reads_only(route);
+        match (decided_by_policy(route), stale) {
+            (true, true) => Freshness::StaleWithinBound,
+            (true, false) if !superuser => Freshness::CaughtUpBeforeDecision,
+            (false, true) => Freshness::StaleLocal,
+            _ => Freshness::Linearizable,
+        }
+    }
+}
+
+/// Routes that change nothing, where a stale answer may be asked for.
+fn reads_only(route: Route) -> bool {
+    matches!(
+        route,
+        Route::SecretGet
+            | Route::SecretList
+            | Route::SecretMetadata
+            | Route::PolicyGet
+            | Route::PolicyList
+            | Route::CipherEncrypt
+            | Route::CipherDecrypt
+            | Route::ClusterStatus
+            | Route::ClusterMembers
+    )
 }
 
 /// Routes whose authorization may come from policies (every caller but
@@ -340,18 +392,24 @@ fn audit_excerpt(target: &str) -> String {
 }
 
 /// The session of a write: the client's id is bound to the caller's SPIFFE
-/// ID, so no caller can touch another's session.
+/// ID, so no caller can touch another's session, and carries the caller's
+/// digest on top, so the store bounds each caller's sessions
+/// ([`SessionRef::owner`]).
 fn session_of(caller: &str, headers: &HeaderMap) -> Option<SessionRef> {
     use sha2::{Digest, Sha256};
     let client_id = headers.get(header::CLIENT_ID)?.to_str().ok()?;
     let sequence = headers.get(header::SEQUENCE)?.to_str().ok()?;
     let client_id = u128::from_str_radix(client_id, 16).ok()?;
-    let mut digest = Sha256::new();
-    digest.update(caller.as_bytes());
-    digest.update(client_id.to_be_bytes());
-    let bound: [u8; 16] = digest.finalize()[..16].try_into().ok()?;
+    let first_8 = |digest: &[u8]| -> Option<u64> {
+        Some(u64::from_be_bytes(digest.get(..8)?.try_into().ok()?))
+    };
+    let owner = first_8(&Sha256::digest(caller.as_bytes()))?;
+    let mut bound = Sha256::new();
+    bound.update(caller.as_bytes());
+    bound.update(client_id.to_be_bytes());
+    let bound = first_8(&bound.finalize())?;
     Some(SessionRef {
-        client_id: u128::from_be_bytes(bound),
+        client_id: (u128::from(owner) << 64) | u128::from(bound),
         sequence: sequence.parse().ok().filter(|sequence| *sequence > 0)?,
     })
 }
@@ -363,11 +421,7 @@ pub struct Call<'a> {
     body: &'a [u8],
     content_type: Option<&'a str>,
     session: Option<SessionRef>,
-    stale: bool,
-    /// Policies decide this request, so the replica catches up with the
-    /// leader before deciding; reads after that need no barrier of their
-    /// own.
-    caught_up: bool,
+    freshness: Freshness,
 }
 
 impl Call<'_> {
@@ -391,18 +445,18 @@ impl Call<'_> {
 
     /// Secret and policy routes: the superuser always, the lite workload
     /// never, anyone else by policy.
-    fn authorize_path(&self, path: &str, wants: &[Permission]) -> Result<(), ApiError> {
+    async fn authorize_path(&self, path: &str, wants: &[Permission]) -> Result<(), ApiError> {
         if self.has_role(Role::PilotSuperuser) {
             return Ok(());
         }
         if self.has_role(Role::LiteWorkload) {
             return Err(self.refuse(path));
         }
-        if self
-            .api
-            .policy_set()?
-            .allows(&self.peer.spiffe_id.to_string(), path, wants)
-        {
+        if self.api.policies.get(&self.api.node).await?.allows(
+            &self.peer.spiffe_id.to_string(),
+            path,
+            wants,
+        ) {
             Ok(())
         } else {
             Err(self.refuse(path))
@@ -410,30 +464,82 @@ impl Call<'_> {
     }
 
     /// Cipher routes: the superuser, the lite workload, or by policy.
-    fn authorize_cipher(&self) -> Result<(), ApiError> {
+    async fn authorize_cipher(&self) -> Result<(), ApiError> {
         if self.has_role(Role::LiteWorkload) {
             return Ok(());
         }
         self.authorize_path(authz::CIPHER_PATH, &[Permission::Execute])
+            .await
     }
 
-    /// Before a decision by policy: waits until this replica has applied
-    /// everything the leader had committed (unless the caller asked for a
-    /// stale read).
+    /// Before any decision: waits until this replica has applied
+    /// everything the leader had committed, or for a stale read, refuses
+    /// (503) if this replica's state may be older than the bound.
     async fn policy_barrier(&self) -> Result<(), ApiError> {
-        if self.caught_up {
-            self.api.node.linearize().await?;
+        match self.freshness {
+            Freshness::CaughtUpBeforeDecision => Ok(self.api.node.linearize().await?),
+            Freshness::StaleWithinBound => self.api.stale_within_bound(),
+            Freshness::Linearizable | Freshness::StaleLocal => Ok(()),
         }
-        Ok(())
     }
 
-    /// Waits, unless the caller asked for a stale read or the policy check
-    /// already did, until this replica has applied everything the leader
-    /// had committed: a read after it is linearizable.
+    /// Before a linearizable read: waits, unless the policy barrier already
+    /// did or the read is stale, until this replica has applied everything
+    /// the leader had committed.
     async fn read_barrier(&self) -> Result<(), ApiError> {
-        if self.stale || self.caught_up {
-            return Ok(());
+        match self.freshness {
+            Freshness::Linearizable => Ok(self.api.node.linearize().await?),
+            _ => Ok(()),
         }
-        self.api.node.linearize().await.map_err(ApiError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asking_for_stale_relaxes_reads_only_and_never_a_write() {
+        let writes = [
+            Route::SecretPut,
+            Route::SecretDelete,
+            Route::SecretUndelete,
+            Route::SecretDestroy,
+            Route::PolicyPut,
+            Route::PolicyDelete,
+        ];
+        for route in writes {
+            assert_eq!(
+                Freshness::of(route, true, false),
+                Freshness::CaughtUpBeforeDecision,
+                "{route:?}"
+            );
+            assert_eq!(
+                Freshness::of(route, true, true),
+                Freshness::Linearizable,
+                "{route:?} by the superuser"
+            );
+        }
+        for route in [Route::SecretGet, Route::PolicyList, Route::CipherEncrypt] {
+            assert_eq!(
+                Freshness::of(route, false, false),
+                Freshness::CaughtUpBeforeDecision
+            );
+            assert_eq!(
+                Freshness::of(route, true, false),
+                Freshness::StaleWithinBound
+            );
+            assert_eq!(
+                Freshness::of(route, true, true),
+                Freshness::StaleWithinBound
+            );
+        }
+        assert_eq!(
+            Freshness::of(Route::ClusterStatus, true, true),
+            Freshness::StaleLocal
+        );
+        for route in [Route::Rekey, Route::ClusterAdd, Route::SnapshotRestore] {
+            assert_eq!(Freshness::of(route, true, true), Freshness::Linearizable);
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! SPIKE's release line names a policy by id, its development line by
 //! name, both in the `id` field: both are accepted.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use regex::Regex;
 use spike_sdk::api::{
@@ -23,6 +24,9 @@ use crate::state::store::PolicyRecord;
 
 /// Longest path pattern (SPIKE's limit).
 pub const PATH_PATTERN_LEN_MAX: usize = 500;
+/// Longest SPIFFE ID pattern: twice the longest SPIFFE ID (2048 bytes), for
+/// escapes.
+pub const SPIFFEID_PATTERN_LEN_MAX: usize = 4096;
 /// Ids drawn for a new policy before giving up: apply refuses an id another
 /// policy holds, which takes a UUID collision.
 const POLICY_ID_ATTEMPTS_MAX: usize = 3;
@@ -51,8 +55,12 @@ fn aad(name: &PolicyName) -> Vec<u8> {
     format!("spike/policy/{name}").into_bytes()
 }
 
-/// SPIKE's SPIFFE ID pattern rule.
+/// SPIKE's SPIFFE ID pattern rule, and at most
+/// [`SPIFFEID_PATTERN_LEN_MAX`] bytes.
 fn valid_spiffeid_pattern(pattern: &str) -> bool {
+    if pattern.len() > SPIFFEID_PATTERN_LEN_MAX {
+        return false;
+    }
     static RULE: OnceLock<Option<Regex>> = OnceLock::new();
     RULE.get_or_init(|| {
         Regex::new(r"^\^?spiffe://[\\a-zA-Z0-9.\-*()+?\[\]]+(/[\\/a-zA-Z0-9._\-*()+?\[\]]+)*\$?$")
@@ -116,20 +124,98 @@ fn shown(
     Ok((policy, body))
 }
 
-/// Every policy, opened and compiled (once per policy change).
-pub fn compile_all(node: &Node, unlocked: &Unlocked) -> Result<Arc<PolicySet>, ApiError> {
-    let mut compiled = Vec::new();
-    for (name, record) in stored(node)? {
+/// Each policy compiled, by name, with the sealed body it was compiled
+/// from.
+type Compiled = BTreeMap<PolicyName, (Vec<u8>, Arc<CompiledPolicy>)>;
+
+/// This replica's compiled policies, rebuilt when the replicated policy
+/// version moves. A rebuild compiles only the policies that changed, runs
+/// on a blocking thread (compiling is CPU work), and one at a time: the
+/// requests that find the set out of date wait for that one rebuild, and
+/// no request ever holds a lock while a regex compiles.
+#[derive(Default)]
+pub struct PolicyCache {
+    /// The set and the policy version it was built at (or later).
+    current: Mutex<Option<(u64, Arc<PolicySet>)>>,
+    /// Each policy compiled.
+    compiled: tokio::sync::Mutex<Compiled>,
+}
+
+impl PolicyCache {
+    fn at(&self, version: u64) -> Option<Arc<PolicySet>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .filter(|(built_at, _)| *built_at == version)
+            .map(|(_, set)| set.clone())
+    }
+
+    /// The policies as of this replica's applied state.
+    pub async fn get(&self, node: &Node) -> Result<Arc<PolicySet>, ApiError> {
+        let version = policies_version(node)?;
+        if let Some(set) = self.at(version) {
+            return Ok(set);
+        }
+        let mut compiled = self.compiled.lock().await;
+        // The version is read before the policies, so the set is never
+        // older than the version it is filed under.
+        let version = policies_version(node)?;
+        if let Some(set) = self.at(version) {
+            return Ok(set);
+        }
+        let unlocked = node.keys.unlocked().ok_or(ApiError::NOT_READY)?;
+        let stored = stored(node)?;
+        let previous = std::mem::take(&mut *compiled);
+        let (set, next) =
+            tokio::task::spawn_blocking(move || compile_changed(previous, stored, &unlocked))
+                .await
+                .map_err(|e| ApiError::Internal(format!("policy compilation failed: {e}")))?;
+        *compiled = next;
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((version, set.clone()));
+        Ok(set)
+    }
+}
+
+fn policies_version(node: &Node) -> Result<u64, ApiError> {
+    Ok(node
+        .state
+        .cluster_meta()
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .policies_version)
+}
+
+/// Every stored policy compiled, reusing `previous` where the sealed body
+/// is the same.
+fn compile_changed(
+    mut previous: Compiled,
+    stored: Vec<(PolicyName, PolicyRecord)>,
+    unlocked: &Unlocked,
+) -> (Arc<PolicySet>, Compiled) {
+    let mut next = Compiled::new();
+    for (name, record) in stored {
+        if let Some((sealed, policy)) = previous.remove(&name)
+            && sealed == record.ciphertext
+        {
+            next.insert(name, (sealed, policy));
+            continue;
+        }
         match open_body(unlocked, &name, &record).and_then(|body| {
             CompiledPolicy::compile(&body).map_err(|e| ApiError::Internal(e.to_string()))
         }) {
-            Ok(policy) => compiled.push(policy),
+            Ok(policy) => {
+                next.insert(name, (record.ciphertext, Arc::new(policy)));
+            }
             // Written policies compiled when written; one that no longer does
             // is ignored, as SPIKE ignores policies that fail to load.
             Err(error) => tracing::warn!(policy = %name, ?error, "policy ignored"),
         }
     }
-    Ok(PolicySet::new(compiled))
+    let set = PolicySet::from_shared(next.values().map(|(_, policy)| policy.clone()).collect());
+    (set, next)
 }
 
 fn unlocked(call: &Call<'_>) -> Result<Arc<Unlocked>, ApiError> {
@@ -158,7 +244,7 @@ async fn write(
 
 /// Upsert: create or replace a policy (its id and creation time are kept).
 pub async fn put(call: Call<'_>, body: PutPolicyRequest) -> Result<PutPolicyResponse, ApiError> {
-    call.authorize_path(ACL_PATH, &[Permission::Write])?;
+    call.authorize_path(ACL_PATH, &[Permission::Write]).await?;
     let name = PolicyName::try_from(body.name.as_str())?;
     let permissions: Vec<Permission> = body
         .permissions
@@ -217,7 +303,7 @@ pub async fn put(call: Call<'_>, body: PutPolicyRequest) -> Result<PutPolicyResp
 
 /// Get: one policy, by id or name (SPIKE's `id` field).
 pub async fn get(call: Call<'_>, body: GetPolicyRequest) -> Result<PolicyResponse, ApiError> {
-    call.authorize_path(ACL_PATH, &[Permission::Read])?;
+    call.authorize_path(ACL_PATH, &[Permission::Read]).await?;
     let reference = PolicyRef::try_from(body.id)?;
     let unlocked = unlocked(&call)?;
     call.read_barrier().await?;
@@ -228,7 +314,7 @@ pub async fn get(call: Call<'_>, body: GetPolicyRequest) -> Result<PolicyRespons
 
 /// Delete: one policy, by id or name.
 pub async fn delete(call: Call<'_>, body: DeletePolicyRequest) -> Result<EmptyResponse, ApiError> {
-    call.authorize_path(ACL_PATH, &[Permission::Write])?;
+    call.authorize_path(ACL_PATH, &[Permission::Write]).await?;
     let reference = PolicyRef::try_from(body.id)?;
     unlocked(&call)?;
     let command = PolicyCommand::Delete { policy: reference };
@@ -242,7 +328,7 @@ pub async fn list(
     call: Call<'_>,
     body: ListPoliciesRequest,
 ) -> Result<ListPoliciesResponse, ApiError> {
-    call.authorize_path(ACL_PATH, &[Permission::List])?;
+    call.authorize_path(ACL_PATH, &[Permission::List]).await?;
     let unlocked = unlocked(&call)?;
     call.read_barrier().await?;
     let mut listed = Vec::new();

@@ -105,7 +105,8 @@ async fn read_record(call: &Call<'_>, path: &SecretPath) -> Result<SecretRecord,
 
 /// Put: a new version of `path`.
 pub async fn put(call: Call<'_>, body: PutSecretRequest) -> Result<EmptyResponse, ApiError> {
-    call.authorize_path(&body.path, &[Permission::Write])?;
+    call.authorize_path(&body.path, &[Permission::Write])
+        .await?;
     let path = SecretPath::try_from(body.path.as_str())?;
     if !body.values.keys().all(valid_name) {
         return Err(ApiError::BAD_REQUEST);
@@ -137,7 +138,7 @@ pub async fn put(call: Call<'_>, body: PutSecretRequest) -> Result<EmptyResponse
 
 /// Get: the values of a version (0: current).
 pub async fn get(call: Call<'_>, body: GetSecretRequest) -> Result<GetSecretResponse, ApiError> {
-    call.authorize_path(&body.path, &[Permission::Read])?;
+    call.authorize_path(&body.path, &[Permission::Read]).await?;
     let path = SecretPath::try_from(body.path.as_str())?;
     let unlocked = unlocked(&call)?;
     let record = read_record(&call, &path).await?;
@@ -158,9 +159,10 @@ pub async fn get(call: Call<'_>, body: GetSecretRequest) -> Result<GetSecretResp
 async fn versions_command(
     call: Call<'_>,
     body: SecretVersions,
+    wants: Permission,
     build: fn(SecretPath, Vec<u64>) -> SecretCommand,
 ) -> Result<EmptyResponse, ApiError> {
-    call.authorize_path(&body.path, &[Permission::Write])?;
+    call.authorize_path(&body.path, &[wants]).await?;
     let path = SecretPath::try_from(body.path.as_str())?;
     unlocked(&call)?;
     let versions = known_versions(&body.versions);
@@ -174,9 +176,8 @@ async fn versions_command(
 
 /// Delete: mark versions deleted.
 pub async fn delete(call: Call<'_>, body: DeleteSecretRequest) -> Result<EmptyResponse, ApiError> {
-    versions_command(call, body.0, |path, versions| SecretCommand::Delete {
-        path,
-        versions,
+    versions_command(call, body.0, Permission::Write, |path, versions| {
+        SecretCommand::Delete { path, versions }
     })
     .await
 }
@@ -186,28 +187,29 @@ pub async fn undelete(
     call: Call<'_>,
     body: UndeleteSecretRequest,
 ) -> Result<EmptyResponse, ApiError> {
-    versions_command(call, body.0, |path, versions| SecretCommand::Undelete {
-        path,
-        versions,
+    versions_command(call, body.0, Permission::Write, |path, versions| {
+        SecretCommand::Undelete { path, versions }
     })
     .await
 }
 
-/// Destroy (extension): drop versions' ciphertext for good.
+/// Destroy (extension): drop versions' ciphertext for good. Irreversible,
+/// unlike delete, so `write` is not enough: the superuser, or a policy
+/// granting `super` on the path.
 pub async fn destroy(
     call: Call<'_>,
     body: DestroySecretRequest,
 ) -> Result<EmptyResponse, ApiError> {
-    versions_command(call, body.0, |path, versions| SecretCommand::Destroy {
-        path,
-        versions,
+    versions_command(call, body.0, Permission::Super, |path, versions| {
+        SecretCommand::Destroy { path, versions }
     })
     .await
 }
 
 /// List: every path with a current version, sorted.
 pub async fn list(call: Call<'_>, _: ListSecretsRequest) -> Result<ListSecretsResponse, ApiError> {
-    call.authorize_path(SECRET_LIST_PATH, &[Permission::List])?;
+    call.authorize_path(SECRET_LIST_PATH, &[Permission::List])
+        .await?;
     unlocked(&call)?;
     call.read_barrier().await?;
     let keys = call
@@ -227,7 +229,7 @@ pub async fn metadata(
     call: Call<'_>,
     body: SecretMetadataRequest,
 ) -> Result<SecretMetadataResponse, ApiError> {
-    call.authorize_path(&body.path, &[Permission::Read])?;
+    call.authorize_path(&body.path, &[Permission::Read]).await?;
     let path = SecretPath::try_from(body.path.as_str())?;
     unlocked(&call)?;
     let record = read_record(&call, &path).await?;

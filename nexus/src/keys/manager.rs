@@ -136,7 +136,9 @@ struct Observed {
 impl KeyManager {
     /// A manager for the replica `leadership` belongs to. `params` are the
     /// Shamir parameters a first root key is split with;
-    /// `allow_insecure_threshold` lets a rekey ask for t = 1.
+    /// `allow_insecure_threshold` lets a rekey ask for t = 1; `policy`
+    /// says how often shares are pushed and after how many encryptions
+    /// (cluster-wide) the active data key is rotated.
     pub fn new(
         leadership: Leadership,
         reader: StateReader,
@@ -144,7 +146,7 @@ impl KeyManager {
         keys: Arc<KeyState>,
         params: ShamirParams,
         allow_insecure_threshold: bool,
-        push_interval: Duration,
+        policy: Policy,
     ) -> Self {
         Self {
             leadership,
@@ -153,10 +155,7 @@ impl KeyManager {
             keys,
             params,
             allow_insecure_threshold,
-            policy: Policy {
-                push_interval,
-                rotate_at: spike_sdk::crypto::keyring::ENCRYPTIONS_ROTATE_AT,
-            },
+            policy,
             lifecycle: Mutex::new(Lifecycle {
                 last_push: None,
                 restore: RestoreProgress::default(),

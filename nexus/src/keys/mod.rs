@@ -93,18 +93,16 @@ impl Unlocked {
     }
 
     /// Seals for the cipher routes (SPIKE's format: no key id); returns the
-    /// nonce, the ciphertext and whether the active key is due for rotation.
+    /// nonce and the ciphertext.
     pub fn seal_cipher(
         &self,
         aad: &[u8],
         plaintext: &[u8],
-    ) -> Result<([u8; 12], Vec<u8>, bool), CryptoError> {
-        let mut keyring = self
-            .keyring
+    ) -> Result<([u8; 12], Vec<u8>), CryptoError> {
+        self.keyring
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (nonce, ciphertext) = keyring.seal_unframed(aad, plaintext)?;
-        Ok((nonce, ciphertext, keyring.needs_rotation()))
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .seal_unframed(aad, plaintext)
     }
 
     /// Opens what [`Unlocked::seal_cipher`] sealed, under any data key.

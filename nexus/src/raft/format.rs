@@ -5,7 +5,8 @@
 //!   encoding ([`super::codec`]) of entries (Raft's entry around our
 //!   `Request`, so every command and response type), votes and log ids;
 //! - `state.redb`: the tables `meta`, `secrets`, `policies`, `policy_ids`,
-//!   `sessions` and `session_expiry`, their keys and records;
+//!   `sessions` and `session_expiry`, their keys and records (not
+//!   `session_owners`, which is derived and rebuilt at every open);
 //! - snapshot files and backups (a backup is a snapshot file): layout,
 //!   header and rows.
 //!

@@ -8,11 +8,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use openraft::errors::RaftError;
-use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest,
+};
 use openraft::storage::Snapshot;
 use serde::Serialize;
 
 use super::codec::{CodecError, decode, encode};
+use super::contact::LeaderContact;
 use super::snapshot::SnapshotFile;
 use super::state_machine::StateMachine;
 use super::{NexusRaft, SnapshotMetaOf, TypeConfig, VoteOf};
@@ -36,17 +39,33 @@ pub enum InboundError {
 pub struct Inbound {
     raft: NexusRaft,
     machine: StateMachine,
+    contact: LeaderContact,
 }
 
 impl Inbound {
-    pub(super) fn new(raft: NexusRaft, machine: StateMachine) -> Self {
-        Self { raft, machine }
+    pub(super) fn new(raft: NexusRaft, machine: StateMachine, contact: LeaderContact) -> Self {
+        Self {
+            raft,
+            machine,
+            contact,
+        }
     }
 
-    /// An append-entries (or heartbeat) request.
+    /// An append-entries (or heartbeat) request. One this replica accepts
+    /// (the sender leads its term) is remembered in [`LeaderContact`].
     pub async fn append_entries(&self, request: &[u8]) -> Result<Vec<u8>, InboundError> {
         let rpc: AppendEntriesRequest<TypeConfig> = parse("append entries", request)?;
-        outcome(&self.raft.append_entries(rpc).await)
+        let leader_commit = rpc.leader_commit.as_ref().map_or(0, |log_id| log_id.index);
+        let handled = self.raft.append_entries(rpc).await;
+        if let Ok(
+            AppendEntriesResponse::Success
+            | AppendEntriesResponse::PartialSuccess(_)
+            | AppendEntriesResponse::Conflict,
+        ) = &handled
+        {
+            self.contact.heard(leader_commit);
+        }
+        outcome(&handled)
     }
 
     /// A vote request.

@@ -13,6 +13,7 @@ use openraft::type_config::alias::WatchReceiverOf;
 use openraft::{ChangeMembers, RaftMetrics, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 
+use super::contact::LeaderContact;
 use super::{NexusNode, NexusRaft, TypeConfig};
 use crate::state::command::{Request, Response};
 
@@ -121,10 +122,16 @@ pub struct Leadership {
     id: u64,
     quorum_lost_after: Duration,
     log_at_start: LogAtStart,
+    contact: LeaderContact,
 }
 
 impl Leadership {
-    pub(super) fn new(raft: NexusRaft, id: u64, log_at_start: LogAtStart) -> Self {
+    pub(super) fn new(
+        raft: NexusRaft,
+        id: u64,
+        log_at_start: LogAtStart,
+        contact: LeaderContact,
+    ) -> Self {
         let config = raft.config();
         let quorum_lost_after = quorum_lost_after(
             Duration::from_millis(config.election_timeout_max),
@@ -135,6 +142,7 @@ impl Leadership {
             id,
             quorum_lost_after,
             log_at_start,
+            contact,
         }
     }
 
@@ -183,6 +191,27 @@ impl Leadership {
             .last_quorum_acked
             .as_ref()
             .is_some_and(|acked| acked.elapsed() < self.quorum_lost_after)
+    }
+
+    /// How old this replica's state with `applied` entries applied is at
+    /// most: the time since a quorum last acknowledged this replica as
+    /// leader, or since a leader last told it a commit index it has
+    /// applied. `None` when it cannot say (never heard from a leader,
+    /// or behind every message it kept). A lone voter is never stale.
+    pub fn staleness(&self, applied: u64) -> Option<Duration> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        if metrics.current_leader == Some(self.id) && metrics.state == ServerState::Leader {
+            if metrics.membership_config.membership().voter_ids().count() <= 1 {
+                return Some(Duration::ZERO);
+            }
+            return metrics
+                .last_quorum_acked
+                .as_ref()
+                .map(|acked| acked.elapsed());
+        }
+        drop(metrics);
+        self.contact.caught_up_at(applied).map(|at| at.elapsed())
     }
 
     /// The current term.

@@ -6,6 +6,7 @@
 //! openraft, so a later openraft bump touches only this module.
 
 pub mod codec;
+mod contact;
 pub mod disk;
 pub mod format;
 mod inbound;

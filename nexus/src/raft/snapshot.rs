@@ -332,7 +332,9 @@ pub fn load(
             )
             .map_err(|e| io_error(subject, e))?;
     }
+    drop((sessions, expiry));
     store::rebuild_policy_index(txn).map_err(|e| io_error(subject, e))?;
+    store::rebuild_session_owners(txn).map_err(|e| io_error(subject, e))?;
     Ok(meta)
 }
 

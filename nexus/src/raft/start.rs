@@ -8,6 +8,7 @@ use std::time::Duration;
 use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::{Config, SnapshotPolicy};
 
+use super::contact::LeaderContact;
 use super::inbound::Inbound;
 use super::leadership::{Leadership, LogAtStart};
 use super::log_store::LogStore;
@@ -114,9 +115,15 @@ pub async fn start(
     )
     .await
     .map_err(|e| failed(&e))?;
+    let contact = LeaderContact::default();
     Ok(Started {
-        leadership: Leadership::new(raft.clone(), settings.node_id, log_at_start),
-        inbound: Inbound::new(raft, machine.clone()),
+        leadership: Leadership::new(
+            raft.clone(),
+            settings.node_id,
+            log_at_start,
+            contact.clone(),
+        ),
+        inbound: Inbound::new(raft, machine.clone(), contact),
         machine,
     })
 }

@@ -73,6 +73,11 @@ impl AppliedIndex {
         }
     }
 
+    /// The index of the last applied entry (0 before any).
+    pub fn current(&self) -> u64 {
+        self.0.borrow().as_ref().map_or(0, |log_id| log_id.index)
+    }
+
     /// Whether `index` is applied by `deadline`.
     pub async fn reached(&mut self, index: u64, deadline: tokio::time::Instant) -> bool {
         let reached = self
@@ -146,6 +151,9 @@ impl StateMachine {
             .map_err(|e| io_error(subject, e))?;
         txn.open_table(store::SESSION_EXPIRY)
             .map_err(|e| io_error(subject, e))?;
+        // Derived, so rebuilt rather than trusted: an older build may have
+        // run on these files without keeping it.
+        store::rebuild_session_owners(&txn).map_err(|e| io_error(subject, e))?;
         txn.commit().map_err(|e| io_error(subject, e))?;
         let machine = Self {
             db: Arc::new(db),

@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 
 use redb::{ReadableTable, ReadableTableMetadata};
+use spike_sdk::crypto::keyring::ENCRYPTIONS_MAX;
 use spike_sdk::domain::{DataKeyId, PolicyId, PolicyName, PolicyRef, SecretPath};
 
 use super::command::{
@@ -59,6 +60,22 @@ fn keyring_unchanged(current: u64, proposed: u64) -> Result<(), Refusal> {
 
 fn apply_keys(meta: &mut ClusterMeta, command: &KeyCommand) -> Applied {
     match command {
+        KeyCommand::ReserveEncryptions { data_key_id, count } => {
+            if meta.root_key.is_none() {
+                return Err(Refusal::NotInitialized);
+            }
+            let used = meta.encryptions.get(data_key_id).copied().unwrap_or(0);
+            let total = used
+                .checked_add(*count)
+                .filter(|total| *total <= ENCRYPTIONS_MAX)
+                .ok_or(Refusal::EncryptionsSpent {
+                    data_key_id: *data_key_id,
+                    used,
+                })?;
+            meta.encryptions.insert(*data_key_id, total);
+            // Counting changes no key: the keyring version stays.
+            return Ok(Response::Done);
+        }
         KeyCommand::Initialize(record) => {
             if meta.root_key.is_some() {
                 return Err(Refusal::AlreadyInitialized);
@@ -140,7 +157,8 @@ fn apply_secret(
 }
 
 fn count_encryption(meta: &mut ClusterMeta, data_key_id: DataKeyId) {
-    *meta.encryptions.entry(data_key_id).or_default() += 1;
+    let count = meta.encryptions.entry(data_key_id).or_default();
+    *count = count.saturating_add(1);
 }
 
 fn read_secret(tables: &Tables<'_>, path: &SecretPath) -> Result<Option<SecretRecord>, StoreError> {
@@ -293,6 +311,7 @@ fn apply_restore(
             redb_try!("clear policy ids", tables.policy_ids.retain(|_, _| false))?;
             redb_try!("clear sessions", tables.sessions.retain(|_, _| false))?;
             redb_try!("clear session expiry", tables.expiry.retain(|_, _| false))?;
+            redb_try!("clear session owners", tables.owners.retain(|_, _| false))?;
             meta.restoring = Some(*restore_id);
             meta.root_key = None;
             meta.keyring_version += 1;

@@ -19,10 +19,20 @@ use super::store::{ClusterMeta, PolicyRecord};
 /// application of retried writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRef {
-    /// Random id the client chose (128 bits).
+    /// The session's id: the caller identity's digest in the high 64 bits
+    /// ([`SessionRef::owner`]), the digest of the caller and the id the
+    /// client chose in the low 64.
     pub client_id: u128,
     /// Strictly increasing per client, from 1.
     pub sequence: u64,
+}
+
+impl SessionRef {
+    /// Whose session this is: a digest of the caller's SPIFFE ID, so the
+    /// sessions of one caller can be bounded without touching others'.
+    pub fn owner(&self) -> u64 {
+        (self.client_id >> 64) as u64
+    }
 }
 
 /// A replicated request.
@@ -111,6 +121,17 @@ pub enum KeyCommand {
         wrapped_keyring: Vec<u8>,
         /// The keyring version it was built from (refused if stale).
         keyring_version: u64,
+    },
+    /// A replica reserves `count` encryptions under a data key before it
+    /// makes them (the cipher routes, which write nothing to the log), so
+    /// the per-key counter that drives rotation is cluster-wide and
+    /// survives restarts. Refused past
+    /// [`spike_sdk::crypto::keyring::ENCRYPTIONS_MAX`].
+    ReserveEncryptions {
+        /// The data key.
+        data_key_id: DataKeyId,
+        /// Encryptions reserved.
+        count: u64,
     },
 }
 
@@ -281,6 +302,14 @@ pub enum Refusal {
     /// The store is being replaced by a backup.
     #[error("a backup is being restored")]
     Restoring,
+    /// A data key's encryption budget is spent: it must be rotated first.
+    #[error("data key {data_key_id} has made {used} encryptions, its limit")]
+    EncryptionsSpent {
+        /// The data key.
+        data_key_id: DataKeyId,
+        /// Encryptions counted under it.
+        used: u64,
+    },
     /// A retried write older than the client's last one.
     #[error("sequence {sequence} is older than this client's last write {last}")]
     StaleSequence {
@@ -304,6 +333,9 @@ impl std::fmt::Display for Request {
             }
             Command::Keys(KeyCommand::ReplaceKeyring { root_key_id, .. }) => {
                 write!(f, "replace-keyring(root key {root_key_id})")
+            }
+            Command::Keys(KeyCommand::ReserveEncryptions { data_key_id, count }) => {
+                write!(f, "reserve-encryptions(data key {data_key_id}: {count})")
             }
             Command::Secret(SecretCommand::Put { path, .. }) => write!(f, "put-secret({path})"),
             Command::Secret(SecretCommand::Delete { path, .. }) => {

@@ -44,6 +44,11 @@ pub const POLICY_IDS: TableDefinition<u128, &str> = TableDefinition::new("policy
 pub const SESSIONS: TableDefinition<u128, &[u8]> = TableDefinition::new("sessions");
 /// (last used log index, client id), to expire sessions oldest first.
 pub const SESSION_EXPIRY: TableDefinition<(u64, u128), ()> = TableDefinition::new("session_expiry");
+/// Sessions per owner ([`SessionRef::owner`]). Derived from [`SESSIONS`]
+/// and rebuilt whenever the state is opened or replaced
+/// ([`rebuild_session_owners`]), so it is never part of a snapshot and a
+/// build that does not keep it cannot leave it wrong for one that does.
+pub const SESSION_OWNERS: TableDefinition<u64, u64> = TableDefinition::new("session_owners");
 /// Cluster metadata and Raft's applied state, by key.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -54,7 +59,12 @@ pub const META_APPLIED: &str = "applied";
 /// `META` key of Raft's last applied membership (written by the state machine).
 pub const META_MEMBERSHIP: &str = "membership";
 
-/// Most client sessions kept; past it the least recently used is evicted.
+/// Most sessions one caller identity keeps; past it, that caller's least
+/// recently used session is evicted, never another caller's. A session's
+/// id carries its owner in the high 64 bits ([`SessionRef::owner`]).
+pub const SESSIONS_PER_CALLER_MAX: usize = 4_096;
+/// Most client sessions kept; past it the least recently used is evicted
+/// (it takes 16 callers at their own limit to get there).
 pub const SESSIONS_MAX: u64 = 65_536;
 /// Most policies a cluster holds.
 pub const POLICIES_MAX: u64 = 10_000;
@@ -205,6 +215,7 @@ pub(super) struct Tables<'t> {
     pub(super) policy_ids: redb::Table<'t, u128, &'static str>,
     pub(super) sessions: redb::Table<'t, u128, &'static [u8]>,
     pub(super) expiry: redb::Table<'t, (u64, u128), ()>,
+    pub(super) owners: redb::Table<'t, u64, u64>,
 }
 
 impl<'t> Tables<'t> {
@@ -215,6 +226,7 @@ impl<'t> Tables<'t> {
             policy_ids: redb_try!("open policy ids", txn.open_table(POLICY_IDS))?,
             sessions: redb_try!("open sessions", txn.open_table(SESSIONS))?,
             expiry: redb_try!("open session expiry", txn.open_table(SESSION_EXPIRY))?,
+            owners: redb_try!("open session owners", txn.open_table(SESSION_OWNERS))?,
         })
     }
 
@@ -371,16 +383,77 @@ fn expire_sessions(tables: &mut Tables<'_>, index: u64) -> Result<(), StoreError
             redb_try!("read session expiry", tables.expiry.first())?.map(|(key, _)| key.value());
         match oldest {
             Some((last_used, client_id)) if last_used < cutoff => {
-                redb_try!(
-                    "expire session",
-                    tables.expiry.remove((last_used, client_id))
-                )?;
-                redb_try!("expire session", tables.sessions.remove(client_id))?;
+                forget_session(tables, last_used, client_id)?;
             }
             _ => break,
         }
     }
     Ok(())
+}
+
+/// Ids of `owner`'s sessions: its block of the id space.
+fn owner_range(owner: u64) -> std::ops::RangeInclusive<u128> {
+    let low = u128::from(owner) << 64;
+    low..=low | u128::from(u64::MAX)
+}
+
+/// How many sessions `owner` has.
+fn owned_sessions(tables: &Tables<'_>, owner: u64) -> Result<u64, StoreError> {
+    Ok(redb_try!("read session owner", tables.owners.get(owner))?.map_or(0, |count| count.value()))
+}
+
+/// Removes one session and its expiry and owner entries.
+fn forget_session(
+    tables: &mut Tables<'_>,
+    last_used: u64,
+    client_id: u128,
+) -> Result<(), StoreError> {
+    redb_try!(
+        "forget session",
+        tables.expiry.remove((last_used, client_id))
+    )?;
+    redb_try!("forget session", tables.sessions.remove(client_id))?;
+    let owner = (client_id >> 64) as u64;
+    match owned_sessions(tables, owner)? {
+        0 | 1 => redb_try!("forget session owner", tables.owners.remove(owner)).map(drop),
+        count => redb_try!(
+            "forget session owner",
+            tables.owners.insert(owner, count - 1)
+        )
+        .map(drop),
+    }
+}
+
+/// Rebuilds [`SESSION_OWNERS`] from the sessions.
+pub fn rebuild_session_owners(txn: &WriteTransaction) -> Result<(), StoreError> {
+    redb_try!("clear session owners", txn.delete_table(SESSION_OWNERS))?;
+    let sessions = redb_try!("open sessions", txn.open_table(SESSIONS))?;
+    let mut owners = redb_try!("open session owners", txn.open_table(SESSION_OWNERS))?;
+    let mut counted: BTreeMap<u64, u64> = BTreeMap::new();
+    for row in redb_try!("read sessions", sessions.iter())? {
+        let (client_id, _) = redb_try!("read sessions", row)?;
+        *counted.entry((client_id.value() >> 64) as u64).or_default() += 1;
+    }
+    for (owner, count) in counted {
+        redb_try!("write session owner", owners.insert(owner, count))?;
+    }
+    Ok(())
+}
+
+/// Evicts `owner`'s least recently used session.
+fn evict_oldest_of(tables: &mut Tables<'_>, owner: u64) -> Result<(), StoreError> {
+    let mut oldest: Option<(u64, u128)> = None;
+    for entry in redb_try!("read sessions", tables.sessions.range(owner_range(owner)))? {
+        let (key, value) = redb_try!("read session", entry)?;
+        let last_used = decode::<SessionRecord>("session", value.value())?.last_used_index;
+        if oldest.is_none_or(|(used, _)| last_used < used) {
+            oldest = Some((last_used, key.value()));
+        }
+    }
+    match oldest {
+        Some((last_used, client_id)) => forget_session(tables, last_used, client_id),
+        None => Ok(()),
+    }
 }
 
 fn record_session(
@@ -404,12 +477,14 @@ fn record_session(
                 tables.expiry.remove((last_used, session.client_id))
             )?;
         }
+        None if owned_sessions(tables, session.owner())? >= SESSIONS_PER_CALLER_MAX as u64 => {
+            evict_oldest_of(tables, session.owner())?;
+        }
         None if redb_try!("count sessions", tables.sessions.len())? >= SESSIONS_MAX => {
             let oldest = redb_try!("read session expiry", tables.expiry.first())?
                 .map(|(key, _)| key.value());
             if let Some((last_used, evicted)) = oldest {
-                redb_try!("evict session", tables.expiry.remove((last_used, evicted)))?;
-                redb_try!("evict session", tables.sessions.remove(evicted))?;
+                forget_session(tables, last_used, evicted)?;
             }
         }
         None => {}
@@ -429,6 +504,13 @@ fn record_session(
         "write session expiry",
         tables.expiry.insert((index, session.client_id), ())
     )?;
+    if previous.is_none() {
+        let owned = owned_sessions(tables, session.owner())?;
+        redb_try!(
+            "write session owner",
+            tables.owners.insert(session.owner(), owned + 1)
+        )?;
+    }
     Ok(())
 }
 
@@ -720,6 +802,63 @@ pub(super) mod tests {
         );
         let again = run_request(&db, request(put("p"), Some(session), 14));
         assert_eq!(again, Response::Written(Written { version: 2 }));
+    }
+
+    /// One caller making sessions without end evicts only its own: another
+    /// caller's session outlives them all, even the oldest in a full table.
+    #[test]
+    fn one_caller_cannot_evict_another_callers_session() {
+        let (_dir, db) = database();
+        run(&db, initialize(), 1);
+        let other = SessionRef {
+            client_id: (1 << 64) | 5,
+            sequence: 1,
+        };
+        let first = run_at(&db, 2, request(put("theirs"), Some(other), 2));
+        // Fill the table with one caller's sessions, all used after the
+        // other caller's (written straight into the tables: applying them
+        // one by one takes minutes in a debug build).
+        let flooder = 2u64;
+        let txn = db.begin_write().expect("write");
+        {
+            let mut sessions = txn.open_table(SESSIONS).expect("sessions");
+            let mut expiry = txn.open_table(SESSION_EXPIRY).expect("expiry");
+            for n in 0..SESSIONS_MAX - 1 {
+                let client_id = (u128::from(flooder) << 64) | u128::from(n);
+                let record = SessionRecord {
+                    last_sequence: 1,
+                    response: Response::Done,
+                    last_used_index: 10 + n,
+                };
+                sessions
+                    .insert(client_id, encode(&record).expect("encode").as_slice())
+                    .expect("insert");
+                expiry.insert((10 + n, client_id), ()).expect("insert");
+            }
+        }
+        rebuild_session_owners(&txn).expect("owners");
+        txn.commit().expect("commit");
+        // The flooder, far past its own limit, opens more sessions: each
+        // must evict one of its own, never the oldest in the table.
+        for n in 0..3u128 {
+            let session = SessionRef {
+                client_id: (u128::from(flooder) << 64) | (1 << 40) | n,
+                sequence: 1,
+            };
+            run_at(
+                &db,
+                10 + SESSIONS_MAX + n as u64,
+                request(put("mine"), Some(session), 3),
+            );
+        }
+        let txn = db.begin_read().expect("read");
+        let owners = txn.open_table(SESSION_OWNERS).expect("owners");
+        let owned = owners.get(flooder).expect("read").expect("counted").value();
+        assert_eq!(owned, SESSIONS_MAX - 1, "each new session evicted its own");
+        drop(owners);
+        drop(txn);
+        let retried = run_request(&db, request(put("theirs"), Some(other), 4));
+        assert_eq!(retried, first, "the other caller's retry applied twice");
     }
 
     /// Regression (clock-jump nemesis): a leader whose clock jumps a day

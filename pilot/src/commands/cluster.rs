@@ -72,7 +72,7 @@ fn optional<T: std::fmt::Display>(value: Option<T>, none: &str) -> String {
 fn human_status(status: &ClusterStatus) -> String {
     let root_key = &status.root_key;
     format!(
-        "node:      {} ({:?})\nleader:    {} at {}\nterm:      {}\ncommitted: {}\napplied:   {}\nroot key:  {} (id {}, check {})\nmembers:\n{}",
+        "node:      {} ({:?})\nleader:    {} at {}\nterm:      {}\ncommitted: {}\napplied:   {}\nroot key:  {} (id {}, check {})\ndata key:  {} ({} encryptions)\nmembers:\n{}",
         status.node_id,
         status.state,
         optional(status.leader_id, "none"),
@@ -90,6 +90,8 @@ fn human_status(status: &ClusterStatus) -> String {
             .as_deref()
             .map(|check| &check[..check.len().min(16)])
             .unwrap_or("-"),
+        optional(root_key.data_key_id, "-"),
+        optional(root_key.data_key_encryptions, "-"),
         members_text(&status.members),
     )
 }

@@ -69,6 +69,12 @@ pub struct RootKeyStatus {
     pub root_key_id: Option<u64>,
     /// Its key check, hex (only where the key is held).
     pub key_check: Option<String>,
+    /// The data key new data is sealed with (only where the key is held).
+    pub data_key_id: Option<u32>,
+    /// Encryptions counted under that data key, cluster-wide (the cipher
+    /// routes' counted as reserved): the leader rotates it at
+    /// `SPIKE_NEXUS_DATA_KEY_ROTATE_AFTER`.
+    pub data_key_encryptions: Option<u64>,
 }
 
 /// Status's answer.

@@ -1,10 +1,11 @@
-//! Every route against every identity kind: allowed or refused (401), as
-//! SPIKE decides.
+//! Every route, SPIKE's and our extensions, against every identity kind:
+//! allowed or refused (401), as SPIKE decides and as the README's
+//! authorization table says for the extensions.
 
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::{client, cluster, grant_billing, phase};
+use crate::{client, cluster, grant_admin, grant_billing, phase};
 
 struct Route {
     name: &'static str,
@@ -79,12 +80,50 @@ fn routes() -> Vec<Route> {
             "/v1/bootstrap/verify",
             json!({"nonce": b64(&[0; 12]), "ciphertext": b64(&[0; 32])}),
         ),
+        // Extensions. Each body is well formed but changes nothing when
+        // allowed (a version that does not exist, a node id 0, n = t = 0),
+        // but rotate, which rotates the data key, harmlessly.
+        route(
+            "secret destroy",
+            "/v1/store/secrets?action=destroy",
+            json!({"path": "apps/billing/db", "versions": [9]}),
+        ),
+        route(
+            "secret put cas",
+            "/v1/store/secrets",
+            json!({"path": "apps/billing/db", "values": {"k": "v"}, "cas": 999}),
+        ),
+        route(
+            "operator rekey",
+            "/v1/operator/rekey",
+            json!({"shares": 0, "threshold": 0}),
+        ),
+        route("operator rotate", "/v1/operator/rotate", json!({})),
+        route("snapshot save", "/v1/snapshot?action=save", json!({})),
+        route("snapshot restore", "/v1/snapshot?action=restore", json!({})),
+        route("cluster status", "/v1/cluster?action=status", json!({})),
+        route("cluster members", "/v1/cluster?action=members", json!({})),
+        route(
+            "cluster add",
+            "/v1/cluster?action=add",
+            json!({"id": 0, "clusterAddr": "127.0.0.1:1", "apiAddr": "127.0.0.1:2"}),
+        ),
+        route(
+            "cluster remove",
+            "/v1/cluster?action=remove",
+            json!({"id": 0}),
+        ),
+        route(
+            "cluster transfer",
+            "/v1/cluster?action=transfer",
+            json!({"id": 0}),
+        ),
     ]
 }
 
 /// Which routes each identity may use (all others: 401).
 fn allowed(identity: &str) -> &'static [&'static str] {
-    const SECRETS_AND_POLICIES: &[&str] = &[
+    const EVERY_ROUTE_BUT_THE_OTHER_ROLES: &[&str] = &[
         "secret put",
         "secret get",
         "secret metadata",
@@ -97,19 +136,44 @@ fn allowed(identity: &str) -> &'static [&'static str] {
         "policy delete",
         "cipher encrypt",
         "cipher decrypt",
+        "secret destroy",
+        "secret put cas",
+        "operator rekey",
+        "operator rotate",
+        "snapshot save",
+        "snapshot restore",
+        "cluster status",
+        "cluster members",
+        "cluster add",
+        "cluster remove",
+        "cluster transfer",
+    ];
+    // `write` lets billing delete (reversible) and put with cas (a put
+    // that may do less), not destroy.
+    const BILLING: &[&str] = &[
+        "secret put",
+        "secret get",
+        "secret metadata",
+        "secret undelete",
+        "secret delete",
+        "secret put cas",
     ];
     match identity {
-        "superuser" => SECRETS_AND_POLICIES,
+        "superuser" => EVERY_ROUTE_BUT_THE_OTHER_ROLES,
         "recover" => &["operator recover"],
         "restore" => &["operator restore"],
         "bootstrap" => &["bootstrap verify"],
         "lite-workload" => &["cipher encrypt", "cipher decrypt"],
-        "billing" => &[
+        "billing" => BILLING,
+        // `super` on apps/billing/ adds destroy there, and nothing else.
+        "admin" => &[
             "secret put",
             "secret get",
             "secret metadata",
             "secret undelete",
             "secret delete",
+            "secret put cas",
+            "secret destroy",
         ],
         _ => &[],
     }
@@ -120,6 +184,7 @@ async fn every_route_against_every_identity() {
     let cluster = cluster();
     let superuser = client(&cluster, "superuser").await;
     grant_billing(&superuser, &cluster).await;
+    grant_admin(&superuser, &cluster).await;
     let identities = [
         "superuser",
         "recover",
@@ -129,6 +194,7 @@ async fn every_route_against_every_identity() {
         "keeper-1",
         "nexus-2",
         "billing",
+        "admin",
         "stranger",
     ];
     let mut table = Vec::new();

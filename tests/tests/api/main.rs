@@ -5,14 +5,15 @@
 mod authorization;
 mod bad_input;
 mod compat;
+mod freshness;
 mod go_client;
 mod wire;
 
 use serde_json::{Value, json};
 use spike_tests::{ApiClient, LocalCluster};
 
-/// A cluster with two workloads: billing (given a policy by the tests) and
-/// stranger (never given one).
+/// A cluster with three workloads: billing and admin (given policies by
+/// the tests) and stranger (never given one).
 pub fn cluster() -> LocalCluster {
     LocalCluster::up(&[
         "--replicas",
@@ -23,6 +24,8 @@ pub fn cluster() -> LocalCluster {
         "2",
         "--workload",
         "billing=/app/billing",
+        "--workload",
+        "admin=/app/admin",
         "--workload",
         "stranger=/app/stranger",
     ])
@@ -44,6 +47,24 @@ pub async fn grant_billing(superuser: &ApiClient, cluster: &LocalCluster) {
                 "spiffeidPattern": "^spiffe://spike\\.ist/app/billing$",
                 "pathPattern": "^apps/billing/",
                 "permissions": ["read", "write"],
+            }),
+        )
+        .await
+        .expect("policy put");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+}
+
+/// A policy for admin: `super` under apps/billing/ (destroy included).
+pub async fn grant_admin(superuser: &ApiClient, cluster: &LocalCluster) {
+    let reply = superuser
+        .post(
+            cluster.api(1),
+            "/v1/acl/policy",
+            json!({
+                "name": "admin",
+                "spiffeidPattern": "^spiffe://spike\\.ist/app/admin$",
+                "pathPattern": "^apps/billing/",
+                "permissions": ["super"],
             }),
         )
         .await
