@@ -145,6 +145,7 @@ impl Servers {
             loopback(free_port()).to_string(),
             "--shares=1".to_owned(),
             "--threshold=1".to_owned(),
+            "--allow-insecure-threshold".to_owned(),
             "--data-dir".to_owned(),
             data_dir.display().to_string(),
         ]);
