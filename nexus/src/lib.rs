@@ -107,13 +107,6 @@ pub async fn serve(
             config.data_dir.display()
         ))
     })?;
-    let audit_log =
-        audit::AuditLog::open(&config.audit_log, config.node_id.get()).map_err(|e| {
-            StartupError::config(format!(
-                "cannot open audit log {}: {e}",
-                config.audit_log.display()
-            ))
-        })?;
     let peers = Peers::new(identity.clone(), trust_roots.clone()).map_err(StartupError::failed)?;
     let raft::Started {
         leadership,
@@ -126,6 +119,26 @@ pub async fn serve(
             StartError::Failed(_) => StartupError::failed(error),
         })?;
 
+    // After the state: a new audit file's genesis record names the
+    // cluster's committed root key id.
+    let root_key_id = machine
+        .reader()
+        .cluster_meta()
+        .map_err(StartupError::failed)?
+        .root_key
+        .map(|record| record.root_key_id.0);
+    let origin = audit::Origin {
+        node: config.node_id.get(),
+        spiffe_id: identity.spiffe_id().to_string(),
+        root_key_id,
+    };
+    let audit_log = audit::AuditLog::open(&config.audit_log, origin, config.audit_forward.clone())
+        .map_err(|e| {
+            StartupError::config(format!(
+                "cannot open audit log {}: {e}",
+                config.audit_log.display()
+            ))
+        })?;
     let keepers = Keepers::new(&config.keepers, identity.clone(), trust_roots.clone())
         .map_err(StartupError::failed)?;
     let keys = Arc::new(KeyState::default());
@@ -136,6 +149,7 @@ pub async fn serve(
         keys.clone(),
         config.shamir,
         config.keeper_update_interval,
+        audit_log.clone(),
     ));
     let reads = if config.unsafe_local_reads {
         Reads::UnsafeLocal

@@ -33,6 +33,7 @@ use super::keepers::Keepers;
 use super::lifecycle::{self, Action, ClusterKey, KeyVersion, LastPush, Observation, Policy};
 use super::restore::RestoreProgress;
 use super::{KeyState, KeyStatus, Unlocked};
+use crate::audit::AuditLog;
 use crate::raft::Leadership;
 use crate::raft::state_machine::AppliedIndex;
 use crate::state::command::RootKeyRecord;
@@ -78,6 +79,13 @@ pub enum KeyError {
     /// Raft refused or could not complete the proposal.
     #[error("proposal failed: {0}")]
     Proposal(String),
+    /// The audit log takes no writes: nothing was done (`committed` false),
+    /// or the change was made but its record is not durable yet.
+    #[error("the audit log cannot be written (change made: {committed})")]
+    Audit {
+        /// Whether the change was committed before the record failed.
+        committed: bool,
+    },
 }
 
 /// What a restore call reports (SPIKE's shape).
@@ -100,6 +108,8 @@ pub struct KeyManager {
     keepers: Keepers,
     keys: Arc<KeyState>,
     params: ShamirParams,
+    /// Where the leader's key changes are recorded.
+    audit: AuditLog,
     policy: Policy,
     /// Serializes initialize, rekey, rotation, restore and pushes.
     lifecycle: Mutex<Lifecycle>,
@@ -135,6 +145,7 @@ impl KeyManager {
         keys: Arc<KeyState>,
         params: ShamirParams,
         push_interval: Duration,
+        audit: AuditLog,
     ) -> Self {
         Self {
             leadership,
@@ -142,6 +153,7 @@ impl KeyManager {
             keepers,
             keys,
             params,
+            audit,
             policy: Policy {
                 push_interval,
                 rotate_at: spike_sdk::crypto::keyring::ENCRYPTIONS_ROTATE_AT,
