@@ -57,6 +57,13 @@ pub struct Args {
     /// DATA_DIR/audit.log.
     #[arg(long, env = "SPIKE_NEXUS_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
+    /// Also send every audit line, once it is in the file, to `syslog`
+    /// (/dev/log, facility authpriv) or `unix:PATH` (a unix datagram
+    /// socket, one line per datagram). Best effort: lines the destination
+    /// does not take at once are counted and dropped; requests never wait
+    /// for it. Off unless set.
+    #[arg(long, env = "SPIKE_NEXUS_AUDIT_FORWARD")]
+    pub audit_forward: Option<String>,
     /// Storage backend.
     #[arg(
         long,
@@ -269,6 +276,9 @@ pub enum ConfigError {
     /// Out-of-range number.
     #[error("{0}")]
     OutOfRange(String),
+    /// The audit forward destination is neither form.
+    #[error("SPIKE_NEXUS_AUDIT_FORWARD (--audit-forward) {0:?} is not syslog or unix:PATH")]
+    AuditForward(String),
 }
 
 /// Where the state lives. SPIKE's other backends (`sqlite`, `memory`)
@@ -277,6 +287,28 @@ pub enum ConfigError {
 pub enum BackendStore {
     /// redb files in the data directory.
     Persistent,
+}
+
+/// A second, best-effort destination for every audit line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditForward {
+    /// The local syslog (`/dev/log`), facility authpriv, severity info.
+    Syslog,
+    /// A unix datagram socket: one line per datagram, as written.
+    Unix(PathBuf),
+}
+
+impl AuditForward {
+    /// Parses `syslog` or `unix:PATH`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "syslog" => Some(Self::Syslog),
+            _ => text
+                .strip_prefix("unix:")
+                .filter(|path| !path.is_empty())
+                .map(|path| Self::Unix(PathBuf::from(path))),
+        }
+    }
 }
 
 /// The validated configuration.
@@ -312,6 +344,8 @@ pub struct NexusConfig {
     pub data_dir: PathBuf,
     /// Audit log file.
     pub audit_log: PathBuf,
+    /// Where audit lines go as well, if anywhere.
+    pub audit_forward: Option<AuditForward>,
     /// Snapshot after this many entries.
     pub snapshot_every: u64,
     /// Entries kept behind a snapshot.
@@ -410,6 +444,13 @@ impl NexusConfig {
                 "SPIKE_NEXUS_SNAPSHOT_EVERY must be at least 1".to_owned(),
             ));
         }
+        let audit_forward = match args.audit_forward.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(
+                AuditForward::parse(text)
+                    .ok_or_else(|| ConfigError::AuditForward(text.to_owned()))?,
+            ),
+        };
         Ok(Self {
             node_id,
             own,
@@ -429,6 +470,7 @@ impl NexusConfig {
                 .audit_log
                 .clone()
                 .unwrap_or_else(|| args.data_dir.join("audit.log")),
+            audit_forward,
             snapshot_every: args.snapshot_every,
             logs_kept: args.logs_kept,
             unsafe_local_reads: args.unsafe_local_reads(),
@@ -519,6 +561,17 @@ pub fn parse_keepers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_forward_destinations_parse() {
+        assert_eq!(AuditForward::parse("syslog"), Some(AuditForward::Syslog));
+        assert_eq!(
+            AuditForward::parse("unix:/run/audit.sock"),
+            Some(AuditForward::Unix(PathBuf::from("/run/audit.sock")))
+        );
+        assert_eq!(AuditForward::parse("unix:"), None);
+        assert_eq!(AuditForward::parse("tcp:10.0.0.1:514"), None);
+    }
 
     #[test]
     fn peers_parse_and_reject_duplicates() {

@@ -43,7 +43,7 @@ use crate::cluster::service::ClusterService;
 use crate::config::NexusConfig;
 use crate::keys::KeyState;
 use crate::keys::keepers::Keepers;
-use crate::keys::manager::KeyManager;
+use crate::keys::manager::{KeyManager, KeySettings};
 use crate::node::{Node, Reads};
 use crate::raft::{RaftSettings, StartError};
 
@@ -120,13 +120,6 @@ pub async fn serve(
             config.data_dir.display()
         ))
     })?;
-    let audit_log =
-        audit::AuditLog::open(&config.audit_log, config.node_id.get()).map_err(|e| {
-            StartupError::config(format!(
-                "cannot open audit log {}: {e}",
-                config.audit_log.display()
-            ))
-        })?;
     let peers = Peers::new(identity.clone(), trust_roots.clone()).map_err(StartupError::failed)?;
     let raft::Started {
         leadership,
@@ -139,6 +132,26 @@ pub async fn serve(
             StartError::Failed(_) => StartupError::failed(error),
         })?;
 
+    // After the state: a new audit file's genesis record names the
+    // cluster's committed root key id.
+    let root_key_id = machine
+        .reader()
+        .cluster_meta()
+        .map_err(StartupError::failed)?
+        .root_key
+        .map(|record| record.root_key_id.0);
+    let origin = audit::Origin {
+        node: config.node_id.get(),
+        spiffe_id: identity.spiffe_id().to_string(),
+        root_key_id,
+    };
+    let audit_log = audit::AuditLog::open(&config.audit_log, origin, config.audit_forward.clone())
+        .map_err(|e| {
+            StartupError::config(format!(
+                "cannot open audit log {}: {e}",
+                config.audit_log.display()
+            ))
+        })?;
     let keepers = Keepers::new(&config.keepers, identity.clone(), trust_roots.clone())
         .map_err(StartupError::failed)?;
     let keys = Arc::new(KeyState::default());
@@ -147,12 +160,15 @@ pub async fn serve(
         machine.reader(),
         keepers,
         keys.clone(),
-        config.shamir,
-        config.allow_insecure_threshold,
-        keys::lifecycle::Policy {
-            push_interval: config.keeper_update_interval,
-            rotate_at: config.data_key_rotate_after,
+        KeySettings {
+            params: config.shamir,
+            allow_insecure_threshold: config.allow_insecure_threshold,
+            policy: keys::lifecycle::Policy {
+                push_interval: config.keeper_update_interval,
+                rotate_at: config.data_key_rotate_after,
+            },
         },
+        audit_log.clone(),
     ));
     let reads = if config.unsafe_local_reads {
         Reads::UnsafeLocal

@@ -97,14 +97,15 @@ fn after_failure(error: ForwardError, effect: Effect, own_id: u64) -> Next {
 fn key_refusal(error: KeyError, leader: Option<Leader>) -> ForwardError {
     match error {
         KeyError::NotLeader => ForwardError::NotLeader { leader },
-        KeyError::NotReady => ForwardError::NotReady,
+        KeyError::NotReady | KeyError::Audit { committed: false } => ForwardError::NotReady,
         KeyError::Uninitialized
         | KeyError::WrongShards
         | KeyError::Parameters(_)
         | KeyError::IdsExhausted => ForwardError::Invalid(error.to_string()),
-        KeyError::KeepersUnavailable { .. } | KeyError::Crypto(_) | KeyError::Proposal(_) => {
-            ForwardError::OutcomeUnknown(error.to_string())
-        }
+        KeyError::KeepersUnavailable { .. }
+        | KeyError::Crypto(_)
+        | KeyError::Proposal(_)
+        | KeyError::Audit { committed: true } => ForwardError::OutcomeUnknown(error.to_string()),
     }
 }
 
@@ -583,10 +584,9 @@ mod tests {
                 leader: hint.clone()
             }
         );
-        assert_eq!(
-            key_refusal(KeyError::NotReady, hint.clone()),
-            ForwardError::NotReady
-        );
+        for not_ready in [KeyError::NotReady, KeyError::Audit { committed: false }] {
+            assert_eq!(key_refusal(not_ready, hint.clone()), ForwardError::NotReady);
+        }
         for invalid in [KeyError::Uninitialized, KeyError::WrongShards] {
             assert!(matches!(
                 key_refusal(invalid, hint.clone()),
@@ -601,6 +601,7 @@ mod tests {
                 needed: 2,
             },
             KeyError::Proposal(reason()),
+            KeyError::Audit { committed: true },
         ] {
             assert!(matches!(
                 key_refusal(unknown, hint.clone()),

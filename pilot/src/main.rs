@@ -95,8 +95,10 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Check a Nexus audit log's hash chain: an edited, removed or
-    /// reordered line is reported with its line number (exit code 1).
+    /// Check a Nexus audit log's hash chain: it must start with its
+    /// genesis record (a log whose head was cut off is reported as such),
+    /// and an edited, removed or reordered line is reported with its line
+    /// number (exit code 1).
     Verify {
         /// The audit log file.
         file: std::path::PathBuf,
@@ -218,10 +220,14 @@ fn verify_audit_log(file: &std::path::Path) -> Result<String, CliError> {
     let reader = std::fs::File::open(file)
         .map(std::io::BufReader::new)
         .map_err(|e| CliError::Invalid(format!("cannot open {}: {e}", file.display())))?;
-    let records = spike_sdk::audit::verify(reader)
+    let verified = spike_sdk::audit::verify(reader)
         .map_err(|error| CliError::Invalid(format!("{}: {error}", file.display())))?;
     Ok(format!(
-        "{}: {records} records, chain intact\n",
-        file.display()
+        "{}: node {} ({}), root key {} at its start; {} records, chain intact from its genesis\n",
+        file.display(),
+        verified.node,
+        verified.genesis.spiffe_id,
+        verified.genesis.root_key_id,
+        verified.records,
     ))
 }

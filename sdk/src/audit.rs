@@ -2,10 +2,22 @@
 //! the line before it, so an edited, removed or reordered line breaks the
 //! chain and [`verify`] says where.
 //!
+//! Every file starts with a genesis record naming the replica (node id and
+//! SPIFFE ID), the format and the root key the cluster had when the file
+//! was made (`"none"` before initialization); its `prev` is the hash of
+//! [`GENESIS`]. A log whose first line is anything else had its head cut
+//! off, and [`verify`] says so ([`AuditError::TruncatedHead`]). After it
+//! come request records (one per API request this replica received) and
+//! key records (each root-key or keyring change this replica committed as
+//! the leader).
+//!
 //! Lines record who did what to which path and how it ended; never values,
-//! shares or keys. Truncating the end of a log cannot be seen from the log
-//! alone: ship it off the host (the writer fsyncs each batch) and compare
-//! the last sequence number with what the replica reports.
+//! shares or keys. The chain is plain SHA-256: it shows accidents and
+//! tampering by whoever cannot rewrite the whole file, not by whoever can.
+//! Truncating the end of a log cannot be seen from the log alone: ship it
+//! off the host (the writer fsyncs each record before the request is
+//! answered) and compare the last sequence number with what the replica
+//! reports.
 
 use std::io::BufRead;
 
@@ -15,15 +27,56 @@ use sha2::{Digest, Sha256};
 /// Longest audit line a verifier reads.
 pub const LINE_LEN_MAX: usize = 64 * 1024;
 
-/// One audited request.
+/// The format a genesis record names.
+pub const FORMAT: &str = "spike-audit-v2";
+
+/// What a genesis record names for a cluster without a root key.
+pub const NO_ROOT_KEY: &str = "none";
+
+/// One line of the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
-    /// Position in this log, from 1 (restarts continue the count).
+    /// Position in this file, from 1 (the genesis record); restarts
+    /// continue the count.
     pub seq: u64,
-    /// When the request finished, RFC 3339.
+    /// When the record was made, RFC 3339.
     pub time: String,
-    /// The replica that served it.
+    /// The replica that wrote it.
     pub node: u64,
+    /// What happened (`kind` and its fields).
+    #[serde(flatten)]
+    pub event: AuditEvent,
+    /// Hex SHA-256 of the previous line (of [`GENESIS`] for the first).
+    pub prev: String,
+}
+
+/// What a record says happened, by `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// The head of a file.
+    Genesis(Genesis),
+    /// One API request this replica received.
+    Request(RequestEvent),
+    /// A key change this replica committed as the leader.
+    Key(KeyEvent),
+}
+
+/// The first record of every file: whose log this is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Genesis {
+    /// [`FORMAT`].
+    pub format: String,
+    /// The replica's SPIFFE ID.
+    pub spiffe_id: String,
+    /// The cluster's committed root key id when the file was made, or
+    /// [`NO_ROOT_KEY`].
+    pub root_key_id: String,
+}
+
+/// One audited request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestEvent {
     /// The caller's SPIFFE ID.
     pub caller: String,
     /// The URL path.
@@ -33,14 +86,40 @@ pub struct AuditRecord {
     /// The secret path or policy name acted on, if any (never a value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// `ok` or the SPIKE error code.
+    /// `ok` or the SPIKE error code of what the request did (the caller
+    /// was answered 503 `audit_unavailable` instead if this record could
+    /// not be written at once).
     pub result: String,
-    /// HTTP status.
+    /// HTTP status of that outcome.
     pub status: u16,
     /// Time spent, in microseconds.
     pub duration_us: u64,
-    /// Hex SHA-256 of the previous line (of [`GENESIS`] for the first).
-    pub prev: String,
+}
+
+/// A key change the leader committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEvent {
+    /// Which change.
+    pub action: KeyAction,
+    /// The root key id after it.
+    pub root_key_id: u64,
+    /// The active data key after a rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<u32>,
+}
+
+/// The key changes a leader makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyAction {
+    /// The cluster's first root key.
+    Initialize,
+    /// A new root key (operator request, or after a restore).
+    Rekey,
+    /// A new data key for new writes.
+    RotateDataKey,
+    /// The root key rebuilt from operator shards.
+    Restore,
 }
 
 /// What the first line's `prev` hashes.
@@ -62,6 +141,34 @@ pub enum AuditError {
     /// Reading failed.
     #[error("reading the audit log failed: {0}")]
     Io(String),
+    /// The file has no line at all, not even its genesis record.
+    #[error("the log is empty: its genesis record is missing")]
+    Empty,
+    /// The first line is not a genesis record: the head of the log was
+    /// removed (or the file was cut and appended to).
+    #[error(
+        "line 1: the log starts mid-chain at sequence {seq}, without its genesis record: its head was cut off"
+    )]
+    TruncatedHead {
+        /// The sequence number the file starts at.
+        seq: u64,
+    },
+    /// A genesis record after the first line.
+    #[error("line {line}: a genesis record inside the log")]
+    MisplacedGenesis {
+        /// The line.
+        line: usize,
+    },
+    /// A record names another replica than the genesis record does.
+    #[error("line {line}: written by node {found}, but the log is node {expected}'s")]
+    ForeignNode {
+        /// The line.
+        line: usize,
+        /// The node the line names.
+        found: u64,
+        /// The node of the genesis record.
+        expected: u64,
+    },
     /// A line is not an audit record.
     #[error("line {line}: not an audit record: {reason}")]
     Malformed {
@@ -89,13 +196,24 @@ pub enum AuditError {
     },
 }
 
-/// Checks a whole log; returns the number of records on success.
-///
-/// A log may start mid-chain (after rotation); the first line is then taken
-/// as given and everything after it must chain to it.
-pub fn verify(input: impl BufRead) -> Result<u64, AuditError> {
-    let mut previous: Option<(String, u64)> = None;
-    let mut count = 0;
+/// What an intact log holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The replica that wrote it.
+    pub node: u64,
+    /// Its genesis record.
+    pub genesis: Genesis,
+    /// Records, the genesis record included.
+    pub records: u64,
+}
+
+/// Checks a whole file: it starts with a genesis record that chains to
+/// [`GENESIS`], every later line chains to the one before it with the next
+/// sequence number, and every line is the same replica's.
+pub fn verify(input: impl BufRead) -> Result<Verified, AuditError> {
+    let mut head: Option<(u64, Genesis)> = None;
+    let mut previous = (genesis_hash(), 0);
+    let mut records = 0;
     for (index, line) in input.lines().enumerate() {
         let number = index + 1;
         let line = line.map_err(|e| AuditError::Io(e.to_string()))?;
@@ -110,65 +228,119 @@ pub fn verify(input: impl BufRead) -> Result<u64, AuditError> {
                 line: number,
                 reason: e.to_string(),
             })?;
-        match &previous {
-            None if record.seq == 1 && record.prev != genesis_hash() => {
-                return Err(AuditError::Broken { line: number });
+        match (&head, record.event) {
+            (None, AuditEvent::Genesis(genesis)) => head = Some((record.node, genesis)),
+            (None, _) => return Err(AuditError::TruncatedHead { seq: record.seq }),
+            (Some(_), AuditEvent::Genesis(_)) => {
+                return Err(AuditError::MisplacedGenesis { line: number });
             }
-            None => {}
-            Some((previous_hash, previous_seq)) => {
-                if record.prev != *previous_hash {
-                    return Err(AuditError::Broken { line: number });
-                }
-                if record.seq != previous_seq + 1 {
-                    return Err(AuditError::Sequence {
-                        line: number,
-                        found: record.seq,
-                        expected: previous_seq + 1,
-                    });
-                }
+            (Some((node, _)), _) if record.node != *node => {
+                return Err(AuditError::ForeignNode {
+                    line: number,
+                    found: record.node,
+                    expected: *node,
+                });
             }
+            (Some(_), _) => {}
         }
-        previous = Some((hash(line.as_bytes()), record.seq));
-        count += 1;
+        let (previous_hash, previous_seq) = &previous;
+        if record.prev != *previous_hash {
+            return Err(AuditError::Broken { line: number });
+        }
+        if record.seq != previous_seq + 1 {
+            return Err(AuditError::Sequence {
+                line: number,
+                found: record.seq,
+                expected: previous_seq + 1,
+            });
+        }
+        previous = (hash(line.as_bytes()), record.seq);
+        records += 1;
     }
-    Ok(count)
+    let (node, genesis) = head.ok_or(AuditError::Empty)?;
+    Ok(Verified {
+        node,
+        genesis,
+        records,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn log(lines: usize) -> Vec<String> {
+    const NODE: u64 = 1;
+
+    fn line(seq: u64, node: u64, event: AuditEvent, prev: &str) -> String {
+        let record = AuditRecord {
+            seq,
+            time: "2026-11-29T00:00:00Z".to_owned(),
+            node,
+            event,
+            prev: prev.to_owned(),
+        };
+        serde_json::to_string(&record).expect("serialize")
+    }
+
+    fn genesis() -> AuditEvent {
+        AuditEvent::Genesis(Genesis {
+            format: FORMAT.to_owned(),
+            spiffe_id: "spiffe://spike.ist/spike/nexus/1".to_owned(),
+            root_key_id: NO_ROOT_KEY.to_owned(),
+        })
+    }
+
+    fn request(seq: u64) -> AuditEvent {
+        AuditEvent::Request(RequestEvent {
+            caller: "spiffe://spike.ist/spike/pilot/role/superuser".to_owned(),
+            route: "/v1/store/secrets".to_owned(),
+            action: "get".to_owned(),
+            path: Some(format!("p/{seq}")),
+            result: "ok".to_owned(),
+            status: 200,
+            duration_us: 10,
+        })
+    }
+
+    /// A genesis record and `requests` request records, then a key record.
+    fn log(requests: u64) -> Vec<String> {
         let mut prev = genesis_hash();
-        (1..=lines as u64)
-            .map(|seq| {
-                let record = AuditRecord {
-                    seq,
-                    time: "2026-11-29T00:00:00Z".to_owned(),
-                    node: 1,
-                    caller: "spiffe://spike.ist/spike/pilot/role/superuser".to_owned(),
-                    route: "/v1/store/secrets".to_owned(),
-                    action: "get".to_owned(),
-                    path: Some(format!("p/{seq}")),
-                    result: "ok".to_owned(),
-                    status: 200,
-                    duration_us: 10,
-                    prev: prev.clone(),
-                };
-                let line = serde_json::to_string(&record).expect("serialize");
-                prev = hash(line.as_bytes());
-                line
-            })
-            .collect()
+        let mut lines = Vec::new();
+        let mut push = |seq, event| {
+            let text = line(seq, NODE, event, &prev);
+            prev = hash(text.as_bytes());
+            lines.push(text);
+        };
+        push(1, genesis());
+        for seq in 2..=requests + 1 {
+            push(seq, request(seq));
+        }
+        push(
+            requests + 2,
+            AuditEvent::Key(KeyEvent {
+                action: KeyAction::RotateDataKey,
+                root_key_id: 1,
+                data_key: Some(2),
+            }),
+        );
+        lines
     }
 
     fn check(lines: &[String]) -> Result<u64, AuditError> {
-        verify(lines.join("\n").as_bytes())
+        verify(lines.join("\n").as_bytes()).map(|verified| verified.records)
     }
 
     #[test]
-    fn an_intact_log_verifies() {
-        assert_eq!(check(&log(5)), Ok(5));
+    fn an_intact_log_verifies_and_names_its_replica() {
+        let verified = verify(log(5).join("\n").as_bytes()).expect("intact");
+        assert_eq!(verified.records, 7);
+        assert_eq!(verified.node, NODE);
+        assert_eq!(
+            verified.genesis.spiffe_id,
+            "spiffe://spike.ist/spike/nexus/1"
+        );
+        assert_eq!(verified.genesis.root_key_id, NO_ROOT_KEY);
+        assert!(log(0)[0].contains(r#""kind":"genesis""#), "{}", log(0)[0]);
     }
 
     #[test]
@@ -181,25 +353,62 @@ mod tests {
     #[test]
     fn a_removed_line_is_found() {
         let mut lines = log(5);
-        lines.remove(1);
-        assert_eq!(check(&lines), Err(AuditError::Broken { line: 2 }));
+        lines.remove(2);
+        assert_eq!(check(&lines), Err(AuditError::Broken { line: 3 }));
     }
 
     #[test]
     fn reordered_lines_are_found() {
         let mut lines = log(5);
-        lines.swap(1, 2);
-        assert_eq!(check(&lines), Err(AuditError::Broken { line: 2 }));
+        lines.swap(2, 3);
+        assert_eq!(check(&lines), Err(AuditError::Broken { line: 3 }));
     }
 
     #[test]
-    fn a_removed_first_line_is_found() {
+    fn a_log_that_starts_mid_chain_is_a_truncated_head() {
         let lines = log(3);
-        // Starting mid-chain is allowed, but seq 1 must chain to genesis.
-        assert_eq!(check(&lines[1..]), Ok(2));
-        let mut forged = log(3);
-        forged[0] = forged[0].replace(&genesis_hash(), &hash(b"other"));
-        assert_eq!(check(&forged), Err(AuditError::Broken { line: 1 }));
+        assert_eq!(
+            check(&lines[1..]),
+            Err(AuditError::TruncatedHead { seq: 2 })
+        );
+        assert_eq!(
+            check(&lines[3..]),
+            Err(AuditError::TruncatedHead { seq: 4 })
+        );
+        assert_eq!(check(&[]), Err(AuditError::Empty));
+    }
+
+    #[test]
+    fn a_forged_genesis_does_not_chain() {
+        // A genesis record put in front of a cut log: its successor does
+        // not chain to it.
+        let lines = log(3);
+        let mut forged = vec![line(1, NODE, genesis(), &genesis_hash())];
+        forged.extend_from_slice(&lines[2..]);
+        assert_eq!(check(&forged), Err(AuditError::Broken { line: 2 }));
+        // A genesis record that does not chain to GENESIS.
+        let mut other = log(3);
+        other[0] = line(1, NODE, genesis(), &hash(b"other"));
+        assert_eq!(check(&other), Err(AuditError::Broken { line: 1 }));
+    }
+
+    #[test]
+    fn a_second_genesis_or_another_replica_is_found() {
+        let mut lines = log(3);
+        let prev = hash(lines[1].as_bytes());
+        lines[2] = line(3, NODE, genesis(), &prev);
+        assert_eq!(check(&lines), Err(AuditError::MisplacedGenesis { line: 3 }));
+        let mut lines = log(3);
+        let prev = hash(lines[1].as_bytes());
+        lines[2] = line(3, 2, request(3), &prev);
+        assert_eq!(
+            check(&lines),
+            Err(AuditError::ForeignNode {
+                line: 3,
+                found: 2,
+                expected: NODE
+            })
+        );
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! (bad JSON: 400), authorize (401), validate (400), act (404/500). A
 //! failure answers the route's zero answer plus `err`; every JSON answer
 //! carries SPIKE's no-cache headers and a hint naming the leader. Every
-//! request is audited, in a span naming the caller, route, node and leader.
+//! request is audited, in a span naming the caller, route, node and leader:
+//! its record is durable before it is answered, and while the audit log
+//! cannot be written every request is refused before it runs (503
+//! `audit_unavailable`, see [`crate::audit`]).
 
 mod authz;
 mod bootstrap;
@@ -156,6 +159,12 @@ async fn dispatch(
         node = api.node.id,
         leader = leader.map(tracing::field::display),
     );
+    // Fail closed: while the audit log takes no writes nothing runs, and
+    // no answer leaves before the request's record is on disk.
+    if !api.audit.is_healthy() {
+        span.in_scope(|| tracing::warn!("refused: the audit log cannot be written"));
+        return audit_unavailable().into_response(leader.as_ref());
+    }
     let limit = body_limit(&api, &peer, &method, route);
     let (reply, target) = async {
         let Some(body) = read_body(&headers, body, limit).await else {
@@ -173,11 +182,12 @@ async fn dispatch(
         }
         handled
     }
-    .instrument(span)
+    .instrument(span.clone())
     .await;
     // Every field a caller chose is capped, so no request can make a line
     // the verifier refuses.
-    api.audit
+    let recorded = api
+        .audit
         .record(AuditEntry {
             caller: audit_excerpt(&peer.spiffe_id.to_string()),
             route: audit_excerpt(uri.path()),
@@ -188,7 +198,24 @@ async fn dispatch(
             duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         })
         .await;
+    let reply = match recorded {
+        Ok(()) => reply,
+        Err(_) => {
+            span.in_scope(|| {
+                tracing::warn!(
+                    result = reply.code,
+                    "ran, but its audit record is not durable yet: answered audit_unavailable"
+                );
+            });
+            audit_unavailable()
+        }
+    };
     reply.into_response(api.leader_api().or(leader).as_ref())
+}
+
+/// 503 `audit_unavailable`.
+fn audit_unavailable() -> Reply {
+    Reply::failed::<EmptyResponse>(ApiError::Code(ErrorCode::AuditUnavailable))
 }
 
 /// SPIKE's router refuses wrong methods, unknown routes, and anything

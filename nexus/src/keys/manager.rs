@@ -33,6 +33,7 @@ use super::keepers::Keepers;
 use super::lifecycle::{self, Action, ClusterKey, KeyVersion, LastPush, Observation, Policy};
 use super::restore::RestoreProgress;
 use super::{KeyState, KeyStatus, Unlocked};
+use crate::audit::AuditLog;
 use crate::raft::Leadership;
 use crate::raft::state_machine::AppliedIndex;
 use crate::state::command::RootKeyRecord;
@@ -84,6 +85,13 @@ pub enum KeyError {
     /// The root key id cannot grow any more (it is at `u64::MAX`).
     #[error("root key ids are exhausted")]
     IdsExhausted,
+    /// The audit log takes no writes: nothing was done (`committed` false),
+    /// or the change was made but its record is not durable yet.
+    #[error("the audit log cannot be written (change made: {committed})")]
+    Audit {
+        /// Whether the change was committed before the record failed.
+        committed: bool,
+    },
 }
 
 /// What a restore call reports (SPIKE's shape).
@@ -108,6 +116,8 @@ pub struct KeyManager {
     params: ShamirParams,
     /// Whether a rekey may ask for t = 1 (development only).
     allow_insecure_threshold: bool,
+    /// Where the leader's key changes are recorded.
+    audit: AuditLog,
     policy: Policy,
     /// Serializes initialize, rekey, rotation, restore and pushes.
     lifecycle: Mutex<Lifecycle>,
@@ -126,6 +136,18 @@ enum Step {
     Retry,
 }
 
+/// How the key manager is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySettings {
+    /// The Shamir parameters a first root key is split with.
+    pub params: ShamirParams,
+    /// Whether a rekey may ask for t = 1 (development only).
+    pub allow_insecure_threshold: bool,
+    /// How often shares are pushed, and after how many encryptions
+    /// (cluster-wide) the active data key is rotated.
+    pub policy: Policy,
+}
+
 /// A lifecycle observation and the metadata it was made from (which the
 /// actions need in full).
 struct Observed {
@@ -134,28 +156,25 @@ struct Observed {
 }
 
 impl KeyManager {
-    /// A manager for the replica `leadership` belongs to. `params` are the
-    /// Shamir parameters a first root key is split with;
-    /// `allow_insecure_threshold` lets a rekey ask for t = 1; `policy`
-    /// says how often shares are pushed and after how many encryptions
-    /// (cluster-wide) the active data key is rotated.
+    /// A manager for the replica `leadership` belongs to, recording the
+    /// leader's key changes in `audit`.
     pub fn new(
         leadership: Leadership,
         reader: StateReader,
         keepers: Keepers,
         keys: Arc<KeyState>,
-        params: ShamirParams,
-        allow_insecure_threshold: bool,
-        policy: Policy,
+        settings: KeySettings,
+        audit: AuditLog,
     ) -> Self {
         Self {
             leadership,
             reader,
             keepers,
             keys,
-            params,
-            allow_insecure_threshold,
-            policy,
+            params: settings.params,
+            allow_insecure_threshold: settings.allow_insecure_threshold,
+            audit,
+            policy: settings.policy,
             lifecycle: Mutex::new(Lifecycle {
                 last_push: None,
                 restore: RestoreProgress::default(),

@@ -29,6 +29,12 @@ pub enum ErrorCode {
     /// 503 `state_not_ready`: no root key, no leader or no quorum yet; try
     /// again later.
     NotReady,
+    /// 503 `audit_unavailable` (extension): the replica cannot make audit
+    /// records durable. Refused before it ran, unless the request was
+    /// already running when the audit log broke: then its outcome is
+    /// unknown (its record is written once the log takes writes again).
+    /// Try again later or elsewhere.
+    AuditUnavailable,
 }
 
 impl ErrorCode {
@@ -41,6 +47,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "api_conflict",
             ErrorCode::Internal => "api_internal_error",
             ErrorCode::NotReady => "state_not_ready",
+            ErrorCode::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -53,7 +60,7 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::Internal => 500,
-            ErrorCode::NotReady => 503,
+            ErrorCode::NotReady | ErrorCode::AuditUnavailable => 503,
         }
     }
 
@@ -91,6 +98,7 @@ impl<'de> Deserialize<'de> for ErrorCode {
             ErrorCode::Conflict,
             ErrorCode::Internal,
             ErrorCode::NotReady,
+            ErrorCode::AuditUnavailable,
         ]
         .into_iter()
         .find(|code| code.as_str() == text)
@@ -127,5 +135,11 @@ mod tests {
             "\"state_not_ready\""
         );
         assert_eq!(ErrorCode::from_status(200), None);
+        // A 503 is "not ready" by status; the code says why.
+        assert_eq!(ErrorCode::AuditUnavailable.status(), 503);
+        assert_eq!(
+            serde_json::from_str::<ErrorCode>("\"audit_unavailable\"").expect("code"),
+            ErrorCode::AuditUnavailable
+        );
     }
 }

@@ -82,7 +82,9 @@ impl From<ErrorCode> for Error {
             ErrorCode::Unauthorized => Self::Denied,
             ErrorCode::NotFound => Self::NotFound,
             ErrorCode::Conflict => Self::Conflict,
-            ErrorCode::NotReady => Self::NotReady(code.as_str().to_owned()),
+            ErrorCode::NotReady | ErrorCode::AuditUnavailable => {
+                Self::NotReady(code.as_str().to_owned())
+            }
             _ => Self::Server {
                 status: code.status(),
                 code: code.as_str().to_owned(),

@@ -3,9 +3,14 @@
 //! restore), a new data key, and a key restored from operator shards. A
 //! new key is proposed only after at least t keepers hold its shares, and
 //! operator actions run only on a settled leader.
+//!
+//! Each change is audited like a request: none starts while the audit log
+//! takes no writes, and each committed change is recorded (durably) before
+//! it is reported done.
 
 use std::sync::Arc;
 
+use spike_sdk::audit::{KeyAction, KeyEvent};
 use spike_sdk::crypto::key_check::RootKeyId;
 use spike_sdk::crypto::shamir::{recover, split};
 use spike_sdk::crypto::{KeyCheck, KeyShare, Keyring, RootKey, ShamirParams};
@@ -18,6 +23,33 @@ use crate::raft::LeaderError;
 use crate::state::command::{Command, KeyCommand, Refusal, Request, Response, RootKeyRecord};
 
 impl KeyManager {
+    /// No key change starts while the audit log takes no writes.
+    fn audit_ready(&self) -> Result<(), KeyError> {
+        if self.audit.is_healthy() {
+            Ok(())
+        } else {
+            Err(KeyError::Audit { committed: false })
+        }
+    }
+
+    /// Records a committed change; it is done once the record is durable.
+    async fn audited(
+        &self,
+        action: KeyAction,
+        root_key_id: RootKeyId,
+        data_key: Option<u32>,
+    ) -> Result<(), KeyError> {
+        let event = KeyEvent {
+            action,
+            root_key_id: root_key_id.0,
+            data_key,
+        };
+        self.audit.record_key(event).await.map_err(|_| {
+            tracing::error!(?action, %root_key_id, "key change made, but its audit record is not durable yet");
+            KeyError::Audit { committed: true }
+        })
+    }
+
     /// Proposes a fresh key after at least t keepers hold its shares.
     async fn propose_key(
         &self,
@@ -83,6 +115,7 @@ impl KeyManager {
     }
 
     pub(super) async fn initialize(&self) -> Result<(), KeyError> {
+        self.audit_ready()?;
         let guard = self.lifecycle.lock().await;
         let root_key = RootKey::generate()?;
         // Keepers that outlived an earlier cluster may hold committed ids;
@@ -102,7 +135,8 @@ impl KeyManager {
         match response {
             Response::Done => {
                 tracing::info!(%root_key_id, key_check = %KeyCheck::of(&root_key), "cluster initialized with a new root key");
-                self.adopt(root_key, &record).await.map(|_| ())
+                self.adopt(root_key, &record).await?;
+                self.audited(KeyAction::Initialize, root_key_id, None).await
             }
             // Another leader got there first: its key is the cluster's.
             Response::Refused(Refusal::AlreadyInitialized) => Ok(()),
@@ -142,6 +176,7 @@ impl KeyManager {
         {
             return Err(KeyError::NotLeader);
         }
+        self.audit_ready()?;
         let guard = self.lifecycle.lock().await;
         let (record, keyring_version, unlocked) = self.current_record()?;
         let root_key = RootKey::generate()?;
@@ -160,6 +195,7 @@ impl KeyManager {
             Response::Done => {
                 tracing::info!(%root_key_id, shares = params.shares(), threshold = params.threshold(), "root key replaced");
                 self.adopt(root_key, &new_record).await?;
+                self.audited(KeyAction::Rekey, root_key_id, None).await?;
                 Ok(root_key_id.0)
             }
             Response::Refused(refusal) => Err(KeyError::Proposal(refusal.to_string())),
@@ -178,6 +214,7 @@ impl KeyManager {
         {
             return Err(KeyError::NotLeader);
         }
+        self.audit_ready()?;
         let _guard = self.lifecycle.lock().await;
         let (record, keyring_version, unlocked) = self.current_record()?;
         let wrapped_keyring = unlocked.rotated_keyring()?;
@@ -192,6 +229,8 @@ impl KeyManager {
         {
             Response::Done => {
                 tracing::info!(data_key = active, "data key rotated");
+                self.audited(KeyAction::RotateDataKey, record.root_key_id, Some(active))
+                    .await?;
                 Ok(active)
             }
             Response::Refused(refusal) => Err(KeyError::Proposal(refusal.to_string())),
@@ -217,6 +256,7 @@ impl KeyManager {
         {
             return Err(KeyError::NotLeader);
         }
+        self.audit_ready()?;
         let record = self
             .meta()
             .and_then(|meta| meta.root_key)
@@ -254,6 +294,8 @@ impl KeyManager {
             "root key restored from operator shards"
         );
         let acknowledged = self.adopt(root_key, &record).await?;
+        self.audited(KeyAction::Restore, record.root_key_id, None)
+            .await?;
         if acknowledged < threshold {
             // The keepers hold another key under this id (a backup from
             // another cluster was restored): move to a fresh generation so
