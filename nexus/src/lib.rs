@@ -16,6 +16,9 @@ mod audit;
 mod clock;
 mod cluster;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod keys;
 mod node;

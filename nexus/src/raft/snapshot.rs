@@ -534,7 +534,7 @@ where
 /// then writes to every restored secret and policy, in memory: what the
 /// unit tests and the fuzz target hold the validation to (nothing may
 /// panic).
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn restore_and_write(backup: Backup) -> Result<(), crate::state::store::StoreError> {
     use crate::state::command::{Command, PolicyCommand, Request, RestoreCommand, SecretCommand};
     use crate::state::store::{Batch, storage};
