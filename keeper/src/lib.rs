@@ -9,6 +9,9 @@
 //! The `keeper` binary reads flags and an SVID and calls [`serve`]; the
 //! deterministic simulator calls it on its own network.
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod service;
 mod share_store;
 

@@ -17,6 +17,9 @@ mod clock;
 mod cluster;
 pub mod config;
 pub mod edge;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod keys;
 mod node;

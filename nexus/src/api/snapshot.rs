@@ -8,14 +8,14 @@
 //! key, from the keepers if it is the current one, otherwise from an
 //! operator restore with the backup's recovery shards.
 
-use spike_sdk::api::{EmptyResponse, SnapshotRestoreResponse};
+use spike_sdk::api::{ApiResponse, EmptyResponse, ErrorCode, SnapshotRestoreResponse};
 use spike_sdk::domain::{PolicyName, SecretPath};
 use spike_sdk::identity::Role;
 
-use super::reply::Reply;
+use super::reply::{Answer, Reply};
 use super::{ApiError, Call};
 use crate::clock::now_ns;
-use crate::raft::snapshot::{self, BackupRow};
+use crate::raft::snapshot::{self, Backup, BackupRow};
 use crate::state::command::{Command, Request, Response, RestoreCommand};
 use crate::state::secret::SecretRecord;
 use crate::state::store::PolicyRecord;
@@ -65,19 +65,37 @@ async fn propose(call: &Call<'_>, command: RestoreCommand) -> Result<(), ApiErro
 
 /// Restore: replace everything with the uploaded backup.
 pub async fn restore(call: Call<'_>) -> Reply {
-    match replace_store(call).await {
+    if let Err(error) = call.require(Role::PilotSuperuser) {
+        return Reply::failed::<SnapshotRestoreResponse>(error);
+    }
+    // Every record is decoded and checked before anything is replaced; a
+    // refusal says why, naming the first bad record (to the superuser who
+    // sent it: paths and names, never a value).
+    let backup = match snapshot::read_backup(call.body) {
+        Ok(backup) => backup,
+        Err(error) => {
+            tracing::info!(%error, "backup refused");
+            let mut reply = Reply::failed::<SnapshotRestoreResponse>(ApiError::BAD_REQUEST);
+            reply.answer = Answer::Json(
+                serde_json::to_vec(&SnapshotRestoreResponse {
+                    refused: Some(error.to_string()),
+                    ..SnapshotRestoreResponse::failed(ErrorCode::BadRequest)
+                })
+                .unwrap_or_default(),
+            );
+            return reply;
+        }
+    };
+    match replace_store(call, backup).await {
         Ok(answer) => Reply::json(&answer),
         Err(error) => Reply::failed::<SnapshotRestoreResponse>(error),
     }
 }
 
-async fn replace_store(call: Call<'_>) -> Result<SnapshotRestoreResponse, ApiError> {
-    call.require(Role::PilotSuperuser)?;
-    // Every record is decoded and checked before anything is replaced.
-    let backup = snapshot::read_backup(call.body).map_err(|error| {
-        tracing::info!(%error, "backup refused");
-        ApiError::BAD_REQUEST
-    })?;
+async fn replace_store(
+    call: Call<'_>,
+    backup: Backup,
+) -> Result<SnapshotRestoreResponse, ApiError> {
     let restore_id = now_ns();
     let (secrets, policies) = (backup.secrets.len(), backup.policies.len());
     propose(&call, RestoreCommand::Begin { restore_id }).await?;
@@ -145,6 +163,7 @@ async fn replace_store(call: Call<'_>) -> Result<SnapshotRestoreResponse, ApiErr
         secrets: secrets as u64,
         policies: policies as u64,
         err: None,
+        refused: None,
     })
 }
 

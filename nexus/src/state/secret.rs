@@ -16,11 +16,21 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use spike_sdk::api::SECRET_SIZE_MAX_BYTES;
+use spike_sdk::crypto::aead;
 
 /// Versions kept per secret unless a put says otherwise (SPIKE's default).
 pub const MAX_VERSIONS_DEFAULT: u32 = 10;
 /// The most versions a secret may keep.
 pub const MAX_VERSIONS_LIMIT: u32 = 1000;
+/// The highest version number, and the highest counter of any kind, a
+/// record from outside (a backup) may carry: Go's `int`, SPIKE's version
+/// type, holds it, and counting on from it cannot overflow a `u64`.
+pub const COUNTER_MAX: u64 = i64::MAX as u64;
+/// The largest ciphertext of one version a put can write: the largest
+/// secret sealed (framing and tag around it).
+pub const SEALED_VERSION_MAX_BYTES: usize =
+    SECRET_SIZE_MAX_BYTES + aead::HEADER_LEN + aead::TAG_LEN;
 
 /// Leader-assigned time, nanoseconds since the Unix epoch.
 pub type TimeNs = u64;
@@ -247,22 +257,57 @@ impl SecretRecord {
         }
     }
 
-    /// Whether the record keeps the invariants: a record that did not come
-    /// from these operations (one in an uploaded backup) is checked before
-    /// it is stored, so no later operation trips over it.
+    /// Whether the record keeps the invariants.
     pub fn is_consistent(&self) -> bool {
-        (1..=MAX_VERSIONS_LIMIT).contains(&self.max_versions)
-            && self.versions.len() <= self.max_versions as usize
-            && self.current_version == self.live_version()
-            && self.oldest_version == self.lowest_kept()
-            && self
-                .versions
-                .keys()
-                .all(|version| (1..=self.highest_version).contains(version))
-            && self
-                .versions
-                .values()
-                .all(|entry| !entry.destroyed || entry.ciphertext.is_empty())
+        self.inconsistency().is_none()
+    }
+
+    /// Why a record that did not come from these operations (one in an
+    /// uploaded backup) cannot be stored, if it cannot: it must keep the
+    /// invariants, so no later operation trips over it, and leave room
+    /// for new versions, so the next put cannot overflow.
+    pub fn check_restorable(&self) -> Result<(), &'static str> {
+        if let Some(reason) = self.inconsistency() {
+            return Err(reason);
+        }
+        if self.highest_version > COUNTER_MAX {
+            return Err("its highest version is above 2^63 - 1");
+        }
+        if self
+            .versions
+            .values()
+            .any(|entry| entry.ciphertext.len() > SEALED_VERSION_MAX_BYTES)
+        {
+            return Err("a version's ciphertext is larger than a put can write");
+        }
+        Ok(())
+    }
+
+    /// The first invariant the record breaks, if any.
+    fn inconsistency(&self) -> Option<&'static str> {
+        if !(1..=MAX_VERSIONS_LIMIT).contains(&self.max_versions) {
+            Some("max_versions is not in 1..=1000")
+        } else if self.versions.len() > self.max_versions as usize {
+            Some("it keeps more versions than max_versions")
+        } else if self.current_version != self.live_version() {
+            Some("current_version is not its highest live version")
+        } else if self.oldest_version != self.lowest_kept() {
+            Some("oldest_version is not its lowest kept version")
+        } else if !self
+            .versions
+            .keys()
+            .all(|version| (1..=self.highest_version).contains(version))
+        {
+            Some("a version is 0 or above highest_version")
+        } else if !self
+            .versions
+            .values()
+            .all(|entry| !entry.destroyed || entry.ciphertext.is_empty())
+        {
+            Some("a destroyed version keeps its ciphertext")
+        } else {
+            None
+        }
     }
 
     fn live_version(&self) -> u64 {

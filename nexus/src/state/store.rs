@@ -21,13 +21,15 @@ use redb::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use spike_sdk::crypto::ShamirParams;
+use spike_sdk::crypto::keyring::KEYS_MAX;
 use spike_sdk::domain::{
     DataKeyId, InvalidValue, NodeId, PolicyId, PolicyName, PolicyRef, RootKeyId, SecretPath,
 };
 
 use super::apply::apply_command;
 use super::command::{Command, Refusal, Request, Response, RootKeyRecord, SessionRef};
-use super::secret::{SecretRecord, TimeNs};
+use super::secret::{COUNTER_MAX, SecretRecord, TimeNs};
 use crate::raft::codec::{self, CodecError};
 
 /// Secret path -> [`SecretRecord`].
@@ -106,6 +108,55 @@ impl ClusterMeta {
     /// The current root key's id, once initialized.
     pub fn root_key_id(&self) -> Option<RootKeyId> {
         self.root_key.as_ref().map(|record| record.root_key_id)
+    }
+
+    /// Why the cluster metadata of a backup cannot be restored, if it
+    /// cannot: a restore installs its root key record and counts on from
+    /// its counters, so each must be one a cluster could have made.
+    pub fn check_restorable(&self) -> Result<(), String> {
+        let Some(root_key) = &self.root_key else {
+            return Err("it has no root key (its cluster was never initialized)".to_owned());
+        };
+        if !(1..=COUNTER_MAX).contains(&root_key.root_key_id.0) {
+            return Err(format!(
+                "root key id {} is not in 1..=2^63-1",
+                root_key.root_key_id
+            ));
+        }
+        ShamirParams::new(root_key.shares, root_key.threshold)
+            .map_err(|error| format!("root key: {error}"))?;
+        if root_key.wrapped_keyring.is_empty() {
+            return Err("its root key wraps no keyring".to_owned());
+        }
+        for (what, counter) in [
+            ("keyring version", self.keyring_version),
+            ("policies version", self.policies_version),
+        ] {
+            if counter > COUNTER_MAX {
+                return Err(format!("its {what} {counter} is above 2^63 - 1"));
+            }
+        }
+        if let Some(restore_id) = self.restoring {
+            return Err(format!(
+                "it was saved while restore {restore_id} was in progress"
+            ));
+        }
+        if self.encryptions.len() > KEYS_MAX {
+            return Err(format!(
+                "it counts encryptions of {} data keys, more than a keyring holds ({KEYS_MAX})",
+                self.encryptions.len()
+            ));
+        }
+        if let Some((id, count)) = self
+            .encryptions
+            .iter()
+            .find(|(_, count)| **count > COUNTER_MAX)
+        {
+            return Err(format!(
+                "its encryption count {count} of data key {id} is above 2^63 - 1"
+            ));
+        }
+        Ok(())
     }
 }
 

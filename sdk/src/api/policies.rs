@@ -93,7 +93,7 @@ pub struct Policy {
 
 /// Get's answer: the policy's fields at the top level.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, from = "PolicyResponseFields")]
 pub struct PolicyResponse {
     /// The policy.
     #[serde(flatten)]
@@ -101,6 +101,41 @@ pub struct PolicyResponse {
     /// Set on failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub err: Option<ErrorCode>,
+}
+
+/// [`PolicyResponse`] as it is decoded: its fields side by side, because
+/// serde's `flatten` buffers what it reads and so decodes without Go's
+/// rules (`"permissions":null`, which a failed answer carries, and
+/// case-variant keys were refused).
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct PolicyResponseFields {
+    id: String,
+    name: String,
+    #[serde(rename = "spiffiedPattern")]
+    spiffeid_pattern: String,
+    path_pattern: String,
+    permissions: Vec<Permission>,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    err: Option<ErrorCode>,
+}
+
+impl From<PolicyResponseFields> for PolicyResponse {
+    fn from(fields: PolicyResponseFields) -> Self {
+        Self {
+            policy: Policy {
+                id: fields.id,
+                name: fields.name,
+                spiffeid_pattern: fields.spiffeid_pattern,
+                path_pattern: fields.path_pattern,
+                permissions: fields.permissions,
+                created_at: fields.created_at,
+                updated_at: fields.updated_at,
+            },
+            err: fields.err,
+        }
+    }
 }
 
 /// List: every policy, or those whose SPIFFE ID pattern (else path
@@ -152,7 +187,7 @@ super::responses!(PutPolicyResponse, PolicyResponse, ListPoliciesResponse);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::ApiResponse;
+    use crate::api::{ApiResponse, decode};
 
     #[test]
     fn requests_are_written_byte_for_byte_as_spikes_go_sdk_writes_them() {
@@ -192,5 +227,22 @@ mod tests {
             serde_json::to_string(&PolicyResponse::failed(ErrorCode::NotFound)).expect("json"),
             r#"{"id":"","name":"","spiffiedPattern":"","pathPattern":"","permissions":null,"createdAt":"0001-01-01T00:00:00Z","updatedAt":"0001-01-01T00:00:00Z","err":"api_not_found"}"#
         );
+    }
+
+    /// Regression (found by the `api_json` fuzz target): Go's rules did
+    /// not reach through `flatten`, so the failed answer the server writes
+    /// (`"permissions":null`) and case-variant keys did not decode.
+    #[test]
+    fn a_policy_answer_decodes_by_gos_rules() {
+        let failed = PolicyResponse::failed(ErrorCode::NotFound);
+        let written = serde_json::to_vec(&failed).expect("json");
+        assert_eq!(decode::<PolicyResponse>(&written), Ok(failed));
+        let answer: PolicyResponse = decode(
+            br#"{"ID":"x","NAME":"y","Permissions":["read"],"permissions":null,"err":null}"#,
+        )
+        .expect("Go decodes it");
+        assert_eq!(answer.policy.id, "x");
+        assert_eq!(answer.policy.name, "y");
+        assert!(answer.policy.permissions.is_empty());
     }
 }

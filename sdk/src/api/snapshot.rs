@@ -22,6 +22,9 @@ pub struct SnapshotRestoreResponse {
     /// Set on failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub err: Option<ErrorCode>,
+    /// Why the backup was refused (400), naming its first bad record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 super::responses!(SnapshotRestoreResponse);

@@ -13,6 +13,7 @@ mod bodies;
 mod connections;
 mod json;
 mod ports;
+mod snapshot;
 mod watch;
 
 use std::net::SocketAddr;
