@@ -457,3 +457,92 @@ async fn every_port_retires_a_connection_gracefully_at_its_maximum_age() {
             .unwrap_or_else(|e| panic!("{port:?}: the client gets back in: {e}"));
     }
 }
+
+/// The other direction: a Nexus, as a client, trusts a keeper no longer
+/// than the keeper's SVID allows. A gRPC channel keeps its connection for
+/// as long as it can; once the keeper's certificate has expired, the next
+/// call on that channel fails instead of handing the keeper a share or
+/// taking one from it.
+#[tokio::test]
+async fn a_client_stops_trusting_a_server_whose_svid_expired_on_an_open_connection() {
+    use spike_sdk::identity::{PeerAuthorizer, Role, TrustRoots};
+    use spike_sdk::keeper_api::FetchShareRequest;
+    use spike_sdk::keeper_api::keeper_client::KeeperClient;
+    use spike_sdk::tls::{ChannelOptions, client_config, grpc_channel};
+
+    let ca = DevCa::generate(TRUST_DOMAIN).expect("CA");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let now = OffsetDateTime::now_utc();
+    let expires = now + Duration::from_secs(4);
+    let keeper_svid = ca
+        .mint_with_validity(KEEPER_ID, now - Duration::from_secs(60), expires)
+        .expect("short-lived keeper SVID");
+    let files = SvidFiles::write(dir.path(), "keeper", &keeper_svid, &[&ca]);
+    let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut args = files.flags();
+    args.extend([
+        "--bind".to_owned(),
+        "127.0.0.1".to_owned(),
+        "--port".to_owned(),
+        address.port().to_string(),
+    ]);
+    let _keeper = spawn("keeper", &args);
+    wait_for_port(address).await;
+
+    let nexus_svid = ca
+        .mint(NEXUS_ID, Duration::from_secs(3600))
+        .expect("nexus SVID");
+    let nexus = spike_sdk::svid::Identity::fixed(
+        spike_sdk::svid::SvidMaterial::new(
+            nexus_svid
+                .chain_der
+                .iter()
+                .cloned()
+                .map(rustls::pki_types::CertificateDer::from)
+                .collect(),
+            rustls::pki_types::PrivateKeyDer::Pkcs8(nexus_svid.key_pkcs8_der.clone().into()),
+            [(
+                ca.trust_domain().clone(),
+                vec![rustls::pki_types::CertificateDer::from(
+                    ca.cert_der().to_vec(),
+                )],
+            )],
+        )
+        .expect("material"),
+    );
+    let roots = TrustRoots::from_environment(&[]).expect("default trust roots");
+    let config = client_config(nexus.clone(), PeerAuthorizer::role(roots, Role::Keeper))
+        .expect("client config");
+    let mut keeper = KeeperClient::new(grpc_channel(
+        address,
+        &nexus,
+        config,
+        ChannelOptions::default(),
+    ));
+    // The keeper holds nothing: it answers NotFound, which is an answer.
+    let answered = |outcome: &Result<_, tonic::Status>| match outcome {
+        Ok(_) => true,
+        Err(status) => status.code() == tonic::Code::NotFound,
+    };
+    let fetch = || FetchShareRequest {
+        root_key_id: 0,
+        key_check: Vec::new(),
+    };
+    let before = keeper.fetch_share(fetch()).await;
+    assert!(
+        answered(&before),
+        "the keeper did not answer while its SVID was valid: {before:?}"
+    );
+    assert!(
+        OffsetDateTime::now_utc() < expires,
+        "the first call took longer than the keeper SVID's life; the test proves nothing"
+    );
+
+    let left = expires - OffsetDateTime::now_utc() + Duration::from_millis(1500);
+    tokio::time::sleep(left.try_into().expect("positive")).await;
+    let after = keeper.fetch_share(fetch()).await;
+    assert!(
+        !answered(&after),
+        "the connection to a keeper whose SVID expired was still used: {after:?}"
+    );
+}
