@@ -5,7 +5,7 @@
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::{client, cluster, grant_admin, grant_billing, phase};
+use crate::{client, cluster, grant_admin, grant_billing, leader_and_followers, phase};
 
 struct Route {
     name: &'static str,
@@ -321,15 +321,7 @@ async fn replacing_or_deleting_a_policy_changes_access_at_once() {
     }
 
     phase("delete it while a follower is frozen: thawed, it refuses at once");
-    let status = superuser
-        .post(cluster.api(1), "/v1/cluster?action=status", json!({}))
-        .await
-        .expect("status");
-    let leader = status.body["leaderId"].as_u64().expect("a leader");
-    let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
-    let other = (1..=3)
-        .find(|id| *id != leader && *id != lagging)
-        .expect("another follower");
+    let (_, [lagging, other]) = leader_and_followers(&superuser, &cluster).await;
     cluster.signal(&format!("nexus-{lagging}"), "STOP");
     let deleted = superuser
         .post(

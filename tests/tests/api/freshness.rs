@@ -8,40 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use spike_tests::{ApiClient, LocalCluster, Reply};
 
-use crate::{client, grant_billing, phase};
+use crate::{client, cluster_with, grant_billing, leader_and_followers, phase};
 
 const STALE: [(&str, &str); 1] = [("X-Spike-Consistency", "stale")];
-
-fn cluster_with(nexus_args: &[&str]) -> LocalCluster {
-    let mut args = vec![
-        "--replicas",
-        "3",
-        "--keepers",
-        "3",
-        "--threshold",
-        "2",
-        "--workload",
-        "billing=/app/billing",
-    ];
-    for arg in nexus_args {
-        args.extend(["--nexus-arg", arg]);
-    }
-    LocalCluster::up(&args)
-}
-
-async fn leader_and_followers(superuser: &ApiClient, cluster: &LocalCluster) -> (u64, [u64; 2]) {
-    let status = superuser
-        .post(cluster.api(1), "/v1/cluster?action=status", json!({}))
-        .await
-        .expect("status");
-    let leader = status.body["leaderId"].as_u64().expect("a leader");
-    let mut followers = (1..=3).filter(|id| *id != leader);
-    let followers = [
-        followers.next().expect("a follower"),
-        followers.next().expect("another follower"),
-    ];
-    (leader, followers)
-}
 
 async fn stale_get(caller: &ApiClient, cluster: &LocalCluster, id: u64) -> Reply {
     caller
@@ -57,7 +26,7 @@ async fn stale_get(caller: &ApiClient, cluster: &LocalCluster, id: u64) -> Reply
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_off_from_the_leader_refuses_stale_reads_past_the_bound() {
-    let cluster = cluster_with(&["--stale-read-max=500ms"]);
+    let cluster = cluster_with(&[], &["--stale-read-max=500ms"]);
     let superuser = client(&cluster, "superuser").await;
     let put = superuser
         .post(
@@ -115,7 +84,7 @@ async fn a_replica_cut_off_from_the_leader_refuses_stale_reads_past_the_bound() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asking_for_stale_never_skips_the_policy_catch_up_of_a_write() {
-    let cluster = cluster_with(&[]);
+    let cluster = cluster_with(&[], &[]);
     let superuser = client(&cluster, "superuser").await;
     let billing = client(&cluster, "billing").await;
     grant_billing(&superuser, &cluster).await;
@@ -158,7 +127,7 @@ async fn asking_for_stale_never_skips_the_policy_catch_up_of_a_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cipher_calls_count_toward_data_key_rotation_cluster_wide() {
-    let cluster = cluster_with(&["--data-key-rotate-after=40"]);
+    let cluster = cluster_with(&[], &["--data-key-rotate-after=40"]);
     let superuser = client(&cluster, "superuser").await;
     let status = |id| {
         let superuser = superuser.clone();

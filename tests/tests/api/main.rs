@@ -15,7 +15,13 @@ use spike_tests::{ApiClient, LocalCluster};
 /// A cluster with three workloads: billing and admin (given policies by
 /// the tests) and stranger (never given one).
 pub fn cluster() -> LocalCluster {
-    LocalCluster::up(&[
+    cluster_with(&["admin=/app/admin", "stranger=/app/stranger"], &[])
+}
+
+/// A 3-replica cluster with billing and `workloads` (`NAME=PATH`), each
+/// replica started with `nexus_args` too.
+pub fn cluster_with(workloads: &[&str], nexus_args: &[&str]) -> LocalCluster {
+    let mut args = vec![
         "--replicas",
         "3",
         "--keepers",
@@ -24,11 +30,32 @@ pub fn cluster() -> LocalCluster {
         "2",
         "--workload",
         "billing=/app/billing",
-        "--workload",
-        "admin=/app/admin",
-        "--workload",
-        "stranger=/app/stranger",
-    ])
+    ];
+    for workload in workloads {
+        args.extend(["--workload", workload]);
+    }
+    for arg in nexus_args {
+        args.extend(["--nexus-arg", arg]);
+    }
+    LocalCluster::up(&args)
+}
+
+/// The leader's id and the two followers', as replica 1 sees them.
+pub async fn leader_and_followers(
+    superuser: &ApiClient,
+    cluster: &LocalCluster,
+) -> (u64, [u64; 2]) {
+    let status = superuser
+        .post(cluster.api(1), "/v1/cluster?action=status", json!({}))
+        .await
+        .expect("status");
+    let leader = status.body["leaderId"].as_u64().expect("a leader");
+    let mut followers = (1..=3).filter(|id| *id != leader);
+    let followers = [
+        followers.next().expect("a follower"),
+        followers.next().expect("another follower"),
+    ];
+    (leader, followers)
 }
 
 /// A client acting as identity `name`.
