@@ -19,7 +19,6 @@ use super::proto::cluster_client::ClusterClient;
 /// same order every time: the deterministic simulator depends on it.
 #[derive(Clone)]
 pub struct Peers {
-    identity: Identity,
     tls: rustls::ClientConfig,
     channels: Arc<Mutex<BTreeMap<SocketAddr, Channel>>>,
 }
@@ -30,8 +29,7 @@ impl Peers {
     pub fn new(identity: Identity, trust_roots: TrustRoots) -> Result<Self, TlsConfigError> {
         let authorizer = PeerAuthorizer::role(trust_roots, Role::Nexus);
         Ok(Self {
-            tls: client_config(identity.clone(), authorizer)?,
-            identity,
+            tls: client_config(identity, authorizer)?,
             channels: Arc::new(Mutex::new(BTreeMap::new())),
         })
     }
@@ -47,7 +45,6 @@ impl Peers {
             .or_insert_with(|| {
                 grpc_channel(
                     socket,
-                    &self.identity,
                     self.tls.clone(),
                     ChannelOptions {
                         connect_timeout: Duration::from_millis(500),

@@ -35,10 +35,7 @@ impl Keepers {
         identity: Identity,
         trust_roots: TrustRoots,
     ) -> Result<Self, TlsConfigError> {
-        let config = client_config(
-            identity.clone(),
-            PeerAuthorizer::role(trust_roots, Role::Keeper),
-        )?;
+        let config = client_config(identity, PeerAuthorizer::role(trust_roots, Role::Keeper))?;
         let options = ChannelOptions {
             connect_timeout: Duration::from_millis(500),
             request_timeout: KEEPER_CALL_TIMEOUT,
@@ -47,10 +44,9 @@ impl Keepers {
         let keepers = addresses
             .iter()
             .map(|address| {
-                let client =
-                    KeeperClient::new(grpc_channel(*address, &identity, config.clone(), options))
-                        .max_decoding_message_size(MESSAGE_SIZE_MAX_BYTES)
-                        .max_encoding_message_size(MESSAGE_SIZE_MAX_BYTES);
+                let client = KeeperClient::new(grpc_channel(*address, config.clone(), options))
+                    .max_decoding_message_size(MESSAGE_SIZE_MAX_BYTES)
+                    .max_encoding_message_size(MESSAGE_SIZE_MAX_BYTES);
                 (*address, client)
             })
             .collect();

@@ -8,8 +8,7 @@ use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use tonic::transport::{Channel, Endpoint};
 
-use super::connect_watched;
-use crate::svid::Identity;
+use super::connect;
 
 /// Timeouts and keepalives of a gRPC channel. Every one is bounded.
 #[derive(Debug, Clone, Copy)]
@@ -58,29 +57,23 @@ impl ConnectFailed {
 }
 
 /// A lazily connecting channel to `address` that presents our SVID and
-/// accepts the server only if `config` (a [`super::client_config`] of
-/// `identity`) does. Each connection ends when the server's chain expires
-/// or a new bundle of `identity` no longer verifies it
-/// ([`super::ServerConnection`]). The channel reconnects by itself and is
-/// cheap to clone: keep one per peer. A call that fails because no
-/// connection could be made carries a [`ConnectFailed`].
+/// accepts the server only if `config`'s authorizer does. The channel
+/// reconnects by itself and is cheap to clone: keep one per peer. A call
+/// that fails because no connection could be made carries a
+/// [`ConnectFailed`].
 pub fn grpc_channel(
     address: SocketAddr,
-    identity: &Identity,
     mut config: ClientConfig,
     options: ChannelOptions,
 ) -> Channel {
-    let identity = identity.clone();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let config = Arc::new(config);
     // The connect timeout is applied here rather than by the endpoint, so
     // that every way a connection can fail to open is a `ConnectFailed`.
     let connector = tower::service_fn(move |_uri| {
         let config = config.clone();
-        let identity = identity.clone();
         async move {
-            let connecting = connect_watched(address, config, &identity);
-            let connected = tokio::time::timeout(options.connect_timeout, connecting)
+            let connected = tokio::time::timeout(options.connect_timeout, connect(address, config))
                 .await
                 .unwrap_or_else(|_| {
                     Err(std::io::Error::new(
@@ -88,9 +81,9 @@ pub fn grpc_channel(
                         format!("no connection within {:?}", options.connect_timeout),
                     ))
                 });
-            let connection = connected.map_err(|source| ConnectFailed { address, source })?;
-            tracing::trace!(server = %connection.server().spiffe_id, %address, "gRPC connection established");
-            Ok::<_, ConnectFailed>(TokioIo::new(connection))
+            let (stream, peer) = connected.map_err(|source| ConnectFailed { address, source })?;
+            tracing::trace!(server = %peer.spiffe_id, %address, "gRPC connection established");
+            Ok::<_, ConnectFailed>(TokioIo::new(stream))
         }
     });
     // The scheme is a formality: TLS happens in the connector.

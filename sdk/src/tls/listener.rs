@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
 use super::limits::{ConnectionGate, ConnectionLimits, ConnectionPermit};
-use super::verifier::{peer_spiffe_id, verify_client_chain, verify_server_chain};
+use super::verifier::{peer_spiffe_id, verify_client_chain};
 use crate::identity::SpiffeId;
 use crate::net::{self, Listener, Stream};
 use crate::svid::{Identity, SvidMaterial};
@@ -86,8 +86,9 @@ pub struct TlsConnection {
     stream: server::TlsStream<Stream>,
     peer: PeerIdentity,
     retire_at: Instant,
-    /// Ends the connection with the peer's identity.
-    watch: LapseWatch,
+    /// Resolves when the connection must end.
+    lapse: Pin<Box<dyn Future<Output = Lapse> + Send>>,
+    lapsed: Option<Lapse>,
     /// The connection's place under the listener's limits.
     _permit: ConnectionPermit,
 }
@@ -113,32 +114,13 @@ impl TlsConnection {
         self.retire_at
     }
 
-    fn check_lapse(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        self.watch.check(cx, &self.peer)
-    }
-}
-
-/// Resolves when a connection's peer identity lapses, and remembers it.
-struct LapseWatch {
-    lapse: Pin<Box<dyn Future<Output = Lapse> + Send>>,
-    lapsed: Option<Lapse>,
-}
-
-impl LapseWatch {
-    fn new(lapse: impl Future<Output = Lapse> + Send + 'static) -> Self {
-        Self {
-            lapse: Box::pin(lapse),
-            lapsed: None,
-        }
-    }
-
-    /// `Err` once `peer`'s identity has lapsed; registers `cx` to be woken
+    /// `Err` once the peer's identity has lapsed; registers `cx` to be woken
     /// when it does.
-    fn check(&mut self, cx: &mut Context<'_>, peer: &PeerIdentity) -> io::Result<()> {
+    fn check_lapse(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         if self.lapsed.is_none()
             && let Poll::Ready(lapse) = self.lapse.as_mut().poll(cx)
         {
-            tracing::info!(peer = %peer.spiffe_id, address = %peer.address, reason = %lapse, "connection ended");
+            tracing::info!(peer = %self.peer.spiffe_id, address = %self.peer.address, reason = %lapse, "connection ended");
             self.lapsed = Some(lapse);
         }
         match &self.lapsed {
@@ -149,72 +131,6 @@ impl LapseWatch {
             None => Ok(()),
         }
     }
-}
-
-/// A connection we opened to a server whose identity the handshake
-/// verified. Like [`TlsConnection`] on the accepting side, every read and
-/// write fails once the server's chain expires or a new bundle of ours no
-/// longer verifies it: a client trusts a server no longer than the
-/// server's SVID and our bundle allow (a keeper that lost its registration
-/// gets no more shares over a connection it opened before).
-pub struct ServerConnection {
-    stream: client::TlsStream<Stream>,
-    server: PeerIdentity,
-    watch: LapseWatch,
-}
-
-impl std::fmt::Debug for ServerConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerConnection")
-            .field("server", &self.server)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ServerConnection {
-    /// The verified server.
-    pub fn server(&self) -> &PeerIdentity {
-        &self.server
-    }
-
-    fn check_lapse(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        self.watch.check(cx, &self.server)
-    }
-}
-
-/// Connects like [`connect`], and keeps checking the server's identity for
-/// as long as the connection lives: against its chain's expiry and against
-/// every bundle `identity` (ours, whose bundle `config` verified with)
-/// publishes.
-pub async fn connect_watched(
-    address: SocketAddr,
-    config: Arc<ClientConfig>,
-    identity: &Identity,
-) -> io::Result<ServerConnection> {
-    // Subscribed before the handshake reads the bundle, so any bundle
-    // published after that read wakes a re-check.
-    let mut bundles = identity.subscribe();
-    bundles.mark_unchanged();
-    let (stream, server) = connect(address, config).await?;
-    let chain = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .map(<[_]>::to_vec)
-        .unwrap_or_default();
-    let expires_at = chain_not_after(&chain).map(deadline_of)?;
-    let watch = LapseWatch::new(until_lapse(
-        chain,
-        bundles,
-        expires_at,
-        None,
-        verify_server_chain,
-    ));
-    Ok(ServerConnection {
-        stream,
-        server,
-        watch,
-    })
 }
 
 /// Accepts mTLS connections in the background; [`TlsListener::accept`]
@@ -408,39 +324,30 @@ async fn handshake(
     })?;
     let expires_at = chain_not_after(&chain).map(deadline_of)?;
     let retire_at = accepted_at + lifetime.max_age;
-    let watch = LapseWatch::new(until_lapse(
+    let lapse = Box::pin(until_lapse(
         chain,
         bundles,
         expires_at,
-        Some(retire_at + CONNECTION_AGE_GRACE),
-        verify_client_chain,
+        retire_at + CONNECTION_AGE_GRACE,
     ));
     Ok(TlsConnection {
         stream,
         peer: PeerIdentity { spiffe_id, address },
         retire_at,
-        watch,
+        lapse,
+        lapsed: None,
         _permit: permit,
     })
 }
 
-/// How a chain is verified against a bundle: as a client's or a server's.
-type ChainCheck = fn(
-    &SvidMaterial,
-    &CertificateDer<'_>,
-    &[CertificateDer<'_>],
-    UnixTime,
-) -> Result<SpiffeId, rustls::Error>;
-
 /// Resolves when a connection whose peer presented `chain` must end: at
 /// the chain's expiry (`None`: beyond what a deadline can hold), when a new
-/// bundle no longer verifies it by `check`, or at `end_of_age` (if any).
+/// bundle no longer verifies it, or at `end_of_age`.
 async fn until_lapse(
     chain: Vec<CertificateDer<'static>>,
     mut bundles: watch::Receiver<Arc<SvidMaterial>>,
     expires_at: Option<Instant>,
-    end_of_age: Option<Instant>,
-    check: ChainCheck,
+    end_of_age: Instant,
 ) -> Lapse {
     let expiry = async {
         match expires_at {
@@ -456,21 +363,16 @@ async fn until_lapse(
             let Some((leaf, intermediates)) = chain.split_first() else {
                 return Lapse::Untrusted("no certificate".to_owned());
             };
-            if let Err(error) = check(&material, leaf, intermediates, UnixTime::now()) {
+            if let Err(error) = verify_client_chain(&material, leaf, intermediates, UnixTime::now())
+            {
                 return Lapse::Untrusted(error.to_string());
             }
         }
         std::future::pending().await
     };
-    let too_old = async {
-        match end_of_age {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         () = expiry => Lapse::Expired,
-        () = too_old => Lapse::TooOld,
+        () = tokio::time::sleep_until(end_of_age) => Lapse::TooOld,
         lapse = distrust => lapse,
     }
 }
@@ -556,62 +458,53 @@ fn explain_rejection(error: io::Error) -> io::Error {
     }
 }
 
-/// Reads and writes of a connection whose identity may lapse: each checks
-/// first (`check_lapse`), then goes to the TLS stream.
-macro_rules! lapsing_io {
-    ($connection:ty) => {
-        impl AsyncRead for $connection {
-            fn poll_read(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                buf: &mut ReadBuf<'_>,
-            ) -> Poll<io::Result<()>> {
-                let this = self.get_mut();
-                this.check_lapse(cx)?;
-                Pin::new(&mut this.stream).poll_read(cx, buf)
-            }
-        }
-
-        impl AsyncWrite for $connection {
-            fn poll_write(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                buf: &[u8],
-            ) -> Poll<io::Result<usize>> {
-                let this = self.get_mut();
-                this.check_lapse(cx)?;
-                Pin::new(&mut this.stream).poll_write(cx, buf)
-            }
-
-            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                let this = self.get_mut();
-                this.check_lapse(cx)?;
-                Pin::new(&mut this.stream).poll_flush(cx)
-            }
-
-            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-            }
-
-            fn poll_write_vectored(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                bufs: &[io::IoSlice<'_>],
-            ) -> Poll<io::Result<usize>> {
-                let this = self.get_mut();
-                this.check_lapse(cx)?;
-                Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
-            }
-
-            fn is_write_vectored(&self) -> bool {
-                self.stream.is_write_vectored()
-            }
-        }
-    };
+impl AsyncRead for TlsConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.check_lapse(cx)?;
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
 }
 
-lapsing_io!(TlsConnection);
-lapsing_io!(ServerConnection);
+impl AsyncWrite for TlsConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.check_lapse(cx)?;
+        Pin::new(&mut this.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.check_lapse(cx)?;
+        Pin::new(&mut this.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.check_lapse(cx)?;
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
 
 #[cfg(feature = "axum")]
 mod axum_support {

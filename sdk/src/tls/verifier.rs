@@ -39,30 +39,6 @@ pub(super) fn verify_client_chain(
     Ok(id)
 }
 
-/// Verifies a server chain against `material`'s bundle for the leaf's trust
-/// domain at `now`, returning the leaf's SPIFFE ID. The handshake calls it,
-/// and so does an open client connection when our bundle changes.
-pub(super) fn verify_server_chain(
-    material: &SvidMaterial,
-    end_entity: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    now: UnixTime,
-) -> Result<SpiffeId, Error> {
-    let id = peer_spiffe_id(end_entity)?;
-    let roots = material
-        .roots_for(id.trust_domain_name())
-        .ok_or(Error::InvalidCertificate(CertificateError::UnknownIssuer))?;
-    let parsed = ParsedCertificate::try_from(end_entity)?;
-    verify_server_cert_signed_by_trust_anchor(
-        &parsed,
-        roots,
-        intermediates,
-        now,
-        crypto_provider().signature_verification_algorithms.all,
-    )?;
-    Ok(id)
-}
-
 fn rejected(reason: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(reason))))
 }
@@ -150,7 +126,19 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let id = verify_server_chain(&self.identity.current(), end_entity, intermediates, now)?;
+        let id = peer_spiffe_id(end_entity)?;
+        let material = self.identity.current();
+        let roots = material
+            .roots_for(id.trust_domain_name())
+            .ok_or(Error::InvalidCertificate(CertificateError::UnknownIssuer))?;
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            roots,
+            intermediates,
+            now,
+            crypto_provider().signature_verification_algorithms.all,
+        )?;
         self.authorizer.authorize(&id).map_err(rejected)?;
         Ok(ServerCertVerified::assertion())
     }

@@ -176,11 +176,9 @@ async fn the_cluster_port_refuses_non_nexus_peers_and_survives_garbage() {
 
     phase("a nexus sending garbage gets a clear error; the cluster carries on");
     let nexus = cluster.identity("nexus-2").await;
-    let config =
-        client_config(nexus.clone(), PeerAuthorizer::role(roots, Role::Nexus)).expect("config");
+    let config = client_config(nexus, PeerAuthorizer::role(roots, Role::Nexus)).expect("config");
     let channel = spike_sdk::tls::grpc_channel(
         cluster_port,
-        &nexus,
         config,
         spike_sdk::tls::ChannelOptions::default(),
     );

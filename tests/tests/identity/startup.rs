@@ -262,17 +262,9 @@ async fn a_keeper_serves_shares_to_nexus_only_and_forgets_them_on_restart() {
 
     let roots = TrustRoots::from_environment(&[]).expect("defaults");
     let nexus = dev.identity("nexus").await;
-    let config = client_config(
-        nexus.clone(),
-        PeerAuthorizer::role(roots.clone(), Role::Keeper),
-    )
-    .expect("config");
-    let mut client = KeeperClient::new(grpc_channel(
-        address,
-        &nexus,
-        config,
-        ChannelOptions::default(),
-    ));
+    let config =
+        client_config(nexus, PeerAuthorizer::role(roots.clone(), Role::Keeper)).expect("config");
+    let mut client = KeeperClient::new(grpc_channel(address, config, ChannelOptions::default()));
 
     eprintln!("--- store and fetch a share as nexus");
     let share = vec![7u8; 32];
@@ -331,17 +323,9 @@ async fn a_keeper_serves_shares_to_nexus_only_and_forgets_them_on_restart() {
 
     eprintln!("--- a pilot is refused at TLS");
     let pilot = dev.identity("superuser").await;
-    let config = client_config(
-        pilot.clone(),
-        PeerAuthorizer::role(roots.clone(), Role::Keeper),
-    )
-    .expect("config");
-    let mut intruder = KeeperClient::new(grpc_channel(
-        address,
-        &pilot,
-        config,
-        ChannelOptions::default(),
-    ));
+    let config =
+        client_config(pilot, PeerAuthorizer::role(roots.clone(), Role::Keeper)).expect("config");
+    let mut intruder = KeeperClient::new(grpc_channel(address, config, ChannelOptions::default()));
     assert!(
         intruder
             .fetch_share(FetchShareRequest {
@@ -357,14 +341,8 @@ async fn a_keeper_serves_shares_to_nexus_only_and_forgets_them_on_restart() {
     let _keeper = spawn("keeper", &args, &keeper_env);
     wait_for_port(address).await;
     let nexus = dev.identity("nexus").await;
-    let config =
-        client_config(nexus.clone(), PeerAuthorizer::role(roots, Role::Keeper)).expect("config");
-    let mut client = KeeperClient::new(grpc_channel(
-        address,
-        &nexus,
-        config,
-        ChannelOptions::default(),
-    ));
+    let config = client_config(nexus, PeerAuthorizer::role(roots, Role::Keeper)).expect("config");
+    let mut client = KeeperClient::new(grpc_channel(address, config, ChannelOptions::default()));
     let empty = client
         .fetch_share(FetchShareRequest {
             root_key_id: 0,
