@@ -21,7 +21,6 @@ mod grpc;
 mod limits;
 mod listener;
 mod resolver;
-#[cfg(feature = "axum")]
 mod verifier;
 
 use std::sync::{Arc, OnceLock};
@@ -42,7 +41,6 @@ pub use listener::{
     CONNECTION_AGE_GRACE, CONNECTION_AGE_MAX_DEFAULT, HANDSHAKE_TIMEOUT, HANDSHAKES_IN_FLIGHT_MAX,
     Lapse, PeerIdentity, READY_CONNECTIONS_MAX, TlsConnection, TlsListener, connect,
 };
-#[cfg(feature = "axum")]
 pub use verifier::peer_spiffe_id;
 
 /// The one crypto provider of every TLS config we build (ring).
