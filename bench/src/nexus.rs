@@ -90,12 +90,11 @@ impl NexusCluster {
 
     /// A superuser SDK client for every replica.
     pub async fn client(&self) -> anyhow::Result<NexusStore> {
-        let socket = self.file.socket("superuser");
-        let identity = SvidSource::WorkloadApi {
-            endpoint: format!("unix://{}", socket.display()),
-        }
-        .load(WORKLOAD_API_TIMEOUT_DEFAULT)
-        .await?;
+        let identity = self
+            .file
+            .svid_source("superuser")?
+            .load(WORKLOAD_API_TIMEOUT_DEFAULT)
+            .await?;
         let roots = TrustRoots::from_environment(&[])?;
         Ok(NexusStore {
             client: NexusClient::new(identity, roots, Settings::new(self.endpoints()))?,

@@ -13,7 +13,6 @@ use spike_dev_cluster::supervise::running;
 use spike_dev_cluster::{Action, ClusterFile, Launcher, Membership, Process, Replica, probe};
 use spike_sdk::client::NexusClient;
 use spike_sdk::identity::TrustRoots;
-use spike_sdk::svid::SvidSource;
 
 use crate::proxy::{Impairment, LinkProxies};
 
@@ -309,12 +308,11 @@ impl Cluster {
         follow_leader: bool,
         identity: &str,
     ) -> anyhow::Result<NexusClient> {
-        let socket = self.file()?.socket(identity);
-        let identity = SvidSource::WorkloadApi {
-            endpoint: format!("unix://{}", socket.display()),
-        }
-        .load(Duration::from_secs(10))
-        .await?;
+        let identity = self
+            .file()?
+            .svid_source(identity)?
+            .load(Duration::from_secs(10))
+            .await?;
         let roots = TrustRoots::from_environment(&[])?;
         let settings = crate::workload::client_settings(endpoints, follow_leader);
         Ok(NexusClient::new(identity, roots, settings)?)

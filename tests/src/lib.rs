@@ -65,6 +65,7 @@ impl DevIdentities {
     pub async fn identity(&self, name: &str) -> Identity {
         SvidSource::WorkloadApi {
             endpoint: self.endpoint(name),
+            spiffe_id: None,
         }
         .load(STEP_TIMEOUT)
         .await
@@ -347,7 +348,7 @@ fn next_base_port() -> u16 {
         let base = 10_000 + ((spread * 11 + slot) % 110) * 200;
         // Skip a block something else (a dev cluster, say) already uses.
         let free =
-            (0..160).all(|offset| StdTcpListener::bind(("127.0.0.1", base + offset)).is_ok());
+            (0..200).all(|offset| StdTcpListener::bind(("127.0.0.1", base + offset)).is_ok());
         if free {
             return base;
         }
@@ -437,6 +438,27 @@ impl LocalCluster {
         self.file.socket(name)
     }
 
+    /// A `spike` command acting as identity `name` against this cluster:
+    /// only its Workload API variables (the socket, and on SPIRE the SPIFFE
+    /// ID to pick) are set, nothing else is inherited.
+    pub fn spike_as(&self, name: &str) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(binary("spike"));
+        command.env_clear();
+        match self.file.svid_source(name) {
+            Ok(SvidSource::WorkloadApi {
+                endpoint,
+                spiffe_id,
+            }) => {
+                command.env("SPIFFE_ENDPOINT_SOCKET", endpoint);
+                if let Some(spiffe_id) = spiffe_id {
+                    command.env("SPIKE_SPIFFE_ID", spiffe_id.to_string());
+                }
+            }
+            other => panic!("identity {name}: {other:?}"),
+        }
+        command
+    }
+
     /// Process `name` as `cluster.json` lists it.
     pub fn process(&self, name: &str) -> &Process {
         self.file
@@ -480,15 +502,14 @@ impl LocalCluster {
     }
 
     /// Identity `name` (a role like `superuser`, or a process name) from the
-    /// cluster's dev Workload API.
+    /// cluster's Workload API.
     pub async fn identity(&self, name: &str) -> Identity {
-        let socket = self.socket(name);
-        SvidSource::WorkloadApi {
-            endpoint: format!("unix://{}", socket.display()),
-        }
-        .load(STEP_TIMEOUT)
-        .await
-        .unwrap_or_else(|error| panic!("identity {name}: {error}"))
+        self.file
+            .svid_source(name)
+            .unwrap_or_else(|error| panic!("{error}"))
+            .load(STEP_TIMEOUT)
+            .await
+            .unwrap_or_else(|error| panic!("identity {name}: {error}"))
     }
 
     /// Sends `signal` (`STOP`, `CONT`, ...) to the running process `name`:

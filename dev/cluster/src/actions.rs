@@ -124,6 +124,12 @@ pub fn retire(dir: &Path, name: &str, out: &mut dyn Write) -> Result<(), Error> 
 /// Prints each process and whether it runs.
 pub fn status(dir: &Path, out: &mut dyn Write) -> Result<(), Error> {
     let cluster = load(dir)?;
+    let width = cluster
+        .processes
+        .iter()
+        .map(|process| process.name.len())
+        .max()
+        .unwrap_or(0);
     for process in &cluster.processes {
         let state = match (running(process), process.membership) {
             (Some(pid), _) => format!("running (pid {pid})"),
@@ -132,7 +138,7 @@ pub fn status(dir: &Path, out: &mut dyn Write) -> Result<(), Error> {
             (None, _) => "stopped".to_owned(),
         };
         // A reader that stops early (`| head`) is not an error.
-        match writeln!(out, "{:<14} {state}", process.name) {
+        match writeln!(out, "{:<width$} {state}", process.name) {
             Err(error) if error.kind() == ErrorKind::BrokenPipe => break,
             written => written.map_err(Error::Output)?,
         }

@@ -1,27 +1,56 @@
 //! The command line and environment each process is started with.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
 use crate::file::{ClusterFile, Keeper, Membership, Process, Replica, Role};
+use crate::spire;
 
 /// How often a leader re-sends shares to the keepers: short, so a keeper
 /// restarted in a test holds its share again within a second.
 const KEEPER_UPDATE_INTERVAL: &str = "1s";
+/// How long a keeper or replica waits for its first SVID from a SPIRE
+/// agent: an agent learns of new registration entries on its next sync
+/// (every 5 s), and a restarted one first re-attests.
+const SPIRE_WORKLOAD_API_TIMEOUT_MS: &str = "60000";
 
 /// The command that starts `process` of `cluster` from the binaries in
 /// `bin_dir`, inside its namespace if it has one.
 pub fn command(cluster: &ClusterFile, process: &Process, bin_dir: &Path) -> Command {
-    let program = bin_dir.join(process.role.binary());
-    let mut command = match &process.netns {
-        // `ip netns exec` enters the namespace and execs the program, so
-        // the pid recorded is the program's own.
-        Some(namespace) => {
+    let program = match (&process.role, &cluster.spire) {
+        (Role::SpireServer | Role::SpireAgent, Some(spire)) => {
+            spire.bin_dir.join(process.role.binary())
+        }
+        _ => bin_dir.join(process.role.binary()),
+    };
+    let mut command = match (&process.netns, process.uid) {
+        // `ip netns exec` enters the namespace and execs the program (via
+        // setpriv to drop to the process's uid), so the pid recorded is
+        // the program's own.
+        (Some(namespace), uid) => {
             let mut command = Command::new("ip");
-            command.args(["netns", "exec", namespace]).arg(&program);
+            command.args(["netns", "exec", namespace]);
+            if let Some(uid) = uid {
+                let uid = uid.to_string();
+                command.arg("setpriv").args([
+                    "--reuid",
+                    &uid,
+                    "--regid",
+                    &uid,
+                    "--clear-groups",
+                    "--",
+                ]);
+            }
+            command.arg(&program);
             command
         }
-        None => Command::new(&program),
+        (None, Some(uid)) => {
+            let mut command = Command::new(&program);
+            command.uid(uid).gid(uid);
+            command
+        }
+        (None, None) => Command::new(&program),
     };
     command.env("SPIKE_TRUST_ROOT", &cluster.trust_domain).env(
         "SPIKE_SYSTEM_LOG_LEVEL",
@@ -29,9 +58,18 @@ pub fn command(cluster: &ClusterFile, process: &Process, bin_dir: &Path) -> Comm
     );
     if let Some(socket) = &process.spiffe_endpoint_socket {
         command.env("SPIFFE_ENDPOINT_SOCKET", socket);
+        if cluster.spire.is_some() {
+            command.env(
+                "SPIKE_WORKLOAD_API_TIMEOUT_MS",
+                SPIRE_WORKLOAD_API_TIMEOUT_MS,
+            );
+        }
     }
     match &process.role {
         Role::WorkloadApi => workload_api(&mut command, cluster),
+        Role::SpireServer | Role::SpireAgent => {
+            command.args(spire::command_args(cluster, process));
+        }
         Role::Keeper(keeper) => keeper_flags(&mut command, keeper),
         Role::Nexus(replica) => nexus_flags(&mut command, cluster, process, replica),
     }

@@ -9,6 +9,8 @@
 use std::fs;
 use std::path::PathBuf;
 
+use spike_sdk::svid::SvidSource;
+
 use crate::file::{ClusterFile, FileError};
 
 /// Each env file and the identity it acts as.
@@ -51,10 +53,18 @@ pub fn render(cluster: &ClusterFile, identity: &str) -> Result<String, EnvError>
         format!("# source this file to act as the SPIKE {identity} against the local cluster\n");
     text += &format!("export SPIKE_NEXUS_API_URL={first}\n");
     text += &format!("export SPIKE_NEXUS_API_URLS={}\n", urls.join(","));
-    text += &format!(
-        "export SPIFFE_ENDPOINT_SOCKET=unix://{}\n",
-        cluster.socket(identity).display()
-    );
+    match cluster.svid_source(identity)? {
+        SvidSource::WorkloadApi {
+            endpoint,
+            spiffe_id,
+        } => {
+            text += &format!("export SPIFFE_ENDPOINT_SOCKET={endpoint}\n");
+            if let Some(spiffe_id) = spiffe_id {
+                text += &format!("export SPIKE_SPIFFE_ID={spiffe_id}\n");
+            }
+        }
+        SvidSource::Files(_) => unreachable!("a cluster's identities come from a Workload API"),
+    }
     text += &format!("export SPIKE_TRUST_ROOT={}\n", cluster.trust_domain);
     for role in TRUST_ROOT_ROLES {
         text += &format!("export SPIKE_TRUST_ROOT_{role}={}\n", cluster.trust_domain);

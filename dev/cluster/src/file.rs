@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use spike_sdk::identity::SpiffeId;
+use spike_sdk::svid::SvidSource;
 
 use crate::netns;
 use crate::supervise::Pid;
@@ -49,6 +51,9 @@ pub enum FileError {
         /// Why.
         source: std::io::Error,
     },
+    /// The caller named an identity the cluster does not have.
+    #[error("no identity named {0}")]
+    NoIdentity(String),
     /// The caller named a process the cluster does not have.
     #[error("no process named {name}; known: {known}")]
     NoProcess {
@@ -87,8 +92,12 @@ pub struct ClusterFile {
     /// (absent from the file while off).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auto_restore_from_disk_shards: bool,
-    /// Where the dev Workload API serves its sockets (see
-    /// [`crate::sockets::choose`]).
+    /// Identities from SPIRE (`up --identity spire`) instead of the dev
+    /// Workload API: the SPIRE server's and agents' settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spire: Option<crate::spire::Spire>,
+    /// Where the Workload API sockets are (the dev server's, or the SPIRE
+    /// agents'; see [`crate::sockets::choose`]).
     pub sockets_dir: PathBuf,
     /// Every process: the Workload API, then the keepers, then the
     /// replicas by id.
@@ -113,6 +122,9 @@ pub struct Process {
     pub netns: Option<String>,
     /// Where it stands in the cluster's membership.
     pub membership: Membership,
+    /// The user it runs as, if not the launcher's own (SPIRE clusters: one
+    /// per keeper and replica, the selector of its registration entry).
+    pub uid: Option<u32>,
 }
 
 /// What a process is.
@@ -120,6 +132,11 @@ pub struct Process {
 pub enum Role {
     /// The dev Workload API, serving every identity.
     WorkloadApi,
+    /// The SPIRE server (`up --identity spire`).
+    SpireServer,
+    /// A SPIRE agent: one for this host's clients, and with `--netns` one
+    /// in each namespace, serving the processes of that host.
+    SpireAgent,
     /// A keeper.
     Keeper(Keeper),
     /// A Nexus replica.
@@ -173,6 +190,8 @@ impl Role {
     pub fn name(&self) -> &'static str {
         match self {
             Self::WorkloadApi => "workload-api",
+            Self::SpireServer => "spire-server",
+            Self::SpireAgent => "spire-agent",
             Self::Keeper(_) => "keeper",
             Self::Nexus(_) => "nexus",
         }
@@ -182,6 +201,8 @@ impl Role {
     pub fn binary(&self) -> &'static str {
         match self {
             Self::WorkloadApi => "spike-dev-identity",
+            Self::SpireServer => "spire-server",
+            Self::SpireAgent => "spire-agent",
             Self::Keeper(_) => "keeper",
             Self::Nexus(_) => "nexus",
         }
@@ -208,7 +229,7 @@ impl Process {
     /// Its node id (keepers and replicas).
     pub fn node_id(&self) -> Option<u64> {
         match &self.role {
-            Role::WorkloadApi => None,
+            Role::WorkloadApi | Role::SpireServer | Role::SpireAgent => None,
             Role::Keeper(keeper) => Some(keeper.id),
             Role::Nexus(replica) => Some(replica.id),
         }
@@ -217,7 +238,7 @@ impl Process {
     /// Where it serves (keepers and replicas).
     pub fn api_addr(&self) -> Option<SocketAddr> {
         match &self.role {
-            Role::WorkloadApi => None,
+            Role::WorkloadApi | Role::SpireServer | Role::SpireAgent => None,
             Role::Keeper(keeper) => Some(keeper.api_addr),
             Role::Nexus(replica) => Some(replica.api_addr),
         }
@@ -260,9 +281,38 @@ impl ClusterFile {
         fs::rename(&temporary, &path).map_err(|source| write(&path, source))
     }
 
-    /// The Workload API socket serving identity `name`.
+    /// The dev Workload API socket serving identity `name`.
     pub fn socket(&self, name: &str) -> PathBuf {
         self.sockets_dir.join(format!("{name}.sock"))
+    }
+
+    /// Where a client on this host acting as identity `name` (a role such
+    /// as `superuser`, a `--workload`'s name, or a process name) gets its
+    /// SVID: the dev Workload API's socket for it, or this host's SPIRE
+    /// agent, asked for the identity's SPIFFE ID (the agent offers every
+    /// client identity to the user who ran `up`).
+    pub fn svid_source(&self, name: &str) -> Result<SvidSource, FileError> {
+        if self.spire.is_none() {
+            let socket = self.socket(name);
+            return Ok(SvidSource::WorkloadApi {
+                endpoint: format!("unix://{}", socket.display()),
+                spiffe_id: None,
+            });
+        }
+        let path = self
+            .client_identities()
+            .into_iter()
+            .find(|spec| spec.name == name)
+            .map(|spec| spec.path)
+            .or_else(|| self.process(name).ok().and_then(crate::spire::process_path))
+            .ok_or_else(|| FileError::NoIdentity(name.to_owned()))?;
+        let text = format!("spiffe://{}{path}", self.trust_domain);
+        let spiffe_id = SpiffeId::new(&text).map_err(|_| FileError::NoIdentity(name.to_owned()))?;
+        let socket = self.agent_socket(&crate::spire::agent_name(None));
+        Ok(SvidSource::WorkloadApi {
+            endpoint: format!("unix://{}", socket.display()),
+            spiffe_id: Some(spiffe_id),
+        })
     }
 
     /// The index of process `name`.
@@ -305,9 +355,10 @@ impl ClusterFile {
         let Some(layout) = &self.netns else {
             return Ok(Vec::new());
         };
+        // A namespace's SPIRE agent is no host of its own.
         self.processes
             .iter()
-            .filter(|process| process.netns.is_some())
+            .filter(|process| process.netns.is_some() && process.node_id().is_some())
             .enumerate()
             .map(|(index, process)| layout.host(&process.name, index))
             .collect()
@@ -326,6 +377,8 @@ impl ClusterFile {
 #[serde(rename_all = "kebab-case")]
 enum RoleName {
     WorkloadApi,
+    SpireServer,
+    SpireAgent,
     Keeper,
     Nexus,
 }
@@ -348,6 +401,8 @@ struct ProcessRecord {
     netns: Option<String>,
     #[serde(default)]
     membership: Membership,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
 }
 
 /// A record that lacks a field its role needs.
@@ -370,6 +425,8 @@ impl TryFrom<ProcessRecord> for Process {
         };
         let role = match record.role {
             RoleName::WorkloadApi => Role::WorkloadApi,
+            RoleName::SpireServer => Role::SpireServer,
+            RoleName::SpireAgent => Role::SpireAgent,
             RoleName::Keeper => Role::Keeper(Keeper {
                 id: record.node_id.ok_or_else(|| missing("keeper", "node_id"))?,
                 api_addr: record
@@ -401,6 +458,7 @@ impl TryFrom<ProcessRecord> for Process {
             log: record.log,
             netns: record.netns,
             membership: record.membership,
+            uid: record.uid,
         })
     }
 }
@@ -420,9 +478,12 @@ impl From<Process> for ProcessRecord {
             log: process.log,
             netns: process.netns,
             membership: process.membership,
+            uid: process.uid,
         };
         match process.role {
             Role::WorkloadApi => {}
+            Role::SpireServer => record.role = RoleName::SpireServer,
+            Role::SpireAgent => record.role = RoleName::SpireAgent,
             Role::Keeper(keeper) => {
                 record.role = RoleName::Keeper;
                 record.node_id = Some(keeper.id);

@@ -51,6 +51,7 @@ pub mod operator;
 pub mod plan;
 pub mod probe;
 pub mod sockets;
+pub mod spire;
 pub mod supervise;
 pub mod up;
 

@@ -13,6 +13,7 @@ use spike_dev_cluster::plan::{
     BASE_PORT_DEFAULT, KEEPERS_DEFAULT, REPLICAS_DEFAULT, Shape, THRESHOLD_DEFAULT,
     TRUST_DOMAIN_DEFAULT,
 };
+use spike_dev_cluster::spire::{self, SpireShape};
 use spike_dev_cluster::supervise::Signal;
 use spike_dev_cluster::{actions, up};
 
@@ -97,6 +98,13 @@ enum Command {
         /// does. Remembered in cluster.json once given.
         #[arg(long)]
         auto_restore_from_disk_shards: bool,
+        /// Where every process gets its SVID: `dev` (the dev Workload
+        /// API, no Go needed) or `spire` (a SPIRE server and agents, built
+        /// by dev/spire/build).
+        #[arg(long, value_enum, default_value_t = IdentityPlane::Dev)]
+        identity: IdentityPlane,
+        #[command(flatten)]
+        spire: SpireArgs,
     },
     /// Cut the network link between two processes, both ways (--netns
     /// clusters only).
@@ -177,6 +185,33 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum IdentityPlane {
+    /// The dev Workload API and dev CA.
+    Dev,
+    /// SPIRE server and agents.
+    Spire,
+}
+
+#[derive(clap::Args)]
+struct SpireArgs {
+    /// Where spire-server and spire-agent are (default: BIN_DIR/../spire/bin,
+    /// where dev/spire/build puts them).
+    #[arg(long, env = "SPIKE_SPIRE_BIN_DIR")]
+    spire_bin_dir: Option<PathBuf>,
+    /// Lifetime of the SPIRE server's CA (SPIRE prepares the next one at
+    /// half of it and switches at five sixths).
+    #[arg(long, default_value = "1h", value_parser = spike_sdk::duration::parse)]
+    spire_ca_ttl: Duration,
+    /// Lifetime of every SVID (agents renew at half of it).
+    #[arg(long, default_value = "1m", value_parser = spike_sdk::duration::parse)]
+    spire_svid_ttl: Duration,
+    /// First uid handed out: keeper N runs as BASE+N, replica N as
+    /// BASE+100+N, client identity I as BASE+200+I.
+    #[arg(long, default_value_t = spire::UID_BASE_DEFAULT)]
+    spire_uid_base: u32,
+}
+
 #[derive(clap::Args)]
 struct Common {
     /// The cluster directory.
@@ -229,10 +264,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             netns_subnet,
             connect_proxy_base,
             auto_restore_from_disk_shards,
+            identity,
+            spire,
         } => {
             if wait.is_zero() {
                 bail!("--wait must be more than 0");
             }
+            let bin_dir = common.bin_dir()?;
+            let spire = match identity {
+                IdentityPlane::Dev => None,
+                IdentityPlane::Spire => {
+                    if spire.spire_svid_ttl < Duration::from_secs(10)
+                        || spire.spire_ca_ttl < spire.spire_svid_ttl * 6
+                    {
+                        bail!(
+                            "--spire-svid-ttl must be at least 10s and --spire-ca-ttl at least \
+                             six times it (SPIRE caps an SVID at its CA's remaining life)"
+                        );
+                    }
+                    Some(SpireShape {
+                        bin_dir: spire
+                            .spire_bin_dir
+                            .unwrap_or_else(|| bin_dir.join("..").join("spire").join("bin")),
+                        ca_ttl: spire.spire_ca_ttl,
+                        svid_ttl: spire.spire_svid_ttl,
+                        uid_base: spire.spire_uid_base,
+                    })
+                }
+            };
             let shape = Shape {
                 replicas,
                 spares,
@@ -247,8 +306,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .transpose()?,
                 connect_proxy_base,
                 auto_restore_from_disk_shards,
+                spire,
             };
-            up::up(&common.dir, shape, &common.bin_dir()?, wait, out)?;
+            up::up(&common.dir, shape, &bin_dir, wait, out)?;
         }
         Command::Cut { a, b, common } => actions::cut(&common.dir, &a, &b)?,
         Command::Impair {

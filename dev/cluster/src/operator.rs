@@ -12,7 +12,7 @@ use std::time::Duration;
 use spike_sdk::client::{self, NexusClient, Settings};
 use spike_sdk::crypto::recovery_line;
 use spike_sdk::identity::{TrustDomain, TrustRoots};
-use spike_sdk::svid::{IdentityError, SvidSource};
+use spike_sdk::svid::IdentityError;
 
 use crate::file::ClusterFile;
 
@@ -29,6 +29,9 @@ pub enum OperatorError {
     /// The cluster has no replica to ask.
     #[error("no nexus")]
     NoReplica,
+    /// The cluster file names no such identity.
+    #[error(transparent)]
+    File(#[from] crate::file::FileError),
     /// The dev Workload API does not serve the operator identity.
     #[error("identity {role}: {source}")]
     Identity {
@@ -76,12 +79,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, OperatorError> {
 
 /// A client of every serving replica, as the operator `role`.
 async fn client(cluster: &ClusterFile, role: &'static str) -> Result<NexusClient, OperatorError> {
-    let identity = SvidSource::WorkloadApi {
-        endpoint: format!("unix://{}", cluster.socket(role).display()),
-    }
-    .load(IDENTITY_TIMEOUT)
-    .await
-    .map_err(|source| OperatorError::Identity { role, source })?;
+    let identity = cluster
+        .svid_source(role)?
+        .load(IDENTITY_TIMEOUT)
+        .await
+        .map_err(|source| OperatorError::Identity { role, source })?;
     let domain =
         TrustDomain::new(&cluster.trust_domain).map_err(|error| OperatorError::TrustDomain {
             domain: cluster.trust_domain.clone(),

@@ -11,6 +11,7 @@ use spike_dev_identity::directory::DirectoryError;
 use crate::file::{ClusterFile, Keeper, Membership, Process, Replica, Role};
 use crate::netns::{self, NetnsError};
 use crate::sockets::{self, SocketsError};
+use crate::spire::{self, Spire, SpireShape};
 
 /// Replicas started by default.
 pub const REPLICAS_DEFAULT: u64 = 3;
@@ -55,6 +56,8 @@ pub struct Shape {
     /// Keep every recovery shard in `DIR/recovery` and restore from them
     /// after a total loss (development only: the root key is on disk).
     pub auto_restore_from_disk_shards: bool,
+    /// Identities from SPIRE instead of the dev Workload API.
+    pub spire: Option<SpireShape>,
 }
 
 impl Default for Shape {
@@ -71,6 +74,7 @@ impl Default for Shape {
             netns: None,
             connect_proxy_base: None,
             auto_restore_from_disk_shards: false,
+            spire: None,
         }
     }
 }
@@ -89,6 +93,9 @@ pub enum PlanError {
         "at most {REPLICAS_MAX} replicas and spares together (their ports would reach the keepers')"
     )]
     TooManyReplicas,
+    /// Keeper ports would reach the SPIRE server's.
+    #[error("at most 89 keepers on SPIRE (their ports would reach the SPIRE server's)")]
+    TooManyKeepers,
     /// A process's port would pass 65535.
     #[error("--base-port leaves no room for every process")]
     Ports,
@@ -118,22 +125,38 @@ pub fn plan(dir: &Path, shape: Shape) -> Result<ClusterFile, PlanError> {
         shape: &shape,
         hosts: 0,
     };
-    let mut processes = vec![Process {
-        name: "workload-api".to_owned(),
-        role: Role::WorkloadApi,
-        spiffe_endpoint_socket: None,
-        pid: None,
-        log: layout.log("workload-api"),
-        netns: None,
-        membership: Membership::Founder,
-    }];
+    let mut hosts = Vec::new();
     for id in 1..=u64::from(shape.keepers) {
-        processes.push(layout.keeper(id)?);
+        hosts.push(layout.keeper(id)?);
     }
     for id in 1..=shape.replicas + shape.spares {
-        processes.push(layout.replica(id)?);
+        hosts.push(layout.replica(id)?);
     }
-    Ok(ClusterFile {
+    // The identity plane comes first: `up` starts processes in this order
+    // and `down` stops them in the reverse one.
+    let mut processes = match &shape.spire {
+        None => vec![layout.identity_process("workload-api", Role::WorkloadApi, None)],
+        Some(_) => {
+            let mut plane = vec![
+                layout.identity_process("spire-server", Role::SpireServer, None),
+                layout.identity_process(&spire::agent_name(None), Role::SpireAgent, None),
+            ];
+            for host in hosts.iter().filter(|host| host.netns.is_some()) {
+                let name = spire::agent_name(Some(&host.name));
+                plane.push(layout.identity_process(&name, Role::SpireAgent, host.netns.clone()));
+            }
+            plane
+        }
+    };
+    processes.extend(hosts);
+    let spire = match &shape.spire {
+        None => None,
+        Some(spire_shape) => {
+            let gateway = shape.netns.as_ref().map(netns::Layout::gateway);
+            Some(Spire::plan(spire_shape, shape.base_port, gateway).ok_or(PlanError::Ports)?)
+        }
+    };
+    let mut cluster = ClusterFile {
         dir: dir.to_owned(),
         trust_domain: shape.trust_domain,
         shares: shape.keepers,
@@ -143,9 +166,25 @@ pub fn plan(dir: &Path, shape: Shape) -> Result<ClusterFile, PlanError> {
         netns: shape.netns,
         connect_proxy_base: shape.connect_proxy_base,
         auto_restore_from_disk_shards: shape.auto_restore_from_disk_shards,
+        spire,
         sockets_dir,
         processes,
-    })
+    };
+    if let Some(spire) = cluster.spire.clone() {
+        // Each keeper and replica: its own uid, its host's agent.
+        for index in 0..cluster.processes.len() {
+            let process = &cluster.processes[index];
+            if process.node_id().is_none() {
+                continue;
+            }
+            let socket = cluster.agent_socket(&cluster.agent_of(process));
+            let uid = spire.process_uid(process);
+            let process = &mut cluster.processes[index];
+            process.spiffe_endpoint_socket = Some(format!("unix://{}", socket.display()));
+            process.uid = uid;
+        }
+    }
+    Ok(cluster)
 }
 
 fn check(shape: &Shape) -> Result<(), PlanError> {
@@ -164,6 +203,11 @@ fn check(shape: &Shape) -> Result<(), PlanError> {
     }
     if shape.replicas.saturating_add(shape.spares) > u64::from(REPLICAS_MAX) {
         return Err(PlanError::TooManyReplicas);
+    }
+    if shape.spire.is_some()
+        && KEEPER_PORT_OFFSET + u64::from(shape.keepers) >= u64::from(spire::SERVER_PORT_OFFSET)
+    {
+        return Err(PlanError::TooManyKeepers);
     }
     Ok(())
 }
@@ -208,6 +252,21 @@ impl Layout<'_> {
         self.dir.join("logs").join(format!("{name}.log"))
     }
 
+    /// A process of the identity plane (the dev Workload API, the SPIRE
+    /// server or an agent).
+    fn identity_process(&self, name: &str, role: Role, netns: Option<String>) -> Process {
+        Process {
+            name: name.to_owned(),
+            role,
+            spiffe_endpoint_socket: None,
+            pid: None,
+            log: self.log(name),
+            netns,
+            membership: Membership::Founder,
+            uid: None,
+        }
+    }
+
     fn keeper(&mut self, id: u64) -> Result<Process, PlanError> {
         let name = format!("keeper-{id}");
         let host = self.next_host(&name)?;
@@ -221,6 +280,7 @@ impl Layout<'_> {
             log: self.log(&name),
             netns: host.map(|host| host.namespace),
             membership: Membership::Founder,
+            uid: None,
             name,
         })
     }
@@ -246,6 +306,7 @@ impl Layout<'_> {
             } else {
                 Membership::Spare
             },
+            uid: None,
             name,
         })
     }

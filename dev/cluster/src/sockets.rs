@@ -110,6 +110,44 @@ pub fn make_private(sockets: &Path) -> Result<(), SocketsError> {
     Ok(())
 }
 
+/// Makes `sockets` a directory this user owns that others may pass
+/// through but neither list nor write (0711), as SPIRE agents' sockets
+/// are reached by every workload of the host; the cluster directory `dir`,
+/// and the sockets directory's parent inside it, become passable too (the
+/// keepers and replicas run as users of their own).
+pub fn make_reachable(dir: &Path, sockets: &Path) -> Result<(), SocketsError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(sockets)
+        .map_err(|source| SocketsError::Create {
+            path: sockets.to_owned(),
+            source,
+        })?;
+    let passable = fs::Permissions::from_mode(0o711);
+    let mut chain = vec![sockets, dir];
+    chain.extend(sockets.parent().filter(|parent| parent.starts_with(dir)));
+    for path in chain {
+        fs::set_permissions(path, passable.clone()).map_err(|source| SocketsError::Create {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    let metadata = fs::symlink_metadata(sockets).map_err(|source| SocketsError::Inspect {
+        path: sockets.to_owned(),
+        source,
+    })?;
+    let uid = rustix::process::geteuid().as_raw();
+    if !metadata.is_dir() || metadata.uid() != uid || metadata.mode() & 0o022 != 0 {
+        return Err(SocketsError::NotPrivate {
+            path: sockets.to_owned(),
+            uid,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::command::command;
 use crate::file::{ClusterFile, Process, Role};
 use crate::sockets::{self, SocketsError};
+use crate::spire::{self, SpireError};
 
 pub use rustix::process::Signal;
 
@@ -130,6 +131,19 @@ pub enum SuperviseError {
         /// The server's log.
         log: PathBuf,
     },
+    /// The SPIRE server or an agent could not be set up or did not serve.
+    #[error(transparent)]
+    Spire(#[from] SpireError),
+    /// A replica's data directory could not be handed to its user.
+    #[error("cannot give {} to uid {uid}: {source}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The replica's user.
+        uid: u32,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The kernel refused the signal.
     #[error("cannot signal {name} (pid {pid}): {source}")]
     Signal {
@@ -157,8 +171,19 @@ pub fn start(
             pid,
         });
     }
-    if process.role == Role::WorkloadApi {
-        sockets::make_private(&cluster.sockets_dir)?;
+    match &process.role {
+        Role::WorkloadApi => sockets::make_private(&cluster.sockets_dir)?,
+        Role::SpireServer => {
+            sockets::make_reachable(&cluster.dir, &cluster.sockets_dir)?;
+            spire::prepare(cluster, &process)?;
+        }
+        Role::SpireAgent => spire::prepare(cluster, &process)?,
+        Role::Nexus(replica) => {
+            if let Some(uid) = process.uid {
+                give_to(&replica.data_dir, uid)?;
+            }
+        }
+        Role::Keeper(_) => {}
     }
     let log = fs::OpenOptions::new()
         .create(true)
@@ -198,10 +223,32 @@ pub fn start(
             sleep(Duration::from_millis(5));
         }
     }
-    if process.role == Role::WorkloadApi {
-        wait_for_sockets(cluster, &mut child, &process.log)?;
+    match process.role {
+        Role::WorkloadApi => wait_for_sockets(cluster, &mut child, &process.log)?,
+        Role::SpireServer | Role::SpireAgent => {
+            let mut exited = || matches!(child.try_wait(), Ok(Some(_)));
+            spire::started(cluster, &process, &mut exited)?;
+        }
+        Role::Keeper(_) | Role::Nexus(_) => {}
     }
     Ok(())
+}
+
+/// Creates `dir` (0700) if need be and hands it to `uid`: a replica run as
+/// a user of its own writes its data there.
+fn give_to(dir: &Path, uid: u32) -> Result<(), SuperviseError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let failed = |source| SuperviseError::DataDir {
+        path: dir.to_owned(),
+        uid,
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(failed)?;
+    std::os::unix::fs::chown(dir, Some(uid), Some(uid)).map_err(failed)
 }
 
 /// Waits until the dev Workload API serves every process's socket.

@@ -53,7 +53,9 @@ pub fn up(
         .iter()
         .all(|process| running(process).is_none());
     warn_insecure(&cluster, out)?;
-    create_identities(&cluster)?;
+    if cluster.spire.is_none() {
+        create_identities(&cluster)?;
+    }
     let logs = cluster.dir.join("logs");
     fs::create_dir_all(&logs).map_err(|source| Error::Directory { path: logs, source })?;
     if let Some(layout) = &cluster.netns

@@ -1,12 +1,13 @@
 //! One multiplexed HTTP/2 connection per Nexus node, reused by every
 //! request, so a request pays no TCP or TLS handshake. A connection is
-//! replaced when it closes and after [`CONNECTION_AGE_MAX`], so a rotated
-//! SVID (ours or the server's) is in use within that bound.
+//! replaced when it closes, after [`CONNECTION_AGE_MAX`], and once the
+//! server's SVID has expired, so a rotated SVID (ours or the server's) is
+//! in use within that bound, and an expired server is never trusted.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use http_body_util::Full;
@@ -15,7 +16,7 @@ use hyper::client::conn::http2::SendRequest;
 use rustls::ClientConfig;
 
 use super::{ClientError, RawReply, Request, build_request, read_reply};
-use crate::tls::connect;
+use crate::tls::connect_server;
 
 /// Longest one pooled connection is used before a fresh handshake.
 pub const CONNECTION_AGE_MAX: Duration = Duration::from_secs(600);
@@ -23,6 +24,8 @@ pub const CONNECTION_AGE_MAX: Duration = Duration::from_secs(600);
 struct Connection {
     sender: SendRequest<Full<Bytes>>,
     opened: Instant,
+    /// The server's chain expires then.
+    server_expires_at: SystemTime,
 }
 
 /// HTTP/2 connections to Nexus nodes, keyed by address.
@@ -86,32 +89,37 @@ impl Pool {
         if let Some(connection) = self.lock().get(&address)
             && !connection.sender.is_closed()
             && connection.opened.elapsed() < CONNECTION_AGE_MAX
+            && SystemTime::now() < connection.server_expires_at
         {
             return Ok(connection.sender.clone());
         }
         // Two callers may dial at once; the later connection wins the slot
         // and the other is dropped when its requests finish.
         let dial = async {
-            let (stream, _) = connect(address, self.config.clone())
+            let stream = connect_server(address, self.config.clone())
                 .await
                 .map_err(|e| e.to_string())?;
-            hyper::client::conn::http2::handshake(
+            let server_expires_at = stream.expires_at();
+            let (sender, connection) = hyper::client::conn::http2::handshake(
                 hyper_util::rt::TokioExecutor::new(),
                 hyper_util::rt::TokioIo::new(stream),
             )
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+            Ok((sender, connection, server_expires_at))
         };
-        let (sender, connection) = tokio::time::timeout(self.connect_timeout, dial)
-            .await
-            .unwrap_or_else(|_| Err(format!("no connection within {:?}", self.connect_timeout)))
-            .map_err(|reason| ClientError::Connect { address, reason })?;
+        let (sender, connection, server_expires_at) =
+            tokio::time::timeout(self.connect_timeout, dial)
+                .await
+                .unwrap_or_else(|_| Err(format!("no connection within {:?}", self.connect_timeout)))
+                .map_err(|reason| ClientError::Connect { address, reason })?;
         tokio::spawn(connection);
         self.lock().insert(
             address,
             Connection {
                 sender: sender.clone(),
                 opened: Instant::now(),
+                server_expires_at,
             },
         );
         Ok(sender)

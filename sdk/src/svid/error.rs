@@ -79,6 +79,14 @@ pub enum IdentityError {
         /// The verifier's reason.
         reason: String,
     },
+    /// Configuration: the wanted SPIFFE ID (SPIKE_SPIFFE_ID) is not one.
+    #[error("SPIKE_SPIFFE_ID (--spiffe-id) {text:?} is not a SPIFFE ID: {reason}")]
+    InvalidSpiffeId {
+        /// The text as given.
+        text: String,
+        /// The parser's reason.
+        reason: String,
+    },
     /// Configuration: the Workload API endpoint is not a valid address.
     #[error("Workload API endpoint {endpoint:?} is invalid: {reason}")]
     InvalidEndpoint {

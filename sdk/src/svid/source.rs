@@ -3,12 +3,16 @@ use std::time::Duration;
 
 use super::{Identity, IdentityError, files, workload_api};
 use crate::environment::Environment;
+use crate::identity::SpiffeId;
 
 /// How long start-up waits for the Workload API's first SVID by default.
 pub const WORKLOAD_API_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
 /// The environment variable naming the Workload API socket (SPIFFE's name).
 pub const ENDPOINT_SOCKET_VARIABLE: &str = "SPIFFE_ENDPOINT_SOCKET";
+/// The environment variable naming the one SVID to use when the Workload
+/// API offers several.
+pub const SPIFFE_ID_VARIABLE: &str = "SPIKE_SPIFFE_ID";
 /// The environment variable naming the SVID certificate chain PEM file.
 pub const CERT_FILE_VARIABLE: &str = "SPIKE_SVID_CERT_FILE";
 /// The environment variable naming the SVID private key PEM file.
@@ -35,6 +39,9 @@ pub enum SvidSource {
     WorkloadApi {
         /// The endpoint address.
         endpoint: String,
+        /// The SVID to use when the Workload API offers several (the first
+        /// if none is named).
+        spiffe_id: Option<SpiffeId>,
     },
     /// PEM files, reloaded when they change.
     Files(SvidFiles),
@@ -46,6 +53,7 @@ impl SvidSource {
     pub fn from_environment(env: &impl Environment) -> Result<Self, IdentityError> {
         Self::choose(
             env.non_blank(ENDPOINT_SOCKET_VARIABLE),
+            env.non_blank(SPIFFE_ID_VARIABLE).as_deref(),
             env.non_blank(CERT_FILE_VARIABLE).map(PathBuf::from),
             env.non_blank(KEY_FILE_VARIABLE).map(PathBuf::from),
             env.non_blank(BUNDLE_FILE_VARIABLE).map(PathBuf::from),
@@ -54,13 +62,25 @@ impl SvidSource {
 
     fn choose(
         endpoint: Option<String>,
+        spiffe_id: Option<&str>,
         cert: Option<PathBuf>,
         key: Option<PathBuf>,
         bundle: Option<PathBuf>,
     ) -> Result<Self, IdentityError> {
         if cert.is_none() && key.is_none() && bundle.is_none() {
+            let spiffe_id = spiffe_id
+                .map(|text| {
+                    SpiffeId::new(text.trim()).map_err(|error| IdentityError::InvalidSpiffeId {
+                        text: text.to_owned(),
+                        reason: error.to_string(),
+                    })
+                })
+                .transpose()?;
             return match endpoint {
-                Some(endpoint) => Ok(SvidSource::WorkloadApi { endpoint }),
+                Some(endpoint) => Ok(SvidSource::WorkloadApi {
+                    endpoint,
+                    spiffe_id,
+                }),
                 None => Err(IdentityError::NoSource),
             };
         }
@@ -76,7 +96,10 @@ impl SvidSource {
     /// and starts keeping it fresh in the background.
     pub async fn load(&self, timeout: Duration) -> Result<Identity, IdentityError> {
         match self {
-            SvidSource::WorkloadApi { endpoint } => workload_api::connect(endpoint, timeout).await,
+            SvidSource::WorkloadApi {
+                endpoint,
+                spiffe_id,
+            } => workload_api::connect(endpoint, spiffe_id.as_ref(), timeout).await,
             SvidSource::Files(paths) => files::watch(paths.clone()).await,
         }
     }
@@ -90,6 +113,10 @@ pub struct SvidArgs {
     /// SPIFFE Workload API endpoint, e.g. unix:///run/spire/agent.sock
     #[arg(long, env = ENDPOINT_SOCKET_VARIABLE, value_name = "ENDPOINT")]
     pub spiffe_endpoint_socket: Option<String>,
+    /// The SPIFFE ID to use when the Workload API offers several SVIDs
+    /// (the first one otherwise)
+    #[arg(long, env = SPIFFE_ID_VARIABLE, value_name = "SPIFFE_ID")]
+    pub spiffe_id: Option<String>,
     /// SVID certificate chain PEM file (instead of the Workload API)
     #[arg(long, env = CERT_FILE_VARIABLE, value_name = "PATH")]
     pub svid_cert: Option<PathBuf>,
@@ -99,7 +126,9 @@ pub struct SvidArgs {
     /// Trust bundle PEM file
     #[arg(long, env = BUNDLE_FILE_VARIABLE, value_name = "PATH")]
     pub svid_bundle: Option<PathBuf>,
-    /// How long to wait for the Workload API's first SVID, in milliseconds
+    /// How long to wait for the Workload API's first SVID, in milliseconds;
+    /// the process reports what the Workload API answers every 2 s while
+    /// it waits, and exits with code 64 after this long
     #[arg(long, env = "SPIKE_WORKLOAD_API_TIMEOUT_MS", default_value_t = 10_000)]
     pub workload_api_timeout_ms: u64,
 }
@@ -112,6 +141,7 @@ impl SvidArgs {
             self.spiffe_endpoint_socket
                 .clone()
                 .filter(|endpoint| !endpoint.trim().is_empty()),
+            self.spiffe_id.as_deref().filter(|id| !id.trim().is_empty()),
             self.svid_cert.clone(),
             self.svid_key.clone(),
             self.svid_bundle.clone(),
@@ -157,9 +187,30 @@ mod tests {
         assert_eq!(
             SvidSource::from_environment(&env).expect("socket set"),
             SvidSource::WorkloadApi {
-                endpoint: "unix:///tmp/agent.sock".to_owned()
+                endpoint: "unix:///tmp/agent.sock".to_owned(),
+                spiffe_id: None,
             }
         );
+        let env = [
+            ("SPIFFE_ENDPOINT_SOCKET", "unix:///tmp/agent.sock"),
+            (
+                "SPIKE_SPIFFE_ID",
+                "spiffe://spike.ist/spike/pilot/role/recover",
+            ),
+        ];
+        assert!(matches!(
+            SvidSource::from_environment(&env),
+            Ok(SvidSource::WorkloadApi { spiffe_id: Some(id), .. })
+                if id.path() == "/spike/pilot/role/recover"
+        ));
+        let env = [
+            ("SPIFFE_ENDPOINT_SOCKET", "unix:///tmp/agent.sock"),
+            ("SPIKE_SPIFFE_ID", "not-an-id"),
+        ];
+        assert!(matches!(
+            SvidSource::from_environment(&env),
+            Err(IdentityError::InvalidSpiffeId { .. })
+        ));
         assert!(matches!(
             SvidSource::from_environment(&[]),
             Err(IdentityError::NoSource)

@@ -8,7 +8,7 @@ use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use tonic::transport::{Channel, Endpoint};
 
-use super::connect;
+use super::connect_server;
 
 /// Timeouts and keepalives of a gRPC channel. Every one is bounded.
 #[derive(Debug, Clone, Copy)]
@@ -73,17 +73,18 @@ pub fn grpc_channel(
     let connector = tower::service_fn(move |_uri| {
         let config = config.clone();
         async move {
-            let connected = tokio::time::timeout(options.connect_timeout, connect(address, config))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no connection within {:?}", options.connect_timeout),
-                    ))
-                });
-            let (stream, peer) = connected.map_err(|source| ConnectFailed { address, source })?;
-            tracing::trace!(server = %peer.spiffe_id, %address, "gRPC connection established");
-            Ok::<_, ConnectFailed>(TokioIo::new(stream))
+            let connected =
+                tokio::time::timeout(options.connect_timeout, connect_server(address, config))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no connection within {:?}", options.connect_timeout),
+                        ))
+                    });
+            let connection = connected.map_err(|source| ConnectFailed { address, source })?;
+            tracing::trace!(server = %connection.server().spiffe_id, %address, "gRPC connection established");
+            Ok::<_, ConnectFailed>(TokioIo::new(connection))
         }
     });
     // The scheme is a formality: TLS happens in the connector.

@@ -439,6 +439,72 @@ pub async fn connect(
     Ok((stream, PeerIdentity { spiffe_id, address }))
 }
 
+/// A connection we opened to a server whose identity the handshake
+/// verified. Every read and write fails once the server's certificate
+/// chain has expired, so a client trusts a server no longer than its SVID
+/// (a keeper whose registration entry was deleted gets no more shares
+/// over a connection opened before). The check is made when the
+/// connection is used, against the wall clock, with no timer: an idle
+/// connection ends at its next use, and nothing is scheduled that a
+/// simulated run would have to replay.
+pub struct ServerConnection {
+    stream: client::TlsStream<Stream>,
+    server: PeerIdentity,
+    expires_at: SystemTime,
+    lapsed: bool,
+}
+
+impl std::fmt::Debug for ServerConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConnection")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerConnection {
+    /// The verified server.
+    pub fn server(&self) -> &PeerIdentity {
+        &self.server
+    }
+
+    /// When the server's chain expires (the connection ends then).
+    pub fn expires_at(&self) -> SystemTime {
+        self.expires_at
+    }
+
+    fn check_lapse(&mut self, _cx: &mut Context<'_>) -> io::Result<()> {
+        if !self.lapsed && SystemTime::now() >= self.expires_at {
+            tracing::info!(server = %self.server.spiffe_id, address = %self.server.address, reason = %Lapse::Expired, "connection ended");
+            self.lapsed = true;
+        }
+        if self.lapsed {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                Lapse::Expired,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Connects like [`connect`]; the connection ends when the server's chain
+/// expires (see [`ServerConnection`]).
+pub async fn connect_server(
+    address: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> io::Result<ServerConnection> {
+    let (stream, server) = connect(address, config).await?;
+    let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
+    let expires_at = chain_not_after(chain)?;
+    Ok(ServerConnection {
+        stream,
+        server,
+        expires_at,
+        lapsed: false,
+    })
+}
+
 /// Turns "invalid peer certificate: Other(OtherError(PeerRejected {..}))"
 /// into "peer spiffe://... is not a SPIKE nexus".
 fn explain_rejection(error: io::Error) -> io::Error {
@@ -458,53 +524,62 @@ fn explain_rejection(error: io::Error) -> io::Error {
     }
 }
 
-impl AsyncRead for TlsConnection {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        this.check_lapse(cx)?;
-        Pin::new(&mut this.stream).poll_read(cx, buf)
-    }
+/// Reads and writes of a connection whose peer's identity may lapse: each
+/// checks first (`check_lapse`), then goes to the TLS stream.
+macro_rules! lapsing_io {
+    ($connection:ty) => {
+        impl AsyncRead for $connection {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                let this = self.get_mut();
+                this.check_lapse(cx)?;
+                Pin::new(&mut this.stream).poll_read(cx, buf)
+            }
+        }
+
+        impl AsyncWrite for $connection {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                let this = self.get_mut();
+                this.check_lapse(cx)?;
+                Pin::new(&mut this.stream).poll_write(cx, buf)
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                let this = self.get_mut();
+                this.check_lapse(cx)?;
+                Pin::new(&mut this.stream).poll_flush(cx)
+            }
+
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+            }
+
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                let this = self.get_mut();
+                this.check_lapse(cx)?;
+                Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                self.stream.is_write_vectored()
+            }
+        }
+    };
 }
 
-impl AsyncWrite for TlsConnection {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.check_lapse(cx)?;
-        Pin::new(&mut this.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        this.check_lapse(cx)?;
-        Pin::new(&mut this.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.check_lapse(cx)?;
-        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-}
+lapsing_io!(TlsConnection);
+lapsing_io!(ServerConnection);
 
 #[cfg(feature = "axum")]
 mod axum_support {

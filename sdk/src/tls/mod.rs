@@ -39,7 +39,8 @@ pub use limits::{
 };
 pub use listener::{
     CONNECTION_AGE_GRACE, CONNECTION_AGE_MAX_DEFAULT, HANDSHAKE_TIMEOUT, HANDSHAKES_IN_FLIGHT_MAX,
-    Lapse, PeerIdentity, READY_CONNECTIONS_MAX, TlsConnection, TlsListener, connect,
+    Lapse, PeerIdentity, READY_CONNECTIONS_MAX, ServerConnection, TlsConnection, TlsListener,
+    connect, connect_server,
 };
 pub use verifier::peer_spiffe_id;
 

@@ -30,13 +30,9 @@ impl Cli<'_> {
         stdin: &[u8],
     ) -> Output {
         use tokio::io::AsyncWriteExt;
-        let socket = self.cluster.socket(role);
-        let mut child = tokio::process::Command::new(binary("spike"))
-            .env_clear()
-            .env(
-                "SPIFFE_ENDPOINT_SOCKET",
-                format!("unix://{}", socket.display()),
-            )
+        let mut child = self
+            .cluster
+            .spike_as(role)
             .envs(env.iter().copied())
             .env("SPIKE_PILOT_RECOVERY_DIR", self.home)
             .env("HOME", self.home)

@@ -1,0 +1,548 @@
+//! SPIRE as the cluster's identity plane (`up --identity spire`): a SPIRE
+//! server (SQLite datastore, disk key manager, join-token node attestation),
+//! one agent for this host's clients and, with `--netns`, one agent inside
+//! each namespace host, so every keeper and replica fetches its SVID from
+//! the agent of its own host, as in production.
+//!
+//! Workloads are told apart by unix uid (the `unix` workload attestor):
+//! the launcher runs keeper N as uid BASE+N and replica N as BASE+100+N,
+//! each registered under the agent of its host. The client identities
+//! (superuser, recover, restore, bootstrap, lite workload, every
+//! `--workload`) are registered twice: under a uid of their own
+//! (BASE+200+i, for a client that is given nothing else, such as SPIKE's Go
+//! CLI run with `setpriv`), and under the uid of whoever ran `up`, with the
+//! identity's name as hint, so the operator's shell, the tests and the
+//! harnesses can act as any of them by naming the SPIFFE ID they want
+//! (`SPIKE_SPIFFE_ID`, which the env files set). That second registration
+//! is a development convenience: a production deployment gives each
+//! client role a uid (or binary) of its own and nothing else.
+//!
+//! The processes never learn they are on SPIRE: they read
+//! `SPIFFE_ENDPOINT_SOCKET` as with any Workload API.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use spike_dev_identity::IdentitySpec;
+
+use crate::file::{ClusterFile, Process, Role};
+
+/// SVIDs live this long by default: short, so every process rotates
+/// several times within a test run.
+pub const SVID_TTL_DEFAULT: Duration = Duration::from_secs(60);
+/// The SPIRE CA lives this long by default (SPIRE prepares its successor
+/// at half its life and activates it at five sixths).
+pub const CA_TTL_DEFAULT: Duration = Duration::from_secs(3600);
+/// The first uid of the cluster's processes and client identities.
+pub const UID_BASE_DEFAULT: u32 = 61_000;
+/// The SPIRE server listens at BASE + this (above keeper 89's port, in
+/// the block of 200 ports a cluster takes).
+pub const SERVER_PORT_OFFSET: u16 = 190;
+/// Uids of keeper N and replica N are BASE+N and BASE+REPLICA_UIDS+N.
+const REPLICA_UIDS: u32 = 100;
+/// Client identities take uids from BASE+CLIENT_UIDS up.
+const CLIENT_UIDS: u32 = 200;
+/// Longest wait for the server or an agent to serve.
+const READY_WAIT: Duration = Duration::from_secs(60);
+/// Agents' own SVIDs (they renew them at half life) live at most this long.
+const AGENT_TTL_MAX: Duration = Duration::from_secs(3600);
+
+/// A SPIRE operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpireError {
+    /// A SPIRE binary is missing (`dev/spire/build` builds both).
+    #[error("cannot run {}: {source} (build SPIRE with dev/spire/build)", program.display())]
+    Missing {
+        /// The binary.
+        program: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A `spire-server` command failed.
+    #[error("spire-server {args} failed: {complaint}")]
+    Command {
+        /// Its arguments.
+        args: String,
+        /// What it said.
+        complaint: String,
+    },
+    /// The server or an agent did not become healthy in time.
+    #[error("{name} did not become healthy in {}s; see {}", READY_WAIT.as_secs(), log.display())]
+    NotHealthy {
+        /// The process.
+        name: String,
+        /// Its log.
+        log: PathBuf,
+    },
+    /// A configuration or state file could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server printed something this launcher does not read.
+    #[error("unexpected answer from spire-server {args}: {answer}")]
+    Unexpected {
+        /// Its arguments.
+        args: String,
+        /// What it printed.
+        answer: String,
+    },
+}
+
+/// The SPIRE settings of a cluster, as `cluster.json` keeps them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spire {
+    /// Where `spire-server` and `spire-agent` are.
+    pub bin_dir: PathBuf,
+    /// Where the server serves agents.
+    pub server_addr: SocketAddr,
+    /// The server CA's lifetime, in seconds.
+    pub ca_ttl_secs: u64,
+    /// Every workload SVID's lifetime, in seconds.
+    pub svid_ttl_secs: u64,
+    /// The first uid the cluster hands out.
+    pub uid_base: u32,
+    /// The uid of whoever ran `up` (its client registrations).
+    pub operator_uid: u32,
+    /// Whether the registration entries were created (once, at the first
+    /// `up`; a test may delete some, and a restart must not bring them
+    /// back).
+    #[serde(default)]
+    pub registered: bool,
+}
+
+/// What `up --identity spire` asks for.
+#[derive(Debug, Clone)]
+pub struct SpireShape {
+    /// Where `spire-server` and `spire-agent` are.
+    pub bin_dir: PathBuf,
+    /// The server CA's lifetime.
+    pub ca_ttl: Duration,
+    /// Every workload SVID's lifetime.
+    pub svid_ttl: Duration,
+    /// The first uid the cluster hands out.
+    pub uid_base: u32,
+}
+
+/// One registration entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The identity's name (`nexus-1`, `superuser`, a workload's).
+    pub name: String,
+    /// `spiffe://TD/PATH`.
+    pub spiffe_id: String,
+    /// The agent (alias) it is issued through.
+    pub parent_id: String,
+    /// The uid the unix attestor must see.
+    pub uid: u32,
+}
+
+impl Spire {
+    /// The settings for a new cluster whose ports start at `base_port`;
+    /// with namespaces the server listens on the bridge, where every
+    /// namespace reaches it.
+    pub fn plan(shape: &SpireShape, base_port: u16, gateway: Option<Ipv4Addr>) -> Option<Self> {
+        let port = base_port.checked_add(SERVER_PORT_OFFSET)?;
+        let ip = gateway.unwrap_or(Ipv4Addr::LOCALHOST);
+        Some(Self {
+            bin_dir: shape.bin_dir.clone(),
+            server_addr: SocketAddr::new(IpAddr::V4(ip), port),
+            ca_ttl_secs: shape.ca_ttl.as_secs().max(1),
+            svid_ttl_secs: shape.svid_ttl.as_secs().max(1),
+            uid_base: shape.uid_base,
+            operator_uid: rustix::process::getuid().as_raw(),
+            registered: false,
+        })
+    }
+
+    /// The uid keeper or replica `process` runs as.
+    pub fn process_uid(&self, process: &Process) -> Option<u32> {
+        match &process.role {
+            Role::Keeper(keeper) => Some(self.uid_base + u32::try_from(keeper.id).ok()?),
+            Role::Nexus(replica) => {
+                Some(self.uid_base + REPLICA_UIDS + u32::try_from(replica.id).ok()?)
+            }
+            Role::WorkloadApi | Role::SpireServer | Role::SpireAgent => None,
+        }
+    }
+}
+
+/// The name of the agent serving `host` (a keeper or replica in a
+/// namespace), or of this host's agent.
+pub fn agent_name(host: Option<&str>) -> String {
+    match host {
+        Some(host) => format!("spire-agent-{host}"),
+        None => "spire-agent".to_owned(),
+    }
+}
+
+impl ClusterFile {
+    /// The SPIRE settings; only called for SPIRE clusters.
+    fn spire_settings(&self) -> &Spire {
+        self.spire
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a SPIRE process in a cluster without SPIRE"))
+    }
+
+    /// The Workload API socket of SPIRE agent `agent` (its process name).
+    pub fn agent_socket(&self, agent: &str) -> PathBuf {
+        let short = agent.trim_start_matches("spire-");
+        self.sockets_dir.join(format!("{short}.sock"))
+    }
+
+    /// The server's admin socket, in a directory only this user enters.
+    pub fn spire_server_socket(&self) -> PathBuf {
+        self.sockets_dir.join("private").join("server.sock")
+    }
+
+    fn spire_dir(&self) -> PathBuf {
+        self.dir.join("spire")
+    }
+
+    /// The agent serving `process`: its namespace's, or this host's.
+    pub fn agent_of(&self, process: &Process) -> String {
+        match process.netns {
+            Some(_) => agent_name(Some(&process.name)),
+            None => agent_name(None),
+        }
+    }
+
+    /// The SPIFFE ID of the agent alias `agent` (entries name it as parent).
+    fn agent_alias(&self, agent: &str) -> String {
+        format!("spiffe://{}/node/{agent}", self.trust_domain)
+    }
+
+    /// Every registration entry of the cluster: one per keeper and replica
+    /// (its uid, under its host's agent), and two per client identity
+    /// (its own uid, and the operator's), under this host's agent.
+    pub fn spire_entries(&self) -> Vec<Entry> {
+        let spire = self.spire_settings();
+        let mut entries = Vec::new();
+        for process in &self.processes {
+            let (Some(uid), Some(path)) = (spire.process_uid(process), process_path(process))
+            else {
+                continue;
+            };
+            entries.push(Entry {
+                name: process.name.clone(),
+                spiffe_id: format!("spiffe://{}{path}", self.trust_domain),
+                parent_id: self.agent_alias(&self.agent_of(process)),
+                uid,
+            });
+        }
+        let local = self.agent_alias(&agent_name(None));
+        for (index, spec) in self.client_identities().into_iter().enumerate() {
+            let spiffe_id = format!("spiffe://{}{}", self.trust_domain, spec.path);
+            let own = spire.uid_base + CLIENT_UIDS + u32::try_from(index).unwrap_or(u32::MAX - 1);
+            for uid in [own, spire.operator_uid] {
+                entries.push(Entry {
+                    name: spec.name.clone(),
+                    spiffe_id: spiffe_id.clone(),
+                    parent_id: local.clone(),
+                    uid,
+                });
+            }
+        }
+        entries
+    }
+
+    /// SPIKE's client roles (not nexus and keeper, whose processes have
+    /// identities of their own) and every `--workload`.
+    pub fn client_identities(&self) -> Vec<IdentitySpec> {
+        IdentitySpec::roles()
+            .into_iter()
+            .filter(|spec| spec.name != "nexus" && spec.name != "keeper")
+            .chain(
+                self.workloads
+                    .iter()
+                    .filter_map(|text| IdentitySpec::parse(text).ok()),
+            )
+            .collect()
+    }
+}
+
+/// `/spike/ROLE/ID` of a keeper or replica.
+pub fn process_path(process: &Process) -> Option<String> {
+    let id = process.node_id()?;
+    Some(format!("/spike/{}/{id}", process.role.name()))
+}
+
+/// What runs before `process` (a SPIRE server or agent) starts: its
+/// directories and configuration; an agent also gets a fresh join token
+/// when the server can issue one (an agent that holds a valid SVID of its
+/// own from an earlier run ignores it).
+pub fn prepare(cluster: &ClusterFile, process: &Process) -> Result<(), SpireError> {
+    let spire = cluster.spire_settings();
+    let dir = cluster.spire_dir();
+    let config = match process.role {
+        Role::SpireServer => {
+            let data = dir.join("server");
+            private_dir(&data)?;
+            private_dir(&cluster.sockets_dir.join("private"))?;
+            server_config(cluster, spire, &data)
+        }
+        Role::SpireAgent => {
+            let data = dir.join(&process.name);
+            private_dir(&data)?;
+            let bundle = dir.join("bundle.pem");
+            let answer = server(cluster, &["bundle", "show", "-format", "pem"])?;
+            write(&bundle, answer.as_bytes())?;
+            let token = join_token(cluster, &process.name)?;
+            agent_config(cluster, spire, process, &data, &bundle, &token)
+        }
+        _ => return Ok(()),
+    };
+    write(&config_path(cluster, process), config.as_bytes())
+}
+
+/// What runs once `process` (a SPIRE server or agent) has been spawned:
+/// waiting until it serves; the server also gets the cluster's
+/// registration entries the first time.
+pub fn started(
+    cluster: &mut ClusterFile,
+    process: &Process,
+    exited: &mut dyn FnMut() -> bool,
+) -> Result<(), SpireError> {
+    match process.role {
+        Role::SpireServer => {
+            wait_healthy(process, exited, || {
+                server(cluster, &["healthcheck"]).is_ok()
+            })?;
+            if !cluster.spire_settings().registered {
+                register(cluster)?;
+                if let Some(spire) = cluster.spire.as_mut() {
+                    spire.registered = true;
+                }
+            }
+            Ok(())
+        }
+        Role::SpireAgent => {
+            let socket = cluster.agent_socket(&process.name);
+            let program = cluster.spire_settings().bin_dir.join("spire-agent");
+            wait_healthy(process, exited, || {
+                socket.exists()
+                    && Command::new(&program)
+                        .args(["healthcheck", "-socketPath"])
+                        .arg(&socket)
+                        .output()
+                        .is_ok_and(|output| output.status.success())
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The command line of a SPIRE server or agent.
+pub fn command_args(cluster: &ClusterFile, process: &Process) -> Vec<String> {
+    vec![
+        "run".to_owned(),
+        "-config".to_owned(),
+        config_path(cluster, process).display().to_string(),
+    ]
+}
+
+fn config_path(cluster: &ClusterFile, process: &Process) -> PathBuf {
+    cluster.spire_dir().join(format!("{}.conf", process.name))
+}
+
+fn wait_healthy(
+    process: &Process,
+    exited: &mut dyn FnMut() -> bool,
+    mut healthy: impl FnMut() -> bool,
+) -> Result<(), SpireError> {
+    let deadline = Instant::now() + READY_WAIT;
+    while !healthy() {
+        if exited() || Instant::now() > deadline {
+            return Err(SpireError::NotHealthy {
+                name: process.name.clone(),
+                log: process.log.clone(),
+            });
+        }
+        sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Creates every registration entry.
+fn register(cluster: &ClusterFile) -> Result<(), SpireError> {
+    let ttl = cluster.spire_settings().svid_ttl_secs.to_string();
+    for entry in cluster.spire_entries() {
+        let selector = format!("unix:uid:{}", entry.uid);
+        server(
+            cluster,
+            &[
+                "entry",
+                "create",
+                "-spiffeID",
+                &entry.spiffe_id,
+                "-parentID",
+                &entry.parent_id,
+                "-selector",
+                &selector,
+                "-x509SVIDTTL",
+                &ttl,
+                "-hint",
+                &entry.name,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// A one-use join token whose agent is known as `agent`'s alias.
+fn join_token(cluster: &ClusterFile, agent: &str) -> Result<String, SpireError> {
+    let alias = cluster.agent_alias(agent);
+    let args = ["token", "generate", "-spiffeID", &alias, "-ttl", "600"];
+    let answer = server(cluster, &args)?;
+    answer
+        .lines()
+        .find_map(|line| line.strip_prefix("Token:"))
+        .map(|token| token.trim().to_owned())
+        .ok_or_else(|| SpireError::Unexpected {
+            args: args.join(" "),
+            answer,
+        })
+}
+
+/// Runs `spire-server SUBCOMMAND... -socketPath ADMIN FLAGS...` (the
+/// subcommand is the words before the first flag) and returns what it
+/// printed.
+pub fn server(cluster: &ClusterFile, args: &[&str]) -> Result<String, SpireError> {
+    let words = args.iter().take_while(|arg| !arg.starts_with('-')).count();
+    let (subcommand, flags) = args.split_at(words);
+    let program = cluster.spire_settings().bin_dir.join("spire-server");
+    let output = Command::new(&program)
+        .args(subcommand)
+        .arg("-socketPath")
+        .arg(cluster.spire_server_socket())
+        .args(flags)
+        .output()
+        .map_err(|source| SpireError::Missing {
+            program: program.clone(),
+            source,
+        })?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(SpireError::Command {
+            args: args.join(" "),
+            complaint: format!("{}{}", String::from_utf8_lossy(&output.stderr), stdout)
+                .trim()
+                .to_owned(),
+        })
+    }
+}
+
+fn private_dir(path: &Path) -> Result<(), SpireError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o700)))
+        .map_err(|source| SpireError::Write {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), SpireError> {
+    fs::write(path, bytes).map_err(|source| SpireError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn server_config(cluster: &ClusterFile, spire: &Spire, data: &Path) -> String {
+    let agent_ttl = AGENT_TTL_MAX.as_secs().min(spire.ca_ttl_secs);
+    format!(
+        r#"server {{
+    bind_address = "{ip}"
+    bind_port = "{port}"
+    socket_path = "{socket}"
+    trust_domain = "{domain}"
+    data_dir = "{data}"
+    log_level = "INFO"
+    ca_ttl = "{ca_ttl}s"
+    default_x509_svid_ttl = "{svid_ttl}s"
+    agent_ttl = "{agent_ttl}s"
+}}
+
+plugins {{
+    DataStore "sql" {{
+        plugin_data {{
+            database_type = "sqlite3"
+            connection_string = "{data}/datastore.sqlite3"
+        }}
+    }}
+    KeyManager "disk" {{
+        plugin_data {{
+            keys_path = "{data}/keys.json"
+        }}
+    }}
+    NodeAttestor "join_token" {{
+        plugin_data {{}}
+    }}
+}}
+"#,
+        ip = spire.server_addr.ip(),
+        port = spire.server_addr.port(),
+        socket = cluster.spire_server_socket().display(),
+        domain = cluster.trust_domain,
+        data = data.display(),
+        ca_ttl = spire.ca_ttl_secs,
+        svid_ttl = spire.svid_ttl_secs,
+    )
+}
+
+fn agent_config(
+    cluster: &ClusterFile,
+    spire: &Spire,
+    process: &Process,
+    data: &Path,
+    bundle: &Path,
+    token: &str,
+) -> String {
+    format!(
+        r#"agent {{
+    data_dir = "{data}"
+    log_level = "INFO"
+    server_address = "{ip}"
+    server_port = "{port}"
+    socket_path = "{socket}"
+    trust_bundle_path = "{bundle}"
+    trust_domain = "{domain}"
+    join_token = "{token}"
+}}
+
+plugins {{
+    NodeAttestor "join_token" {{
+        plugin_data {{}}
+    }}
+    KeyManager "disk" {{
+        plugin_data {{
+            directory = "{data}"
+        }}
+    }}
+    WorkloadAttestor "unix" {{
+        plugin_data {{}}
+    }}
+}}
+"#,
+        data = data.display(),
+        ip = spire.server_addr.ip(),
+        port = spire.server_addr.port(),
+        socket = cluster.agent_socket(&process.name).display(),
+        bundle = bundle.display(),
+        domain = cluster.trust_domain,
+    )
+}
