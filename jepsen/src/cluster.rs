@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use spike_dev_cluster::supervise::running;
-use spike_dev_cluster::{Action, ClusterFile, Launcher, Membership, Process, Replica, probe};
+use spike_dev_cluster::{Action, ClusterFile, Launcher, Membership, Process, Replica, Role, probe};
 use spike_sdk::client::NexusClient;
 use spike_sdk::identity::TrustRoots;
 
@@ -59,6 +59,7 @@ impl Cluster {
         hosts: &Hosts,
         (replicas, spares): (u64, u64),
         nexus_args: &[String],
+        spire: Option<&crate::run::SpireSettings>,
     ) -> anyhow::Result<Self> {
         let mut args: Vec<String> = vec![
             "--base-port".into(),
@@ -95,6 +96,16 @@ impl Cluster {
             }
         };
         args.extend(nexus_args.iter().map(|arg| format!("--nexus-arg={arg}")));
+        if let Some(spire) = spire {
+            args.extend([
+                "--identity".into(),
+                "spire".into(),
+                "--spire-bin-dir".into(),
+                spire.bin_dir.display().to_string(),
+                "--spire-svid-ttl".into(),
+                format!("{}s", spire.svid_ttl.as_secs()),
+            ]);
+        }
         let cluster = Self {
             launcher: Launcher::new(bin_dir, dir),
             proxies,
@@ -148,6 +159,17 @@ impl Cluster {
     pub fn retire(&self, name: &str) -> anyhow::Result<()> {
         self.launcher.act(Action::Retire, name)?;
         Ok(())
+    }
+
+    /// The SPIRE server and every agent (none on the dev Workload API), in
+    /// the order they start.
+    pub fn spire_processes(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .members()?
+            .into_iter()
+            .filter(|process| matches!(process.role, Role::SpireServer | Role::SpireAgent))
+            .map(|process| process.name)
+            .collect())
     }
 
     /// Names of the keepers.

@@ -23,7 +23,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use spike_jepsen::nemesis::Nemesis;
-use spike_jepsen::run::{self, RunSettings};
+use spike_jepsen::run::{self, RunSettings, SpireSettings};
 use spike_jepsen::workload::Workload;
 
 #[derive(Parser)]
@@ -86,6 +86,25 @@ struct RunArgs {
     /// (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Where every process gets its SVID: the dev Workload API, or SPIRE
+    /// (a server and agents, built by dev/spire/build; needs root).
+    #[arg(long, value_enum, default_value = "dev")]
+    identity: IdentityPlane,
+    /// Where spire-server and spire-agent are (default: BIN_DIR/../spire/bin).
+    #[arg(long, env = "SPIKE_SPIRE_BIN_DIR")]
+    spire_bin_dir: Option<PathBuf>,
+    /// Lifetime of every SVID on SPIRE: short, so every process rotates
+    /// several times in a run.
+    #[arg(long, default_value = "20s", value_parser = spike_sdk::duration::parse)]
+    spire_svid_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum IdentityPlane {
+    /// The dev Workload API.
+    Dev,
+    /// SPIRE server and agents.
+    Spire,
 }
 
 impl RunArgs {
@@ -97,6 +116,18 @@ impl RunArgs {
                 .context("cannot locate the binaries")?
                 .to_owned(),
         };
+        let spire = match self.identity {
+            IdentityPlane::Dev => None,
+            IdentityPlane::Spire => Some(SpireSettings {
+                bin_dir: self
+                    .spire_bin_dir
+                    .unwrap_or_else(|| bin_dir.join("..").join("spire").join("bin")),
+                svid_ttl: self.spire_svid_ttl,
+            }),
+        };
+        if self.nemesis == Nemesis::SpireKill && spire.is_none() {
+            anyhow::bail!("--nemesis spire-kill needs --identity spire");
+        }
         Ok(RunSettings {
             workload: self.workload,
             nemesis: self.nemesis,
@@ -110,6 +141,7 @@ impl RunArgs {
             proxies: self.proxies,
             unsafe_local_reads: self.unsafe_local_reads,
             bin_dir,
+            spire,
         })
     }
 }

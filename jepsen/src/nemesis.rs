@@ -66,13 +66,17 @@ pub enum Nemesis {
     /// id, as an operator would: remove it, stop it for good, start the
     /// spare with --join and add it. Each fault uses up one spare.
     Membership,
+    /// kill -9 of the SPIRE server and every SPIRE agent (`--identity
+    /// spire`), restarted at healing: the processes keep serving on the
+    /// SVIDs they hold.
+    SpireKill,
     /// A random one of the above for each fault (slow links instead of
-    /// delayed ones in namespaces).
+    /// delayed ones in namespaces; SPIRE's fault only on SPIRE).
     Mix,
 }
 
 /// Faults `Mix` chooses from.
-const MIX: [Nemesis; 17] = [
+const MIX: [Nemesis; 18] = [
     Nemesis::PartitionOne,
     Nemesis::PartitionLeader,
     Nemesis::PartitionHalves,
@@ -90,6 +94,7 @@ const MIX: [Nemesis; 17] = [
     Nemesis::SlowLinks,
     Nemesis::DelayedLinks,
     Nemesis::Membership,
+    Nemesis::SpireKill,
 ];
 
 /// The replicas' default Raft heartbeat interval.
@@ -296,6 +301,13 @@ async fn inject(
                 .collect()
         }
         Nemesis::Membership => replace(cluster, &random).await?,
+        Nemesis::SpireKill => {
+            let spire = cluster.spire_processes()?;
+            for name in spire.iter().rev() {
+                cluster.kill(name)?;
+            }
+            spire
+        }
         Nemesis::KeepersPartition => {
             let keepers = cluster.keepers()?;
             for replica in &replicas {
@@ -388,6 +400,11 @@ async fn replace(cluster: &Cluster, victim: &str) -> anyhow::Result<Vec<String>>
 /// Undoes every fault: links healed, processes woken and started.
 pub fn heal_all(cluster: &Cluster) -> anyhow::Result<()> {
     cluster.heal_network()?;
+    // The SPIRE server before its agents, the agents before the processes
+    // that ask them for SVIDs.
+    for name in cluster.spire_processes()? {
+        cluster.start(&name)?;
+    }
     for replica in cluster.replicas()? {
         cluster.set_clock_offset(&replica, 0)?;
     }
@@ -432,6 +449,8 @@ pub async fn run(
         let fault = if nemesis == Nemesis::Mix {
             match *rng.pick(&MIX) {
                 fault if fault.needs_proxies() && !cluster.proxied() => Nemesis::SlowLinks,
+                // On the dev Workload API there is no SPIRE to kill.
+                Nemesis::SpireKill if cluster.spire_processes()?.is_empty() => Nemesis::KillRandom,
                 fault => fault,
             }
         } else {

@@ -62,6 +62,17 @@ pub struct RunSettings {
     pub unsafe_local_reads: bool,
     /// Where nexus, keeper, spike-dev-identity and spike-dev-cluster are.
     pub bin_dir: PathBuf,
+    /// Identities from SPIRE instead of the dev Workload API.
+    pub spire: Option<SpireSettings>,
+}
+
+/// A run on SPIRE.
+#[derive(Debug, Clone)]
+pub struct SpireSettings {
+    /// Where spire-server and spire-agent are.
+    pub bin_dir: PathBuf,
+    /// Every SVID's lifetime.
+    pub svid_ttl: Duration,
 }
 
 /// The outcome of a run.
@@ -133,6 +144,7 @@ pub async fn run(settings: &RunSettings) -> anyhow::Result<Verdict> {
         &hosts,
         (settings.replicas, spares),
         &nexus_args,
+        settings.spire.as_ref(),
     )?;
     cluster.heartbeat = heartbeat;
     let outcome = drive(settings, &cluster, &out).await;
