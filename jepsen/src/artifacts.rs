@@ -174,6 +174,12 @@ fn replay(settings: &RunSettings) -> String {
     if settings.proxies {
         command.push_str(" --proxies");
     }
+    if let Some(spire) = &settings.spire {
+        command.push_str(&format!(
+            " --identity spire --spire-svid-ttl {}",
+            go_duration(spire.svid_ttl)
+        ));
+    }
     command.push_str(" --out DIR");
     command
 }

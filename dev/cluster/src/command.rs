@@ -52,7 +52,7 @@ pub fn command(cluster: &ClusterFile, process: &Process, bin_dir: &Path) -> Comm
         }
         (None, None) => Command::new(&program),
     };
-    command.env("SPIKE_TRUST_ROOT", &cluster.trust_domain).env(
+    command.envs(cluster.trust_roots()).env(
         "SPIKE_SYSTEM_LOG_LEVEL",
         std::env::var("SPIKE_SYSTEM_LOG_LEVEL").unwrap_or_else(|_| "info".to_owned()),
     );

@@ -20,9 +20,6 @@ const FILES: [(&str, &str); 3] = [
     ("env.restore", "restore"),
 ];
 
-/// The roles whose trust root every file sets (`SPIKE_TRUST_ROOT_NEXUS`, ...).
-const TRUST_ROOT_ROLES: [&str; 5] = ["NEXUS", "KEEPER", "PILOT", "BOOTSTRAP", "LITE_WORKLOAD"];
-
 /// The cluster has no replica to point the files at (every one retired).
 #[derive(Debug, thiserror::Error)]
 pub enum EnvError {
@@ -65,9 +62,8 @@ pub fn render(cluster: &ClusterFile, identity: &str) -> Result<String, EnvError>
         }
         SvidSource::Files(_) => unreachable!("a cluster's identities come from a Workload API"),
     }
-    text += &format!("export SPIKE_TRUST_ROOT={}\n", cluster.trust_domain);
-    for role in TRUST_ROOT_ROLES {
-        text += &format!("export SPIKE_TRUST_ROOT_{role}={}\n", cluster.trust_domain);
+    for (variable, domain) in cluster.trust_roots() {
+        text += &format!("export {variable}={domain}\n");
     }
     Ok(text)
 }

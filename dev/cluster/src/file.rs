@@ -299,16 +299,20 @@ impl ClusterFile {
                 spiffe_id: None,
             });
         }
-        let path = self
+        let client = self.client_side();
+        let (side, path) = self
             .client_identities()
             .into_iter()
             .find(|spec| spec.name == name)
-            .map(|spec| spec.path)
-            .or_else(|| self.process(name).ok().and_then(crate::spire::process_path))
+            .map(|spec| (client, spec.path))
+            .or_else(|| {
+                let path = crate::spire::process_path(self.process(name).ok()?)?;
+                Some((crate::spire::Side::Cluster, path))
+            })
             .ok_or_else(|| FileError::NoIdentity(name.to_owned()))?;
-        let text = format!("spiffe://{}{path}", self.trust_domain);
+        let text = format!("spiffe://{}{path}", self.spire_domain(side));
         let spiffe_id = SpiffeId::new(&text).map_err(|_| FileError::NoIdentity(name.to_owned()))?;
-        let socket = self.agent_socket(&crate::spire::agent_name(None));
+        let socket = self.agent_socket(&side.client_agent());
         Ok(SvidSource::WorkloadApi {
             endpoint: format!("unix://{}", socket.display()),
             spiffe_id: Some(spiffe_id),
@@ -362,6 +366,33 @@ impl ClusterFile {
             .enumerate()
             .map(|(index, process)| layout.host(&process.name, index))
             .collect()
+    }
+
+    /// The trust roots every process and env file sets: `SPIKE_TRUST_ROOT`
+    /// and one `SPIKE_TRUST_ROOT_<ROLE>` per role, each the trust domain
+    /// the role is accepted from (the clients' own domain for the client
+    /// roles, when they have one).
+    pub fn trust_roots(&self) -> Vec<(String, String)> {
+        let clients = self
+            .spire
+            .as_ref()
+            .and_then(|spire| spire.pilot_domain.clone())
+            .unwrap_or_else(|| self.trust_domain.clone());
+        let mut roots = vec![("SPIKE_TRUST_ROOT".to_owned(), self.trust_domain.clone())];
+        for role in spike_sdk::identity::Role::ALL {
+            let domain = match role {
+                spike_sdk::identity::Role::Nexus | spike_sdk::identity::Role::Keeper => {
+                    self.trust_domain.clone()
+                }
+                _ => clients.clone(),
+            };
+            let variable = role.trust_root_variable().to_owned();
+            // The three pilot roles share one variable.
+            if !roots.iter().any(|(known, _)| *known == variable) {
+                roots.push((variable, domain));
+            }
+        }
+        roots
     }
 
     /// Every keeper, by id.

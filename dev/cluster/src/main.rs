@@ -210,6 +210,12 @@ struct SpireArgs {
     /// BASE+100+N, client identity I as BASE+200+I.
     #[arg(long, default_value_t = spire::UID_BASE_DEFAULT)]
     spire_uid_base: u32,
+    /// Put the client identities (superuser, recover, restore, bootstrap,
+    /// lite workload, every --workload) in this trust domain of their own,
+    /// with a SPIRE server and agent of its own, federated with the
+    /// cluster's through SPIRE bundle endpoints.
+    #[arg(long, value_name = "TRUST_DOMAIN")]
+    spire_pilot_domain: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -289,6 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         ca_ttl: spire.spire_ca_ttl,
                         svid_ttl: spire.spire_svid_ttl,
                         uid_base: spire.spire_uid_base,
+                        pilot_domain: spire.spire_pilot_domain,
                     })
                 }
             };

@@ -136,11 +136,18 @@ pub fn plan(dir: &Path, shape: Shape) -> Result<ClusterFile, PlanError> {
     // and `down` stops them in the reverse one.
     let mut processes = match &shape.spire {
         None => vec![layout.identity_process("workload-api", Role::WorkloadApi, None)],
-        Some(_) => {
-            let mut plane = vec![
-                layout.identity_process("spire-server", Role::SpireServer, None),
-                layout.identity_process(&spire::agent_name(None), Role::SpireAgent, None),
-            ];
+        Some(spire_shape) => {
+            let mut sides = vec![spire::Side::Cluster];
+            if spire_shape.pilot_domain.is_some() {
+                sides.push(spire::Side::Pilot);
+            }
+            let mut plane = Vec::new();
+            for side in &sides {
+                plane.push(layout.identity_process(side.server_name(), Role::SpireServer, None));
+            }
+            for side in &sides {
+                plane.push(layout.identity_process(&side.client_agent(), Role::SpireAgent, None));
+            }
             for host in hosts.iter().filter(|host| host.netns.is_some()) {
                 let name = spire::agent_name(Some(&host.name));
                 plane.push(layout.identity_process(&name, Role::SpireAgent, host.netns.clone()));

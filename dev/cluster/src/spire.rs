@@ -42,7 +42,8 @@ pub const CA_TTL_DEFAULT: Duration = Duration::from_secs(3600);
 /// The first uid of the cluster's processes and client identities.
 pub const UID_BASE_DEFAULT: u32 = 61_000;
 /// The SPIRE server listens at BASE + this (above keeper 89's port, in
-/// the block of 200 ports a cluster takes).
+/// the block of 200 ports a cluster takes); with a pilot domain, its
+/// server takes the next port and the two bundle endpoints the two after.
 pub const SERVER_PORT_OFFSET: u16 = 190;
 /// Uids of keeper N and replica N are BASE+N and BASE+REPLICA_UIDS+N.
 const REPLICA_UIDS: u32 = 100;
@@ -113,6 +114,10 @@ pub struct Spire {
     pub uid_base: u32,
     /// The uid of whoever ran `up` (its client registrations).
     pub operator_uid: u32,
+    /// The clients' own trust domain, federated with the cluster's
+    /// (`--spire-pilot-domain`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pilot_domain: Option<String>,
     /// Whether the registration entries were created (once, at the first
     /// `up`; a test may delete some, and a restart must not bring them
     /// back).
@@ -131,6 +136,8 @@ pub struct SpireShape {
     pub svid_ttl: Duration,
     /// The first uid the cluster hands out.
     pub uid_base: u32,
+    /// The clients' own trust domain, federated with the cluster's.
+    pub pilot_domain: Option<String>,
 }
 
 /// One registration entry.
@@ -138,12 +145,17 @@ pub struct SpireShape {
 pub struct Entry {
     /// The identity's name (`nexus-1`, `superuser`, a workload's).
     pub name: String,
+    /// The server it is registered on.
+    pub side: Side,
     /// `spiffe://TD/PATH`.
     pub spiffe_id: String,
     /// The agent (alias) it is issued through.
     pub parent_id: String,
     /// The uid the unix attestor must see.
     pub uid: u32,
+    /// The other trust domain, whose bundle comes with the SVID
+    /// (`spiffe://DOMAIN`; with a pilot domain only).
+    pub federates_with: Option<String>,
 }
 
 impl Spire {
@@ -160,6 +172,7 @@ impl Spire {
             svid_ttl_secs: shape.svid_ttl.as_secs().max(1),
             uid_base: shape.uid_base,
             operator_uid: rustix::process::getuid().as_raw(),
+            pilot_domain: shape.pilot_domain.clone(),
             registered: false,
         })
     }
@@ -185,6 +198,63 @@ pub fn agent_name(host: Option<&str>) -> String {
     }
 }
 
+/// Which SPIRE trust domain: the cluster's, or (with `--spire-pilot-domain`)
+/// the one its clients live in, federated with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The cluster's trust domain: keepers and replicas (and the clients,
+    /// without federation).
+    Cluster,
+    /// The clients' trust domain.
+    Pilot,
+}
+
+/// The suffix of the pilot domain's server and agent names.
+const PILOT_SUFFIX: &str = "-pilot";
+
+impl Side {
+    /// The side of SPIRE process `process` (by its name).
+    pub fn of(process: &Process) -> Self {
+        if process.name.ends_with(PILOT_SUFFIX) {
+            Self::Pilot
+        } else {
+            Self::Cluster
+        }
+    }
+
+    /// Its server's process name.
+    pub fn server_name(self) -> &'static str {
+        match self {
+            Self::Cluster => "spire-server",
+            Self::Pilot => "spire-server-pilot",
+        }
+    }
+
+    /// The name of the agent for this host's clients.
+    pub fn client_agent(self) -> String {
+        match self {
+            Self::Cluster => agent_name(None),
+            Self::Pilot => format!("{}{PILOT_SUFFIX}", agent_name(None)),
+        }
+    }
+
+    fn other(self) -> Self {
+        match self {
+            Self::Cluster => Self::Pilot,
+            Self::Pilot => Self::Cluster,
+        }
+    }
+
+    /// Port offsets from the server's own: the server, then its bundle
+    /// endpoint (federation).
+    fn port_offsets(self) -> (u16, u16) {
+        match self {
+            Self::Cluster => (0, 2),
+            Self::Pilot => (1, 3),
+        }
+    }
+}
+
 impl ClusterFile {
     /// The SPIRE settings; only called for SPIRE clusters.
     fn spire_settings(&self) -> &Spire {
@@ -193,15 +263,52 @@ impl ClusterFile {
             .unwrap_or_else(|| unreachable!("a SPIRE process in a cluster without SPIRE"))
     }
 
+    /// The trust domain of `side`.
+    pub fn spire_domain(&self, side: Side) -> &str {
+        match (side, &self.spire_settings().pilot_domain) {
+            (Side::Pilot, Some(domain)) => domain,
+            _ => &self.trust_domain,
+        }
+    }
+
+    /// The side the client identities live on.
+    pub fn client_side(&self) -> Side {
+        match self
+            .spire
+            .as_ref()
+            .and_then(|spire| spire.pilot_domain.as_ref())
+        {
+            Some(_) => Side::Pilot,
+            None => Side::Cluster,
+        }
+    }
+
     /// The Workload API socket of SPIRE agent `agent` (its process name).
     pub fn agent_socket(&self, agent: &str) -> PathBuf {
         let short = agent.trim_start_matches("spire-");
         self.sockets_dir.join(format!("{short}.sock"))
     }
 
-    /// The server's admin socket, in a directory only this user enters.
+    /// The cluster side server's admin socket.
     pub fn spire_server_socket(&self) -> PathBuf {
-        self.sockets_dir.join("private").join("server.sock")
+        self.spire_server_socket_of(Side::Cluster)
+    }
+
+    /// The admin socket of `side`'s server, in a directory only this user
+    /// enters.
+    fn spire_server_socket_of(&self, side: Side) -> PathBuf {
+        let name = side.server_name().trim_start_matches("spire-");
+        self.sockets_dir
+            .join("private")
+            .join(format!("{name}.sock"))
+    }
+
+    /// Where `side`'s server serves agents and its bundle endpoint.
+    fn spire_addresses(&self, side: Side) -> (SocketAddr, SocketAddr) {
+        let base = self.spire_settings().server_addr;
+        let (server, bundle) = side.port_offsets();
+        let at = |offset: u16| SocketAddr::new(base.ip(), base.port().saturating_add(offset));
+        (at(server), at(bundle))
     }
 
     fn spire_dir(&self) -> PathBuf {
@@ -216,16 +323,24 @@ impl ClusterFile {
         }
     }
 
-    /// The SPIFFE ID of the agent alias `agent` (entries name it as parent).
-    fn agent_alias(&self, agent: &str) -> String {
-        format!("spiffe://{}/node/{agent}", self.trust_domain)
+    /// The SPIFFE ID of the agent alias `agent` on `side` (entries name it
+    /// as parent).
+    fn agent_alias(&self, side: Side, agent: &str) -> String {
+        format!("spiffe://{}/node/{agent}", self.spire_domain(side))
     }
 
     /// Every registration entry of the cluster: one per keeper and replica
     /// (its uid, under its host's agent), and two per client identity
-    /// (its own uid, and the operator's), under this host's agent.
+    /// (its own uid, and the operator's), under this host's agent of the
+    /// clients' side.
     pub fn spire_entries(&self) -> Vec<Entry> {
         let spire = self.spire_settings();
+        let federated = |side: Side| {
+            spire
+                .pilot_domain
+                .as_ref()
+                .map(|_| format!("spiffe://{}", self.spire_domain(side.other())))
+        };
         let mut entries = Vec::new();
         for process in &self.processes {
             let (Some(uid), Some(path)) = (spire.process_uid(process), process_path(process))
@@ -234,21 +349,26 @@ impl ClusterFile {
             };
             entries.push(Entry {
                 name: process.name.clone(),
+                side: Side::Cluster,
                 spiffe_id: format!("spiffe://{}{path}", self.trust_domain),
-                parent_id: self.agent_alias(&self.agent_of(process)),
+                parent_id: self.agent_alias(Side::Cluster, &self.agent_of(process)),
                 uid,
+                federates_with: federated(Side::Cluster),
             });
         }
-        let local = self.agent_alias(&agent_name(None));
+        let side = self.client_side();
+        let local = self.agent_alias(side, &side.client_agent());
         for (index, spec) in self.client_identities().into_iter().enumerate() {
-            let spiffe_id = format!("spiffe://{}{}", self.trust_domain, spec.path);
+            let spiffe_id = format!("spiffe://{}{}", self.spire_domain(side), spec.path);
             let own = spire.uid_base + CLIENT_UIDS + u32::try_from(index).unwrap_or(u32::MAX - 1);
             for uid in [own, spire.operator_uid] {
                 entries.push(Entry {
                     name: spec.name.clone(),
+                    side,
                     spiffe_id: spiffe_id.clone(),
                     parent_id: local.clone(),
                     uid,
+                    federates_with: federated(side),
                 });
             }
         }
@@ -281,23 +401,23 @@ pub fn process_path(process: &Process) -> Option<String> {
 /// when the server can issue one (an agent that holds a valid SVID of its
 /// own from an earlier run ignores it).
 pub fn prepare(cluster: &ClusterFile, process: &Process) -> Result<(), SpireError> {
-    let spire = cluster.spire_settings();
     let dir = cluster.spire_dir();
+    let side = Side::of(process);
     let config = match process.role {
         Role::SpireServer => {
-            let data = dir.join("server");
+            let data = dir.join(&process.name);
             private_dir(&data)?;
             private_dir(&cluster.sockets_dir.join("private"))?;
-            server_config(cluster, spire, &data)
+            server_config(cluster, side, &data)
         }
         Role::SpireAgent => {
             let data = dir.join(&process.name);
             private_dir(&data)?;
-            let bundle = dir.join("bundle.pem");
-            let answer = server(cluster, &["bundle", "show", "-format", "pem"])?;
+            let bundle = dir.join(format!("{}-bundle.pem", side.server_name()));
+            let answer = server_on(cluster, side, &["bundle", "show", "-format", "pem"])?;
             write(&bundle, answer.as_bytes())?;
-            let token = join_token(cluster, &process.name)?;
-            agent_config(cluster, spire, process, &data, &bundle, &token)
+            let token = join_token(cluster, side, &process.name)?;
+            agent_config(cluster, side, process, &data, &bundle, &token)
         }
         _ => return Ok(()),
     };
@@ -305,8 +425,9 @@ pub fn prepare(cluster: &ClusterFile, process: &Process) -> Result<(), SpireErro
 }
 
 /// What runs once `process` (a SPIRE server or agent) has been spawned:
-/// waiting until it serves; the server also gets the cluster's
-/// registration entries the first time.
+/// waiting until it serves. Once every server serves, the first time, the
+/// federated servers get each other's bundle and every server its
+/// registration entries.
 pub fn started(
     cluster: &mut ClusterFile,
     process: &Process,
@@ -314,10 +435,14 @@ pub fn started(
 ) -> Result<(), SpireError> {
     match process.role {
         Role::SpireServer => {
+            let side = Side::of(process);
             wait_healthy(process, exited, || {
-                server(cluster, &["healthcheck"]).is_ok()
+                server_on(cluster, side, &["healthcheck"]).is_ok()
             })?;
-            if !cluster.spire_settings().registered {
+            if side == cluster.client_side() && !cluster.spire_settings().registered {
+                if side == Side::Pilot {
+                    federate(cluster)?;
+                }
                 register(cluster)?;
                 if let Some(spire) = cluster.spire.as_mut() {
                     spire.registered = true;
@@ -339,6 +464,47 @@ pub fn started(
         }
         _ => Ok(()),
     }
+}
+
+/// Federates the two servers: each gets a federation relationship with
+/// the other's bundle endpoint, seeded with the other's current bundle (so
+/// it can authenticate that endpoint at once); from then on each fetches
+/// the other's updates from the endpoint by itself. Relationships live in
+/// the servers' datastores and survive restarts.
+fn federate(cluster: &ClusterFile) -> Result<(), SpireError> {
+    for side in [Side::Cluster, Side::Pilot] {
+        let bundle = server_on(cluster, side, &["bundle", "show", "-format", "spiffe"])?;
+        let path = cluster
+            .spire_dir()
+            .join(format!("{}.spiffe-bundle.json", side.server_name()));
+        write(&path, bundle.as_bytes())?;
+        let domain = cluster.spire_domain(side);
+        let (_, endpoint) = cluster.spire_addresses(side);
+        let url = format!("https://{endpoint}");
+        let endpoint_id = format!("spiffe://{domain}/spire/server");
+        let path = path.display().to_string();
+        server_on(
+            cluster,
+            side.other(),
+            &[
+                "federation",
+                "create",
+                "-trustDomain",
+                domain,
+                "-bundleEndpointURL",
+                &url,
+                "-bundleEndpointProfile",
+                "https_spiffe",
+                "-endpointSpiffeID",
+                &endpoint_id,
+                "-trustDomainBundlePath",
+                &path,
+                "-trustDomainBundleFormat",
+                "spiffe",
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 /// The command line of a SPIRE server or agent.
@@ -372,37 +538,39 @@ fn wait_healthy(
     Ok(())
 }
 
-/// Creates every registration entry.
+/// Creates every registration entry, each on its side's server.
 fn register(cluster: &ClusterFile) -> Result<(), SpireError> {
     let ttl = cluster.spire_settings().svid_ttl_secs.to_string();
     for entry in cluster.spire_entries() {
         let selector = format!("unix:uid:{}", entry.uid);
-        server(
-            cluster,
-            &[
-                "entry",
-                "create",
-                "-spiffeID",
-                &entry.spiffe_id,
-                "-parentID",
-                &entry.parent_id,
-                "-selector",
-                &selector,
-                "-x509SVIDTTL",
-                &ttl,
-                "-hint",
-                &entry.name,
-            ],
-        )?;
+        let mut args = vec![
+            "entry",
+            "create",
+            "-spiffeID",
+            &entry.spiffe_id,
+            "-parentID",
+            &entry.parent_id,
+            "-selector",
+            &selector,
+            "-x509SVIDTTL",
+            &ttl,
+            "-hint",
+            &entry.name,
+        ];
+        if let Some(domain) = &entry.federates_with {
+            args.extend(["-federatesWith", domain]);
+        }
+        server_on(cluster, entry.side, &args)?;
     }
     Ok(())
 }
 
-/// A one-use join token whose agent is known as `agent`'s alias.
-fn join_token(cluster: &ClusterFile, agent: &str) -> Result<String, SpireError> {
-    let alias = cluster.agent_alias(agent);
+/// A one-use join token of `side`'s server whose agent is known as
+/// `agent`'s alias.
+fn join_token(cluster: &ClusterFile, side: Side, agent: &str) -> Result<String, SpireError> {
+    let alias = cluster.agent_alias(side, agent);
     let args = ["token", "generate", "-spiffeID", &alias, "-ttl", "600"];
-    let answer = server(cluster, &args)?;
+    let answer = server_on(cluster, side, &args)?;
     answer
         .lines()
         .find_map(|line| line.strip_prefix("Token:"))
@@ -413,17 +581,22 @@ fn join_token(cluster: &ClusterFile, agent: &str) -> Result<String, SpireError> 
         })
 }
 
-/// Runs `spire-server SUBCOMMAND... -socketPath ADMIN FLAGS...` (the
-/// subcommand is the words before the first flag) and returns what it
-/// printed.
+/// Runs `spire-server SUBCOMMAND... -socketPath ADMIN FLAGS...` against
+/// the cluster's server (the subcommand is the words before the first
+/// flag) and returns what it printed.
 pub fn server(cluster: &ClusterFile, args: &[&str]) -> Result<String, SpireError> {
+    server_on(cluster, Side::Cluster, args)
+}
+
+/// Like [`server`], against `side`'s server.
+pub fn server_on(cluster: &ClusterFile, side: Side, args: &[&str]) -> Result<String, SpireError> {
     let words = args.iter().take_while(|arg| !arg.starts_with('-')).count();
     let (subcommand, flags) = args.split_at(words);
     let program = cluster.spire_settings().bin_dir.join("spire-server");
     let output = Command::new(&program)
         .args(subcommand)
         .arg("-socketPath")
-        .arg(cluster.spire_server_socket())
+        .arg(cluster.spire_server_socket_of(side))
         .args(flags)
         .output()
         .map_err(|source| SpireError::Missing {
@@ -462,8 +635,31 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), SpireError> {
     })
 }
 
-fn server_config(cluster: &ClusterFile, spire: &Spire, data: &Path) -> String {
+fn server_config(cluster: &ClusterFile, side: Side, data: &Path) -> String {
+    let spire = cluster.spire_settings();
     let agent_ttl = AGENT_TTL_MAX.as_secs().min(spire.ca_ttl_secs);
+    let (address, bundle_endpoint) = cluster.spire_addresses(side);
+    // With a pilot domain, each server publishes its bundle at an
+    // endpoint (SPIFFE's https_spiffe profile: it authenticates with an
+    // SVID of its own domain) and asks the other side to fetch it every
+    // 10 s, so a CA rotation on one side reaches the other within a test;
+    // the relationships themselves are made through the API ([`federate`]).
+    let federation = match spire.pilot_domain {
+        None => String::new(),
+        Some(_) => format!(
+            r#"
+    federation {{
+        bundle_endpoint {{
+            address = "{ip}"
+            port = {port}
+            refresh_hint = "10s"
+            profile "https_spiffe" {{}}
+        }}
+    }}"#,
+            ip = bundle_endpoint.ip(),
+            port = bundle_endpoint.port(),
+        ),
+    };
     format!(
         r#"server {{
     bind_address = "{ip}"
@@ -474,7 +670,7 @@ fn server_config(cluster: &ClusterFile, spire: &Spire, data: &Path) -> String {
     log_level = "INFO"
     ca_ttl = "{ca_ttl}s"
     default_x509_svid_ttl = "{svid_ttl}s"
-    agent_ttl = "{agent_ttl}s"
+    agent_ttl = "{agent_ttl}s"{federation}
 }}
 
 plugins {{
@@ -494,10 +690,10 @@ plugins {{
     }}
 }}
 "#,
-        ip = spire.server_addr.ip(),
-        port = spire.server_addr.port(),
-        socket = cluster.spire_server_socket().display(),
-        domain = cluster.trust_domain,
+        ip = address.ip(),
+        port = address.port(),
+        socket = cluster.spire_server_socket_of(side).display(),
+        domain = cluster.spire_domain(side),
         data = data.display(),
         ca_ttl = spire.ca_ttl_secs,
         svid_ttl = spire.svid_ttl_secs,
@@ -506,12 +702,13 @@ plugins {{
 
 fn agent_config(
     cluster: &ClusterFile,
-    spire: &Spire,
+    side: Side,
     process: &Process,
     data: &Path,
     bundle: &Path,
     token: &str,
 ) -> String {
+    let (address, _) = cluster.spire_addresses(side);
     format!(
         r#"agent {{
     data_dir = "{data}"
@@ -539,10 +736,10 @@ plugins {{
 }}
 "#,
         data = data.display(),
-        ip = spire.server_addr.ip(),
-        port = spire.server_addr.port(),
+        ip = address.ip(),
+        port = address.port(),
         socket = cluster.agent_socket(&process.name).display(),
         bundle = bundle.display(),
-        domain = cluster.trust_domain,
+        domain = cluster.spire_domain(side),
     )
 }

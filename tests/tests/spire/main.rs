@@ -9,6 +9,7 @@
 //! SDK load, and prints its figures.
 
 mod cluster;
+mod federation;
 mod revocation;
 mod rotation;
 
