@@ -76,7 +76,8 @@ enum Command {
         /// Extra flags for every nexus (e.g. "--snapshot-every=50").
         #[arg(long = "nexus-arg", allow_hyphen_values = true)]
         nexus_args: Vec<String>,
-        /// Extra workload identity NAME=PATH (served at sockets/NAME.sock).
+        /// Extra workload identity NAME=PATH (served at sockets/NAME.sock;
+        /// on SPIRE, registered; default there: example-app=/app/example).
         #[arg(long = "workload", value_name = "NAME=PATH")]
         workloads: Vec<String>,
         /// Run every keeper and replica in a network namespace of its own,
@@ -307,7 +308,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 base_port,
                 trust_domain,
                 nexus_args,
-                workloads,
+                // On SPIRE an example application is registered unless
+                // workloads are named.
+                workloads: if workloads.is_empty() && spire.is_some() {
+                    vec![spire::EXAMPLE_WORKLOAD.to_owned()]
+                } else {
+                    workloads
+                },
                 netns: netns
                     .map(|prefix| Layout::new(&prefix, &netns_subnet))
                     .transpose()?,

@@ -39,6 +39,9 @@ pub const SVID_TTL_DEFAULT: Duration = Duration::from_secs(60);
 /// The SPIRE CA lives this long by default (SPIRE prepares its successor
 /// at half its life and activates it at five sixths).
 pub const CA_TTL_DEFAULT: Duration = Duration::from_secs(3600);
+/// The application workload registered when `up --identity spire` is
+/// given none (`--workload`).
+pub const EXAMPLE_WORKLOAD: &str = "example-app=/app/example";
 /// The first uid of the cluster's processes and client identities.
 pub const UID_BASE_DEFAULT: u32 = 61_000;
 /// The SPIRE server listens at BASE + this (above keeper 89's port, in
@@ -742,4 +745,165 @@ plugins {{
         bundle = bundle.display(),
         domain = cluster.spire_domain(side),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netns;
+    use crate::plan::{Shape, plan};
+
+    fn spire_cluster(pilot_domain: Option<&str>, netns: bool) -> ClusterFile {
+        plan(
+            Path::new("/c"),
+            Shape {
+                replicas: 2,
+                keepers: 2,
+                threshold: 2,
+                base_port: 30_000,
+                workloads: vec!["billing=/app/billing".to_owned()],
+                netns: netns.then(|| netns::Layout::new("t", "10.1.2").expect("layout")),
+                spire: Some(SpireShape {
+                    bin_dir: PathBuf::from("/spire"),
+                    ca_ttl: Duration::from_secs(3600),
+                    svid_ttl: Duration::from_secs(60),
+                    uid_base: 50_000,
+                    pilot_domain: pilot_domain.map(str::to_owned),
+                }),
+                ..Shape::default()
+            },
+        )
+        .expect("plan")
+    }
+
+    #[test]
+    fn each_keeper_and_replica_has_a_uid_and_an_entry_under_its_hosts_agent() {
+        let cluster = spire_cluster(None, true);
+        let names: Vec<&str> = cluster.processes.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "spire-server",
+                "spire-agent",
+                "spire-agent-keeper-1",
+                "spire-agent-keeper-2",
+                "spire-agent-nexus-1",
+                "spire-agent-nexus-2",
+                "keeper-1",
+                "keeper-2",
+                "nexus-1",
+                "nexus-2"
+            ]
+        );
+        // Namespaced agents share their host's namespace and take no
+        // host address of their own.
+        let hosts = cluster.hosts().expect("hosts");
+        assert_eq!(hosts.len(), 4);
+        assert_eq!(
+            cluster.process("spire-agent-nexus-2").expect("agent").netns,
+            cluster.process("nexus-2").expect("replica").netns
+        );
+        let nexus = cluster.process("nexus-2").expect("replica");
+        assert_eq!(nexus.uid, Some(50_102));
+        assert_eq!(
+            nexus.spiffe_endpoint_socket.as_deref(),
+            Some("unix:///c/identities/sockets/agent-nexus-2.sock")
+        );
+        let entries = cluster.spire_entries();
+        let of = |name: &str| -> Vec<&Entry> {
+            entries.iter().filter(|entry| entry.name == name).collect()
+        };
+        let keeper = of("keeper-1");
+        assert_eq!(keeper.len(), 1);
+        assert_eq!(keeper[0].uid, 50_001);
+        assert_eq!(keeper[0].spiffe_id, "spiffe://spike.ist/spike/keeper/1");
+        assert_eq!(
+            keeper[0].parent_id,
+            "spiffe://spike.ist/node/spire-agent-keeper-1"
+        );
+        // A client identity: its own uid and the operator's, under this
+        // host's agent; the server listens on the bridge.
+        let billing = of("billing");
+        let uids: Vec<u32> = billing.iter().map(|entry| entry.uid).collect();
+        assert_eq!(uids, [50_205, rustix::process::getuid().as_raw()]);
+        assert!(billing.iter().all(|entry| {
+            entry.parent_id == "spiffe://spike.ist/node/spire-agent"
+                && entry.spiffe_id == "spiffe://spike.ist/app/billing"
+                && entry.federates_with.is_none()
+        }));
+        let spire = cluster.spire.as_ref().expect("spire");
+        assert_eq!(spire.server_addr.to_string(), "10.1.2.1:30190");
+        // Every identity the test and the env files ask for is offered.
+        let source = cluster.svid_source("recover").expect("recover");
+        assert!(matches!(
+            source,
+            spike_sdk::svid::SvidSource::WorkloadApi { spiffe_id: Some(id), .. }
+                if id.to_string() == "spiffe://spike.ist/spike/pilot/role/recover"
+        ));
+    }
+
+    #[test]
+    fn a_pilot_domain_takes_the_client_identities_and_federates_both_ways() {
+        let cluster = spire_cluster(Some("pilot.example"), false);
+        let names: Vec<&str> = cluster.processes[..4]
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "spire-server",
+                "spire-server-pilot",
+                "spire-agent",
+                "spire-agent-pilot"
+            ]
+        );
+        let entries = cluster.spire_entries();
+        let superuser: Vec<&Entry> = entries
+            .iter()
+            .filter(|entry| entry.name == "superuser")
+            .collect();
+        assert_eq!(superuser.len(), 2);
+        assert!(superuser.iter().all(|entry| {
+            entry.side == Side::Pilot
+                && entry.spiffe_id == "spiffe://pilot.example/spike/pilot/role/superuser"
+                && entry.parent_id == "spiffe://pilot.example/node/spire-agent-pilot"
+                && entry.federates_with.as_deref() == Some("spiffe://spike.ist")
+        }));
+        let replica = entries
+            .iter()
+            .find(|entry| entry.name == "nexus-1")
+            .expect("nexus-1");
+        assert_eq!(replica.side, Side::Cluster);
+        assert_eq!(
+            replica.federates_with.as_deref(),
+            Some("spiffe://pilot.example")
+        );
+        // The replicas accept the client roles from the pilot domain only.
+        let roots = cluster.trust_roots();
+        let root = |name: &str| {
+            roots
+                .iter()
+                .find(|(variable, _)| variable == name)
+                .map(|(_, domain)| domain.as_str())
+        };
+        assert_eq!(root("SPIKE_TRUST_ROOT_PILOT"), Some("pilot.example"));
+        assert_eq!(
+            root("SPIKE_TRUST_ROOT_LITE_WORKLOAD"),
+            Some("pilot.example")
+        );
+        assert_eq!(root("SPIKE_TRUST_ROOT_NEXUS"), Some("spike.ist"));
+        assert_eq!(roots.len(), 6, "{roots:?}");
+        // Server, pilot server, and their bundle endpoints: four ports.
+        assert_eq!(
+            cluster.spire_addresses(Side::Pilot),
+            (
+                "127.0.0.1:30191".parse().expect("address"),
+                "127.0.0.1:30193".parse().expect("address")
+            )
+        );
+        let config = server_config(&cluster, Side::Cluster, Path::new("/d"));
+        assert!(config.contains("port = 30192"), "{config}");
+        assert!(config.contains(r#"profile "https_spiffe""#), "{config}");
+    }
 }

@@ -147,6 +147,22 @@ async fn secrets_policies_ciphers_recovery_and_restore_work_on_agent_issued_svid
     shards.sort();
     assert_eq!(shards.len(), 5, "one per keeper");
     cluster.try_spike("down", &[]).expect("down");
+    // Nothing of SPIRE or the cluster is left running, and no agent
+    // socket stays behind.
+    cluster.reload();
+    for process in &cluster.file.processes {
+        assert!(
+            spike_dev_cluster::supervise::running(process).is_none(),
+            "{} still runs after down",
+            process.name
+        );
+    }
+    let agent_socket = cluster.file.agent_socket("spire-agent");
+    assert!(
+        !agent_socket.exists(),
+        "{} left behind",
+        agent_socket.display()
+    );
     let said = cluster.try_spike("up", &[]).expect("up again");
     cluster.reload();
     assert!(said.contains("spike operator restore"), "{said}");
