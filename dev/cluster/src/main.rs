@@ -105,7 +105,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = IdentityPlane::Dev)]
         identity: IdentityPlane,
         #[command(flatten)]
-        spire: SpireArgs,
+        spire: Box<SpireArgs>,
     },
     /// Cut the network link between two processes, both ways (--netns
     /// clusters only).

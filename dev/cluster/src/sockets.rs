@@ -87,27 +87,7 @@ pub fn choose(dir: &Path, workloads: &[IdentitySpec]) -> Result<PathBuf, Sockets
 /// that is not: in a shared temporary directory, a directory someone else
 /// made first could let them serve identities to the cluster.
 pub fn make_private(sockets: &Path) -> Result<(), SocketsError> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(sockets)
-        .map_err(|source| SocketsError::Create {
-            path: sockets.to_owned(),
-            source,
-        })?;
-    let metadata = fs::symlink_metadata(sockets).map_err(|source| SocketsError::Inspect {
-        path: sockets.to_owned(),
-        source,
-    })?;
-    let uid = rustix::process::geteuid().as_raw();
-    if !metadata.is_dir() || metadata.uid() != uid || metadata.mode() & 0o077 != 0 {
-        return Err(SocketsError::NotPrivate {
-            path: sockets.to_owned(),
-            uid,
-        });
-    }
-    Ok(())
+    make_owned(sockets, 0o700, 0o077)
 }
 
 /// Makes `sockets` a directory this user owns that others may pass
@@ -116,30 +96,39 @@ pub fn make_private(sockets: &Path) -> Result<(), SocketsError> {
 /// and the sockets directory's parent inside it, become passable too (the
 /// keepers and replicas run as users of their own).
 pub fn make_reachable(dir: &Path, sockets: &Path) -> Result<(), SocketsError> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
+    make_owned(sockets, 0o711, 0o066)?;
+    let mut chain = vec![sockets, dir];
+    chain.extend(sockets.parent().filter(|parent| parent.starts_with(dir)));
+    for path in chain {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o711)).map_err(|source| {
+            SocketsError::Create {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Creates `sockets` with `mode` if missing, then refuses it unless it is a
+/// directory of this user's with none of the `forbidden` mode bits.
+fn make_owned(sockets: &Path, mode: u32, forbidden: u32) -> Result<(), SocketsError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o711)
+        .mode(mode)
         .create(sockets)
         .map_err(|source| SocketsError::Create {
             path: sockets.to_owned(),
             source,
         })?;
-    let passable = fs::Permissions::from_mode(0o711);
-    let mut chain = vec![sockets, dir];
-    chain.extend(sockets.parent().filter(|parent| parent.starts_with(dir)));
-    for path in chain {
-        fs::set_permissions(path, passable.clone()).map_err(|source| SocketsError::Create {
-            path: path.to_owned(),
-            source,
-        })?;
-    }
     let metadata = fs::symlink_metadata(sockets).map_err(|source| SocketsError::Inspect {
         path: sockets.to_owned(),
         source,
     })?;
     let uid = rustix::process::geteuid().as_raw();
-    if !metadata.is_dir() || metadata.uid() != uid || metadata.mode() & 0o022 != 0 {
+    if !metadata.is_dir() || metadata.uid() != uid || metadata.mode() & forbidden != 0 {
         return Err(SocketsError::NotPrivate {
             path: sockets.to_owned(),
             uid,

@@ -61,6 +61,18 @@ async fn spike_ok(
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// `spike secret get app/db pass`, as the superuser, answers the secret.
+async fn assert_serves_the_secret(cluster: &LocalCluster, home: &std::path::Path) {
+    let read = spike_ok(
+        cluster,
+        "superuser",
+        home,
+        &["secret", "get", "app/db", "pass"],
+    )
+    .await;
+    assert_eq!(read.trim(), "s3cr3t");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs SPIRE: tests/run builds it (dev/spire/build) and runs these"]
 async fn secrets_policies_ciphers_recovery_and_restore_work_on_agent_issued_svids() {
@@ -80,14 +92,7 @@ async fn secrets_policies_ciphers_recovery_and_restore_work_on_agent_issued_svid
         &["secret", "put", "app/db", "pass=s3cr3t"],
     )
     .await;
-    let read = spike_ok(
-        &cluster,
-        "superuser",
-        home,
-        &["secret", "get", "app/db", "pass"],
-    )
-    .await;
-    assert_eq!(read.trim(), "s3cr3t");
+    assert_serves_the_secret(&cluster, home).await;
 
     // A policy for the billing workload, whose SVID also comes from SPIRE.
     spike_ok(
@@ -175,14 +180,7 @@ async fn secrets_policies_ciphers_recovery_and_restore_work_on_agent_issued_svid
     for id in 1..=3 {
         cluster.wait_ready(id, Duration::from_secs(30)).await;
     }
-    let read = spike_ok(
-        &cluster,
-        "superuser",
-        home,
-        &["secret", "get", "app/db", "pass"],
-    )
-    .await;
-    assert_eq!(read.trim(), "s3cr3t");
+    assert_serves_the_secret(&cluster, home).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,15 +4,9 @@
 
 use std::time::Duration;
 
-use spike_dev_cluster::spire::{Side, server_on};
-use spike_tests::LocalCluster;
+use spike_dev_cluster::spire::Side;
 
-use crate::{Load, client, up};
-
-/// Runs `spire-server ARGS` against the clients' (pilot) server.
-fn pilot_server(cluster: &LocalCluster, args: &[&str]) -> String {
-    server_on(&cluster.file, Side::Pilot, args).unwrap_or_else(|error| panic!("{error}"))
-}
+use crate::{Load, assert_no_failed_request, client, rotate_ca, up};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs SPIRE: tests/run builds it (dev/spire/build) and runs these"]
@@ -48,46 +42,8 @@ async fn a_pilot_in_a_federated_trust_domain_is_served_through_its_ca_rotation()
     );
     let superuser = client(&cluster, "superuser").await;
     let load = Load::start(superuser, 4);
-    let propagate = Duration::from_secs(20);
-    let authorities = |cluster: &LocalCluster| -> serde_json::Value {
-        let shown = pilot_server(
-            cluster,
-            &["localauthority", "x509", "show", "-output", "json"],
-        );
-        serde_json::from_str(&shown).expect("json")
-    };
-    let old = authorities(&cluster)["active"]["authority_id"]
-        .as_str()
-        .expect("active")
-        .to_owned();
-    pilot_server(&cluster, &["localauthority", "x509", "prepare"]);
-    let new = authorities(&cluster)["prepared"]["authority_id"]
-        .as_str()
-        .expect("prepared")
-        .to_owned();
-    tokio::time::sleep(propagate).await;
-    pilot_server(
-        &cluster,
-        &["localauthority", "x509", "activate", "-authorityID", &new],
-    );
-    tokio::time::sleep(propagate).await;
-    pilot_server(
-        &cluster,
-        &["localauthority", "x509", "taint", "-authorityID", &old],
-    );
-    tokio::time::sleep(propagate).await;
-    pilot_server(
-        &cluster,
-        &["localauthority", "x509", "revoke", "-authorityID", &old],
-    );
-    tokio::time::sleep(propagate).await;
-    let report = load.stop().await;
-    println!(
-        "federated pilot, its CA rotated under load: {} requests ok, {} failed",
-        report.ok, report.failed
-    );
-    assert_eq!(report.failed, 0, "{:?}", report.first_failures);
-    assert!(report.ok > 100, "{report:?}");
+    rotate_ca(&cluster, Side::Pilot, Duration::from_secs(20)).await;
+    assert_no_failed_request(load, "federated pilot, its CA rotated under load").await;
     // The cluster's server holds the pilot domain's new bundle alone.
     let federated = spike_dev_cluster::spire::server(
         &cluster.file,

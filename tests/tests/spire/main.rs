@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use spike_dev_cluster::spire::Side;
 use spike_sdk::api::SecretValues;
 use spike_sdk::client::{NexusClient, RetryPolicy, Settings};
 use spike_sdk::domain::SecretPath;
@@ -65,6 +66,48 @@ pub fn up(svid_ttl: &str, args: &[&str]) -> LocalCluster {
 /// Runs `spire-server ARGS` against the cluster's server; its output.
 pub fn spire_server(cluster: &LocalCluster, args: &[&str]) -> String {
     spike_dev_cluster::spire::server(&cluster.file, args).unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// SPIRE's own CA rotation on `side`'s server, forced, each step given
+/// time to reach every workload (agents sync every 5 s; a federated
+/// domain fetches the other's bundle every 10 s): prepare (the new CA
+/// joins the bundle), activate (new SVIDs are signed by it), taint the old
+/// one (agents rotate every SVID it signed at once), revoke it (it leaves
+/// the bundle). Returns the new authority's id.
+pub async fn rotate_ca(cluster: &LocalCluster, side: Side, step: Duration) -> String {
+    let run = |args: &[&str]| {
+        spike_dev_cluster::spire::server_on(&cluster.file, side, args)
+            .unwrap_or_else(|error| panic!("{error}"))
+    };
+    let authority = |which: &str| {
+        let shown = run(&["localauthority", "x509", "show", "-output", "json"]);
+        let shown: serde_json::Value = serde_json::from_str(&shown).expect("json");
+        shown[which]["authority_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {which} authority: {shown}"))
+            .to_owned()
+    };
+    let old = authority("active");
+    run(&["localauthority", "x509", "prepare"]);
+    let new = authority("prepared");
+    for (action, id) in [("activate", &new), ("taint", &old), ("revoke", &old)] {
+        tokio::time::sleep(step).await;
+        run(&["localauthority", "x509", action, "-authorityID", id]);
+    }
+    tokio::time::sleep(step).await;
+    new
+}
+
+/// Stops `load`, prints what it did during `what`, and fails the test if
+/// a request failed (or hardly any succeeded).
+pub async fn assert_no_failed_request(load: Load, what: &str) {
+    let report = load.stop().await;
+    println!(
+        "{what}: {} requests ok, {} failed",
+        report.ok, report.failed
+    );
+    assert_eq!(report.failed, 0, "{what}: {:?}", report.first_failures);
+    assert!(report.ok > 100, "{what}: {report:?}");
 }
 
 /// Deletes every registration entry of `spiffe_id`; how many there were.

@@ -8,7 +8,10 @@ use spike_sdk::api::SecretValues;
 use spike_sdk::domain::{Permission, PolicyName, SecretPath};
 use spike_tests::LocalCluster;
 
-use crate::{Load, client, client_of, delete_entries, log_lines, probe_of, rotations, up};
+use crate::{
+    Load, assert_no_failed_request, client, client_of, delete_entries, log_lines, probe_of,
+    rotations, up,
+};
 
 /// Polls `check` every 200 ms until it holds; how long that took, or
 /// `None` after `limit`.
@@ -177,11 +180,5 @@ async fn agents_and_the_server_going_away_leave_the_cluster_serving() {
     cluster.act("start", "spire-server");
     tokio::time::sleep(Duration::from_secs(10)).await;
 
-    let report = load.stop().await;
-    println!(
-        "agent and server outages under load: {} requests ok, {} failed",
-        report.ok, report.failed
-    );
-    assert_eq!(report.failed, 0, "{:?}", report.first_failures);
-    assert!(report.ok > 100, "{report:?}");
+    assert_no_failed_request(load, "agent and server outages under load").await;
 }

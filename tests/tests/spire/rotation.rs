@@ -4,7 +4,11 @@
 
 use std::time::Duration;
 
-use crate::{Load, client, log_lines, rotations, spire_server, up};
+use spike_dev_cluster::spire::Side;
+
+use crate::{
+    Load, assert_no_failed_request, client, log_lines, rotate_ca, rotations, spire_server, up,
+};
 
 /// Every keeper and replica of the default cluster.
 const PROCESSES: [&str; 8] = [
@@ -82,45 +86,8 @@ fn authorities(cluster: &spike_tests::LocalCluster) -> serde_json::Value {
 async fn a_ca_rotation_fails_no_request_and_retires_the_old_bundle() {
     let cluster = up("20s", &[]);
     let load = Load::start(client(&cluster, "superuser").await, 4);
-    // Agents sync every 5 s; workloads then get the new bundle or SVID.
-    let propagate = Duration::from_secs(12);
-    let old = authorities(&cluster)["active"]["authority_id"]
-        .as_str()
-        .expect("an active authority")
-        .to_owned();
-
-    // SPIRE's own rotation, forced: prepare (the new CA joins the bundle),
-    // activate (new SVIDs are signed by it), taint the old one (agents
-    // rotate every SVID it signed at once), revoke it (it leaves the
-    // bundle).
-    spire_server(&cluster, &["localauthority", "x509", "prepare"]);
-    let new = authorities(&cluster)["prepared"]["authority_id"]
-        .as_str()
-        .expect("a prepared authority")
-        .to_owned();
-    tokio::time::sleep(propagate).await;
-    spire_server(
-        &cluster,
-        &["localauthority", "x509", "activate", "-authorityID", &new],
-    );
-    tokio::time::sleep(propagate).await;
-    spire_server(
-        &cluster,
-        &["localauthority", "x509", "taint", "-authorityID", &old],
-    );
-    tokio::time::sleep(propagate).await;
-    spire_server(
-        &cluster,
-        &["localauthority", "x509", "revoke", "-authorityID", &old],
-    );
-    tokio::time::sleep(propagate).await;
-    let report = load.stop().await;
-    println!(
-        "CA rotation under load: {} requests ok, {} failed",
-        report.ok, report.failed
-    );
-    assert_eq!(report.failed, 0, "{:?}", report.first_failures);
-    assert!(report.ok > 100, "{report:?}");
+    let new = rotate_ca(&cluster, Side::Cluster, Duration::from_secs(12)).await;
+    assert_no_failed_request(load, "CA rotation under load").await;
 
     // Only the new CA is left, in SPIRE and in what a workload is given.
     let after = authorities(&cluster);
