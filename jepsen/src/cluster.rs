@@ -4,7 +4,7 @@
 //! links are faulted in the harness's own per-link proxies ([`crate::proxy`]).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,15 @@ pub enum Hosts {
     Proxies,
 }
 
+/// A run on SPIRE.
+#[derive(Debug, Clone)]
+pub struct SpireSettings {
+    /// Where spire-server and spire-agent are.
+    pub bin_dir: PathBuf,
+    /// Every SVID's lifetime.
+    pub svid_ttl: Duration,
+}
+
 /// Replica N's proxy listens on BASE_PORT + this + N.
 const PROXY_PORT_OFFSET: u16 = 150;
 
@@ -59,7 +68,7 @@ impl Cluster {
         hosts: &Hosts,
         (replicas, spares): (u64, u64),
         nexus_args: &[String],
-        spire: Option<&crate::run::SpireSettings>,
+        spire: Option<&SpireSettings>,
     ) -> anyhow::Result<Self> {
         let mut args: Vec<String> = vec![
             "--base-port".into(),

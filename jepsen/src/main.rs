@@ -22,8 +22,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use spike_jepsen::cluster::SpireSettings;
 use spike_jepsen::nemesis::Nemesis;
-use spike_jepsen::run::{self, RunSettings, SpireSettings};
+use spike_jepsen::run::{self, RunSettings};
 use spike_jepsen::workload::Workload;
 
 #[derive(Parser)]

@@ -63,16 +63,7 @@ pub struct RunSettings {
     /// Where nexus, keeper, spike-dev-identity and spike-dev-cluster are.
     pub bin_dir: PathBuf,
     /// Identities from SPIRE instead of the dev Workload API.
-    pub spire: Option<SpireSettings>,
-}
-
-/// A run on SPIRE.
-#[derive(Debug, Clone)]
-pub struct SpireSettings {
-    /// Where spire-server and spire-agent are.
-    pub bin_dir: PathBuf,
-    /// Every SVID's lifetime.
-    pub svid_ttl: Duration,
+    pub spire: Option<crate::cluster::SpireSettings>,
 }
 
 /// The outcome of a run.

@@ -9,9 +9,11 @@
 use std::fs;
 use std::path::PathBuf;
 
+use spike_sdk::identity::SpiffeId;
 use spike_sdk::svid::SvidSource;
 
 use crate::file::{ClusterFile, FileError};
+use crate::spire;
 
 /// Each env file and the identity it acts as.
 const FILES: [(&str, &str); 3] = [
@@ -29,6 +31,68 @@ pub enum EnvError {
     /// A file could not be written.
     #[error(transparent)]
     Write(#[from] FileError),
+}
+
+impl ClusterFile {
+    /// Where a client on this host acting as identity `name` (a role such
+    /// as `superuser`, a `--workload`'s name, or a process name) gets its
+    /// SVID: the dev Workload API's socket for it, or this host's SPIRE
+    /// agent, asked for the identity's SPIFFE ID (the agent offers every
+    /// client identity to the user who ran `up`).
+    pub fn svid_source(&self, name: &str) -> Result<SvidSource, FileError> {
+        if self.spire.is_none() {
+            let socket = self.socket(name);
+            return Ok(SvidSource::WorkloadApi {
+                endpoint: format!("unix://{}", socket.display()),
+                spiffe_id: None,
+            });
+        }
+        let client = self.client_side();
+        let (side, path) = self
+            .client_identities()
+            .into_iter()
+            .find(|spec| spec.name == name)
+            .map(|spec| (client, spec.path))
+            .or_else(|| {
+                let path = spire::process_path(self.process(name).ok()?)?;
+                Some((spire::Side::Cluster, path))
+            })
+            .ok_or_else(|| FileError::NoIdentity(name.to_owned()))?;
+        let text = format!("spiffe://{}{path}", self.spire_domain(side));
+        let spiffe_id = SpiffeId::new(&text).map_err(|_| FileError::NoIdentity(name.to_owned()))?;
+        let socket = self.agent_socket(&side.client_agent());
+        Ok(SvidSource::WorkloadApi {
+            endpoint: format!("unix://{}", socket.display()),
+            spiffe_id: Some(spiffe_id),
+        })
+    }
+
+    /// The trust roots every process and env file sets: `SPIKE_TRUST_ROOT`
+    /// and one `SPIKE_TRUST_ROOT_<ROLE>` per role, each the trust domain
+    /// the role is accepted from (the clients' own domain for the client
+    /// roles, when they have one).
+    pub fn trust_roots(&self) -> Vec<(String, String)> {
+        let clients = self
+            .spire
+            .as_ref()
+            .and_then(|spire| spire.pilot_domain.clone())
+            .unwrap_or_else(|| self.trust_domain.clone());
+        let mut roots = vec![("SPIKE_TRUST_ROOT".to_owned(), self.trust_domain.clone())];
+        for role in spike_sdk::identity::Role::ALL {
+            let domain = match role {
+                spike_sdk::identity::Role::Nexus | spike_sdk::identity::Role::Keeper => {
+                    self.trust_domain.clone()
+                }
+                _ => clients.clone(),
+            };
+            let variable = role.trust_root_variable().to_owned();
+            // The three pilot roles share one variable.
+            if !roots.iter().any(|(known, _)| *known == variable) {
+                roots.push((variable, domain));
+            }
+        }
+        roots
+    }
 }
 
 /// The API URL of every replica in the cluster (founders and joined ones),

@@ -12,11 +12,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use spike_sdk::identity::SpiffeId;
-use spike_sdk::svid::SvidSource;
 
 use crate::netns;
-use crate::supervise::Pid;
+use crate::pid::Pid;
 
 /// The file's name in the cluster directory.
 pub const FILE_NAME: &str = "cluster.json";
@@ -95,13 +93,39 @@ pub struct ClusterFile {
     /// Identities from SPIRE (`up --identity spire`) instead of the dev
     /// Workload API: the SPIRE server's and agents' settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spire: Option<crate::spire::Spire>,
+    pub spire: Option<Spire>,
     /// Where the Workload API sockets are (the dev server's, or the SPIRE
     /// agents'; see [`crate::sockets::choose`]).
     pub sockets_dir: PathBuf,
     /// Every process: the Workload API, then the keepers, then the
     /// replicas by id.
     pub processes: Vec<Process>,
+}
+
+/// The SPIRE settings of a cluster, as `cluster.json` keeps them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spire {
+    /// Where `spire-server` and `spire-agent` are.
+    pub bin_dir: PathBuf,
+    /// Where the server serves agents.
+    pub server_addr: SocketAddr,
+    /// The server CA's lifetime, in seconds.
+    pub ca_ttl_secs: u64,
+    /// Every workload SVID's lifetime, in seconds.
+    pub svid_ttl_secs: u64,
+    /// The first uid the cluster hands out.
+    pub uid_base: u32,
+    /// The uid of whoever ran `up` (its client registrations).
+    pub operator_uid: u32,
+    /// The clients' own trust domain, federated with the cluster's
+    /// (`--spire-pilot-domain`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pilot_domain: Option<String>,
+    /// Whether the registration entries were created (once, at the first
+    /// `up`; a test may delete some, and a restart must not bring them
+    /// back).
+    #[serde(default)]
+    pub registered: bool,
 }
 
 /// One process.
@@ -286,39 +310,6 @@ impl ClusterFile {
         self.sockets_dir.join(format!("{name}.sock"))
     }
 
-    /// Where a client on this host acting as identity `name` (a role such
-    /// as `superuser`, a `--workload`'s name, or a process name) gets its
-    /// SVID: the dev Workload API's socket for it, or this host's SPIRE
-    /// agent, asked for the identity's SPIFFE ID (the agent offers every
-    /// client identity to the user who ran `up`).
-    pub fn svid_source(&self, name: &str) -> Result<SvidSource, FileError> {
-        if self.spire.is_none() {
-            let socket = self.socket(name);
-            return Ok(SvidSource::WorkloadApi {
-                endpoint: format!("unix://{}", socket.display()),
-                spiffe_id: None,
-            });
-        }
-        let client = self.client_side();
-        let (side, path) = self
-            .client_identities()
-            .into_iter()
-            .find(|spec| spec.name == name)
-            .map(|spec| (client, spec.path))
-            .or_else(|| {
-                let path = crate::spire::process_path(self.process(name).ok()?)?;
-                Some((crate::spire::Side::Cluster, path))
-            })
-            .ok_or_else(|| FileError::NoIdentity(name.to_owned()))?;
-        let text = format!("spiffe://{}{path}", self.spire_domain(side));
-        let spiffe_id = SpiffeId::new(&text).map_err(|_| FileError::NoIdentity(name.to_owned()))?;
-        let socket = self.agent_socket(&side.client_agent());
-        Ok(SvidSource::WorkloadApi {
-            endpoint: format!("unix://{}", socket.display()),
-            spiffe_id: Some(spiffe_id),
-        })
-    }
-
     /// The index of process `name`.
     pub fn index_of(&self, name: &str) -> Result<usize, FileError> {
         self.processes
@@ -366,33 +357,6 @@ impl ClusterFile {
             .enumerate()
             .map(|(index, process)| layout.host(&process.name, index))
             .collect()
-    }
-
-    /// The trust roots every process and env file sets: `SPIKE_TRUST_ROOT`
-    /// and one `SPIKE_TRUST_ROOT_<ROLE>` per role, each the trust domain
-    /// the role is accepted from (the clients' own domain for the client
-    /// roles, when they have one).
-    pub fn trust_roots(&self) -> Vec<(String, String)> {
-        let clients = self
-            .spire
-            .as_ref()
-            .and_then(|spire| spire.pilot_domain.clone())
-            .unwrap_or_else(|| self.trust_domain.clone());
-        let mut roots = vec![("SPIKE_TRUST_ROOT".to_owned(), self.trust_domain.clone())];
-        for role in spike_sdk::identity::Role::ALL {
-            let domain = match role {
-                spike_sdk::identity::Role::Nexus | spike_sdk::identity::Role::Keeper => {
-                    self.trust_domain.clone()
-                }
-                _ => clients.clone(),
-            };
-            let variable = role.trust_root_variable().to_owned();
-            // The three pilot roles share one variable.
-            if !roots.iter().any(|(known, _)| *known == variable) {
-                roots.push((variable, domain));
-            }
-        }
-        roots
     }
 
     /// Every keeper, by id.

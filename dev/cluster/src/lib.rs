@@ -48,6 +48,7 @@ pub mod error;
 pub mod file;
 pub mod netns;
 pub mod operator;
+mod pid;
 pub mod plan;
 pub mod probe;
 pub mod sockets;

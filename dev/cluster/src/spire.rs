@@ -28,9 +28,9 @@ use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use spike_dev_identity::IdentitySpec;
 
+pub use crate::file::Spire;
 use crate::file::{ClusterFile, Process, Role};
 
 /// SVIDs live this long by default: short, so every process rotates
@@ -100,32 +100,6 @@ pub enum SpireError {
         /// What it printed.
         answer: String,
     },
-}
-
-/// The SPIRE settings of a cluster, as `cluster.json` keeps them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Spire {
-    /// Where `spire-server` and `spire-agent` are.
-    pub bin_dir: PathBuf,
-    /// Where the server serves agents.
-    pub server_addr: SocketAddr,
-    /// The server CA's lifetime, in seconds.
-    pub ca_ttl_secs: u64,
-    /// Every workload SVID's lifetime, in seconds.
-    pub svid_ttl_secs: u64,
-    /// The first uid the cluster hands out.
-    pub uid_base: u32,
-    /// The uid of whoever ran `up` (its client registrations).
-    pub operator_uid: u32,
-    /// The clients' own trust domain, federated with the cluster's
-    /// (`--spire-pilot-domain`), if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pilot_domain: Option<String>,
-    /// Whether the registration entries were created (once, at the first
-    /// `up`; a test may delete some, and a restart must not bring them
-    /// back).
-    #[serde(default)]
-    pub registered: bool,
 }
 
 /// What `up --identity spire` asks for.

@@ -4,7 +4,6 @@
 //! while `/proc` shows them still running the binary recorded for their
 //! role: a pid reused by some other program is left alone.
 
-use std::fmt;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -12,13 +11,12 @@ use std::process::{Child, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::command::command;
 use crate::file::{ClusterFile, Process, Role};
 use crate::sockets::{self, SocketsError};
 use crate::spire::{self, SpireError};
 
+pub use crate::pid::{NotAPid, Pid};
 pub use rustix::process::Signal;
 
 /// Longest wait for `ip netns exec` to exec the program.
@@ -29,47 +27,6 @@ const SOCKETS_WAIT: Duration = Duration::from_secs(10);
 const EXIT_WAIT: Duration = Duration::from_secs(10);
 /// Longest a process caught mid-exec may show an empty command line.
 const EXEC_CMDLINE_WAIT: Duration = Duration::from_millis(500);
-
-/// A process id: positive, as the kernel hands them out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "u32", into = "u32")]
-pub struct Pid(rustix::process::Pid);
-
-/// A number that is no process id (0, or past `i32::MAX`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{0} is not a process id")]
-pub struct NotAPid(u32);
-
-impl Pid {
-    /// The number.
-    pub fn get(self) -> u32 {
-        self.0.as_raw_nonzero().get().unsigned_abs()
-    }
-}
-
-impl TryFrom<u32> for Pid {
-    type Error = NotAPid;
-
-    fn try_from(raw: u32) -> Result<Self, Self::Error> {
-        i32::try_from(raw)
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-            .map(Self)
-            .ok_or(NotAPid(raw))
-    }
-}
-
-impl From<Pid> for u32 {
-    fn from(pid: Pid) -> Self {
-        pid.get()
-    }
-}
-
-impl fmt::Display for Pid {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.get().fmt(formatter)
-    }
-}
 
 /// A process that could not be started or signalled.
 #[derive(Debug, thiserror::Error)]
