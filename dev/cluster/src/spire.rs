@@ -33,12 +33,6 @@ use spike_dev_identity::IdentitySpec;
 pub use crate::file::Spire;
 use crate::file::{ClusterFile, Process, Role};
 
-/// SVIDs live this long by default: short, so every process rotates
-/// several times within a test run.
-pub const SVID_TTL_DEFAULT: Duration = Duration::from_secs(60);
-/// The SPIRE CA lives this long by default (SPIRE prepares its successor
-/// at half its life and activates it at five sixths).
-pub const CA_TTL_DEFAULT: Duration = Duration::from_secs(3600);
 /// The application workload registered when `up --identity spire` is
 /// given none (`--workload`).
 pub const EXAMPLE_WORKLOAD: &str = "example-app=/app/example";
@@ -81,6 +75,17 @@ pub enum SpireError {
     NotHealthy {
         /// The process.
         name: String,
+        /// Its log.
+        log: PathBuf,
+    },
+    /// The server or an agent exited while it was waited for (an agent
+    /// whose server is unreachable, a configuration SPIRE refuses).
+    #[error("{name} exited: {last_words}\n(see {})", log.display())]
+    Exited {
+        /// The process.
+        name: String,
+        /// The last line of its log.
+        last_words: String,
         /// Its log.
         log: PathBuf,
     },
@@ -391,10 +396,22 @@ pub fn prepare(cluster: &ClusterFile, process: &Process) -> Result<(), SpireErro
             let data = dir.join(&process.name);
             private_dir(&data)?;
             let bundle = dir.join(format!("{}-bundle.pem", side.server_name()));
-            let answer = server_on(cluster, side, &["bundle", "show", "-format", "pem"])?;
-            write(&bundle, answer.as_bytes())?;
-            let token = join_token(cluster, side, &process.name)?;
-            agent_config(cluster, side, process, &data, &bundle, &token)
+            let fresh = server_on(cluster, side, &["bundle", "show", "-format", "pem"]).and_then(
+                |answer| {
+                    write(&bundle, answer.as_bytes())?;
+                    join_token(cluster, side, &process.name)
+                },
+            );
+            match fresh {
+                Ok(token) => agent_config(cluster, side, process, &data, &bundle, &token),
+                // The server is away: an agent restarted now attests with
+                // the SVID it keeps in its data directory, from the
+                // configuration it had (its old token is spent, unused).
+                Err(SpireError::Command { .. }) if config_path(cluster, process).exists() => {
+                    return Ok(());
+                }
+                Err(error) => return Err(error),
+            }
         }
         _ => return Ok(()),
     };
@@ -504,7 +521,15 @@ fn wait_healthy(
 ) -> Result<(), SpireError> {
     let deadline = Instant::now() + READY_WAIT;
     while !healthy() {
-        if exited() || Instant::now() > deadline {
+        if exited() {
+            return Err(SpireError::Exited {
+                name: process.name.clone(),
+                last_words: crate::supervise::last_line(&process.log)
+                    .unwrap_or_else(|| "(empty log)".to_owned()),
+                log: process.log.clone(),
+            });
+        }
+        if Instant::now() > deadline {
             return Err(SpireError::NotHealthy {
                 name: process.name.clone(),
                 log: process.log.clone(),
