@@ -1,6 +1,6 @@
 //! The readiness probe: a replica is ready when its health listener
 //! answers `GET /readyz` with 200, that is, once it holds the root key and
-//! serves.
+//! serves. Its gauges (`GET /metrics`) are read the same way.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -28,6 +28,33 @@ pub fn ready(health_addr: SocketAddr, timeout: Duration) -> bool {
     // `HTTP/1.x NNN`: the status code ends the first 12 bytes.
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
+}
+
+/// Largest `/metrics` answer read.
+const METRICS_SIZE_MAX_BYTES: u64 = 64 * 1024;
+
+/// The value of gauge `name` in the health listener's `/metrics`
+/// (Prometheus text, with or without labels), or `None` if it does not
+/// answer or has no such gauge.
+pub fn gauge(health_addr: SocketAddr, name: &str, timeout: Duration) -> Option<u64> {
+    let mut stream = TcpStream::connect_timeout(&health_addr, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: local\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    stream
+        .take(METRICS_SIZE_MAX_BYTES)
+        .read_to_string(&mut answer)
+        .ok()?;
+    answer.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        if !rest.starts_with([' ', '{']) {
+            return None;
+        }
+        rest.split_whitespace().last()?.parse().ok()
+    })
 }
 
 #[cfg(test)]
@@ -61,5 +88,21 @@ mod tests {
             .and_then(|listener| listener.local_addr())
             .expect("a port");
         assert!(!ready(nobody, PROBE_TIMEOUT), "nothing listens there now");
+    }
+
+    #[test]
+    fn a_gauge_is_read_by_its_exact_name() {
+        let metrics = answering(
+            b"HTTP/1.1 200 OK\r\n\r\n# HELP spike_raft_applied_index x\nspike_raft_applied_index_total 9\nspike_raft_applied_index{node=\"1\"} 42\n",
+        );
+        assert_eq!(
+            gauge(metrics, "spike_raft_applied_index", PROBE_TIMEOUT),
+            Some(42)
+        );
+        let empty = answering(b"HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(
+            gauge(empty, "spike_raft_applied_index", PROBE_TIMEOUT),
+            None
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use spike_dev_cluster::probe;
 use spike_sdk::api::SecretValues;
 use spike_sdk::domain::{Permission, PolicyName, SecretPath};
 use spike_tests::LocalCluster;
@@ -129,6 +130,52 @@ async fn a_deleted_entry_is_refused_on_every_port_within_its_svid_ttl() {
         .await
         .expect("nexus-3 reads");
     assert_eq!(read.get("pass"), Some("s3cr3t"));
+
+    // A replica's entry deleted: once its SVID expires the other replicas
+    // neither replicate to it nor take it as leader (cluster port), and
+    // clients refuse it (API port): its applied index stops while theirs
+    // goes on under a writer, and the other two keep serving.
+    assert_eq!(
+        delete_entries(&cluster, "spiffe://spike.ist/spike/nexus/3"),
+        1
+    );
+    let load = Load::start(
+        client_of(&cluster, "superuser", vec![cluster.api(1), cluster.api(2)]).await,
+        2,
+    );
+    let applied = |id: u64| {
+        probe::gauge(
+            cluster.replica(id).health_addr,
+            "spike_raft_applied_index",
+            probe::PROBE_TIMEOUT,
+        )
+        .unwrap_or(0)
+    };
+    let mut last_three = (applied(3), Instant::now());
+    let cut_off = time_until(ttl * 3, async || {
+        let now = applied(3);
+        if now != last_three.0 {
+            last_three = (now, Instant::now());
+        }
+        // Still for 3 s while the others moved at least 20 entries past it.
+        last_three.1.elapsed() >= Duration::from_secs(3) && applied(1).min(applied(2)) > now + 20
+    })
+    .await
+    .expect("nexus-3 kept replicating");
+    // When it stopped, not when that was seen.
+    let took = cut_off.saturating_sub(Duration::from_secs(3));
+    println!("nexus-3's entry deleted: the cluster stopped replicating to it after {took:?}");
+    assert!(took <= ttl + Duration::from_secs(5), "{took:?}");
+    let on_three = probe_of(&cluster, "superuser", 3).await;
+    assert!(
+        on_three.get_secret(path, None).await.is_err(),
+        "a client still trusts nexus-3"
+    );
+    assert_no_failed_request(
+        load,
+        "writes through nexus-1 and nexus-2 while nexus-3 lost its identity",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
