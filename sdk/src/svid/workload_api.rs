@@ -50,28 +50,35 @@ pub async fn connect(
     if let Some(wanted) = wanted {
         builder = builder.picker(ById(wanted.to_string()));
     }
-    let build = builder.build();
-    tokio::pin!(build);
     let began = tokio::time::Instant::now();
-    let mut reports = tokio::time::interval_at(began + WAIT_REPORT_EVERY, WAIT_REPORT_EVERY);
-    let mut last_answer = None;
-    let source = loop {
-        tokio::select! {
-            built = &mut build => break built,
-            _ = reports.tick() => {
-                let answer = probe(endpoint, wanted).await;
-                tracing::warn!(
-                    endpoint,
-                    wanted = wanted.map(ToString::to_string),
-                    waited_s = began.elapsed().as_secs(),
-                    gives_up_after_s = timeout.as_secs(),
-                    uid = rustix::process::getuid().as_raw(),
-                    "no SVID yet from the Workload API: {answer}"
-                );
-                last_answer = Some(answer);
-            }
+    // The reports run beside the build, so a slow probe never holds the
+    // first SVID back.
+    let last_answer = std::sync::Mutex::new(None::<String>);
+    let reports = async {
+        let mut every = tokio::time::interval_at(began + WAIT_REPORT_EVERY, WAIT_REPORT_EVERY);
+        loop {
+            every.tick().await;
+            let answer = probe(endpoint, wanted).await;
+            tracing::warn!(
+                endpoint,
+                wanted = wanted.map(ToString::to_string),
+                waited_s = began.elapsed().as_secs(),
+                gives_up_after_s = timeout.as_secs(),
+                uid = rustix::process::getuid().as_raw(),
+                "no SVID yet from the Workload API: {answer}"
+            );
+            *last_answer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(answer);
         }
     };
+    let source = tokio::select! {
+        built = builder.build() => built,
+        never = reports => never,
+    };
+    let last_answer = last_answer
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let source = source.map_err(|error| {
         let reason = match last_answer {
             Some(answer) => format!("{error} (last answer: {answer})"),
