@@ -40,12 +40,19 @@ impl ClusterFile {
     /// agent, asked for the identity's SPIFFE ID (the agent offers every
     /// client identity to the user who ran `up`).
     pub fn svid_source(&self, name: &str) -> Result<SvidSource, FileError> {
+        let (endpoint, spiffe_id) = self.workload_api(name)?;
+        Ok(SvidSource::WorkloadApi {
+            endpoint,
+            spiffe_id,
+        })
+    }
+
+    /// The same as `SPIFFE_ENDPOINT_SOCKET` and, on SPIRE,
+    /// `SPIKE_SPIFFE_ID`.
+    pub fn workload_api(&self, name: &str) -> Result<(String, Option<SpiffeId>), FileError> {
         if self.spire.is_none() {
             let socket = self.socket(name);
-            return Ok(SvidSource::WorkloadApi {
-                endpoint: format!("unix://{}", socket.display()),
-                spiffe_id: None,
-            });
+            return Ok((format!("unix://{}", socket.display()), None));
         }
         let client = self.client_side();
         let (side, path) = self
@@ -61,10 +68,7 @@ impl ClusterFile {
         let text = format!("spiffe://{}{path}", self.spire_domain(side));
         let spiffe_id = SpiffeId::new(&text).map_err(|_| FileError::NoIdentity(name.to_owned()))?;
         let socket = self.agent_socket(&side.client_agent());
-        Ok(SvidSource::WorkloadApi {
-            endpoint: format!("unix://{}", socket.display()),
-            spiffe_id: Some(spiffe_id),
-        })
+        Ok((format!("unix://{}", socket.display()), Some(spiffe_id)))
     }
 
     /// The trust roots every process and env file sets: `SPIKE_TRUST_ROOT`
@@ -114,17 +118,10 @@ pub fn render(cluster: &ClusterFile, identity: &str) -> Result<String, EnvError>
         format!("# source this file to act as the SPIKE {identity} against the local cluster\n");
     text += &format!("export SPIKE_NEXUS_API_URL={first}\n");
     text += &format!("export SPIKE_NEXUS_API_URLS={}\n", urls.join(","));
-    match cluster.svid_source(identity)? {
-        SvidSource::WorkloadApi {
-            endpoint,
-            spiffe_id,
-        } => {
-            text += &format!("export SPIFFE_ENDPOINT_SOCKET={endpoint}\n");
-            if let Some(spiffe_id) = spiffe_id {
-                text += &format!("export SPIKE_SPIFFE_ID={spiffe_id}\n");
-            }
-        }
-        SvidSource::Files(_) => unreachable!("a cluster's identities come from a Workload API"),
+    let (endpoint, spiffe_id) = cluster.workload_api(identity)?;
+    text += &format!("export SPIFFE_ENDPOINT_SOCKET={endpoint}\n");
+    if let Some(spiffe_id) = spiffe_id {
+        text += &format!("export SPIKE_SPIFFE_ID={spiffe_id}\n");
     }
     for (variable, domain) in cluster.trust_roots() {
         text += &format!("export {variable}={domain}\n");

@@ -208,7 +208,7 @@ struct SpireArgs {
     #[arg(long, default_value = "1m", value_parser = spike_sdk::duration::parse)]
     spire_svid_ttl: Duration,
     /// First uid handed out: keeper N runs as BASE+N, replica N as
-    /// BASE+100+N, client identity I as BASE+200+I.
+    /// BASE+100+N, client identity I as BASE+200+I (1000 to 2^31 - 1).
     #[arg(long, default_value_t = spire::UID_BASE_DEFAULT)]
     spire_uid_base: u32,
     /// Put the client identities (superuser, recover, restore, bootstrap,
@@ -287,6 +287,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         bail!(
                             "--spire-svid-ttl must be at least 10s and --spire-ca-ttl at least \
                              six times it (SPIRE caps an SVID at its CA's remaining life)"
+                        );
+                    }
+                    if !(spire::UID_BASE_RANGE).contains(&spire.spire_uid_base) {
+                        bail!(
+                            "--spire-uid-base must be {} to {} (below are system users; \
+                             every process and client takes a uid above it)",
+                            spire::UID_BASE_RANGE.start(),
+                            spire::UID_BASE_RANGE.end()
                         );
                     }
                     Some(SpireShape {

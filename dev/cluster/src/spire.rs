@@ -38,6 +38,9 @@ use crate::file::{ClusterFile, Process, Role};
 pub const EXAMPLE_WORKLOAD: &str = "example-app=/app/example";
 /// The first uid of the cluster's processes and client identities.
 pub const UID_BASE_DEFAULT: u32 = 61_000;
+/// Where that first uid may be: above the system users, and far enough
+/// below the largest uid for every keeper, replica and client above it.
+pub const UID_BASE_RANGE: std::ops::RangeInclusive<u32> = 1_000..=(i32::MAX as u32);
 /// The SPIRE server listens at BASE + this (above keeper 89's port, in
 /// the block of 200 ports a cluster takes); with a pilot domain, its
 /// server takes the next port and the two bundle endpoints the two after.
@@ -464,7 +467,7 @@ pub fn started(
 /// the other's bundle endpoint, seeded with the other's current bundle (so
 /// it can authenticate that endpoint at once); from then on each fetches
 /// the other's updates from the endpoint by itself. Relationships live in
-/// the servers' datastores and survive restarts.
+/// the servers' datastores and survive restarts; one that exists is kept.
 fn federate(cluster: &ClusterFile) -> Result<(), SpireError> {
     for side in [Side::Cluster, Side::Pilot] {
         let bundle = server_on(cluster, side, &["bundle", "show", "-format", "spiffe"])?;
@@ -473,6 +476,11 @@ fn federate(cluster: &ClusterFile) -> Result<(), SpireError> {
             .join(format!("{}.spiffe-bundle.json", side.server_name()));
         write(&path, bundle.as_bytes())?;
         let domain = cluster.spire_domain(side);
+        // Made by an `up` that failed later: it stands, with its bundle.
+        let made = ["federation", "show", "-trustDomain", domain];
+        if server_on(cluster, side.other(), &made).is_ok() {
+            continue;
+        }
         let (_, endpoint) = cluster.spire_addresses(side);
         let url = format!("https://{endpoint}");
         let endpoint_id = format!("spiffe://{domain}/spire/server");
@@ -540,7 +548,8 @@ fn wait_healthy(
     Ok(())
 }
 
-/// Creates every registration entry, each on its side's server.
+/// Creates every registration entry, each on its side's server; one that
+/// exists already (an `up` that failed half way and runs again) is kept.
 fn register(cluster: &ClusterFile) -> Result<(), SpireError> {
     let ttl = cluster.spire_settings().svid_ttl_secs.to_string();
     for entry in cluster.spire_entries() {
@@ -562,7 +571,11 @@ fn register(cluster: &ClusterFile) -> Result<(), SpireError> {
         if let Some(domain) = &entry.federates_with {
             args.extend(["-federatesWith", domain]);
         }
-        server_on(cluster, entry.side, &args)?;
+        match server_on(cluster, entry.side, &args) {
+            Err(SpireError::Command { complaint, .. })
+                if complaint.contains("code: AlreadyExists") => {}
+            outcome => drop(outcome?),
+        }
     }
     Ok(())
 }
