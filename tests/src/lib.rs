@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::json;
 use spike_dev_cluster::{ClusterFile, Launcher, Process, Replica, probe};
 use spike_dev_identity::{IdentityDirectory, IdentitySpec, ServeOptions, WorkloadApiServer};
 use spike_sdk::identity::{PeerAuthorizer, SpiffeId};
@@ -326,6 +327,50 @@ impl ApiClient {
     }
 }
 
+/// Writes `{"v": value}` at `path` through `node` as `client`.
+pub async fn put(client: &ApiClient, node: SocketAddr, path: &str, value: &str) -> Reply {
+    client
+        .post(
+            node,
+            "/v1/store/secrets",
+            json!({ "path": path, "values": { "v": value } }),
+        )
+        .await
+        .expect("put reaches the node")
+}
+
+/// Reads `path` through `node` as `client`.
+pub async fn get(client: &ApiClient, node: SocketAddr, path: &str) -> Reply {
+    client
+        .post(
+            node,
+            "/v1/store/secrets?action=get",
+            json!({ "path": path }),
+        )
+        .await
+        .expect("get reaches the node")
+}
+
+/// The value a successful get returned.
+pub fn value_of(reply: &Reply) -> Option<String> {
+    (reply.status == 200).then(|| reply.body["data"]["v"].as_str().map(str::to_owned))?
+}
+
+/// `snapshot save` through `node` as `client`: the backup's bytes in the
+/// reply.
+pub async fn save_backup(client: &ApiClient, node: SocketAddr) -> spike_sdk::client::RawReply {
+    client
+        .raw(
+            node,
+            "POST",
+            "/v1/snapshot?action=save",
+            "application/octet-stream",
+            Vec::new(),
+        )
+        .await
+        .expect("save reaches the node")
+}
+
 /// A cluster started with `spike-dev-cluster` in a temporary directory, taken
 /// down when dropped.
 pub struct LocalCluster {
@@ -444,17 +489,13 @@ impl LocalCluster {
     pub fn spike_as(&self, name: &str) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(binary("spike"));
         command.env_clear();
-        match self.file.svid_source(name) {
-            Ok(SvidSource::WorkloadApi {
-                endpoint,
-                spiffe_id,
-            }) => {
-                command.env("SPIFFE_ENDPOINT_SOCKET", endpoint);
-                if let Some(spiffe_id) = spiffe_id {
-                    command.env("SPIKE_SPIFFE_ID", spiffe_id.to_string());
-                }
-            }
-            other => panic!("identity {name}: {other:?}"),
+        let (endpoint, spiffe_id) = self
+            .file
+            .workload_api(name)
+            .unwrap_or_else(|error| panic!("{error}"));
+        command.env("SPIFFE_ENDPOINT_SOCKET", endpoint);
+        if let Some(spiffe_id) = spiffe_id {
+            command.env("SPIKE_SPIFFE_ID", spiffe_id.to_string());
         }
         command
     }

@@ -6,6 +6,7 @@ use serde_json::json;
 use spike_tests::LocalCluster;
 
 use crate::support::{Operators, RECOVERY_LIMIT, get, phase, put, recovery_shards, value_of};
+use spike_tests::save_backup;
 
 fn small_cluster() -> LocalCluster {
     LocalCluster::up(&["--keepers", "3", "--threshold", "2"])
@@ -29,17 +30,7 @@ async fn a_backup_restores_into_the_same_cluster_and_into_another() {
     );
 
     phase("save a backup through a follower, and the shards of its key");
-    let saved = ops
-        .superuser
-        .raw(
-            a.api(2),
-            "POST",
-            "/v1/snapshot?action=save",
-            "application/octet-stream",
-            Vec::new(),
-        )
-        .await
-        .expect("save");
+    let saved = save_backup(&ops.superuser, a.api(2)).await;
     assert_eq!(saved.status, 200);
     let backup = saved.bytes;
     assert!(

@@ -13,6 +13,7 @@ use spike_sdk::tls::{client_config, connect};
 use spike_tests::{LocalCluster, binary, free_port};
 
 use crate::support::{Operators, get, phase, put, recovery_shards, status, value_of};
+use spike_tests::save_backup;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
@@ -355,17 +356,7 @@ async fn replicas_and_keepers_lock_memory_and_keep_their_files_private() {
 
     phase("the data directory is 0700 and every file in it 0600");
     // A backup goes through a scratch file in the data directory.
-    let backup = ops
-        .superuser
-        .raw(
-            cluster.api(1),
-            "POST",
-            "/v1/snapshot?action=save",
-            "application/octet-stream",
-            Vec::new(),
-        )
-        .await
-        .expect("backup");
+    let backup = save_backup(&ops.superuser, cluster.api(1)).await;
     assert_eq!(backup.status, 200);
     cluster.act("stop", "nexus-1");
     let data_dir = cluster.data_dir(1);

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use spike_tests::{ApiClient, LocalCluster, Reply};
+use spike_tests::{ApiClient, LocalCluster};
+pub use spike_tests::{get, put, value_of};
 
 /// Longest a cluster may take to elect a leader or serve again after a fault.
 pub const RECOVERY_LIMIT: Duration = Duration::from_secs(20);
@@ -24,33 +25,6 @@ impl Operators {
             restore: ApiClient::new(&cluster.identity("restore").await),
         }
     }
-}
-
-pub async fn put(client: &ApiClient, node: SocketAddr, path: &str, value: &str) -> Reply {
-    client
-        .post(
-            node,
-            "/v1/store/secrets",
-            json!({ "path": path, "values": { "v": value } }),
-        )
-        .await
-        .expect("put reaches the node")
-}
-
-pub async fn get(client: &ApiClient, node: SocketAddr, path: &str) -> Reply {
-    client
-        .post(
-            node,
-            "/v1/store/secrets?action=get",
-            json!({ "path": path }),
-        )
-        .await
-        .expect("get reaches the node")
-}
-
-/// The value a successful get returned.
-pub fn value_of(reply: &Reply) -> Option<String> {
-    (reply.status == 200).then(|| reply.body["data"]["v"].as_str().map(str::to_owned))?
 }
 
 /// Reads `path` on `node` until it holds `expected`; fails the test after

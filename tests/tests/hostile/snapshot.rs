@@ -2,9 +2,8 @@
 //! 13): each is refused with a 400 naming its first bad record, and the
 //! store, every replica included, stays as it was.
 
-use serde_json::json;
 use sha2::{Digest, Sha256};
-use spike_tests::{ApiClient, LocalCluster};
+use spike_tests::{ApiClient, LocalCluster, get, put, save_backup, value_of};
 
 /// A backup cut into its parts: everything before the tables (magic,
 /// format, metadata), then each table's rows in file order (metadata,
@@ -113,49 +112,14 @@ async fn restore(
     (reply.status, body)
 }
 
-async fn value_of(
-    client: &ApiClient,
-    cluster: &LocalCluster,
-    node: u64,
-    path: &str,
-) -> Option<String> {
-    let reply = client
-        .post(
-            cluster.api(node),
-            "/v1/store/secrets?action=get",
-            json!({ "path": path }),
-        )
-        .await
-        .expect("get reaches the node");
-    (reply.status == 200)
-        .then(|| reply.body["data"]["v"].as_str().map(str::to_owned))
-        .flatten()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_backup_is_refused_naming_its_record_and_changes_nothing() {
     let _turn = crate::turn().await;
     let cluster = LocalCluster::up(&["--replicas", "3", "--keepers", "3", "--threshold", "2"]);
     let superuser = ApiClient::new(&cluster.identity("superuser").await);
-    let put = superuser
-        .post(
-            cluster.api(1),
-            "/v1/store/secrets",
-            json!({ "path": "apps/db", "values": { "v": "kept" } }),
-        )
-        .await
-        .expect("put");
-    assert_eq!(put.status, 200, "{:?}", put.body);
-    let saved = superuser
-        .raw(
-            cluster.api(1),
-            "POST",
-            "/v1/snapshot?action=save",
-            "application/octet-stream",
-            Vec::new(),
-        )
-        .await
-        .expect("save");
+    let written = put(&superuser, cluster.api(1), "apps/db", "kept").await;
+    assert_eq!(written.status, 200, "{:?}", written.body);
+    let saved = save_backup(&superuser, cluster.api(1)).await;
     assert_eq!(saved.status, 200);
     let original = Backup::parse(&saved.bytes);
     assert_eq!(original.tables[SECRETS][0].0, b"apps/db");
@@ -189,26 +153,15 @@ async fn a_malformed_backup_is_refused_naming_its_record_and_changes_nothing() {
     // Nothing changed, on any replica, and the secret still takes writes.
     for node in 1..=3 {
         assert_eq!(
-            value_of(&superuser, &cluster, node, "apps/db")
-                .await
-                .as_deref(),
+            value_of(&get(&superuser, cluster.api(node), "apps/db").await).as_deref(),
             Some("kept"),
             "replica {node}"
         );
     }
-    let put = superuser
-        .post(
-            cluster.api(3),
-            "/v1/store/secrets",
-            json!({ "path": "apps/db", "values": { "v": "next" } }),
-        )
-        .await
-        .expect("put");
-    assert_eq!(put.status, 200, "{:?}", put.body);
+    let written = put(&superuser, cluster.api(3), "apps/db", "next").await;
+    assert_eq!(written.status, 200, "{:?}", written.body);
     assert_eq!(
-        value_of(&superuser, &cluster, 1, "apps/db")
-            .await
-            .as_deref(),
+        value_of(&get(&superuser, cluster.api(1), "apps/db").await).as_deref(),
         Some("next")
     );
 }
