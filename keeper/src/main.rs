@@ -12,6 +12,7 @@ use spike_sdk::identity::Role;
 #[derive(Debug, Parser)]
 #[command(
     version,
+    long_version = concat!(env!("CARGO_PKG_VERSION"), " (keeper protocol 1)"),
     about = "SPIKE Keeper: holds one share of the root key in memory"
 )]
 struct Args {

@@ -4,6 +4,7 @@ use std::sync::Mutex;
 
 use spike_sdk::crypto::key_check::RootKeyId;
 use spike_sdk::crypto::{KeyCheck, KeyShare, SecretBytes, ShareIndex};
+use spike_sdk::keeper_api::check_version;
 use spike_sdk::keeper_api::keeper_server::Keeper;
 use spike_sdk::keeper_api::{
     FetchShareRequest, FetchShareResponse, HeldKey, ShareKind, StoreShareRequest,
@@ -86,6 +87,7 @@ impl Keeper for KeeperService {
         &self,
         mut request: Request<StoreShareRequest>,
     ) -> Result<Response<StoreShareResponse>, Status> {
+        check_version(&request)?;
         let caller = caller(&request);
         let kind = ShareKind::from_committed_flag(request.get_ref().committed);
         let parsed = parse_store_request(request.get_mut())?;
@@ -118,6 +120,7 @@ impl Keeper for KeeperService {
         &self,
         request: Request<FetchShareRequest>,
     ) -> Result<Response<FetchShareResponse>, Status> {
+        check_version(&request)?;
         let caller = caller(&request);
         let wanted = match (
             request.get_ref().root_key_id,

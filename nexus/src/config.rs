@@ -16,9 +16,20 @@ use spike_sdk::hardening::MemoryLock;
 use crate::raft::NexusNode;
 use crate::state::secret::{MAX_VERSIONS_DEFAULT, MAX_VERSIONS_LIMIT};
 
+/// `nexus --version`: the release and the on-disk formats it reads (a
+/// test holds it to `raft::format`).
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (on-disk formats 1 to 2; keeper protocol 1)"
+);
+
 /// The `nexus` command line.
 #[derive(Debug, Parser)]
-#[command(version, about = "SPIKE Nexus: a replica of the secret store")]
+#[command(
+    version,
+    long_version = LONG_VERSION,
+    about = "SPIKE Nexus: a replica of the secret store"
+)]
 pub struct Args {
     // A doc comment here would become clap help text.
     #[allow(missing_docs)]

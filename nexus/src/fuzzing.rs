@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cluster::{ForwardError, LeaderOp, LeaderReply};
 use crate::raft::codec::{decode, encode};
-use crate::raft::format::{decode_stamped, encode_stamped};
+use crate::raft::format::{FORMAT_NEWEST, decode_stamped, encode_stamped};
 use crate::raft::snapshot::{self, read_backup, restore_and_write};
 use crate::raft::{EntryOf, SnapshotMetaOf, TypeConfig, VoteOf};
 use crate::state::store::StateReader;
@@ -72,11 +72,11 @@ pub fn raft_message(bytes: &[u8]) {
         0 => {
             let subject = || "log entry".to_owned();
             if let Ok(entry) = decode_stamped::<EntryOf<TypeConfig>>(subject, bytes) {
-                let encoded = encode_stamped(&entry).expect("a decoded entry encodes");
+                let encoded = encode_stamped(FORMAT_NEWEST, &entry).expect("a decoded entry encodes");
                 let again: EntryOf<TypeConfig> =
                     decode_stamped(subject, &encoded).expect("an encoded entry decodes");
                 assert_eq!(
-                    encode_stamped(&again).expect("encodes"),
+                    encode_stamped(FORMAT_NEWEST, &again).expect("encodes"),
                     encoded,
                     "a log entry changed in a round trip"
                 );
@@ -221,7 +221,7 @@ pub fn seeds() -> std::io::Result<Vec<(&'static str, String, Vec<u8>)>> {
         }))
         .collect();
     for (number, entry) in entries.iter().enumerate() {
-        frame(0, format!("entry-{number}"), encode_stamped(entry)?);
+        frame(0, format!("entry-{number}"), encode_stamped(FORMAT_NEWEST, entry)?);
     }
     let vote = || VoteOf::<TypeConfig>::new_committed(1, 1);
     frame(

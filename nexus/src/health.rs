@@ -78,5 +78,21 @@ async fn metrics(State(node): State<Node>) -> impl IntoResponse {
         "1 if this replica holds the root key.",
         u64::from(ready),
     );
+    gauge(
+        "spike_cluster_format",
+        "On-disk format the cluster writes, as applied here.",
+        u64::from(node.state.cluster_format().unwrap_or(0)),
+    );
+    gauge(
+        "spike_build_format_newest",
+        "Newest on-disk format this replica's build reads.",
+        u64::from(crate::raft::format::FORMAT_NEWEST),
+    );
+    let _ = writeln!(
+        text,
+        "# HELP spike_build_info This replica's release.\n# TYPE spike_build_info gauge\nspike_build_info{{node=\"{}\",release=\"{}\"}} 1",
+        node.id,
+        crate::cluster::version::RELEASE
+    );
     ([("content-type", "text/plain; version=0.0.4")], text)
 }

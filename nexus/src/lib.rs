@@ -128,6 +128,7 @@ pub async fn serve(
         leadership,
         inbound,
         machine,
+        format,
     } = raft::start(raft_settings(&config), &config.data_dir, peers.clone())
         .await
         .map_err(|error| match error {
@@ -183,7 +184,7 @@ pub async fn serve(
         machine.clone(),
         keys,
         key_manager.clone(),
-        Forwarder::new(peers),
+        Forwarder::new(peers.clone()),
         reads,
     );
 
@@ -217,6 +218,11 @@ pub async fn serve(
         leadership.found_cluster(&founders.collect()).await;
     }
     let manager_task = tokio::spawn(key_manager.run(machine.applied()));
+    let format_task = tokio::spawn(cluster::version::switch_when_every_member_reads(
+        leadership.clone(),
+        peers,
+        format.clone(),
+    ));
 
     tracing::info!(
         node_id = %config.node_id,
@@ -229,7 +235,7 @@ pub async fn serve(
     );
     spike_sdk::cli::warn_if_unlocked(hardening);
 
-    let cluster_service = ClusterServer::new(ClusterService::new(node.clone(), inbound))
+    let cluster_service = ClusterServer::new(ClusterService::new(node.clone(), inbound, format))
         .max_decoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES)
         .max_encoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES);
     let cluster_server = tonic::transport::Server::builder()
@@ -273,6 +279,7 @@ pub async fn serve(
         async { health.await.map_err(StartupError::failed) },
     );
     manager_task.abort();
+    format_task.abort();
     leadership.shutdown().await;
     outcome.map(|_| ())
 }

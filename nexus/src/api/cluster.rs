@@ -75,6 +75,14 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
             data_key_id,
             data_key_encryptions,
         },
+        release: Some(crate::cluster::version::RELEASE.to_owned()),
+        format_oldest: Some(crate::raft::format::FORMAT_OLDEST),
+        format_newest: Some(crate::raft::format::FORMAT_NEWEST),
+        cluster_format: Some(
+            node.state
+                .cluster_format()
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+        ),
         err: None,
     })
 }

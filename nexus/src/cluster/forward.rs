@@ -36,7 +36,7 @@ impl Forwarder {
     ) -> Result<LeaderReply, ForwardError> {
         let mut client = self.peers.client(leader.cluster_addr);
         let payload = encode(op).map_err(|e| ForwardError::NeverSent(e.to_string()))?;
-        let mut call = tonic::Request::new(Frame { payload });
+        let mut call = self.peers.request(Frame { payload });
         call.set_timeout(FORWARD_TIMEOUT);
         let reply = client
             .forward(call)
@@ -49,7 +49,7 @@ impl Forwarder {
     /// Asks `leader` for its read index.
     pub async fn read_index(&self, leader: &NexusNode) -> Result<u64, ForwardError> {
         let mut client = self.peers.client(leader.cluster_addr);
-        let mut call = tonic::Request::new(Frame {
+        let mut call = self.peers.request(Frame {
             payload: Vec::new(),
         });
         call.set_timeout(FORWARD_TIMEOUT);

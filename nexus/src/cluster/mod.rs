@@ -5,6 +5,7 @@
 pub mod forward;
 pub mod peers;
 pub mod service;
+pub mod version;
 
 /// Generated cluster protocol.
 #[allow(missing_docs, clippy::all)]

@@ -12,6 +12,7 @@ use spike_sdk::tls::{ChannelOptions, TlsConfigError, client_config, grpc_channel
 use tonic::transport::Channel;
 
 use super::MESSAGE_SIZE_MAX_BYTES;
+use crate::raft::format::{ClusterFormat, FORMAT_OLDEST};
 use super::proto::cluster_client::ClusterClient;
 
 /// Channels to the other replicas.
@@ -21,6 +22,8 @@ use super::proto::cluster_client::ClusterClient;
 pub struct Peers {
     tls: rustls::ClientConfig,
     channels: Arc<Mutex<BTreeMap<SocketAddr, Channel>>>,
+    /// The cluster's on-disk format, stamped on every request.
+    format: ClusterFormat,
 }
 
 impl Peers {
@@ -31,7 +34,21 @@ impl Peers {
         Ok(Self {
             tls: client_config(identity, authorizer)?,
             channels: Arc::new(Mutex::new(BTreeMap::new())),
+            // Raised by the state machine to the format the cluster runs.
+            format: ClusterFormat::new(FORMAT_OLDEST),
         })
+    }
+
+    /// The cluster's on-disk format as this replica applied it.
+    pub fn format(&self) -> &ClusterFormat {
+        &self.format
+    }
+
+    /// `message` as a request stamped with the cluster's format.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        super::version::stamp(&mut request, self.format.get());
+        request
     }
 
     /// A client for the replica at `address` (a cluster address).

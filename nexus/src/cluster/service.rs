@@ -9,7 +9,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::proto::cluster_server::Cluster;
 use super::proto::{Frame, SnapshotChunk, snapshot_chunk};
+use super::version::check_sender;
 use super::{LeaderOp, SNAPSHOT_SIZE_MAX_BYTES};
+use crate::raft::format::ClusterFormat;
 use crate::node::Node;
 use crate::raft::codec::{decode, encode};
 use crate::raft::{Inbound, InboundError};
@@ -18,12 +20,18 @@ use crate::raft::{Inbound, InboundError};
 pub struct ClusterService {
     node: Node,
     inbound: Inbound,
+    format: ClusterFormat,
 }
 
 impl ClusterService {
-    /// The service of `node`, whose Raft takes RPCs through `inbound`.
-    pub fn new(node: Node, inbound: Inbound) -> Self {
-        Self { node, inbound }
+    /// The service of `node`, whose Raft takes RPCs through `inbound`, in
+    /// a cluster that runs `format`.
+    pub fn new(node: Node, inbound: Inbound, format: ClusterFormat) -> Self {
+        Self {
+            node,
+            inbound,
+            format,
+        }
     }
 }
 
@@ -50,6 +58,7 @@ fn raft_reply(outcome: Result<Vec<u8>, InboundError>) -> Result<Response<Frame>,
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn append_entries(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        check_sender(&request)?;
         raft_reply(
             self.inbound
                 .append_entries(&request.into_inner().payload)
@@ -58,10 +67,12 @@ impl Cluster for ClusterService {
     }
 
     async fn vote(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        check_sender(&request)?;
         raft_reply(self.inbound.vote(&request.into_inner().payload).await)
     }
 
     async fn transfer_leader(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        check_sender(&request)?;
         raft_reply(
             self.inbound
                 .transfer_leader(&request.into_inner().payload)
@@ -73,6 +84,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<Frame>, Status> {
+        check_sender(&request)?;
         let mut chunks = request.into_inner();
         let header = match chunks.next().await {
             Some(Ok(SnapshotChunk {
@@ -100,12 +112,18 @@ impl Cluster for ClusterService {
     }
 
     async fn forward(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        check_sender(&request)?;
         let op: LeaderOp = parse("forwarded request", request)?;
         frame(&self.node.execute_forwarded(op).await)
     }
 
-    async fn read_index(&self, _request: Request<Frame>) -> Result<Response<Frame>, Status> {
+    async fn read_index(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        check_sender(&request)?;
         frame(&self.node.leader_read_index().await)
+    }
+
+    async fn version(&self, _request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        super::version::reply(&self.format).map(Response::new)
     }
 }
 

@@ -79,7 +79,7 @@ impl Keepers {
                 committed: kind.committed_flag(),
             };
             async move {
-                let mut call = tonic::Request::new(request);
+                let mut call = spike_sdk::keeper_api::versioned(request);
                 call.set_timeout(KEEPER_CALL_TIMEOUT);
                 match client.store_share(call).await {
                     Ok(_) => true,
@@ -103,7 +103,7 @@ impl Keepers {
         let calls = self.keepers.iter().map(|(_, client)| {
             let mut client = client.clone();
             async move {
-                let mut call = tonic::Request::new(FetchShareRequest {
+                let mut call = spike_sdk::keeper_api::versioned(FetchShareRequest {
                     root_key_id: 0,
                     key_check: Vec::new(),
                 });
@@ -124,7 +124,7 @@ impl Keepers {
         let calls = self.keepers.iter().enumerate().map(|(position, (address, client))| {
             let mut client = client.clone();
             async move {
-                let mut call = tonic::Request::new(FetchShareRequest {
+                let mut call = spike_sdk::keeper_api::versioned(FetchShareRequest {
                     root_key_id: root_key_id.0,
                     key_check: key_check.as_bytes().to_vec(),
                 });

@@ -1,4 +1,4 @@
-//! The on-disk format: one version number, [`FORMAT_VERSION`], for
+//! The on-disk format: one version number for
 //! everything a replica keeps across restarts or hands over as bytes:
 //!
 //! - `log.redb`: the tables `log` and `log_meta`, their keys, and the
@@ -22,13 +22,31 @@
 //!
 //! Bumping: any change an older build would misread (a new command or
 //! response variant, a field in a record, a table, a key layout, the
-//! snapshot layout) raises [`FORMAT_VERSION`] by one. The build that raises
+//! snapshot layout) raises [`FORMAT_NEWEST`] by one. The build that raises
 //! it lists in [`FORMATS_READ`] every version it still decodes, and keeps
 //! those decoders for as long as a rolling upgrade may bring it such bytes.
+//!
+//! Which format is written is the cluster's choice, not the build's: the
+//! *cluster format* ([`ClusterFormat`]) is replicated through Raft and
+//! starts at [`FORMAT_OLDEST`]. A build writes every entry, snapshot and
+//! database stamp in the cluster format (or, for the one entry that
+//! switches it, the format that entry needs), so until the switch an older
+//! build still reads everything this one wrote: a replica can be rolled
+//! back. The leader switches the cluster to a newer format only once every
+//! member reads it (`cluster::version`); from then on the databases carry
+//! the new stamp and an older build refuses them with one line naming the
+//! file and the format, as above.
+//!
+//! Formats:
+//! - 1: the first release (0.1.0).
+//! - 2: adds the replicated cluster format itself: the
+//!   `Membership(SwitchFormat)` command and the state's `format` key.
 
 use std::fmt;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::Serialize;
@@ -37,10 +55,39 @@ use serde::de::DeserializeOwned;
 use super::codec::{self, CodecError};
 use super::io_error;
 
-/// The format this build writes.
-pub const FORMAT_VERSION: u32 = 1;
-/// The formats this build reads.
-pub const FORMATS_READ: &[u32] = &[FORMAT_VERSION];
+/// The newest format this build reads and can write.
+pub const FORMAT_NEWEST: u32 = 2;
+/// The oldest format this build reads and can write: a new cluster starts
+/// in it, so replicas of older builds can join until the switch.
+pub const FORMAT_OLDEST: u32 = 1;
+/// The formats this build reads (and writes, when the cluster runs them).
+pub const FORMATS_READ: &[u32] = &[1, 2];
+const _: () = assert!(
+    FORMATS_READ[0] == FORMAT_OLDEST && FORMATS_READ[FORMATS_READ.len() - 1] == FORMAT_NEWEST
+);
+
+/// The cluster's format, as this replica last applied it: shared by the
+/// log store, the state machine and the network of one replica. Only goes
+/// up.
+#[derive(Debug, Clone)]
+pub struct ClusterFormat(Arc<AtomicU32>);
+
+impl ClusterFormat {
+    /// A handle starting at `format`.
+    pub fn new(format: u32) -> Self {
+        Self(Arc::new(AtomicU32::new(format)))
+    }
+
+    /// The format to write now.
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Raises the format to `format` (never lowers it).
+    pub fn raise_to(&self, format: u32) {
+        self.0.fetch_max(format, Ordering::AcqRel);
+    }
+}
 
 /// The database's stamp, under [`STAMP_KEY`].
 const FORMAT: TableDefinition<&str, u32> = TableDefinition::new("format");
@@ -107,9 +154,10 @@ pub fn check(found: u32, subject: impl FnOnce() -> String) -> Result<(), FormatE
     }
 }
 
-/// Stamps the database at `path` with [`FORMAT_VERSION`] if it is new
-/// (holds no table at all), or checks its stamp if it is not.
-pub fn stamp_or_check(db: &Database, path: &Path) -> io::Result<()> {
+/// Stamps the database at `path` with [`FORMAT_OLDEST`] if it is new
+/// (holds no table at all: the cluster's format is not known yet), or
+/// checks its stamp if it is not; returns the stamp.
+pub fn stamp_or_check(db: &Database, path: &Path) -> io::Result<u32> {
     let subject = format!("check the format of {}", path.display());
     let txn = db.begin_read().map_err(|e| io_error(&subject, e))?;
     let stamp = match txn.open_table(FORMAT) {
@@ -121,7 +169,8 @@ pub fn stamp_or_check(db: &Database, path: &Path) -> io::Result<()> {
         Err(e) => return Err(io_error(&subject, e)),
     };
     if let Some(found) = stamp {
-        return Ok(check(found, || path.display().to_string())?);
+        check(found, || path.display().to_string())?;
+        return Ok(found);
     }
     let created_before = txn
         .list_tables()
@@ -137,16 +186,21 @@ pub fn stamp_or_check(db: &Database, path: &Path) -> io::Result<()> {
     }
     let subject = format!("stamp the format of {}", path.display());
     let txn = db.begin_write().map_err(|e| io_error(&subject, e))?;
-    txn.open_table(FORMAT)
-        .map_err(|e| io_error(&subject, e))?
-        .insert(STAMP_KEY, FORMAT_VERSION)
-        .map_err(|e| io_error(&subject, e))?;
-    txn.commit().map_err(|e| io_error(&subject, e))
+    restamp(&txn, FORMAT_OLDEST).map_err(|e| io_error(&subject, e))?;
+    txn.commit().map_err(|e| io_error(&subject, e))?;
+    Ok(FORMAT_OLDEST)
 }
 
-/// Encodes `value` with [`FORMAT_VERSION`] in front, as a stored log entry.
-pub fn encode_stamped<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    codec::encode_after(codec::encode(&FORMAT_VERSION)?, value)
+/// Stamps the database of `txn` with `format` (when the cluster switched to
+/// it), in the transaction that first writes bytes of that format.
+pub fn restamp(txn: &redb::WriteTransaction, format: u32) -> Result<(), redb::Error> {
+    txn.open_table(FORMAT)?.insert(STAMP_KEY, format)?;
+    Ok(())
+}
+
+/// Encodes `value` with `format` in front, as a stored log entry.
+pub fn encode_stamped<T: Serialize>(format: u32, value: &T) -> Result<Vec<u8>, CodecError> {
+    codec::encode_after(codec::encode(&format)?, value)
 }
 
 /// Decodes what [`encode_stamped`] wrote, refusing a format this build does
@@ -188,7 +242,7 @@ mod tests {
             .get(STAMP_KEY)
             .expect("get")
             .map(|stamp| stamp.value());
-        assert_eq!(stamp, Some(FORMAT_VERSION));
+        assert_eq!(stamp, Some(FORMAT_OLDEST), "a new database waits for the cluster's format");
     }
 
     #[test]
@@ -205,7 +259,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             format!(
-                "{} is in on-disk format 99; this build reads format 1",
+                "{} is in on-disk format 99; this build reads formats 1, 2",
                 path.display()
             )
         );
@@ -223,7 +277,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             format!(
-                "{} was written before on-disk format stamps existed; this build reads format 1",
+                "{} was written before on-disk format stamps existed; this build reads formats 1, 2",
                 path.display()
             )
         );
@@ -231,7 +285,7 @@ mod tests {
 
     #[test]
     fn a_stamped_value_of_an_unknown_format_is_refused() {
-        let bytes = encode_stamped(&"entry".to_owned()).expect("encodes");
+        let bytes = encode_stamped(1, &"entry".to_owned()).expect("encodes");
         assert_eq!(bytes[0], 1, "format 1 is one leading byte");
         let subject = || "log entry 3 in log.redb".to_owned();
         assert_eq!(
@@ -239,11 +293,11 @@ mod tests {
             "entry"
         );
         let mut future = bytes.clone();
-        future[0] = 2;
-        let error = decode_stamped::<String>(subject, &future).expect_err("format 2");
+        future[0] = 3;
+        let error = decode_stamped::<String>(subject, &future).expect_err("format 3");
         assert_eq!(
             error.to_string(),
-            "log entry 3 in log.redb is in on-disk format 2; this build reads format 1"
+            "log entry 3 in log.redb is in on-disk format 3; this build reads formats 1, 2"
         );
         assert!(stamp_of(subject, &future).is_err());
     }

@@ -23,6 +23,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
@@ -30,7 +31,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::codec::{decode, encode};
-use super::format::{decode_stamped, encode_stamped, stamp_of};
+use super::format::{ClusterFormat, decode_stamped, encode_stamped, stamp_of};
 use super::{EntryOf, LogIdOf, TypeConfig, VoteOf, io_error};
 
 /// Log index -> encoded entry.
@@ -47,17 +48,24 @@ pub struct LogStore {
     db: Arc<Database>,
     /// Where the database is, for messages.
     path: Arc<Path>,
+    /// The cluster's format: what new entries are written in.
+    format: ClusterFormat,
+    /// The database's stamp: the newest format of any entry it holds.
+    stamped: Arc<AtomicU32>,
 }
 
 impl LogStore {
-    /// Opens (or creates) the log database at `path`; refuses one of a
-    /// format this build does not read.
-    pub fn open(path: &Path) -> io::Result<Self> {
+    /// Opens (or creates) the log database at `path`, writing entries in
+    /// the cluster's `format`; refuses a database of a format this build
+    /// does not read.
+    pub fn open(path: &Path, format: ClusterFormat) -> io::Result<Self> {
         let db = super::open_database(path, "log")?;
-        super::format::stamp_or_check(&db, path)?;
+        let stamped = super::format::stamp_or_check(&db, path)?;
         let store = Self {
             db: Arc::new(db),
             path: path.into(),
+            format,
+            stamped: Arc::new(AtomicU32::new(stamped)),
         };
         // Create the tables so readers never meet a missing one.
         store.write("create log tables", Durability::Immediate, |txn| {
@@ -119,6 +127,14 @@ impl LogStore {
             Some(bytes) => Ok(Some(decode(&format!("log {key}"), bytes.value())?)),
             None => Ok(None),
         }
+    }
+}
+
+/// The oldest format that carries `entry` (see `Request::format_needed`).
+fn format_needed(entry: &EntryOf<TypeConfig>) -> u32 {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(request) => request.format_needed(),
+        _ => super::format::FORMAT_OLDEST,
     }
 }
 
@@ -216,10 +232,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = EntryOf<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let cluster_format = self.format.get();
+        let mut newest = 0;
         let encoded = entries
             .into_iter()
-            .map(|entry| Ok((entry.index(), encode_stamped(&entry)?)))
+            .map(|entry| {
+                let format = cluster_format.max(format_needed(&entry));
+                newest = newest.max(format);
+                Ok((entry.index(), encode_stamped(format, &entry)?))
+            })
             .collect::<io::Result<Vec<_>>>()?;
+        // The first entry of a newer format stamps the database with it,
+        // in the same commit: an older build then refuses the whole log
+        // at start rather than at that entry.
+        let restamp = (newest > self.stamped.load(Ordering::Acquire)).then_some(newest);
         let store = self.clone();
         // redb blocks on fsync; keep it off the async workers.
         let outcome = super::run_blocking("append log entries", move || {
@@ -228,10 +254,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 for (index, bytes) in &encoded {
                     table.insert(*index, bytes.as_slice())?;
                 }
+                if let Some(format) = restamp {
+                    super::format::restamp(txn, format)?;
+                }
                 Ok(())
             })
         })
         .await?;
+        if let (Ok(()), Some(format)) = (&outcome, restamp) {
+            self.stamped.fetch_max(format, Ordering::AcqRel);
+        }
         match outcome {
             Ok(()) => {
                 callback.io_completed(Ok(()));
@@ -290,7 +322,7 @@ mod tests {
     }
 
     fn stored(index: u64) -> Vec<u8> {
-        encode_stamped(&blank_ent::<TypeConfig>(1, 1, index)).expect("encodes")
+        encode_stamped(1, &blank_ent::<TypeConfig>(1, 1, index)).expect("encodes")
     }
 
     /// `stored(index)` as a build of format 99 would have stamped it.
@@ -304,7 +336,7 @@ mod tests {
     async fn an_entry_of_an_unknown_format_is_refused_when_read_and_at_open() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("log.redb");
-        let mut store = LogStore::open(&path).expect("open");
+        let mut store = LogStore::open(&path, ClusterFormat::new(1)).expect("open");
 
         tracing::info!("--- a format-99 entry between two of ours: open passes, reading it fails");
         put_raw(
@@ -327,12 +359,12 @@ mod tests {
             )
         );
         drop(store);
-        let store = LogStore::open(&path).expect("first and last are ours");
+        let store = LogStore::open(&path, ClusterFormat::new(1)).expect("first and last are ours");
 
         tracing::info!("--- a format-99 last entry: the log is refused at open");
         put_raw(&store, &[(4, stored_as_format_99(4))]);
         drop(store);
-        let error = LogStore::open(&path).err().expect("refused");
+        let error = LogStore::open(&path, ClusterFormat::new(1)).err().expect("refused");
         assert!(
             error.to_string().starts_with(&format!(
                 "log entry 4 in {} is in on-disk format 99",
@@ -354,7 +386,7 @@ mod tests {
             .expect("insert");
         txn.commit().expect("commit");
         drop(db);
-        let error = LogStore::open(&path).err().expect("refused");
+        let error = LogStore::open(&path, ClusterFormat::new(1)).err().expect("refused");
         assert_eq!(
             error.to_string(),
             format!(

@@ -173,11 +173,13 @@ mod conformance {
         ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
             let dir = tempfile::tempdir()
                 .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
-            let log = LogStore::open(&dir.path().join("log.redb"))
+            let format = super::format::ClusterFormat::new(super::format::FORMAT_OLDEST);
+            let log = LogStore::open(&dir.path().join("log.redb"), format.clone())
                 .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
             let machine = StateMachine::open(
                 &dir.path().join("state.redb"),
                 &dir.path().join("snapshots"),
+                format,
             )
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
             Ok((dir, log, machine))

@@ -59,6 +59,7 @@ impl Network {
 pub struct PeerConnection {
     target: u64,
     client: ClusterClient<Channel>,
+    peers: Peers,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -68,6 +69,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerConnection {
             target,
             client: self.peers.client(node.cluster_addr),
+            peers: self.peers.clone(),
         }
     }
 }
@@ -102,7 +104,7 @@ impl PeerConnection {
     {
         let payload = encode(message).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let timeout = timeout(payload.len());
-        let mut request = tonic::Request::new(Frame { payload });
+        let mut request = self.peers.request(Frame { payload });
         request.set_timeout(timeout);
         let reply = method(self.client.clone(), request)
             .await
@@ -205,7 +207,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         };
         let outgoing = stream::iter([first]).chain(chunks);
         let mut client = self.client.clone();
-        let send = async move { client.install_snapshot(outgoing).await };
+        let request = self.peers.request(outgoing);
+        let send = async move { client.install_snapshot(request).await };
         let reply = tokio::select! {
             reply = send => reply.map_err(|status| StreamingError::from(to_rpc_error(status)))?,
             closed = cancel => return Err(StreamingError::Closed(closed)),

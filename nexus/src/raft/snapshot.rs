@@ -23,7 +23,7 @@ use spike_sdk::crypto::aead;
 use spike_sdk::domain::{PolicyName, SecretPath};
 
 use super::codec::{decode, encode};
-use super::format::{self, FORMAT_VERSION, FormatError};
+use super::format::{self, FORMAT_OLDEST, FormatError};
 use super::{SnapshotMetaOf, TypeConfig, io_error};
 use crate::state::secret::SecretRecord;
 use crate::state::store::{
@@ -104,7 +104,9 @@ pub fn write(
         digest: Sha256::new(),
     };
     out.write_all(MAGIC)?;
-    out.write_all(&FORMAT_VERSION.to_be_bytes())?;
+    // The cluster's format when this state was applied, so a replica of an
+    // older build can take the snapshot until the cluster switched.
+    out.write_all(&cluster_format_of(txn)?.to_be_bytes())?;
     write_part(&mut out, &encode(meta)?)?;
     dump_str_table(txn, META, &mut out)?;
     dump_str_table(txn, SECRETS, &mut out)?;
@@ -135,6 +137,20 @@ pub fn write(
         .into_inner()
         .map_err(|e| io_error(&subject, e.error()))?;
     file.sync_all().map_err(|e| io_error(&subject, e))
+}
+
+/// The cluster format the state in `txn` records (1 before any switch).
+fn cluster_format_of(txn: &redb::ReadTransaction) -> io::Result<u32> {
+    let Some(table) = open_read(txn, META)? else {
+        return Ok(FORMAT_OLDEST);
+    };
+    let subject = "read the cluster format";
+    let recorded = table
+        .get(store::META_FORMAT)
+        .map_err(|e| io_error(subject, e))?;
+    recorded.map_or(Ok(FORMAT_OLDEST), |bytes| {
+        Ok(decode("cluster format", bytes.value())?)
+    })
 }
 
 fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
@@ -767,7 +783,7 @@ mod tests {
     ) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+        out.extend_from_slice(&FORMAT_OLDEST.to_be_bytes());
         let meta = encode(&SnapshotMetaOf::<TypeConfig>::default()).expect("meta");
         write_part(&mut out, &meta).expect("meta");
         let cluster = encode(cluster).expect("cluster");

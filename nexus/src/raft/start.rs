@@ -9,6 +9,7 @@ use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::{Config, SnapshotPolicy};
 
 use super::contact::LeaderContact;
+use super::format::ClusterFormat;
 use super::inbound::Inbound;
 use super::leadership::{Leadership, LogAtStart};
 use super::log_store::LogStore;
@@ -53,6 +54,8 @@ pub struct Started {
     pub inbound: Inbound,
     /// The applied state.
     pub machine: StateMachine,
+    /// The cluster's on-disk format, as applied here.
+    pub format: ClusterFormat,
 }
 
 /// Raft timing, by default heartbeats every 50 ms and elections after
@@ -88,7 +91,11 @@ pub async fn start(
     peers: Peers,
 ) -> Result<Started, StartError> {
     let config = raft_config(&settings)?;
-    let mut log_store = LogStore::open(&data_dir.join("log.redb")).map_err(StartError::Open)?;
+    // Raised to the cluster's format by the state machine as it opens and
+    // applies; until then (a new replica), the oldest this build writes.
+    let format = peers.format().clone();
+    let mut log_store =
+        LogStore::open(&data_dir.join("log.redb"), format.clone()).map_err(StartError::Open)?;
     let failed = |error: &dyn std::fmt::Display| StartError::Failed(error.to_string());
     // The read floor: see `Leadership::read_index`.
     let log_at_start = LogAtStart {
@@ -104,8 +111,12 @@ pub async fn start(
             .last_log_id
             .map_or(0, |log_id| log_id.index),
     };
-    let machine = StateMachine::open(&data_dir.join("state.redb"), &data_dir.join("snapshots"))
-        .map_err(StartError::Open)?;
+    let machine = StateMachine::open(
+        &data_dir.join("state.redb"),
+        &data_dir.join("snapshots"),
+        format.clone(),
+    )
+    .map_err(StartError::Open)?;
     let raft = openraft::Raft::new(
         settings.node_id,
         std::sync::Arc::new(config),
@@ -125,5 +136,6 @@ pub async fn start(
         ),
         inbound: Inbound::new(raft, machine.clone(), contact),
         machine,
+        format,
     })
 }

@@ -41,7 +41,10 @@ use super::codec::{decode, encode};
 use super::snapshot::{self, SnapshotFile};
 use super::{LogIdOf, NexusSnapshot, StoredMembershipOf, TypeConfig, io_error};
 use crate::state::command::Response;
-use crate::state::store::{self, META, META_APPLIED, META_MEMBERSHIP, StateReader, Watermarks};
+use super::format::{ClusterFormat, FORMAT_OLDEST};
+use crate::state::store::{
+    self, META, META_APPLIED, META_FORMAT, META_MEMBERSHIP, StateReader, Watermarks,
+};
 
 /// Most entries applied in one transaction.
 const APPLY_BATCH_MAX: usize = 512;
@@ -57,6 +60,8 @@ pub struct StateMachine {
     snapshot_dir: PathBuf,
     applied: watch::Sender<Option<LogIdOf<TypeConfig>>>,
     checkpoint: Arc<Mutex<Checkpoint>>,
+    /// The cluster's on-disk format, as applied here.
+    format: ClusterFormat,
 }
 
 /// The last applied index of a state machine, as a watch that wakes
@@ -123,8 +128,9 @@ impl Checkpoint {
 impl StateMachine {
     /// Opens (or creates) the state database at `path`, with snapshots in
     /// `snapshot_dir`; refuses a database or a current snapshot of a format
-    /// this build does not read.
-    pub fn open(path: &Path, snapshot_dir: &Path) -> io::Result<Self> {
+    /// this build does not read. Raises `format` to the cluster format the
+    /// state records.
+    pub fn open(path: &Path, snapshot_dir: &Path, format: ClusterFormat) -> io::Result<Self> {
         std::fs::create_dir_all(snapshot_dir).map_err(|e| {
             io_error(
                 &format!("create snapshot dir {}", snapshot_dir.display()),
@@ -132,7 +138,7 @@ impl StateMachine {
             )
         })?;
         let db = super::open_database(path, "state")?;
-        super::format::stamp_or_check(&db, path)?;
+        let stamp = super::format::stamp_or_check(&db, path)?;
         if let Some(current) = snapshot::newest(snapshot_dir)? {
             snapshot::check_format(&current)?;
         }
@@ -154,12 +160,24 @@ impl StateMachine {
         // Derived, so rebuilt rather than trusted: an older build may have
         // run on these files without keeping it.
         store::rebuild_session_owners(&txn).map_err(|e| io_error(subject, e))?;
+        let recorded = cluster_format_in(&txn)?;
+        if recorded != stamp {
+            return Err(io_error(
+                subject,
+                format!(
+                    "{} is stamped with format {stamp} but records cluster format {recorded}",
+                    path.display()
+                ),
+            ));
+        }
         txn.commit().map_err(|e| io_error(subject, e))?;
+        format.raise_to(recorded);
         let machine = Self {
             db: Arc::new(db),
             snapshot_dir: snapshot_dir.to_owned(),
             applied: watch::channel(None).0,
             checkpoint: Arc::new(Mutex::new(Checkpoint::new())),
+            format,
         };
         let (applied, _) = machine.read_applied()?;
         machine.applied.send_replace(applied);
@@ -219,6 +237,7 @@ impl StateMachine {
             store::Batch::begin(&txn).map_err(|e| io_error("begin applying entries", e))?;
         let mut responses = Vec::with_capacity(entries.len());
         let mut membership = None;
+        let mut switched_to = None;
         for entry in entries {
             let log_id = entry.log_id();
             if let Some(previous) = &last_applied {
@@ -229,9 +248,14 @@ impl StateMachine {
             }
             let response = match entry.payload {
                 EntryPayload::Blank => Response::Done,
-                EntryPayload::Normal(request) => store_batch
-                    .apply(log_id.index(), &request)
-                    .map_err(|e| io_error(&format!("apply entry {log_id}"), e))?,
+                EntryPayload::Normal(request) => {
+                    if let Some(format) = request.switches_format_to() {
+                        switched_to = switched_to.max(Some(format));
+                    }
+                    store_batch
+                        .apply(log_id.index(), &request)
+                        .map_err(|e| io_error(&format!("apply entry {log_id}"), e))?
+                }
                 EntryPayload::Membership(change) => {
                     membership = Some(StoredMembership::new(Some(log_id), change));
                     Response::Done
@@ -252,11 +276,19 @@ impl StateMachine {
                     .map_err(|e| io_error(subject, e))?;
             }
         }
+        let switched_to = switched_to.filter(|format| *format > self.format.get());
+        if let Some(format) = switched_to {
+            record_cluster_format(&txn, format)?;
+        }
         txn.commit().map_err(|e| io_error(subject, e))?;
         if matches!(durability, Durability::Immediate) {
             checkpoint.fsynced();
         }
         drop(checkpoint);
+        if let Some(format) = switched_to {
+            self.format.raise_to(format);
+            tracing::info!(format, "the cluster switched its on-disk format");
+        }
         self.applied.send_replace(last_applied);
         Ok(responses)
     }
@@ -307,6 +339,10 @@ impl StateMachine {
         }
         let state_after = store::read_cluster_meta(&txn).map_err(|e| io_error(subject, e))?;
         Watermarks::of(&state_before).assert_not_behind(&state_after);
+        // A snapshot carries the format its state was in; the format never
+        // goes back (a snapshot is always past the switch it follows).
+        let format = cluster_format_in(&txn)?.max(self.format.get());
+        record_cluster_format(&txn, format)?;
         {
             let mut table = txn.open_table(META).map_err(|e| io_error(subject, e))?;
             table
@@ -327,6 +363,7 @@ impl StateMachine {
         }
         sync_dir(&self.snapshot_dir)?;
         snapshot::remove_others(&self.snapshot_dir, &path)?;
+        self.format.raise_to(format);
         self.applied.send_replace(meta.last_log_id);
         tracing::info!(last_log_index = index, "installed snapshot from the leader");
         Ok(())
@@ -393,6 +430,29 @@ fn applied_in(
         None => StoredMembership::default(),
     };
     Ok((applied, membership))
+}
+
+/// The cluster format the state in `txn` records (1 before any switch).
+fn cluster_format_in(txn: &redb::WriteTransaction) -> io::Result<u32> {
+    let subject = "read the cluster format";
+    let table = txn.open_table(META).map_err(|e| io_error(subject, e))?;
+    let recorded = table.get(META_FORMAT).map_err(|e| io_error(subject, e))?;
+    recorded.map_or(Ok(FORMAT_OLDEST), |bytes| {
+        Ok(decode("cluster format", bytes.value())?)
+    })
+}
+
+/// Records `format` as the cluster's and stamps the database with it, in
+/// `txn`: the commit that first holds bytes of a format also says so.
+fn record_cluster_format(txn: &redb::WriteTransaction, format: u32) -> io::Result<()> {
+    let subject = "record the cluster format";
+    if format > FORMAT_OLDEST {
+        txn.open_table(META)
+            .map_err(|e| io_error(subject, e))?
+            .insert(META_FORMAT, encode(&format)?.as_slice())
+            .map_err(|e| io_error(subject, e))?;
+    }
+    super::format::restamp(txn, format).map_err(|e| io_error(subject, e))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -483,7 +543,11 @@ mod tests {
     use crate::state::command::{Command, KeyCommand, PolicyCommand, Request, RootKeyRecord};
 
     fn machine(dir: &Path) -> io::Result<StateMachine> {
-        StateMachine::open(&dir.join("state.redb"), &dir.join("snapshots"))
+        StateMachine::open(
+            &dir.join("state.redb"),
+            &dir.join("snapshots"),
+            ClusterFormat::new(FORMAT_OLDEST),
+        )
     }
 
     fn normal(index: u64, command: Command) -> EntryOf<TypeConfig> {

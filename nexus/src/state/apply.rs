@@ -46,6 +46,9 @@ fn apply_membership(meta: &mut ClusterMeta, command: &MembershipCommand) -> Appl
         MembershipCommand::RetireNode { id } => {
             meta.retired_node_ids.insert(*id);
         }
+        // Recorded by the state machine, with the database's stamp, in
+        // the same transaction.
+        MembershipCommand::SwitchFormat { .. } => {}
     }
     Ok(Response::Done)
 }

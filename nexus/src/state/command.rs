@@ -237,6 +237,34 @@ pub enum MembershipCommand {
         /// The replica's id.
         id: NodeId,
     },
+    /// From this entry on, the cluster writes on-disk format `format`
+    /// (`raft::format`): proposed by the leader once every member reads it.
+    /// Never lowers the format. Format 2 and up.
+    SwitchFormat {
+        /// The format switched to.
+        format: u32,
+    },
+}
+
+impl Request {
+    /// The oldest on-disk format whose readers decode this request: 1 for
+    /// everything the first release knew, 2 for what format 2 added.
+    /// Variants are only ever appended, so an older variant encodes the
+    /// same bytes in every format.
+    pub fn format_needed(&self) -> u32 {
+        match self.command {
+            Command::Membership(MembershipCommand::SwitchFormat { .. }) => 2,
+            _ => 1,
+        }
+    }
+
+    /// The format this request switches the cluster to, if it does.
+    pub fn switches_format_to(&self) -> Option<u32> {
+        match self.command {
+            Command::Membership(MembershipCommand::SwitchFormat { format }) => Some(format),
+            _ => None,
+        }
+    }
 }
 
 /// What applying a request produced. Cached per client session, so a
@@ -369,6 +397,9 @@ impl std::fmt::Display for Request {
             }
             Command::Membership(MembershipCommand::RetireNode { id }) => {
                 write!(f, "retire-node({id})")
+            }
+            Command::Membership(MembershipCommand::SwitchFormat { format }) => {
+                write!(f, "switch-format({format})")
             }
         }
     }

@@ -60,6 +60,9 @@ pub const META_CLUSTER: &str = "cluster";
 pub const META_APPLIED: &str = "applied";
 /// `META` key of Raft's last applied membership (written by the state machine).
 pub const META_MEMBERSHIP: &str = "membership";
+/// `META` key of the cluster's on-disk format (written by the state machine
+/// when the cluster switches; absent: format 1). Format 2 and up.
+pub const META_FORMAT: &str = "format";
 
 /// Most sessions one caller identity keeps; past it, that caller's least
 /// recently used session is evicted, never another caller's. A session's
@@ -636,6 +639,18 @@ impl StateReader {
         match redb_try!("read cluster meta", table.get(META_CLUSTER))? {
             Some(bytes) => decode("cluster meta", bytes.value()),
             None => Ok(ClusterMeta::default()),
+        }
+    }
+
+    /// The cluster's on-disk format as applied here (1 before any switch).
+    pub fn cluster_format(&self) -> Result<u32, StoreError> {
+        let txn = self.read()?;
+        let Some(table) = open_existing(&txn, META, "open meta")? else {
+            return Ok(1);
+        };
+        match redb_try!("read cluster format", table.get(META_FORMAT))? {
+            Some(bytes) => decode("cluster format", bytes.value()),
+            None => Ok(1),
         }
     }
 

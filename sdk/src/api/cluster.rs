@@ -101,6 +101,15 @@ pub struct ClusterStatus {
     pub members: Vec<Member>,
     /// Its root key.
     pub root_key: RootKeyStatus,
+    /// Its release (`0.2.0`); absent from a replica of 0.1.0.
+    pub release: Option<String>,
+    /// The oldest on-disk format its build reads and writes.
+    pub format_oldest: Option<u32>,
+    /// The newest on-disk format its build reads and writes.
+    pub format_newest: Option<u32>,
+    /// The format the cluster writes, as this replica applied it: it
+    /// switches to a newer one only once every member reads it.
+    pub cluster_format: Option<u32>,
     /// Set on failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub err: Option<ErrorCode>,
