@@ -72,7 +72,8 @@ pub fn raft_message(bytes: &[u8]) {
         0 => {
             let subject = || "log entry".to_owned();
             if let Ok(entry) = decode_stamped::<EntryOf<TypeConfig>>(subject, bytes) {
-                let encoded = encode_stamped(FORMAT_NEWEST, &entry).expect("a decoded entry encodes");
+                let encoded =
+                    encode_stamped(FORMAT_NEWEST, &entry).expect("a decoded entry encodes");
                 let again: EntryOf<TypeConfig> =
                     decode_stamped(subject, &encoded).expect("an encoded entry decodes");
                 assert_eq!(
@@ -221,7 +222,11 @@ pub fn seeds() -> std::io::Result<Vec<(&'static str, String, Vec<u8>)>> {
         }))
         .collect();
     for (number, entry) in entries.iter().enumerate() {
-        frame(0, format!("entry-{number}"), encode_stamped(FORMAT_NEWEST, entry)?);
+        frame(
+            0,
+            format!("entry-{number}"),
+            encode_stamped(FORMAT_NEWEST, entry)?,
+        );
     }
     let vote = || VoteOf::<TypeConfig>::new_committed(1, 1);
     frame(

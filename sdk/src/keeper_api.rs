@@ -128,7 +128,11 @@ pub fn check_version<T>(request: &tonic::Request<T>) -> Result<(), tonic::Status
     let Some(value) = request.metadata().get(PROTOCOL_HEADER) else {
         return Ok(());
     };
-    match value.to_str().ok().and_then(|text| text.parse::<u32>().ok()) {
+    match value
+        .to_str()
+        .ok()
+        .and_then(|text| text.parse::<u32>().ok())
+    {
         Some(PROTOCOL_VERSION) => Ok(()),
         Some(other) => Err(tonic::Status::failed_precondition(format!(
             "keeper protocol {other} is not spoken here; this keeper speaks version {PROTOCOL_VERSION}"
@@ -147,7 +151,10 @@ mod version_tests {
     fn calls_name_the_protocol_and_another_version_is_refused() {
         let call = versioned(());
         assert!(check_version(&call).is_ok());
-        assert!(check_version(&tonic::Request::new(())).is_ok(), "the first release");
+        assert!(
+            check_version(&tonic::Request::new(())).is_ok(),
+            "the first release"
+        );
         let mut newer = tonic::Request::new(());
         newer
             .metadata_mut()

@@ -243,6 +243,10 @@ mod tests {
         async fn read_index(&self, _: Request<Frame>) -> Result<Response<Frame>, Status> {
             Err(Status::unimplemented("not in this test"))
         }
+
+        async fn version(&self, _: Request<Frame>) -> Result<Response<Frame>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
     }
 
     fn at(address: SocketAddr) -> NexusNode {

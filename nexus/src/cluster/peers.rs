@@ -12,8 +12,8 @@ use spike_sdk::tls::{ChannelOptions, TlsConfigError, client_config, grpc_channel
 use tonic::transport::Channel;
 
 use super::MESSAGE_SIZE_MAX_BYTES;
-use crate::raft::format::{ClusterFormat, FORMAT_OLDEST};
 use super::proto::cluster_client::ClusterClient;
+use crate::raft::format::{ClusterFormat, FORMAT_OLDEST};
 
 /// Channels to the other replicas.
 /// Ordered, so they are dropped (and their connections closed) in the

@@ -11,9 +11,9 @@ use super::proto::cluster_server::Cluster;
 use super::proto::{Frame, SnapshotChunk, snapshot_chunk};
 use super::version::check_sender;
 use super::{LeaderOp, SNAPSHOT_SIZE_MAX_BYTES};
-use crate::raft::format::ClusterFormat;
 use crate::node::Node;
 use crate::raft::codec::{decode, encode};
+use crate::raft::format::ClusterFormat;
 use crate::raft::{Inbound, InboundError};
 
 /// Serves the cluster port of one replica.

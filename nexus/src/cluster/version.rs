@@ -222,7 +222,11 @@ mod tests {
     #[test]
     fn the_cluster_switches_only_once_every_member_reads_the_newer_format() {
         let mixed = BTreeMap::from([(1, build(2)), (2, build(2)), (3, build(1))]);
-        assert_eq!(switch_target(1, &mixed), None, "member 3 reads format 1 only");
+        assert_eq!(
+            switch_target(1, &mixed),
+            None,
+            "member 3 reads format 1 only"
+        );
         let unheard = BTreeMap::from([(1, build(2)), (2, build(2)), (3, None)]);
         assert_eq!(switch_target(1, &unheard), None, "member 3 was not heard");
         let upgraded = BTreeMap::from([(1, build(2)), (2, build(2)), (3, build(2))]);
@@ -254,12 +258,19 @@ mod tests {
     #[test]
     fn a_sender_of_an_unread_format_is_refused_and_one_without_a_stamp_is_not() {
         let mut request = tonic::Request::new(());
-        assert!(check_sender(&request).is_ok(), "a build from before versions");
+        assert!(
+            check_sender(&request).is_ok(),
+            "a build from before versions"
+        );
         stamp(&mut request, FORMAT_NEWEST);
         assert!(check_sender(&request).is_ok());
         stamp(&mut request, FORMAT_NEWEST + 1);
         let refused = check_sender(&request).expect_err("a newer format");
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-        assert!(refused.message().contains("reads formats 1 to 2"), "{}", refused.message());
+        assert!(
+            refused.message().contains("reads formats 1 to 2"),
+            "{}",
+            refused.message()
+        );
     }
 }

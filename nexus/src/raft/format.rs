@@ -242,7 +242,11 @@ mod tests {
             .get(STAMP_KEY)
             .expect("get")
             .map(|stamp| stamp.value());
-        assert_eq!(stamp, Some(FORMAT_OLDEST), "a new database waits for the cluster's format");
+        assert_eq!(
+            stamp,
+            Some(FORMAT_OLDEST),
+            "a new database waits for the cluster's format"
+        );
     }
 
     #[test]

@@ -354,7 +354,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             format!(
-                "log entry 2 in {} is in on-disk format 99; this build reads format 1",
+                "log entry 2 in {} is in on-disk format 99; this build reads formats 1, 2",
                 path.display()
             )
         );
@@ -364,7 +364,9 @@ mod tests {
         tracing::info!("--- a format-99 last entry: the log is refused at open");
         put_raw(&store, &[(4, stored_as_format_99(4))]);
         drop(store);
-        let error = LogStore::open(&path, ClusterFormat::new(1)).err().expect("refused");
+        let error = LogStore::open(&path, ClusterFormat::new(1))
+            .err()
+            .expect("refused");
         assert!(
             error.to_string().starts_with(&format!(
                 "log entry 4 in {} is in on-disk format 99",
@@ -386,11 +388,13 @@ mod tests {
             .expect("insert");
         txn.commit().expect("commit");
         drop(db);
-        let error = LogStore::open(&path, ClusterFormat::new(1)).err().expect("refused");
+        let error = LogStore::open(&path, ClusterFormat::new(1))
+            .err()
+            .expect("refused");
         assert_eq!(
             error.to_string(),
             format!(
-                "{} was written before on-disk format stamps existed; this build reads format 1",
+                "{} was written before on-disk format stamps existed; this build reads formats 1, 2",
                 path.display()
             )
         );

@@ -38,10 +38,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::codec::{decode, encode};
+use super::format::{ClusterFormat, FORMAT_OLDEST};
 use super::snapshot::{self, SnapshotFile};
 use super::{LogIdOf, NexusSnapshot, StoredMembershipOf, TypeConfig, io_error};
 use crate::state::command::Response;
-use super::format::{ClusterFormat, FORMAT_OLDEST};
 use crate::state::store::{
     self, META, META_APPLIED, META_FORMAT, META_MEMBERSHIP, StateReader, Watermarks,
 };
@@ -593,7 +593,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             format!(
-                "{} was written before on-disk format stamps existed; this build reads format 1",
+                "{} was written before on-disk format stamps existed; this build reads formats 1, 2",
                 path.display()
             )
         );
@@ -614,7 +614,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             format!(
-                "{} is in on-disk format 99; this build reads format 1",
+                "{} is in on-disk format 99; this build reads formats 1, 2",
                 path.display()
             )
         );
@@ -625,10 +625,90 @@ mod tests {
         let error = machine(dir.path()).err().expect("refused");
         assert!(
             error.to_string().ends_with(
-                "was written before on-disk format stamps existed; this build reads format 1"
+                "was written before on-disk format stamps existed; this build reads formats 1, 2"
             ),
             "{error}"
         );
+    }
+
+    fn switch_format(format: u32) -> Command {
+        Command::Membership(crate::state::command::MembershipCommand::SwitchFormat { format })
+    }
+
+    fn stamp_of_database(machine: &StateMachine) -> u32 {
+        let txn = machine.db.begin_read().expect("read");
+        let table = txn
+            .open_table(redb::TableDefinition::<&str, u32>::new("format"))
+            .expect("format table");
+        table.get("version").expect("get").expect("stamped").value()
+    }
+
+    #[test]
+    fn the_cluster_format_switches_at_its_entry_and_survives_a_restart_and_a_snapshot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let format = ClusterFormat::new(FORMAT_OLDEST);
+        let open = |format: ClusterFormat| {
+            StateMachine::open(
+                &dir.path().join("state.redb"),
+                &dir.path().join("snapshots"),
+                format,
+            )
+        };
+        let machine = open(format.clone()).expect("open");
+        machine
+            .apply_batch(vec![normal(1, initialize())])
+            .expect("apply");
+        assert_eq!((format.get(), stamp_of_database(&machine)), (1, 1));
+        let before = machine.build().expect("snapshot before the switch");
+        assert_eq!(
+            snapshot_format(&before),
+            1,
+            "an older build can still take it"
+        );
+
+        machine
+            .apply_batch(vec![
+                normal(2, switch_format(2)),
+                normal(3, switch_format(1)),
+            ])
+            .expect("apply");
+        assert_eq!(
+            format.get(),
+            2,
+            "the switch applied; the format never goes back"
+        );
+        assert_eq!(stamp_of_database(&machine), 2);
+        assert_eq!(machine.reader().cluster_format().expect("read"), 2);
+        let after = machine.build().expect("snapshot after the switch");
+        assert_eq!(snapshot_format(&after), 2);
+        drop((machine, after, before));
+
+        let reopened = ClusterFormat::new(FORMAT_OLDEST);
+        let machine = open(reopened.clone()).expect("reopen");
+        assert_eq!(reopened.get(), 2, "the format is read back at open");
+
+        // A replica that installs the snapshot takes the format with it.
+        let other = tempfile::tempdir().expect("tempdir");
+        let installed = ClusterFormat::new(FORMAT_OLDEST);
+        let follower = StateMachine::open(
+            &other.path().join("state.redb"),
+            &other.path().join("snapshots"),
+            installed.clone(),
+        )
+        .expect("open");
+        let snapshot = machine.build().expect("snapshot");
+        let copy = other.path().join("incoming");
+        std::fs::copy(&snapshot.snapshot.path, &copy).expect("copy");
+        follower
+            .install(SnapshotFile::open(&copy).expect("open"))
+            .expect("install");
+        assert_eq!(installed.get(), 2);
+        assert_eq!(stamp_of_database(&follower), 2);
+    }
+
+    fn snapshot_format(snapshot: &NexusSnapshot) -> u32 {
+        let bytes = std::fs::read(&snapshot.snapshot.path).expect("read snapshot");
+        u32::from_be_bytes(bytes[8..12].try_into().expect("four bytes"))
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! `SPIKE_PREVIOUS_RELEASE_BIN_DIR`. A 3-replica cluster starts on them; a
 //! writer puts secrets the whole time, through whichever replica answers;
 //! each replica is stopped and started again on this build, followers
-//! first and the leader last, then each keeper. Required: every
+//! first and the leader last (the first one is also rolled back and
+//! forward again), then each keeper. Required: every
 //! acknowledged write is readable at the end; no write fails for longer
 //! than one election; the cluster keeps writing the old on-disk format
 //! until the last voter runs this build and switches right after; and once
@@ -224,6 +225,16 @@ async fn rolling_upgrade_from_the_previous_release() {
         eprintln!("--- {name} -> {to}");
         replace(&mut cluster, &name, &current).unwrap_or_else(|e| panic!("start {name}: {e}"));
         wait_caught_up(&superuser, &cluster, *id).await;
+        if step == 0 {
+            // Before the switch, an upgraded replica can be rolled back:
+            // it wrote nothing the previous release cannot read.
+            eprintln!("--- {name} rolled back to {from}, then forward again");
+            replace(&mut cluster, &name, &previous)
+                .unwrap_or_else(|e| panic!("start {name} on {from}: {e}"));
+            wait_caught_up(&superuser, &cluster, *id).await;
+            replace(&mut cluster, &name, &current).unwrap_or_else(|e| panic!("start {name}: {e}"));
+            wait_caught_up(&superuser, &cluster, *id).await;
+        }
         let last = step + 1 == order.len();
         if !last {
             // Two rounds of the leader's check: still the old format, as a
@@ -312,10 +323,7 @@ async fn rolling_upgrade_from_the_previous_release() {
         written.failures,
         written.longest_outage
     );
-    assert!(
-        written.acknowledged.len() > 100,
-        "the writer made progress"
-    );
+    assert!(written.acknowledged.len() > 100, "the writer made progress");
     assert!(
         written.longest_outage <= ONE_ELECTION,
         "writes failed for {:?} in a row, longer than one election ({ONE_ELECTION:?})",
