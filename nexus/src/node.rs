@@ -392,6 +392,25 @@ impl Node {
                 "node id {id} is a member with other addresses"
             )));
         }
+        // A replica whose build cannot read what the cluster writes would
+        // stop at the first entry it receives; refuse it before it counts.
+        // One that cannot be asked yet is added as before (it may still be
+        // starting); a build from before versions reads format 1 only.
+        let cluster_format = self
+            .state
+            .cluster_format()
+            .map_err(|e| ForwardError::OutcomeUnknown(e.to_string()))?;
+        if let Some(version) = crate::cluster::version::ask(self.forwarder.peers(), &node).await
+            && !version.reads(cluster_format)
+        {
+            let refusal = format!(
+                "node {id} runs release {}, which reads on-disk formats {} to {}; the cluster writes format {cluster_format}: start it on a newer release",
+                version.release, version.format_oldest, version.format_newest
+            );
+            // The API answers only `bad_request`; the leader's log says why.
+            tracing::warn!(%refusal, "a replica was refused as a member");
+            return Err(ForwardError::Invalid(refusal));
+        }
         // As a learner first: it catches up without counting toward quorum.
         self.leadership.add_learner(id, node).await?;
         self.leadership.add_voter(id).await?;

@@ -28,6 +28,11 @@ impl Forwarder {
         Self { peers }
     }
 
+    /// The channels it forwards through.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
     /// Runs `op` on `leader`.
     pub async fn execute(
         &self,

@@ -197,7 +197,7 @@ async fn rolling_upgrade_from_the_previous_release() {
     let (from, to) = (release_of(&previous), release_of(&current));
     eprintln!("--- upgrading {from} -> {to}");
     let previous_arg = previous.to_str().expect("UTF-8 path").to_owned();
-    let mut cluster = LocalCluster::up(&["--bin-dir", &previous_arg]);
+    let mut cluster = LocalCluster::up(&["--bin-dir", &previous_arg, "--spares", "1"]);
     let superuser = ApiClient::new(&cluster.identity("superuser").await);
 
     let before = versions(&superuser, &cluster).await;
@@ -312,6 +312,43 @@ async fn rolling_upgrade_from_the_previous_release() {
     replace(&mut cluster, &name, &current).unwrap_or_else(|e| panic!("start {name}: {e}"));
     // Its root key comes from the upgraded keepers.
     wait_caught_up(&superuser, &cluster, follower).await;
+
+    // A new replica on the previous release is refused as a member, with
+    // the reason, before it could stop at the first entry it cannot read.
+    eprintln!("--- nexus-4 on {from} asks to join: refused");
+    let joined = cluster.try_spike("join", &["nexus-4", "--bin-dir", &previous_arg]);
+    cluster.reload();
+    joined.unwrap_or_else(|e| panic!("join nexus-4: {e}"));
+    let spare = cluster.replica(4).clone();
+    let add = json!({
+        "id": 4,
+        "clusterAddr": spare.cluster_addr.to_string(),
+        "apiAddr": spare.api_addr.to_string(),
+    });
+    spike_tests::wait_for_port(spare.cluster_addr).await;
+    let reply = superuser
+        .post(cluster.api(follower), "/v1/cluster?action=add", add)
+        .await
+        .expect("add reaches the replica");
+    assert_eq!(reply.status, 400, "nexus-4 on {from}: {:?}", reply.body);
+    let leader = leader_id(&superuser, &cluster).await;
+    let refusal = log_of(&cluster, &format!("nexus-{leader}"))
+        .lines()
+        .find(|line| line.contains("was refused as a member"))
+        .unwrap_or_else(|| panic!("nexus-{leader} does not log why nexus-4 was refused"))
+        .to_owned();
+    assert!(
+        refusal.contains(&format!("node 4 runs release {from}")),
+        "{refusal}"
+    );
+    eprintln!("--- refused: {refusal}");
+    let members = status(&superuser, cluster.api(follower))
+        .await
+        .expect("status")["members"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(members, 3, "nexus-4 did not become a member");
+    cluster.act("stop", "nexus-4");
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
