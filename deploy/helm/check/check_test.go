@@ -476,12 +476,15 @@ func TestValuesTheBinariesWouldRefuseFailTheRender(t *testing.T) {
 		set     []string
 		message string
 	}{
-		"4 replicas":          {[]string{"nexus.replicas=4"}, "nexus.replicas must be 3 or 5"},
-		"threshold 1":         {[]string{"keeper.threshold=1"}, "keeper.threshold (Shamir t) must be 2"},
-		"threshold above n":   {[]string{"keeper.threshold=4"}, "keeper.threshold (Shamir t) must be 2"},
-		"founders above n":    {[]string{"nexus.founders=4"}, "nexus.founders must be 1 to nexus.replicas"},
-		"unknown SVID source": {[]string{"svid.source=file"}, "svid.source must be csi or hostPath"},
-		"unknown pilot role":  {[]string{"clusterSPIFFEID.pilotRoles={admin}"}, "is not superuser, recover or restore"},
+		"4 replicas":           {[]string{"nexus.replicas=4"}, "nexus.replicas must be 3 or 5"},
+		"threshold 1":          {[]string{"keeper.threshold=1"}, "keeper.threshold (Shamir t) must be 2"},
+		"threshold above n":    {[]string{"keeper.threshold=4"}, "keeper.threshold (Shamir t) must be 2"},
+		"founders above n":     {[]string{"nexus.founders=4"}, "nexus.founders must be 1 to nexus.replicas"},
+		"unknown SVID source":  {[]string{"svid.source=file"}, "svid.source must be csi or hostPath"},
+		"unknown pilot role":   {[]string{"clusterSPIFFEID.pilotRoles={admin}"}, "is not superuser, recover or restore"},
+		"founder's id changed": {[]string{"nexus.nodeIds.1=9"}, "is not an ordinal at or above nexus.founders"},
+		"an id taken twice":    {[]string{"nexus.replicas=5", "nexus.nodeIds.3=7", "nexus.nodeIds.4=7"}, "id 7 of ordinal 4 is taken"},
+		"a pod's default id":   {[]string{"nexus.replicas=5", "nexus.nodeIds.4=2"}, "id 2 of ordinal 4 is taken"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -538,6 +541,12 @@ echo "id=$SPIKE_NEXUS_NODE_ID peers=${SPIKE_NEXUS_PEERS:-} join=${SPIKE_NEXUS_JO
 	want = "id=5 peers= join=true keepers=10.0.2.0:8443,10.0.2.1:8443,10.0.2.2:8443,10.0.2.3:8443,10.0.2.4:8443 " + listen
 	if got != want {
 		t.Errorf("replica 4 of 5 after growing:\n got %s\nwant %s", got, want)
+	}
+	// Grown again after replicas 4 and 5 were removed: their ids are retired.
+	got = run(t, "spike-nexus-3", "--values", fiveReplicaFile, "--set", "nexus.founders=3",
+		"--set", "nexus.nodeIds.3=6", "--set", "nexus.nodeIds.4=7")
+	if !strings.HasPrefix(got, "id=6 peers= join=true ") {
+		t.Errorf("replica 3 with a new id: got %s", got)
 	}
 	if !regexp.MustCompile(`^id=1 peers=1=.*,5=10\.0\.1\.4:8554/10\.0\.1\.4:8553 join= `).MatchString(run(t, "spike-nexus-0", "--values", fiveReplicaFile)) {
 		t.Errorf("replica 0 of a 5-replica install does not found the cluster from 5 peers")

@@ -29,20 +29,25 @@ app.kubernetes.io/component: {{ .component }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
-{{/* Founding replicas: nexus.founders, else nexus.replicas. */}}
-{{- define "spike.founders" -}}
-{{- if kindIs "invalid" .Values.nexus.founders -}}{{ .Values.nexus.replicas }}{{- else -}}{{ .Values.nexus.founders }}{{- end -}}
-{{- end -}}
-
 {{/* The chart refuses what the binaries would refuse at start. */}}
 {{- define "spike.validate" -}}
 {{- $replicas := int .Values.nexus.replicas -}}
 {{- if not (has $replicas (list 3 5)) -}}
 {{- fail (printf "nexus.replicas must be 3 or 5 (an odd number of voters, one of which may be down), not %v" .Values.nexus.replicas) -}}
 {{- end -}}
-{{- $founders := int (include "spike.founders" .) -}}
+{{- $founders := int .Values.nexus.founders -}}
 {{- if or (lt $founders 1) (gt $founders $replicas) -}}
 {{- fail (printf "nexus.founders must be 1 to nexus.replicas (%d), not %d" $replicas $founders) -}}
+{{- end -}}
+{{- $ids := list -}}
+{{- range $ordinal, $id := .Values.nexus.nodeIds -}}
+{{- if or (not (regexMatch "^[0-9]+$" (toString $ordinal))) (lt (int $ordinal) $founders) -}}
+{{- fail (printf "nexus.nodeIds: %q is not an ordinal at or above nexus.founders (%d): founders' ids are fixed by the peer list" (toString $ordinal) $founders) -}}
+{{- end -}}
+{{- if or (le (int64 $id) (int64 $replicas)) (has (int64 $id) $ids) -}}
+{{- fail (printf "nexus.nodeIds: id %v of ordinal %s is taken (by a founder, another override or a pod's default ordinal+1)" $id (toString $ordinal)) -}}
+{{- end -}}
+{{- $ids = append $ids (int64 $id) -}}
 {{- end -}}
 {{- $keepers := int .Values.keeper.replicas -}}
 {{- $threshold := int .Values.keeper.threshold -}}
