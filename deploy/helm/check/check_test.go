@@ -179,7 +179,10 @@ func checkNexus(t *testing.T, r rendered, replicas, keepers int32, threshold str
 		t.Fatalf("nexus has %d volumeClaimTemplates, want 1", len(set.Spec.VolumeClaimTemplates))
 	}
 	pod := set.Spec.Template.Spec
-	anti := pod.Affinity.PodAntiAffinity
+	var anti *corev1.PodAntiAffinity
+	if pod.Affinity != nil {
+		anti = pod.Affinity.PodAntiAffinity
+	}
 	if anti == nil || len(anti.RequiredDuringSchedulingIgnoredDuringExecution) != 1 ||
 		anti.RequiredDuringSchedulingIgnoredDuringExecution[0].TopologyKey != "kubernetes.io/hostname" {
 		t.Errorf("nexus has no required anti-affinity across nodes: %+v", pod.Affinity)
