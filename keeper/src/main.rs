@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use spike_sdk::cli::{SvidArgs, load_role_identity, run_server, shutdown_signal};
+use spike_sdk::cli::{LogArgs, SvidArgs, load_role_identity, run_server, shutdown_signal};
 use spike_sdk::hardening::MemoryLock;
 use spike_sdk::identity::Role;
 
@@ -13,11 +13,14 @@ use spike_sdk::identity::Role;
 #[command(
     version,
     long_version = concat!(env!("CARGO_PKG_VERSION"), " (keeper protocol 1)"),
-    about = "SPIKE Keeper: holds one share of the root key in memory"
+    about = "SPIKE Keeper: holds one share of the root key in memory",
+    after_help = spike_sdk::cli::ENVIRONMENT_HELP
 )]
 struct Args {
     #[command(flatten)]
     svid: SvidArgs,
+    #[command(flatten)]
+    log: LogArgs,
     /// Address to listen on.
     #[arg(long, env = "SPIKE_KEEPER_BIND", default_value = "0.0.0.0")]
     bind: IpAddr,
@@ -53,17 +56,22 @@ fn connection_age(text: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     let lock_memory = args.lock_memory;
-    run_server("keeper", lock_memory, |hardening| async move {
-        let (trust_roots, identity) = load_role_identity(&args.svid, Role::Keeper).await?;
-        let address = SocketAddr::new(args.bind, args.port);
-        spike_keeper::serve(
-            address,
-            identity,
-            trust_roots,
-            hardening,
-            args.max_connection_age,
-            shutdown_signal(),
-        )
-        .await
-    })
+    run_server(
+        "keeper",
+        lock_memory,
+        args.log.log_format,
+        |hardening| async move {
+            let (trust_roots, identity) = load_role_identity(&args.svid, Role::Keeper).await?;
+            let address = SocketAddr::new(args.bind, args.port);
+            spike_keeper::serve(
+                address,
+                identity,
+                trust_roots,
+                hardening,
+                args.max_connection_age,
+                shutdown_signal(),
+            )
+            .await
+        },
+    )
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use spike_sdk::cli::SvidArgs;
+use spike_sdk::cli::{LogArgs, SvidArgs};
 use spike_sdk::crypto::ShamirParams;
 use spike_sdk::crypto::keyring::ENCRYPTIONS_ROTATE_AT;
 use spike_sdk::hardening::MemoryLock;
@@ -28,13 +28,17 @@ pub const LONG_VERSION: &str = concat!(
 #[command(
     version,
     long_version = LONG_VERSION,
-    about = "SPIKE Nexus: a replica of the secret store"
+    about = "SPIKE Nexus: a replica of the secret store",
+    after_help = spike_sdk::cli::ENVIRONMENT_HELP
 )]
 pub struct Args {
     // A doc comment here would become clap help text.
     #[allow(missing_docs)]
     #[command(flatten)]
     pub svid: SvidArgs,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub log: LogArgs,
     /// This replica's id (from 1, never reused).
     #[arg(long, env = "SPIKE_NEXUS_NODE_ID", default_value_t = 1)]
     pub node_id: u64,

@@ -12,22 +12,27 @@ use spike_sdk::identity::Role;
 fn main() -> ExitCode {
     let args = Args::parse();
     let lock_memory = args.lock_memory;
-    run_server("nexus", lock_memory, |hardening| async move {
-        let config = NexusConfig::from_args(&args).map_err(StartupError::config)?;
-        if let Some(proxy) = args.connect_proxy {
-            // Before anything dials.
-            spike_sdk::net::install(Box::new(spike_sdk::net::HttpConnectProxy::new(proxy)))
-                .map_err(StartupError::config)?;
-            tracing::info!(%proxy, "dialling through an HTTP CONNECT proxy");
-        }
-        let (trust_roots, identity) = load_role_identity(&args.svid, Role::Nexus).await?;
-        let startup = Startup {
-            config,
-            identity,
-            trust_roots,
-            hardening,
-            test_clock_offset: args.test_clock_offset(),
-        };
-        spike_nexus::serve(startup, shutdown_signal()).await
-    })
+    run_server(
+        "nexus",
+        lock_memory,
+        args.log.log_format,
+        |hardening| async move {
+            let config = NexusConfig::from_args(&args).map_err(StartupError::config)?;
+            if let Some(proxy) = args.connect_proxy {
+                // Before anything dials.
+                spike_sdk::net::install(Box::new(spike_sdk::net::HttpConnectProxy::new(proxy)))
+                    .map_err(StartupError::config)?;
+                tracing::info!(%proxy, "dialling through an HTTP CONNECT proxy");
+            }
+            let (trust_roots, identity) = load_role_identity(&args.svid, Role::Nexus).await?;
+            let startup = Startup {
+                config,
+                identity,
+                trust_roots,
+                hardening,
+                test_clock_offset: args.test_clock_offset(),
+            };
+            spike_nexus::serve(startup, shutdown_signal()).await
+        },
+    )
 }

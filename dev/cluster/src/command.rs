@@ -52,10 +52,16 @@ pub fn command(cluster: &ClusterFile, process: &Process, bin_dir: &Path) -> Comm
         }
         (None, None) => Command::new(&program),
     };
-    command.envs(cluster.trust_roots()).env(
-        "SPIKE_SYSTEM_LOG_LEVEL",
-        std::env::var("SPIKE_SYSTEM_LOG_LEVEL").unwrap_or_else(|_| "info".to_owned()),
-    );
+    command
+        .envs(cluster.trust_roots())
+        .env(
+            "SPIKE_SYSTEM_LOG_LEVEL",
+            std::env::var("SPIKE_SYSTEM_LOG_LEVEL").unwrap_or_else(|_| "info".to_owned()),
+        )
+        // Logs go to files: plain text. Set by variable, never by flag, so
+        // binaries of earlier releases (which honour NO_COLOR but know no
+        // newer flag) start the same way in a rolling upgrade.
+        .env("NO_COLOR", "1");
     if let Some(socket) = &process.spiffe_endpoint_socket {
         command.env("SPIFFE_ENDPOINT_SOCKET", socket);
         if cluster.spire.is_some() {

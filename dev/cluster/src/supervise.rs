@@ -241,13 +241,34 @@ fn wait_for_sockets(
     Ok(())
 }
 
-/// The last non-empty line of a log, for an error message.
+/// The last non-empty line of a log, for an error message, without
+/// terminal colour sequences (a process started by hand, or by another
+/// tool, may have written them).
 pub fn last_line(log: &Path) -> Option<String> {
     let text = fs::read_to_string(log).ok()?;
     text.lines()
         .rev()
+        .map(without_colours)
         .find(|line| !line.trim().is_empty())
-        .map(str::to_owned)
+}
+
+/// `line` without its ANSI SGR sequences (`ESC [ ... m`).
+fn without_colours(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip to the sequence's final byte (a letter).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }
 
 /// The pid of `process` if it still runs the binary recorded for its role.
@@ -314,6 +335,17 @@ pub fn signal(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_words_of_a_log_carry_no_colour_sequences() {
+        assert_eq!(
+            without_colours(
+                "\u{1b}[2m2026-12-07T12:00:00Z\u{1b}[0m \u{1b}[31mERROR\u{1b}[0m cannot bind"
+            ),
+            "2026-12-07T12:00:00Z ERROR cannot bind"
+        );
+        assert_eq!(without_colours("plain"), "plain");
+    }
 
     #[test]
     fn a_process_just_started_runs_and_one_that_exited_does_not() {

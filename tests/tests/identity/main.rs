@@ -4,6 +4,7 @@
 //! identity.
 
 mod authorization;
+mod logs;
 mod raw_tls;
 mod resumption;
 mod rotation;

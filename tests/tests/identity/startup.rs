@@ -32,7 +32,7 @@ async fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 /// `program` with exactly `env` (plus PATH), no stdin.
-fn command(program: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
+pub(crate) fn command(program: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(binary(program));
     command
         .env_clear()
@@ -45,7 +45,7 @@ fn command(program: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
 
 /// Flags for a one-replica nexus on loopback whose single keeper does not
 /// exist: it starts, but never gets a root key.
-fn standalone_nexus(api_port: u16, data_dir: &Path) -> Vec<String> {
+pub(crate) fn standalone_nexus(api_port: u16, data_dir: &Path) -> Vec<String> {
     let cluster_port = free_port();
     [
         "--peers".to_owned(),
