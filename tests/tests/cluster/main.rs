@@ -9,6 +9,7 @@ mod benchmark;
 mod faults;
 mod membership;
 mod network;
+mod runbook;
 mod safety;
 mod sdk;
 mod support;
