@@ -351,20 +351,26 @@ impl Leadership {
     }
 
     /// Whether this replica leads and has applied everything committed
-    /// before its term (a read index round trip within `timeout` proves
-    /// both), so it acts on the definitive state.
+    /// before its term (a read index round trip within `timeout`, then
+    /// applying up to it, proves both), so it acts on the definitive
+    /// state. The read index is [`Self::read_index`]'s: a leader restarted
+    /// in its old term would otherwise act before applying the entries it
+    /// acknowledged before the crash (regression: a restore right after a
+    /// total loss compared the operator's shards with the root key a rekey
+    /// had replaced, and refused them).
     pub async fn is_settled_leader(&self, timeout: Duration) -> bool {
         if !self.is_leader() {
             return false;
         }
-        matches!(
-            tokio::time::timeout(
-                timeout,
-                self.raft.ensure_linearizable(ReadPolicy::ReadIndex)
-            )
-            .await,
-            Ok(Ok(_))
-        )
+        let settled = async {
+            let index = self.read_index().await.ok()?;
+            self.raft
+                .wait(None)
+                .applied_index_at_least(Some(index), "a settled leader")
+                .await
+                .ok()
+        };
+        matches!(tokio::time::timeout(timeout, settled).await, Ok(Some(_)))
     }
 
     /// Adds `id` as a learner and waits until it has caught up.
