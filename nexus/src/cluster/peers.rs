@@ -15,6 +15,17 @@ use super::MESSAGE_SIZE_MAX_BYTES;
 use super::proto::cluster_client::ClusterClient;
 use crate::raft::format::{ClusterFormat, FORMAT_OLDEST};
 
+/// The gRPC metadata key of the sender's cluster format (checked by
+/// `version::check_sender`).
+pub const FORMAT_HEADER: &str = "spike-format";
+
+/// Puts the sender's cluster `format` on an outgoing cluster RPC.
+pub fn stamp<T>(request: &mut tonic::Request<T>, format: u32) {
+    request
+        .metadata_mut()
+        .insert(FORMAT_HEADER, tonic::metadata::MetadataValue::from(format));
+}
+
 /// Channels to the other replicas.
 /// Ordered, so they are dropped (and their connections closed) in the
 /// same order every time: the deterministic simulator depends on it.
@@ -47,7 +58,7 @@ impl Peers {
     /// `message` as a request stamped with the cluster's format.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        super::version::stamp(&mut request, self.format.get());
+        stamp(&mut request, self.format.get());
         request
     }
 

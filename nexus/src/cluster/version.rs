@@ -30,8 +30,7 @@ use crate::state::command::{Command, MembershipCommand, Request};
 
 /// This build's release (the workspace version).
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
-/// The gRPC metadata key of the sender's cluster format.
-pub const FORMAT_HEADER: &str = "spike-format";
+pub use super::peers::{FORMAT_HEADER, stamp};
 /// How often the leader looks whether the cluster can switch formats.
 pub const SWITCH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// How long the leader waits for one member's version.
@@ -75,13 +74,6 @@ impl ReplicaVersion {
     pub fn reads(&self, format: u32) -> bool {
         (self.format_oldest..=self.format_newest).contains(&format)
     }
-}
-
-/// Puts the sender's cluster `format` on an outgoing cluster RPC.
-pub fn stamp<T>(request: &mut tonic::Request<T>, format: u32) {
-    request
-        .metadata_mut()
-        .insert(FORMAT_HEADER, tonic::metadata::MetadataValue::from(format));
 }
 
 /// Refuses a cluster RPC whose sender writes a format this build does not
