@@ -242,7 +242,7 @@ async fn a_data_directory_of_an_unknown_format_stops_start_up() {
     assert_config_error(
         &output,
         &format!(
-            "{} is in on-disk format 99; this build reads format 1",
+            "{} is in on-disk format 99; this build reads formats 1, 2",
             snapshot.display()
         ),
     );
