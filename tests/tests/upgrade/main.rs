@@ -12,7 +12,9 @@
 //! than one election; the cluster keeps writing the old on-disk format
 //! until the last voter runs this build and switches right after; and once
 //! it has switched, a replica started on the previous release refuses its
-//! data directory.
+//! data directory. When this build adds no format over the previous
+//! release, the format must never move and a rollback stays possible to
+//! the end instead.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -38,8 +40,6 @@ const ONE_ELECTION: Duration = Duration::from_secs(2);
 /// (`cluster::version::SWITCH_CHECK_INTERVAL`): the switch follows the
 /// last voter's upgrade within a few of those.
 const SWITCH_LIMIT: Duration = Duration::from_secs(15);
-/// The on-disk format this build switches a cluster to.
-const NEW_FORMAT: u64 = 2;
 
 fn previous_bin_dir() -> PathBuf {
     let dir = std::env::var_os(PREVIOUS_BIN_DIR).unwrap_or_else(|| {
@@ -58,6 +58,24 @@ fn release_of(bin_dir: &Path) -> String {
         .nth(1)
         .unwrap_or_else(|| panic!("nexus --version printed {text:?}"))
         .to_owned()
+}
+
+/// The newest on-disk format the build in `bin_dir` writes, as its
+/// `nexus --version` states it ("on-disk formats 1 to 2"); 1 for 0.1.0,
+/// which states none.
+fn newest_format_of(bin_dir: &Path) -> u64 {
+    let output = std::process::Command::new(bin_dir.join("nexus"))
+        .arg("--version")
+        .output()
+        .expect("run nexus --version");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.split_once("on-disk formats ")
+        .and_then(|(_, range)| range.split_once(" to "))
+        .and_then(|(_, newest)| {
+            let digits: String = newest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .unwrap_or(1)
 }
 
 async fn status(client: &ApiClient, node: SocketAddr) -> Option<Value> {
@@ -195,16 +213,31 @@ async fn rolling_upgrade_from_the_previous_release() {
         .expect("binaries in a directory")
         .to_owned();
     let (from, to) = (release_of(&previous), release_of(&current));
-    eprintln!("--- upgrading {from} -> {to}");
+    let (old_format, new_format) = (newest_format_of(&previous), newest_format_of(&current));
+    // A release that adds no format upgrades without a switch: then the
+    // format stays put and a rollback stays possible to the end.
+    let switches = new_format > old_format;
+    eprintln!("--- upgrading {from} (format {old_format}) -> {to} (format {new_format})");
     let previous_arg = previous.to_str().expect("UTF-8 path").to_owned();
     let mut cluster = LocalCluster::up(&["--bin-dir", &previous_arg, "--spares", "1"]);
     let superuser = ApiClient::new(&cluster.identity("superuser").await);
 
-    let before = versions(&superuser, &cluster).await;
-    assert_eq!(before.len(), 3, "every replica answers: {before:?}");
-    for (id, (release, format)) in &before {
-        assert_eq!(release, &from, "nexus-{id} runs the previous release");
-        assert!(*format < NEW_FORMAT, "nexus-{id} starts in the old format");
+    // A cluster of the previous release settles in its newest format.
+    let began = Instant::now();
+    loop {
+        let before = versions(&superuser, &cluster).await;
+        if before.len() == 3
+            && before
+                .values()
+                .all(|(release, format)| *release == from && *format == old_format)
+        {
+            break;
+        }
+        assert!(
+            began.elapsed() < SWITCH_LIMIT,
+            "the replicas of {from} did not settle in format {old_format}: {before:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -242,9 +275,9 @@ async fn rolling_upgrade_from_the_previous_release() {
             tokio::time::sleep(Duration::from_secs(5)).await;
             let now = versions(&superuser, &cluster).await;
             for (id, (_, format)) in &now {
-                assert!(
-                    *format < NEW_FORMAT,
-                    "nexus-{id} switched to format {format} before the last voter was upgraded: {now:?}"
+                assert_eq!(
+                    *format, old_format,
+                    "nexus-{id} switched formats before the last voter was upgraded: {now:?}"
                 );
             }
         }
@@ -255,17 +288,17 @@ async fn rolling_upgrade_from_the_previous_release() {
         if now.len() == 3
             && now
                 .values()
-                .all(|(release, format)| *release == to && *format == NEW_FORMAT)
+                .all(|(release, format)| *release == to && *format == new_format)
         {
             eprintln!(
-                "--- every replica runs {to}; the cluster switched to format {NEW_FORMAT} {:?} after the last voter",
+                "--- every replica runs {to}; the cluster writes format {new_format} {:?} after the last voter",
                 began.elapsed()
             );
             break;
         }
         assert!(
             began.elapsed() < SWITCH_LIMIT,
-            "the cluster did not switch to format {NEW_FORMAT} within {SWITCH_LIMIT:?}: {now:?}"
+            "the cluster did not reach format {new_format} within {SWITCH_LIMIT:?}: {now:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -278,77 +311,88 @@ async fn rolling_upgrade_from_the_previous_release() {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 
-    // After the switch, the previous release refuses a data directory of
-    // the new format, and says so; this build then takes it back.
     let leader = leader_id(&superuser, &cluster).await;
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
-    let name = format!("nexus-{follower}");
-    eprintln!("--- {name} back to {from}: refused");
-    let log_before = log_of(&cluster, &name).len();
-    let _ = replace(&mut cluster, &name, &previous);
-    let began = Instant::now();
-    let refusal = loop {
-        let log = log_of(&cluster, &name);
-        if let Some(line) = log[log_before.min(log.len())..]
-            .lines()
-            .find(|line| line.contains("on-disk format 2"))
-        {
-            break line.to_owned();
-        }
-        assert!(
-            began.elapsed() < RESTART_LIMIT,
-            "{name} on {from} did not refuse the new format; its log:\n{}",
-            &log[log_before.min(log.len())..]
-        );
-        assert!(
-            !cluster.ready(follower),
-            "{name} on {from} serves on a data directory of format 2"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    eprintln!("--- refused: {refusal}");
-    assert!(refusal.contains("this build reads format 1"), "{refusal}");
-    eprintln!("--- {name} -> {to} again");
-    replace(&mut cluster, &name, &current).unwrap_or_else(|e| panic!("start {name}: {e}"));
-    // Its root key comes from the upgraded keepers.
-    wait_caught_up(&superuser, &cluster, follower).await;
+    if switches {
+        // After the switch, the previous release refuses a data directory of
+        // the new format, and says so; this build then takes it back.
+        let name = format!("nexus-{follower}");
+        eprintln!("--- {name} back to {from}: refused");
+        let log_before = log_of(&cluster, &name).len();
+        let _ = replace(&mut cluster, &name, &previous);
+        let began = Instant::now();
+        let refusal = loop {
+            let log = log_of(&cluster, &name);
+            if let Some(line) = log[log_before.min(log.len())..]
+                .lines()
+                .find(|line| line.contains(&format!("on-disk format {new_format};")))
+            {
+                break line.to_owned();
+            }
+            assert!(
+                began.elapsed() < RESTART_LIMIT,
+                "{name} on {from} did not refuse the new format; its log:\n{}",
+                &log[log_before.min(log.len())..]
+            );
+            assert!(
+                !cluster.ready(follower),
+                "{name} on {from} serves on a data directory of format {new_format}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        eprintln!("--- refused: {refusal}");
+        assert!(refusal.contains("this build reads format"), "{refusal}");
+        eprintln!("--- {name} -> {to} again");
+        replace(&mut cluster, &name, &current).unwrap_or_else(|e| panic!("start {name}: {e}"));
+        // Its root key comes from the upgraded keepers.
+        wait_caught_up(&superuser, &cluster, follower).await;
 
-    // A new replica on the previous release is refused as a member, with
-    // the reason, before it could stop at the first entry it cannot read.
-    eprintln!("--- nexus-4 on {from} asks to join: refused");
-    let joined = cluster.try_spike("join", &["nexus-4", "--bin-dir", &previous_arg]);
-    cluster.reload();
-    joined.unwrap_or_else(|e| panic!("join nexus-4: {e}"));
-    let spare = cluster.replica(4).clone();
-    let add = json!({
-        "id": 4,
-        "clusterAddr": spare.cluster_addr.to_string(),
-        "apiAddr": spare.api_addr.to_string(),
-    });
-    spike_tests::wait_for_port(spare.cluster_addr).await;
-    let reply = superuser
-        .post(cluster.api(follower), "/v1/cluster?action=add", add)
-        .await
-        .expect("add reaches the replica");
-    assert_eq!(reply.status, 400, "nexus-4 on {from}: {:?}", reply.body);
-    let leader = leader_id(&superuser, &cluster).await;
-    let refusal = log_of(&cluster, &format!("nexus-{leader}"))
-        .lines()
-        .find(|line| line.contains("was refused as a member"))
-        .unwrap_or_else(|| panic!("nexus-{leader} does not log why nexus-4 was refused"))
-        .to_owned();
-    assert!(
-        refusal.contains(&format!("node 4 runs release {from}")),
-        "{refusal}"
-    );
-    eprintln!("--- refused: {refusal}");
-    let members = status(&superuser, cluster.api(follower))
-        .await
-        .expect("status")["members"]
-        .as_array()
-        .map_or(0, Vec::len);
-    assert_eq!(members, 3, "nexus-4 did not become a member");
-    cluster.act("stop", "nexus-4");
+        // A new replica on the previous release is refused as a member, with
+        // the reason, before it could stop at the first entry it cannot read.
+        eprintln!("--- nexus-4 on {from} asks to join: refused");
+        let joined = cluster.try_spike("join", &["nexus-4", "--bin-dir", &previous_arg]);
+        cluster.reload();
+        joined.unwrap_or_else(|e| panic!("join nexus-4: {e}"));
+        let spare = cluster.replica(4).clone();
+        let add = json!({
+            "id": 4,
+            "clusterAddr": spare.cluster_addr.to_string(),
+            "apiAddr": spare.api_addr.to_string(),
+        });
+        spike_tests::wait_for_port(spare.cluster_addr).await;
+        let reply = superuser
+            .post(cluster.api(follower), "/v1/cluster?action=add", add)
+            .await
+            .expect("add reaches the replica");
+        assert_eq!(reply.status, 400, "nexus-4 on {from}: {:?}", reply.body);
+        let leader = leader_id(&superuser, &cluster).await;
+        let refusal = log_of(&cluster, &format!("nexus-{leader}"))
+            .lines()
+            .find(|line| line.contains("was refused as a member"))
+            .unwrap_or_else(|| panic!("nexus-{leader} does not log why nexus-4 was refused"))
+            .to_owned();
+        assert!(
+            refusal.contains(&format!("node 4 runs release {from}")),
+            "{refusal}"
+        );
+        eprintln!("--- refused: {refusal}");
+        let members = status(&superuser, cluster.api(follower))
+            .await
+            .expect("status")["members"]
+            .as_array()
+            .map_or(0, Vec::len);
+        assert_eq!(members, 3, "nexus-4 did not become a member");
+        cluster.act("stop", "nexus-4");
+    } else {
+        // No switch: rolling back stays possible after the last replica.
+        let name = format!("nexus-{follower}");
+        eprintln!("--- {name} back to {from} (no format switch: allowed), then to {to}");
+        replace(&mut cluster, &name, &previous)
+            .unwrap_or_else(|e| panic!("start {name} on {from}: {e}"));
+        wait_caught_up(&superuser, &cluster, follower).await;
+        replace(&mut cluster, &name, &current).unwrap_or_else(|e| panic!("start {name}: {e}"));
+        wait_caught_up(&superuser, &cluster, follower).await;
+    }
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
