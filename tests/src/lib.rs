@@ -327,6 +327,37 @@ impl ApiClient {
     }
 }
 
+/// Runs `command` (a `spike`, say) with `stdin` as its input and its
+/// output captured.
+pub async fn output_with_stdin(
+    mut command: tokio::process::Command,
+    stdin: &[u8],
+) -> std::process::Output {
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the command");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).await.expect("write stdin");
+    drop(input);
+    child
+        .wait_with_output()
+        .await
+        .expect("the command's output")
+}
+
+/// The stdout of a run that had to succeed; `what` names it if it did not.
+pub fn stdout_of_success(output: &std::process::Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Writes `{"v": value}` at `path` through `node` as `client`.
 pub async fn put(client: &ApiClient, node: SocketAddr, path: &str, value: &str) -> Reply {
     client

@@ -29,34 +29,19 @@ impl Cli<'_> {
         args: &[&str],
         stdin: &[u8],
     ) -> Output {
-        use tokio::io::AsyncWriteExt;
-        let mut child = self
-            .cluster
-            .spike_as(role)
+        let mut command = self.cluster.spike_as(role);
+        command
             .envs(env.iter().copied())
             .env("SPIKE_PILOT_RECOVERY_DIR", self.home)
             .env("HOME", self.home)
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn spike");
-        let mut input = child.stdin.take().expect("stdin");
-        input.write_all(stdin).await.expect("write stdin");
-        drop(input);
-        child.wait_with_output().await.expect("spike output")
+            .args(args);
+        spike_tests::output_with_stdin(command, stdin).await
     }
 
     /// Runs and expects success; returns stdout.
     async fn ok(&self, role: &str, args: &[&str]) -> String {
         let output = self.run(role, args, b"").await;
-        assert!(
-            output.status.success(),
-            "spike {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        spike_tests::stdout_of_success(&output, &format!("spike {args:?}"))
     }
 
     /// Runs and expects `code`; returns stderr.

@@ -73,32 +73,19 @@ impl Shell {
 
     /// `source ENV_FILE && spike ARGS < STDIN`.
     async fn run(&self, env_file: &str, args: &[&str], stdin: &[u8]) -> Output {
-        use tokio::io::AsyncWriteExt;
-        let mut child = tokio::process::Command::new(binary("spike"))
+        let mut command = tokio::process::Command::new(binary("spike"));
+        command
             .env_clear()
             .envs(self.sourced(env_file))
             .env("HOME", self.home.path())
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn spike");
-        let mut input = child.stdin.take().expect("stdin");
-        input.write_all(stdin).await.expect("write stdin");
-        drop(input);
-        child.wait_with_output().await.expect("spike output")
+            .args(args);
+        spike_tests::output_with_stdin(command, stdin).await
     }
 
     /// Runs and requires success; returns stdout.
     async fn ok(&self, env_file: &str, args: &[&str]) -> String {
         let output = self.run(env_file, args, b"").await;
-        assert!(
-            output.status.success(),
-            "spike {args:?} ({env_file}) failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        spike_tests::stdout_of_success(&output, &format!("spike {args:?} ({env_file})"))
     }
 
     /// `spike cluster status -f json` through the replica at `api`.

@@ -81,36 +81,14 @@ async fn logs_in_a_pipe_carry_no_colour_and_json_lines_parse() {
     let keeper_args = ["--bind", "127.0.0.1", "--port", &port.to_string()];
     let keeper_args: Vec<&str> = keeper_args.iter().map(|arg| &**arg).collect();
     let address: SocketAddr = ([127, 0, 0, 1], port).into();
-    let log = log_of_a_run(
-        "keeper",
-        &keeper_args,
-        &[("SPIFFE_ENDPOINT_SOCKET", &keeper_endpoint)],
-        address,
-    )
-    .await;
-    assert!(log.contains("keeper listening"), "{log}");
-    assert!(
-        !log.contains('\u{1b}'),
-        "colour sequences in a pipe: {log:?}"
-    );
+    assert_plain_log("keeper", &keeper_args, &keeper_endpoint, address).await;
 
     let data_dir = tempfile::tempdir().expect("data dir");
     let api_port = free_port();
     let nexus_args = standalone_nexus(api_port, data_dir.path());
     let nexus_args: Vec<&str> = nexus_args.iter().map(String::as_str).collect();
     let api: SocketAddr = ([127, 0, 0, 1], api_port).into();
-    let log = log_of_a_run(
-        "nexus",
-        &nexus_args,
-        &[("SPIFFE_ENDPOINT_SOCKET", &nexus_endpoint)],
-        api,
-    )
-    .await;
-    assert!(log.contains("nexus listening"), "{log}");
-    assert!(
-        !log.contains('\u{1b}'),
-        "colour sequences in a pipe: {log:?}"
-    );
+    assert_plain_log("nexus", &nexus_args, &nexus_endpoint, api).await;
 
     eprintln!("--- the variable and the flag both select JSON");
     let port = free_port();
@@ -162,4 +140,21 @@ async fn logs_in_a_pipe_carry_no_colour_and_json_lines_parse() {
     assert_eq!(events.len(), 1, "{log}");
     assert_eq!(events[0]["level"], "ERROR", "{log}");
     assert!(messages(&events)[0].contains("does not exist"), "{log}");
+}
+
+/// Runs `binary` in a pipe until it serves at `address`: its log says it
+/// listens, with no colour sequence in it.
+async fn assert_plain_log(binary: &str, args: &[&str], endpoint: &str, address: SocketAddr) {
+    let log = log_of_a_run(
+        binary,
+        args,
+        &[("SPIFFE_ENDPOINT_SOCKET", endpoint)],
+        address,
+    )
+    .await;
+    assert!(log.contains(&format!("{binary} listening")), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour sequences in a pipe: {log:?}"
+    );
 }
