@@ -144,13 +144,7 @@ fn cluster_format_of(txn: &redb::ReadTransaction) -> io::Result<u32> {
     let Some(table) = open_read(txn, META)? else {
         return Ok(FORMAT_OLDEST);
     };
-    let subject = "read the cluster format";
-    let recorded = table
-        .get(store::META_FORMAT)
-        .map_err(|e| io_error(subject, e))?;
-    recorded.map_or(Ok(FORMAT_OLDEST), |bytes| {
-        Ok(decode("cluster format", bytes.value())?)
-    })
+    store::cluster_format_in(&table).map_err(|e| io_error("read the cluster format", e))
 }
 
 fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(

@@ -436,10 +436,7 @@ fn applied_in(
 fn cluster_format_in(txn: &redb::WriteTransaction) -> io::Result<u32> {
     let subject = "read the cluster format";
     let table = txn.open_table(META).map_err(|e| io_error(subject, e))?;
-    let recorded = table.get(META_FORMAT).map_err(|e| io_error(subject, e))?;
-    recorded.map_or(Ok(FORMAT_OLDEST), |bytes| {
-        Ok(decode("cluster format", bytes.value())?)
-    })
+    store::cluster_format_in(&table).map_err(|e| io_error(subject, e))
 }
 
 /// Records `format` as the cluster's and stamps the database with it, in

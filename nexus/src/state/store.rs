@@ -64,6 +64,16 @@ pub const META_MEMBERSHIP: &str = "membership";
 /// when the cluster switches; absent: format 1). Format 2 and up.
 pub const META_FORMAT: &str = "format";
 
+/// The cluster format a `META` table records: 1 before any switch.
+pub fn cluster_format_in(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<u32, StoreError> {
+    match redb_try!("read cluster format", meta.get(META_FORMAT))? {
+        Some(bytes) => decode("cluster format", bytes.value()),
+        None => Ok(1),
+    }
+}
+
 /// Most sessions one caller identity keeps; past it, that caller's least
 /// recently used session is evicted, never another caller's. A session's
 /// id carries its owner in the high 64 bits ([`SessionRef::owner`]).
@@ -645,11 +655,8 @@ impl StateReader {
     /// The cluster's on-disk format as applied here (1 before any switch).
     pub fn cluster_format(&self) -> Result<u32, StoreError> {
         let txn = self.read()?;
-        let Some(table) = open_existing(&txn, META, "open meta")? else {
-            return Ok(1);
-        };
-        match redb_try!("read cluster format", table.get(META_FORMAT))? {
-            Some(bytes) => decode("cluster format", bytes.value()),
+        match open_existing(&txn, META, "open meta")? {
+            Some(table) => cluster_format_in(&table),
             None => Ok(1),
         }
     }
