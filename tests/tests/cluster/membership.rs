@@ -9,19 +9,11 @@ use spike_dev_identity::{IdentityDirectory, IdentitySpec};
 use spike_tests::{ChildGuard, LocalCluster, binary, free_port};
 
 use crate::support::{
-    Operators, RECOVERY_LIMIT, get, leader, phase, put, read_until, status, value_of,
+    Operators, RECOVERY_LIMIT, get, leader, phase, put, read_until, status, value_of, voter_ids,
 };
 
 fn voters(status: &serde_json::Value) -> Vec<u64> {
-    let mut ids: Vec<u64> = status["members"]
-        .as_array()
-        .expect("members")
-        .iter()
-        .filter(|member| member["voter"] == true)
-        .filter_map(|member| member["id"].as_u64())
-        .collect();
-    ids.sort_unstable();
-    ids
+    voter_ids(&status["members"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

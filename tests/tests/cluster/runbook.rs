@@ -18,7 +18,7 @@ use spike_dev_cluster::file::Role;
 use spike_dev_cluster::probe;
 use spike_tests::{ApiClient, LocalCluster, binary, free_port};
 
-use crate::support::{RECOVERY_LIMIT, get, leader, phase};
+use crate::support::{RECOVERY_LIMIT, get, leader, phase, voter_ids};
 
 /// The runbook, relative to the repository root.
 const RUNBOOK: &str = "docs/operations.md";
@@ -156,15 +156,7 @@ async fn voters(shell: &Shell) -> Vec<u64> {
     let members: Value =
         serde_json::from_str(&shell.ok("env", &["cluster", "members", "-f", "json"]).await)
             .expect("members as JSON");
-    let mut ids: Vec<u64> = members
-        .as_array()
-        .expect("a list of members")
-        .iter()
-        .filter(|member| member["voter"] == true)
-        .filter_map(|member| member["id"].as_u64())
-        .collect();
-    ids.sort_unstable();
-    ids
+    voter_ids(&members)
 }
 
 /// The `spike cluster add ...` line `spike-dev-cluster join` prints, as

@@ -121,6 +121,20 @@ pub async fn recovery_shards(client: &ApiClient, node: SocketAddr) -> Vec<(u64, 
         .collect()
 }
 
+/// The ids of the voters in a list of members (status's `members`, or
+/// `spike cluster members -f json`), in order.
+pub fn voter_ids(members: &Value) -> Vec<u64> {
+    let mut ids: Vec<u64> = members
+        .as_array()
+        .expect("a list of members")
+        .iter()
+        .filter(|member| member["voter"] == true)
+        .filter_map(|member| member["id"].as_u64())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
 pub fn phase(name: &str) {
     eprintln!("--- {name}");
 }
