@@ -20,7 +20,7 @@ use crate::state::secret::{MAX_VERSIONS_DEFAULT, MAX_VERSIONS_LIMIT};
 /// test holds it to `raft::format`).
 pub const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    " (on-disk formats 1 to 2; keeper protocol 1)"
+    " (on-disk formats 1 to 3; keeper protocol 1)"
 );
 
 /// The `nexus` command line.

@@ -154,6 +154,10 @@ impl From<LeaderError> for ForwardError {
         match error {
             LeaderError::NotLeader { leader } => ForwardError::NotLeader { leader },
             LeaderError::OutcomeUnknown(reason) => ForwardError::OutcomeUnknown(reason),
+            // Nothing was proposed; the client learns why.
+            refused @ LeaderError::FormatNotYet { .. } => {
+                ForwardError::Invalid(refused.to_string())
+            }
         }
     }
 }

@@ -260,7 +260,9 @@ mod tests {
         let refused = check_sender(&request).expect_err("a newer format");
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
         assert!(
-            refused.message().contains("reads formats 1 to 2"),
+            refused
+                .message()
+                .contains(&format!("reads formats {FORMAT_OLDEST} to {FORMAT_NEWEST}")),
             "{}",
             refused.message()
         );

@@ -41,6 +41,10 @@
 //! - 1: the first release (0.1.0).
 //! - 2: adds the replicated cluster format itself: the
 //!   `Membership(SwitchFormat)` command and the state's `format` key.
+//! - 3: the commands of 0.3.0's self-running cluster (each says so where
+//!   it is declared, and `Request::format_needed` lists them). Until the
+//!   cluster writes format 3, the leader refuses them
+//!   (`LeaderError::FormatNotYet`).
 
 use std::fmt;
 use std::io;
@@ -56,12 +60,12 @@ use super::codec::{self, CodecError};
 use super::io_error;
 
 /// The newest format this build reads and can write.
-pub const FORMAT_NEWEST: u32 = 2;
+pub const FORMAT_NEWEST: u32 = 3;
 /// The oldest format this build reads and can write: a new cluster starts
 /// in it, so replicas of older builds can join until the switch.
 pub const FORMAT_OLDEST: u32 = 1;
 /// The formats this build reads (and writes, when the cluster runs them).
-pub const FORMATS_READ: &[u32] = &[1, 2];
+pub const FORMATS_READ: &[u32] = &[1, 2, 3];
 const _: () = assert!(
     FORMATS_READ[0] == FORMAT_OLDEST && FORMATS_READ[FORMATS_READ.len() - 1] == FORMAT_NEWEST
 );
@@ -263,7 +267,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             format!(
-                "{} is in on-disk format 99; this build reads formats 1, 2",
+                "{} is in on-disk format 99; this build reads formats 1, 2, 3",
                 path.display()
             )
         );
@@ -281,7 +285,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             format!(
-                "{} was written before on-disk format stamps existed; this build reads formats 1, 2",
+                "{} was written before on-disk format stamps existed; this build reads formats 1, 2, 3",
                 path.display()
             )
         );
@@ -297,11 +301,11 @@ mod tests {
             "entry"
         );
         let mut future = bytes.clone();
-        future[0] = 3;
-        let error = decode_stamped::<String>(subject, &future).expect_err("format 3");
+        future[0] = 9;
+        let error = decode_stamped::<String>(subject, &future).expect_err("format 9");
         assert_eq!(
             error.to_string(),
-            "log entry 3 in log.redb is in on-disk format 3; this build reads formats 1, 2"
+            "log entry 3 in log.redb is in on-disk format 9; this build reads formats 1, 2, 3"
         );
         assert!(stamp_of(subject, &future).is_err());
     }

@@ -14,6 +14,7 @@ use openraft::{ChangeMembers, RaftMetrics, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 
 use super::contact::LeaderContact;
+use super::format::ClusterFormat;
 use super::{NexusNode, NexusRaft, TypeConfig};
 use crate::state::command::{Request, Response};
 
@@ -43,6 +44,17 @@ pub enum LeaderError {
     /// not apply, a read index is not known.
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
+    /// The request needs an on-disk format the cluster does not write yet
+    /// (a replica still runs an older release); nothing was proposed.
+    #[error(
+        "this needs on-disk format {needed}, and the cluster writes format {cluster} until every replica runs a release that reads it (spike cluster status)"
+    )]
+    FormatNotYet {
+        /// The format the request needs.
+        needed: u32,
+        /// The format the cluster writes.
+        cluster: u32,
+    },
 }
 
 /// What Raft role this replica is in: the contract's [`RaftRole`].
@@ -123,6 +135,7 @@ pub struct Leadership {
     quorum_lost_after: Duration,
     log_at_start: LogAtStart,
     contact: LeaderContact,
+    format: ClusterFormat,
 }
 
 impl Leadership {
@@ -131,6 +144,7 @@ impl Leadership {
         id: u64,
         log_at_start: LogAtStart,
         contact: LeaderContact,
+        format: ClusterFormat,
     ) -> Self {
         let config = raft.config();
         let quorum_lost_after = quorum_lost_after(
@@ -143,6 +157,7 @@ impl Leadership {
             quorum_lost_after,
             log_at_start,
             contact,
+            format,
         }
     }
 
@@ -309,6 +324,14 @@ impl Leadership {
     /// heals in time, so a retry must carry the same session to stay
     /// exactly-once).
     pub async fn write(&self, mut request: Request) -> Result<Response, LeaderError> {
+        // A replica of an older release would stop at an entry it cannot
+        // decode: a command of a newer format waits for the cluster's
+        // switch (`cluster::version`), except the switch itself.
+        let needed = request.format_needed();
+        let cluster = self.format.get();
+        if needed > cluster && request.switches_format_to().is_none() {
+            return Err(LeaderError::FormatNotYet { needed, cluster });
+        }
         request.time_ns = crate::clock::now_ns();
         let written = tokio::select! {
             written = self.raft.client_write(request) => written,

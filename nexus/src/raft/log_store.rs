@@ -354,7 +354,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             format!(
-                "log entry 2 in {} is in on-disk format 99; this build reads formats 1, 2",
+                "log entry 2 in {} is in on-disk format 99; this build reads formats 1, 2, 3",
                 path.display()
             )
         );
@@ -394,7 +394,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             format!(
-                "{} was written before on-disk format stamps existed; this build reads formats 1, 2",
+                "{} was written before on-disk format stamps existed; this build reads formats 1, 2, 3",
                 path.display()
             )
         );

@@ -716,13 +716,13 @@ mod tests {
         future[MAGIC.len()..HEADER_BYTES].copy_from_slice(&7u32.to_be_bytes());
         assert_eq!(
             refusal(&future),
-            "backup is in on-disk format 7; this build reads formats 1, 2"
+            "backup is in on-disk format 7; this build reads formats 1, 2, 3"
         );
         let mut unstamped = backup(|_| {});
         unstamped[..MAGIC.len()].copy_from_slice(UNSTAMPED_MAGIC);
         assert_eq!(
             refusal(&unstamped),
-            "backup was written before on-disk format stamps existed; this build reads formats 1, 2"
+            "backup was written before on-disk format stamps existed; this build reads formats 1, 2, 3"
         );
         assert_eq!(
             refusal(b"not a snapshot at all, not even close, no"),

@@ -133,6 +133,7 @@ pub async fn start(
             settings.node_id,
             log_at_start,
             contact.clone(),
+            format.clone(),
         ),
         inbound: Inbound::new(raft, machine.clone(), contact),
         machine,

@@ -590,7 +590,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             format!(
-                "{} was written before on-disk format stamps existed; this build reads formats 1, 2",
+                "{} was written before on-disk format stamps existed; this build reads formats 1, 2, 3",
                 path.display()
             )
         );
@@ -611,7 +611,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             format!(
-                "{} is in on-disk format 99; this build reads formats 1, 2",
+                "{} is in on-disk format 99; this build reads formats 1, 2, 3",
                 path.display()
             )
         );
@@ -622,7 +622,7 @@ mod tests {
         let error = machine(dir.path()).err().expect("refused");
         assert!(
             error.to_string().ends_with(
-                "was written before on-disk format stamps existed; this build reads formats 1, 2"
+                "was written before on-disk format stamps existed; this build reads formats 1, 2, 3"
             ),
             "{error}"
         );

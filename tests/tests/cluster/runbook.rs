@@ -660,17 +660,19 @@ async fn runbook_alert_metrics_are_exported_with_healthy_values() {
     }
     // A new cluster of one release switches to its newest format within a
     // few of the leader's 2 s checks, on every replica.
+    let newest =
+        gauge(&cluster, 1, "spike_build_format_newest").expect("the build's newest format");
     let began = std::time::Instant::now();
     loop {
         let formats: Vec<Option<u64>> = (1..=3)
             .map(|id| gauge(&cluster, id, "spike_cluster_format"))
             .collect();
-        if formats.iter().all(|format| *format == Some(2)) {
+        if formats.iter().all(|format| *format == Some(newest)) {
             break;
         }
         assert!(
             began.elapsed() < std::time::Duration::from_secs(15),
-            "the cluster format did not settle at 2: {formats:?}"
+            "the cluster format did not settle at {newest}: {formats:?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }

@@ -95,6 +95,9 @@ impl KeyManager {
             .map_err(|error| match error {
                 LeaderError::NotLeader { .. } => KeyError::NotLeader,
                 LeaderError::OutcomeUnknown(reason) => KeyError::Proposal(reason),
+                refused @ LeaderError::FormatNotYet { .. } => {
+                    KeyError::Proposal(refused.to_string())
+                }
             })
     }
 
