@@ -22,7 +22,9 @@ pub mod edge;
 pub mod fuzzing;
 mod health;
 mod keys;
+mod limits;
 mod node;
+mod quota;
 mod raft;
 mod state;
 
@@ -123,6 +125,14 @@ pub async fn serve(
             config.data_dir.display()
         ))
     })?;
+    if config.compact_on_start {
+        // Before Raft opens the files: compaction needs them to itself.
+        let compacted = raft::compact_databases(&config.data_dir)
+            .map_err(|e| StartupError::failed(format!("cannot compact the databases: {e}")))?;
+        for (file, before, after) in compacted {
+            tracing::info!(file, before, after, "compacted");
+        }
+    }
     let peers = Peers::new(identity.clone(), trust_roots.clone()).map_err(StartupError::failed)?;
     let raft::Started {
         leadership,
@@ -179,6 +189,8 @@ pub async fn serve(
     } else {
         Reads::Linearizable
     };
+    let storage_quota = Arc::new(quota::StorageQuota::new(config.storage_quota));
+    let quota_task = tokio::spawn(storage_quota.clone().run(machine.clone()));
     let node = Node::new(
         leadership.clone(),
         machine.clone(),
@@ -186,6 +198,8 @@ pub async fn serve(
         key_manager.clone(),
         Forwarder::new(peers.clone()),
         reads,
+        storage_quota,
+        Arc::new(limits::RateLimiter::default()),
     );
 
     // Listeners: cluster first, so peers can reach us as soon as we vote.
@@ -280,6 +294,7 @@ pub async fn serve(
     );
     manager_task.abort();
     format_task.abort();
+    quota_task.abort();
     leadership.shutdown().await;
     outcome.map(|_| ())
 }

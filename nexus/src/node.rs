@@ -13,6 +13,8 @@ use crate::cluster::forward::Forwarder;
 use crate::cluster::{ForwardError, LeaderOp, LeaderReply};
 use crate::keys::KeyState;
 use crate::keys::manager::{KeyError, KeyManager};
+use crate::limits::RateLimiter;
+use crate::quota::{QuotaExceeded, StorageQuota};
 use crate::raft::state_machine::{AppliedIndex, StateMachine};
 use crate::raft::{ClusterView, Leader, Leadership, NexusNode};
 use crate::state::command::{Command, KeyCommand, MembershipCommand, Request, Response};
@@ -44,6 +46,10 @@ pub enum NodeError {
     /// The leader does not hold the root key.
     #[error("the leader does not hold the root key")]
     NotReady,
+    /// The leader is past its storage quota and the request adds data;
+    /// nothing changed.
+    #[error("{0}")]
+    StorageQuota(QuotaExceeded),
 }
 
 /// How this replica serves linearizable reads.
@@ -89,6 +95,7 @@ fn after_failure(error: ForwardError, effect: Effect, own_id: u64) -> Next {
         ForwardError::OutcomeUnknown(reason) => Next::Fail(NodeError::OutcomeUnknown(reason)),
         ForwardError::Invalid(reason) => Next::Fail(NodeError::Invalid(reason)),
         ForwardError::NotReady => Next::Fail(NodeError::NotReady),
+        ForwardError::StorageQuota(exceeded) => Next::Fail(NodeError::StorageQuota(exceeded)),
     }
 }
 
@@ -127,6 +134,7 @@ fn forwardable(op: &LeaderOp) -> Result<(), ForwardError> {
         Command::Secret(_)
         | Command::Policy(_)
         | Command::Restore(_)
+        | Command::Limits(_)
         | Command::Keys(KeyCommand::ReserveEncryptions { .. }) => Ok(()),
         Command::Keys(_) => Err(ForwardError::Invalid(
             "key commands come from the leader's key manager, never from a peer".to_owned(),
@@ -153,6 +161,8 @@ pub struct Node {
     machine: StateMachine,
     applied: AppliedIndex,
     reads: Reads,
+    quota: Arc<StorageQuota>,
+    limiter: Arc<RateLimiter>,
 }
 
 impl Node {
@@ -164,6 +174,8 @@ impl Node {
         key_manager: Arc<KeyManager>,
         forwarder: Forwarder,
         reads: Reads,
+        quota: Arc<StorageQuota>,
+        limiter: Arc<RateLimiter>,
     ) -> Self {
         if reads == Reads::UnsafeLocal {
             tracing::warn!(
@@ -181,7 +193,29 @@ impl Node {
             applied: machine.applied(),
             machine,
             reads,
+            quota,
+            limiter,
         }
+    }
+
+    /// Registers the storage quota's and the rate limiter's metrics.
+    #[allow(
+        dead_code,
+        reason = "called by /metrics (health.rs) once it moves to prometheus-client"
+    )]
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.quota.register_metrics(registry);
+        self.limiter.register_metrics(registry);
+    }
+
+    /// The rate limiter of this replica's API edge.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// The storage quota as this replica measures it.
+    pub fn quota(&self) -> &StorageQuota {
+        &self.quota
     }
 
     /// A consistent copy of the applied state as a backup file's bytes,
@@ -314,6 +348,11 @@ impl Node {
     pub async fn execute_here(&self, op: LeaderOp) -> Result<LeaderReply, ForwardError> {
         match op {
             LeaderOp::Write(request) => {
+                // Decided here, before proposing, so apply never looks at
+                // a file size and every replica applies alike.
+                self.quota
+                    .check(&request.command)
+                    .map_err(ForwardError::StorageQuota)?;
                 Ok(LeaderReply::Written(self.leadership.write(request).await?))
             }
             LeaderOp::AddNode { id, node } => {

@@ -147,6 +147,11 @@ pub enum ForwardError {
     /// does), and sending the request again is safe.
     #[error("never sent: {0}")]
     NeverSent(String),
+    /// The leader is past its storage quota and the request adds data;
+    /// nothing was proposed. (A replica of an older release cannot decode
+    /// this answer and reports an unknown outcome instead.)
+    #[error("{0}")]
+    StorageQuota(crate::quota::QuotaExceeded),
 }
 
 impl From<LeaderError> for ForwardError {

@@ -116,6 +116,27 @@ pub(crate) fn open_database(path: &std::path::Path, what: &str) -> std::io::Resu
     }
 }
 
+/// Compacts the databases under `data_dir` (state.redb, log.redb) before
+/// Raft opens them: redb gives the space of freed pages back to the file
+/// system only then. Returns each file's length before and after.
+pub fn compact_databases(data_dir: &std::path::Path) -> std::io::Result<Vec<(String, u64, u64)>> {
+    let mut done = Vec::new();
+    for name in ["state.redb", "log.redb"] {
+        let path = data_dir.join(name);
+        let length = |path: &std::path::Path| std::fs::metadata(path).map(|meta| meta.len());
+        let Ok(before) = length(&path) else {
+            continue;
+        };
+        let mut db = open_database(&path, name)?;
+        // One call runs redb's passes until none moves a page.
+        db.compact()
+            .map_err(|e| io_error(&format!("compact {}", path.display()), e))?;
+        drop(db);
+        done.push((name.to_owned(), before, length(&path)?));
+    }
+    Ok(done)
+}
+
 /// Runs storage work that blocks (redb commits and their fsyncs): on a
 /// blocking thread under the multi-threaded runtime of a real replica, so
 /// the async workers go on; inline under a current-thread runtime (the

@@ -57,6 +57,7 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<Database>,
+    path: PathBuf,
     snapshot_dir: PathBuf,
     applied: watch::Sender<Option<LogIdOf<TypeConfig>>>,
     checkpoint: Arc<Mutex<Checkpoint>>,
@@ -174,6 +175,7 @@ impl StateMachine {
         format.raise_to(recorded);
         let machine = Self {
             db: Arc::new(db),
+            path: path.to_owned(),
             snapshot_dir: snapshot_dir.to_owned(),
             applied: watch::channel(None).0,
             checkpoint: Arc::new(Mutex::new(Checkpoint::new())),
@@ -182,6 +184,24 @@ impl StateMachine {
         let (applied, _) = machine.read_applied()?;
         machine.applied.send_replace(applied);
         Ok(machine)
+    }
+
+    /// The state database's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes of the state database in use: its allocated pages (free pages,
+    /// which later writes reuse, excluded). Walks every page under a write
+    /// transaction, which holds apply back meanwhile: for the storage quota
+    /// only, and only while the file is over it.
+    pub fn in_use_bytes(&self) -> io::Result<u64> {
+        let subject = "measure state pages";
+        let txn = self.db.begin_write().map_err(|e| io_error(subject, e))?;
+        let stats = txn.stats().map_err(|e| io_error(subject, e))?;
+        // Dropped without a commit: aborted, nothing written.
+        drop(txn);
+        Ok(stats.allocated_pages() * stats.page_size() as u64)
     }
 
     /// Read access to the applied state.

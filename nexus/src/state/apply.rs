@@ -12,12 +12,13 @@ use spike_sdk::crypto::keyring::ENCRYPTIONS_MAX;
 use spike_sdk::domain::{DataKeyId, PolicyId, PolicyName, PolicyRef, SecretPath};
 
 use super::command::{
-    Command, KeyCommand, MembershipCommand, PolicyCommand, Refusal, Response, RestoreCommand,
-    SecretCommand,
+    Command, KeyCommand, LimitsCommand, MembershipCommand, PolicyCommand, Refusal, Response,
+    RestoreCommand, SecretCommand,
 };
 use super::secret::{SecretError, SecretRecord, TimeNs};
 use super::store::{
-    ClusterMeta, POLICIES_MAX, PolicyRecord, StoreError, Tables, decode, encode, id_key, redb_try,
+    ClusterMeta, META, META_LIMITS, POLICIES_MAX, PolicyRecord, StoreError, Tables, decode, encode,
+    id_key, redb_try,
 };
 
 /// A change made, or refused.
@@ -25,6 +26,7 @@ pub(super) type Applied = Result<Response, Refusal>;
 
 /// Applies `command` at log time `now`.
 pub(super) fn apply_command(
+    txn: &redb::WriteTransaction,
     tables: &mut Tables<'_>,
     meta: &mut ClusterMeta,
     command: &Command,
@@ -32,12 +34,31 @@ pub(super) fn apply_command(
 ) -> Result<Applied, StoreError> {
     match command {
         Command::Membership(command) => Ok(apply_membership(meta, command)),
+        // Settings, not data: they apply during a restore too.
+        Command::Limits(command) => apply_limits(txn, command),
         Command::Restore(command) => apply_restore(tables, meta, command),
         _ if meta.restoring.is_some() => Ok(Err(Refusal::Restoring)),
         Command::Keys(command) => Ok(apply_keys(meta, command)),
         Command::Secret(command) => apply_secret(tables, meta, command, now),
         Command::Policy(command) => apply_policy(tables, meta, command, now),
     }
+}
+
+/// Records the limits in the `META` table; refused if they break a rule.
+fn apply_limits(
+    txn: &redb::WriteTransaction,
+    command: &LimitsCommand,
+) -> Result<Applied, StoreError> {
+    let LimitsCommand::Set(limits) = command;
+    if let Err(reason) = limits.validate() {
+        return Ok(Err(Refusal::InvalidLimits(reason)));
+    }
+    let mut meta = redb_try!("open meta", txn.open_table(META))?;
+    redb_try!(
+        "write limits",
+        meta.insert(META_LIMITS, encode(limits)?.as_slice())
+    )?;
+    Ok(Ok(Response::Done))
 }
 
 /// Applies even during a restore: a removed replica stays retired.
@@ -418,7 +439,7 @@ mod tests {
     use spike_sdk::domain::{NodeId, RootKeyId};
 
     use super::*;
-    use crate::state::command::RootKeyRecord;
+    use crate::state::command::{Request, RootKeyRecord};
     use crate::state::secret::Written;
     use crate::state::store::StateReader;
     use crate::state::store::tests::{database, initialize, path, put, root_key, run};
@@ -448,6 +469,41 @@ mod tests {
 
     fn versions(command: fn(SecretPath, Vec<u64>) -> SecretCommand, versions: &[u64]) -> Command {
         Command::Secret(command(path("p"), versions.to_vec()))
+    }
+
+    #[test]
+    fn limits_are_recorded_replaced_and_refused_when_invalid_and_need_format_3() {
+        use spike_sdk::api::{RateLimitRule, RateLimits};
+        let (_dir, db) = database();
+        let reader = StateReader::new(db.clone());
+        assert_eq!(reader.limits().expect("read"), RateLimits::default());
+        let limits = RateLimits {
+            rules: vec![RateLimitRule {
+                spiffe_id: "spiffe://a.org/noisy".to_owned(),
+                route: "*".to_owned(),
+                rate_per_second: 5,
+                burst: 10,
+            }],
+        };
+        let set = |limits: &RateLimits| Command::Limits(LimitsCommand::Set(limits.clone()));
+        let request = Request {
+            command: set(&limits),
+            session: None,
+            time_ns: 1,
+        };
+        assert_eq!(request.format_needed(), 3);
+        // Settings, not data: before initialize too.
+        assert_eq!(run(&db, set(&limits), 1), Response::Done);
+        assert_eq!(reader.limits().expect("read"), limits);
+        let mut invalid = limits.clone();
+        invalid.rules[0].spiffe_id = "nope".to_owned();
+        assert!(matches!(
+            run(&db, set(&invalid), 2),
+            Response::Refused(Refusal::InvalidLimits(_))
+        ));
+        assert_eq!(reader.limits().expect("read"), limits);
+        assert_eq!(run(&db, set(&RateLimits::default()), 3), Response::Done);
+        assert_eq!(reader.limits().expect("read"), RateLimits::default());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! and each family has its own apply function.
 
 use serde::{Deserialize, Serialize};
+use spike_sdk::api::RateLimits;
 use spike_sdk::domain::{
     DataKeyId, NodeId, PolicyId, PolicyName, PolicyRef, RootKeyId, SecretPath,
 };
@@ -96,6 +97,16 @@ pub enum Command {
     Restore(RestoreCommand),
     /// Facts about the cluster's replicas (membership itself is Raft's).
     Membership(MembershipCommand),
+    /// Cluster-wide limits the superuser sets. Format 3 and up.
+    Limits(LimitsCommand),
+}
+
+/// Cluster-wide limits, enforced by every replica at its API edge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LimitsCommand {
+    /// Replace the rate limits (validated by the replica that took the
+    /// request, and again by apply).
+    Set(RateLimits),
 }
 
 /// The root key and the keyring.
@@ -248,12 +259,14 @@ pub enum MembershipCommand {
 
 impl Request {
     /// The oldest on-disk format whose readers decode this request: 1 for
-    /// everything the first release knew, 2 for what format 2 added.
+    /// everything the first release knew, 2 and 3 for what those formats
+    /// added.
     /// Variants are only ever appended, so an older variant encodes the
     /// same bytes in every format.
     pub fn format_needed(&self) -> u32 {
         match self.command {
             Command::Membership(MembershipCommand::SwitchFormat { .. }) => 2,
+            Command::Limits(_) => 3,
             _ => 1,
         }
     }
@@ -346,6 +359,10 @@ pub enum Refusal {
         /// The last one applied.
         last: u64,
     },
+    /// Limits that break a rule (a replica of another release may
+    /// validate differently); nothing changed. Format 3 and up.
+    #[error("invalid limits: {0}")]
+    InvalidLimits(String),
 }
 
 impl std::fmt::Display for Request {
@@ -400,6 +417,9 @@ impl std::fmt::Display for Request {
             }
             Command::Membership(MembershipCommand::SwitchFormat { format }) => {
                 write!(f, "switch-format({format})")
+            }
+            Command::Limits(LimitsCommand::Set(limits)) => {
+                write!(f, "set-limits({} rules)", limits.rules.len())
             }
         }
     }

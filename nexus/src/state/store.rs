@@ -64,6 +64,10 @@ pub const META_MEMBERSHIP: &str = "membership";
 /// when the cluster switches; absent: format 1). Format 2 and up.
 pub const META_FORMAT: &str = "format";
 
+/// `META` key of the rate limits ([`spike_sdk::api::RateLimits`], set by
+/// `LimitsCommand::Set`; format 3). Absent: no limits.
+pub const META_LIMITS: &str = "limits";
+
 /// The cluster format a `META` table records: 1 before any switch.
 pub fn cluster_format_in(
     meta: &impl ReadableTable<&'static str, &'static [u8]>,
@@ -393,7 +397,7 @@ impl<'t> Batch<'t> {
             }
         }
 
-        let response = match apply_command(tables, meta, &request.command, now)? {
+        let response = match apply_command(txn, tables, meta, &request.command, now)? {
             Ok(response) => response,
             Err(refusal) => Response::Refused(refusal),
         };
@@ -649,6 +653,24 @@ impl StateReader {
         match redb_try!("read cluster meta", table.get(META_CLUSTER))? {
             Some(bytes) => decode("cluster meta", bytes.value()),
             None => Ok(ClusterMeta::default()),
+        }
+    }
+
+    /// The rate limits' stored bytes, if any were ever set (cheap to
+    /// compare on every request).
+    pub fn limits_bytes(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.read()?;
+        let Some(table) = open_existing(&txn, META, "open meta")? else {
+            return Ok(None);
+        };
+        Ok(redb_try!("read limits", table.get(META_LIMITS))?.map(|bytes| bytes.value().to_vec()))
+    }
+
+    /// The rate limits in force (none set: no rules).
+    pub fn limits(&self) -> Result<spike_sdk::api::RateLimits, StoreError> {
+        match self.limits_bytes()? {
+            Some(bytes) => decode("limits", &bytes),
+            None => Ok(spike_sdk::api::RateLimits::default()),
         }
     }
 

@@ -35,6 +35,16 @@ pub enum ErrorCode {
     /// unknown (its record is written once the log takes writes again).
     /// Try again later or elsewhere.
     AuditUnavailable,
+    /// 429 `rate_limited` (extension): the caller sent more requests to
+    /// this route than its rate limit allows (`spike cluster limits`).
+    /// Nothing ran; the `Retry-After` header says when to try again.
+    RateLimited,
+    /// 507 `storage_quota_exceeded` (extension): the store is past its
+    /// storage quota (`SPIKE_NEXUS_STORAGE_QUOTA`), so writes that add data
+    /// are refused until space is freed; nothing changed. Reads, deletes,
+    /// destroys and key operations still work. The `X-Spike-Reason` header
+    /// names the quota and the size.
+    StorageQuota,
 }
 
 impl ErrorCode {
@@ -48,6 +58,8 @@ impl ErrorCode {
             ErrorCode::Internal => "api_internal_error",
             ErrorCode::NotReady => "state_not_ready",
             ErrorCode::AuditUnavailable => "audit_unavailable",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::StorageQuota => "storage_quota_exceeded",
         }
     }
 
@@ -60,7 +72,9 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::Internal => 500,
+            ErrorCode::RateLimited => 429,
             ErrorCode::NotReady | ErrorCode::AuditUnavailable => 503,
+            ErrorCode::StorageQuota => 507,
         }
     }
 
@@ -73,6 +87,8 @@ impl ErrorCode {
             404 => Some(ErrorCode::NotFound),
             409 => Some(ErrorCode::Conflict),
             413 => Some(ErrorCode::TooLarge),
+            429 => Some(ErrorCode::RateLimited),
+            507 => Some(ErrorCode::StorageQuota),
             500 => Some(ErrorCode::Internal),
             503 => Some(ErrorCode::NotReady),
             _ => None,
@@ -99,6 +115,8 @@ impl<'de> Deserialize<'de> for ErrorCode {
             ErrorCode::Internal,
             ErrorCode::NotReady,
             ErrorCode::AuditUnavailable,
+            ErrorCode::RateLimited,
+            ErrorCode::StorageQuota,
         ]
         .into_iter()
         .find(|code| code.as_str() == text)
@@ -126,6 +144,8 @@ mod tests {
             (ErrorCode::Conflict, 409, "api_conflict"),
             (ErrorCode::Internal, 500, "api_internal_error"),
             (ErrorCode::NotReady, 503, "state_not_ready"),
+            (ErrorCode::RateLimited, 429, "rate_limited"),
+            (ErrorCode::StorageQuota, 507, "storage_quota_exceeded"),
         ] {
             assert_eq!((code.status(), code.as_str()), (status, text));
             assert_eq!(ErrorCode::from_status(status), Some(code));

@@ -41,8 +41,10 @@ pub use cipher::{
     FORMAT_VERSION, FrameError, NONCE_LEN, StreamFrame,
 };
 pub use cluster::{
-    AddMemberRequest, ClusterMembers, ClusterMembersRequest, ClusterStatus, ClusterStatusRequest,
-    Member, RaftRole, RemoveMemberRequest, RootKeyState, RootKeyStatus, TransferLeaderRequest,
+    AddMemberRequest, ClusterLimits, ClusterLimitsRequest, ClusterMembers, ClusterMembersRequest,
+    ClusterStatus, ClusterStatusRequest, Member, RATE_LIMIT_ID_LEN_MAX, RATE_LIMIT_MAX,
+    RATE_LIMIT_RULES_MAX, RaftRole, RateLimitRule, RateLimits, RemoveMemberRequest, RootKeyState,
+    RootKeyStatus, SetLimitsRequest, TransferLeaderRequest,
 };
 pub use encoding::Shard;
 pub use error::ErrorCode;

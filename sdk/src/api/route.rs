@@ -56,10 +56,14 @@ pub enum Route {
     SnapshotSave,
     /// Replace the store with a backup (extension).
     SnapshotRestore,
+    /// The replicated rate limits (extension).
+    ClusterLimits,
+    /// Replace the replicated rate limits (extension).
+    ClusterSetLimits,
 }
 
 /// Each route's path, action and the two joined, in one table.
-const TABLE: [(Route, &str, Option<&str>, &str); 25] = [
+const TABLE: [(Route, &str, Option<&str>, &str); 27] = [
     (
         Route::SecretPut,
         "/v1/store/secrets",
@@ -205,12 +209,24 @@ const TABLE: [(Route, &str, Option<&str>, &str); 25] = [
         Some("restore"),
         "/v1/snapshot?action=restore",
     ),
+    (
+        Route::ClusterLimits,
+        "/v1/cluster",
+        Some("limits"),
+        "/v1/cluster?action=limits",
+    ),
+    (
+        Route::ClusterSetLimits,
+        "/v1/cluster",
+        Some("set-limits"),
+        "/v1/cluster?action=set-limits",
+    ),
 ];
 
 impl Route {
     /// Every route.
-    pub const ALL: [Route; 25] = {
-        let mut all = [Route::SecretPut; 25];
+    pub const ALL: [Route; 27] = {
+        let mut all = [Route::SecretPut; 27];
         let mut index = 0;
         while index < TABLE.len() {
             all[index] = TABLE[index].0;
@@ -266,6 +282,8 @@ impl Route {
                 | Route::ClusterTransfer
                 | Route::SnapshotSave
                 | Route::SnapshotRestore
+                | Route::ClusterLimits
+                | Route::ClusterSetLimits
         )
     }
 
@@ -284,6 +302,8 @@ impl Route {
                 | Route::ClusterRemove
                 | Route::ClusterTransfer
                 | Route::SnapshotRestore
+                | Route::ClusterLimits
+                | Route::ClusterSetLimits
         )
     }
 

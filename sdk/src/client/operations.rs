@@ -8,12 +8,13 @@ use zeroize::Zeroizing;
 use super::nexus::{Consistency, Operation};
 use super::{Error, NexusClient};
 use crate::api::{
-    AddMemberRequest, ClusterMembersRequest, ClusterStatus, ClusterStatusRequest, DecryptRequest,
-    DecryptResponse, DeletePolicyRequest, DeleteSecretRequest, DestroySecretRequest,
-    EncryptRequest, EncryptResponse, GetPolicyRequest, GetSecretRequest, ListPoliciesRequest,
-    ListSecretsRequest, Member, Policy, PutPolicyRequest, PutSecretRequest, RecoverRequest,
-    RekeyRequest, RemoveMemberRequest, RestoreRequest, RestoreResponse, RotateRequest, Route,
-    SecretMetadataRequest, SecretMetadataResponse, SecretValues, SecretVersions, Shard,
+    AddMemberRequest, ClusterLimitsRequest, ClusterMembersRequest, ClusterStatus,
+    ClusterStatusRequest, DecryptRequest, DecryptResponse, DeletePolicyRequest,
+    DeleteSecretRequest, DestroySecretRequest, EncryptRequest, EncryptResponse, GetPolicyRequest,
+    GetSecretRequest, ListPoliciesRequest, ListSecretsRequest, Member, Policy, PutPolicyRequest,
+    PutSecretRequest, RateLimits, RecoverRequest, RekeyRequest, RemoveMemberRequest,
+    RestoreRequest, RestoreResponse, RotateRequest, Route, SecretMetadataRequest,
+    SecretMetadataResponse, SecretValues, SecretVersions, SetLimitsRequest, Shard,
     SnapshotRestoreResponse, TransferLeaderRequest, UndeleteSecretRequest, VerifyRequest, header,
 };
 use crate::crypto::{KeyShare, SecretBytes, ShareIndex};
@@ -327,6 +328,18 @@ impl NexusClient {
     pub async fn transfer_leader(&self, id: NodeId) -> Result<(), Error> {
         let request = TransferLeaderRequest { id: id.get() };
         self.call(&request).await.map(drop)
+    }
+
+    /// The cluster's rate limits, as committed (extension, superusers).
+    pub async fn cluster_limits(&self) -> Result<RateLimits, Error> {
+        Ok(self.call(&ClusterLimitsRequest {}).await?.limits)
+    }
+
+    /// Replaces the cluster's rate limits (extension, superusers); no rule
+    /// removes every limit. Invalid limits are refused before sending.
+    pub async fn set_cluster_limits(&self, limits: RateLimits) -> Result<(), Error> {
+        limits.validate().map_err(Error::Invalid)?;
+        self.call(&SetLimitsRequest { limits }).await.map(drop)
     }
 
     /// A backup of the encrypted store as it stands after everything

@@ -118,6 +118,13 @@ fn routes() -> Vec<Route> {
             "/v1/cluster?action=transfer",
             json!({"id": 0}),
         ),
+        route("cluster limits", "/v1/cluster?action=limits", json!({})),
+        // No rules: no limits, as before.
+        route(
+            "cluster set limits",
+            "/v1/cluster?action=set-limits",
+            json!({"limits": {"rules": []}}),
+        ),
     ]
 }
 
@@ -147,6 +154,8 @@ fn allowed(identity: &str) -> &'static [&'static str] {
         "cluster add",
         "cluster remove",
         "cluster transfer",
+        "cluster limits",
+        "cluster set limits",
     ];
     // `write` lets billing delete (reversible) and put with cas (a put
     // that may do less), not destroy.
