@@ -198,8 +198,10 @@ pub async fn serve(
         key_manager.clone(),
         Forwarder::new(peers.clone()),
         reads,
-        storage_quota,
-        Arc::new(limits::RateLimiter::default()),
+        node::Bounds {
+            quota: storage_quota,
+            limiter: Arc::new(limits::RateLimiter::default()),
+        },
     );
 
     // Listeners: cluster first, so peers can reach us as soon as we vote.

@@ -145,6 +145,15 @@ fn forwardable(op: &LeaderOp) -> Result<(), ForwardError> {
     }
 }
 
+/// What bounds a replica's use: the storage quota (its writes, as the
+/// leader) and the rate limits (its API edge).
+pub struct Bounds {
+    /// The storage quota, measured by its own task.
+    pub quota: Arc<StorageQuota>,
+    /// The API's token buckets.
+    pub limiter: Arc<RateLimiter>,
+}
+
 /// One replica.
 #[derive(Clone)]
 pub struct Node {
@@ -174,8 +183,7 @@ impl Node {
         key_manager: Arc<KeyManager>,
         forwarder: Forwarder,
         reads: Reads,
-        quota: Arc<StorageQuota>,
-        limiter: Arc<RateLimiter>,
+        bounds: Bounds,
     ) -> Self {
         if reads == Reads::UnsafeLocal {
             tracing::warn!(
@@ -193,8 +201,8 @@ impl Node {
             applied: machine.applied(),
             machine,
             reads,
-            quota,
-            limiter,
+            quota: bounds.quota,
+            limiter: bounds.limiter,
         }
     }
 
