@@ -192,11 +192,16 @@ impl StateMachine {
     }
 
     /// Bytes of the state database in use: its allocated pages (free pages,
-    /// which later writes reuse, excluded). Walks every page under a write
-    /// transaction, which holds apply back meanwhile: for the storage quota
-    /// only, and only while the file is over it.
+    /// which later writes reuse, excluded). Two fsyncs, then a walk of every
+    /// page under a write transaction, which holds apply back meanwhile:
+    /// for the storage quota only, and only while the file is over it.
     pub fn in_use_bytes(&self) -> io::Result<u64> {
         let subject = "measure state pages";
+        // Pages freed by commits that were not fsynced stay allocated
+        // until a durable one; an idle replica may have made none since
+        // its last deletes. Two empty durable commits release them.
+        self.make_durable()?;
+        self.make_durable()?;
         let txn = self.db.begin_write().map_err(|e| io_error(subject, e))?;
         let stats = txn.stats().map_err(|e| io_error(subject, e))?;
         // Dropped without a commit: aborted, nothing written.
@@ -553,7 +558,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use openraft::testing::{blank_ent, log_id};
-    use spike_sdk::domain::{DataKeyId, PolicyId, PolicyRef, RootKeyId};
+    use spike_sdk::domain::{DataKeyId, PolicyId, PolicyRef, RootKeyId, SecretPath};
 
     use super::*;
     use crate::raft::EntryOf;
@@ -576,6 +581,48 @@ mod tests {
                 time_ns: index,
             },
         )
+    }
+
+    #[test]
+    fn pages_freed_by_destroys_no_longer_count_as_in_use() {
+        use crate::state::command::SecretCommand;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let machine = machine(dir.path()).expect("open");
+        let secret = |index: u64| -> SecretPath { format!("big/{index}").parse().expect("a path") };
+        let mut entries = vec![normal(1, initialize())];
+        for index in 0..20 {
+            entries.push(normal(
+                index + 2,
+                Command::Secret(SecretCommand::Put {
+                    path: secret(index),
+                    ciphertext: vec![7; 400 * 1024],
+                    data_key_id: DataKeyId(1),
+                    cas: None,
+                    max_versions: 10,
+                }),
+            ));
+        }
+        machine.apply_batch(entries).expect("apply");
+        let full = machine.in_use_bytes().expect("measure");
+        assert!(full > 8 * 1024 * 1024, "{full}");
+        let destroys = (0..20)
+            .map(|index| {
+                normal(
+                    index + 22,
+                    Command::Secret(SecretCommand::Destroy {
+                        path: secret(index),
+                        versions: vec![],
+                    }),
+                )
+            })
+            .collect();
+        machine.apply_batch(destroys).expect("apply");
+        let freed = machine.in_use_bytes().expect("measure");
+        assert!(freed < full / 4, "{full} -> {freed}");
+        assert!(
+            file_len(machine.path()) >= full,
+            "the file itself does not shrink"
+        );
     }
 
     /// A number from the environment variable `name`, or `default`.
