@@ -191,7 +191,7 @@ pub async fn run(
     superuser
         .put_policy(
             &readers,
-            "^spiffe://.*/app/(noisy|quiet)$",
+            "^spiffe://[a-z.]+/app/[a-z]+$",
             "^iso/",
             &[Permission::Read],
         )
