@@ -36,6 +36,13 @@ pub struct IsolationArgs {
     /// per replica (the burst is the same).
     #[arg(long, default_value_t = 100)]
     pub noisy_limit: u32,
+    /// The noisy identity writes (fsynced puts) instead of reading.
+    #[arg(long)]
+    pub noisy_writes: bool,
+    /// The noisy clients wait out `Retry-After` after a 429, as a client
+    /// that plays by the rules does; by default they ask again at once.
+    #[arg(long)]
+    pub noisy_backs_off: bool,
     /// Directory of the built binaries (default: next to this one).
     #[arg(long)]
     pub bin_dir: Option<std::path::PathBuf>,
@@ -87,23 +94,44 @@ async fn client_of(cluster: &NexusCluster, name: &str) -> anyhow::Result<(NexusC
 /// The noisy clients, until `stop`; counts successes and 429s.
 fn hammer(
     noisy: &Arc<NexusClient>,
-    clients: usize,
+    args: &IsolationArgs,
     stop: Instant,
     ok: &Arc<AtomicU64>,
     limited: &Arc<AtomicU64>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..clients)
+    let (writes, backs_off) = (args.noisy_writes, args.noisy_backs_off);
+    let value = Arc::new(crate::load::value_of(256));
+    (0..args.noisy_clients)
         .map(|lane| {
             let (noisy, ok, limited) = (noisy.clone(), ok.clone(), limited.clone());
+            let value = value.clone();
             tokio::spawn(async move {
                 let mut key = lane as u64;
                 while Instant::now() < stop {
                     key = (key + 7) % KEYS;
-                    match noisy.get_secret(&path_of(key), None).await {
-                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(Error::RateLimited { .. }) => limited.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => 0,
+                    let outcome = if writes {
+                        let values = [("v", value.as_str())].into_iter().collect();
+                        noisy
+                            .put_secret(&path_of(key), &values, None)
+                            .await
+                            .map(drop)
+                    } else {
+                        noisy.get_secret(&path_of(key), None).await.map(drop)
                     };
+                    match outcome {
+                        Ok(()) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(Error::RateLimited { retry_after_secs }) => {
+                            limited.fetch_add(1, Ordering::Relaxed);
+                            if backs_off {
+                                let wait = Duration::from_secs(retry_after_secs);
+                                let left = stop.saturating_duration_since(Instant::now());
+                                tokio::time::sleep(wait.min(left)).await;
+                            }
+                        }
+                        Err(_) => {}
+                    }
                 }
             })
         })
@@ -138,7 +166,7 @@ async fn phase(
     let stop = began + args.duration;
     let (ok, limited) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let tasks = match noisy {
-        Some(noisy) => hammer(noisy, args.noisy_clients, stop, &ok, &limited),
+        Some(noisy) => hammer(noisy, args, stop, &ok, &limited),
         None => Vec::new(),
     };
     let (mut latencies, quiet_errors) = steady(quiet, args.quiet_rate, stop).await;
@@ -193,7 +221,7 @@ pub async fn run(
             &readers,
             "^spiffe://[a-z.]+/app/[a-z]+$",
             "^iso/",
-            &[Permission::Read],
+            &[Permission::Read, Permission::Write],
         )
         .await?;
     let value = crate::load::value_of(256);

@@ -208,8 +208,17 @@ async fn run_isolation(args: isolation::IsolationArgs) -> anyhow::Result<()> {
         .tempdir()?;
     let phases = isolation::run(&args, &bin_dir, work.path()).await?;
     println!(
-        "\nisolation: {} noisy clients, quiet reads at {}/s, {:?} per phase, noisy limit {}/s per replica",
-        args.noisy_clients, args.quiet_rate, args.duration, args.noisy_limit
+        "\nisolation: {} noisy clients ({}{}), quiet reads at {}/s, {:?} per phase, noisy limit {}/s per replica",
+        args.noisy_clients,
+        if args.noisy_writes { "puts" } else { "gets" },
+        if args.noisy_backs_off {
+            ", backing off after a 429"
+        } else {
+            ", never backing off"
+        },
+        args.quiet_rate,
+        args.duration,
+        args.noisy_limit
     );
     println!(
         "{:<30} {:>9} {:>9} {:>9} {:>7} {:>11} {:>11}",
