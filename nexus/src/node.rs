@@ -44,6 +44,10 @@ pub enum NodeError {
     /// The leader does not hold the root key.
     #[error("the leader does not hold the root key")]
     NotReady,
+    /// The cluster cannot take this request yet (it needs an on-disk
+    /// format the cluster does not write yet); nothing changed.
+    #[error("{0}")]
+    NotYet(String),
 }
 
 /// How this replica serves linearizable reads.
@@ -89,6 +93,7 @@ fn after_failure(error: ForwardError, effect: Effect, own_id: u64) -> Next {
         ForwardError::OutcomeUnknown(reason) => Next::Fail(NodeError::OutcomeUnknown(reason)),
         ForwardError::Invalid(reason) => Next::Fail(NodeError::Invalid(reason)),
         ForwardError::NotReady => Next::Fail(NodeError::NotReady),
+        ForwardError::NotYet(reason) => Next::Fail(NodeError::NotYet(reason)),
     }
 }
 
@@ -216,6 +221,20 @@ impl Node {
 
     /// Applies `request` through the leader, wherever it is.
     pub async fn write(&self, request: Request) -> Result<Response, NodeError> {
+        // A leader of an older release could not even decode a command of
+        // a newer format: refuse it here until this replica has applied the
+        // cluster's switch (the leader checks again before proposing).
+        let needed = request.format_needed();
+        if needed > crate::raft::format::FORMAT_OLDEST && request.switches_format_to().is_none() {
+            let cluster = self
+                .state
+                .cluster_format()
+                .map_err(|e| NodeError::OutcomeUnknown(e.to_string()))?;
+            if needed > cluster {
+                let refused = crate::raft::LeaderError::FormatNotYet { needed, cluster };
+                return Err(NodeError::NotYet(refused.to_string()));
+            }
+        }
         match self.execute(LeaderOp::Write(request)).await? {
             LeaderReply::Written(response) => Ok(response),
             other => Err(NodeError::OutcomeUnknown(format!(

@@ -285,6 +285,7 @@ async fn serve(
         Route::ClusterTransfer => json(call, cluster::transfer).await,
         Route::SnapshotSave => (snapshot::save(call).await, None),
         Route::SnapshotRestore => (snapshot::restore(call).await, None),
+        Route::SecretMetadataPut => json(call, secrets::metadata_put).await,
     }
 }
 
@@ -360,6 +361,7 @@ fn decided_by_policy(route: Route) -> bool {
             | Route::SecretDestroy
             | Route::SecretList
             | Route::SecretMetadata
+            | Route::SecretMetadataPut
             | Route::PolicyPut
             | Route::PolicyGet
             | Route::PolicyDelete

@@ -61,7 +61,7 @@ impl From<NodeError> for ApiError {
         match error {
             NodeError::Invalid(_) => ApiError::BAD_REQUEST,
             NodeError::NotReady => ApiError::NOT_READY,
-            NodeError::NoLeader | NodeError::OutcomeUnknown(_) => {
+            NodeError::NoLeader | NodeError::OutcomeUnknown(_) | NodeError::NotYet(_) => {
                 ApiError::Unavailable(error.to_string())
             }
         }

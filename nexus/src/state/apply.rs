@@ -17,7 +17,8 @@ use super::command::{
 };
 use super::secret::{SecretError, SecretRecord, TimeNs};
 use super::store::{
-    ClusterMeta, POLICIES_MAX, PolicyRecord, StoreError, Tables, decode, encode, id_key, redb_try,
+    ClusterMeta, CustomMetadataRecord, POLICIES_MAX, PolicyRecord, StoreError, Tables, decode,
+    encode, id_key, redb_try,
 };
 
 /// A change made, or refused.
@@ -155,6 +156,27 @@ fn apply_secret(
         }
         SecretCommand::Destroy { path, versions } => {
             change_versions(tables, path, |record| record.destroy(versions, now))
+        }
+        SecretCommand::PutCustomMetadata {
+            path,
+            ciphertext,
+            data_key_id,
+        } => {
+            if read_secret(tables, path)?.is_none() {
+                return Ok(Err(SecretError::NotFound.into()));
+            }
+            let record = CustomMetadataRecord {
+                ciphertext: ciphertext.clone(),
+                updated_at: now,
+            };
+            redb_try!(
+                "write secret metadata",
+                tables
+                    .secret_metadata()?
+                    .insert(path.as_str(), encode(&record)?.as_slice())
+            )?;
+            count_encryption(meta, *data_key_id);
+            Ok(Ok(Response::Done))
         }
     }
 }
@@ -315,6 +337,7 @@ fn apply_restore(
             redb_try!("clear sessions", tables.sessions.retain(|_, _| false))?;
             redb_try!("clear session expiry", tables.expiry.retain(|_, _| false))?;
             redb_try!("clear session owners", tables.owners.retain(|_, _| false))?;
+            tables.clear_secret_metadata()?;
             meta.restoring = Some(*restore_id);
             meta.root_key = None;
             meta.keyring_version += 1;
@@ -337,6 +360,27 @@ fn apply_restore(
             }
             for (name, record) in policies {
                 restore_policy(tables, name, record)?;
+            }
+            Ok(Ok(Response::Done))
+        }
+        RestoreCommand::CustomMetadataRows { restore_id, rows } => {
+            if meta.restoring != Some(*restore_id) {
+                return Ok(Err(Refusal::RestoreNotInProgress(*restore_id)));
+            }
+            // Custom metadata belongs to a secret: a piece naming a path the
+            // restore did not bring is refused whole.
+            for (path, _) in rows {
+                if read_secret(tables, path)?.is_none() {
+                    return Ok(Err(SecretError::NotFound.into()));
+                }
+            }
+            for (path, record) in rows {
+                redb_try!(
+                    "restore secret metadata",
+                    tables
+                        .secret_metadata()?
+                        .insert(path.as_str(), encode(record)?.as_slice())
+                )?;
             }
             Ok(Ok(Response::Done))
         }
@@ -547,6 +591,68 @@ mod tests {
             (record.wrapped_keyring, meta.keyring_version),
             (vec![5, 5], 2)
         );
+    }
+
+    fn put_custom_metadata(path_text: &str, ciphertext: u8) -> Command {
+        Command::Secret(SecretCommand::PutCustomMetadata {
+            path: path(path_text),
+            ciphertext: vec![ciphertext],
+            data_key_id: DataKeyId(1),
+        })
+    }
+
+    fn custom_metadata_of(db: &std::sync::Arc<redb::Database>, path_text: &str) -> Option<Vec<u8>> {
+        StateReader::new(db.clone())
+            .secret_and_custom_metadata(&path(path_text))
+            .expect("read")
+            .and_then(|(_, custom)| custom)
+            .map(|custom| custom.ciphertext)
+    }
+
+    #[test]
+    fn custom_metadata_belongs_to_an_existing_secret_and_a_restore_clears_it() {
+        let (_dir, db) = database();
+        run(&db, initialize(), 1);
+        assert_eq!(
+            run(&db, put_custom_metadata("p", 7), 2),
+            Response::Refused(Refusal::Secret(SecretError::NotFound)),
+            "no secret at the path"
+        );
+        run(&db, put("p"), 3);
+        assert_eq!(run(&db, put_custom_metadata("p", 7), 4), Response::Done);
+        assert_eq!(run(&db, put_custom_metadata("p", 8), 5), Response::Done);
+        assert_eq!(custom_metadata_of(&db, "p"), Some(vec![8]), "replaced");
+        let meta = StateReader::new(db.clone()).cluster_meta().expect("meta");
+        assert_eq!(
+            meta.encryptions.get(&DataKeyId(1)),
+            Some(&3),
+            "one put and two metadata puts sealed under data key 1"
+        );
+
+        let begin = Command::Restore(RestoreCommand::Begin { restore_id: 9 });
+        assert_eq!(run(&db, begin, 6), Response::Done);
+        let rows = |path_text: &str| {
+            Command::Restore(RestoreCommand::CustomMetadataRows {
+                restore_id: 9,
+                rows: vec![(
+                    path(path_text),
+                    CustomMetadataRecord {
+                        ciphertext: vec![1],
+                        updated_at: 1,
+                    },
+                )],
+            })
+        };
+        assert_eq!(
+            run(&db, rows("p"), 7),
+            Response::Refused(Refusal::Secret(SecretError::NotFound)),
+            "the restore brought no secret at p yet"
+        );
+        assert_eq!(custom_metadata_of(&db, "p"), None, "cleared by the restore");
+        let record = StateReader::new(db.clone())
+            .secret(&path("p"))
+            .expect("read");
+        assert!(record.is_none());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use spike_sdk::domain::{
 };
 
 use super::secret::{SecretError, SecretRecord, TimeNs, Written};
-use super::store::{ClusterMeta, PolicyRecord};
+use super::store::{ClusterMeta, CustomMetadataRecord, PolicyRecord};
 
 /// A client's identity and the number of this write, for exactly-once
 /// application of retried writes.
@@ -173,6 +173,16 @@ pub enum SecretCommand {
         /// Versions (empty or 0: current).
         versions: Vec<u64>,
     },
+    /// Replace the custom metadata of an existing secret. Format 3 and up.
+    PutCustomMetadata {
+        /// The secret's path.
+        path: SecretPath,
+        /// The pairs as JSON, sealed with the path in the associated data.
+        #[serde(with = "serde_bytes")]
+        ciphertext: Vec<u8>,
+        /// The data key that sealed them (for the per-key counter).
+        data_key_id: DataKeyId,
+    },
 }
 
 /// Access policies.
@@ -227,6 +237,14 @@ pub enum RestoreCommand {
         /// The backup's cluster metadata.
         cluster: Box<ClusterMeta>,
     },
+    /// One piece of a backup's custom metadata, after the secrets it
+    /// belongs to. Format 3 and up.
+    CustomMetadataRows {
+        /// The restore in progress.
+        restore_id: u64,
+        /// Custom metadata by secret path.
+        rows: Vec<(SecretPath, CustomMetadataRecord)>,
+    },
 }
 
 /// Facts about the cluster's replicas.
@@ -254,6 +272,8 @@ impl Request {
     pub fn format_needed(&self) -> u32 {
         match self.command {
             Command::Membership(MembershipCommand::SwitchFormat { .. }) => 2,
+            Command::Secret(SecretCommand::PutCustomMetadata { .. })
+            | Command::Restore(RestoreCommand::CustomMetadataRows { .. }) => 3,
             _ => 1,
         }
     }
@@ -375,6 +395,9 @@ impl std::fmt::Display for Request {
             Command::Secret(SecretCommand::Destroy { path, .. }) => {
                 write!(f, "destroy-secret({path})")
             }
+            Command::Secret(SecretCommand::PutCustomMetadata { path, .. }) => {
+                write!(f, "put-custom-metadata({path})")
+            }
             Command::Policy(PolicyCommand::Put { name, .. }) => write!(f, "put-policy({name})"),
             Command::Policy(PolicyCommand::Delete { policy }) => {
                 write!(f, "delete-policy({policy})")
@@ -395,6 +418,11 @@ impl std::fmt::Display for Request {
             Command::Restore(RestoreCommand::Finish { restore_id, .. }) => {
                 write!(f, "finish-restore({restore_id})")
             }
+            Command::Restore(RestoreCommand::CustomMetadataRows { restore_id, rows }) => write!(
+                f,
+                "restore-custom-metadata({restore_id}: {} secrets)",
+                rows.len()
+            ),
             Command::Membership(MembershipCommand::RetireNode { id }) => {
                 write!(f, "retire-node({id})")
             }
@@ -402,5 +430,44 @@ impl std::fmt::Display for Request {
                 write!(f, "switch-format({format})")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(command: Command) -> Request {
+        Request {
+            command,
+            session: None,
+            time_ns: 0,
+        }
+    }
+
+    #[test]
+    fn custom_metadata_commands_need_format_3_and_older_commands_keep_theirs() {
+        let path: SecretPath = "a/b".parse().expect("a path");
+        let custom = request(Command::Secret(SecretCommand::PutCustomMetadata {
+            path: path.clone(),
+            ciphertext: vec![1],
+            data_key_id: DataKeyId(1),
+        }));
+        assert_eq!(custom.format_needed(), 3);
+        let rows = request(Command::Restore(RestoreCommand::CustomMetadataRows {
+            restore_id: 1,
+            rows: Vec::new(),
+        }));
+        assert_eq!(rows.format_needed(), 3);
+        let destroy = request(Command::Secret(SecretCommand::Destroy {
+            path,
+            versions: vec![],
+        }));
+        assert_eq!(destroy.format_needed(), 1);
+        let switch = request(Command::Membership(MembershipCommand::SwitchFormat {
+            format: 3,
+        }));
+        assert_eq!(switch.format_needed(), 2);
+        assert_eq!(switch.switches_format_to(), Some(3));
     }
 }

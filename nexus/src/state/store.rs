@@ -51,6 +51,9 @@ pub const SESSION_EXPIRY: TableDefinition<(u64, u128), ()> = TableDefinition::ne
 /// ([`rebuild_session_owners`]), so it is never part of a snapshot and a
 /// build that does not keep it cannot leave it wrong for one that does.
 pub const SESSION_OWNERS: TableDefinition<u64, u64> = TableDefinition::new("session_owners");
+/// Secret path -> [`CustomMetadataRecord`]. Format 3 and up: the table
+/// exists once the first custom metadata is written.
+pub const SECRET_METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("secret_metadata");
 /// Cluster metadata and Raft's applied state, by key.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -272,8 +275,32 @@ pub struct Batch<'t> {
     tables: Option<Tables<'t>>,
 }
 
+/// The custom metadata of one secret path, sealed under a data key with
+/// the path in the associated data. Format 3 and up.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomMetadataRecord {
+    /// The pairs as JSON, sealed.
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+    /// When they were last set (log time).
+    pub updated_at: TimeNs,
+}
+
+impl std::fmt::Debug for CustomMetadataRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CustomMetadataRecord")
+            .field("ciphertext_bytes", &self.ciphertext.len())
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
+}
+
 /// The tables commands touch.
 pub(super) struct Tables<'t> {
+    txn: &'t WriteTransaction,
+    /// [`SECRET_METADATA`], opened only by the commands that use it, so a
+    /// state of an older format never gains the table.
+    secret_metadata: Option<redb::Table<'t, &'static str, &'static [u8]>>,
     pub(super) secrets: redb::Table<'t, &'static str, &'static [u8]>,
     pub(super) policies: redb::Table<'t, &'static str, &'static [u8]>,
     pub(super) policy_ids: redb::Table<'t, u128, &'static str>,
@@ -285,6 +312,8 @@ pub(super) struct Tables<'t> {
 impl<'t> Tables<'t> {
     fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
+            txn,
+            secret_metadata: None,
             secrets: redb_try!("open secrets", txn.open_table(SECRETS))?,
             policies: redb_try!("open policies", txn.open_table(POLICIES))?,
             policy_ids: redb_try!("open policy ids", txn.open_table(POLICY_IDS))?,
@@ -292,6 +321,31 @@ impl<'t> Tables<'t> {
             expiry: redb_try!("open session expiry", txn.open_table(SESSION_EXPIRY))?,
             owners: redb_try!("open session owners", txn.open_table(SESSION_OWNERS))?,
         })
+    }
+
+    /// [`SECRET_METADATA`], created on first use.
+    pub(super) fn secret_metadata(
+        &mut self,
+    ) -> Result<&mut redb::Table<'t, &'static str, &'static [u8]>, StoreError> {
+        match self.secret_metadata {
+            Some(ref mut table) => Ok(table),
+            None => {
+                let table =
+                    redb_try!("open secret metadata", self.txn.open_table(SECRET_METADATA))?;
+                Ok(self.secret_metadata.insert(table))
+            }
+        }
+    }
+
+    /// Drops every custom metadata record, without creating the table where
+    /// there is none.
+    pub(super) fn clear_secret_metadata(&mut self) -> Result<(), StoreError> {
+        drop(self.secret_metadata.take());
+        redb_try!(
+            "clear secret metadata",
+            self.txn.delete_table(SECRET_METADATA)
+        )?;
+        Ok(())
     }
 
     /// Every policy is in the id index once and the index holds nothing
@@ -671,6 +725,30 @@ impl StateReader {
             Some(bytes) => decode(path.as_str(), bytes.value()).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// The record of `path` and its custom metadata, from one consistent
+    /// view.
+    pub fn secret_and_custom_metadata(
+        &self,
+        path: &SecretPath,
+    ) -> Result<Option<(SecretRecord, Option<CustomMetadataRecord>)>, StoreError> {
+        let txn = self.read()?;
+        let Some(secrets) = open_existing(&txn, SECRETS, "open secrets")? else {
+            return Ok(None);
+        };
+        let Some(bytes) = redb_try!("read secret", secrets.get(path.as_str()))? else {
+            return Ok(None);
+        };
+        let record = decode(path.as_str(), bytes.value())?;
+        let Some(table) = open_existing(&txn, SECRET_METADATA, "open secret metadata")? else {
+            return Ok(Some((record, None)));
+        };
+        let custom = match redb_try!("read secret metadata", table.get(path.as_str()))? {
+            Some(bytes) => Some(decode(path.as_str(), bytes.value())?),
+            None => None,
+        };
+        Ok(Some((record, custom)))
     }
 
     /// The policy `policy` names, with its name: by id first, then by name

@@ -57,10 +57,11 @@ pub use policies::{
 };
 pub use route::Route;
 pub use secrets::{
-    DeleteSecretRequest, DestroySecretRequest, EmptyResponse, GetSecretRequest, GetSecretResponse,
-    ListSecretsRequest, ListSecretsResponse, PutSecretRequest, SECRET_SIZE_MAX_BYTES,
-    SecretMetadata, SecretMetadataRequest, SecretMetadataResponse, SecretValues, SecretVersions,
-    UndeleteSecretRequest, VersionInfo,
+    CUSTOM_METADATA_KEY_MAX_BYTES, CUSTOM_METADATA_KEYS_MAX, CUSTOM_METADATA_VALUE_MAX_BYTES,
+    CustomMetadata, DeleteSecretRequest, DestroySecretRequest, EmptyResponse, GetSecretRequest,
+    GetSecretResponse, ListSecretsRequest, ListSecretsResponse, PutSecretMetadataRequest,
+    PutSecretRequest, SECRET_SIZE_MAX_BYTES, SecretMetadata, SecretMetadataRequest,
+    SecretMetadataResponse, SecretValues, SecretVersions, UndeleteSecretRequest, VersionInfo,
 };
 pub use snapshot::{BACKUP_SIZE_MAX_BYTES, SnapshotRestoreResponse};
 pub use time::Timestamp;

@@ -56,10 +56,12 @@ pub enum Route {
     SnapshotSave,
     /// Replace the store with a backup (extension).
     SnapshotRestore,
+    /// Set a secret's custom metadata (extension).
+    SecretMetadataPut,
 }
 
 /// Each route's path, action and the two joined, in one table.
-const TABLE: [(Route, &str, Option<&str>, &str); 25] = [
+const TABLE: [(Route, &str, Option<&str>, &str); 26] = [
     (
         Route::SecretPut,
         "/v1/store/secrets",
@@ -205,12 +207,18 @@ const TABLE: [(Route, &str, Option<&str>, &str); 25] = [
         Some("restore"),
         "/v1/snapshot?action=restore",
     ),
+    (
+        Route::SecretMetadataPut,
+        "/v1/store/secrets/metadata",
+        Some("put"),
+        "/v1/store/secrets/metadata?action=put",
+    ),
 ];
 
 impl Route {
     /// Every route.
-    pub const ALL: [Route; 25] = {
-        let mut all = [Route::SecretPut; 25];
+    pub const ALL: [Route; 26] = {
+        let mut all = [Route::SecretPut; 26];
         let mut index = 0;
         while index < TABLE.len() {
             all[index] = TABLE[index].0;
@@ -266,6 +274,7 @@ impl Route {
                 | Route::ClusterTransfer
                 | Route::SnapshotSave
                 | Route::SnapshotRestore
+                | Route::SecretMetadataPut
         )
     }
 
@@ -296,6 +305,7 @@ impl Route {
                 | Route::SecretDelete
                 | Route::SecretUndelete
                 | Route::SecretDestroy
+                | Route::SecretMetadataPut
                 | Route::PolicyPut
                 | Route::PolicyDelete
         )

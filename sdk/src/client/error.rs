@@ -44,6 +44,10 @@ pub enum Error {
     /// The settings cannot work.
     #[error("invalid client settings: {0}")]
     Settings(String),
+    /// The request breaks a rule the client checks before sending it;
+    /// nothing was sent.
+    #[error("invalid request: {0}")]
+    Invalid(String),
 }
 
 impl Error {

@@ -8,13 +8,14 @@ use zeroize::Zeroizing;
 use super::nexus::{Consistency, Operation};
 use super::{Error, NexusClient};
 use crate::api::{
-    AddMemberRequest, ClusterMembersRequest, ClusterStatus, ClusterStatusRequest, DecryptRequest,
-    DecryptResponse, DeletePolicyRequest, DeleteSecretRequest, DestroySecretRequest,
-    EncryptRequest, EncryptResponse, GetPolicyRequest, GetSecretRequest, ListPoliciesRequest,
-    ListSecretsRequest, Member, Policy, PutPolicyRequest, PutSecretRequest, RecoverRequest,
-    RekeyRequest, RemoveMemberRequest, RestoreRequest, RestoreResponse, RotateRequest, Route,
-    SecretMetadataRequest, SecretMetadataResponse, SecretValues, SecretVersions, Shard,
-    SnapshotRestoreResponse, TransferLeaderRequest, UndeleteSecretRequest, VerifyRequest, header,
+    AddMemberRequest, ClusterMembersRequest, ClusterStatus, ClusterStatusRequest, CustomMetadata,
+    DecryptRequest, DecryptResponse, DeletePolicyRequest, DeleteSecretRequest,
+    DestroySecretRequest, EncryptRequest, EncryptResponse, GetPolicyRequest, GetSecretRequest,
+    ListPoliciesRequest, ListSecretsRequest, Member, Policy, PutPolicyRequest,
+    PutSecretMetadataRequest, PutSecretRequest, RecoverRequest, RekeyRequest, RemoveMemberRequest,
+    RestoreRequest, RestoreResponse, RotateRequest, Route, SecretMetadataRequest,
+    SecretMetadataResponse, SecretValues, SecretVersions, Shard, SnapshotRestoreResponse,
+    TransferLeaderRequest, UndeleteSecretRequest, VerifyRequest, header,
 };
 use crate::crypto::{KeyShare, SecretBytes, ShareIndex};
 use crate::domain::{NodeId, Permission, PolicyName, PolicyRef, SecretPath};
@@ -139,6 +140,21 @@ impl NexusClient {
             version: wire_version(version.unwrap_or(0))?,
         };
         self.call(&request).await
+    }
+
+    /// Replaces the custom metadata of the secret at `path` (empty: clears
+    /// it). The secret must exist.
+    pub async fn put_secret_metadata(
+        &self,
+        path: &SecretPath,
+        custom_metadata: CustomMetadata,
+    ) -> Result<(), Error> {
+        custom_metadata.check().map_err(Error::Invalid)?;
+        let request = PutSecretMetadataRequest {
+            path: path.to_string(),
+            custom_metadata,
+        };
+        self.call(&request).await.map(drop)
     }
 
     /// Creates the policy `name`, or replaces it (keeping its id); returns

@@ -118,6 +118,11 @@ fn routes() -> Vec<Route> {
             "/v1/cluster?action=transfer",
             json!({"id": 0}),
         ),
+        route(
+            "secret metadata put",
+            "/v1/store/secrets/metadata?action=put",
+            json!({"path": "apps/billing/db", "customMetadata": {"owner": "billing"}}),
+        ),
     ]
 }
 
@@ -147,6 +152,7 @@ fn allowed(identity: &str) -> &'static [&'static str] {
         "cluster add",
         "cluster remove",
         "cluster transfer",
+        "secret metadata put",
     ];
     // `write` lets billing delete (reversible) and put with cas (a put
     // that may do less), not destroy.
@@ -157,6 +163,7 @@ fn allowed(identity: &str) -> &'static [&'static str] {
         "secret undelete",
         "secret delete",
         "secret put cas",
+        "secret metadata put",
     ];
     match identity {
         "superuser" => EVERY_ROUTE_BUT_THE_OTHER_ROLES,
@@ -174,6 +181,7 @@ fn allowed(identity: &str) -> &'static [&'static str] {
             "secret delete",
             "secret put cas",
             "secret destroy",
+            "secret metadata put",
         ],
         _ => &[],
     }

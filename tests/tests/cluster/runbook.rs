@@ -659,7 +659,7 @@ async fn runbook_alert_metrics_are_exported_with_healthy_values() {
         assert_eq!(gauge(&cluster, id, "spike_build_info"), Some(1));
     }
     // A new cluster of one release switches to its newest format within a
-    // few of the leader's 2 s checks, on every replica.
+    // few of the leader's 0.5 s checks, on every replica.
     let newest =
         gauge(&cluster, 1, "spike_build_format_newest").expect("the build's newest format");
     let began = std::time::Instant::now();
