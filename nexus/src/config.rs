@@ -14,6 +14,7 @@ use spike_sdk::crypto::keyring::ENCRYPTIONS_ROTATE_AT;
 use spike_sdk::hardening::MemoryLock;
 
 use crate::raft::NexusNode;
+use crate::state::command::RotationSettings;
 use crate::state::secret::{MAX_VERSIONS_DEFAULT, MAX_VERSIONS_LIMIT};
 
 /// `nexus --version`: the release and the on-disk formats it reads (a
@@ -146,6 +147,32 @@ pub struct Args {
         default_value_t = ENCRYPTIONS_ROTATE_AT
     )]
     pub data_key_rotate_after: u64,
+    /// Age after which the leader replaces the active data key ("0": never
+    /// by age; otherwise 1s to 100 years). Like the two settings below, a
+    /// default: once an operator sets the rotation settings
+    /// (`spike operator rotation set`), the replicated settings apply on
+    /// every leader and these flags no longer do.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_DATA_KEY_MAX_AGE",
+        default_value = "720h",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub data_key_max_age: Duration,
+    /// Age after which the leader replaces the root key (a rekey with the
+    /// same n and t, shares pushed to the keepers first); "0" (the
+    /// default): never by age.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_ROOT_KEY_MAX_AGE",
+        default_value = "0",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub root_key_max_age: Duration,
+    /// Secret versions per second the leader re-seals from older data keys
+    /// under the newest one (0, the default: none; at most 10000).
+    #[arg(long, env = "SPIKE_NEXUS_REENCRYPT_PER_SECOND", default_value_t = 0)]
+    pub reencrypt_per_second: u32,
     /// Versions kept per secret.
     #[arg(long, env = "SPIKE_NEXUS_MAX_SECRET_VERSIONS", default_value_t = MAX_VERSIONS_DEFAULT)]
     pub max_secret_versions: u32,
@@ -353,6 +380,8 @@ pub struct NexusConfig {
     pub stale_read_max: Duration,
     /// Encryptions under one data key before the leader rotates it.
     pub data_key_rotate_after: u64,
+    /// The rotation settings until an operator sets replicated ones.
+    pub rotation_defaults: RotationSettings,
     /// Health listener.
     pub health_addr: Option<SocketAddr>,
     /// Data directory.
@@ -454,6 +483,18 @@ impl NexusConfig {
                 "SPIKE_NEXUS_DATA_KEY_ROTATE_AFTER must be 1 to {ENCRYPTIONS_ROTATE_AT}"
             )));
         }
+        let rotation_defaults = RotationSettings {
+            data_key_rotate_after_ops: args.data_key_rotate_after,
+            data_key_max_age_ns: duration_ns(args.data_key_max_age),
+            root_key_max_age_ns: duration_ns(args.root_key_max_age),
+            reencrypt_per_second: args.reencrypt_per_second,
+        };
+        rotation_defaults.check().map_err(|reason| {
+            ConfigError::OutOfRange(format!(
+                "SPIKE_NEXUS_DATA_KEY_MAX_AGE, SPIKE_NEXUS_ROOT_KEY_MAX_AGE or \
+                 SPIKE_NEXUS_REENCRYPT_PER_SECOND: {reason}"
+            ))
+        })?;
         if args.snapshot_every == 0 {
             return Err(ConfigError::OutOfRange(
                 "SPIKE_NEXUS_SNAPSHOT_EVERY must be at least 1".to_owned(),
@@ -479,6 +520,7 @@ impl NexusConfig {
             max_versions: args.max_secret_versions,
             stale_read_max: args.stale_read_max,
             data_key_rotate_after: args.data_key_rotate_after,
+            rotation_defaults,
             health_addr: args.health_addr,
             data_dir: args.data_dir.clone(),
             audit_log: args
@@ -571,6 +613,11 @@ pub fn parse_keepers(
         });
     }
     Ok((keepers, params))
+}
+
+/// `duration` in nanoseconds, saturating (a setting that long is refused).
+fn duration_ns(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

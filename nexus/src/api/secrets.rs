@@ -68,7 +68,7 @@ fn known_versions(versions: &[i64]) -> Vec<u64> {
 }
 
 fn aad(path: &SecretPath) -> Vec<u8> {
-    format!("spike/secret/{path}").into_bytes()
+    crate::keys::secret_aad(path)
 }
 
 fn unlocked(call: &Call<'_>) -> Result<std::sync::Arc<Unlocked>, ApiError> {
