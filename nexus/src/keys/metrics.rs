@@ -3,7 +3,9 @@
 //! reports the ages it observes; only the leader counts replacements and
 //! re-seals.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt::Write;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -12,7 +14,7 @@ use prometheus_client::registry::Registry;
 use super::lifecycle::Trigger;
 
 /// Why a key was replaced, as a label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TriggerLabel {
     /// The data key reached its encryption count.
     Ops,
@@ -20,6 +22,16 @@ pub enum TriggerLabel {
     Age,
     /// An operator asked.
     Operator,
+}
+
+impl EncodeLabelValue for TriggerLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Self::Ops => "ops",
+            Self::Age => "age",
+            Self::Operator => "operator",
+        })
+    }
 }
 
 impl From<Trigger> for TriggerLabel {
@@ -126,5 +138,38 @@ impl KeyMetrics {
     /// Secret versions under older keys as last counted.
     pub fn versions_under_old_keys(&self) -> u64 {
         u64::try_from(self.versions_under_old_keys.get()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metrics_encode_with_their_names_and_triggers() {
+        let metrics = KeyMetrics::default();
+        metrics.rotated(Trigger::Age);
+        metrics.rotated(Trigger::Age);
+        metrics.rotated(Trigger::Operations);
+        metrics.rekeyed(Trigger::Operator);
+        metrics.resealed();
+        metrics.set_versions_under_old_keys(7);
+        metrics.set_ages(Some(std::time::Duration::from_secs(90)), None);
+        let mut registry = Registry::default();
+        metrics.register_metrics(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for line in [
+            "spike_data_key_rotations_total{trigger=\"age\"} 2",
+            "spike_data_key_rotations_total{trigger=\"ops\"} 1",
+            "spike_root_key_rekeys_total{trigger=\"operator\"} 1",
+            "spike_reencrypted_versions_total 1",
+            "spike_secret_versions_under_old_keys 7",
+            "spike_data_key_age_seconds 90",
+            "spike_root_key_age_seconds 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert_eq!(metrics.versions_under_old_keys(), 7);
     }
 }

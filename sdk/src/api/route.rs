@@ -56,10 +56,14 @@ pub enum Route {
     SnapshotSave,
     /// Replace the store with a backup (extension).
     SnapshotRestore,
+    /// The key rotation settings in force and the keys' state (extension).
+    RotationGet,
+    /// Set the replicated key rotation settings (extension).
+    RotationSet,
 }
 
 /// Each route's path, action and the two joined, in one table.
-const TABLE: [(Route, &str, Option<&str>, &str); 25] = [
+const TABLE: [(Route, &str, Option<&str>, &str); 27] = [
     (
         Route::SecretPut,
         "/v1/store/secrets",
@@ -205,12 +209,24 @@ const TABLE: [(Route, &str, Option<&str>, &str); 25] = [
         Some("restore"),
         "/v1/snapshot?action=restore",
     ),
+    (
+        Route::RotationGet,
+        "/v1/operator/rotation",
+        Some("get"),
+        "/v1/operator/rotation?action=get",
+    ),
+    (
+        Route::RotationSet,
+        "/v1/operator/rotation",
+        Some("set"),
+        "/v1/operator/rotation?action=set",
+    ),
 ];
 
 impl Route {
     /// Every route.
-    pub const ALL: [Route; 25] = {
-        let mut all = [Route::SecretPut; 25];
+    pub const ALL: [Route; 27] = {
+        let mut all = [Route::SecretPut; 27];
         let mut index = 0;
         while index < TABLE.len() {
             all[index] = TABLE[index].0;
@@ -266,6 +282,8 @@ impl Route {
                 | Route::ClusterTransfer
                 | Route::SnapshotSave
                 | Route::SnapshotRestore
+                | Route::RotationGet
+                | Route::RotationSet
         )
     }
 
