@@ -165,6 +165,7 @@ fn rotation_state(call: &Call<'_>) -> Result<RotationResponse, ApiError> {
             .filter(|(id, _)| id.0 == root_key_id)
             .map_or(0, |(_, since)| age(since)),
         versions_under_old_keys: node.key_manager.metrics().versions_under_old_keys(),
+        reencrypted_versions: node.key_manager.metrics().reencrypted_versions(),
         err: None,
     })
 }

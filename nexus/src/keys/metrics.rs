@@ -135,6 +135,11 @@ impl KeyMetrics {
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
+    /// Secret versions this replica re-sealed as leader.
+    pub fn reencrypted_versions(&self) -> u64 {
+        self.reencrypted_versions.get()
+    }
+
     /// Secret versions under older keys as last counted.
     pub fn versions_under_old_keys(&self) -> u64 {
         u64::try_from(self.versions_under_old_keys.get()).unwrap_or(0)

@@ -167,6 +167,8 @@ pub struct RotationResponse {
     /// Kept secret versions under older data keys, as the leader last
     /// counted (0 on other replicas).
     pub versions_under_old_keys: u64,
+    /// Secret versions the answering replica re-sealed while it led.
+    pub reencrypted_versions: u64,
     /// Set on failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub err: Option<ErrorCode>,

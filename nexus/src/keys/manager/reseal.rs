@@ -27,7 +27,7 @@ const PATHS_PER_BATCH: usize = 64;
 const IDLE: Duration = Duration::from_secs(1);
 /// With re-encryption off, the leader still counts versions under old
 /// keys (a read of headers only), this often.
-const COUNT_ONLY_INTERVAL: Duration = Duration::from_secs(30);
+const COUNT_ONLY_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One sweep over the secrets table.
 #[derive(Default)]
