@@ -25,9 +25,11 @@ const PATHS_PER_BATCH: usize = 64;
 /// How long the loop waits when it has nothing to do (not the leader, no
 /// key, or a sweep just ended).
 const IDLE: Duration = Duration::from_secs(1);
-/// With re-encryption off, the leader still counts versions under old
-/// keys (a read of headers only), this often.
-const COUNT_ONLY_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the leader sweeps when the last sweep left nothing to move
+/// (or re-encryption is off and it only counts versions under old keys,
+/// reading headers, never opening anything): a new data key waits at most
+/// this long for its first sweep.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One sweep over the secrets table.
 #[derive(Default)]
@@ -62,8 +64,11 @@ impl KeyManager {
                 Ok(false) => {
                     self.metrics
                         .set_versions_under_old_keys(sweep.under_old_keys);
+                    // Sweep again soon only if there is something to move:
+                    // a sweep reads every secret.
+                    let more_to_move = rate > 0 && sweep.under_old_keys > 0;
                     sweep = Sweep::default();
-                    tokio::time::sleep(if rate == 0 { COUNT_ONLY_INTERVAL } else { IDLE }).await;
+                    tokio::time::sleep(if more_to_move { IDLE } else { SWEEP_INTERVAL }).await;
                 }
                 Err(error) => {
                     tracing::warn!(%error, "background re-encryption paused");
