@@ -429,6 +429,19 @@ async fn background_re_encryption_moves_every_version_and_loses_no_write() {
         let client = ops.superuser.clone();
         let node = cluster.api(if leader_id == 1 { 2 } else { 1 });
         tokio::spawn(async move {
+            // Destroyed while re-encryption runs: a re-seal built before
+            // must not bring the value back.
+            for i in (1..PATHS).step_by(4) {
+                let reply = client
+                    .post(
+                        node,
+                        "/v1/store/secrets?action=destroy",
+                        json!({ "path": format!("re/{i}"), "versions": [1] }),
+                    )
+                    .await
+                    .expect("destroy reaches the node");
+                assert_eq!(reply.status, 200, "{:?}", reply.body);
+            }
             let mut written = Vec::new();
             for round in 3..=5u64 {
                 for i in (0..PATHS).step_by(4) {
@@ -445,6 +458,13 @@ async fn background_re_encryption_moves_every_version_and_loses_no_write() {
     };
     for (key, value) in writer.await.expect("writer") {
         expected.insert(key, value);
+    }
+    let destroyed: Vec<(String, u64)> = (1..PATHS)
+        .step_by(4)
+        .map(|i| (format!("re/{i}"), 1))
+        .collect();
+    for key in &destroyed {
+        expected.remove(key);
     }
     let began = tokio::time::Instant::now();
     loop {
@@ -470,6 +490,10 @@ async fn background_re_encryption_moves_every_version_and_loses_no_write() {
         for ((path, version), value) in &expected {
             let read = read_version(&ops.superuser, cluster.api(id), path, *version).await;
             assert_eq!(read.as_ref(), Some(value), "nexus-{id} {path} v{version}");
+        }
+        for (path, version) in &destroyed {
+            let read = read_version(&ops.superuser, cluster.api(id), path, *version).await;
+            assert_eq!(read, None, "nexus-{id} {path} v{version} stays destroyed");
         }
         for i in 0..PATHS {
             let path = format!("re/{i}");
