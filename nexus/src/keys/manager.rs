@@ -323,6 +323,8 @@ impl KeyManager {
                 .copied()
                 .unwrap_or(0)
         });
+        // Read after the cluster metadata: if an apply came in between, the
+        // newer record can only make a key look younger, never due twice.
         let rotation = self.rotation_meta()?;
         let settings = effective_rotation(&rotation, &self.rotation_defaults);
         let now_ns = crate::clock::now_ns();

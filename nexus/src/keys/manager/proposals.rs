@@ -471,4 +471,14 @@ mod tests {
         ));
         assert!(check_params(params(3, 1), 3, true).is_ok());
     }
+
+    #[test]
+    fn a_scheduled_change_is_built_only_from_the_keyring_it_was_decided_on() {
+        assert!(KeyManager::still_due(None, 7).is_ok(), "operator changes");
+        assert!(KeyManager::still_due(Some(7), 7).is_ok());
+        assert!(matches!(
+            KeyManager::still_due(Some(6), 7),
+            Err(KeyError::Proposal(_))
+        ));
+    }
 }
