@@ -141,6 +141,7 @@ pub struct Args {
     /// Encryptions under one data key (secrets, policies and cipher
     /// calls, counted cluster-wide) after which the leader rotates it;
     /// 1 to 2^30 (the default), far below AES-GCM's random-nonce limit.
+    /// A default until an operator sets the replicated rotation settings.
     #[arg(
         long,
         env = "SPIKE_NEXUS_DATA_KEY_ROTATE_AFTER",
@@ -729,6 +730,52 @@ mod tests {
                 error.kind(),
                 clap::error::ErrorKind::UnknownArgument,
                 "{flag}"
+            );
+        }
+    }
+
+    #[test]
+    fn rotation_defaults_come_from_the_flags_within_limits() {
+        use clap::Parser;
+        let config = |extra: &[&str]| {
+            let mut argv = vec![
+                "nexus",
+                "--peers",
+                "1=127.0.0.1:1/127.0.0.1:2",
+                "--keepers",
+                "127.0.0.1:3,127.0.0.1:4,127.0.0.1:5",
+            ];
+            argv.extend_from_slice(extra);
+            NexusConfig::from_args(&Args::try_parse_from(argv).expect("flags parse"))
+        };
+        let defaults = config(&[]).expect("defaults").rotation_defaults;
+        assert_eq!(
+            defaults,
+            RotationSettings {
+                data_key_rotate_after_ops: ENCRYPTIONS_ROTATE_AT,
+                data_key_max_age_ns: 30 * 24 * 3600 * 1_000_000_000,
+                root_key_max_age_ns: 0,
+                reencrypt_per_second: 0,
+            }
+        );
+        let set = config(&[
+            "--data-key-max-age=0",
+            "--root-key-max-age=2160h",
+            "--reencrypt-per-second=50",
+        ])
+        .expect("valid")
+        .rotation_defaults;
+        assert_eq!(set.data_key_max_age_ns, 0);
+        assert_eq!(set.root_key_max_age_ns, 2160 * 3600 * 1_000_000_000);
+        assert_eq!(set.reencrypt_per_second, 50);
+        for refused in [
+            &["--data-key-max-age=500ms"][..],
+            &["--root-key-max-age=900000h"],
+            &["--reencrypt-per-second=10001"],
+        ] {
+            assert!(
+                matches!(config(refused), Err(ConfigError::OutOfRange(_))),
+                "{refused:?} accepted"
             );
         }
     }
