@@ -187,6 +187,19 @@ pub async fn set_rotation(
 ) -> Result<RotationResponse, ApiError> {
     call.require(Role::PilotSuperuser)?;
     let settings = from_wire(&body.settings)?;
+    // Settings are a format-3 command: until the cluster writes format 3
+    // (a new one switches about 2 s after start, an upgraded one once
+    // every replica runs this release) the answer is "not ready", which
+    // clients retry, rather than a refusal.
+    let format = call
+        .api
+        .node
+        .state
+        .cluster_format()
+        .map_err(|error| ApiError::Internal(error.to_string()))?;
+    if format < 3 {
+        return Err(ApiError::NOT_READY);
+    }
     let request = Request {
         command: Command::Settings(SettingsCommand::SetRotation(settings)),
         session: call.session,
