@@ -14,6 +14,7 @@ use spike_sdk::crypto::keyring::ENCRYPTIONS_ROTATE_AT;
 use spike_sdk::hardening::MemoryLock;
 
 use crate::raft::NexusNode;
+use crate::state::command::RotationSettings;
 use crate::state::secret::{MAX_VERSIONS_DEFAULT, MAX_VERSIONS_LIMIT};
 
 /// `nexus --version`: the release and the on-disk formats it reads (a
@@ -140,12 +141,39 @@ pub struct Args {
     /// Encryptions under one data key (secrets, policies and cipher
     /// calls, counted cluster-wide) after which the leader rotates it;
     /// 1 to 2^30 (the default), far below AES-GCM's random-nonce limit.
+    /// A default until an operator sets the replicated rotation settings.
     #[arg(
         long,
         env = "SPIKE_NEXUS_DATA_KEY_ROTATE_AFTER",
         default_value_t = ENCRYPTIONS_ROTATE_AT
     )]
     pub data_key_rotate_after: u64,
+    /// Age after which the leader replaces the active data key ("0": never
+    /// by age; otherwise 1s to 100 years). Like the two settings below, a
+    /// default: once an operator sets the rotation settings
+    /// (`spike operator rotation set`), the replicated settings apply on
+    /// every leader and these flags no longer do.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_DATA_KEY_MAX_AGE",
+        default_value = "720h",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub data_key_max_age: Duration,
+    /// Age after which the leader replaces the root key (a rekey with the
+    /// same n and t, shares pushed to the keepers first); "0" (the
+    /// default): never by age.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_ROOT_KEY_MAX_AGE",
+        default_value = "0",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub root_key_max_age: Duration,
+    /// Secret versions per second the leader re-seals from older data keys
+    /// under the newest one (0, the default: none; at most 10000).
+    #[arg(long, env = "SPIKE_NEXUS_REENCRYPT_PER_SECOND", default_value_t = 0)]
+    pub reencrypt_per_second: u32,
     /// Versions kept per secret.
     #[arg(long, env = "SPIKE_NEXUS_MAX_SECRET_VERSIONS", default_value_t = MAX_VERSIONS_DEFAULT)]
     pub max_secret_versions: u32,
@@ -353,6 +381,8 @@ pub struct NexusConfig {
     pub stale_read_max: Duration,
     /// Encryptions under one data key before the leader rotates it.
     pub data_key_rotate_after: u64,
+    /// The rotation settings until an operator sets replicated ones.
+    pub rotation_defaults: RotationSettings,
     /// Health listener.
     pub health_addr: Option<SocketAddr>,
     /// Data directory.
@@ -454,6 +484,18 @@ impl NexusConfig {
                 "SPIKE_NEXUS_DATA_KEY_ROTATE_AFTER must be 1 to {ENCRYPTIONS_ROTATE_AT}"
             )));
         }
+        let rotation_defaults = RotationSettings {
+            data_key_rotate_after_ops: args.data_key_rotate_after,
+            data_key_max_age_ns: duration_ns(args.data_key_max_age),
+            root_key_max_age_ns: duration_ns(args.root_key_max_age),
+            reencrypt_per_second: args.reencrypt_per_second,
+        };
+        rotation_defaults.check().map_err(|reason| {
+            ConfigError::OutOfRange(format!(
+                "SPIKE_NEXUS_DATA_KEY_MAX_AGE, SPIKE_NEXUS_ROOT_KEY_MAX_AGE or \
+                 SPIKE_NEXUS_REENCRYPT_PER_SECOND: {reason}"
+            ))
+        })?;
         if args.snapshot_every == 0 {
             return Err(ConfigError::OutOfRange(
                 "SPIKE_NEXUS_SNAPSHOT_EVERY must be at least 1".to_owned(),
@@ -479,6 +521,7 @@ impl NexusConfig {
             max_versions: args.max_secret_versions,
             stale_read_max: args.stale_read_max,
             data_key_rotate_after: args.data_key_rotate_after,
+            rotation_defaults,
             health_addr: args.health_addr,
             data_dir: args.data_dir.clone(),
             audit_log: args
@@ -571,6 +614,11 @@ pub fn parse_keepers(
         });
     }
     Ok((keepers, params))
+}
+
+/// `duration` in nanoseconds, saturating (a setting that long is refused).
+fn duration_ns(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -682,6 +730,52 @@ mod tests {
                 error.kind(),
                 clap::error::ErrorKind::UnknownArgument,
                 "{flag}"
+            );
+        }
+    }
+
+    #[test]
+    fn rotation_defaults_come_from_the_flags_within_limits() {
+        use clap::Parser;
+        let config = |extra: &[&str]| {
+            let mut argv = vec![
+                "nexus",
+                "--peers",
+                "1=127.0.0.1:1/127.0.0.1:2",
+                "--keepers",
+                "127.0.0.1:3,127.0.0.1:4,127.0.0.1:5",
+            ];
+            argv.extend_from_slice(extra);
+            NexusConfig::from_args(&Args::try_parse_from(argv).expect("flags parse"))
+        };
+        let defaults = config(&[]).expect("defaults").rotation_defaults;
+        assert_eq!(
+            defaults,
+            RotationSettings {
+                data_key_rotate_after_ops: ENCRYPTIONS_ROTATE_AT,
+                data_key_max_age_ns: 30 * 24 * 3600 * 1_000_000_000,
+                root_key_max_age_ns: 0,
+                reencrypt_per_second: 0,
+            }
+        );
+        let set = config(&[
+            "--data-key-max-age=0",
+            "--root-key-max-age=2160h",
+            "--reencrypt-per-second=50",
+        ])
+        .expect("valid")
+        .rotation_defaults;
+        assert_eq!(set.data_key_max_age_ns, 0);
+        assert_eq!(set.root_key_max_age_ns, 2160 * 3600 * 1_000_000_000);
+        assert_eq!(set.reencrypt_per_second, 50);
+        for refused in [
+            &["--data-key-max-age=500ms"][..],
+            &["--root-key-max-age=900000h"],
+            &["--reencrypt-per-second=10001"],
+        ] {
+            assert!(
+                matches!(config(refused), Err(ConfigError::OutOfRange(_))),
+                "{refused:?} accepted"
             );
         }
     }

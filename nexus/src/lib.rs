@@ -169,8 +169,8 @@ pub async fn serve(
             allow_insecure_threshold: config.allow_insecure_threshold,
             policy: keys::lifecycle::Policy {
                 push_interval: config.keeper_update_interval,
-                rotate_at: config.data_key_rotate_after,
             },
+            rotation_defaults: config.rotation_defaults,
         },
         audit_log.clone(),
     ));
@@ -217,6 +217,7 @@ pub async fn serve(
         let founders = config.founders.iter().map(|(id, node)| (id.get(), *node));
         leadership.found_cluster(&founders.collect()).await;
     }
+    let reencryption_task = tokio::spawn(key_manager.clone().run_reencryption());
     let manager_task = tokio::spawn(key_manager.run(machine.applied()));
     let format_task = tokio::spawn(cluster::version::switch_when_every_member_reads(
         leadership.clone(),
@@ -279,6 +280,7 @@ pub async fn serve(
         async { health.await.map_err(StartupError::failed) },
     );
     manager_task.abort();
+    reencryption_task.abort();
     format_task.abort();
     leadership.shutdown().await;
     outcome.map(|_| ())

@@ -15,7 +15,9 @@ use crate::keys::KeyState;
 use crate::keys::manager::{KeyError, KeyManager};
 use crate::raft::state_machine::{AppliedIndex, StateMachine};
 use crate::raft::{ClusterView, Leader, Leadership, NexusNode};
-use crate::state::command::{Command, KeyCommand, MembershipCommand, Request, Response};
+use crate::state::command::{
+    Command, KeyCommand, MembershipCommand, Request, Response, SecretCommand,
+};
 use crate::state::store::StateReader;
 use spike_sdk::crypto::{KeyShare, SecretBytes, ShamirParams, ShareIndex};
 use spike_sdk::domain::NodeId;
@@ -129,7 +131,11 @@ fn forwardable(op: &LeaderOp) -> Result<(), ForwardError> {
         return Ok(());
     };
     match &request.command {
+        Command::Secret(SecretCommand::Reseal { .. }) => Err(ForwardError::Invalid(
+            "re-seals come from the leader's re-encryption, never from a peer".to_owned(),
+        )),
         Command::Secret(_)
+        | Command::Settings(_)
         | Command::Policy(_)
         | Command::Restore(_)
         | Command::Keys(KeyCommand::ReserveEncryptions { .. }) => Ok(()),

@@ -106,6 +106,22 @@ pub struct KeyEvent {
     /// The active data key after a rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_key: Option<u32>,
+    /// Why a rotation or rekey happened (absent in records of releases
+    /// that did not say, and for other changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<KeyTrigger>,
+}
+
+/// Why a key was replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyTrigger {
+    /// An operator asked (`spike operator rotate` or `rekey`).
+    Operator,
+    /// The data key reached its encryption count.
+    Operations,
+    /// The key reached its maximum age.
+    Age,
 }
 
 /// The key changes a leader makes.
@@ -321,6 +337,7 @@ mod tests {
                 action: KeyAction::RotateDataKey,
                 root_key_id: 1,
                 data_key: Some(2),
+                trigger: Some(KeyTrigger::Age),
             }),
         );
         lines

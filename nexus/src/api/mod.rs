@@ -278,6 +278,8 @@ async fn serve(
         Route::BootstrapVerify => json(call, bootstrap::verify).await,
         Route::Rekey => json(call, operator::rekey).await,
         Route::Rotate => json(call, operator::rotate).await,
+        Route::RotationGet => json(call, operator::get_rotation).await,
+        Route::RotationSet => json(call, operator::set_rotation).await,
         Route::ClusterStatus => json(call, cluster::status).await,
         Route::ClusterMembers => json(call, cluster::members).await,
         Route::ClusterAdd => json(call, cluster::add).await,

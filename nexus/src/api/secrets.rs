@@ -75,7 +75,7 @@ fn known_versions(versions: &[i64]) -> Vec<u64> {
 }
 
 fn aad(path: &SecretPath) -> Vec<u8> {
-    format!("spike/secret/{path}").into_bytes()
+    crate::keys::secret_aad(path)
 }
 
 /// Custom metadata's associated data: bound to the path, and never

@@ -8,17 +8,18 @@
 use std::collections::BTreeSet;
 
 use redb::{ReadableTable, ReadableTableMetadata};
+use sha2::{Digest, Sha256};
 use spike_sdk::crypto::keyring::ENCRYPTIONS_MAX;
 use spike_sdk::domain::{DataKeyId, PolicyId, PolicyName, PolicyRef, SecretPath};
 
 use super::command::{
     Command, KeyCommand, MembershipCommand, PolicyCommand, Refusal, Response, RestoreCommand,
-    SecretCommand,
+    SecretCommand, SettingsCommand,
 };
 use super::secret::{SecretError, SecretRecord, TimeNs};
 use super::store::{
-    ClusterMeta, CustomMetadataRecord, POLICIES_MAX, PolicyRecord, StoreError, Tables, decode,
-    encode, id_key, redb_try,
+    ClusterMeta, CustomMetadataRecord, POLICIES_MAX, PolicyRecord, RotationMeta, StoreError,
+    Tables, decode, encode, id_key, redb_try,
 };
 
 /// A change made, or refused.
@@ -28,11 +29,13 @@ pub(super) type Applied = Result<Response, Refusal>;
 pub(super) fn apply_command(
     tables: &mut Tables<'_>,
     meta: &mut ClusterMeta,
+    rotation: &mut RotationMeta,
     command: &Command,
     now: TimeNs,
 ) -> Result<Applied, StoreError> {
     match command {
         Command::Membership(command) => Ok(apply_membership(meta, command)),
+        Command::Settings(command) => Ok(apply_settings(rotation, command)),
         Command::Restore(command) => apply_restore(tables, meta, command),
         _ if meta.restoring.is_some() => Ok(Err(Refusal::Restoring)),
         Command::Keys(command) => Ok(apply_keys(meta, command)),
@@ -50,6 +53,17 @@ fn apply_membership(meta: &mut ClusterMeta, command: &MembershipCommand) -> Appl
         // Recorded by the state machine, with the database's stamp, in
         // the same transaction.
         MembershipCommand::SwitchFormat { .. } => {}
+    }
+    Ok(Response::Done)
+}
+
+/// Settings apply even during a restore: they are not part of a backup.
+fn apply_settings(rotation: &mut RotationMeta, command: &SettingsCommand) -> Applied {
+    match command {
+        SettingsCommand::SetRotation(settings) => {
+            settings.check().map_err(Refusal::InvalidSettings)?;
+            rotation.settings = Some(*settings);
+        }
     }
     Ok(Response::Done)
 }
@@ -175,6 +189,29 @@ fn apply_secret(
                     .secret_metadata()?
                     .insert(path.as_str(), encode(&record)?.as_slice())
             )?;
+            count_encryption(meta, *data_key_id);
+            Ok(Ok(Response::Done))
+        }
+        SecretCommand::Reseal {
+            path,
+            version,
+            previous_digest,
+            ciphertext,
+            data_key_id,
+        } => {
+            let Some(mut record) = read_secret(tables, path)? else {
+                return Ok(Err(Refusal::ResealStale));
+            };
+            // Only the ciphertext changes: times, marks and numbers stay,
+            // so a reader sees the same version with the same values.
+            let Some(kept) = record.versions.get_mut(version) else {
+                return Ok(Err(Refusal::ResealStale));
+            };
+            if kept.destroyed || Sha256::digest(&kept.ciphertext).as_slice() != previous_digest {
+                return Ok(Err(Refusal::ResealStale));
+            }
+            kept.ciphertext.clone_from(ciphertext);
+            write_secret(tables, path, &record)?;
             count_encryption(meta, *data_key_id);
             Ok(Ok(Response::Done))
         }
@@ -462,7 +499,7 @@ mod tests {
     use spike_sdk::domain::{NodeId, RootKeyId};
 
     use super::*;
-    use crate::state::command::RootKeyRecord;
+    use crate::state::command::{RootKeyRecord, RotationSettings};
     use crate::state::secret::Written;
     use crate::state::store::StateReader;
     use crate::state::store::tests::{database, initialize, path, put, root_key, run};
@@ -1028,5 +1065,165 @@ mod tests {
             retired.into_iter().map(NodeId::get).collect::<Vec<_>>(),
             vec![2, 3]
         );
+    }
+
+    /// Records `format` as the cluster's format (the state machine does
+    /// this when a switch commits).
+    fn switch_to(db: &redb::Database, format: u32) {
+        let txn = db.begin_write().expect("write");
+        {
+            let mut table = txn
+                .open_table(crate::state::store::META)
+                .expect("open meta");
+            table
+                .insert(
+                    crate::state::store::META_FORMAT,
+                    encode(&format).expect("encode").as_slice(),
+                )
+                .expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+
+    fn settings(ops: u64, data_age_ns: u64) -> RotationSettings {
+        RotationSettings {
+            data_key_rotate_after_ops: ops,
+            data_key_max_age_ns: data_age_ns,
+            root_key_max_age_ns: 0,
+            reencrypt_per_second: 0,
+        }
+    }
+
+    fn replace_keyring(keyring_version: u64) -> Command {
+        Command::Keys(KeyCommand::ReplaceKeyring {
+            root_key_id: RootKeyId(1),
+            wrapped_keyring: vec![5, 5],
+            keyring_version,
+        })
+    }
+
+    #[test]
+    fn rotation_settings_are_replicated_and_invalid_ones_refused() {
+        let (_dir, db) = database();
+        let good = settings(1_000, 2_000_000_000);
+        let set = |settings| Command::Settings(SettingsCommand::SetRotation(settings));
+        assert_eq!(run(&db, set(good), 1), Response::Done);
+        for bad in [
+            settings(0, 0),
+            settings(1_000, 5),
+            settings(1_000, u64::MAX),
+        ] {
+            assert!(
+                matches!(
+                    run(&db, set(bad), 2),
+                    Response::Refused(Refusal::InvalidSettings(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let reader = StateReader::new(db);
+        assert_eq!(reader.rotation_meta().expect("read").settings, Some(good));
+    }
+
+    #[test]
+    fn key_activation_times_are_recorded_from_format_3_on_and_only_for_key_changes() {
+        let (_dir, db) = database();
+        let reader = StateReader::new(db.clone());
+        run(&db, initialize(), 10);
+        // Format 1: an older replica applying the same entries records
+        // nothing, so neither may this one.
+        assert_eq!(
+            reader.rotation_meta().expect("read"),
+            RotationMeta::default()
+        );
+        switch_to(&db, 3);
+        run(&db, put("a"), 20);
+        let meta = reader.rotation_meta().expect("read");
+        assert_eq!(
+            meta.data_key_since,
+            Some(20),
+            "a key older than format 3 counts from then"
+        );
+        assert_eq!(meta.root_key_since, Some((RootKeyId(1), 20)));
+        run(&db, put("b"), 30);
+        assert_eq!(
+            reader.rotation_meta().expect("read").data_key_since,
+            Some(20)
+        );
+        // A refused rotation (stale keyring) changes nothing.
+        run(&db, replace_keyring(0), 40);
+        assert_eq!(
+            reader.rotation_meta().expect("read").data_key_since,
+            Some(20)
+        );
+        assert_eq!(run(&db, replace_keyring(1), 50), Response::Done);
+        assert_eq!(
+            reader.rotation_meta().expect("read").data_key_since,
+            Some(50)
+        );
+        // A rekey keeps the data keys: only the root key's time moves.
+        let rekey = Command::Keys(KeyCommand::Rekey {
+            record: root_key(2),
+            keyring_version: 2,
+        });
+        assert_eq!(run(&db, rekey, 60), Response::Done);
+        let meta = reader.rotation_meta().expect("read");
+        assert_eq!(meta.data_key_since, Some(50));
+        assert_eq!(meta.root_key_since, Some((RootKeyId(2), 60)));
+    }
+
+    fn reseal(previous: &[u8], ciphertext: Vec<u8>, version: u64) -> Command {
+        Command::Secret(SecretCommand::Reseal {
+            path: path("a"),
+            version,
+            previous_digest: Sha256::digest(previous).into(),
+            ciphertext,
+            data_key_id: DataKeyId(2),
+        })
+    }
+
+    #[test]
+    fn a_reseal_replaces_only_the_exact_ciphertext_it_was_built_from() {
+        let (_dir, db) = database();
+        let reader = StateReader::new(db.clone());
+        run(&db, initialize(), 1);
+        run(&db, put("a"), 2);
+        let before = reader.secret(&path("a")).expect("read").expect("stored");
+        // put() seals [9; 16].
+        assert_eq!(
+            run(&db, reseal(&[9; 16], vec![4; 16], 1), 3),
+            Response::Done
+        );
+        let after = reader.secret(&path("a")).expect("read").expect("stored");
+        let (old, new) = (&before.versions[&1], &after.versions[&1]);
+        assert_eq!(new.ciphertext, vec![4; 16]);
+        assert_eq!(
+            (new.created_at, new.deleted_at),
+            (old.created_at, old.deleted_at)
+        );
+        assert_eq!(after.current_version, before.current_version);
+        assert_eq!(after.updated_at, before.updated_at);
+        assert_eq!(
+            reader
+                .cluster_meta()
+                .expect("meta")
+                .encryptions
+                .get(&DataKeyId(2)),
+            Some(&1)
+        );
+        // Built from the old ciphertext again: stale, nothing changes.
+        let stale = Response::Refused(Refusal::ResealStale);
+        assert_eq!(run(&db, reseal(&[9; 16], vec![6; 16], 1), 4), stale);
+        // A version that is gone or destroyed is never brought back.
+        assert_eq!(run(&db, reseal(&[4; 16], vec![6; 16], 7), 5), stale);
+        let destroy = SecretCommand::Destroy {
+            path: path("a"),
+            versions: vec![1],
+        };
+        run(&db, Command::Secret(destroy), 6);
+        assert_eq!(run(&db, reseal(&[], vec![6; 16], 1), 7), stale);
+        let destroyed = reader.secret(&path("a")).expect("read").expect("stored");
+        assert!(destroyed.versions[&1].destroyed);
+        assert!(destroyed.versions[&1].ciphertext.is_empty());
     }
 }

@@ -96,6 +96,69 @@ pub enum Command {
     Restore(RestoreCommand),
     /// Facts about the cluster's replicas (membership itself is Raft's).
     Membership(MembershipCommand),
+    /// Cluster-wide settings every leader acts on. Format 3 and up.
+    Settings(SettingsCommand),
+}
+
+/// Cluster-wide settings, replicated so every leader applies one policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SettingsCommand {
+    /// Replace the key rotation settings (they override the leader's flags).
+    SetRotation(RotationSettings),
+}
+
+/// When keys are replaced and how fast old ciphertext moves to the newest
+/// data key. Public metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationSettings {
+    /// Encryptions (cluster-wide) after which the active data key is
+    /// replaced; 1 to `ENCRYPTIONS_ROTATE_AT`.
+    pub data_key_rotate_after_ops: u64,
+    /// Age after which the active data key is replaced; 0: never by age.
+    pub data_key_max_age_ns: u64,
+    /// Age after which the root key is replaced; 0: never by age.
+    pub root_key_max_age_ns: u64,
+    /// Secret versions the leader re-seals under the newest data key per
+    /// second; 0: no background re-encryption.
+    pub reencrypt_per_second: u32,
+}
+
+/// The shortest key age a setting may ask for: a keyring holds at most
+/// `KEYS_MAX` data keys, and each rotation re-replicates it.
+pub const KEY_MAX_AGE_MIN_NS: u64 = 1_000_000_000;
+/// The longest key age a setting may name (about 100 years).
+pub const KEY_MAX_AGE_MAX_NS: u64 = 100 * 366 * 24 * 3600 * 1_000_000_000;
+/// The fastest background re-encryption (each version is a log entry).
+pub const REENCRYPT_PER_SECOND_MAX: u32 = 10_000;
+
+impl RotationSettings {
+    /// Why a leader could not follow these settings, if it could not.
+    pub fn check(&self) -> Result<(), String> {
+        let ops_max = spike_sdk::crypto::keyring::ENCRYPTIONS_ROTATE_AT;
+        if !(1..=ops_max).contains(&self.data_key_rotate_after_ops) {
+            return Err(format!(
+                "dataKeyRotateAfterOps must be 1 to {ops_max}, not {}",
+                self.data_key_rotate_after_ops
+            ));
+        }
+        for (name, age) in [
+            ("dataKeyMaxAge", self.data_key_max_age_ns),
+            ("rootKeyMaxAge", self.root_key_max_age_ns),
+        ] {
+            if age != 0 && !(KEY_MAX_AGE_MIN_NS..=KEY_MAX_AGE_MAX_NS).contains(&age) {
+                return Err(format!(
+                    "{name} must be 0 (off) or 1s to 100 years, not {age} ns"
+                ));
+            }
+        }
+        if self.reencrypt_per_second > REENCRYPT_PER_SECOND_MAX {
+            return Err(format!(
+                "reencryptPerSecond must be at most {REENCRYPT_PER_SECOND_MAX}, not {}",
+                self.reencrypt_per_second
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The root key and the keyring.
@@ -178,6 +241,24 @@ pub enum SecretCommand {
         /// The secret's path.
         path: SecretPath,
         /// The pairs as JSON, sealed with the path in the associated data.
+        #[serde(with = "serde_bytes")]
+        ciphertext: Vec<u8>,
+        /// The data key that sealed them (for the per-key counter).
+        data_key_id: DataKeyId,
+    },
+    /// One kept version re-sealed (same values) under a newer data key by
+    /// the leader's background re-encryption. A compare-and-set: refused
+    /// unless the version still holds exactly the ciphertext it was built
+    /// from, so nothing written or destroyed since is ever overwritten.
+    /// Format 3 and up.
+    Reseal {
+        /// The secret's path.
+        path: SecretPath,
+        /// The version re-sealed.
+        version: u64,
+        /// SHA-256 of the ciphertext it replaces.
+        previous_digest: [u8; 32],
+        /// The same values, sealed under `data_key_id`.
         #[serde(with = "serde_bytes")]
         ciphertext: Vec<u8>,
         /// The data key that sealed them (for the per-key counter).
@@ -273,7 +354,9 @@ impl Request {
         match self.command {
             Command::Membership(MembershipCommand::SwitchFormat { .. }) => 2,
             Command::Secret(SecretCommand::PutCustomMetadata { .. })
-            | Command::Restore(RestoreCommand::CustomMetadataRows { .. }) => 3,
+            | Command::Restore(RestoreCommand::CustomMetadataRows { .. })
+            | Command::Settings(_)
+            | Command::Secret(SecretCommand::Reseal { .. }) => 3,
             _ => 1,
         }
     }
@@ -366,6 +449,14 @@ pub enum Refusal {
         /// The last one applied.
         last: u64,
     },
+    // Appended variants (format 3): never reorder.
+    /// A re-seal of a secret version that changed (or went) since the
+    /// re-seal was built: a newer write wins.
+    #[error("secret version changed since its re-seal was built")]
+    ResealStale,
+    /// Rotation settings no leader could follow.
+    #[error("invalid rotation settings: {0}")]
+    InvalidSettings(String),
 }
 
 impl std::fmt::Display for Request {
@@ -398,6 +489,10 @@ impl std::fmt::Display for Request {
             Command::Secret(SecretCommand::PutCustomMetadata { path, .. }) => {
                 write!(f, "put-custom-metadata({path})")
             }
+            Command::Secret(SecretCommand::Reseal { path, version, .. }) => {
+                write!(f, "reseal-secret({path} v{version})")
+            }
+            Command::Settings(SettingsCommand::SetRotation(_)) => write!(f, "set-rotation"),
             Command::Policy(PolicyCommand::Put { name, .. }) => write!(f, "put-policy({name})"),
             Command::Policy(PolicyCommand::Delete { policy }) => {
                 write!(f, "delete-policy({policy})")

@@ -28,7 +28,10 @@ use spike_sdk::domain::{
 };
 
 use super::apply::apply_command;
-use super::command::{Command, Refusal, Request, Response, RootKeyRecord, SessionRef};
+use super::command::{
+    Command, KeyCommand, Refusal, Request, Response, RestoreCommand, RootKeyRecord,
+    RotationSettings, SessionRef,
+};
 use super::secret::{COUNTER_MAX, SecretRecord, TimeNs};
 use crate::raft::codec::{self, CodecError};
 
@@ -66,6 +69,10 @@ pub const META_MEMBERSHIP: &str = "membership";
 /// `META` key of the cluster's on-disk format (written by the state machine
 /// when the cluster switches; absent: format 1). Format 2 and up.
 pub const META_FORMAT: &str = "format";
+
+/// `META` key of the [`RotationMeta`] (absent: nothing recorded yet).
+/// Format 3 and up.
+pub const META_ROTATION: &str = "rotation";
 
 /// The cluster format a `META` table records: 1 before any switch.
 pub fn cluster_format_in(
@@ -176,6 +183,52 @@ impl ClusterMeta {
     }
 }
 
+/// Key rotation, as the log records it: the settings an operator set and
+/// when the current keys became active (leader time). Kept apart from
+/// [`ClusterMeta`], whose encoding a backup carries. Apply records the
+/// times only once the cluster writes format 3, so every replica records
+/// them at the same entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationMeta {
+    /// The operator's settings; `None`: each leader's flags decide.
+    pub settings: Option<RotationSettings>,
+    /// When the active data key became active (for a key older than
+    /// format 3: when the cluster first recorded it).
+    pub data_key_since: Option<TimeNs>,
+    /// The root key whose activation is recorded, and when.
+    pub root_key_since: Option<(RootKeyId, TimeNs)>,
+}
+
+impl RotationMeta {
+    /// Records key activations after `command` applied with `response`
+    /// at log time `now`.
+    fn record_activations(
+        &mut self,
+        meta: &ClusterMeta,
+        command: &Command,
+        response: &Response,
+        now: TimeNs,
+    ) {
+        let Some(root_key_id) = meta.root_key_id() else {
+            self.data_key_since = None;
+            self.root_key_since = None;
+            return;
+        };
+        if self.root_key_since.map(|(id, _)| id) != Some(root_key_id) {
+            self.root_key_since = Some((root_key_id, now));
+        }
+        let new_data_key = matches!(response, Response::Done)
+            && matches!(
+                command,
+                Command::Keys(KeyCommand::Initialize(_) | KeyCommand::ReplaceKeyring { .. })
+                    | Command::Restore(RestoreCommand::Finish { .. })
+            );
+        if new_data_key || self.data_key_since.is_none() {
+            self.data_key_since = Some(now);
+        }
+    }
+}
+
 /// A policy as stored: its body is sealed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRecord {
@@ -270,6 +323,12 @@ pub(super) fn id_key(id: PolicyId) -> u128 {
 pub struct Batch<'t> {
     txn: &'t WriteTransaction,
     meta: ClusterMeta,
+    rotation: RotationMeta,
+    /// The rotation record as the batch found it (written back if changed).
+    rotation_before: RotationMeta,
+    /// The cluster format as of the entry being applied: switches in this
+    /// batch count from their entry on.
+    format: u32,
     /// Opened on first use and kept for the batch (opening a table is a
     /// b-tree lookup of its root).
     tables: Option<Tables<'t>>,
@@ -408,12 +467,29 @@ pub fn read_cluster_meta(txn: &WriteTransaction) -> Result<ClusterMeta, StoreErr
     }
 }
 
+/// The rotation record a `META` table holds (default when absent).
+pub fn rotation_meta_in(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<RotationMeta, StoreError> {
+    match redb_try!("read rotation meta", meta.get(META_ROTATION))? {
+        Some(bytes) => decode("rotation meta", bytes.value()),
+        None => Ok(RotationMeta::default()),
+    }
+}
+
 impl<'t> Batch<'t> {
     /// Starts a batch in `txn`.
     pub fn begin(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        let (rotation, format) = {
+            let table = redb_try!("open meta", txn.open_table(META))?;
+            (rotation_meta_in(&table)?, cluster_format_in(&table)?)
+        };
         Ok(Self {
             txn,
             meta: read_cluster_meta(txn)?,
+            rotation_before: rotation.clone(),
+            rotation,
+            format,
             tables: None,
         })
     }
@@ -447,10 +523,18 @@ impl<'t> Batch<'t> {
             }
         }
 
-        let response = match apply_command(tables, meta, &request.command, now)? {
+        let response = match apply_command(tables, meta, &mut self.rotation, &request.command, now)?
+        {
             Ok(response) => response,
             Err(refusal) => Response::Refused(refusal),
         };
+        if let Some(format) = request.switches_format_to() {
+            self.format = self.format.max(format);
+        }
+        if self.format >= 3 {
+            self.rotation
+                .record_activations(meta, &request.command, &response, now);
+        }
         if let Some(session) = request.session {
             record_session(tables, session, &response, index)?;
         }
@@ -477,6 +561,14 @@ impl<'t> Batch<'t> {
             "write cluster meta",
             meta_table.insert(META_CLUSTER, encode(&self.meta)?.as_slice())
         )?;
+        // Written only when changed: before format 3 nothing is recorded,
+        // and the state must not gain a row an older build never writes.
+        if self.rotation != self.rotation_before {
+            redb_try!(
+                "write rotation meta",
+                meta_table.insert(META_ROTATION, encode(&self.rotation)?.as_slice())
+            )?;
+        }
         Ok(())
     }
 }
@@ -704,6 +796,51 @@ impl StateReader {
             Some(bytes) => decode("cluster meta", bytes.value()),
             None => Ok(ClusterMeta::default()),
         }
+    }
+
+    /// The rotation settings and key activation times as applied here.
+    pub fn rotation_meta(&self) -> Result<RotationMeta, StoreError> {
+        let txn = self.read()?;
+        match open_existing(&txn, META, "open meta")? {
+            Some(table) => rotation_meta_in(&table),
+            None => Ok(RotationMeta::default()),
+        }
+    }
+
+    /// Every kept, not destroyed secret version: its path, number and
+    /// ciphertext, in path order, starting after `after` (a path), at most
+    /// `limit` paths (for the leader's re-encryption sweep).
+    pub fn sealed_versions(
+        &self,
+        after: Option<&SecretPath>,
+        limit: usize,
+    ) -> Result<Vec<(SecretPath, u64, Vec<u8>)>, StoreError> {
+        let txn = self.read()?;
+        let Some(table) = open_existing(&txn, SECRETS, "open secrets")? else {
+            return Ok(Vec::new());
+        };
+        let range = match after {
+            Some(path) => redb_try!(
+                "list secrets",
+                table.range::<&str>((
+                    std::ops::Bound::Excluded(path.as_str()),
+                    std::ops::Bound::Unbounded
+                ))
+            )?,
+            None => redb_try!("list secrets", table.range::<&str>(..))?,
+        };
+        let mut versions = Vec::new();
+        for row in range.take(limit) {
+            let (key, value) = redb_try!("list secrets", row)?;
+            let path: SecretPath = parse_key("secrets", key.value())?;
+            let record: SecretRecord = decode(key.value(), value.value())?;
+            for (number, version) in record.versions {
+                if !version.destroyed && !version.ciphertext.is_empty() {
+                    versions.push((path.clone(), number, version.ciphertext));
+                }
+            }
+        }
+        Ok(versions)
     }
 
     /// The cluster's on-disk format as applied here (1 before any switch).

@@ -48,8 +48,9 @@ pub use encoding::Shard;
 pub use error::ErrorCode;
 pub use go_json::{DecodeError, decode};
 pub use operator::{
-    RecoverRequest, RecoverResponse, RekeyRequest, RekeyResponse, RestoreRequest, RestoreResponse,
-    RotateRequest, RotateResponse,
+    GetRotationRequest, RecoverRequest, RecoverResponse, RekeyRequest, RekeyResponse,
+    RestoreRequest, RestoreResponse, RotateRequest, RotateResponse, RotationResponse,
+    RotationSettings, SetRotationRequest,
 };
 pub use policies::{
     DeletePolicyRequest, GetPolicyRequest, ListPoliciesRequest, ListPoliciesResponse, Policy,

@@ -58,10 +58,14 @@ pub enum Route {
     SnapshotRestore,
     /// Set a secret's custom metadata (extension).
     SecretMetadataPut,
+    /// The key rotation settings in force and the keys' state (extension).
+    RotationGet,
+    /// Set the replicated key rotation settings (extension).
+    RotationSet,
 }
 
 /// Each route's path, action and the two joined, in one table.
-const TABLE: [(Route, &str, Option<&str>, &str); 26] = [
+const TABLE: [(Route, &str, Option<&str>, &str); 28] = [
     (
         Route::SecretPut,
         "/v1/store/secrets",
@@ -213,12 +217,24 @@ const TABLE: [(Route, &str, Option<&str>, &str); 26] = [
         Some("put"),
         "/v1/store/secrets/metadata?action=put",
     ),
+    (
+        Route::RotationGet,
+        "/v1/operator/rotation",
+        Some("get"),
+        "/v1/operator/rotation?action=get",
+    ),
+    (
+        Route::RotationSet,
+        "/v1/operator/rotation",
+        Some("set"),
+        "/v1/operator/rotation?action=set",
+    ),
 ];
 
 impl Route {
     /// Every route.
-    pub const ALL: [Route; 26] = {
-        let mut all = [Route::SecretPut; 26];
+    pub const ALL: [Route; 28] = {
+        let mut all = [Route::SecretPut; 28];
         let mut index = 0;
         while index < TABLE.len() {
             all[index] = TABLE[index].0;
@@ -275,6 +291,8 @@ impl Route {
                 | Route::SnapshotSave
                 | Route::SnapshotRestore
                 | Route::SecretMetadataPut
+                | Route::RotationGet
+                | Route::RotationSet
         )
     }
 

@@ -10,12 +10,13 @@ use super::{Error, NexusClient};
 use crate::api::{
     AddMemberRequest, ClusterMembersRequest, ClusterStatus, ClusterStatusRequest, CustomMetadata,
     DecryptRequest, DecryptResponse, DeletePolicyRequest, DeleteSecretRequest,
-    DestroySecretRequest, EncryptRequest, EncryptResponse, GetPolicyRequest, GetSecretRequest,
-    ListPoliciesRequest, ListSecretsRequest, Member, Policy, PutPolicyRequest,
+    DestroySecretRequest, EncryptRequest, EncryptResponse, GetPolicyRequest, GetRotationRequest,
+    GetSecretRequest, ListPoliciesRequest, ListSecretsRequest, Member, Policy, PutPolicyRequest,
     PutSecretMetadataRequest, PutSecretRequest, RecoverRequest, RekeyRequest, RemoveMemberRequest,
-    RestoreRequest, RestoreResponse, RotateRequest, Route, SecretMetadataRequest,
-    SecretMetadataResponse, SecretValues, SecretVersions, Shard, SnapshotRestoreResponse,
-    TransferLeaderRequest, UndeleteSecretRequest, VerifyRequest, header,
+    RestoreRequest, RestoreResponse, RotateRequest, RotationResponse, RotationSettings, Route,
+    SecretMetadataRequest, SecretMetadataResponse, SecretValues, SecretVersions,
+    SetRotationRequest, Shard, SnapshotRestoreResponse, TransferLeaderRequest,
+    UndeleteSecretRequest, VerifyRequest, header,
 };
 use crate::crypto::{KeyShare, SecretBytes, ShareIndex};
 use crate::domain::{NodeId, Permission, PolicyName, PolicyRef, SecretPath};
@@ -288,6 +289,22 @@ impl NexusClient {
     /// returns its id.
     pub async fn rotate_data_key(&self) -> Result<u32, Error> {
         Ok(self.call(&RotateRequest {}).await?.data_key_id)
+    }
+
+    /// The key rotation settings in force and the keys' state, as the
+    /// leader sees them (extension, superusers).
+    pub async fn rotation(&self) -> Result<RotationResponse, Error> {
+        self.call(&GetRotationRequest {}).await
+    }
+
+    /// Sets the replicated key rotation settings, which override every
+    /// replica's flags from then on (extension, superusers); returns the
+    /// state after.
+    pub async fn set_rotation(
+        &self,
+        settings: RotationSettings,
+    ) -> Result<RotationResponse, Error> {
+        self.call(&SetRotationRequest { settings }).await
     }
 
     /// SPIKE Bootstrap's check (the bootstrap role): the hex SHA-256 of the

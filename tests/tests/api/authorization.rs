@@ -99,6 +99,17 @@ fn routes() -> Vec<Route> {
             json!({"shares": 0, "threshold": 0}),
         ),
         route("operator rotate", "/v1/operator/rotate", json!({})),
+        route(
+            "rotation get",
+            "/v1/operator/rotation?action=get",
+            json!({}),
+        ),
+        // Zero operations per data key is refused: 400 when allowed.
+        route(
+            "rotation set",
+            "/v1/operator/rotation?action=set",
+            json!({"settings": {"dataKeyRotateAfterOps": 0}}),
+        ),
         route("snapshot save", "/v1/snapshot?action=save", json!({})),
         route("snapshot restore", "/v1/snapshot?action=restore", json!({})),
         route("cluster status", "/v1/cluster?action=status", json!({})),
@@ -145,6 +156,8 @@ fn allowed(identity: &str) -> &'static [&'static str] {
         "secret put cas",
         "operator rekey",
         "operator rotate",
+        "rotation get",
+        "rotation set",
         "snapshot save",
         "snapshot restore",
         "cluster status",

@@ -10,6 +10,7 @@ mod dashboard;
 mod faults;
 mod membership;
 mod network;
+mod rotation;
 mod runbook;
 mod safety;
 mod sdk;
