@@ -21,6 +21,7 @@ mod grpc;
 mod limits;
 mod listener;
 mod resolver;
+mod stats;
 mod verifier;
 
 use std::sync::{Arc, OnceLock};
@@ -42,6 +43,8 @@ pub use listener::{
     Lapse, PeerIdentity, READY_CONNECTIONS_MAX, ServerConnection, TlsConnection, TlsListener,
     connect, connect_server,
 };
+pub(crate) use listener::chain_not_after;
+pub use stats::{HandshakeFailure, LimitRefusal, ListenerStats};
 pub use verifier::peer_spiffe_id;
 
 /// The one crypto provider of every TLS config we build (ring).
