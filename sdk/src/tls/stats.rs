@@ -70,7 +70,10 @@ impl HandshakeFailure {
             io::ErrorKind::TimedOut => return Some(Self::Timeout),
             _ => {}
         }
-        let Some(tls) = error.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) else {
+        let Some(tls) = error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<Error>())
+        else {
             // The listener's own checks after the handshake: no
             // certificate, or one without a SPIFFE ID.
             return Some(if error.kind() == io::ErrorKind::PermissionDenied {
