@@ -182,10 +182,18 @@ impl Default for ApiMetrics {
 
 impl ApiMetrics {
     fn new() -> Self {
+        let refused = Family::<RefusalLabels, Counter>::default();
+        for reason in [
+            EdgeRefusal::UriTooLong,
+            EdgeRefusal::PeerRequests,
+            EdgeRefusal::Timeout,
+        ] {
+            let _ = refused.get_or_create(&RefusalLabels { reason });
+        }
         Self {
             requests: Family::default(),
             duration: latency_family(),
-            refused: Family::default(),
+            refused,
         }
     }
 
@@ -485,6 +493,8 @@ impl std::fmt::Debug for ReplicaState {
 }
 
 /// Encodes one gauge or counter without labels (beyond the registry's).
+/// Unlike `Registry::register`, a collector's help is printed as given:
+/// it ends in a full stop like the registered ones'.
 fn constant(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -509,56 +519,56 @@ impl Collector for ReplicaState {
         let voters = u64::try_from(view.voter_count()).unwrap_or(u64::MAX);
         let ready = matches!(self.node.keys.status(), KeyStatus::Ready { .. });
         for (name, help, value) in [
-            ("raft_term", "Current Raft term", view.term),
+            ("raft_term", "Current Raft term.", view.term),
             (
                 "raft_leader_id",
-                "Id of the known leader (0: none)",
+                "Id of the known leader (0: none).",
                 view.leader.as_ref().map_or(0, |leader| leader.id),
             ),
             (
                 "raft_is_leader",
-                "1 if this replica leads",
+                "1 if this replica leads.",
                 u64::from(view.is_leader()),
             ),
             (
                 "raft_last_log_index",
-                "Index of the last log entry",
+                "Index of the last log entry.",
                 view.last_log_index.unwrap_or(0),
             ),
             (
                 "raft_applied_index",
-                "Index of the last applied entry",
+                "Index of the last applied entry.",
                 view.applied_index.unwrap_or(0),
             ),
-            ("raft_voters", "Voters in the membership", voters),
+            ("raft_voters", "Voters in the membership.", voters),
             (
                 "root_key_ready",
-                "1 if this replica holds the root key",
+                "1 if this replica holds the root key.",
                 u64::from(ready),
             ),
             (
                 "cluster_format",
-                "On-disk format the cluster writes, as applied here",
+                "On-disk format the cluster writes, as applied here.",
                 u64::from(self.node.state.cluster_format().unwrap_or(0)),
             ),
             (
                 "build_format_newest",
-                "Newest on-disk format this replica's build reads",
+                "Newest on-disk format this replica's build reads.",
                 u64::from(crate::raft::format::FORMAT_NEWEST),
             ),
             (
                 "client_sessions",
-                "Exactly-once client sessions held in the replicated state",
+                "Exactly-once client sessions held in the replicated state.",
                 self.node.state.session_count().unwrap_or(0),
             ),
             (
                 "audit_queue_depth",
-                "Audit records waiting for the writer",
+                "Audit records waiting for the writer.",
                 self.audit.queue_depth(),
             ),
             (
                 "audit_writable",
-                "1 while the audit log takes writes (0: every request is refused)",
+                "1 while the audit log takes writes (0: every request is refused).",
                 u64::from(self.audit.is_healthy()),
             ),
         ] {
@@ -567,21 +577,21 @@ impl Collector for ReplicaState {
         constant(
             &mut encoder,
             "audit_forward_dropped",
-            "Audit lines the forward destination (--audit-forward) did not take",
+            "Audit lines the forward destination (--audit-forward) did not take.",
             &ConstCounter::new(self.audit.forward_dropped()),
         )?;
         if let Some(expires_at) = self.identity.current().expires_at() {
             constant(
                 &mut encoder,
                 "svid_expiry_seconds",
-                "Seconds until this replica's SVID expires (negative: expired)",
+                "Seconds until this replica's SVID expires (negative: expired).",
                 &ConstGauge::new(seconds_until(expires_at)),
             )?;
         }
         let build = ConstGauge::new(1i64);
         let mut family = encoder.encode_descriptor(
             "build_info",
-            "This replica's release",
+            "This replica's release.",
             None,
             build.metric_type(),
         )?;
@@ -594,7 +604,7 @@ impl ReplicaState {
     fn encode_listeners(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let mut open = encoder.encode_descriptor(
             "connections_open",
-            "Established TLS connections, by listener",
+            "Established TLS connections, by listener.",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
@@ -605,7 +615,7 @@ impl ReplicaState {
         let mut refused = encoder.encode_descriptor(
             "connections_refused",
             "Connections closed by a limit (--max-connections, --max-connections-per-peer, \
-             --max-handshakes-per-address), by listener and limit",
+             --max-handshakes-per-address), by listener and limit.",
             None,
             prometheus_client::metrics::MetricType::Counter,
         )?;
@@ -619,7 +629,7 @@ impl ReplicaState {
         }
         let mut failures = encoder.encode_descriptor(
             "tls_handshake_failures",
-            "TLS handshakes that failed, by listener and reason",
+            "TLS handshakes that failed, by listener and reason.",
             None,
             prometheus_client::metrics::MetricType::Counter,
         )?;
