@@ -536,7 +536,9 @@ mod tests {
     async fn concurrent_records_share_syncs_and_all_land() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("audit.log");
-        let log = AuditLog::open(&path, origin(), None, AuditMetrics::default()).expect("open");
+        let metrics = crate::metrics::Metrics::new();
+        let registry = metrics.registry(1);
+        let log = AuditLog::open(&path, origin(), None, metrics.audit.clone()).expect("open");
         let recorders: Vec<_> = (0..200)
             .map(|i| {
                 let log = log.clone();
@@ -547,6 +549,20 @@ mod tests {
             recorder.await.expect("task").expect("durable");
         }
         assert_eq!(verify(&path).records, 201);
+        // Group commits: far fewer syncs than records, every one timed.
+        let text = crate::metrics::encode(&registry).expect("encodes");
+        let commits: u64 = text
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("spike_audit_commit_duration_seconds_count{node=\"1\"} ")
+            })
+            .and_then(|count| count.parse().ok())
+            .unwrap_or_else(|| panic!("no commit count in {text}"));
+        assert!(
+            (1..200).contains(&commits),
+            "{commits} commits for 200 records"
+        );
+        assert_eq!(log.queue_depth(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

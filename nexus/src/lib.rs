@@ -126,9 +126,7 @@ pub async fn serve(
         ))
     })?;
     let peers = Peers::new(identity.clone(), trust_roots.clone()).map_err(StartupError::failed)?;
-    // Built once; each component keeps a clone of its group. Components
-    // with metrics of their own add them with `thing.register_metrics(&mut
-    // registry)` before the registry is frozen below.
+    // Built once; each component keeps a clone of its group.
     let metrics = Metrics::new();
     let mut registry = metrics.registry(config.node_id.get());
     let raft::Started {
@@ -235,7 +233,11 @@ pub async fn serve(
             ("cluster", cluster_listener.stats()),
         ],
     }));
-    // Frozen: scrapes read it without a lock.
+    // A component with metrics of its own adds them here, one line each:
+    // `component.register_metrics(&mut registry);` (names without the
+    // `spike_` prefix, which the registry adds; list them in
+    // docs/metrics.md). Then the registry is frozen: scrapes read it
+    // without a lock.
     let registry = Arc::new(registry);
     let health_listener = match config.health_addr {
         Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(|e| {
