@@ -9,7 +9,7 @@
 //!
 //! Three listeners: the SPIKE API (mTLS, any trusted SVID, per-route
 //! authorization), the cluster port (mTLS, Nexus only: Raft and forwarding)
-//! and, if configured, plain-HTTP health and metrics.
+//! and, if configured, plain-HTTP health and metrics ([`metrics`]).
 
 mod api;
 mod audit;
@@ -22,6 +22,7 @@ pub mod edge;
 pub mod fuzzing;
 mod health;
 mod keys;
+pub mod metrics;
 mod node;
 mod raft;
 mod state;
@@ -47,6 +48,7 @@ use crate::config::NexusConfig;
 use crate::keys::KeyState;
 use crate::keys::keepers::Keepers;
 use crate::keys::manager::{KeyManager, KeySettings};
+use crate::metrics::Metrics;
 use crate::node::{Node, Reads};
 use crate::raft::{RaftSettings, StartError};
 
@@ -124,17 +126,25 @@ pub async fn serve(
         ))
     })?;
     let peers = Peers::new(identity.clone(), trust_roots.clone()).map_err(StartupError::failed)?;
+    // Built once; each component keeps a clone of its group.
+    let metrics = Metrics::new();
+    let mut registry = metrics.registry(config.node_id.get());
     let raft::Started {
         leadership,
         inbound,
         machine,
         format,
-    } = raft::start(raft_settings(&config), &config.data_dir, peers.clone())
-        .await
-        .map_err(|error| match error {
-            StartError::Settings(_) | StartError::Open(_) => StartupError::config(error),
-            StartError::Failed(_) => StartupError::failed(error),
-        })?;
+    } = raft::start(
+        raft_settings(&config),
+        &config.data_dir,
+        peers.clone(),
+        metrics.raft.clone(),
+    )
+    .await
+    .map_err(|error| match error {
+        StartError::Settings(_) | StartError::Open(_) => StartupError::config(error),
+        StartError::Failed(_) => StartupError::failed(error),
+    })?;
 
     // After the state: a new audit file's genesis record names the
     // cluster's committed root key id.
@@ -149,15 +159,25 @@ pub async fn serve(
         spiffe_id: identity.spiffe_id().to_string(),
         root_key_id,
     };
-    let audit_log = audit::AuditLog::open(&config.audit_log, origin, config.audit_forward.clone())
-        .map_err(|e| {
-            StartupError::config(format!(
-                "cannot open audit log {}: {e}",
-                config.audit_log.display()
-            ))
-        })?;
-    let keepers = Keepers::new(&config.keepers, identity.clone(), trust_roots.clone())
-        .map_err(StartupError::failed)?;
+    let audit_log = audit::AuditLog::open(
+        &config.audit_log,
+        origin,
+        config.audit_forward.clone(),
+        metrics.audit.clone(),
+    )
+    .map_err(|e| {
+        StartupError::config(format!(
+            "cannot open audit log {}: {e}",
+            config.audit_log.display()
+        ))
+    })?;
+    let keepers = Keepers::new(
+        &config.keepers,
+        identity.clone(),
+        trust_roots.clone(),
+        metrics.keepers.clone(),
+    )
+    .map_err(StartupError::failed)?;
     let keys = Arc::new(KeyState::default());
     let key_manager = Arc::new(KeyManager::new(
         leadership.clone(),
@@ -204,6 +224,21 @@ pub async fn serve(
         .map_err(StartupError::failed)?;
     api_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let api_listener = listen_limited(api_listen, api_tls, &identity, max_age, limits).await?;
+    registry.register_collector(Box::new(metrics::ReplicaState {
+        node: node.clone(),
+        identity: identity.clone(),
+        audit: audit_log.clone(),
+        listeners: vec![
+            ("api", api_listener.stats()),
+            ("cluster", cluster_listener.stats()),
+        ],
+    }));
+    // A component with metrics of its own adds them here, one line each:
+    // `component.register_metrics(&mut registry);` (names without the
+    // `spike_` prefix, which the registry adds; list them in
+    // docs/metrics.md). Then the registry is frozen: scrapes read it
+    // without a lock.
+    let registry = Arc::new(registry);
     let health_listener = match config.health_addr {
         Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(|e| {
             StartupError::failed(format!("cannot listen on {address} (health): {e}"))
@@ -219,6 +254,7 @@ pub async fn serve(
     }
     let reencryption_task = tokio::spawn(key_manager.clone().run_reencryption());
     let manager_task = tokio::spawn(key_manager.run(machine.applied()));
+    let leader_changes_task = tokio::spawn(leadership.clone().count_leader_changes());
     let format_task = tokio::spawn(cluster::version::switch_when_every_member_reads(
         leadership.clone(),
         peers,
@@ -259,11 +295,18 @@ pub async fn serve(
         config.stale_read_max,
         config.data_key_rotate_after,
         audit_log,
+        metrics.api.clone(),
     ));
-    let api_server = edge::serve_api(api_listener, api::router(api), config.edge, stopping());
+    let api_server = edge::serve_api(
+        api_listener,
+        api::router(api),
+        config.edge,
+        metrics.api,
+        stopping(),
+    );
     let health = async {
         match health_listener {
-            Some(listener) => health::serve(listener, node.clone(), stopping()).await,
+            Some(listener) => health::serve(listener, node.clone(), registry, stopping()).await,
             None => {
                 stopping().await;
                 Ok(())
@@ -282,6 +325,7 @@ pub async fn serve(
     manager_task.abort();
     reencryption_task.abort();
     format_task.abort();
+    leader_changes_task.abort();
     leadership.shutdown().await;
     outcome.map(|_| ())
 }

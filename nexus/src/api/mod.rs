@@ -40,6 +40,7 @@ use spike_sdk::tls::PeerIdentity;
 use tracing::Instrument;
 
 use crate::audit::{AuditEntry, AuditLog};
+use crate::metrics::ApiMetrics;
 use crate::node::Node;
 use crate::state::command::SessionRef;
 use authz::Permission;
@@ -56,6 +57,8 @@ pub struct Api {
     pub max_versions: u32,
     /// Where every request is recorded.
     pub audit: AuditLog,
+    /// Request counts and latencies.
+    pub metrics: ApiMetrics,
     /// Oldest state a stale read is answered from
     /// (`SPIKE_NEXUS_STALE_READ_MAX`).
     pub stale_read_max: std::time::Duration,
@@ -74,12 +77,14 @@ impl Api {
         stale_read_max: std::time::Duration,
         data_key_rotate_after: u64,
         audit: AuditLog,
+        metrics: ApiMetrics,
     ) -> Self {
         Self {
             node,
             trust_roots,
             max_versions,
             audit,
+            metrics,
             stale_read_max,
             policies: policies::PolicyCache::default(),
             encryptions: cipher::EncryptionBudget::new(data_key_rotate_after),
@@ -140,6 +145,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Option<Byte
     axum::body::to_bytes(body, limit).await.ok()
 }
 
+/// Serves one request and counts it, by route and status.
 async fn dispatch(
     State(api): State<Arc<Api>>,
     ConnectInfo(peer): ConnectInfo<PeerIdentity>,
@@ -150,6 +156,11 @@ async fn dispatch(
 ) -> Response {
     let started = std::time::Instant::now();
     let route = Route::from_request(uri.path(), uri.query());
+    let answered = |response: Response| {
+        api.metrics
+            .answered(route, response.status().as_u16(), started.elapsed());
+        response
+    };
     let leader = api.leader_api();
     let span = tracing::info_span!(
         "request",
@@ -163,7 +174,7 @@ async fn dispatch(
     // no answer leaves before the request's record is on disk.
     if !api.audit.is_healthy() {
         span.in_scope(|| tracing::warn!("refused: the audit log cannot be written"));
-        return audit_unavailable().into_response(leader.as_ref());
+        return answered(audit_unavailable().into_response(leader.as_ref()));
     }
     let limit = body_limit(&api, &peer, &method, route);
     let (reply, target) = async {
@@ -210,7 +221,7 @@ async fn dispatch(
             audit_unavailable()
         }
     };
-    reply.into_response(api.leader_api().or(leader).as_ref())
+    answered(reply.into_response(api.leader_api().or(leader).as_ref()))
 }
 
 /// 503 `audit_unavailable`.

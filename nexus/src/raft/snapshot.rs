@@ -64,6 +64,11 @@ impl SnapshotFile {
         })
     }
 
+    /// Its size in bytes.
+    pub fn size_bytes(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
     /// A reader from the start of the file.
     pub fn reader(&self) -> io::Result<File> {
         let mut file = self.file.try_clone()?;

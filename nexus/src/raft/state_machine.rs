@@ -41,6 +41,7 @@ use super::codec::{decode, encode};
 use super::format::{ClusterFormat, FORMAT_OLDEST};
 use super::snapshot::{self, SnapshotFile};
 use super::{LogIdOf, NexusSnapshot, StoredMembershipOf, TypeConfig, io_error};
+use crate::metrics::{RaftMetrics, SnapshotOperation};
 use crate::state::command::Response;
 use crate::state::store::{
     self, META, META_APPLIED, META_FORMAT, META_MEMBERSHIP, StateReader, Watermarks,
@@ -62,6 +63,8 @@ pub struct StateMachine {
     checkpoint: Arc<Mutex<Checkpoint>>,
     /// The cluster's on-disk format, as applied here.
     format: ClusterFormat,
+    /// Where applies and snapshots are timed.
+    metrics: RaftMetrics,
 }
 
 /// The last applied index of a state machine, as a watch that wakes
@@ -178,10 +181,17 @@ impl StateMachine {
             applied: watch::channel(None).0,
             checkpoint: Arc::new(Mutex::new(Checkpoint::new())),
             format,
+            metrics: RaftMetrics::default(),
         };
         let (applied, _) = machine.read_applied()?;
         machine.applied.send_replace(applied);
         Ok(machine)
+    }
+
+    /// Times applies and snapshots in `metrics` from now on.
+    pub fn with_metrics(mut self, metrics: RaftMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Read access to the applied state.
@@ -227,6 +237,7 @@ impl StateMachine {
     /// and returns a response per entry.
     fn apply_batch(&self, entries: Vec<super::EntryOf<TypeConfig>>) -> io::Result<Vec<Response>> {
         let subject = "apply entries";
+        let started = std::time::Instant::now();
         let mut checkpoint = self.checkpoint();
         let durability = checkpoint.durability_for(entries.len() as u64);
         let mut txn = self.db.begin_write().map_err(|e| io_error(subject, e))?;
@@ -290,11 +301,13 @@ impl StateMachine {
             tracing::info!(format, "the cluster switched its on-disk format");
         }
         self.applied.send_replace(last_applied);
+        self.metrics.applied(started.elapsed());
         Ok(responses)
     }
 
     fn build(&self) -> io::Result<NexusSnapshot> {
         let subject = "build snapshot";
+        let started = std::time::Instant::now();
         let txn = self.db.begin_read().map_err(|e| io_error(subject, e))?;
         // openraft purges the log up to the snapshot once it has it: make
         // the state this view sees durable first, so a crash never leaves
@@ -312,15 +325,20 @@ impl StateMachine {
         std::fs::rename(&partial, &path).map_err(|e| io_error(subject, e))?;
         sync_dir(&self.snapshot_dir)?;
         snapshot::remove_others(&self.snapshot_dir, &path)?;
+        let snapshot = SnapshotFile::open(&path)?;
+        self.metrics.snapshot(
+            SnapshotOperation::Build,
+            started.elapsed(),
+            snapshot.size_bytes().unwrap_or(0),
+        );
         tracing::info!(last_log_index = index, "built snapshot");
-        Ok(Snapshot {
-            meta,
-            snapshot: SnapshotFile::open(&path)?,
-        })
+        Ok(Snapshot { meta, snapshot })
     }
 
     fn install(&self, file: SnapshotFile) -> io::Result<()> {
         let subject = "install snapshot";
+        let started = std::time::Instant::now();
+        let bytes = file.size_bytes().unwrap_or(0);
         snapshot::verify(&file)?;
         let mut checkpoint = self.checkpoint();
         let mut txn = self.db.begin_write().map_err(|e| io_error(subject, e))?;
@@ -365,6 +383,8 @@ impl StateMachine {
         snapshot::remove_others(&self.snapshot_dir, &path)?;
         self.format.raise_to(format);
         self.applied.send_replace(meta.last_log_id);
+        self.metrics
+            .snapshot(SnapshotOperation::Install, started.elapsed(), bytes);
         tracing::info!(last_log_index = index, "installed snapshot from the leader");
         Ok(())
     }

@@ -852,6 +852,16 @@ impl StateReader {
         }
     }
 
+    /// How many exactly-once client sessions the state holds (at most
+    /// [`SESSIONS_MAX`]).
+    pub fn session_count(&self) -> Result<u64, StoreError> {
+        let txn = self.read()?;
+        match open_existing(&txn, SESSIONS, "open sessions")? {
+            Some(table) => redb_try!("count sessions", table.len()),
+            None => Ok(0),
+        }
+    }
+
     /// The record of secret `path`.
     pub fn secret(&self, path: &SecretPath) -> Result<Option<SecretRecord>, StoreError> {
         let txn = self.read()?;

@@ -9,6 +9,7 @@ mod benchmark;
 mod dashboard;
 mod faults;
 mod membership;
+mod metrics;
 mod network;
 mod rotation;
 mod runbook;
