@@ -238,6 +238,7 @@ pub async fn serve(
     // `spike_` prefix, which the registry adds; list them in
     // docs/metrics.md). Then the registry is frozen: scrapes read it
     // without a lock.
+    key_manager.register_metrics(&mut registry);
     let registry = Arc::new(registry);
     let health_listener = match config.health_addr {
         Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(|e| {

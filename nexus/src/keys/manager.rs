@@ -245,10 +245,6 @@ impl KeyManager {
     }
 
     /// Adds the key lifecycle's metrics to `registry`.
-    #[expect(
-        dead_code,
-        reason = "health.rs registers it once /metrics is built on prometheus-client"
-    )]
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.metrics.register_metrics(registry);
     }

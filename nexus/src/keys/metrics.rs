@@ -63,35 +63,48 @@ pub struct KeyMetrics {
 }
 
 impl KeyMetrics {
-    /// Adds these metrics to `registry`.
+    /// Adds these metrics to `registry`, every trigger at 0, so an alert on
+    /// an increase has a series before the first replacement.
     pub fn register_metrics(&self, registry: &mut Registry) {
+        for trigger in [TriggerLabel::Ops, TriggerLabel::Age, TriggerLabel::Operator] {
+            drop(
+                self.data_key_rotations
+                    .get_or_create(&TriggerLabels { trigger }),
+            );
+        }
+        for trigger in [TriggerLabel::Age, TriggerLabel::Operator] {
+            drop(
+                self.root_key_rekeys
+                    .get_or_create(&TriggerLabels { trigger }),
+            );
+        }
         registry.register(
-            "spike_data_key_rotations",
+            "data_key_rotations",
             "Data keys this replica rotated as leader, by trigger (ops, age, operator)",
             self.data_key_rotations.clone(),
         );
         registry.register(
-            "spike_root_key_rekeys",
+            "root_key_rekeys",
             "Root keys this replica replaced as leader, by trigger (age, operator)",
             self.root_key_rekeys.clone(),
         );
         registry.register(
-            "spike_data_key_age_seconds",
+            "data_key_age_seconds",
             "Seconds since the active data key became active (0: not recorded yet)",
             self.data_key_age_seconds.clone(),
         );
         registry.register(
-            "spike_root_key_age_seconds",
+            "root_key_age_seconds",
             "Seconds since the root key became active (0: not recorded yet)",
             self.root_key_age_seconds.clone(),
         );
         registry.register(
-            "spike_reencrypted_versions",
+            "reencrypted_versions",
             "Secret versions this replica re-sealed under the newest data key as leader",
             self.reencrypted_versions.clone(),
         );
         registry.register(
-            "spike_secret_versions_under_old_keys",
+            "secret_versions_under_old_keys",
             "Kept secret versions sealed under a data key older than the active one, \
              as of the leader's last re-encryption sweep",
             self.versions_under_old_keys.clone(),
@@ -160,7 +173,7 @@ mod tests {
         metrics.resealed();
         metrics.set_versions_under_old_keys(7);
         metrics.set_ages(Some(std::time::Duration::from_secs(90)), None);
-        let mut registry = Registry::default();
+        let mut registry = Registry::with_prefix("spike");
         metrics.register_metrics(&mut registry);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
