@@ -157,6 +157,24 @@ pub struct Args {
     /// Log entries kept behind a snapshot for lagging followers.
     #[arg(long, env = "SPIKE_NEXUS_LOGS_KEPT", default_value_t = 5_000)]
     pub logs_kept: u64,
+    /// How often the leader writes an encrypted backup into --backup-dir
+    /// (once per interval, whoever leads; 1s to 366d); 0 (the default):
+    /// no scheduled backups.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_BACKUP_INTERVAL",
+        default_value = "0s",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub backup_interval: Duration,
+    /// Where this replica writes scheduled backups when it leads (created
+    /// with mode 0700); default DATA_DIR/backups. Put it on another disk
+    /// than the data directory, or copy the files off the host.
+    #[arg(long, env = "SPIKE_NEXUS_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Scheduled backups kept in --backup-dir (the newest; 1 to 100000).
+    #[arg(long, env = "SPIKE_NEXUS_BACKUP_RETAIN", default_value_t = 24)]
+    pub backup_retain: u32,
     /// Dial every outgoing connection (peers, keepers, forwarded
     /// requests) through this HTTP CONNECT proxy, HOST:PORT (an egress
     /// proxy; the fault-injection harness's per-link proxies). mTLS runs
@@ -365,6 +383,8 @@ pub struct NexusConfig {
     pub snapshot_every: u64,
     /// Entries kept behind a snapshot.
     pub logs_kept: u64,
+    /// Scheduled backups, when on.
+    pub backup: Option<crate::backup::BackupSettings>,
     /// Linearizable reads skip the read index (tests of the checker only).
     pub unsafe_local_reads: bool,
     /// Longest life of an inbound connection.
@@ -459,6 +479,7 @@ impl NexusConfig {
                 "SPIKE_NEXUS_SNAPSHOT_EVERY must be at least 1".to_owned(),
             ));
         }
+        let backup = backup_settings(args)?;
         let audit_forward = match args.audit_forward.as_deref() {
             None | Some("") => None,
             Some(text) => Some(
@@ -488,6 +509,7 @@ impl NexusConfig {
             audit_forward,
             snapshot_every: args.snapshot_every,
             logs_kept: args.logs_kept,
+            backup,
             unsafe_local_reads: args.unsafe_local_reads(),
             max_connection_age: args.max_connection_age,
             edge: args.edge.limits().map_err(ConfigError::OutOfRange)?,
@@ -503,6 +525,38 @@ impl NexusConfig {
     pub fn cluster_listen(&self) -> SocketAddr {
         self.own.cluster_addr
     }
+}
+
+/// Shortest backup interval: a backup copies the whole store.
+const BACKUP_INTERVAL_MIN: Duration = Duration::from_secs(1);
+/// Longest backup interval.
+const BACKUP_INTERVAL_MAX: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Most backups kept.
+const BACKUP_RETAIN_MAX: u32 = 100_000;
+
+/// The backup schedule, or `None` when the interval is 0.
+fn backup_settings(args: &Args) -> Result<Option<crate::backup::BackupSettings>, ConfigError> {
+    if !(1..=BACKUP_RETAIN_MAX).contains(&args.backup_retain) {
+        return Err(ConfigError::OutOfRange(format!(
+            "SPIKE_NEXUS_BACKUP_RETAIN must be 1 to {BACKUP_RETAIN_MAX}"
+        )));
+    }
+    if args.backup_interval.is_zero() {
+        return Ok(None);
+    }
+    if !(BACKUP_INTERVAL_MIN..=BACKUP_INTERVAL_MAX).contains(&args.backup_interval) {
+        return Err(ConfigError::OutOfRange(
+            "SPIKE_NEXUS_BACKUP_INTERVAL must be 0 (off) or 1s to 366d".to_owned(),
+        ));
+    }
+    Ok(Some(crate::backup::BackupSettings {
+        interval: args.backup_interval,
+        dir: args
+            .backup_dir
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("backups")),
+        retain: args.backup_retain as usize,
+    }))
 }
 
 /// Parses `1=10.0.0.1:8554/10.0.0.1:8553,2=...`.

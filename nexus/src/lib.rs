@@ -13,6 +13,7 @@
 
 mod api;
 mod audit;
+mod backup;
 mod clock;
 mod cluster;
 pub mod config;
@@ -88,7 +89,7 @@ fn cluster_rpc_span(request: &axum::http::Request<()>) -> tracing::Span {
 /// Creates `dir` (and its parents) as the replica's own: mode 0700, also
 /// when it exists from before, so no other local user reads the files in
 /// it (secret paths, policy names, times, membership).
-fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -217,6 +218,16 @@ pub async fn serve(
         let founders = config.founders.iter().map(|(id, node)| (id.get(), *node));
         leadership.found_cluster(&founders.collect()).await;
     }
+    let backups = config.backup.clone().map(|settings| {
+        Arc::new(backup::Backups::new(
+            settings,
+            config.node_id,
+            leadership.clone(),
+            machine.clone(),
+            audit_log.clone(),
+        ))
+    });
+    let backup_task = backups.clone().map(|backups| tokio::spawn(backups.run()));
     let manager_task = tokio::spawn(key_manager.run(machine.applied()));
     let format_task = tokio::spawn(cluster::version::switch_when_every_member_reads(
         leadership.clone(),
@@ -258,6 +269,7 @@ pub async fn serve(
         config.stale_read_max,
         config.data_key_rotate_after,
         audit_log,
+        backups,
     ));
     let api_server = edge::serve_api(api_listener, api::router(api), config.edge, stopping());
     let health = async {
@@ -280,6 +292,9 @@ pub async fn serve(
     );
     manager_task.abort();
     format_task.abort();
+    if let Some(task) = backup_task {
+        task.abort();
+    }
     leadership.shutdown().await;
     outcome.map(|_| ())
 }

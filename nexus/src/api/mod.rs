@@ -63,6 +63,8 @@ pub struct Api {
     policies: policies::PolicyCache,
     /// Cipher-route encryptions reserved cluster-wide and not yet made.
     encryptions: cipher::EncryptionBudget,
+    /// The backup schedule, when on (for status).
+    pub backups: Option<Arc<crate::backup::Backups>>,
 }
 
 impl Api {
@@ -74,8 +76,10 @@ impl Api {
         stale_read_max: std::time::Duration,
         data_key_rotate_after: u64,
         audit: AuditLog,
+        backups: Option<Arc<crate::backup::Backups>>,
     ) -> Self {
         Self {
+            backups,
             node,
             trust_roots,
             max_versions,

@@ -385,6 +385,39 @@ impl StateMachine {
         std::fs::read(path)
     }
 
+    /// Writes a consistent copy of the applied state to `path` (the
+    /// snapshot format, fsynced) from one redb read transaction: MVCC, so
+    /// apply keeps committing while it runs. Returns the last log index
+    /// and the root key id the copy holds.
+    pub fn write_backup(&self, path: &Path) -> io::Result<BackupPoint> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| io_error("begin backup read", e))?;
+        let (last_log_id, last_membership) = applied_in(&txn)?;
+        let root_key_id = match txn.open_table(META) {
+            Ok(table) => match table
+                .get(crate::state::store::META_CLUSTER)
+                .map_err(|e| io_error("read cluster meta for backup", e))?
+            {
+                Some(bytes) => {
+                    decode::<crate::state::store::ClusterMeta>("cluster meta", bytes.value())?
+                        .root_key_id()
+                }
+                None => None,
+            },
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(io_error("open meta for backup", e)),
+        };
+        let index = last_log_id.as_ref().map_or(0, |log_id| log_id.index());
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+        };
+        snapshot::write(&txn, &meta, path)?;
+        Ok(BackupPoint { index, root_key_id })
+    }
+
     /// A directory for temporary files next to the snapshots.
     pub fn scratch_dir(&self) -> &Path {
         &self.snapshot_dir
@@ -394,6 +427,16 @@ impl StateMachine {
     pub fn incoming_path(&self, name: &str) -> PathBuf {
         self.snapshot_dir.join(format!("incoming-{name}.tmp"))
     }
+}
+
+/// What a backup holds: the state after log entry `index`, sealed under
+/// root key `root_key_id` (none before initialization).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupPoint {
+    /// The last log index applied in it.
+    pub index: u64,
+    /// The root key its records are sealed under.
+    pub root_key_id: Option<spike_sdk::domain::RootKeyId>,
 }
 
 /// The last applied log id as the write transaction `txn` sees it.
