@@ -98,7 +98,15 @@ pub struct Backups {
     /// within its slot, so a broken directory costs one failure per
     /// interval, not one per tick.
     failed_slot_start_ms: Mutex<Option<u128>>,
+    /// Files whose record's outcome is unknown (the leader lost its
+    /// quorum while proposing it), by slot start (ms); at most
+    /// [`UNCONFIRMED_MAX`].
+    unconfirmed: Mutex<Vec<(u128, String)>>,
 }
+
+/// Most files kept waiting for their record's outcome; past it the oldest
+/// is deleted (a leader cut off that long has long been replaced).
+const UNCONFIRMED_MAX: usize = 16;
 
 /// This replica's own view of the schedule, for status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +140,7 @@ impl Backups {
             audit,
             metrics: BackupMetrics::default(),
             failed_slot_start_ms: Mutex::new(None),
+            unconfirmed: Mutex::new(Vec::new()),
         }
     }
 
@@ -180,13 +189,28 @@ impl Backups {
         }
     }
 
-    /// Deletes this replica's own file of the recorded slot if the record
-    /// names another file: this replica wrote it as a leader whose record
-    /// never committed (leadership moved), and the next leader took the
-    /// slot.
+    /// Deletes this replica's own files that are not, or may not be, the
+    /// record of their slot: a file of the recorded slot that the record
+    /// does not name (this replica wrote it as a leader whose record never
+    /// committed, and the next leader took the slot), and a file whose
+    /// record's outcome was unknown once the record has moved past its
+    /// slot without naming it (the slot may have been taken by another
+    /// leader: no slot keeps two files).
     async fn discard_superseded(&self) {
         let Ok(Some(last)) = self.machine.reader().last_backup() else {
             return;
+        };
+        let doubtful: Vec<String> = {
+            let mut unconfirmed = self.unconfirmed.lock().unwrap_or_else(|e| e.into_inner());
+            let (decided, waiting): (Vec<_>, Vec<_>) = unconfirmed
+                .drain(..)
+                .partition(|(start, _)| last.slot_start_ms() >= *start);
+            *unconfirmed = waiting;
+            decided
+                .into_iter()
+                .filter(|(_, file)| *file != last.file)
+                .map(|(_, file)| file)
+                .collect()
         };
         let dir = self.settings.dir.clone();
         let stamp = files::stamp_of_slot(last.slot_start_ms());
@@ -195,7 +219,7 @@ impl Backups {
             let mut removed = Vec::new();
             for file in files::list(&dir)? {
                 let same_slot = files::parse_name(&file).is_some_and(|(s, _)| s == stamp);
-                if same_slot && file != recorded {
+                if (same_slot && file != recorded) || doubtful.contains(&file) {
                     files::remove(&dir, &file)?;
                     removed.push(file);
                 }
@@ -205,7 +229,7 @@ impl Backups {
         match crate::raft::run_blocking("discard superseded backups", work).await {
             Ok(Ok(removed)) => {
                 for file in removed {
-                    tracing::warn!(%file, slot = last.slot, recorded = %last.file, "deleted a backup of a slot another leader recorded");
+                    tracing::warn!(%file, slot = last.slot, recorded = %last.file, "deleted a backup whose slot another leader may have recorded");
                 }
             }
             Ok(Err(error)) => tracing::warn!(%error, "cannot tidy the backup directory"),
@@ -333,11 +357,19 @@ impl Backups {
                 self.discard(&written.file);
                 tracing::info!(slot, %error, "backup not recorded; deleted");
             }
-            // The record may still commit: the file stays, and
-            // `discard_superseded` deletes it if another leader's record
-            // of the slot commits instead.
+            // The record may still commit: the file stays until the
+            // record shows whether it did (`discard_superseded`).
             Err(error @ LeaderError::OutcomeUnknown(_)) => {
-                tracing::warn!(slot, file = %written.file, %error, "backup record outcome unknown; the file stays unless another leader records the slot");
+                tracing::warn!(slot, file = %written.file, %error, "backup record outcome unknown; the file stays only if the record names it");
+                let oldest = {
+                    let mut unconfirmed =
+                        self.unconfirmed.lock().unwrap_or_else(|e| e.into_inner());
+                    unconfirmed.push((slot_start_ms, written.file.clone()));
+                    (unconfirmed.len() > UNCONFIRMED_MAX).then(|| unconfirmed.remove(0))
+                };
+                if let Some((_, file)) = oldest {
+                    self.discard(&file);
+                }
             }
         }
     }

@@ -17,8 +17,8 @@ use super::command::{
 };
 use super::secret::{SecretError, SecretRecord, TimeNs};
 use super::store::{
-    ClusterMeta, CustomMetadataRecord, META_BACKUP, POLICIES_MAX, PolicyRecord, StoreError,
-    Tables, decode, encode, id_key, last_backup_in, redb_try,
+    ClusterMeta, CustomMetadataRecord, META_BACKUP, POLICIES_MAX, PolicyRecord, StoreError, Tables,
+    decode, encode, id_key, last_backup_in, redb_try,
 };
 
 /// A change made, or refused.

@@ -12,5 +12,6 @@ mod membership;
 mod network;
 mod runbook;
 mod safety;
+mod scheduled_backup;
 mod sdk;
 mod support;
