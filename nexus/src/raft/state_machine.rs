@@ -671,6 +671,96 @@ mod tests {
         );
     }
 
+    fn put_secret(index: u64, bytes: usize) -> EntryOf<TypeConfig> {
+        normal(
+            index,
+            Command::Secret(crate::state::command::SecretCommand::Put {
+                path: format!("bulk/{index}").parse().expect("a path"),
+                ciphertext: vec![7; bytes],
+                data_key_id: DataKeyId(1),
+                cas: None,
+                max_versions: 10,
+            }),
+        )
+    }
+
+    /// A backup reads one MVCC read transaction: apply keeps committing
+    /// while it is written, and the backup holds the state it began with.
+    /// Prints the longest apply during the backup against the longest
+    /// before it (the figure ARCHITECTURE.md's bound rests on).
+    #[test]
+    fn apply_commits_while_a_backup_is_written_and_the_backup_holds_the_state_it_began_with() {
+        const SECRETS: u64 = 20_000;
+        const SECRET_BYTES: usize = 1_024;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let machine = machine(dir.path()).expect("open");
+        machine
+            .apply_batch(vec![normal(1, initialize())])
+            .expect("apply");
+        let mut next = 2;
+        while next < SECRETS + 2 {
+            let batch: Vec<_> = (next..(next + 500).min(SECRETS + 2))
+                .map(|index| put_secret(index, SECRET_BYTES))
+                .collect();
+            next += batch.len() as u64;
+            machine.apply_batch(batch).expect("apply");
+        }
+        let single = |machine: &StateMachine, index| {
+            let began = std::time::Instant::now();
+            machine
+                .apply_batch(vec![put_secret(index, SECRET_BYTES)])
+                .expect("apply");
+            began.elapsed()
+        };
+        let before_max = (0..50)
+            .map(|offset| single(&machine, next + offset))
+            .max()
+            .expect("applies");
+        next += 50;
+        let started_at = next - 1;
+
+        let path = dir.path().join("backup.snap");
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let backup = {
+            let machine = machine.clone();
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let began = std::time::Instant::now();
+                let point = machine.write_backup(&path).expect("backup");
+                done_tx.send(()).expect("signal");
+                (point, began.elapsed())
+            })
+        };
+        let mut during = Vec::new();
+        while done_rx.try_recv().is_err() {
+            during.push(single(&machine, next));
+            next += 1;
+        }
+        let (point, took) = backup.join().expect("backup thread");
+        let during_max = during.iter().max().copied().unwrap_or_default();
+        eprintln!(
+            "backup of {SECRETS} secrets of {SECRET_BYTES} bytes took {took:?}; {} applies committed meanwhile, longest {during_max:?} (longest before: {before_max:?})",
+            during.len()
+        );
+        assert!(
+            during.len() > 1,
+            "apply committed while the backup was being written"
+        );
+        assert!(
+            point.index >= started_at && point.index < next - 1,
+            "the backup holds the state it began with: index {} (began after {started_at}, {} applied by the end)",
+            point.index,
+            next - 1
+        );
+        let bytes = std::fs::read(&path).expect("read backup");
+        let backup = snapshot::read_backup(&bytes).expect("a valid backup");
+        assert_eq!(
+            backup.secrets.len() as u64,
+            point.index - 1,
+            "one secret per entry after initialize, up to its index"
+        );
+    }
+
     fn switch_format(format: u32) -> Command {
         Command::Membership(crate::state::command::MembershipCommand::SwitchFormat { format })
     }

@@ -31,6 +31,22 @@ fn backup_records(cluster: &LocalCluster, id: u64) -> Vec<Value> {
         .collect()
 }
 
+/// Replica `id`'s log lines about backups, for a failure's message.
+fn backup_log(cluster: &LocalCluster, id: u64) -> String {
+    std::fs::read_to_string(
+        cluster
+            .dir
+            .path()
+            .join("logs")
+            .join(format!("nexus-{id}.log")),
+    )
+    .unwrap_or_default()
+    .lines()
+    .filter(|line| line.contains("backup"))
+    .collect::<Vec<_>>()
+    .join("\n")
+}
+
 /// Backup file names in `dir` (not sidecars).
 fn backup_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -116,7 +132,12 @@ async fn the_leader_backs_up_once_per_slot_whoever_leads_and_a_backup_restores()
     let mut completed: BTreeMap<u64, (u64, String)> = BTreeMap::new();
     for id in ids {
         for record in backup_records(&a, id) {
-            assert_ne!(record["outcome"], "failed", "{record}");
+            assert_ne!(
+                record["outcome"],
+                "failed",
+                "{record}\n{}",
+                backup_log(&a, id)
+            );
             if record["outcome"] == "completed" {
                 let slot = record["slot"].as_u64().expect("slot");
                 let file = record["file"].as_str().expect("file").to_owned();
