@@ -108,6 +108,17 @@ pub struct Backups {
 /// is deleted (a leader cut off that long has long been replaced).
 const UNCONFIRMED_MAX: usize = 16;
 
+/// Whether a slot is due.
+enum Due {
+    /// Recorded already, or nothing to back up yet.
+    No,
+    /// Not recorded; `last` is the record before it, if any.
+    Yes {
+        /// The last record.
+        last: Option<BackupRecord>,
+    },
+}
+
 /// This replica's own view of the schedule, for status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalBackups {
@@ -252,6 +263,11 @@ impl Backups {
         {
             return;
         }
+        // Applied state is never ahead of the log: a slot recorded here is
+        // recorded, and most ticks end here without a read index.
+        if !matches!(self.due(slot_start_ms), Ok(Due::Yes { .. })) {
+            return;
+        }
         // See everything committed, so a slot the last leader recorded is
         // not taken again.
         let Ok(index) = self.leadership.read_index().await else {
@@ -261,34 +277,40 @@ impl Backups {
         if !self.machine.applied().reached(index, deadline).await {
             return;
         }
-        let reader = self.machine.reader();
-        let (format, meta, last) = match (
-            reader.cluster_format(),
-            reader.cluster_meta(),
-            reader.last_backup(),
-        ) {
-            (Ok(format), Ok(meta), Ok(last)) => (format, meta, last),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-                tracing::warn!(error = %e, "cannot read the backup schedule");
-                return;
+        match self.due(slot_start_ms) {
+            Ok(Due::Yes { last }) => {
+                let missed = last.map_or(0, |last| {
+                    let gap = (slot_start_ms - last.slot_start_ms()) / u128::from(interval_ms);
+                    u64::try_from(gap.saturating_sub(1)).unwrap_or(u64::MAX)
+                });
+                self.take(slot, slot_start_ms, missed).await;
             }
-        };
-        // Nothing a restore could use yet, or a record older replicas
-        // could not decode.
-        if format < BACKUP_RECORD_FORMAT || meta.root_key.is_none() || meta.restoring.is_some() {
-            return;
+            Ok(Due::No) => {}
+            Err(error) => tracing::warn!(%error, "cannot read the backup schedule"),
         }
+    }
+
+    /// Whether the slot starting at `slot_start_ms` is due as this
+    /// replica's applied state sees it. Not while the cluster has no root
+    /// key (nothing a restore could use), is being restored, or writes a
+    /// format older replicas could not read the record in.
+    fn due(&self, slot_start_ms: u128) -> Result<Due, crate::state::store::StoreError> {
+        let reader = self.machine.reader();
+        if reader.cluster_format()? < BACKUP_RECORD_FORMAT {
+            return Ok(Due::No);
+        }
+        let meta = reader.cluster_meta()?;
+        if meta.root_key.is_none() || meta.restoring.is_some() {
+            return Ok(Due::No);
+        }
+        let last = reader.last_backup()?;
         if last
             .as_ref()
             .is_some_and(|last| last.slot_start_ms() >= slot_start_ms)
         {
-            return;
+            return Ok(Due::No);
         }
-        let missed = last.as_ref().map_or(0, |last| {
-            let gap = (slot_start_ms - last.slot_start_ms()) / u128::from(interval_ms);
-            u64::try_from(gap.saturating_sub(1)).unwrap_or(u64::MAX)
-        });
-        self.take(slot, slot_start_ms, missed).await;
+        Ok(Due::Yes { last })
     }
 
     async fn take(&self, slot: u64, slot_start_ms: u128, missed: u64) {
