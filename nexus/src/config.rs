@@ -158,7 +158,7 @@ pub struct Args {
     #[arg(long, env = "SPIKE_NEXUS_LOGS_KEPT", default_value_t = 5_000)]
     pub logs_kept: u64,
     /// How often the leader writes an encrypted backup into --backup-dir
-    /// (once per interval, whoever leads; 1s to 366d); 0 (the default):
+    /// (once per interval, whoever leads; 1s to 8784h, 366 days); 0 (the default):
     /// no scheduled backups.
     #[arg(
         long,
@@ -546,7 +546,7 @@ fn backup_settings(args: &Args) -> Result<Option<crate::backup::BackupSettings>,
     }
     if !(BACKUP_INTERVAL_MIN..=BACKUP_INTERVAL_MAX).contains(&args.backup_interval) {
         return Err(ConfigError::OutOfRange(
-            "SPIKE_NEXUS_BACKUP_INTERVAL must be 0 (off) or 1s to 366d".to_owned(),
+            "SPIKE_NEXUS_BACKUP_INTERVAL must be 0 (off) or 1s to 8784h".to_owned(),
         ));
     }
     Ok(Some(crate::backup::BackupSettings {
@@ -821,5 +821,59 @@ mod tests {
         let sqlite = Args::try_parse_from(["nexus", "--backend-store", "sqlite"])
             .expect_err("only persistent exists");
         assert!(sqlite.to_string().contains("persistent"), "{sqlite}");
+    }
+
+    #[test]
+    fn scheduled_backups_are_off_by_default_and_their_settings_are_bounded() {
+        use clap::Parser;
+        let config = |extra: &[&str]| {
+            let mut argv = vec![
+                "nexus",
+                "--peers",
+                "1=127.0.0.1:1/127.0.0.1:2",
+                "--keepers",
+                "127.0.0.1:3,127.0.0.1:4,127.0.0.1:5",
+                "--data-dir",
+                "/var/lib/spike",
+            ];
+            argv.extend_from_slice(extra);
+            NexusConfig::from_args(&Args::try_parse_from(argv).expect("flags parse"))
+        };
+        assert_eq!(config(&[]).expect("valid").backup, None);
+        let on = config(&["--backup-interval", "1h"])
+            .expect("valid")
+            .backup
+            .expect("on");
+        assert_eq!(
+            on,
+            crate::backup::BackupSettings {
+                interval: Duration::from_secs(3600),
+                dir: PathBuf::from("/var/lib/spike/backups"),
+                retain: 24,
+            }
+        );
+        let elsewhere = config(&[
+            "--backup-interval=2s",
+            "--backup-dir=/mnt/backups",
+            "--backup-retain=1",
+        ])
+        .expect("valid")
+        .backup
+        .expect("on");
+        assert_eq!(
+            (elsewhere.dir, elsewhere.retain),
+            (PathBuf::from("/mnt/backups"), 1)
+        );
+        for refused in [
+            &["--backup-interval", "500ms"][..],
+            &["--backup-interval", "8785h"],
+            &["--backup-retain", "0"],
+            &["--backup-interval", "1h", "--backup-retain", "100001"],
+        ] {
+            assert!(
+                matches!(config(refused), Err(ConfigError::OutOfRange(_))),
+                "{refused:?}"
+            );
+        }
     }
 }
