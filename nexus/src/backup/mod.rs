@@ -280,8 +280,7 @@ impl Backups {
         match self.due(slot_start_ms) {
             Ok(Due::Yes { last }) => {
                 let missed = last.map_or(0, |last| {
-                    let gap = (slot_start_ms - last.slot_start_ms()) / u128::from(interval_ms);
-                    u64::try_from(gap.saturating_sub(1)).unwrap_or(u64::MAX)
+                    slots_missed(last.slot_start_ms(), slot_start_ms, interval_ms)
                 });
                 self.take(slot, slot_start_ms, missed).await;
             }
@@ -516,6 +515,13 @@ fn register(metrics: &BackupMetrics, registry: &mut Registry) {
     );
 }
 
+/// Slots of `interval_ms` that started after the recorded slot (starting
+/// at `recorded_start_ms`) and before the one starting at `slot_start_ms`.
+fn slots_missed(recorded_start_ms: u128, slot_start_ms: u128, interval_ms: u64) -> u64 {
+    let gap = slot_start_ms.saturating_sub(recorded_start_ms) / u128::from(interval_ms.max(1));
+    u64::try_from(gap.saturating_sub(1)).unwrap_or(u64::MAX)
+}
+
 fn event(
     outcome: BackupOutcome,
     slot: u64,
@@ -539,6 +545,15 @@ fn event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_between_the_recorded_one_and_the_taken_one_are_missed() {
+        assert_eq!(slots_missed(10_000, 12_000, 2_000), 0, "the next slot");
+        assert_eq!(slots_missed(10_000, 18_000, 2_000), 3);
+        // After a change of the interval, counted in the new interval.
+        assert_eq!(slots_missed(10_000, 20_000, 5_000), 1);
+        assert_eq!(slots_missed(20_000, 20_000, 5_000), 0);
+    }
 
     #[test]
     fn the_metrics_are_registered_under_their_names() {
