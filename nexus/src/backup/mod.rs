@@ -102,6 +102,10 @@ pub struct Backups {
     /// quorum while proposing it), by slot start (ms); at most
     /// [`UNCONFIRMED_MAX`].
     unconfirmed: Mutex<Vec<(u128, String)>>,
+    /// The recorded slot start (ms) this replica last tidied its directory
+    /// for: once per recorded slot is enough (and a broken directory warns
+    /// once per slot, not per tick).
+    tidied_for_ms: Mutex<Option<u128>>,
 }
 
 /// Most files kept waiting for their record's outcome; past it the oldest
@@ -152,6 +156,7 @@ impl Backups {
             metrics: BackupMetrics::default(),
             failed_slot_start_ms: Mutex::new(None),
             unconfirmed: Mutex::new(Vec::new()),
+            tidied_for_ms: Mutex::new(None),
         }
     }
 
@@ -223,6 +228,14 @@ impl Backups {
                 .map(|(_, file)| file)
                 .collect()
         };
+        let tidied = self
+            .tidied_for_ms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(last.slot_start_ms());
+        if tidied == Some(last.slot_start_ms()) && doubtful.is_empty() {
+            return;
+        }
         let dir = self.settings.dir.clone();
         let stamp = files::stamp_of_slot(last.slot_start_ms());
         let recorded = last.file.clone();
