@@ -32,8 +32,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use spike_sdk::audit::{
-    AuditEvent, AuditRecord, FORMAT, Genesis, KeyEvent, LINE_LEN_MAX, NO_ROOT_KEY, RequestEvent,
-    genesis_hash, hash,
+    AuditEvent, AuditRecord, BackupEvent, FORMAT, Genesis, KeyEvent, LINE_LEN_MAX, NO_ROOT_KEY,
+    RequestEvent, genesis_hash, hash,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -219,6 +219,11 @@ impl AuditLog {
     /// Records a key change and waits until the record is durable.
     pub async fn record_key(&self, event: KeyEvent) -> Result<(), AuditUnavailable> {
         self.commit(AuditEvent::Key(event)).await
+    }
+
+    /// Records a scheduled backup and waits until the record is durable.
+    pub async fn record_backup(&self, event: BackupEvent) -> Result<(), AuditUnavailable> {
+        self.commit(AuditEvent::Backup(event)).await
     }
 
     async fn commit(&self, event: AuditEvent) -> Result<(), AuditUnavailable> {

@@ -185,6 +185,24 @@ pub struct Args {
     /// Log entries kept behind a snapshot for lagging followers.
     #[arg(long, env = "SPIKE_NEXUS_LOGS_KEPT", default_value_t = 5_000)]
     pub logs_kept: u64,
+    /// How often the leader writes an encrypted backup into --backup-dir
+    /// (once per interval, whoever leads; 1s to 8784h, 366 days); 0 (the default):
+    /// no scheduled backups.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_BACKUP_INTERVAL",
+        default_value = "0s",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub backup_interval: Duration,
+    /// Where this replica writes scheduled backups when it leads (created
+    /// with mode 0700); default DATA_DIR/backups. Put it on another disk
+    /// than the data directory, or copy the files off the host.
+    #[arg(long, env = "SPIKE_NEXUS_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Scheduled backups kept in --backup-dir (the newest; 1 to 100000).
+    #[arg(long, env = "SPIKE_NEXUS_BACKUP_RETAIN", default_value_t = 24)]
+    pub backup_retain: u32,
     /// Dial every outgoing connection (peers, keepers, forwarded
     /// requests) through this HTTP CONNECT proxy, HOST:PORT (an egress
     /// proxy; the fault-injection harness's per-link proxies). mTLS runs
@@ -395,6 +413,8 @@ pub struct NexusConfig {
     pub snapshot_every: u64,
     /// Entries kept behind a snapshot.
     pub logs_kept: u64,
+    /// Scheduled backups, when on.
+    pub backup: Option<crate::backup::BackupSettings>,
     /// Linearizable reads skip the read index (tests of the checker only).
     pub unsafe_local_reads: bool,
     /// Longest life of an inbound connection.
@@ -501,6 +521,7 @@ impl NexusConfig {
                 "SPIKE_NEXUS_SNAPSHOT_EVERY must be at least 1".to_owned(),
             ));
         }
+        let backup = backup_settings(args)?;
         let audit_forward = match args.audit_forward.as_deref() {
             None | Some("") => None,
             Some(text) => Some(
@@ -531,6 +552,7 @@ impl NexusConfig {
             audit_forward,
             snapshot_every: args.snapshot_every,
             logs_kept: args.logs_kept,
+            backup,
             unsafe_local_reads: args.unsafe_local_reads(),
             max_connection_age: args.max_connection_age,
             edge: args.edge.limits().map_err(ConfigError::OutOfRange)?,
@@ -546,6 +568,38 @@ impl NexusConfig {
     pub fn cluster_listen(&self) -> SocketAddr {
         self.own.cluster_addr
     }
+}
+
+/// Shortest backup interval: a backup copies the whole store.
+const BACKUP_INTERVAL_MIN: Duration = Duration::from_secs(1);
+/// Longest backup interval.
+const BACKUP_INTERVAL_MAX: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Most backups kept.
+const BACKUP_RETAIN_MAX: u32 = 100_000;
+
+/// The backup schedule, or `None` when the interval is 0.
+fn backup_settings(args: &Args) -> Result<Option<crate::backup::BackupSettings>, ConfigError> {
+    if !(1..=BACKUP_RETAIN_MAX).contains(&args.backup_retain) {
+        return Err(ConfigError::OutOfRange(format!(
+            "SPIKE_NEXUS_BACKUP_RETAIN must be 1 to {BACKUP_RETAIN_MAX}"
+        )));
+    }
+    if args.backup_interval.is_zero() {
+        return Ok(None);
+    }
+    if !(BACKUP_INTERVAL_MIN..=BACKUP_INTERVAL_MAX).contains(&args.backup_interval) {
+        return Err(ConfigError::OutOfRange(
+            "SPIKE_NEXUS_BACKUP_INTERVAL must be 0 (off) or 1s to 8784h".to_owned(),
+        ));
+    }
+    Ok(Some(crate::backup::BackupSettings {
+        interval: args.backup_interval,
+        dir: args
+            .backup_dir
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("backups")),
+        retain: args.backup_retain as usize,
+    }))
 }
 
 /// Parses `1=10.0.0.1:8554/10.0.0.1:8553,2=...`.
@@ -861,5 +915,59 @@ mod tests {
         let sqlite = Args::try_parse_from(["nexus", "--backend-store", "sqlite"])
             .expect_err("only persistent exists");
         assert!(sqlite.to_string().contains("persistent"), "{sqlite}");
+    }
+
+    #[test]
+    fn scheduled_backups_are_off_by_default_and_their_settings_are_bounded() {
+        use clap::Parser;
+        let config = |extra: &[&str]| {
+            let mut argv = vec![
+                "nexus",
+                "--peers",
+                "1=127.0.0.1:1/127.0.0.1:2",
+                "--keepers",
+                "127.0.0.1:3,127.0.0.1:4,127.0.0.1:5",
+                "--data-dir",
+                "/var/lib/spike",
+            ];
+            argv.extend_from_slice(extra);
+            NexusConfig::from_args(&Args::try_parse_from(argv).expect("flags parse"))
+        };
+        assert_eq!(config(&[]).expect("valid").backup, None);
+        let on = config(&["--backup-interval", "1h"])
+            .expect("valid")
+            .backup
+            .expect("on");
+        assert_eq!(
+            on,
+            crate::backup::BackupSettings {
+                interval: Duration::from_secs(3600),
+                dir: PathBuf::from("/var/lib/spike/backups"),
+                retain: 24,
+            }
+        );
+        let elsewhere = config(&[
+            "--backup-interval=2s",
+            "--backup-dir=/mnt/backups",
+            "--backup-retain=1",
+        ])
+        .expect("valid")
+        .backup
+        .expect("on");
+        assert_eq!(
+            (elsewhere.dir, elsewhere.retain),
+            (PathBuf::from("/mnt/backups"), 1)
+        );
+        for refused in [
+            &["--backup-interval", "500ms"][..],
+            &["--backup-interval", "8785h"],
+            &["--backup-retain", "0"],
+            &["--backup-interval", "1h", "--backup-retain", "100001"],
+        ] {
+            assert!(
+                matches!(config(refused), Err(ConfigError::OutOfRange(_))),
+                "{refused:?}"
+            );
+        }
     }
 }

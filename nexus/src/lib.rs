@@ -13,6 +13,7 @@
 
 mod api;
 mod audit;
+mod backup;
 mod clock;
 mod cluster;
 pub mod config;
@@ -90,7 +91,7 @@ fn cluster_rpc_span(request: &axum::http::Request<()>) -> tracing::Span {
 /// Creates `dir` (and its parents) as the replica's own: mode 0700, also
 /// when it exists from before, so no other local user reads the files in
 /// it (secret paths, policy names, times, membership).
-fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -239,6 +240,8 @@ pub async fn serve(
     // docs/metrics.md). Then the registry is frozen: scrapes read it
     // without a lock.
     key_manager.register_metrics(&mut registry);
+    let backup_metrics = backup::BackupMetrics::default();
+    backup_metrics.register_metrics(&mut registry);
     let registry = Arc::new(registry);
     let health_listener = match config.health_addr {
         Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(|e| {
@@ -254,6 +257,17 @@ pub async fn serve(
         leadership.found_cluster(&founders.collect()).await;
     }
     let reencryption_task = tokio::spawn(key_manager.clone().run_reencryption());
+    let backups = config.backup.clone().map(|settings| {
+        Arc::new(backup::Backups::new(
+            settings,
+            config.node_id,
+            leadership.clone(),
+            machine.clone(),
+            audit_log.clone(),
+            backup_metrics,
+        ))
+    });
+    let backup_task = backups.clone().map(|backups| tokio::spawn(backups.run()));
     let manager_task = tokio::spawn(key_manager.run(machine.applied()));
     let leader_changes_task = tokio::spawn(leadership.clone().count_leader_changes());
     let format_task = tokio::spawn(cluster::version::switch_when_every_member_reads(
@@ -292,11 +306,14 @@ pub async fn serve(
     let api = Arc::new(api::Api::new(
         node.clone(),
         trust_roots,
-        config.max_versions,
-        config.stale_read_max,
-        config.data_key_rotate_after,
+        api::ApiSettings {
+            max_versions: config.max_versions,
+            stale_read_max: config.stale_read_max,
+            data_key_rotate_after: config.data_key_rotate_after,
+        },
         audit_log,
         metrics.api.clone(),
+        backups,
     ));
     let api_server = edge::serve_api(
         api_listener,
@@ -327,6 +344,9 @@ pub async fn serve(
     reencryption_task.abort();
     format_task.abort();
     leader_changes_task.abort();
+    if let Some(task) = backup_task {
+        task.abort();
+    }
     leadership.shutdown().await;
     outcome.map(|_| ())
 }

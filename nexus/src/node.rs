@@ -145,6 +145,9 @@ fn forwardable(op: &LeaderOp) -> Result<(), ForwardError> {
         Command::Membership(_) => Err(ForwardError::Invalid(
             "membership facts come from the leader, never from a peer".to_owned(),
         )),
+        Command::Backup(_) => Err(ForwardError::Invalid(
+            "backup records come from the leader's own schedule, never from a peer".to_owned(),
+        )),
     }
 }
 

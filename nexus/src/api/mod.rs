@@ -66,6 +66,22 @@ pub struct Api {
     policies: policies::PolicyCache,
     /// Cipher-route encryptions reserved cluster-wide and not yet made.
     encryptions: cipher::EncryptionBudget,
+    /// The backup schedule, when on (for status).
+    pub backups: Option<Arc<crate::backup::Backups>>,
+}
+
+/// The API's settings, from the replica's flags.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiSettings {
+    /// Versions kept per secret (`SPIKE_NEXUS_MAX_SECRET_VERSIONS`).
+    pub max_versions: u32,
+    /// Oldest state a stale read is answered from
+    /// (`SPIKE_NEXUS_STALE_READ_MAX`).
+    pub stale_read_max: std::time::Duration,
+    /// Encryptions after which the data key rotates
+    /// (`SPIKE_NEXUS_DATA_KEY_ROTATE_AFTER`): sizes the cipher routes'
+    /// reservations.
+    pub data_key_rotate_after: u64,
 }
 
 impl Api {
@@ -73,21 +89,21 @@ impl Api {
     pub fn new(
         node: Node,
         trust_roots: TrustRoots,
-        max_versions: u32,
-        stale_read_max: std::time::Duration,
-        data_key_rotate_after: u64,
+        settings: ApiSettings,
         audit: AuditLog,
         metrics: ApiMetrics,
+        backups: Option<Arc<crate::backup::Backups>>,
     ) -> Self {
         Self {
+            backups,
             node,
             trust_roots,
-            max_versions,
+            max_versions: settings.max_versions,
             audit,
             metrics,
-            stale_read_max,
+            stale_read_max: settings.stale_read_max,
             policies: policies::PolicyCache::default(),
-            encryptions: cipher::EncryptionBudget::new(data_key_rotate_after),
+            encryptions: cipher::EncryptionBudget::new(settings.data_key_rotate_after),
         }
     }
 

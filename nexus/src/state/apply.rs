@@ -13,13 +13,14 @@ use spike_sdk::crypto::keyring::ENCRYPTIONS_MAX;
 use spike_sdk::domain::{DataKeyId, PolicyId, PolicyName, PolicyRef, SecretPath};
 
 use super::command::{
-    Command, KeyCommand, MembershipCommand, PolicyCommand, Refusal, Response, RestoreCommand,
-    SecretCommand, SettingsCommand,
+    BACKUP_FILE_NAME_MAX_BYTES, BackupCommand, BackupRecord, Command, KeyCommand,
+    MembershipCommand, PolicyCommand, Refusal, Response, RestoreCommand, SecretCommand,
+    SettingsCommand,
 };
 use super::secret::{SecretError, SecretRecord, TimeNs};
 use super::store::{
-    ClusterMeta, CustomMetadataRecord, POLICIES_MAX, PolicyRecord, RotationMeta, StoreError,
-    Tables, decode, encode, id_key, redb_try,
+    ClusterMeta, CustomMetadataRecord, META_BACKUP, POLICIES_MAX, PolicyRecord, RotationMeta,
+    StoreError, Tables, decode, encode, id_key, last_backup_in, redb_try,
 };
 
 /// A change made, or refused.
@@ -36,6 +37,8 @@ pub(super) fn apply_command(
     match command {
         Command::Membership(command) => Ok(apply_membership(meta, command)),
         Command::Settings(command) => Ok(apply_settings(rotation, command)),
+        // A record of a file already written: kept even during a restore.
+        Command::Backup(command) => apply_backup(tables, command),
         Command::Restore(command) => apply_restore(tables, meta, command),
         _ if meta.restoring.is_some() => Ok(Err(Refusal::Restoring)),
         Command::Keys(command) => Ok(apply_keys(meta, command)),
@@ -66,6 +69,49 @@ fn apply_settings(rotation: &mut RotationMeta, command: &SettingsCommand) -> App
         }
     }
     Ok(Response::Done)
+}
+
+/// Records a completed backup only for a slot that starts after the last
+/// one recorded, so each slot is recorded at most once whoever leads.
+fn apply_backup(tables: &mut Tables<'_>, command: &BackupCommand) -> Result<Applied, StoreError> {
+    let BackupCommand::Completed(record) = command;
+    if let Err(reason) = check_backup_record(record) {
+        return Ok(Err(Refusal::BackupRecordMalformed(reason)));
+    }
+    if let Some(last) = last_backup_in(&tables.meta_rows)?
+        && record.slot_start_ms() <= last.slot_start_ms()
+    {
+        return Ok(Err(Refusal::BackupSlotTaken {
+            proposed: record.slot,
+            proposed_start_ms: record.slot_start_ms(),
+            recorded: last.slot,
+            recorded_start_ms: last.slot_start_ms(),
+        }));
+    }
+    redb_try!(
+        "write last backup",
+        tables
+            .meta_rows
+            .insert(META_BACKUP, encode(record)?.as_slice())
+    )?;
+    Ok(Ok(Response::Done))
+}
+
+fn check_backup_record(record: &BackupRecord) -> Result<(), String> {
+    if record.interval_ms == 0 {
+        return Err("the interval is 0".to_owned());
+    }
+    let name = &record.file;
+    if name.is_empty()
+        || name.len() > BACKUP_FILE_NAME_MAX_BYTES
+        || name.contains('/')
+        || name.starts_with('.')
+    {
+        return Err(format!(
+            "file name {name:?} is not a plain name of 1 to {BACKUP_FILE_NAME_MAX_BYTES} bytes"
+        ));
+    }
+    Ok(())
 }
 
 fn keyring_unchanged(current: u64, proposed: u64) -> Result<(), Refusal> {
@@ -1225,5 +1271,102 @@ mod tests {
         let destroyed = reader.secret(&path("a")).expect("read").expect("stored");
         assert!(destroyed.versions[&1].destroyed);
         assert!(destroyed.versions[&1].ciphertext.is_empty());
+    }
+
+    fn completed(slot: u64, interval_ms: u64, node: u64) -> Command {
+        Command::Backup(BackupCommand::Completed(BackupRecord {
+            slot,
+            interval_ms,
+            index: slot * 10,
+            root_key_id: RootKeyId(1),
+            file: format!("backup-{slot}-{node}.snap"),
+            node: NodeId::new(node).expect("valid"),
+            size_bytes: 100,
+            sha256: [7; 32],
+        }))
+    }
+
+    #[test]
+    fn a_backup_slot_is_recorded_once_and_only_after_the_last_one() {
+        let (_dir, db) = database();
+        let request = crate::state::command::Request {
+            command: completed(5, 1_000, 1),
+            session: None,
+            time_ns: 0,
+        };
+        assert_eq!(
+            request.format_needed(),
+            3,
+            "older releases cannot decode it"
+        );
+        assert_eq!(run(&db, completed(5, 1_000, 1), 1), Response::Done);
+        let taken = |proposed, recorded| {
+            Response::Refused(Refusal::BackupSlotTaken {
+                proposed,
+                proposed_start_ms: u128::from(proposed) * 1_000,
+                recorded,
+                recorded_start_ms: u128::from(recorded) * 1_000,
+            })
+        };
+        assert_eq!(
+            run(&db, completed(5, 1_000, 2), 2),
+            taken(5, 5),
+            "a second leader's record of the same slot is refused"
+        );
+        assert_eq!(run(&db, completed(4, 1_000, 2), 3), taken(4, 5));
+        assert_eq!(run(&db, completed(7, 1_000, 2), 4), Response::Done);
+        // Slots are ordered by their start, so a changed interval cannot
+        // take a slot that starts before the last one recorded.
+        assert!(matches!(
+            run(&db, completed(3, 2_000, 1), 5),
+            Response::Refused(Refusal::BackupSlotTaken { .. })
+        ));
+        assert_eq!(run(&db, completed(4, 2_000, 1), 6), Response::Done);
+        let last = StateReader::new(db)
+            .last_backup()
+            .expect("read")
+            .expect("recorded");
+        assert_eq!(
+            (last.slot, last.interval_ms, last.node.get()),
+            (4, 2_000, 1)
+        );
+    }
+
+    #[test]
+    fn a_backup_record_is_recorded_even_during_a_restore_and_a_malformed_one_never() {
+        let (_dir, db) = database();
+        run(
+            &db,
+            Command::Restore(RestoreCommand::Begin { restore_id: 5 }),
+            1,
+        );
+        assert_eq!(run(&db, completed(1, 1_000, 1), 2), Response::Done);
+        let Command::Backup(BackupCommand::Completed(mut record)) = completed(2, 1_000, 1) else {
+            unreachable!("a backup command")
+        };
+        for file in ["", "../escape.snap", ".hidden", &"x".repeat(129)] {
+            record.file = file.to_owned();
+            assert!(matches!(
+                run(
+                    &db,
+                    Command::Backup(BackupCommand::Completed(record.clone())),
+                    3
+                ),
+                Response::Refused(Refusal::BackupRecordMalformed(_))
+            ));
+        }
+        record.file = "ok.snap".to_owned();
+        record.interval_ms = 0;
+        assert!(matches!(
+            run(&db, Command::Backup(BackupCommand::Completed(record)), 4),
+            Response::Refused(Refusal::BackupRecordMalformed(_))
+        ));
+        assert_eq!(
+            StateReader::new(db)
+                .last_backup()
+                .expect("read")
+                .map(|r| r.slot),
+            Some(1)
+        );
     }
 }

@@ -98,6 +98,8 @@ pub enum Command {
     Membership(MembershipCommand),
     /// Cluster-wide settings every leader acts on. Format 3 and up.
     Settings(SettingsCommand),
+    /// Scheduled backups. Format 3 and up.
+    Backup(BackupCommand),
 }
 
 /// Cluster-wide settings, replicated so every leader applies one policy.
@@ -345,13 +347,54 @@ pub enum MembershipCommand {
     },
 }
 
+/// Scheduled backups (`crate::backup`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackupCommand {
+    /// A leader wrote the backup of a schedule slot: record it, unless a
+    /// slot starting at or after this one's start is already recorded
+    /// (then another leader took it, and this one deletes its file).
+    Completed(BackupRecord),
+}
+
+/// The last completed scheduled backup, as the replicated state records
+/// it: public facts only (the file holds ciphertext).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    /// The schedule slot: floor(leader time / interval).
+    pub slot: u64,
+    /// The interval the slot is counted in, milliseconds (at least 1).
+    pub interval_ms: u64,
+    /// The last log index the backup holds.
+    pub index: u64,
+    /// The root key its data is sealed under.
+    pub root_key_id: RootKeyId,
+    /// The file's name in the writer's backup directory.
+    pub file: String,
+    /// The replica that wrote it (then the leader).
+    pub node: NodeId,
+    /// The file's size in bytes.
+    pub size_bytes: u64,
+    /// SHA-256 of the whole file.
+    pub sha256: [u8; 32],
+}
+
+impl BackupRecord {
+    /// When the slot starts, milliseconds since the Unix epoch: what
+    /// orders slots even across a change of the interval.
+    pub fn slot_start_ms(&self) -> u128 {
+        u128::from(self.slot) * u128::from(self.interval_ms)
+    }
+}
+
 impl Request {
     /// The oldest on-disk format whose readers decode this request: 1 for
-    /// everything the first release knew, 2 for what format 2 added.
+    /// everything the first release knew, 2 and 3 for what those formats
+    /// added.
     /// Variants are only ever appended, so an older variant encodes the
     /// same bytes in every format.
     pub fn format_needed(&self) -> u32 {
         match self.command {
+            Command::Backup(_) => 3,
             Command::Membership(MembershipCommand::SwitchFormat { .. }) => 2,
             Command::Secret(SecretCommand::PutCustomMetadata { .. })
             | Command::Restore(RestoreCommand::CustomMetadataRows { .. })
@@ -457,7 +500,29 @@ pub enum Refusal {
     /// Rotation settings no leader could follow.
     #[error("invalid rotation settings: {0}")]
     InvalidSettings(String),
+    /// A backup record for a slot that does not start after the last one
+    /// recorded: another leader took it.
+    #[error(
+        "backup slot {proposed} (starting at {proposed_start_ms} ms) does not follow the recorded slot {recorded} (starting at {recorded_start_ms} ms)"
+    )]
+    BackupSlotTaken {
+        /// The slot proposed.
+        proposed: u64,
+        /// When it starts, milliseconds since the Unix epoch.
+        proposed_start_ms: u128,
+        /// The last slot recorded.
+        recorded: u64,
+        /// When that one starts.
+        recorded_start_ms: u128,
+    },
+    /// A backup record whose interval is 0 or whose file name is not a
+    /// plain name of at most [`BACKUP_FILE_NAME_MAX_BYTES`] bytes.
+    #[error("malformed backup record: {0}")]
+    BackupRecordMalformed(String),
 }
+
+/// Longest file name a backup record carries.
+pub const BACKUP_FILE_NAME_MAX_BYTES: usize = 128;
 
 impl std::fmt::Display for Request {
     /// A one-line summary for openraft's logs: the command kind and its
@@ -523,6 +588,9 @@ impl std::fmt::Display for Request {
             }
             Command::Membership(MembershipCommand::SwitchFormat { format }) => {
                 write!(f, "switch-format({format})")
+            }
+            Command::Backup(BackupCommand::Completed(record)) => {
+                write!(f, "backup-completed(slot {}: {})", record.slot, record.file)
             }
         }
     }

@@ -29,7 +29,7 @@ use spike_sdk::domain::{
 
 use super::apply::apply_command;
 use super::command::{
-    Command, KeyCommand, Refusal, Request, Response, RestoreCommand, RootKeyRecord,
+    BackupRecord, Command, KeyCommand, Refusal, Request, Response, RestoreCommand, RootKeyRecord,
     RotationSettings, SessionRef,
 };
 use super::secret::{COUNTER_MAX, SecretRecord, TimeNs};
@@ -69,6 +69,11 @@ pub const META_MEMBERSHIP: &str = "membership";
 /// `META` key of the cluster's on-disk format (written by the state machine
 /// when the cluster switches; absent: format 1). Format 2 and up.
 pub const META_FORMAT: &str = "format";
+/// `META` key of the last completed scheduled backup
+/// ([`crate::state::command::BackupRecord`]; absent: none yet). Format 3
+/// and up. Raft snapshots carry it with the rest of `META`; a backup
+/// restore leaves it as it was.
+pub const META_BACKUP: &str = "backup";
 
 /// `META` key of the [`RotationMeta`] (absent: nothing recorded yet).
 /// Format 3 and up.
@@ -81,6 +86,16 @@ pub fn cluster_format_in(
     match redb_try!("read cluster format", meta.get(META_FORMAT))? {
         Some(bytes) => decode("cluster format", bytes.value()),
         None => Ok(1),
+    }
+}
+
+/// The last completed scheduled backup a `META` table records.
+pub fn last_backup_in(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<BackupRecord>, StoreError> {
+    match redb_try!("read last backup", meta.get(META_BACKUP))? {
+        Some(bytes) => decode("last backup", bytes.value()).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -366,6 +381,9 @@ pub(super) struct Tables<'t> {
     pub(super) sessions: redb::Table<'t, u128, &'static [u8]>,
     pub(super) expiry: redb::Table<'t, (u64, u128), ()>,
     pub(super) owners: redb::Table<'t, u64, u64>,
+    /// `META`, for the rows apply owns ([`META_BACKUP`]); the cluster
+    /// metadata itself is written back by [`Batch::finish`].
+    pub(super) meta_rows: redb::Table<'t, &'static str, &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -379,6 +397,7 @@ impl<'t> Tables<'t> {
             sessions: redb_try!("open sessions", txn.open_table(SESSIONS))?,
             expiry: redb_try!("open session expiry", txn.open_table(SESSION_EXPIRY))?,
             owners: redb_try!("open session owners", txn.open_table(SESSION_OWNERS))?,
+            meta_rows: redb_try!("open meta", txn.open_table(META))?,
         })
     }
 
@@ -841,6 +860,15 @@ impl StateReader {
             }
         }
         Ok(versions)
+    }
+
+    /// The last completed scheduled backup, if any was recorded.
+    pub fn last_backup(&self) -> Result<Option<BackupRecord>, StoreError> {
+        let txn = self.read()?;
+        let Some(table) = open_existing(&txn, META, "open meta")? else {
+            return Ok(None);
+        };
+        last_backup_in(&table)
     }
 
     /// The cluster's on-disk format as applied here (1 before any switch).

@@ -510,11 +510,13 @@ async fn cipher_operator_and_cluster_commands() {
     );
     assert_eq!(status["nodeId"], 2);
     assert_eq!(status["rootKey"]["status"], "ready");
+    let text = cli.ok("superuser", &["cluster", "status"]).await;
+    assert!(text.contains("root key:  ready"), "{text}");
     assert!(
-        cli.ok("superuser", &["cluster", "status"])
-            .await
-            .contains("root key:  ready")
+        text.contains("backup:    none recorded\nschedule:  off on this replica\n"),
+        "{text}"
     );
+    assert!(status.get("lastBackup").is_none(), "{status}");
     let members = json(
         &cli.ok("superuser", &["cluster", "members", "-f", "json"])
             .await,

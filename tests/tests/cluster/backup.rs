@@ -8,8 +8,15 @@ use spike_tests::LocalCluster;
 use crate::support::{Operators, RECOVERY_LIMIT, get, phase, put, recovery_shards, value_of};
 use spike_tests::save_backup;
 
+/// 3 replicas, 3 keepers, threshold 2 (`extra`: more launcher flags).
+pub fn small_cluster_with(extra: &[&str]) -> LocalCluster {
+    let mut args = vec!["--keepers", "3", "--threshold", "2"];
+    args.extend_from_slice(extra);
+    LocalCluster::up(&args)
+}
+
 fn small_cluster() -> LocalCluster {
-    LocalCluster::up(&["--keepers", "3", "--threshold", "2"])
+    small_cluster_with(&[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,6 +160,27 @@ async fn a_backup_restores_into_the_same_cluster_and_into_another() {
     );
 
     phase("restore into another cluster: locked until the backup's shards come");
+    let b = restore_into_fresh_cluster(backup, shards, "b/1").await;
+    let ops_b = Operators::of(&b).await;
+    assert_eq!(
+        value_of(&get(&ops_b.superuser, b.api(3), "b/2").await).as_deref(),
+        Some("two")
+    );
+    assert_eq!(
+        custom_metadata_owner(&ops_b.superuser, b.api(1), "b/1").await,
+        "team-b"
+    );
+}
+
+/// Restores `backup` into a new cluster: the store is locked (503 for
+/// `held`, a secret the backup holds) until the operator restores the
+/// backup's root key from its recovery `shards` (a threshold of them),
+/// then every replica serves it.
+pub async fn restore_into_fresh_cluster(
+    backup: Vec<u8>,
+    shards: Vec<(u64, Vec<u8>)>,
+    held: &str,
+) -> LocalCluster {
     let b = small_cluster();
     let ops_b = Operators::of(&b).await;
     let restored = ops_b
@@ -172,7 +200,7 @@ async fn a_backup_restores_into_the_same_cluster_and_into_another() {
         "{}",
         String::from_utf8_lossy(&restored.bytes)
     );
-    assert_eq!(get(&ops_b.superuser, b.api(2), "b/1").await.status, 503);
+    assert_eq!(get(&ops_b.superuser, b.api(2), held).await.status, 503);
     for (index, shard) in shards.into_iter().take(2) {
         let reply = ops_b
             .restore
@@ -188,14 +216,7 @@ async fn a_backup_restores_into_the_same_cluster_and_into_another() {
     for id in 1..=3 {
         b.wait_ready(id, RECOVERY_LIMIT).await;
     }
-    assert_eq!(
-        value_of(&get(&ops_b.superuser, b.api(3), "b/2").await).as_deref(),
-        Some("two")
-    );
-    assert_eq!(
-        custom_metadata_owner(&ops_b.superuser, b.api(1), "b/1").await,
-        "team-b"
-    );
+    b
 }
 
 /// The `owner` custom metadata of `path`, as metadata get answers it.

@@ -14,5 +14,6 @@ mod network;
 mod rotation;
 mod runbook;
 mod safety;
+mod scheduled_backup;
 mod sdk;
 mod support;
