@@ -46,7 +46,7 @@ fn main() {
         let Some((&kind, rest)) = bytes.split_first() else {
             return;
         };
-        match kind % 40 {
+        match kind % 43 {
             0 => body::<VerifyRequest>(rest),
             1 => body::<VerifyResponse>(rest),
             2 => body::<EncryptRequest>(rest),
@@ -86,6 +86,9 @@ fn main() {
             36 => body::<SecretMetadataRequest>(rest),
             37 => body::<SecretMetadataResponse>(rest),
             38 => route(rest),
+            39 => body::<GetRotationRequest>(rest),
+            40 => body::<SetRotationRequest>(rest),
+            41 => body::<RotationResponse>(rest),
             _ => frame(rest),
         }
     });

@@ -67,6 +67,8 @@ pub enum Op {
     Rotate,
     /// Set or root key: write the element's own new path.
     Add(u64),
+    /// Automatic rotation: set the replicated rotation settings.
+    SetRotation,
 }
 
 /// What an operation's completion carries: its result when it happened,
@@ -104,6 +106,8 @@ pub enum Reply {
     Rotate(Option<u64>),
     /// The element added.
     Add(u64),
+    /// Nothing.
+    SetRotation,
 }
 
 impl Op {
@@ -121,7 +125,8 @@ impl Op {
             | Self::Revoke
             | Self::Rekey
             | Self::Rotate
-            | Self::Add(_) => true,
+            | Self::Add(_)
+            | Self::SetRotation => true,
         }
     }
 
@@ -143,6 +148,7 @@ impl Op {
             Self::Rekey => matches!(reply, Reply::Rekey(_)),
             Self::Rotate => matches!(reply, Reply::Rotate(_)),
             Self::Add(_) => matches!(reply, Reply::Add(_)),
+            Self::SetRotation => matches!(reply, Reply::SetRotation),
         }
     }
 }

@@ -392,7 +392,7 @@ fn judge(
             details["set"] = serde_json::to_value(&report)?;
             anomalies.extend(report.anomalies);
         }
-        Workload::Rootkey => {
+        Workload::Rootkey | Workload::Autorotate => {
             let report = check::set::check(operations, &elements);
             details["rootkey"] = serde_json::to_value(&report)?;
             anomalies.extend(report.anomalies);

@@ -32,14 +32,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use spike_sdk::audit::{
-    AuditEvent, AuditRecord, FORMAT, Genesis, KeyEvent, LINE_LEN_MAX, NO_ROOT_KEY, RequestEvent,
-    genesis_hash, hash,
+    AuditEvent, AuditRecord, BackupEvent, FORMAT, Genesis, KeyEvent, LINE_LEN_MAX, NO_ROOT_KEY,
+    RequestEvent, genesis_hash, hash,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::AuditForward as Forward;
+use crate::metrics::AuditMetrics;
 
 /// Records waiting to be written, at most; recorders wait when it is full.
 pub const QUEUE_MAX: usize = 4096;
@@ -119,7 +120,13 @@ impl AuditLog {
     /// Opens (appending to) the log at `path`, writes the genesis record if
     /// the file is new, and starts its writer. Fails if the file cannot be
     /// opened or the genesis record cannot be made durable.
-    pub fn open(path: &Path, origin: Origin, forward: Option<Forward>) -> io::Result<Self> {
+    /// Commit timings and write failures go to `metrics`.
+    pub fn open(
+        path: &Path,
+        origin: Origin,
+        forward: Option<Forward>,
+        metrics: AuditMetrics,
+    ) -> io::Result<Self> {
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -139,6 +146,7 @@ impl AuditLog {
             pending: Vec::new(),
             health: health.clone(),
             forward,
+            metrics,
         };
         if durable_len == 0 {
             let root_key_id = origin
@@ -184,6 +192,16 @@ impl AuditLog {
         self.health.healthy.load(Ordering::SeqCst)
     }
 
+    /// Records waiting for the writer now.
+    pub fn queue_depth(&self) -> u64 {
+        (QUEUE_MAX - self.sender.capacity()) as u64
+    }
+
+    /// Lines the forward destination did not take, since start.
+    pub fn forward_dropped(&self) -> u64 {
+        self.health.forward_dropped.load(Ordering::Relaxed)
+    }
+
     /// Records one request and waits until the record is durable.
     pub async fn record(&self, entry: AuditEntry) -> Result<(), AuditUnavailable> {
         self.commit(AuditEvent::Request(RequestEvent {
@@ -201,6 +219,11 @@ impl AuditLog {
     /// Records a key change and waits until the record is durable.
     pub async fn record_key(&self, event: KeyEvent) -> Result<(), AuditUnavailable> {
         self.commit(AuditEvent::Key(event)).await
+    }
+
+    /// Records a scheduled backup and waits until the record is durable.
+    pub async fn record_backup(&self, event: BackupEvent) -> Result<(), AuditUnavailable> {
+        self.commit(AuditEvent::Backup(event)).await
     }
 
     async fn commit(&self, event: AuditEvent) -> Result<(), AuditUnavailable> {
@@ -280,6 +303,7 @@ struct Writer {
     pending: Vec<Pending>,
     health: Arc<Health>,
     forward: Option<Forwarder>,
+    metrics: AuditMetrics,
 }
 
 impl Writer {
@@ -333,7 +357,13 @@ impl Writer {
             waiting.push(job.done);
         }
         let was_healthy = self.health.healthy.load(Ordering::SeqCst);
-        let outcome = match self.flush() {
+        let started = std::time::Instant::now();
+        let flushed = self.flush();
+        match &flushed {
+            Ok(_) => self.metrics.committed(started.elapsed()),
+            Err(_) => self.metrics.failed(),
+        }
+        let outcome = match flushed {
             Ok(lines) => {
                 if !was_healthy {
                     tracing::warn!("audit log writable again; requests are served");
@@ -490,7 +520,7 @@ mod tests {
     async fn a_new_file_starts_with_genesis_and_a_restart_continues_it() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("audit.log");
-        let log = AuditLog::open(&path, origin(), None).expect("open");
+        let log = AuditLog::open(&path, origin(), None, AuditMetrics::default()).expect("open");
         log.record(entry("a")).await.expect("durable");
         // The record is on disk when record returns.
         let verified = verify(&path);
@@ -502,7 +532,7 @@ mod tests {
             "spiffe://spike.ist/spike/nexus/3"
         );
         drop(log);
-        let again = AuditLog::open(&path, origin(), None).expect("reopen");
+        let again = AuditLog::open(&path, origin(), None, AuditMetrics::default()).expect("reopen");
         again.record(entry("b")).await.expect("durable");
         assert_eq!(verify(&path).records, 3, "one genesis, then continued");
     }
@@ -511,7 +541,9 @@ mod tests {
     async fn concurrent_records_share_syncs_and_all_land() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("audit.log");
-        let log = AuditLog::open(&path, origin(), None).expect("open");
+        let metrics = crate::metrics::Metrics::new();
+        let registry = metrics.registry(1);
+        let log = AuditLog::open(&path, origin(), None, metrics.audit.clone()).expect("open");
         let recorders: Vec<_> = (0..200)
             .map(|i| {
                 let log = log.clone();
@@ -522,6 +554,20 @@ mod tests {
             recorder.await.expect("task").expect("durable");
         }
         assert_eq!(verify(&path).records, 201);
+        // Group commits: far fewer syncs than records, every one timed.
+        let text = crate::metrics::encode(&registry).expect("encodes");
+        let commits: u64 = text
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("spike_audit_commit_duration_seconds_count{node=\"1\"} ")
+            })
+            .and_then(|count| count.parse().ok())
+            .unwrap_or_else(|| panic!("no commit count in {text}"));
+        assert!(
+            (1..200).contains(&commits),
+            "{commits} commits for 200 records"
+        );
+        assert_eq!(log.queue_depth(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -530,8 +576,13 @@ mod tests {
         let path = dir.path().join("audit.log");
         let socket_path = dir.path().join("audit.sock");
         let receiver = UnixDatagram::bind(&socket_path).expect("bind");
-        let log = AuditLog::open(&path, origin(), Some(Forward::Unix(socket_path.clone())))
-            .expect("open");
+        let log = AuditLog::open(
+            &path,
+            origin(),
+            Some(Forward::Unix(socket_path.clone())),
+            AuditMetrics::default(),
+        )
+        .expect("open");
         log.record(entry("a")).await.expect("durable");
         let file = std::fs::read_to_string(&path).expect("read");
         let mut buffer = vec![0; LINE_LEN_MAX];

@@ -14,6 +14,7 @@ use spike_sdk::crypto::keyring::ENCRYPTIONS_ROTATE_AT;
 use spike_sdk::hardening::MemoryLock;
 
 use crate::raft::NexusNode;
+use crate::state::command::RotationSettings;
 use crate::state::secret::{MAX_VERSIONS_DEFAULT, MAX_VERSIONS_LIMIT};
 
 /// `nexus --version`: the release and the on-disk formats it reads (a
@@ -160,12 +161,39 @@ pub struct Args {
     /// Encryptions under one data key (secrets, policies and cipher
     /// calls, counted cluster-wide) after which the leader rotates it;
     /// 1 to 2^30 (the default), far below AES-GCM's random-nonce limit.
+    /// A default until an operator sets the replicated rotation settings.
     #[arg(
         long,
         env = "SPIKE_NEXUS_DATA_KEY_ROTATE_AFTER",
         default_value_t = ENCRYPTIONS_ROTATE_AT
     )]
     pub data_key_rotate_after: u64,
+    /// Age after which the leader replaces the active data key ("0": never
+    /// by age; otherwise 1s to 100 years). Like the two settings below, a
+    /// default: once an operator sets the rotation settings
+    /// (`spike operator rotation set`), the replicated settings apply on
+    /// every leader and these flags no longer do.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_DATA_KEY_MAX_AGE",
+        default_value = "720h",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub data_key_max_age: Duration,
+    /// Age after which the leader replaces the root key (a rekey with the
+    /// same n and t, shares pushed to the keepers first); "0" (the
+    /// default): never by age.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_ROOT_KEY_MAX_AGE",
+        default_value = "0",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub root_key_max_age: Duration,
+    /// Secret versions per second the leader re-seals from older data keys
+    /// under the newest one (0, the default: none; at most 10000).
+    #[arg(long, env = "SPIKE_NEXUS_REENCRYPT_PER_SECOND", default_value_t = 0)]
+    pub reencrypt_per_second: u32,
     /// Versions kept per secret.
     #[arg(long, env = "SPIKE_NEXUS_MAX_SECRET_VERSIONS", default_value_t = MAX_VERSIONS_DEFAULT)]
     pub max_secret_versions: u32,
@@ -177,6 +205,24 @@ pub struct Args {
     /// Log entries kept behind a snapshot for lagging followers.
     #[arg(long, env = "SPIKE_NEXUS_LOGS_KEPT", default_value_t = 5_000)]
     pub logs_kept: u64,
+    /// How often the leader writes an encrypted backup into --backup-dir
+    /// (once per interval, whoever leads; 1s to 8784h, 366 days); 0 (the default):
+    /// no scheduled backups.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_BACKUP_INTERVAL",
+        default_value = "0s",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub backup_interval: Duration,
+    /// Where this replica writes scheduled backups when it leads (created
+    /// with mode 0700); default DATA_DIR/backups. Put it on another disk
+    /// than the data directory, or copy the files off the host.
+    #[arg(long, env = "SPIKE_NEXUS_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Scheduled backups kept in --backup-dir (the newest; 1 to 100000).
+    #[arg(long, env = "SPIKE_NEXUS_BACKUP_RETAIN", default_value_t = 24)]
+    pub backup_retain: u32,
     /// Dial every outgoing connection (peers, keepers, forwarded
     /// requests) through this HTTP CONNECT proxy, HOST:PORT (an egress
     /// proxy; the fault-injection harness's per-link proxies). mTLS runs
@@ -377,6 +423,8 @@ pub struct NexusConfig {
     pub compact_on_start: bool,
     /// Encryptions under one data key before the leader rotates it.
     pub data_key_rotate_after: u64,
+    /// The rotation settings until an operator sets replicated ones.
+    pub rotation_defaults: RotationSettings,
     /// Health listener.
     pub health_addr: Option<SocketAddr>,
     /// Data directory.
@@ -389,6 +437,8 @@ pub struct NexusConfig {
     pub snapshot_every: u64,
     /// Entries kept behind a snapshot.
     pub logs_kept: u64,
+    /// Scheduled backups, when on.
+    pub backup: Option<crate::backup::BackupSettings>,
     /// Linearizable reads skip the read index (tests of the checker only).
     pub unsafe_local_reads: bool,
     /// Longest life of an inbound connection.
@@ -478,11 +528,24 @@ impl NexusConfig {
                 "SPIKE_NEXUS_DATA_KEY_ROTATE_AFTER must be 1 to {ENCRYPTIONS_ROTATE_AT}"
             )));
         }
+        let rotation_defaults = RotationSettings {
+            data_key_rotate_after_ops: args.data_key_rotate_after,
+            data_key_max_age_ns: duration_ns(args.data_key_max_age),
+            root_key_max_age_ns: duration_ns(args.root_key_max_age),
+            reencrypt_per_second: args.reencrypt_per_second,
+        };
+        rotation_defaults.check().map_err(|reason| {
+            ConfigError::OutOfRange(format!(
+                "SPIKE_NEXUS_DATA_KEY_MAX_AGE, SPIKE_NEXUS_ROOT_KEY_MAX_AGE or \
+                 SPIKE_NEXUS_REENCRYPT_PER_SECOND: {reason}"
+            ))
+        })?;
         if args.snapshot_every == 0 {
             return Err(ConfigError::OutOfRange(
                 "SPIKE_NEXUS_SNAPSHOT_EVERY must be at least 1".to_owned(),
             ));
         }
+        let backup = backup_settings(args)?;
         let audit_forward = match args.audit_forward.as_deref() {
             None | Some("") => None,
             Some(text) => Some(
@@ -505,6 +568,7 @@ impl NexusConfig {
             storage_quota: args.storage_quota,
             compact_on_start: args.compact_on_start,
             data_key_rotate_after: args.data_key_rotate_after,
+            rotation_defaults,
             health_addr: args.health_addr,
             data_dir: args.data_dir.clone(),
             audit_log: args
@@ -514,6 +578,7 @@ impl NexusConfig {
             audit_forward,
             snapshot_every: args.snapshot_every,
             logs_kept: args.logs_kept,
+            backup,
             unsafe_local_reads: args.unsafe_local_reads(),
             max_connection_age: args.max_connection_age,
             edge: args.edge.limits().map_err(ConfigError::OutOfRange)?,
@@ -529,6 +594,38 @@ impl NexusConfig {
     pub fn cluster_listen(&self) -> SocketAddr {
         self.own.cluster_addr
     }
+}
+
+/// Shortest backup interval: a backup copies the whole store.
+const BACKUP_INTERVAL_MIN: Duration = Duration::from_secs(1);
+/// Longest backup interval.
+const BACKUP_INTERVAL_MAX: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Most backups kept.
+const BACKUP_RETAIN_MAX: u32 = 100_000;
+
+/// The backup schedule, or `None` when the interval is 0.
+fn backup_settings(args: &Args) -> Result<Option<crate::backup::BackupSettings>, ConfigError> {
+    if !(1..=BACKUP_RETAIN_MAX).contains(&args.backup_retain) {
+        return Err(ConfigError::OutOfRange(format!(
+            "SPIKE_NEXUS_BACKUP_RETAIN must be 1 to {BACKUP_RETAIN_MAX}"
+        )));
+    }
+    if args.backup_interval.is_zero() {
+        return Ok(None);
+    }
+    if !(BACKUP_INTERVAL_MIN..=BACKUP_INTERVAL_MAX).contains(&args.backup_interval) {
+        return Err(ConfigError::OutOfRange(
+            "SPIKE_NEXUS_BACKUP_INTERVAL must be 0 (off) or 1s to 8784h".to_owned(),
+        ));
+    }
+    Ok(Some(crate::backup::BackupSettings {
+        interval: args.backup_interval,
+        dir: args
+            .backup_dir
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("backups")),
+        retain: args.backup_retain as usize,
+    }))
 }
 
 /// Parses `1=10.0.0.1:8554/10.0.0.1:8553,2=...`.
@@ -597,6 +694,11 @@ pub fn parse_keepers(
         });
     }
     Ok((keepers, params))
+}
+
+/// `duration` in nanoseconds, saturating (a setting that long is refused).
+fn duration_ns(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -713,6 +815,52 @@ mod tests {
     }
 
     #[test]
+    fn rotation_defaults_come_from_the_flags_within_limits() {
+        use clap::Parser;
+        let config = |extra: &[&str]| {
+            let mut argv = vec![
+                "nexus",
+                "--peers",
+                "1=127.0.0.1:1/127.0.0.1:2",
+                "--keepers",
+                "127.0.0.1:3,127.0.0.1:4,127.0.0.1:5",
+            ];
+            argv.extend_from_slice(extra);
+            NexusConfig::from_args(&Args::try_parse_from(argv).expect("flags parse"))
+        };
+        let defaults = config(&[]).expect("defaults").rotation_defaults;
+        assert_eq!(
+            defaults,
+            RotationSettings {
+                data_key_rotate_after_ops: ENCRYPTIONS_ROTATE_AT,
+                data_key_max_age_ns: 30 * 24 * 3600 * 1_000_000_000,
+                root_key_max_age_ns: 0,
+                reencrypt_per_second: 0,
+            }
+        );
+        let set = config(&[
+            "--data-key-max-age=0",
+            "--root-key-max-age=2160h",
+            "--reencrypt-per-second=50",
+        ])
+        .expect("valid")
+        .rotation_defaults;
+        assert_eq!(set.data_key_max_age_ns, 0);
+        assert_eq!(set.root_key_max_age_ns, 2160 * 3600 * 1_000_000_000);
+        assert_eq!(set.reencrypt_per_second, 50);
+        for refused in [
+            &["--data-key-max-age=500ms"][..],
+            &["--root-key-max-age=900000h"],
+            &["--reencrypt-per-second=10001"],
+        ] {
+            assert!(
+                matches!(config(refused), Err(ConfigError::OutOfRange(_))),
+                "{refused:?} accepted"
+            );
+        }
+    }
+
+    #[test]
     fn raft_timing_is_configurable_within_limits() {
         use clap::Parser;
         let config = |timing: &[&str]| {
@@ -793,5 +941,59 @@ mod tests {
         let sqlite = Args::try_parse_from(["nexus", "--backend-store", "sqlite"])
             .expect_err("only persistent exists");
         assert!(sqlite.to_string().contains("persistent"), "{sqlite}");
+    }
+
+    #[test]
+    fn scheduled_backups_are_off_by_default_and_their_settings_are_bounded() {
+        use clap::Parser;
+        let config = |extra: &[&str]| {
+            let mut argv = vec![
+                "nexus",
+                "--peers",
+                "1=127.0.0.1:1/127.0.0.1:2",
+                "--keepers",
+                "127.0.0.1:3,127.0.0.1:4,127.0.0.1:5",
+                "--data-dir",
+                "/var/lib/spike",
+            ];
+            argv.extend_from_slice(extra);
+            NexusConfig::from_args(&Args::try_parse_from(argv).expect("flags parse"))
+        };
+        assert_eq!(config(&[]).expect("valid").backup, None);
+        let on = config(&["--backup-interval", "1h"])
+            .expect("valid")
+            .backup
+            .expect("on");
+        assert_eq!(
+            on,
+            crate::backup::BackupSettings {
+                interval: Duration::from_secs(3600),
+                dir: PathBuf::from("/var/lib/spike/backups"),
+                retain: 24,
+            }
+        );
+        let elsewhere = config(&[
+            "--backup-interval=2s",
+            "--backup-dir=/mnt/backups",
+            "--backup-retain=1",
+        ])
+        .expect("valid")
+        .backup
+        .expect("on");
+        assert_eq!(
+            (elsewhere.dir, elsewhere.retain),
+            (PathBuf::from("/mnt/backups"), 1)
+        );
+        for refused in [
+            &["--backup-interval", "500ms"][..],
+            &["--backup-interval", "8785h"],
+            &["--backup-retain", "0"],
+            &["--backup-interval", "1h", "--backup-retain", "100001"],
+        ] {
+            assert!(
+                matches!(config(refused), Err(ConfigError::OutOfRange(_))),
+                "{refused:?}"
+            );
+        }
     }
 }

@@ -41,6 +41,8 @@ use spike_sdk::tls::{ConnectionLimits, TlsListener};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use crate::metrics::{ApiMetrics, EdgeRefusal};
+
 /// Flags and SPIKE variables of the edge limits.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EdgeArgs {
@@ -311,6 +313,7 @@ pub async fn serve_api(
     mut listener: TlsListener,
     router: Router,
     limits: EdgeLimits,
+    metrics: ApiMetrics,
     stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> Result<(), Infallible> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -351,12 +354,18 @@ pub async fn serve_api(
             last_end: Mutex::new(Instant::now()),
         });
         let service = {
-            let (router, requests, activity) = (router.clone(), requests.clone(), activity.clone());
+            let (router, requests, activity, metrics) = (
+                router.clone(),
+                requests.clone(),
+                activity.clone(),
+                metrics.clone(),
+            );
             hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 let busy = Busy::new(&activity);
                 let permit = requests.admit(&peer.spiffe_id);
                 request.extensions_mut().insert(ConnectInfo(peer.clone()));
                 let router = router.clone();
+                let metrics = metrics.clone();
                 async move {
                     let _busy = busy;
                     let uri_bytes = request
@@ -364,10 +373,12 @@ pub async fn serve_api(
                         .path_and_query()
                         .map_or(0, |whole| whole.as_str().len());
                     if uri_bytes > limits.uri_bytes {
+                        metrics.refused(EdgeRefusal::UriTooLong);
                         return Ok::<_, Infallible>(refusal(StatusCode::URI_TOO_LONG));
                     }
                     let Some(_permit) = permit else {
                         tracing::debug!("too many requests in progress for this peer");
+                        metrics.refused(EdgeRefusal::PeerRequests);
                         return Ok(refusal(StatusCode::SERVICE_UNAVAILABLE));
                     };
                     let answer = router.oneshot(request.map(axum::body::Body::new));
@@ -375,6 +386,7 @@ pub async fn serve_api(
                         Ok(answer) => answer,
                         Err(_) => {
                             tracing::info!("request timed out");
+                            metrics.refused(EdgeRefusal::Timeout);
                             Ok(refusal(StatusCode::SERVICE_UNAVAILABLE))
                         }
                     }

@@ -134,8 +134,8 @@ pub fn seeds() -> std::io::Result<Vec<(&'static str, String, Vec<u8>)>> {
     use spike_sdk::domain::{DataKeyId, PolicyId, RootKeyId};
 
     use crate::state::command::{
-        Command, KeyCommand, PolicyCommand, Request, Response, RootKeyRecord, SecretCommand,
-        SessionRef,
+        Command, KeyCommand, PolicyCommand, Request, Response, RootKeyRecord, RotationSettings,
+        SecretCommand, SessionRef, SettingsCommand,
     };
     use crate::state::secret::Written;
     use crate::state::store::Batch;
@@ -175,6 +175,19 @@ pub fn seeds() -> std::io::Result<Vec<(&'static str, String, Vec<u8>)>> {
             name: "readers".parse().expect("a valid name"),
             ciphertext: vec![9; 60],
             data_key_id: DataKeyId(1),
+        }),
+        Command::Settings(SettingsCommand::SetRotation(RotationSettings {
+            data_key_rotate_after_ops: 1_000,
+            data_key_max_age_ns: 3_600_000_000_000,
+            root_key_max_age_ns: 0,
+            reencrypt_per_second: 10,
+        })),
+        Command::Secret(SecretCommand::Reseal {
+            path: "apps/db".parse().expect("a valid path"),
+            version: 4,
+            previous_digest: [0; 32],
+            ciphertext: vec![10; 40],
+            data_key_id: DataKeyId(2),
         }),
     ];
     let requests: Vec<Request> = (1..)

@@ -1,35 +1,48 @@
 //! The health and metrics listener: plain HTTP for load balancers,
 //! Kubernetes probes and Prometheus. It reveals no secrets: liveness,
-//! readiness (whether this replica holds the root key) and Raft progress.
+//! readiness (whether this replica holds the root key) and the metrics of
+//! [`crate::metrics`].
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use std::fmt::Write;
+use prometheus_client::registry::Registry;
 
 use crate::keys::KeyStatus;
+use crate::metrics;
 use crate::node::Node;
 
-/// Serves `/livez`, `/readyz` and `/metrics` on `listener` until shutdown.
+/// What the handlers read.
+#[derive(Clone)]
+struct Health {
+    node: Node,
+    registry: Arc<Registry>,
+}
+
+/// Serves `/livez`, `/readyz` and `/metrics` (`registry`, as OpenMetrics
+/// text) on `listener` until shutdown.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: Node,
+    registry: Arc<Registry>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .with_state(node);
+        .route("/metrics", get(scrape))
+        .with_state(Health { node, registry });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-async fn ready(State(node): State<Node>) -> impl IntoResponse {
-    match node.keys.status() {
+async fn ready(State(health): State<Health>) -> impl IntoResponse {
+    match health.node.keys.status() {
         KeyStatus::Ready { .. } => (StatusCode::OK, "ready\n"),
         KeyStatus::Locked { .. } => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -39,60 +52,15 @@ async fn ready(State(node): State<Node>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(node): State<Node>) -> impl IntoResponse {
-    let view = node.cluster_view();
-    let voters = u64::try_from(view.voter_count()).unwrap_or(u64::MAX);
-    let ready = matches!(node.keys.status(), KeyStatus::Ready { .. });
-    let mut text = String::new();
-    let mut gauge = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            text,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{}\"}} {value}",
-            node.id
-        );
-    };
-    gauge("spike_raft_term", "Current Raft term.", view.term);
-    gauge(
-        "spike_raft_leader_id",
-        "Id of the known leader (0: none).",
-        view.leader.as_ref().map_or(0, |leader| leader.id),
-    );
-    gauge(
-        "spike_raft_is_leader",
-        "1 if this replica leads.",
-        u64::from(view.is_leader()),
-    );
-    gauge(
-        "spike_raft_last_log_index",
-        "Index of the last log entry.",
-        view.last_log_index.unwrap_or(0),
-    );
-    gauge(
-        "spike_raft_applied_index",
-        "Index of the last applied entry.",
-        view.applied_index.unwrap_or(0),
-    );
-    gauge("spike_raft_voters", "Voters in the membership.", voters);
-    gauge(
-        "spike_root_key_ready",
-        "1 if this replica holds the root key.",
-        u64::from(ready),
-    );
-    gauge(
-        "spike_cluster_format",
-        "On-disk format the cluster writes, as applied here.",
-        u64::from(node.state.cluster_format().unwrap_or(0)),
-    );
-    gauge(
-        "spike_build_format_newest",
-        "Newest on-disk format this replica's build reads.",
-        u64::from(crate::raft::format::FORMAT_NEWEST),
-    );
-    let _ = writeln!(
-        text,
-        "# HELP spike_build_info This replica's release.\n# TYPE spike_build_info gauge\nspike_build_info{{node=\"{}\",release=\"{}\"}} 1",
-        node.id,
-        crate::cluster::version::RELEASE
-    );
-    ([("content-type", "text/plain; version=0.0.4")], text)
+async fn scrape(State(health): State<Health>) -> axum::response::Response {
+    // The scrape-time state reads the state database: off the async workers.
+    let registry = health.registry.clone();
+    match tokio::task::spawn_blocking(move || metrics::encode(&registry)).await {
+        Ok(Ok(text)) => ([("content-type", metrics::CONTENT_TYPE)], text).into_response(),
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the metrics\n",
+        )
+            .into_response(),
+    }
 }

@@ -9,10 +9,11 @@
 //!
 //! Three listeners: the SPIKE API (mTLS, any trusted SVID, per-route
 //! authorization), the cluster port (mTLS, Nexus only: Raft and forwarding)
-//! and, if configured, plain-HTTP health and metrics.
+//! and, if configured, plain-HTTP health and metrics ([`metrics`]).
 
 mod api;
 mod audit;
+mod backup;
 mod clock;
 mod cluster;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod fuzzing;
 mod health;
 mod keys;
 mod limits;
+pub mod metrics;
 mod node;
 mod quota;
 mod raft;
@@ -49,6 +51,7 @@ use crate::config::NexusConfig;
 use crate::keys::KeyState;
 use crate::keys::keepers::Keepers;
 use crate::keys::manager::{KeyManager, KeySettings};
+use crate::metrics::Metrics;
 use crate::node::{Node, Reads};
 use crate::raft::{RaftSettings, StartError};
 
@@ -90,7 +93,7 @@ fn cluster_rpc_span(request: &axum::http::Request<()>) -> tracing::Span {
 /// Creates `dir` (and its parents) as the replica's own: mode 0700, also
 /// when it exists from before, so no other local user reads the files in
 /// it (secret paths, policy names, times, membership).
-fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -134,17 +137,25 @@ pub async fn serve(
         }
     }
     let peers = Peers::new(identity.clone(), trust_roots.clone()).map_err(StartupError::failed)?;
+    // Built once; each component keeps a clone of its group.
+    let metrics = Metrics::new();
+    let mut registry = metrics.registry(config.node_id.get());
     let raft::Started {
         leadership,
         inbound,
         machine,
         format,
-    } = raft::start(raft_settings(&config), &config.data_dir, peers.clone())
-        .await
-        .map_err(|error| match error {
-            StartError::Settings(_) | StartError::Open(_) => StartupError::config(error),
-            StartError::Failed(_) => StartupError::failed(error),
-        })?;
+    } = raft::start(
+        raft_settings(&config),
+        &config.data_dir,
+        peers.clone(),
+        metrics.raft.clone(),
+    )
+    .await
+    .map_err(|error| match error {
+        StartError::Settings(_) | StartError::Open(_) => StartupError::config(error),
+        StartError::Failed(_) => StartupError::failed(error),
+    })?;
 
     // After the state: a new audit file's genesis record names the
     // cluster's committed root key id.
@@ -159,15 +170,25 @@ pub async fn serve(
         spiffe_id: identity.spiffe_id().to_string(),
         root_key_id,
     };
-    let audit_log = audit::AuditLog::open(&config.audit_log, origin, config.audit_forward.clone())
-        .map_err(|e| {
-            StartupError::config(format!(
-                "cannot open audit log {}: {e}",
-                config.audit_log.display()
-            ))
-        })?;
-    let keepers = Keepers::new(&config.keepers, identity.clone(), trust_roots.clone())
-        .map_err(StartupError::failed)?;
+    let audit_log = audit::AuditLog::open(
+        &config.audit_log,
+        origin,
+        config.audit_forward.clone(),
+        metrics.audit.clone(),
+    )
+    .map_err(|e| {
+        StartupError::config(format!(
+            "cannot open audit log {}: {e}",
+            config.audit_log.display()
+        ))
+    })?;
+    let keepers = Keepers::new(
+        &config.keepers,
+        identity.clone(),
+        trust_roots.clone(),
+        metrics.keepers.clone(),
+    )
+    .map_err(StartupError::failed)?;
     let keys = Arc::new(KeyState::default());
     let key_manager = Arc::new(KeyManager::new(
         leadership.clone(),
@@ -179,8 +200,8 @@ pub async fn serve(
             allow_insecure_threshold: config.allow_insecure_threshold,
             policy: keys::lifecycle::Policy {
                 push_interval: config.keeper_update_interval,
-                rotate_at: config.data_key_rotate_after,
             },
+            rotation_defaults: config.rotation_defaults,
         },
         audit_log.clone(),
     ));
@@ -220,6 +241,24 @@ pub async fn serve(
         .map_err(StartupError::failed)?;
     api_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let api_listener = listen_limited(api_listen, api_tls, &identity, max_age, limits).await?;
+    registry.register_collector(Box::new(metrics::ReplicaState {
+        node: node.clone(),
+        identity: identity.clone(),
+        audit: audit_log.clone(),
+        listeners: vec![
+            ("api", api_listener.stats()),
+            ("cluster", cluster_listener.stats()),
+        ],
+    }));
+    // A component with metrics of its own adds them here, one line each:
+    // `component.register_metrics(&mut registry);` (names without the
+    // `spike_` prefix, which the registry adds; list them in
+    // docs/metrics.md). Then the registry is frozen: scrapes read it
+    // without a lock.
+    key_manager.register_metrics(&mut registry);
+    let backup_metrics = backup::BackupMetrics::default();
+    backup_metrics.register_metrics(&mut registry);
+    let registry = Arc::new(registry);
     let health_listener = match config.health_addr {
         Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(|e| {
             StartupError::failed(format!("cannot listen on {address} (health): {e}"))
@@ -233,7 +272,20 @@ pub async fn serve(
         let founders = config.founders.iter().map(|(id, node)| (id.get(), *node));
         leadership.found_cluster(&founders.collect()).await;
     }
+    let reencryption_task = tokio::spawn(key_manager.clone().run_reencryption());
+    let backups = config.backup.clone().map(|settings| {
+        Arc::new(backup::Backups::new(
+            settings,
+            config.node_id,
+            leadership.clone(),
+            machine.clone(),
+            audit_log.clone(),
+            backup_metrics,
+        ))
+    });
+    let backup_task = backups.clone().map(|backups| tokio::spawn(backups.run()));
     let manager_task = tokio::spawn(key_manager.run(machine.applied()));
+    let leader_changes_task = tokio::spawn(leadership.clone().count_leader_changes());
     let format_task = tokio::spawn(cluster::version::switch_when_every_member_reads(
         leadership.clone(),
         peers,
@@ -270,15 +322,25 @@ pub async fn serve(
     let api = Arc::new(api::Api::new(
         node.clone(),
         trust_roots,
-        config.max_versions,
-        config.stale_read_max,
-        config.data_key_rotate_after,
+        api::ApiSettings {
+            max_versions: config.max_versions,
+            stale_read_max: config.stale_read_max,
+            data_key_rotate_after: config.data_key_rotate_after,
+        },
         audit_log,
+        metrics.api.clone(),
+        backups,
     ));
-    let api_server = edge::serve_api(api_listener, api::router(api), config.edge, stopping());
+    let api_server = edge::serve_api(
+        api_listener,
+        api::router(api),
+        config.edge,
+        metrics.api,
+        stopping(),
+    );
     let health = async {
         match health_listener {
-            Some(listener) => health::serve(listener, node.clone(), stopping()).await,
+            Some(listener) => health::serve(listener, node.clone(), registry, stopping()).await,
             None => {
                 stopping().await;
                 Ok(())
@@ -295,7 +357,12 @@ pub async fn serve(
         async { health.await.map_err(StartupError::failed) },
     );
     manager_task.abort();
+    reencryption_task.abort();
     format_task.abort();
+    leader_changes_task.abort();
+    if let Some(task) = backup_task {
+        task.abort();
+    }
     quota_task.abort();
     leadership.shutdown().await;
     outcome.map(|_| ())

@@ -17,7 +17,9 @@ use crate::limits::RateLimiter;
 use crate::quota::{QuotaExceeded, StorageQuota};
 use crate::raft::state_machine::{AppliedIndex, StateMachine};
 use crate::raft::{ClusterView, Leader, Leadership, NexusNode};
-use crate::state::command::{Command, KeyCommand, MembershipCommand, Request, Response};
+use crate::state::command::{
+    Command, KeyCommand, MembershipCommand, Request, Response, SecretCommand,
+};
 use crate::state::store::StateReader;
 use spike_sdk::crypto::{KeyShare, SecretBytes, ShamirParams, ShareIndex};
 use spike_sdk::domain::NodeId;
@@ -46,6 +48,10 @@ pub enum NodeError {
     /// The leader does not hold the root key.
     #[error("the leader does not hold the root key")]
     NotReady,
+    /// The cluster cannot take this request yet (it needs an on-disk
+    /// format the cluster does not write yet); nothing changed.
+    #[error("{0}")]
+    NotYet(String),
     /// The leader is past its storage quota and the request adds data;
     /// nothing changed.
     #[error("{0}")]
@@ -95,6 +101,7 @@ fn after_failure(error: ForwardError, effect: Effect, own_id: u64) -> Next {
         ForwardError::OutcomeUnknown(reason) => Next::Fail(NodeError::OutcomeUnknown(reason)),
         ForwardError::Invalid(reason) => Next::Fail(NodeError::Invalid(reason)),
         ForwardError::NotReady => Next::Fail(NodeError::NotReady),
+        ForwardError::NotYet(reason) => Next::Fail(NodeError::NotYet(reason)),
         ForwardError::StorageQuota(exceeded) => Next::Fail(NodeError::StorageQuota(exceeded)),
     }
 }
@@ -131,7 +138,11 @@ fn forwardable(op: &LeaderOp) -> Result<(), ForwardError> {
         return Ok(());
     };
     match &request.command {
+        Command::Secret(SecretCommand::Reseal { .. }) => Err(ForwardError::Invalid(
+            "re-seals come from the leader's re-encryption, never from a peer".to_owned(),
+        )),
         Command::Secret(_)
+        | Command::Settings(_)
         | Command::Policy(_)
         | Command::Restore(_)
         | Command::Limits(_)
@@ -141,6 +152,9 @@ fn forwardable(op: &LeaderOp) -> Result<(), ForwardError> {
         )),
         Command::Membership(_) => Err(ForwardError::Invalid(
             "membership facts come from the leader, never from a peer".to_owned(),
+        )),
+        Command::Backup(_) => Err(ForwardError::Invalid(
+            "backup records come from the leader's own schedule, never from a peer".to_owned(),
         )),
     }
 }
@@ -258,6 +272,20 @@ impl Node {
 
     /// Applies `request` through the leader, wherever it is.
     pub async fn write(&self, request: Request) -> Result<Response, NodeError> {
+        // A leader of an older release could not even decode a command of
+        // a newer format: refuse it here until this replica has applied the
+        // cluster's switch (the leader checks again before proposing).
+        let needed = request.format_needed();
+        if needed > crate::raft::format::FORMAT_OLDEST && request.switches_format_to().is_none() {
+            let cluster = self
+                .state
+                .cluster_format()
+                .map_err(|e| NodeError::OutcomeUnknown(e.to_string()))?;
+            if needed > cluster {
+                let refused = crate::raft::LeaderError::FormatNotYet { needed, cluster };
+                return Err(NodeError::NotYet(refused.to_string()));
+            }
+        }
         match self.execute(LeaderOp::Write(request)).await? {
             LeaderReply::Written(response) => Ok(response),
             other => Err(NodeError::OutcomeUnknown(format!(

@@ -60,6 +60,9 @@ pub enum AuditEvent {
     Request(RequestEvent),
     /// A key change this replica committed as the leader.
     Key(KeyEvent),
+    /// A scheduled backup this replica took (or failed to take) as the
+    /// leader.
+    Backup(BackupEvent),
 }
 
 /// The first record of every file: whose log this is.
@@ -106,6 +109,22 @@ pub struct KeyEvent {
     /// The active data key after a rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_key: Option<u32>,
+    /// Why a rotation or rekey happened (absent in records of releases
+    /// that did not say, and for other changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<KeyTrigger>,
+}
+
+/// Why a key was replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyTrigger {
+    /// An operator asked (`spike operator rotate` or `rekey`).
+    Operator,
+    /// The data key reached its encryption count.
+    Operations,
+    /// The key reached its maximum age.
+    Age,
 }
 
 /// The key changes a leader makes.
@@ -120,6 +139,48 @@ pub enum KeyAction {
     RotateDataKey,
     /// The root key rebuilt from operator shards.
     Restore,
+}
+
+/// A scheduled backup the leader took, discarded or failed to take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupEvent {
+    /// How it ended.
+    pub outcome: BackupOutcome,
+    /// The schedule slot (floor(leader time / interval)).
+    pub slot: u64,
+    /// When the slot starts, RFC 3339.
+    pub slot_time: String,
+    /// The backup file's name in the writer's backup directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The last log index the backup holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    /// The root key its records are sealed under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_key_id: Option<u64>,
+    /// Its size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// Hex SHA-256 of the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Why it failed or was discarded (paths and I/O errors, never data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// How a scheduled backup ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupOutcome {
+    /// Written, verified and recorded in the replicated state.
+    Completed,
+    /// Written, but another leader recorded the slot first: the file was
+    /// deleted.
+    Discarded,
+    /// Not written (or not verified): nothing kept.
+    Failed,
 }
 
 /// What the first line's `prev` hashes.
@@ -302,7 +363,8 @@ mod tests {
         })
     }
 
-    /// A genesis record and `requests` request records, then a key record.
+    /// A genesis record and `requests` request records, then a key record
+    /// and a backup record.
     fn log(requests: u64) -> Vec<String> {
         let mut prev = genesis_hash();
         let mut lines = Vec::new();
@@ -321,6 +383,21 @@ mod tests {
                 action: KeyAction::RotateDataKey,
                 root_key_id: 1,
                 data_key: Some(2),
+                trigger: Some(KeyTrigger::Age),
+            }),
+        );
+        push(
+            requests + 3,
+            AuditEvent::Backup(BackupEvent {
+                outcome: BackupOutcome::Completed,
+                slot: 7,
+                slot_time: "2026-11-29T00:00:14Z".to_owned(),
+                file: Some("spike-backup-20261129T000014Z-i000000000012-rk1.snap".to_owned()),
+                index: Some(12),
+                root_key_id: Some(1),
+                size_bytes: Some(300),
+                sha256: Some("00".repeat(32)),
+                reason: None,
             }),
         );
         lines
@@ -333,7 +410,7 @@ mod tests {
     #[test]
     fn an_intact_log_verifies_and_names_its_replica() {
         let verified = verify(log(5).join("\n").as_bytes()).expect("intact");
-        assert_eq!(verified.records, 7);
+        assert_eq!(verified.records, 8);
         assert_eq!(verified.node, NODE);
         assert_eq!(
             verified.genesis.spiffe_id,
@@ -341,6 +418,11 @@ mod tests {
         );
         assert_eq!(verified.genesis.root_key_id, NO_ROOT_KEY);
         assert!(log(0)[0].contains(r#""kind":"genesis""#), "{}", log(0)[0]);
+        assert!(
+            log(0)[2].contains(r#""kind":"backup","outcome":"completed""#),
+            "{}",
+            log(0)[2]
+        );
     }
 
     #[test]

@@ -30,13 +30,13 @@ pub fn ready(health_addr: SocketAddr, timeout: Duration) -> bool {
     stream.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
 }
 
-/// Largest `/metrics` answer read.
-const METRICS_SIZE_MAX_BYTES: u64 = 64 * 1024;
+/// Largest `/metrics` answer read: the histograms of every route on a
+/// replica that served them all stay far below it.
+const METRICS_SIZE_MAX_BYTES: u64 = 1024 * 1024;
 
-/// The value of gauge `name` in the health listener's `/metrics`
-/// (Prometheus text, with or without labels), or `None` if it does not
-/// answer or has no such gauge.
-pub fn gauge(health_addr: SocketAddr, name: &str, timeout: Duration) -> Option<u64> {
+/// The health listener's whole answer to `GET /metrics` (status line,
+/// headers and the text), or `None` if it does not answer.
+pub fn scrape(health_addr: SocketAddr, timeout: Duration) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&health_addr, timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
     stream.set_write_timeout(Some(timeout)).ok()?;
@@ -48,7 +48,15 @@ pub fn gauge(health_addr: SocketAddr, name: &str, timeout: Duration) -> Option<u
         .take(METRICS_SIZE_MAX_BYTES)
         .read_to_string(&mut answer)
         .ok()?;
-    answer.lines().find_map(|line| {
+    Some(answer)
+}
+
+/// The value of gauge (or counter) `name` in the health listener's
+/// `/metrics` (Prometheus or OpenMetrics text, with or without labels; the
+/// first series of it), or `None` if it does not answer or has no such
+/// metric.
+pub fn gauge(health_addr: SocketAddr, name: &str, timeout: Duration) -> Option<u64> {
+    scrape(health_addr, timeout)?.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?;
         if !rest.starts_with([' ', '{']) {
             return None;

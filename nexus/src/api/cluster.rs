@@ -1,9 +1,9 @@
 //! `/v1/cluster` (extension): status, membership and leadership.
 
 use spike_sdk::api::{
-    AddMemberRequest, ClusterLimits, ClusterLimitsRequest, ClusterMembers, ClusterMembersRequest,
-    ClusterStatus, ClusterStatusRequest, EmptyResponse, Member, RemoveMemberRequest, RootKeyState,
-    RootKeyStatus, SetLimitsRequest, TransferLeaderRequest,
+    AddMemberRequest, BackupSchedule, ClusterLimits, ClusterLimitsRequest, ClusterMembers,
+    ClusterMembersRequest, ClusterStatus, ClusterStatusRequest, EmptyResponse, LastBackup, Member,
+    RemoveMemberRequest, RootKeyState, RootKeyStatus, SetLimitsRequest, TransferLeaderRequest,
 };
 use spike_sdk::domain::{DataKeyId, NodeId};
 use spike_sdk::identity::Role;
@@ -87,6 +87,31 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
                 .cluster_format()
                 .map_err(|e| ApiError::Internal(e.to_string()))?,
         ),
+        last_backup: node
+            .state
+            .last_backup()
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map(|record| LastBackup {
+                slot: record.slot,
+                interval_ms: record.interval_ms,
+                slot_time: crate::backup::files::rfc3339(record.slot_start_ms()),
+                index: record.index,
+                file: record.file,
+                node: record.node.get(),
+                root_key_id: record.root_key_id.0,
+                size_bytes: record.size_bytes,
+                sha256: hex::encode(record.sha256),
+            }),
+        backup_schedule: call.api.backups.as_ref().map(|backups| {
+            let local = backups.local();
+            BackupSchedule {
+                interval_ms: u64::try_from(local.interval.as_millis()).unwrap_or(u64::MAX),
+                dir: local.dir.display().to_string(),
+                retain: local.retain as u64,
+                succeeded: local.succeeded,
+                failed: local.failed,
+            }
+        }),
         storage_used_bytes: Some(node.quota().used()),
         storage_quota_bytes: Some(node.quota().quota()),
         storage_quota_exceeded: Some(node.quota().exceeded()),

@@ -40,6 +40,7 @@ use spike_sdk::tls::PeerIdentity;
 use tracing::Instrument;
 
 use crate::audit::{AuditEntry, AuditLog};
+use crate::metrics::ApiMetrics;
 use crate::node::Node;
 use crate::state::command::SessionRef;
 use authz::Permission;
@@ -56,6 +57,8 @@ pub struct Api {
     pub max_versions: u32,
     /// Where every request is recorded.
     pub audit: AuditLog,
+    /// Request counts and latencies.
+    pub metrics: ApiMetrics,
     /// Oldest state a stale read is answered from
     /// (`SPIKE_NEXUS_STALE_READ_MAX`).
     pub stale_read_max: std::time::Duration,
@@ -63,6 +66,22 @@ pub struct Api {
     policies: policies::PolicyCache,
     /// Cipher-route encryptions reserved cluster-wide and not yet made.
     encryptions: cipher::EncryptionBudget,
+    /// The backup schedule, when on (for status).
+    pub backups: Option<Arc<crate::backup::Backups>>,
+}
+
+/// The API's settings, from the replica's flags.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiSettings {
+    /// Versions kept per secret (`SPIKE_NEXUS_MAX_SECRET_VERSIONS`).
+    pub max_versions: u32,
+    /// Oldest state a stale read is answered from
+    /// (`SPIKE_NEXUS_STALE_READ_MAX`).
+    pub stale_read_max: std::time::Duration,
+    /// Encryptions after which the data key rotates
+    /// (`SPIKE_NEXUS_DATA_KEY_ROTATE_AFTER`): sizes the cipher routes'
+    /// reservations.
+    pub data_key_rotate_after: u64,
 }
 
 impl Api {
@@ -70,19 +89,21 @@ impl Api {
     pub fn new(
         node: Node,
         trust_roots: TrustRoots,
-        max_versions: u32,
-        stale_read_max: std::time::Duration,
-        data_key_rotate_after: u64,
+        settings: ApiSettings,
         audit: AuditLog,
+        metrics: ApiMetrics,
+        backups: Option<Arc<crate::backup::Backups>>,
     ) -> Self {
         Self {
+            backups,
             node,
             trust_roots,
-            max_versions,
+            max_versions: settings.max_versions,
             audit,
-            stale_read_max,
+            metrics,
+            stale_read_max: settings.stale_read_max,
             policies: policies::PolicyCache::default(),
-            encryptions: cipher::EncryptionBudget::new(data_key_rotate_after),
+            encryptions: cipher::EncryptionBudget::new(settings.data_key_rotate_after),
         }
     }
 
@@ -172,6 +193,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Option<Byte
     axum::body::to_bytes(body, limit).await.ok()
 }
 
+/// Serves one request and counts it, by route and status.
 async fn dispatch(
     State(api): State<Arc<Api>>,
     ConnectInfo(peer): ConnectInfo<PeerIdentity>,
@@ -182,6 +204,11 @@ async fn dispatch(
 ) -> Response {
     let started = std::time::Instant::now();
     let route = Route::from_request(uri.path(), uri.query());
+    let answered = |response: Response| {
+        api.metrics
+            .answered(route, response.status().as_u16(), started.elapsed());
+        response
+    };
     let leader = api.leader_api();
     let span = tracing::info_span!(
         "request",
@@ -195,7 +222,7 @@ async fn dispatch(
     // no answer leaves before the request's record is on disk.
     if !api.audit.is_healthy() {
         span.in_scope(|| tracing::warn!("refused: the audit log cannot be written"));
-        return audit_unavailable().into_response(leader.as_ref());
+        return answered(audit_unavailable().into_response(leader.as_ref()));
     }
     let limit = body_limit(&api, &peer, &method, route);
     let (reply, target) = async {
@@ -247,7 +274,7 @@ async fn dispatch(
             audit_unavailable()
         }
     };
-    reply.into_response(api.leader_api().or(leader).as_ref())
+    answered(reply.into_response(api.leader_api().or(leader).as_ref()))
 }
 
 /// 503 `audit_unavailable`.
@@ -315,6 +342,8 @@ async fn serve(
         Route::BootstrapVerify => json(call, bootstrap::verify).await,
         Route::Rekey => json(call, operator::rekey).await,
         Route::Rotate => json(call, operator::rotate).await,
+        Route::RotationGet => json(call, operator::get_rotation).await,
+        Route::RotationSet => json(call, operator::set_rotation).await,
         Route::ClusterStatus => json(call, cluster::status).await,
         Route::ClusterMembers => json(call, cluster::members).await,
         Route::ClusterAdd => json(call, cluster::add).await,
@@ -322,6 +351,7 @@ async fn serve(
         Route::ClusterTransfer => json(call, cluster::transfer).await,
         Route::SnapshotSave => (snapshot::save(call).await, None),
         Route::SnapshotRestore => (snapshot::restore(call).await, None),
+        Route::SecretMetadataPut => json(call, secrets::metadata_put).await,
         Route::ClusterLimits => json(call, cluster::limits).await,
         Route::ClusterSetLimits => json(call, cluster::set_limits).await,
     }
@@ -399,6 +429,7 @@ fn decided_by_policy(route: Route) -> bool {
             | Route::SecretDestroy
             | Route::SecretList
             | Route::SecretMetadata
+            | Route::SecretMetadataPut
             | Route::PolicyPut
             | Route::PolicyGet
             | Route::PolicyDelete

@@ -2,19 +2,25 @@
 //! extensions) rekey and data-key rotation.
 
 use spike_sdk::api::{
-    RecoverRequest, RecoverResponse, RekeyRequest, RekeyResponse, RestoreRequest, RestoreResponse,
-    RotateRequest, RotateResponse, Shard,
+    GetRotationRequest, RecoverRequest, RecoverResponse, RekeyRequest, RekeyResponse,
+    RestoreRequest, RestoreResponse, RotateRequest, RotateResponse, RotationResponse,
+    RotationSettings as WireRotation, SetRotationRequest, Shard,
 };
 use spike_sdk::crypto::ShamirParams;
 use spike_sdk::identity::Role;
 
 use super::{ApiError, Audited, Call};
 use crate::cluster::{LeaderOp, LeaderReply, RestoreShard};
+use crate::state::command::{
+    Command, Refusal, Request, Response, RotationSettings, SettingsCommand,
+};
 
 impl Audited for RecoverRequest {}
 impl Audited for RestoreRequest {}
 impl Audited for RekeyRequest {}
 impl Audited for RotateRequest {}
+impl Audited for GetRotationRequest {}
+impl Audited for SetRotationRequest {}
 
 fn unexpected(reply: &LeaderReply) -> ApiError {
     ApiError::Internal(format!("unexpected reply {reply:?}"))
@@ -99,5 +105,115 @@ pub async fn rotate(call: Call<'_>, _: RotateRequest) -> Result<RotateResponse, 
             err: None,
         }),
         other => Err(unexpected(&other)),
+    }
+}
+
+const NS_PER_SECOND: u64 = 1_000_000_000;
+
+fn to_wire(settings: &RotationSettings) -> WireRotation {
+    WireRotation {
+        data_key_rotate_after_ops: settings.data_key_rotate_after_ops,
+        data_key_max_age_seconds: settings.data_key_max_age_ns / NS_PER_SECOND,
+        root_key_max_age_seconds: settings.root_key_max_age_ns / NS_PER_SECOND,
+        reencrypt_per_second: settings.reencrypt_per_second,
+    }
+}
+
+/// The settings a request names, if every field is one a leader can
+/// follow.
+fn from_wire(settings: &WireRotation) -> Result<RotationSettings, ApiError> {
+    let ns = |seconds: u64| {
+        seconds
+            .checked_mul(NS_PER_SECOND)
+            .ok_or(ApiError::BAD_REQUEST)
+    };
+    let settings = RotationSettings {
+        data_key_rotate_after_ops: settings.data_key_rotate_after_ops,
+        data_key_max_age_ns: ns(settings.data_key_max_age_seconds)?,
+        root_key_max_age_ns: ns(settings.root_key_max_age_seconds)?,
+        reencrypt_per_second: settings.reencrypt_per_second,
+    };
+    settings.check().map_err(|_| ApiError::BAD_REQUEST)?;
+    Ok(settings)
+}
+
+/// The rotation state as this replica sees it.
+fn rotation_state(call: &Call<'_>) -> Result<RotationResponse, ApiError> {
+    let node = &call.api.node;
+    let (settings, rotation) = node
+        .key_manager
+        .rotation_settings()
+        .ok_or(ApiError::NOT_READY)?;
+    let meta = node
+        .state
+        .cluster_meta()
+        .map_err(|error| ApiError::Internal(error.to_string()))?;
+    let now_ns = crate::clock::now_ns();
+    let age = |since: u64| now_ns.saturating_sub(since) / NS_PER_SECOND;
+    let root_key_id = meta.root_key_id().map_or(0, |id| id.0);
+    Ok(RotationResponse {
+        settings: to_wire(&settings),
+        replicated: rotation.settings.is_some(),
+        root_key_id,
+        active_data_key_id: node
+            .keys
+            .unlocked()
+            .map_or(0, |unlocked| unlocked.active_data_key()),
+        data_key_age_seconds: rotation.data_key_since.map_or(0, age),
+        root_key_age_seconds: rotation
+            .root_key_since
+            .filter(|(id, _)| id.0 == root_key_id)
+            .map_or(0, |(_, since)| age(since)),
+        versions_under_old_keys: node.key_manager.metrics().versions_under_old_keys(),
+        reencrypted_versions: node.key_manager.metrics().reencrypted_versions(),
+        err: None,
+    })
+}
+
+/// Rotation get (extension): the settings in force and the keys' state.
+pub async fn get_rotation(
+    call: Call<'_>,
+    _: GetRotationRequest,
+) -> Result<RotationResponse, ApiError> {
+    call.require(Role::PilotSuperuser)?;
+    call.read_barrier().await?;
+    rotation_state(&call)
+}
+
+/// Rotation set (extension): replicated settings every leader follows.
+pub async fn set_rotation(
+    call: Call<'_>,
+    body: SetRotationRequest,
+) -> Result<RotationResponse, ApiError> {
+    call.require(Role::PilotSuperuser)?;
+    let settings = from_wire(&body.settings)?;
+    // Settings are a format-3 command: until the cluster writes format 3
+    // (a new one switches about 2 s after start, an upgraded one once
+    // every replica runs this release) the answer is "not ready", which
+    // clients retry, rather than a refusal.
+    let format = call
+        .api
+        .node
+        .state
+        .cluster_format()
+        .map_err(|error| ApiError::Internal(error.to_string()))?;
+    if format < 3 {
+        return Err(ApiError::NOT_READY);
+    }
+    let request = Request {
+        command: Command::Settings(SettingsCommand::SetRotation(settings)),
+        session: call.session,
+        time_ns: 0,
+    };
+    match call.api.node.write(request).await? {
+        Response::Done => {
+            // The answer shows the settings just written, also when this
+            // replica is a follower that has not applied them yet.
+            call.api.node.linearize().await?;
+            rotation_state(&call)
+        }
+        Response::Refused(Refusal::InvalidSettings(_)) => Err(ApiError::BAD_REQUEST),
+        Response::Refused(refusal) => Err(ApiError::Internal(refusal.to_string())),
+        other => Err(ApiError::Internal(format!("unexpected response {other:?}"))),
     }
 }

@@ -75,7 +75,7 @@ impl From<NodeError> for ApiError {
             NodeError::Invalid(_) => ApiError::BAD_REQUEST,
             NodeError::NotReady => ApiError::NOT_READY,
             NodeError::StorageQuota(exceeded) => ApiError::StorageQuota(exceeded.to_string()),
-            NodeError::NoLeader | NodeError::OutcomeUnknown(_) => {
+            NodeError::NoLeader | NodeError::OutcomeUnknown(_) | NodeError::NotYet(_) => {
                 ApiError::Unavailable(error.to_string())
             }
         }

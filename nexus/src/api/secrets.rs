@@ -6,10 +6,11 @@
 //! copied to another path does not open.
 
 use spike_sdk::api::{
-    DeleteSecretRequest, DestroySecretRequest, EmptyResponse, GetSecretRequest, GetSecretResponse,
-    ListSecretsRequest, ListSecretsResponse, PutSecretRequest, SECRET_SIZE_MAX_BYTES,
-    SecretMetadata, SecretMetadataRequest, SecretMetadataResponse, SecretValues, SecretVersions,
-    Timestamp, UndeleteSecretRequest, VersionInfo,
+    CustomMetadata, DeleteSecretRequest, DestroySecretRequest, EmptyResponse, GetSecretRequest,
+    GetSecretResponse, ListSecretsRequest, ListSecretsResponse, PutSecretMetadataRequest,
+    PutSecretRequest, SECRET_SIZE_MAX_BYTES, SecretMetadata, SecretMetadataRequest,
+    SecretMetadataResponse, SecretValues, SecretVersions, Timestamp, UndeleteSecretRequest,
+    VersionInfo,
 };
 use spike_sdk::domain::{DataKeyId, SecretPath, valid_name};
 use zeroize::Zeroizing;
@@ -56,6 +57,12 @@ impl Audited for DestroySecretRequest {
     }
 }
 
+impl Audited for PutSecretMetadataRequest {
+    fn audit_target(&self) -> Option<&str> {
+        Some(&self.path)
+    }
+}
+
 impl Audited for ListSecretsRequest {}
 
 /// Versions as the state machine takes them: negative ones exist nowhere,
@@ -68,7 +75,13 @@ fn known_versions(versions: &[i64]) -> Vec<u64> {
 }
 
 fn aad(path: &SecretPath) -> Vec<u8> {
-    format!("spike/secret/{path}").into_bytes()
+    crate::keys::secret_aad(path)
+}
+
+/// Custom metadata's associated data: bound to the path, and never
+/// mistaken for a value's ciphertext.
+fn custom_metadata_aad(path: &SecretPath) -> Vec<u8> {
+    format!("spike/secret-metadata/{path}").into_bytes()
 }
 
 fn unlocked(call: &Call<'_>) -> Result<std::sync::Arc<Unlocked>, ApiError> {
@@ -231,10 +244,30 @@ pub async fn metadata(
 ) -> Result<SecretMetadataResponse, ApiError> {
     call.authorize_path(&body.path, &[Permission::Read]).await?;
     let path = SecretPath::try_from(body.path.as_str())?;
-    unlocked(&call)?;
-    let record = read_record(&call, &path).await?;
+    let unlocked = unlocked(&call)?;
+    call.read_barrier().await?;
+    let (record, custom) = call
+        .api
+        .node
+        .state
+        .secret_and_custom_metadata(&path)
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .ok_or(ApiError::NOT_FOUND)?;
     let version = u64::try_from(body.version).map_err(|_| ApiError::NOT_FOUND)?;
     record.read(version).map_err(|_| ApiError::NOT_FOUND)?;
+    let custom_metadata = match custom {
+        Some(custom) => {
+            let plaintext = unlocked
+                .open(&custom_metadata_aad(&path), &custom.ciphertext)
+                .map_err(|e| {
+                    ApiError::Internal(format!("custom metadata of {path} does not open: {e}"))
+                })?;
+            serde_json::from_slice(plaintext.expose_secret()).map_err(|_| {
+                ApiError::Internal(format!("custom metadata of {path} is not a map of strings"))
+            })?
+        }
+        None => CustomMetadata::default(),
+    };
     let versions = record
         .versions
         .iter()
@@ -257,6 +290,38 @@ pub async fn metadata(
             updated_time: Timestamp::from_unix_nanos(record.updated_at),
             max_versions: record.max_versions,
         },
+        custom_metadata,
         err: None,
     })
+}
+
+/// Metadata put (extension): replaces the custom metadata of an existing
+/// secret. Needs `write` on the path, like a put.
+pub async fn metadata_put(
+    call: Call<'_>,
+    body: PutSecretMetadataRequest,
+) -> Result<EmptyResponse, ApiError> {
+    call.authorize_path(&body.path, &[Permission::Write])
+        .await?;
+    let path = SecretPath::try_from(body.path.as_str())?;
+    body.custom_metadata
+        .check()
+        .map_err(|_| ApiError::BAD_REQUEST)?;
+    let unlocked = unlocked(&call)?;
+    let plaintext = Zeroizing::new(
+        serde_json::to_vec(&body.custom_metadata).map_err(|e| ApiError::Internal(e.to_string()))?,
+    );
+    let (ciphertext, data_key_id) = unlocked
+        .seal(&custom_metadata_aad(&path), &plaintext)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    write(
+        &call,
+        Command::Secret(SecretCommand::PutCustomMetadata {
+            path,
+            ciphertext,
+            data_key_id: DataKeyId(data_key_id),
+        }),
+    )
+    .await?;
+    Ok(EmptyResponse::default())
 }

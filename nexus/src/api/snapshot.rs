@@ -98,6 +98,13 @@ async fn replace_store(
 ) -> Result<SnapshotRestoreResponse, ApiError> {
     let restore_id = now_ns();
     let (secrets, policies) = (backup.secrets.len(), backup.policies.len());
+    // Checked before the store is cleared: the leader would refuse the
+    // custom metadata only after everything else was replaced. A new
+    // cluster switches to its newest format within seconds of forming, so
+    // a restore right after start waits for that.
+    if !backup.custom_metadata.is_empty() {
+        wait_for_format(&call, 3).await?;
+    }
     propose(&call, RestoreCommand::Begin { restore_id }).await?;
     let mut piece = (Vec::new(), Vec::new(), 0usize);
     let rows = backup
@@ -149,6 +156,28 @@ async fn replace_store(
         )
         .await?;
     }
+    let mut rows = Vec::new();
+    let mut piece_bytes = 0;
+    for row in backup.custom_metadata {
+        piece_bytes += row.size_bytes;
+        rows.push((row.key, row.record));
+        if piece_bytes >= RESTORE_PIECE_MAX_BYTES {
+            piece_bytes = 0;
+            let rows = std::mem::take(&mut rows);
+            propose(
+                &call,
+                RestoreCommand::CustomMetadataRows { restore_id, rows },
+            )
+            .await?;
+        }
+    }
+    if !rows.is_empty() {
+        propose(
+            &call,
+            RestoreCommand::CustomMetadataRows { restore_id, rows },
+        )
+        .await?;
+    }
     propose(
         &call,
         RestoreCommand::Finish {
@@ -165,6 +194,33 @@ async fn replace_store(
         err: None,
         refused: None,
     })
+}
+
+/// Longest a restore waits for the cluster to write the format its backup
+/// needs.
+const FORMAT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits (up to [`FORMAT_WAIT`]) until this replica has applied the
+/// cluster's switch to `format` or a newer one.
+async fn wait_for_format(call: &Call<'_>, format: u32) -> Result<(), ApiError> {
+    let deadline = tokio::time::Instant::now() + FORMAT_WAIT;
+    loop {
+        let cluster_format = call
+            .api
+            .node
+            .state
+            .cluster_format()
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        if cluster_format >= format {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::Unavailable(format!(
+                "the backup needs on-disk format {format} and the cluster writes format {cluster_format}: finish the upgrade first"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// A backup record on its way into a restore piece.

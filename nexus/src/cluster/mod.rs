@@ -147,6 +147,11 @@ pub enum ForwardError {
     /// does), and sending the request again is safe.
     #[error("never sent: {0}")]
     NeverSent(String),
+    /// The leader cannot take this request yet and nothing changed: it
+    /// needs an on-disk format the cluster does not write yet (a replica
+    /// still runs an older release). Worth retrying later.
+    #[error("{0}")]
+    NotYet(String),
     /// The leader is past its storage quota and the request adds data;
     /// nothing was proposed. (A replica of an older release cannot decode
     /// this answer and reports an unknown outcome instead.)
@@ -159,10 +164,10 @@ impl From<LeaderError> for ForwardError {
         match error {
             LeaderError::NotLeader { leader } => ForwardError::NotLeader { leader },
             LeaderError::OutcomeUnknown(reason) => ForwardError::OutcomeUnknown(reason),
-            // Nothing was proposed; the client learns why.
-            refused @ LeaderError::FormatNotYet { .. } => {
-                ForwardError::Invalid(refused.to_string())
-            }
+            // Nothing was proposed: 503, worth a retry once the cluster
+            // has switched (within a second of forming, or at the end of
+            // a rolling upgrade).
+            refused @ LeaderError::FormatNotYet { .. } => ForwardError::NotYet(refused.to_string()),
         }
     }
 }

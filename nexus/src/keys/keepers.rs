@@ -18,6 +18,8 @@ use spike_sdk::tls::{ChannelOptions, TlsConfigError, client_config, grpc_channel
 use tonic::transport::Channel;
 use zeroize::Zeroize;
 
+use crate::metrics::{KeeperMetrics, KeeperOperation, KeeperOutcome};
+
 /// Longest one keeper call may take.
 pub const KEEPER_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -26,14 +28,17 @@ pub const KEEPER_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Keepers {
     keepers: Vec<(SocketAddr, KeeperClient<Channel>)>,
+    metrics: KeeperMetrics,
 }
 
 impl Keepers {
-    /// Clients for `addresses`, accepting only servers with the Keeper role.
+    /// Clients for `addresses`, accepting only servers with the Keeper
+    /// role; every push and fetch is counted in `metrics`.
     pub fn new(
         addresses: &[SocketAddr],
         identity: Identity,
         trust_roots: TrustRoots,
+        metrics: KeeperMetrics,
     ) -> Result<Self, TlsConfigError> {
         let config = client_config(identity, PeerAuthorizer::role(trust_roots, Role::Keeper))?;
         let options = ChannelOptions {
@@ -50,7 +55,7 @@ impl Keepers {
                 (*address, client)
             })
             .collect();
-        Ok(Self { keepers })
+        Ok(Self { keepers, metrics })
     }
 
     /// How many keepers there are.
@@ -78,12 +83,17 @@ impl Keepers {
                 share: share.expose_secret().to_vec(),
                 committed: kind.committed_flag(),
             };
+            let metrics = &self.metrics;
             async move {
                 let mut call = spike_sdk::keeper_api::versioned(request);
                 call.set_timeout(KEEPER_CALL_TIMEOUT);
                 match client.store_share(call).await {
-                    Ok(_) => true,
+                    Ok(_) => {
+                        metrics.called(KeeperOperation::Push, KeeperOutcome::Ok);
+                        true
+                    }
                     Err(status) => {
+                        metrics.called(KeeperOperation::Push, KeeperOutcome::Error);
                         tracing::debug!(keeper = %address, %root_key_id, code = ?status.code(), message = status.message(), "keeper did not take its share");
                         false
                     }
@@ -123,6 +133,7 @@ impl Keepers {
     pub async fn fetch(&self, root_key_id: RootKeyId, key_check: KeyCheck) -> Vec<KeyShare> {
         let calls = self.keepers.iter().enumerate().map(|(position, (address, client))| {
             let mut client = client.clone();
+            let metrics = &self.metrics;
             async move {
                 let mut call = spike_sdk::keeper_api::versioned(FetchShareRequest {
                     root_key_id: root_key_id.0,
@@ -132,13 +143,17 @@ impl Keepers {
                 let reply = match client.fetch_share(call).await {
                     Ok(reply) => reply.into_inner(),
                     Err(status) => {
+                        metrics.called(KeeperOperation::Fetch, KeeperOutcome::Error);
                         tracing::debug!(keeper = %address, %root_key_id, code = ?status.code(), "keeper has no share");
                         return None;
                     }
                 };
-                share_of_reply(position, root_key_id, key_check, &reply)
+                let share = share_of_reply(position, root_key_id, key_check, &reply)
                     .map_err(|reason| tracing::warn!(keeper = %address, %reason, "keeper answered with an unusable share; ignored"))
-                    .ok()
+                    .ok();
+                let outcome = if share.is_some() { KeeperOutcome::Ok } else { KeeperOutcome::Unusable };
+                metrics.called(KeeperOperation::Fetch, outcome);
+                share
             }
         });
         join_all(calls).await.into_iter().flatten().collect()

@@ -1,7 +1,7 @@
 //! The decisions of the root-key lifecycle, as a pure function: from what a
 //! replica observes (the cluster's committed key, the key it holds, its
-//! leadership, its push schedule and the data key's use) to the one next
-//! action. [`super::manager`] observes, performs the action and observes
+//! leadership, its push schedule, the data key's use and the keys' ages)
+//! to the one next action. [`super::manager`] observes, performs the action and observes
 //! again; every rule of the lifecycle is here, and tested here.
 
 use std::time::Duration;
@@ -71,6 +71,26 @@ pub struct Observation {
     pub last_push: Option<LastPush>,
     /// Encryptions under the held key's active data key (0 without a key).
     pub active_key_encryptions: u64,
+    /// How long the active data key has been active, by the log's record
+    /// and this replica's clock (`None`: not recorded yet).
+    pub data_key_age: Option<Duration>,
+    /// How long the committed root key has been active (`None`: not
+    /// recorded yet).
+    pub root_key_age: Option<Duration>,
+    /// When keys are replaced: the replicated settings, or this replica's
+    /// flags until an operator set them.
+    pub rotation: Rotation,
+}
+
+/// When keys are replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// Encryptions after which a data key is replaced.
+    pub rotate_at: u64,
+    /// Age after which a data key is replaced (`None`: never by age).
+    pub data_key_max_age: Option<Duration>,
+    /// Age after which the root key is replaced (`None`: never by age).
+    pub root_key_max_age: Option<Duration>,
 }
 
 /// The fixed settings of the lifecycle.
@@ -78,8 +98,17 @@ pub struct Observation {
 pub struct Policy {
     /// The leader re-pushes shares this often (keepers restart empty).
     pub push_interval: Duration,
-    /// Encryptions after which a data key is replaced.
-    pub rotate_at: u64,
+}
+
+/// Why a key is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    /// The data key reached its encryption count.
+    Operations,
+    /// The key reached its maximum age.
+    Age,
+    /// An operator asked.
+    Operator,
 }
 
 /// What the replica does next.
@@ -102,8 +131,15 @@ pub enum Action {
     FetchFromKeepers,
     /// Push the committed key's shares to the keepers.
     PushShares,
-    /// Add a data key: the active one reached its encryption limit.
-    RotateDataKey,
+    /// Add a data key: the active one reached its encryption limit or its
+    /// age.
+    RotateDataKey(Trigger),
+    /// Replace the root key (same n and t): it reached its age.
+    RekeyByAge,
+}
+
+fn reached(age: Option<Duration>, max_age: Option<Duration>) -> bool {
+    matches!((age, max_age), (Some(age), Some(max_age)) if age >= max_age)
 }
 
 /// The next action for `observation` under `policy`.
@@ -130,10 +166,18 @@ pub fn decide(policy: &Policy, observation: &Observation) -> Action {
             let push_due = observation.last_push.is_none_or(|last| {
                 last.root_key_id != committed.root_key_id || last.elapsed >= policy.push_interval
             });
+            let rotation = &observation.rotation;
+            // Shares first: a rekey needs keepers that answer, and a new
+            // leader's first push tells it they do. The count before the
+            // age: past it the nonce budget is at stake, not hygiene.
             if push_due {
                 Action::PushShares
-            } else if observation.active_key_encryptions >= policy.rotate_at {
-                Action::RotateDataKey
+            } else if reached(observation.root_key_age, rotation.root_key_max_age) {
+                Action::RekeyByAge
+            } else if observation.active_key_encryptions >= rotation.rotate_at {
+                Action::RotateDataKey(Trigger::Operations)
+            } else if reached(observation.data_key_age, rotation.data_key_max_age) {
+                Action::RotateDataKey(Trigger::Age)
             } else {
                 Action::Idle
             }
@@ -147,7 +191,11 @@ mod tests {
 
     const POLICY: Policy = Policy {
         push_interval: Duration::from_secs(300),
+    };
+    const ROTATION: Rotation = Rotation {
         rotate_at: 1_000,
+        data_key_max_age: Some(Duration::from_secs(60)),
+        root_key_max_age: Some(Duration::from_secs(600)),
     };
 
     fn key(root_key_id: u64, keyring_version: u64) -> KeyVersion {
@@ -173,6 +221,9 @@ mod tests {
             role,
             last_push: recent_push(1),
             active_key_encryptions: 0,
+            data_key_age: Some(Duration::from_secs(1)),
+            root_key_age: Some(Duration::from_secs(1)),
+            rotation: ROTATION,
         }
     }
 
@@ -183,6 +234,9 @@ mod tests {
             role,
             last_push: None,
             active_key_encryptions: 0,
+            data_key_age: None,
+            root_key_age: None,
+            rotation: ROTATION,
         }
     }
 
@@ -265,7 +319,7 @@ mod tests {
     fn a_follower_holding_the_committed_key_is_idle() {
         let busy = Observation {
             last_push: None,
-            active_key_encryptions: POLICY.rotate_at,
+            active_key_encryptions: ROTATION.rotate_at,
             ..steady(Role::Follower)
         };
         assert_eq!(decide(&POLICY, &busy), Action::Idle);
@@ -303,10 +357,18 @@ mod tests {
     #[test]
     fn the_leader_rotates_the_data_key_at_the_threshold_once_shares_are_pushed() {
         let table = [
-            (POLICY.rotate_at - 1, recent_push(1), Action::Idle),
-            (POLICY.rotate_at, recent_push(1), Action::RotateDataKey),
-            (POLICY.rotate_at + 5, recent_push(1), Action::RotateDataKey),
-            (POLICY.rotate_at, None, Action::PushShares),
+            (ROTATION.rotate_at - 1, recent_push(1), Action::Idle),
+            (
+                ROTATION.rotate_at,
+                recent_push(1),
+                Action::RotateDataKey(Trigger::Operations),
+            ),
+            (
+                ROTATION.rotate_at + 5,
+                recent_push(1),
+                Action::RotateDataKey(Trigger::Operations),
+            ),
+            (ROTATION.rotate_at, None, Action::PushShares),
         ];
         for (encryptions, last_push, expected) in table {
             let observation = Observation {
@@ -326,9 +388,95 @@ mod tests {
     fn an_unsettled_leader_holding_the_key_does_no_leader_duties() {
         let observation = Observation {
             last_push: None,
-            active_key_encryptions: POLICY.rotate_at,
+            active_key_encryptions: ROTATION.rotate_at,
             ..steady(Role::UnsettledLeader)
         };
         assert_eq!(decide(&POLICY, &observation), Action::Idle);
+    }
+
+    #[test]
+    fn the_leader_rotates_the_data_key_once_it_reaches_its_age() {
+        let table = [
+            (Some(Duration::from_secs(59)), Action::Idle),
+            (
+                Some(Duration::from_secs(60)),
+                Action::RotateDataKey(Trigger::Age),
+            ),
+            (
+                Some(Duration::from_secs(3_600)),
+                Action::RotateDataKey(Trigger::Age),
+            ),
+            // Not recorded yet (a cluster before format 3): never by age.
+            (None, Action::Idle),
+        ];
+        for (data_key_age, expected) in table {
+            let observation = Observation {
+                data_key_age,
+                ..steady(Role::Leader)
+            };
+            assert_eq!(decide(&POLICY, &observation), expected, "{data_key_age:?}");
+        }
+        let off = Observation {
+            data_key_age: Some(Duration::from_secs(3_600)),
+            rotation: Rotation {
+                data_key_max_age: None,
+                ..ROTATION
+            },
+            ..steady(Role::Leader)
+        };
+        assert_eq!(decide(&POLICY, &off), Action::Idle);
+    }
+
+    #[test]
+    fn the_count_goes_before_the_age_and_the_root_key_before_both() {
+        let both = Observation {
+            active_key_encryptions: ROTATION.rotate_at,
+            data_key_age: Some(Duration::from_secs(3_600)),
+            ..steady(Role::SettledLeader)
+        };
+        assert_eq!(
+            decide(&POLICY, &both),
+            Action::RotateDataKey(Trigger::Operations)
+        );
+        let all = Observation {
+            root_key_age: ROTATION.root_key_max_age,
+            ..both
+        };
+        assert_eq!(decide(&POLICY, &all), Action::RekeyByAge);
+        let root_off = Observation {
+            rotation: Rotation {
+                root_key_max_age: None,
+                ..ROTATION
+            },
+            root_key_age: Some(Duration::from_secs(1 << 30)),
+            ..steady(Role::Leader)
+        };
+        assert_eq!(decide(&POLICY, &root_off), Action::Idle);
+    }
+
+    #[test]
+    fn only_a_leader_that_pushed_shares_replaces_keys_by_age() {
+        let old = |role, last_push| Observation {
+            last_push,
+            data_key_age: Some(Duration::from_secs(3_600)),
+            root_key_age: Some(Duration::from_secs(3_600)),
+            ..steady(role)
+        };
+        assert_eq!(
+            decide(&POLICY, &old(Role::Follower, recent_push(1))),
+            Action::Idle
+        );
+        assert_eq!(
+            decide(&POLICY, &old(Role::UnsettledLeader, recent_push(1))),
+            Action::Idle
+        );
+        assert_eq!(
+            decide(&POLICY, &old(Role::Leader, None)),
+            Action::PushShares
+        );
+        assert_eq!(
+            decide(&POLICY, &old(Role::Leader, recent_push(1))),
+            Action::RekeyByAge
+        );
     }
 }

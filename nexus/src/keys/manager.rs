@@ -18,6 +18,7 @@
 //! changes a leader proposes live in [`proposals`].
 
 mod proposals;
+mod reseal;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,14 +31,17 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::keepers::Keepers;
-use super::lifecycle::{self, Action, ClusterKey, KeyVersion, LastPush, Observation, Policy};
+use super::lifecycle::{
+    self, Action, ClusterKey, KeyVersion, LastPush, Observation, Policy, Rotation, Trigger,
+};
+use super::metrics::KeyMetrics;
 use super::restore::RestoreProgress;
 use super::{KeyState, KeyStatus, Unlocked};
 use crate::audit::AuditLog;
 use crate::raft::Leadership;
 use crate::raft::state_machine::AppliedIndex;
-use crate::state::command::RootKeyRecord;
-use crate::state::store::{ClusterMeta, StateReader};
+use crate::state::command::{RootKeyRecord, RotationSettings};
+use crate::state::store::{ClusterMeta, RotationMeta, StateReader};
 
 /// How often the manager looks at the state when nothing wakes it.
 const TICK: Duration = Duration::from_millis(250);
@@ -119,6 +123,9 @@ pub struct KeyManager {
     /// Where the leader's key changes are recorded.
     audit: AuditLog,
     policy: Policy,
+    /// The rotation settings until an operator sets replicated ones.
+    rotation_defaults: RotationSettings,
+    metrics: KeyMetrics,
     /// Serializes initialize, rekey, rotation, restore and pushes.
     lifecycle: Mutex<Lifecycle>,
 }
@@ -143,9 +150,31 @@ pub struct KeySettings {
     pub params: ShamirParams,
     /// Whether a rekey may ask for t = 1 (development only).
     pub allow_insecure_threshold: bool,
-    /// How often shares are pushed, and after how many encryptions
-    /// (cluster-wide) the active data key is rotated.
+    /// How often shares are pushed.
     pub policy: Policy,
+    /// When keys are replaced until an operator sets replicated settings.
+    pub rotation_defaults: RotationSettings,
+}
+
+/// The rotation settings in force: the replicated ones once set, `defaults`
+/// (this replica's flags) until then.
+pub fn effective_rotation(meta: &RotationMeta, defaults: &RotationSettings) -> RotationSettings {
+    meta.settings.unwrap_or(*defaults)
+}
+
+fn rotation_of(settings: &RotationSettings) -> Rotation {
+    let age = |ns: u64| (ns > 0).then(|| Duration::from_nanos(ns));
+    Rotation {
+        rotate_at: settings.data_key_rotate_after_ops,
+        data_key_max_age: age(settings.data_key_max_age_ns),
+        root_key_max_age: age(settings.root_key_max_age_ns),
+    }
+}
+
+/// How long ago log time `since` was, by this replica's clock (0 if the
+/// clock is behind it).
+fn age_since(since: u64, now_ns: u64) -> Duration {
+    Duration::from_nanos(now_ns.saturating_sub(since))
 }
 
 /// A lifecycle observation and the metadata it was made from (which the
@@ -175,6 +204,8 @@ impl KeyManager {
             allow_insecure_threshold: settings.allow_insecure_threshold,
             audit,
             policy: settings.policy,
+            rotation_defaults: settings.rotation_defaults,
+            metrics: KeyMetrics::default(),
             lifecycle: Mutex::new(Lifecycle {
                 last_push: None,
                 restore: RestoreProgress::default(),
@@ -209,6 +240,35 @@ impl KeyManager {
                         () = leadership_changed => {}
                     }
                 }
+            }
+        }
+    }
+
+    /// Adds the key lifecycle's metrics to `registry`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics.register_metrics(registry);
+    }
+
+    /// The key lifecycle's metrics.
+    pub fn metrics(&self) -> &KeyMetrics {
+        &self.metrics
+    }
+
+    /// The rotation settings in force and whether an operator set them.
+    pub fn rotation_settings(&self) -> Option<(RotationSettings, RotationMeta)> {
+        let rotation = self.rotation_meta()?;
+        Some((
+            effective_rotation(&rotation, &self.rotation_defaults),
+            rotation,
+        ))
+    }
+
+    fn rotation_meta(&self) -> Option<RotationMeta> {
+        match self.reader.rotation_meta() {
+            Ok(rotation) => Some(rotation),
+            Err(error) => {
+                tracing::error!(%error, "cannot read the rotation record");
+                None
             }
         }
     }
@@ -259,12 +319,28 @@ impl KeyManager {
                 .copied()
                 .unwrap_or(0)
         });
+        // Read after the cluster metadata: if an apply came in between, the
+        // newer record can only make a key look younger, never due twice.
+        let rotation = self.rotation_meta()?;
+        let settings = effective_rotation(&rotation, &self.rotation_defaults);
+        let now_ns = crate::clock::now_ns();
+        let data_key_age = rotation
+            .data_key_since
+            .map(|since| age_since(since, now_ns));
+        let root_key_age = rotation
+            .root_key_since
+            .filter(|(id, _)| Some(*id) == meta.root_key_id())
+            .map(|(_, since)| age_since(since, now_ns));
+        self.metrics.set_ages(data_key_age, root_key_age);
         let observation = Observation {
             cluster,
             held: unlocked.map(|unlocked| unlocked.version()),
             role,
             last_push,
             active_key_encryptions,
+            data_key_age,
+            root_key_age,
+            rotation: rotation_of(&settings),
         };
         Some(Observed { observation, meta })
     }
@@ -311,14 +387,35 @@ impl KeyManager {
                     }
                 }
                 (Action::PushShares, Some(record)) => self.push_shares(record).await,
-                (Action::RotateDataKey, _) => {
-                    if let Err(error) = self.rotate_data_key().await {
-                        tracing::warn!(%error, "automatic data-key rotation failed");
-                        return Step::Settled;
+                (Action::RotateDataKey(trigger), _) => {
+                    let due = Some(meta.keyring_version);
+                    if let Err(error) = self.rotate_data_key_for(trigger, due).await {
+                        tracing::warn!(%error, ?trigger, "automatic data-key rotation failed");
+                        return Step::Retry;
+                    }
+                }
+                (Action::RekeyByAge, Some(record)) => {
+                    let params = match ShamirParams::new(record.shares, record.threshold) {
+                        Ok(params) => params,
+                        Err(error) => {
+                            tracing::error!(%error, "the committed key's n and t are invalid");
+                            return Step::Retry;
+                        }
+                    };
+                    let due = Some(meta.keyring_version);
+                    if let Err(error) = self.rekey_for(params, Trigger::Age, due).await {
+                        tracing::warn!(%error, "scheduled root key rekey failed");
+                        return Step::Retry;
                     }
                 }
                 // Only a committed key leads to these: the metadata has one.
-                (Action::ReopenKeyring | Action::FetchFromKeepers | Action::PushShares, None) => {
+                (
+                    Action::ReopenKeyring
+                    | Action::FetchFromKeepers
+                    | Action::PushShares
+                    | Action::RekeyByAge,
+                    None,
+                ) => {
                     return Step::Retry;
                 }
             }

@@ -9,6 +9,7 @@
 pub mod keepers;
 pub mod lifecycle;
 pub mod manager;
+pub mod metrics;
 pub mod restore;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -157,6 +158,12 @@ impl Unlocked {
             .active_key_id()
             .0
     }
+}
+
+/// The associated data a secret's values are sealed for: its path, so a
+/// ciphertext moved to another path does not open.
+pub fn secret_aad(path: &spike_sdk::domain::SecretPath) -> Vec<u8> {
+    format!("spike/secret/{path}").into_bytes()
 }
 
 /// Whether this replica can serve, as health checks and status report it.

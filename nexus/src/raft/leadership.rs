@@ -136,6 +136,7 @@ pub struct Leadership {
     log_at_start: LogAtStart,
     contact: LeaderContact,
     format: ClusterFormat,
+    metrics: crate::metrics::RaftMetrics,
 }
 
 impl Leadership {
@@ -145,6 +146,7 @@ impl Leadership {
         log_at_start: LogAtStart,
         contact: LeaderContact,
         format: ClusterFormat,
+        metrics: crate::metrics::RaftMetrics,
     ) -> Self {
         let config = raft.config();
         let quorum_lost_after = quorum_lost_after(
@@ -158,6 +160,21 @@ impl Leadership {
             log_at_start,
             contact,
             format,
+            metrics,
+        }
+    }
+
+    /// Counts every new leader this replica sees (a change of Raft's
+    /// current leader to another, or to one after none) until Raft stops.
+    pub async fn count_leader_changes(self) {
+        let mut watch = self.raft.metrics();
+        let mut last = watch.borrow_watched().current_leader;
+        while watch.changed().await.is_ok() {
+            let leader = watch.borrow_watched().current_leader;
+            if leader != last && leader.is_some() {
+                self.metrics.leader_changed();
+            }
+            last = leader;
         }
     }
 
@@ -333,6 +350,7 @@ impl Leadership {
             return Err(LeaderError::FormatNotYet { needed, cluster });
         }
         request.time_ns = crate::clock::now_ns();
+        let proposed = std::time::Instant::now();
         let written = tokio::select! {
             written = self.raft.client_write(request) => written,
             () = self.quorum_lost() => {
@@ -341,7 +359,9 @@ impl Leadership {
                 ));
             }
         };
-        written.map(|written| written.data).map_err(refused_write)
+        let written = written.map(|written| written.data).map_err(refused_write)?;
+        self.metrics.written(proposed.elapsed());
+        Ok(written)
     }
 
     /// The log index a linearizable read must see applied, asked of this

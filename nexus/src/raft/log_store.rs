@@ -33,6 +33,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use super::codec::{decode, encode};
 use super::format::{ClusterFormat, decode_stamped, encode_stamped, stamp_of};
 use super::{EntryOf, LogIdOf, TypeConfig, VoteOf, io_error};
+use crate::metrics::RaftMetrics;
 
 /// Log index -> encoded entry.
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -52,6 +53,8 @@ pub struct LogStore {
     format: ClusterFormat,
     /// The database's stamp: the newest format of any entry it holds.
     stamped: Arc<AtomicU32>,
+    /// Where fsynced commits are timed.
+    metrics: RaftMetrics,
 }
 
 impl LogStore {
@@ -66,6 +69,7 @@ impl LogStore {
             path: path.into(),
             format,
             stamped: Arc::new(AtomicU32::new(stamped)),
+            metrics: RaftMetrics::default(),
         };
         // Create the tables so readers never meet a missing one.
         store.write("create log tables", Durability::Immediate, |txn| {
@@ -75,6 +79,12 @@ impl LogStore {
         })?;
         store.check_entry_formats()?;
         Ok(store)
+    }
+
+    /// Times every fsynced commit in `metrics` from now on.
+    pub fn with_metrics(mut self, metrics: RaftMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Checks the format of the first and the last entry: a build writes
@@ -113,7 +123,11 @@ impl LogStore {
         txn.set_durability(durability)
             .map_err(|e| io_error(subject, e))?;
         let value = body(&txn).map_err(|e| io_error(subject, e))?;
+        let started = std::time::Instant::now();
         txn.commit().map_err(|e| io_error(subject, e))?;
+        if matches!(durability, Durability::Immediate) {
+            self.metrics.log_synced(started.elapsed());
+        }
         Ok(value)
     }
 

@@ -27,8 +27,8 @@ use super::format::{self, FORMAT_OLDEST, FormatError};
 use super::{SnapshotMetaOf, TypeConfig, io_error};
 use crate::state::secret::SecretRecord;
 use crate::state::store::{
-    self, ClusterMeta, META, POLICIES, POLICIES_MAX, PolicyRecord, SECRETS, SESSION_EXPIRY,
-    SESSIONS,
+    self, ClusterMeta, CustomMetadataRecord, META, POLICIES, POLICIES_MAX, PolicyRecord,
+    SECRET_METADATA, SECRETS, SESSION_EXPIRY, SESSIONS,
 };
 
 /// Starts every snapshot: a format number follows.
@@ -62,6 +62,11 @@ impl SnapshotFile {
             file: File::open(path)
                 .map_err(|e| io_error(&format!("open snapshot {}", path.display()), e))?,
         })
+    }
+
+    /// Its size in bytes.
+    pub fn size_bytes(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
     }
 
     /// A reader from the start of the file.
@@ -106,7 +111,8 @@ pub fn write(
     out.write_all(MAGIC)?;
     // The cluster's format when this state was applied, so a replica of an
     // older build can take the snapshot until the cluster switched.
-    out.write_all(&cluster_format_of(txn)?.to_be_bytes())?;
+    let format = cluster_format_of(txn)?;
+    out.write_all(&format.to_be_bytes())?;
     write_part(&mut out, &encode(meta)?)?;
     dump_str_table(txn, META, &mut out)?;
     dump_str_table(txn, SECRETS, &mut out)?;
@@ -130,6 +136,9 @@ pub fn write(
         }
     }
     out.write_all(&[0])?;
+    if format >= CUSTOM_METADATA_FORMAT {
+        dump_str_table(txn, SECRET_METADATA, &mut out)?;
+    }
     let digest = out.digest.clone().finalize();
     let mut inner = out.inner;
     inner.write_all(&digest)?;
@@ -226,18 +235,22 @@ fn corrupt(reason: &str) -> io::Error {
 /// Reads the metadata at the head of a snapshot.
 pub fn read_meta(file: &SnapshotFile) -> io::Result<SnapshotMetaOf<TypeConfig>> {
     let mut reader = BufReader::new(file.reader()?);
-    read_header(&mut reader, || file.path.display().to_string())
+    read_header(&mut reader, || file.path.display().to_string()).map(|(_, meta)| meta)
 }
 
 /// Refuses the snapshot at `path` if this build does not read its format.
 pub fn check_format(path: &Path) -> io::Result<()> {
     let mut file =
         File::open(path).map_err(|e| io_error(&format!("open snapshot {}", path.display()), e))?;
-    read_format(&mut file, || path.display().to_string())
+    read_format(&mut file, || path.display().to_string()).map(drop)
 }
 
+/// The first format whose snapshots carry the custom metadata table, after
+/// the sessions.
+const CUSTOM_METADATA_FORMAT: u32 = 3;
+
 /// Reads the magic and the format; `subject` names the file.
-fn read_format(reader: &mut impl Read, subject: impl Fn() -> String) -> io::Result<()> {
+fn read_format(reader: &mut impl Read, subject: impl Fn() -> String) -> io::Result<u32> {
     let mut header = [0u8; HEADER_BYTES];
     reader
         .read_exact(&mut header)
@@ -251,16 +264,19 @@ fn read_format(reader: &mut impl Read, subject: impl Fn() -> String) -> io::Resu
     }
     let mut version = [0u8; 4];
     version.copy_from_slice(found);
-    Ok(format::check(u32::from_be_bytes(version), subject)?)
+    let version = u32::from_be_bytes(version);
+    format::check(version, subject)?;
+    Ok(version)
 }
 
+/// The snapshot's format and metadata.
 fn read_header(
     reader: &mut impl Read,
     subject: impl Fn() -> String,
-) -> io::Result<SnapshotMetaOf<TypeConfig>> {
-    read_format(reader, subject)?;
+) -> io::Result<(u32, SnapshotMetaOf<TypeConfig>)> {
+    let format = read_format(reader, subject)?;
     let meta = read_part(reader, META_MAX_BYTES)?;
-    Ok(decode("snapshot meta", &meta)?)
+    Ok((format, decode("snapshot meta", &meta)?))
 }
 
 /// What a part's buffer starts at: a declared length is a claim, so the
@@ -297,6 +313,12 @@ fn read_row(reader: &mut impl Read) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
     }
 }
 
+/// Reads past the rest of a table.
+fn skip_table(reader: &mut impl Read) -> io::Result<()> {
+    while read_row(reader)?.is_some() {}
+    Ok(())
+}
+
 /// Replaces every state table inside `txn` with the rows of `file`
 /// (already verified), returning the snapshot's metadata.
 pub fn load(
@@ -315,7 +337,7 @@ pub(crate) fn load_from(
 ) -> io::Result<SnapshotMetaOf<TypeConfig>> {
     let subject = "install snapshot";
     let mut reader = reader;
-    let meta = read_header(&mut reader, name)?;
+    let (format, meta) = read_header(&mut reader, name)?;
     for table in [META, SECRETS, POLICIES] {
         txn.delete_table(table).map_err(|e| io_error(subject, e))?;
         let mut table = txn.open_table(table).map_err(|e| io_error(subject, e))?;
@@ -362,6 +384,19 @@ pub(crate) fn load_from(
             .map_err(|e| io_error(subject, e))?;
     }
     drop((sessions, expiry));
+    txn.delete_table(SECRET_METADATA)
+        .map_err(|e| io_error(subject, e))?;
+    if format >= CUSTOM_METADATA_FORMAT {
+        let mut table = txn
+            .open_table(SECRET_METADATA)
+            .map_err(|e| io_error(subject, e))?;
+        while let Some((key, value)) = read_row(&mut reader)? {
+            let key = std::str::from_utf8(&key).map_err(|_| corrupt("key is not UTF-8"))?;
+            table
+                .insert(key, value.as_slice())
+                .map_err(|e| io_error(subject, e))?;
+        }
+    }
     store::rebuild_policy_index(txn).map_err(|e| io_error(subject, e))?;
     store::rebuild_session_owners(txn).map_err(|e| io_error(subject, e))?;
     Ok(meta)
@@ -426,6 +461,8 @@ pub struct Backup {
     pub secrets: Vec<BackupRow<SecretPath, SecretRecord>>,
     /// Policies by name.
     pub policies: Vec<BackupRow<PolicyName, PolicyRecord>>,
+    /// Custom metadata by secret path (format 3 and up).
+    pub custom_metadata: Vec<BackupRow<SecretPath, CustomMetadataRecord>>,
 }
 
 /// Checks and reads a backup held in memory (an uploaded snapshot file):
@@ -446,7 +483,7 @@ pub fn read_backup(bytes: &[u8]) -> io::Result<Backup> {
         return Err(corrupt("digest mismatch"));
     }
     let mut reader = io::Cursor::new(body);
-    read_header(&mut reader, subject)?;
+    let (format, _) = read_header(&mut reader, subject)?;
     let mut cluster = None;
     let mut meta_keys = BTreeSet::new();
     while let Some((key, value)) = read_row(&mut reader)? {
@@ -502,16 +539,49 @@ pub fn read_backup(bytes: &[u8]) -> io::Result<Backup> {
     }
     // Sessions are not restored: they belong to the clients of the cluster
     // the backup came from.
+    skip_table(&mut reader)?; // sessions
+    skip_table(&mut reader)?; // session expiry
+    let mut custom_metadata = Vec::new();
+    if format >= CUSTOM_METADATA_FORMAT {
+        let mut seen = BTreeSet::new();
+        while let Some((key, value)) = read_row(&mut reader)? {
+            let row: BackupRow<SecretPath, CustomMetadataRecord> =
+                backup_row("custom metadata", &key, &value)?;
+            let record = format!("custom metadata {:?}", row.key.as_str());
+            if !paths.contains(&row.key) {
+                return Err(refused(&record, "the backup has no secret at its path"));
+            }
+            if !seen.insert(row.key.clone()) {
+                return Err(refused(&record, "it appears twice"));
+            }
+            if row.record.ciphertext.len() > SEALED_CUSTOM_METADATA_MAX_BYTES {
+                return Err(refused(&record, "it is larger than a put can write"));
+            }
+            custom_metadata.push(row);
+        }
+    }
     Ok(Backup {
         cluster,
         secrets,
         policies,
+        custom_metadata,
     })
 }
 
 /// The largest sealed policy body a put can write (a request body, sealed).
 const SEALED_POLICY_MAX_BYTES: usize =
     spike_sdk::api::BODY_SIZE_MAX_BYTES + aead::HEADER_LEN + aead::TAG_LEN;
+
+/// The largest sealed custom metadata a put can write: every key and value
+/// at its limit, as JSON (each character escaped at most to six bytes, plus
+/// quotes, colon and comma), sealed.
+const SEALED_CUSTOM_METADATA_MAX_BYTES: usize = 2
+    + spike_sdk::api::CUSTOM_METADATA_KEYS_MAX
+        * (6 * (spike_sdk::api::CUSTOM_METADATA_KEY_MAX_BYTES
+            + spike_sdk::api::CUSTOM_METADATA_VALUE_MAX_BYTES)
+            + 6)
+    + aead::HEADER_LEN
+    + aead::TAG_LEN;
 
 /// A backup refused for one of its records.
 fn refused(record: &str, reason: impl std::fmt::Display) -> io::Error {
@@ -568,6 +638,14 @@ pub(crate) fn restore_and_write(backup: Backup) -> Result<(), crate::state::stor
                 .collect(),
             policies: backup
                 .policies
+                .into_iter()
+                .map(|row| (row.key, row.record))
+                .collect(),
+        }),
+        Command::Restore(RestoreCommand::CustomMetadataRows {
+            restore_id: 1,
+            rows: backup
+                .custom_metadata
                 .into_iter()
                 .map(|row| (row.key, row.record))
                 .collect(),
@@ -708,6 +786,83 @@ mod tests {
             .map(|row| (row.key.as_str(), row.record.id))
             .collect();
         assert_eq!(policies, vec![("readers", PolicyId::from_bytes([3; 16]))]);
+    }
+
+    /// A backup of a store in format 3 with custom metadata on `apps/db`,
+    /// after `tamper`.
+    fn backup_with_custom_metadata(tamper: impl FnOnce(&redb::WriteTransaction)) -> Vec<u8> {
+        backup(|txn| {
+            let mut batch = Batch::begin(txn).expect("batch");
+            let request = Request {
+                command: Command::Secret(SecretCommand::PutCustomMetadata {
+                    path: "apps/db".parse().expect("a path"),
+                    ciphertext: vec![4, 4],
+                    data_key_id: DataKeyId(1),
+                }),
+                session: None,
+                time_ns: 9,
+            };
+            assert_eq!(
+                batch.apply(9, &request).expect("apply"),
+                crate::state::command::Response::Done
+            );
+            batch.finish().expect("finish");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(
+                    store::META_FORMAT,
+                    encode(&3u32).expect("format").as_slice(),
+                )
+                .expect("format 3");
+            tamper(txn);
+        })
+    }
+
+    #[test]
+    fn custom_metadata_travels_in_format_3_backups_and_restores() {
+        let bytes = backup_with_custom_metadata(|_| {});
+        assert_eq!(&bytes[8..12], &3u32.to_be_bytes(), "format 3");
+        let read = read_backup(&bytes).expect("reads");
+        let custom: Vec<(&str, &[u8])> = read
+            .custom_metadata
+            .iter()
+            .map(|row| (row.key.as_str(), row.record.ciphertext.as_slice()))
+            .collect();
+        assert_eq!(custom, vec![("apps/db", &[4u8, 4][..])]);
+        restore_and_write(read).expect("restored");
+
+        // A format-3 snapshot installs the table; an older one clears it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = redb::Database::create(dir.path().join("installed.redb")).expect("create");
+        let txn = db.begin_write().expect("write");
+        load_from(&txn, &mut io::Cursor::new(&bytes), || "snapshot".to_owned()).expect("load");
+        txn.commit().expect("commit");
+        let reader = store::StateReader::new(std::sync::Arc::new(db));
+        let (_, installed) = reader
+            .secret_and_custom_metadata(&"apps/db".parse().expect("a path"))
+            .expect("read")
+            .expect("the secret");
+        assert_eq!(installed.expect("custom metadata").ciphertext, vec![4, 4]);
+
+        let without = backup(|_| {});
+        assert_eq!(&without[8..12], &1u32.to_be_bytes(), "format 1");
+        assert!(
+            read_backup(&without)
+                .expect("reads")
+                .custom_metadata
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn custom_metadata_without_its_secret_is_refused_in_a_backup() {
+        let bytes = backup_with_custom_metadata(|txn| {
+            copy_row(txn, SECRET_METADATA, "apps/db", "apps/gone");
+        });
+        assert_eq!(
+            refusal(&bytes),
+            r#"backup record custom metadata "apps/gone": the backup has no secret at its path"#
+        );
     }
 
     #[test]

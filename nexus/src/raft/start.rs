@@ -16,6 +16,7 @@ use super::log_store::LogStore;
 use super::network::Network;
 use super::state_machine::StateMachine;
 use crate::cluster::peers::Peers;
+use crate::metrics::RaftMetrics;
 
 /// What Raft is started with (validated configuration).
 #[derive(Debug, Clone, Copy)]
@@ -89,13 +90,15 @@ pub async fn start(
     settings: RaftSettings,
     data_dir: &Path,
     peers: Peers,
+    metrics: RaftMetrics,
 ) -> Result<Started, StartError> {
     let config = raft_config(&settings)?;
     // Raised to the cluster's format by the state machine as it opens and
     // applies; until then (a new replica), the oldest this build writes.
     let format = peers.format().clone();
-    let mut log_store =
-        LogStore::open(&data_dir.join("log.redb"), format.clone()).map_err(StartError::Open)?;
+    let mut log_store = LogStore::open(&data_dir.join("log.redb"), format.clone())
+        .map_err(StartError::Open)?
+        .with_metrics(metrics.clone());
     let failed = |error: &dyn std::fmt::Display| StartError::Failed(error.to_string());
     // The read floor: see `Leadership::read_index`.
     let log_at_start = LogAtStart {
@@ -116,7 +119,8 @@ pub async fn start(
         &data_dir.join("snapshots"),
         format.clone(),
     )
-    .map_err(StartError::Open)?;
+    .map_err(StartError::Open)?
+    .with_metrics(metrics.clone());
     let raft = openraft::Raft::new(
         settings.node_id,
         std::sync::Arc::new(config),
@@ -134,6 +138,7 @@ pub async fn start(
             log_at_start,
             contact.clone(),
             format.clone(),
+            metrics,
         ),
         inbound: Inbound::new(raft, machine.clone(), contact),
         machine,

@@ -8,17 +8,19 @@
 use std::collections::BTreeSet;
 
 use redb::{ReadableTable, ReadableTableMetadata};
+use sha2::{Digest, Sha256};
 use spike_sdk::crypto::keyring::ENCRYPTIONS_MAX;
 use spike_sdk::domain::{DataKeyId, PolicyId, PolicyName, PolicyRef, SecretPath};
 
 use super::command::{
-    Command, KeyCommand, LimitsCommand, MembershipCommand, PolicyCommand, Refusal, Response,
-    RestoreCommand, SecretCommand,
+    BACKUP_FILE_NAME_MAX_BYTES, BackupCommand, BackupRecord, Command, KeyCommand, LimitsCommand,
+    MembershipCommand, PolicyCommand, Refusal, Response, RestoreCommand, SecretCommand,
+    SettingsCommand,
 };
 use super::secret::{SecretError, SecretRecord, TimeNs};
 use super::store::{
-    ClusterMeta, META, META_LIMITS, POLICIES_MAX, PolicyRecord, StoreError, Tables, decode, encode,
-    id_key, redb_try,
+    ClusterMeta, CustomMetadataRecord, META_BACKUP, META_LIMITS, POLICIES_MAX, PolicyRecord,
+    RotationMeta, StoreError, Tables, decode, encode, id_key, last_backup_in, redb_try,
 };
 
 /// A change made, or refused.
@@ -26,16 +28,19 @@ pub(super) type Applied = Result<Response, Refusal>;
 
 /// Applies `command` at log time `now`.
 pub(super) fn apply_command(
-    txn: &redb::WriteTransaction,
     tables: &mut Tables<'_>,
     meta: &mut ClusterMeta,
+    rotation: &mut RotationMeta,
     command: &Command,
     now: TimeNs,
 ) -> Result<Applied, StoreError> {
     match command {
         Command::Membership(command) => Ok(apply_membership(meta, command)),
+        Command::Settings(command) => Ok(apply_settings(rotation, command)),
+        // A record of a file already written: kept even during a restore.
+        Command::Backup(command) => apply_backup(tables, command),
         // Settings, not data: they apply during a restore too.
-        Command::Limits(command) => apply_limits(txn, command),
+        Command::Limits(command) => apply_limits(tables, command),
         Command::Restore(command) => apply_restore(tables, meta, command),
         _ if meta.restoring.is_some() => Ok(Err(Refusal::Restoring)),
         Command::Keys(command) => Ok(apply_keys(meta, command)),
@@ -45,18 +50,16 @@ pub(super) fn apply_command(
 }
 
 /// Records the limits in the `META` table; refused if they break a rule.
-fn apply_limits(
-    txn: &redb::WriteTransaction,
-    command: &LimitsCommand,
-) -> Result<Applied, StoreError> {
+fn apply_limits(tables: &mut Tables<'_>, command: &LimitsCommand) -> Result<Applied, StoreError> {
     let LimitsCommand::Set(limits) = command;
     if let Err(reason) = limits.validate() {
         return Ok(Err(Refusal::InvalidLimits(reason)));
     }
-    let mut meta = redb_try!("open meta", txn.open_table(META))?;
     redb_try!(
         "write limits",
-        meta.insert(META_LIMITS, encode(limits)?.as_slice())
+        tables
+            .meta_rows
+            .insert(META_LIMITS, encode(limits)?.as_slice())
     )?;
     Ok(Ok(Response::Done))
 }
@@ -72,6 +75,60 @@ fn apply_membership(meta: &mut ClusterMeta, command: &MembershipCommand) -> Appl
         MembershipCommand::SwitchFormat { .. } => {}
     }
     Ok(Response::Done)
+}
+
+/// Settings apply even during a restore: they are not part of a backup.
+fn apply_settings(rotation: &mut RotationMeta, command: &SettingsCommand) -> Applied {
+    match command {
+        SettingsCommand::SetRotation(settings) => {
+            settings.check().map_err(Refusal::InvalidSettings)?;
+            rotation.settings = Some(*settings);
+        }
+    }
+    Ok(Response::Done)
+}
+
+/// Records a completed backup only for a slot that starts after the last
+/// one recorded, so each slot is recorded at most once whoever leads.
+fn apply_backup(tables: &mut Tables<'_>, command: &BackupCommand) -> Result<Applied, StoreError> {
+    let BackupCommand::Completed(record) = command;
+    if let Err(reason) = check_backup_record(record) {
+        return Ok(Err(Refusal::BackupRecordMalformed(reason)));
+    }
+    if let Some(last) = last_backup_in(&tables.meta_rows)?
+        && record.slot_start_ms() <= last.slot_start_ms()
+    {
+        return Ok(Err(Refusal::BackupSlotTaken {
+            proposed: record.slot,
+            proposed_start_ms: record.slot_start_ms(),
+            recorded: last.slot,
+            recorded_start_ms: last.slot_start_ms(),
+        }));
+    }
+    redb_try!(
+        "write last backup",
+        tables
+            .meta_rows
+            .insert(META_BACKUP, encode(record)?.as_slice())
+    )?;
+    Ok(Ok(Response::Done))
+}
+
+fn check_backup_record(record: &BackupRecord) -> Result<(), String> {
+    if record.interval_ms == 0 {
+        return Err("the interval is 0".to_owned());
+    }
+    let name = &record.file;
+    if name.is_empty()
+        || name.len() > BACKUP_FILE_NAME_MAX_BYTES
+        || name.contains('/')
+        || name.starts_with('.')
+    {
+        return Err(format!(
+            "file name {name:?} is not a plain name of 1 to {BACKUP_FILE_NAME_MAX_BYTES} bytes"
+        ));
+    }
+    Ok(())
 }
 
 fn keyring_unchanged(current: u64, proposed: u64) -> Result<(), Refusal> {
@@ -176,6 +233,50 @@ fn apply_secret(
         }
         SecretCommand::Destroy { path, versions } => {
             change_versions(tables, path, |record| record.destroy(versions, now))
+        }
+        SecretCommand::PutCustomMetadata {
+            path,
+            ciphertext,
+            data_key_id,
+        } => {
+            if read_secret(tables, path)?.is_none() {
+                return Ok(Err(SecretError::NotFound.into()));
+            }
+            let record = CustomMetadataRecord {
+                ciphertext: ciphertext.clone(),
+                updated_at: now,
+            };
+            redb_try!(
+                "write secret metadata",
+                tables
+                    .secret_metadata()?
+                    .insert(path.as_str(), encode(&record)?.as_slice())
+            )?;
+            count_encryption(meta, *data_key_id);
+            Ok(Ok(Response::Done))
+        }
+        SecretCommand::Reseal {
+            path,
+            version,
+            previous_digest,
+            ciphertext,
+            data_key_id,
+        } => {
+            let Some(mut record) = read_secret(tables, path)? else {
+                return Ok(Err(Refusal::ResealStale));
+            };
+            // Only the ciphertext changes: times, marks and numbers stay,
+            // so a reader sees the same version with the same values.
+            let Some(kept) = record.versions.get_mut(version) else {
+                return Ok(Err(Refusal::ResealStale));
+            };
+            if kept.destroyed || Sha256::digest(&kept.ciphertext).as_slice() != previous_digest {
+                return Ok(Err(Refusal::ResealStale));
+            }
+            kept.ciphertext.clone_from(ciphertext);
+            write_secret(tables, path, &record)?;
+            count_encryption(meta, *data_key_id);
+            Ok(Ok(Response::Done))
         }
     }
 }
@@ -336,6 +437,7 @@ fn apply_restore(
             redb_try!("clear sessions", tables.sessions.retain(|_, _| false))?;
             redb_try!("clear session expiry", tables.expiry.retain(|_, _| false))?;
             redb_try!("clear session owners", tables.owners.retain(|_, _| false))?;
+            tables.clear_secret_metadata()?;
             meta.restoring = Some(*restore_id);
             meta.root_key = None;
             meta.keyring_version += 1;
@@ -358,6 +460,27 @@ fn apply_restore(
             }
             for (name, record) in policies {
                 restore_policy(tables, name, record)?;
+            }
+            Ok(Ok(Response::Done))
+        }
+        RestoreCommand::CustomMetadataRows { restore_id, rows } => {
+            if meta.restoring != Some(*restore_id) {
+                return Ok(Err(Refusal::RestoreNotInProgress(*restore_id)));
+            }
+            // Custom metadata belongs to a secret: a piece naming a path the
+            // restore did not bring is refused whole.
+            for (path, _) in rows {
+                if read_secret(tables, path)?.is_none() {
+                    return Ok(Err(SecretError::NotFound.into()));
+                }
+            }
+            for (path, record) in rows {
+                redb_try!(
+                    "restore secret metadata",
+                    tables
+                        .secret_metadata()?
+                        .insert(path.as_str(), encode(record)?.as_slice())
+                )?;
             }
             Ok(Ok(Response::Done))
         }
@@ -439,7 +562,7 @@ mod tests {
     use spike_sdk::domain::{NodeId, RootKeyId};
 
     use super::*;
-    use crate::state::command::{Request, RootKeyRecord};
+    use crate::state::command::{Request, RootKeyRecord, RotationSettings};
     use crate::state::secret::Written;
     use crate::state::store::StateReader;
     use crate::state::store::tests::{database, initialize, path, put, root_key, run};
@@ -603,6 +726,68 @@ mod tests {
             (record.wrapped_keyring, meta.keyring_version),
             (vec![5, 5], 2)
         );
+    }
+
+    fn put_custom_metadata(path_text: &str, ciphertext: u8) -> Command {
+        Command::Secret(SecretCommand::PutCustomMetadata {
+            path: path(path_text),
+            ciphertext: vec![ciphertext],
+            data_key_id: DataKeyId(1),
+        })
+    }
+
+    fn custom_metadata_of(db: &std::sync::Arc<redb::Database>, path_text: &str) -> Option<Vec<u8>> {
+        StateReader::new(db.clone())
+            .secret_and_custom_metadata(&path(path_text))
+            .expect("read")
+            .and_then(|(_, custom)| custom)
+            .map(|custom| custom.ciphertext)
+    }
+
+    #[test]
+    fn custom_metadata_belongs_to_an_existing_secret_and_a_restore_clears_it() {
+        let (_dir, db) = database();
+        run(&db, initialize(), 1);
+        assert_eq!(
+            run(&db, put_custom_metadata("p", 7), 2),
+            Response::Refused(Refusal::Secret(SecretError::NotFound)),
+            "no secret at the path"
+        );
+        run(&db, put("p"), 3);
+        assert_eq!(run(&db, put_custom_metadata("p", 7), 4), Response::Done);
+        assert_eq!(run(&db, put_custom_metadata("p", 8), 5), Response::Done);
+        assert_eq!(custom_metadata_of(&db, "p"), Some(vec![8]), "replaced");
+        let meta = StateReader::new(db.clone()).cluster_meta().expect("meta");
+        assert_eq!(
+            meta.encryptions.get(&DataKeyId(1)),
+            Some(&3),
+            "one put and two metadata puts sealed under data key 1"
+        );
+
+        let begin = Command::Restore(RestoreCommand::Begin { restore_id: 9 });
+        assert_eq!(run(&db, begin, 6), Response::Done);
+        let rows = |path_text: &str| {
+            Command::Restore(RestoreCommand::CustomMetadataRows {
+                restore_id: 9,
+                rows: vec![(
+                    path(path_text),
+                    CustomMetadataRecord {
+                        ciphertext: vec![1],
+                        updated_at: 1,
+                    },
+                )],
+            })
+        };
+        assert_eq!(
+            run(&db, rows("p"), 7),
+            Response::Refused(Refusal::Secret(SecretError::NotFound)),
+            "the restore brought no secret at p yet"
+        );
+        assert_eq!(custom_metadata_of(&db, "p"), None, "cleared by the restore");
+        let record = StateReader::new(db.clone())
+            .secret(&path("p"))
+            .expect("read");
+        assert!(record.is_none());
     }
 
     #[test]
@@ -977,6 +1162,263 @@ mod tests {
         assert_eq!(
             retired.into_iter().map(NodeId::get).collect::<Vec<_>>(),
             vec![2, 3]
+        );
+    }
+
+    /// Records `format` as the cluster's format (the state machine does
+    /// this when a switch commits).
+    fn switch_to(db: &redb::Database, format: u32) {
+        let txn = db.begin_write().expect("write");
+        {
+            let mut table = txn
+                .open_table(crate::state::store::META)
+                .expect("open meta");
+            table
+                .insert(
+                    crate::state::store::META_FORMAT,
+                    encode(&format).expect("encode").as_slice(),
+                )
+                .expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+
+    fn settings(ops: u64, data_age_ns: u64) -> RotationSettings {
+        RotationSettings {
+            data_key_rotate_after_ops: ops,
+            data_key_max_age_ns: data_age_ns,
+            root_key_max_age_ns: 0,
+            reencrypt_per_second: 0,
+        }
+    }
+
+    fn replace_keyring(keyring_version: u64) -> Command {
+        Command::Keys(KeyCommand::ReplaceKeyring {
+            root_key_id: RootKeyId(1),
+            wrapped_keyring: vec![5, 5],
+            keyring_version,
+        })
+    }
+
+    #[test]
+    fn rotation_settings_are_replicated_and_invalid_ones_refused() {
+        let (_dir, db) = database();
+        let good = settings(1_000, 2_000_000_000);
+        let set = |settings| Command::Settings(SettingsCommand::SetRotation(settings));
+        assert_eq!(run(&db, set(good), 1), Response::Done);
+        for bad in [
+            settings(0, 0),
+            settings(1_000, 5),
+            settings(1_000, u64::MAX),
+        ] {
+            assert!(
+                matches!(
+                    run(&db, set(bad), 2),
+                    Response::Refused(Refusal::InvalidSettings(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let reader = StateReader::new(db);
+        assert_eq!(reader.rotation_meta().expect("read").settings, Some(good));
+    }
+
+    #[test]
+    fn key_activation_times_are_recorded_from_format_3_on_and_only_for_key_changes() {
+        let (_dir, db) = database();
+        let reader = StateReader::new(db.clone());
+        run(&db, initialize(), 10);
+        // Format 1: an older replica applying the same entries records
+        // nothing, so neither may this one.
+        assert_eq!(
+            reader.rotation_meta().expect("read"),
+            RotationMeta::default()
+        );
+        switch_to(&db, 3);
+        run(&db, put("a"), 20);
+        let meta = reader.rotation_meta().expect("read");
+        assert_eq!(
+            meta.data_key_since,
+            Some(20),
+            "a key older than format 3 counts from then"
+        );
+        assert_eq!(meta.root_key_since, Some((RootKeyId(1), 20)));
+        run(&db, put("b"), 30);
+        assert_eq!(
+            reader.rotation_meta().expect("read").data_key_since,
+            Some(20)
+        );
+        // A refused rotation (stale keyring) changes nothing.
+        run(&db, replace_keyring(0), 40);
+        assert_eq!(
+            reader.rotation_meta().expect("read").data_key_since,
+            Some(20)
+        );
+        assert_eq!(run(&db, replace_keyring(1), 50), Response::Done);
+        assert_eq!(
+            reader.rotation_meta().expect("read").data_key_since,
+            Some(50)
+        );
+        // A rekey keeps the data keys: only the root key's time moves.
+        let rekey = Command::Keys(KeyCommand::Rekey {
+            record: root_key(2),
+            keyring_version: 2,
+        });
+        assert_eq!(run(&db, rekey, 60), Response::Done);
+        let meta = reader.rotation_meta().expect("read");
+        assert_eq!(meta.data_key_since, Some(50));
+        assert_eq!(meta.root_key_since, Some((RootKeyId(2), 60)));
+    }
+
+    fn reseal(previous: &[u8], ciphertext: Vec<u8>, version: u64) -> Command {
+        Command::Secret(SecretCommand::Reseal {
+            path: path("a"),
+            version,
+            previous_digest: Sha256::digest(previous).into(),
+            ciphertext,
+            data_key_id: DataKeyId(2),
+        })
+    }
+
+    #[test]
+    fn a_reseal_replaces_only_the_exact_ciphertext_it_was_built_from() {
+        let (_dir, db) = database();
+        let reader = StateReader::new(db.clone());
+        run(&db, initialize(), 1);
+        run(&db, put("a"), 2);
+        let before = reader.secret(&path("a")).expect("read").expect("stored");
+        // put() seals [9; 16].
+        assert_eq!(
+            run(&db, reseal(&[9; 16], vec![4; 16], 1), 3),
+            Response::Done
+        );
+        let after = reader.secret(&path("a")).expect("read").expect("stored");
+        let (old, new) = (&before.versions[&1], &after.versions[&1]);
+        assert_eq!(new.ciphertext, vec![4; 16]);
+        assert_eq!(
+            (new.created_at, new.deleted_at),
+            (old.created_at, old.deleted_at)
+        );
+        assert_eq!(after.current_version, before.current_version);
+        assert_eq!(after.updated_at, before.updated_at);
+        assert_eq!(
+            reader
+                .cluster_meta()
+                .expect("meta")
+                .encryptions
+                .get(&DataKeyId(2)),
+            Some(&1)
+        );
+        // Built from the old ciphertext again: stale, nothing changes.
+        let stale = Response::Refused(Refusal::ResealStale);
+        assert_eq!(run(&db, reseal(&[9; 16], vec![6; 16], 1), 4), stale);
+        // A version that is gone or destroyed is never brought back.
+        assert_eq!(run(&db, reseal(&[4; 16], vec![6; 16], 7), 5), stale);
+        let destroy = SecretCommand::Destroy {
+            path: path("a"),
+            versions: vec![1],
+        };
+        run(&db, Command::Secret(destroy), 6);
+        assert_eq!(run(&db, reseal(&[], vec![6; 16], 1), 7), stale);
+        let destroyed = reader.secret(&path("a")).expect("read").expect("stored");
+        assert!(destroyed.versions[&1].destroyed);
+        assert!(destroyed.versions[&1].ciphertext.is_empty());
+    }
+
+    fn completed(slot: u64, interval_ms: u64, node: u64) -> Command {
+        Command::Backup(BackupCommand::Completed(BackupRecord {
+            slot,
+            interval_ms,
+            index: slot * 10,
+            root_key_id: RootKeyId(1),
+            file: format!("backup-{slot}-{node}.snap"),
+            node: NodeId::new(node).expect("valid"),
+            size_bytes: 100,
+            sha256: [7; 32],
+        }))
+    }
+
+    #[test]
+    fn a_backup_slot_is_recorded_once_and_only_after_the_last_one() {
+        let (_dir, db) = database();
+        let request = crate::state::command::Request {
+            command: completed(5, 1_000, 1),
+            session: None,
+            time_ns: 0,
+        };
+        assert_eq!(
+            request.format_needed(),
+            3,
+            "older releases cannot decode it"
+        );
+        assert_eq!(run(&db, completed(5, 1_000, 1), 1), Response::Done);
+        let taken = |proposed, recorded| {
+            Response::Refused(Refusal::BackupSlotTaken {
+                proposed,
+                proposed_start_ms: u128::from(proposed) * 1_000,
+                recorded,
+                recorded_start_ms: u128::from(recorded) * 1_000,
+            })
+        };
+        assert_eq!(
+            run(&db, completed(5, 1_000, 2), 2),
+            taken(5, 5),
+            "a second leader's record of the same slot is refused"
+        );
+        assert_eq!(run(&db, completed(4, 1_000, 2), 3), taken(4, 5));
+        assert_eq!(run(&db, completed(7, 1_000, 2), 4), Response::Done);
+        // Slots are ordered by their start, so a changed interval cannot
+        // take a slot that starts before the last one recorded.
+        assert!(matches!(
+            run(&db, completed(3, 2_000, 1), 5),
+            Response::Refused(Refusal::BackupSlotTaken { .. })
+        ));
+        assert_eq!(run(&db, completed(4, 2_000, 1), 6), Response::Done);
+        let last = StateReader::new(db)
+            .last_backup()
+            .expect("read")
+            .expect("recorded");
+        assert_eq!(
+            (last.slot, last.interval_ms, last.node.get()),
+            (4, 2_000, 1)
+        );
+    }
+
+    #[test]
+    fn a_backup_record_is_recorded_even_during_a_restore_and_a_malformed_one_never() {
+        let (_dir, db) = database();
+        run(
+            &db,
+            Command::Restore(RestoreCommand::Begin { restore_id: 5 }),
+            1,
+        );
+        assert_eq!(run(&db, completed(1, 1_000, 1), 2), Response::Done);
+        let Command::Backup(BackupCommand::Completed(mut record)) = completed(2, 1_000, 1) else {
+            unreachable!("a backup command")
+        };
+        for file in ["", "../escape.snap", ".hidden", &"x".repeat(129)] {
+            record.file = file.to_owned();
+            assert!(matches!(
+                run(
+                    &db,
+                    Command::Backup(BackupCommand::Completed(record.clone())),
+                    3
+                ),
+                Response::Refused(Refusal::BackupRecordMalformed(_))
+            ));
+        }
+        record.file = "ok.snap".to_owned();
+        record.interval_ms = 0;
+        assert!(matches!(
+            run(&db, Command::Backup(BackupCommand::Completed(record)), 4),
+            Response::Refused(Refusal::BackupRecordMalformed(_))
+        ));
+        assert_eq!(
+            StateReader::new(db)
+                .last_backup()
+                .expect("read")
+                .map(|r| r.slot),
+            Some(1)
         );
     }
 }

@@ -14,7 +14,7 @@ use spike_sdk::domain::{
 };
 
 use super::secret::{SecretError, SecretRecord, TimeNs, Written};
-use super::store::{ClusterMeta, PolicyRecord};
+use super::store::{ClusterMeta, CustomMetadataRecord, PolicyRecord};
 
 /// A client's identity and the number of this write, for exactly-once
 /// application of retried writes.
@@ -97,8 +97,73 @@ pub enum Command {
     Restore(RestoreCommand),
     /// Facts about the cluster's replicas (membership itself is Raft's).
     Membership(MembershipCommand),
+    /// Cluster-wide settings every leader acts on. Format 3 and up.
+    Settings(SettingsCommand),
+    /// Scheduled backups. Format 3 and up.
+    Backup(BackupCommand),
     /// Cluster-wide limits the superuser sets. Format 3 and up.
     Limits(LimitsCommand),
+}
+
+/// Cluster-wide settings, replicated so every leader applies one policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SettingsCommand {
+    /// Replace the key rotation settings (they override the leader's flags).
+    SetRotation(RotationSettings),
+}
+
+/// When keys are replaced and how fast old ciphertext moves to the newest
+/// data key. Public metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationSettings {
+    /// Encryptions (cluster-wide) after which the active data key is
+    /// replaced; 1 to `ENCRYPTIONS_ROTATE_AT`.
+    pub data_key_rotate_after_ops: u64,
+    /// Age after which the active data key is replaced; 0: never by age.
+    pub data_key_max_age_ns: u64,
+    /// Age after which the root key is replaced; 0: never by age.
+    pub root_key_max_age_ns: u64,
+    /// Secret versions the leader re-seals under the newest data key per
+    /// second; 0: no background re-encryption.
+    pub reencrypt_per_second: u32,
+}
+
+/// The shortest key age a setting may ask for: a keyring holds at most
+/// `KEYS_MAX` data keys, and each rotation re-replicates it.
+pub const KEY_MAX_AGE_MIN_NS: u64 = 1_000_000_000;
+/// The longest key age a setting may name (about 100 years).
+pub const KEY_MAX_AGE_MAX_NS: u64 = 100 * 366 * 24 * 3600 * 1_000_000_000;
+/// The fastest background re-encryption (each version is a log entry).
+pub const REENCRYPT_PER_SECOND_MAX: u32 = 10_000;
+
+impl RotationSettings {
+    /// Why a leader could not follow these settings, if it could not.
+    pub fn check(&self) -> Result<(), String> {
+        let ops_max = spike_sdk::crypto::keyring::ENCRYPTIONS_ROTATE_AT;
+        if !(1..=ops_max).contains(&self.data_key_rotate_after_ops) {
+            return Err(format!(
+                "dataKeyRotateAfterOps must be 1 to {ops_max}, not {}",
+                self.data_key_rotate_after_ops
+            ));
+        }
+        for (name, age) in [
+            ("dataKeyMaxAge", self.data_key_max_age_ns),
+            ("rootKeyMaxAge", self.root_key_max_age_ns),
+        ] {
+            if age != 0 && !(KEY_MAX_AGE_MIN_NS..=KEY_MAX_AGE_MAX_NS).contains(&age) {
+                return Err(format!(
+                    "{name} must be 0 (off) or 1s to 100 years, not {age} ns"
+                ));
+            }
+        }
+        if self.reencrypt_per_second > REENCRYPT_PER_SECOND_MAX {
+            return Err(format!(
+                "reencryptPerSecond must be at most {REENCRYPT_PER_SECOND_MAX}, not {}",
+                self.reencrypt_per_second
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Cluster-wide limits, enforced by every replica at its API edge.
@@ -184,6 +249,34 @@ pub enum SecretCommand {
         /// Versions (empty or 0: current).
         versions: Vec<u64>,
     },
+    /// Replace the custom metadata of an existing secret. Format 3 and up.
+    PutCustomMetadata {
+        /// The secret's path.
+        path: SecretPath,
+        /// The pairs as JSON, sealed with the path in the associated data.
+        #[serde(with = "serde_bytes")]
+        ciphertext: Vec<u8>,
+        /// The data key that sealed them (for the per-key counter).
+        data_key_id: DataKeyId,
+    },
+    /// One kept version re-sealed (same values) under a newer data key by
+    /// the leader's background re-encryption. A compare-and-set: refused
+    /// unless the version still holds exactly the ciphertext it was built
+    /// from, so nothing written or destroyed since is ever overwritten.
+    /// Format 3 and up.
+    Reseal {
+        /// The secret's path.
+        path: SecretPath,
+        /// The version re-sealed.
+        version: u64,
+        /// SHA-256 of the ciphertext it replaces.
+        previous_digest: [u8; 32],
+        /// The same values, sealed under `data_key_id`.
+        #[serde(with = "serde_bytes")]
+        ciphertext: Vec<u8>,
+        /// The data key that sealed them (for the per-key counter).
+        data_key_id: DataKeyId,
+    },
 }
 
 /// Access policies.
@@ -238,6 +331,14 @@ pub enum RestoreCommand {
         /// The backup's cluster metadata.
         cluster: Box<ClusterMeta>,
     },
+    /// One piece of a backup's custom metadata, after the secrets it
+    /// belongs to. Format 3 and up.
+    CustomMetadataRows {
+        /// The restore in progress.
+        restore_id: u64,
+        /// Custom metadata by secret path.
+        rows: Vec<(SecretPath, CustomMetadataRecord)>,
+    },
 }
 
 /// Facts about the cluster's replicas.
@@ -257,6 +358,45 @@ pub enum MembershipCommand {
     },
 }
 
+/// Scheduled backups (`crate::backup`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackupCommand {
+    /// A leader wrote the backup of a schedule slot: record it, unless a
+    /// slot starting at or after this one's start is already recorded
+    /// (then another leader took it, and this one deletes its file).
+    Completed(BackupRecord),
+}
+
+/// The last completed scheduled backup, as the replicated state records
+/// it: public facts only (the file holds ciphertext).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    /// The schedule slot: floor(leader time / interval).
+    pub slot: u64,
+    /// The interval the slot is counted in, milliseconds (at least 1).
+    pub interval_ms: u64,
+    /// The last log index the backup holds.
+    pub index: u64,
+    /// The root key its data is sealed under.
+    pub root_key_id: RootKeyId,
+    /// The file's name in the writer's backup directory.
+    pub file: String,
+    /// The replica that wrote it (then the leader).
+    pub node: NodeId,
+    /// The file's size in bytes.
+    pub size_bytes: u64,
+    /// SHA-256 of the whole file.
+    pub sha256: [u8; 32],
+}
+
+impl BackupRecord {
+    /// When the slot starts, milliseconds since the Unix epoch: what
+    /// orders slots even across a change of the interval.
+    pub fn slot_start_ms(&self) -> u128 {
+        u128::from(self.slot) * u128::from(self.interval_ms)
+    }
+}
+
 impl Request {
     /// The oldest on-disk format whose readers decode this request: 1 for
     /// everything the first release knew, 2 and 3 for what those formats
@@ -265,8 +405,13 @@ impl Request {
     /// same bytes in every format.
     pub fn format_needed(&self) -> u32 {
         match self.command {
+            Command::Backup(_) => 3,
             Command::Membership(MembershipCommand::SwitchFormat { .. }) => 2,
-            Command::Limits(_) => 3,
+            Command::Secret(SecretCommand::PutCustomMetadata { .. })
+            | Command::Restore(RestoreCommand::CustomMetadataRows { .. })
+            | Command::Settings(_)
+            | Command::Secret(SecretCommand::Reseal { .. })
+            | Command::Limits(_) => 3,
             _ => 1,
         }
     }
@@ -359,11 +504,41 @@ pub enum Refusal {
         /// The last one applied.
         last: u64,
     },
+    // Appended variants (format 3): never reorder.
+    /// A re-seal of a secret version that changed (or went) since the
+    /// re-seal was built: a newer write wins.
+    #[error("secret version changed since its re-seal was built")]
+    ResealStale,
+    /// Rotation settings no leader could follow.
+    #[error("invalid rotation settings: {0}")]
+    InvalidSettings(String),
+    /// A backup record for a slot that does not start after the last one
+    /// recorded: another leader took it.
+    #[error(
+        "backup slot {proposed} (starting at {proposed_start_ms} ms) does not follow the recorded slot {recorded} (starting at {recorded_start_ms} ms)"
+    )]
+    BackupSlotTaken {
+        /// The slot proposed.
+        proposed: u64,
+        /// When it starts, milliseconds since the Unix epoch.
+        proposed_start_ms: u128,
+        /// The last slot recorded.
+        recorded: u64,
+        /// When that one starts.
+        recorded_start_ms: u128,
+    },
+    /// A backup record whose interval is 0 or whose file name is not a
+    /// plain name of at most [`BACKUP_FILE_NAME_MAX_BYTES`] bytes.
+    #[error("malformed backup record: {0}")]
+    BackupRecordMalformed(String),
     /// Limits that break a rule (a replica of another release may
     /// validate differently); nothing changed. Format 3 and up.
     #[error("invalid limits: {0}")]
     InvalidLimits(String),
 }
+
+/// Longest file name a backup record carries.
+pub const BACKUP_FILE_NAME_MAX_BYTES: usize = 128;
 
 impl std::fmt::Display for Request {
     /// A one-line summary for openraft's logs: the command kind and its
@@ -392,6 +567,13 @@ impl std::fmt::Display for Request {
             Command::Secret(SecretCommand::Destroy { path, .. }) => {
                 write!(f, "destroy-secret({path})")
             }
+            Command::Secret(SecretCommand::PutCustomMetadata { path, .. }) => {
+                write!(f, "put-custom-metadata({path})")
+            }
+            Command::Secret(SecretCommand::Reseal { path, version, .. }) => {
+                write!(f, "reseal-secret({path} v{version})")
+            }
+            Command::Settings(SettingsCommand::SetRotation(_)) => write!(f, "set-rotation"),
             Command::Policy(PolicyCommand::Put { name, .. }) => write!(f, "put-policy({name})"),
             Command::Policy(PolicyCommand::Delete { policy }) => {
                 write!(f, "delete-policy({policy})")
@@ -412,15 +594,62 @@ impl std::fmt::Display for Request {
             Command::Restore(RestoreCommand::Finish { restore_id, .. }) => {
                 write!(f, "finish-restore({restore_id})")
             }
+            Command::Restore(RestoreCommand::CustomMetadataRows { restore_id, rows }) => write!(
+                f,
+                "restore-custom-metadata({restore_id}: {} secrets)",
+                rows.len()
+            ),
             Command::Membership(MembershipCommand::RetireNode { id }) => {
                 write!(f, "retire-node({id})")
             }
             Command::Membership(MembershipCommand::SwitchFormat { format }) => {
                 write!(f, "switch-format({format})")
             }
+            Command::Backup(BackupCommand::Completed(record)) => {
+                write!(f, "backup-completed(slot {}: {})", record.slot, record.file)
+            }
             Command::Limits(LimitsCommand::Set(limits)) => {
                 write!(f, "set-limits({} rules)", limits.rules.len())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(command: Command) -> Request {
+        Request {
+            command,
+            session: None,
+            time_ns: 0,
+        }
+    }
+
+    #[test]
+    fn custom_metadata_commands_need_format_3_and_older_commands_keep_theirs() {
+        let path: SecretPath = "a/b".parse().expect("a path");
+        let custom = request(Command::Secret(SecretCommand::PutCustomMetadata {
+            path: path.clone(),
+            ciphertext: vec![1],
+            data_key_id: DataKeyId(1),
+        }));
+        assert_eq!(custom.format_needed(), 3);
+        let rows = request(Command::Restore(RestoreCommand::CustomMetadataRows {
+            restore_id: 1,
+            rows: Vec::new(),
+        }));
+        assert_eq!(rows.format_needed(), 3);
+        let destroy = request(Command::Secret(SecretCommand::Destroy {
+            path,
+            versions: vec![],
+        }));
+        assert_eq!(destroy.format_needed(), 1);
+        let switch = request(Command::Membership(MembershipCommand::SwitchFormat {
+            format: 3,
+        }));
+        assert_eq!(switch.format_needed(), 2);
+        assert_eq!(switch.switches_format_to(), Some(3));
     }
 }

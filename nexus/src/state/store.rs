@@ -28,7 +28,10 @@ use spike_sdk::domain::{
 };
 
 use super::apply::apply_command;
-use super::command::{Command, Refusal, Request, Response, RootKeyRecord, SessionRef};
+use super::command::{
+    BackupRecord, Command, KeyCommand, Refusal, Request, Response, RestoreCommand, RootKeyRecord,
+    RotationSettings, SessionRef,
+};
 use super::secret::{COUNTER_MAX, SecretRecord, TimeNs};
 use crate::raft::codec::{self, CodecError};
 
@@ -51,6 +54,9 @@ pub const SESSION_EXPIRY: TableDefinition<(u64, u128), ()> = TableDefinition::ne
 /// ([`rebuild_session_owners`]), so it is never part of a snapshot and a
 /// build that does not keep it cannot leave it wrong for one that does.
 pub const SESSION_OWNERS: TableDefinition<u64, u64> = TableDefinition::new("session_owners");
+/// Secret path -> [`CustomMetadataRecord`]. Format 3 and up: the table
+/// exists once the first custom metadata is written.
+pub const SECRET_METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("secret_metadata");
 /// Cluster metadata and Raft's applied state, by key.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -63,6 +69,15 @@ pub const META_MEMBERSHIP: &str = "membership";
 /// `META` key of the cluster's on-disk format (written by the state machine
 /// when the cluster switches; absent: format 1). Format 2 and up.
 pub const META_FORMAT: &str = "format";
+/// `META` key of the last completed scheduled backup
+/// ([`crate::state::command::BackupRecord`]; absent: none yet). Format 3
+/// and up. Raft snapshots carry it with the rest of `META`; a backup
+/// restore leaves it as it was.
+pub const META_BACKUP: &str = "backup";
+
+/// `META` key of the [`RotationMeta`] (absent: nothing recorded yet).
+/// Format 3 and up.
+pub const META_ROTATION: &str = "rotation";
 
 /// `META` key of the rate limits ([`spike_sdk::api::RateLimits`], set by
 /// `LimitsCommand::Set`; format 3). Absent: no limits.
@@ -75,6 +90,16 @@ pub fn cluster_format_in(
     match redb_try!("read cluster format", meta.get(META_FORMAT))? {
         Some(bytes) => decode("cluster format", bytes.value()),
         None => Ok(1),
+    }
+}
+
+/// The last completed scheduled backup a `META` table records.
+pub fn last_backup_in(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<BackupRecord>, StoreError> {
+    match redb_try!("read last backup", meta.get(META_BACKUP))? {
+        Some(bytes) => decode("last backup", bytes.value()).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -177,6 +202,52 @@ impl ClusterMeta {
     }
 }
 
+/// Key rotation, as the log records it: the settings an operator set and
+/// when the current keys became active (leader time). Kept apart from
+/// [`ClusterMeta`], whose encoding a backup carries. Apply records the
+/// times only once the cluster writes format 3, so every replica records
+/// them at the same entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationMeta {
+    /// The operator's settings; `None`: each leader's flags decide.
+    pub settings: Option<RotationSettings>,
+    /// When the active data key became active (for a key older than
+    /// format 3: when the cluster first recorded it).
+    pub data_key_since: Option<TimeNs>,
+    /// The root key whose activation is recorded, and when.
+    pub root_key_since: Option<(RootKeyId, TimeNs)>,
+}
+
+impl RotationMeta {
+    /// Records key activations after `command` applied with `response`
+    /// at log time `now`.
+    fn record_activations(
+        &mut self,
+        meta: &ClusterMeta,
+        command: &Command,
+        response: &Response,
+        now: TimeNs,
+    ) {
+        let Some(root_key_id) = meta.root_key_id() else {
+            self.data_key_since = None;
+            self.root_key_since = None;
+            return;
+        };
+        if self.root_key_since.map(|(id, _)| id) != Some(root_key_id) {
+            self.root_key_since = Some((root_key_id, now));
+        }
+        let new_data_key = matches!(response, Response::Done)
+            && matches!(
+                command,
+                Command::Keys(KeyCommand::Initialize(_) | KeyCommand::ReplaceKeyring { .. })
+                    | Command::Restore(RestoreCommand::Finish { .. })
+            );
+        if new_data_key || self.data_key_since.is_none() {
+            self.data_key_since = Some(now);
+        }
+    }
+}
+
 /// A policy as stored: its body is sealed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRecord {
@@ -271,31 +342,92 @@ pub(super) fn id_key(id: PolicyId) -> u128 {
 pub struct Batch<'t> {
     txn: &'t WriteTransaction,
     meta: ClusterMeta,
+    rotation: RotationMeta,
+    /// The rotation record as the batch found it (written back if changed).
+    rotation_before: RotationMeta,
+    /// The cluster format as of the entry being applied: switches in this
+    /// batch count from their entry on.
+    format: u32,
     /// Opened on first use and kept for the batch (opening a table is a
     /// b-tree lookup of its root).
     tables: Option<Tables<'t>>,
 }
 
+/// The custom metadata of one secret path, sealed under a data key with
+/// the path in the associated data. Format 3 and up.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomMetadataRecord {
+    /// The pairs as JSON, sealed.
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+    /// When they were last set (log time).
+    pub updated_at: TimeNs,
+}
+
+impl std::fmt::Debug for CustomMetadataRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CustomMetadataRecord")
+            .field("ciphertext_bytes", &self.ciphertext.len())
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
+}
+
 /// The tables commands touch.
 pub(super) struct Tables<'t> {
+    txn: &'t WriteTransaction,
+    /// [`SECRET_METADATA`], opened only by the commands that use it, so a
+    /// state of an older format never gains the table.
+    secret_metadata: Option<redb::Table<'t, &'static str, &'static [u8]>>,
     pub(super) secrets: redb::Table<'t, &'static str, &'static [u8]>,
     pub(super) policies: redb::Table<'t, &'static str, &'static [u8]>,
     pub(super) policy_ids: redb::Table<'t, u128, &'static str>,
     pub(super) sessions: redb::Table<'t, u128, &'static [u8]>,
     pub(super) expiry: redb::Table<'t, (u64, u128), ()>,
     pub(super) owners: redb::Table<'t, u64, u64>,
+    /// `META`, for the rows apply owns ([`META_BACKUP`]); the cluster
+    /// metadata itself is written back by [`Batch::finish`].
+    pub(super) meta_rows: redb::Table<'t, &'static str, &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
     fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
+            txn,
+            secret_metadata: None,
             secrets: redb_try!("open secrets", txn.open_table(SECRETS))?,
             policies: redb_try!("open policies", txn.open_table(POLICIES))?,
             policy_ids: redb_try!("open policy ids", txn.open_table(POLICY_IDS))?,
             sessions: redb_try!("open sessions", txn.open_table(SESSIONS))?,
             expiry: redb_try!("open session expiry", txn.open_table(SESSION_EXPIRY))?,
             owners: redb_try!("open session owners", txn.open_table(SESSION_OWNERS))?,
+            meta_rows: redb_try!("open meta", txn.open_table(META))?,
         })
+    }
+
+    /// [`SECRET_METADATA`], created on first use.
+    pub(super) fn secret_metadata(
+        &mut self,
+    ) -> Result<&mut redb::Table<'t, &'static str, &'static [u8]>, StoreError> {
+        match self.secret_metadata {
+            Some(ref mut table) => Ok(table),
+            None => {
+                let table =
+                    redb_try!("open secret metadata", self.txn.open_table(SECRET_METADATA))?;
+                Ok(self.secret_metadata.insert(table))
+            }
+        }
+    }
+
+    /// Drops every custom metadata record, without creating the table where
+    /// there is none.
+    pub(super) fn clear_secret_metadata(&mut self) -> Result<(), StoreError> {
+        drop(self.secret_metadata.take());
+        redb_try!(
+            "clear secret metadata",
+            self.txn.delete_table(SECRET_METADATA)
+        )?;
+        Ok(())
     }
 
     /// Every policy is in the id index once and the index holds nothing
@@ -358,12 +490,29 @@ pub fn read_cluster_meta(txn: &WriteTransaction) -> Result<ClusterMeta, StoreErr
     }
 }
 
+/// The rotation record a `META` table holds (default when absent).
+pub fn rotation_meta_in(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<RotationMeta, StoreError> {
+    match redb_try!("read rotation meta", meta.get(META_ROTATION))? {
+        Some(bytes) => decode("rotation meta", bytes.value()),
+        None => Ok(RotationMeta::default()),
+    }
+}
+
 impl<'t> Batch<'t> {
     /// Starts a batch in `txn`.
     pub fn begin(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        let (rotation, format) = {
+            let table = redb_try!("open meta", txn.open_table(META))?;
+            (rotation_meta_in(&table)?, cluster_format_in(&table)?)
+        };
         Ok(Self {
             txn,
             meta: read_cluster_meta(txn)?,
+            rotation_before: rotation.clone(),
+            rotation,
+            format,
             tables: None,
         })
     }
@@ -397,10 +546,18 @@ impl<'t> Batch<'t> {
             }
         }
 
-        let response = match apply_command(txn, tables, meta, &request.command, now)? {
+        let response = match apply_command(tables, meta, &mut self.rotation, &request.command, now)?
+        {
             Ok(response) => response,
             Err(refusal) => Response::Refused(refusal),
         };
+        if let Some(format) = request.switches_format_to() {
+            self.format = self.format.max(format);
+        }
+        if self.format >= 3 {
+            self.rotation
+                .record_activations(meta, &request.command, &response, now);
+        }
         if let Some(session) = request.session {
             record_session(tables, session, &response, index)?;
         }
@@ -427,6 +584,14 @@ impl<'t> Batch<'t> {
             "write cluster meta",
             meta_table.insert(META_CLUSTER, encode(&self.meta)?.as_slice())
         )?;
+        // Written only when changed: before format 3 nothing is recorded,
+        // and the state must not gain a row an older build never writes.
+        if self.rotation != self.rotation_before {
+            redb_try!(
+                "write rotation meta",
+                meta_table.insert(META_ROTATION, encode(&self.rotation)?.as_slice())
+            )?;
+        }
         Ok(())
     }
 }
@@ -656,6 +821,60 @@ impl StateReader {
         }
     }
 
+    /// The rotation settings and key activation times as applied here.
+    pub fn rotation_meta(&self) -> Result<RotationMeta, StoreError> {
+        let txn = self.read()?;
+        match open_existing(&txn, META, "open meta")? {
+            Some(table) => rotation_meta_in(&table),
+            None => Ok(RotationMeta::default()),
+        }
+    }
+
+    /// Every kept, not destroyed secret version: its path, number and
+    /// ciphertext, in path order, starting after `after` (a path), at most
+    /// `limit` paths (for the leader's re-encryption sweep).
+    pub fn sealed_versions(
+        &self,
+        after: Option<&SecretPath>,
+        limit: usize,
+    ) -> Result<Vec<(SecretPath, u64, Vec<u8>)>, StoreError> {
+        let txn = self.read()?;
+        let Some(table) = open_existing(&txn, SECRETS, "open secrets")? else {
+            return Ok(Vec::new());
+        };
+        let range = match after {
+            Some(path) => redb_try!(
+                "list secrets",
+                table.range::<&str>((
+                    std::ops::Bound::Excluded(path.as_str()),
+                    std::ops::Bound::Unbounded
+                ))
+            )?,
+            None => redb_try!("list secrets", table.range::<&str>(..))?,
+        };
+        let mut versions = Vec::new();
+        for row in range.take(limit) {
+            let (key, value) = redb_try!("list secrets", row)?;
+            let path: SecretPath = parse_key("secrets", key.value())?;
+            let record: SecretRecord = decode(key.value(), value.value())?;
+            for (number, version) in record.versions {
+                if !version.destroyed && !version.ciphertext.is_empty() {
+                    versions.push((path.clone(), number, version.ciphertext));
+                }
+            }
+        }
+        Ok(versions)
+    }
+
+    /// The last completed scheduled backup, if any was recorded.
+    pub fn last_backup(&self) -> Result<Option<BackupRecord>, StoreError> {
+        let txn = self.read()?;
+        let Some(table) = open_existing(&txn, META, "open meta")? else {
+            return Ok(None);
+        };
+        last_backup_in(&table)
+    }
+
     /// The rate limits' stored bytes, if any were ever set (cheap to
     /// compare on every request).
     pub fn limits_bytes(&self) -> Result<Option<Vec<u8>>, StoreError> {
@@ -683,6 +902,16 @@ impl StateReader {
         }
     }
 
+    /// How many exactly-once client sessions the state holds (at most
+    /// [`SESSIONS_MAX`]).
+    pub fn session_count(&self) -> Result<u64, StoreError> {
+        let txn = self.read()?;
+        match open_existing(&txn, SESSIONS, "open sessions")? {
+            Some(table) => redb_try!("count sessions", table.len()),
+            None => Ok(0),
+        }
+    }
+
     /// The record of secret `path`.
     pub fn secret(&self, path: &SecretPath) -> Result<Option<SecretRecord>, StoreError> {
         let txn = self.read()?;
@@ -693,6 +922,30 @@ impl StateReader {
             Some(bytes) => decode(path.as_str(), bytes.value()).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// The record of `path` and its custom metadata, from one consistent
+    /// view.
+    pub fn secret_and_custom_metadata(
+        &self,
+        path: &SecretPath,
+    ) -> Result<Option<(SecretRecord, Option<CustomMetadataRecord>)>, StoreError> {
+        let txn = self.read()?;
+        let Some(secrets) = open_existing(&txn, SECRETS, "open secrets")? else {
+            return Ok(None);
+        };
+        let Some(bytes) = redb_try!("read secret", secrets.get(path.as_str()))? else {
+            return Ok(None);
+        };
+        let record = decode(path.as_str(), bytes.value())?;
+        let Some(table) = open_existing(&txn, SECRET_METADATA, "open secret metadata")? else {
+            return Ok(Some((record, None)));
+        };
+        let custom = match redb_try!("read secret metadata", table.get(path.as_str()))? {
+            Some(bytes) => Some(decode(path.as_str(), bytes.value())?),
+            None => None,
+        };
+        Ok(Some((record, custom)))
     }
 
     /// The policy `policy` names, with its name: by id first, then by name

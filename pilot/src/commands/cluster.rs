@@ -157,9 +157,31 @@ fn optional<T: std::fmt::Display>(value: Option<T>, none: &str) -> String {
     value.map_or_else(|| none.to_owned(), |value| value.to_string())
 }
 
+fn backup_text(status: &ClusterStatus) -> String {
+    let last = match &status.last_backup {
+        Some(last) => format!(
+            "backup:    {} (slot {}, index {}, root key {}, {} bytes) on node {}\n",
+            last.file, last.slot_time, last.index, last.root_key_id, last.size_bytes, last.node
+        ),
+        None => "backup:    none recorded\n".to_owned(),
+    };
+    let schedule = match &status.backup_schedule {
+        Some(schedule) => format!(
+            "schedule:  every {} ms into {} (keeps {}; here: {} done, {} failed)\n",
+            schedule.interval_ms,
+            schedule.dir,
+            schedule.retain,
+            schedule.succeeded,
+            schedule.failed
+        ),
+        None => "schedule:  off on this replica\n".to_owned(),
+    };
+    last + &schedule
+}
+
 fn human_status(status: &ClusterStatus) -> String {
     let root_key = &status.root_key;
-    format!(
+    let text = format!(
         "node:      {} ({:?})\nstorage:   {}\nrelease:   {} (reads on-disk formats {}..{}; the cluster writes format {})\nleader:    {} at {}\nterm:      {}\ncommitted: {}\napplied:   {}\nroot key:  {} (id {}, check {})\ndata key:  {} ({} encryptions)\nmembers:\n{}",
         status.node_id,
         status.state,
@@ -186,7 +208,8 @@ fn human_status(status: &ClusterStatus) -> String {
         optional(root_key.data_key_id, "-"),
         optional(root_key.data_key_encryptions, "-"),
         members_text(&status.members),
-    )
+    );
+    text + &backup_text(status)
 }
 
 fn storage_text(status: &ClusterStatus) -> String {

@@ -33,6 +33,101 @@ pub enum OperatorCommand {
     },
     /// Start a new data key for new writes (extension).
     Rotate,
+    /// Automatic key rotation settings (extension).
+    #[command(subcommand)]
+    Rotation(RotationCommand),
+}
+
+/// `spike operator rotation`.
+#[derive(Debug, Subcommand)]
+pub enum RotationCommand {
+    /// Show the settings in force and the keys' ages.
+    Get,
+    /// Set the replicated settings; they override every replica's
+    /// SPIKE_NEXUS_DATA_KEY_* / ROOT_KEY_* / REENCRYPT_* flags from then on.
+    /// Settings not given keep their current value.
+    Set {
+        /// Encryptions after which the data key is replaced.
+        #[arg(long)]
+        data_key_rotate_after_ops: Option<u64>,
+        /// Age after which the data key is replaced ("0": never), e.g. 720h.
+        #[arg(long, value_parser = spike_sdk::duration::parse)]
+        data_key_max_age: Option<std::time::Duration>,
+        /// Age after which the root key is replaced ("0": never).
+        #[arg(long, value_parser = spike_sdk::duration::parse)]
+        root_key_max_age: Option<std::time::Duration>,
+        /// Secret versions re-sealed under the newest data key per second
+        /// (0: none).
+        #[arg(long)]
+        reencrypt_per_second: Option<u32>,
+    },
+}
+
+fn describe_rotation(state: &spike_sdk::api::RotationResponse) -> String {
+    let age = |seconds: u64| {
+        if seconds == 0 {
+            "never".to_owned()
+        } else {
+            format!("{seconds}s")
+        }
+    };
+    let settings = &state.settings;
+    format!(
+        "Settings ({}):\n  data key rotate after ops:  {}\n  data key max age:           {}\n  \
+         root key max age:           {}\n  re-encrypt per second:      {}\n\
+         Root key {} (age {}s), active data key {} (age {}s); \
+         {} secret versions under older data keys.\n",
+        if state.replicated {
+            "replicated"
+        } else {
+            "flags of the answering replica"
+        },
+        settings.data_key_rotate_after_ops,
+        age(settings.data_key_max_age_seconds),
+        age(settings.root_key_max_age_seconds),
+        settings.reencrypt_per_second,
+        state.root_key_id,
+        state.root_key_age_seconds,
+        state.active_data_key_id,
+        state.data_key_age_seconds,
+        state.versions_under_old_keys,
+    )
+}
+
+async fn rotation(nexus: &NexusClient, command: RotationCommand) -> Result<String, CliError> {
+    match command {
+        RotationCommand::Get => Ok(describe_rotation(&nexus.rotation().await?)),
+        RotationCommand::Set {
+            data_key_rotate_after_ops,
+            data_key_max_age,
+            root_key_max_age,
+            reencrypt_per_second,
+        } => {
+            let whole_seconds = |age: std::time::Duration| {
+                if age.subsec_nanos() == 0 {
+                    Ok(age.as_secs())
+                } else {
+                    Err(CliError::Invalid(format!(
+                        "key ages are whole seconds, not {age:?}"
+                    )))
+                }
+            };
+            let mut settings = nexus.rotation().await?.settings;
+            if let Some(ops) = data_key_rotate_after_ops {
+                settings.data_key_rotate_after_ops = ops;
+            }
+            if let Some(age) = data_key_max_age {
+                settings.data_key_max_age_seconds = whole_seconds(age)?;
+            }
+            if let Some(age) = root_key_max_age {
+                settings.root_key_max_age_seconds = whole_seconds(age)?;
+            }
+            if let Some(rate) = reencrypt_per_second {
+                settings.reencrypt_per_second = rate;
+            }
+            Ok(describe_rotation(&nexus.set_rotation(settings).await?))
+        }
+    }
 }
 
 /// Where recovery files go: `$SPIKE_PILOT_RECOVERY_DIR/recover`, else
@@ -215,6 +310,7 @@ pub async fn run(nexus: &NexusClient, command: OperatorCommand) -> Result<String
                 "Data key rotated: new writes use data key {data_key_id}.\n"
             ))
         }
+        OperatorCommand::Rotation(command) => rotation(nexus, command).await,
     }
 }
 

@@ -1,7 +1,7 @@
 //! `spike secret`: SPIKE's secret commands, plus `destroy` and `--cas`.
 
 use clap::Subcommand;
-use spike_sdk::api::{SecretMetadataResponse, SecretValues};
+use spike_sdk::api::{CustomMetadata, SecretMetadataResponse, SecretValues};
 use spike_sdk::client::NexusClient;
 use spike_sdk::domain::SecretPath;
 
@@ -81,6 +81,19 @@ pub enum MetadataCommand {
         /// Output format: human/h/plain/p, json/j, yaml/y.
         #[arg(short = 'f', long, default_value = "human")]
         format: Format,
+    },
+    /// Replace a secret's custom metadata: spike secret metadata put PATH
+    /// KEY=VALUE... (no pairs with --clear: remove it all).
+    Put {
+        /// The secret path (the secret must exist).
+        path: SecretPath,
+        /// Pairs as key=value (split at the first '='); they replace every
+        /// pair set before.
+        #[arg(required_unless_present = "clear")]
+        pairs: Vec<String>,
+        /// Remove every pair.
+        #[arg(long, conflicts_with = "pairs")]
+        clear: bool,
     },
 }
 
@@ -172,6 +185,18 @@ pub async fn run(nexus: &NexusClient, command: SecretCommand) -> Result<String, 
             let metadata = nexus.secret_metadata(&path, Some(version)).await?;
             Ok(format.render(&metadata, human_metadata))
         }
+        SecretCommand::Metadata(MetadataCommand::Put { path, pairs, .. }) => {
+            let mut custom = CustomMetadata::default();
+            for pair in &pairs {
+                let (key, value) = pair
+                    .split_once('=')
+                    .ok_or_else(|| CliError::Invalid(format!("Invalid key-value pair: {pair}")))?;
+                custom.0.insert(key.to_owned(), value.to_owned());
+            }
+            custom.check().map_err(CliError::Invalid)?;
+            nexus.put_secret_metadata(&path, custom).await?;
+            Ok("OK\n".to_owned())
+        }
     }
 }
 
@@ -186,6 +211,13 @@ fn human_metadata(answer: &SecretMetadataResponse) -> String {
         meta.updated_time,
         meta.max_versions,
     );
+    if !answer.custom_metadata.is_empty() {
+        out += &format!("\nCustom Metadata:\n{line}\n");
+        for (key, value) in &answer.custom_metadata.0 {
+            out += &format!("{key} : {value}\n");
+        }
+        out += &format!("{line}\n");
+    }
     if !answer.versions.is_empty() {
         out += &format!("\nSecret Versions:\n{line}\n");
         for (number, version) in &answer.versions {

@@ -110,6 +110,13 @@ pub struct ClusterStatus {
     /// The format the cluster writes, as this replica applied it: it
     /// switches to a newer one only once every member reads it.
     pub cluster_format: Option<u32>,
+    /// The last scheduled backup the cluster recorded, as this replica
+    /// applied it (any replica: the record is replicated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<LastBackup>,
+    /// This replica's backup schedule, when scheduled backups are on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup_schedule: Option<BackupSchedule>,
     /// Bytes the replicated state takes on this replica, as the storage
     /// quota counts them (see `SPIKE_NEXUS_STORAGE_QUOTA`).
     pub storage_used_bytes: Option<u64>,
@@ -121,6 +128,47 @@ pub struct ClusterStatus {
     /// Set on failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub err: Option<ErrorCode>,
+}
+
+/// The last scheduled backup the cluster recorded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct LastBackup {
+    /// Its schedule slot: floor(leader time / interval).
+    pub slot: u64,
+    /// The interval, milliseconds.
+    pub interval_ms: u64,
+    /// When the slot starts, RFC 3339.
+    pub slot_time: String,
+    /// The last log index it holds.
+    pub index: u64,
+    /// Its file name in the backup directory of `node`.
+    pub file: String,
+    /// The replica that wrote it.
+    pub node: u64,
+    /// The root key its records are sealed under (a restore elsewhere
+    /// needs this key's recovery shards).
+    pub root_key_id: u64,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+    /// Hex SHA-256 of the file (also in its `.sha256` sidecar).
+    pub sha256: String,
+}
+
+/// A replica's own backup schedule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct BackupSchedule {
+    /// One backup per interval, milliseconds.
+    pub interval_ms: u64,
+    /// Where this replica writes backups when it leads.
+    pub dir: String,
+    /// Backups kept there.
+    pub retain: u64,
+    /// Backups this replica completed since it started.
+    pub succeeded: u64,
+    /// Attempts that failed here since it started.
+    pub failed: u64,
 }
 
 /// Members: every replica and whether it votes.

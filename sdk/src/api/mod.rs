@@ -41,17 +41,19 @@ pub use cipher::{
     FORMAT_VERSION, FrameError, NONCE_LEN, StreamFrame,
 };
 pub use cluster::{
-    AddMemberRequest, ClusterLimits, ClusterLimitsRequest, ClusterMembers, ClusterMembersRequest,
-    ClusterStatus, ClusterStatusRequest, Member, RATE_LIMIT_ID_LEN_MAX, RATE_LIMIT_MAX,
-    RATE_LIMIT_RULES_MAX, RaftRole, RateLimitRule, RateLimits, RemoveMemberRequest, RootKeyState,
-    RootKeyStatus, SetLimitsRequest, TransferLeaderRequest,
+    AddMemberRequest, BackupSchedule, ClusterLimits, ClusterLimitsRequest, ClusterMembers,
+    ClusterMembersRequest, ClusterStatus, ClusterStatusRequest, LastBackup, Member,
+    RATE_LIMIT_ID_LEN_MAX, RATE_LIMIT_MAX, RATE_LIMIT_RULES_MAX, RaftRole, RateLimitRule,
+    RateLimits, RemoveMemberRequest, RootKeyState, RootKeyStatus, SetLimitsRequest,
+    TransferLeaderRequest,
 };
 pub use encoding::Shard;
 pub use error::ErrorCode;
 pub use go_json::{DecodeError, decode};
 pub use operator::{
-    RecoverRequest, RecoverResponse, RekeyRequest, RekeyResponse, RestoreRequest, RestoreResponse,
-    RotateRequest, RotateResponse,
+    GetRotationRequest, RecoverRequest, RecoverResponse, RekeyRequest, RekeyResponse,
+    RestoreRequest, RestoreResponse, RotateRequest, RotateResponse, RotationResponse,
+    RotationSettings, SetRotationRequest,
 };
 pub use policies::{
     DeletePolicyRequest, GetPolicyRequest, ListPoliciesRequest, ListPoliciesResponse, Policy,
@@ -59,10 +61,11 @@ pub use policies::{
 };
 pub use route::Route;
 pub use secrets::{
-    DeleteSecretRequest, DestroySecretRequest, EmptyResponse, GetSecretRequest, GetSecretResponse,
-    ListSecretsRequest, ListSecretsResponse, PutSecretRequest, SECRET_SIZE_MAX_BYTES,
-    SecretMetadata, SecretMetadataRequest, SecretMetadataResponse, SecretValues, SecretVersions,
-    UndeleteSecretRequest, VersionInfo,
+    CUSTOM_METADATA_KEY_MAX_BYTES, CUSTOM_METADATA_KEYS_MAX, CUSTOM_METADATA_VALUE_MAX_BYTES,
+    CustomMetadata, DeleteSecretRequest, DestroySecretRequest, EmptyResponse, GetSecretRequest,
+    GetSecretResponse, ListSecretsRequest, ListSecretsResponse, PutSecretMetadataRequest,
+    PutSecretRequest, SECRET_SIZE_MAX_BYTES, SecretMetadata, SecretMetadataRequest,
+    SecretMetadataResponse, SecretValues, SecretVersions, UndeleteSecretRequest, VersionInfo,
 };
 pub use snapshot::{BACKUP_SIZE_MAX_BYTES, SnapshotRestoreResponse};
 pub use time::Timestamp;

@@ -109,11 +109,77 @@ pub struct RotateResponse {
     pub err: Option<ErrorCode>,
 }
 
+/// When keys are replaced and how fast old ciphertext is re-sealed, as
+/// the rotation routes carry them (extension).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct RotationSettings {
+    /// Encryptions after which the active data key is replaced.
+    pub data_key_rotate_after_ops: u64,
+    /// Age in seconds after which the active data key is replaced; 0: never.
+    pub data_key_max_age_seconds: u64,
+    /// Age in seconds after which the root key is replaced; 0: never.
+    pub root_key_max_age_seconds: u64,
+    /// Secret versions re-sealed under the newest data key per second; 0:
+    /// none.
+    pub reencrypt_per_second: u32,
+}
+
+/// Rotation get (extension): the settings in force and the keys' state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetRotationRequest {}
+
+impl ApiRequest for GetRotationRequest {
+    const ROUTE: Route = Route::RotationGet;
+    type Response = RotationResponse;
+}
+
+/// Rotation set (extension): replicated settings that override every
+/// replica's flags from then on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SetRotationRequest {
+    /// The new settings.
+    pub settings: RotationSettings,
+}
+
+impl ApiRequest for SetRotationRequest {
+    const ROUTE: Route = Route::RotationSet;
+    type Response = RotationResponse;
+}
+
+/// The rotation routes' answer, as the answering replica sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct RotationResponse {
+    /// The settings in force.
+    pub settings: RotationSettings,
+    /// Whether an operator set them (false: the replica's flags).
+    pub replicated: bool,
+    /// The committed root key's id.
+    pub root_key_id: u64,
+    /// The active data key's id.
+    pub active_data_key_id: u32,
+    /// Seconds since the active data key became active (0: not recorded).
+    pub data_key_age_seconds: u64,
+    /// Seconds since the root key became active (0: not recorded).
+    pub root_key_age_seconds: u64,
+    /// Kept secret versions under older data keys, as the leader last
+    /// counted (0 on other replicas).
+    pub versions_under_old_keys: u64,
+    /// Secret versions the answering replica re-sealed while it led.
+    pub reencrypted_versions: u64,
+    /// Set on failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub err: Option<ErrorCode>,
+}
+
 super::responses!(
     RecoverResponse,
     RestoreResponse,
     RekeyResponse,
-    RotateResponse
+    RotateResponse,
+    RotationResponse
 );
 
 #[cfg(test)]

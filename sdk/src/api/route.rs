@@ -56,6 +56,12 @@ pub enum Route {
     SnapshotSave,
     /// Replace the store with a backup (extension).
     SnapshotRestore,
+    /// Set a secret's custom metadata (extension).
+    SecretMetadataPut,
+    /// The key rotation settings in force and the keys' state (extension).
+    RotationGet,
+    /// Set the replicated key rotation settings (extension).
+    RotationSet,
     /// The replicated rate limits (extension).
     ClusterLimits,
     /// Replace the replicated rate limits (extension).
@@ -63,7 +69,7 @@ pub enum Route {
 }
 
 /// Each route's path, action and the two joined, in one table.
-const TABLE: [(Route, &str, Option<&str>, &str); 27] = [
+const TABLE: [(Route, &str, Option<&str>, &str); 30] = [
     (
         Route::SecretPut,
         "/v1/store/secrets",
@@ -210,6 +216,24 @@ const TABLE: [(Route, &str, Option<&str>, &str); 27] = [
         "/v1/snapshot?action=restore",
     ),
     (
+        Route::SecretMetadataPut,
+        "/v1/store/secrets/metadata",
+        Some("put"),
+        "/v1/store/secrets/metadata?action=put",
+    ),
+    (
+        Route::RotationGet,
+        "/v1/operator/rotation",
+        Some("get"),
+        "/v1/operator/rotation?action=get",
+    ),
+    (
+        Route::RotationSet,
+        "/v1/operator/rotation",
+        Some("set"),
+        "/v1/operator/rotation?action=set",
+    ),
+    (
         Route::ClusterLimits,
         "/v1/cluster",
         Some("limits"),
@@ -225,8 +249,8 @@ const TABLE: [(Route, &str, Option<&str>, &str); 27] = [
 
 impl Route {
     /// Every route.
-    pub const ALL: [Route; 27] = {
-        let mut all = [Route::SecretPut; 27];
+    pub const ALL: [Route; 30] = {
+        let mut all = [Route::SecretPut; 30];
         let mut index = 0;
         while index < TABLE.len() {
             all[index] = TABLE[index].0;
@@ -282,6 +306,9 @@ impl Route {
                 | Route::ClusterTransfer
                 | Route::SnapshotSave
                 | Route::SnapshotRestore
+                | Route::SecretMetadataPut
+                | Route::RotationGet
+                | Route::RotationSet
                 | Route::ClusterLimits
                 | Route::ClusterSetLimits
         )
@@ -316,6 +343,7 @@ impl Route {
                 | Route::SecretDelete
                 | Route::SecretUndelete
                 | Route::SecretDestroy
+                | Route::SecretMetadataPut
                 | Route::PolicyPut
                 | Route::PolicyDelete
         )

@@ -222,6 +222,13 @@ pub struct SecretMetadataResponse {
     pub versions: BTreeMap<u64, VersionInfo>,
     /// The secret as a whole.
     pub metadata: SecretMetadata,
+    /// Extension: the custom metadata set on the path (absent when none is
+    /// set, so SPIKE's answer is unchanged).
+    #[serde(
+        rename = "customMetadata",
+        skip_serializing_if = "CustomMetadata::is_empty"
+    )]
+    pub custom_metadata: CustomMetadata,
     /// Set on failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub err: Option<ErrorCode>,
@@ -255,6 +262,74 @@ pub struct SecretMetadata {
     pub updated_time: Timestamp,
     /// Versions kept before the oldest is dropped.
     pub max_versions: u32,
+}
+
+/// Most custom metadata keys on one secret (Vault's KV limit).
+pub const CUSTOM_METADATA_KEYS_MAX: usize = 64;
+/// Longest custom metadata key, in bytes.
+pub const CUSTOM_METADATA_KEY_MAX_BYTES: usize = 128;
+/// Longest custom metadata value, in bytes.
+pub const CUSTOM_METADATA_VALUE_MAX_BYTES: usize = 512;
+
+/// Key/value pairs an operator attaches to a secret's path (owner, rotation
+/// runbook, ticket): sealed at rest like the values, but not secret to
+/// whoever may read the path's metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CustomMetadata(pub BTreeMap<String, String>);
+
+impl CustomMetadata {
+    /// Whether there are no pairs.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Refuses what the store does not keep: more than
+    /// [`CUSTOM_METADATA_KEYS_MAX`] keys, an empty key, a key or value past
+    /// its length limit, or control characters.
+    pub fn check(&self) -> Result<(), String> {
+        if self.0.len() > CUSTOM_METADATA_KEYS_MAX {
+            return Err(format!(
+                "{} custom metadata keys; at most {CUSTOM_METADATA_KEYS_MAX}",
+                self.0.len()
+            ));
+        }
+        for (key, value) in &self.0 {
+            if key.is_empty() || key.len() > CUSTOM_METADATA_KEY_MAX_BYTES {
+                return Err(format!(
+                    "custom metadata key {key:?}: 1 to {CUSTOM_METADATA_KEY_MAX_BYTES} bytes"
+                ));
+            }
+            if value.len() > CUSTOM_METADATA_VALUE_MAX_BYTES {
+                return Err(format!(
+                    "custom metadata value of {key:?}: at most {CUSTOM_METADATA_VALUE_MAX_BYTES} bytes"
+                ));
+            }
+            if key.chars().chain(value.chars()).any(char::is_control) {
+                return Err(format!(
+                    "custom metadata {key:?}: control characters are not allowed"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Metadata put (extension): replaces the custom metadata of the secret at
+/// `path` (an empty map clears it). The secret must exist.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PutSecretMetadataRequest {
+    /// The secret's path.
+    pub path: String,
+    /// The pairs, replacing any set before.
+    #[serde(rename = "customMetadata")]
+    pub custom_metadata: CustomMetadata,
+}
+
+impl ApiRequest for PutSecretMetadataRequest {
+    const ROUTE: Route = Route::SecretMetadataPut;
+    type Response = EmptyResponse;
 }
 
 super::responses!(

@@ -41,9 +41,6 @@ pub enum Error {
     /// refused until space is freed; nothing changed.
     #[error("storage quota exceeded: {0}")]
     StorageQuota(String),
-    /// Settings or arguments refused before anything was sent.
-    #[error("invalid request: {0}")]
-    Invalid(String),
     /// Any other answer.
     #[error("SPIKE Nexus answered {status} {code}")]
     Server {
@@ -58,6 +55,10 @@ pub enum Error {
     /// The settings cannot work.
     #[error("invalid client settings: {0}")]
     Settings(String),
+    /// The request breaks a rule the client checks before sending it;
+    /// nothing was sent.
+    #[error("invalid request: {0}")]
+    Invalid(String),
 }
 
 impl Error {

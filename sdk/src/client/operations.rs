@@ -9,12 +9,13 @@ use super::nexus::{Consistency, Operation};
 use super::{Error, NexusClient};
 use crate::api::{
     AddMemberRequest, ClusterLimitsRequest, ClusterMembersRequest, ClusterStatus,
-    ClusterStatusRequest, DecryptRequest, DecryptResponse, DeletePolicyRequest,
+    ClusterStatusRequest, CustomMetadata, DecryptRequest, DecryptResponse, DeletePolicyRequest,
     DeleteSecretRequest, DestroySecretRequest, EncryptRequest, EncryptResponse, GetPolicyRequest,
-    GetSecretRequest, ListPoliciesRequest, ListSecretsRequest, Member, Policy, PutPolicyRequest,
-    PutSecretRequest, RateLimits, RecoverRequest, RekeyRequest, RemoveMemberRequest,
-    RestoreRequest, RestoreResponse, RotateRequest, Route, SecretMetadataRequest,
-    SecretMetadataResponse, SecretValues, SecretVersions, SetLimitsRequest, Shard,
+    GetRotationRequest, GetSecretRequest, ListPoliciesRequest, ListSecretsRequest, Member, Policy,
+    PutPolicyRequest, PutSecretMetadataRequest, PutSecretRequest, RateLimits, RecoverRequest,
+    RekeyRequest, RemoveMemberRequest, RestoreRequest, RestoreResponse, RotateRequest,
+    RotationResponse, RotationSettings, Route, SecretMetadataRequest, SecretMetadataResponse,
+    SecretValues, SecretVersions, SetLimitsRequest, SetRotationRequest, Shard,
     SnapshotRestoreResponse, TransferLeaderRequest, UndeleteSecretRequest, VerifyRequest, header,
 };
 use crate::crypto::{KeyShare, SecretBytes, ShareIndex};
@@ -140,6 +141,21 @@ impl NexusClient {
             version: wire_version(version.unwrap_or(0))?,
         };
         self.call(&request).await
+    }
+
+    /// Replaces the custom metadata of the secret at `path` (empty: clears
+    /// it). The secret must exist.
+    pub async fn put_secret_metadata(
+        &self,
+        path: &SecretPath,
+        custom_metadata: CustomMetadata,
+    ) -> Result<(), Error> {
+        custom_metadata.check().map_err(Error::Invalid)?;
+        let request = PutSecretMetadataRequest {
+            path: path.to_string(),
+            custom_metadata,
+        };
+        self.call(&request).await.map(drop)
     }
 
     /// Creates the policy `name`, or replaces it (keeping its id); returns
@@ -273,6 +289,22 @@ impl NexusClient {
     /// returns its id.
     pub async fn rotate_data_key(&self) -> Result<u32, Error> {
         Ok(self.call(&RotateRequest {}).await?.data_key_id)
+    }
+
+    /// The key rotation settings in force and the keys' state, as the
+    /// leader sees them (extension, superusers).
+    pub async fn rotation(&self) -> Result<RotationResponse, Error> {
+        self.call(&GetRotationRequest {}).await
+    }
+
+    /// Sets the replicated key rotation settings, which override every
+    /// replica's flags from then on (extension, superusers); returns the
+    /// state after.
+    pub async fn set_rotation(
+        &self,
+        settings: RotationSettings,
+    ) -> Result<RotationResponse, Error> {
+        self.call(&SetRotationRequest { settings }).await
     }
 
     /// SPIKE Bootstrap's check (the bootstrap role): the hex SHA-256 of the

@@ -107,6 +107,13 @@ impl SvidMaterial {
         &self.spiffe_id
     }
 
+    /// When the SVID stops being valid: the earliest notAfter of its chain
+    /// (`None` if a certificate of it does not parse, which a validated
+    /// chain never has).
+    pub fn expires_at(&self) -> Option<std::time::SystemTime> {
+        crate::tls::chain_not_after(&self.certified_key.cert).ok()
+    }
+
     /// The certificate chain and signing key, as rustls presents them.
     pub fn certified_key(&self) -> &Arc<CertifiedKey> {
         &self.certified_key

@@ -12,6 +12,7 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use super::stats::{LimitRefusal, ListenerStats};
 use crate::identity::SpiffeId;
 
 /// Connection limits of one listener.
@@ -58,6 +59,8 @@ pub const HANDSHAKES_PER_ADDRESS_MAX_DEFAULT: usize = 32;
 pub(crate) struct ConnectionGate {
     limits: ConnectionLimits,
     counts: Mutex<Counts>,
+    /// Refusals and open connections, for the server's metrics.
+    stats: Arc<ListenerStats>,
 }
 
 #[derive(Debug, Default)]
@@ -78,10 +81,11 @@ fn release<K: Eq + Hash>(map: &mut HashMap<K, usize>, key: &K) {
 }
 
 impl ConnectionGate {
-    pub(crate) fn new(limits: ConnectionLimits) -> Arc<Self> {
+    pub(crate) fn new(limits: ConnectionLimits, stats: Arc<ListenerStats>) -> Arc<Self> {
         Arc::new(Self {
             limits,
             counts: Mutex::default(),
+            stats,
         })
     }
 
@@ -91,11 +95,17 @@ impl ConnectionGate {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// What the gate counts.
+    pub(crate) fn stats(&self) -> &ListenerStats {
+        &self.stats
+    }
+
     /// A handshake slot for `address`, or `None` if it has its share.
     pub(crate) fn handshake(self: &Arc<Self>, address: IpAddr) -> Option<HandshakePermit> {
         let mut counts = self.counts();
         let count = counts.handshakes.entry(address).or_default();
         if *count >= self.limits.handshakes_per_address_max {
+            self.stats.refuse(LimitRefusal::HandshakesPerAddress);
             return None;
         }
         *count += 1;
@@ -110,14 +120,17 @@ impl ConnectionGate {
     pub(crate) fn connection(self: &Arc<Self>, peer: &SpiffeId) -> Option<ConnectionPermit> {
         let mut counts = self.counts();
         if counts.connections >= self.limits.connections_max {
+            self.stats.refuse(LimitRefusal::Connections);
             return None;
         }
         let count = counts.per_peer.entry(peer.clone()).or_default();
         if *count >= self.limits.connections_per_peer_max {
+            self.stats.refuse(LimitRefusal::ConnectionsPerPeer);
             return None;
         }
         *count += 1;
         counts.connections += 1;
+        self.stats.opened();
         Some(ConnectionPermit {
             gate: self.clone(),
             peer: peer.clone(),
@@ -150,6 +163,7 @@ impl Drop for ConnectionPermit {
         let mut counts = self.gate.counts();
         counts.connections -= 1;
         release(&mut counts.per_peer, &self.peer);
+        self.gate.stats.closed();
     }
 }
 
@@ -182,11 +196,15 @@ mod tests {
 
     #[test]
     fn peers_and_addresses_get_their_share_and_give_it_back() {
-        let gate = ConnectionGate::new(ConnectionLimits {
-            connections_max: 3,
-            connections_per_peer_max: 2,
-            handshakes_per_address_max: 1,
-        });
+        let stats = Arc::new(ListenerStats::default());
+        let gate = ConnectionGate::new(
+            ConnectionLimits {
+                connections_max: 3,
+                connections_per_peer_max: 2,
+                handshakes_per_address_max: 1,
+            },
+            stats.clone(),
+        );
         let (a, b) = (id("spiffe://d/a"), id("spiffe://d/b"));
         let first = gate.connection(&a).expect("a's first");
         let _second = gate.connection(&a).expect("a's second");
@@ -205,5 +223,10 @@ mod tests {
         );
         drop(handshake);
         assert!(gate.handshake(address).is_some());
+
+        assert_eq!(stats.refused(LimitRefusal::Connections), 1);
+        assert_eq!(stats.refused(LimitRefusal::ConnectionsPerPeer), 1);
+        assert_eq!(stats.refused(LimitRefusal::HandshakesPerAddress), 1);
+        assert_eq!(stats.open(), 2, "a's second and b's first are open");
     }
 }

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
 use super::limits::{ConnectionGate, ConnectionLimits, ConnectionPermit};
+use super::stats::{HandshakeFailure, ListenerStats};
 use super::verifier::{peer_spiffe_id, verify_client_chain};
 use crate::identity::SpiffeId;
 use crate::net::{self, Listener, Stream};
@@ -140,6 +141,7 @@ pub struct TlsListener {
     ready: mpsc::Receiver<TlsConnection>,
     local_address: SocketAddr,
     local_id: SpiffeId,
+    stats: Arc<ListenerStats>,
     /// Held for its `Drop`: accepting stops with the listener.
     _accept_task: AcceptTask,
 }
@@ -175,19 +177,27 @@ impl TlsListener {
         let local_address = listener.local_addr()?;
         let local_id = identity.spiffe_id();
         let (sender, ready) = mpsc::channel(READY_CONNECTIONS_MAX);
+        let stats = Arc::new(ListenerStats::default());
         let accept_task = AcceptTask(tokio::spawn(accept_loop(
             listener,
             TlsAcceptor::from(config),
             Lifetime { identity, max_age },
             sender,
-            ConnectionGate::new(limits),
+            ConnectionGate::new(limits, stats.clone()),
         )));
         Ok(Self {
             ready,
             local_address,
             local_id,
+            stats,
             _accept_task: accept_task,
         })
+    }
+
+    /// What this listener counts (failed handshakes, refusals, open
+    /// connections); live, so a server keeps it to read when scraped.
+    pub fn stats(&self) -> Arc<ListenerStats> {
+        self.stats.clone()
     }
 
     /// The next authenticated connection.
@@ -289,7 +299,12 @@ async fn accept_loop(
                     tracing::trace!("TLS handshake done");
                     let _ = ready.send(connection).await;
                 }
-                Err(error) => tracing::debug!(%error, "TLS handshake refused"),
+                Err(error) => {
+                    if let Some(reason) = HandshakeFailure::of(&error) {
+                        gate.stats().handshake_failed(reason);
+                    }
+                    tracing::debug!(%error, "TLS handshake refused");
+                }
             }
         };
         tokio::spawn(tracing::Instrument::instrument(accepted, span));
@@ -379,7 +394,7 @@ async fn until_lapse(
 
 /// The earliest notAfter of `chain` (the verifier has checked every
 /// certificate in it, so it parses).
-fn chain_not_after(chain: &[CertificateDer<'_>]) -> io::Result<SystemTime> {
+pub(crate) fn chain_not_after(chain: &[CertificateDer<'_>]) -> io::Result<SystemTime> {
     let mut earliest = None;
     for certificate in chain {
         let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref())

@@ -21,6 +21,7 @@ mod grpc;
 mod limits;
 mod listener;
 mod resolver;
+mod stats;
 mod verifier;
 
 use std::sync::{Arc, OnceLock};
@@ -37,11 +38,13 @@ pub use limits::{
     CONNECTIONS_MAX_DEFAULT, CONNECTIONS_PER_PEER_MAX_DEFAULT, ConnectionLimits,
     HANDSHAKES_PER_ADDRESS_MAX_DEFAULT, raise_descriptor_limit,
 };
+pub(crate) use listener::chain_not_after;
 pub use listener::{
     CONNECTION_AGE_GRACE, CONNECTION_AGE_MAX_DEFAULT, HANDSHAKE_TIMEOUT, HANDSHAKES_IN_FLIGHT_MAX,
     Lapse, PeerIdentity, READY_CONNECTIONS_MAX, ServerConnection, TlsConnection, TlsListener,
     connect, connect_server,
 };
+pub use stats::{HandshakeFailure, LimitRefusal, ListenerStats};
 pub use verifier::peer_spiffe_id;
 
 /// The one crypto provider of every TLS config we build (ring).

@@ -99,6 +99,17 @@ fn routes() -> Vec<Route> {
             json!({"shares": 0, "threshold": 0}),
         ),
         route("operator rotate", "/v1/operator/rotate", json!({})),
+        route(
+            "rotation get",
+            "/v1/operator/rotation?action=get",
+            json!({}),
+        ),
+        // Zero operations per data key is refused: 400 when allowed.
+        route(
+            "rotation set",
+            "/v1/operator/rotation?action=set",
+            json!({"settings": {"dataKeyRotateAfterOps": 0}}),
+        ),
         route("snapshot save", "/v1/snapshot?action=save", json!({})),
         route("snapshot restore", "/v1/snapshot?action=restore", json!({})),
         route("cluster status", "/v1/cluster?action=status", json!({})),
@@ -117,6 +128,11 @@ fn routes() -> Vec<Route> {
             "cluster transfer",
             "/v1/cluster?action=transfer",
             json!({"id": 0}),
+        ),
+        route(
+            "secret metadata put",
+            "/v1/store/secrets/metadata?action=put",
+            json!({"path": "apps/billing/db", "customMetadata": {"owner": "billing"}}),
         ),
         route("cluster limits", "/v1/cluster?action=limits", json!({})),
         // No rules: no limits, as before.
@@ -147,6 +163,8 @@ fn allowed(identity: &str) -> &'static [&'static str] {
         "secret put cas",
         "operator rekey",
         "operator rotate",
+        "rotation get",
+        "rotation set",
         "snapshot save",
         "snapshot restore",
         "cluster status",
@@ -154,6 +172,7 @@ fn allowed(identity: &str) -> &'static [&'static str] {
         "cluster add",
         "cluster remove",
         "cluster transfer",
+        "secret metadata put",
         "cluster limits",
         "cluster set limits",
     ];
@@ -166,6 +185,7 @@ fn allowed(identity: &str) -> &'static [&'static str] {
         "secret undelete",
         "secret delete",
         "secret put cas",
+        "secret metadata put",
     ];
     match identity {
         "superuser" => EVERY_ROUTE_BUT_THE_OTHER_ROLES,
@@ -183,6 +203,7 @@ fn allowed(identity: &str) -> &'static [&'static str] {
             "secret delete",
             "secret put cas",
             "secret destroy",
+            "secret metadata put",
         ],
         _ => &[],
     }

@@ -140,6 +140,75 @@ async fn secret_commands_in_every_format() {
         .contains("currentVersion: 1")
     );
 
+    // Custom metadata (extension): set, shown, replaced whole, cleared.
+    let metadata_put = |pairs: &'static [&'static str]| {
+        let mut args = vec!["secret", "metadata", "put", "apps/db"];
+        args.extend_from_slice(pairs);
+        args
+    };
+    assert_eq!(
+        cli.ok(
+            "superuser",
+            &metadata_put(&["owner=team-a", "ticket=OPS=1"])
+        )
+        .await,
+        "OK\n"
+    );
+    let human = cli
+        .ok("superuser", &["secret", "metadata", "get", "apps/db"])
+        .await;
+    assert!(
+        human.contains("Custom Metadata:") && human.contains("ticket : OPS=1\n"),
+        "{human}"
+    );
+    assert_eq!(
+        cli.ok("superuser", &metadata_put(&["owner=team-b"])).await,
+        "OK\n"
+    );
+    let metadata = json(
+        &cli.ok(
+            "superuser",
+            &["secret", "metadata", "get", "apps/db", "-f", "json"],
+        )
+        .await,
+    );
+    assert_eq!(
+        metadata["customMetadata"],
+        serde_json::json!({"owner": "team-b"}),
+        "a put replaces every pair"
+    );
+    assert_eq!(
+        cli.ok("superuser", &metadata_put(&["--clear"])).await,
+        "OK\n"
+    );
+    let metadata = json(
+        &cli.ok(
+            "superuser",
+            &["secret", "metadata", "get", "apps/db", "-f", "json"],
+        )
+        .await,
+    );
+    assert!(metadata.get("customMetadata").is_none(), "{metadata}");
+    let missing = cli
+        .fails(
+            "superuser",
+            &["secret", "metadata", "put", "apps/none", "owner=x"],
+            1,
+        )
+        .await;
+    assert!(missing.contains("Resource not found"), "{missing}");
+    let bad_pair = cli.fails("superuser", &metadata_put(&["owner"]), 1).await;
+    assert!(bad_pair.contains("Invalid key-value pair"), "{bad_pair}");
+    let long_key = format!("{}=v", "k".repeat(129));
+    let too_long = cli
+        .fails(
+            "superuser",
+            &["secret", "metadata", "put", "apps/db", &long_key],
+            1,
+        )
+        .await;
+    assert!(too_long.contains("1 to 128 bytes"), "{too_long}");
+
     let conflict = cli
         .fails(
             "superuser",
@@ -441,11 +510,13 @@ async fn cipher_operator_and_cluster_commands() {
     );
     assert_eq!(status["nodeId"], 2);
     assert_eq!(status["rootKey"]["status"], "ready");
+    let text = cli.ok("superuser", &["cluster", "status"]).await;
+    assert!(text.contains("root key:  ready"), "{text}");
     assert!(
-        cli.ok("superuser", &["cluster", "status"])
-            .await
-            .contains("root key:  ready")
+        text.contains("backup:    none recorded\nschedule:  off on this replica\n"),
+        "{text}"
     );
+    assert!(status.get("lastBackup").is_none(), "{status}");
     let members = json(
         &cli.ok("superuser", &["cluster", "members", "-f", "json"])
             .await,

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 use spike_dev_cluster::probe;
-use spike_tests::LocalCluster;
+use spike_tests::{ApiClient, LocalCluster, get};
 
 const DASHBOARD: &str = "../deploy/helm/spike/dashboards/spike.json";
 
@@ -109,6 +109,10 @@ async fn grafana_dashboard_queries_name_metrics_the_replicas_export() {
     }
 
     let cluster = LocalCluster::up(&[]);
+    // A route's API series appear with its first request.
+    let superuser = ApiClient::new(&cluster.identity("superuser").await);
+    let read = get(&superuser, cluster.api(1), "apps/dashboard").await;
+    assert_eq!(read.status, 404, "{:?}", read.body);
     let health = cluster.replica(1).health_addr;
     let missing: Vec<&String> = wanted
         .iter()

@@ -553,6 +553,67 @@ async fn runbook_restore_a_backup_into_a_fresh_cluster() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runbook_automatic_rotation() {
+    let cluster = LocalCluster::up(&[]);
+    let shell = Shell::of(&cluster);
+    shell
+        .ok("env", &["secret", "put", "apps/db", "pass=old"])
+        .await;
+
+    phase("the flags are the settings until an operator sets them");
+    let said = shell.ok("env", &["operator", "rotation", "get"]).await;
+    assert!(said.contains("flags of the answering replica"), "{said}");
+    assert!(
+        said.contains("data key max age:           2592000s"),
+        "{said}"
+    );
+
+    phase("replicated settings: data keys age out after 2 s");
+    // Setting needs format 3, which a new cluster writes ~2 s after start.
+    let mut set = None;
+    wait_until("rotation set accepted", async || {
+        let output = shell
+            .run(
+                "env",
+                &["operator", "rotation", "set", "--data-key-max-age", "2s"],
+                b"",
+            )
+            .await;
+        set = output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned());
+        set.is_some()
+    })
+    .await;
+    let set = set.unwrap_or_default();
+    assert!(set.contains("Settings (replicated)"), "{set}");
+    assert!(set.contains("data key max age:           2s"), "{set}");
+    let key_of = |said: &str| -> u64 {
+        said.split("active data key ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("no data key in {said}"))
+    };
+    let first = key_of(&set);
+    wait_until("two more data keys", async || {
+        key_of(&shell.ok("env", &["operator", "rotation", "get"]).await) >= first + 2
+    })
+    .await;
+    shell
+        .ok(
+            "env",
+            &["operator", "rotation", "set", "--data-key-max-age", "0"],
+        )
+        .await;
+    assert_eq!(
+        shell.ok("env", &["secret", "get", "apps/db", "pass"]).await,
+        "old\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runbook_rekey_and_rotate_the_data_key() {
     let cluster = LocalCluster::up(&[]);
     let shell = Shell::of(&cluster);
@@ -659,7 +720,7 @@ async fn runbook_alert_metrics_are_exported_with_healthy_values() {
         assert_eq!(gauge(&cluster, id, "spike_build_info"), Some(1));
     }
     // A new cluster of one release switches to its newest format within a
-    // few of the leader's 2 s checks, on every replica.
+    // few of the leader's 0.5 s checks, on every replica.
     let newest =
         gauge(&cluster, 1, "spike_build_format_newest").expect("the build's newest format");
     let began = std::time::Instant::now();

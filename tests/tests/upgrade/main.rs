@@ -204,6 +204,30 @@ fn log_of(cluster: &LocalCluster, name: &str) -> String {
     std::fs::read_to_string(&cluster.process(name).log).unwrap_or_default()
 }
 
+/// The on-disk format that brought custom metadata on secrets.
+const CUSTOM_METADATA_FORMAT: u64 = 3;
+
+/// Sets custom metadata on `upgrade/marker` (written first) through `node`.
+async fn custom_metadata_put(client: &ApiClient, node: SocketAddr) -> spike_tests::Reply {
+    let put = client
+        .post(
+            node,
+            "/v1/store/secrets",
+            json!({"path": "upgrade/marker", "values": {"v": "1"}}),
+        )
+        .await
+        .expect("put reaches the replica");
+    assert_eq!(put.status, 200, "{:?}", put.body);
+    client
+        .post(
+            node,
+            "/v1/store/secrets/metadata?action=put",
+            json!({"path": "upgrade/marker", "customMetadata": {"owner": "upgrade"}}),
+        )
+        .await
+        .expect("metadata put reaches the replica")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the previous release's binaries: tests/run builds them (dev/release/build-previous)"]
 async fn rolling_upgrade_from_the_previous_release() {
@@ -280,6 +304,13 @@ async fn rolling_upgrade_from_the_previous_release() {
                     "nexus-{id} switched formats before the last voter was upgraded: {now:?}"
                 );
             }
+            if old_format < CUSTOM_METADATA_FORMAT && new_format >= CUSTOM_METADATA_FORMAT {
+                // A command of the new format waits for the switch: the
+                // upgraded replica answers 503 and nothing is forwarded to
+                // a leader that could not decode it.
+                let reply = custom_metadata_put(&superuser, cluster.api(*id)).await;
+                assert_eq!(reply.status, 503, "before the switch: {:?}", reply.body);
+            }
         }
     }
     let began = Instant::now();
@@ -301,6 +332,11 @@ async fn rolling_upgrade_from_the_previous_release() {
             "the cluster did not reach format {new_format} within {SWITCH_LIMIT:?}: {now:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    if new_format >= CUSTOM_METADATA_FORMAT {
+        let reply = custom_metadata_put(&superuser, cluster.api(order[0])).await;
+        assert_eq!(reply.status, 200, "after the switch: {:?}", reply.body);
     }
 
     // The keepers, one at a time: the leader pushes each restarted keeper

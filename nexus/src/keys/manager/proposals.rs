@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use spike_sdk::audit::{KeyAction, KeyEvent};
+use spike_sdk::audit::{KeyAction, KeyEvent, KeyTrigger};
 use spike_sdk::crypto::key_check::RootKeyId;
 use spike_sdk::crypto::shamir::{recover, split};
 use spike_sdk::crypto::{KeyCheck, KeyShare, Keyring, RootKey, ShamirParams};
@@ -18,6 +18,7 @@ use spike_sdk::keeper_api::ShareKind;
 use tokio::time::Instant;
 
 use super::{KeyError, KeyManager, LEADERSHIP_CHECK_TIMEOUT, RestoreStatus};
+use crate::keys::lifecycle::Trigger;
 use crate::keys::{KeyStatus, Unlocked};
 use crate::raft::LeaderError;
 use crate::state::command::{Command, KeyCommand, Refusal, Request, Response, RootKeyRecord};
@@ -38,11 +39,17 @@ impl KeyManager {
         action: KeyAction,
         root_key_id: RootKeyId,
         data_key: Option<u32>,
+        trigger: Option<Trigger>,
     ) -> Result<(), KeyError> {
         let event = KeyEvent {
             action,
             root_key_id: root_key_id.0,
             data_key,
+            trigger: trigger.map(|trigger| match trigger {
+                Trigger::Operator => KeyTrigger::Operator,
+                Trigger::Operations => KeyTrigger::Operations,
+                Trigger::Age => KeyTrigger::Age,
+            }),
         };
         self.audit.record_key(event).await.map_err(|_| {
             tracing::error!(?action, %root_key_id, "key change made, but its audit record is not durable yet");
@@ -83,7 +90,7 @@ impl KeyManager {
         Ok((record, response))
     }
 
-    async fn propose(&self, command: Command) -> Result<Response, KeyError> {
+    pub(super) async fn propose(&self, command: Command) -> Result<Response, KeyError> {
         let request = Request {
             command,
             session: None,
@@ -139,7 +146,8 @@ impl KeyManager {
             Response::Done => {
                 tracing::info!(%root_key_id, key_check = %KeyCheck::of(&root_key), "cluster initialized with a new root key");
                 self.adopt(root_key, &record).await?;
-                self.audited(KeyAction::Initialize, root_key_id, None).await
+                self.audited(KeyAction::Initialize, root_key_id, None, None)
+                    .await
             }
             // Another leader got there first: its key is the cluster's.
             Response::Refused(Refusal::AlreadyInitialized) => Ok(()),
@@ -153,7 +161,7 @@ impl KeyManager {
     /// The committed record, the keyring version, and the key in hand, but
     /// only if the key in hand has exactly that keyring (never act on a
     /// stale one: a change built from it would lose data keys).
-    fn current_record(&self) -> Result<(RootKeyRecord, u64, Arc<Unlocked>), KeyError> {
+    pub(super) fn current_record(&self) -> Result<(RootKeyRecord, u64, Arc<Unlocked>), KeyError> {
         let meta = self.meta().ok_or(KeyError::NotReady)?;
         let record = meta.root_key.clone().ok_or(KeyError::Uninitialized)?;
         if !self.keys.holds(&record, meta.keyring_version) {
@@ -169,8 +177,33 @@ impl KeyManager {
         next_root_key_id(current, &self.keepers.committed_ids().await)
     }
 
-    /// Replaces the root key (n and t may change). Leader only.
+    /// Replaces the root key (n and t may change) for an operator. Leader
+    /// only.
     pub async fn rekey(&self, params: ShamirParams) -> Result<u64, KeyError> {
+        self.rekey_for(params, Trigger::Operator, None).await
+    }
+
+    /// Fails unless the committed keyring is still `due` (when given): a
+    /// scheduled change is built only from the state it was decided on,
+    /// so one due point makes at most one change, whoever leads.
+    fn still_due(due: Option<u64>, keyring_version: u64) -> Result<(), KeyError> {
+        match due {
+            Some(due) if due != keyring_version => Err(KeyError::Proposal(format!(
+                "the keyring changed (version {keyring_version}) since the change was due \
+                 (version {due})"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Replaces the root key (n and t may change), for `trigger`; `due`:
+    /// the keyring version a scheduled rekey was decided on. Leader only.
+    pub(super) async fn rekey_for(
+        &self,
+        params: ShamirParams,
+        trigger: Trigger,
+        due: Option<u64>,
+    ) -> Result<u64, KeyError> {
         check_params(params, self.keepers.len(), self.allow_insecure_threshold)?;
         if !self
             .leadership
@@ -182,6 +215,7 @@ impl KeyManager {
         self.audit_ready()?;
         let guard = self.lifecycle.lock().await;
         let (record, keyring_version, unlocked) = self.current_record()?;
+        Self::still_due(due, keyring_version)?;
         let root_key = RootKey::generate()?;
         let root_key_id = self.next_root_key_id(record.root_key_id.0).await?;
         let wrapped = unlocked.keyring_wrapped_under(&root_key, root_key_id)?;
@@ -196,9 +230,11 @@ impl KeyManager {
         drop(guard);
         match response {
             Response::Done => {
-                tracing::info!(%root_key_id, shares = params.shares(), threshold = params.threshold(), "root key replaced");
+                tracing::info!(%root_key_id, shares = params.shares(), threshold = params.threshold(), ?trigger, "root key replaced");
+                self.metrics.rekeyed(trigger);
                 self.adopt(root_key, &new_record).await?;
-                self.audited(KeyAction::Rekey, root_key_id, None).await?;
+                self.audited(KeyAction::Rekey, root_key_id, None, Some(trigger))
+                    .await?;
                 Ok(root_key_id.0)
             }
             Response::Refused(refusal) => Err(KeyError::Proposal(refusal.to_string())),
@@ -208,8 +244,19 @@ impl KeyManager {
         }
     }
 
-    /// Adds a new data key for new writes; old data stays readable. Leader only.
+    /// Adds a new data key for new writes, for an operator; old data stays
+    /// readable. Leader only.
     pub async fn rotate_data_key(&self) -> Result<u32, KeyError> {
+        self.rotate_data_key_for(Trigger::Operator, None).await
+    }
+
+    /// Adds a new data key for `trigger`; `due`: the keyring version a
+    /// scheduled rotation was decided on. Leader only.
+    pub(super) async fn rotate_data_key_for(
+        &self,
+        trigger: Trigger,
+        due: Option<u64>,
+    ) -> Result<u32, KeyError> {
         if !self
             .leadership
             .is_settled_leader(LEADERSHIP_CHECK_TIMEOUT)
@@ -220,6 +267,7 @@ impl KeyManager {
         self.audit_ready()?;
         let _guard = self.lifecycle.lock().await;
         let (record, keyring_version, unlocked) = self.current_record()?;
+        Self::still_due(due, keyring_version)?;
         let wrapped_keyring = unlocked.rotated_keyring()?;
         let active = unlocked.active_data_key() + 1;
         match self
@@ -231,9 +279,15 @@ impl KeyManager {
             .await?
         {
             Response::Done => {
-                tracing::info!(data_key = active, "data key rotated");
-                self.audited(KeyAction::RotateDataKey, record.root_key_id, Some(active))
-                    .await?;
+                tracing::info!(data_key = active, ?trigger, "data key rotated");
+                self.metrics.rotated(trigger);
+                self.audited(
+                    KeyAction::RotateDataKey,
+                    record.root_key_id,
+                    Some(active),
+                    Some(trigger),
+                )
+                .await?;
                 Ok(active)
             }
             Response::Refused(refusal) => Err(KeyError::Proposal(refusal.to_string())),
@@ -297,7 +351,7 @@ impl KeyManager {
             "root key restored from operator shards"
         );
         let acknowledged = self.adopt(root_key, &record).await?;
-        self.audited(KeyAction::Restore, record.root_key_id, None)
+        self.audited(KeyAction::Restore, record.root_key_id, None, None)
             .await?;
         if acknowledged < threshold {
             // The keepers hold another key under this id (a backup from
@@ -416,5 +470,15 @@ mod tests {
             Err(KeyError::Parameters(_))
         ));
         assert!(check_params(params(3, 1), 3, true).is_ok());
+    }
+
+    #[test]
+    fn a_scheduled_change_is_built_only_from_the_keyring_it_was_decided_on() {
+        assert!(KeyManager::still_due(None, 7).is_ok(), "operator changes");
+        assert!(KeyManager::still_due(Some(7), 7).is_ok());
+        assert!(matches!(
+            KeyManager::still_due(Some(6), 7),
+            Err(KeyError::Proposal(_))
+        ));
     }
 }
