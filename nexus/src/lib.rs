@@ -256,6 +256,7 @@ pub async fn serve(
     // docs/metrics.md). Then the registry is frozen: scrapes read it
     // without a lock.
     key_manager.register_metrics(&mut registry);
+    node.register_metrics(&mut registry);
     let backup_metrics = backup::BackupMetrics::default();
     backup_metrics.register_metrics(&mut registry);
     let registry = Arc::new(registry);

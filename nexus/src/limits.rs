@@ -108,13 +108,19 @@ pub struct RateLimiter {
 
 impl Default for RateLimiter {
     fn default() -> Self {
+        let limited: Family<[(&'static str, &'static str); 1], Counter> = Family::default();
+        // Every route at 0 from start-up (a bounded set), so an alert on
+        // `increase(...)` has a series before the first refusal.
+        for route in Route::ALL {
+            drop(limited.get_or_create(&[("route", route.path_and_query())]));
+        }
         Self {
             state: Mutex::new(Buckets {
                 rules_bytes: None,
                 rules: RateLimits::default(),
                 buckets: HashMap::new(),
             }),
-            limited: Family::default(),
+            limited,
             buckets_gauge: Gauge::default(),
             rules_gauge: Gauge::default(),
         }
@@ -188,17 +194,17 @@ impl RateLimiter {
     /// Registers the limiter's metrics.
     pub fn register_metrics(&self, registry: &mut Registry) {
         registry.register(
-            "spike_nexus_rate_limited",
+            "rate_limited",
             "Requests this replica refused with 429 for a rate limit, by route",
             self.limited.clone(),
         );
         registry.register(
-            "spike_nexus_rate_limit_buckets",
+            "rate_limit_buckets",
             "Token buckets this replica holds (at most 10000)",
             self.buckets_gauge.clone(),
         );
         registry.register(
-            "spike_nexus_rate_limit_rules",
+            "rate_limit_rules",
             "Rate-limit rules in force (spike cluster limits)",
             self.rules_gauge.clone(),
         );

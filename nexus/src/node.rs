@@ -221,10 +221,6 @@ impl Node {
     }
 
     /// Registers the storage quota's and the rate limiter's metrics.
-    #[allow(
-        dead_code,
-        reason = "called by /metrics (health.rs) once it moves to prometheus-client"
-    )]
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.quota.register_metrics(registry);
         self.limiter.register_metrics(registry);

@@ -146,30 +146,31 @@ impl StorageQuota {
         self.exceeded_gauge.set(i64::from(over));
     }
 
-    /// Registers the quota's metrics.
+    /// Registers the quota's metrics (names without the registry's
+    /// `spike_` prefix).
     pub fn register_metrics(&self, registry: &mut Registry) {
         registry.register(
-            "spike_nexus_storage_used_bytes",
+            "storage_used_bytes",
             "Bytes of state.redb in use, as the storage quota counts them",
             self.used_gauge.clone(),
         );
         registry.register(
-            "spike_nexus_storage_file_bytes",
+            "storage_file_bytes",
             "Length of state.redb on disk (free pages included; shrinks only by compaction)",
             self.file_gauge.clone(),
         );
         registry.register(
-            "spike_nexus_storage_quota_bytes",
+            "storage_quota_bytes",
             "The storage quota (SPIKE_NEXUS_STORAGE_QUOTA); 0 is none",
             self.quota_gauge.clone(),
         );
         registry.register(
-            "spike_nexus_storage_quota_exceeded",
+            "storage_quota_exceeded",
             "1 while the store is past its storage quota and writes that add data are refused",
             self.exceeded_gauge.clone(),
         );
         registry.register(
-            "spike_nexus_storage_quota_refused",
+            "storage_quota_refused",
             "Writes this replica refused, as the leader, for the storage quota",
             self.refused.clone(),
         );
