@@ -29,6 +29,12 @@ pub async fn serve(
 }
 
 async fn ready(State(node): State<Node>) -> impl IntoResponse {
+    if node.integrity().is_corrupt() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state corrupt: this replica's state differs from the cluster's\n",
+        );
+    }
     match node.keys.status() {
         KeyStatus::Ready { .. } => (StatusCode::OK, "ready\n"),
         KeyStatus::Locked { .. } => (

@@ -21,6 +21,7 @@ pub mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
 mod health;
+mod integrity;
 mod keys;
 mod node;
 mod raft;
@@ -124,17 +125,26 @@ pub async fn serve(
         ))
     })?;
     let peers = Peers::new(identity.clone(), trust_roots.clone()).map_err(StartupError::failed)?;
+    if let Some(path) = &config.test_diverge {
+        tracing::warn!(%path, "UNSAFE TEST: this replica stores writes of this secret altered");
+    }
+    let integrity = integrity::Integrity::new(config.test_diverge.clone());
     let raft::Started {
         leadership,
         inbound,
         machine,
         format,
-    } = raft::start(raft_settings(&config), &config.data_dir, peers.clone())
-        .await
-        .map_err(|error| match error {
-            StartError::Settings(_) | StartError::Open(_) => StartupError::config(error),
-            StartError::Failed(_) => StartupError::failed(error),
-        })?;
+    } = raft::start(
+        raft_settings(&config),
+        &config.data_dir,
+        peers.clone(),
+        integrity.clone(),
+    )
+    .await
+    .map_err(|error| match error {
+        StartError::Settings(_) | StartError::Open(_) => StartupError::config(error),
+        StartError::Failed(_) => StartupError::failed(error),
+    })?;
 
     // After the state: a new audit file's genesis record names the
     // cluster's committed root key id.
@@ -220,8 +230,14 @@ pub async fn serve(
     let manager_task = tokio::spawn(key_manager.run(machine.applied()));
     let format_task = tokio::spawn(cluster::version::switch_when_every_member_reads(
         leadership.clone(),
-        peers,
+        peers.clone(),
         format.clone(),
+    ));
+    let integrity_task = tokio::spawn(integrity::run(
+        integrity.clone(),
+        leadership.clone(),
+        peers,
+        config.corruption_check_interval,
     ));
 
     tracing::info!(
@@ -235,9 +251,14 @@ pub async fn serve(
     );
     spike_sdk::cli::warn_if_unlocked(hardening);
 
-    let cluster_service = ClusterServer::new(ClusterService::new(node.clone(), inbound, format))
-        .max_decoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES)
-        .max_encoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES);
+    let cluster_service = ClusterServer::new(ClusterService::new(
+        node.clone(),
+        inbound,
+        format,
+        integrity,
+    ))
+    .max_decoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES)
+    .max_encoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES);
     let cluster_server = tonic::transport::Server::builder()
         .trace_fn(cluster_rpc_span)
         // Only Nexus peers get this far; they multiplex Raft and forwarded
@@ -280,6 +301,7 @@ pub async fn serve(
     );
     manager_task.abort();
     format_task.abort();
+    integrity_task.abort();
     leadership.shutdown().await;
     outcome.map(|_| ())
 }

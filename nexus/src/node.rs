@@ -161,6 +161,13 @@ pub struct Node {
 }
 
 impl Node {
+    /// The corruption check of this replica: its alarm and digests.
+    pub fn integrity(&self) -> &crate::integrity::Integrity {
+        self.machine.integrity()
+    }
+}
+
+impl Node {
     /// Assembles a replica.
     pub fn new(
         leadership: Leadership,

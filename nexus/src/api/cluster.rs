@@ -58,6 +58,7 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
         ),
         None => None,
     };
+    let alarm = node.integrity().alarm();
     Ok(ClusterStatus {
         node_id: node.id,
         state: view.role,
@@ -83,6 +84,8 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
                 .cluster_format()
                 .map_err(|e| ApiError::Internal(e.to_string()))?,
         ),
+        corrupt: alarm.is_some(),
+        corruption: alarm.map(|alarm| alarm.reason),
         err: None,
     })
 }

@@ -84,11 +84,13 @@ fn raft_config(settings: &RaftSettings) -> Result<Config, StartError> {
 }
 
 /// Opens the log and state databases under `data_dir` and starts Raft,
-/// reaching the other replicas through `peers`.
+/// reaching the other replicas through `peers`; digests at checkpoints go
+/// to `integrity`.
 pub async fn start(
     settings: RaftSettings,
     data_dir: &Path,
     peers: Peers,
+    integrity: crate::integrity::Integrity,
 ) -> Result<Started, StartError> {
     let config = raft_config(&settings)?;
     // Raised to the cluster's format by the state machine as it opens and
@@ -115,6 +117,7 @@ pub async fn start(
         &data_dir.join("state.redb"),
         &data_dir.join("snapshots"),
         format.clone(),
+        integrity,
     )
     .map_err(StartError::Open)?;
     let raft = openraft::Raft::new(

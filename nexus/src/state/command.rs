@@ -262,6 +262,11 @@ pub enum MembershipCommand {
         /// The format switched to.
         format: u32,
     },
+    /// Changes nothing: every replica that applies it records the digest
+    /// of its state as of this entry (`state::digest`), and replicas
+    /// compare their digests at it to find one whose state diverged
+    /// (`crate::integrity`). Proposed by the leader now and then. Format 3.
+    DigestCheckpoint,
 }
 
 impl Request {
@@ -274,8 +279,17 @@ impl Request {
             Command::Membership(MembershipCommand::SwitchFormat { .. }) => 2,
             Command::Secret(SecretCommand::PutCustomMetadata { .. })
             | Command::Restore(RestoreCommand::CustomMetadataRows { .. }) => 3,
+            Command::Membership(MembershipCommand::DigestCheckpoint) => 3,
             _ => 1,
         }
+    }
+
+    /// Whether applying this request records a state digest.
+    pub fn is_digest_checkpoint(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Membership(MembershipCommand::DigestCheckpoint)
+        )
     }
 
     /// The format this request switches the cluster to, if it does.
@@ -428,6 +442,9 @@ impl std::fmt::Display for Request {
             }
             Command::Membership(MembershipCommand::SwitchFormat { format }) => {
                 write!(f, "switch-format({format})")
+            }
+            Command::Membership(MembershipCommand::DigestCheckpoint) => {
+                f.write_str("digest-checkpoint")
             }
         }
     }

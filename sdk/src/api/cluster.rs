@@ -110,6 +110,13 @@ pub struct ClusterStatus {
     /// The format the cluster writes, as this replica applied it: it
     /// switches to a newer one only once every member reads it.
     pub cluster_format: Option<u32>,
+    /// Whether it raised the corruption alarm: its state differs from the
+    /// one a majority of the voters holds, and it serves no data (absent,
+    /// so false, from a replica before 0.3.0).
+    pub corrupt: bool,
+    /// Why, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub corruption: Option<String>,
     /// Set on failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub err: Option<ErrorCode>,
