@@ -25,7 +25,7 @@
 //! differ); the fix is to replace it (docs/operations.md).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -91,6 +91,9 @@ struct Inner {
     checkpoints: Mutex<VecDeque<Checkpoint>>,
     alarm: Mutex<Option<Alarm>>,
     corrupt: AtomicBool,
+    /// The newest checkpoint at which a majority of the voters held our
+    /// digest (0: none yet).
+    agreed: AtomicU64,
     /// TEST ONLY: the secret this replica's apply alters.
     diverge: Option<SecretPath>,
     metrics: Metrics,
@@ -136,6 +139,7 @@ impl Integrity {
                 checkpoints: Mutex::new(VecDeque::with_capacity(CHECKPOINTS_KEPT)),
                 alarm: Mutex::new(None),
                 corrupt: AtomicBool::new(false),
+                agreed: AtomicU64::new(0),
                 diverge,
                 metrics: Metrics::default(),
             }),
@@ -214,6 +218,12 @@ impl Integrity {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// The newest checkpoint at which a majority of the voters held this
+    /// replica's digest, if any yet.
+    pub fn agreed_index(&self) -> Option<u64> {
+        Some(self.inner.agreed.load(Ordering::SeqCst)).filter(|index| *index > 0)
     }
 
     /// TEST ONLY: the secret this replica's apply alters.
@@ -425,6 +435,7 @@ async fn compare(
         Verdict::Undecided => {}
         Verdict::Agrees { index, diverged } => {
             integrity.inner.metrics.comparisons.inc();
+            integrity.inner.agreed.fetch_max(index, Ordering::SeqCst);
             integrity
                 .inner
                 .metrics

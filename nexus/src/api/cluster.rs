@@ -86,6 +86,7 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
         ),
         corrupt: alarm.is_some(),
         corruption: alarm.map(|alarm| alarm.reason),
+        digest_agreed_index: node.integrity().agreed_index(),
         err: None,
     })
 }

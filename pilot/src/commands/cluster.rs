@@ -82,7 +82,11 @@ fn human_status(status: &ClusterStatus) -> String {
         match (&status.corruption, status.corrupt) {
             (Some(reason), _) => format!("YES: {reason} (replace this replica)"),
             (None, true) => "YES (replace this replica)".to_owned(),
-            (None, false) => "no".to_owned(),
+            (None, false) => match status.digest_agreed_index {
+                Some(index) =>
+                    format!("no (its state digest matches the voters' at index {index})"),
+                None => "no".to_owned(),
+            },
         },
         optional(status.leader_id, "none"),
         optional(status.leader_api_addr, "unknown"),

@@ -117,6 +117,10 @@ pub struct ClusterStatus {
     /// Why, when it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub corruption: Option<String>,
+    /// The newest digest checkpoint (a log index) at which a majority of
+    /// the voters held this replica's state digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest_agreed_index: Option<u64>,
     /// Set on failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub err: Option<ErrorCode>,
