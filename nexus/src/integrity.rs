@@ -366,8 +366,10 @@ async fn ask(peers: &Peers, address: std::net::SocketAddr) -> Option<DigestsRepl
 }
 
 /// The checks of one replica, every `interval` (never if zero): as the
-/// leader, propose a checkpoint; then compare with the voters; while
-/// corrupt and leading, hand leadership to another voter.
+/// leader, propose a checkpoint; then compare with the voters. While
+/// corrupt, it hands leadership to another voter whenever it finds itself
+/// leading (checked at every change of leader, not only every interval:
+/// a leader answers forwarded writes from its own state).
 pub async fn run(integrity: Integrity, leadership: Leadership, peers: Peers, interval: Duration) {
     if interval.is_zero() {
         return;
@@ -375,15 +377,21 @@ pub async fn run(integrity: Integrity, leadership: Leadership, peers: Peers, int
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_diverged = Vec::new();
+    let mut transfers = 0usize;
     loop {
-        tick.tick().await;
-        if leadership.is_leader() && !integrity.is_corrupt() {
-            propose(&leadership).await;
-            tokio::time::sleep((interval / 2).min(COMPARE_DELAY_MAX)).await;
+        tokio::select! {
+            _ = tick.tick() => {
+                if leadership.is_leader() && !integrity.is_corrupt() {
+                    propose(&leadership).await;
+                    tokio::time::sleep((interval / 2).min(COMPARE_DELAY_MAX)).await;
+                }
+                compare(&integrity, &leadership, &peers, &mut last_diverged).await;
+            }
+            () = leadership.changes().changed() => {}
         }
-        compare(&integrity, &leadership, &peers, &mut last_diverged).await;
         if integrity.is_corrupt() && leadership.is_leader() {
-            hand_leadership_away(&leadership).await;
+            hand_leadership_away(&leadership, transfers).await;
+            transfers = transfers.wrapping_add(1);
         }
     }
 }
@@ -470,13 +478,16 @@ async fn compare(
     }
 }
 
-async fn hand_leadership_away(leadership: &Leadership) {
+/// Asks Raft to make another voter the leader: the `attempt`-th of them
+/// in turn, so one that is down does not hold the transfer up for good.
+async fn hand_leadership_away(leadership: &Leadership, attempt: usize) {
     let view = leadership.view();
-    let Some(to) = view
+    let others: Vec<_> = view
         .members
         .iter()
-        .find(|member| member.voter && member.id != view.node_id)
-    else {
+        .filter(|member| member.voter && member.id != view.node_id)
+        .collect();
+    let Some(to) = others.get(attempt % others.len().max(1)) else {
         return;
     };
     tracing::warn!(
