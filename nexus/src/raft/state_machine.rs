@@ -176,8 +176,6 @@ impl StateMachine {
             .map_err(|e| io_error(subject, e))?;
         txn.open_table(store::SESSION_EXPIRY)
             .map_err(|e| io_error(subject, e))?;
-        txn.open_table(digest::RECORDED)
-            .map_err(|e| io_error(subject, e))?;
         // Derived, so rebuilt rather than trusted: an older build may have
         // run on these files without keeping it.
         store::rebuild_session_owners(&txn).map_err(|e| io_error(subject, e))?;
@@ -553,9 +551,13 @@ fn record_digest(txn: &redb::WriteTransaction, checkpoint: Checkpoint) -> io::Re
 /// The digests recorded in `txn`, oldest first.
 fn recorded_in(txn: &redb::ReadTransaction) -> io::Result<Vec<Checkpoint>> {
     let subject = "read the recorded state digests";
-    let table = txn
-        .open_table(digest::RECORDED)
-        .map_err(|e| io_error(subject, e))?;
+    // Made by the first checkpoint, not at open: a replica rolled back to
+    // a build from before the check finds its files as that build left them.
+    let table = match txn.open_table(digest::RECORDED) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(subject, e)),
+    };
     let mut recorded = Vec::new();
     for row in table.iter().map_err(|e| io_error(subject, e))? {
         let (index, digest) = row.map_err(|e| io_error(subject, e))?;

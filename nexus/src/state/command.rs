@@ -487,4 +487,12 @@ mod tests {
         assert_eq!(switch.format_needed(), 2);
         assert_eq!(switch.switches_format_to(), Some(3));
     }
+
+    #[test]
+    fn a_digest_checkpoint_needs_format_3() {
+        let checkpoint = request(Command::Membership(MembershipCommand::DigestCheckpoint));
+        assert_eq!(checkpoint.format_needed(), 3);
+        assert!(checkpoint.is_digest_checkpoint());
+        assert_eq!(checkpoint.to_string(), "digest-checkpoint");
+    }
 }
