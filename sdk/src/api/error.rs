@@ -144,6 +144,14 @@ mod tests {
         // A 503 is "not ready" by status; the code says why.
         assert_eq!(ErrorCode::AuditUnavailable.status(), 503);
         assert_eq!(
+            (ErrorCode::StateCorrupt.status(), ErrorCode::StateCorrupt.as_str()),
+            (503, "state_corrupt")
+        );
+        assert_eq!(
+            serde_json::from_str::<ErrorCode>("\"state_corrupt\"").expect("a known code"),
+            ErrorCode::StateCorrupt
+        );
+        assert_eq!(
             serde_json::from_str::<ErrorCode>("\"audit_unavailable\"").expect("code"),
             ErrorCode::AuditUnavailable
         );
