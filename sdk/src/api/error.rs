@@ -144,7 +144,10 @@ mod tests {
         // A 503 is "not ready" by status; the code says why.
         assert_eq!(ErrorCode::AuditUnavailable.status(), 503);
         assert_eq!(
-            (ErrorCode::StateCorrupt.status(), ErrorCode::StateCorrupt.as_str()),
+            (
+                ErrorCode::StateCorrupt.status(),
+                ErrorCode::StateCorrupt.as_str()
+            ),
             (503, "state_corrupt")
         );
         assert_eq!(
