@@ -996,10 +996,31 @@ mod tests {
         leader
             .apply_batch(vec![
                 normal(1, initialize()),
-                normal(2, put_secret("apps/db", 1)),
-                normal(3, put_policy(PolicyId::from_bytes([4; 16]))),
+                // Custom metadata exists only in format 3, and so do
+                // digest checkpoints; snapshots carry it from then on.
+                normal(2, switch_format(3)),
+                normal(3, put_secret("apps/db", 1)),
+                normal(4, put_policy(PolicyId::from_bytes([4; 16]))),
+                normal(
+                    5,
+                    Command::Secret(SecretCommand::PutCustomMetadata {
+                        path: "apps/db".parse().expect("a path"),
+                        ciphertext: vec![5; 24],
+                        data_key_id: DataKeyId(1),
+                    }),
+                ),
             ])
             .expect("apply");
+        let has_metadata = leader
+            .db
+            .begin_read()
+            .expect("read")
+            .open_table(store::SECRET_METADATA)
+            .expect("metadata table")
+            .get("apps/db")
+            .expect("get")
+            .is_some();
+        assert!(has_metadata, "the snapshot carries custom metadata");
         let built = leader.build().expect("build");
         let incoming = follower.incoming_path("test");
         std::fs::copy(&built.snapshot.path, &incoming).expect("copy");
@@ -1009,14 +1030,14 @@ mod tests {
         for machine in [&leader, &follower] {
             machine
                 .apply_batch(vec![
-                    normal(4, put_secret("apps/db", 2)),
-                    normal(5, checkpoint()),
+                    normal(6, put_secret("apps/db", 2)),
+                    normal(7, checkpoint()),
                 ])
                 .expect("apply");
         }
         let recorded = leader_checks.checkpoints();
         assert_eq!(recorded.len(), 1);
-        assert_eq!(recorded[0].index, 5);
+        assert_eq!(recorded[0].index, 7);
         assert_eq!(recorded, follower_checks.checkpoints());
     }
 

@@ -3,8 +3,9 @@
 //! table, in key order.
 //!
 //! What goes in is exactly what a snapshot carries and apply writes alike
-//! on every replica: the cluster metadata row, secrets, policies, client
-//! sessions and their expiry. What stays out is derived or this replica's
+//! on every replica: the cluster metadata row, secrets and their custom
+//! metadata, policies, client sessions and their expiry (a table that was
+//! never created hashes as an empty one). What stays out is derived or this replica's
 //! own: the policy id index and the session owner counts (rebuilt from the
 //! rows above), Raft's applied log id and membership (Raft's, and rewritten
 //! on a snapshot install), the recorded cluster format and the databases'
@@ -12,11 +13,12 @@
 //! between a replica that applied it and one that installed a snapshot),
 //! and the digests this replica recorded.
 
-use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use sha2::{Digest, Sha256};
 
 use super::store::{
-    META, META_CLUSTER, POLICIES, SECRETS, SESSION_EXPIRY, SESSIONS, StoreError, redb_try, storage,
+    META, META_CLUSTER, POLICIES, SECRET_METADATA, SECRETS, SESSION_EXPIRY, SESSIONS, StoreError,
+    redb_try, storage,
 };
 
 /// This replica's digests at its last checkpoints: log index -> digest.
@@ -41,6 +43,18 @@ pub fn of_write(txn: &WriteTransaction) -> Result<StateDigest, StoreError> {
         b"secrets",
         &redb_try!("open secrets", txn.open_table(SECRETS))?,
     )?;
+    // Made by its first command only (store::Tables), so not made here.
+    let has_metadata = redb_try!("list tables", txn.list_tables())?
+        .any(|table| table.name() == SECRET_METADATA.name());
+    if has_metadata {
+        hash_str_rows(
+            &mut hasher,
+            b"secret_metadata",
+            &redb_try!("open secret metadata", txn.open_table(SECRET_METADATA))?,
+        )?;
+    } else {
+        hash_empty(&mut hasher, b"secret_metadata");
+    }
     hash_str_rows(
         &mut hasher,
         b"policies",
@@ -66,7 +80,11 @@ pub fn of_read(txn: &ReadTransaction) -> Result<StateDigest, StoreError> {
         Some(table) => hash_cluster_row(&mut hasher, &table)?,
         None => hasher.update([0]),
     }
-    for (label, table) in [(&b"secrets"[..], SECRETS), (b"policies", POLICIES)] {
+    for (label, table) in [
+        (&b"secrets"[..], SECRETS),
+        (b"secret_metadata", SECRET_METADATA),
+        (b"policies", POLICIES),
+    ] {
         match open(txn, table)? {
             Some(table) => hash_str_rows(&mut hasher, label, &table)?,
             None => hash_empty(&mut hasher, label),
@@ -212,6 +230,29 @@ mod tests {
             row[last] ^= 1;
             secrets.insert("apps/db", row.as_slice()).expect("insert");
         }
+        txn.commit().expect("commit");
+        assert_ne!(digest_now(&a), digest_now(&b));
+    }
+
+    #[test]
+    fn a_missing_table_hashes_as_an_empty_one_and_a_metadata_row_shows() {
+        let (_a_dir, a) = database();
+        let (_b_dir, b) = database();
+        for db in [&a, &b] {
+            run(db, initialize(), 1);
+        }
+        let txn = b.begin_write().expect("write");
+        txn.open_table(SECRET_METADATA).expect("create it empty");
+        txn.commit().expect("commit");
+        assert_eq!(digest_now(&a), digest_now(&b));
+        let txn = a.begin_write().expect("write");
+        assert_eq!(of_write(&txn).expect("digest"), digest_now(&b));
+        drop(txn);
+        let txn = b.begin_write().expect("write");
+        txn.open_table(SECRET_METADATA)
+            .expect("metadata")
+            .insert("apps/db", [1u8, 2].as_slice())
+            .expect("insert");
         txn.commit().expect("commit");
         assert_ne!(digest_now(&a), digest_now(&b));
     }
