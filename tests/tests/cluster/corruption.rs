@@ -71,6 +71,32 @@ async fn wait_for_agreement_past(
     }
 }
 
+/// Sets custom metadata on `path` through `node`, retrying while the
+/// cluster has not switched to the format that carries it (503).
+async fn put_metadata(client: &ApiClient, node: std::net::SocketAddr, path: &str, owner: &str) {
+    let began = tokio::time::Instant::now();
+    loop {
+        let reply = client
+            .post(
+                node,
+                "/v1/store/secrets/metadata?action=put",
+                serde_json::json!({ "path": path, "customMetadata": { "owner": owner } }),
+            )
+            .await
+            .expect("metadata put reaches the node");
+        if reply.status == 200 {
+            return;
+        }
+        assert!(
+            reply.status == 503 && began.elapsed() < RECOVERY_LIMIT,
+            "metadata put on {path}: {} {:?}",
+            reply.status,
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn applied_index(status: &Value) -> u64 {
     status["appliedIndex"].as_u64().unwrap_or(0)
 }
@@ -297,6 +323,9 @@ async fn a_healthy_cluster_under_writes_never_raises_the_alarm_even_after_a_snap
         .find(|id| *id != leader_id && *id != lagging)
         .expect("the other follower");
 
+    phase("the cluster writes format 3 (checkpoints and custom metadata) and checks");
+    wait_for_agreement_past(client, &cluster, &[1, 2, 3], 0).await;
+
     phase("a follower stops while 80 writes go in (logs are compacted)");
     cluster.act("stop", &format!("nexus-{lagging}"));
     for i in 0..80 {
@@ -307,6 +336,9 @@ async fn a_healthy_cluster_under_writes_never_raises_the_alarm_even_after_a_snap
                 .status,
             200
         );
+        if i % 10 == 0 {
+            put_metadata(client, cluster.api(leader_id), &path, &format!("o{i}")).await;
+        }
     }
 
     phase("leadership moves to the other follower, which compacted its log");
@@ -337,6 +369,9 @@ async fn a_healthy_cluster_under_writes_never_raises_the_alarm_even_after_a_snap
                 .status,
             200
         );
+        if i % 10 == 0 {
+            put_metadata(client, cluster.api(writer), &path, &format!("o{i}")).await;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let log = std::fs::read_to_string(
