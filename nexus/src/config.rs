@@ -1,7 +1,7 @@
 //! Nexus configuration: SPIKE's environment variables and clap flags,
 //! validated as a whole before any port is bound (exit code 64 otherwise).
 
-use spike_sdk::domain::NodeId;
+use spike_sdk::domain::{NodeId, SecretPath};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -203,6 +203,23 @@ pub struct Args {
     /// Scheduled backups kept in --backup-dir (the newest; 1 to 100000).
     #[arg(long, env = "SPIKE_NEXUS_BACKUP_RETAIN", default_value_t = 24)]
     pub backup_retain: u32,
+    /// How often the replicas hash their state at one log index and
+    /// compare (etcd's corruption check): a replica whose digest differs
+    /// from a majority's stops serving data. 0 turns the check off;
+    /// otherwise at least 1s.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_CORRUPTION_CHECK_INTERVAL",
+        default_value = "5m",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub corruption_check_interval: Duration,
+    /// UNSAFE, for tests of the corruption check only: NODE_ID:PATH makes
+    /// the replica NODE_ID store a different ciphertext than the log says
+    /// whenever it applies a write of secret PATH (other replicas ignore
+    /// it). Never set it on a cluster that holds real secrets.
+    #[arg(long, env = "SPIKE_NEXUS_UNSAFE_TEST_DIVERGE", hide = true)]
+    pub unsafe_test_diverge: Option<String>,
     /// Dial every outgoing connection (peers, keepers, forwarded
     /// requests) through this HTTP CONNECT proxy, HOST:PORT (an egress
     /// proxy; the fault-injection harness's per-link proxies). mTLS runs
@@ -417,6 +434,10 @@ pub struct NexusConfig {
     pub backup: Option<crate::backup::BackupSettings>,
     /// Linearizable reads skip the read index (tests of the checker only).
     pub unsafe_local_reads: bool,
+    /// Period of the corruption check (zero: off).
+    pub corruption_check_interval: Duration,
+    /// TEST ONLY: the secret whose writes this replica stores altered.
+    pub test_diverge: Option<SecretPath>,
     /// Longest life of an inbound connection.
     pub max_connection_age: Duration,
     /// Connection and request limits of the API and cluster ports.
@@ -522,6 +543,28 @@ impl NexusConfig {
             ));
         }
         let backup = backup_settings(args)?;
+        if !args.corruption_check_interval.is_zero()
+            && args.corruption_check_interval < Duration::from_secs(1)
+        {
+            return Err(ConfigError::OutOfRange(
+                "SPIKE_NEXUS_CORRUPTION_CHECK_INTERVAL must be 0 (off) or at least 1s".to_owned(),
+            ));
+        }
+        let test_diverge = match args.unsafe_test_diverge.as_deref() {
+            None | Some("") => None,
+            Some(text) => {
+                let (node, path) = text
+                    .split_once(':')
+                    .and_then(|(node, path)| Some((node.parse::<u64>().ok()?, path)))
+                    .and_then(|(node, path)| Some((node, path.parse::<SecretPath>().ok()?)))
+                    .ok_or_else(|| {
+                        ConfigError::OutOfRange(format!(
+                            "SPIKE_NEXUS_UNSAFE_TEST_DIVERGE {text:?} is not NODE_ID:SECRET_PATH"
+                        ))
+                    })?;
+                (node == node_id.get()).then_some(path)
+            }
+        };
         let audit_forward = match args.audit_forward.as_deref() {
             None | Some("") => None,
             Some(text) => Some(
@@ -554,6 +597,8 @@ impl NexusConfig {
             logs_kept: args.logs_kept,
             backup,
             unsafe_local_reads: args.unsafe_local_reads(),
+            corruption_check_interval: args.corruption_check_interval,
+            test_diverge,
             max_connection_age: args.max_connection_age,
             edge: args.edge.limits().map_err(ConfigError::OutOfRange)?,
         })

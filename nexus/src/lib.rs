@@ -22,6 +22,7 @@ pub mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
 mod health;
+mod integrity;
 mod keys;
 pub mod metrics;
 mod node;
@@ -130,6 +131,10 @@ pub async fn serve(
     // Built once; each component keeps a clone of its group.
     let metrics = Metrics::new();
     let mut registry = metrics.registry(config.node_id.get());
+    if let Some(path) = &config.test_diverge {
+        tracing::warn!(%path, "UNSAFE TEST: this replica stores writes of this secret altered");
+    }
+    let integrity = integrity::Integrity::new(config.test_diverge.clone());
     let raft::Started {
         leadership,
         inbound,
@@ -140,6 +145,7 @@ pub async fn serve(
         &config.data_dir,
         peers.clone(),
         metrics.raft.clone(),
+        integrity.clone(),
     )
     .await
     .map_err(|error| match error {
@@ -240,6 +246,7 @@ pub async fn serve(
     // docs/metrics.md). Then the registry is frozen: scrapes read it
     // without a lock.
     key_manager.register_metrics(&mut registry);
+    integrity.register_metrics(&mut registry);
     let backup_metrics = backup::BackupMetrics::default();
     backup_metrics.register_metrics(&mut registry);
     let registry = Arc::new(registry);
@@ -272,8 +279,14 @@ pub async fn serve(
     let leader_changes_task = tokio::spawn(leadership.clone().count_leader_changes());
     let format_task = tokio::spawn(cluster::version::switch_when_every_member_reads(
         leadership.clone(),
-        peers,
+        peers.clone(),
         format.clone(),
+    ));
+    let integrity_task = tokio::spawn(integrity::run(
+        integrity.clone(),
+        leadership.clone(),
+        peers,
+        config.corruption_check_interval,
     ));
 
     tracing::info!(
@@ -287,9 +300,14 @@ pub async fn serve(
     );
     spike_sdk::cli::warn_if_unlocked(hardening);
 
-    let cluster_service = ClusterServer::new(ClusterService::new(node.clone(), inbound, format))
-        .max_decoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES)
-        .max_encoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES);
+    let cluster_service = ClusterServer::new(ClusterService::new(
+        node.clone(),
+        inbound,
+        format,
+        integrity,
+    ))
+    .max_decoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES)
+    .max_encoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES);
     let cluster_server = tonic::transport::Server::builder()
         .trace_fn(cluster_rpc_span)
         // Only Nexus peers get this far; they multiplex Raft and forwarded
@@ -347,6 +365,7 @@ pub async fn serve(
     if let Some(task) = backup_task {
         task.abort();
     }
+    integrity_task.abort();
     leadership.shutdown().await;
     outcome.map(|_| ())
 }

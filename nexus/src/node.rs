@@ -170,6 +170,13 @@ pub struct Node {
 }
 
 impl Node {
+    /// The corruption check of this replica: its alarm and digests.
+    pub fn integrity(&self) -> &crate::integrity::Integrity {
+        self.machine.integrity()
+    }
+}
+
+impl Node {
     /// Assembles a replica.
     pub fn new(
         leadership: Leadership,
@@ -335,6 +342,12 @@ impl Node {
     /// [`forwardable`]).
     pub async fn execute_forwarded(&self, op: LeaderOp) -> Result<LeaderReply, ForwardError> {
         forwardable(&op)?;
+        // A corrupt leader answers a write from its own state, which
+        // differs from the cluster's: refused, nothing proposed, until it
+        // has handed leadership away (`crate::integrity`).
+        if matches!(op, LeaderOp::Write(_)) && self.integrity().is_corrupt() {
+            return Err(ForwardError::NotReady);
+        }
         self.execute_here(op).await
     }
 

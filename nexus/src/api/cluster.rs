@@ -59,6 +59,7 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
         ),
         None => None,
     };
+    let alarm = node.integrity().alarm();
     Ok(ClusterStatus {
         node_id: node.id,
         state: view.role,
@@ -109,6 +110,9 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
                 failed: local.failed,
             }
         }),
+        corrupt: alarm.is_some(),
+        corruption: alarm.map(|alarm| alarm.reason),
+        digest_agreed_index: node.integrity().agreed_index(),
         err: None,
     })
 }

@@ -11,7 +11,9 @@
 //! request is audited, in a span naming the caller, route, node and leader:
 //! its record is durable before it is answered, and while the audit log
 //! cannot be written every request is refused before it runs (503
-//! `audit_unavailable`, see [`crate::audit`]).
+//! `audit_unavailable`, see [`crate::audit`]). A replica that raised the
+//! corruption alarm answers those same routes 503 `state_corrupt`
+//! ([`crate::integrity`]).
 
 mod authz;
 mod bootstrap;
@@ -262,6 +264,11 @@ async fn handle(
     };
     if route.needs_root_key() && api.node.keys.unlocked().is_none() {
         return refused(ApiError::NOT_READY);
+    }
+    // A replica whose state diverged answers nothing from it: not a read
+    // (it may be wrong), not a write (its outcome would be read from it).
+    if route.needs_root_key() && api.node.integrity().is_corrupt() {
+        return refused(ApiError::Code(ErrorCode::StateCorrupt));
     }
     serve(api, peer, route, headers, body).await
 }

@@ -180,6 +180,7 @@ mod conformance {
                 &dir.path().join("state.redb"),
                 &dir.path().join("snapshots"),
                 format,
+                crate::integrity::Integrity::default(),
             )
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
             Ok((dir, log, machine))

@@ -55,7 +55,7 @@ fn apply_membership(meta: &mut ClusterMeta, command: &MembershipCommand) -> Appl
         }
         // Recorded by the state machine, with the database's stamp, in
         // the same transaction.
-        MembershipCommand::SwitchFormat { .. } => {}
+        MembershipCommand::SwitchFormat { .. } | MembershipCommand::DigestCheckpoint => {}
     }
     Ok(Response::Done)
 }

@@ -345,6 +345,11 @@ pub enum MembershipCommand {
         /// The format switched to.
         format: u32,
     },
+    /// Changes nothing: every replica that applies it records the digest
+    /// of its state as of this entry (`state::digest`), and replicas
+    /// compare their digests at it to find one whose state diverged
+    /// (`crate::integrity`). Proposed by the leader now and then. Format 3.
+    DigestCheckpoint,
 }
 
 /// Scheduled backups (`crate::backup`).
@@ -399,9 +404,18 @@ impl Request {
             Command::Secret(SecretCommand::PutCustomMetadata { .. })
             | Command::Restore(RestoreCommand::CustomMetadataRows { .. })
             | Command::Settings(_)
-            | Command::Secret(SecretCommand::Reseal { .. }) => 3,
+            | Command::Secret(SecretCommand::Reseal { .. })
+            | Command::Membership(MembershipCommand::DigestCheckpoint) => 3,
             _ => 1,
         }
+    }
+
+    /// Whether applying this request records a state digest.
+    pub fn is_digest_checkpoint(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Membership(MembershipCommand::DigestCheckpoint)
+        )
     }
 
     /// The format this request switches the cluster to, if it does.
@@ -592,6 +606,9 @@ impl std::fmt::Display for Request {
             Command::Backup(BackupCommand::Completed(record)) => {
                 write!(f, "backup-completed(slot {}: {})", record.slot, record.file)
             }
+            Command::Membership(MembershipCommand::DigestCheckpoint) => {
+                f.write_str("digest-checkpoint")
+            }
         }
     }
 }
@@ -632,5 +649,13 @@ mod tests {
         }));
         assert_eq!(switch.format_needed(), 2);
         assert_eq!(switch.switches_format_to(), Some(3));
+    }
+
+    #[test]
+    fn a_digest_checkpoint_needs_format_3() {
+        let checkpoint = request(Command::Membership(MembershipCommand::DigestCheckpoint));
+        assert_eq!(checkpoint.format_needed(), 3);
+        assert!(checkpoint.is_digest_checkpoint());
+        assert_eq!(checkpoint.to_string(), "digest-checkpoint");
     }
 }

@@ -94,13 +94,22 @@ fn backup_text(status: &ClusterStatus) -> String {
 fn human_status(status: &ClusterStatus) -> String {
     let root_key = &status.root_key;
     let text = format!(
-        "node:      {} ({:?})\nrelease:   {} (reads on-disk formats {}..{}; the cluster writes format {})\nleader:    {} at {}\nterm:      {}\ncommitted: {}\napplied:   {}\nroot key:  {} (id {}, check {})\ndata key:  {} ({} encryptions)\nmembers:\n{}",
+        "node:      {} ({:?})\nrelease:   {} (reads on-disk formats {}..{}; the cluster writes format {})\ncorrupt:   {}\nleader:    {} at {}\nterm:      {}\ncommitted: {}\napplied:   {}\nroot key:  {} (id {}, check {})\ndata key:  {} ({} encryptions)\nmembers:\n{}",
         status.node_id,
         status.state,
         status.release.as_deref().unwrap_or("0.1.0"),
         optional(status.format_oldest, "1"),
         optional(status.format_newest, "1"),
         optional(status.cluster_format, "1"),
+        match (&status.corruption, status.corrupt) {
+            (Some(reason), _) => format!("YES: {reason} (replace this replica)"),
+            (None, true) => "YES (replace this replica)".to_owned(),
+            (None, false) => match status.digest_agreed_index {
+                Some(index) =>
+                    format!("no (its state digest matches the voters' at index {index})"),
+                None => "no".to_owned(),
+            },
+        },
         optional(status.leader_id, "none"),
         optional(status.leader_api_addr, "unknown"),
         status.term,

@@ -117,6 +117,17 @@ pub struct ClusterStatus {
     /// This replica's backup schedule, when scheduled backups are on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backup_schedule: Option<BackupSchedule>,
+    /// Whether it raised the corruption alarm: its state differs from the
+    /// one a majority of the voters holds, and it serves no data (absent,
+    /// so false, from a replica before 0.3.0).
+    pub corrupt: bool,
+    /// Why, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub corruption: Option<String>,
+    /// The newest digest checkpoint (a log index) at which a majority of
+    /// the voters held this replica's state digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest_agreed_index: Option<u64>,
     /// Set on failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub err: Option<ErrorCode>,

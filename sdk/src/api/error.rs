@@ -35,6 +35,10 @@ pub enum ErrorCode {
     /// unknown (its record is written once the log takes writes again).
     /// Try again later or elsewhere.
     AuditUnavailable,
+    /// 503 `state_corrupt` (extension): this replica's state differs from
+    /// the one a majority of the replicas holds (the corruption alarm), so
+    /// it serves no data. Try another replica; the operator replaces it.
+    StateCorrupt,
 }
 
 impl ErrorCode {
@@ -48,6 +52,7 @@ impl ErrorCode {
             ErrorCode::Internal => "api_internal_error",
             ErrorCode::NotReady => "state_not_ready",
             ErrorCode::AuditUnavailable => "audit_unavailable",
+            ErrorCode::StateCorrupt => "state_corrupt",
         }
     }
 
@@ -60,7 +65,7 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::Internal => 500,
-            ErrorCode::NotReady | ErrorCode::AuditUnavailable => 503,
+            ErrorCode::NotReady | ErrorCode::AuditUnavailable | ErrorCode::StateCorrupt => 503,
         }
     }
 
@@ -99,6 +104,7 @@ impl<'de> Deserialize<'de> for ErrorCode {
             ErrorCode::Internal,
             ErrorCode::NotReady,
             ErrorCode::AuditUnavailable,
+            ErrorCode::StateCorrupt,
         ]
         .into_iter()
         .find(|code| code.as_str() == text)
@@ -137,6 +143,17 @@ mod tests {
         assert_eq!(ErrorCode::from_status(200), None);
         // A 503 is "not ready" by status; the code says why.
         assert_eq!(ErrorCode::AuditUnavailable.status(), 503);
+        assert_eq!(
+            (
+                ErrorCode::StateCorrupt.status(),
+                ErrorCode::StateCorrupt.as_str()
+            ),
+            (503, "state_corrupt")
+        );
+        assert_eq!(
+            serde_json::from_str::<ErrorCode>("\"state_corrupt\"").expect("a known code"),
+            ErrorCode::StateCorrupt
+        );
         assert_eq!(
             serde_json::from_str::<ErrorCode>("\"audit_unavailable\"").expect("code"),
             ErrorCode::AuditUnavailable

@@ -86,7 +86,7 @@ impl From<ErrorCode> for Error {
             ErrorCode::Unauthorized => Self::Denied,
             ErrorCode::NotFound => Self::NotFound,
             ErrorCode::Conflict => Self::Conflict,
-            ErrorCode::NotReady | ErrorCode::AuditUnavailable => {
+            ErrorCode::NotReady | ErrorCode::AuditUnavailable | ErrorCode::StateCorrupt => {
                 Self::NotReady(code.as_str().to_owned())
             }
             _ => Self::Server {

@@ -6,6 +6,7 @@
 mod audit;
 mod backup;
 mod benchmark;
+mod corruption;
 mod dashboard;
 mod faults;
 mod membership;
