@@ -137,6 +137,29 @@ pub struct Args {
         value_parser = spike_sdk::duration::parse
     )]
     pub stale_read_max: Duration,
+    /// How long a new replica (added as a learner) must stay healthy,
+    /// without a break, before the leader's autopilot makes it a voter.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_AUTOPILOT_STABILIZATION_TIME",
+        default_value = "10s",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub autopilot_stabilization_time: Duration,
+    /// Remove a voter that has been unhealthy this long (and retire its
+    /// id), as `spike cluster remove` does; 0 (the default) never removes.
+    /// Never below --autopilot-min-quorum voters, never the leader, never
+    /// one that would cost the cluster its quorum.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_AUTOPILOT_CLEANUP_DEAD_AFTER",
+        default_value = "0s",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub autopilot_cleanup_dead_after: Duration,
+    /// Fewest voters dead-replica cleanup leaves (at least 3).
+    #[arg(long, env = "SPIKE_NEXUS_AUTOPILOT_MIN_QUORUM", default_value_t = 3)]
+    pub autopilot_min_quorum: usize,
     /// Encryptions under one data key (secrets, policies and cipher
     /// calls, counted cluster-wide) after which the leader rotates it;
     /// 1 to 2^30 (the default), far below AES-GCM's random-nonce limit.
@@ -371,6 +394,8 @@ pub struct NexusConfig {
     pub max_connection_age: Duration,
     /// Connection and request limits of the API and cluster ports.
     pub edge: crate::edge::EdgeLimits,
+    /// The leader's autopilot: promotion and dead-replica cleanup.
+    pub autopilot: crate::autopilot::AutopilotConfig,
 }
 
 impl NexusConfig {
@@ -454,6 +479,11 @@ impl NexusConfig {
                 "SPIKE_NEXUS_DATA_KEY_ROTATE_AFTER must be 1 to {ENCRYPTIONS_ROTATE_AT}"
             )));
         }
+        if args.autopilot_min_quorum < 3 {
+            return Err(ConfigError::OutOfRange(
+                "SPIKE_NEXUS_AUTOPILOT_MIN_QUORUM must be at least 3".to_owned(),
+            ));
+        }
         if args.snapshot_every == 0 {
             return Err(ConfigError::OutOfRange(
                 "SPIKE_NEXUS_SNAPSHOT_EVERY must be at least 1".to_owned(),
@@ -491,6 +521,12 @@ impl NexusConfig {
             unsafe_local_reads: args.unsafe_local_reads(),
             max_connection_age: args.max_connection_age,
             edge: args.edge.limits().map_err(ConfigError::OutOfRange)?,
+            autopilot: crate::autopilot::AutopilotConfig {
+                stabilization_time: args.autopilot_stabilization_time,
+                cleanup_dead_after: Some(args.autopilot_cleanup_dead_after)
+                    .filter(|after| !after.is_zero()),
+                min_quorum: args.autopilot_min_quorum,
+            },
         })
     }
 

@@ -13,6 +13,7 @@
 
 mod api;
 mod audit;
+pub mod autopilot;
 mod clock;
 mod cluster;
 pub mod config;
@@ -179,6 +180,10 @@ pub async fn serve(
     } else {
         Reads::Linearizable
     };
+    let autopilot = Arc::new(autopilot::Autopilot::new(
+        leadership.clone(),
+        config.autopilot,
+    ));
     let node = Node::new(
         leadership.clone(),
         machine.clone(),
@@ -186,6 +191,7 @@ pub async fn serve(
         key_manager.clone(),
         Forwarder::new(peers.clone()),
         reads,
+        autopilot.clone(),
     );
 
     // Listeners: cluster first, so peers can reach us as soon as we vote.
@@ -218,6 +224,7 @@ pub async fn serve(
         leadership.found_cluster(&founders.collect()).await;
     }
     let manager_task = tokio::spawn(key_manager.run(machine.applied()));
+    let autopilot_task = tokio::spawn(autopilot.run(node.clone()));
     let format_task = tokio::spawn(cluster::version::switch_when_every_member_reads(
         leadership.clone(),
         peers,
@@ -280,6 +287,7 @@ pub async fn serve(
     );
     manager_task.abort();
     format_task.abort();
+    autopilot_task.abort();
     leadership.shutdown().await;
     outcome.map(|_| ())
 }

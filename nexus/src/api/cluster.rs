@@ -1,8 +1,9 @@
 //! `/v1/cluster` (extension): status, membership and leadership.
 
 use spike_sdk::api::{
-    AddMemberRequest, ClusterMembers, ClusterMembersRequest, ClusterStatus, ClusterStatusRequest,
-    EmptyResponse, Member, RemoveMemberRequest, RootKeyState, RootKeyStatus, TransferLeaderRequest,
+    AddMemberRequest, ClusterHealth, ClusterHealthRequest, ClusterMembers, ClusterMembersRequest,
+    ClusterStatus, ClusterStatusRequest, EmptyResponse, Member, MemberHealth, RemoveMemberRequest,
+    RootKeyState, RootKeyStatus, TransferLeaderRequest,
 };
 use spike_sdk::domain::{DataKeyId, NodeId};
 use spike_sdk::identity::Role;
@@ -17,6 +18,7 @@ impl Audited for ClusterMembersRequest {}
 impl Audited for AddMemberRequest {}
 impl Audited for RemoveMemberRequest {}
 impl Audited for TransferLeaderRequest {}
+impl Audited for ClusterHealthRequest {}
 
 fn member_list(view: &ClusterView) -> Vec<Member> {
     view.members
@@ -96,6 +98,36 @@ pub async fn members(call: Call<'_>, _: ClusterMembersRequest) -> Result<Cluster
     })
 }
 
+/// Health: the leader's autopilot report, asked of the leader wherever it
+/// is.
+pub async fn health(call: Call<'_>, _: ClusterHealthRequest) -> Result<ClusterHealth, ApiError> {
+    call.require(Role::PilotSuperuser)?;
+    let report = call.api.node.health().await?;
+    Ok(ClusterHealth {
+        leader_id: report.leader_id,
+        healthy: report.healthy,
+        failure_tolerance: report.failure_tolerance,
+        voters: report.voters,
+        healthy_voters: report.healthy_voters,
+        members: report
+            .members
+            .into_iter()
+            .map(|member| MemberHealth {
+                id: member.id,
+                cluster_addr: member.node.cluster_addr,
+                api_addr: member.node.api_addr,
+                voter: member.voter,
+                leader: member.leader,
+                last_contact_ms: member.last_contact_ms,
+                log_lag: member.log_lag,
+                healthy: member.healthy,
+                stable_for_ms: member.stable_for_ms,
+            })
+            .collect(),
+        err: None,
+    })
+}
+
 async fn run(call: &Call<'_>, op: LeaderOp) -> Result<EmptyResponse, ApiError> {
     match call.api.node.execute(op).await? {
         LeaderReply::Done => Ok(EmptyResponse::default()),
@@ -103,7 +135,7 @@ async fn run(call: &Call<'_>, op: LeaderOp) -> Result<EmptyResponse, ApiError> {
     }
 }
 
-/// Add: a new replica joins as a learner, then votes.
+/// Add: a new replica joins as a learner; the autopilot promotes it later.
 pub async fn add(call: Call<'_>, body: AddMemberRequest) -> Result<EmptyResponse, ApiError> {
     call.require(Role::PilotSuperuser)?;
     let address = |text: &str| text.parse().map_err(|_| ApiError::BAD_REQUEST);

@@ -73,6 +73,9 @@ pub enum LeaderOp {
     },
     /// Add a data key for new writes.
     RotateDataKey,
+    /// The leader's health report (autopilot). Appended: a leader of an
+    /// older release cannot decode it, and the health route fails there.
+    Health,
 }
 
 /// A restore shard in transit between replicas (inside mTLS); wiped on drop.
@@ -118,6 +121,8 @@ pub enum LeaderReply {
     Rekeyed(u64),
     /// The new active data key id.
     Rotated(u32),
+    /// The leader's health report.
+    Health(crate::autopilot::HealthReport),
 }
 
 /// Why the leader could not take a forwarded request. It travels back to

@@ -41,8 +41,9 @@ pub use cipher::{
     FORMAT_VERSION, FrameError, NONCE_LEN, StreamFrame,
 };
 pub use cluster::{
-    AddMemberRequest, ClusterMembers, ClusterMembersRequest, ClusterStatus, ClusterStatusRequest,
-    Member, RaftRole, RemoveMemberRequest, RootKeyState, RootKeyStatus, TransferLeaderRequest,
+    AddMemberRequest, ClusterHealth, ClusterHealthRequest, ClusterMembers, ClusterMembersRequest,
+    ClusterStatus, ClusterStatusRequest, Member, MemberHealth, RaftRole, RemoveMemberRequest,
+    RootKeyState, RootKeyStatus, TransferLeaderRequest,
 };
 pub use encoding::Shard;
 pub use error::ErrorCode;

@@ -52,6 +52,8 @@ pub enum Route {
     ClusterRemove,
     /// Hand leadership to another voter (extension).
     ClusterTransfer,
+    /// The leader's autopilot health report (extension).
+    ClusterHealth,
     /// Download a backup of the encrypted store (extension).
     SnapshotSave,
     /// Replace the store with a backup (extension).
@@ -59,7 +61,7 @@ pub enum Route {
 }
 
 /// Each route's path, action and the two joined, in one table.
-const TABLE: [(Route, &str, Option<&str>, &str); 25] = [
+const TABLE: [(Route, &str, Option<&str>, &str); 26] = [
     (
         Route::SecretPut,
         "/v1/store/secrets",
@@ -194,6 +196,12 @@ const TABLE: [(Route, &str, Option<&str>, &str); 25] = [
         "/v1/cluster?action=transfer",
     ),
     (
+        Route::ClusterHealth,
+        "/v1/cluster",
+        Some("health"),
+        "/v1/cluster?action=health",
+    ),
+    (
         Route::SnapshotSave,
         "/v1/snapshot",
         Some("save"),
@@ -209,8 +217,8 @@ const TABLE: [(Route, &str, Option<&str>, &str); 25] = [
 
 impl Route {
     /// Every route.
-    pub const ALL: [Route; 25] = {
-        let mut all = [Route::SecretPut; 25];
+    pub const ALL: [Route; 26] = {
+        let mut all = [Route::SecretPut; 26];
         let mut index = 0;
         while index < TABLE.len() {
             all[index] = TABLE[index].0;
@@ -264,6 +272,7 @@ impl Route {
                 | Route::ClusterAdd
                 | Route::ClusterRemove
                 | Route::ClusterTransfer
+                | Route::ClusterHealth
                 | Route::SnapshotSave
                 | Route::SnapshotRestore
         )
@@ -283,6 +292,7 @@ impl Route {
                 | Route::ClusterAdd
                 | Route::ClusterRemove
                 | Route::ClusterTransfer
+                | Route::ClusterHealth
                 | Route::SnapshotRestore
         )
     }

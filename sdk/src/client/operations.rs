@@ -8,13 +8,14 @@ use zeroize::Zeroizing;
 use super::nexus::{Consistency, Operation};
 use super::{Error, NexusClient};
 use crate::api::{
-    AddMemberRequest, ClusterMembersRequest, ClusterStatus, ClusterStatusRequest, DecryptRequest,
-    DecryptResponse, DeletePolicyRequest, DeleteSecretRequest, DestroySecretRequest,
-    EncryptRequest, EncryptResponse, GetPolicyRequest, GetSecretRequest, ListPoliciesRequest,
-    ListSecretsRequest, Member, Policy, PutPolicyRequest, PutSecretRequest, RecoverRequest,
-    RekeyRequest, RemoveMemberRequest, RestoreRequest, RestoreResponse, RotateRequest, Route,
-    SecretMetadataRequest, SecretMetadataResponse, SecretValues, SecretVersions, Shard,
-    SnapshotRestoreResponse, TransferLeaderRequest, UndeleteSecretRequest, VerifyRequest, header,
+    AddMemberRequest, ClusterHealth, ClusterHealthRequest, ClusterMembersRequest, ClusterStatus,
+    ClusterStatusRequest, DecryptRequest, DecryptResponse, DeletePolicyRequest,
+    DeleteSecretRequest, DestroySecretRequest, EncryptRequest, EncryptResponse, GetPolicyRequest,
+    GetSecretRequest, ListPoliciesRequest, ListSecretsRequest, Member, Policy, PutPolicyRequest,
+    PutSecretRequest, RecoverRequest, RekeyRequest, RemoveMemberRequest, RestoreRequest,
+    RestoreResponse, RotateRequest, Route, SecretMetadataRequest, SecretMetadataResponse,
+    SecretValues, SecretVersions, Shard, SnapshotRestoreResponse, TransferLeaderRequest,
+    UndeleteSecretRequest, VerifyRequest, header,
 };
 use crate::crypto::{KeyShare, SecretBytes, ShareIndex};
 use crate::domain::{NodeId, Permission, PolicyName, PolicyRef, SecretPath};
@@ -298,8 +299,16 @@ impl NexusClient {
             .members)
     }
 
-    /// Adds a replica (extension, superusers): it joins as a learner,
-    /// catches up, then votes. `id` must be new (ids of removed replicas
+    /// The leader's autopilot health report (extension, superusers): each
+    /// member's contact, lag and health, and the failure tolerance.
+    pub async fn cluster_health(&self) -> Result<ClusterHealth, Error> {
+        self.call_with(&ClusterHealthRequest {}, Consistency::Stale)
+            .await
+    }
+
+    /// Adds a replica (extension, superusers): it joins as a learner, and
+    /// the leader's autopilot makes it a voter once it has been healthy
+    /// for the stabilization time (this returns before that). `id` must be new (ids of removed replicas
     /// are retired); the replica must already run with `--join` at these
     /// addresses.
     pub async fn add_member(

@@ -118,6 +118,7 @@ fn routes() -> Vec<Route> {
             "/v1/cluster?action=transfer",
             json!({"id": 0}),
         ),
+        route("cluster health", "/v1/cluster?action=health", json!({})),
     ]
 }
 
@@ -147,6 +148,7 @@ fn allowed(identity: &str) -> &'static [&'static str] {
         "cluster add",
         "cluster remove",
         "cluster transfer",
+        "cluster health",
     ];
     // `write` lets billing delete (reversible) and put with cas (a put
     // that may do less), not destroy.
