@@ -10,7 +10,7 @@
 //! only there); a new leader starts every member's clock afresh, so a
 //! learner waits the full stabilization time again after a leader change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::cluster::{LeaderOp, LeaderReply};
 use crate::node::Node;
 use crate::raft::{Leadership, NexusNode, Replication};
+use crate::state::store::StateReader;
 use spike_sdk::domain::NodeId;
 
 /// A member not heard from for longer than this is unhealthy. Forty
@@ -65,6 +66,9 @@ pub struct MemberHealth {
     pub node: NexusNode,
     /// Whether it votes.
     pub voter: bool,
+    /// Whether it is a permanent non-voter (a read replica the autopilot
+    /// never promotes).
+    pub non_voter: bool,
     /// Whether it is the leader (the one reporting).
     pub leader: bool,
     /// Milliseconds since it last acknowledged the leader; `None`: not in
@@ -114,7 +118,7 @@ pub fn decide(report: &HealthReport, config: &AutopilotConfig) -> Option<Action>
     let promote = report
         .members
         .iter()
-        .filter(|member| !member.voter && member.healthy)
+        .filter(|member| !member.voter && !member.non_voter && member.healthy)
         .filter(|member| Duration::from_millis(member.stable_for_ms) >= config.stabilization_time)
         .min_by_key(|member| member.id);
     if let Some(member) = promote {
@@ -160,6 +164,7 @@ pub struct Autopilot {
     leadership: Leadership,
     config: AutopilotConfig,
     watched: Mutex<Watched>,
+    state: StateReader,
     metrics: AutopilotMetrics,
 }
 
@@ -172,12 +177,14 @@ impl std::fmt::Debug for Autopilot {
 }
 
 impl Autopilot {
-    /// The autopilot of the replica `leadership` leads (or will).
-    pub fn new(leadership: Leadership, config: AutopilotConfig) -> Self {
+    /// The autopilot of the replica `leadership` leads (or will), with
+    /// `state` to read which members are permanent non-voters.
+    pub fn new(leadership: Leadership, config: AutopilotConfig, state: StateReader) -> Self {
         Self {
             leadership,
             config,
             watched: Mutex::new(Watched::default()),
+            state,
             metrics: AutopilotMetrics::default(),
         }
     }
@@ -220,6 +227,15 @@ impl Autopilot {
     pub fn report(&self) -> Option<HealthReport> {
         let replication = self.leadership.progress()?;
         let now = Instant::now();
+        // Unreadable: every learner counts as a non-voter, so none is
+        // promoted by mistake.
+        let non_voters = self.state.non_voters().map_or_else(
+            |error| {
+                tracing::warn!(%error, "autopilot: cannot read the non-voters");
+                None
+            },
+            |ids| Some(ids.into_iter().map(NodeId::get).collect()),
+        );
         let mut watched = self
             .watched
             .lock()
@@ -227,6 +243,7 @@ impl Autopilot {
         Some(observe(
             &mut watched,
             &replication,
+            non_voters.as_ref(),
             self.leadership.term(),
             now,
         ))
@@ -336,6 +353,7 @@ fn millis(duration: Duration) -> u64 {
 fn observe(
     watched: &mut Watched,
     replication: &Replication,
+    non_voters: Option<&BTreeSet<u64>>,
     term: u64,
     now: Instant,
 ) -> HealthReport {
@@ -372,6 +390,8 @@ fn observe(
                 id: member.id,
                 node: member.node,
                 voter: member.voter,
+                non_voter: !member.voter
+                    && non_voters.is_none_or(|non_voters| non_voters.contains(&member.id)),
                 leader: member.id == view.node_id,
                 last_contact_ms: last_contact.map(millis),
                 log_lag,
@@ -409,6 +429,7 @@ mod tests {
                 api_addr: address,
             },
             voter,
+            non_voter: false,
             leader: id == 1,
             last_contact_ms: Some(0),
             log_lag: 0,
@@ -474,6 +495,14 @@ mod tests {
             member(4, false, false, 60_000),
         ]);
         assert_eq!(decide(&unhealthy, &CONFIG), None);
+    }
+
+    #[test]
+    fn a_permanent_non_voter_is_never_promoted() {
+        let mut read_replica = member(4, false, true, 600_000);
+        read_replica.non_voter = true;
+        let cluster = report(vec![member(1, true, true, 60_000), read_replica]);
+        assert_eq!(decide(&cluster, &CONFIG), None);
     }
 
     #[test]

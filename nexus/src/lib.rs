@@ -183,6 +183,7 @@ pub async fn serve(
     let autopilot = Arc::new(autopilot::Autopilot::new(
         leadership.clone(),
         config.autopilot,
+        machine.reader(),
     ));
     let node = Node::new(
         leadership.clone(),

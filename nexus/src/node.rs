@@ -341,9 +341,14 @@ impl Node {
             LeaderOp::Write(request) => {
                 Ok(LeaderReply::Written(self.leadership.write(request).await?))
             }
-            LeaderOp::AddNode { id, node } => {
-                self.add_node(id, node).await.map(|()| LeaderReply::Done)
-            }
+            LeaderOp::AddNode { id, node } => self
+                .add_node(id, node, false)
+                .await
+                .map(|()| LeaderReply::Done),
+            LeaderOp::AddNonVoter { id, node } => self
+                .add_node(id, node, true)
+                .await
+                .map(|()| LeaderReply::Done),
             LeaderOp::RemoveNode { id } => self.remove_node(id).await.map(|()| LeaderReply::Done),
             LeaderOp::TransferLeader { to } => {
                 self.transfer_leader(to).await.map(|()| LeaderReply::Done)
@@ -399,7 +404,16 @@ impl Node {
         }
     }
 
-    async fn add_node(&self, node_id: NodeId, node: NexusNode) -> Result<(), ForwardError> {
+    /// Adds replica `node_id` as a learner: one the autopilot promotes
+    /// after the stabilization time, or, if `non_voter`, a read replica it
+    /// never promotes. Adding a member again with the same addresses sets
+    /// which of the two it is (a voter stays one).
+    async fn add_node(
+        &self,
+        node_id: NodeId,
+        node: NexusNode,
+        non_voter: bool,
+    ) -> Result<(), ForwardError> {
         let id = node_id.get();
         if !self.leadership.is_leader() {
             return Err(self.not_leader());
@@ -441,9 +455,33 @@ impl Node {
             tracing::warn!(%refusal, "a replica was refused as a member");
             return Err(ForwardError::Invalid(refusal));
         }
+        if non_voter && self.leadership.voters().contains(&id) {
+            return Err(ForwardError::Invalid(format!(
+                "node {id} is a voter; remove it first to add it as a non-voter"
+            )));
+        }
+        // Recorded before it is a member, so no leader ever promotes it; a
+        // plain add clears an earlier mark (from an add that failed, or to
+        // let a read replica vote).
+        let marked = self
+            .state
+            .non_voters()
+            .map_err(|e| ForwardError::OutcomeUnknown(e.to_string()))?
+            .contains(&node_id);
+        if non_voter != marked {
+            let mark = Request {
+                command: Command::Membership(MembershipCommand::SetNonVoter {
+                    id: node_id,
+                    non_voter,
+                }),
+                session: None,
+                time_ns: 0,
+            };
+            self.leadership.write(mark).await?;
+        }
         // As a learner: it catches up without counting toward quorum, and
         // the autopilot makes it a voter once it has been healthy for the
-        // stabilization time (`crate::autopilot`).
+        // stabilization time (`crate::autopilot`), unless it is a non-voter.
         self.leadership.add_learner(id, node).await?;
         Ok(())
     }

@@ -20,16 +20,25 @@ impl Audited for RemoveMemberRequest {}
 impl Audited for TransferLeaderRequest {}
 impl Audited for ClusterHealthRequest {}
 
-fn member_list(view: &ClusterView) -> Vec<Member> {
-    view.members
+fn member_list(call: &Call<'_>, view: &ClusterView) -> Result<Vec<Member>, ApiError> {
+    let non_voters = call
+        .api
+        .node
+        .state
+        .non_voters()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(view
+        .members
         .iter()
         .map(|member| Member {
             id: member.id,
             cluster_addr: member.node.cluster_addr,
             api_addr: member.node.api_addr,
             voter: member.voter,
+            non_voter: !member.voter
+                && NodeId::new(member.id).is_ok_and(|id| non_voters.contains(&id)),
         })
-        .collect()
+        .collect())
 }
 
 /// Status: this replica, the leader, Raft progress, members and the root key.
@@ -69,7 +78,7 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
         last_log_index: view.last_log_index,
         commit_index: view.committed_index,
         applied_index: view.applied_index,
-        members: member_list(&view),
+        members: member_list(&call, &view)?,
         root_key: RootKeyStatus {
             status,
             root_key_id,
@@ -93,7 +102,7 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
 pub async fn members(call: Call<'_>, _: ClusterMembersRequest) -> Result<ClusterMembers, ApiError> {
     call.require(Role::PilotSuperuser)?;
     Ok(ClusterMembers {
-        members: member_list(&call.api.node.cluster_view()),
+        members: member_list(&call, &call.api.node.cluster_view())?,
         err: None,
     })
 }
@@ -117,6 +126,7 @@ pub async fn health(call: Call<'_>, _: ClusterHealthRequest) -> Result<ClusterHe
                 cluster_addr: member.node.cluster_addr,
                 api_addr: member.node.api_addr,
                 voter: member.voter,
+                non_voter: member.non_voter,
                 leader: member.leader,
                 last_contact_ms: member.last_contact_ms,
                 log_lag: member.log_lag,
@@ -144,7 +154,12 @@ pub async fn add(call: Call<'_>, body: AddMemberRequest) -> Result<EmptyResponse
         cluster_addr: address(&body.cluster_addr)?,
         api_addr: address(&body.api_addr)?,
     };
-    run(&call, LeaderOp::AddNode { id, node }).await
+    let op = if body.non_voter {
+        LeaderOp::AddNonVoter { id, node }
+    } else {
+        LeaderOp::AddNode { id, node }
+    };
+    run(&call, op).await
 }
 
 /// Remove: a replica leaves; its id is retired.

@@ -76,6 +76,14 @@ pub enum LeaderOp {
     /// The leader's health report (autopilot). Appended: a leader of an
     /// older release cannot decode it, and the health route fails there.
     Health,
+    /// Add a replica as a permanent non-voter (a read replica): a learner
+    /// the autopilot never promotes. Needs cluster format 3.
+    AddNonVoter {
+        /// Its id (never used before in this cluster).
+        id: NodeId,
+        /// Its addresses.
+        node: NexusNode,
+    },
 }
 
 /// A restore shard in transit between replicas (inside mTLS); wiped on drop.

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use redb::{ReadableTable, ReadableTableMetadata};
 use spike_sdk::crypto::keyring::ENCRYPTIONS_MAX;
-use spike_sdk::domain::{DataKeyId, PolicyId, PolicyName, PolicyRef, SecretPath};
+use spike_sdk::domain::{DataKeyId, NodeId, PolicyId, PolicyName, PolicyRef, SecretPath};
 
 use super::command::{
     Command, KeyCommand, MembershipCommand, PolicyCommand, Refusal, Response, RestoreCommand,
@@ -49,8 +49,27 @@ fn apply_membership(meta: &mut ClusterMeta, command: &MembershipCommand) -> Appl
         // Recorded by the state machine, with the database's stamp, in
         // the same transaction.
         MembershipCommand::SwitchFormat { .. } => {}
+        // Kept under their own key ([`apply_non_voters`]).
+        MembershipCommand::SetNonVoter { .. } => {}
     }
     Ok(Response::Done)
+}
+
+/// Applies `command` to the set of permanent non-voters; whether it
+/// changed. A retired id is dropped: it never returns.
+pub fn apply_non_voters(non_voters: &mut BTreeSet<NodeId>, command: &MembershipCommand) -> bool {
+    match command {
+        MembershipCommand::SetNonVoter {
+            id,
+            non_voter: true,
+        } => non_voters.insert(*id),
+        MembershipCommand::SetNonVoter {
+            id,
+            non_voter: false,
+        }
+        | MembershipCommand::RetireNode { id } => non_voters.remove(id),
+        MembershipCommand::SwitchFormat { .. } => false,
+    }
 }
 
 fn keyring_unchanged(current: u64, proposed: u64) -> Result<(), Refusal> {

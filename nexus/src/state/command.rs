@@ -244,16 +244,27 @@ pub enum MembershipCommand {
         /// The format switched to.
         format: u32,
     },
+    /// Whether member `id` is a permanent non-voter (a read replica the
+    /// leader's autopilot never promotes), set before it is added as a
+    /// learner and cleared when it is added again as a voter-to-be. A
+    /// replicated fact, so every later leader knows it. Format 3.
+    SetNonVoter {
+        /// The replica's id.
+        id: NodeId,
+        /// Whether it stays a non-voter.
+        non_voter: bool,
+    },
 }
 
 impl Request {
     /// The oldest on-disk format whose readers decode this request: 1 for
-    /// everything the first release knew, 2 for what format 2 added.
+    /// everything the first release knew, 2 and 3 for what those added.
     /// Variants are only ever appended, so an older variant encodes the
     /// same bytes in every format.
     pub fn format_needed(&self) -> u32 {
         match self.command {
             Command::Membership(MembershipCommand::SwitchFormat { .. }) => 2,
+            Command::Membership(MembershipCommand::SetNonVoter { .. }) => 3,
             _ => 1,
         }
     }
@@ -400,6 +411,9 @@ impl std::fmt::Display for Request {
             }
             Command::Membership(MembershipCommand::SwitchFormat { format }) => {
                 write!(f, "switch-format({format})")
+            }
+            Command::Membership(MembershipCommand::SetNonVoter { id, non_voter }) => {
+                write!(f, "set-non-voter({id}, {non_voter})")
             }
         }
     }

@@ -27,7 +27,7 @@ use spike_sdk::domain::{
     DataKeyId, InvalidValue, NodeId, PolicyId, PolicyName, PolicyRef, RootKeyId, SecretPath,
 };
 
-use super::apply::apply_command;
+use super::apply::{apply_command, apply_non_voters};
 use super::command::{Command, Refusal, Request, Response, RootKeyRecord, SessionRef};
 use super::secret::{COUNTER_MAX, SecretRecord, TimeNs};
 use crate::raft::codec::{self, CodecError};
@@ -63,6 +63,19 @@ pub const META_MEMBERSHIP: &str = "membership";
 /// `META` key of the cluster's on-disk format (written by the state machine
 /// when the cluster switches; absent: format 1). Format 2 and up.
 pub const META_FORMAT: &str = "format";
+/// `META` key of the ids of permanent non-voters (a set; absent: none).
+/// Format 3 and up.
+pub const META_NON_VOTERS: &str = "non_voters";
+
+/// The permanent non-voters a `META` table records.
+fn non_voters_in(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<BTreeSet<NodeId>, StoreError> {
+    match redb_try!("read non-voters", meta.get(META_NON_VOTERS))? {
+        Some(bytes) => decode("non-voters", bytes.value()),
+        None => Ok(BTreeSet::new()),
+    }
+}
 
 /// The cluster format a `META` table records: 1 before any switch.
 pub fn cluster_format_in(
@@ -267,6 +280,9 @@ pub(super) fn id_key(id: PolicyId) -> u128 {
 pub struct Batch<'t> {
     txn: &'t WriteTransaction,
     meta: ClusterMeta,
+    /// The permanent non-voters, read when a membership command first
+    /// needs them; written back only when one changed them.
+    non_voters: Option<(BTreeSet<NodeId>, bool)>,
     /// Opened on first use and kept for the batch (opening a table is a
     /// b-tree lookup of its root).
     tables: Option<Tables<'t>>,
@@ -360,6 +376,7 @@ impl<'t> Batch<'t> {
         Ok(Self {
             txn,
             meta: read_cluster_meta(txn)?,
+            non_voters: None,
             tables: None,
         })
     }
@@ -393,6 +410,17 @@ impl<'t> Batch<'t> {
             }
         }
 
+        if let Command::Membership(command) = &request.command {
+            let (non_voters, changed) = match self.non_voters {
+                Some(ref mut loaded) => loaded,
+                None => {
+                    let table = redb_try!("open meta", txn.open_table(META))?;
+                    let loaded = non_voters_in(&table)?;
+                    self.non_voters.insert((loaded, false))
+                }
+            };
+            *changed |= apply_non_voters(non_voters, command);
+        }
         let response = match apply_command(tables, meta, &request.command, now)? {
             Ok(response) => response,
             Err(refusal) => Response::Refused(refusal),
@@ -423,6 +451,12 @@ impl<'t> Batch<'t> {
             "write cluster meta",
             meta_table.insert(META_CLUSTER, encode(&self.meta)?.as_slice())
         )?;
+        if let Some((non_voters, true)) = &self.non_voters {
+            redb_try!(
+                "write non-voters",
+                meta_table.insert(META_NON_VOTERS, encode(non_voters)?.as_slice())
+            )?;
+        }
         Ok(())
     }
 }
@@ -649,6 +683,15 @@ impl StateReader {
         match redb_try!("read cluster meta", table.get(META_CLUSTER))? {
             Some(bytes) => decode("cluster meta", bytes.value()),
             None => Ok(ClusterMeta::default()),
+        }
+    }
+
+    /// The permanent non-voters (read replicas) as applied here.
+    pub fn non_voters(&self) -> Result<BTreeSet<NodeId>, StoreError> {
+        let txn = self.read()?;
+        match open_existing(&txn, META, "open meta")? {
+            Some(table) => non_voters_in(&table),
+            None => Ok(BTreeSet::new()),
         }
     }
 

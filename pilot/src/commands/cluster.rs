@@ -44,6 +44,11 @@ pub enum ClusterCommand {
         /// Its API address, HOST:PORT.
         #[arg(long)]
         api_addr: String,
+        /// A permanent non-voter (read replica): it stays a learner, serves
+        /// reads, never counts toward quorum. Adding it again without this
+        /// flag lets it become a voter.
+        #[arg(long)]
+        non_voter: bool,
     },
     /// Remove a replica; its id is retired.
     Remove {
@@ -59,14 +64,22 @@ pub enum ClusterCommand {
     },
 }
 
+fn role_name(voter: bool, non_voter: bool) -> &'static str {
+    match (voter, non_voter) {
+        (true, _) => "voter",
+        (false, true) => "non-voter",
+        (false, false) => "learner",
+    }
+}
+
 fn members_text(members: &[Member]) -> String {
     members
         .iter()
         .map(|member| {
             format!(
-                "  {:<4} {:<8} api {:<22} cluster {}\n",
+                "  {:<4} {:<9} api {:<22} cluster {}\n",
                 member.id,
-                if member.voter { "voter" } else { "learner" },
+                role_name(member.voter, member.non_voter),
                 member.api_addr,
                 member.cluster_addr,
             )
@@ -76,7 +89,7 @@ fn members_text(members: &[Member]) -> String {
 
 fn human_health(health: &ClusterHealth) -> String {
     let mut text = format!(
-        "healthy:           {}\nfailure tolerance: {} (healthy voters {} of {})\nleader:            {}\n  {:<4} {:<8} {:<9} {:>12} {:>8}  {:<22}\n",
+        "healthy:           {}\nfailure tolerance: {} (healthy voters {} of {})\nleader:            {}\n  {:<4} {:<9} {:<9} {:>12} {:>8}  {:<10}\n",
         health.healthy,
         health.failure_tolerance,
         health.healthy_voters,
@@ -90,16 +103,16 @@ fn human_health(health: &ClusterHealth) -> String {
         "stable for",
     );
     for member in &health.members {
-        let role = match (member.leader, member.voter) {
-            (true, _) => "leader",
-            (false, true) => "voter",
-            (false, false) => "learner",
+        let role = if member.leader {
+            "leader"
+        } else {
+            role_name(member.voter, member.non_voter)
         };
         let contact = member
             .last_contact_ms
             .map_or_else(|| "never".to_owned(), |ms| format!("{ms}ms"));
         text.push_str(&format!(
-            "  {:<4} {:<8} {:<9} {:>12} {:>8}  {:<22} api {}\n",
+            "  {:<4} {:<9} {:<9} {:>12} {:>8}  {:<10} api {}\n",
             member.id,
             role,
             if member.healthy {
@@ -179,14 +192,20 @@ pub async fn run(nexus: &NexusClient, command: ClusterCommand) -> Result<String,
             id,
             cluster_addr,
             api_addr,
+            non_voter,
         } => {
-            nexus
-                .add_member(
-                    node_id(id)?,
-                    address(&cluster_addr, "cluster-addr")?,
-                    address(&api_addr, "api-addr")?,
-                )
-                .await?;
+            let (node, cluster_addr, api_addr) = (
+                node_id(id)?,
+                address(&cluster_addr, "cluster-addr")?,
+                address(&api_addr, "api-addr")?,
+            );
+            if non_voter {
+                nexus.add_non_voter(node, cluster_addr, api_addr).await?;
+                return Ok(format!(
+                    "Node {id} added as a non-voter: a read replica that never votes.\n"
+                ));
+            }
+            nexus.add_member(node, cluster_addr, api_addr).await?;
             Ok(format!(
                 "Node {id} added as a learner; the leader makes it a voter once it has been healthy for the stabilization time (see `spike cluster health`).\n"
             ))

@@ -57,6 +57,10 @@ pub struct Member {
     pub api_addr: SocketAddr,
     /// Whether it votes (a learner does not).
     pub voter: bool,
+    /// Whether it is a permanent non-voter (a read replica, never
+    /// promoted); absent from replicas of releases before non-voters.
+    #[serde(default)]
+    pub non_voter: bool,
 }
 
 /// The root key as a replica reports it (public facts only).
@@ -149,6 +153,10 @@ pub struct AddMemberRequest {
     pub cluster_addr: String,
     /// Its API address, `IP:PORT`.
     pub api_addr: String,
+    /// A permanent non-voter (a read replica): it stays a learner, serves
+    /// reads and never counts toward quorum. Needs cluster format 3.
+    /// Adding a non-voter again without it lets it become a voter.
+    pub non_voter: bool,
 }
 
 impl ApiRequest for AddMemberRequest {
@@ -204,6 +212,9 @@ pub struct MemberHealth {
     pub api_addr: SocketAddr,
     /// Whether it votes (a learner waiting for promotion does not).
     pub voter: bool,
+    /// Whether it is a permanent non-voter (a read replica, never
+    /// promoted).
+    pub non_voter: bool,
     /// Whether it is the leader.
     pub leader: bool,
     /// Milliseconds since it last acknowledged the leader; absent when it

@@ -321,6 +321,25 @@ impl NexusClient {
             id: id.get(),
             cluster_addr: cluster_addr.to_string(),
             api_addr: api_addr.to_string(),
+            non_voter: false,
+        };
+        self.call(&request).await.map(drop)
+    }
+
+    /// Adds a permanent non-voter (extension, superusers): a read replica
+    /// that stays a learner, serves stale and linearizable reads, and never
+    /// counts toward quorum. Needs a cluster that writes on-disk format 3.
+    pub async fn add_non_voter(
+        &self,
+        id: NodeId,
+        cluster_addr: SocketAddr,
+        api_addr: SocketAddr,
+    ) -> Result<(), Error> {
+        let request = AddMemberRequest {
+            id: id.get(),
+            cluster_addr: cluster_addr.to_string(),
+            api_addr: api_addr.to_string(),
+            non_voter: true,
         };
         self.call(&request).await.map(drop)
     }

@@ -1,7 +1,7 @@
 //! The leader's autopilot on real processes: the health report and the
 //! failure tolerance as replicas die, promotion of an added replica only
-//! after the stabilization time, and opt-in removal of dead voters that
-//! never goes below the minimum quorum.
+//! after the stabilization time, opt-in removal of dead voters that never
+//! goes below the minimum quorum, and non-voting read replicas.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use spike_tests::{ApiClient, LocalCluster};
 
 use crate::support::{
-    Operators, RECOVERY_LIMIT, leader, phase, put, status, voter_ids, voters_become,
+    Operators, RECOVERY_LIMIT, get, leader, phase, put, read_until, status, value_of, voter_ids,
+    voters_become,
 };
 
 /// The health report as `node` answers it (the leader's, forwarded if
@@ -265,5 +266,168 @@ async fn dead_voters_are_removed_after_the_cleanup_time_but_never_below_the_mini
             .status,
         200,
         "two of three voters still commit"
+    );
+}
+
+/// Waits until `node` reports that the cluster writes on-disk format
+/// `format` (the leader switches once every member reads it).
+async fn cluster_format_becomes(client: &ApiClient, node: SocketAddr, format: u64) {
+    let began = tokio::time::Instant::now();
+    loop {
+        let state = status(client, node).await;
+        if state
+            .as_ref()
+            .is_some_and(|state| state["clusterFormat"] == format)
+        {
+            return;
+        }
+        assert!(
+            began.elapsed() < RECOVERY_LIMIT,
+            "the cluster never wrote format {format}: {state:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A stale read of `path` through `node`: its value, if it answered 200.
+async fn stale_read(client: &ApiClient, node: SocketAddr, path: &str) -> Option<String> {
+    let reply = client
+        .post_with(
+            node,
+            "/v1/store/secrets?action=get",
+            json!({ "path": path }),
+            &[("x-spike-consistency", "stale")],
+        )
+        .await
+        .expect("stale read");
+    value_of(&reply)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_voter_serves_reads_never_votes_and_is_not_missed_when_it_dies() {
+    const STABILIZATION: Duration = Duration::from_secs(2);
+    let stabilization = format!(
+        "--nexus-arg=--autopilot-stabilization-time={}s",
+        STABILIZATION.as_secs()
+    );
+    let mut cluster = LocalCluster::up(&["--spares", "1", &stabilization]);
+    let ops = Operators::of(&cluster).await;
+    cluster_format_becomes(&ops.superuser, cluster.api(1), 3).await;
+    let lead = leader(&ops.superuser, &cluster, &[1, 2, 3]).await;
+    assert_eq!(
+        put(&ops.superuser, cluster.api(lead), "r", "1")
+            .await
+            .status,
+        200
+    );
+
+    phase("added with nonVoter: a learner that serves reads");
+    cluster.try_act("join", "nexus-4").expect("join");
+    let api4 = cluster.api(4);
+    let add = json!({
+        "id": 4,
+        "clusterAddr": cluster.replica(4).cluster_addr.to_string(),
+        "apiAddr": api4.to_string(),
+        "nonVoter": true,
+    });
+    let reply = ops
+        .superuser
+        .post(cluster.api(2), "/v1/cluster?action=add", add)
+        .await
+        .expect("add");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    cluster.wait_ready(4, RECOVERY_LIMIT).await;
+    read_until(&ops.superuser, api4, "r", "1").await;
+    assert_eq!(
+        stale_read(&ops.superuser, api4, "r").await.as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        put(&ops.superuser, cluster.api(lead), "r", "2")
+            .await
+            .status,
+        200
+    );
+    let linearizable = get(&ops.superuser, api4, "r").await;
+    assert_eq!(
+        value_of(&linearizable).as_deref(),
+        Some("2"),
+        "a linearizable read on the non-voter sees the write before it: {:?}",
+        linearizable.body
+    );
+
+    let stable_past = u64::try_from((STABILIZATION * 2).as_millis()).unwrap_or(u64::MAX);
+    let still_a_learner = |report: &Value| {
+        let member = member(report, 4);
+        member["healthy"] == true && member["stableForMs"].as_u64().unwrap_or(0) > stable_past
+    };
+    phase("healthy for twice the stabilization time, it still does not vote");
+    let report = health_until(
+        &ops.superuser,
+        api4,
+        "the non-voter healthy past the stabilization time",
+        RECOVERY_LIMIT,
+        still_a_learner,
+    )
+    .await;
+    let read_replica = member(&report, 4);
+    assert_eq!(read_replica["voter"], false, "{report:#}");
+    assert_eq!(read_replica["nonVoter"], true, "{report:#}");
+    assert_eq!(report["voters"], 3, "{report:#}");
+    assert_eq!(report["failureTolerance"], 1, "{report:#}");
+    let state = status(&ops.superuser, cluster.api(1))
+        .await
+        .expect("status");
+    assert_eq!(voter_ids(&state["members"]), vec![1, 2, 3], "{state:#}");
+    let listed = state["members"]
+        .as_array()
+        .and_then(|members| members.iter().find(|member| member["id"] == 4))
+        .cloned()
+        .expect("listed");
+    assert_eq!(listed["nonVoter"], true, "{listed}");
+
+    phase("a new leader knows it is a non-voter too");
+    let next = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != lead)
+        .expect("another voter");
+    let reply = ops
+        .superuser
+        .post(
+            cluster.api(next),
+            "/v1/cluster?action=transfer",
+            json!({ "id": next }),
+        )
+        .await
+        .expect("transfer");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let report = health_until(
+        &ops.superuser,
+        cluster.api(next),
+        "the new leader watching the non-voter past the stabilization time",
+        RECOVERY_LIMIT,
+        |report| report["leaderId"] == next && still_a_learner(report),
+    )
+    .await;
+    assert_eq!(member(&report, 4)["voter"], false, "{report:#}");
+    assert_eq!(report["voters"], 3, "{report:#}");
+
+    phase("kill -9 the non-voter: writes and the tolerance are untouched");
+    cluster.act("kill", "nexus-4");
+    let report = health_until(
+        &ops.superuser,
+        cluster.api(next),
+        "the non-voter unhealthy",
+        RECOVERY_LIMIT,
+        |report| member(report, 4)["healthy"] == false,
+    )
+    .await;
+    assert_eq!(report["failureTolerance"], 1, "{report:#}");
+    assert_eq!(report["healthyVoters"], 3, "{report:#}");
+    assert_eq!(
+        put(&ops.superuser, cluster.api(next), "r", "3")
+            .await
+            .status,
+        200
     );
 }
