@@ -997,6 +997,37 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn non_voters_are_recorded_cleared_and_dropped_when_retired() {
+        use crate::state::command::MembershipCommand;
+        let (_dir, db) = database();
+        let node = |id| NodeId::new(id).expect("valid");
+        let mark = |id, non_voter| {
+            request(
+                Command::Membership(MembershipCommand::SetNonVoter {
+                    id: node(id),
+                    non_voter,
+                }),
+                None,
+                1,
+            )
+        };
+        let reader = StateReader::new(db.clone());
+        assert!(reader.non_voters().expect("read").is_empty());
+        assert_eq!(run_request(&db, mark(4, true)), Response::Done);
+        assert_eq!(run_request(&db, mark(5, true)), Response::Done);
+        assert_eq!(reader.non_voters().expect("read"), [node(4), node(5)].into());
+        run_request(&db, mark(4, false));
+        assert_eq!(reader.non_voters().expect("read"), [node(5)].into());
+        let retire = Command::Membership(MembershipCommand::RetireNode { id: node(5) });
+        run_request(&db, request(retire, None, 1));
+        assert!(reader.non_voters().expect("read").is_empty());
+        assert_eq!(
+            reader.cluster_meta().expect("meta").retired_node_ids,
+            [node(5)].into()
+        );
+    }
+
+    #[test]
     fn log_time_never_goes_back_when_a_leader_clock_is_behind() {
         let (_dir, db) = database();
         run(&db, initialize(), 50);
