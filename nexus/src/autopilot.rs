@@ -159,6 +159,36 @@ struct AutopilotMetrics {
     unhealthy_members: Gauge,
 }
 
+impl AutopilotMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "spike_autopilot_promotions",
+            "Learners the leader's autopilot made voters after the stabilization time",
+            self.promotions.clone(),
+        );
+        registry.register(
+            "spike_autopilot_dead_voters_removed",
+            "Dead voters the leader's autopilot removed and retired (SPIKE_NEXUS_AUTOPILOT_CLEANUP_DEAD_AFTER)",
+            self.dead_removed.clone(),
+        );
+        registry.register(
+            "spike_autopilot_failure_tolerance",
+            "Voters that may fail with a quorum of healthy voters left, on the leader (-1 on other replicas)",
+            self.failure_tolerance.clone(),
+        );
+        registry.register(
+            "spike_autopilot_healthy",
+            "1 when the leader finds every member healthy, else 0 (-1 on other replicas)",
+            self.healthy.clone(),
+        );
+        registry.register(
+            "spike_autopilot_unhealthy_members",
+            "Members the leader finds unhealthy (-1 on other replicas)",
+            self.unhealthy_members.clone(),
+        );
+    }
+}
+
 /// The leader's autopilot. Cheap to share.
 pub struct Autopilot {
     leadership: Leadership,
@@ -196,31 +226,7 @@ impl Autopilot {
 
     /// Registers the autopilot's metrics.
     pub fn register_metrics(&self, registry: &mut Registry) {
-        registry.register(
-            "spike_nexus_autopilot_promotions",
-            "Learners the leader's autopilot made voters after the stabilization time",
-            self.metrics.promotions.clone(),
-        );
-        registry.register(
-            "spike_nexus_autopilot_dead_voters_removed",
-            "Dead voters the leader's autopilot removed (SPIKE_NEXUS_AUTOPILOT_CLEANUP_DEAD_AFTER)",
-            self.metrics.dead_removed.clone(),
-        );
-        registry.register(
-            "spike_nexus_autopilot_failure_tolerance",
-            "Voters that may fail with a quorum of healthy voters left (on the leader; -1 elsewhere)",
-            self.metrics.failure_tolerance.clone(),
-        );
-        registry.register(
-            "spike_nexus_autopilot_healthy",
-            "1 when every member is healthy (on the leader; -1 elsewhere)",
-            self.metrics.healthy.clone(),
-        );
-        registry.register(
-            "spike_nexus_autopilot_unhealthy_members",
-            "Members the leader finds unhealthy (on the leader; -1 elsewhere)",
-            self.metrics.unhealthy_members.clone(),
-        );
+        self.metrics.register(registry);
     }
 
     /// The health report, while this replica leads.
@@ -456,6 +462,26 @@ mod tests {
         cleanup_dead_after: Some(Duration::from_secs(30)),
         min_quorum: 3,
     };
+
+    #[test]
+    fn metrics_are_registered_under_their_names() {
+        let metrics = AutopilotMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        metrics.promotions.inc();
+        metrics.failure_tolerance.set(1);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        for line in [
+            "spike_autopilot_promotions_total 1",
+            "spike_autopilot_dead_voters_removed_total 0",
+            "spike_autopilot_failure_tolerance 1",
+            "spike_autopilot_healthy 0",
+            "spike_autopilot_unhealthy_members 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
 
     #[test]
     fn health_needs_recent_contact_and_a_short_lag() {

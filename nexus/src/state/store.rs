@@ -1015,7 +1015,10 @@ pub(super) mod tests {
         assert!(reader.non_voters().expect("read").is_empty());
         assert_eq!(run_request(&db, mark(4, true)), Response::Done);
         assert_eq!(run_request(&db, mark(5, true)), Response::Done);
-        assert_eq!(reader.non_voters().expect("read"), [node(4), node(5)].into());
+        assert_eq!(
+            reader.non_voters().expect("read"),
+            [node(4), node(5)].into()
+        );
         run_request(&db, mark(4, false));
         assert_eq!(reader.non_voters().expect("read"), [node(5)].into());
         let retire = Command::Membership(MembershipCommand::RetireNode { id: node(5) });
