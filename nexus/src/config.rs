@@ -762,6 +762,43 @@ mod tests {
     }
 
     #[test]
+    fn autopilot_promotes_after_10s_cleans_up_only_when_asked_and_keeps_3_voters() {
+        use clap::Parser;
+        let config = |extra: &[&str]| {
+            let mut argv = vec![
+                "nexus",
+                "--peers",
+                "1=127.0.0.1:1/127.0.0.1:2",
+                "--keepers",
+                "127.0.0.1:3,127.0.0.1:4,127.0.0.1:5",
+            ];
+            argv.extend_from_slice(extra);
+            NexusConfig::from_args(&Args::try_parse_from(argv).expect("flags parse"))
+        };
+        let defaults = config(&[]).expect("defaults").autopilot;
+        assert_eq!(defaults.stabilization_time, Duration::from_secs(10));
+        assert_eq!(defaults.cleanup_dead_after, None, "off unless asked");
+        assert_eq!(defaults.min_quorum, 3);
+        let asked = config(&[
+            "--autopilot-stabilization-time",
+            "1m30s",
+            "--autopilot-cleanup-dead-after",
+            "10m",
+            "--autopilot-min-quorum",
+            "5",
+        ])
+        .expect("set")
+        .autopilot;
+        assert_eq!(asked.stabilization_time, Duration::from_secs(90));
+        assert_eq!(asked.cleanup_dead_after, Some(Duration::from_secs(600)));
+        assert_eq!(asked.min_quorum, 5);
+        assert!(matches!(
+            config(&["--autopilot-min-quorum", "2"]),
+            Err(ConfigError::OutOfRange(_))
+        ));
+    }
+
+    #[test]
     fn durations_read_like_go_and_zero_is_refused_where_it_means_never() {
         use clap::Parser;
         let config = |extra: &[&str]| {
