@@ -138,6 +138,29 @@ pub struct Args {
         value_parser = spike_sdk::duration::parse
     )]
     pub stale_read_max: Duration,
+    /// How long a new replica (added as a learner) must stay healthy,
+    /// without a break, before the leader's autopilot makes it a voter.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_AUTOPILOT_STABILIZATION_TIME",
+        default_value = "10s",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub autopilot_stabilization_time: Duration,
+    /// Remove a voter that has been unhealthy this long (and retire its
+    /// id), as `spike cluster remove` does; 0 (the default) never removes.
+    /// Never below --autopilot-min-quorum voters, never the leader, never
+    /// one that would cost the cluster its quorum.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_AUTOPILOT_CLEANUP_DEAD_AFTER",
+        default_value = "0s",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub autopilot_cleanup_dead_after: Duration,
+    /// Fewest voters dead-replica cleanup leaves (at least 3).
+    #[arg(long, env = "SPIKE_NEXUS_AUTOPILOT_MIN_QUORUM", default_value_t = 3)]
+    pub autopilot_min_quorum: usize,
     /// Encryptions under one data key (secrets, policies and cipher
     /// calls, counted cluster-wide) after which the leader rotates it;
     /// 1 to 2^30 (the default), far below AES-GCM's random-nonce limit.
@@ -442,6 +465,8 @@ pub struct NexusConfig {
     pub max_connection_age: Duration,
     /// Connection and request limits of the API and cluster ports.
     pub edge: crate::edge::EdgeLimits,
+    /// The leader's autopilot: promotion and dead-replica cleanup.
+    pub autopilot: crate::autopilot::AutopilotConfig,
 }
 
 impl NexusConfig {
@@ -537,6 +562,11 @@ impl NexusConfig {
                  SPIKE_NEXUS_REENCRYPT_PER_SECOND: {reason}"
             ))
         })?;
+        if args.autopilot_min_quorum < 3 {
+            return Err(ConfigError::OutOfRange(
+                "SPIKE_NEXUS_AUTOPILOT_MIN_QUORUM must be at least 3".to_owned(),
+            ));
+        }
         if args.snapshot_every == 0 {
             return Err(ConfigError::OutOfRange(
                 "SPIKE_NEXUS_SNAPSHOT_EVERY must be at least 1".to_owned(),
@@ -601,6 +631,12 @@ impl NexusConfig {
             test_diverge,
             max_connection_age: args.max_connection_age,
             edge: args.edge.limits().map_err(ConfigError::OutOfRange)?,
+            autopilot: crate::autopilot::AutopilotConfig {
+                stabilization_time: args.autopilot_stabilization_time,
+                cleanup_dead_after: Some(args.autopilot_cleanup_dead_after)
+                    .filter(|after| !after.is_zero()),
+                min_quorum: args.autopilot_min_quorum,
+            },
         })
     }
 
@@ -916,6 +952,43 @@ mod tests {
             fast.to_string().contains("--heartbeat-interval"),
             "the error names the flag given: {fast}"
         );
+    }
+
+    #[test]
+    fn autopilot_promotes_after_10s_cleans_up_only_when_asked_and_keeps_3_voters() {
+        use clap::Parser;
+        let config = |extra: &[&str]| {
+            let mut argv = vec![
+                "nexus",
+                "--peers",
+                "1=127.0.0.1:1/127.0.0.1:2",
+                "--keepers",
+                "127.0.0.1:3,127.0.0.1:4,127.0.0.1:5",
+            ];
+            argv.extend_from_slice(extra);
+            NexusConfig::from_args(&Args::try_parse_from(argv).expect("flags parse"))
+        };
+        let defaults = config(&[]).expect("defaults").autopilot;
+        assert_eq!(defaults.stabilization_time, Duration::from_secs(10));
+        assert_eq!(defaults.cleanup_dead_after, None, "off unless asked");
+        assert_eq!(defaults.min_quorum, 3);
+        let asked = config(&[
+            "--autopilot-stabilization-time",
+            "1m30s",
+            "--autopilot-cleanup-dead-after",
+            "10m",
+            "--autopilot-min-quorum",
+            "5",
+        ])
+        .expect("set")
+        .autopilot;
+        assert_eq!(asked.stabilization_time, Duration::from_secs(90));
+        assert_eq!(asked.cleanup_dead_after, Some(Duration::from_secs(600)));
+        assert_eq!(asked.min_quorum, 5);
+        assert!(matches!(
+            config(&["--autopilot-min-quorum", "2"]),
+            Err(ConfigError::OutOfRange(_))
+        ));
     }
 
     #[test]

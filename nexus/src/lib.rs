@@ -13,6 +13,7 @@
 
 mod api;
 mod audit;
+pub mod autopilot;
 mod backup;
 mod clock;
 mod cluster;
@@ -206,6 +207,11 @@ pub async fn serve(
     } else {
         Reads::Linearizable
     };
+    let autopilot = Arc::new(autopilot::Autopilot::new(
+        leadership.clone(),
+        config.autopilot,
+        machine.reader(),
+    ));
     let node = Node::new(
         leadership.clone(),
         machine.clone(),
@@ -213,6 +219,7 @@ pub async fn serve(
         key_manager.clone(),
         Forwarder::new(peers.clone()),
         reads,
+        autopilot.clone(),
     );
 
     // Listeners: cluster first, so peers can reach us as soon as we vote.
@@ -247,6 +254,7 @@ pub async fn serve(
     // without a lock.
     key_manager.register_metrics(&mut registry);
     integrity.register_metrics(&mut registry);
+    autopilot.register_metrics(&mut registry);
     let backup_metrics = backup::BackupMetrics::default();
     backup_metrics.register_metrics(&mut registry);
     let registry = Arc::new(registry);
@@ -277,6 +285,7 @@ pub async fn serve(
     let backup_task = backups.clone().map(|backups| tokio::spawn(backups.run()));
     let manager_task = tokio::spawn(key_manager.run(machine.applied()));
     let leader_changes_task = tokio::spawn(leadership.clone().count_leader_changes());
+    let autopilot_task = tokio::spawn(autopilot.run(node.clone()));
     let format_task = tokio::spawn(cluster::version::switch_when_every_member_reads(
         leadership.clone(),
         peers.clone(),
@@ -366,6 +375,7 @@ pub async fn serve(
         task.abort();
     }
     integrity_task.abort();
+    autopilot_task.abort();
     leadership.shutdown().await;
     outcome.map(|_| ())
 }

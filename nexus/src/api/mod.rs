@@ -319,6 +319,7 @@ async fn serve(
         Route::ClusterAdd => json(call, cluster::add).await,
         Route::ClusterRemove => json(call, cluster::remove).await,
         Route::ClusterTransfer => json(call, cluster::transfer).await,
+        Route::ClusterHealth => json(call, cluster::health).await,
         Route::SnapshotSave => (snapshot::save(call).await, None),
         Route::SnapshotRestore => (snapshot::restore(call).await, None),
         Route::SecretMetadataPut => json(call, secrets::metadata_put).await,
@@ -382,6 +383,7 @@ fn reads_only(route: Route) -> bool {
             | Route::CipherDecrypt
             | Route::ClusterStatus
             | Route::ClusterMembers
+            | Route::ClusterHealth
     )
 }
 

@@ -19,7 +19,7 @@ mod start;
 pub mod state_machine;
 
 pub use inbound::{Inbound, InboundError};
-pub use leadership::{ClusterView, Leader, LeaderError, Leadership};
+pub use leadership::{ClusterView, Leader, LeaderError, Leadership, Replication};
 pub use start::{RaftSettings, StartError, Started, start};
 
 use std::fmt;

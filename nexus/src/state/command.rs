@@ -350,6 +350,16 @@ pub enum MembershipCommand {
     /// compare their digests at it to find one whose state diverged
     /// (`crate::integrity`). Proposed by the leader now and then. Format 3.
     DigestCheckpoint,
+    /// Whether member `id` is a permanent non-voter (a read replica the
+    /// leader's autopilot never promotes), set before it is added as a
+    /// learner and cleared when it is added again as a voter-to-be. A
+    /// replicated fact, so every later leader knows it. Format 3.
+    SetNonVoter {
+        /// The replica's id.
+        id: NodeId,
+        /// Whether it stays a non-voter.
+        non_voter: bool,
+    },
 }
 
 /// Scheduled backups (`crate::backup`).
@@ -406,6 +416,7 @@ impl Request {
             | Command::Settings(_)
             | Command::Secret(SecretCommand::Reseal { .. })
             | Command::Membership(MembershipCommand::DigestCheckpoint) => 3,
+            Command::Membership(MembershipCommand::SetNonVoter { .. }) => 3,
             _ => 1,
         }
     }
@@ -608,6 +619,9 @@ impl std::fmt::Display for Request {
             }
             Command::Membership(MembershipCommand::DigestCheckpoint) => {
                 f.write_str("digest-checkpoint")
+            }
+            Command::Membership(MembershipCommand::SetNonVoter { id, non_voter }) => {
+                write!(f, "set-non-voter({id}, {non_voter})")
             }
         }
     }

@@ -41,9 +41,9 @@ pub use cipher::{
     FORMAT_VERSION, FrameError, NONCE_LEN, StreamFrame,
 };
 pub use cluster::{
-    AddMemberRequest, BackupSchedule, ClusterMembers, ClusterMembersRequest, ClusterStatus,
-    ClusterStatusRequest, LastBackup, Member, RaftRole, RemoveMemberRequest, RootKeyState,
-    RootKeyStatus, TransferLeaderRequest,
+    AddMemberRequest, BackupSchedule, ClusterHealth, ClusterHealthRequest, ClusterMembers,
+    ClusterMembersRequest, ClusterStatus, ClusterStatusRequest, LastBackup, Member, MemberHealth,
+    RaftRole, RemoveMemberRequest, RootKeyState, RootKeyStatus, TransferLeaderRequest,
 };
 pub use encoding::Shard;
 pub use error::ErrorCode;

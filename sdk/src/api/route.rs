@@ -52,6 +52,8 @@ pub enum Route {
     ClusterRemove,
     /// Hand leadership to another voter (extension).
     ClusterTransfer,
+    /// The leader's autopilot health report (extension).
+    ClusterHealth,
     /// Download a backup of the encrypted store (extension).
     SnapshotSave,
     /// Replace the store with a backup (extension).
@@ -65,7 +67,7 @@ pub enum Route {
 }
 
 /// Each route's path, action and the two joined, in one table.
-const TABLE: [(Route, &str, Option<&str>, &str); 28] = [
+const TABLE: [(Route, &str, Option<&str>, &str); 29] = [
     (
         Route::SecretPut,
         "/v1/store/secrets",
@@ -200,6 +202,12 @@ const TABLE: [(Route, &str, Option<&str>, &str); 28] = [
         "/v1/cluster?action=transfer",
     ),
     (
+        Route::ClusterHealth,
+        "/v1/cluster",
+        Some("health"),
+        "/v1/cluster?action=health",
+    ),
+    (
         Route::SnapshotSave,
         "/v1/snapshot",
         Some("save"),
@@ -233,8 +241,8 @@ const TABLE: [(Route, &str, Option<&str>, &str); 28] = [
 
 impl Route {
     /// Every route.
-    pub const ALL: [Route; 28] = {
-        let mut all = [Route::SecretPut; 28];
+    pub const ALL: [Route; 29] = {
+        let mut all = [Route::SecretPut; 29];
         let mut index = 0;
         while index < TABLE.len() {
             all[index] = TABLE[index].0;
@@ -288,6 +296,7 @@ impl Route {
                 | Route::ClusterAdd
                 | Route::ClusterRemove
                 | Route::ClusterTransfer
+                | Route::ClusterHealth
                 | Route::SnapshotSave
                 | Route::SnapshotRestore
                 | Route::SecretMetadataPut
@@ -310,6 +319,7 @@ impl Route {
                 | Route::ClusterAdd
                 | Route::ClusterRemove
                 | Route::ClusterTransfer
+                | Route::ClusterHealth
                 | Route::SnapshotRestore
         )
     }

@@ -134,6 +134,7 @@ fn routes() -> Vec<Route> {
             "/v1/store/secrets/metadata?action=put",
             json!({"path": "apps/billing/db", "customMetadata": {"owner": "billing"}}),
         ),
+        route("cluster health", "/v1/cluster?action=health", json!({})),
     ]
 }
 
@@ -166,6 +167,7 @@ fn allowed(identity: &str) -> &'static [&'static str] {
         "cluster remove",
         "cluster transfer",
         "secret metadata put",
+        "cluster health",
     ];
     // `write` lets billing delete (reversible) and put with cas (a put
     // that may do less), not destroy.

@@ -4,6 +4,7 @@
 //! must survive and every replica must end up with the same root key.
 
 mod audit;
+mod autopilot;
 mod backup;
 mod benchmark;
 mod corruption;
