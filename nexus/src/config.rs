@@ -1,7 +1,7 @@
 //! Nexus configuration: SPIKE's environment variables and clap flags,
 //! validated as a whole before any port is bound (exit code 64 otherwise).
 
-use spike_sdk::domain::NodeId;
+use spike_sdk::domain::{NodeId, SecretPath};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -138,6 +138,29 @@ pub struct Args {
         value_parser = spike_sdk::duration::parse
     )]
     pub stale_read_max: Duration,
+    /// How long a new replica (added as a learner) must stay healthy,
+    /// without a break, before the leader's autopilot makes it a voter.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_AUTOPILOT_STABILIZATION_TIME",
+        default_value = "10s",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub autopilot_stabilization_time: Duration,
+    /// Remove a voter that has been unhealthy this long (and retire its
+    /// id), as `spike cluster remove` does; 0 (the default) never removes.
+    /// Never below --autopilot-min-quorum voters, never the leader, never
+    /// one that would cost the cluster its quorum.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_AUTOPILOT_CLEANUP_DEAD_AFTER",
+        default_value = "0s",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub autopilot_cleanup_dead_after: Duration,
+    /// Fewest voters dead-replica cleanup leaves (at least 3).
+    #[arg(long, env = "SPIKE_NEXUS_AUTOPILOT_MIN_QUORUM", default_value_t = 3)]
+    pub autopilot_min_quorum: usize,
     /// Storage quota of the replicated state (like etcd's backend quota):
     /// past it, writes that add data (secret and policy puts) are refused
     /// with 507 `storage_quota_exceeded` until deletes or destroys free
@@ -223,6 +246,23 @@ pub struct Args {
     /// Scheduled backups kept in --backup-dir (the newest; 1 to 100000).
     #[arg(long, env = "SPIKE_NEXUS_BACKUP_RETAIN", default_value_t = 24)]
     pub backup_retain: u32,
+    /// How often the replicas hash their state at one log index and
+    /// compare (etcd's corruption check): a replica whose digest differs
+    /// from a majority's stops serving data. 0 turns the check off;
+    /// otherwise at least 1s.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_CORRUPTION_CHECK_INTERVAL",
+        default_value = "5m",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub corruption_check_interval: Duration,
+    /// UNSAFE, for tests of the corruption check only: NODE_ID:PATH makes
+    /// the replica NODE_ID store a different ciphertext than the log says
+    /// whenever it applies a write of secret PATH (other replicas ignore
+    /// it). Never set it on a cluster that holds real secrets.
+    #[arg(long, env = "SPIKE_NEXUS_UNSAFE_TEST_DIVERGE", hide = true)]
+    pub unsafe_test_diverge: Option<String>,
     /// Dial every outgoing connection (peers, keepers, forwarded
     /// requests) through this HTTP CONNECT proxy, HOST:PORT (an egress
     /// proxy; the fault-injection harness's per-link proxies). mTLS runs
@@ -441,10 +481,16 @@ pub struct NexusConfig {
     pub backup: Option<crate::backup::BackupSettings>,
     /// Linearizable reads skip the read index (tests of the checker only).
     pub unsafe_local_reads: bool,
+    /// Period of the corruption check (zero: off).
+    pub corruption_check_interval: Duration,
+    /// TEST ONLY: the secret whose writes this replica stores altered.
+    pub test_diverge: Option<SecretPath>,
     /// Longest life of an inbound connection.
     pub max_connection_age: Duration,
     /// Connection and request limits of the API and cluster ports.
     pub edge: crate::edge::EdgeLimits,
+    /// The leader's autopilot: promotion and dead-replica cleanup.
+    pub autopilot: crate::autopilot::AutopilotConfig,
 }
 
 impl NexusConfig {
@@ -540,12 +586,39 @@ impl NexusConfig {
                  SPIKE_NEXUS_REENCRYPT_PER_SECOND: {reason}"
             ))
         })?;
+        if args.autopilot_min_quorum < 3 {
+            return Err(ConfigError::OutOfRange(
+                "SPIKE_NEXUS_AUTOPILOT_MIN_QUORUM must be at least 3".to_owned(),
+            ));
+        }
         if args.snapshot_every == 0 {
             return Err(ConfigError::OutOfRange(
                 "SPIKE_NEXUS_SNAPSHOT_EVERY must be at least 1".to_owned(),
             ));
         }
         let backup = backup_settings(args)?;
+        if !args.corruption_check_interval.is_zero()
+            && args.corruption_check_interval < Duration::from_secs(1)
+        {
+            return Err(ConfigError::OutOfRange(
+                "SPIKE_NEXUS_CORRUPTION_CHECK_INTERVAL must be 0 (off) or at least 1s".to_owned(),
+            ));
+        }
+        let test_diverge = match args.unsafe_test_diverge.as_deref() {
+            None | Some("") => None,
+            Some(text) => {
+                let (node, path) = text
+                    .split_once(':')
+                    .and_then(|(node, path)| Some((node.parse::<u64>().ok()?, path)))
+                    .and_then(|(node, path)| Some((node, path.parse::<SecretPath>().ok()?)))
+                    .ok_or_else(|| {
+                        ConfigError::OutOfRange(format!(
+                            "SPIKE_NEXUS_UNSAFE_TEST_DIVERGE {text:?} is not NODE_ID:SECRET_PATH"
+                        ))
+                    })?;
+                (node == node_id.get()).then_some(path)
+            }
+        };
         let audit_forward = match args.audit_forward.as_deref() {
             None | Some("") => None,
             Some(text) => Some(
@@ -580,8 +653,16 @@ impl NexusConfig {
             logs_kept: args.logs_kept,
             backup,
             unsafe_local_reads: args.unsafe_local_reads(),
+            corruption_check_interval: args.corruption_check_interval,
+            test_diverge,
             max_connection_age: args.max_connection_age,
             edge: args.edge.limits().map_err(ConfigError::OutOfRange)?,
+            autopilot: crate::autopilot::AutopilotConfig {
+                stabilization_time: args.autopilot_stabilization_time,
+                cleanup_dead_after: Some(args.autopilot_cleanup_dead_after)
+                    .filter(|after| !after.is_zero()),
+                min_quorum: args.autopilot_min_quorum,
+            },
         })
     }
 
@@ -897,6 +978,43 @@ mod tests {
             fast.to_string().contains("--heartbeat-interval"),
             "the error names the flag given: {fast}"
         );
+    }
+
+    #[test]
+    fn autopilot_promotes_after_10s_cleans_up_only_when_asked_and_keeps_3_voters() {
+        use clap::Parser;
+        let config = |extra: &[&str]| {
+            let mut argv = vec![
+                "nexus",
+                "--peers",
+                "1=127.0.0.1:1/127.0.0.1:2",
+                "--keepers",
+                "127.0.0.1:3,127.0.0.1:4,127.0.0.1:5",
+            ];
+            argv.extend_from_slice(extra);
+            NexusConfig::from_args(&Args::try_parse_from(argv).expect("flags parse"))
+        };
+        let defaults = config(&[]).expect("defaults").autopilot;
+        assert_eq!(defaults.stabilization_time, Duration::from_secs(10));
+        assert_eq!(defaults.cleanup_dead_after, None, "off unless asked");
+        assert_eq!(defaults.min_quorum, 3);
+        let asked = config(&[
+            "--autopilot-stabilization-time",
+            "1m30s",
+            "--autopilot-cleanup-dead-after",
+            "10m",
+            "--autopilot-min-quorum",
+            "5",
+        ])
+        .expect("set")
+        .autopilot;
+        assert_eq!(asked.stabilization_time, Duration::from_secs(90));
+        assert_eq!(asked.cleanup_dead_after, Some(Duration::from_secs(600)));
+        assert_eq!(asked.min_quorum, 5);
+        assert!(matches!(
+            config(&["--autopilot-min-quorum", "2"]),
+            Err(ConfigError::OutOfRange(_))
+        ));
     }
 
     #[test]

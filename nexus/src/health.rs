@@ -42,6 +42,12 @@ pub async fn serve(
 }
 
 async fn ready(State(health): State<Health>) -> impl IntoResponse {
+    if health.node.integrity().is_corrupt() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state corrupt: this replica's state differs from the cluster's\n",
+        );
+    }
     match health.node.keys.status() {
         KeyStatus::Ready { .. } => (StatusCode::OK, "ready\n"),
         KeyStatus::Locked { .. } => (

@@ -13,6 +13,7 @@
 
 mod api;
 mod audit;
+pub mod autopilot;
 mod backup;
 mod clock;
 mod cluster;
@@ -22,6 +23,7 @@ pub mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
 mod health;
+mod integrity;
 mod keys;
 mod limits;
 pub mod metrics;
@@ -140,6 +142,10 @@ pub async fn serve(
     // Built once; each component keeps a clone of its group.
     let metrics = Metrics::new();
     let mut registry = metrics.registry(config.node_id.get());
+    if let Some(path) = &config.test_diverge {
+        tracing::warn!(%path, "UNSAFE TEST: this replica stores writes of this secret altered");
+    }
+    let integrity = integrity::Integrity::new(config.test_diverge.clone());
     let raft::Started {
         leadership,
         inbound,
@@ -150,6 +156,7 @@ pub async fn serve(
         &config.data_dir,
         peers.clone(),
         metrics.raft.clone(),
+        integrity.clone(),
     )
     .await
     .map_err(|error| match error {
@@ -210,6 +217,11 @@ pub async fn serve(
     } else {
         Reads::Linearizable
     };
+    let autopilot = Arc::new(autopilot::Autopilot::new(
+        leadership.clone(),
+        config.autopilot,
+        machine.reader(),
+    ));
     let storage_quota = Arc::new(quota::StorageQuota::new(config.storage_quota));
     let quota_task = tokio::spawn(storage_quota.clone().run(machine.clone()));
     let node = Node::new(
@@ -219,11 +231,12 @@ pub async fn serve(
         key_manager.clone(),
         Forwarder::new(peers.clone()),
         reads,
-        node::Bounds {
-            quota: storage_quota,
-            limiter: Arc::new(limits::RateLimiter::default()),
-        },
-    );
+        autopilot.clone(),
+    )
+    .with_bounds(node::Bounds {
+        quota: storage_quota,
+        limiter: Arc::new(limits::RateLimiter::default()),
+    });
 
     // Listeners: cluster first, so peers can reach us as soon as we vote.
     let mut cluster_tls = server_config(
@@ -256,6 +269,8 @@ pub async fn serve(
     // docs/metrics.md). Then the registry is frozen: scrapes read it
     // without a lock.
     key_manager.register_metrics(&mut registry);
+    integrity.register_metrics(&mut registry);
+    autopilot.register_metrics(&mut registry);
     node.register_metrics(&mut registry);
     let backup_metrics = backup::BackupMetrics::default();
     backup_metrics.register_metrics(&mut registry);
@@ -287,10 +302,17 @@ pub async fn serve(
     let backup_task = backups.clone().map(|backups| tokio::spawn(backups.run()));
     let manager_task = tokio::spawn(key_manager.run(machine.applied()));
     let leader_changes_task = tokio::spawn(leadership.clone().count_leader_changes());
+    let autopilot_task = tokio::spawn(autopilot.run(node.clone()));
     let format_task = tokio::spawn(cluster::version::switch_when_every_member_reads(
         leadership.clone(),
-        peers,
+        peers.clone(),
         format.clone(),
+    ));
+    let integrity_task = tokio::spawn(integrity::run(
+        integrity.clone(),
+        leadership.clone(),
+        peers,
+        config.corruption_check_interval,
     ));
 
     tracing::info!(
@@ -304,9 +326,14 @@ pub async fn serve(
     );
     spike_sdk::cli::warn_if_unlocked(hardening);
 
-    let cluster_service = ClusterServer::new(ClusterService::new(node.clone(), inbound, format))
-        .max_decoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES)
-        .max_encoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES);
+    let cluster_service = ClusterServer::new(ClusterService::new(
+        node.clone(),
+        inbound,
+        format,
+        integrity,
+    ))
+    .max_decoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES)
+    .max_encoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES);
     let cluster_server = tonic::transport::Server::builder()
         .trace_fn(cluster_rpc_span)
         // Only Nexus peers get this far; they multiplex Raft and forwarded
@@ -364,6 +391,8 @@ pub async fn serve(
     if let Some(task) = backup_task {
         task.abort();
     }
+    integrity_task.abort();
+    autopilot_task.abort();
     quota_task.abort();
     leadership.shutdown().await;
     outcome.map(|_| ())

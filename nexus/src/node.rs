@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::autopilot::{Autopilot, HealthReport};
 use crate::cluster::forward::Forwarder;
 use crate::cluster::{ForwardError, LeaderOp, LeaderReply};
 use crate::keys::KeyState;
@@ -184,8 +185,16 @@ pub struct Node {
     machine: StateMachine,
     applied: AppliedIndex,
     reads: Reads,
+    autopilot: Arc<Autopilot>,
     quota: Arc<StorageQuota>,
     limiter: Arc<RateLimiter>,
+}
+
+impl Node {
+    /// The corruption check of this replica: its alarm and digests.
+    pub fn integrity(&self) -> &crate::integrity::Integrity {
+        self.machine.integrity()
+    }
 }
 
 impl Node {
@@ -197,7 +206,7 @@ impl Node {
         key_manager: Arc<KeyManager>,
         forwarder: Forwarder,
         reads: Reads,
-        bounds: Bounds,
+        autopilot: Arc<Autopilot>,
     ) -> Self {
         if reads == Reads::UnsafeLocal {
             tracing::warn!(
@@ -215,8 +224,37 @@ impl Node {
             applied: machine.applied(),
             machine,
             reads,
-            quota: bounds.quota,
-            limiter: bounds.limiter,
+            autopilot,
+            quota: Arc::new(StorageQuota::new(0)),
+            limiter: Arc::new(RateLimiter::default()),
+        }
+    }
+
+    /// This replica with `bounds` (no quota and no limits without).
+    pub fn with_bounds(mut self, bounds: Bounds) -> Self {
+        self.quota = bounds.quota;
+        self.limiter = bounds.limiter;
+        self
+    }
+
+    /// The leader's health report, wherever the leader is.
+    pub async fn health(&self) -> Result<HealthReport, NodeError> {
+        let reply = self
+            .with_leader(Effect::ReadOnly, |leader| async move {
+                if leader.id == self.id {
+                    self.execute_here(LeaderOp::Health).await
+                } else {
+                    self.forwarder
+                        .execute(&leader.node, &LeaderOp::Health)
+                        .await
+                }
+            })
+            .await?;
+        match reply {
+            LeaderReply::Health(report) => Ok(report),
+            other => Err(NodeError::OutcomeUnknown(format!(
+                "unexpected reply {other:?}"
+            ))),
         }
     }
 
@@ -373,6 +411,12 @@ impl Node {
     /// [`forwardable`]).
     pub async fn execute_forwarded(&self, op: LeaderOp) -> Result<LeaderReply, ForwardError> {
         forwardable(&op)?;
+        // A corrupt leader answers a write from its own state, which
+        // differs from the cluster's: refused, nothing proposed, until it
+        // has handed leadership away (`crate::integrity`).
+        if matches!(op, LeaderOp::Write(_)) && self.integrity().is_corrupt() {
+            return Err(ForwardError::NotReady);
+        }
         self.execute_here(op).await
     }
 
@@ -387,9 +431,14 @@ impl Node {
                     .map_err(ForwardError::StorageQuota)?;
                 Ok(LeaderReply::Written(self.leadership.write(request).await?))
             }
-            LeaderOp::AddNode { id, node } => {
-                self.add_node(id, node).await.map(|()| LeaderReply::Done)
-            }
+            LeaderOp::AddNode { id, node } => self
+                .add_node(id, node, false)
+                .await
+                .map(|()| LeaderReply::Done),
+            LeaderOp::AddNonVoter { id, node } => self
+                .add_node(id, node, true)
+                .await
+                .map(|()| LeaderReply::Done),
             LeaderOp::RemoveNode { id } => self.remove_node(id).await.map(|()| LeaderReply::Done),
             LeaderOp::TransferLeader { to } => {
                 self.transfer_leader(to).await.map(|()| LeaderReply::Done)
@@ -421,6 +470,11 @@ impl Node {
                     .map(LeaderReply::Rekeyed)
                     .map_err(|e| self.key_refusal(e))
             }
+            LeaderOp::Health => self
+                .autopilot
+                .report()
+                .map(LeaderReply::Health)
+                .ok_or_else(|| self.not_leader()),
             LeaderOp::RotateDataKey => self
                 .key_manager
                 .rotate_data_key()
@@ -440,7 +494,16 @@ impl Node {
         }
     }
 
-    async fn add_node(&self, node_id: NodeId, node: NexusNode) -> Result<(), ForwardError> {
+    /// Adds replica `node_id` as a learner: one the autopilot promotes
+    /// after the stabilization time, or, if `non_voter`, a read replica it
+    /// never promotes. Adding a member again with the same addresses sets
+    /// which of the two it is (a voter stays one).
+    async fn add_node(
+        &self,
+        node_id: NodeId,
+        node: NexusNode,
+        non_voter: bool,
+    ) -> Result<(), ForwardError> {
         let id = node_id.get();
         if !self.leadership.is_leader() {
             return Err(self.not_leader());
@@ -482,9 +545,34 @@ impl Node {
             tracing::warn!(%refusal, "a replica was refused as a member");
             return Err(ForwardError::Invalid(refusal));
         }
-        // As a learner first: it catches up without counting toward quorum.
+        if non_voter && self.leadership.voters().contains(&id) {
+            return Err(ForwardError::Invalid(format!(
+                "node {id} is a voter; remove it first to add it as a non-voter"
+            )));
+        }
+        // Recorded before it is a member, so no leader ever promotes it; a
+        // plain add clears an earlier mark (from an add that failed, or to
+        // let a read replica vote).
+        let marked = self
+            .state
+            .non_voters()
+            .map_err(|e| ForwardError::OutcomeUnknown(e.to_string()))?
+            .contains(&node_id);
+        if non_voter != marked {
+            let mark = Request {
+                command: Command::Membership(MembershipCommand::SetNonVoter {
+                    id: node_id,
+                    non_voter,
+                }),
+                session: None,
+                time_ns: 0,
+            };
+            self.leadership.write(mark).await?;
+        }
+        // As a learner: it catches up without counting toward quorum, and
+        // the autopilot makes it a voter once it has been healthy for the
+        // stabilization time (`crate::autopilot`), unless it is a non-voter.
         self.leadership.add_learner(id, node).await?;
-        self.leadership.add_voter(id).await?;
         Ok(())
     }
 
@@ -494,22 +582,31 @@ impl Node {
             return Err(self.not_leader());
         }
         let voters = self.leadership.voters();
-        if !voters.contains(&id) {
-            return Err(ForwardError::Invalid(format!("node {id} is not a voter")));
+        let voter = voters.contains(&id);
+        if !voter && self.leadership.member(id).is_none() {
+            return Err(ForwardError::Invalid(format!("node {id} is not a member")));
         }
-        if voters.len() <= 1 {
+        if voter && voters.len() <= 1 {
             return Err(ForwardError::Invalid(
                 "cannot remove the last voter".to_owned(),
             ));
         }
-        self.leadership.remove_voter(id).await?;
-        // The id is never to be used again, even if it is re-added by mistake.
+        // Retired first: the id is never to be used again, and an add that
+        // races the removal (an operator's, or one retried) is refused
+        // from the moment the member is gone. Retiring a member changes
+        // nothing else; a removal that then fails is simply asked again.
         let retire = Request {
             command: Command::Membership(MembershipCommand::RetireNode { id: node_id }),
             session: None,
             time_ns: 0,
         };
         self.leadership.write(retire).await?;
+        if voter {
+            self.leadership.remove_voter(id).await?;
+        } else {
+            // A learner: one waiting for promotion that never came up.
+            self.leadership.remove_learner(id).await?;
+        }
         Ok(())
     }
 

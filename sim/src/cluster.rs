@@ -198,6 +198,8 @@ fn nexus_config(
         format!("--shares={KEEPERS}"),
         format!("--threshold={THRESHOLD}"),
         "--keeper-update-interval=1s".to_owned(),
+        // A replacement votes well within the 4 s a replacement is held.
+        "--autopilot-stabilization-time=1s".to_owned(),
         format!("--snapshot-every={SNAPSHOT_EVERY}"),
         format!("--logs-kept={LOGS_KEPT}"),
         format!("--data-dir={}", data_dir.display()),

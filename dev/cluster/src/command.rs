@@ -10,6 +10,12 @@ use crate::spire;
 /// How often a leader re-sends shares to the keepers: short, so a keeper
 /// restarted in a test holds its share again within a second.
 const KEEPER_UPDATE_INTERVAL: &str = "1s";
+/// How long a new replica must stay healthy before the leader's autopilot
+/// makes it a voter: short, so a replica a test adds votes within seconds
+/// (nexus's default is 10s). A variable, never a flag (earlier releases
+/// ignore it); one already in the launcher's environment wins.
+const AUTOPILOT_STABILIZATION_TIME: (&str, &str) =
+    ("SPIKE_NEXUS_AUTOPILOT_STABILIZATION_TIME", "1s");
 /// How long a keeper or replica waits for its first SVID from a SPIRE
 /// agent: an agent learns of new registration entries on its next sync
 /// (every 5 s), and a restarted one first re-attests.
@@ -98,6 +104,10 @@ fn keeper_flags(command: &mut Command, keeper: &Keeper) {
 }
 
 fn nexus_flags(command: &mut Command, cluster: &ClusterFile, process: &Process, replica: &Replica) {
+    let (variable, default) = AUTOPILOT_STABILIZATION_TIME;
+    if std::env::var_os(variable).is_none() {
+        command.env(variable, default);
+    }
     let keepers: Vec<String> = cluster
         .keepers()
         .map(|(_, keeper)| keeper.api_addr.to_string())

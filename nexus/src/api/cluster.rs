@@ -1,9 +1,10 @@
 //! `/v1/cluster` (extension): status, membership and leadership.
 
 use spike_sdk::api::{
-    AddMemberRequest, BackupSchedule, ClusterLimits, ClusterLimitsRequest, ClusterMembers,
-    ClusterMembersRequest, ClusterStatus, ClusterStatusRequest, EmptyResponse, LastBackup, Member,
-    RemoveMemberRequest, RootKeyState, RootKeyStatus, SetLimitsRequest, TransferLeaderRequest,
+    AddMemberRequest, BackupSchedule, ClusterHealth, ClusterHealthRequest, ClusterLimits,
+    ClusterLimitsRequest, ClusterMembers, ClusterMembersRequest, ClusterStatus,
+    ClusterStatusRequest, EmptyResponse, LastBackup, Member, MemberHealth, RemoveMemberRequest,
+    RootKeyState, RootKeyStatus, SetLimitsRequest, TransferLeaderRequest,
 };
 use spike_sdk::domain::{DataKeyId, NodeId};
 use spike_sdk::identity::Role;
@@ -19,19 +20,29 @@ impl Audited for ClusterMembersRequest {}
 impl Audited for AddMemberRequest {}
 impl Audited for RemoveMemberRequest {}
 impl Audited for TransferLeaderRequest {}
+impl Audited for ClusterHealthRequest {}
 impl Audited for ClusterLimitsRequest {}
 impl Audited for SetLimitsRequest {}
 
-fn member_list(view: &ClusterView) -> Vec<Member> {
-    view.members
+fn member_list(call: &Call<'_>, view: &ClusterView) -> Result<Vec<Member>, ApiError> {
+    let non_voters = call
+        .api
+        .node
+        .state
+        .non_voters()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(view
+        .members
         .iter()
         .map(|member| Member {
             id: member.id,
             cluster_addr: member.node.cluster_addr,
             api_addr: member.node.api_addr,
             voter: member.voter,
+            non_voter: !member.voter
+                && NodeId::new(member.id).is_ok_and(|id| non_voters.contains(&id)),
         })
-        .collect()
+        .collect())
 }
 
 /// Status: this replica, the leader, Raft progress, members and the root key.
@@ -62,6 +73,7 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
         ),
         None => None,
     };
+    let alarm = node.integrity().alarm();
     Ok(ClusterStatus {
         node_id: node.id,
         state: view.role,
@@ -71,7 +83,7 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
         last_log_index: view.last_log_index,
         commit_index: view.committed_index,
         applied_index: view.applied_index,
-        members: member_list(&view),
+        members: member_list(&call, &view)?,
         root_key: RootKeyStatus {
             status,
             root_key_id,
@@ -112,6 +124,9 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
                 failed: local.failed,
             }
         }),
+        corrupt: alarm.is_some(),
+        corruption: alarm.map(|alarm| alarm.reason),
+        digest_agreed_index: node.integrity().agreed_index(),
         storage_used_bytes: Some(node.quota().used()),
         storage_quota_bytes: Some(node.quota().quota()),
         storage_quota_exceeded: Some(node.quota().exceeded()),
@@ -123,7 +138,38 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
 pub async fn members(call: Call<'_>, _: ClusterMembersRequest) -> Result<ClusterMembers, ApiError> {
     call.require(Role::PilotSuperuser)?;
     Ok(ClusterMembers {
-        members: member_list(&call.api.node.cluster_view()),
+        members: member_list(&call, &call.api.node.cluster_view())?,
+        err: None,
+    })
+}
+
+/// Health: the leader's autopilot report, asked of the leader wherever it
+/// is.
+pub async fn health(call: Call<'_>, _: ClusterHealthRequest) -> Result<ClusterHealth, ApiError> {
+    call.require(Role::PilotSuperuser)?;
+    let report = call.api.node.health().await?;
+    Ok(ClusterHealth {
+        leader_id: report.leader_id,
+        healthy: report.healthy,
+        failure_tolerance: report.failure_tolerance,
+        voters: report.voters,
+        healthy_voters: report.healthy_voters,
+        members: report
+            .members
+            .into_iter()
+            .map(|member| MemberHealth {
+                id: member.id,
+                cluster_addr: member.node.cluster_addr,
+                api_addr: member.node.api_addr,
+                voter: member.voter,
+                non_voter: member.non_voter,
+                leader: member.leader,
+                last_contact_ms: member.last_contact_ms,
+                log_lag: member.log_lag,
+                healthy: member.healthy,
+                stable_for_ms: member.stable_for_ms,
+            })
+            .collect(),
         err: None,
     })
 }
@@ -135,7 +181,7 @@ async fn run(call: &Call<'_>, op: LeaderOp) -> Result<EmptyResponse, ApiError> {
     }
 }
 
-/// Add: a new replica joins as a learner, then votes.
+/// Add: a new replica joins as a learner; the autopilot promotes it later.
 pub async fn add(call: Call<'_>, body: AddMemberRequest) -> Result<EmptyResponse, ApiError> {
     call.require(Role::PilotSuperuser)?;
     let address = |text: &str| text.parse().map_err(|_| ApiError::BAD_REQUEST);
@@ -144,7 +190,12 @@ pub async fn add(call: Call<'_>, body: AddMemberRequest) -> Result<EmptyResponse
         cluster_addr: address(&body.cluster_addr)?,
         api_addr: address(&body.api_addr)?,
     };
-    run(&call, LeaderOp::AddNode { id, node }).await
+    let op = if body.non_voter {
+        LeaderOp::AddNonVoter { id, node }
+    } else {
+        LeaderOp::AddNode { id, node }
+    };
+    run(&call, op).await
 }
 
 /// Remove: a replica leaves; its id is retired.

@@ -11,7 +11,9 @@
 //! request is audited, in a span naming the caller, route, node and leader:
 //! its record is durable before it is answered, and while the audit log
 //! cannot be written every request is refused before it runs (503
-//! `audit_unavailable`, see [`crate::audit`]).
+//! `audit_unavailable`, see [`crate::audit`]). A replica that raised the
+//! corruption alarm answers those same routes 503 `state_corrupt`
+//! ([`crate::integrity`]).
 
 mod authz;
 mod bootstrap;
@@ -300,6 +302,11 @@ async fn handle(
     if route.needs_root_key() && api.node.keys.unlocked().is_none() {
         return refused(ApiError::NOT_READY);
     }
+    // A replica whose state diverged answers nothing from it: not a read
+    // (it may be wrong), not a write (its outcome would be read from it).
+    if route.needs_root_key() && api.node.integrity().is_corrupt() {
+        return refused(ApiError::Code(ErrorCode::StateCorrupt));
+    }
     serve(api, peer, route, headers, body).await
 }
 
@@ -349,6 +356,7 @@ async fn serve(
         Route::ClusterAdd => json(call, cluster::add).await,
         Route::ClusterRemove => json(call, cluster::remove).await,
         Route::ClusterTransfer => json(call, cluster::transfer).await,
+        Route::ClusterHealth => json(call, cluster::health).await,
         Route::SnapshotSave => (snapshot::save(call).await, None),
         Route::SnapshotRestore => (snapshot::restore(call).await, None),
         Route::SecretMetadataPut => json(call, secrets::metadata_put).await,
@@ -414,6 +422,7 @@ fn reads_only(route: Route) -> bool {
             | Route::CipherDecrypt
             | Route::ClusterStatus
             | Route::ClusterMembers
+            | Route::ClusterHealth
     )
 }
 

@@ -252,6 +252,10 @@ mod tests {
         async fn version(&self, _: Request<Frame>) -> Result<Response<Frame>, Status> {
             Err(Status::unimplemented("not in this test"))
         }
+
+        async fn state_digests(&self, _: Request<Frame>) -> Result<Response<Frame>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
     }
 
     fn at(address: SocketAddr) -> NexusNode {

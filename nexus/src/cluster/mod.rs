@@ -73,6 +73,17 @@ pub enum LeaderOp {
     },
     /// Add a data key for new writes.
     RotateDataKey,
+    /// The leader's health report (autopilot). Appended: a leader of an
+    /// older release cannot decode it, and the health route fails there.
+    Health,
+    /// Add a replica as a permanent non-voter (a read replica): a learner
+    /// the autopilot never promotes. Needs cluster format 3.
+    AddNonVoter {
+        /// Its id (never used before in this cluster).
+        id: NodeId,
+        /// Its addresses.
+        node: NexusNode,
+    },
 }
 
 /// A restore shard in transit between replicas (inside mTLS); wiped on drop.
@@ -118,6 +129,8 @@ pub enum LeaderReply {
     Rekeyed(u64),
     /// The new active data key id.
     Rotated(u32),
+    /// The leader's health report.
+    Health(crate::autopilot::HealthReport),
 }
 
 /// Why the leader could not take a forwarded request. It travels back to

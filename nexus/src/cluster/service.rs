@@ -11,6 +11,7 @@ use super::proto::cluster_server::Cluster;
 use super::proto::{Frame, SnapshotChunk, snapshot_chunk};
 use super::version::check_sender;
 use super::{LeaderOp, SNAPSHOT_SIZE_MAX_BYTES};
+use crate::integrity::Integrity;
 use crate::node::Node;
 use crate::raft::codec::{decode, encode};
 use crate::raft::format::ClusterFormat;
@@ -21,16 +22,19 @@ pub struct ClusterService {
     node: Node,
     inbound: Inbound,
     format: ClusterFormat,
+    integrity: Integrity,
 }
 
 impl ClusterService {
     /// The service of `node`, whose Raft takes RPCs through `inbound`, in
-    /// a cluster that runs `format`.
-    pub fn new(node: Node, inbound: Inbound, format: ClusterFormat) -> Self {
+    /// a cluster that runs `format`, answering for its state digests from
+    /// `integrity`.
+    pub fn new(node: Node, inbound: Inbound, format: ClusterFormat, integrity: Integrity) -> Self {
         Self {
             node,
             inbound,
             format,
+            integrity,
         }
     }
 }
@@ -124,6 +128,11 @@ impl Cluster for ClusterService {
 
     async fn version(&self, _request: Request<Frame>) -> Result<Response<Frame>, Status> {
         super::version::reply(&self.format).map(Response::new)
+    }
+
+    async fn state_digests(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        check_sender(&request)?;
+        self.integrity.reply().map(Response::new)
     }
 }
 

@@ -45,6 +45,8 @@
 //!   it is declared, and `Request::format_needed` lists them). Until the
 //!   cluster writes format 3, the leader refuses them
 //!   (`LeaderError::FormatNotYet`).
+//!   In `state.redb`, the `meta` table's `non_voters` key (the read
+//!   replicas `Membership(SetNonVoter)` records).
 
 use std::fmt;
 use std::io;

@@ -117,6 +117,26 @@ impl ClusterView {
     }
 }
 
+/// How one member keeps up with the leader, as the leader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Time since it last acknowledged a heartbeat or an append; `None`
+    /// when it never has in this leader's term.
+    pub last_contact: Option<Duration>,
+    /// Entries the leader holds that it has not acknowledged.
+    pub log_lag: u64,
+}
+
+/// The leader's view of how every member keeps up (see
+/// [`Leadership::progress`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replication {
+    /// The members, as [`ClusterView::members`].
+    pub view: ClusterView,
+    /// Each member's progress by id; the leader itself is always current.
+    pub progress: BTreeMap<u64, Progress>,
+}
+
 /// Where the log stood when the process started (see
 /// [`Leadership::read_index`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,6 +317,49 @@ impl Leadership {
         }
     }
 
+    /// How each member keeps up, while this replica leads (openraft's
+    /// heartbeat and replication metrics, which only a leader keeps).
+    pub fn progress(&self) -> Option<Replication> {
+        let view = self.view();
+        if !view.is_leader() {
+            return None;
+        }
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let last_index = metrics.last_log_index.unwrap_or(0);
+        let heartbeat = metrics.heartbeat.as_ref();
+        let replication = metrics.replication.as_ref();
+        let progress = view
+            .members
+            .iter()
+            .map(|member| {
+                if member.id == self.id {
+                    let current = Progress {
+                        last_contact: Some(Duration::ZERO),
+                        log_lag: 0,
+                    };
+                    return (member.id, current);
+                }
+                let last_contact = heartbeat
+                    .and_then(|acks| acks.get(&member.id).cloned().flatten())
+                    .map(|acked| acked.elapsed());
+                // An entry never acknowledged lags by the whole log.
+                let matched = replication
+                    .and_then(|matched| matched.get(&member.id).cloned().flatten())
+                    .map_or(0, |log_id| log_id.index + 1);
+                let log_lag = (last_index + 1).saturating_sub(matched);
+                (
+                    member.id,
+                    Progress {
+                        last_contact,
+                        log_lag,
+                    },
+                )
+            })
+            .collect();
+        Some(Replication { view, progress })
+    }
+
     /// The leader, waiting for one until `deadline`.
     pub async fn wait_for_leader(&self, deadline: tokio::time::Instant) -> Option<Leader> {
         let mut metrics = self.raft.metrics();
@@ -438,6 +501,15 @@ impl Leadership {
     pub async fn remove_voter(&self, id: u64) -> Result<(), LeaderError> {
         self.raft
             .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            .await
+            .map(|_| ())
+            .map_err(refused_write)
+    }
+
+    /// Removes the learner `id` from the membership.
+    pub async fn remove_learner(&self, id: u64) -> Result<(), LeaderError> {
+        self.raft
+            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
             .await
             .map(|_| ())
             .map_err(refused_write)

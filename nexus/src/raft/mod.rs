@@ -19,7 +19,7 @@ mod start;
 pub mod state_machine;
 
 pub use inbound::{Inbound, InboundError};
-pub use leadership::{ClusterView, Leader, LeaderError, Leadership};
+pub use leadership::{ClusterView, Leader, LeaderError, Leadership, Replication};
 pub use start::{RaftSettings, StartError, Started, start};
 
 use std::fmt;
@@ -236,6 +236,7 @@ mod conformance {
                 &dir.path().join("state.redb"),
                 &dir.path().join("snapshots"),
                 format,
+                crate::integrity::Integrity::default(),
             )
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
             Ok((dir, log, machine))

@@ -85,12 +85,14 @@ fn raft_config(settings: &RaftSettings) -> Result<Config, StartError> {
 }
 
 /// Opens the log and state databases under `data_dir` and starts Raft,
-/// reaching the other replicas through `peers`.
+/// reaching the other replicas through `peers`; digests at checkpoints go
+/// to `integrity`.
 pub async fn start(
     settings: RaftSettings,
     data_dir: &Path,
     peers: Peers,
     metrics: RaftMetrics,
+    integrity: crate::integrity::Integrity,
 ) -> Result<Started, StartError> {
     let config = raft_config(&settings)?;
     // Raised to the cluster's format by the state machine as it opens and
@@ -118,6 +120,7 @@ pub async fn start(
         &data_dir.join("state.redb"),
         &data_dir.join("snapshots"),
         format.clone(),
+        integrity,
     )
     .map_err(StartError::Open)?
     .with_metrics(metrics.clone());

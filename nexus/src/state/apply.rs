@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use redb::{ReadableTable, ReadableTableMetadata};
 use sha2::{Digest, Sha256};
 use spike_sdk::crypto::keyring::ENCRYPTIONS_MAX;
-use spike_sdk::domain::{DataKeyId, PolicyId, PolicyName, PolicyRef, SecretPath};
+use spike_sdk::domain::{DataKeyId, NodeId, PolicyId, PolicyName, PolicyRef, SecretPath};
 
 use super::command::{
     BACKUP_FILE_NAME_MAX_BYTES, BackupCommand, BackupRecord, Command, KeyCommand, LimitsCommand,
@@ -72,7 +72,9 @@ fn apply_membership(meta: &mut ClusterMeta, command: &MembershipCommand) -> Appl
         }
         // Recorded by the state machine, with the database's stamp, in
         // the same transaction.
-        MembershipCommand::SwitchFormat { .. } => {}
+        MembershipCommand::SwitchFormat { .. } | MembershipCommand::DigestCheckpoint => {}
+        // Kept under their own key ([`apply_non_voters`]).
+        MembershipCommand::SetNonVoter { .. } => {}
     }
     Ok(Response::Done)
 }
@@ -129,6 +131,23 @@ fn check_backup_record(record: &BackupRecord) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Applies `command` to the set of permanent non-voters; whether it
+/// changed. A retired id is dropped: it never returns.
+pub fn apply_non_voters(non_voters: &mut BTreeSet<NodeId>, command: &MembershipCommand) -> bool {
+    match command {
+        MembershipCommand::SetNonVoter {
+            id,
+            non_voter: true,
+        } => non_voters.insert(*id),
+        MembershipCommand::SetNonVoter {
+            id,
+            non_voter: false,
+        }
+        | MembershipCommand::RetireNode { id } => non_voters.remove(id),
+        MembershipCommand::SwitchFormat { .. } | MembershipCommand::DigestCheckpoint => false,
+    }
 }
 
 fn keyring_unchanged(current: u64, proposed: u64) -> Result<(), Refusal> {

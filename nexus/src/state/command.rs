@@ -356,6 +356,21 @@ pub enum MembershipCommand {
         /// The format switched to.
         format: u32,
     },
+    /// Changes nothing: every replica that applies it records the digest
+    /// of its state as of this entry (`state::digest`), and replicas
+    /// compare their digests at it to find one whose state diverged
+    /// (`crate::integrity`). Proposed by the leader now and then. Format 3.
+    DigestCheckpoint,
+    /// Whether member `id` is a permanent non-voter (a read replica the
+    /// leader's autopilot never promotes), set before it is added as a
+    /// learner and cleared when it is added again as a voter-to-be. A
+    /// replicated fact, so every later leader knows it. Format 3.
+    SetNonVoter {
+        /// The replica's id.
+        id: NodeId,
+        /// Whether it stays a non-voter.
+        non_voter: bool,
+    },
 }
 
 /// Scheduled backups (`crate::backup`).
@@ -411,9 +426,19 @@ impl Request {
             | Command::Restore(RestoreCommand::CustomMetadataRows { .. })
             | Command::Settings(_)
             | Command::Secret(SecretCommand::Reseal { .. })
+            | Command::Membership(MembershipCommand::DigestCheckpoint)
             | Command::Limits(_) => 3,
+            Command::Membership(MembershipCommand::SetNonVoter { .. }) => 3,
             _ => 1,
         }
+    }
+
+    /// Whether applying this request records a state digest.
+    pub fn is_digest_checkpoint(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Membership(MembershipCommand::DigestCheckpoint)
+        )
     }
 
     /// The format this request switches the cluster to, if it does.
@@ -608,6 +633,12 @@ impl std::fmt::Display for Request {
             Command::Backup(BackupCommand::Completed(record)) => {
                 write!(f, "backup-completed(slot {}: {})", record.slot, record.file)
             }
+            Command::Membership(MembershipCommand::DigestCheckpoint) => {
+                f.write_str("digest-checkpoint")
+            }
+            Command::Membership(MembershipCommand::SetNonVoter { id, non_voter }) => {
+                write!(f, "set-non-voter({id}, {non_voter})")
+            }
             Command::Limits(LimitsCommand::Set(limits)) => {
                 write!(f, "set-limits({} rules)", limits.rules.len())
             }
@@ -651,5 +682,13 @@ mod tests {
         }));
         assert_eq!(switch.format_needed(), 2);
         assert_eq!(switch.switches_format_to(), Some(3));
+    }
+
+    #[test]
+    fn a_digest_checkpoint_needs_format_3() {
+        let checkpoint = request(Command::Membership(MembershipCommand::DigestCheckpoint));
+        assert_eq!(checkpoint.format_needed(), 3);
+        assert!(checkpoint.is_digest_checkpoint());
+        assert_eq!(checkpoint.to_string(), "digest-checkpoint");
     }
 }

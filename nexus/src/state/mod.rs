@@ -7,5 +7,6 @@
 
 mod apply;
 pub mod command;
+pub mod digest;
 pub mod secret;
 pub mod store;

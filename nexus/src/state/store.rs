@@ -27,7 +27,7 @@ use spike_sdk::domain::{
     DataKeyId, InvalidValue, NodeId, PolicyId, PolicyName, PolicyRef, RootKeyId, SecretPath,
 };
 
-use super::apply::apply_command;
+use super::apply::{apply_command, apply_non_voters};
 use super::command::{
     BackupRecord, Command, KeyCommand, Refusal, Request, Response, RestoreCommand, RootKeyRecord,
     RotationSettings, SessionRef,
@@ -78,6 +78,19 @@ pub const META_BACKUP: &str = "backup";
 /// `META` key of the [`RotationMeta`] (absent: nothing recorded yet).
 /// Format 3 and up.
 pub const META_ROTATION: &str = "rotation";
+/// `META` key of the ids of permanent non-voters (a set; absent: none).
+/// Format 3 and up.
+pub const META_NON_VOTERS: &str = "non_voters";
+
+/// The permanent non-voters a `META` table records.
+fn non_voters_in(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<BTreeSet<NodeId>, StoreError> {
+    match redb_try!("read non-voters", meta.get(META_NON_VOTERS))? {
+        Some(bytes) => decode("non-voters", bytes.value()),
+        None => Ok(BTreeSet::new()),
+    }
+}
 
 /// `META` key of the rate limits ([`spike_sdk::api::RateLimits`], set by
 /// `LimitsCommand::Set`; format 3). Absent: no limits.
@@ -348,6 +361,9 @@ pub struct Batch<'t> {
     /// The cluster format as of the entry being applied: switches in this
     /// batch count from their entry on.
     format: u32,
+    /// The permanent non-voters, read when a membership command first
+    /// needs them; written back only when one changed them.
+    non_voters: Option<(BTreeSet<NodeId>, bool)>,
     /// Opened on first use and kept for the batch (opening a table is a
     /// b-tree lookup of its root).
     tables: Option<Tables<'t>>,
@@ -513,6 +529,7 @@ impl<'t> Batch<'t> {
             rotation_before: rotation.clone(),
             rotation,
             format,
+            non_voters: None,
             tables: None,
         })
     }
@@ -546,6 +563,16 @@ impl<'t> Batch<'t> {
             }
         }
 
+        if let Command::Membership(command) = &request.command {
+            let (non_voters, changed) = match self.non_voters {
+                Some(ref mut loaded) => loaded,
+                None => {
+                    let loaded = non_voters_in(&tables.meta_rows)?;
+                    self.non_voters.insert((loaded, false))
+                }
+            };
+            *changed |= apply_non_voters(non_voters, command);
+        }
         let response = match apply_command(tables, meta, &mut self.rotation, &request.command, now)?
         {
             Ok(response) => response,
@@ -590,6 +617,12 @@ impl<'t> Batch<'t> {
             redb_try!(
                 "write rotation meta",
                 meta_table.insert(META_ROTATION, encode(&self.rotation)?.as_slice())
+            )?;
+        }
+        if let Some((non_voters, true)) = &self.non_voters {
+            redb_try!(
+                "write non-voters",
+                meta_table.insert(META_NON_VOTERS, encode(non_voters)?.as_slice())
             )?;
         }
         Ok(())
@@ -873,6 +906,15 @@ impl StateReader {
             return Ok(None);
         };
         last_backup_in(&table)
+    }
+
+    /// The permanent non-voters (read replicas) as applied here.
+    pub fn non_voters(&self) -> Result<BTreeSet<NodeId>, StoreError> {
+        let txn = self.read()?;
+        match open_existing(&txn, META, "open meta")? {
+            Some(table) => non_voters_in(&table),
+            None => Ok(BTreeSet::new()),
+        }
     }
 
     /// The rate limits' stored bytes, if any were ever set (cheap to
@@ -1226,6 +1268,40 @@ pub(super) mod tests {
         run(&db, put("q"), 100 + 2 * day_ns);
         let retried = run_request(&db, request(put("p"), Some(session), 100 + 2 * day_ns));
         assert_eq!(retried, first, "the retry was applied a second time");
+    }
+
+    #[test]
+    fn non_voters_are_recorded_cleared_and_dropped_when_retired() {
+        use crate::state::command::MembershipCommand;
+        let (_dir, db) = database();
+        let node = |id| NodeId::new(id).expect("valid");
+        let mark = |id, non_voter| {
+            request(
+                Command::Membership(MembershipCommand::SetNonVoter {
+                    id: node(id),
+                    non_voter,
+                }),
+                None,
+                1,
+            )
+        };
+        let reader = StateReader::new(db.clone());
+        assert!(reader.non_voters().expect("read").is_empty());
+        assert_eq!(run_request(&db, mark(4, true)), Response::Done);
+        assert_eq!(run_request(&db, mark(5, true)), Response::Done);
+        assert_eq!(
+            reader.non_voters().expect("read"),
+            [node(4), node(5)].into()
+        );
+        run_request(&db, mark(4, false));
+        assert_eq!(reader.non_voters().expect("read"), [node(5)].into());
+        let retire = Command::Membership(MembershipCommand::RetireNode { id: node(5) });
+        run_request(&db, request(retire, None, 1));
+        assert!(reader.non_voters().expect("read").is_empty());
+        assert_eq!(
+            reader.cluster_meta().expect("meta").retired_node_ids,
+            [node(5)].into()
+        );
     }
 
     #[test]

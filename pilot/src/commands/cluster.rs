@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::Subcommand;
-use spike_sdk::api::{ClusterStatus, Member, RateLimitRule, RateLimits};
+use spike_sdk::api::{ClusterHealth, ClusterStatus, Member, RateLimitRule, RateLimits};
 use spike_sdk::client::NexusClient;
 use spike_sdk::domain::NodeId;
 
@@ -24,7 +24,16 @@ pub enum ClusterCommand {
         #[arg(short = 'f', long, default_value = "human")]
         format: Format,
     },
-    /// Add a replica (started with --join): learner first, then voter.
+    /// The leader's autopilot report: each replica's last contact, log lag
+    /// and health, and how many voters may fail.
+    Health {
+        /// Output format: human/h/plain/p, json/j, yaml/y.
+        #[arg(short = 'f', long, default_value = "human")]
+        format: Format,
+    },
+    /// Add a replica (started with --join) as a learner; the leader's
+    /// autopilot makes it a voter once it has been healthy for the
+    /// stabilization time.
     Add {
         /// Its node id (never used before).
         #[arg(long)]
@@ -35,6 +44,11 @@ pub enum ClusterCommand {
         /// Its API address, HOST:PORT.
         #[arg(long)]
         api_addr: String,
+        /// A permanent non-voter (read replica): it stays a learner, serves
+        /// reads, never counts toward quorum. Adding it again without this
+        /// flag lets it become a voter.
+        #[arg(long)]
+        non_voter: bool,
     },
     /// Remove a replica; its id is retired.
     Remove {
@@ -138,19 +152,69 @@ fn limits_text(limits: &RateLimits) -> String {
         .collect()
 }
 
+fn role_name(voter: bool, non_voter: bool) -> &'static str {
+    match (voter, non_voter) {
+        (true, _) => "voter",
+        (false, true) => "non-voter",
+        (false, false) => "learner",
+    }
+}
+
 fn members_text(members: &[Member]) -> String {
     members
         .iter()
         .map(|member| {
             format!(
-                "  {:<4} {:<8} api {:<22} cluster {}\n",
+                "  {:<4} {:<9} api {:<22} cluster {}\n",
                 member.id,
-                if member.voter { "voter" } else { "learner" },
+                role_name(member.voter, member.non_voter),
                 member.api_addr,
                 member.cluster_addr,
             )
         })
         .collect()
+}
+
+fn human_health(health: &ClusterHealth) -> String {
+    let mut text = format!(
+        "healthy:           {}\nfailure tolerance: {} (healthy voters {} of {})\nleader:            {}\n  {:<4} {:<9} {:<9} {:>12} {:>8}  {:<10}\n",
+        health.healthy,
+        health.failure_tolerance,
+        health.healthy_voters,
+        health.voters,
+        health.leader_id,
+        "id",
+        "role",
+        "health",
+        "last contact",
+        "log lag",
+        "stable for",
+    );
+    for member in &health.members {
+        let role = if member.leader {
+            "leader"
+        } else {
+            role_name(member.voter, member.non_voter)
+        };
+        let contact = member
+            .last_contact_ms
+            .map_or_else(|| "never".to_owned(), |ms| format!("{ms}ms"));
+        text.push_str(&format!(
+            "  {:<4} {:<9} {:<9} {:>12} {:>8}  {:<10} api {}\n",
+            member.id,
+            role,
+            if member.healthy {
+                "healthy"
+            } else {
+                "UNHEALTHY"
+            },
+            contact,
+            member.log_lag,
+            format!("{:.1}s", member.stable_for_ms as f64 / 1000.0),
+            member.api_addr,
+        ));
+    }
+    text
 }
 
 fn optional<T: std::fmt::Display>(value: Option<T>, none: &str) -> String {
@@ -182,7 +246,7 @@ fn backup_text(status: &ClusterStatus) -> String {
 fn human_status(status: &ClusterStatus) -> String {
     let root_key = &status.root_key;
     let text = format!(
-        "node:      {} ({:?})\nstorage:   {}\nrelease:   {} (reads on-disk formats {}..{}; the cluster writes format {})\nleader:    {} at {}\nterm:      {}\ncommitted: {}\napplied:   {}\nroot key:  {} (id {}, check {})\ndata key:  {} ({} encryptions)\nmembers:\n{}",
+        "node:      {} ({:?})\nstorage:   {}\nrelease:   {} (reads on-disk formats {}..{}; the cluster writes format {})\ncorrupt:   {}\nleader:    {} at {}\nterm:      {}\ncommitted: {}\napplied:   {}\nroot key:  {} (id {}, check {})\ndata key:  {} ({} encryptions)\nmembers:\n{}",
         status.node_id,
         status.state,
         storage_text(status),
@@ -190,6 +254,15 @@ fn human_status(status: &ClusterStatus) -> String {
         optional(status.format_oldest, "1"),
         optional(status.format_newest, "1"),
         optional(status.cluster_format, "1"),
+        match (&status.corruption, status.corrupt) {
+            (Some(reason), _) => format!("YES: {reason} (replace this replica)"),
+            (None, true) => "YES (replace this replica)".to_owned(),
+            (None, false) => match status.digest_agreed_index {
+                Some(index) =>
+                    format!("no (its state digest matches the voters' at index {index})"),
+                None => "no".to_owned(),
+            },
+        },
         optional(status.leader_id, "none"),
         optional(status.leader_api_addr, "unknown"),
         status.term,
@@ -251,19 +324,31 @@ pub async fn run(nexus: &NexusClient, command: ClusterCommand) -> Result<String,
             let members = nexus.cluster_members().await?;
             Ok(format.render(&members, |members| members_text(members)))
         }
+        ClusterCommand::Health { format } => {
+            let health = nexus.cluster_health().await?;
+            Ok(format.render(&health, human_health))
+        }
         ClusterCommand::Add {
             id,
             cluster_addr,
             api_addr,
+            non_voter,
         } => {
-            nexus
-                .add_member(
-                    node_id(id)?,
-                    address(&cluster_addr, "cluster-addr")?,
-                    address(&api_addr, "api-addr")?,
-                )
-                .await?;
-            Ok(format!("Node {id} added.\n"))
+            let (node, cluster_addr, api_addr) = (
+                node_id(id)?,
+                address(&cluster_addr, "cluster-addr")?,
+                address(&api_addr, "api-addr")?,
+            );
+            if non_voter {
+                nexus.add_non_voter(node, cluster_addr, api_addr).await?;
+                return Ok(format!(
+                    "Node {id} added as a non-voter: a read replica that never votes.\n"
+                ));
+            }
+            nexus.add_member(node, cluster_addr, api_addr).await?;
+            Ok(format!(
+                "Node {id} added as a learner; the leader makes it a voter once it has been healthy for the stabilization time (see `spike cluster health`).\n"
+            ))
         }
         ClusterCommand::Remove { id } => {
             nexus.remove_member(node_id(id)?).await?;

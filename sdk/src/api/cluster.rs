@@ -57,6 +57,10 @@ pub struct Member {
     pub api_addr: SocketAddr,
     /// Whether it votes (a learner does not).
     pub voter: bool,
+    /// Whether it is a permanent non-voter (a read replica, never
+    /// promoted); absent from replicas of releases before non-voters.
+    #[serde(default)]
+    pub non_voter: bool,
 }
 
 /// The root key as a replica reports it (public facts only).
@@ -117,6 +121,17 @@ pub struct ClusterStatus {
     /// This replica's backup schedule, when scheduled backups are on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backup_schedule: Option<BackupSchedule>,
+    /// Whether it raised the corruption alarm: its state differs from the
+    /// one a majority of the voters holds, and it serves no data (absent,
+    /// so false, from a replica before 0.3.0).
+    pub corrupt: bool,
+    /// Why, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub corruption: Option<String>,
+    /// The newest digest checkpoint (a log index) at which a majority of
+    /// the voters held this replica's state digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest_agreed_index: Option<u64>,
     /// Bytes the replicated state takes on this replica, as the storage
     /// quota counts them (see `SPIKE_NEXUS_STORAGE_QUOTA`).
     pub storage_used_bytes: Option<u64>,
@@ -192,7 +207,10 @@ pub struct ClusterMembers {
 }
 
 /// Add: a replica already running with `--join` at these addresses joins
-/// as a learner, catches up, then votes. Its id must never have been used.
+/// as a learner; the answer comes once it is one. The leader's autopilot
+/// makes it a voter once it has been healthy for the stabilization time
+/// (`SPIKE_NEXUS_AUTOPILOT_STABILIZATION_TIME`). Its id must never have
+/// been used.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct AddMemberRequest {
@@ -202,6 +220,10 @@ pub struct AddMemberRequest {
     pub cluster_addr: String,
     /// Its API address, `IP:PORT`.
     pub api_addr: String,
+    /// A permanent non-voter (a read replica): it stays a learner, serves
+    /// reads and never counts toward quorum. Needs cluster format 3.
+    /// Adding a non-voter again without it lets it become a voter.
+    pub non_voter: bool,
 }
 
 impl ApiRequest for AddMemberRequest {
@@ -233,6 +255,67 @@ pub struct TransferLeaderRequest {
 impl ApiRequest for TransferLeaderRequest {
     const ROUTE: Route = Route::ClusterTransfer;
     type Response = EmptyResponse;
+}
+
+/// Health: the leader's autopilot report (answered by the leader,
+/// wherever the request arrives).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterHealthRequest {}
+
+impl ApiRequest for ClusterHealthRequest {
+    const ROUTE: Route = Route::ClusterHealth;
+    type Response = ClusterHealth;
+}
+
+/// One member's health, as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberHealth {
+    /// Its node id.
+    pub id: u64,
+    /// Its cluster port.
+    pub cluster_addr: SocketAddr,
+    /// Its API port.
+    pub api_addr: SocketAddr,
+    /// Whether it votes (a learner waiting for promotion does not).
+    pub voter: bool,
+    /// Whether it is a permanent non-voter (a read replica, never
+    /// promoted).
+    pub non_voter: bool,
+    /// Whether it is the leader.
+    pub leader: bool,
+    /// Milliseconds since it last acknowledged the leader; absent when it
+    /// has not in this leader's term.
+    pub last_contact_ms: Option<u64>,
+    /// Entries it is behind the leader's log.
+    pub log_lag: u64,
+    /// Contacted recently and not far behind.
+    pub healthy: bool,
+    /// Milliseconds it has been healthy (or unhealthy) without a change,
+    /// as the current leader has watched it.
+    pub stable_for_ms: u64,
+}
+
+/// Health's answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ClusterHealth {
+    /// The leader that answered.
+    pub leader_id: u64,
+    /// Every member healthy.
+    pub healthy: bool,
+    /// Voters that may fail while a quorum of healthy voters is left:
+    /// healthy voters - (voters / 2 + 1), at least 0.
+    pub failure_tolerance: u64,
+    /// Voters.
+    pub voters: u64,
+    /// Healthy voters.
+    pub healthy_voters: u64,
+    /// Every member.
+    pub members: Vec<MemberHealth>,
+    /// Set on failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub err: Option<ErrorCode>,
 }
 
 /// Most rules a [`RateLimits`] holds.
@@ -368,6 +451,7 @@ pub struct ClusterLimits {
     pub err: Option<ErrorCode>,
 }
 
+super::responses!(ClusterStatus, ClusterMembers, ClusterHealth, ClusterLimits);
 /// Set limits: replaces the rate limits cluster-wide (superusers; an
 /// empty rule list removes every limit).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -381,8 +465,6 @@ impl ApiRequest for SetLimitsRequest {
     const ROUTE: Route = Route::ClusterSetLimits;
     type Response = EmptyResponse;
 }
-
-super::responses!(ClusterStatus, ClusterMembers, ClusterLimits);
 
 #[cfg(test)]
 mod tests {

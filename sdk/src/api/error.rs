@@ -35,6 +35,10 @@ pub enum ErrorCode {
     /// unknown (its record is written once the log takes writes again).
     /// Try again later or elsewhere.
     AuditUnavailable,
+    /// 503 `state_corrupt` (extension): this replica's state differs from
+    /// the one a majority of the replicas holds (the corruption alarm), so
+    /// it serves no data. Try another replica; the operator replaces it.
+    StateCorrupt,
     /// 429 `rate_limited` (extension): the caller sent more requests to
     /// this route than its rate limit allows (`spike cluster limits`).
     /// Nothing ran; the `Retry-After` header says when to try again.
@@ -58,6 +62,7 @@ impl ErrorCode {
             ErrorCode::Internal => "api_internal_error",
             ErrorCode::NotReady => "state_not_ready",
             ErrorCode::AuditUnavailable => "audit_unavailable",
+            ErrorCode::StateCorrupt => "state_corrupt",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::StorageQuota => "storage_quota_exceeded",
         }
@@ -73,7 +78,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => 413,
             ErrorCode::Internal => 500,
             ErrorCode::RateLimited => 429,
-            ErrorCode::NotReady | ErrorCode::AuditUnavailable => 503,
+            ErrorCode::NotReady | ErrorCode::AuditUnavailable | ErrorCode::StateCorrupt => 503,
             ErrorCode::StorageQuota => 507,
         }
     }
@@ -115,6 +120,7 @@ impl<'de> Deserialize<'de> for ErrorCode {
             ErrorCode::Internal,
             ErrorCode::NotReady,
             ErrorCode::AuditUnavailable,
+            ErrorCode::StateCorrupt,
             ErrorCode::RateLimited,
             ErrorCode::StorageQuota,
         ]
@@ -157,6 +163,17 @@ mod tests {
         assert_eq!(ErrorCode::from_status(200), None);
         // A 503 is "not ready" by status; the code says why.
         assert_eq!(ErrorCode::AuditUnavailable.status(), 503);
+        assert_eq!(
+            (
+                ErrorCode::StateCorrupt.status(),
+                ErrorCode::StateCorrupt.as_str()
+            ),
+            (503, "state_corrupt")
+        );
+        assert_eq!(
+            serde_json::from_str::<ErrorCode>("\"state_corrupt\"").expect("a known code"),
+            ErrorCode::StateCorrupt
+        );
         assert_eq!(
             serde_json::from_str::<ErrorCode>("\"audit_unavailable\"").expect("code"),
             ErrorCode::AuditUnavailable

@@ -52,6 +52,8 @@ pub enum Route {
     ClusterRemove,
     /// Hand leadership to another voter (extension).
     ClusterTransfer,
+    /// The leader's autopilot health report (extension).
+    ClusterHealth,
     /// Download a backup of the encrypted store (extension).
     SnapshotSave,
     /// Replace the store with a backup (extension).
@@ -69,7 +71,7 @@ pub enum Route {
 }
 
 /// Each route's path, action and the two joined, in one table.
-const TABLE: [(Route, &str, Option<&str>, &str); 30] = [
+const TABLE: [(Route, &str, Option<&str>, &str); 31] = [
     (
         Route::SecretPut,
         "/v1/store/secrets",
@@ -204,6 +206,12 @@ const TABLE: [(Route, &str, Option<&str>, &str); 30] = [
         "/v1/cluster?action=transfer",
     ),
     (
+        Route::ClusterHealth,
+        "/v1/cluster",
+        Some("health"),
+        "/v1/cluster?action=health",
+    ),
+    (
         Route::SnapshotSave,
         "/v1/snapshot",
         Some("save"),
@@ -249,8 +257,8 @@ const TABLE: [(Route, &str, Option<&str>, &str); 30] = [
 
 impl Route {
     /// Every route.
-    pub const ALL: [Route; 30] = {
-        let mut all = [Route::SecretPut; 30];
+    pub const ALL: [Route; 31] = {
+        let mut all = [Route::SecretPut; 31];
         let mut index = 0;
         while index < TABLE.len() {
             all[index] = TABLE[index].0;
@@ -304,6 +312,7 @@ impl Route {
                 | Route::ClusterAdd
                 | Route::ClusterRemove
                 | Route::ClusterTransfer
+                | Route::ClusterHealth
                 | Route::SnapshotSave
                 | Route::SnapshotRestore
                 | Route::SecretMetadataPut
@@ -328,6 +337,7 @@ impl Route {
                 | Route::ClusterAdd
                 | Route::ClusterRemove
                 | Route::ClusterTransfer
+                | Route::ClusterHealth
                 | Route::SnapshotRestore
                 | Route::ClusterLimits
                 | Route::ClusterSetLimits

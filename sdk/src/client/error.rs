@@ -124,7 +124,7 @@ impl From<ErrorCode> for Error {
             ErrorCode::Unauthorized => Self::Denied,
             ErrorCode::NotFound => Self::NotFound,
             ErrorCode::Conflict => Self::Conflict,
-            ErrorCode::NotReady | ErrorCode::AuditUnavailable => {
+            ErrorCode::NotReady | ErrorCode::AuditUnavailable | ErrorCode::StateCorrupt => {
                 Self::NotReady(code.as_str().to_owned())
             }
             ErrorCode::RateLimited => Self::RateLimited {

@@ -8,15 +8,16 @@ use zeroize::Zeroizing;
 use super::nexus::{Consistency, Operation};
 use super::{Error, NexusClient};
 use crate::api::{
-    AddMemberRequest, ClusterLimitsRequest, ClusterMembersRequest, ClusterStatus,
-    ClusterStatusRequest, CustomMetadata, DecryptRequest, DecryptResponse, DeletePolicyRequest,
-    DeleteSecretRequest, DestroySecretRequest, EncryptRequest, EncryptResponse, GetPolicyRequest,
-    GetRotationRequest, GetSecretRequest, ListPoliciesRequest, ListSecretsRequest, Member, Policy,
-    PutPolicyRequest, PutSecretMetadataRequest, PutSecretRequest, RateLimits, RecoverRequest,
-    RekeyRequest, RemoveMemberRequest, RestoreRequest, RestoreResponse, RotateRequest,
-    RotationResponse, RotationSettings, Route, SecretMetadataRequest, SecretMetadataResponse,
-    SecretValues, SecretVersions, SetLimitsRequest, SetRotationRequest, Shard,
-    SnapshotRestoreResponse, TransferLeaderRequest, UndeleteSecretRequest, VerifyRequest, header,
+    AddMemberRequest, ClusterHealth, ClusterHealthRequest, ClusterLimitsRequest,
+    ClusterMembersRequest, ClusterStatus, ClusterStatusRequest, CustomMetadata, DecryptRequest,
+    DecryptResponse, DeletePolicyRequest, DeleteSecretRequest, DestroySecretRequest,
+    EncryptRequest, EncryptResponse, GetPolicyRequest, GetRotationRequest, GetSecretRequest,
+    ListPoliciesRequest, ListSecretsRequest, Member, Policy, PutPolicyRequest,
+    PutSecretMetadataRequest, PutSecretRequest, RateLimits, RecoverRequest, RekeyRequest,
+    RemoveMemberRequest, RestoreRequest, RestoreResponse, RotateRequest, RotationResponse,
+    RotationSettings, Route, SecretMetadataRequest, SecretMetadataResponse, SecretValues,
+    SecretVersions, SetLimitsRequest, SetRotationRequest, Shard, SnapshotRestoreResponse,
+    TransferLeaderRequest, UndeleteSecretRequest, VerifyRequest, header,
 };
 use crate::crypto::{KeyShare, SecretBytes, ShareIndex};
 use crate::domain::{NodeId, Permission, PolicyName, PolicyRef, SecretPath};
@@ -331,8 +332,16 @@ impl NexusClient {
             .members)
     }
 
-    /// Adds a replica (extension, superusers): it joins as a learner,
-    /// catches up, then votes. `id` must be new (ids of removed replicas
+    /// The leader's autopilot health report (extension, superusers): each
+    /// member's contact, lag and health, and the failure tolerance.
+    pub async fn cluster_health(&self) -> Result<ClusterHealth, Error> {
+        self.call_with(&ClusterHealthRequest {}, Consistency::Stale)
+            .await
+    }
+
+    /// Adds a replica (extension, superusers): it joins as a learner, and
+    /// the leader's autopilot makes it a voter once it has been healthy
+    /// for the stabilization time (this returns before that). `id` must be new (ids of removed replicas
     /// are retired); the replica must already run with `--join` at these
     /// addresses.
     pub async fn add_member(
@@ -345,6 +354,25 @@ impl NexusClient {
             id: id.get(),
             cluster_addr: cluster_addr.to_string(),
             api_addr: api_addr.to_string(),
+            non_voter: false,
+        };
+        self.call(&request).await.map(drop)
+    }
+
+    /// Adds a permanent non-voter (extension, superusers): a read replica
+    /// that stays a learner, serves stale and linearizable reads, and never
+    /// counts toward quorum. Needs a cluster that writes on-disk format 3.
+    pub async fn add_non_voter(
+        &self,
+        id: NodeId,
+        cluster_addr: SocketAddr,
+        api_addr: SocketAddr,
+    ) -> Result<(), Error> {
+        let request = AddMemberRequest {
+            id: id.get(),
+            cluster_addr: cluster_addr.to_string(),
+            api_addr: api_addr.to_string(),
+            non_voter: true,
         };
         self.call(&request).await.map(drop)
     }

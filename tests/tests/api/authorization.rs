@@ -134,6 +134,7 @@ fn routes() -> Vec<Route> {
             "/v1/store/secrets/metadata?action=put",
             json!({"path": "apps/billing/db", "customMetadata": {"owner": "billing"}}),
         ),
+        route("cluster health", "/v1/cluster?action=health", json!({})),
         route("cluster limits", "/v1/cluster?action=limits", json!({})),
         // No rules: no limits, as before.
         route(
@@ -173,6 +174,7 @@ fn allowed(identity: &str) -> &'static [&'static str] {
         "cluster remove",
         "cluster transfer",
         "secret metadata put",
+        "cluster health",
         "cluster limits",
         "cluster set limits",
     ];

@@ -527,6 +527,26 @@ async fn cipher_operator_and_cluster_commands() {
             .await
             .contains("voter: true")
     );
+    // Replica 2 forwards to the leader, which answers.
+    let health = json(
+        &cli.ok("superuser", &["cluster", "health", "-f", "json"])
+            .await,
+    );
+    assert_eq!(health["voters"], 3, "{health}");
+    assert_eq!(health["members"].as_array().map(Vec::len), Some(3));
+    let leaders: Vec<&serde_json::Value> = health["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|member| member["leader"] == true)
+        .collect();
+    assert_eq!(leaders.len(), 1, "{health}");
+    assert_eq!(leaders[0]["id"], health["leaderId"], "{health}");
+    let table = cli.ok("superuser", &["cluster", "health"]).await;
+    assert!(table.contains("failure tolerance:"), "{table}");
+    assert!(table.contains("last contact"), "{table}");
+    let refused = cli.fails("recover", &["cluster", "health"], 1).await;
+    assert!(refused.contains("Unauthorized"), "{refused}");
     assert!(
         cli.ok("superuser", &["operator", "rotate"])
             .await

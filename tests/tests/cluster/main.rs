@@ -4,8 +4,10 @@
 //! must survive and every replica must end up with the same root key.
 
 mod audit;
+mod autopilot;
 mod backup;
 mod benchmark;
+mod corruption;
 mod dashboard;
 mod faults;
 mod membership;

@@ -10,6 +10,7 @@ use spike_tests::{ChildGuard, LocalCluster, binary, free_port};
 
 use crate::support::{
     Operators, RECOVERY_LIMIT, get, leader, phase, put, read_until, status, value_of, voter_ids,
+    voters_become,
 };
 
 fn voters(status: &serde_json::Value) -> Vec<u64> {
@@ -70,7 +71,9 @@ async fn a_replica_joins_votes_leaves_and_its_id_is_never_reused() {
     let _nexus4 = ChildGuard(Some(child));
     spike_tests::wait_for_port(([127, 0, 0, 1], api_port).into()).await;
 
-    phase("add it through a follower; it catches up, gets the key and votes");
+    phase(
+        "add it through a follower; it catches up, gets the key, and the autopilot makes it vote",
+    );
     let add = json!({
         "id": 4,
         "clusterAddr": format!("127.0.0.1:{cluster_port}"),
@@ -82,10 +85,7 @@ async fn a_replica_joins_votes_leaves_and_its_id_is_never_reused() {
         .await
         .expect("add");
     assert_eq!(reply.status, 200, "{:?}", reply.body);
-    let state = status(&ops.superuser, cluster.api(1))
-        .await
-        .expect("status");
-    assert_eq!(voters(&state), vec![1, 2, 3, 4]);
+    voters_become(&ops.superuser, cluster.api(1), &[1, 2, 3, 4]).await;
     let api4: std::net::SocketAddr = ([127, 0, 0, 1], api_port).into();
     read_until(&ops.superuser, api4, "m", "1").await;
 
@@ -174,6 +174,7 @@ async fn spike_cluster_spares_join_when_asked_and_retired_replicas_stay_down() {
         .expect("add");
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     cluster.wait_ready(4, RECOVERY_LIMIT).await;
+    voters_become(&ops.superuser, cluster.api(1), &[1, 2, 3, 4]).await;
     assert_eq!(put(&ops.superuser, api4, "spare", "1").await.status, 200);
 
     phase("removed and retired, it stays down");

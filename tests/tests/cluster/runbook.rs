@@ -202,6 +202,10 @@ async fn runbook_add_and_remove_a_replica() {
         let said = shell.ok("env", &add).await;
         assert!(said.contains(&format!("Node {id} added")), "{said}");
         cluster.wait_ready(id, RECOVERY_LIMIT).await;
+        wait_until("the autopilot promotes it", async || {
+            voters(&shell).await.contains(&id)
+        })
+        .await;
     }
     assert_eq!(voters(&shell).await, vec![1, 2, 3, 4, 5]);
     let status = shell.status_of(cluster.api(5)).await;
@@ -286,7 +290,10 @@ async fn runbook_replace_a_dead_replica() {
     cluster.wait_ready(4, RECOVERY_LIMIT).await;
     let mut expected = survivors.clone();
     expected.push(4);
-    assert_eq!(voters(&shell).await, expected);
+    wait_until("the autopilot promotes it", async || {
+        voters(&shell).await == expected
+    })
+    .await;
     let read = get(&superuser, cluster.api(4), "apps/db").await;
     assert_eq!(read.body["data"]["pass"], "kept", "{:?}", read.body);
 

@@ -135,6 +135,28 @@ pub fn voter_ids(members: &Value) -> Vec<u64> {
     ids
 }
 
+/// Waits until `node`'s status lists exactly `expected` as voters (the
+/// leader's autopilot promotes an added replica after the stabilization
+/// time); fails the test after [`RECOVERY_LIMIT`].
+pub async fn voters_become(client: &ApiClient, node: SocketAddr, expected: &[u64]) {
+    let began = tokio::time::Instant::now();
+    loop {
+        let state = status(client, node).await;
+        let voters = state
+            .as_ref()
+            .map(|state| voter_ids(&state["members"]))
+            .unwrap_or_default();
+        if voters == expected {
+            return;
+        }
+        assert!(
+            began.elapsed() < RECOVERY_LIMIT,
+            "voters stay {voters:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub fn phase(name: &str) {
     eprintln!("--- {name}");
 }
