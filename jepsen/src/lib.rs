@@ -22,5 +22,6 @@ pub mod perform;
 pub mod proxy;
 pub mod recorder;
 pub mod run;
+pub mod self_running;
 pub mod timeline;
 pub mod workload;

@@ -16,10 +16,10 @@ use crate::workload::{POLICY_NAME, POLICY_PATH_PATTERN, POLICY_SPIFFE_ID_PATTERN
 
 /// Shares a rekey hands out: the harness's cluster has 5 keepers.
 const REKEY_SHARES: u8 = 5;
-/// The autorotate workload's settings: data keys age out each second, the
+/// The self-running workload's rotation settings: data keys age out each second, the
 /// root key every 3 s, and old versions move at 100 a second, so every
 /// fault meets key changes in flight.
-const AUTOROTATE_SETTINGS: spike_sdk::api::RotationSettings = spike_sdk::api::RotationSettings {
+const SELF_RUNNING_ROTATION: spike_sdk::api::RotationSettings = spike_sdk::api::RotationSettings {
     data_key_rotate_after_ops: 1 << 30,
     data_key_max_age_seconds: 1,
     root_key_max_age_seconds: 3,
@@ -136,7 +136,7 @@ pub async fn perform(nexus: &NexusClient, op: Op, path: &SecretPath) -> Completi
             Err(error) => write_failed(&error, Reply::Rotate(None)),
         },
         Op::SetRotation => written(
-            nexus.set_rotation(AUTOROTATE_SETTINGS).await.map(drop),
+            nexus.set_rotation(SELF_RUNNING_ROTATION).await.map(drop),
             Reply::SetRotation,
         ),
     }

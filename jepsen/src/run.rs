@@ -20,6 +20,7 @@ use crate::history::EventKind;
 use crate::nemesis::{self, Nemesis};
 use crate::perform::secret_values;
 use crate::recorder::Recorder;
+use crate::self_running;
 use crate::workload::{self, ClientSpec, KeyRotation, SetKind, Workload};
 
 /// How long the register workload uses one set of keys.
@@ -112,6 +113,9 @@ pub async fn run(settings: &RunSettings) -> anyhow::Result<Verdict> {
     };
     if settings.unsafe_local_reads {
         nexus_args.push("--unsafe-local-reads".to_owned());
+    }
+    if settings.workload == Workload::SelfRunning {
+        nexus_args.extend(self_running::NEXUS_ARGS.iter().map(|arg| (*arg).to_owned()));
     }
     println!(
         "starting {} replicas and 5 keepers, {}",
@@ -237,7 +241,19 @@ async fn drive(settings: &RunSettings, cluster: &Cluster, out: &Path) -> anyhow:
     );
 
     let keys_used = key_rotation.keys_used(settings.keys, deadline);
-    let finals = read_finals(settings, cluster, &recorder, keys_used).await?;
+    let mut finals = read_finals(settings, cluster, &recorder, keys_used).await?;
+    if settings.workload == Workload::SelfRunning {
+        let (report, anomalies) = self_running::check(&out.join("cluster"), &finals.replicas).await;
+        println!(
+            "self-running: {} backup slots completed by {} leaders, {} backup files verified, {} replicas without a corruption alarm",
+            report.backups_completed,
+            report.backup_writers,
+            report.backup_files_verified,
+            report.replicas_checked
+        );
+        finals.self_running = Some(serde_json::to_value(&report)?);
+        finals.anomalies.extend(anomalies);
+    }
     let events = recorder.events();
     let operations = check::pair(&events).context("the history does not pair")?;
     let judgement = judge(settings.workload, &operations, finals)?;
@@ -312,6 +328,10 @@ struct Finals {
     root_keys: Option<Value>,
     /// Replicas that did not converge.
     anomalies: Vec<Anomaly>,
+    /// The replicas, each through a client of its own.
+    replicas: Vec<Replica>,
+    /// What the self-running workload's checks saw.
+    self_running: Option<Value>,
 }
 
 /// After healing: the final reads (register reads go into the history)
@@ -356,6 +376,7 @@ async fn read_finals(
         }
         finals.elements = Some(elements);
     }
+    finals.replicas = replicas;
     Ok(finals)
 }
 
@@ -392,11 +413,14 @@ fn judge(
             details["set"] = serde_json::to_value(&report)?;
             anomalies.extend(report.anomalies);
         }
-        Workload::Rootkey | Workload::Autorotate => {
+        Workload::Rootkey | Workload::SelfRunning => {
             let report = check::set::check(operations, &elements);
             details["rootkey"] = serde_json::to_value(&report)?;
             anomalies.extend(report.anomalies);
             details["root_keys"] = finals.root_keys.unwrap_or_default();
+            if let Some(report) = finals.self_running {
+                details["self_running"] = report;
+            }
         }
     }
     let acknowledged = operations

@@ -36,11 +36,16 @@ pub enum Workload {
     /// acknowledged secret must still decrypt on every replica, and every
     /// replica must end with the same root key.
     Rootkey,
-    /// Unique adds while the leaders rotate data keys (each second) and the
-    /// root key (every 3 s) by themselves and re-encrypt old versions: the
-    /// root-key workload's checks, with no operator in the loop but the
-    /// one who sets the schedule.
-    Autorotate,
+    /// Unique adds while the cluster runs itself: leaders rotate data keys
+    /// (each second) and the root key (every 3 s) and re-encrypt old
+    /// versions, the leader takes a scheduled backup every second, the
+    /// replicas compare state digests every 2 s, and the autopilot promotes
+    /// replicas the membership nemesis adds after 1 s. The root-key
+    /// workload's checks, plus: every backup slot completed once across
+    /// every replica's audit log, every backup file on disk matches its
+    /// checksum, and no replica raised the corruption alarm. No operator in
+    /// the loop but the one who sets the rotation schedule.
+    SelfRunning,
 }
 
 impl Workload {
@@ -48,7 +53,7 @@ impl Workload {
     pub fn set_kind(self) -> Option<SetKind> {
         match self {
             Self::Set => Some(SetKind::Set),
-            Self::Rootkey | Self::Autorotate => Some(SetKind::Rootkey),
+            Self::Rootkey | Self::SelfRunning => Some(SetKind::Rootkey),
             Self::Register | Self::Lifecycle | Self::Policy => None,
         }
     }
@@ -69,9 +74,9 @@ pub const PREFIX: &str = "jepsen";
 /// The process of the policy workload's admin and of the root-key
 /// workload's operator; every other process reads or adds.
 const ADMIN_PROCESS: u64 = 0;
-/// The key under which the operator of the autorotate workload notes
+/// The key under which the operator of the self-running workload notes
 /// (in its `seen` map, unused otherwise there) that the schedule is set.
-const AUTOROTATE_SET: u64 = u64::MAX;
+const SCHEDULE_SET: u64 = u64::MAX;
 /// The admin's pause after each grant or revoke: 50 ms and up to this
 /// much more.
 const ADMIN_PAUSE_SPREAD_MS: u64 = 200;
@@ -249,7 +254,7 @@ pub async fn client_loop(spec: ClientSpec, nexus: NexusClient, recorder: &Record
             Workload::Lifecycle => lifecycle_step(&mut client).await,
             Workload::Policy => policy_step(&mut client).await,
             Workload::Rootkey => rootkey_step(&mut client).await,
-            Workload::Autorotate => autorotate_step(&mut client).await,
+            Workload::SelfRunning => self_running_step(&mut client).await,
         }
     }
 }
@@ -360,12 +365,12 @@ async fn rootkey_step(client: &mut Client<'_>) {
 /// The operator sets the rotation schedule until it is acknowledged (a
 /// new cluster takes it once it writes format 3), then adds like everyone
 /// else.
-async fn autorotate_step(client: &mut Client<'_>) {
-    if client.spec.process == ADMIN_PROCESS && !client.seen.contains_key(&AUTOROTATE_SET) {
+async fn self_running_step(client: &mut Client<'_>) {
+    if client.spec.process == ADMIN_PROCESS && !client.seen.contains_key(&SCHEDULE_SET) {
         // The settings name no secret; the invocation's path is unused.
         let completion = client.invoke(None, Op::SetRotation, &policy_secret()).await;
         if matches!(completion, Completion::Ok(_)) {
-            client.seen.insert(AUTOROTATE_SET, 1);
+            client.seen.insert(SCHEDULE_SET, 1);
         } else {
             let pause_ms = 300 + client.rng.below(OPERATOR_PAUSE_SPREAD_MS);
             tokio::time::sleep(Duration::from_millis(pause_ms)).await;

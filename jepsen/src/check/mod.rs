@@ -201,6 +201,29 @@ pub enum Anomaly {
         /// What did not come back.
         detail: String,
     },
+    /// A scheduled backup slot was completed more than once (the
+    /// self-running workload reads every replica's audit log).
+    BackupSlotTwice {
+        /// The slot.
+        slot: u64,
+        /// Completions recorded for it.
+        completions: u64,
+    },
+    /// A scheduled backup file does not match the checksum written beside
+    /// it.
+    BackupFileCorrupt {
+        /// The file.
+        file: String,
+        /// What differs.
+        detail: String,
+    },
+    /// A replica raised the corruption alarm in a run with no corruption.
+    CorruptionAlarm {
+        /// The replica.
+        replica: String,
+        /// Why it says it is corrupt.
+        reason: String,
+    },
     /// A history line does not have the shape its workload writes.
     Malformed {
         /// Event index.

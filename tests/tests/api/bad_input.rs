@@ -152,9 +152,17 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             "application/json",
             huge.into_bytes(),
         )
-        .await
-        .expect("oversize");
-    assert_eq!(reply.status, 413);
+        .await;
+    match reply {
+        Ok(reply) => assert_eq!(reply.status, 413),
+        // The server may answer 413 and close before the client has
+        // written the whole body; the client then sees its write fail.
+        // Either way nothing was stored (checked below).
+        Err(error) => assert!(
+            error.to_string().contains("error writing a body"),
+            "oversize: {error}"
+        ),
+    }
 
     phase("nothing changed");
     let list = su
