@@ -8,6 +8,7 @@
 //! ```
 
 mod etcd;
+mod isolation;
 mod load;
 mod nexus;
 mod report;
@@ -35,6 +36,10 @@ enum Cli {
     /// from `SPIKE_NEXUS_API_URL` and `SPIKE_NEXUS_API_URLS`.
     /// Writes go under `bench/`.
     Run(RunArgs),
+    /// A noisy identity (many clients, never backing off) beside a quiet
+    /// one (steady reads): the quiet one's p50/p99 alone, beside the noisy
+    /// one, and with a rate limit on the noisy one. Starts its own cluster.
+    Isolation(isolation::IsolationArgs),
 }
 
 /// Run length and data size, shared by both commands.
@@ -121,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
     let args = match Cli::parse() {
         Cli::Compare(args) => args,
         Cli::Run(args) => return run_against_existing(args).await,
+        Cli::Isolation(args) => return run_isolation(args).await,
     };
     if args.sizing.keys == 0 || args.clients.contains(&0) {
         anyhow::bail!("--keys and every --clients level must be at least 1");
@@ -183,6 +189,54 @@ async fn main() -> anyhow::Result<()> {
         "\nwrote {0}/results.json, {0}/results.md and {0}/plot.svg",
         args.out.display()
     );
+    Ok(())
+}
+
+async fn run_isolation(args: isolation::IsolationArgs) -> anyhow::Result<()> {
+    if args.duration.is_zero() || args.noisy_clients == 0 || args.quiet_rate == 0 {
+        anyhow::bail!("--duration, --noisy-clients and --quiet-rate must be more than 0");
+    }
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no binary directory")?
+            .to_owned(),
+    };
+    let work = tempfile::Builder::new()
+        .prefix("spike-bench-isolation")
+        .tempdir()?;
+    let phases = isolation::run(&args, &bin_dir, work.path()).await?;
+    println!(
+        "\nisolation: {} noisy clients ({}{}), quiet reads at {}/s, {:?} per phase, noisy limit {}/s per replica",
+        args.noisy_clients,
+        if args.noisy_writes { "puts" } else { "gets" },
+        if args.noisy_backs_off {
+            ", backing off after a 429"
+        } else {
+            ", never backing off"
+        },
+        args.quiet_rate,
+        args.duration,
+        args.noisy_limit
+    );
+    println!(
+        "{:<30} {:>9} {:>9} {:>9} {:>7} {:>11} {:>11}",
+        "phase", "p50 ms", "p99 ms", "max ms", "errors", "noisy ok/s", "noisy 429/s"
+    );
+    for phase in &phases {
+        println!(
+            "{:<30} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>11.0} {:>11.0}",
+            phase.name,
+            phase.quiet_p50_ms,
+            phase.quiet_p99_ms,
+            phase.quiet_max_ms,
+            phase.quiet_errors,
+            phase.noisy_ok_per_second,
+            phase.noisy_limited_per_second
+        );
+    }
+    println!("{}", serde_json::to_string(&phases)?);
     Ok(())
 }
 

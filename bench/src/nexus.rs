@@ -28,14 +28,33 @@ pub struct NexusCluster {
 impl NexusCluster {
     /// `spike-dev-cluster up` in `dir` on ports from `base_port`.
     pub fn up(bin_dir: &Path, dir: &Path, base_port: u16) -> anyhow::Result<Self> {
+        Self::up_with(bin_dir, dir, base_port, &[])
+    }
+
+    /// [`NexusCluster::up`] with more `spike-dev-cluster up` arguments
+    /// (`--workload NAME=PATH`).
+    pub fn up_with(
+        bin_dir: &Path,
+        dir: &Path,
+        base_port: u16,
+        more: &[&str],
+    ) -> anyhow::Result<Self> {
         let launcher = Launcher::new(bin_dir, dir);
-        match launcher.up(&["--base-port", &base_port.to_string()]) {
+        let base_port = base_port.to_string();
+        let mut args = vec!["--base-port", base_port.as_str()];
+        args.extend_from_slice(more);
+        match launcher.up(&args) {
             Ok(file) => Ok(Self { launcher, file }),
             Err(error) => {
                 let _ = launcher.down();
                 Err(error.into())
             }
         }
+    }
+
+    /// The cluster's file.
+    pub fn file(&self) -> &ClusterFile {
+        &self.file
     }
 
     /// Every replica's API address.

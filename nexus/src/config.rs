@@ -161,6 +161,26 @@ pub struct Args {
     /// Fewest voters dead-replica cleanup leaves (at least 3).
     #[arg(long, env = "SPIKE_NEXUS_AUTOPILOT_MIN_QUORUM", default_value_t = 3)]
     pub autopilot_min_quorum: usize,
+    /// Storage quota of the replicated state (like etcd's backend quota):
+    /// past it, writes that add data (secret and policy puts) are refused
+    /// with 507 `storage_quota_exceeded` until deletes or destroys free
+    /// space; reads, deletes, destroys, undeletes, restores and key
+    /// operations go on. Counts the bytes state.redb holds in use (its
+    /// free pages are reused, so they do not count). Bytes with an
+    /// optional unit (2GiB, 512MiB, 100MB); 0 turns the quota off.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_STORAGE_QUOTA",
+        default_value = "2GiB",
+        value_parser = spike_sdk::size::parse
+    )]
+    pub storage_quota: u64,
+    /// Compact state.redb and log.redb before starting (redb files never
+    /// shrink by themselves: deleted data leaves free pages that are
+    /// reused). Needs the files to itself, so it runs before Raft opens
+    /// them; restart one replica at a time with it to give space back.
+    #[arg(long, env = "SPIKE_NEXUS_COMPACT_ON_START")]
+    pub compact_on_start: bool,
     /// Encryptions under one data key (secrets, policies and cipher
     /// calls, counted cluster-wide) after which the leader rotates it;
     /// 1 to 2^30 (the default), far below AES-GCM's random-nonce limit.
@@ -437,6 +457,10 @@ pub struct NexusConfig {
     pub max_versions: u32,
     /// Oldest state a stale read is answered from.
     pub stale_read_max: Duration,
+    /// Storage quota in bytes (0: none).
+    pub storage_quota: u64,
+    /// Compact the databases before starting.
+    pub compact_on_start: bool,
     /// Encryptions under one data key before the leader rotates it.
     pub data_key_rotate_after: u64,
     /// The rotation settings until an operator sets replicated ones.
@@ -614,6 +638,8 @@ impl NexusConfig {
             election_timeout,
             max_versions: args.max_secret_versions,
             stale_read_max: args.stale_read_max,
+            storage_quota: args.storage_quota,
+            compact_on_start: args.compact_on_start,
             data_key_rotate_after: args.data_key_rotate_after,
             rotation_defaults,
             health_addr: args.health_addr,

@@ -25,8 +25,10 @@ pub mod fuzzing;
 mod health;
 mod integrity;
 mod keys;
+mod limits;
 pub mod metrics;
 mod node;
+mod quota;
 mod raft;
 mod state;
 
@@ -128,6 +130,14 @@ pub async fn serve(
             config.data_dir.display()
         ))
     })?;
+    if config.compact_on_start {
+        // Before Raft opens the files: compaction needs them to itself.
+        let compacted = raft::compact_databases(&config.data_dir)
+            .map_err(|e| StartupError::failed(format!("cannot compact the databases: {e}")))?;
+        for (file, before, after) in compacted {
+            tracing::info!(file, before, after, "compacted");
+        }
+    }
     let peers = Peers::new(identity.clone(), trust_roots.clone()).map_err(StartupError::failed)?;
     // Built once; each component keeps a clone of its group.
     let metrics = Metrics::new();
@@ -212,6 +222,8 @@ pub async fn serve(
         config.autopilot,
         machine.reader(),
     ));
+    let storage_quota = Arc::new(quota::StorageQuota::new(config.storage_quota));
+    let quota_task = tokio::spawn(storage_quota.clone().run(machine.clone()));
     let node = Node::new(
         leadership.clone(),
         machine.clone(),
@@ -220,7 +232,11 @@ pub async fn serve(
         Forwarder::new(peers.clone()),
         reads,
         autopilot.clone(),
-    );
+    )
+    .with_bounds(node::Bounds {
+        quota: storage_quota,
+        limiter: Arc::new(limits::RateLimiter::default()),
+    });
 
     // Listeners: cluster first, so peers can reach us as soon as we vote.
     let mut cluster_tls = server_config(
@@ -255,6 +271,7 @@ pub async fn serve(
     key_manager.register_metrics(&mut registry);
     integrity.register_metrics(&mut registry);
     autopilot.register_metrics(&mut registry);
+    node.register_metrics(&mut registry);
     let backup_metrics = backup::BackupMetrics::default();
     backup_metrics.register_metrics(&mut registry);
     let registry = Arc::new(registry);
@@ -376,6 +393,7 @@ pub async fn serve(
     }
     integrity_task.abort();
     autopilot_task.abort();
+    quota_task.abort();
     leadership.shutdown().await;
     outcome.map(|_| ())
 }

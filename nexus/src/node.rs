@@ -14,6 +14,8 @@ use crate::cluster::forward::Forwarder;
 use crate::cluster::{ForwardError, LeaderOp, LeaderReply};
 use crate::keys::KeyState;
 use crate::keys::manager::{KeyError, KeyManager};
+use crate::limits::RateLimiter;
+use crate::quota::{QuotaExceeded, StorageQuota};
 use crate::raft::state_machine::{AppliedIndex, StateMachine};
 use crate::raft::{ClusterView, Leader, Leadership, NexusNode};
 use crate::state::command::{
@@ -51,6 +53,10 @@ pub enum NodeError {
     /// format the cluster does not write yet); nothing changed.
     #[error("{0}")]
     NotYet(String),
+    /// The leader is past its storage quota and the request adds data;
+    /// nothing changed.
+    #[error("{0}")]
+    StorageQuota(QuotaExceeded),
 }
 
 /// How this replica serves linearizable reads.
@@ -97,6 +103,7 @@ fn after_failure(error: ForwardError, effect: Effect, own_id: u64) -> Next {
         ForwardError::Invalid(reason) => Next::Fail(NodeError::Invalid(reason)),
         ForwardError::NotReady => Next::Fail(NodeError::NotReady),
         ForwardError::NotYet(reason) => Next::Fail(NodeError::NotYet(reason)),
+        ForwardError::StorageQuota(exceeded) => Next::Fail(NodeError::StorageQuota(exceeded)),
     }
 }
 
@@ -139,6 +146,7 @@ fn forwardable(op: &LeaderOp) -> Result<(), ForwardError> {
         | Command::Settings(_)
         | Command::Policy(_)
         | Command::Restore(_)
+        | Command::Limits(_)
         | Command::Keys(KeyCommand::ReserveEncryptions { .. }) => Ok(()),
         Command::Keys(_) => Err(ForwardError::Invalid(
             "key commands come from the leader's key manager, never from a peer".to_owned(),
@@ -150,6 +158,15 @@ fn forwardable(op: &LeaderOp) -> Result<(), ForwardError> {
             "backup records come from the leader's own schedule, never from a peer".to_owned(),
         )),
     }
+}
+
+/// What bounds a replica's use: the storage quota (its writes, as the
+/// leader) and the rate limits (its API edge).
+pub struct Bounds {
+    /// The storage quota, measured by its own task.
+    pub quota: Arc<StorageQuota>,
+    /// The API's token buckets.
+    pub limiter: Arc<RateLimiter>,
 }
 
 /// One replica.
@@ -169,6 +186,8 @@ pub struct Node {
     applied: AppliedIndex,
     reads: Reads,
     autopilot: Arc<Autopilot>,
+    quota: Arc<StorageQuota>,
+    limiter: Arc<RateLimiter>,
 }
 
 impl Node {
@@ -206,7 +225,16 @@ impl Node {
             machine,
             reads,
             autopilot,
+            quota: Arc::new(StorageQuota::new(0)),
+            limiter: Arc::new(RateLimiter::default()),
         }
+    }
+
+    /// This replica with `bounds` (no quota and no limits without).
+    pub fn with_bounds(mut self, bounds: Bounds) -> Self {
+        self.quota = bounds.quota;
+        self.limiter = bounds.limiter;
+        self
     }
 
     /// The leader's health report, wherever the leader is.
@@ -228,6 +256,22 @@ impl Node {
                 "unexpected reply {other:?}"
             ))),
         }
+    }
+
+    /// Registers the storage quota's and the rate limiter's metrics.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.quota.register_metrics(registry);
+        self.limiter.register_metrics(registry);
+    }
+
+    /// The rate limiter of this replica's API edge.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// The storage quota as this replica measures it.
+    pub fn quota(&self) -> &StorageQuota {
+        &self.quota
     }
 
     /// A consistent copy of the applied state as a backup file's bytes,
@@ -380,6 +424,11 @@ impl Node {
     pub async fn execute_here(&self, op: LeaderOp) -> Result<LeaderReply, ForwardError> {
         match op {
             LeaderOp::Write(request) => {
+                // Decided here, before proposing, so apply never looks at
+                // a file size and every replica applies alike.
+                self.quota
+                    .check(&request.command)
+                    .map_err(ForwardError::StorageQuota)?;
                 Ok(LeaderReply::Written(self.leadership.write(request).await?))
             }
             LeaderOp::AddNode { id, node } => self

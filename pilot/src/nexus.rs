@@ -42,6 +42,11 @@ fn api_message(error: &Error) -> String {
         Error::TooLarge => "Error: The request is larger than SPIKE Nexus takes.".into(),
         Error::Unreachable(reason) => format!("Error: Failed to connect to SPIKE Nexus: {reason}"),
         Error::Decode(reason) => format!("Error: Failed to parse API response: {reason}"),
+        Error::RateLimited { retry_after_secs } => format!(
+            "Error: Rate limited by SPIKE Nexus (spike cluster limits); try again in {retry_after_secs} s."
+        ),
+        Error::StorageQuota(reason) => format!("Error: {reason}"),
+        Error::Invalid(reason) => format!("Error: {reason}"),
         other => format!("Error: SPIKE Nexus failed: {other}"),
     }
 }

@@ -42,6 +42,7 @@ pub mod identity;
 #[cfg(feature = "tonic")]
 pub mod keeper_api;
 pub mod net;
+pub mod size;
 pub mod svid;
 pub mod tls;
 

@@ -1,9 +1,10 @@
 //! `/v1/cluster` (extension): status, membership and leadership.
 
 use spike_sdk::api::{
-    AddMemberRequest, BackupSchedule, ClusterHealth, ClusterHealthRequest, ClusterMembers,
-    ClusterMembersRequest, ClusterStatus, ClusterStatusRequest, EmptyResponse, LastBackup, Member,
-    MemberHealth, RemoveMemberRequest, RootKeyState, RootKeyStatus, TransferLeaderRequest,
+    AddMemberRequest, BackupSchedule, ClusterHealth, ClusterHealthRequest, ClusterLimits,
+    ClusterLimitsRequest, ClusterMembers, ClusterMembersRequest, ClusterStatus,
+    ClusterStatusRequest, EmptyResponse, LastBackup, Member, MemberHealth, RemoveMemberRequest,
+    RootKeyState, RootKeyStatus, SetLimitsRequest, TransferLeaderRequest,
 };
 use spike_sdk::domain::{DataKeyId, NodeId};
 use spike_sdk::identity::Role;
@@ -12,6 +13,7 @@ use super::{ApiError, Audited, Call};
 use crate::cluster::{LeaderOp, LeaderReply};
 use crate::keys::KeyStatus;
 use crate::raft::{ClusterView, NexusNode};
+use crate::state::command::{Command, LimitsCommand, Refusal, Request, Response};
 
 impl Audited for ClusterStatusRequest {}
 impl Audited for ClusterMembersRequest {}
@@ -19,6 +21,8 @@ impl Audited for AddMemberRequest {}
 impl Audited for RemoveMemberRequest {}
 impl Audited for TransferLeaderRequest {}
 impl Audited for ClusterHealthRequest {}
+impl Audited for ClusterLimitsRequest {}
+impl Audited for SetLimitsRequest {}
 
 fn member_list(call: &Call<'_>, view: &ClusterView) -> Result<Vec<Member>, ApiError> {
     let non_voters = call
@@ -123,6 +127,9 @@ pub async fn status(call: Call<'_>, _: ClusterStatusRequest) -> Result<ClusterSt
         corrupt: alarm.is_some(),
         corruption: alarm.map(|alarm| alarm.reason),
         digest_agreed_index: node.integrity().agreed_index(),
+        storage_used_bytes: Some(node.quota().used()),
+        storage_quota_bytes: Some(node.quota().quota()),
+        storage_quota_exceeded: Some(node.quota().exceeded()),
         err: None,
     })
 }
@@ -206,4 +213,45 @@ pub async fn transfer(
     call.require(Role::PilotSuperuser)?;
     let to = NodeId::new(body.id)?;
     run(&call, LeaderOp::TransferLeader { to }).await
+}
+
+/// Limits: the rate limits in force, as committed.
+pub async fn limits(call: Call<'_>, _: ClusterLimitsRequest) -> Result<ClusterLimits, ApiError> {
+    call.require(Role::PilotSuperuser)?;
+    call.read_barrier().await?;
+    let limits = call
+        .api
+        .node
+        .state
+        .limits()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(ClusterLimits { limits, err: None })
+}
+
+/// Set limits: replaces the rate limits cluster-wide (400 if invalid, or
+/// while a replica still runs a release without them).
+pub async fn set_limits(call: Call<'_>, body: SetLimitsRequest) -> Result<EmptyResponse, ApiError> {
+    call.require(Role::PilotSuperuser)?;
+    if let Err(reason) = body.limits.validate() {
+        tracing::info!(%reason, "limits refused");
+        return Err(ApiError::BAD_REQUEST);
+    }
+    let request = Request {
+        command: Command::Limits(LimitsCommand::Set(body.limits)),
+        session: None,
+        time_ns: 0,
+    };
+    match call.api.node.write(request).await {
+        Ok(Response::Done) => Ok(EmptyResponse::default()),
+        Ok(Response::Refused(Refusal::InvalidLimits(reason))) => {
+            tracing::info!(%reason, "limits refused");
+            Err(ApiError::BAD_REQUEST)
+        }
+        Ok(other) => Err(ApiError::Internal(format!("unexpected response {other:?}"))),
+        Err(crate::node::NodeError::Invalid(reason)) => {
+            tracing::info!(%reason, "limits refused");
+            Err(ApiError::BAD_REQUEST)
+        }
+        Err(error) => Err(error.into()),
+    }
 }

@@ -122,6 +122,38 @@ impl Api {
         }
     }
 
+    /// Takes a token for the caller on `route` (429 when its rate limit is
+    /// spent). Unknown routes are not limited (they are refused anyway),
+    /// nor is the superuser on the cluster routes, so it can always lift a
+    /// limit.
+    fn admit(&self, peer: &PeerIdentity, route: Option<Route>) -> Result<(), ApiError> {
+        let Some(route) = route else {
+            return Ok(());
+        };
+        if crate::limits::superuser_exempt(route)
+            && self
+                .trust_roots
+                .has_role(&peer.spiffe_id, Role::PilotSuperuser)
+        {
+            return Ok(());
+        }
+        let rules = self
+            .node
+            .state
+            .limits_bytes()
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.node
+            .limiter()
+            .admit(
+                &peer.spiffe_id.to_string(),
+                route,
+                rules.as_deref(),
+                |bytes| crate::state::store::decode("limits", bytes).ok(),
+                std::time::Instant::now(),
+            )
+            .map_err(|limited| ApiError::RateLimited(limited.retry_after_secs()))
+    }
+
     /// The leader's API address, for the hint every answer carries.
     fn leader_api(&self) -> Option<SocketAddr> {
         self.node.leader().map(|leader| leader.node.api_addr)
@@ -196,6 +228,11 @@ async fn dispatch(
     }
     let limit = body_limit(&api, &peer, &method, route);
     let (reply, target) = async {
+        // Before the body is read: a limited caller costs no more than
+        // its headers.
+        if let Err(error) = api.admit(&peer, route) {
+            return (Reply::failed::<EmptyResponse>(error), None);
+        }
         let Some(body) = read_body(&headers, body, limit).await else {
             return (
                 Reply::failed::<EmptyResponse>(ApiError::Code(ErrorCode::TooLarge)),
@@ -323,6 +360,8 @@ async fn serve(
         Route::SnapshotSave => (snapshot::save(call).await, None),
         Route::SnapshotRestore => (snapshot::restore(call).await, None),
         Route::SecretMetadataPut => json(call, secrets::metadata_put).await,
+        Route::ClusterLimits => json(call, cluster::limits).await,
+        Route::ClusterSetLimits => json(call, cluster::set_limits).await,
     }
 }
 

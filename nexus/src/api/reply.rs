@@ -22,6 +22,11 @@ pub enum ApiError {
     Unavailable(String),
     /// Cipher stream mode: a `text/plain` error as SPIKE sends it.
     StreamText(StatusCode, &'static str),
+    /// 507 `storage_quota_exceeded`, with the quota, the size and how to
+    /// free space (the `X-Spike-Reason` header and the log).
+    StorageQuota(String),
+    /// 429 `rate_limited`, with the seconds to wait (`Retry-After`).
+    RateLimited(u64),
 }
 
 impl ApiError {
@@ -42,6 +47,8 @@ impl ApiError {
             ApiError::Code(code) => *code,
             ApiError::Internal(_) => ErrorCode::Internal,
             ApiError::Unavailable(_) => ErrorCode::NotReady,
+            ApiError::StorageQuota(_) => ErrorCode::StorageQuota,
+            ApiError::RateLimited(_) => ErrorCode::RateLimited,
             ApiError::StreamText(status, _) => {
                 ErrorCode::from_status(status.as_u16()).unwrap_or(ErrorCode::Internal)
             }
@@ -50,8 +57,14 @@ impl ApiError {
 
     /// Logs what the code does not say.
     fn log(&self) {
-        if let ApiError::Internal(reason) | ApiError::Unavailable(reason) = self {
-            tracing::warn!(%reason, code = %self.code(), "request failed");
+        match self {
+            ApiError::Internal(reason) | ApiError::Unavailable(reason) => {
+                tracing::warn!(%reason, code = %self.code(), "request failed");
+            }
+            ApiError::StorageQuota(reason) => {
+                tracing::info!(%reason, code = %self.code(), "request refused");
+            }
+            _ => {}
         }
     }
 }
@@ -61,6 +74,7 @@ impl From<NodeError> for ApiError {
         match error {
             NodeError::Invalid(_) => ApiError::BAD_REQUEST,
             NodeError::NotReady => ApiError::NOT_READY,
+            NodeError::StorageQuota(exceeded) => ApiError::StorageQuota(exceeded.to_string()),
             NodeError::NoLeader | NodeError::OutcomeUnknown(_) | NodeError::NotYet(_) => {
                 ApiError::Unavailable(error.to_string())
             }
@@ -94,6 +108,8 @@ pub struct Reply {
     pub code: &'static str,
     /// The body.
     pub answer: Answer,
+    /// Headers the failure adds (`Retry-After`, `X-Spike-Reason`).
+    pub extra_headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
@@ -104,6 +120,7 @@ impl Reply {
                 status: StatusCode::OK,
                 code: "ok",
                 answer: Answer::Json(body),
+                extra_headers: Vec::new(),
             },
             Err(error) => Self::failed::<EmptyResponse>(ApiError::Internal(format!(
                 "answer does not serialize: {error}"
@@ -117,6 +134,7 @@ impl Reply {
             status: StatusCode::OK,
             code: "ok",
             answer: Answer::Stream(bytes),
+            extra_headers: Vec::new(),
         }
     }
 
@@ -129,10 +147,19 @@ impl Reply {
                 status,
                 code: message,
                 answer: Answer::Text(message),
+                extra_headers: Vec::new(),
             };
         }
         let code = error.code();
+        let extra_headers = match error {
+            ApiError::StorageQuota(reason) => vec![(wire_header::REASON, reason)],
+            ApiError::RateLimited(seconds) => {
+                vec![(wire_header::RETRY_AFTER, seconds.to_string())]
+            }
+            _ => Vec::new(),
+        };
         Self {
+            extra_headers,
             status: StatusCode::from_u16(code.status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code: code.as_str(),
@@ -169,6 +196,11 @@ impl Reply {
             }
         };
         let headers = response.headers_mut();
+        for (name, value) in self.extra_headers {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        }
         for (name, value) in wire_header::NO_CACHE {
             headers.insert(
                 HeaderName::from_static(name),

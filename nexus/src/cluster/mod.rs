@@ -165,6 +165,11 @@ pub enum ForwardError {
     /// still runs an older release). Worth retrying later.
     #[error("{0}")]
     NotYet(String),
+    /// The leader is past its storage quota and the request adds data;
+    /// nothing was proposed. (A replica of an older release cannot decode
+    /// this answer and reports an unknown outcome instead.)
+    #[error("{0}")]
+    StorageQuota(crate::quota::QuotaExceeded),
 }
 
 impl From<LeaderError> for ForwardError {

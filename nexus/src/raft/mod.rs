@@ -116,6 +116,27 @@ pub(crate) fn open_database(path: &std::path::Path, what: &str) -> std::io::Resu
     }
 }
 
+/// Compacts the databases under `data_dir` (state.redb, log.redb) before
+/// Raft opens them: redb gives the space of freed pages back to the file
+/// system only then. Returns each file's length before and after.
+pub fn compact_databases(data_dir: &std::path::Path) -> std::io::Result<Vec<(String, u64, u64)>> {
+    let mut done = Vec::new();
+    for name in ["state.redb", "log.redb"] {
+        let path = data_dir.join(name);
+        let length = |path: &std::path::Path| std::fs::metadata(path).map(|meta| meta.len());
+        let Ok(before) = length(&path) else {
+            continue;
+        };
+        let mut db = open_database(&path, name)?;
+        // One call runs redb's passes until none moves a page.
+        db.compact()
+            .map_err(|e| io_error(&format!("compact {}", path.display()), e))?;
+        drop(db);
+        done.push((name.to_owned(), before, length(&path)?));
+    }
+    Ok(done)
+}
+
 /// Runs storage work that blocks (redb commits and their fsyncs): on a
 /// blocking thread under the multi-threaded runtime of a real replica, so
 /// the async workers go on; inline under a current-thread runtime (the
@@ -137,6 +158,41 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
 #[cfg(test)]
 mod opening {
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn compaction_gives_the_space_of_deleted_data_back() {
+        const TABLE: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("t");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.redb");
+        let db = redb::Database::create(&path).expect("create");
+        for step in 0..2 {
+            let txn = db.begin_write().expect("write");
+            {
+                let mut table = txn.open_table(TABLE).expect("table");
+                for key in 0..2_000u64 {
+                    if step == 0 {
+                        table.insert(key, [7u8; 1024].as_slice()).expect("insert");
+                    } else {
+                        table.remove(key).expect("remove");
+                    }
+                }
+            }
+            txn.commit().expect("commit");
+        }
+        drop(db);
+        let compacted = super::compact_databases(dir.path()).expect("compact");
+        let [(file, before, after)] = compacted.as_slice() else {
+            panic!("state.redb only (no log.redb here): {compacted:?}");
+        };
+        assert_eq!(file, "state.redb");
+        assert!(*before > 2_000 * 1024, "{before}");
+        assert!(*after < before / 4, "{before} -> {after}");
+        // Still a database, and still empty.
+        let db = redb::Database::create(&path).expect("reopen");
+        let txn = redb::ReadableDatabase::begin_read(&db).expect("read");
+        let table = txn.open_table(TABLE).expect("table");
+        assert_eq!(redb::ReadableTableMetadata::len(&table).expect("len"), 0);
+    }
 
     #[test]
     fn a_database_still_held_by_a_dying_process_is_waited_for() {

@@ -68,6 +68,7 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<Database>,
+    path: PathBuf,
     snapshot_dir: PathBuf,
     applied: watch::Sender<Option<LogIdOf<TypeConfig>>>,
     checkpoint: Arc<Mutex<DurabilityCheckpoint>>,
@@ -196,6 +197,7 @@ impl StateMachine {
         format.raise_to(recorded);
         let machine = Self {
             db: Arc::new(db),
+            path: path.to_owned(),
             snapshot_dir: snapshot_dir.to_owned(),
             applied: watch::channel(None).0,
             checkpoint: Arc::new(Mutex::new(DurabilityCheckpoint::new())),
@@ -291,6 +293,29 @@ impl StateMachine {
             .map_err(|e| io_error(subject, e))?;
         tracing::warn!(%path, "TEST: this replica stored a different ciphertext than the log says");
         Ok(())
+    }
+
+    /// The state database's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes of the state database in use: its allocated pages (free pages,
+    /// which later writes reuse, excluded). Two fsyncs, then a walk of every
+    /// page under a write transaction, which holds apply back meanwhile:
+    /// for the storage quota only, and only while the file is over it.
+    pub fn in_use_bytes(&self) -> io::Result<u64> {
+        let subject = "measure state pages";
+        // Pages freed by commits that were not fsynced stay allocated
+        // until a durable one; an idle replica may have made none since
+        // its last deletes. Two empty durable commits release them.
+        self.make_durable()?;
+        self.make_durable()?;
+        let txn = self.db.begin_write().map_err(|e| io_error(subject, e))?;
+        let stats = txn.stats().map_err(|e| io_error(subject, e))?;
+        // Dropped without a commit: aborted, nothing written.
+        drop(txn);
+        Ok(stats.allocated_pages() * stats.page_size() as u64)
     }
 
     /// Read access to the applied state.
@@ -775,7 +800,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use openraft::testing::{blank_ent, log_id};
-    use spike_sdk::domain::{DataKeyId, PolicyId, PolicyRef, RootKeyId};
+    use spike_sdk::domain::{DataKeyId, PolicyId, PolicyRef, RootKeyId, SecretPath};
 
     use super::*;
     use crate::raft::EntryOf;
@@ -799,6 +824,168 @@ mod tests {
                 time_ns: index,
             },
         )
+    }
+
+    #[test]
+    fn pages_freed_by_destroys_no_longer_count_as_in_use() {
+        use crate::state::command::SecretCommand;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let machine = machine(dir.path()).expect("open");
+        let secret = |index: u64| -> SecretPath { format!("big/{index}").parse().expect("a path") };
+        let mut entries = vec![normal(1, initialize())];
+        for index in 0..20 {
+            entries.push(normal(
+                index + 2,
+                Command::Secret(SecretCommand::Put {
+                    path: secret(index),
+                    ciphertext: vec![7; 400 * 1024],
+                    data_key_id: DataKeyId(1),
+                    cas: None,
+                    max_versions: 10,
+                }),
+            ));
+        }
+        machine.apply_batch(entries).expect("apply");
+        let full = machine.in_use_bytes().expect("measure");
+        assert!(full > 8 * 1024 * 1024, "{full}");
+        let destroys = (0..20)
+            .map(|index| {
+                normal(
+                    index + 22,
+                    Command::Secret(SecretCommand::Destroy {
+                        path: secret(index),
+                        versions: vec![],
+                    }),
+                )
+            })
+            .collect();
+        machine.apply_batch(destroys).expect("apply");
+        let freed = machine.in_use_bytes().expect("measure");
+        assert!(freed < full / 4, "{full} -> {freed}");
+        assert!(
+            file_len(machine.path()) >= full,
+            "the file itself does not shrink"
+        );
+    }
+
+    /// A number from the environment variable `name`, or `default`.
+    fn env_or(name: &str, default: u64) -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(default)
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        std::fs::metadata(path).map_or(0, |meta| meta.len())
+    }
+
+    /// Data-file growth under churn, printed: `SPIKE_CHURN_WRITES` puts
+    /// (default 1,000,000) over `SPIKE_CHURN_KEYS` secrets (default 10,000)
+    /// of 256-byte values, through the real apply path (batches of
+    /// [`APPLY_BATCH_MAX`], fsynced at checkpoints) and the real log store
+    /// (appended per batch, purged as a snapshot every 100,000 entries
+    /// with 5,000 kept would), then both files compacted as
+    /// `SPIKE_NEXUS_COMPACT_ON_START` does. `SPIKE_CHURN_DIR` sets where
+    /// the files go (default: the system's temporary directory).
+    ///
+    /// ```sh
+    /// cargo test -p spike-nexus --lib -- --ignored --nocapture churn
+    /// ```
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a benchmark: run explicitly with --ignored --nocapture"]
+    async fn churn_file_growth_and_compaction() {
+        use crate::state::command::SecretCommand;
+        use openraft::storage::{IOFlushed, RaftLogStorage};
+        let writes = env_or("SPIKE_CHURN_WRITES", 1_000_000);
+        let keys = env_or("SPIKE_CHURN_KEYS", 10_000).max(1);
+        let dir = match std::env::var_os("SPIKE_CHURN_DIR") {
+            Some(parent) => tempfile::tempdir_in(parent),
+            None => tempfile::tempdir(),
+        }
+        .expect("tempdir");
+        let state_path = dir.path().join("state.redb");
+        let log_path = dir.path().join("log.redb");
+        let machine = machine(dir.path()).expect("open state");
+        let mut log =
+            super::super::log_store::LogStore::open(&log_path, ClusterFormat::new(FORMAT_OLDEST))
+                .expect("open log");
+        let mut index = 1;
+        let first = vec![normal(index, initialize())];
+        log.append(first.clone(), IOFlushed::noop())
+            .await
+            .expect("append");
+        machine.apply_batch(first).expect("initialize");
+        let began = Instant::now();
+        let mut written = 0;
+        let mut peak_state = 0;
+        while written < writes {
+            let count = (writes - written).min(APPLY_BATCH_MAX as u64);
+            let batch: Vec<_> = (0..count)
+                .map(|offset| {
+                    index += 1;
+                    let key = (written + offset) % keys;
+                    let mut ciphertext = vec![0u8; 256 + 28];
+                    ciphertext[..8].copy_from_slice(&index.to_be_bytes());
+                    normal(
+                        index,
+                        Command::Secret(SecretCommand::Put {
+                            path: format!("churn/{key}").parse().expect("a path"),
+                            ciphertext,
+                            data_key_id: DataKeyId(1),
+                            cas: None,
+                            max_versions: 10,
+                        }),
+                    )
+                })
+                .collect();
+            written += count;
+            log.append(batch.clone(), IOFlushed::noop())
+                .await
+                .expect("append");
+            for response in machine.apply_batch(batch).expect("apply") {
+                assert!(matches!(response, Response::Written(_)), "{response:?}");
+            }
+            if index % 100_000 < APPLY_BATCH_MAX as u64 && index > 5_000 {
+                log.purge(log_id::<TypeConfig>(1, 1, index - 5_000))
+                    .await
+                    .expect("purge");
+            }
+            peak_state = peak_state.max(file_len(&state_path));
+        }
+        let elapsed = began.elapsed();
+        let (state_before, log_before) = (file_len(&state_path), file_len(&log_path));
+        let in_use = machine.in_use_bytes().expect("pages in use");
+        drop(machine);
+        drop(log);
+        let began_compaction = Instant::now();
+        let compacted = super::super::compact_databases(dir.path()).expect("compact");
+        let compaction = began_compaction.elapsed();
+        let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        eprintln!(
+            "churn: {writes} puts over {keys} secrets (256-byte values, 10 versions kept) in {:.1} s ({:.0}/s)",
+            elapsed.as_secs_f64(),
+            writes as f64 / elapsed.as_secs_f64()
+        );
+        eprintln!(
+            "open: state.redb {:.1} MiB (peak {:.1} MiB; {:.1} MiB of pages in use), log.redb {:.1} MiB",
+            mib(state_before),
+            mib(peak_state),
+            mib(in_use),
+            mib(log_before)
+        );
+        // redb trims trailing free space when a database closes, so the
+        // lengths before compaction are those after closing.
+        for (file, before, after) in &compacted {
+            eprintln!(
+                "{file}: {:.1} MiB once closed -> {:.1} MiB compacted ({:.1} s for both files)",
+                mib(*before),
+                mib(*after),
+                compaction.as_secs_f64()
+            );
+            assert!(after <= before, "{file} grew: {before} -> {after}");
+        }
+        assert_eq!(compacted.len(), 2, "both files compacted");
     }
 
     fn initialize() -> Command {

@@ -13,14 +13,14 @@ use spike_sdk::crypto::keyring::ENCRYPTIONS_MAX;
 use spike_sdk::domain::{DataKeyId, NodeId, PolicyId, PolicyName, PolicyRef, SecretPath};
 
 use super::command::{
-    BACKUP_FILE_NAME_MAX_BYTES, BackupCommand, BackupRecord, Command, KeyCommand,
+    BACKUP_FILE_NAME_MAX_BYTES, BackupCommand, BackupRecord, Command, KeyCommand, LimitsCommand,
     MembershipCommand, PolicyCommand, Refusal, Response, RestoreCommand, SecretCommand,
     SettingsCommand,
 };
 use super::secret::{SecretError, SecretRecord, TimeNs};
 use super::store::{
-    ClusterMeta, CustomMetadataRecord, META_BACKUP, POLICIES_MAX, PolicyRecord, RotationMeta,
-    StoreError, Tables, decode, encode, id_key, last_backup_in, redb_try,
+    ClusterMeta, CustomMetadataRecord, META_BACKUP, META_LIMITS, POLICIES_MAX, PolicyRecord,
+    RotationMeta, StoreError, Tables, decode, encode, id_key, last_backup_in, redb_try,
 };
 
 /// A change made, or refused.
@@ -39,12 +39,29 @@ pub(super) fn apply_command(
         Command::Settings(command) => Ok(apply_settings(rotation, command)),
         // A record of a file already written: kept even during a restore.
         Command::Backup(command) => apply_backup(tables, command),
+        // Settings, not data: they apply during a restore too.
+        Command::Limits(command) => apply_limits(tables, command),
         Command::Restore(command) => apply_restore(tables, meta, command),
         _ if meta.restoring.is_some() => Ok(Err(Refusal::Restoring)),
         Command::Keys(command) => Ok(apply_keys(meta, command)),
         Command::Secret(command) => apply_secret(tables, meta, command, now),
         Command::Policy(command) => apply_policy(tables, meta, command, now),
     }
+}
+
+/// Records the limits in the `META` table; refused if they break a rule.
+fn apply_limits(tables: &mut Tables<'_>, command: &LimitsCommand) -> Result<Applied, StoreError> {
+    let LimitsCommand::Set(limits) = command;
+    if let Err(reason) = limits.validate() {
+        return Ok(Err(Refusal::InvalidLimits(reason)));
+    }
+    redb_try!(
+        "write limits",
+        tables
+            .meta_rows
+            .insert(META_LIMITS, encode(limits)?.as_slice())
+    )?;
+    Ok(Ok(Response::Done))
 }
 
 /// Applies even during a restore: a removed replica stays retired.
@@ -564,7 +581,7 @@ mod tests {
     use spike_sdk::domain::{NodeId, RootKeyId};
 
     use super::*;
-    use crate::state::command::{RootKeyRecord, RotationSettings};
+    use crate::state::command::{Request, RootKeyRecord, RotationSettings};
     use crate::state::secret::Written;
     use crate::state::store::StateReader;
     use crate::state::store::tests::{database, initialize, path, put, root_key, run};
@@ -594,6 +611,41 @@ mod tests {
 
     fn versions(command: fn(SecretPath, Vec<u64>) -> SecretCommand, versions: &[u64]) -> Command {
         Command::Secret(command(path("p"), versions.to_vec()))
+    }
+
+    #[test]
+    fn limits_are_recorded_replaced_and_refused_when_invalid_and_need_format_3() {
+        use spike_sdk::api::{RateLimitRule, RateLimits};
+        let (_dir, db) = database();
+        let reader = StateReader::new(db.clone());
+        assert_eq!(reader.limits().expect("read"), RateLimits::default());
+        let limits = RateLimits {
+            rules: vec![RateLimitRule {
+                spiffe_id: "spiffe://a.org/noisy".to_owned(),
+                route: "*".to_owned(),
+                rate_per_second: 5,
+                burst: 10,
+            }],
+        };
+        let set = |limits: &RateLimits| Command::Limits(LimitsCommand::Set(limits.clone()));
+        let request = Request {
+            command: set(&limits),
+            session: None,
+            time_ns: 1,
+        };
+        assert_eq!(request.format_needed(), 3);
+        // Settings, not data: before initialize too.
+        assert_eq!(run(&db, set(&limits), 1), Response::Done);
+        assert_eq!(reader.limits().expect("read"), limits);
+        let mut invalid = limits.clone();
+        invalid.rules[0].spiffe_id = "nope".to_owned();
+        assert!(matches!(
+            run(&db, set(&invalid), 2),
+            Response::Refused(Refusal::InvalidLimits(_))
+        ));
+        assert_eq!(reader.limits().expect("read"), limits);
+        assert_eq!(run(&db, set(&RateLimits::default()), 3), Response::Done);
+        assert_eq!(reader.limits().expect("read"), RateLimits::default());
     }
 
     #[test]

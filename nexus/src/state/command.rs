@@ -8,6 +8,7 @@
 //! and each family has its own apply function.
 
 use serde::{Deserialize, Serialize};
+use spike_sdk::api::RateLimits;
 use spike_sdk::domain::{
     DataKeyId, NodeId, PolicyId, PolicyName, PolicyRef, RootKeyId, SecretPath,
 };
@@ -100,6 +101,8 @@ pub enum Command {
     Settings(SettingsCommand),
     /// Scheduled backups. Format 3 and up.
     Backup(BackupCommand),
+    /// Cluster-wide limits the superuser sets. Format 3 and up.
+    Limits(LimitsCommand),
 }
 
 /// Cluster-wide settings, replicated so every leader applies one policy.
@@ -161,6 +164,14 @@ impl RotationSettings {
         }
         Ok(())
     }
+}
+
+/// Cluster-wide limits, enforced by every replica at its API edge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LimitsCommand {
+    /// Replace the rate limits (validated by the replica that took the
+    /// request, and again by apply).
+    Set(RateLimits),
 }
 
 /// The root key and the keyring.
@@ -415,7 +426,8 @@ impl Request {
             | Command::Restore(RestoreCommand::CustomMetadataRows { .. })
             | Command::Settings(_)
             | Command::Secret(SecretCommand::Reseal { .. })
-            | Command::Membership(MembershipCommand::DigestCheckpoint) => 3,
+            | Command::Membership(MembershipCommand::DigestCheckpoint)
+            | Command::Limits(_) => 3,
             Command::Membership(MembershipCommand::SetNonVoter { .. }) => 3,
             _ => 1,
         }
@@ -544,6 +556,10 @@ pub enum Refusal {
     /// plain name of at most [`BACKUP_FILE_NAME_MAX_BYTES`] bytes.
     #[error("malformed backup record: {0}")]
     BackupRecordMalformed(String),
+    /// Limits that break a rule (a replica of another release may
+    /// validate differently); nothing changed. Format 3 and up.
+    #[error("invalid limits: {0}")]
+    InvalidLimits(String),
 }
 
 /// Longest file name a backup record carries.
@@ -622,6 +638,9 @@ impl std::fmt::Display for Request {
             }
             Command::Membership(MembershipCommand::SetNonVoter { id, non_voter }) => {
                 write!(f, "set-non-voter({id}, {non_voter})")
+            }
+            Command::Limits(LimitsCommand::Set(limits)) => {
+                write!(f, "set-limits({} rules)", limits.rules.len())
             }
         }
     }

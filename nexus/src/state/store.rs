@@ -92,6 +92,10 @@ fn non_voters_in(
     }
 }
 
+/// `META` key of the rate limits ([`spike_sdk::api::RateLimits`], set by
+/// `LimitsCommand::Set`; format 3). Absent: no limits.
+pub const META_LIMITS: &str = "limits";
+
 /// The cluster format a `META` table records: 1 before any switch.
 pub fn cluster_format_in(
     meta: &impl ReadableTable<&'static str, &'static [u8]>,
@@ -910,6 +914,24 @@ impl StateReader {
         match open_existing(&txn, META, "open meta")? {
             Some(table) => non_voters_in(&table),
             None => Ok(BTreeSet::new()),
+        }
+    }
+
+    /// The rate limits' stored bytes, if any were ever set (cheap to
+    /// compare on every request).
+    pub fn limits_bytes(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.read()?;
+        let Some(table) = open_existing(&txn, META, "open meta")? else {
+            return Ok(None);
+        };
+        Ok(redb_try!("read limits", table.get(META_LIMITS))?.map(|bytes| bytes.value().to_vec()))
+    }
+
+    /// The rate limits in force (none set: no rules).
+    pub fn limits(&self) -> Result<spike_sdk::api::RateLimits, StoreError> {
+        match self.limits_bytes()? {
+            Some(bytes) => decode("limits", &bytes),
+            None => Ok(spike_sdk::api::RateLimits::default()),
         }
     }
 

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::Subcommand;
-use spike_sdk::api::{ClusterHealth, ClusterStatus, Member};
+use spike_sdk::api::{ClusterHealth, ClusterStatus, Member, RateLimitRule, RateLimits};
 use spike_sdk::client::NexusClient;
 use spike_sdk::domain::NodeId;
 
@@ -62,6 +62,94 @@ pub enum ClusterCommand {
         #[arg(long)]
         id: u64,
     },
+    /// Rate limits per SPIFFE ID and route, enforced by every replica.
+    #[command(subcommand)]
+    Limits(LimitsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LimitsCommand {
+    /// The rate limits in force.
+    Get {
+        /// Output format: human/h/plain/p, json/j, yaml/y.
+        #[arg(short = 'f', long, default_value = "human")]
+        format: Format,
+    },
+    /// Replace the rate limits cluster-wide: the first rule that covers a
+    /// (caller, route) pair decides its token bucket, on each replica.
+    Set {
+        /// A rule, `SPIFFE_ID,ROUTE,RATE,BURST`, in order (repeatable):
+        /// SPIFFE_ID is an ID, a prefix ending in /* or *; ROUTE is
+        /// `/v1/store/secrets?action=get` or *; RATE requests per second
+        /// (0: no limit for the match); BURST requests at once.
+        #[arg(long = "rule")]
+        rules: Vec<String>,
+        /// The limits as JSON (`{"rules":[{"spiffeId":..,"route":..,
+        /// "ratePerSecond":..,"burst":..}]}`), from this file (- for
+        /// stdin), instead of --rule.
+        #[arg(long, conflicts_with = "rules")]
+        file: Option<std::path::PathBuf>,
+    },
+    /// Remove every rate limit.
+    Clear,
+}
+
+/// Parses `SPIFFE_ID,ROUTE,RATE,BURST`.
+fn parse_rule(text: &str) -> Result<RateLimitRule, CliError> {
+    let invalid =
+        || CliError::Invalid(format!("--rule {text:?} is not SPIFFE_ID,ROUTE,RATE,BURST"));
+    // A route holds no comma; a SPIFFE ID may not either.
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    let [spiffe_id, route, rate, burst] = parts.as_slice() else {
+        return Err(invalid());
+    };
+    Ok(RateLimitRule {
+        spiffe_id: (*spiffe_id).to_owned(),
+        route: (*route).to_owned(),
+        rate_per_second: rate.parse().map_err(|_| invalid())?,
+        burst: burst.parse().map_err(|_| invalid())?,
+    })
+}
+
+fn read_limits(file: &std::path::Path) -> Result<RateLimits, CliError> {
+    use std::io::Read;
+    let mut text = String::new();
+    let read = if file == std::path::Path::new("-") {
+        std::io::stdin().take(1 << 20).read_to_string(&mut text)
+    } else {
+        std::fs::File::open(file).and_then(|f| f.take(1 << 20).read_to_string(&mut text))
+    };
+    read.map_err(|e| CliError::Invalid(format!("cannot read {}: {e}", file.display())))?;
+    serde_json::from_str(&text).map_err(|e| {
+        CliError::Invalid(format!(
+            "{} is not rate limits as JSON: {e}",
+            file.display()
+        ))
+    })
+}
+
+fn limits_text(limits: &RateLimits) -> String {
+    if limits.rules.is_empty() {
+        return "No rate limits.\n".to_owned();
+    }
+    limits
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(index, rule)| {
+            let rate = if rule.rate_per_second == 0 {
+                "unlimited".to_owned()
+            } else {
+                format!("{}/s burst {}", rule.rate_per_second, rule.burst)
+            };
+            let route = if rule.route.is_empty() {
+                "*"
+            } else {
+                &rule.route
+            };
+            format!("  {:<3} {} {} {}\n", index + 1, rule.spiffe_id, route, rate)
+        })
+        .collect()
 }
 
 fn role_name(voter: bool, non_voter: bool) -> &'static str {
@@ -158,9 +246,10 @@ fn backup_text(status: &ClusterStatus) -> String {
 fn human_status(status: &ClusterStatus) -> String {
     let root_key = &status.root_key;
     let text = format!(
-        "node:      {} ({:?})\nrelease:   {} (reads on-disk formats {}..{}; the cluster writes format {})\ncorrupt:   {}\nleader:    {} at {}\nterm:      {}\ncommitted: {}\napplied:   {}\nroot key:  {} (id {}, check {})\ndata key:  {} ({} encryptions)\nmembers:\n{}",
+        "node:      {} ({:?})\nstorage:   {}\nrelease:   {} (reads on-disk formats {}..{}; the cluster writes format {})\ncorrupt:   {}\nleader:    {} at {}\nterm:      {}\ncommitted: {}\napplied:   {}\nroot key:  {} (id {}, check {})\ndata key:  {} ({} encryptions)\nmembers:\n{}",
         status.node_id,
         status.state,
+        storage_text(status),
         status.release.as_deref().unwrap_or("0.1.0"),
         optional(status.format_oldest, "1"),
         optional(status.format_newest, "1"),
@@ -194,6 +283,25 @@ fn human_status(status: &ClusterStatus) -> String {
         members_text(&status.members),
     );
     text + &backup_text(status)
+}
+
+fn storage_text(status: &ClusterStatus) -> String {
+    let Some(used) = status.storage_used_bytes else {
+        return "-".to_owned();
+    };
+    let used = spike_sdk::size::display(used);
+    match status.storage_quota_bytes {
+        Some(0) | None => format!("{used} (no quota)"),
+        Some(quota) => format!(
+            "{used} of {} quota{}",
+            spike_sdk::size::display(quota),
+            if status.storage_quota_exceeded == Some(true) {
+                " - QUOTA EXCEEDED: writes that add data are refused"
+            } else {
+                ""
+            }
+        ),
+    }
 }
 
 fn node_id(id: u64) -> Result<NodeId, CliError> {
@@ -249,6 +357,29 @@ pub async fn run(nexus: &NexusClient, command: ClusterCommand) -> Result<String,
         ClusterCommand::TransferLeader { id } => {
             nexus.transfer_leader(node_id(id)?).await?;
             Ok(format!("Leadership handed to node {id}.\n"))
+        }
+        ClusterCommand::Limits(LimitsCommand::Get { format }) => {
+            let limits = nexus.cluster_limits().await?;
+            Ok(format.render(&limits, limits_text))
+        }
+        ClusterCommand::Limits(LimitsCommand::Set { rules, file }) => {
+            let limits = match file {
+                Some(file) => read_limits(&file)?,
+                None => RateLimits {
+                    rules: rules
+                        .iter()
+                        .map(|rule| parse_rule(rule))
+                        .collect::<Result<_, _>>()?,
+                },
+            };
+            limits.validate().map_err(CliError::Invalid)?;
+            let count = limits.rules.len();
+            nexus.set_cluster_limits(limits).await?;
+            Ok(format!("Rate limits set ({count} rules).\n"))
+        }
+        ClusterCommand::Limits(LimitsCommand::Clear) => {
+            nexus.set_cluster_limits(RateLimits::default()).await?;
+            Ok("Rate limits removed.\n".to_owned())
         }
     }
 }

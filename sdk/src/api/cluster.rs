@@ -132,6 +132,14 @@ pub struct ClusterStatus {
     /// the voters held this replica's state digest.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest_agreed_index: Option<u64>,
+    /// Bytes the replicated state takes on this replica, as the storage
+    /// quota counts them (see `SPIKE_NEXUS_STORAGE_QUOTA`).
+    pub storage_used_bytes: Option<u64>,
+    /// The storage quota, bytes (0: none).
+    pub storage_quota_bytes: Option<u64>,
+    /// Whether this replica is past its storage quota: its writes that add
+    /// data are refused while it leads.
+    pub storage_quota_exceeded: Option<bool>,
     /// Set on failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub err: Option<ErrorCode>,
@@ -310,4 +318,218 @@ pub struct ClusterHealth {
     pub err: Option<ErrorCode>,
 }
 
-super::responses!(ClusterStatus, ClusterMembers, ClusterHealth);
+/// Most rules a [`RateLimits`] holds.
+pub const RATE_LIMIT_RULES_MAX: usize = 256;
+/// Highest rate or burst a rule may set.
+pub const RATE_LIMIT_MAX: u32 = 1_000_000;
+/// Longest SPIFFE ID or prefix a rule may name, in bytes.
+pub const RATE_LIMIT_ID_LEN_MAX: usize = 2048;
+
+/// One rate-limit rule: which callers and routes it covers, and their
+/// token bucket. Every matching (caller, route) pair gets a bucket of its
+/// own on every replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct RateLimitRule {
+    /// A SPIFFE ID (exact), a prefix ending in `/*`
+    /// (`spiffe://example.org/batch/*`), or `*` for every caller.
+    pub spiffe_id: String,
+    /// A route as `path?action=...` (`/v1/store/secrets?action=get`), or
+    /// `*` (or empty) for every route.
+    pub route: String,
+    /// Requests per second refilled; 0 exempts the match from every later
+    /// rule (no limit).
+    pub rate_per_second: u32,
+    /// Requests that may come at once (the bucket's size).
+    pub burst: u32,
+}
+
+impl RateLimitRule {
+    /// Whether the rule covers `caller` (a SPIFFE ID).
+    pub fn covers_caller(&self, caller: &str) -> bool {
+        match self.spiffe_id.strip_suffix('*') {
+            _ if self.spiffe_id == "*" => true,
+            Some(prefix) => caller.starts_with(prefix),
+            None => caller == self.spiffe_id,
+        }
+    }
+
+    /// Whether the rule covers `route`.
+    pub fn covers_route(&self, route: Route) -> bool {
+        self.route.is_empty() || self.route == "*" || self.route == route.path_and_query()
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let id = self.spiffe_id.as_str();
+        if id.is_empty() || id.len() > RATE_LIMIT_ID_LEN_MAX {
+            return Err(format!(
+                "spiffeId must be 1 to {RATE_LIMIT_ID_LEN_MAX} bytes"
+            ));
+        }
+        if id != "*" {
+            if !id.starts_with("spiffe://") {
+                return Err(format!(
+                    "spiffeId {id:?} is neither a SPIFFE ID, a prefix ending in /*, nor *"
+                ));
+            }
+            if let Some(prefix) = id.strip_suffix('*')
+                && !prefix.ends_with('/')
+            {
+                return Err(format!("the prefix {id:?} must end in /*"));
+            }
+        }
+        let route = self.route.as_str();
+        if !(route.is_empty()
+            || route == "*"
+            || Route::ALL
+                .iter()
+                .any(|known| known.path_and_query() == route))
+        {
+            return Err(format!("route {route:?} is no route of the API"));
+        }
+        if self.rate_per_second > RATE_LIMIT_MAX || self.burst > RATE_LIMIT_MAX {
+            return Err(format!("rate and burst are at most {RATE_LIMIT_MAX}"));
+        }
+        if self.rate_per_second > 0 && self.burst == 0 {
+            return Err("a limited rule needs a burst of at least 1".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// The cluster's rate limits, replicated: the first rule that covers a
+/// (caller, route) pair decides its bucket; a pair no rule covers is not
+/// limited. Each replica enforces them on the requests it receives.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct RateLimits {
+    /// Rules, first match wins; at most [`RATE_LIMIT_RULES_MAX`].
+    pub rules: Vec<RateLimitRule>,
+}
+
+impl RateLimits {
+    /// Why these limits cannot be set, if they cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rules.len() > RATE_LIMIT_RULES_MAX {
+            return Err(format!(
+                "{} rules; at most {RATE_LIMIT_RULES_MAX}",
+                self.rules.len()
+            ));
+        }
+        for (index, rule) in self.rules.iter().enumerate() {
+            rule.check()
+                .map_err(|reason| format!("rule {}: {reason}", index + 1))?;
+        }
+        Ok(())
+    }
+
+    /// The first rule covering `caller` on `route`.
+    pub fn rule_for(&self, caller: &str, route: Route) -> Option<&RateLimitRule> {
+        self.rules
+            .iter()
+            .find(|rule| rule.covers_caller(caller) && rule.covers_route(route))
+    }
+}
+
+/// Limits: the replicated rate limits (superusers).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterLimitsRequest {}
+
+impl ApiRequest for ClusterLimitsRequest {
+    const ROUTE: Route = Route::ClusterLimits;
+    type Response = ClusterLimits;
+}
+
+/// Limits' answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterLimits {
+    /// The limits in force.
+    pub limits: RateLimits,
+    /// Set on failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub err: Option<ErrorCode>,
+}
+
+super::responses!(ClusterStatus, ClusterMembers, ClusterHealth, ClusterLimits);
+/// Set limits: replaces the rate limits cluster-wide (superusers; an
+/// empty rule list removes every limit).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SetLimitsRequest {
+    /// The new limits.
+    pub limits: RateLimits,
+}
+
+impl ApiRequest for SetLimitsRequest {
+    const ROUTE: Route = Route::ClusterSetLimits;
+    type Response = EmptyResponse;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(spiffe_id: &str, route: &str, rate: u32, burst: u32) -> RateLimitRule {
+        RateLimitRule {
+            spiffe_id: spiffe_id.to_owned(),
+            route: route.to_owned(),
+            rate_per_second: rate,
+            burst,
+        }
+    }
+
+    #[test]
+    fn the_first_covering_rule_decides() {
+        let limits = RateLimits {
+            rules: vec![
+                rule("spiffe://a.org/quiet", "*", 0, 0),
+                rule("spiffe://a.org/*", "/v1/store/secrets?action=get", 5, 10),
+                rule("*", "", 100, 200),
+            ],
+        };
+        limits.validate().expect("valid");
+        let get = Route::SecretGet;
+        assert_eq!(
+            limits
+                .rule_for("spiffe://a.org/quiet", get)
+                .map(|r| r.burst),
+            Some(0)
+        );
+        assert_eq!(
+            limits
+                .rule_for("spiffe://a.org/noisy", get)
+                .map(|r| r.burst),
+            Some(10)
+        );
+        assert_eq!(
+            limits
+                .rule_for("spiffe://a.org/noisy", Route::SecretPut)
+                .map(|r| r.burst),
+            Some(200)
+        );
+        assert_eq!(
+            limits.rule_for("spiffe://b.org/x", get).map(|r| r.burst),
+            Some(200)
+        );
+    }
+
+    #[test]
+    fn invalid_rules_are_named() {
+        for (bad, why) in [
+            (rule("", "*", 1, 1), "1 to"),
+            (rule("a.org/x", "*", 1, 1), "neither"),
+            (rule("spiffe://a.org/x*", "*", 1, 1), "must end in /*"),
+            (rule("*", "/v1/nope", 1, 1), "no route"),
+            (rule("*", "*", RATE_LIMIT_MAX + 1, 1), "at most"),
+            (rule("*", "*", 1, 0), "burst"),
+        ] {
+            let error = RateLimits { rules: vec![bad] }.validate().expect_err(why);
+            assert!(error.contains(why), "{error}");
+        }
+        let many = RateLimits {
+            rules: vec![rule("*", "*", 1, 1); RATE_LIMIT_RULES_MAX + 1],
+        };
+        assert!(many.validate().is_err());
+    }
+}

@@ -39,6 +39,16 @@ pub enum ErrorCode {
     /// the one a majority of the replicas holds (the corruption alarm), so
     /// it serves no data. Try another replica; the operator replaces it.
     StateCorrupt,
+    /// 429 `rate_limited` (extension): the caller sent more requests to
+    /// this route than its rate limit allows (`spike cluster limits`).
+    /// Nothing ran; the `Retry-After` header says when to try again.
+    RateLimited,
+    /// 507 `storage_quota_exceeded` (extension): the store is past its
+    /// storage quota (`SPIKE_NEXUS_STORAGE_QUOTA`), so writes that add data
+    /// are refused until space is freed; nothing changed. Reads, deletes,
+    /// destroys and key operations still work. The `X-Spike-Reason` header
+    /// names the quota and the size.
+    StorageQuota,
 }
 
 impl ErrorCode {
@@ -53,6 +63,8 @@ impl ErrorCode {
             ErrorCode::NotReady => "state_not_ready",
             ErrorCode::AuditUnavailable => "audit_unavailable",
             ErrorCode::StateCorrupt => "state_corrupt",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::StorageQuota => "storage_quota_exceeded",
         }
     }
 
@@ -65,7 +77,9 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::Internal => 500,
+            ErrorCode::RateLimited => 429,
             ErrorCode::NotReady | ErrorCode::AuditUnavailable | ErrorCode::StateCorrupt => 503,
+            ErrorCode::StorageQuota => 507,
         }
     }
 
@@ -78,6 +92,8 @@ impl ErrorCode {
             404 => Some(ErrorCode::NotFound),
             409 => Some(ErrorCode::Conflict),
             413 => Some(ErrorCode::TooLarge),
+            429 => Some(ErrorCode::RateLimited),
+            507 => Some(ErrorCode::StorageQuota),
             500 => Some(ErrorCode::Internal),
             503 => Some(ErrorCode::NotReady),
             _ => None,
@@ -105,6 +121,8 @@ impl<'de> Deserialize<'de> for ErrorCode {
             ErrorCode::NotReady,
             ErrorCode::AuditUnavailable,
             ErrorCode::StateCorrupt,
+            ErrorCode::RateLimited,
+            ErrorCode::StorageQuota,
         ]
         .into_iter()
         .find(|code| code.as_str() == text)
@@ -132,6 +150,8 @@ mod tests {
             (ErrorCode::Conflict, 409, "api_conflict"),
             (ErrorCode::Internal, 500, "api_internal_error"),
             (ErrorCode::NotReady, 503, "state_not_ready"),
+            (ErrorCode::RateLimited, 429, "rate_limited"),
+            (ErrorCode::StorageQuota, 507, "storage_quota_exceeded"),
         ] {
             assert_eq!((code.status(), code.as_str()), (status, text));
             assert_eq!(ErrorCode::from_status(status), Some(code));

@@ -36,6 +36,15 @@ pub const CONSISTENCY: &str = "x-spike-consistency";
 /// The [`CONSISTENCY`] value for a stale read.
 pub const STALE: &str = "stale";
 
+/// Answer header of a refusal whose code alone does not say enough (a
+/// storage quota: the quota, the size and how to free space): one line
+/// for people, never secret.
+pub const REASON: &str = "x-spike-reason";
+
+/// Answer header of a 429: seconds to wait before trying again (HTTP's
+/// `Retry-After`, rounded up).
+pub const RETRY_AFTER: &str = "retry-after";
+
 /// The leader hint's value for an API address.
 pub fn leader_hint(api_address: &std::net::SocketAddr) -> String {
     format!("https://{api_address}")

@@ -41,9 +41,11 @@ pub use cipher::{
     FORMAT_VERSION, FrameError, NONCE_LEN, StreamFrame,
 };
 pub use cluster::{
-    AddMemberRequest, BackupSchedule, ClusterHealth, ClusterHealthRequest, ClusterMembers,
-    ClusterMembersRequest, ClusterStatus, ClusterStatusRequest, LastBackup, Member, MemberHealth,
-    RaftRole, RemoveMemberRequest, RootKeyState, RootKeyStatus, TransferLeaderRequest,
+    AddMemberRequest, BackupSchedule, ClusterHealth, ClusterHealthRequest, ClusterLimits,
+    ClusterLimitsRequest, ClusterMembers, ClusterMembersRequest, ClusterStatus,
+    ClusterStatusRequest, LastBackup, Member, MemberHealth, RATE_LIMIT_ID_LEN_MAX, RATE_LIMIT_MAX,
+    RATE_LIMIT_RULES_MAX, RaftRole, RateLimitRule, RateLimits, RemoveMemberRequest, RootKeyState,
+    RootKeyStatus, SetLimitsRequest, TransferLeaderRequest,
 };
 pub use encoding::Shard;
 pub use error::ErrorCode;

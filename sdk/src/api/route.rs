@@ -64,10 +64,14 @@ pub enum Route {
     RotationGet,
     /// Set the replicated key rotation settings (extension).
     RotationSet,
+    /// The replicated rate limits (extension).
+    ClusterLimits,
+    /// Replace the replicated rate limits (extension).
+    ClusterSetLimits,
 }
 
 /// Each route's path, action and the two joined, in one table.
-const TABLE: [(Route, &str, Option<&str>, &str); 29] = [
+const TABLE: [(Route, &str, Option<&str>, &str); 31] = [
     (
         Route::SecretPut,
         "/v1/store/secrets",
@@ -237,12 +241,24 @@ const TABLE: [(Route, &str, Option<&str>, &str); 29] = [
         Some("set"),
         "/v1/operator/rotation?action=set",
     ),
+    (
+        Route::ClusterLimits,
+        "/v1/cluster",
+        Some("limits"),
+        "/v1/cluster?action=limits",
+    ),
+    (
+        Route::ClusterSetLimits,
+        "/v1/cluster",
+        Some("set-limits"),
+        "/v1/cluster?action=set-limits",
+    ),
 ];
 
 impl Route {
     /// Every route.
-    pub const ALL: [Route; 29] = {
-        let mut all = [Route::SecretPut; 29];
+    pub const ALL: [Route; 31] = {
+        let mut all = [Route::SecretPut; 31];
         let mut index = 0;
         while index < TABLE.len() {
             all[index] = TABLE[index].0;
@@ -302,6 +318,8 @@ impl Route {
                 | Route::SecretMetadataPut
                 | Route::RotationGet
                 | Route::RotationSet
+                | Route::ClusterLimits
+                | Route::ClusterSetLimits
         )
     }
 
@@ -321,6 +339,8 @@ impl Route {
                 | Route::ClusterTransfer
                 | Route::ClusterHealth
                 | Route::SnapshotRestore
+                | Route::ClusterLimits
+                | Route::ClusterSetLimits
         )
     }
 

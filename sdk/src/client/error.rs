@@ -30,6 +30,17 @@ pub enum Error {
     /// The request is larger than the server takes.
     #[error("request too large")]
     TooLarge,
+    /// The caller's rate limit on this route is spent on the node asked;
+    /// nothing ran. Try again after `retry_after_secs`.
+    #[error("rate limited: try again in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds to wait (the answer's `Retry-After`).
+        retry_after_secs: u64,
+    },
+    /// The cluster is past its storage quota: writes that add data are
+    /// refused until space is freed; nothing changed.
+    #[error("storage quota exceeded: {0}")]
+    StorageQuota(String),
     /// Any other answer.
     #[error("SPIKE Nexus answered {status} {code}")]
     Server {
@@ -59,6 +70,30 @@ impl Error {
     /// The failure an answer's status says, with the `err` code its body
     /// names (SPIKE's clients decide by the status alone; so do we).
     pub fn from_answer(status: u16, body: &[u8]) -> Self {
+        Self::from_reply(status, body, |_| None)
+    }
+
+    /// [`Error::from_answer`], with the answer's headers for what the body
+    /// cannot carry: a 429's `Retry-After` and a refusal's reason.
+    pub fn from_reply<'h>(
+        status: u16,
+        body: &[u8],
+        header: impl Fn(&str) -> Option<&'h str>,
+    ) -> Self {
+        match Self::from_body(status, body) {
+            Self::RateLimited { .. } => Self::RateLimited {
+                retry_after_secs: header(crate::api::header::RETRY_AFTER)
+                    .and_then(|value| value.trim().parse().ok())
+                    .unwrap_or(1),
+            },
+            Self::StorageQuota(code) => {
+                Self::StorageQuota(header(crate::api::header::REASON).map_or(code, str::to_owned))
+            }
+            other => other,
+        }
+    }
+
+    fn from_body(status: u16, body: &[u8]) -> Self {
         let code = crate::api::decode::<crate::api::EmptyResponse>(body)
             .ok()
             .and_then(|answer| answer.err);
@@ -66,6 +101,9 @@ impl Error {
             Some(ErrorCode::NotReady) => {
                 Self::NotReady(code.unwrap_or(ErrorCode::NotReady).as_str().to_owned())
             }
+            Some(ErrorCode::RateLimited) => Self::RateLimited {
+                retry_after_secs: 1,
+            },
             Some(known) => Self::from(known),
             None => Self::Server {
                 status,
@@ -89,6 +127,10 @@ impl From<ErrorCode> for Error {
             ErrorCode::NotReady | ErrorCode::AuditUnavailable | ErrorCode::StateCorrupt => {
                 Self::NotReady(code.as_str().to_owned())
             }
+            ErrorCode::RateLimited => Self::RateLimited {
+                retry_after_secs: 1,
+            },
+            ErrorCode::StorageQuota => Self::StorageQuota(code.as_str().to_owned()),
             _ => Self::Server {
                 status: code.status(),
                 code: code.as_str().to_owned(),
@@ -113,6 +155,16 @@ mod tests {
         assert!(matches!(Error::from_answer(404, b"{}"), Error::NotFound));
         assert!(matches!(Error::from_answer(409, b"null"), Error::Conflict));
         assert!(matches!(Error::from_answer(413, b""), Error::TooLarge));
+        assert!(matches!(
+            Error::from_reply(429, b"{}", |name| (name == "retry-after").then_some("3")),
+            Error::RateLimited {
+                retry_after_secs: 3
+            }
+        ));
+        assert!(matches!(
+            Error::from_reply(507, b"{}", |name| (name == "x-spike-reason").then_some("full")),
+            Error::StorageQuota(ref reason) if reason == "full"
+        ));
         let not_ready = Error::from_answer(503, br#"{"err":"state_not_ready"}"#);
         assert!(not_ready.is_retryable(), "{not_ready}");
         assert!(!Error::Denied.is_retryable());

@@ -227,7 +227,7 @@ impl NexusClient {
                 headers: &headers,
             };
             let last = match self.pool.send(target, request).await {
-                Ok(reply) => {
+                Ok(mut reply) => {
                     let hint = reply
                         .header(header::LEADER)
                         .and_then(header::parse_leader_hint);
@@ -235,11 +235,11 @@ impl NexusClient {
                     if hint.is_some() {
                         *lock(&self.leader) = hint;
                     }
-                    let body = Zeroizing::new(reply.bytes);
+                    let body = Zeroizing::new(std::mem::take(&mut reply.bytes));
                     if reply.status == 200 {
                         return Ok(body);
                     }
-                    match Error::from_answer(reply.status, &body) {
+                    match Error::from_reply(reply.status, &body, |name| reply.header(name)) {
                         Error::NotReady(reason) if moved => {
                             // A fresh leader hint: try it at once.
                             if attempt < self.retry.attempts_max && Instant::now() < deadline {

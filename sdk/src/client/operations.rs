@@ -8,15 +8,16 @@ use zeroize::Zeroizing;
 use super::nexus::{Consistency, Operation};
 use super::{Error, NexusClient};
 use crate::api::{
-    AddMemberRequest, ClusterHealth, ClusterHealthRequest, ClusterMembersRequest, ClusterStatus,
-    ClusterStatusRequest, CustomMetadata, DecryptRequest, DecryptResponse, DeletePolicyRequest,
-    DeleteSecretRequest, DestroySecretRequest, EncryptRequest, EncryptResponse, GetPolicyRequest,
-    GetRotationRequest, GetSecretRequest, ListPoliciesRequest, ListSecretsRequest, Member, Policy,
-    PutPolicyRequest, PutSecretMetadataRequest, PutSecretRequest, RecoverRequest, RekeyRequest,
+    AddMemberRequest, ClusterHealth, ClusterHealthRequest, ClusterLimitsRequest,
+    ClusterMembersRequest, ClusterStatus, ClusterStatusRequest, CustomMetadata, DecryptRequest,
+    DecryptResponse, DeletePolicyRequest, DeleteSecretRequest, DestroySecretRequest,
+    EncryptRequest, EncryptResponse, GetPolicyRequest, GetRotationRequest, GetSecretRequest,
+    ListPoliciesRequest, ListSecretsRequest, Member, Policy, PutPolicyRequest,
+    PutSecretMetadataRequest, PutSecretRequest, RateLimits, RecoverRequest, RekeyRequest,
     RemoveMemberRequest, RestoreRequest, RestoreResponse, RotateRequest, RotationResponse,
     RotationSettings, Route, SecretMetadataRequest, SecretMetadataResponse, SecretValues,
-    SecretVersions, SetRotationRequest, Shard, SnapshotRestoreResponse, TransferLeaderRequest,
-    UndeleteSecretRequest, VerifyRequest, header,
+    SecretVersions, SetLimitsRequest, SetRotationRequest, Shard, SnapshotRestoreResponse,
+    TransferLeaderRequest, UndeleteSecretRequest, VerifyRequest, header,
 };
 use crate::crypto::{KeyShare, SecretBytes, ShareIndex};
 use crate::domain::{NodeId, Permission, PolicyName, PolicyRef, SecretPath};
@@ -387,6 +388,18 @@ impl NexusClient {
     pub async fn transfer_leader(&self, id: NodeId) -> Result<(), Error> {
         let request = TransferLeaderRequest { id: id.get() };
         self.call(&request).await.map(drop)
+    }
+
+    /// The cluster's rate limits, as committed (extension, superusers).
+    pub async fn cluster_limits(&self) -> Result<RateLimits, Error> {
+        Ok(self.call(&ClusterLimitsRequest {}).await?.limits)
+    }
+
+    /// Replaces the cluster's rate limits (extension, superusers); no rule
+    /// removes every limit. Invalid limits are refused before sending.
+    pub async fn set_cluster_limits(&self, limits: RateLimits) -> Result<(), Error> {
+        limits.validate().map_err(Error::Invalid)?;
+        self.call(&SetLimitsRequest { limits }).await.map(drop)
     }
 
     /// A backup of the encrypted store as it stands after everything

@@ -135,6 +135,13 @@ fn routes() -> Vec<Route> {
             json!({"path": "apps/billing/db", "customMetadata": {"owner": "billing"}}),
         ),
         route("cluster health", "/v1/cluster?action=health", json!({})),
+        route("cluster limits", "/v1/cluster?action=limits", json!({})),
+        // No rules: no limits, as before.
+        route(
+            "cluster set limits",
+            "/v1/cluster?action=set-limits",
+            json!({"limits": {"rules": []}}),
+        ),
     ]
 }
 
@@ -168,6 +175,8 @@ fn allowed(identity: &str) -> &'static [&'static str] {
         "cluster transfer",
         "secret metadata put",
         "cluster health",
+        "cluster limits",
+        "cluster set limits",
     ];
     // `write` lets billing delete (reversible) and put with cas (a put
     // that may do less), not destroy.

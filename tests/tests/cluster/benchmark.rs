@@ -83,3 +83,63 @@ async fn benchmark_cluster_start_failover_and_restart() {
     summary("restarted replica: start to root key held", restart_ready);
     summary("restarted replica: start to first read", restart_serving);
 }
+
+/// The isolation benchmark (`spike-bench isolation`) at a tiny scale: it
+/// runs its three phases and prints the quiet identity's figures. No
+/// timing is asserted; the figures come from a full run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_benchmark_runs_at_a_tiny_scale() {
+    // A block of loopback ports below the tests' own (10,000 and up).
+    let base_port = (5_000..9_800)
+        .step_by(200)
+        .find(|base: &u16| {
+            (0..200).all(|offset| std::net::TcpListener::bind(("127.0.0.1", base + offset)).is_ok())
+        })
+        .expect("a free block of ports")
+        .to_string();
+    let output = tokio::process::Command::new(spike_tests::binary("spike-bench"))
+        .args([
+            "isolation",
+            "--duration",
+            "1s",
+            "--noisy-clients",
+            "2",
+            "--quiet-rate",
+            "10",
+            "--noisy-limit",
+            "5",
+            "--base-port",
+            &base_port,
+        ])
+        .output()
+        .await
+        .expect("spike-bench runs");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let phases: serde_json::Value =
+        serde_json::from_str(said.lines().last().expect("a line")).expect("the phases as JSON");
+    let names: Vec<&str> = phases
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|phase| phase["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "quiet alone",
+            "beside noisy, no limit",
+            "beside noisy, noisy limited"
+        ]
+    );
+    for phase in phases.as_array().expect("a list") {
+        assert!(phase["quiet_reads"].as_u64() > Some(0), "{phase}");
+    }
+    // The limit bites: the noisy identity got 429s only once limited.
+    assert_eq!(phases[1]["noisy_limited_per_second"], 0.0);
+    assert!(phases[2]["noisy_limited_per_second"].as_f64() > Some(0.0));
+}

@@ -13,6 +13,7 @@ mod faults;
 mod membership;
 mod metrics;
 mod network;
+mod quotas;
 mod rotation;
 mod runbook;
 mod safety;

@@ -1,0 +1,327 @@
+//! The storage quota and the rate limits, on real processes: past the
+//! quota, writes that add data are refused (507) while reads, deletes and
+//! destroys go on, and the alarm shows until space is freed; a rate limit
+//! set for one workload refuses its burst beyond (429, `Retry-After`),
+//! leaves another workload alone, survives a leader change, and never
+//! locks the superuser out of the limits.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use spike_sdk::client::RawReply;
+use spike_tests::{ApiClient, LocalCluster};
+
+use crate::support::{Operators, RECOVERY_LIMIT, leader, phase, status};
+
+/// The quota the quota test starts its replicas with.
+const QUOTA: &str = "6MiB";
+/// Each secret the quota test writes: 400 KiB of values.
+const VALUE_BYTES: usize = 400 * 1024;
+
+/// `spike ARGS` as the superuser, at every replica (it follows the leader).
+async fn spike(cluster: &LocalCluster, args: &[&str]) -> std::process::Output {
+    let home = tempfile::tempdir().expect("home");
+    let urls: Vec<String> = [1, 2, 3]
+        .iter()
+        .map(|id| format!("https://{}", cluster.api(*id)))
+        .collect();
+    cluster
+        .spike_as("superuser")
+        .env("HOME", home.path())
+        .env("SPIKE_NEXUS_API_URL", &urls[0])
+        .env("SPIKE_NEXUS_API_URLS", urls.join(","))
+        .args(args)
+        .output()
+        .await
+        .expect("spike runs")
+}
+
+async fn post_raw(client: &ApiClient, node: SocketAddr, path: &str, body: Value) -> RawReply {
+    client
+        .raw(
+            node,
+            "POST",
+            path,
+            spike_sdk::api::header::JSON,
+            body.to_string().into_bytes(),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("{path} on {node}: {error}"))
+}
+
+fn err_of(reply: &RawReply) -> Value {
+    serde_json::from_slice::<Value>(&reply.bytes).unwrap_or(Value::Null)["err"].clone()
+}
+
+async fn put_big(client: &ApiClient, node: SocketAddr, path: &str, fill: char) -> RawReply {
+    let value: String = std::iter::repeat_n(fill, VALUE_BYTES).collect();
+    post_raw(
+        client,
+        node,
+        "/v1/store/secrets",
+        json!({ "path": path, "values": { "v": value } }),
+    )
+    .await
+}
+
+/// Waits until the leader's status says the quota is (or is not) exceeded.
+async fn quota_alarm_becomes(client: &ApiClient, cluster: &LocalCluster, exceeded: bool) -> Value {
+    let began = tokio::time::Instant::now();
+    loop {
+        let id = leader(client, cluster, &[1, 2, 3]).await;
+        if let Some(status) = status(client, cluster.api(id)).await
+            && status["storageQuotaExceeded"] == exceeded
+        {
+            return status;
+        }
+        assert!(
+            began.elapsed() < RECOVERY_LIMIT,
+            "the quota alarm never became {exceeded}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_storage_quota_only_writes_that_add_data_are_refused_until_space_is_freed() {
+    let quota_arg = format!("--storage-quota={QUOTA}");
+    let cluster = LocalCluster::up(&["--nexus-arg", &quota_arg]);
+    let ops = Operators::of(&cluster).await;
+    let su = &ops.superuser;
+    let node = cluster.api(1);
+
+    phase("fill the store until a put is refused");
+    let mut written = Vec::new();
+    let refused = loop {
+        let path = format!("big/{}", written.len());
+        let reply = put_big(su, node, &path, 'x').await;
+        match reply.status {
+            200 => written.push(path),
+            507 => break reply,
+            other => panic!("put {path}: {other} {:?}", err_of(&reply)),
+        }
+        assert!(written.len() < 100, "100 puts of 400 KiB and no refusal");
+        // Let the sampler (1 s, a page scan at most every 5 s) see it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(err_of(&refused), "storage_quota_exceeded");
+    let reason = refused
+        .header(spike_sdk::api::header::REASON)
+        .expect("a refusal names its reason")
+        .to_owned();
+    for needed in ["storage quota exceeded", "6.0 MiB", "destroy"] {
+        assert!(reason.contains(needed), "{reason}");
+    }
+    eprintln!("refused after {} puts: {reason}", written.len());
+    let alarm = quota_alarm_becomes(su, &cluster, true).await;
+    assert!(alarm["storageUsedBytes"].as_u64() > alarm["storageQuotaBytes"].as_u64());
+    assert_eq!(alarm["storageQuotaBytes"], 6 * 1024 * 1024);
+
+    phase("the CLI shows the alarm and the error");
+    // Every replica measures its own copy: each raises the alarm.
+    let began = tokio::time::Instant::now();
+    loop {
+        let shown = spike(&cluster, &["cluster", "status"]).await;
+        let shown = String::from_utf8_lossy(&shown.stdout);
+        if shown.contains("QUOTA EXCEEDED") {
+            break;
+        }
+        assert!(began.elapsed() < RECOVERY_LIMIT, "{shown}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let refused = spike(&cluster, &["secret", "put", "big/cli", "v=small"]).await;
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned()
+        + &String::from_utf8_lossy(&refused.stdout);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("storage quota exceeded"), "{said}");
+
+    phase("reads, deletes, undeletes and destroys go on");
+    let first = &written[0];
+    let read = post_raw(
+        su,
+        node,
+        "/v1/store/secrets?action=get",
+        json!({ "path": first }),
+    )
+    .await;
+    assert_eq!(read.status, 200);
+    for action in ["delete", "undelete"] {
+        let reply = post_raw(
+            su,
+            node,
+            &format!("/v1/store/secrets?action={action}"),
+            json!({ "path": first, "versions": [1] }),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{action}: {:?}", err_of(&reply));
+    }
+    for path in &written {
+        let reply = post_raw(
+            su,
+            node,
+            "/v1/store/secrets?action=destroy",
+            json!({ "path": path, "versions": [1] }),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "destroy {path}: {:?}", err_of(&reply));
+    }
+
+    phase("space freed: the alarm clears and writes work again");
+    quota_alarm_becomes(su, &cluster, false).await;
+    let again = put_big(su, node, "big/again", 'y').await;
+    assert_eq!(again.status, 200, "{:?}", err_of(&again));
+}
+
+/// `spike cluster limits ARGS...` as the superuser; retried while the
+/// cluster has not switched to the format limits need (a new cluster does
+/// so within seconds).
+async fn limits(cluster: &LocalCluster, args: &[&str]) -> String {
+    let began = tokio::time::Instant::now();
+    loop {
+        let mut all = vec!["cluster", "limits"];
+        all.extend_from_slice(args);
+        let output = spike(cluster, &all).await;
+        let said = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() {
+            return said;
+        }
+        let complaint = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            began.elapsed() < RECOVERY_LIMIT,
+            "spike cluster limits {args:?}: {said}{complaint}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Statuses of `count` requests by `client` to `node`, at once.
+async fn burst(client: &ApiClient, node: SocketAddr, count: usize) -> Vec<RawReply> {
+    let mut replies = Vec::new();
+    for _ in 0..count {
+        replies.push(
+            post_raw(
+                client,
+                node,
+                "/v1/store/secrets?action=get",
+                json!({ "path": "apps/x" }),
+            )
+            .await,
+        );
+    }
+    replies
+}
+
+fn limited(replies: &[RawReply]) -> usize {
+    replies.iter().filter(|reply| reply.status == 429).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_one_workload_back_survives_a_leader_change_and_spares_the_superuser() {
+    let mut cluster = LocalCluster::up(&[
+        "--workload",
+        "noisy=/app/noisy",
+        "--workload",
+        "quiet=/app/quiet",
+    ]);
+    let ops = Operators::of(&cluster).await;
+    let su = &ops.superuser;
+    let noisy_identity = cluster.identity("noisy").await;
+    let noisy_id = noisy_identity.spiffe_id().to_string();
+    let noisy = ApiClient::new(&noisy_identity);
+    let quiet = ApiClient::new(&cluster.identity("quiet").await);
+
+    phase("set a limit on the noisy workload with the CLI");
+    // One request every 10 s after a burst of 3: a test cannot refill it.
+    let rule = format!("{noisy_id},*,1,3");
+    limits(
+        &cluster,
+        &[
+            "set",
+            "--rule",
+            &rule,
+            "--rule",
+            "*,/v1/cluster?action=status,1,1",
+        ],
+    )
+    .await;
+    let shown = limits(&cluster, &["get", "-f", "json"]).await;
+    let shown: Value = serde_json::from_str(&shown).expect("json");
+    assert_eq!(shown["rules"][0]["spiffeId"], noisy_id.as_str());
+    assert_eq!(shown["rules"][0]["burst"], 3);
+
+    phase("the noisy workload's burst beyond gets 429 with Retry-After");
+    let node = cluster.api(2);
+    let replies = burst(&noisy, node, 8).await;
+    // Not limited: refused by authorization (no policy), the first 3.
+    assert!(replies[..3].iter().all(|reply| reply.status == 401));
+    assert!(
+        limited(&replies) >= 4,
+        "{:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    let refused = replies.last().expect("replies");
+    assert_eq!(refused.status, 429);
+    assert_eq!(err_of(refused), "rate_limited");
+    let retry_after: u64 = refused
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+
+    phase("the quiet workload is unaffected");
+    assert_eq!(limited(&burst(&quiet, node, 20).await), 0);
+
+    phase("the setting survives a leader change");
+    let old = leader(su, &cluster, &[1, 2, 3]).await;
+    cluster.act("kill", &format!("nexus-{old}"));
+    let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != old).collect();
+    let new = loop {
+        let id = leader(su, &cluster, &survivors).await;
+        if id != old {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let shown = limits(&cluster, &["get", "-f", "json"]).await;
+    assert!(shown.contains(&noisy_id), "{shown}");
+    // Buckets are per replica: the new leader's are fresh, then spent.
+    let replies = burst(&noisy, cluster.api(new), 8).await;
+    assert!(limited(&replies) >= 4);
+    cluster.act("start", &format!("nexus-{old}"));
+
+    phase("the superuser is never locked out of the cluster routes");
+    // Status is limited to 1 a second for everyone by the second rule, but
+    // not for the superuser.
+    for _ in 0..10 {
+        let reply = post_raw(su, node, "/v1/cluster?action=status", json!({})).await;
+        assert_eq!(reply.status, 200);
+    }
+    let quiet_status = burst_status(&quiet, node).await;
+    assert_eq!(quiet_status, [401, 429]);
+    // Limit everyone, the superuser included, on every route...
+    limits(&cluster, &["set", "--rule", "*,*,1,1"]).await;
+    let data = burst(su, node, 5).await;
+    assert!(
+        limited(&data) >= 3,
+        "the superuser's data routes are limited too"
+    );
+    // ...and it can still lift the limits.
+    let said = limits(&cluster, &["clear"]).await;
+    assert!(said.contains("removed"), "{said}");
+    assert_eq!(limits(&cluster, &["get"]).await, "No rate limits.\n");
+    assert_eq!(limited(&burst(&noisy, node, 10).await), 0);
+}
+
+/// Two status requests at once by a caller that is not the superuser: 401
+/// first (it may not see the status), then 429 (its bucket of 1 is spent).
+async fn burst_status(client: &ApiClient, node: SocketAddr) -> [u16; 2] {
+    let mut statuses = [0; 2];
+    for status in &mut statuses {
+        *status = post_raw(client, node, "/v1/cluster?action=status", json!({}))
+            .await
+            .status;
+    }
+    statuses
+}
