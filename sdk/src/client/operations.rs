@@ -350,13 +350,7 @@ impl NexusClient {
         cluster_addr: SocketAddr,
         api_addr: SocketAddr,
     ) -> Result<(), Error> {
-        let request = AddMemberRequest {
-            id: id.get(),
-            cluster_addr: cluster_addr.to_string(),
-            api_addr: api_addr.to_string(),
-            non_voter: false,
-        };
-        self.call(&request).await.map(drop)
+        self.add(id, cluster_addr, api_addr, false).await
     }
 
     /// Adds a permanent non-voter (extension, superusers): a read replica
@@ -368,11 +362,21 @@ impl NexusClient {
         cluster_addr: SocketAddr,
         api_addr: SocketAddr,
     ) -> Result<(), Error> {
+        self.add(id, cluster_addr, api_addr, true).await
+    }
+
+    async fn add(
+        &self,
+        id: NodeId,
+        cluster_addr: SocketAddr,
+        api_addr: SocketAddr,
+        non_voter: bool,
+    ) -> Result<(), Error> {
         let request = AddMemberRequest {
             id: id.get(),
             cluster_addr: cluster_addr.to_string(),
             api_addr: api_addr.to_string(),
-            non_voter: true,
+            non_voter,
         };
         self.call(&request).await.map(drop)
     }

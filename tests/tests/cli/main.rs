@@ -165,15 +165,17 @@ async fn secret_commands_in_every_format() {
         cli.ok("superuser", &metadata_put(&["owner=team-b"])).await,
         "OK\n"
     );
-    let metadata = json(
-        &cli.ok(
-            "superuser",
-            &["secret", "metadata", "get", "apps/db", "-f", "json"],
+    let metadata_json = async || {
+        json(
+            &cli.ok(
+                "superuser",
+                &["secret", "metadata", "get", "apps/db", "-f", "json"],
+            )
+            .await,
         )
-        .await,
-    );
+    };
     assert_eq!(
-        metadata["customMetadata"],
+        metadata_json().await["customMetadata"],
         serde_json::json!({"owner": "team-b"}),
         "a put replaces every pair"
     );
@@ -181,13 +183,7 @@ async fn secret_commands_in_every_format() {
         cli.ok("superuser", &metadata_put(&["--clear"])).await,
         "OK\n"
     );
-    let metadata = json(
-        &cli.ok(
-            "superuser",
-            &["secret", "metadata", "get", "apps/db", "-f", "json"],
-        )
-        .await,
-    );
+    let metadata = metadata_json().await;
     assert!(metadata.get("customMetadata").is_none(), "{metadata}");
     let missing = cli
         .fails(
