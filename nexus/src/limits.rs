@@ -13,9 +13,24 @@
 //! Buckets live in a map of at most [`BUCKETS_MAX`] entries; when it is
 //! full, buckets that have refilled to their burst (indistinguishable from
 //! a new one) are dropped, and if none has, the least recently used.
+//!
+//! Refusing must cost less than serving, or a caller that ignores 429s
+//! still takes the replica from everyone else:
+//! - The rules are read from the applied state only when the applied
+//!   index has moved since they were last read, not on every request.
+//! - A caller told to retry after a moment that asks again before that
+//!   moment is held, not answered: its request sleeps until the moment it
+//!   was given (at most [`HOLD_MAX`]) and is then admitted if a token is
+//!   there, refused otherwise. A client that ignores `Retry-After` thus
+//!   gets at most one refusal per request it keeps open per second (its
+//!   connections and streams are bounded by the edge), instead of as many
+//!   as it can send; a client that honours it is never held. At most
+//!   [`HELD_MAX`] requests are held at once on a replica; past that,
+//!   refusals are answered at once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -26,25 +41,47 @@ use spike_sdk::api::{RateLimitRule, RateLimits, Route};
 
 /// Most buckets a replica keeps.
 pub const BUCKETS_MAX: usize = 10_000;
+/// Longest a request that came back too early is held before its answer.
+pub const HOLD_MAX: Duration = Duration::from_secs(1);
+/// Most requests held at once on a replica.
+pub const HELD_MAX: usize = 4096;
 
 /// Why a request was not let through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limited {
     /// When a token will be there.
     pub retry_after: Duration,
+    /// The caller came back before the `Retry-After` it was given: hold
+    /// the request this long, then ask again ([`RateLimiter::hold`]).
+    /// Zero for a caller that waited as told.
+    pub hold: Duration,
+}
+
+/// A request refused or not decidable.
+#[derive(Debug)]
+pub enum NotAdmitted<E> {
+    /// Over the caller's limit.
+    Limited(Limited),
+    /// The rules could not be read.
+    Unreadable(E),
 }
 
 impl Limited {
     /// `Retry-After` in whole seconds, rounded up (at least 1).
     pub fn retry_after_secs(&self) -> u64 {
-        let secs = self.retry_after.as_secs();
-        let rounded = if self.retry_after.subsec_nanos() > 0 {
-            secs + 1
-        } else {
-            secs
-        };
-        rounded.max(1)
+        whole_seconds(self.retry_after)
     }
+}
+
+/// `duration` in whole seconds, rounded up (at least 1).
+fn whole_seconds(duration: Duration) -> u64 {
+    let secs = duration.as_secs();
+    let rounded = if duration.subsec_nanos() > 0 {
+        secs + 1
+    } else {
+        secs
+    };
+    rounded.max(1)
 }
 
 /// One token bucket.
@@ -54,6 +91,8 @@ struct Bucket {
     rate: f64,
     burst: f64,
     refilled: Instant,
+    /// Until when the caller was last told to wait (`Retry-After`).
+    told_until: Option<Instant>,
 }
 
 impl Bucket {
@@ -63,6 +102,7 @@ impl Bucket {
             rate: f64::from(rule.rate_per_second),
             burst: f64::from(rule.burst),
             refilled: now,
+            told_until: None,
         }
     }
 
@@ -79,9 +119,18 @@ impl Bucket {
             return Ok(());
         }
         let wait = (1.0 - self.tokens) / self.rate;
-        Err(Limited {
-            retry_after: Duration::from_secs_f64(wait.max(0.001)),
-        })
+        let retry_after = Duration::from_secs_f64(wait.max(0.001));
+        let hold = match self.told_until {
+            // Back before the moment it was given: it ignored the answer.
+            Some(until) if until > now => (until - now).min(HOLD_MAX),
+            _ => {
+                // What `Retry-After` will say: whole seconds, rounded up.
+                let told = Duration::from_secs(whole_seconds(retry_after));
+                self.told_until = Some(now + told);
+                Duration::ZERO
+            }
+        };
+        Err(Limited { retry_after, hold })
     }
 
     fn full(&self, now: Instant) -> bool {
@@ -91,6 +140,9 @@ impl Bucket {
 }
 
 struct Buckets {
+    /// The applied index the rules were last read at: until it moves,
+    /// they are not read again.
+    read_at: Option<u64>,
     /// The rules the buckets were made for, as their stored bytes: new
     /// rules start every bucket afresh.
     rules_bytes: Option<Vec<u8>>,
@@ -101,9 +153,12 @@ struct Buckets {
 /// The limiter of one replica.
 pub struct RateLimiter {
     state: Mutex<Buckets>,
+    held: AtomicUsize,
     limited: Family<[(&'static str, &'static str); 1], Counter>,
     buckets_gauge: Gauge,
     rules_gauge: Gauge,
+    held_gauge: Gauge,
+    held_total: Counter,
 }
 
 impl Default for RateLimiter {
@@ -116,13 +171,17 @@ impl Default for RateLimiter {
         }
         Self {
             state: Mutex::new(Buckets {
+                read_at: None,
                 rules_bytes: None,
                 rules: RateLimits::default(),
                 buckets: HashMap::new(),
             }),
+            held: AtomicUsize::new(0),
             limited,
             buckets_gauge: Gauge::default(),
             rules_gauge: Gauge::default(),
+            held_gauge: Gauge::default(),
+            held_total: Counter::default(),
         }
     }
 }
@@ -143,27 +202,38 @@ pub fn superuser_exempt(route: Route) -> bool {
 }
 
 impl RateLimiter {
-    /// Takes a token for `caller` on `route` under `rules` (their stored
-    /// bytes, `None` when no limits were ever set; compared to the last
-    /// seen, so a change resets the buckets).
-    pub fn admit(
+    /// Takes a token for `caller` on `route`. The rules are those of the
+    /// applied state at index `applied`: `read_rules` (their stored bytes,
+    /// `None` when no limits were ever set) is called only when that index
+    /// moved since the last read, and bytes unlike the last seen start
+    /// every bucket afresh.
+    pub fn admit<E>(
         &self,
         caller: &str,
         route: Route,
-        rules_bytes: Option<&[u8]>,
-        decode: impl FnOnce(&[u8]) -> Option<RateLimits>,
+        applied: u64,
+        read_rules: impl FnOnce() -> Result<Option<Vec<u8>>, E>,
         now: Instant,
-    ) -> Result<(), Limited> {
+    ) -> Result<(), NotAdmitted<E>> {
         let mut state = self
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.rules_bytes.as_deref() != rules_bytes {
-            state.rules = rules_bytes.and_then(decode).unwrap_or_default();
-            state.rules_bytes = rules_bytes.map(<[u8]>::to_vec);
-            state.buckets.clear();
-            self.rules_gauge
-                .set(i64::try_from(state.rules.rules.len()).unwrap_or(i64::MAX));
+        if state.read_at != Some(applied) {
+            let rules_bytes = read_rules().map_err(NotAdmitted::Unreadable)?;
+            state.read_at = Some(applied);
+            if state.rules_bytes != rules_bytes {
+                // Undecodable rules (never written: apply validates them)
+                // limit nothing rather than lock every caller out.
+                state.rules = rules_bytes
+                    .as_deref()
+                    .and_then(|bytes| crate::state::store::decode("limits", bytes).ok())
+                    .unwrap_or_default();
+                state.rules_bytes = rules_bytes;
+                state.buckets.clear();
+                self.rules_gauge
+                    .set(i64::try_from(state.rules.rules.len()).unwrap_or(i64::MAX));
+            }
         }
         let Some(rule) = state.rules.rule_for(caller, route).cloned() else {
             return Ok(());
@@ -183,12 +253,37 @@ impl RateLimiter {
         self.buckets_gauge
             .set(i64::try_from(state.buckets.len()).unwrap_or(i64::MAX));
         drop(state);
-        if outcome.is_err() {
-            self.limited
-                .get_or_create(&[("route", route.path_and_query())])
-                .inc();
+        outcome.map_err(NotAdmitted::Limited)
+    }
+
+    /// Counts a refusal that is answered (after any hold).
+    pub fn refused(&self, route: Route) {
+        self.limited
+            .get_or_create(&[("route", route.path_and_query())])
+            .inc();
+    }
+
+    /// Holds a request for `limited.hold`, if there is room among the
+    /// held ones ([`HELD_MAX`]); returns whether it was held (and should
+    /// then ask again).
+    pub async fn hold(&self, limited: Limited) -> bool {
+        if limited.hold.is_zero() {
+            return false;
         }
-        outcome
+        let taken = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held < HELD_MAX).then_some(held + 1)
+            });
+        if taken.is_err() {
+            return false;
+        }
+        // Released however the hold ends, the caller hanging up included.
+        let _held = Held(self);
+        self.held_total.inc();
+        self.held_gauge.inc();
+        tokio::time::sleep(limited.hold).await;
+        true
     }
 
     /// Registers the limiter's metrics.
@@ -208,6 +303,26 @@ impl RateLimiter {
             "Rate-limit rules in force (spike cluster limits)",
             self.rules_gauge.clone(),
         );
+        registry.register(
+            "rate_limit_held",
+            "Requests held now because their caller came back before its Retry-After (at most 4096)",
+            self.held_gauge.clone(),
+        );
+        registry.register(
+            "rate_limit_holds",
+            "Requests ever held because their caller came back before its Retry-After",
+            self.held_total.clone(),
+        );
+    }
+}
+
+/// One held request, counted until dropped.
+struct Held<'a>(&'a RateLimiter);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::AcqRel);
+        self.0.held_gauge.dec();
     }
 }
 
@@ -233,11 +348,7 @@ mod tests {
     use super::*;
 
     fn limits(rules: Vec<RateLimitRule>) -> Vec<u8> {
-        serde_json::to_vec(&RateLimits { rules }).expect("json")
-    }
-
-    fn decode(bytes: &[u8]) -> Option<RateLimits> {
-        serde_json::from_slice(bytes).ok()
+        crate::state::store::encode(&RateLimits { rules }).expect("encode")
     }
 
     fn rule(spiffe_id: &str, rate: u32, burst: u32) -> RateLimitRule {
@@ -249,35 +360,144 @@ mod tests {
         }
     }
 
+    /// `admit` with rules read at applied index `applied`.
+    fn admit(
+        limiter: &RateLimiter,
+        caller: &str,
+        applied: u64,
+        rules: Option<&[u8]>,
+        at: Instant,
+    ) -> Result<(), Limited> {
+        let read = || Ok::<_, ()>(rules.map(<[u8]>::to_vec));
+        limiter
+            .admit(caller, Route::SecretGet, applied, read, at)
+            .map_err(|refused| match refused {
+                NotAdmitted::Limited(limited) => limited,
+                NotAdmitted::Unreadable(()) => panic!("unreadable"),
+            })
+    }
+
     #[test]
     fn a_burst_is_let_through_then_refused_until_a_token_refills() {
         let limiter = RateLimiter::default();
         let rules = limits(vec![rule("spiffe://a.org/noisy", 2, 3)]);
         let now = Instant::now();
-        let admit = |caller: &str, at: Instant| {
-            limiter.admit(caller, Route::SecretGet, Some(&rules), decode, at)
-        };
         for _ in 0..3 {
-            assert_eq!(admit("spiffe://a.org/noisy", now), Ok(()));
+            assert_eq!(
+                admit(&limiter, "spiffe://a.org/noisy", 1, Some(&rules), now),
+                Ok(())
+            );
         }
-        let limited = admit("spiffe://a.org/noisy", now).expect_err("over the burst");
+        let limited = admit(&limiter, "spiffe://a.org/noisy", 1, Some(&rules), now)
+            .expect_err("over the burst");
         assert_eq!(limited.retry_after, Duration::from_millis(500));
         assert_eq!(limited.retry_after_secs(), 1);
+        assert_eq!(
+            limited.hold,
+            Duration::ZERO,
+            "the first refusal is not held"
+        );
         // Another caller has its own (here: no) limit.
         for _ in 0..100 {
-            assert_eq!(admit("spiffe://a.org/quiet", now), Ok(()));
+            assert_eq!(
+                admit(&limiter, "spiffe://a.org/quiet", 1, Some(&rules), now),
+                Ok(())
+            );
         }
+        // Told to come back in 1 s; a token is there after 0.5 s.
+        let later = now + Duration::from_secs(1);
         assert_eq!(
-            admit("spiffe://a.org/noisy", now + Duration::from_millis(500)),
+            admit(&limiter, "spiffe://a.org/noisy", 1, Some(&rules), later),
             Ok(())
         );
         // New rules start afresh; no rules, no limit.
         for _ in 0..10 {
             assert_eq!(
-                limiter.admit("spiffe://a.org/noisy", Route::SecretGet, None, decode, now),
+                admit(&limiter, "spiffe://a.org/noisy", 2, None, now),
                 Ok(())
             );
         }
+    }
+
+    #[test]
+    fn a_caller_back_before_its_retry_after_is_held_until_then() {
+        let limiter = RateLimiter::default();
+        let rules = limits(vec![rule("spiffe://a.org/noisy", 1, 1)]);
+        let caller = "spiffe://a.org/noisy";
+        let now = Instant::now();
+        assert_eq!(admit(&limiter, caller, 1, Some(&rules), now), Ok(()));
+        let first = admit(&limiter, caller, 1, Some(&rules), now).expect_err("over");
+        assert_eq!((first.retry_after_secs(), first.hold), (1, Duration::ZERO));
+        // Back 200 ms later, ignoring the answer: held for the rest of the
+        // second it was given, however many times it asks.
+        for _ in 0..3 {
+            let early = admit(
+                &limiter,
+                caller,
+                1,
+                Some(&rules),
+                now + Duration::from_millis(200),
+            )
+            .expect_err("still early");
+            assert_eq!(early.hold, Duration::from_millis(800));
+        }
+        // At the moment it was given, a token is there: admitted.
+        let on_time = now + Duration::from_secs(1);
+        assert_eq!(admit(&limiter, caller, 1, Some(&rules), on_time), Ok(()));
+        // The next refusal is answered at once again, with a new moment.
+        let again = admit(&limiter, caller, 1, Some(&rules), on_time).expect_err("over");
+        assert_eq!(again.hold, Duration::ZERO);
+        let early = admit(&limiter, caller, 1, Some(&rules), on_time).expect_err("early");
+        assert_eq!(early.hold, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_rules_are_read_again_only_when_the_applied_index_moves() {
+        let limiter = RateLimiter::default();
+        let rules = limits(vec![rule("*", 1, 1)]);
+        let reads = std::cell::Cell::new(0);
+        let now = Instant::now();
+        let admit_at = |applied: u64, caller: &str| {
+            let read = || {
+                reads.set(reads.get() + 1);
+                Ok::<_, ()>(Some(rules.clone()))
+            };
+            limiter.admit(caller, Route::SecretGet, applied, read, now)
+        };
+        for index in 0..100 {
+            let _ = admit_at(7, &format!("spiffe://a.org/{index}"));
+        }
+        assert_eq!(reads.get(), 1);
+        let _ = admit_at(8, "spiffe://a.org/x");
+        assert_eq!(reads.get(), 2);
+        // Unreadable rules refuse the request and are read again next time.
+        let failed = limiter.admit("spiffe://a.org/x", Route::SecretGet, 9, || Err("io"), now);
+        assert!(matches!(failed, Err(NotAdmitted::Unreadable("io"))));
+        let _ = admit_at(9, "spiffe://a.org/x");
+        assert_eq!(reads.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn holds_are_bounded_and_counted() {
+        let limiter = RateLimiter::default();
+        let limited = Limited {
+            retry_after: Duration::from_secs(1),
+            hold: Duration::from_millis(30),
+        };
+        assert!(
+            !limiter
+                .hold(Limited {
+                    hold: Duration::ZERO,
+                    ..limited
+                })
+                .await
+        );
+        let began = tokio::time::Instant::now();
+        assert!(limiter.hold(limited).await);
+        assert!(began.elapsed() >= Duration::from_millis(30));
+        assert_eq!(limiter.held.load(Ordering::Acquire), 0);
+        limiter.held.store(HELD_MAX, Ordering::Release);
+        assert!(!limiter.hold(limited).await, "no room: answered at once");
     }
 
     #[test]
@@ -287,7 +507,7 @@ mod tests {
         let now = Instant::now();
         for index in 0..BUCKETS_MAX + 10 {
             let caller = format!("spiffe://a.org/{index}");
-            let _ = limiter.admit(&caller, Route::SecretGet, Some(&rules), decode, now);
+            let _ = admit(&limiter, &caller, 1, Some(&rules), now);
         }
         let held = limiter.state.lock().expect("lock").buckets.len();
         assert!(held <= BUCKETS_MAX, "{held}");
@@ -297,6 +517,7 @@ mod tests {
     fn retry_after_rounds_up() {
         let of = |millis| Limited {
             retry_after: Duration::from_millis(millis),
+            hold: Duration::ZERO,
         };
         assert_eq!(of(1).retry_after_secs(), 1);
         assert_eq!(of(1000).retry_after_secs(), 1);

@@ -264,6 +264,12 @@ impl Node {
         self.limiter.register_metrics(registry);
     }
 
+    /// The index of the last entry applied here (0 before any); the state
+    /// read after this call is at least that new.
+    pub fn applied_index(&self) -> u64 {
+        self.applied.current()
+    }
+
     /// The rate limiter of this replica's API edge.
     pub fn limiter(&self) -> &RateLimiter {
         &self.limiter
@@ -428,6 +434,7 @@ impl Node {
                 // a file size and every replica applies alike.
                 self.quota
                     .check(&request.command)
+                    .await
                     .map_err(ForwardError::StorageQuota)?;
                 Ok(LeaderReply::Written(self.leadership.write(request).await?))
             }

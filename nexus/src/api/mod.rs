@@ -42,6 +42,7 @@ use spike_sdk::tls::PeerIdentity;
 use tracing::Instrument;
 
 use crate::audit::{AuditEntry, AuditLog};
+use crate::limits::NotAdmitted;
 use crate::metrics::ApiMetrics;
 use crate::node::Node;
 use crate::state::command::SessionRef;
@@ -126,7 +127,7 @@ impl Api {
     /// spent). Unknown routes are not limited (they are refused anyway),
     /// nor is the superuser on the cluster routes, so it can always lift a
     /// limit.
-    fn admit(&self, peer: &PeerIdentity, route: Option<Route>) -> Result<(), ApiError> {
+    async fn admit(&self, peer: &PeerIdentity, route: Option<Route>) -> Result<(), ApiError> {
         let Some(route) = route else {
             return Ok(());
         };
@@ -137,21 +138,30 @@ impl Api {
         {
             return Ok(());
         }
-        let rules = self
-            .node
-            .state
-            .limits_bytes()
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        self.node
-            .limiter()
-            .admit(
-                &peer.spiffe_id.to_string(),
-                route,
-                rules.as_deref(),
-                |bytes| crate::state::store::decode("limits", bytes).ok(),
-                std::time::Instant::now(),
-            )
-            .map_err(|limited| ApiError::RateLimited(limited.retry_after_secs()))
+        let caller = peer.spiffe_id.to_string();
+        let limiter = self.node.limiter();
+        let mut held = false;
+        loop {
+            // The index first: the rules then read are at least that new.
+            let applied = self.node.applied_index();
+            let read_rules = || self.node.state.limits_bytes();
+            let now = std::time::Instant::now();
+            match limiter.admit(&caller, route, applied, read_rules, now) {
+                Ok(()) => return Ok(()),
+                Err(NotAdmitted::Unreadable(error)) => {
+                    return Err(ApiError::Internal(error.to_string()));
+                }
+                // Held once at most: back early, it waits for the moment
+                // it was given, then asks again.
+                Err(NotAdmitted::Limited(limited)) if !held && limiter.hold(limited).await => {
+                    held = true;
+                }
+                Err(NotAdmitted::Limited(limited)) => {
+                    limiter.refused(route);
+                    return Err(ApiError::RateLimited(limited.retry_after_secs()));
+                }
+            }
+        }
     }
 
     /// The leader's API address, for the hint every answer carries.
@@ -230,7 +240,7 @@ async fn dispatch(
     let (reply, target) = async {
         // Before the body is read: a limited caller costs no more than
         // its headers.
-        if let Err(error) = api.admit(&peer, route) {
+        if let Err(error) = api.admit(&peer, route).await {
             return (Reply::failed::<EmptyResponse>(error), None);
         }
         let Some(body) = read_body(&headers, body, limit).await else {

@@ -21,8 +21,13 @@ const VALUE_BYTES: usize = 400 * 1024;
 
 /// `spike ARGS` as the superuser, at every replica (it follows the leader).
 async fn spike(cluster: &LocalCluster, args: &[&str]) -> std::process::Output {
+    spike_at(cluster, &[1, 2, 3], args).await
+}
+
+/// `spike ARGS` as the superuser, at replicas `ids` (the first asked first).
+async fn spike_at(cluster: &LocalCluster, ids: &[u64], args: &[&str]) -> std::process::Output {
     let home = tempfile::tempdir().expect("home");
-    let urls: Vec<String> = [1, 2, 3]
+    let urls: Vec<String> = ids
         .iter()
         .map(|id| format!("https://{}", cluster.api(*id)))
         .collect();
@@ -101,9 +106,9 @@ async fn past_the_storage_quota_only_writes_that_add_data_are_refused_until_spac
             507 => break reply,
             other => panic!("put {path}: {other} {:?}", err_of(&reply)),
         }
+        // Back to back: the sampler (every 1 s) sees few of them; the
+        // leader's estimate of what it let through since counts the rest.
         assert!(written.len() < 100, "100 puts of 400 KiB and no refusal");
-        // Let the sampler (1 s, a page scan at most every 5 s) see it.
-        tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert_eq!(err_of(&refused), "storage_quota_exceeded");
     let reason = refused
@@ -115,14 +120,28 @@ async fn past_the_storage_quota_only_writes_that_add_data_are_refused_until_spac
     }
     eprintln!("refused after {} puts: {reason}", written.len());
     let alarm = quota_alarm_becomes(su, &cluster, true).await;
-    assert!(alarm["storageUsedBytes"].as_u64() > alarm["storageQuotaBytes"].as_u64());
     assert_eq!(alarm["storageQuotaBytes"], 6 * 1024 * 1024);
 
-    phase("the CLI shows the alarm and the error");
-    // Every replica measures its own copy: each raises the alarm.
+    phase("the quota is a ceiling: no replica holds more than it");
+    // Once a page scan has measured every copy (at most every 5 s).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for id in [1, 2, 3] {
+        let status = status(su, cluster.api(id)).await.expect("status");
+        let used = status["storageUsedBytes"].as_u64().expect("used");
+        eprintln!(
+            "nexus-{id}: {used} bytes in use after {} puts",
+            written.len()
+        );
+        assert!(used <= 6 * 1024 * 1024, "nexus-{id} holds {used} bytes");
+    }
+
+    phase("the CLI shows the leader's alarm and the error");
+    // The alarm is the leader's: it refuses the writes (the followers,
+    // each under the quota by its own measure, raise theirs only past it).
     let began = tokio::time::Instant::now();
     loop {
-        let shown = spike(&cluster, &["cluster", "status"]).await;
+        let id = leader(su, &cluster, &[1, 2, 3]).await;
+        let shown = spike_at(&cluster, &[id], &["cluster", "status"]).await;
         let shown = String::from_utf8_lossy(&shown.stdout);
         if shown.contains("QUOTA EXCEEDED") {
             break;
@@ -130,7 +149,13 @@ async fn past_the_storage_quota_only_writes_that_add_data_are_refused_until_spac
         assert!(began.elapsed() < RECOVERY_LIMIT, "{shown}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let refused = spike(&cluster, &["secret", "put", "big/cli", "v=small"]).await;
+    // 4 values of 120 KiB (one argument may not pass 128 KiB): no room.
+    let pairs: Vec<String> = (0..4)
+        .map(|index| format!("v{index}={}", "z".repeat(120 * 1024)))
+        .collect();
+    let mut args = vec!["secret", "put", "big/cli"];
+    args.extend(pairs.iter().map(String::as_str));
+    let refused = spike(&cluster, &args).await;
     let said = String::from_utf8_lossy(&refused.stderr).into_owned()
         + &String::from_utf8_lossy(&refused.stdout);
     assert!(!refused.status.success(), "{said}");
@@ -232,7 +257,7 @@ async fn a_rate_limit_holds_one_workload_back_survives_a_leader_change_and_spare
     let quiet = ApiClient::new(&cluster.identity("quiet").await);
 
     phase("set a limit on the noisy workload with the CLI");
-    // One request every 10 s after a burst of 3: a test cannot refill it.
+    // One request a second after a burst of 3.
     let rule = format!("{noisy_id},*,1,3");
     limits(
         &cluster,
@@ -252,16 +277,13 @@ async fn a_rate_limit_holds_one_workload_back_survives_a_leader_change_and_spare
 
     phase("the noisy workload's burst beyond gets 429 with Retry-After");
     let node = cluster.api(2);
+    let began = tokio::time::Instant::now();
     let replies = burst(&noisy, node, 8).await;
+    let took = began.elapsed();
+    let statuses: Vec<u16> = replies.iter().map(|reply| reply.status).collect();
     // Not limited: refused by authorization (no policy), the first 3.
-    assert!(replies[..3].iter().all(|reply| reply.status == 401));
-    assert!(
-        limited(&replies) >= 4,
-        "{:?}",
-        replies.iter().map(|r| r.status).collect::<Vec<_>>()
-    );
-    let refused = replies.last().expect("replies");
-    assert_eq!(refused.status, 429);
+    assert_eq!(statuses[..4], [401, 401, 401, 429], "{statuses:?}");
+    let refused = &replies[3];
     assert_eq!(err_of(refused), "rate_limited");
     let retry_after: u64 = refused
         .header("retry-after")
@@ -269,6 +291,18 @@ async fn a_rate_limit_holds_one_workload_back_survives_a_leader_change_and_spare
         .parse()
         .expect("seconds");
     assert!((1..=2).contains(&retry_after), "{retry_after}");
+    // It asked again at once, ignoring Retry-After: each such request is
+    // held until the moment it was given, then let through if a token
+    // refilled (1 a second) or refused; never answered early.
+    assert!(limited(&replies) >= 3, "{statuses:?}");
+    let let_through = statuses[4..]
+        .iter()
+        .filter(|status| **status != 429)
+        .count();
+    assert!(
+        took >= Duration::from_secs(1) && let_through as u64 <= took.as_secs() + 1,
+        "{statuses:?} in {took:?}"
+    );
 
     phase("the quiet workload is unaffected");
     assert_eq!(limited(&burst(&quiet, node, 20).await), 0);
@@ -288,7 +322,7 @@ async fn a_rate_limit_holds_one_workload_back_survives_a_leader_change_and_spare
     assert!(shown.contains(&noisy_id), "{shown}");
     // Buckets are per replica: the new leader's are fresh, then spent.
     let replies = burst(&noisy, cluster.api(new), 8).await;
-    assert!(limited(&replies) >= 4);
+    assert!(limited(&replies) >= 3);
     cluster.act("start", &format!("nexus-{old}"));
 
     phase("the superuser is never locked out of the cluster routes");
@@ -304,7 +338,7 @@ async fn a_rate_limit_holds_one_workload_back_survives_a_leader_change_and_spare
     limits(&cluster, &["set", "--rule", "*,*,1,1"]).await;
     let data = burst(su, node, 5).await;
     assert!(
-        limited(&data) >= 3,
+        limited(&data) >= 2,
         "the superuser's data routes are limited too"
     );
     // ...and it can still lift the limits.
