@@ -5,15 +5,30 @@
 //! What is counted: the bytes of state.redb in use. redb never shrinks a
 //! file (deleted data leaves free pages, reused by later writes), so the
 //! file's length is the high-water mark, not what the store holds. While
-//! the file is within the quota its length is the measure (cheap: one
-//! `stat`); once it is over, the sampler asks redb for its allocated pages
-//! (a walk of every page, under a write transaction that holds apply back
-//! for its length, so it runs only then and at most every
-//! [`SCAN_INTERVAL`]). Deletes and destroys therefore clear the alarm
-//! without a restart; giving the file's space back to the file system
-//! takes a compaction (`SPIKE_NEXUS_COMPACT_ON_START`). The Raft log
-//! (log.redb) is not counted: snapshots compact it every
-//! `SPIKE_NEXUS_SNAPSHOT_EVERY` entries.
+//! the file is under [`PAGES_COUNTED_ABOVE_PERCENT`] of the quota its
+//! length is the measure (cheap: one `stat`); above that, or while the
+//! alarm is raised, the sampler asks redb for its allocated pages (a walk
+//! of every tree, under a write transaction that holds apply back for its
+//! length, so it runs only then and at most every [`SCAN_INTERVAL`]).
+//! Deletes and destroys therefore clear the alarm without a restart;
+//! giving the file's space back to the file system takes a compaction
+//! (`SPIKE_NEXUS_COMPACT_ON_START`). The Raft log (log.redb) is not
+//! counted: snapshots compact it every `SPIKE_NEXUS_SNAPSHOT_EVERY`
+//! entries.
+//!
+//! The quota is a ceiling, not a trigger: a measure is a second or more
+//! old, so between two the leader adds up what it has let through (each
+//! write's [`cost`]) and refuses a write that would take the last measure
+//! plus that sum past the quota. The store then passes its quota only by
+//! the misjudged part of the estimate and the writes still in flight when
+//! a measure is taken. The file's length overstates what is in use (redb
+//! grows it ahead of need), so before refusing on a length the leader has
+//! the pages counted (at most once per [`FORCED_SCAN_INTERVAL`], waiting
+//! at most [`FORCED_SCAN_WAIT`]) and decides on that. A refusal raises
+//! the alarm; it stays raised until a measure finds room again for the
+//! write refused (at most half the quota), so a store at its quota does
+//! not flap. Meanwhile each write is still judged on its own: one that
+//! fits goes through.
 //!
 //! The decision is the leader's, before it proposes ([`StorageQuota::check`]
 //! in `Node::execute_here`): apply never looks at a file size, so every
@@ -33,8 +48,17 @@ use crate::state::command::{Command, PolicyCommand, SecretCommand};
 
 /// How often the size of state.redb is looked at.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
-/// Least time between two page scans while the file is over the quota.
+/// Least time between two page scans.
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(5);
+/// Share of the quota above which pages in use are counted instead of the
+/// file's length.
+pub const PAGES_COUNTED_ABOVE_PERCENT: u64 = 90;
+/// Least time between two page counts a refusal asks for.
+pub const FORCED_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest a write waits for the page count its refusal asked for.
+pub const FORCED_SCAN_WAIT: Duration = Duration::from_secs(2);
+/// redb's page size, the least a write can take.
+const PAGE_BYTES: u64 = 4096;
 
 /// A write refused for the quota; nothing was proposed. Travels from the
 /// leader to the forwarding replica.
@@ -49,28 +73,55 @@ pub const SCAN_INTERVAL: Duration = Duration::from_secs(5);
     spike_sdk::size::display(*quota)
 )]
 pub struct QuotaExceeded {
-    /// Bytes in use, as last measured.
+    /// Bytes in use, as last measured plus the writes let through since.
     pub used: u64,
     /// The quota.
     pub quota: u64,
 }
 
-/// Whether `command` adds data, and so is refused past the quota. Deletes,
-/// destroys and undeletes (a mark cleared), key operations, membership
-/// facts and settings go on. A restore replaces the store: refusing it
-/// half-way would leave the cluster unusable, so it goes on too.
-pub fn adds_data(command: &Command) -> bool {
-    matches!(
-        command,
-        Command::Secret(SecretCommand::Put { .. }) | Command::Policy(PolicyCommand::Put { .. })
-    )
+/// What `command` is expected to add to the store, or `None` when it adds
+/// no data and so is never refused past the quota. Deletes, destroys and
+/// undeletes (a mark cleared), key operations, membership facts and
+/// settings go on. A restore replaces the store: refusing it half-way
+/// would leave the cluster unusable, so it goes on too (a backup larger
+/// than the quota is refused before it starts).
+///
+/// The estimate: the payload rounded up to a power of two (redb's buddy
+/// allocator gives a value that many bytes of pages), plus one page for
+/// the copy-on-write path of the tree.
+pub fn cost(command: &Command) -> Option<u64> {
+    let payload = match command {
+        Command::Secret(SecretCommand::Put {
+            path, ciphertext, ..
+        })
+        | Command::Secret(SecretCommand::PutCustomMetadata {
+            path, ciphertext, ..
+        }) => path.as_str().len() + ciphertext.len(),
+        Command::Policy(PolicyCommand::Put {
+            name, ciphertext, ..
+        }) => name.as_str().len() + ciphertext.len(),
+        _ => return None,
+    };
+    let payload = u64::try_from(payload).unwrap_or(u64::MAX);
+    Some(payload.max(PAGE_BYTES).next_power_of_two() + PAGE_BYTES)
 }
 
-/// The quota on this replica: its last measure, the alarm, and metrics.
+/// The quota on this replica: its last measure, the estimate since, the
+/// alarm, and metrics.
 pub struct StorageQuota {
     quota: u64,
     used: AtomicU64,
+    /// The [`cost`] of the writes let through since the last measure.
+    pending: AtomicU64,
     exceeded: AtomicBool,
+    /// The room a raised alarm waits for: the refused write's cost.
+    wanted: AtomicU64,
+    /// Whether `used` is a count of pages (not the file's length).
+    pages_counted: AtomicBool,
+    /// A refusal on the file's length asks for a page count.
+    count_pages: tokio::sync::Notify,
+    /// Bumped at each measure, for the writes that wait for one.
+    measures: tokio::sync::watch::Sender<u64>,
     used_gauge: Gauge<i64, AtomicI64>,
     quota_gauge: Gauge<i64, AtomicI64>,
     exceeded_gauge: Gauge<i64, AtomicI64>,
@@ -84,7 +135,12 @@ impl StorageQuota {
         let this = Self {
             quota,
             used: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
             exceeded: AtomicBool::new(false),
+            wanted: AtomicU64::new(0),
+            pages_counted: AtomicBool::new(false),
+            count_pages: tokio::sync::Notify::new(),
+            measures: tokio::sync::watch::Sender::new(0),
             used_gauge: Gauge::default(),
             quota_gauge: Gauge::default(),
             exceeded_gauge: Gauge::default(),
@@ -110,25 +166,80 @@ impl StorageQuota {
         self.exceeded.load(Ordering::Relaxed)
     }
 
-    /// The leader's decision before proposing `command`.
-    pub fn check(&self, command: &Command) -> Result<(), QuotaExceeded> {
-        if self.exceeded() && adds_data(command) {
-            self.refused.inc();
-            return Err(QuotaExceeded {
-                used: self.used(),
-                quota: self.quota,
-            });
+    /// The leader's decision before proposing `command`: refused when it
+    /// would take the store past the quota, which raises the alarm.
+    pub async fn check(&self, command: &Command) -> Result<(), QuotaExceeded> {
+        let Some(cost) = cost(command).filter(|_| self.quota > 0) else {
+            return Ok(());
+        };
+        if self.let_through(cost).is_ok() {
+            return Ok(());
         }
-        Ok(())
+        if !self.pages_counted.load(Ordering::Relaxed) {
+            // Judged on the file's length: have the pages counted first.
+            let mut measures = self.measures.subscribe();
+            self.count_pages.notify_one();
+            let _ = tokio::time::timeout(FORCED_SCAN_WAIT, measures.changed()).await;
+        }
+        let held = match self.let_through(cost) {
+            Ok(()) => return Ok(()),
+            Err(held) => held,
+        };
+        self.wanted.store(cost, Ordering::Relaxed);
+        self.set_alarm(true, held);
+        self.refused.inc();
+        Err(QuotaExceeded {
+            used: held,
+            quota: self.quota,
+        })
     }
 
-    /// Records a measure: raises or clears the alarm (a warning once per
-    /// change).
-    pub fn record(&self, used: u64, file_bytes: u64) {
+    /// Counts `cost` in if it fits; otherwise what the store holds by the
+    /// estimate.
+    fn let_through(&self, cost: u64) -> Result<(), u64> {
+        let used = self.used();
+        let pending = self
+            .pending
+            .fetch_add(cost, Ordering::Relaxed)
+            .saturating_add(cost);
+        if used.saturating_add(pending) <= self.quota {
+            return Ok(());
+        }
+        self.pending.fetch_sub(cost, Ordering::Relaxed);
+        Err(used.saturating_add(pending - cost))
+    }
+
+    /// Records a fresh measure (of pages in use when `pages`, else the
+    /// file's length), which counts every write let through before
+    /// `counted_pending` was read: raises the alarm past the quota, clears
+    /// it once there is room for the write refused (at most half the
+    /// quota).
+    pub fn record(&self, used: u64, file_bytes: u64, counted_pending: u64, pages: bool) {
+        // Never below zero: a refusal may have given its cost back since.
+        let pending = self
+            .pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |pending| {
+                Some(pending.saturating_sub(counted_pending))
+            })
+            .map_or(0, |before| before.saturating_sub(counted_pending));
         self.used.store(used, Ordering::Relaxed);
+        self.pages_counted.store(pages, Ordering::Relaxed);
         self.used_gauge.set(gauge_value(used));
         self.file_gauge.set(gauge_value(file_bytes));
-        let over = self.quota > 0 && used > self.quota;
+        self.measures.send_modify(|count| *count += 1);
+        if self.quota > 0 && used > self.quota {
+            self.set_alarm(true, used);
+            return;
+        }
+        let wanted = self.wanted.load(Ordering::Relaxed).min(self.quota / 2);
+        let room = self.quota.saturating_sub(used.saturating_add(pending));
+        if self.quota == 0 || room >= wanted {
+            self.set_alarm(false, used);
+        }
+    }
+
+    /// Raises or clears the alarm (a warning once per change).
+    fn set_alarm(&self, over: bool, used: u64) {
         if self.exceeded.swap(over, Ordering::Relaxed) != over {
             let (used, quota) = (
                 spike_sdk::size::display(used),
@@ -137,7 +248,8 @@ impl StorageQuota {
             if over {
                 tracing::warn!(
                     %used, %quota,
-                    "storage quota exceeded: writes that add data are refused until space is freed"
+                    "storage quota reached: writes that would take the store past it are refused \
+                     until space is freed"
                 );
             } else {
                 tracing::warn!(%used, %quota, "storage back under its quota: writes accepted again");
@@ -166,7 +278,7 @@ impl StorageQuota {
         );
         registry.register(
             "storage_quota_exceeded",
-            "1 while the store is past its storage quota and writes that add data are refused",
+            "1 while the store is at its storage quota: a write was refused, and space has not been freed since",
             self.exceeded_gauge.clone(),
         );
         registry.register(
@@ -176,25 +288,46 @@ impl StorageQuota {
         );
     }
 
-    /// Measures state.redb every [`SAMPLE_INTERVAL`], for ever.
+    /// Whether a file of `file_bytes` is measured by its pages in use.
+    fn counts_pages(&self, file_bytes: u64) -> bool {
+        self.quota > 0
+            && (self.exceeded() || file_bytes > self.quota / 100 * PAGES_COUNTED_ABOVE_PERCENT)
+    }
+
+    /// Measures state.redb every [`SAMPLE_INTERVAL`], and counts its
+    /// pages when a refusal asks, for ever.
     pub async fn run(self: Arc<Self>, machine: StateMachine) {
         let mut last_scan: Option<Instant> = None;
-        let mut last_scanned = 0;
         let mut ticks = tokio::time::interval(SAMPLE_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticks.tick().await;
+            let asked = tokio::select! {
+                _ = ticks.tick() => false,
+                () = self.count_pages.notified() => true,
+            };
+            // Read before measuring: the writes let through by now are
+            // applied (or in flight) when the measure is taken.
+            let pending = self.pending.load(Ordering::Relaxed);
             let path: PathBuf = machine.path().to_owned();
             // A simulated disk has no file: nothing to measure.
             let Ok(file_bytes) = std::fs::metadata(&path).map(|meta| meta.len()) else {
                 continue;
             };
-            if self.quota == 0 || file_bytes <= self.quota {
-                self.record(file_bytes, file_bytes);
-                continue;
-            }
-            if last_scan.is_some_and(|at| at.elapsed() < SCAN_INTERVAL) {
-                self.record(last_scanned, file_bytes);
+            let since_scan = last_scan.map(|at| at.elapsed());
+            let scan = if asked {
+                since_scan.is_none_or(|since| since >= FORCED_SCAN_INTERVAL)
+            } else {
+                self.counts_pages(file_bytes)
+                    && since_scan.is_none_or(|since| since >= SCAN_INTERVAL)
+            };
+            if !scan {
+                if self.counts_pages(file_bytes) && last_scan.is_some() {
+                    // The last count stands, and so does the estimate since.
+                    self.file_gauge.set(gauge_value(file_bytes));
+                    self.measures.send_modify(|count| *count += 1);
+                } else {
+                    self.record(file_bytes, file_bytes, pending, false);
+                }
                 continue;
             }
             let scanning = machine.clone();
@@ -202,12 +335,11 @@ impl StorageQuota {
             {
                 Ok(Ok(in_use)) => {
                     last_scan = Some(Instant::now());
-                    last_scanned = in_use.min(file_bytes);
-                    self.record(last_scanned, file_bytes);
+                    self.record(in_use.min(file_bytes), file_bytes, pending, true);
                 }
                 Ok(Err(error)) | Err(error) => {
                     tracing::warn!(%error, "cannot measure the state's pages in use; counting the file");
-                    self.record(file_bytes, file_bytes);
+                    self.record(file_bytes, file_bytes, pending, false);
                 }
             }
         }
@@ -233,19 +365,28 @@ mod tests {
         })
     }
 
-    #[test]
-    fn past_the_quota_only_writes_that_add_data_are_refused_until_it_is_freed() {
-        let quota = StorageQuota::new(1000);
-        quota.record(900, 900);
-        assert_eq!(quota.check(&put()), Ok(()));
-        quota.record(1001, 4096);
-        let refused = quota.check(&put()).expect_err("over");
-        assert_eq!((refused.used, refused.quota), (1001, 1000));
+    fn put_of(bytes: usize) -> Command {
+        Command::Secret(SecretCommand::Put {
+            path: "a/b".parse::<SecretPath>().expect("path"),
+            ciphertext: vec![1; bytes],
+            data_key_id: DataKeyId(1),
+            cas: None,
+            max_versions: 10,
+        })
+    }
+
+    #[tokio::test]
+    async fn past_the_quota_only_writes_that_add_data_are_refused_until_it_is_freed() {
+        let quota = StorageQuota::new(100_000);
+        quota.record(90_000, 90_000, 0, true);
+        assert_eq!(quota.check(&put()).await, Ok(()));
+        quota.record(100_001, 409_600, 0, true);
+        assert!(quota.exceeded(), "past the quota by measure");
+        let refused = quota.check(&put()).await.expect_err("over");
+        assert_eq!(refused.quota, 100_000);
+        assert!(refused.used >= 100_001, "{refused:?}");
         let message = refused.to_string();
-        assert!(
-            message.contains("1001 B") && message.contains("1000 B"),
-            "{message}"
-        );
+        assert!(message.contains("97.7 KiB"), "{message}");
         assert!(message.contains("destroy"), "{message}");
         let destroy = Command::Secret(SecretCommand::Destroy {
             path: "a/b".parse::<SecretPath>().expect("path"),
@@ -254,15 +395,57 @@ mod tests {
         let delete_policy = Command::Policy(PolicyCommand::Delete {
             policy: "p".parse::<PolicyRef>().expect("ref"),
         });
-        assert_eq!(quota.check(&destroy), Ok(()));
-        assert_eq!(quota.check(&delete_policy), Ok(()));
+        assert_eq!(quota.check(&destroy).await, Ok(()));
+        assert_eq!(quota.check(&delete_policy).await, Ok(()));
         assert!(quota.exceeded());
-        quota.record(999, 4096);
+        // Under the quota, but without room for the write refused (8 KiB
+        // by the estimate, capped at 5 % of the quota): still raised.
+        quota.record(96_000, 409_600, 8192, true);
+        assert!(quota.exceeded());
+        quota.record(91_000, 409_600, 0, true);
         assert!(!quota.exceeded());
-        assert_eq!(quota.check(&put()), Ok(()));
+        assert_eq!(quota.check(&put()).await, Ok(()));
         // No quota: never refused.
         let none = StorageQuota::new(0);
-        none.record(u64::MAX, u64::MAX);
-        assert_eq!(none.check(&put()), Ok(()));
+        none.record(u64::MAX, u64::MAX, 0, true);
+        assert_eq!(none.check(&put()).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn writes_let_through_between_measures_count_toward_the_quota() {
+        let quota = StorageQuota::new(1 << 20);
+        quota.record(0, 0, 0, true);
+        let each = cost(&put_of(100 * 1024)).expect("adds data");
+        assert_eq!(each, 128 * 1024 + 4096);
+        // Eight fit in 1 MiB by the estimate; the ninth does not, though
+        // no measure has been taken since the first.
+        let mut let_through = 0;
+        while quota.check(&put_of(100 * 1024)).await.is_ok() {
+            let_through += 1;
+            assert!(let_through < 100, "never refused");
+        }
+        assert_eq!(let_through, 7);
+        assert!(quota.exceeded(), "the refusal raises the alarm");
+        // A smaller write that fits still goes through.
+        assert_eq!(quota.check(&put_of(10)).await, Ok(()));
+        // A measure that counts them (and finds the store small after all,
+        // say the writes were overwrites) clears it.
+        let pending = quota.pending.load(Ordering::Relaxed);
+        quota.record(200 * 1024, 1 << 20, pending, true);
+        assert!(!quota.exceeded());
+        assert_eq!(quota.pending.load(Ordering::Relaxed), 0);
+        assert_eq!(quota.check(&put_of(100 * 1024)).await, Ok(()));
+        // Judged on the file's length, a write is refused only after the
+        // page count it asks for (here none comes: after the wait).
+        quota.record(1 << 20, 1 << 20, 0, false);
+        let began = std::time::Instant::now();
+        assert!(quota.check(&put_of(10)).await.is_err());
+        assert!(began.elapsed() >= FORCED_SCAN_WAIT);
+        // Nothing else is estimated to add data.
+        let destroy = Command::Secret(SecretCommand::Destroy {
+            path: "a/b".parse::<SecretPath>().expect("path"),
+            versions: vec![],
+        });
+        assert_eq!(cost(&destroy), None);
     }
 }

@@ -68,6 +68,19 @@ pub async fn restore(call: Call<'_>) -> Reply {
     if let Err(error) = call.require(Role::PilotSuperuser) {
         return Reply::failed::<SnapshotRestoreResponse>(error);
     }
+    // A restore is never refused half-way for the quota (the cluster
+    // would be left unusable), so a backup that cannot fit is refused
+    // before anything is replaced.
+    let quota = call.api.node.quota().quota();
+    let size = u64::try_from(call.body.len()).unwrap_or(u64::MAX);
+    if quota > 0 && size > quota {
+        return Reply::failed::<SnapshotRestoreResponse>(ApiError::StorageQuota(format!(
+            "storage quota exceeded: the backup is {}, more than the {} quota \
+             (SPIKE_NEXUS_STORAGE_QUOTA); nothing was replaced: raise the quota to restore it",
+            spike_sdk::size::display(size),
+            spike_sdk::size::display(quota)
+        )));
+    }
     // Every record is decoded and checked before anything is replaced; a
     // refusal says why, naming the first bad record (to the superuser who
     // sent it: paths and names, never a value).
