@@ -161,6 +161,32 @@ async fn past_the_storage_quota_only_writes_that_add_data_are_refused_until_spac
     assert!(!refused.status.success(), "{said}");
     assert!(said.contains("storage quota exceeded"), "{said}");
 
+    phase("a backup larger than the quota is refused before anything is replaced");
+    let oversized = su
+        .raw(
+            node,
+            "POST",
+            "/v1/snapshot?action=restore",
+            "application/octet-stream",
+            vec![0; 7 * 1024 * 1024],
+        )
+        .await
+        .expect("restore reaches the node");
+    assert_eq!(oversized.status, 507);
+    let reason = oversized
+        .header(spike_sdk::api::header::REASON)
+        .unwrap_or_default()
+        .to_owned();
+    assert!(reason.contains("the backup is 7.0 MiB"), "{reason}");
+    let read = post_raw(
+        su,
+        node,
+        "/v1/store/secrets?action=get",
+        json!({ "path": written[0] }),
+    )
+    .await;
+    assert_eq!(read.status, 200, "the store is untouched");
+
     phase("reads, deletes, undeletes and destroys go on");
     let first = &written[0];
     let read = post_raw(
