@@ -106,6 +106,9 @@ pub fn version(binary: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("{} --version says no version: {said}", binary.display()))
 }
 
+/// How long [`EtcdCluster::leader`] waits for an elected leader.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
 /// One member: its client and peer ports and process.
 struct Member {
     name: String,
@@ -222,8 +225,23 @@ impl EtcdCluster {
         }
     }
 
-    /// The index of the current leader, asked of the members.
+    /// The index of the current leader, asked of the members until one
+    /// says it leads (an election after a restart takes a moment).
     pub async fn leader(&self) -> anyhow::Result<usize> {
+        let began = Instant::now();
+        loop {
+            if let Some(index) = self.leader_now().await {
+                return Ok(index);
+            }
+            if began.elapsed() > LEADER_WAIT {
+                bail!("no etcd member says it leads after {LEADER_WAIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The member that says it leads, if one does now.
+    async fn leader_now(&self) -> Option<usize> {
         for member in &self.members {
             if member.child.is_none() {
                 continue;
@@ -235,15 +253,11 @@ impl EtcdCluster {
             let status = status.into_inner();
             let mine = status.header.map(|h| h.member_id);
             if mine == Some(status.leader) {
-                return Ok(self
-                    .members
-                    .iter()
-                    .position(|m| m.name == member.name)
-                    .unwrap_or(0));
+                return self.members.iter().position(|m| m.name == member.name);
             }
             // Ask the leader itself next round; follower answers name it only by id.
         }
-        bail!("no etcd member says it leads")
+        None
     }
 
     /// kill -9 of member `index`.

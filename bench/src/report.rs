@@ -469,11 +469,11 @@ fn log_axis(low: f64, high: f64) -> (f64, f64, Vec<f64>) {
     if top <= bottom * 1.000_001 {
         top = bottom * 10.0;
     }
-    // A value sitting on the top decade stays inside, not on the frame.
-    if high >= top * 0.98 {
+    // A value near an end decade gets room, not the frame.
+    if high > top / 1.25 {
         top *= 10.0;
     }
-    if low <= bottom * 1.02 {
+    if low < bottom * 1.25 {
         bottom /= 10.0;
     }
     let decades = (top / bottom).log10().round() as i32;
