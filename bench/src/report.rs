@@ -310,7 +310,13 @@ pub fn markdown(results: &Results) -> String {
     let peers: Vec<String> = results
         .peers
         .iter()
-        .map(|peer| format!("{} ({})", peer.name, peer.version))
+        .map(|peer| {
+            if peer.name.contains(&peer.version) {
+                peer.name.clone()
+            } else {
+                format!("{} {}", peer.name, peer.version)
+            }
+        })
         .collect();
     let _ = writeln!(
         out,
@@ -336,7 +342,8 @@ pub fn markdown(results: &Results) -> String {
             .map_or(0, Vec::len);
         if let Some(text) = median_text(peer.failover.as_ref().and_then(|f| f.get("failover_gap")))
         {
-            failover.push(format!("{} {text} over {trials} trials", peer.name));
+            let plural = if trials == 1 { "" } else { "s" };
+            failover.push(format!("{} {text} over {trials} trial{plural}", peer.name));
         }
         if let Some(text) = median_text(
             peer.failover
@@ -799,7 +806,10 @@ mod tests {
         ));
         let markdown = markdown(&results);
         assert!(markdown.contains("2026-12-07T19:00:00Z"), "{markdown}");
-        assert!(markdown.contains("etcd 3.6.8 (3.6.8)"), "{markdown}");
+        assert!(
+            markdown.contains("Peers: nexus 0.3.0-dev, etcd 3.6.8;"),
+            "{markdown}"
+        );
     }
 
     #[test]
