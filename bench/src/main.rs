@@ -153,16 +153,18 @@ struct CompareArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Cli::Report(args) = &cli {
-        return rerender(args);
-    }
-    let mut teardown_began = teardown::install()?;
+    // Every command but `report` may start processes: those must go with
+    // it when it is interrupted.
+    let mut teardown_began = match &cli {
+        Cli::Report(args) => return rerender(args),
+        Cli::Compare(_) | Cli::Run(_) | Cli::Isolation(_) => teardown::install()?,
+    };
     let work = async {
         match cli {
             Cli::Compare(args) => compare(args).await,
             Cli::Run(args) => run_against_existing(args).await,
             Cli::Isolation(args) => run_isolation(args).await,
-            Cli::Report(_) => Ok(()),
+            Cli::Report(args) => rerender(&args),
         }
     };
     tokio::select! {
