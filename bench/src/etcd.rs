@@ -19,6 +19,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use tonic::transport::{Channel, Endpoint};
 
 use crate::load::Store;
+use crate::teardown;
 
 mod proto {
     #![allow(missing_docs, clippy::all)]
@@ -86,6 +87,28 @@ impl Pki {
     }
 }
 
+/// The version `binary --version` reports (`etcd Version: 3.6.8`).
+pub fn version(binary: &Path) -> anyhow::Result<String> {
+    let output = Command::new(binary)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| {
+            format!(
+                "cannot run etcd at {} (bench/run builds one; see --etcd-bin)",
+                binary.display()
+            )
+        })?;
+    let said = String::from_utf8_lossy(&output.stdout);
+    said.lines()
+        .find_map(|line| line.strip_prefix("etcd Version:"))
+        .map(|version| version.trim().to_owned())
+        .with_context(|| format!("{} --version says no version: {said}", binary.display()))
+}
+
+/// How long [`EtcdCluster::leader`] waits for an elected leader.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
 /// One member: its client and peer ports and process.
 struct Member {
     name: String,
@@ -96,14 +119,15 @@ struct Member {
 
 /// A running etcd cluster, killed on drop.
 pub struct EtcdCluster {
+    binary: PathBuf,
     dir: PathBuf,
     members: Vec<Member>,
     config: Arc<rustls::ClientConfig>,
 }
 
 impl EtcdCluster {
-    /// Starts 3 members in `dir` on ports from `base_port`.
-    pub fn up(dir: &Path, base_port: u16) -> anyhow::Result<Self> {
+    /// Starts 3 members of `binary` in `dir` on ports from `base_port`.
+    pub fn up(binary: &Path, dir: &Path, base_port: u16) -> anyhow::Result<Self> {
         let pki = Pki::write(dir)?;
         let members: Vec<Member> = (0..3u16)
             .map(|i| Member {
@@ -114,6 +138,7 @@ impl EtcdCluster {
             })
             .collect();
         let mut cluster = Self {
+            binary: binary.to_owned(),
             dir: dir.to_owned(),
             members,
             config: Arc::new(pki.client_config()?),
@@ -133,7 +158,8 @@ impl EtcdCluster {
         let member = &self.members[index];
         let tls = |flag: &str, file: &str| format!("--{flag}={}", self.dir.join(file).display());
         let log = std::fs::File::create(self.dir.join(format!("{}.log", member.name)))?;
-        let child = Command::new("etcd")
+        let mut command = Command::new(&self.binary);
+        command
             .arg(format!("--name={}", member.name))
             .arg(format!(
                 "--data-dir={}",
@@ -158,10 +184,15 @@ impl EtcdCluster {
             .arg(tls("peer-key-file", "leaf.key"))
             .arg("--log-level=warn")
             .arg("--logger=zap")
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start etcd (install the etcd-server package)")?;
+            .stderr(log);
+        let child = teardown::spawn(&mut command).with_context(|| {
+            format!(
+                "etcd at {} (bench/run builds one; see --etcd-bin)",
+                self.binary.display()
+            )
+        })?;
         self.members[index].child = Some(child);
         Ok(())
     }
@@ -194,8 +225,23 @@ impl EtcdCluster {
         }
     }
 
-    /// The index of the current leader, asked of the members.
+    /// The index of the current leader, asked of the members until one
+    /// says it leads (an election after a restart takes a moment).
     pub async fn leader(&self) -> anyhow::Result<usize> {
+        let began = Instant::now();
+        loop {
+            if let Some(index) = self.leader_now().await {
+                return Ok(index);
+            }
+            if began.elapsed() > LEADER_WAIT {
+                bail!("no etcd member says it leads after {LEADER_WAIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The member that says it leads, if one does now.
+    async fn leader_now(&self) -> Option<usize> {
         for member in &self.members {
             if member.child.is_none() {
                 continue;
@@ -207,15 +253,11 @@ impl EtcdCluster {
             let status = status.into_inner();
             let mine = status.header.map(|h| h.member_id);
             if mine == Some(status.leader) {
-                return Ok(self
-                    .members
-                    .iter()
-                    .position(|m| m.name == member.name)
-                    .unwrap_or(0));
+                return self.members.iter().position(|m| m.name == member.name);
             }
             // Ask the leader itself next round; follower answers name it only by id.
         }
-        bail!("no etcd member says it leads")
+        None
     }
 
     /// kill -9 of member `index`.

@@ -5,13 +5,18 @@
 //! ```text
 //! spike-bench compare                       # everything, defaults below
 //! spike-bench compare --targets nexus --clients 64 --duration 5s
+//! spike-bench compare --etcd-bin /path/to/etcd-3.6.8,/usr/bin/etcd
+//! spike-bench report --from bench-results/results.json
 //! ```
+//!
+//! A SIGINT or SIGTERM takes down every process it started ([`teardown`]).
 
 mod etcd;
 mod isolation;
 mod load;
 mod nexus;
 mod report;
+mod teardown;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +28,7 @@ use serde_json::json;
 use spike_dev_cluster::Action;
 
 use crate::load::{LoadShape, Store, Workload};
-use crate::report::Row;
+use crate::report::{Peer, Results, Row};
 
 #[derive(Parser)]
 #[command(name = "spike-bench", version, about)]
@@ -40,6 +45,19 @@ enum Cli {
     /// one (steady reads): the quiet one's p50/p99 alone, beside the noisy
     /// one, and with a rate limit on the noisy one. Starts its own cluster.
     Isolation(isolation::IsolationArgs),
+    /// Writes results.md and plot.svg again from a results.json, without
+    /// measuring anything (e.g. for the README's table).
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// The results.json a `compare` wrote.
+    #[arg(long, default_value = "bench-results/results.json")]
+    from: PathBuf,
+    /// Where results.md and plot.svg go (default: beside the JSON).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// Run length and data size, shared by both commands.
@@ -95,6 +113,16 @@ struct CompareArgs {
     /// Which systems to measure.
     #[arg(long, value_delimiter = ',', default_value = "nexus,etcd")]
     targets: Vec<Target>,
+    /// The etcd binaries to measure, comma-separated: each is a peer of its
+    /// own, named by the version it reports (bench/run builds etcd 3.6.8
+    /// from its Go module and passes it here).
+    #[arg(
+        long = "etcd-bin",
+        env = "SPIKE_BENCH_ETCD_BIN",
+        value_delimiter = ',',
+        default_value = "etcd"
+    )]
+    etcd_bins: Vec<PathBuf>,
     /// Workloads to run.
     #[arg(long, value_delimiter = ',', default_value = "put,get,get-stale,mixed")]
     workloads: Vec<Workload>,
@@ -116,96 +144,189 @@ struct CompareArgs {
     /// Directory of the built binaries (default: next to this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-    /// First of the loopback ports used (nexus from here, etcd 100 above).
+    /// First of the loopback ports used (nexus from here, the first etcd
+    /// 100 above, each further etcd 10 above the one before).
     #[arg(long, default_value_t = 27_000)]
     base_port: u16,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = match Cli::parse() {
-        Cli::Compare(args) => args,
-        Cli::Run(args) => return run_against_existing(args).await,
-        Cli::Isolation(args) => return run_isolation(args).await,
+    let cli = Cli::parse();
+    // Every command but `report` may start processes: those must go with
+    // it when it is interrupted.
+    let mut teardown_began = match &cli {
+        Cli::Report(args) => return rerender(args),
+        Cli::Compare(_) | Cli::Run(_) | Cli::Isolation(_) => teardown::install()?,
     };
+    let work = async {
+        match cli {
+            Cli::Compare(args) => compare(args).await,
+            Cli::Run(args) => run_against_existing(args).await,
+            Cli::Isolation(args) => run_isolation(args).await,
+            Cli::Report(args) => rerender(&args),
+        }
+    };
+    tokio::select! {
+        result = work => {
+            if !teardown::stopping() {
+                return result;
+            }
+        }
+        _ = teardown_began.wait_for(|began| *began) => {}
+    }
+    // The teardown exits with the signal's status once it is done.
+    std::future::pending().await
+}
+
+/// `spike-bench report`: the table and the plot again from the JSON.
+fn rerender(args: &ReportArgs) -> anyhow::Result<()> {
+    let text = std::fs::read(&args.from)
+        .with_context(|| format!("cannot read {}", args.from.display()))?;
+    let results: Results = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is no results.json of spike-bench", args.from.display()))?;
+    let out = match &args.out {
+        Some(dir) => dir.clone(),
+        None => args
+            .from
+            .parent()
+            .map(std::path::Path::to_owned)
+            .unwrap_or_default(),
+    };
+    write_reports(&results, &out, false)
+}
+
+/// Writes results.md and plot.svg (and results.json when `with_json`)
+/// into `out`, and prints the table.
+fn write_reports(results: &Results, out: &std::path::Path, with_json: bool) -> anyhow::Result<()> {
+    if !out.as_os_str().is_empty() {
+        std::fs::create_dir_all(out)?;
+    }
+    let markdown = report::markdown(results);
+    println!("\n{markdown}");
+    if with_json {
+        std::fs::write(
+            out.join("results.json"),
+            serde_json::to_vec_pretty(results)?,
+        )?;
+    }
+    std::fs::write(out.join("results.md"), &markdown)?;
+    std::fs::write(out.join("plot.svg"), report::svg(results))?;
+    println!(
+        "wrote {0}{1}/results.md and {0}/plot.svg",
+        out.display(),
+        if with_json {
+            format!("/results.json, {}", out.display())
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+fn bin_dir_or_here(bin_dir: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    match bin_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .context("no binary directory")?
+            .to_owned()),
+    }
+}
+
+/// The version `binary --version` reports: the word after the program's
+/// name (`spike-nexus 0.3.0-dev (on-disk formats ...)` -> `0.3.0-dev`).
+fn version_of(binary: &std::path::Path) -> anyhow::Result<String> {
+    let output = std::process::Command::new(binary)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", binary.display()))?;
+    let said = String::from_utf8_lossy(&output.stdout);
+    said.split_whitespace()
+        .nth(1)
+        .map(str::to_owned)
+        .with_context(|| format!("{} --version says no version: {said}", binary.display()))
+}
+
+async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     if args.sizing.keys == 0 || args.clients.contains(&0) {
         anyhow::bail!("--keys and every --clients level must be at least 1");
     }
     args.sizing.check_duration()?;
     std::fs::create_dir_all(&args.out)?;
-    let bin_dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("no binary directory")?
-            .to_owned(),
+    let bin_dir = bin_dir_or_here(args.bin_dir.as_ref())?;
+    let work = teardown::WorkDir::new("spike-bench")?;
+    let mut results = Results {
+        meta: report::Meta::now(
+            args.sizing.duration,
+            args.sizing.keys,
+            args.sizing.value_size,
+        ),
+        peers: Vec::new(),
+        rows: Vec::new(),
     };
-    let work = tempfile::Builder::new().prefix("spike-bench").tempdir()?;
-    let mut rows = Vec::new();
-    let mut extra = serde_json::Map::new();
+    // Each etcd's version first: a wrong --etcd-bin fails before the long run.
+    let mut etcds = Vec::new();
+    if args.targets.contains(&Target::Etcd) {
+        for binary in &args.etcd_bins {
+            etcds.push((binary, etcd::version(binary)?));
+        }
+    }
     for target in &args.targets {
         match target {
             Target::Nexus => {
                 let dir = work.path().join("nexus");
+                let binary = bin_dir.join("nexus");
+                let mut peer = Peer::new("nexus", &version_of(&binary)?, &binary);
                 let mut cluster = nexus::NexusCluster::up(&bin_dir, &dir, args.base_port)?;
                 let store = Arc::new(cluster.client().await?);
-                rows.extend(measure("nexus", &store, &args).await?);
-                let trials = nexus_failover(&mut cluster, &store, args.failover_trials).await?;
-                extra.insert("nexus_failover".into(), trials);
+                results
+                    .rows
+                    .extend(measure(&peer.name, &store, &args).await?);
+                peer.failover =
+                    Some(nexus_failover(&mut cluster, &store, args.failover_trials).await?);
                 if args.memory_keys > 0 {
-                    let memory = nexus_memory(&mut cluster, &store, &args).await?;
-                    extra.insert("nexus_memory".into(), memory);
+                    peer.memory = Some(nexus_memory(&mut cluster, &store, &args).await?);
                 }
+                results.peers.push(peer);
             }
             Target::Etcd => {
-                let dir = work.path().join("etcd");
-                std::fs::create_dir_all(&dir)?;
-                let mut cluster = etcd::EtcdCluster::up(&dir, args.base_port + 100)?;
-                cluster.wait_ready(Duration::from_secs(30)).await?;
-                let store = Arc::new(cluster.client());
-                rows.extend(measure("etcd", &store, &args).await?);
-                let trials = etcd_failover(&mut cluster, &store, args.failover_trials).await?;
-                extra.insert("etcd_failover".into(), trials);
-                if args.memory_keys > 0 {
-                    let memory = etcd_memory(&mut cluster, &store, &args).await?;
-                    extra.insert("etcd_memory".into(), memory);
+                for (index, (binary, version)) in etcds.iter().enumerate() {
+                    let mut peer = Peer::new(&format!("etcd {version}"), version, binary);
+                    let dir = work.path().join(format!("etcd-{}", index + 1));
+                    std::fs::create_dir_all(&dir)?;
+                    let offset =
+                        u16::try_from(100 + 10 * index).context("too many --etcd-bin binaries")?;
+                    let base_port = args
+                        .base_port
+                        .checked_add(offset)
+                        .context("--base-port too high")?;
+                    let mut cluster = etcd::EtcdCluster::up(binary, &dir, base_port)?;
+                    cluster.wait_ready(Duration::from_secs(30)).await?;
+                    let store = Arc::new(cluster.client());
+                    results
+                        .rows
+                        .extend(measure(&peer.name, &store, &args).await?);
+                    peer.failover =
+                        Some(etcd_failover(&mut cluster, &store, args.failover_trials).await?);
+                    if args.memory_keys > 0 {
+                        peer.memory = Some(etcd_memory(&mut cluster, &store, &args).await?);
+                    }
+                    results.peers.push(peer);
                 }
             }
         }
     }
-    let table = report::table(&rows);
-    println!("\n{table}");
-    for (name, value) in &extra {
-        println!("{name}: {value}");
-    }
-    let document = json!({ "rows": rows, "extra": extra });
-    std::fs::write(
-        args.out.join("results.json"),
-        serde_json::to_vec_pretty(&document)?,
-    )?;
-    std::fs::write(args.out.join("results.md"), &table)?;
-    std::fs::write(args.out.join("plot.svg"), report::svg(&rows))?;
-    println!(
-        "\nwrote {0}/results.json, {0}/results.md and {0}/plot.svg",
-        args.out.display()
-    );
-    Ok(())
+    write_reports(&results, &args.out, true)
 }
 
 async fn run_isolation(args: isolation::IsolationArgs) -> anyhow::Result<()> {
     if args.duration.is_zero() || args.noisy_clients == 0 || args.quiet_rate == 0 {
         anyhow::bail!("--duration, --noisy-clients and --quiet-rate must be more than 0");
     }
-    let bin_dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("no binary directory")?
-            .to_owned(),
-    };
-    let work = tempfile::Builder::new()
-        .prefix("spike-bench-isolation")
-        .tempdir()?;
+    let bin_dir = bin_dir_or_here(args.bin_dir.as_ref())?;
+    let work = teardown::WorkDir::new("spike-bench-isolation")?;
     let phases = isolation::run(&args, &bin_dir, work.path()).await?;
     println!(
         "\nisolation: {} noisy clients ({}{}), quiet reads at {}/s, {:?} per phase, noisy limit {}/s per replica",
@@ -270,7 +391,7 @@ async fn run_against_existing(args: RunArgs) -> anyhow::Result<()> {
 
 /// Preloads, then runs every workload at every level.
 async fn measure<S: Store>(
-    target: &'static str,
+    target: &str,
     store: &Arc<S>,
     args: &CompareArgs,
 ) -> anyhow::Result<Vec<Row>> {
@@ -312,7 +433,7 @@ async fn measure<S: Store>(
                     .unwrap_or_default()
             );
             rows.push(Row {
-                target,
+                target: target.to_owned(),
                 shape,
                 outcome,
             });

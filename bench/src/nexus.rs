@@ -4,7 +4,8 @@
 use spike_sdk::api::SecretValues;
 use spike_sdk::domain::SecretPath;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -14,14 +15,18 @@ use spike_sdk::identity::TrustRoots;
 use spike_sdk::svid::{SvidSource, WORKLOAD_API_TIMEOUT_DEFAULT};
 
 use crate::load::Store;
+use crate::teardown;
 
 /// Each readiness probe's steps time out this soon: a restart is timed to
 /// within a few milliseconds, so a probe must not hang on one attempt.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 
-/// A running local cluster, taken down on drop.
+/// A running local cluster, taken down on drop (or by [`teardown`] on a
+/// signal).
 pub struct NexusCluster {
     launcher: Launcher,
+    binary: PathBuf,
+    dir: PathBuf,
     file: ClusterFile,
 }
 
@@ -40,14 +45,24 @@ impl NexusCluster {
         more: &[&str],
     ) -> anyhow::Result<Self> {
         let launcher = Launcher::new(bin_dir, dir);
+        let binary = bin_dir.join(spike_dev_cluster::driver::BINARY);
+        teardown::add_cluster(dir, launcher.clone());
         let base_port = base_port.to_string();
-        let mut args = vec!["--base-port", base_port.as_str()];
+        let mut args = vec!["up", "--base-port", base_port.as_str()];
         args.extend_from_slice(more);
-        match launcher.up(&args) {
-            Ok(file) => Ok(Self { launcher, file }),
+        match launch(&binary, dir, &args).and_then(|()| Ok(launcher.load()?)) {
+            Ok(file) => Ok(Self {
+                launcher,
+                binary,
+                dir: dir.to_owned(),
+                file,
+            }),
             Err(error) => {
-                let _ = launcher.down();
-                Err(error.into())
+                if !teardown::stopping() {
+                    let _ = launcher.down();
+                    teardown::remove_cluster(dir);
+                }
+                Err(error)
             }
         }
     }
@@ -75,7 +90,7 @@ impl NexusCluster {
 
     /// `spike-dev-cluster kill|start NAME`.
     pub fn act(&mut self, action: Action, name: &str) -> anyhow::Result<()> {
-        self.launcher.act(action, name)?;
+        launch(&self.binary, &self.dir, &[action.as_str(), name])?;
         self.file = self.launcher.load()?;
         Ok(())
     }
@@ -132,9 +147,36 @@ impl NexusCluster {
     }
 }
 
+/// Runs `spike-dev-cluster ARGS --dir DIR`, unless a teardown has begun
+/// (through [`teardown::spawn`]: the launcher would outlive the sweep).
+fn launch(binary: &Path, dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let mut command = Command::new(binary);
+    command
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let output = teardown::spawn(&mut command)?.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "{} {} failed: {}",
+            spike_dev_cluster::driver::BINARY,
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 impl Drop for NexusCluster {
     fn drop(&mut self) {
-        let _ = self.launcher.down();
+        // After a signal the teardown takes it down, once.
+        if !teardown::stopping() {
+            let _ = self.launcher.down();
+            teardown::remove_cluster(&self.dir);
+        }
     }
 }
 
