@@ -39,8 +39,31 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::AuditForward as Forward;
 use crate::metrics::AuditMetrics;
+
+/// A second, best-effort destination for every audit line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditForward {
+    /// The local syslog (`/dev/log`), facility authpriv, severity info.
+    Syslog,
+    /// A unix datagram socket: one line per datagram, as written.
+    Unix(PathBuf),
+}
+
+impl AuditForward {
+    /// Parses `syslog` or `unix:PATH`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "syslog" => Some(Self::Syslog),
+            _ => text
+                .strip_prefix("unix:")
+                .filter(|path| !path.is_empty())
+                .map(|path| Self::Unix(PathBuf::from(path))),
+        }
+    }
+}
+
+use AuditForward as Forward;
 
 /// Records waiting to be written, at most; recorders wait when it is full.
 pub const QUEUE_MAX: usize = 4096;

@@ -5,6 +5,8 @@ use spike_sdk::domain::{NodeId, SecretPath};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+pub use crate::audit::AuditForward;
 use std::time::Duration;
 
 use clap::Parser;
@@ -408,28 +410,6 @@ pub enum ConfigError {
 pub enum BackendStore {
     /// redb files in the data directory.
     Persistent,
-}
-
-/// A second, best-effort destination for every audit line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuditForward {
-    /// The local syslog (`/dev/log`), facility authpriv, severity info.
-    Syslog,
-    /// A unix datagram socket: one line per datagram, as written.
-    Unix(PathBuf),
-}
-
-impl AuditForward {
-    /// Parses `syslog` or `unix:PATH`.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "syslog" => Some(Self::Syslog),
-            _ => text
-                .strip_prefix("unix:")
-                .filter(|path| !path.is_empty())
-                .map(|path| Self::Unix(PathBuf::from(path))),
-        }
-    }
 }
 
 /// The validated configuration.

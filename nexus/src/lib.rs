@@ -30,7 +30,9 @@ pub mod metrics;
 mod node;
 mod quota;
 mod raft;
+mod scrape;
 mod state;
+mod transport;
 
 pub use clock::install as install_wall_clock;
 pub use raft::disk;
@@ -46,8 +48,6 @@ use spike_sdk::svid::Identity;
 use spike_sdk::tls::{PeerIdentity, server_config};
 
 use crate::cluster::forward::Forwarder;
-use crate::cluster::peers::Peers;
-use crate::cluster::proto::cluster_server::ClusterServer;
 use crate::cluster::service::ClusterService;
 use crate::config::NexusConfig;
 use crate::keys::KeyState;
@@ -56,6 +56,8 @@ use crate::keys::manager::{KeyManager, KeySettings};
 use crate::metrics::Metrics;
 use crate::node::{Node, Reads};
 use crate::raft::{RaftSettings, StartError};
+use crate::transport::peers::Peers;
+use crate::transport::proto::cluster_server::ClusterServer;
 
 /// Everything a replica starts from.
 pub struct Startup {
@@ -254,7 +256,7 @@ pub async fn serve(
         .map_err(StartupError::failed)?;
     api_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let api_listener = listen_limited(api_listen, api_tls, &identity, max_age, limits).await?;
-    registry.register_collector(Box::new(metrics::ReplicaState {
+    registry.register_collector(Box::new(scrape::ReplicaState {
         node: node.clone(),
         identity: identity.clone(),
         audit: audit_log.clone(),
@@ -308,7 +310,7 @@ pub async fn serve(
         peers.clone(),
         format.clone(),
     ));
-    let integrity_task = tokio::spawn(integrity::run(
+    let integrity_task = tokio::spawn(integrity::check::run(
         integrity.clone(),
         leadership.clone(),
         peers,
@@ -332,8 +334,8 @@ pub async fn serve(
         format,
         integrity,
     ))
-    .max_decoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES)
-    .max_encoding_message_size(cluster::MESSAGE_SIZE_MAX_BYTES);
+    .max_decoding_message_size(transport::MESSAGE_SIZE_MAX_BYTES)
+    .max_encoding_message_size(transport::MESSAGE_SIZE_MAX_BYTES);
     let cluster_server = tonic::transport::Server::builder()
         .trace_fn(cluster_rpc_span)
         // Only Nexus peers get this far; they multiplex Raft and forwarded

@@ -10,11 +10,12 @@
 
 use spike_sdk::tls::ConnectFailed;
 
-use super::peers::Peers;
-use super::proto::Frame;
-use super::{FORWARD_TIMEOUT, ForwardError, LeaderOp, LeaderReply};
+use super::{ForwardError, LeaderOp, LeaderReply};
 use crate::raft::NexusNode;
 use crate::raft::codec::{decode, encode};
+use crate::transport::FORWARD_TIMEOUT;
+use crate::transport::peers::Peers;
+use crate::transport::proto::Frame;
 
 /// Sends requests to the leader.
 #[derive(Clone)]
@@ -99,8 +100,8 @@ mod tests {
 
     use super::*;
     use crate::cluster::RestoreShard;
-    use crate::cluster::proto::SnapshotChunk;
-    use crate::cluster::proto::cluster_server::{Cluster, ClusterServer};
+    use crate::transport::proto::SnapshotChunk;
+    use crate::transport::proto::cluster_server::{Cluster, ClusterServer};
 
     /// Bytes the forwarded request carries, to see it arrive at the peer.
     const MARKER: &[u8; 32] = b"this request reached the leader!";

@@ -3,42 +3,14 @@
 //! identities only.
 
 pub mod forward;
-pub mod peers;
 pub mod service;
 pub mod version;
 
-/// Generated cluster protocol.
-#[allow(missing_docs, clippy::all)]
-pub mod proto {
-    include!(concat!(env!("OUT_DIR"), "/spike.cluster.v1.rs"));
-
-    // A forwarded operation may carry an operator's restore shard, so every
-    // frame is wiped when dropped, on both sides (a memset, small beside the
-    // network and fsync a frame costs).
-    impl Drop for Frame {
-        fn drop(&mut self) {
-            zeroize::Zeroize::zeroize(&mut self.payload);
-        }
-    }
-}
-
 use spike_sdk::domain::NodeId;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::raft::{Leader, LeaderError, NexusNode};
-
-/// Largest cluster message either way. Raft batches are capped well below
-/// it (`Config::max_payload_entries`), a forwarded request by the API body
-/// limit.
-pub const MESSAGE_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
-/// Size of the data chunks a snapshot is sent in.
-pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
-/// Largest snapshot a replica accepts.
-pub const SNAPSHOT_SIZE_MAX_BYTES: u64 = 64 * 1024 * 1024 * 1024;
-/// Longest a forwarded request may take on the leader.
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Work only the leader does, carried from any replica to the leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,15 +7,16 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::proto::cluster_server::Cluster;
-use super::proto::{Frame, SnapshotChunk, snapshot_chunk};
+use super::LeaderOp;
 use super::version::check_sender;
-use super::{LeaderOp, SNAPSHOT_SIZE_MAX_BYTES};
 use crate::integrity::Integrity;
 use crate::node::Node;
 use crate::raft::codec::{decode, encode};
 use crate::raft::format::ClusterFormat;
 use crate::raft::{Inbound, InboundError};
+use crate::transport::SNAPSHOT_SIZE_MAX_BYTES;
+use crate::transport::proto::cluster_server::Cluster;
+use crate::transport::proto::{Frame, SnapshotChunk, snapshot_chunk};
 
 /// Serves the cluster port of one replica.
 pub struct ClusterService {

@@ -21,16 +21,16 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
-use super::peers::Peers;
-use super::proto::Frame;
 use crate::raft::codec::{decode, encode};
 use crate::raft::format::{ClusterFormat, FORMAT_NEWEST, FORMAT_OLDEST, FORMATS_READ};
 use crate::raft::{Leadership, NexusNode};
 use crate::state::command::{Command, MembershipCommand, Request};
+use crate::transport::peers::Peers;
+use crate::transport::proto::Frame;
 
 /// This build's release (the workspace version).
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
-pub use super::peers::{FORMAT_HEADER, stamp};
+pub use crate::transport::peers::{FORMAT_HEADER, stamp};
 /// How often the leader looks whether the cluster can switch formats.
 /// Short, so a new cluster writes its newest format (and takes the commands
 /// that need it) within about a second of forming; each check is one small

@@ -20,10 +20,10 @@ use tonic::transport::Channel;
 use super::codec::{decode, encode};
 use super::snapshot::SnapshotFile;
 use super::{NexusNode, NexusSnapshot, TypeConfig, VoteOf};
-use crate::cluster::SNAPSHOT_CHUNK_BYTES;
-use crate::cluster::peers::Peers;
-use crate::cluster::proto::cluster_client::ClusterClient;
-use crate::cluster::proto::{Frame, SnapshotChunk, snapshot_chunk};
+use crate::transport::SNAPSHOT_CHUNK_BYTES;
+use crate::transport::peers::Peers;
+use crate::transport::proto::cluster_client::ClusterClient;
+use crate::transport::proto::{Frame, SnapshotChunk, snapshot_chunk};
 
 /// openraft gives an append one heartbeat interval (50 ms), the whole
 /// round trip included: a peer further away than that, or a batch larger

@@ -15,8 +15,8 @@ use super::leadership::{Leadership, LogAtStart};
 use super::log_store::LogStore;
 use super::network::Network;
 use super::state_machine::StateMachine;
-use crate::cluster::peers::Peers;
 use crate::metrics::RaftMetrics;
+use crate::transport::peers::Peers;
 
 /// What Raft is started with (validated configuration).
 #[derive(Debug, Clone, Copy)]

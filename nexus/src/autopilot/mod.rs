@@ -5,13 +5,13 @@
 //! and (opt-in) removal of a voter that has been dead for a set time.
 //!
 //! The decisions are pure functions of one observation ([`judge`],
-//! [`decide`]); [`Autopilot`] keeps the "since when" per member and runs
-//! the loop. Only the leader observes (openraft keeps replication metrics
+//! [`decide`]); [`Autopilot`] keeps the "since when" per member, and
+//! its loop ([`act`]) acts on the node. Only the leader observes (openraft keeps replication metrics
 //! only there); a new leader starts every member's clock afresh, so a
 //! learner waits the full stabilization time again after a leader change.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -20,11 +20,11 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::cluster::{LeaderOp, LeaderReply};
-use crate::node::Node;
 use crate::raft::{Leadership, NexusNode, Replication};
 use crate::state::store::StateReader;
 use spike_sdk::domain::NodeId;
+
+mod act;
 
 /// A member not heard from for longer than this is unhealthy. Forty
 /// default heartbeats: a slow machine does not flap, a dead replica shows
@@ -255,29 +255,6 @@ impl Autopilot {
         ))
     }
 
-    /// The leader's loop: every [`TICK`], while leading, observe and take
-    /// at most one action. Membership changes go through `node` exactly
-    /// as an operator's would.
-    pub async fn run(self: Arc<Self>, node: Node) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(report) = self.report() else {
-                self.metrics.failure_tolerance.set(-1);
-                self.metrics.healthy.set(-1);
-                self.metrics.unhealthy_members.set(-1);
-                continue;
-            };
-            self.record(&report);
-            match decide(&report, &self.config) {
-                Some(Action::Promote(id)) => self.promote(&node, id, &report).await,
-                Some(Action::RemoveDead(id)) => self.remove_dead(&node, id, &report).await,
-                None => {}
-            }
-        }
-    }
-
     fn record(&self, report: &HealthReport) {
         let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         self.metrics
@@ -288,58 +265,6 @@ impl Autopilot {
         self.metrics
             .unhealthy_members
             .set(i64::try_from(unhealthy).unwrap_or(i64::MAX));
-    }
-
-    async fn promote(&self, node: &Node, id: u64, report: &HealthReport) {
-        // A learner whose removal was cut short after its id was retired
-        // waits to be removed, never to vote.
-        let retired = NodeId::new(id).is_ok_and(|node_id| {
-            node.state
-                .cluster_meta()
-                .is_ok_and(|meta| meta.retired_node_ids.contains(&node_id))
-        });
-        if retired {
-            return;
-        }
-        let stable_ms = stable_ms(report, id);
-        match self.leadership.add_voter(id).await {
-            Ok(()) => {
-                self.metrics.promotions.inc();
-                tracing::info!(
-                    node_id = id,
-                    healthy_for_ms = stable_ms,
-                    "autopilot: a learner healthy for the stabilization time is now a voter"
-                );
-            }
-            Err(error) => tracing::warn!(node_id = id, %error, "autopilot: promotion failed"),
-        }
-    }
-
-    async fn remove_dead(&self, node: &Node, id: u64, report: &HealthReport) {
-        let Ok(node_id) = NodeId::new(id) else {
-            return;
-        };
-        let dead_ms = stable_ms(report, id);
-        tracing::warn!(
-            node_id = id,
-            unhealthy_for_ms = dead_ms,
-            voters = report.voters,
-            healthy_voters = report.healthy_voters,
-            "autopilot: removing a dead voter and retiring its id"
-        );
-        match node
-            .execute_here(LeaderOp::RemoveNode { id: node_id })
-            .await
-        {
-            Ok(LeaderReply::Done) => {
-                self.metrics.dead_removed.inc();
-                tracing::warn!(node_id = id, "autopilot: dead voter removed, id retired");
-            }
-            Ok(other) => tracing::warn!(node_id = id, ?other, "autopilot: unexpected reply"),
-            Err(error) => {
-                tracing::warn!(node_id = id, %error, "autopilot: removing a dead voter failed");
-            }
-        }
     }
 }
 
