@@ -543,8 +543,8 @@ impl StateMachine {
     }
 
     /// Writes a consistent copy of the applied state to `path` (the snapshot
-    /// format) and returns its bytes: a backup.
-    pub fn export(&self, path: &Path) -> io::Result<Vec<u8>> {
+    /// format, fsynced): a backup.
+    pub fn export(&self, path: &Path) -> io::Result<()> {
         let txn = self
             .db
             .begin_read()
@@ -554,8 +554,7 @@ impl StateMachine {
             last_log_id,
             last_membership,
         };
-        snapshot::write(&txn, &meta, path)?;
-        std::fs::read(path)
+        snapshot::write(&txn, &meta, path)
     }
 
     /// Writes a consistent copy of the applied state to `path` (the
