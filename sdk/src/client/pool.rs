@@ -10,11 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
 use hyper::client::conn::http2::SendRequest;
 use rustls::ClientConfig;
 
+use super::transfer::{RequestBody, write_body};
 use super::{ClientError, RawReply, Request, build_request, read_reply};
 use crate::tls::connect_server;
 
@@ -22,7 +21,7 @@ use crate::tls::connect_server;
 pub const CONNECTION_AGE_MAX: Duration = Duration::from_secs(600);
 
 struct Connection {
-    sender: SendRequest<Full<Bytes>>,
+    sender: SendRequest<RequestBody>,
     opened: Instant,
     /// The server's chain expires then.
     server_expires_at: SystemTime,
@@ -62,11 +61,26 @@ impl Pool {
         address: SocketAddr,
         request: Request<'_>,
     ) -> Result<RawReply, ClientError> {
-        let outcome = tokio::time::timeout(self.timeout, self.exchange(address, request)).await;
-        let outcome = outcome.unwrap_or(Err(ClientError::Timeout {
-            address,
-            timeout: self.timeout,
-        }));
+        self.send_within(address, request, None, None, self.timeout)
+            .await
+            .map(|(reply, _)| reply)
+    }
+
+    /// Sends one request to `address` within `timeout`, its body read from
+    /// `body` when given (else `request.body`); a 200 answer's body goes
+    /// to the file in `out` (at most its limit of bytes) instead of
+    /// memory. Returns the reply and the length of its body.
+    pub(crate) async fn send_within(
+        &self,
+        address: SocketAddr,
+        request: Request<'_>,
+        body: Option<RequestBody>,
+        out: Option<(&mut tokio::fs::File, u64)>,
+        timeout: std::time::Duration,
+    ) -> Result<(RawReply, u64), ClientError> {
+        let outcome =
+            tokio::time::timeout(timeout, self.exchange(address, request, body, out)).await;
+        let outcome = outcome.unwrap_or(Err(ClientError::Timeout { address, timeout }));
         if outcome.is_err() {
             // The connection may be wedged: later requests dial afresh.
             // Requests in flight on it keep their own handle and finish.
@@ -85,7 +99,7 @@ impl Pool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn sender(&self, address: SocketAddr) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+    async fn sender(&self, address: SocketAddr) -> Result<SendRequest<RequestBody>, ClientError> {
         if let Some(connection) = self.lock().get(&address)
             && !connection.sender.is_closed()
             && connection.opened.elapsed() < CONNECTION_AGE_MAX
@@ -129,18 +143,41 @@ impl Pool {
         &self,
         address: SocketAddr,
         request: Request<'_>,
-    ) -> Result<RawReply, ClientError> {
+        body: Option<RequestBody>,
+        out: Option<(&mut tokio::fs::File, u64)>,
+    ) -> Result<(RawReply, u64), ClientError> {
         let mut sender = self.sender(address).await?;
         let failed = |reason: String| ClientError::Exchange { address, reason };
         sender.ready().await.map_err(|e| failed(e.to_string()))?;
         let http_request =
             build_request(request, address, true).map_err(|e| failed(e.to_string()))?;
+        let http_request = match body {
+            Some(body) => http_request.map(|_| body),
+            None => http_request.map(RequestBody::from),
+        };
         let response = sender
             .send_request(http_request)
             .await
             .map_err(|e| failed(e.to_string()))?;
-        read_reply(response, self.response_limit)
-            .await
-            .map_err(failed)
+        match out {
+            Some((file, limit)) if response.status() == hyper::StatusCode::OK => {
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                let written = write_body(response, file, limit).await.map_err(failed)?;
+                let reply = RawReply {
+                    status,
+                    headers,
+                    bytes: Vec::new(),
+                };
+                Ok((reply, written))
+            }
+            _ => {
+                let reply = read_reply(response, self.response_limit)
+                    .await
+                    .map_err(failed)?;
+                let length = reply.bytes.len() as u64;
+                Ok((reply, length))
+            }
+        }
     }
 }
