@@ -267,8 +267,8 @@ async fn spool_body(
     }
     let unwritable = |e: std::io::Error| ApiError::Internal(format!("cannot spool the body: {e}"));
     let file = tempfile::Builder::new()
-        .prefix("upload-")
-        .suffix(".tmp")
+        .prefix(crate::raft::state_machine::SCRATCH_UPLOAD_PREFIX)
+        .suffix(crate::raft::state_machine::SCRATCH_SUFFIX)
         .tempfile_in(dir)
         .map_err(unwritable)?;
     let mut out = tokio::fs::File::from_std(file.reopen().map_err(unwritable)?);

@@ -15,6 +15,7 @@ use super::reply::{Answer, Reply};
 use super::{ApiError, Call};
 use crate::clock::now_ns;
 use crate::raft::snapshot::{self, BackupCounts, BackupReader, BackupRecord};
+use crate::raft::state_machine::{SCRATCH_EXPORT_PREFIX, SCRATCH_SUFFIX};
 use crate::state::command::{Command, Request, Response, RestoreCommand};
 
 /// Most record bytes proposed in one log entry during a restore.
@@ -30,11 +31,10 @@ pub async fn save(call: Call<'_>) -> Reply {
 async fn backup(call: Call<'_>) -> Result<Reply, ApiError> {
     call.require(Role::PilotSuperuser)?;
     call.api.node.linearize().await?;
-    let path = call
-        .api
-        .node
-        .scratch_dir()
-        .join(format!("backup-{}.tmp", now_ns()));
+    let path = call.api.node.scratch_dir().join(format!(
+        "{SCRATCH_EXPORT_PREFIX}{}{SCRATCH_SUFFIX}",
+        now_ns()
+    ));
     let node = call.api.node.clone();
     let exported = {
         let path = path.clone();
