@@ -14,6 +14,7 @@ use spike_sdk::identity::Role;
 use super::reply::{Answer, Reply};
 use super::{ApiError, Call};
 use crate::clock::now_ns;
+use crate::node::Node;
 use crate::raft::snapshot::{self, BackupCounts, BackupReader, BackupRecord};
 use crate::raft::state_machine::{SCRATCH_EXPORT_PREFIX, SCRATCH_SUFFIX};
 use crate::state::command::{Command, Request, Response, RestoreCommand};
@@ -55,13 +56,13 @@ async fn backup(call: Call<'_>) -> Result<Reply, ApiError> {
     Ok(Reply::file(file, length))
 }
 
-async fn propose(call: &Call<'_>, command: RestoreCommand) -> Result<(), ApiError> {
+async fn propose(node: &Node, command: RestoreCommand) -> Result<(), ApiError> {
     let request = Request {
         command: Command::Restore(command),
         session: None,
         time_ns: 0,
     };
-    match call.api.node.write(request).await? {
+    match node.write(request).await? {
         Response::Done => Ok(()),
         Response::Refused(refusal) => Err(ApiError::Internal(refusal.to_string())),
         Response::Written(_) | Response::PolicyStored(_) => {
@@ -152,27 +153,17 @@ async fn replace_store(
     let unreadable = |e: std::io::Error| ApiError::Internal(format!("cannot read backup: {e}"));
     let length = file.metadata().map_err(unreadable)?.len();
     let reader = BackupReader::new(std::io::BufReader::new(file), length).map_err(unreadable)?;
-    let mut pieces = Pieces {
+    let pieces = Pieces {
         reader: Some(reader),
         restore_id,
     };
-    propose(&call, RestoreCommand::Begin { restore_id }).await?;
-    loop {
-        let (back, commands) = crate::raft::run_blocking("read backup", move || {
-            let commands = pieces.next();
-            (pieces, commands)
-        })
+    // Once `Begin` is proposed the store is being replaced: the proposals
+    // run in a task of their own, so a client that goes away or a request
+    // that times out does not leave the restore half-done.
+    let node = call.api.node.clone();
+    tokio::spawn(propose_pieces(node, restore_id, pieces))
         .await
-        .map_err(unreadable)?;
-        pieces = back;
-        let commands = commands.map_err(unreadable)?;
-        if commands.is_empty() {
-            break;
-        }
-        for command in commands {
-            propose(&call, command).await?;
-        }
-    }
+        .map_err(|e| ApiError::Internal(format!("restore task: {e}")))??;
     tracing::warn!(
         secrets = counts.secrets,
         policies = counts.policies,
@@ -185,6 +176,28 @@ async fn replace_store(
         err: None,
         refused: None,
     })
+}
+
+/// Proposes `Begin`, then every piece and `Finish` as `pieces` reads them.
+async fn propose_pieces(node: Node, restore_id: u64, mut pieces: Pieces) -> Result<(), ApiError> {
+    let unreadable = |e: std::io::Error| ApiError::Internal(format!("cannot read backup: {e}"));
+    propose(&node, RestoreCommand::Begin { restore_id }).await?;
+    loop {
+        let (back, commands) = crate::raft::run_blocking("read backup", move || {
+            let commands = pieces.next();
+            (pieces, commands)
+        })
+        .await
+        .map_err(unreadable)?;
+        pieces = back;
+        let commands = commands.map_err(unreadable)?;
+        if commands.is_empty() {
+            return Ok(());
+        }
+        for command in commands {
+            propose(&node, command).await?;
+        }
+    }
 }
 
 /// The commands of a restore after `Begin`, read from a verified backup
