@@ -69,7 +69,8 @@ impl Pool {
     /// Sends one request to `address` within `timeout`, its body read from
     /// `body` when given (else `request.body`); a 200 answer's body goes
     /// to the file in `out` (at most its limit of bytes) instead of
-    /// memory. Returns the reply and the length of its body.
+    /// memory; either goes over a connection of its own. Returns the reply
+    /// and the length of its body.
     pub(crate) async fn send_within(
         &self,
         address: SocketAddr,
@@ -109,6 +110,24 @@ impl Pool {
         }
         // Two callers may dial at once; the later connection wins the slot
         // and the other is dropped when its requests finish.
+        let (sender, server_expires_at) = self.dial(address).await?;
+        self.lock().insert(
+            address,
+            Connection {
+                sender: sender.clone(),
+                opened: Instant::now(),
+                server_expires_at,
+            },
+        );
+        Ok(sender)
+    }
+
+    /// A new connection to `address`, not pooled: it closes once its
+    /// sender is dropped.
+    async fn dial(
+        &self,
+        address: SocketAddr,
+    ) -> Result<(SendRequest<RequestBody>, SystemTime), ClientError> {
         let dial = async {
             let stream = connect_server(address, self.config.clone())
                 .await
@@ -128,15 +147,7 @@ impl Pool {
                 .unwrap_or_else(|_| Err(format!("no connection within {:?}", self.connect_timeout)))
                 .map_err(|reason| ClientError::Connect { address, reason })?;
         tokio::spawn(connection);
-        self.lock().insert(
-            address,
-            Connection {
-                sender: sender.clone(),
-                opened: Instant::now(),
-                server_expires_at,
-            },
-        );
-        Ok(sender)
+        Ok((sender, server_expires_at))
     }
 
     async fn exchange(
@@ -146,7 +157,13 @@ impl Pool {
         body: Option<RequestBody>,
         out: Option<(&mut tokio::fs::File, u64)>,
     ) -> Result<(RawReply, u64), ClientError> {
-        let mut sender = self.sender(address).await?;
+        // A transfer (a file up or down) gets a connection of its own: a
+        // pooled one may be near the age at which the server ends it.
+        let mut sender = if body.is_some() || out.is_some() {
+            self.dial(address).await?.0
+        } else {
+            self.sender(address).await?
+        };
         let failed = |reason: String| ClientError::Exchange { address, reason };
         sender.ready().await.map_err(|e| failed(e.to_string()))?;
         let http_request =
