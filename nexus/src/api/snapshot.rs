@@ -19,6 +19,9 @@ use crate::raft::snapshot::{self, BackupCounts, BackupReader, BackupRecord};
 use crate::raft::state_machine::{SCRATCH_EXPORT_PREFIX, SCRATCH_SUFFIX};
 use crate::state::command::{Command, Request, Response, RestoreCommand};
 
+/// The read buffer of a restore's passes over its file.
+const VERIFY_BUFFER_BYTES: usize = 256 * 1024;
+
 /// Most record bytes proposed in one log entry during a restore.
 const RESTORE_PIECE_MAX_BYTES: usize = 512 * 1024;
 
@@ -108,10 +111,13 @@ pub async fn restore(call: Call<'_>) -> Reply {
     // Every record is decoded and checked before anything is replaced; a
     // refusal says why, naming the first bad record (to the superuser who
     // sent it: paths and names, never a value).
-    let verified =
-        crate::raft::run_blocking("verify backup", move || snapshot::verify_backup_file(&file))
-            .await
-            .and_then(|verified| verified);
+    let verified = crate::raft::run_blocking("verify backup", move || {
+        let length = file.metadata()?.len();
+        let input = std::io::BufReader::with_capacity(VERIFY_BUFFER_BYTES, file);
+        snapshot::verify_backup(input, length)
+    })
+    .await
+    .and_then(|verified| verified);
     let verified = match verified {
         Ok(verified) => verified,
         Err(error) => {
@@ -131,7 +137,7 @@ pub async fn restore(call: Call<'_>) -> Reply {
         Ok(file) => file,
         Err(error) => return Reply::failed::<SnapshotRestoreResponse>(error),
     };
-    match replace_store(call, file, verified.counts).await {
+    match replace_store(call, file, verified).await {
         Ok(answer) => Reply::json(&answer),
         Err(error) => Reply::failed::<SnapshotRestoreResponse>(error),
     }
@@ -152,7 +158,11 @@ async fn replace_store(
     }
     let unreadable = |e: std::io::Error| ApiError::Internal(format!("cannot read backup: {e}"));
     let length = file.metadata().map_err(unreadable)?.len();
-    let reader = BackupReader::new(std::io::BufReader::new(file), length).map_err(unreadable)?;
+    let reader = BackupReader::new(
+        std::io::BufReader::with_capacity(VERIFY_BUFFER_BYTES, file),
+        length,
+    )
+    .map_err(unreadable)?;
     let pieces = Pieces {
         reader: Some(reader),
         restore_id,

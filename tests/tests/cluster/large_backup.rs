@@ -79,6 +79,10 @@ async fn a_backup_over_64_mib_saves_restores_and_is_refused_when_damaged() {
     eprintln!("wrote {SECRETS} secrets in {:?}", began.elapsed());
 
     phase("spike snapshot save streams the backup to its file");
+    eprintln!(
+        "before the save, replicas' peak memory (KiB): {:?}",
+        peak_memory_kib(&a)
+    );
     let files = tempfile::tempdir().expect("tempdir");
     let backup = files.path().join("large.snap");
     let backup_arg = backup.to_str().expect("a UTF-8 path");
