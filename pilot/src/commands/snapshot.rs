@@ -14,7 +14,8 @@ pub enum SnapshotCommand {
     /// Save a backup of the encrypted store (keep the recovery shards of
     /// the same root key: the backup is useless without them).
     Save {
-        /// The backup file to write (mode 0600).
+        /// The backup file to write (mode 0600; written as FILE.partial,
+        /// then renamed, so a failed save leaves FILE as it was).
         #[arg(short = 'o', long)]
         out: PathBuf,
     },
@@ -33,9 +34,24 @@ pub enum SnapshotCommand {
 pub async fn run(nexus: &NexusClient, command: SnapshotCommand) -> Result<String, CliError> {
     match command {
         SnapshotCommand::Save { out } => {
-            let size = nexus
-                .snapshot_save_to(&out, BACKUP_UNMETERED_MAX_BYTES)
-                .await?;
+            // Written beside its name, then renamed: a save that fails
+            // half-way leaves an earlier backup at `out` as it was.
+            let mut partial = out.clone().into_os_string();
+            partial.push(".partial");
+            let partial = PathBuf::from(partial);
+            let saved = nexus
+                .snapshot_save_to(&partial, BACKUP_UNMETERED_MAX_BYTES)
+                .await
+                .map_err(CliError::from)
+                .and_then(|size| {
+                    std::fs::rename(&partial, &out).map(|()| size).map_err(|e| {
+                        CliError::Invalid(format!("cannot write {}: {e}", out.display()))
+                    })
+                });
+            if saved.is_err() {
+                let _ = std::fs::remove_file(&partial);
+            }
+            let size = saved?;
             Ok(format!(
                 "Backup saved to {} ({size} bytes).\n",
                 out.display()

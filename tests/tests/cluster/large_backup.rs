@@ -96,6 +96,18 @@ async fn a_backup_over_64_mib_saves_restores_and_is_refused_when_damaged() {
         peak_memory_kib(&a)
     );
     assert!(size > 64 * 1024 * 1024, "{size} bytes: over 64 MiB");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&backup)
+            .expect("the backup")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the backup is its owner's alone");
+    }
+    assert!(
+        !files.path().join("large.snap.partial").exists(),
+        "the partial file was renamed"
+    );
     let shards = recovery_shards(&ops.recover, a.api(1)).await;
     drop(a);
 
