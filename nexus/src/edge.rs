@@ -14,13 +14,17 @@
 //! | request URI bytes | 8 KiB | `--max-uri-bytes` |
 //! | time to send request headers | 10s | `--header-read-timeout` |
 //! | time for a whole request | 30s | `--request-timeout` |
+//! | time for a backup restore by the superuser | 15m | `--restore-timeout` |
 //! | idle connection | 120s | `--idle-timeout` |
 //!
 //! A request over the in-progress cap or the time limit answers 503
 //! `state_not_ready` (try again later; a write that timed out may or may
 //! not have applied, like any 503 of a write); an over-long URI 414.
-//! Bodies are capped per route in `api` (1 MiB, a backup restore by the
-//! superuser 64 MiB).
+//! Bodies are capped per route in `api` (1 MiB; a backup restore by the
+//! superuser is spooled to a file, up to the larger of 64 MiB and the
+//! storage quota). A restore's connection still ends at its maximum age
+//! plus grace ([`spike_sdk::tls::CONNECTION_AGE_GRACE`]), at least 20
+//! minutes after a fresh connection.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -32,11 +36,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use axum::http::{Request, Response, StatusCode, header};
+use axum::http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use spike_sdk::identity::SpiffeId;
+use spike_sdk::api::Route;
+use spike_sdk::identity::{Role, SpiffeId, TrustRoots};
 use spike_sdk::tls::{ConnectionLimits, TlsListener};
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -96,6 +101,16 @@ pub struct EdgeArgs {
         value_parser = spike_sdk::duration::parse
     )]
     pub request_timeout: Duration,
+    /// Time a backup restore by the superuser may take from its headers to
+    /// its answer: its upload (up to the storage quota), its check and its
+    /// proposal through Raft.
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_RESTORE_TIMEOUT",
+        default_value = "15m",
+        value_parser = spike_sdk::duration::parse
+    )]
+    pub restore_timeout: Duration,
     /// A connection with no request in progress for this long is closed.
     #[arg(
         long,
@@ -123,6 +138,8 @@ pub struct EdgeLimits {
     pub header_read_timeout: Duration,
     /// Time per request.
     pub request_timeout: Duration,
+    /// Time per backup restore by the superuser.
+    pub restore_timeout: Duration,
     /// Time a connection may sit idle.
     pub idle_timeout: Duration,
 }
@@ -159,6 +176,7 @@ impl EdgeArgs {
         let times = [
             ("SPIKE_NEXUS_HEADER_READ_TIMEOUT", self.header_read_timeout),
             ("SPIKE_NEXUS_REQUEST_TIMEOUT", self.request_timeout),
+            ("SPIKE_NEXUS_RESTORE_TIMEOUT", self.restore_timeout),
             ("SPIKE_NEXUS_IDLE_TIMEOUT", self.idle_timeout),
         ];
         if let Some((name, _)) = times.iter().find(|(_, value)| value.is_zero()) {
@@ -186,6 +204,7 @@ impl EdgeArgs {
             uri_bytes: self.max_uri_bytes,
             header_read_timeout: self.header_read_timeout,
             request_timeout: self.request_timeout,
+            restore_timeout: self.restore_timeout,
             idle_timeout: self.idle_timeout,
         })
     }
@@ -307,12 +326,28 @@ fn refusal(status: StatusCode) -> Response<axum::body::Body> {
     response
 }
 
+/// Whether `request` from `peer` is a backup restore by the superuser:
+/// the one request given [`EdgeLimits::restore_timeout`], since its body
+/// may be as large as the storage quota.
+fn is_superuser_restore(
+    trust_roots: &TrustRoots,
+    peer: &SpiffeId,
+    request: &Request<Incoming>,
+) -> bool {
+    request.method() == Method::POST
+        && Route::from_request(request.uri().path(), request.uri().query())
+            == Some(Route::SnapshotRestore)
+        && trust_roots.has_role(peer, Role::PilotSuperuser)
+}
+
 /// Serves `router` on `listener` under `limits` until `stopping`
-/// resolves; open connections then finish their requests.
+/// resolves; open connections then finish their requests. `trust_roots`
+/// say who the superuser is, whose restores get the restore timeout.
 pub async fn serve_api(
     mut listener: TlsListener,
     router: Router,
     limits: EdgeLimits,
+    trust_roots: TrustRoots,
     metrics: ApiMetrics,
     stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> Result<(), Infallible> {
@@ -329,6 +364,7 @@ pub async fn serve_api(
         .max_concurrent_streams(limits.streams_per_connection)
         .max_header_list_size(limits.header_bytes);
     let builder = Arc::new(builder);
+    let trust_roots = Arc::new(trust_roots);
     let requests = Arc::new(PeerRequests {
         max: limits.requests_per_peer,
         counts: Mutex::default(),
@@ -354,15 +390,21 @@ pub async fn serve_api(
             last_end: Mutex::new(Instant::now()),
         });
         let service = {
-            let (router, requests, activity, metrics) = (
+            let (router, requests, activity, metrics, trust_roots) = (
                 router.clone(),
                 requests.clone(),
                 activity.clone(),
                 metrics.clone(),
+                trust_roots.clone(),
             );
             hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 let busy = Busy::new(&activity);
                 let permit = requests.admit(&peer.spiffe_id);
+                let timeout = if is_superuser_restore(&trust_roots, &peer.spiffe_id, &request) {
+                    limits.restore_timeout
+                } else {
+                    limits.request_timeout
+                };
                 request.extensions_mut().insert(ConnectInfo(peer.clone()));
                 let router = router.clone();
                 let metrics = metrics.clone();
@@ -382,7 +424,7 @@ pub async fn serve_api(
                         return Ok(refusal(StatusCode::SERVICE_UNAVAILABLE));
                     };
                     let answer = router.oneshot(request.map(axum::body::Body::new));
-                    match tokio::time::timeout(limits.request_timeout, answer).await {
+                    match tokio::time::timeout(timeout, answer).await {
                         Ok(answer) => answer,
                         Err(_) => {
                             tracing::info!("request timed out");
@@ -464,10 +506,12 @@ mod tests {
         assert_eq!(defaults.connections, ConnectionLimits::DEFAULT);
         assert_eq!(defaults.streams_per_connection, 100);
         assert_eq!(defaults.request_timeout, Duration::from_secs(30));
+        assert_eq!(defaults.restore_timeout, Duration::from_secs(15 * 60));
         for refused in [
             &["--max-connections", "0"][..],
             &["--max-requests-per-peer", "0"],
             &["--idle-timeout", "0s"],
+            &["--restore-timeout", "0s"],
             &["--max-header-bytes", "100"],
             &["--max-uri-bytes", "20000"],
         ] {

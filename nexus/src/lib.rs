@@ -351,7 +351,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(cluster_listener.into_stream(), stopping());
     let api = Arc::new(api::Api::new(
         node.clone(),
-        trust_roots,
+        trust_roots.clone(),
         api::ApiSettings {
             max_versions: config.max_versions,
             stale_read_max: config.stale_read_max,
@@ -365,6 +365,7 @@ pub async fn serve(
         api_listener,
         api::router(api),
         config.edge,
+        trust_roots,
         metrics.api,
         stopping(),
     );

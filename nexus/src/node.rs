@@ -280,9 +280,9 @@ impl Node {
         &self.quota
     }
 
-    /// A consistent copy of the applied state as a backup file's bytes,
-    /// written through `path`.
-    pub fn export_state(&self, path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    /// Writes a consistent copy of the applied state to `path` as a backup
+    /// file (fsynced).
+    pub fn export_state(&self, path: &std::path::Path) -> std::io::Result<()> {
         self.machine.export(path)
     }
 

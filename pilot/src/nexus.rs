@@ -12,7 +12,8 @@ use spike_sdk::client::{Error, NexusClient, Settings, endpoints};
 use spike_sdk::environment::ProcessEnvironment;
 use spike_sdk::identity::TrustRoots;
 
-/// Longest one exchange may take: a backup of up to 64 MiB must fit.
+/// Longest one exchange may take (backups stream to and from files within
+/// the SDK's longer transfer timeout).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a command failed.
@@ -46,6 +47,9 @@ fn api_message(error: &Error) -> String {
             "Error: Rate limited by SPIKE Nexus (spike cluster limits); try again in {retry_after_secs} s."
         ),
         Error::StorageQuota(reason) => format!("Error: {reason}"),
+        Error::BackupRefused(reason) => {
+            format!("Error: the backup was refused, nothing was replaced: {reason}")
+        }
         Error::Invalid(reason) => format!("Error: {reason}"),
         other => format!("Error: SPIKE Nexus failed: {other}"),
     }
@@ -69,6 +73,8 @@ pub async fn connect(
         .map_err(|e| CliError::Config(e.to_string()))?;
     let mut settings = Settings::new(endpoints);
     settings.request_timeout = REQUEST_TIMEOUT;
+    // Answers held in memory (long lists) as large as they were before
+    // backups streamed to files.
     settings.response_limit = BACKUP_SIZE_MAX_BYTES + 1024 * 1024;
     NexusClient::new(identity, trust_roots, settings).map_err(|e| CliError::Config(e.to_string()))
 }

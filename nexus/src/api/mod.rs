@@ -35,7 +35,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
 use spike_sdk::api::{
-    ApiRequest, BACKUP_SIZE_MAX_BYTES, BODY_SIZE_MAX_BYTES, EmptyResponse, ErrorCode, Route, header,
+    ApiRequest, BACKUP_SIZE_MAX_BYTES, BACKUP_UNMETERED_MAX_BYTES, BODY_SIZE_MAX_BYTES,
+    EmptyResponse, ErrorCode, Route, header,
 };
 use spike_sdk::identity::{Role, TrustRoots};
 use spike_sdk::tls::PeerIdentity;
@@ -175,34 +176,114 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new().fallback(dispatch).with_state(api)
 }
 
-/// Most body bytes this request may send: [`BODY_SIZE_MAX_BYTES`], or
-/// [`BACKUP_SIZE_MAX_BYTES`] for a backup restore by the superuser. Who
-/// may send the large body is decided before any of it is read, so no
-/// other caller can make a replica buffer more than 1 MiB per request.
-fn body_limit(api: &Api, peer: &PeerIdentity, method: &Method, route: Option<Route>) -> usize {
+/// How a request's body is taken, decided before any of it is read, so
+/// no caller but the superuser restoring a backup can make a replica hold
+/// more than [`BODY_SIZE_MAX_BYTES`] per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyLimit {
+    /// In memory, up to this many bytes.
+    Buffered(usize),
+    /// To a private file in the scratch directory, up to this many bytes:
+    /// a backup restore by the superuser.
+    Spooled(u64),
+}
+
+/// Most bytes a restore may upload: the larger of
+/// [`BACKUP_SIZE_MAX_BYTES`] and the storage quota (a backup of a store
+/// within its quota is smaller than the store), or
+/// [`BACKUP_UNMETERED_MAX_BYTES`] without a quota
+/// (`SPIKE_NEXUS_STORAGE_QUOTA=0`).
+fn restore_size_max(quota: u64) -> u64 {
+    if quota == 0 {
+        BACKUP_UNMETERED_MAX_BYTES
+    } else {
+        quota.max(BACKUP_SIZE_MAX_BYTES as u64)
+    }
+}
+
+fn body_limit(api: &Api, peer: &PeerIdentity, method: &Method, route: Option<Route>) -> BodyLimit {
     let restore = *method == Method::POST && route == Some(Route::SnapshotRestore);
     if restore
         && api
             .trust_roots
             .has_role(&peer.spiffe_id, Role::PilotSuperuser)
     {
-        BACKUP_SIZE_MAX_BYTES
+        BodyLimit::Spooled(restore_size_max(api.node.quota().quota()))
     } else {
-        BODY_SIZE_MAX_BYTES
+        BodyLimit::Buffered(BODY_SIZE_MAX_BYTES)
     }
+}
+
+/// The declared length, when there is one.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())
 }
 
 /// The body, or `None` when it is over `limit` (a declared length over it
 /// is refused before reading) or broke off.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Option<Bytes> {
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|declared| declared > limit as u64) {
+    if declared_length(headers).is_some_and(|declared| declared > limit as u64) {
         return None;
     }
     axum::body::to_bytes(body, limit).await.ok()
+}
+
+/// A request body spooled to a temporary file in the scratch directory:
+/// readable by this user alone (0600), removed when dropped, however the
+/// request ends.
+pub struct Upload {
+    file: tempfile::NamedTempFile,
+    size_bytes: u64,
+}
+
+impl Upload {
+    /// Its length in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// A new handle on the file, from its start.
+    pub fn open(&self) -> std::io::Result<std::fs::File> {
+        self.file.reopen()
+    }
+}
+
+/// Writes `body` to a new [`Upload`] in `dir`: 413 once it passes `limit`
+/// (a declared length over it before a byte is read), 400 when it breaks
+/// off, 500 when the file cannot be written.
+async fn spool_body(
+    dir: &std::path::Path,
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+) -> Result<Upload, ApiError> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    if declared_length(headers).is_some_and(|declared| declared > limit) {
+        return Err(ApiError::Code(ErrorCode::TooLarge));
+    }
+    let unwritable = |e: std::io::Error| ApiError::Internal(format!("cannot spool the body: {e}"));
+    let file = tempfile::Builder::new()
+        .prefix(crate::raft::state_machine::SCRATCH_UPLOAD_PREFIX)
+        .suffix(crate::raft::state_machine::SCRATCH_SUFFIX)
+        .tempfile_in(dir)
+        .map_err(unwritable)?;
+    let mut out = tokio::fs::File::from_std(file.reopen().map_err(unwritable)?);
+    let mut size_bytes = 0u64;
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|_| ApiError::BAD_REQUEST)?;
+        size_bytes += chunk.len() as u64;
+        if size_bytes > limit {
+            return Err(ApiError::Code(ErrorCode::TooLarge));
+        }
+        out.write_all(&chunk).await.map_err(unwritable)?;
+    }
+    out.flush().await.map_err(unwritable)?;
+    Ok(Upload { file, size_bytes })
 }
 
 /// Serves one request and counts it, by route and status.
@@ -243,13 +324,29 @@ async fn dispatch(
         if let Err(error) = api.admit(&peer, route).await {
             return (Reply::failed::<EmptyResponse>(error), None);
         }
-        let Some(body) = read_body(&headers, body, limit).await else {
-            return (
-                Reply::failed::<EmptyResponse>(ApiError::Code(ErrorCode::TooLarge)),
-                None,
-            );
+        let (body, upload) = match limit {
+            BodyLimit::Buffered(limit) => match read_body(&headers, body, limit).await {
+                Some(body) => (body, None),
+                None => {
+                    return (
+                        Reply::failed::<EmptyResponse>(ApiError::Code(ErrorCode::TooLarge)),
+                        None,
+                    );
+                }
+            },
+            BodyLimit::Spooled(limit) => {
+                match spool_body(&api.node.scratch_dir(), &headers, body, limit).await {
+                    Ok(upload) => (Bytes::new(), Some(upload)),
+                    Err(error) => return (Reply::failed::<EmptyResponse>(error), None),
+                }
+            }
         };
-        let handled = handle(&api, &peer, method, route, &headers, &body).await;
+        let request = Received {
+            headers: &headers,
+            body: &body,
+            upload: upload.as_ref(),
+        };
+        let handled = handle(&api, &peer, method, route, request).await;
         // The body may hold secret values or a restore shard: wipe it once
         // handled, when this is its only owner (it always is: it was
         // collected for this request alone).
@@ -302,8 +399,7 @@ async fn handle(
     peer: &PeerIdentity,
     method: Method,
     route: Option<Route>,
-    headers: &HeaderMap,
-    body: &Bytes,
+    request: Received<'_>,
 ) -> (Reply, Option<String>) {
     let refused = |error| (Reply::failed::<EmptyResponse>(error), None);
     let Some(route) = route.filter(|_| method == Method::POST) else {
@@ -317,16 +413,28 @@ async fn handle(
     if route.needs_root_key() && api.node.integrity().is_corrupt() {
         return refused(ApiError::Code(ErrorCode::StateCorrupt));
     }
-    serve(api, peer, route, headers, body).await
+    serve(api, peer, route, request).await
+}
+
+/// What a request sent: headers, and its body in memory, or spooled to a
+/// file ([`BodyLimit::Spooled`]).
+struct Received<'a> {
+    headers: &'a HeaderMap,
+    body: &'a Bytes,
+    upload: Option<&'a Upload>,
 }
 
 async fn serve(
     api: &Api,
     peer: &PeerIdentity,
     route: Route,
-    headers: &HeaderMap,
-    body: &Bytes,
+    request: Received<'_>,
 ) -> (Reply, Option<String>) {
+    let Received {
+        headers,
+        body,
+        upload,
+    } = request;
     let superuser = api
         .trust_roots
         .has_role(&peer.spiffe_id, Role::PilotSuperuser);
@@ -334,6 +442,7 @@ async fn serve(
         api,
         peer,
         body,
+        upload,
         content_type: headers
             .get(axum::http::header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok()),
@@ -535,6 +644,8 @@ pub struct Call<'a> {
     api: &'a Api,
     peer: &'a PeerIdentity,
     body: &'a [u8],
+    /// The body of a backup restore, spooled to a file.
+    upload: Option<&'a Upload>,
     content_type: Option<&'a str>,
     session: Option<SessionRef>,
     freshness: Freshness,
@@ -613,6 +724,80 @@ impl Call<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restore_takes_the_quota_at_least_64_mib_and_a_fixed_cap_without_one() {
+        let mib = 1024 * 1024;
+        assert_eq!(restore_size_max(0), BACKUP_UNMETERED_MAX_BYTES);
+        assert_eq!(restore_size_max(6 * mib), 64 * mib);
+        assert_eq!(restore_size_max(2048 * mib), 2048 * mib);
+    }
+
+    /// A body of `chunks` with no declared length, as a streaming client
+    /// sends it.
+    fn streamed(chunks: Vec<Vec<u8>>) -> Body {
+        Body::from_stream(futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|chunk| Ok::<_, std::io::Error>(Bytes::from(chunk))),
+        ))
+    }
+
+    fn files_in(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).expect("read dir").count()
+    }
+
+    #[tokio::test]
+    async fn a_spooled_body_is_private_bounded_and_removed_when_dropped() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let upload = spool_body(
+            dir.path(),
+            &HeaderMap::new(),
+            streamed(vec![vec![1; 1000], vec![2; 24]]),
+            1024,
+        )
+        .await
+        .expect("within the limit");
+        assert_eq!(upload.size_bytes(), 1024);
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut upload.open().expect("open"), &mut bytes).expect("read");
+        assert_eq!(bytes.len(), 1024);
+        assert_eq!(&bytes[998..1002], &[1, 1, 2, 2]);
+        let entry = std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .next()
+            .expect("the spool file")
+            .expect("entry");
+        let mode = entry.metadata().expect("metadata").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "readable by its owner alone");
+        drop(upload);
+        assert_eq!(files_in(dir.path()), 0, "removed when dropped");
+
+        // One byte over, counted as it arrives: 413, nothing left behind.
+        let over = spool_body(
+            dir.path(),
+            &HeaderMap::new(),
+            streamed(vec![vec![0; 1000], vec![0; 25]]),
+            1024,
+        )
+        .await;
+        assert!(
+            matches!(over, Err(ApiError::Code(ErrorCode::TooLarge))),
+            "413 past the limit"
+        );
+        assert_eq!(files_in(dir.path()), 0);
+
+        // Declared over the limit: refused before a byte is read.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            axum::http::header::CONTENT_LENGTH,
+            axum::http::HeaderValue::from_static("1025"),
+        );
+        let declared = spool_body(dir.path(), &headers, streamed(vec![]), 1024).await;
+        assert!(matches!(declared, Err(ApiError::Code(ErrorCode::TooLarge))));
+        assert_eq!(files_in(dir.path()), 0);
+    }
 
     #[test]
     fn asking_for_stale_relaxes_reads_only_and_never_a_write() {

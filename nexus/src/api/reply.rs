@@ -95,8 +95,35 @@ pub enum Answer {
     Json(Vec<u8>),
     /// `application/octet-stream` (cipher stream mode, backups).
     Stream(Vec<u8>),
+    /// `application/octet-stream` read from an open file as it is sent
+    /// (a backup of any size, never whole in memory), with its length.
+    File(std::fs::File, u64),
     /// `text/plain` (cipher stream mode's errors).
     Text(&'static str),
+}
+
+/// Bytes of a file read per body chunk.
+const FILE_CHUNK_BYTES: usize = 256 * 1024;
+
+/// The body of `file`, read chunk by chunk as the client takes it.
+fn file_body(file: std::fs::File) -> axum::body::Body {
+    use tokio::io::AsyncReadExt;
+    let file = Some(tokio::fs::File::from_std(file));
+    let chunks = futures_util::stream::unfold(file, |file| async move {
+        let mut file = file?;
+        let mut buffer = vec![0u8; FILE_CHUNK_BYTES];
+        match file.read(&mut buffer).await {
+            Ok(0) => None,
+            Ok(read) => {
+                buffer.truncate(read);
+                Some((Ok(axum::body::Bytes::from(buffer)), Some(file)))
+            }
+            // The client sees the body break off: never a short backup
+            // that looks whole (the length was announced).
+            Err(error) => Some((Err(error), None)),
+        }
+    });
+    axum::body::Body::from_stream(chunks)
 }
 
 /// A finished request: its status, the code the audit log records, and
@@ -134,6 +161,17 @@ impl Reply {
             status: StatusCode::OK,
             code: "ok",
             answer: Answer::Stream(bytes),
+            extra_headers: Vec::new(),
+        }
+    }
+
+    /// 200 with the bytes of `file` (from its current position, `length`
+    /// of them), streamed.
+    pub fn file(file: std::fs::File, length: u64) -> Self {
+        Self {
+            status: StatusCode::OK,
+            code: "ok",
+            answer: Answer::File(file, length),
             extra_headers: Vec::new(),
         }
     }
@@ -180,6 +218,15 @@ impl Reply {
                 self.status,
                 [(header::CONTENT_TYPE, wire_header::OCTET_STREAM)],
                 bytes,
+            )
+                .into_response(),
+            Answer::File(file, length) => (
+                self.status,
+                [
+                    (header::CONTENT_TYPE, wire_header::OCTET_STREAM.to_owned()),
+                    (header::CONTENT_LENGTH, length.to_string()),
+                ],
+                file_body(file),
             )
                 .into_response(),
             Answer::Text(message) => {

@@ -9,16 +9,18 @@
 //! operator restore with the backup's recovery shards.
 
 use spike_sdk::api::{ApiResponse, EmptyResponse, ErrorCode, SnapshotRestoreResponse};
-use spike_sdk::domain::{PolicyName, SecretPath};
 use spike_sdk::identity::Role;
 
 use super::reply::{Answer, Reply};
 use super::{ApiError, Call};
 use crate::clock::now_ns;
-use crate::raft::snapshot::{self, Backup, BackupRow};
+use crate::node::Node;
+use crate::raft::snapshot::{self, BackupCounts, BackupReader, BackupRecord};
+use crate::raft::state_machine::{SCRATCH_EXPORT_PREFIX, SCRATCH_SUFFIX};
 use crate::state::command::{Command, Request, Response, RestoreCommand};
-use crate::state::secret::SecretRecord;
-use crate::state::store::PolicyRecord;
+
+/// The read buffer of a restore's passes over its file.
+const VERIFY_BUFFER_BYTES: usize = 256 * 1024;
 
 /// Most record bytes proposed in one log entry during a restore.
 const RESTORE_PIECE_MAX_BYTES: usize = 512 * 1024;
@@ -33,28 +35,37 @@ pub async fn save(call: Call<'_>) -> Reply {
 async fn backup(call: Call<'_>) -> Result<Reply, ApiError> {
     call.require(Role::PilotSuperuser)?;
     call.api.node.linearize().await?;
-    let dir = tempfile_dir(&call)?;
-    let path = dir.join(format!("backup-{}.tmp", now_ns()));
-    let bytes = call
-        .api
-        .node
-        .export_state(&path)
-        .map_err(|e| ApiError::Internal(format!("cannot write backup: {e}")));
+    let path = call.api.node.scratch_dir().join(format!(
+        "{SCRATCH_EXPORT_PREFIX}{}{SCRATCH_SUFFIX}",
+        now_ns()
+    ));
+    let node = call.api.node.clone();
+    let exported = {
+        let path = path.clone();
+        crate::raft::run_blocking("write backup", move || {
+            node.export_state(&path)?;
+            // Open, then unlinked: the answer streams from the open file,
+            // and nothing is left behind however the request ends.
+            let file = std::fs::File::open(&path)?;
+            let length = file.metadata()?.len();
+            Ok::<_, std::io::Error>((file, length))
+        })
+        .await
+        .and_then(|exported| exported)
+    };
     let _ = std::fs::remove_file(&path);
-    Ok(Reply::stream(bytes?))
+    let (file, length) =
+        exported.map_err(|e| ApiError::Internal(format!("cannot write backup: {e}")))?;
+    Ok(Reply::file(file, length))
 }
 
-fn tempfile_dir(call: &Call<'_>) -> Result<std::path::PathBuf, ApiError> {
-    Ok(call.api.node.scratch_dir())
-}
-
-async fn propose(call: &Call<'_>, command: RestoreCommand) -> Result<(), ApiError> {
+async fn propose(node: &Node, command: RestoreCommand) -> Result<(), ApiError> {
     let request = Request {
         command: Command::Restore(command),
         session: None,
         time_ns: 0,
     };
-    match call.api.node.write(request).await? {
+    match node.write(request).await? {
         Response::Done => Ok(()),
         Response::Refused(refusal) => Err(ApiError::Internal(refusal.to_string())),
         Response::Written(_) | Response::PolicyStored(_) => {
@@ -63,16 +74,23 @@ async fn propose(call: &Call<'_>, command: RestoreCommand) -> Result<(), ApiErro
     }
 }
 
-/// Restore: replace everything with the uploaded backup.
+/// Restore: replace everything with the uploaded backup, spooled to a
+/// private file before this runs ([`super::Upload`]): checked whole in one
+/// streaming pass, then proposed piece by piece reading the file again.
 pub async fn restore(call: Call<'_>) -> Reply {
     if let Err(error) = call.require(Role::PilotSuperuser) {
         return Reply::failed::<SnapshotRestoreResponse>(error);
     }
+    let Some(upload) = call.upload else {
+        return Reply::failed::<SnapshotRestoreResponse>(ApiError::Internal(
+            "the backup was not spooled".to_owned(),
+        ));
+    };
     // A restore is never refused half-way for the quota (the cluster
     // would be left unusable), so a backup that cannot fit is refused
     // before anything is replaced.
     let quota = call.api.node.quota().quota();
-    let size = u64::try_from(call.body.len()).unwrap_or(u64::MAX);
+    let size = upload.size_bytes();
     if quota > 0 && size > quota {
         return Reply::failed::<SnapshotRestoreResponse>(ApiError::StorageQuota(format!(
             "storage quota exceeded: the backup is {}, more than the {} quota \
@@ -81,11 +99,27 @@ pub async fn restore(call: Call<'_>) -> Reply {
             spike_sdk::size::display(quota)
         )));
     }
+    let opened = |what: &str| {
+        upload.open().map_err(|e| {
+            ApiError::Internal(format!("cannot read the spooled backup ({what}): {e}"))
+        })
+    };
+    let file = match opened("verify") {
+        Ok(file) => file,
+        Err(error) => return Reply::failed::<SnapshotRestoreResponse>(error),
+    };
     // Every record is decoded and checked before anything is replaced; a
     // refusal says why, naming the first bad record (to the superuser who
     // sent it: paths and names, never a value).
-    let backup = match snapshot::read_backup(call.body) {
-        Ok(backup) => backup,
+    let verified = crate::raft::run_blocking("verify backup", move || {
+        let length = file.metadata()?.len();
+        let input = std::io::BufReader::with_capacity(VERIFY_BUFFER_BYTES, file);
+        snapshot::verify_backup(input, length)
+    })
+    .await
+    .and_then(|verified| verified);
+    let verified = match verified {
+        Ok(verified) => verified,
         Err(error) => {
             tracing::info!(%error, "backup refused");
             let mut reply = Reply::failed::<SnapshotRestoreResponse>(ApiError::BAD_REQUEST);
@@ -99,7 +133,11 @@ pub async fn restore(call: Call<'_>) -> Reply {
             return reply;
         }
     };
-    match replace_store(call, backup).await {
+    let file = match opened("restore") {
+        Ok(file) => file,
+        Err(error) => return Reply::failed::<SnapshotRestoreResponse>(error),
+    };
+    match replace_store(call, file, verified).await {
         Ok(answer) => Reply::json(&answer),
         Err(error) => Reply::failed::<SnapshotRestoreResponse>(error),
     }
@@ -107,108 +145,132 @@ pub async fn restore(call: Call<'_>) -> Reply {
 
 async fn replace_store(
     call: Call<'_>,
-    backup: Backup,
+    file: std::fs::File,
+    counts: BackupCounts,
 ) -> Result<SnapshotRestoreResponse, ApiError> {
     let restore_id = now_ns();
-    let (secrets, policies) = (backup.secrets.len(), backup.policies.len());
     // Checked before the store is cleared: the leader would refuse the
     // custom metadata only after everything else was replaced. A new
     // cluster switches to its newest format within seconds of forming, so
     // a restore right after start waits for that.
-    if !backup.custom_metadata.is_empty() {
+    if counts.custom_metadata > 0 {
         wait_for_format(&call, 3).await?;
     }
-    propose(&call, RestoreCommand::Begin { restore_id }).await?;
-    let mut piece = (Vec::new(), Vec::new(), 0usize);
-    let rows = backup
-        .secrets
-        .into_iter()
-        .map(Row::Secret)
-        .chain(backup.policies.into_iter().map(Row::Policy));
-    for row in rows {
-        piece.2 += match row {
-            Row::Secret(BackupRow {
-                key,
-                record,
-                size_bytes,
-            }) => {
-                piece.0.push((key, record));
-                size_bytes
-            }
-            Row::Policy(BackupRow {
-                key,
-                record,
-                size_bytes,
-            }) => {
-                piece.1.push((key, record));
-                size_bytes
-            }
-        };
-        if piece.2 >= RESTORE_PIECE_MAX_BYTES {
-            let (secrets, policies, _) = std::mem::take(&mut piece);
-            propose(
-                &call,
-                RestoreCommand::Rows {
-                    restore_id,
-                    secrets,
-                    policies,
-                },
-            )
-            .await?;
-        }
-    }
-    let (secrets_left, policies_left, _) = piece;
-    if !secrets_left.is_empty() || !policies_left.is_empty() {
-        propose(
-            &call,
-            RestoreCommand::Rows {
-                restore_id,
-                secrets: secrets_left,
-                policies: policies_left,
-            },
-        )
-        .await?;
-    }
-    let mut rows = Vec::new();
-    let mut piece_bytes = 0;
-    for row in backup.custom_metadata {
-        piece_bytes += row.size_bytes;
-        rows.push((row.key, row.record));
-        if piece_bytes >= RESTORE_PIECE_MAX_BYTES {
-            piece_bytes = 0;
-            let rows = std::mem::take(&mut rows);
-            propose(
-                &call,
-                RestoreCommand::CustomMetadataRows { restore_id, rows },
-            )
-            .await?;
-        }
-    }
-    if !rows.is_empty() {
-        propose(
-            &call,
-            RestoreCommand::CustomMetadataRows { restore_id, rows },
-        )
-        .await?;
-    }
-    propose(
-        &call,
-        RestoreCommand::Finish {
-            restore_id,
-            cluster: Box::new(backup.cluster),
-        },
+    let unreadable = |e: std::io::Error| ApiError::Internal(format!("cannot read backup: {e}"));
+    let length = file.metadata().map_err(unreadable)?.len();
+    let reader = BackupReader::new(
+        std::io::BufReader::with_capacity(VERIFY_BUFFER_BYTES, file),
+        length,
     )
-    .await?;
-    tracing::warn!(secrets, policies, "store replaced by a backup");
+    .map_err(unreadable)?;
+    let pieces = Pieces {
+        reader: Some(reader),
+        restore_id,
+    };
+    // Once `Begin` is proposed the store is being replaced: the proposals
+    // run in a task of their own, so a client that goes away or a request
+    // that times out does not leave the restore half-done.
+    let node = call.api.node.clone();
+    tokio::spawn(propose_pieces(node, restore_id, pieces))
+        .await
+        .map_err(|e| ApiError::Internal(format!("restore task: {e}")))??;
+    tracing::warn!(
+        secrets = counts.secrets,
+        policies = counts.policies,
+        "store replaced by a backup"
+    );
     Ok(SnapshotRestoreResponse {
         restored: true,
-        secrets: secrets as u64,
-        policies: policies as u64,
+        secrets: counts.secrets,
+        policies: counts.policies,
         err: None,
         refused: None,
     })
 }
 
+/// Proposes `Begin`, then every piece and `Finish` as `pieces` reads them.
+async fn propose_pieces(node: Node, restore_id: u64, mut pieces: Pieces) -> Result<(), ApiError> {
+    let unreadable = |e: std::io::Error| ApiError::Internal(format!("cannot read backup: {e}"));
+    propose(&node, RestoreCommand::Begin { restore_id }).await?;
+    loop {
+        let (back, commands) = crate::raft::run_blocking("read backup", move || {
+            let commands = pieces.next();
+            (pieces, commands)
+        })
+        .await
+        .map_err(unreadable)?;
+        pieces = back;
+        let commands = commands.map_err(unreadable)?;
+        if commands.is_empty() {
+            return Ok(());
+        }
+        for command in commands {
+            propose(&node, command).await?;
+        }
+    }
+}
+
+/// The commands of a restore after `Begin`, read from a verified backup
+/// file: pieces of at most about [`RESTORE_PIECE_MAX_BYTES`] of records,
+/// then `Finish`; so memory holds one piece, not the backup.
+struct Pieces {
+    /// `None` once `Finish` was given.
+    reader: Option<BackupReader<std::io::BufReader<std::fs::File>>>,
+    restore_id: u64,
+}
+
+impl Pieces {
+    /// The next commands (rows, then custom metadata rows, in file order),
+    /// `Finish` after the last record; none once that was given.
+    fn next(&mut self) -> std::io::Result<Vec<RestoreCommand>> {
+        let restore_id = self.restore_id;
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let (mut secrets, mut policies, mut rows, mut bytes) =
+            (Vec::new(), Vec::new(), Vec::new(), 0usize);
+        let last = loop {
+            match reader.next_record()? {
+                Some(BackupRecord::Secret(row)) => {
+                    bytes += row.size_bytes;
+                    secrets.push((row.key, row.record));
+                }
+                Some(BackupRecord::Policy(row)) => {
+                    bytes += row.size_bytes;
+                    policies.push((row.key, row.record));
+                }
+                Some(BackupRecord::CustomMetadata(row)) => {
+                    bytes += row.size_bytes;
+                    rows.push((row.key, row.record));
+                }
+                None => break true,
+            }
+            if bytes >= RESTORE_PIECE_MAX_BYTES {
+                break false;
+            }
+        };
+        let mut commands = Vec::new();
+        // Rows before custom metadata rows: the file holds them in that
+        // order, and custom metadata needs its secret restored.
+        if !secrets.is_empty() || !policies.is_empty() {
+            commands.push(RestoreCommand::Rows {
+                restore_id,
+                secrets,
+                policies,
+            });
+        }
+        if !rows.is_empty() {
+            commands.push(RestoreCommand::CustomMetadataRows { restore_id, rows });
+        }
+        if last && let Some(reader) = self.reader.take() {
+            commands.push(RestoreCommand::Finish {
+                restore_id,
+                cluster: Box::new(reader.into_cluster()),
+            });
+        }
+        Ok(commands)
+    }
+}
 /// Longest a restore waits for the cluster to write the format its backup
 /// needs.
 const FORMAT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -234,10 +296,4 @@ async fn wait_for_format(call: &Call<'_>, format: u32) -> Result<(), ApiError> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-}
-
-/// A backup record on its way into a restore piece.
-enum Row {
-    Secret(BackupRow<SecretPath, SecretRecord>),
-    Policy(BackupRow<PolicyName, PolicyRecord>),
 }

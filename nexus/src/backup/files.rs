@@ -7,7 +7,6 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use spike_sdk::domain::RootKeyId;
 use time::OffsetDateTime;
 
@@ -166,15 +165,15 @@ fn write_at(
         .write_backup(temp)
         .map_err(io_at("write backup", temp))?;
     let root_key_id = root_key_id.ok_or(BackupFileError::NoRootKey)?;
-    // Read back from disk: what a restore will be given.
-    let bytes = fs::read(temp).map_err(io_at("read back backup", temp))?;
-    snapshot::read_backup(&bytes).map_err(|error| BackupFileError::Unverified {
-        path: temp.to_owned(),
-        reason: error.to_string(),
-    })?;
-    let sha256: [u8; 32] = Sha256::digest(&bytes).into();
-    let size_bytes = bytes.len() as u64;
-    drop(bytes);
+    // Read back from disk, streaming: what a restore will be given.
+    let file = File::open(temp).map_err(io_at("read back backup", temp))?;
+    let verified =
+        snapshot::verify_backup_file(&file).map_err(|error| BackupFileError::Unverified {
+            path: temp.to_owned(),
+            reason: error.to_string(),
+        })?;
+    drop(file);
+    let (sha256, size_bytes) = (verified.sha256, verified.size_bytes);
     let file = file_name(slot_start_ms, index, root_key_id);
     let path = dir.join(&file);
     fs::rename(temp, &path).map_err(io_at("rename backup", &path))?;

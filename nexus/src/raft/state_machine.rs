@@ -141,6 +141,31 @@ impl DurabilityCheckpoint {
     }
 }
 
+/// Starts the name of a restore's upload spooled to the scratch directory.
+pub const SCRATCH_UPLOAD_PREFIX: &str = "upload-";
+/// Starts the name of a `snapshot save` export in the scratch directory.
+pub const SCRATCH_EXPORT_PREFIX: &str = "backup-";
+/// Ends the name of every scratch file a request creates.
+pub const SCRATCH_SUFFIX: &str = ".tmp";
+
+/// Removes the scratch files of requests a crash interrupted (a request
+/// that ends removes its own): a spooled upload can be gigabytes.
+fn remove_request_leftovers(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let leftover = [SCRATCH_UPLOAD_PREFIX, SCRATCH_EXPORT_PREFIX]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+            && name.ends_with(SCRATCH_SUFFIX);
+        if leftover && entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 impl StateMachine {
     /// Opens (or creates) the state database at `path`, with snapshots in
     /// `snapshot_dir`; refuses a database or a current snapshot of a format
@@ -160,6 +185,8 @@ impl StateMachine {
                 e,
             )
         })?;
+        remove_request_leftovers(snapshot_dir)
+            .map_err(|e| io_error("remove scratch files left by a crash", e))?;
         let db = super::open_database(path, "state")?;
         let stamp = super::format::stamp_or_check(&db, path)?;
         if let Some(current) = snapshot::newest(snapshot_dir)? {
@@ -543,8 +570,8 @@ impl StateMachine {
     }
 
     /// Writes a consistent copy of the applied state to `path` (the snapshot
-    /// format) and returns its bytes: a backup.
-    pub fn export(&self, path: &Path) -> io::Result<Vec<u8>> {
+    /// format, fsynced): a backup.
+    pub fn export(&self, path: &Path) -> io::Result<()> {
         let txn = self
             .db
             .begin_read()
@@ -554,8 +581,7 @@ impl StateMachine {
             last_log_id,
             last_membership,
         };
-        snapshot::write(&txn, &meta, path)?;
-        std::fs::read(path)
+        snapshot::write(&txn, &meta, path)
     }
 
     /// Writes a consistent copy of the applied state to `path` (the
@@ -813,6 +839,29 @@ mod tests {
             ClusterFormat::new(FORMAT_OLDEST),
             Integrity::default(),
         )
+    }
+
+    #[test]
+    fn opening_removes_what_crashed_requests_left_in_the_scratch_dir_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let scratch = dir.path().join("snapshots");
+        std::fs::create_dir_all(&scratch).expect("scratch");
+        let left = ["upload-x1.tmp", "backup-17.tmp"];
+        let kept = [
+            "snapshot-00000000000000000001.snap.keep",
+            "upload-notes.txt",
+            "building.tmp",
+        ];
+        for name in left.iter().chain(&kept) {
+            std::fs::write(scratch.join(name), b"x").expect("write");
+        }
+        drop(machine(dir.path()).expect("opens"));
+        for name in left {
+            assert!(!scratch.join(name).exists(), "{name} removed");
+        }
+        for name in kept {
+            assert!(scratch.join(name).exists(), "{name} kept");
+        }
     }
 
     fn normal(index: u64, command: Command) -> EntryOf<TypeConfig> {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use spike_sdk::api::BACKUP_SIZE_MAX_BYTES;
+use spike_sdk::api::BACKUP_UNMETERED_MAX_BYTES;
 use spike_sdk::client::NexusClient;
 
 use crate::nexus::CliError;
@@ -14,7 +14,8 @@ pub enum SnapshotCommand {
     /// Save a backup of the encrypted store (keep the recovery shards of
     /// the same root key: the backup is useless without them).
     Save {
-        /// The backup file to write (mode 0600).
+        /// The backup file to write (mode 0600; written as FILE.partial,
+        /// then renamed, so a failed save leaves FILE as it was).
         #[arg(short = 'o', long)]
         out: PathBuf,
     },
@@ -28,40 +29,37 @@ pub enum SnapshotCommand {
     },
 }
 
-/// Runs a snapshot command; returns what to print.
+/// Runs a snapshot command; returns what to print. Backups stream to and
+/// from their files, never whole in memory.
 pub async fn run(nexus: &NexusClient, command: SnapshotCommand) -> Result<String, CliError> {
     match command {
         SnapshotCommand::Save { out } => {
-            let bytes = nexus.snapshot_save().await?;
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&out)
-                .and_then(|mut file| file.write_all(&bytes))
-                .map_err(|e| CliError::Invalid(format!("cannot write {}: {e}", out.display())))?;
+            // Written beside its name, then renamed: a save that fails
+            // half-way leaves an earlier backup at `out` as it was.
+            let mut partial = out.clone().into_os_string();
+            partial.push(".partial");
+            let partial = PathBuf::from(partial);
+            let saved = nexus
+                .snapshot_save_to(&partial, BACKUP_UNMETERED_MAX_BYTES)
+                .await
+                .map_err(CliError::from)
+                .and_then(|size| {
+                    std::fs::rename(&partial, &out).map(|()| size).map_err(|e| {
+                        CliError::Invalid(format!("cannot write {}: {e}", out.display()))
+                    })
+                });
+            if saved.is_err() {
+                let _ = std::fs::remove_file(&partial);
+            }
+            let size = saved?;
             Ok(format!(
-                "Backup saved to {} ({} bytes).\n",
-                out.display(),
-                bytes.len()
+                "Backup saved to {} ({size} bytes).\n",
+                out.display()
             ))
         }
         SnapshotCommand::Restore { file } => {
-            let size = std::fs::metadata(&file)
-                .map_err(|e| CliError::Invalid(format!("cannot read {}: {e}", file.display())))?
-                .len();
-            if size > BACKUP_SIZE_MAX_BYTES as u64 {
-                return Err(CliError::Invalid(format!(
-                    "{} is over the {BACKUP_SIZE_MAX_BYTES}-byte limit",
-                    file.display()
-                )));
-            }
-            let bytes = std::fs::read(&file)
-                .map_err(|e| CliError::Invalid(format!("cannot read {}: {e}", file.display())))?;
-            let restored = nexus.snapshot_restore(&bytes).await?;
+            // The cluster decides how large a backup it takes.
+            let restored = nexus.snapshot_restore_file(&file).await?;
             Ok(format!(
                 "Store replaced by the backup: {} secrets, {} policies.\n",
                 restored.secrets, restored.policies

@@ -67,7 +67,7 @@ pub use secrets::{
     PutSecretRequest, SECRET_SIZE_MAX_BYTES, SecretMetadata, SecretMetadataRequest,
     SecretMetadataResponse, SecretValues, SecretVersions, UndeleteSecretRequest, VersionInfo,
 };
-pub use snapshot::{BACKUP_SIZE_MAX_BYTES, SnapshotRestoreResponse};
+pub use snapshot::{BACKUP_SIZE_MAX_BYTES, BACKUP_UNMETERED_MAX_BYTES, SnapshotRestoreResponse};
 pub use time::Timestamp;
 
 /// Largest request body of every route but backup restores, in bytes

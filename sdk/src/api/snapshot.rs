@@ -6,8 +6,16 @@ use serde::{Deserialize, Serialize};
 
 use super::ErrorCode;
 
-/// Largest backup a restore takes (and the body limit of that route).
+/// Largest backup a restore held in memory takes
+/// (`NexusClient::snapshot_restore`), and the least a replica takes: a
+/// replica takes backups up to the larger of this and its storage quota,
+/// spooled to a file.
 pub const BACKUP_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Largest backup a replica without a storage quota takes, and the largest
+/// `spike snapshot save` writes: a fixed cap, so an upload cannot fill a
+/// disk unbounded.
+pub const BACKUP_UNMETERED_MAX_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 
 /// Restore's answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,6 +24,10 @@ pub enum Error {
     /// The request was malformed or broke a rule; nothing changed.
     #[error("bad request")]
     BadRequest,
+    /// A backup restore was refused before anything was replaced (400):
+    /// why, naming the first bad record or the damage.
+    #[error("backup refused: {0}")]
+    BackupRefused(String),
     /// Compare-and-set lost: the current version is not the one expected.
     #[error("the current version is not the one expected")]
     Conflict,
@@ -94,6 +98,12 @@ impl Error {
     }
 
     fn from_body(status: u16, body: &[u8]) -> Self {
+        if status == 400
+            && let Ok(answer) = crate::api::decode::<crate::api::SnapshotRestoreResponse>(body)
+            && let Some(reason) = answer.refused
+        {
+            return Self::BackupRefused(reason);
+        }
         let code = crate::api::decode::<crate::api::EmptyResponse>(body)
             .ok()
             .and_then(|answer| answer.err);
@@ -164,6 +174,17 @@ mod tests {
         assert!(matches!(
             Error::from_reply(507, b"{}", |name| (name == "x-spike-reason").then_some("full")),
             Error::StorageQuota(ref reason) if reason == "full"
+        ));
+        assert!(matches!(
+            Error::from_answer(
+                400,
+                br#"{"err":"api_bad_request","refused":"snapshot is corrupt: digest mismatch"}"#
+            ),
+            Error::BackupRefused(ref reason) if reason == "snapshot is corrupt: digest mismatch"
+        ));
+        assert!(matches!(
+            Error::from_answer(400, br#"{"err":"api_bad_request"}"#),
+            Error::BadRequest
         ));
         let not_ready = Error::from_answer(503, br#"{"err":"state_not_ready"}"#);
         assert!(not_ready.is_retryable(), "{not_ready}");

@@ -16,9 +16,10 @@ mod nexus;
 mod operations;
 mod pool;
 mod session;
+mod transfer;
 
 pub use error::Error;
-pub use nexus::{NexusClient, RetryPolicy, Settings};
+pub use nexus::{NexusClient, RetryPolicy, Settings, TRANSFER_TIMEOUT_DEFAULT};
 pub use pool::CONNECTION_AGE_MAX;
 
 use std::net::SocketAddr;

@@ -14,6 +14,7 @@
 //! operations themselves are in [`super::operations`].
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -66,8 +67,12 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Longest one HTTP exchange may take once connected.
     pub request_timeout: Duration,
-    /// Largest response body accepted.
+    /// Largest response body accepted in memory.
     pub response_limit: usize,
+    /// Longest one exchange that streams a backup to or from a file may
+    /// take (`snapshot_save_to`, `snapshot_restore_file`): far longer
+    /// than `request_timeout`, since a backup may be gigabytes.
+    pub transfer_timeout: Duration,
     /// Retry budget per operation.
     pub retry: RetryPolicy,
     /// Send writes and linearizable reads straight to the leader (the
@@ -80,18 +85,23 @@ pub struct Settings {
 
 impl Settings {
     /// Defaults for `endpoints`: 2 s to connect, 5 s per exchange, 8 MiB
-    /// answers, the default retry budget, following the leader.
+    /// answers, an hour per backup transfer, the default retry budget,
+    /// following the leader.
     pub fn new(endpoints: Vec<SocketAddr>) -> Self {
         Self {
             endpoints,
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
             response_limit: RESPONSE_SIZE_MAX_BYTES,
+            transfer_timeout: TRANSFER_TIMEOUT_DEFAULT,
             retry: RetryPolicy::default(),
             follow_leader: true,
         }
     }
 }
+
+/// Longest a backup transfer to or from a file may take by default.
+pub const TRANSFER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3600);
 
 /// Where a request may be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +118,30 @@ pub(crate) struct Operation<'a> {
     pub(crate) content_type: &'a str,
     pub(crate) body: Zeroizing<Vec<u8>>,
     pub(crate) consistency: Consistency,
+    /// Send this file as the body instead of `body` (a backup restore).
+    pub(crate) upload: Option<&'a Path>,
+    /// Write a 200 answer's body to this file, up to this many bytes,
+    /// instead of memory (a backup save).
+    pub(crate) download: Option<(&'a Path, u64)>,
+}
+
+impl<'a> Operation<'a> {
+    /// An operation with `body` in memory and its answer read to memory.
+    pub(crate) fn new(
+        route: Route,
+        content_type: &'a str,
+        body: Zeroizing<Vec<u8>>,
+        consistency: Consistency,
+    ) -> Self {
+        Self {
+            route,
+            content_type,
+            body,
+            consistency,
+            upload: None,
+            download: None,
+        }
+    }
 }
 
 /// A SPIKE Nexus cluster as one application sees it.
@@ -115,6 +149,7 @@ pub struct NexusClient {
     pool: Pool,
     endpoints: Vec<SocketAddr>,
     retry: RetryPolicy,
+    transfer_timeout: Duration,
     follow_leader: bool,
     leader: Mutex<Option<SocketAddr>>,
     cursor: AtomicUsize,
@@ -145,6 +180,7 @@ impl NexusClient {
             ),
             endpoints: settings.endpoints,
             retry: settings.retry,
+            transfer_timeout: settings.transfer_timeout,
             follow_leader: settings.follow_leader,
             leader: Mutex::new(None),
             cursor: AtomicUsize::new(0),
@@ -171,12 +207,7 @@ impl NexusClient {
         // Named step: a write's body may hold secret values.
         let body = Zeroizing::new(api::encode(request));
         let bytes = self
-            .send(Operation {
-                route: R::ROUTE,
-                content_type: header::JSON,
-                body,
-                consistency,
-            })
+            .send(Operation::new(R::ROUTE, header::JSON, body, consistency))
             .await?;
         // The decoder's error names no part of the body, which may be secret.
         let answer: R::Response =
@@ -226,7 +257,7 @@ impl NexusClient {
                 body: operation.body.to_vec(),
                 headers: &headers,
             };
-            let last = match self.pool.send(target, request).await {
+            let last = match self.attempt(target, request, operation).await {
                 Ok(mut reply) => {
                     let hint = reply
                         .header(header::LEADER)
@@ -271,6 +302,46 @@ impl NexusClient {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(self.retry.backoff_max);
         }
+    }
+
+    /// One attempt of `operation` on `target`: through the pool's
+    /// in-memory path, or streaming a file up or down (each attempt
+    /// reads the upload from its start and rewrites the download).
+    async fn attempt(
+        &self,
+        target: SocketAddr,
+        request: Request<'_>,
+        operation: &Operation<'_>,
+    ) -> Result<super::RawReply, super::ClientError> {
+        if operation.upload.is_none() && operation.download.is_none() {
+            return self.pool.send(target, request).await;
+        }
+        let local = |what: &str, path: &Path, error: std::io::Error| super::ClientError::Exchange {
+            address: target,
+            reason: format!("cannot {what} {}: {error}", path.display()),
+        };
+        let body = match operation.upload {
+            Some(path) => Some(super::transfer::RequestBody::File(
+                super::transfer::FileBody::open(path)
+                    .await
+                    .map_err(|e| local("read", path, e))?,
+            )),
+            None => None,
+        };
+        let mut out = match operation.download {
+            Some((path, limit)) => Some((
+                super::transfer::create_private(path)
+                    .await
+                    .map_err(|e| local("write", path, e))?,
+                limit,
+            )),
+            None => None,
+        };
+        let out = out.as_mut().map(|(file, limit)| (file, *limit));
+        self.pool
+            .send_within(target, request, body, out, self.transfer_timeout)
+            .await
+            .map(|(reply, _)| reply)
     }
 
     /// The node to ask next: the leader when known and wanted, else the

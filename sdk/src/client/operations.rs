@@ -2,6 +2,7 @@
 //! types in, typed answers out.
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use zeroize::Zeroizing;
 
@@ -416,11 +417,54 @@ impl NexusClient {
         Ok(backup.to_vec())
     }
 
-    /// Replaces the whole store with `backup` (extension, superusers).
+    /// Writes a backup of the encrypted store, as [`Self::snapshot_save`]
+    /// returns it, to the file at `out` (created or truncated, mode 0600)
+    /// as it arrives, never whole in memory, refusing one over `limit`
+    /// bytes; returns its length. Each attempt rewrites the file, so after
+    /// an error its content is no backup.
+    pub async fn snapshot_save_to(&self, out: &Path, limit: u64) -> Result<u64, Error> {
+        let mut operation = Operation::new(
+            Route::SnapshotSave,
+            header::OCTET_STREAM,
+            Zeroizing::new(Vec::new()),
+            Consistency::Leader,
+        );
+        operation.download = Some((out, limit));
+        self.send(operation).await?;
+        tokio::fs::metadata(out)
+            .await
+            .map(|metadata| metadata.len())
+            .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", out.display())))
+    }
+
+    /// Replaces the whole store with `backup` (extension, superusers),
+    /// held in memory: for backups up to [`crate::api::BACKUP_SIZE_MAX_BYTES`];
+    /// [`Self::snapshot_restore_file`] takes any size the cluster does.
     pub async fn snapshot_restore(&self, backup: &[u8]) -> Result<SnapshotRestoreResponse, Error> {
         let answer = self
             .send_bytes(Route::SnapshotRestore, backup, Consistency::Leader)
             .await?;
+        crate::api::decode(&answer).map_err(|error| Error::Decode(error.to_string()))
+    }
+
+    /// Replaces the whole store with the backup in the file at `backup`,
+    /// streamed from the file (never whole in memory); the cluster decides
+    /// how large a backup it takes (its storage quota, at least 64 MiB).
+    pub async fn snapshot_restore_file(
+        &self,
+        backup: &Path,
+    ) -> Result<SnapshotRestoreResponse, Error> {
+        tokio::fs::metadata(backup)
+            .await
+            .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", backup.display())))?;
+        let mut operation = Operation::new(
+            Route::SnapshotRestore,
+            header::OCTET_STREAM,
+            Zeroizing::new(Vec::new()),
+            Consistency::Leader,
+        );
+        operation.upload = Some(backup);
+        let answer = self.send(operation).await?;
         crate::api::decode(&answer).map_err(|error| Error::Decode(error.to_string()))
     }
 
@@ -430,12 +474,12 @@ impl NexusClient {
         body: &[u8],
         consistency: Consistency,
     ) -> Result<Zeroizing<Vec<u8>>, Error> {
-        self.send(Operation {
+        self.send(Operation::new(
             route,
-            content_type: header::OCTET_STREAM,
-            body: Zeroizing::new(body.to_vec()),
+            header::OCTET_STREAM,
+            Zeroizing::new(body.to_vec()),
             consistency,
-        })
+        ))
         .await
     }
 }

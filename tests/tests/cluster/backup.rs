@@ -15,7 +15,7 @@ pub fn small_cluster_with(extra: &[&str]) -> LocalCluster {
     LocalCluster::up(&args)
 }
 
-fn small_cluster() -> LocalCluster {
+pub fn small_cluster() -> LocalCluster {
     small_cluster_with(&[])
 }
 
@@ -201,11 +201,22 @@ pub async fn restore_into_fresh_cluster(
         String::from_utf8_lossy(&restored.bytes)
     );
     assert_eq!(get(&ops_b.superuser, b.api(2), held).await.status, 503);
+    restore_root_key(&ops_b, &b, shards).await;
+    b
+}
+
+/// Gives `cluster` a restored backup's root key from a threshold of its
+/// recovery `shards`, then waits until every replica serves.
+pub async fn restore_root_key(
+    ops: &Operators,
+    cluster: &LocalCluster,
+    shards: Vec<(u64, Vec<u8>)>,
+) {
     for (index, shard) in shards.into_iter().take(2) {
-        let reply = ops_b
+        let reply = ops
             .restore
             .post(
-                b.api(2),
+                cluster.api(2),
                 "/v1/operator/restore",
                 json!({"id": index, "shard": shard}),
             )
@@ -214,9 +225,8 @@ pub async fn restore_into_fresh_cluster(
         assert_eq!(reply.status, 200, "{:?}", reply.body);
     }
     for id in 1..=3 {
-        b.wait_ready(id, RECOVERY_LIMIT).await;
+        cluster.wait_ready(id, RECOVERY_LIMIT).await;
     }
-    b
 }
 
 /// The `owner` custom metadata of `path`, as metadata get answers it.

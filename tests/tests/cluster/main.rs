@@ -10,6 +10,7 @@ mod benchmark;
 mod corruption;
 mod dashboard;
 mod faults;
+mod large_backup;
 mod membership;
 mod metrics;
 mod network;

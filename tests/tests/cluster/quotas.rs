@@ -20,7 +20,7 @@ const QUOTA: &str = "6MiB";
 const VALUE_BYTES: usize = 400 * 1024;
 
 /// `spike ARGS` as the superuser, at every replica (it follows the leader).
-async fn spike(cluster: &LocalCluster, args: &[&str]) -> std::process::Output {
+pub async fn spike(cluster: &LocalCluster, args: &[&str]) -> std::process::Output {
     spike_at(cluster, &[1, 2, 3], args).await
 }
 
