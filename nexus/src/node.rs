@@ -17,7 +17,7 @@ use crate::keys::manager::{KeyError, KeyManager};
 use crate::limits::RateLimiter;
 use crate::quota::{QuotaExceeded, StorageQuota};
 use crate::raft::state_machine::{AppliedIndex, StateMachine};
-use crate::raft::{ClusterView, Leader, Leadership, NexusNode};
+use crate::raft::{ClusterView, Leader, LeaderError, Leadership, NexusNode};
 use crate::state::command::{
     Command, KeyCommand, MembershipCommand, Request, Response, SecretCommand,
 };
@@ -432,11 +432,18 @@ impl Node {
             LeaderOp::Write(request) => {
                 // Decided here, before proposing, so apply never looks at
                 // a file size and every replica applies alike.
-                self.quota
+                let admitted = self
+                    .quota
                     .check(&request.command)
                     .await
                     .map_err(ForwardError::StorageQuota)?;
-                Ok(LeaderReply::Written(self.leadership.write(request).await?))
+                let written = self.leadership.write(request).await;
+                let proposed = !matches!(
+                    written,
+                    Err(LeaderError::NotLeader { .. } | LeaderError::FormatNotYet { .. })
+                );
+                self.quota.landed(admitted, proposed);
+                Ok(LeaderReply::Written(written?))
             }
             LeaderOp::AddNode { id, node } => self
                 .add_node(id, node, false)

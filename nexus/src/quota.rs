@@ -79,6 +79,12 @@ pub struct QuotaExceeded {
     pub quota: u64,
 }
 
+/// A write let through, and its [`cost`] (0: it adds no data); hand it
+/// back to [`StorageQuota::landed`] once its proposal ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "hand it to StorageQuota::landed once the proposal ended"]
+pub struct Admitted(u64);
+
 /// What `command` is expected to add to the store, or `None` when it adds
 /// no data and so is never refused past the quota. Deletes, destroys and
 /// undeletes (a mark cleared), key operations, membership facts and
@@ -111,8 +117,14 @@ pub fn cost(command: &Command) -> Option<u64> {
 pub struct StorageQuota {
     quota: u64,
     used: AtomicU64,
-    /// The [`cost`] of the writes let through since the last measure.
+    /// The [`cost`] of the writes let through and not yet counted by a
+    /// measure: in flight, or landed since the last measure.
     pending: AtomicU64,
+    /// The part of `pending` whose proposals have finished (applied, or
+    /// their outcome unknown): a measure taken after counts them. Writes
+    /// still in flight stay pending across a measure, which may not see
+    /// them yet.
+    landed: AtomicU64,
     exceeded: AtomicBool,
     /// The room a raised alarm waits for: the refused write's cost.
     wanted: AtomicU64,
@@ -136,6 +148,7 @@ impl StorageQuota {
             quota,
             used: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            landed: AtomicU64::new(0),
             exceeded: AtomicBool::new(false),
             wanted: AtomicU64::new(0),
             pages_counted: AtomicBool::new(false),
@@ -167,13 +180,15 @@ impl StorageQuota {
     }
 
     /// The leader's decision before proposing `command`: refused when it
-    /// would take the store past the quota, which raises the alarm.
-    pub async fn check(&self, command: &Command) -> Result<(), QuotaExceeded> {
+    /// would take the store past the quota, which raises the alarm. What
+    /// is let through is counted as pending until [`Self::landed`] says
+    /// how its proposal ended.
+    pub async fn check(&self, command: &Command) -> Result<Admitted, QuotaExceeded> {
         let Some(cost) = cost(command).filter(|_| self.quota > 0) else {
-            return Ok(());
+            return Ok(Admitted(0));
         };
         if self.let_through(cost).is_ok() {
-            return Ok(());
+            return Ok(Admitted(cost));
         }
         if !self.pages_counted.load(Ordering::Relaxed) {
             // Judged on the file's length: have the pages counted first.
@@ -182,7 +197,7 @@ impl StorageQuota {
             let _ = tokio::time::timeout(FORCED_SCAN_WAIT, measures.changed()).await;
         }
         let held = match self.let_through(cost) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(Admitted(cost)),
             Err(held) => held,
         };
         self.wanted.store(cost, Ordering::Relaxed);
@@ -192,6 +207,25 @@ impl StorageQuota {
             used: held,
             quota: self.quota,
         })
+    }
+
+    /// How the proposal of a write let through ended: `proposed` (applied,
+    /// or its outcome unknown), it counts until a measure taken from now
+    /// on; not proposed, it never counts.
+    pub fn landed(&self, admitted: Admitted, proposed: bool) {
+        let Admitted(cost) = admitted;
+        if cost == 0 {
+            return;
+        }
+        if proposed {
+            self.landed.fetch_add(cost, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .pending
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |pending| {
+                    Some(pending.saturating_sub(cost))
+                });
+        }
     }
 
     /// Counts `cost` in if it fits; otherwise what the store holds by the
@@ -210,18 +244,19 @@ impl StorageQuota {
     }
 
     /// Records a fresh measure (of pages in use when `pages`, else the
-    /// file's length), which counts every write let through before
-    /// `counted_pending` was read: raises the alarm past the quota, clears
-    /// it once there is room for the write refused (at most half the
-    /// quota).
-    pub fn record(&self, used: u64, file_bytes: u64, counted_pending: u64, pages: bool) {
-        // Never below zero: a refusal may have given its cost back since.
+    /// file's length), which counts the writes that had landed when
+    /// `counted` was read ([`Self::landed_so_far`]): raises the alarm past
+    /// the quota, clears it once there is room for the write refused (at
+    /// most half the quota).
+    pub fn record(&self, used: u64, file_bytes: u64, counted: u64, pages: bool) {
+        let less = |value: u64| Some(value.saturating_sub(counted));
+        let _ = self
+            .landed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, less);
         let pending = self
             .pending
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |pending| {
-                Some(pending.saturating_sub(counted_pending))
-            })
-            .map_or(0, |before| before.saturating_sub(counted_pending));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, less)
+            .map_or(0, |before| before.saturating_sub(counted));
         self.used.store(used, Ordering::Relaxed);
         self.pages_counted.store(pages, Ordering::Relaxed);
         self.used_gauge.set(gauge_value(used));
@@ -288,6 +323,12 @@ impl StorageQuota {
         );
     }
 
+    /// The cost of the writes landed since the last measure, read just
+    /// before taking one.
+    pub fn landed_so_far(&self) -> u64 {
+        self.landed.load(Ordering::Relaxed)
+    }
+
     /// Whether a file of `file_bytes` is measured by its pages in use.
     fn counts_pages(&self, file_bytes: u64) -> bool {
         self.quota > 0
@@ -305,9 +346,9 @@ impl StorageQuota {
                 _ = ticks.tick() => false,
                 () = self.count_pages.notified() => true,
             };
-            // Read before measuring: the writes let through by now are
-            // applied (or in flight) when the measure is taken.
-            let pending = self.pending.load(Ordering::Relaxed);
+            // Read before measuring: the writes landed by now are in what
+            // the measure sees.
+            let pending = self.landed_so_far();
             let path: PathBuf = machine.path().to_owned();
             // A simulated disk has no file: nothing to measure.
             let Ok(file_bytes) = std::fs::metadata(&path).map(|meta| meta.len()) else {
@@ -355,6 +396,13 @@ mod tests {
     use super::*;
     use spike_sdk::domain::{DataKeyId, PolicyRef, SecretPath};
 
+    /// `check`, and the write applied.
+    async fn admit(quota: &StorageQuota, command: &Command) -> Result<(), QuotaExceeded> {
+        let admitted = quota.check(command).await?;
+        quota.landed(admitted, true);
+        Ok(())
+    }
+
     fn put() -> Command {
         Command::Secret(SecretCommand::Put {
             path: "a/b".parse::<SecretPath>().expect("path"),
@@ -379,10 +427,10 @@ mod tests {
     async fn past_the_quota_only_writes_that_add_data_are_refused_until_it_is_freed() {
         let quota = StorageQuota::new(100_000);
         quota.record(90_000, 90_000, 0, true);
-        assert_eq!(quota.check(&put()).await, Ok(()));
+        assert_eq!(admit(&quota, &put()).await, Ok(()));
         quota.record(100_001, 409_600, 0, true);
         assert!(quota.exceeded(), "past the quota by measure");
-        let refused = quota.check(&put()).await.expect_err("over");
+        let refused = admit(&quota, &put()).await.expect_err("over");
         assert_eq!(refused.quota, 100_000);
         assert!(refused.used >= 100_001, "{refused:?}");
         let message = refused.to_string();
@@ -395,8 +443,8 @@ mod tests {
         let delete_policy = Command::Policy(PolicyCommand::Delete {
             policy: "p".parse::<PolicyRef>().expect("ref"),
         });
-        assert_eq!(quota.check(&destroy).await, Ok(()));
-        assert_eq!(quota.check(&delete_policy).await, Ok(()));
+        assert_eq!(admit(&quota, &destroy).await, Ok(()));
+        assert_eq!(admit(&quota, &delete_policy).await, Ok(()));
         assert!(quota.exceeded());
         // Under the quota, but without room for the write refused (8 KiB
         // by the estimate, capped at 5 % of the quota): still raised.
@@ -404,11 +452,11 @@ mod tests {
         assert!(quota.exceeded());
         quota.record(91_000, 409_600, 0, true);
         assert!(!quota.exceeded());
-        assert_eq!(quota.check(&put()).await, Ok(()));
+        assert_eq!(admit(&quota, &put()).await, Ok(()));
         // No quota: never refused.
         let none = StorageQuota::new(0);
         none.record(u64::MAX, u64::MAX, 0, true);
-        assert_eq!(none.check(&put()).await, Ok(()));
+        assert_eq!(admit(&none, &put()).await, Ok(()));
     }
 
     #[tokio::test]
@@ -420,26 +468,34 @@ mod tests {
         // Eight fit in 1 MiB by the estimate; the ninth does not, though
         // no measure has been taken since the first.
         let mut let_through = 0;
-        while quota.check(&put_of(100 * 1024)).await.is_ok() {
+        while admit(&quota, &put_of(100 * 1024)).await.is_ok() {
             let_through += 1;
             assert!(let_through < 100, "never refused");
         }
         assert_eq!(let_through, 7);
         assert!(quota.exceeded(), "the refusal raises the alarm");
         // A smaller write that fits still goes through.
-        assert_eq!(quota.check(&put_of(10)).await, Ok(()));
+        assert_eq!(admit(&quota, &put_of(10)).await, Ok(()));
         // A measure that counts them (and finds the store small after all,
         // say the writes were overwrites) clears it.
-        let pending = quota.pending.load(Ordering::Relaxed);
-        quota.record(200 * 1024, 1 << 20, pending, true);
+        let landed = quota.landed_so_far();
+        quota.record(200 * 1024, 1 << 20, landed, true);
         assert!(!quota.exceeded());
         assert_eq!(quota.pending.load(Ordering::Relaxed), 0);
-        assert_eq!(quota.check(&put_of(100 * 1024)).await, Ok(()));
+        assert_eq!(admit(&quota, &put_of(100 * 1024)).await, Ok(()));
+        // A write still in flight when a measure is taken stays pending
+        // (the measure may not see it); one never proposed stops counting.
+        let in_flight = quota.check(&put_of(100 * 1024)).await.expect("fits");
+        assert_eq!(quota.pending.load(Ordering::Relaxed), 2 * each);
+        quota.record(200 * 1024, 1 << 20, quota.landed_so_far(), true);
+        assert_eq!(quota.pending.load(Ordering::Relaxed), each, "in flight");
+        quota.landed(in_flight, false);
+        assert_eq!(quota.pending.load(Ordering::Relaxed), 0);
         // Judged on the file's length, a write is refused only after the
         // page count it asks for (here none comes: after the wait).
         quota.record(1 << 20, 1 << 20, 0, false);
         let began = std::time::Instant::now();
-        assert!(quota.check(&put_of(10)).await.is_err());
+        assert!(admit(&quota, &put_of(10)).await.is_err());
         assert!(began.elapsed() >= FORCED_SCAN_WAIT);
         // Nothing else is estimated to add data.
         let destroy = Command::Secret(SecretCommand::Destroy {
