@@ -19,9 +19,11 @@
 //! The quota is a ceiling, not a trigger: a measure is a second or more
 //! old, so between two the leader adds up what it has let through (each
 //! write's [`cost`]) and refuses a write that would take the last measure
-//! plus that sum past the quota. The store then passes its quota only by
-//! the misjudged part of the estimate and the writes still in flight when
-//! a measure is taken. The file's length overstates what is in use (redb
+//! plus that sum past the quota. A write counts from the moment it is let
+//! through until a measure taken after it landed (applied, or its outcome
+//! unknown) sees it; one never proposed stops counting. The store then
+//! passes its quota only by the misjudged part of the estimate (on a
+//! follower, also by how its own pages differ). The file's length overstates what is in use (redb
 //! grows it ahead of need), so before refusing on a length the leader has
 //! the pages counted (at most once per [`FORCED_SCAN_INTERVAL`], waiting
 //! at most [`FORCED_SCAN_WAIT`]) and decides on that. A refusal raises
