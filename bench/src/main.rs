@@ -36,8 +36,9 @@ use crate::report::{Peer, Results, Row};
 #[derive(Parser)]
 #[command(name = "spike-bench", version, about)]
 enum Cli {
-    /// Start both clusters, run every workload at every concurrency level,
-    /// then the failover and restart trials; print the table.
+    /// Start the clusters (ours, etcd, Vault), run every workload a peer
+    /// offers at every concurrency level, then the failover and restart
+    /// trials; print the table.
     Compare(CompareArgs),
     /// One workload against a running cluster of ours, as the caller: the
     /// SVID from `SPIFFE_ENDPOINT_SOCKET` or `SPIKE_SVID_*_FILE`, the nodes

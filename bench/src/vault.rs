@@ -136,11 +136,15 @@ impl VaultCluster {
         std::fs::create_dir_all(&data)?;
         let file = |name: &str| self.dir.join(name).display().to_string();
         // HCL strings are JSON strings: serde_json quotes the paths.
+        // performance_multiplier 1: Raft's own timings (1 s election
+        // timeout, as etcd's); Vault's default 5 stretches them for slow
+        // networks and would put 5 s into every failover.
         let quoted = |text: String| Value::String(text).to_string();
         let config = format!(
             r#"storage "raft" {{
-  path    = {data}
-  node_id = {name}
+  path                   = {data}
+  node_id                = {name}
+  performance_multiplier = 1
 }}
 listener "tcp" {{
   address                            = {api}
