@@ -21,6 +21,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper::{Method, Request, StatusCode};
 use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
+use zeroize::Zeroizing;
 
 use crate::etcd::Pki;
 use crate::load::{Store, Workload};
@@ -80,10 +81,10 @@ struct Node {
 }
 
 /// What `sys/init` hands out once: the unseal key (one share) and the
-/// root token.
+/// root token, wiped on drop and never printed.
 struct Keys {
-    unseal_base64: String,
-    root_token: String,
+    unseal_base64: Zeroizing<String>,
+    root_token: Zeroizing<String>,
 }
 
 /// A running Vault cluster, killed on drop.
@@ -118,8 +119,8 @@ impl VaultCluster {
             pki,
             tls,
             keys: Keys {
-                unseal_base64: String::new(),
-                root_token: String::new(),
+                unseal_base64: Zeroizing::default(),
+                root_token: Zeroizing::default(),
             },
         };
         for index in 0..cluster.nodes.len() {
@@ -221,8 +222,8 @@ log_level     = "warn"
             .as_str()
             .context("sys/init gave no root token")?;
         self.keys = Keys {
-            unseal_base64: unseal.to_owned(),
-            root_token: root.to_owned(),
+            unseal_base64: Zeroizing::new(unseal.to_owned()),
+            root_token: Zeroizing::new(root.to_owned()),
         };
         self.unseal(0).await?;
         self.wait_health(0, |status| status == StatusCode::OK)
@@ -285,7 +286,7 @@ log_level     = "warn"
                     self.nodes[0].api,
                     Method::GET,
                     "sys/storage/raft/configuration",
-                    Some(&self.keys.root_token),
+                    Some(self.keys.root_token.as_str()),
                     None,
                 )
                 .await?;
@@ -313,7 +314,7 @@ log_level     = "warn"
     /// joined still says sealed: it unseals once the leader has answered
     /// its Raft join challenge, so callers wait for its health instead.
     async fn unseal(&self, index: usize) -> anyhow::Result<()> {
-        let body = json!({ "key": self.keys.unseal_base64 });
+        let body = json!({ "key": self.keys.unseal_base64.as_str() });
         self.call(
             self.nodes[index].api,
             Method::PUT,
@@ -557,7 +558,7 @@ async fn send(
 pub struct VaultStore {
     nodes: Vec<SocketAddr>,
     tls: Arc<rustls::ClientConfig>,
-    token: String,
+    token: Zeroizing<String>,
     /// The active node's address and connection, once found.
     active: Mutex<Option<(SocketAddr, SendRequest<Full<Bytes>>)>>,
 }
@@ -611,7 +612,7 @@ impl VaultStore {
             address,
             method,
             path,
-            Some(&self.token),
+            Some(self.token.as_str()),
             body,
             REQUEST_TIMEOUT,
         )
@@ -640,7 +641,8 @@ impl Store for VaultStore {
     }
 
     /// Vault answers every read from its active node (a standby forwards
-    /// it): there is no stale read, and the get-stale workload is skipped.
+    /// it), from its local Raft state under the active node's lock (no
+    /// read index): there is no stale read, and get-stale is skipped.
     async fn get(&self, key: u64, _stale: bool) -> Result<(), String> {
         self.call(Method::GET, &format!("kv/data/bench/k{key}"), None)
             .await
