@@ -29,21 +29,24 @@ mod proto {
 use proto::kv_client::KvClient;
 use proto::maintenance_client::MaintenanceClient;
 
-/// Certificates for the etcd cluster and its client: one CA, one leaf for
+/// Certificates for a peer's cluster and its client: one CA, one leaf for
 /// everything with an IP SAN of 127.0.0.1 (etcd checks it on peers too).
-struct Pki {
-    ca_pem: String,
+pub(crate) struct Pki {
+    pub(crate) ca_pem: String,
+    pub(crate) leaf_pem: String,
     leaf_der: Vec<u8>,
     leaf_key_der: Vec<u8>,
 }
 
 impl Pki {
-    fn write(dir: &Path) -> anyhow::Result<Self> {
+    /// A new CA named for `peer` and its leaf, written to `dir` as
+    /// ca.pem, leaf.pem and leaf.key.
+    pub(crate) fn write(dir: &Path, peer: &str) -> anyhow::Result<Self> {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params
             .distinguished_name
-            .push(DnType::CommonName, "spike-bench etcd CA");
+            .push(DnType::CommonName, format!("spike-bench {peer} CA"));
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca = ca_params.self_signed(&ca_key)?;
@@ -64,12 +67,14 @@ impl Pki {
         std::fs::write(dir.join("leaf.key"), leaf_key.serialize_pem())?;
         Ok(Self {
             ca_pem: ca.pem(),
+            leaf_pem: leaf.pem(),
             leaf_der: leaf.der().to_vec(),
             leaf_key_der: leaf_key.serialize_der(),
         })
     }
 
-    fn client_config(&self) -> anyhow::Result<rustls::ClientConfig> {
+    /// TLS 1.3 with the leaf as client certificate, offering HTTP/2.
+    pub(crate) fn client_config(&self) -> anyhow::Result<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         let ca = rustls_pki_types::pem::PemObject::from_pem_slice(self.ca_pem.as_bytes())
             .context("CA PEM")?;
@@ -128,7 +133,7 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Starts 3 members of `binary` in `dir` on ports from `base_port`.
     pub fn up(binary: &Path, dir: &Path, base_port: u16) -> anyhow::Result<Self> {
-        let pki = Pki::write(dir)?;
+        let pki = Pki::write(dir, "etcd")?;
         let members: Vec<Member> = (0..3u16)
             .map(|i| Member {
                 name: format!("etcd-{}", i + 1),

@@ -19,7 +19,15 @@ pub enum Workload {
     GetStale,
     /// 90 % linearizable reads, 10 % writes.
     Mixed,
+    /// Encryption of a 1 KiB plaintext under the store's own key (SPIKE's
+    /// cipher, Vault's transit).
+    Encrypt,
+    /// Decryption of what an encryption of 1 KiB gave.
+    Decrypt,
 }
+
+/// Bytes of plaintext each encrypt and decrypt works on.
+pub const CIPHER_PLAINTEXT_SIZE: usize = 1024;
 
 /// The two operations a store under test offers.
 pub trait Store: Send + Sync + 'static {
@@ -27,6 +35,22 @@ pub trait Store: Send + Sync + 'static {
     fn put(&self, key: u64, value: &str) -> impl Future<Output = Result<(), String>> + Send;
     /// Reads key number `key`, linearizable or not.
     fn get(&self, key: u64, stale: bool) -> impl Future<Output = Result<(), String>> + Send;
+    /// Whether the store has the operations `workload` needs (etcd has no
+    /// encryption, Vault no stale reads); runs of those it lacks are
+    /// skipped.
+    fn offers(&self, workload: Workload) -> bool {
+        !matches!(workload, Workload::Encrypt | Workload::Decrypt)
+    }
+    /// Encrypts `plaintext`; the ciphertext in the store's own form.
+    fn encrypt(&self, plaintext: &[u8]) -> impl Future<Output = Result<Vec<u8>, String>> + Send {
+        let _ = plaintext;
+        async { Err("this store has no encryption".to_owned()) }
+    }
+    /// Decrypts what [`Store::encrypt`] gave.
+    fn decrypt(&self, ciphertext: &[u8]) -> impl Future<Output = Result<(), String>> + Send {
+        let _ = ciphertext;
+        async { Err("this store has no encryption".to_owned()) }
+    }
 }
 
 /// Shape of one run.
@@ -92,7 +116,8 @@ pub fn resident_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// A value of `size` printable bytes (JSON-safe for Nexus, bytes for etcd).
+/// A value of `size` printable bytes (JSON-safe for Nexus and Vault, bytes
+/// for etcd).
 pub fn value_of(size: usize) -> String {
     "0123456789abcdef".chars().cycle().take(size).collect()
 }
@@ -131,6 +156,16 @@ pub async fn run<S: Store>(store: &Arc<S>, shape: &LoadShape) -> Outcome {
             let mut latencies_us: Vec<u32> = Vec::with_capacity(4096);
             let mut errors = 0u64;
             let mut first_error = None;
+            // Each client decrypts what one encryption of its own gave.
+            let plaintext = value_of(CIPHER_PLAINTEXT_SIZE).into_bytes();
+            let sealed = if shape.workload == Workload::Decrypt {
+                match store.encrypt(&plaintext).await {
+                    Ok(sealed) => sealed,
+                    Err(error) => return (latencies_us, 1, Some(error)),
+                }
+            } else {
+                Vec::new()
+            };
             // A cheap per-client sequence spreads keys without a RNG.
             let mut state = (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             while Instant::now() < end {
@@ -138,16 +173,14 @@ pub async fn run<S: Store>(store: &Arc<S>, shape: &LoadShape) -> Outcome {
                 state ^= state >> 7;
                 state ^= state << 17;
                 let key = state % shape.keys.max(1);
-                let write = match shape.workload {
-                    Workload::Put => true,
-                    Workload::Get | Workload::GetStale => false,
-                    Workload::Mixed => state.is_multiple_of(10),
-                };
                 let started = Instant::now();
-                let result = if write {
-                    store.put(key, &value).await
-                } else {
-                    store.get(key, shape.workload == Workload::GetStale).await
+                let result = match shape.workload {
+                    Workload::Put => store.put(key, &value).await,
+                    Workload::Mixed if state.is_multiple_of(10) => store.put(key, &value).await,
+                    Workload::Get | Workload::Mixed => store.get(key, false).await,
+                    Workload::GetStale => store.get(key, true).await,
+                    Workload::Encrypt => store.encrypt(&plaintext).await.map(drop),
+                    Workload::Decrypt => store.decrypt(&sealed).await,
                 };
                 let took = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
                 match result {
@@ -241,5 +274,61 @@ mod tests {
         assert_eq!(outcome.operations + outcome.errors, puts + gets);
         assert!(outcome.errors > 0 && outcome.first_error.as_deref() == Some("one"));
         assert!(outcome.p50_ms <= outcome.p99_ms && outcome.p99_ms <= outcome.max_ms);
+        assert!(!store.offers(Workload::Encrypt) && !store.offers(Workload::Decrypt));
+    }
+
+    /// Encrypts by prefixing a marker; counts the calls.
+    struct Sealing {
+        encryptions: AtomicU64,
+        decryptions: AtomicU64,
+    }
+
+    impl Store for Sealing {
+        async fn put(&self, _key: u64, _value: &str) -> Result<(), String> {
+            Err("no puts here".into())
+        }
+        async fn get(&self, _key: u64, _stale: bool) -> Result<(), String> {
+            Err("no gets here".into())
+        }
+        fn offers(&self, _workload: Workload) -> bool {
+            true
+        }
+        async fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, String> {
+            assert_eq!(plaintext.len(), CIPHER_PLAINTEXT_SIZE);
+            self.encryptions.fetch_add(1, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+            Ok([b"sealed:".as_slice(), plaintext].concat())
+        }
+        async fn decrypt(&self, ciphertext: &[u8]) -> Result<(), String> {
+            self.decryptions.fetch_add(1, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+            match ciphertext.strip_prefix(b"sealed:") {
+                Some(plaintext) if plaintext.len() == CIPHER_PLAINTEXT_SIZE => Ok(()),
+                _ => Err("not what encrypt gave".into()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_decrypt_run_opens_what_one_encryption_per_client_gave() {
+        let store = Arc::new(Sealing {
+            encryptions: AtomicU64::new(0),
+            decryptions: AtomicU64::new(0),
+        });
+        let shape = LoadShape {
+            workload: Workload::Decrypt,
+            clients: 3,
+            duration: Duration::from_millis(50),
+            keys: 10,
+            value_size: 256,
+        };
+        let outcome = run(&store, &shape).await;
+        assert_eq!(store.encryptions.load(Ordering::Relaxed), 3);
+        assert_eq!(outcome.errors, 0, "{:?}", outcome.first_error);
+        assert_eq!(
+            outcome.operations,
+            store.decryptions.load(Ordering::Relaxed)
+        );
+        assert!(outcome.operations > 0);
     }
 }

@@ -1,11 +1,13 @@
-//! `spike-bench`: drives the same load against our 3-replica cluster and a
-//! 3-member etcd cluster on this machine (both mTLS, both fsync on) and
-//! prints them side by side, with JSON and an SVG plot.
+//! `spike-bench`: drives the same load against our 3-replica cluster, a
+//! 3-member etcd cluster and a 3-node Vault cluster on this machine (all
+//! TLS with client certificates, all fsync on) and prints them side by
+//! side, with JSON and an SVG plot.
 //!
 //! ```text
 //! spike-bench compare                       # everything, defaults below
 //! spike-bench compare --targets nexus --clients 64 --duration 5s
 //! spike-bench compare --etcd-bin /path/to/etcd-3.6.8,/usr/bin/etcd
+//! spike-bench compare --vault-bin "$(bench/vault/build)"
 //! spike-bench report --from bench-results/results.json
 //! ```
 //!
@@ -17,6 +19,7 @@ mod load;
 mod nexus;
 mod report;
 mod teardown;
+mod vault;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,8 +36,9 @@ use crate::report::{Peer, Results, Row};
 #[derive(Parser)]
 #[command(name = "spike-bench", version, about)]
 enum Cli {
-    /// Start both clusters, run every workload at every concurrency level,
-    /// then the failover and restart trials; print the table.
+    /// Start the clusters (ours, etcd, Vault), run every workload a peer
+    /// offers at every concurrency level, then the failover and restart
+    /// trials; print the table.
     Compare(CompareArgs),
     /// One workload against a running cluster of ours, as the caller: the
     /// SVID from `SPIFFE_ENDPOINT_SOCKET` or `SPIKE_SVID_*_FILE`, the nodes
@@ -106,12 +110,14 @@ struct RunArgs {
 enum Target {
     Nexus,
     Etcd,
+    /// Measured when `--vault-bin` names a binary; skipped otherwise.
+    Vault,
 }
 
 #[derive(clap::Args)]
 struct CompareArgs {
     /// Which systems to measure.
-    #[arg(long, value_delimiter = ',', default_value = "nexus,etcd")]
+    #[arg(long, value_delimiter = ',', default_value = "nexus,etcd,vault")]
     targets: Vec<Target>,
     /// The etcd binaries to measure, comma-separated: each is a peer of its
     /// own, named by the version it reports (bench/run builds etcd 3.6.8
@@ -123,8 +129,18 @@ struct CompareArgs {
         default_value = "etcd"
     )]
     etcd_bins: Vec<PathBuf>,
-    /// Workloads to run.
-    #[arg(long, value_delimiter = ',', default_value = "put,get,get-stale,mixed")]
+    /// The Vault server binary to measure (bench/run builds Vault from its
+    /// Go module with bench/vault/build and passes it here); without it
+    /// the vault target is skipped.
+    #[arg(long = "vault-bin", env = "SPIKE_BENCH_VAULT_BIN")]
+    vault_bin: Option<PathBuf>,
+    /// Workloads to run (a peer that lacks one skips it: etcd has no
+    /// encryption, Vault no stale reads).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "put,get,get-stale,mixed,encrypt,decrypt"
+    )]
     workloads: Vec<Workload>,
     /// Concurrency levels.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
@@ -145,7 +161,8 @@ struct CompareArgs {
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// First of the loopback ports used (nexus from here, the first etcd
-    /// 100 above, each further etcd 10 above the one before).
+    /// 100 above, each further etcd 10 above the one before, Vault 200
+    /// above).
     #[arg(long, default_value_t = 27_000)]
     base_port: u16,
 }
@@ -273,6 +290,14 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             etcds.push((binary, etcd::version(binary)?));
         }
     }
+    let vault = match (&args.vault_bin, args.targets.contains(&Target::Vault)) {
+        (Some(binary), true) => Some((binary, vault::version(binary)?)),
+        (None, true) => {
+            eprintln!("vault: skipped (no --vault-bin; bench/vault/build builds one)");
+            None
+        }
+        (_, false) => None,
+    };
     for target in &args.targets {
         match target {
             Target::Nexus => {
@@ -315,6 +340,29 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                     }
                     results.peers.push(peer);
                 }
+            }
+            Target::Vault => {
+                let Some((binary, version)) = &vault else {
+                    continue;
+                };
+                let mut peer = Peer::new(&format!("vault {version}"), version, binary);
+                let dir = work.path().join("vault");
+                std::fs::create_dir_all(&dir)?;
+                let base_port = args
+                    .base_port
+                    .checked_add(200)
+                    .context("--base-port too high")?;
+                let mut cluster = vault::VaultCluster::up(binary, &dir, base_port).await?;
+                let store = Arc::new(cluster.client());
+                results
+                    .rows
+                    .extend(measure(&peer.name, &store, &args).await?);
+                peer.failover =
+                    Some(vault_failover(&mut cluster, &store, args.failover_trials).await?);
+                if args.memory_keys > 0 {
+                    peer.memory = Some(vault_memory(&mut cluster, &store, &args).await?);
+                }
+                results.peers.push(peer);
             }
         }
     }
@@ -413,6 +461,10 @@ async fn measure<S: Store>(
         began.elapsed()
     );
     for workload in &args.workloads {
+        if !store.offers(*workload) {
+            eprintln!("{target}: has no {workload:?}, skipped");
+            continue;
+        }
         for clients in &args.clients {
             let shape = LoadShape {
                 workload: *workload,
@@ -521,6 +573,25 @@ async fn etcd_failover(
     Ok(json!({ "failover_gap": median_ms(gaps), "restart_to_serving": median_ms(restarts) }))
 }
 
+async fn vault_failover(
+    cluster: &mut vault::VaultCluster,
+    store: &vault::VaultStore,
+    trials: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let (mut gaps, mut restarts) = (Vec::new(), Vec::new());
+    for _ in 0..trials {
+        let active = cluster.active().await?;
+        let gap = gap_after(store, || cluster.kill(active)).await;
+        gaps.push(gap);
+        restarts.push(
+            cluster
+                .restart_and_wait(active, FAILOVER_RESTART_LIMIT)
+                .await?,
+        );
+    }
+    Ok(json!({ "failover_gap": median_ms(gaps), "restart_to_serving": median_ms(restarts) }))
+}
+
 /// Longest a replica or member may take to serve again after a restart on
 /// a grown store.
 const MEMORY_RESTART_LIMIT: Duration = Duration::from_secs(120);
@@ -570,6 +641,18 @@ async fn nexus_memory(
 async fn etcd_memory(
     cluster: &mut etcd::EtcdCluster,
     store: &Arc<etcd::EtcdStore>,
+    args: &CompareArgs,
+) -> anyhow::Result<serde_json::Value> {
+    grow(store, args).await?;
+    let resident = cluster.resident_kib();
+    cluster.kill(0);
+    let took = cluster.restart_and_wait(0, MEMORY_RESTART_LIMIT).await?;
+    Ok(memory_report(args, &resident, took))
+}
+
+async fn vault_memory(
+    cluster: &mut vault::VaultCluster,
+    store: &Arc<vault::VaultStore>,
     args: &CompareArgs,
 ) -> anyhow::Result<serde_json::Value> {
     grow(store, args).await?;

@@ -224,4 +224,23 @@ impl Store for NexusStore {
         };
         read.map(drop).map_err(|e| e.to_string())
     }
+
+    fn offers(&self, _workload: crate::load::Workload) -> bool {
+        true
+    }
+
+    async fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, String> {
+        self.client
+            .encrypt(plaintext)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn decrypt(&self, ciphertext: &[u8]) -> Result<(), String> {
+        self.client
+            .decrypt(ciphertext)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
 }

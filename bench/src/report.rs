@@ -156,11 +156,13 @@ fn find<'a>(rows: &'a [Row], target: &str, workload: Workload, clients: usize) -
     })
 }
 
-const WORKLOADS: [Workload; 4] = [
+const WORKLOADS: [Workload; 6] = [
     Workload::Put,
     Workload::Get,
     Workload::GetStale,
     Workload::Mixed,
+    Workload::Encrypt,
+    Workload::Decrypt,
 ];
 
 /// How the table and the plot name a workload.
@@ -170,6 +172,8 @@ fn label(workload: Workload) -> &'static str {
         Workload::Get => "get (linearizable)",
         Workload::GetStale => "get (stale)",
         Workload::Mixed => "mixed 90/10",
+        Workload::Encrypt => "encrypt 1 KiB",
+        Workload::Decrypt => "decrypt 1 KiB",
     }
 }
 
