@@ -333,8 +333,9 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                     results
                         .rows
                         .extend(measure(&peer.name, &store, &args).await?);
-                    peer.failover =
-                        Some(etcd_failover(&mut cluster, &store, args.failover_trials).await?);
+                    peer.failover = Some(
+                        peer_failover(&mut cluster, store.as_ref(), args.failover_trials).await?,
+                    );
                     if args.memory_keys > 0 {
                         peer.memory = Some(etcd_memory(&mut cluster, &store, &args).await?);
                     }
@@ -358,7 +359,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                     .rows
                     .extend(measure(&peer.name, &store, &args).await?);
                 peer.failover =
-                    Some(vault_failover(&mut cluster, &store, args.failover_trials).await?);
+                    Some(peer_failover(&mut cluster, store.as_ref(), args.failover_trials).await?);
                 if args.memory_keys > 0 {
                     peer.memory = Some(vault_memory(&mut cluster, &store, &args).await?);
                 }
@@ -554,38 +555,65 @@ async fn nexus_failover(
     Ok(json!({ "failover_gap": median_ms(gaps), "restart_to_serving": median_ms(restarts) }))
 }
 
-async fn etcd_failover(
-    cluster: &mut etcd::EtcdCluster,
-    store: &etcd::EtcdStore,
-    trials: usize,
-) -> anyhow::Result<serde_json::Value> {
-    let (mut gaps, mut restarts) = (Vec::new(), Vec::new());
-    for _ in 0..trials {
-        let leader = cluster.leader().await?;
-        let gap = gap_after(store, || cluster.kill(leader)).await;
-        gaps.push(gap);
-        restarts.push(
-            cluster
-                .restart_and_wait(leader, FAILOVER_RESTART_LIMIT)
-                .await?,
-        );
-    }
-    Ok(json!({ "failover_gap": median_ms(gaps), "restart_to_serving": median_ms(restarts) }))
+/// A peer's cluster as the failover trials see it: which member leads,
+/// kill -9 of one, and its restart until it serves again.
+trait KillableCluster {
+    /// The member that leads (etcd) or is active (Vault) now.
+    async fn leading(&self) -> anyhow::Result<usize>;
+    /// kill -9 of member `index`.
+    fn kill(&mut self, index: usize);
+    /// Restarts member `index`; how long until it serves.
+    async fn restart_and_wait(&mut self, index: usize, limit: Duration)
+    -> anyhow::Result<Duration>;
 }
 
-async fn vault_failover(
-    cluster: &mut vault::VaultCluster,
-    store: &vault::VaultStore,
+impl KillableCluster for etcd::EtcdCluster {
+    async fn leading(&self) -> anyhow::Result<usize> {
+        self.leader().await
+    }
+    fn kill(&mut self, index: usize) {
+        etcd::EtcdCluster::kill(self, index);
+    }
+    async fn restart_and_wait(
+        &mut self,
+        index: usize,
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
+        etcd::EtcdCluster::restart_and_wait(self, index, limit).await
+    }
+}
+
+impl KillableCluster for vault::VaultCluster {
+    async fn leading(&self) -> anyhow::Result<usize> {
+        self.active().await
+    }
+    fn kill(&mut self, index: usize) {
+        vault::VaultCluster::kill(self, index);
+    }
+    async fn restart_and_wait(
+        &mut self,
+        index: usize,
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
+        vault::VaultCluster::restart_and_wait(self, index, limit).await
+    }
+}
+
+/// `trials` times: kill -9 of the leading member under writes (the gap
+/// until the next acknowledged write), then its restart.
+async fn peer_failover<C: KillableCluster, S: Store>(
+    cluster: &mut C,
+    store: &S,
     trials: usize,
 ) -> anyhow::Result<serde_json::Value> {
     let (mut gaps, mut restarts) = (Vec::new(), Vec::new());
     for _ in 0..trials {
-        let active = cluster.active().await?;
-        let gap = gap_after(store, || cluster.kill(active)).await;
+        let leading = cluster.leading().await?;
+        let gap = gap_after(store, || cluster.kill(leading)).await;
         gaps.push(gap);
         restarts.push(
             cluster
-                .restart_and_wait(active, FAILOVER_RESTART_LIMIT)
+                .restart_and_wait(leading, FAILOVER_RESTART_LIMIT)
                 .await?,
         );
     }
