@@ -440,12 +440,28 @@ impl KeyManager {
     async fn fetch_from_keepers(&self, record: &RootKeyRecord, keyring_version: u64) -> bool {
         let root_key_id = record.root_key_id;
         let key_check = KeyCheck::from_bytes(record.key_check);
-        self.keys.set(
-            None,
-            KeyStatus::Locked {
-                root_key_id: record.root_key_id.0,
-            },
-        );
+        {
+            // The decision was made on an observation without the lock: an
+            // operator's rekey, initialization or restore may have installed
+            // this very key since (under the lock, right after its commit).
+            // Never clear it: the keepers may hold its shares only as pending,
+            // and if they all restart, no replica could push them again.
+            let _lifecycle = self.lifecycle.lock().await;
+            let in_hand = self.keys.unlocked().is_some_and(|unlocked| {
+                unlocked.root_key_id == record.root_key_id
+                    && unlocked.key_check.as_bytes() == &record.key_check
+            });
+            if in_hand {
+                // Observe again (the keyring may need reopening).
+                return true;
+            }
+            self.keys.set(
+                None,
+                KeyStatus::Locked {
+                    root_key_id: record.root_key_id.0,
+                },
+            );
+        }
         let shares = self.keepers.fetch(root_key_id, key_check).await;
         if shares.len() < usize::from(record.threshold) {
             tracing::debug!(

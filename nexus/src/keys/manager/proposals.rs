@@ -108,9 +108,17 @@ impl KeyManager {
             })
     }
 
-    /// Holds `root_key` as the committed key and pushes its shares; returns
-    /// how many keepers took them.
-    async fn adopt(&self, root_key: RootKey, record: &RootKeyRecord) -> Result<usize, KeyError> {
+    /// Holds `root_key` as the committed key. Called with the lifecycle
+    /// lock held, right after the commit: the lifecycle must never observe
+    /// the new key committed but not in hand, or it would clear the key
+    /// and fetch it from keepers (and if they all restart meanwhile, no
+    /// replica would hold the key to push again: regression caught by the
+    /// Jepsen run rootkey under keepers-kill).
+    fn install(
+        &self,
+        root_key: RootKey,
+        record: &RootKeyRecord,
+    ) -> Result<Arc<Unlocked>, KeyError> {
         let version = self.meta().map_or(0, |meta| meta.keyring_version);
         let unlocked = Arc::new(Unlocked::new(root_key, record, version)?);
         self.keys.set(
@@ -119,9 +127,15 @@ impl KeyManager {
                 root_key_id: record.root_key_id.0,
             },
         );
-        let acknowledged = self.push_committed(&unlocked).await;
+        Ok(unlocked)
+    }
+
+    /// Pushes the shares of the key just installed; returns how many
+    /// keepers took them.
+    async fn push_installed(&self, unlocked: &Unlocked) -> usize {
+        let acknowledged = self.push_committed(unlocked).await;
         self.lifecycle.lock().await.last_push = Some((unlocked.root_key_id, Instant::now()));
-        Ok(acknowledged)
+        acknowledged
     }
 
     pub(super) async fn initialize(&self) -> Result<(), KeyError> {
@@ -141,11 +155,12 @@ impl KeyManager {
                 |record| Command::Keys(KeyCommand::Initialize(record)),
             )
             .await?;
-        drop(guard);
         match response {
             Response::Done => {
                 tracing::info!(%root_key_id, key_check = %KeyCheck::of(&root_key), "cluster initialized with a new root key");
-                self.adopt(root_key, &record).await?;
+                let unlocked = self.install(root_key, &record)?;
+                drop(guard);
+                self.push_installed(&unlocked).await;
                 self.audited(KeyAction::Initialize, root_key_id, None, None)
                     .await
             }
@@ -227,12 +242,13 @@ impl KeyManager {
                 })
             })
             .await?;
-        drop(guard);
         match response {
             Response::Done => {
+                let unlocked = self.install(root_key, &new_record)?;
+                drop(guard);
                 tracing::info!(%root_key_id, shares = params.shares(), threshold = params.threshold(), ?trigger, "root key replaced");
                 self.metrics.rekeyed(trigger);
-                self.adopt(root_key, &new_record).await?;
+                self.push_installed(&unlocked).await;
                 self.audited(KeyAction::Rekey, root_key_id, None, Some(trigger))
                     .await?;
                 Ok(root_key_id.0)
@@ -344,13 +360,14 @@ impl KeyManager {
         let key_check = KeyCheck::from_bytes(record.key_check);
         let rebuilt = recover(&lifecycle.restore.shards(), &key_check);
         lifecycle.restore.clear();
-        drop(lifecycle);
         let root_key = rebuilt.map_err(|_| KeyError::WrongShards)?;
+        let unlocked = self.install(root_key, &record)?;
+        drop(lifecycle);
         tracing::info!(
             root_key_id = record.root_key_id.0,
             "root key restored from operator shards"
         );
-        let acknowledged = self.adopt(root_key, &record).await?;
+        let acknowledged = self.push_installed(&unlocked).await;
         self.audited(KeyAction::Restore, record.root_key_id, None, None)
             .await?;
         if acknowledged < threshold {
