@@ -164,12 +164,14 @@ pub struct Args {
     #[arg(long, env = "SPIKE_NEXUS_AUTOPILOT_MIN_QUORUM", default_value_t = 3)]
     pub autopilot_min_quorum: usize,
     /// Storage quota of the replicated state (like etcd's backend quota):
-    /// past it, writes that add data (secret and policy puts) are refused
-    /// with 507 `storage_quota_exceeded` until deletes or destroys free
-    /// space; reads, deletes, destroys, undeletes, restores and key
-    /// operations go on. Counts the bytes state.redb holds in use (its
-    /// free pages are reused, so they do not count). Bytes with an
-    /// optional unit (2GiB, 512MiB, 100MB); 0 turns the quota off.
+    /// a write that adds data (secret, custom-metadata and policy puts)
+    /// and would take the store past it is refused with 507
+    /// `storage_quota_exceeded` until deletes or destroys free space;
+    /// reads, deletes, destroys, undeletes and key operations go on, and a
+    /// backup larger than the quota is refused before a restore starts.
+    /// Counts the bytes state.redb holds in use (its free pages are
+    /// reused, so they do not count). Bytes with an optional unit (2GiB,
+    /// 512MiB, 100MB); 0 turns the quota off.
     #[arg(
         long,
         env = "SPIKE_NEXUS_STORAGE_QUOTA",
