@@ -18,6 +18,7 @@ mod isolation;
 mod load;
 mod nexus;
 mod report;
+mod stages;
 mod teardown;
 mod vault;
 
@@ -49,6 +50,10 @@ enum Cli {
     /// one (steady reads): the quiet one's p50/p99 alone, beside the noisy
     /// one, and with a rate limit on the noisy one. Starts its own cluster.
     Isolation(isolation::IsolationArgs),
+    /// Where one request's time goes at one client: each workload run
+    /// alone, with every replica's stage timings (Raft write, log fsync,
+    /// apply, audit fsync) per operation. Starts its own cluster.
+    Stages(stages::StagesArgs),
     /// Writes results.md and plot.svg again from a results.json, without
     /// measuring anything (e.g. for the README's table).
     Report(ReportArgs),
@@ -174,13 +179,17 @@ async fn main() -> anyhow::Result<()> {
     // it when it is interrupted.
     let mut teardown_began = match &cli {
         Cli::Report(args) => return rerender(args),
-        Cli::Compare(_) | Cli::Run(_) | Cli::Isolation(_) => teardown::install()?,
+        Cli::Compare(_) | Cli::Run(_) | Cli::Isolation(_) | Cli::Stages(_) => teardown::install()?,
     };
     let work = async {
         match cli {
             Cli::Compare(args) => compare(args).await,
             Cli::Run(args) => run_against_existing(args).await,
             Cli::Isolation(args) => run_isolation(args).await,
+            Cli::Stages(args) => {
+                let bin_dir = bin_dir_or_here(args.bin_dir())?;
+                stages::run(args, bin_dir).await
+            }
             Cli::Report(args) => rerender(&args),
         }
     };

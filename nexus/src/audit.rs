@@ -5,7 +5,9 @@
 //! It fails closed. A record is group-committed (one write and one
 //! `fdatasync` for every record queued meanwhile) and whoever recorded it
 //! waits until it is on disk: the API answers a request only after its
-//! record is durable. When a write or sync fails the sink is broken:
+//! record is durable. (`--audit-durability write` trades that for one
+//! fsync less per request: records are written before the answer and
+//! fsynced within a second; see [`AuditDurability`].) When a write or sync fails the sink is broken:
 //! requests that were already running are answered 503
 //! `audit_unavailable` (their records stay in memory, in order, and are
 //! written first when the file takes writes again), and the API refuses
@@ -64,6 +66,25 @@ impl AuditForward {
 }
 
 use AuditForward as Forward;
+
+/// What a request's answer waits for (`--audit-durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AuditDurability {
+    /// Its record is fsynced: no answer leaves whose record a crash or a
+    /// power loss could take (the default).
+    #[default]
+    Fsync,
+    /// Its record is written to the file (it survives the replica's
+    /// crash, not the machine's), and the file is fsynced at least every
+    /// [`SYNC_INTERVAL`] while records come and once they stop: a power
+    /// loss can take the last second of records, as with Vault's file
+    /// audit device, for one fsync less on every request.
+    Write,
+}
+
+/// How long records written under [`AuditDurability::Write`] may wait
+/// for their fsync.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Records waiting to be written, at most; recorders wait when it is full.
 pub const QUEUE_MAX: usize = 4096;
@@ -148,6 +169,7 @@ impl AuditLog {
         path: &Path,
         origin: Origin,
         forward: Option<Forward>,
+        durability: AuditDurability,
         metrics: AuditMetrics,
     ) -> io::Result<Self> {
         let mut file = OpenOptions::new()
@@ -164,6 +186,8 @@ impl AuditLog {
             file,
             node: origin.node,
             durable_len,
+            durability,
+            synced_at: None,
             seq,
             prev,
             pending: Vec::new(),
@@ -317,8 +341,13 @@ impl Pending {
 struct Writer {
     file: File,
     node: u64,
-    /// The file's length up to the last line synced.
+    /// The file's length up to the last line written (and synced, unless
+    /// `durability` is `Write`).
     durable_len: u64,
+    durability: AuditDurability,
+    /// Under `Write`: when the file was last fsynced, or `None` while
+    /// everything written is synced.
+    synced_at: Option<std::time::Instant>,
     /// Sequence number and hash of the last line synced.
     seq: u64,
     prev: String,
@@ -332,9 +361,7 @@ struct Writer {
 impl Writer {
     async fn run(mut self, mut receiver: mpsc::Receiver<Job>) {
         loop {
-            let first = if self.pending.is_empty() {
-                receiver.recv().await
-            } else {
+            let first = if !self.pending.is_empty() {
                 // Broken: try the file again when a record comes or the
                 // retry interval passes, whichever is first.
                 match tokio::time::timeout(RETRY_INTERVAL, receiver.recv()).await {
@@ -344,12 +371,24 @@ impl Writer {
                         continue;
                     }
                 }
+            } else if self.synced_at.is_some() {
+                // Written, not yet synced: sync once records stop coming.
+                match tokio::time::timeout(SYNC_INTERVAL, receiver.recv()).await {
+                    Ok(job) => job,
+                    Err(_) => {
+                        self.sync_written();
+                        continue;
+                    }
+                }
+            } else {
+                receiver.recv().await
             };
             let Some(first) = first else {
                 // Every handle is gone: one last try for what is pending.
                 if !self.pending.is_empty() {
                     self.commit(Vec::new());
                 }
+                self.sync_written();
                 return;
             };
             let mut batch = vec![first];
@@ -423,6 +462,29 @@ impl Writer {
         }
     }
 
+    /// Under `Write`: fsyncs what was written since the last sync. A
+    /// failure breaks the sink like a failed write (nothing new runs) and
+    /// is tried again every [`SYNC_INTERVAL`].
+    fn sync_written(&mut self) {
+        if self.synced_at.is_none() {
+            return;
+        }
+        match self.file.sync_data() {
+            Ok(()) => {
+                self.synced_at = None;
+                if !self.health.healthy.swap(true, Ordering::SeqCst) {
+                    tracing::warn!("audit log writable again; requests are served");
+                }
+            }
+            Err(error) => {
+                self.metrics.failed();
+                if self.health.healthy.swap(false, Ordering::SeqCst) {
+                    tracing::error!(%error, "audit log sync failed; requests are refused until it syncs");
+                }
+            }
+        }
+    }
+
     /// Writes every pending record after the last synced line and syncs;
     /// returns the lines written. On failure nothing moves: the next try
     /// cuts whatever part of this one reached the file and writes it all
@@ -450,11 +512,32 @@ impl Writer {
             self.file.set_len(self.durable_len)?;
         }
         self.file.write_all(text.as_bytes())?;
-        self.file.sync_data()?;
+        let now = std::time::Instant::now();
+        if sync_due(self.durability, self.synced_at, now) {
+            self.file.sync_data()?;
+            self.synced_at = None;
+        } else {
+            self.synced_at.get_or_insert(now);
+        }
         self.durable_len += text.len() as u64;
         (self.seq, self.prev) = (seq, prev);
         self.pending.clear();
         Ok(lines)
+    }
+}
+
+/// Whether a write must be fsynced before its records are answered: always
+/// under `Fsync`; under `Write`, once the oldest unsynced write is
+/// [`SYNC_INTERVAL`] old.
+fn sync_due(
+    durability: AuditDurability,
+    unsynced_since: Option<std::time::Instant>,
+    now: std::time::Instant,
+) -> bool {
+    match (durability, unsynced_since) {
+        (AuditDurability::Fsync, _) => true,
+        (AuditDurability::Write, None) => false,
+        (AuditDurability::Write, Some(since)) => now.duration_since(since) >= SYNC_INTERVAL,
     }
 }
 
@@ -543,7 +626,14 @@ mod tests {
     async fn a_new_file_starts_with_genesis_and_a_restart_continues_it() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("audit.log");
-        let log = AuditLog::open(&path, origin(), None, AuditMetrics::default()).expect("open");
+        let log = AuditLog::open(
+            &path,
+            origin(),
+            None,
+            AuditDurability::Fsync,
+            AuditMetrics::default(),
+        )
+        .expect("open");
         log.record(entry("a")).await.expect("durable");
         // The record is on disk when record returns.
         let verified = verify(&path);
@@ -555,9 +645,66 @@ mod tests {
             "spiffe://spike.ist/spike/nexus/3"
         );
         drop(log);
-        let again = AuditLog::open(&path, origin(), None, AuditMetrics::default()).expect("reopen");
+        let again = AuditLog::open(
+            &path,
+            origin(),
+            None,
+            AuditDurability::Fsync,
+            AuditMetrics::default(),
+        )
+        .expect("reopen");
         again.record(entry("b")).await.expect("durable");
         assert_eq!(verify(&path).records, 3, "one genesis, then continued");
+    }
+
+    #[test]
+    fn under_write_durability_a_write_is_synced_once_the_oldest_unsynced_is_a_second_old() {
+        let now = std::time::Instant::now();
+        assert!(sync_due(AuditDurability::Fsync, None, now));
+        assert!(!sync_due(AuditDurability::Write, None, now));
+        assert!(!sync_due(
+            AuditDurability::Write,
+            Some(now - SYNC_INTERVAL / 2),
+            now
+        ));
+        assert!(sync_due(
+            AuditDurability::Write,
+            Some(now - SYNC_INTERVAL),
+            now
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_write_durability_records_are_in_the_file_when_answered() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(
+            &path,
+            origin(),
+            None,
+            AuditDurability::Write,
+            AuditMetrics::default(),
+        )
+        .expect("open");
+        for i in 0..3 {
+            log.record(entry(&format!("p/{i}"))).await.expect("written");
+            assert_eq!(
+                verify(&path).records,
+                i + 2,
+                "genesis and every record so far"
+            );
+        }
+        drop(log);
+        let again = AuditLog::open(
+            &path,
+            origin(),
+            None,
+            AuditDurability::Fsync,
+            AuditMetrics::default(),
+        )
+        .expect("reopen");
+        again.record(entry("p/3")).await.expect("durable");
+        assert_eq!(verify(&path).records, 5, "the chain goes on across modes");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -566,7 +713,14 @@ mod tests {
         let path = dir.path().join("audit.log");
         let metrics = crate::metrics::Metrics::new();
         let registry = metrics.registry(1);
-        let log = AuditLog::open(&path, origin(), None, metrics.audit.clone()).expect("open");
+        let log = AuditLog::open(
+            &path,
+            origin(),
+            None,
+            AuditDurability::Fsync,
+            metrics.audit.clone(),
+        )
+        .expect("open");
         let recorders: Vec<_> = (0..200)
             .map(|i| {
                 let log = log.clone();
@@ -603,6 +757,7 @@ mod tests {
             &path,
             origin(),
             Some(Forward::Unix(socket_path.clone())),
+            AuditDurability::Fsync,
             AuditMetrics::default(),
         )
         .expect("open");

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub use crate::audit::AuditForward;
+pub use crate::audit::{AuditDurability, AuditForward};
 use std::time::Duration;
 
 use clap::Parser;
@@ -82,6 +82,17 @@ pub struct Args {
     /// for it. Off unless set.
     #[arg(long, env = "SPIKE_NEXUS_AUDIT_FORWARD")]
     pub audit_forward: Option<String>,
+    /// What an answer waits for: `fsync` (its audit record is on disk)
+    /// or `write` (its record is written to the file, which is fsynced at
+    /// least once a second: a power loss, not a crash of the replica, can
+    /// take the last second of records; one fsync less per request).
+    #[arg(
+        long,
+        env = "SPIKE_NEXUS_AUDIT_DURABILITY",
+        value_enum,
+        default_value_t = AuditDurability::Fsync
+    )]
+    pub audit_durability: AuditDurability,
     /// Storage backend.
     #[arg(
         long,
@@ -455,6 +466,8 @@ pub struct NexusConfig {
     pub audit_log: PathBuf,
     /// Where audit lines go as well, if anywhere.
     pub audit_forward: Option<AuditForward>,
+    /// What an answer waits for of its audit record.
+    pub audit_durability: AuditDurability,
     /// Snapshot after this many entries.
     pub snapshot_every: u64,
     /// Entries kept behind a snapshot.
@@ -631,6 +644,7 @@ impl NexusConfig {
                 .clone()
                 .unwrap_or_else(|| args.data_dir.join("audit.log")),
             audit_forward,
+            audit_durability: args.audit_durability,
             snapshot_every: args.snapshot_every,
             logs_kept: args.logs_kept,
             backup,

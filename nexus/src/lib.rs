@@ -183,6 +183,7 @@ pub async fn serve(
         &config.audit_log,
         origin,
         config.audit_forward.clone(),
+        config.audit_durability,
         metrics.audit.clone(),
     )
     .map_err(|e| {

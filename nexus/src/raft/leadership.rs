@@ -431,13 +431,12 @@ impl Leadership {
     /// replica as the leader: openraft's read index, but while leading in
     /// the term it restarted in, never below the log as it was at start.
     /// The committed id is saved without an fsync (raft/log_store.rs), and
-    /// openraft restores a restarted leader in its old term without a new
-    /// no-op entry, so after a crash its committed id can trail entries it
-    /// acknowledged before. Those are all in its own log (a leader counts
-    /// only its own durable appends), and a read that waits for them cannot
-    /// miss an acknowledged write. In any later term the new leader's no-op
-    /// already covers them. (Caught by the cluster test
-    /// `restarting_every_replica_loses_nothing`.)
+    /// a leader openraft restores in its old term has no new no-op entry,
+    /// so after a crash its committed id could trail entries it
+    /// acknowledged before. (Caught by the cluster test
+    /// `restarting_every_replica_loses_nothing`.) Leader restore is now
+    /// off (raft/start.rs), so a restarted replica leads only in a later
+    /// term, whose no-op covers them; the floor stays as a second guard.
     pub async fn read_index(&self) -> Result<u64, LeaderError> {
         let term = self.term();
         let linearizer = tokio::select! {

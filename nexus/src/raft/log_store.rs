@@ -1,12 +1,14 @@
 //! The Raft log and vote in redb.
 //!
-//! Durability contract: `save_vote`, `append`, `truncate_after` and `purge`
-//! return (and `append` signals its flush) only after an fsynced redb
-//! commit, so a vote or entry Raft was told about survives a crash. The
+//! Durability contract: `save_vote`, `truncate_after` and `purge` return
+//! only after an fsynced redb commit, and `append` returns once its entries
+//! are readable and tells Raft through its callback once they are fsynced,
+//! so a vote or entry Raft was told is on disk survives a crash. The
 //! committed log id is written without an fsync: it only spares a restarted
 //! replica some waiting, so losing it is harmless, and the next fsynced
-//! commit persists it anyway. All writes go through `&mut self`, so they
-//! land in the order openraft issued them.
+//! commit persists it anyway. Every write goes through one queue to the
+//! log's writer ([`super::log_writer`]), which commits them in the order
+//! openraft issued them, a group at a time.
 //!
 //! Commits are redb's one-phase kind: one fsync, with the commit slot
 //! checksummed (xxhash) so a torn commit is detected and the previous one
@@ -22,21 +24,23 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{decode, encode};
 use super::format::{ClusterFormat, decode_stamped, encode_stamped, stamp_of};
+use super::log_writer::{self, Change, Pending, Then, Write};
 use super::{EntryOf, LogIdOf, TypeConfig, VoteOf, io_error};
 use crate::metrics::RaftMetrics;
 
 /// Log index -> encoded entry.
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub(super) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// "vote", "purged", "committed" -> encoded value.
 const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("log_meta");
 const KEY_VOTE: &str = "vote";
@@ -55,6 +59,11 @@ pub struct LogStore {
     stamped: Arc<AtomicU32>,
     /// Where fsynced commits are timed.
     metrics: RaftMetrics,
+    /// Appended entries the writer has not committed yet.
+    pending: Pending,
+    /// The writer's queue, started by the first write that goes through
+    /// it (opening is synchronous and may happen outside a runtime).
+    writer: Arc<OnceLock<mpsc::Sender<Write>>>,
 }
 
 impl LogStore {
@@ -70,6 +79,8 @@ impl LogStore {
             format,
             stamped: Arc::new(AtomicU32::new(stamped)),
             metrics: RaftMetrics::default(),
+            pending: Pending::default(),
+            writer: Arc::new(OnceLock::new()),
         };
         // Create the tables so readers never meet a missing one.
         store.write("create log tables", Durability::Immediate, |txn| {
@@ -131,6 +142,59 @@ impl LogStore {
         Ok(value)
     }
 
+    /// Queues `write` for the log's writer, started on first use. Only
+    /// Raft writes, one call at a time (`&mut self`), so the first use
+    /// starts one writer.
+    async fn queue(&self, write: Write) -> io::Result<()> {
+        let writer = match self.writer.get() {
+            Some(writer) => writer,
+            None => {
+                let started = log_writer::spawn(log_writer::Target {
+                    db: Arc::downgrade(&self.db),
+                    pending: self.pending.clone(),
+                    stamped: self.stamped.clone(),
+                    metrics: self.metrics.clone(),
+                })
+                .map_err(|e| io_error("start the log's writer", e))?;
+                self.writer.get_or_init(|| started)
+            }
+        };
+        writer
+            .send(write)
+            .await
+            .map_err(|_| io_error("queue a log write", "the log's writer has stopped"))
+    }
+
+    /// Queues `change` and, if `durable`, waits until it is fsynced.
+    async fn change(
+        &self,
+        subject: &'static str,
+        durable: bool,
+        change: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error> + Send + 'static,
+    ) -> io::Result<()> {
+        let (done, committed) = if durable {
+            let (done, committed) = oneshot::channel();
+            (Some(done), Some(committed))
+        } else {
+            (None, None)
+        };
+        self.queue(Write {
+            change: Change::Other {
+                subject,
+                change: Box::new(change),
+            },
+            durable,
+            then: Then::Done(done),
+        })
+        .await?;
+        match committed {
+            Some(committed) => committed
+                .await
+                .map_err(|_| io_error(subject, "the log's writer has stopped"))?,
+            None => Ok(()),
+        }
+    }
+
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
         let subject = format!("read log {key}");
         let txn = self.db.begin_read().map_err(|e| io_error(&subject, e))?;
@@ -162,11 +226,19 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<EntryOf<TypeConfig>>, io::Error> {
         let subject = format!("read log entries {range:?}");
+        // Pending entries first, then the database: an entry the writer
+        // commits in between is then in one or the other (it leaves the
+        // pending ones only once committed).
+        let pending = self.pending.range(range_bounds(&range));
+        let on_disk_end = match pending.first() {
+            Some(first) => Bound::Excluded(first.index()),
+            None => range.end_bound().cloned(),
+        };
         let txn = self.db.begin_read().map_err(|e| io_error(&subject, e))?;
         let table = txn.open_table(LOG).map_err(|e| io_error(&subject, e))?;
         let mut entries = Vec::new();
         for row in table
-            .range::<u64>(range_bounds(&range))
+            .range::<u64>((range.start_bound().cloned(), on_disk_end))
             .map_err(|e| io_error(&subject, e))?
         {
             let (index, bytes) = row.map_err(|e| io_error(&subject, e))?;
@@ -175,6 +247,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 bytes.value(),
             )?);
         }
+        entries.extend(pending);
         Ok(entries)
     }
 
@@ -188,6 +261,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let purged: Option<LogIdOf<TypeConfig>> = self.read_meta(KEY_PURGED)?;
+        if let Some(last) = self.pending.last() {
+            return Ok(LogState {
+                last_purged_log_id: purged,
+                last_log_id: Some(last),
+            });
+        }
         let subject = "read last log entry";
         let txn = self.db.begin_read().map_err(|e| io_error(subject, e))?;
         let table = txn.open_table(LOG).map_err(|e| io_error(subject, e))?;
@@ -211,11 +290,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
         let bytes = encode(vote)?;
-        self.write("write vote", Durability::Immediate, |txn| {
+        self.change("write vote", true, move |txn| {
             txn.open_table(LOG_META)?
                 .insert(KEY_VOTE, bytes.as_slice())?;
             Ok(())
         })
+        .await
     }
 
     async fn save_committed(
@@ -223,12 +303,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         committed: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
         let bytes = encode(&committed)?;
-        // Not fsynced: see the module comment.
-        self.write("write committed log id", Durability::None, |txn| {
+        // Not fsynced, nor waited for: see the module comment.
+        self.change("write committed log id", false, move |txn| {
             txn.open_table(LOG_META)?
                 .insert(KEY_COMMITTED, bytes.as_slice())?;
             Ok(())
         })
+        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
@@ -248,46 +329,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let cluster_format = self.format.get();
         let mut newest = 0;
-        let encoded = entries
+        let mut last = None;
+        let (encoded, kept): (Vec<_>, Vec<_>) = entries
             .into_iter()
             .map(|entry| {
                 let format = cluster_format.max(format_needed(&entry));
                 newest = newest.max(format);
-                Ok((entry.index(), encode_stamped(format, &entry)?))
+                last = Some(entry.log_id());
+                Ok(((entry.index(), encode_stamped(format, &entry)?), entry))
             })
-            .collect::<io::Result<Vec<_>>>()?;
-        // The first entry of a newer format stamps the database with it,
-        // in the same commit: an older build then refuses the whole log
-        // at start rather than at that entry.
+            .collect::<io::Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
+        let Some(last) = last else {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        };
         let restamp = (newest > self.stamped.load(Ordering::Acquire)).then_some(newest);
-        let store = self.clone();
-        // redb blocks on fsync; keep it off the async workers.
-        let outcome = super::run_blocking("append log entries", move || {
-            store.write("append log entries", Durability::Immediate, |txn| {
-                let mut table = txn.open_table(LOG)?;
-                for (index, bytes) in &encoded {
-                    table.insert(*index, bytes.as_slice())?;
-                }
-                if let Some(format) = restamp {
-                    super::format::restamp(txn, format)?;
-                }
-                Ok(())
-            })
+        // Readable from now on; on disk once the writer says so.
+        self.pending.insert(kept);
+        self.queue(Write {
+            change: Change::Append {
+                entries: encoded,
+                restamp,
+            },
+            durable: true,
+            then: Then::Flushed {
+                last,
+                restamp,
+                flushed: callback,
+            },
         })
-        .await?;
-        if let (Ok(()), Some(format)) = (&outcome, restamp) {
-            self.stamped.fetch_max(format, Ordering::AcqRel);
-        }
-        match outcome {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(error) => {
-                callback.io_completed(Err(io::Error::new(error.kind(), error.to_string())));
-                Err(error)
-            }
-        }
+        .await
     }
 
     async fn truncate_after(
@@ -295,24 +368,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         last_log_id: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
         let first_removed = last_log_id.map_or(0, |log_id| log_id.index() + 1);
-        self.write("truncate log", Durability::Immediate, |txn| {
+        self.pending.cut_from(first_removed);
+        self.change("truncate log", true, move |txn| {
             let mut table = txn.open_table(LOG)?;
             table.retain_in(first_removed.., |_, _| false)?;
             Ok(())
         })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
         let bytes = encode(&log_id)?;
         let last_removed = log_id.index();
+        self.pending.cut_through(last_removed);
         // One transaction: the purge mark and the deletion land together.
-        self.write("purge log", Durability::Immediate, |txn| {
+        self.change("purge log", true, move |txn| {
             txn.open_table(LOG_META)?
                 .insert(KEY_PURGED, bytes.as_slice())?;
             txn.open_table(LOG)?
                 .retain_in(..=last_removed, |_, _| false)?;
             Ok(())
         })
+        .await
     }
 }
 
@@ -387,6 +464,109 @@ mod tests {
                 path.display()
             )),
             "{error}"
+        );
+    }
+
+    /// Appends `entries` and returns the wait for their flush.
+    async fn append(
+        store: &mut LogStore,
+        entries: Vec<EntryOf<TypeConfig>>,
+    ) -> impl std::future::Future<Output = io::Result<()>> + use<> {
+        use openraft::type_config::TypeConfigExt;
+        let (flushed, on_disk) = TypeConfig::oneshot();
+        store
+            .append(entries, IOFlushed::signal(flushed))
+            .await
+            .expect("queued");
+        async move { on_disk.await.expect("the writer answers") }
+    }
+
+    fn terms(entries: &[EntryOf<TypeConfig>]) -> Vec<(u64, u64)> {
+        entries
+            .iter()
+            .map(|entry| (entry.index(), entry.log_id().leader_id.term))
+            .collect()
+    }
+
+    /// On the multi-threaded runtime of a real replica, where the writer
+    /// commits on a blocking thread while Raft goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appended_entries_are_readable_at_once_and_on_disk_once_flushed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log.redb");
+        let mut store = LogStore::open(&path, ClusterFormat::new(1)).expect("open");
+
+        tracing::info!("--- 200 appends queued without waiting: all readable at once, in order");
+        let mut flushes = Vec::new();
+        for index in 1..=200 {
+            flushes.push(append(&mut store, vec![blank_ent::<TypeConfig>(1, 1, index)]).await);
+        }
+        let read = store.try_get_log_entries(1..=200).await.expect("read");
+        assert_eq!(
+            read.iter().map(|entry| entry.index()).collect::<Vec<_>>(),
+            (1..=200).collect::<Vec<_>>()
+        );
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id.map(|id| id.index()), Some(200));
+        for flushed in flushes {
+            flushed.await.expect("flushed");
+        }
+        assert_eq!(
+            store.pending.last(),
+            None,
+            "flushed entries leave the pending set"
+        );
+
+        tracing::info!(
+            "--- truncation cuts pending entries at once; a new term's entries replace them"
+        );
+        let old = append(&mut store, vec![blank_ent::<TypeConfig>(1, 1, 201)]).await;
+        store
+            .truncate_after(Some(blank_ent::<TypeConfig>(1, 1, 199).log_id()))
+            .await
+            .expect("truncate");
+        old.await
+            .expect("the older append still lands, then is cut");
+        let new = append(
+            &mut store,
+            vec![
+                blank_ent::<TypeConfig>(2, 1, 200),
+                blank_ent::<TypeConfig>(2, 1, 201),
+            ],
+        )
+        .await;
+        assert_eq!(
+            terms(&store.try_get_log_entries(199..).await.expect("read")),
+            vec![(199, 1), (200, 2), (201, 2)]
+        );
+        new.await.expect("flushed");
+        store
+            .save_committed(Some(blank_ent::<TypeConfig>(2, 1, 201).log_id()))
+            .await
+            .expect("committed");
+        store
+            .purge(blank_ent::<TypeConfig>(1, 1, 100).log_id())
+            .await
+            .expect("purge");
+
+        tracing::info!("--- reopened: what was flushed is on disk");
+        drop(store);
+        let mut store = LogStore::open(&path, ClusterFormat::new(1)).expect("reopen");
+        assert_eq!(
+            terms(&store.try_get_log_entries(..).await.expect("read"))[..2],
+            [(101, 1), (102, 1)]
+        );
+        assert_eq!(
+            terms(&store.try_get_log_entries(199..).await.expect("read")),
+            vec![(199, 1), (200, 2), (201, 2)]
+        );
+        assert_eq!(
+            store
+                .read_committed()
+                .await
+                .expect("committed")
+                .map(|id| id.index()),
+            Some(201)
         );
     }
 

@@ -12,6 +12,7 @@ pub mod format;
 mod inbound;
 mod leadership;
 pub mod log_store;
+mod log_writer;
 pub mod network;
 pub mod runtime;
 pub mod snapshot;

@@ -76,6 +76,12 @@ fn raft_config(settings: &RaftSettings) -> Result<Config, StartError> {
         election_timeout_max: election_timeout.saturating_mul(2),
         install_snapshot_timeout: 2_000,
         max_payload_entries: 256,
+        // A leader's own copy of an entry is fsynced while the entry is on
+        // its way to the followers (`log_writer`), so a crash can take from
+        // a leader an entry a quorum acknowledged: restarted, it must not
+        // go on leading in its old term, where it would write another
+        // entry under the same log id. It stands for election instead.
+        enable_leader_restore: Some(false),
         snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
         max_in_snapshot_log_to_keep: settings.logs_kept,
         ..Default::default()
