@@ -262,8 +262,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let restamp = (newest > self.stamped.load(Ordering::Acquire)).then_some(newest);
         let store = self.clone();
         // redb blocks on fsync; keep it off the async workers.
+        // PLANTED BUG ack-before-fsync: the append is acknowledged unsynced.
+        let durability = if spike_sdk::planted!(AckBeforeFsync) {
+            Durability::None
+        } else {
+            Durability::Immediate
+        };
         let outcome = super::run_blocking("append log entries", move || {
-            store.write("append log entries", Durability::Immediate, |txn| {
+            store.write("append log entries", durability, |txn| {
                 let mut table = txn.open_table(LOG)?;
                 for (index, bytes) in &encoded {
                     table.insert(*index, bytes.as_slice())?;
