@@ -142,12 +142,58 @@ impl Keeper for KeeperService {
         tracing::debug!(%caller, root_key_id = %held.root_key_id, "share fetched");
         // The response buffer is the one copy we cannot wipe: tonic owns it
         // once returned.
+        // PLANTED BUG keeper-returns-other-index: the share under the
+        // next keeper's index.
+        let index = u32::from(held.share.index().get());
+        let index = if spike_sdk::planted!(KeeperReturnsOtherIndex) {
+            index % 255 + 1
+        } else {
+            index
+        };
         Ok(Response::new(FetchShareResponse {
             root_key_id: held.root_key_id.0,
             key_check: held.key_check.as_bytes().to_vec(),
-            index: u32::from(held.share.index().get()),
+            index,
             share: held.share.expose_secret().to_vec(),
             committed: held.kind.committed_flag(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spike_sdk::keeper_api::versioned;
+
+    fn store_request(index: u32, committed: bool) -> StoreShareRequest {
+        StoreShareRequest {
+            root_key_id: 1,
+            key_check: vec![9; 32],
+            index,
+            share: vec![index as u8; 32],
+            committed,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fetch_answers_the_share_under_the_index_it_was_stored_with() {
+        for index in [1, 2, 5, 255] {
+            let service = KeeperService::default();
+            service
+                .store_share(versioned(store_request(index, true)))
+                .await
+                .expect("stored");
+            let fetched = service
+                .fetch_share(versioned(FetchShareRequest {
+                    root_key_id: 1,
+                    key_check: vec![9; 32],
+                }))
+                .await
+                .expect("fetched")
+                .into_inner();
+            assert_eq!(fetched.index, index);
+            assert_eq!(fetched.share, vec![index as u8; 32]);
+            assert_eq!((fetched.root_key_id, fetched.committed), (1, true));
+        }
     }
 }

@@ -215,7 +215,8 @@ pub async fn serve(
         },
         audit_log.clone(),
     ));
-    let reads = if config.unsafe_local_reads {
+    // PLANTED BUG local-reads: the `--unsafe-local-reads` path.
+    let reads = if config.unsafe_local_reads || spike_sdk::planted!(LocalReads) {
         Reads::UnsafeLocal
     } else {
         Reads::Linearizable

@@ -99,6 +99,11 @@ fn after_failure(error: ForwardError, effect: Effect, own_id: u64) -> Next {
         } if leader.id != own_id => Next::RetryAt(leader),
         ForwardError::NotLeader { .. } | ForwardError::NeverSent(_) => Next::RetryAfterPause,
         ForwardError::OutcomeUnknown(_) if effect == Effect::ReadOnly => Next::RetryAfterPause,
+        // PLANTED BUG unknown-outcome-retried: a write that may have
+        // applied is sent again.
+        ForwardError::OutcomeUnknown(_) if spike_sdk::planted!(UnknownOutcomeRetried) => {
+            Next::RetryAfterPause
+        }
         ForwardError::OutcomeUnknown(reason) => Next::Fail(NodeError::OutcomeUnknown(reason)),
         ForwardError::Invalid(reason) => Next::Fail(NodeError::Invalid(reason)),
         ForwardError::NotReady => Next::Fail(NodeError::NotReady),
@@ -138,6 +143,10 @@ fn forwardable(op: &LeaderOp) -> Result<(), ForwardError> {
     let LeaderOp::Write(request) = op else {
         return Ok(());
     };
+    // PLANTED BUG peer-forwards-key-commands.
+    if spike_sdk::planted!(PeerForwardsKeyCommands) {
+        return Ok(());
+    }
     match &request.command {
         Command::Secret(SecretCommand::Reseal { .. }) => Err(ForwardError::Invalid(
             "re-seals come from the leader's re-encryption, never from a peer".to_owned(),

@@ -42,9 +42,32 @@ pub mod identity;
 #[cfg(feature = "tonic")]
 pub mod keeper_api;
 pub mod net;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
 pub mod size;
 pub mod svid;
 pub mod tls;
+
+/// Whether the planted bug named by its `planted::Bug` variant is active
+/// (docs/planted-bugs.md): with the `planted-bugs` feature, whether
+/// `SPIKE_UNSAFE_PLANTED_BUG` names it.
+#[cfg(feature = "planted-bugs")]
+#[macro_export]
+macro_rules! planted {
+    ($bug:ident) => {
+        $crate::planted::active($crate::planted::Bug::$bug)
+    };
+}
+
+/// Whether a planted bug is active: never, in a build without the
+/// `planted-bugs` feature (the defect's code is dead and compiled out).
+#[cfg(not(feature = "planted-bugs"))]
+#[macro_export]
+macro_rules! planted {
+    ($bug:ident) => {
+        false
+    };
+}
 
 /// Exit code for a configuration or identity problem found at start-up,
 /// before any port is bound (`EX_USAGE` from sysexits.h).

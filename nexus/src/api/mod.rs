@@ -373,6 +373,9 @@ async fn dispatch(
         .await;
     let reply = match recorded {
         Ok(()) => reply,
+        // PLANTED BUG audit-after-answer: answered though its record is
+        // not durable.
+        Err(_) if spike_sdk::planted!(AuditAfterAnswer) => reply,
         Err(_) => {
             span.in_scope(|| {
                 tracing::warn!(
@@ -622,6 +625,12 @@ fn audit_excerpt(target: &str) -> String {
 /// ([`SessionRef::owner`]).
 fn session_of(caller: &str, headers: &HeaderMap) -> Option<SessionRef> {
     use sha2::{Digest, Sha256};
+    // PLANTED BUG session-ignores-caller: every caller is the same one.
+    let caller = if spike_sdk::planted!(SessionIgnoresCaller) {
+        ""
+    } else {
+        caller
+    };
     let client_id = headers.get(header::CLIENT_ID)?.to_str().ok()?;
     let sequence = headers.get(header::SEQUENCE)?.to_str().ok()?;
     let client_id = u128::from_str_radix(client_id, 16).ok()?;
@@ -797,6 +806,39 @@ mod tests {
         let declared = spool_body(dir.path(), &headers, streamed(vec![]), 1024).await;
         assert!(matches!(declared, Err(ApiError::Code(ErrorCode::TooLarge))));
         assert_eq!(files_in(dir.path()), 0);
+    }
+
+    #[test]
+    fn a_session_is_bound_to_its_caller_and_groups_under_the_callers_owner() {
+        let headers = |client_id: &'static str, sequence: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CLIENT_ID,
+                axum::http::HeaderValue::from_static(client_id),
+            );
+            headers.insert(
+                header::SEQUENCE,
+                axum::http::HeaderValue::from_static(sequence),
+            );
+            headers
+        };
+        let alice = "spiffe://example.org/workload/alice";
+        let bob = "spiffe://example.org/workload/bob";
+        let same = headers("00112233445566778899aabbccddeeff", "7");
+        let of_alice = session_of(alice, &same).expect("a session");
+        let of_bob = session_of(bob, &same).expect("a session");
+        assert_eq!(of_alice.sequence, 7);
+        // The same client id from another caller is another session, in
+        // another caller's block of the id space.
+        assert_ne!(of_alice.client_id, of_bob.client_id);
+        assert_ne!(of_alice.owner(), of_bob.owner());
+        let other = session_of(alice, &headers("1", "7")).expect("a session");
+        assert_ne!(other.client_id, of_alice.client_id);
+        assert_eq!(other.owner(), of_alice.owner());
+        assert!(
+            session_of(alice, &headers("1", "0")).is_none(),
+            "sequences start at 1"
+        );
     }
 
     #[test]

@@ -214,6 +214,10 @@ fn compile_changed(
             Err(error) => tracing::warn!(policy = %name, ?error, "policy ignored"),
         }
     }
+    // PLANTED BUG policy-cache-ignores-revocation: deleted policies stay.
+    if spike_sdk::planted!(PolicyCacheIgnoresRevocation) {
+        next.append(&mut previous);
+    }
     let set = PolicySet::from_shared(next.values().map(|(_, policy)| policy.clone()).collect());
     (set, next)
 }

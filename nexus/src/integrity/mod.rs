@@ -318,7 +318,8 @@ pub fn judge(own_id: u64, ours: &[Checkpoint], voters: &BTreeMap<u64, Vec<Checkp
         let Some((majority, holding)) = holders.iter().find(|(_, ids)| ids.len() >= quorum) else {
             continue;
         };
-        if *majority != checkpoint.digest {
+        // PLANTED BUG corruption-check-compares-nothing.
+        if *majority != checkpoint.digest && !spike_sdk::planted!(CorruptionCheckComparesNothing) {
             return Verdict::Differs {
                 index: checkpoint.index,
                 ours: checkpoint.digest,

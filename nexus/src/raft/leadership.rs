@@ -236,7 +236,10 @@ impl Leadership {
     }
 
     fn quorum_fresh(&self, metrics: &RaftMetrics<TypeConfig>) -> bool {
-        if metrics.membership_config.membership().voter_ids().count() <= 1 {
+        // PLANTED BUG read-index-without-quorum (1/2): never stale.
+        if metrics.membership_config.membership().voter_ids().count() <= 1
+            || spike_sdk::planted!(ReadIndexWithoutQuorum)
+        {
             return true;
         }
         metrics
@@ -439,6 +442,16 @@ impl Leadership {
     /// term, whose no-op covers them; the floor stays as a second guard.
     pub async fn read_index(&self) -> Result<u64, LeaderError> {
         let term = self.term();
+        // PLANTED BUG read-index-without-quorum (2/2): what this replica
+        // applied, with no round proving it still leads.
+        if spike_sdk::planted!(ReadIndexWithoutQuorum) && self.is_leader() {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            return Ok(metrics
+                .last_applied
+                .as_ref()
+                .map_or(0, |log_id| log_id.index));
+        }
         let linearizer = tokio::select! {
             linearizer = self.raft.get_read_linearizer(ReadPolicy::ReadIndex) => linearizer,
             () = self.quorum_lost() => return Err(LeaderError::NotLeader { leader: None }),

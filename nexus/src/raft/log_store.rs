@@ -353,7 +353,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 entries: encoded,
                 restamp,
             },
-            durable: true,
+            // PLANTED BUG ack-before-fsync: the append is acknowledged unsynced.
+            durable: !spike_sdk::planted!(AckBeforeFsync),
             then: Then::Flushed {
                 last,
                 restamp,

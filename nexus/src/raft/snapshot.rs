@@ -115,7 +115,11 @@ pub fn write(
     out.write_all(&format.to_be_bytes())?;
     write_part(&mut out, &encode(meta)?)?;
     dump_str_table(txn, META, &mut out)?;
-    dump_str_table(txn, SECRETS, &mut out)?;
+    if spike_sdk::planted!(SnapshotDropsNewestVersion) {
+        dump_secrets_without_newest_version(txn, &mut out)?;
+    } else {
+        dump_str_table(txn, SECRETS, &mut out)?;
+    }
     dump_str_table(txn, POLICIES, &mut out)?;
     // Numeric keys as big-endian bytes.
     let sessions = open_read(txn, SESSIONS)?;
@@ -179,6 +183,27 @@ fn dump_str_table(
         {
             let (key, value) = row.map_err(|e| io_error("read table for snapshot", e))?;
             write_row(out, key.value().as_bytes(), value.value())?;
+        }
+    }
+    out.write_all(&[0])
+}
+
+/// PLANTED BUG snapshot-drops-newest-version: the secrets table with each
+/// secret's newest version left out (and its current version moved back).
+fn dump_secrets_without_newest_version(
+    txn: &redb::ReadTransaction,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    if let Some(table) = open_read(txn, SECRETS)? {
+        for row in table
+            .iter()
+            .map_err(|e| io_error("read table for snapshot", e))?
+        {
+            let (key, value) = row.map_err(|e| io_error("read table for snapshot", e))?;
+            let mut record: SecretRecord = decode("secret", value.value())?;
+            record.versions.pop_last();
+            record.current_version = record.versions.keys().next_back().copied().unwrap_or(0);
+            write_row(out, key.value().as_bytes(), &encode(&record)?)?;
         }
     }
     out.write_all(&[0])

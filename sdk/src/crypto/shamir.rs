@@ -183,7 +183,8 @@ pub fn recover(shares: &[KeyShare], check: &KeyCheck) -> Result<RootKey, CryptoE
         combined.zeroize();
         RootKey::from_secret(secret.map_err(|_| invalid_length())?)
     };
-    if check.matches(&candidate) {
+    // PLANTED BUG skipped-key-check.
+    if check.matches(&candidate) || crate::planted!(SkippedKeyCheck) {
         Ok(candidate)
     } else {
         Err(CryptoError::KeyCheckMismatch)

@@ -172,3 +172,45 @@ async fn cipher_calls_count_toward_data_key_rotation_cluster_wide() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A leader whose followers stopped answering stops serving linearizable
+/// reads within the check-quorum window: it cannot prove that no newer
+/// leader took writes since (planted bugs local-reads and
+/// read-index-without-quorum answer from its own state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_followers_answers_no_linearizable_read() {
+    let cluster = cluster_with(&[], &[]);
+    let superuser = client(&cluster, "superuser").await;
+    let put = superuser
+        .post(
+            cluster.api(1),
+            "/v1/store/secrets",
+            json!({"path": "apps/billing/k", "values": {"k": "v"}}),
+        )
+        .await
+        .expect("put");
+    assert_eq!(put.status, 200, "{:?}", put.body);
+    let (leader, followers) = leader_and_followers(&superuser, &cluster).await;
+
+    phase("the followers freeze: the leader's reads are refused, not answered stale");
+    for id in followers {
+        cluster.signal(&format!("nexus-{id}"), "STOP");
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let read = superuser
+        .post(
+            cluster.api(leader),
+            "/v1/store/secrets?action=get",
+            json!({"path": "apps/billing/k"}),
+        )
+        .await;
+    for id in followers {
+        cluster.signal(&format!("nexus-{id}"), "CONT");
+    }
+    let read = read.expect("get");
+    assert_eq!(
+        read.status, 503,
+        "a leader without a quorum for 1.5 s answered a linearizable read: {:?}",
+        read.body
+    );
+}

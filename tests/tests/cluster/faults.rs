@@ -522,6 +522,58 @@ async fn a_rekey_replaces_the_root_key_and_every_replica_follows() {
     );
 }
 
+/// A root key is committed only after t keepers hold its shares: with
+/// fewer keepers up a rekey is refused, commits nothing, and the cluster
+/// keeps the key the keepers hold (planted bug shares-pushed-after-commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rekey_fewer_than_t_keepers_can_take_commits_nothing() {
+    let mut cluster = LocalCluster::up(&[]);
+    let ops = Operators::of(&cluster).await;
+    assert_eq!(
+        put(&ops.superuser, cluster.api(1), "old", "data")
+            .await
+            .status,
+        200
+    );
+
+    phase("three of five keepers down (threshold 3): a rekey is refused");
+    for index in 1..=3 {
+        cluster.act("stop", &format!("keeper-{index}"));
+    }
+    let refused = ops
+        .superuser
+        .post(
+            cluster.api(1),
+            "/v1/operator/rekey",
+            json!({ "shares": 5, "threshold": 3 }),
+        )
+        .await
+        .expect("rekey");
+    assert_ne!(
+        refused.status, 200,
+        "a rekey committed with two keepers up: {:?}",
+        refused.body
+    );
+    for id in 1..=3 {
+        let state = status(&ops.superuser, cluster.api(id))
+            .await
+            .expect("status");
+        assert_eq!(state["rootKey"]["rootKeyId"], 1, "replica {id}: {state}");
+    }
+
+    phase("keepers back: a restarted replica rebuilds the key they hold");
+    for index in 1..=3 {
+        cluster.act("start", &format!("keeper-{index}"));
+    }
+    cluster.act("kill", "nexus-2");
+    cluster.act("start", "nexus-2");
+    cluster.wait_ready(2, RECOVERY_LIMIT).await;
+    assert_eq!(
+        value_of(&get(&ops.superuser, cluster.api(2), "old").await).as_deref(),
+        Some("data")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_in_a_deep_directory_serves_identities_from_a_short_one() {
     // A unix socket path holds at most 107 bytes; a CI workspace or a long

@@ -68,6 +68,22 @@ impl KeyManager {
     ) -> Result<(RootKeyRecord, Response), KeyError> {
         let key_check = KeyCheck::of(root_key);
         let shares = split(root_key, params)?;
+        let record = RootKeyRecord {
+            root_key_id,
+            key_check: *key_check.as_bytes(),
+            wrapped_keyring,
+            shares: params.shares(),
+            threshold: params.threshold(),
+        };
+        // PLANTED BUG shares-pushed-after-commit: commit, then push, and
+        // whatever the keepers took is enough.
+        if spike_sdk::planted!(SharesPushedAfterCommit) {
+            let response = self.propose(command(record.clone())).await?;
+            self.keepers
+                .push(root_key_id, key_check, &shares, ShareKind::Pending)
+                .await;
+            return Ok((record, response));
+        }
         let acknowledged = self
             .keepers
             .push(root_key_id, key_check, &shares, ShareKind::Pending)
@@ -79,13 +95,6 @@ impl KeyManager {
                 needed,
             });
         }
-        let record = RootKeyRecord {
-            root_key_id,
-            key_check: *key_check.as_bytes(),
-            wrapped_keyring,
-            shares: params.shares(),
-            threshold: params.threshold(),
-        };
         let response = self.propose(command(record.clone())).await?;
         Ok((record, response))
     }
@@ -349,7 +358,13 @@ impl KeyManager {
             tracing::warn!("restore progress from an earlier leadership term was dropped");
         }
         let collected = lifecycle.restore.collected();
-        if collected < threshold {
+        // PLANTED BUG restore-short-of-threshold: one shard fewer will do.
+        let enough = if spike_sdk::planted!(RestoreShortOfThreshold) {
+            threshold.saturating_sub(1)
+        } else {
+            threshold
+        };
+        if collected < enough {
             return Ok(RestoreStatus {
                 collected,
                 remaining: threshold - collected,
