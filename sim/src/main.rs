@@ -287,7 +287,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 report_seed(due, wall, output, args, &mut totals);
                 due += 1;
                 let done = due - args.seed;
-                if args.progress > 0 && done % args.progress == 0 && due < end {
+                if args.progress > 0 && done.is_multiple_of(args.progress) && due < end {
                     println!(
                         "{}",
                         totals.progress(
