@@ -231,7 +231,9 @@ fn read_failed(error: &Error, reply: Reply) -> Completion {
 
 /// A failed write: `fail` only when it certainly did not happen, else
 /// `info` (timeouts, unreachable nodes, a leader that lost its quorum).
-fn write_failed(error: &Error, reply: Reply) -> Completion {
+/// Public for the simulator, whose operator rekeys with its own cluster's
+/// share counts.
+pub fn write_failed(error: &Error, reply: Reply) -> Completion {
     let failure = Failure {
         reply,
         error: error_kind(error),

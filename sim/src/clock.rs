@@ -8,6 +8,8 @@
 //! wins over libc's for every call from Rust code): while a run is under
 //! way, `CLOCK_MONOTONIC` and its variants read the simulated time; other
 //! clocks, and every call between runs, go to the kernel.
+//!
+//! It also measures the driver's children's CPU time ([`children_cpu`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,6 +32,12 @@ pub fn start_run() {
 /// Hands the clock back to the kernel between runs.
 pub fn end_run() {
     LAST_NS.store(NOW_NS.swap(0, Ordering::Relaxed), Ordering::Relaxed);
+}
+
+/// The kernel's monotonic clock, also while a run has its own: how long a
+/// seed's phases take in wall time.
+pub fn real_now() -> Duration {
+    Duration::from_nanos(real_monotonic_ns())
 }
 
 fn real_monotonic_ns() -> u64 {
@@ -86,6 +94,26 @@ pub unsafe extern "C" fn clock_gettime(
     }
     // SAFETY: the kernel's clock_gettime with the caller's arguments.
     unsafe { libc::syscall(libc::SYS_clock_gettime, clock, tp) as libc::c_int }
+}
+
+/// CPU time (user and system) of every child process waited for so far:
+/// the driver's measure of what its seeds cost, whatever else the machine
+/// runs.
+pub fn children_cpu() -> Duration {
+    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
+    #[allow(unsafe_code)]
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a writable rusage on our stack.
+    #[allow(unsafe_code)]
+    let done = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    if done != 0 {
+        return Duration::ZERO;
+    }
+    let time = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 #[cfg(test)]

@@ -54,6 +54,9 @@ pub struct Identities {
     pub keeper: Identity,
     /// The clients' SVID (a superuser operator).
     pub superuser: Identity,
+    /// A workload's SVID: the policy workload grants and revokes its read
+    /// access.
+    pub app: Identity,
 }
 
 impl Identities {
@@ -81,6 +84,7 @@ impl Identities {
             nexus: svid("/spike/nexus")?,
             keeper: svid("/spike/keeper")?,
             superuser: svid("/spike/pilot/role/superuser")?,
+            app: svid("/app/jepsen")?,
         })
     }
 }

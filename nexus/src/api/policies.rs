@@ -167,10 +167,14 @@ impl PolicyCache {
         let unlocked = node.keys.unlocked().ok_or(ApiError::NOT_READY)?;
         let stored = stored(node)?;
         let previous = std::mem::take(&mut *compiled);
-        let (set, next) =
-            tokio::task::spawn_blocking(move || compile_changed(previous, stored, &unlocked))
-                .await
-                .map_err(|e| ApiError::Internal(format!("policy compilation failed: {e}")))?;
+        // Off the async workers in a real replica; inline under a
+        // current-thread runtime, where a blocking thread would let the OS
+        // scheduler steer the simulator (a policy seed did not replay).
+        let (set, next) = crate::raft::run_blocking("policy compilation", move || {
+            compile_changed(previous, stored, &unlocked)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("policy compilation failed: {e}")))?;
         *compiled = next;
         *self
             .current
