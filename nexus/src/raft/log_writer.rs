@@ -52,6 +52,11 @@ pub(super) struct Write {
     pub(super) then: Then,
 }
 
+/// A change to some of the log's tables, made inside the group's
+/// transaction.
+pub(super) type TableChange =
+    Box<dyn FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error> + Send>;
+
 /// A change to the log's tables.
 pub(super) enum Change {
     /// New entries (index, stored bytes); `restamp` stamps the database
@@ -63,7 +68,7 @@ pub(super) enum Change {
     /// Anything else (vote, committed id, truncation, purge).
     Other {
         subject: &'static str,
-        change: Box<dyn FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error> + Send>,
+        change: TableChange,
     },
 }
 
