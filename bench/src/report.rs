@@ -498,6 +498,22 @@ fn memory_section(results: &Results) -> String {
                 peer.name
             );
         }
+        // The member added by the trial, once caught up.
+        if let Some(added) = trial.catch_up.as_ref().and_then(|c| c.disk.as_ref()) {
+            let _ = writeln!(
+                out,
+                "| {} | {} (added) | - | {} | {} |",
+                peer.name,
+                added.member,
+                mib(added.total_bytes),
+                added
+                    .parts
+                    .iter()
+                    .map(|(part, bytes)| format!("{part} {}", mib(*bytes)))
+                    .collect::<Vec<String>>()
+                    .join(", ")
+            );
+        }
     }
     out.push('\n');
     for (peer, trial) in &grown {
@@ -1067,7 +1083,11 @@ mod tests {
                 caught_up_ms: 8500.0,
                 target_index: Some(1_000_123),
                 snapshot_bytes: Some(400 * mib),
-                disk: None,
+                disk: Some(Footprint {
+                    member: "nexus-6".into(),
+                    total_bytes: 800 * mib,
+                    parts: vec![("snapshots".into(), 400 * mib)],
+                }),
             }),
         });
         results.peers[1].memory = Some(MemoryTrial {
@@ -1085,6 +1105,7 @@ mod tests {
             "With 1,000,000 keys, 3 members each",
             "| nexus | nexus-1 | 300 | 900.0 | state.redb 600.0, log.redb 50.0 |",
             "| nexus | nexus-2 | 310 | - |  |",
+            "| nexus | nexus-6 (added) | - | 800.0 | snapshots 400.0 |",
             "nexus: 1,000,000 keys written in 100.0 s (10,000/s); a member restarted (nexus-2) serves again in 1,234 ms; a new member, nexus-6, caught up to index 1000123 in 8,500 ms from a snapshot of 400.0 MiB.",
             "etcd 3.6.8: a member restarted serves again in 900 ms; a new member, etcd-6, caught up in 3,000 ms from the log alone, no snapshot.",
         ] {
