@@ -1,4 +1,4 @@
-//! The other side: a 3-member etcd cluster on loopback with client and peer
+//! The other side: a 3- or 5-member etcd cluster on loopback with client and peer
 //! mTLS and fsync on (etcd's default), driven over its native gRPC API the
 //! way `clientv3` does: one HTTP/2 connection per member, requests spread
 //! round-robin (etcd forwards to its leader internally).
@@ -26,6 +26,7 @@ mod proto {
     tonic::include_proto!("etcdserverpb");
 }
 
+use proto::cluster_client::ClusterClient;
 use proto::kv_client::KvClient;
 use proto::maintenance_client::MaintenanceClient;
 
@@ -114,6 +115,10 @@ pub fn version(binary: &Path) -> anyhow::Result<String> {
 /// How long [`EtcdCluster::leader`] waits for an elected leader.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a `member add` is asked again while etcd finds its cluster
+/// unhealthy (a member connected for less than 5 s).
+const MEMBER_ADD_WAIT: Duration = Duration::from_secs(30);
+
 /// One member: its client and peer ports and process.
 struct Member {
     name: String,
@@ -122,29 +127,58 @@ struct Member {
     child: Option<Child>,
 }
 
+/// Member `index`'s name and ports: client BASE+2i, peer BASE+2i+1.
+fn member(base_port: u16, index: usize) -> anyhow::Result<Member> {
+    let client = u16::try_from(index)
+        .ok()
+        .and_then(|i| base_port.checked_add(2 * i))
+        .filter(|port| *port < u16::MAX)
+        .context("etcd member ports past 65535")?;
+    Ok(Member {
+        name: format!("etcd-{}", index + 1),
+        client: SocketAddr::from(([127, 0, 0, 1], client)),
+        peer: SocketAddr::from(([127, 0, 0, 1], client + 1)),
+        child: None,
+    })
+}
+
 /// A running etcd cluster, killed on drop.
 pub struct EtcdCluster {
     binary: PathBuf,
     dir: PathBuf,
+    base_port: u16,
     members: Vec<Member>,
     config: Arc<rustls::ClientConfig>,
 }
 
+/// A member added to a loaded cluster, serving its data.
+pub struct Added {
+    /// Its name.
+    pub name: String,
+    /// From its `member add` (the one etcd accepted) to its first
+    /// linearizable read.
+    pub serving: Duration,
+    /// The leader's Raft index when it was added.
+    pub leader_index: u64,
+    /// The leader's database size when it was added, if the new member
+    /// got a snapshot (it holds a `.snap` file): etcd sends a member
+    /// behind its compacted log the whole database. None: it caught up
+    /// from the log.
+    pub snapshot_bytes: Option<u64>,
+}
+
 impl EtcdCluster {
-    /// Starts 3 members of `binary` in `dir` on ports from `base_port`.
-    pub fn up(binary: &Path, dir: &Path, base_port: u16) -> anyhow::Result<Self> {
+    /// Starts `replicas` members of `binary` in `dir` on ports from
+    /// `base_port`.
+    pub fn up(binary: &Path, dir: &Path, base_port: u16, replicas: usize) -> anyhow::Result<Self> {
         let pki = Pki::write(dir, "etcd")?;
-        let members: Vec<Member> = (0..3u16)
-            .map(|i| Member {
-                name: format!("etcd-{}", i + 1),
-                client: SocketAddr::from(([127, 0, 0, 1], base_port + 2 * i)),
-                peer: SocketAddr::from(([127, 0, 0, 1], base_port + 2 * i + 1)),
-                child: None,
-            })
-            .collect();
+        let members = (0..replicas)
+            .map(|index| member(base_port, index))
+            .collect::<anyhow::Result<Vec<Member>>>()?;
         let mut cluster = Self {
             binary: binary.to_owned(),
             dir: dir.to_owned(),
+            base_port,
             members,
             config: Arc::new(pki.client_config()?),
         };
@@ -293,6 +327,87 @@ impl EtcdCluster {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         Ok(began.elapsed())
+    }
+
+    /// Each member's name and data directory.
+    pub fn data_dirs(&self) -> Vec<(String, PathBuf)> {
+        self.members
+            .iter()
+            .map(|m| (m.name.clone(), self.dir.join(&m.name)))
+            .collect()
+    }
+
+    /// `member add` of a new member (a voter: etcd's learners serve no
+    /// linearizable reads), then its start with the new membership; waits
+    /// until it serves a linearizable read, that is, until it has applied
+    /// everything committed before the read (from the leader's snapshot,
+    /// when the leader has compacted its log past it).
+    pub async fn add_member_and_wait(&mut self, limit: Duration) -> anyhow::Result<Added> {
+        let leader = self.leader().await?;
+        let mut maintenance =
+            MaintenanceClient::new(channel(self.members[leader].client, self.config.clone()));
+        let status = maintenance
+            .status(proto::StatusRequest {})
+            .await
+            .context("etcd status of the leader")?
+            .into_inner();
+        let index = self.members.len();
+        let added = member(self.base_port, index)?;
+        let mut cluster =
+            ClusterClient::new(channel(self.members[leader].client, self.config.clone()));
+        // etcd refuses a voter while any member has been connected for
+        // less than 5 s ("unhealthy cluster"), as after the restart trial.
+        let asked = Instant::now();
+        let began = loop {
+            let add = cluster
+                .member_add(proto::MemberAddRequest {
+                    peer_ur_ls: vec![format!("https://{}", added.peer)],
+                    is_learner: false,
+                })
+                .await;
+            match add {
+                Ok(_) => break Instant::now(),
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable
+                        && asked.elapsed() < MEMBER_ADD_WAIT =>
+                {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(status) => {
+                    return Err(status)
+                        .with_context(|| format!("etcd member add of {}", added.name));
+                }
+            }
+        };
+        let name = added.name.clone();
+        self.members.push(added);
+        self.start(index, "existing")?;
+        let member = self.member_client(index);
+        while member.get(0, false).await.is_err() {
+            if began.elapsed() > limit {
+                bail!(
+                    "{name} does not serve {limit:?} after its member add; see {}",
+                    self.dir.join(format!("{name}.log")).display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let serving = began.elapsed();
+        // A member applying the log takes a snapshot of its own only after
+        // 10,000 entries (--snapshot-count), and a leader with that many
+        // has compacted its log: a .snap file here is the leader's.
+        let snap = self.dir.join(&name).join("member").join("snap");
+        let got_snapshot = std::fs::read_dir(&snap).is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|entry| entry.path().extension().is_some_and(|e| e == "snap"))
+        });
+        Ok(Added {
+            name,
+            serving,
+            leader_index: status.raft_index,
+            snapshot_bytes: got_snapshot.then(|| u64::try_from(status.db_size).unwrap_or(0)),
+        })
     }
 
     /// A client of member `index` alone.

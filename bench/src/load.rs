@@ -3,6 +3,7 @@
 //! percentiles are exact.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -124,15 +125,27 @@ pub fn value_of(size: usize) -> String {
 
 /// Writes every key once so reads find something.
 pub async fn preload<S: Store>(store: &Arc<S>, shape: &LoadShape) -> Result<(), String> {
+    preload_counted(store, shape, &Arc::new(AtomicU64::new(0))).await
+}
+
+/// [`preload`], adding each acknowledged write to `written` (for a
+/// progress report while a large store grows).
+pub async fn preload_counted<S: Store>(
+    store: &Arc<S>,
+    shape: &LoadShape,
+    written: &Arc<AtomicU64>,
+) -> Result<(), String> {
     let value = Arc::new(value_of(shape.value_size));
     let lanes = shape.clients.clamp(1, 64) as u64;
     let mut tasks = Vec::new();
     for lane in 0..lanes {
         let (store, value, keys) = (store.clone(), value.clone(), shape.keys);
+        let written = written.clone();
         tasks.push(tokio::spawn(async move {
             let mut key = lane;
             while key < keys {
                 store.put(key, &value).await?;
+                written.fetch_add(1, Ordering::Relaxed);
                 key += lanes;
             }
             Ok::<_, String>(())
@@ -229,8 +242,6 @@ pub async fn run<S: Store>(store: &Arc<S>, shape: &LoadShape) -> Outcome {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
     use super::*;
 
     struct Counting {

@@ -1,11 +1,12 @@
-//! `spike-bench`: drives the same load against our 3-replica cluster, a
-//! 3-member etcd cluster and a 3-node Vault cluster on this machine (all
-//! TLS with client certificates, all fsync on) and prints them side by
-//! side, with JSON and an SVG plot.
+//! `spike-bench`: drives the same load against our cluster, an etcd
+//! cluster and a Vault cluster of 3 (or 5) members each on this machine
+//! (all TLS with client certificates, all fsync on) and prints them side
+//! by side, with JSON and an SVG plot.
 //!
 //! ```text
 //! spike-bench compare                       # everything, defaults below
 //! spike-bench compare --targets nexus --clients 64 --duration 5s
+//! spike-bench compare --replicas 5 --memory-keys 1000000
 //! spike-bench compare --etcd-bin /path/to/etcd-3.6.8,/usr/bin/etcd
 //! spike-bench compare --vault-bin "$(bench/vault/build)"
 //! spike-bench report --from bench-results/results.json
@@ -16,7 +17,9 @@
 mod etcd;
 mod isolation;
 mod load;
+mod memory;
 mod nexus;
+mod ports;
 mod report;
 mod stages;
 mod teardown;
@@ -155,19 +158,30 @@ struct CompareArgs {
     /// kill -9 of the leader under writes, this many times per target.
     #[arg(long, default_value_t = 10)]
     failover_trials: usize,
-    /// After the runs, grow the store to this many keys and report
-    /// resident memory and restart time (0: skip).
+    /// After the runs, grow each store to this many keys (64 clients,
+    /// progress every 5 s) and report each member's resident memory and
+    /// data files on disk, one member's restart to serving, and a new
+    /// member added until it has caught up (ours: a spare joined as a
+    /// learner; etcd: `member add`; Vault: not measured) (0: skip).
     #[arg(long, default_value_t = 0)]
     memory_keys: u64,
+    /// Members of each cluster: 3 or 5. Ports from --base-port: our
+    /// replica n at BASE+10(n-1) to +2 (API, cluster, health; the memory
+    /// trial's spare is replica n+1), our keepers at BASE+101 to +105,
+    /// Vault node i at BASE+200+2i and +1, etcd binary k's member i at
+    /// BASE+300+20k+2i and +1 (client, peer; the memory trial's new member
+    /// is member n).
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
     /// Where the JSON, the SVG and the clusters' files go.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
     /// Directory of the built binaries (default: next to this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-    /// First of the loopback ports used (nexus from here, the first etcd
-    /// 100 above, each further etcd 10 above the one before, Vault 200
-    /// above).
+    /// First of the loopback ports used (see --replicas for the layout:
+    /// ours from here, Vault 200 above, the first etcd 300 above, each
+    /// further etcd 20 above the one before).
     #[arg(long, default_value_t = 27_000)]
     base_port: u16,
 }
@@ -280,14 +294,25 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         anyhow::bail!("--keys and every --clients level must be at least 1");
     }
     args.sizing.check_duration()?;
+    let etcd_count = if args.targets.contains(&Target::Etcd) {
+        args.etcd_bins.len()
+    } else {
+        0
+    };
+    let layout = ports::Layout::new(args.base_port, args.replicas, etcd_count)?;
     std::fs::create_dir_all(&args.out)?;
     let bin_dir = bin_dir_or_here(args.bin_dir.as_ref())?;
     let work = teardown::WorkDir::new("spike-bench")?;
+    let grown = memory::Sizing {
+        keys: args.memory_keys,
+        value_size: args.sizing.value_size,
+    };
     let mut results = Results {
         meta: report::Meta::now(
             args.sizing.duration,
             args.sizing.keys,
             args.sizing.value_size,
+            layout.replicas(),
         ),
         peers: Vec::new(),
         rows: Vec::new(),
@@ -313,7 +338,14 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 let dir = work.path().join("nexus");
                 let binary = bin_dir.join("nexus");
                 let mut peer = Peer::new("nexus", &version_of(&binary)?, &binary);
-                let mut cluster = nexus::NexusCluster::up(&bin_dir, &dir, args.base_port)?;
+                let replicas = layout.replicas().to_string();
+                let mut up = vec!["--replicas", replicas.as_str()];
+                // The memory trial's new member.
+                if args.memory_keys > 0 {
+                    up.extend(["--spares", "1"]);
+                }
+                let mut cluster =
+                    nexus::NexusCluster::up_with(&bin_dir, &dir, layout.nexus(), &up)?;
                 let store = Arc::new(cluster.client().await?);
                 results
                     .rows
@@ -321,7 +353,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 peer.failover =
                     Some(nexus_failover(&mut cluster, &store, args.failover_trials).await?);
                 if args.memory_keys > 0 {
-                    peer.memory = Some(nexus_memory(&mut cluster, &store, &args).await?);
+                    peer.memory = Some(memory::nexus(&mut cluster, &store, grown).await?);
                 }
                 results.peers.push(peer);
             }
@@ -330,13 +362,8 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                     let mut peer = Peer::new(&format!("etcd {version}"), version, binary);
                     let dir = work.path().join(format!("etcd-{}", index + 1));
                     std::fs::create_dir_all(&dir)?;
-                    let offset =
-                        u16::try_from(100 + 10 * index).context("too many --etcd-bin binaries")?;
-                    let base_port = args
-                        .base_port
-                        .checked_add(offset)
-                        .context("--base-port too high")?;
-                    let mut cluster = etcd::EtcdCluster::up(binary, &dir, base_port)?;
+                    let mut cluster =
+                        etcd::EtcdCluster::up(binary, &dir, layout.etcd(index), layout.replicas())?;
                     cluster.wait_ready(Duration::from_secs(30)).await?;
                     let store = Arc::new(cluster.client());
                     results
@@ -346,7 +373,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                         peer_failover(&mut cluster, store.as_ref(), args.failover_trials).await?,
                     );
                     if args.memory_keys > 0 {
-                        peer.memory = Some(etcd_memory(&mut cluster, &store, &args).await?);
+                        peer.memory = Some(memory::etcd(&mut cluster, &store, grown).await?);
                     }
                     results.peers.push(peer);
                 }
@@ -358,11 +385,9 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 let mut peer = Peer::new(&format!("vault {version}"), version, binary);
                 let dir = work.path().join("vault");
                 std::fs::create_dir_all(&dir)?;
-                let base_port = args
-                    .base_port
-                    .checked_add(200)
-                    .context("--base-port too high")?;
-                let mut cluster = vault::VaultCluster::up(binary, &dir, base_port).await?;
+                let mut cluster =
+                    vault::VaultCluster::up(binary, &dir, layout.vault(), layout.replicas())
+                        .await?;
                 let store = Arc::new(cluster.client());
                 results
                     .rows
@@ -370,7 +395,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 peer.failover =
                     Some(peer_failover(&mut cluster, store.as_ref(), args.failover_trials).await?);
                 if args.memory_keys > 0 {
-                    peer.memory = Some(vault_memory(&mut cluster, &store, &args).await?);
+                    peer.memory = Some(memory::vault(&mut cluster, &store, grown).await?);
                 }
                 results.peers.push(peer);
             }
@@ -629,76 +654,6 @@ async fn peer_failover<C: KillableCluster, S: Store>(
     Ok(json!({ "failover_gap": median_ms(gaps), "restart_to_serving": median_ms(restarts) }))
 }
 
-/// Longest a replica or member may take to serve again after a restart on
-/// a grown store.
-const MEMORY_RESTART_LIMIT: Duration = Duration::from_secs(120);
-
-fn memory_report(
-    args: &CompareArgs,
-    resident: &[(String, u64)],
-    restart: Duration,
-) -> serde_json::Value {
-    json!({
-        "keys": args.memory_keys,
-        "resident_kib": resident,
-        "restart_to_serving_ms": restart.as_secs_f64() * 1000.0,
-    })
-}
-
-/// Writes `--memory-keys` keys (the first `--keys` are overwritten).
-async fn grow<S: Store>(store: &Arc<S>, args: &CompareArgs) -> anyhow::Result<()> {
-    let shape = LoadShape {
-        workload: Workload::Put,
-        clients: 64,
-        duration: args.sizing.duration,
-        keys: args.memory_keys,
-        value_size: args.sizing.value_size,
-    };
-    load::preload(store, &shape)
-        .await
-        .map_err(anyhow::Error::msg)
-}
-
-async fn nexus_memory(
-    cluster: &mut nexus::NexusCluster,
-    store: &Arc<nexus::NexusStore>,
-    args: &CompareArgs,
-) -> anyhow::Result<serde_json::Value> {
-    grow(store, args).await?;
-    let resident = cluster.resident_kib();
-    let name = resident
-        .first()
-        .map(|(name, _)| name.clone())
-        .context("no replica")?;
-    cluster.act(Action::Kill, &name)?;
-    let took = cluster.restart_and_wait(&name, MEMORY_RESTART_LIMIT)?;
-    Ok(memory_report(args, &resident, took))
-}
-
-async fn etcd_memory(
-    cluster: &mut etcd::EtcdCluster,
-    store: &Arc<etcd::EtcdStore>,
-    args: &CompareArgs,
-) -> anyhow::Result<serde_json::Value> {
-    grow(store, args).await?;
-    let resident = cluster.resident_kib();
-    cluster.kill(0);
-    let took = cluster.restart_and_wait(0, MEMORY_RESTART_LIMIT).await?;
-    Ok(memory_report(args, &resident, took))
-}
-
-async fn vault_memory(
-    cluster: &mut vault::VaultCluster,
-    store: &Arc<vault::VaultStore>,
-    args: &CompareArgs,
-) -> anyhow::Result<serde_json::Value> {
-    grow(store, args).await?;
-    let resident = cluster.resident_kib();
-    cluster.kill(0);
-    let took = cluster.restart_and_wait(0, MEMORY_RESTART_LIMIT).await?;
-    Ok(memory_report(args, &resident, took))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -714,5 +669,19 @@ mod tests {
             Cli::try_parse_from(["spike-bench", "compare", "--duration", "10"]).is_err(),
             "a bare number needs a unit"
         );
+    }
+
+    #[test]
+    fn replicas_default_to_3_and_take_5() {
+        let parse = |more: &[&str]| {
+            let mut argv = vec!["spike-bench", "compare"];
+            argv.extend_from_slice(more);
+            match Cli::try_parse_from(argv) {
+                Ok(Cli::Compare(args)) => args.replicas,
+                _ => panic!("compare {more:?} does not parse"),
+            }
+        };
+        assert_eq!(parse(&[]), 3);
+        assert_eq!(parse(&["--replicas", "5"]), 5);
     }
 }

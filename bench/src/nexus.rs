@@ -1,5 +1,5 @@
-//! Our side: a 3-replica cluster started with `spike-dev-cluster` (dev
-//! identities, mTLS everywhere, fsynced redb), driven through the SDK.
+//! Our side: a 3- or 5-replica cluster started with `spike-dev-cluster`
+//! (dev identities, mTLS everywhere, fsynced redb), driven through the SDK.
 
 use spike_sdk::api::SecretValues;
 use spike_sdk::domain::SecretPath;
@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use spike_dev_cluster::{Action, ClusterFile, Launcher, probe};
+use spike_dev_cluster::{Action, ClusterFile, Launcher, Membership, probe};
 use spike_sdk::client::{NexusClient, Settings};
 use spike_sdk::identity::TrustRoots;
 use spike_sdk::svid::{SvidSource, WORKLOAD_API_TIMEOUT_DEFAULT};
@@ -124,6 +124,11 @@ impl NexusCluster {
 
     /// A superuser SDK client for every replica.
     pub async fn client(&self) -> anyhow::Result<NexusStore> {
+        self.client_with(Settings::new(self.endpoints())).await
+    }
+
+    /// A superuser SDK client with `settings`.
+    async fn client_with(&self, settings: Settings) -> anyhow::Result<NexusStore> {
         let identity = self
             .file
             .svid_source("superuser")?
@@ -131,7 +136,118 @@ impl NexusCluster {
             .await?;
         let roots = TrustRoots::from_environment(&[])?;
         Ok(NexusStore {
-            client: NexusClient::new(identity, roots, Settings::new(self.endpoints()))?,
+            client: NexusClient::new(identity, roots, settings)?,
+        })
+    }
+
+    /// Each replica's (spares' too) name and data directory.
+    pub fn data_dirs(&self) -> Vec<(String, PathBuf)> {
+        self.file
+            .replicas()
+            .filter(|(process, _)| process.pid.is_some())
+            .map(|(process, replica)| (process.name.clone(), replica.data_dir.clone()))
+            .collect()
+    }
+
+    /// Each serving replica's name and health address.
+    fn health_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.file
+            .serving_replicas()
+            .map(|(process, replica)| (process.name.clone(), replica.health_addr))
+            .collect()
+    }
+
+    /// The leader's name and applied index, from each replica's
+    /// `/metrics` (`spike_raft_is_leader`, `spike_raft_applied_index`).
+    pub fn leader_applied(&self) -> anyhow::Result<(String, u64)> {
+        let began = Instant::now();
+        loop {
+            for (name, health) in self.health_addrs() {
+                let Some(text) = probe::scrape(health, METRICS_TIMEOUT) else {
+                    continue;
+                };
+                if metric(&text, "spike_raft_is_leader", None) == Some(1) {
+                    let applied = metric(&text, "spike_raft_applied_index", None)
+                        .context("the leader's /metrics has no spike_raft_applied_index")?;
+                    return Ok((name, applied));
+                }
+            }
+            if began.elapsed() > LEADER_WAIT {
+                bail!("no replica says it leads after {LEADER_WAIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The first spare of the cluster file.
+    pub fn spare(&self) -> Option<String> {
+        self.file
+            .replicas()
+            .find(|(process, _)| process.membership == Membership::Spare)
+            .map(|(process, _)| process.name.clone())
+    }
+
+    /// Starts spare `name` with --join and adds it as a learner; waits
+    /// until it is ready and has applied at least the leader's applied
+    /// index at the add. The leader sends it its latest snapshot when it
+    /// has purged the log entries the new replica lacks.
+    pub async fn join_and_wait(&mut self, name: &str, limit: Duration) -> anyhow::Result<Joined> {
+        let (_, target_index) = self.leader_applied()?;
+        let began = Instant::now();
+        self.act(Action::Join, name)?;
+        let replica = self
+            .file
+            .process(name)?
+            .replica()
+            .context("not a replica")?
+            .clone();
+        let id = spike_sdk::domain::NodeId::new(replica.id).context("a replica id of 0")?;
+        // The add returns once the leader has caught the learner up: it may
+        // take as long as the catch-up itself, so no short timeout, and no
+        // retry of an add that may have happened.
+        let mut settings = Settings::new(self.endpoints());
+        settings.request_timeout = limit;
+        settings.retry.attempts_max = 1;
+        settings.retry.deadline = limit;
+        let admin = self.client_with(settings).await?;
+        let add = tokio::spawn(async move {
+            admin
+                .client
+                .add_member(id, replica.cluster_addr, replica.api_addr)
+                .await
+        });
+        let health = replica.health_addr;
+        let caught_up = tokio::task::spawn_blocking(move || {
+            while began.elapsed() < limit {
+                if probe::ready(health, READY_PROBE_TIMEOUT)
+                    && probe::gauge(health, "spike_raft_applied_index", METRICS_TIMEOUT)
+                        .is_some_and(|applied| applied >= target_index)
+                {
+                    return Some(began.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            None
+        })
+        .await?;
+        let added = add.await?;
+        let Some(caught_up) = caught_up else {
+            bail!(
+                "{name} not caught up to index {target_index} after {limit:?} (add: {})",
+                added.map_or_else(|e| e.to_string(), |()| "done".to_owned())
+            );
+        };
+        added.with_context(|| format!("the add of {name}"))?;
+        let joined_metrics = probe::scrape(health, METRICS_TIMEOUT).unwrap_or_default();
+        Ok(Joined {
+            caught_up,
+            target_index,
+            installed_bytes: metric(
+                &joined_metrics,
+                "spike_raft_snapshot_size_bytes",
+                Some("operation=\"install\""),
+            )
+            .filter(|bytes| *bytes > 0),
         })
     }
 
@@ -145,6 +261,42 @@ impl NexusCluster {
             })
             .collect()
     }
+}
+
+/// How long one scrape of a replica's `/metrics` may take.
+const METRICS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long [`NexusCluster::leader_applied`] waits for a leader.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// A spare that joined a loaded cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Joined {
+    /// From its start to ready with the leader's applied index.
+    pub caught_up: Duration,
+    /// The leader's applied index when it was added.
+    pub target_index: u64,
+    /// The snapshot it installed, bytes (none: it caught up from the log).
+    pub installed_bytes: Option<u64>,
+}
+
+/// The value of `name` in a `/metrics` text: the first series whose
+/// labels contain `label` (any series without), as a whole number.
+fn metric(text: &str, name: &str, label: Option<&str>) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        if !rest.starts_with([' ', '{']) {
+            return None;
+        }
+        if let Some(label) = label {
+            let labels = rest.strip_prefix('{')?.split('}').next()?;
+            if !labels.split(',').any(|pair| pair == label) {
+                return None;
+            }
+        }
+        let value: f64 = rest.split_whitespace().last()?.parse().ok()?;
+        (value >= 0.0).then_some(value as u64)
+    })
 }
 
 /// Runs `spike-dev-cluster ARGS --dir DIR`, unless a teardown has begun
@@ -242,5 +394,41 @@ impl Store for NexusStore {
             .await
             .map(drop)
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_metric_is_found_by_name_and_label() {
+        let text = "\
+# TYPE spike_raft_snapshot_size_bytes gauge
+spike_raft_snapshot_size_bytes{node=\"1\",operation=\"build\"} 4096
+spike_raft_snapshot_size_bytes{node=\"1\",operation=\"install\"} 0
+spike_raft_applied_index_total 3
+spike_raft_applied_index{node=\"1\"} 1234
+";
+        let install = Some("operation=\"install\"");
+        let build = Some("operation=\"build\"");
+        assert_eq!(
+            metric(text, "spike_raft_snapshot_size_bytes", build),
+            Some(4096)
+        );
+        assert_eq!(
+            metric(text, "spike_raft_snapshot_size_bytes", install),
+            Some(0)
+        );
+        assert_eq!(metric(text, "spike_raft_applied_index", None), Some(1234));
+        assert_eq!(metric(text, "spike_raft_is_leader", None), None);
+        assert_eq!(
+            metric(
+                text,
+                "spike_raft_applied_index",
+                Some("operation=\"build\"")
+            ),
+            None
+        );
     }
 }

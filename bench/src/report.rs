@@ -31,7 +31,9 @@ pub struct Meta {
     pub build: String,
     /// spike-bench's own version.
     pub spike_bench: String,
-    /// Members of each cluster.
+    /// Members of each cluster (3 or 5; 3 in documents from before
+    /// `--replicas`).
+    #[serde(default = "replicas_before_the_flag")]
     pub replicas: usize,
     /// Length of each cell, seconds.
     pub duration_s: f64,
@@ -65,8 +67,71 @@ pub struct Peer {
     pub binary: String,
     /// Kill -9 of the leader: the gap and the restart (medians, ms).
     pub failover: Option<serde_json::Value>,
-    /// The grown store: resident memory and restart time.
-    pub memory: Option<serde_json::Value>,
+    /// The grown store: resident memory, files on disk, restart time and
+    /// a new member catching up.
+    pub memory: Option<MemoryTrial>,
+}
+
+/// Every cluster had 3 members before `--replicas` came.
+fn replicas_before_the_flag() -> usize {
+    3
+}
+
+/// A peer's store grown to many keys (`--memory-keys`). Documents from
+/// before the files on disk and the catch-up lack those (empty, none).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MemoryTrial {
+    /// Keys written.
+    pub keys: u64,
+    /// Seconds the writes took (64 clients).
+    #[serde(default)]
+    pub load_s: Option<f64>,
+    /// Resident memory of each member, KiB.
+    pub resident_kib: Vec<(String, u64)>,
+    /// Each member's data files.
+    #[serde(default)]
+    pub disk: Vec<Footprint>,
+    /// The member restarted (kill -9, then start), when named.
+    #[serde(default)]
+    pub restarted: Option<String>,
+    /// From its start to serving again, ms.
+    pub restart_to_serving_ms: f64,
+    /// A member added to the grown cluster (none: not measured).
+    #[serde(default)]
+    pub catch_up: Option<CatchUp>,
+}
+
+/// One member's data directory on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Footprint {
+    /// The member.
+    pub member: String,
+    /// Bytes of everything in its data directory.
+    pub total_bytes: u64,
+    /// The files and directories that matter (its state, its log, its
+    /// snapshots), bytes each, relative to its data directory.
+    pub parts: Vec<(String, u64)>,
+}
+
+/// A member added to the grown cluster, until it serves with the data.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CatchUp {
+    /// The new member.
+    pub member: String,
+    /// From its start (and the add) to caught up, ms: ours, ready with
+    /// the leader's applied index at the add; etcd, serving a
+    /// linearizable read.
+    pub caught_up_ms: f64,
+    /// The index it had to reach (ours: the leader's applied index; etcd:
+    /// the leader's Raft index at the add).
+    pub target_index: Option<u64>,
+    /// The snapshot it was sent, bytes: ours, the one it installed
+    /// (`spike_raft_snapshot_size_bytes{operation="install"}`); etcd, the
+    /// leader's database, which is what etcd sends. None if it caught up
+    /// from the log alone.
+    pub snapshot_bytes: Option<u64>,
+    /// Its data directory once caught up.
+    pub disk: Option<Footprint>,
 }
 
 impl Peer {
@@ -84,7 +149,7 @@ impl Peer {
 
 impl Meta {
     /// This machine, now, with these settings.
-    pub fn now(duration: Duration, keys: u64, value_size: usize) -> Self {
+    pub fn now(duration: Duration, keys: u64, value_size: usize, replicas: usize) -> Self {
         let date = time::OffsetDateTime::now_utc()
             .replace_nanosecond(0)
             .ok()
@@ -103,7 +168,7 @@ impl Meta {
             }
             .to_owned(),
             spike_bench: env!("CARGO_PKG_VERSION").to_owned(),
-            replicas: 3,
+            replicas,
             duration_s: duration.as_secs_f64(),
             keys,
             value_size,
@@ -335,7 +400,6 @@ pub fn markdown(results: &Results) -> String {
     out.push_str(&table(results));
     let mut failover = Vec::new();
     let mut restart = Vec::new();
-    let mut memory = Vec::new();
     for peer in &results.peers {
         let trials = peer
             .failover
@@ -356,33 +420,6 @@ pub fn markdown(results: &Results) -> String {
         ) {
             restart.push(format!("{} {text}", peer.name));
         }
-        if let Some(grown) = &peer.memory {
-            let resident: Vec<u64> = grown
-                .get("resident_kib")
-                .and_then(serde_json::Value::as_array)
-                .map(|members| {
-                    members
-                        .iter()
-                        .filter_map(|member| member.get(1)?.as_u64())
-                        .collect()
-                })
-                .unwrap_or_default();
-            let (low, high) = (
-                resident.iter().min().copied().unwrap_or(0),
-                resident.iter().max().copied().unwrap_or(0),
-            );
-            let restart_ms = grown
-                .get("restart_to_serving_ms")
-                .and_then(serde_json::Value::as_f64)
-                .unwrap_or(0.0);
-            memory.push(format!(
-                "{} {}-{} MiB per member, restart to serving {} ms",
-                peer.name,
-                low / 1024,
-                high / 1024,
-                thousands(restart_ms)
-            ));
-        }
     }
     if !failover.is_empty() {
         let _ = writeln!(
@@ -398,23 +435,126 @@ pub fn markdown(results: &Results) -> String {
             restart.join("; ")
         );
     }
-    if !memory.is_empty() {
-        let keys = results
-            .peers
-            .iter()
-            .find_map(|peer| peer.memory.as_ref()?.get("keys")?.as_u64())
-            .unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "With {} keys: {}.",
-            thousands(keys as f64),
-            memory.join("; ")
-        );
-    }
+    out.push_str(&memory_section(results));
     let _ = writeln!(
         out,
         "\nRendered by `spike-bench report --from results.json` (the table, this text and plot.svg)."
     );
+    out
+}
+
+/// Bytes as MiB with one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// The grown stores: a row per member (resident memory, data files on
+/// disk), then each peer's restart and new member catching up.
+fn memory_section(results: &Results) -> String {
+    let grown: Vec<(&Peer, &MemoryTrial)> = results
+        .peers
+        .iter()
+        .filter_map(|peer| Some((peer, peer.memory.as_ref()?)))
+        .collect();
+    let Some((_, first)) = grown.first() else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nWith {} keys, {} members each (a row per member; files on disk in MiB):\n",
+        thousands(first.keys as f64),
+        results.meta.replicas
+    );
+    let _ = writeln!(
+        out,
+        "| peer | member | resident MiB | on disk MiB | of which |\n|---|---|---:|---:|---|"
+    );
+    for (peer, trial) in &grown {
+        let mut members: Vec<&str> = trial.resident_kib.iter().map(|(m, _)| m.as_str()).collect();
+        for footprint in &trial.disk {
+            if !members.contains(&footprint.member.as_str()) {
+                members.push(&footprint.member);
+            }
+        }
+        for member in members {
+            let resident = trial
+                .resident_kib
+                .iter()
+                .find(|(name, _)| name == member)
+                .map_or("-".to_owned(), |(_, kib)| thousands(*kib as f64 / 1024.0));
+            let footprint = trial.disk.iter().find(|f| f.member == member);
+            let total = footprint.map_or("-".to_owned(), |f| mib(f.total_bytes));
+            let parts = footprint.map_or(String::new(), |f| {
+                f.parts
+                    .iter()
+                    .map(|(part, bytes)| format!("{part} {}", mib(*bytes)))
+                    .collect::<Vec<String>>()
+                    .join(", ")
+            });
+            let _ = writeln!(
+                out,
+                "| {} | {member} | {resident} | {total} | {parts} |",
+                peer.name
+            );
+        }
+        // The member added by the trial, once caught up.
+        if let Some(added) = trial.catch_up.as_ref().and_then(|c| c.disk.as_ref()) {
+            let _ = writeln!(
+                out,
+                "| {} | {} (added) | - | {} | {} |",
+                peer.name,
+                added.member,
+                mib(added.total_bytes),
+                added
+                    .parts
+                    .iter()
+                    .map(|(part, bytes)| format!("{part} {}", mib(*bytes)))
+                    .collect::<Vec<String>>()
+                    .join(", ")
+            );
+        }
+    }
+    out.push('\n');
+    for (peer, trial) in &grown {
+        let mut line = format!("{}:", peer.name);
+        if let Some(load_s) = trial.load_s.filter(|s| *s > 0.0) {
+            let _ = write!(
+                line,
+                " {} keys written in {load_s:.1} s ({}/s);",
+                thousands(trial.keys as f64),
+                thousands(trial.keys as f64 / load_s)
+            );
+        }
+        let restarted = trial
+            .restarted
+            .as_deref()
+            .map_or(String::new(), |name| format!(" ({name})"));
+        let _ = write!(
+            line,
+            " a member restarted{restarted} serves again in {} ms",
+            thousands(trial.restart_to_serving_ms)
+        );
+        match &trial.catch_up {
+            Some(catch_up) => {
+                let index = catch_up
+                    .target_index
+                    .map_or(String::new(), |index| format!(" to index {index}"));
+                let sent = match catch_up.snapshot_bytes {
+                    Some(bytes) => format!("a snapshot of {} MiB", mib(bytes)),
+                    None => "the log alone, no snapshot".to_owned(),
+                };
+                let _ = write!(
+                    line,
+                    "; a new member, {}, caught up{index} in {} ms from {sent}",
+                    catch_up.member,
+                    thousands(catch_up.caught_up_ms)
+                );
+            }
+            None => line.push_str("; a new member catching up: not measured"),
+        }
+        let _ = writeln!(out, "{line}.");
+    }
     out
 }
 
@@ -781,7 +921,7 @@ mod tests {
     }
 
     fn results(rows: Vec<Row>) -> Results {
-        let mut meta = Meta::now(Duration::from_secs(1), 10, 256);
+        let mut meta = Meta::now(Duration::from_secs(1), 10, 256, 3);
         meta.date = "2026-12-07T19:00:00Z".into();
         Results {
             meta,
@@ -875,6 +1015,106 @@ mod tests {
             assert!(svg.contains(name), "{name} missing");
         }
         points_inside(&svg);
+    }
+
+    #[test]
+    fn the_replica_count_is_in_the_caption_and_the_plot_title() {
+        let mut five = results(vec![row("nexus", Workload::Put, 1, 600.0, 2.0)]);
+        five.meta.replicas = 5;
+        assert!(
+            markdown(&five).contains("; 5 members each,"),
+            "{}",
+            markdown(&five)
+        );
+        assert!(svg(&five).contains(">5 members each,"));
+        let three = results(vec![row("nexus", Workload::Put, 1, 600.0, 2.0)]);
+        assert!(markdown(&three).contains("; 3 members each,"));
+    }
+
+    #[test]
+    fn a_document_from_before_replicas_and_footprints_still_renders() {
+        let mut old =
+            serde_json::to_value(results(vec![row("nexus", Workload::Put, 1, 600.0, 2.0)]))
+                .expect("serialises");
+        old["meta"]
+            .as_object_mut()
+            .expect("meta")
+            .remove("replicas");
+        old["peers"][0]["memory"] = serde_json::json!({
+            "keys": 100000,
+            "resident_kib": [["nexus-1", 146432], ["nexus-2", 150528]],
+            "restart_to_serving_ms": 158.2,
+        });
+        let results: Results = serde_json::from_value(old).expect("an older document reads");
+        assert_eq!(results.meta.replicas, 3);
+        let text = markdown(&results);
+        assert!(text.contains("; 3 members each,"), "{text}");
+        assert!(text.contains("With 100,000 keys, 3 members each"), "{text}");
+        assert!(text.contains("| nexus | nexus-2 | 147 | - |  |"), "{text}");
+        assert!(
+            text.contains("nexus: a member restarted serves again in 158 ms; a new member catching up: not measured."),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_memory_trial_shows_every_member_its_files_and_the_catch_up() {
+        let mut results = results(vec![row("nexus", Workload::Put, 1, 600.0, 2.0)]);
+        let mib = 1024 * 1024;
+        results.peers[0].memory = Some(MemoryTrial {
+            keys: 1_000_000,
+            load_s: Some(100.0),
+            resident_kib: vec![
+                ("nexus-1".into(), 300 * 1024),
+                ("nexus-2".into(), 310 * 1024),
+            ],
+            disk: vec![Footprint {
+                member: "nexus-1".into(),
+                total_bytes: 900 * mib,
+                parts: vec![
+                    ("state.redb".into(), 600 * mib),
+                    ("log.redb".into(), 50 * mib),
+                ],
+            }],
+            restarted: Some("nexus-2".into()),
+            restart_to_serving_ms: 1234.0,
+            catch_up: Some(CatchUp {
+                member: "nexus-6".into(),
+                caught_up_ms: 8500.0,
+                target_index: Some(1_000_123),
+                snapshot_bytes: Some(400 * mib),
+                disk: Some(Footprint {
+                    member: "nexus-6".into(),
+                    total_bytes: 800 * mib,
+                    parts: vec![("snapshots".into(), 400 * mib)],
+                }),
+            }),
+        });
+        results.peers[1].memory = Some(MemoryTrial {
+            keys: 1_000_000,
+            restart_to_serving_ms: 900.0,
+            catch_up: Some(CatchUp {
+                member: "etcd-6".into(),
+                caught_up_ms: 3000.0,
+                ..CatchUp::default()
+            }),
+            ..MemoryTrial::default()
+        });
+        let text = markdown(&results);
+        for wanted in [
+            "With 1,000,000 keys, 3 members each",
+            "| nexus | nexus-1 | 300 | 900.0 | state.redb 600.0, log.redb 50.0 |",
+            "| nexus | nexus-2 | 310 | - |  |",
+            "| nexus | nexus-6 (added) | - | 800.0 | snapshots 400.0 |",
+            "nexus: 1,000,000 keys written in 100.0 s (10,000/s); a member restarted (nexus-2) serves again in 1,234 ms; a new member, nexus-6, caught up to index 1000123 in 8,500 ms from a snapshot of 400.0 MiB.",
+            "etcd 3.6.8: a member restarted serves again in 900 ms; a new member, etcd-6, caught up in 3,000 ms from the log alone, no snapshot.",
+        ] {
+            assert!(text.contains(wanted), "{wanted} missing from:\n{text}");
+        }
+        let again: Results =
+            serde_json::from_str(&serde_json::to_string(&results).expect("serialises"))
+                .expect("reads back");
+        assert_eq!(markdown(&again), text);
     }
 
     #[test]

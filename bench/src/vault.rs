@@ -1,4 +1,4 @@
-//! A real secrets manager beside ours: a 3-node Vault cluster on its
+//! A real secrets manager beside ours: a 3- or 5-node Vault cluster on its
 //! integrated Raft storage (BoltDB, fsync on) with TLS 1.3 and client
 //! certificates on loopback, initialised with one unseal key share,
 //! unsealed and joined by this driver, and driven over Vault's HTTP API
@@ -98,20 +98,33 @@ pub struct VaultCluster {
 }
 
 impl VaultCluster {
-    /// Starts 3 nodes of `binary` in `dir` on ports from `base_port`,
-    /// initialises the first, unseals it, joins and unseals the other two,
-    /// and mounts KV v2 at `kv/` and transit at `transit/` with a key.
-    pub async fn up(binary: &Path, dir: &Path, base_port: u16) -> anyhow::Result<Self> {
+    /// Starts `replicas` nodes of `binary` in `dir` on ports from
+    /// `base_port` (API BASE+2i, cluster BASE+2i+1), initialises the
+    /// first, unseals it, joins and unseals the others, and mounts KV v2
+    /// at `kv/` and transit at `transit/` with a key.
+    pub async fn up(
+        binary: &Path,
+        dir: &Path,
+        base_port: u16,
+        replicas: usize,
+    ) -> anyhow::Result<Self> {
         let pki = Pki::write(dir, "vault")?;
         let tls = Arc::new(pki.client_config()?);
-        let nodes: Vec<Node> = (0..3u16)
-            .map(|i| Node {
-                name: format!("vault-{}", i + 1),
-                api: SocketAddr::from(([127, 0, 0, 1], base_port + 2 * i)),
-                cluster: SocketAddr::from(([127, 0, 0, 1], base_port + 2 * i + 1)),
-                child: None,
+        let nodes = (0..replicas)
+            .map(|index| {
+                let api = u16::try_from(index)
+                    .ok()
+                    .and_then(|i| base_port.checked_add(2 * i))
+                    .filter(|port| *port < u16::MAX)
+                    .context("vault node ports past 65535")?;
+                Ok(Node {
+                    name: format!("vault-{}", index + 1),
+                    api: SocketAddr::from(([127, 0, 0, 1], api)),
+                    cluster: SocketAddr::from(([127, 0, 0, 1], api + 1)),
+                    child: None,
+                })
             })
-            .collect();
+            .collect::<anyhow::Result<Vec<Node>>>()?;
         let mut cluster = Self {
             binary: binary.to_owned(),
             dir: dir.to_owned(),
@@ -443,6 +456,14 @@ log_level     = "warn"
             );
         }
         Ok(took)
+    }
+
+    /// Each node's name and data directory.
+    pub fn data_dirs(&self) -> Vec<(String, PathBuf)> {
+        self.nodes
+            .iter()
+            .map(|node| (node.name.clone(), self.dir.join(&node.name)))
+            .collect()
     }
 
     /// Resident memory (KiB) of each node.
