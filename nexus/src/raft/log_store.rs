@@ -35,12 +35,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{decode, encode};
 use super::format::{ClusterFormat, decode_stamped, encode_stamped, stamp_of};
-use super::log_writer::{self, Change, Pending, Then, Write};
+use super::log_writer::{self, Change, LOG, Pending, Then, Write};
 use super::{EntryOf, LogIdOf, TypeConfig, VoteOf, io_error};
 use crate::metrics::RaftMetrics;
 
-/// Log index -> encoded entry.
-pub(super) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// "vote", "purged", "committed" -> encoded value.
 const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("log_meta");
 const KEY_VOTE: &str = "vote";

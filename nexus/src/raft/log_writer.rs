@@ -38,6 +38,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::{EntryOf, LogIdOf, TypeConfig, io_error};
 use crate::metrics::RaftMetrics;
 
+/// Log index -> encoded entry: the table appends go to (the log store
+/// reads it and keeps its other tables).
+pub(super) const LOG: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("log");
+
 /// Writes queued for the writer, at most; Raft waits (it awaits `append`)
 /// while the queue is full.
 pub(super) const QUEUE_MAX: usize = 256;
@@ -253,9 +257,7 @@ fn commit(target: &Target, changes: Vec<Change>, durable: bool) -> io::Result<()
                 restamp: stamp,
             } => {
                 let what = "append log entries";
-                let mut table = txn
-                    .open_table(super::log_store::LOG)
-                    .map_err(|e| io_error(what, e))?;
+                let mut table = txn.open_table(LOG).map_err(|e| io_error(what, e))?;
                 for (index, bytes) in &entries {
                     table
                         .insert(*index, bytes.as_slice())
