@@ -617,6 +617,11 @@ mod tests {
         }
     }
 
+    /// The log at `path`, without a forward, metrics unwatched.
+    fn open_at(path: &Path, durability: AuditDurability) -> io::Result<AuditLog> {
+        AuditLog::open(path, origin(), None, durability, AuditMetrics::default())
+    }
+
     fn verify(path: &Path) -> spike_sdk::audit::Verified {
         let file = std::io::BufReader::new(File::open(path).expect("open"));
         spike_sdk::audit::verify(file).expect("intact")
@@ -626,14 +631,7 @@ mod tests {
     async fn a_new_file_starts_with_genesis_and_a_restart_continues_it() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("audit.log");
-        let log = AuditLog::open(
-            &path,
-            origin(),
-            None,
-            AuditDurability::Fsync,
-            AuditMetrics::default(),
-        )
-        .expect("open");
+        let log = open_at(&path, AuditDurability::Fsync).expect("open");
         log.record(entry("a")).await.expect("durable");
         // The record is on disk when record returns.
         let verified = verify(&path);
@@ -645,14 +643,7 @@ mod tests {
             "spiffe://spike.ist/spike/nexus/3"
         );
         drop(log);
-        let again = AuditLog::open(
-            &path,
-            origin(),
-            None,
-            AuditDurability::Fsync,
-            AuditMetrics::default(),
-        )
-        .expect("reopen");
+        let again = open_at(&path, AuditDurability::Fsync).expect("reopen");
         again.record(entry("b")).await.expect("durable");
         assert_eq!(verify(&path).records, 3, "one genesis, then continued");
     }
@@ -678,14 +669,7 @@ mod tests {
     async fn under_write_durability_records_are_in_the_file_when_answered() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("audit.log");
-        let log = AuditLog::open(
-            &path,
-            origin(),
-            None,
-            AuditDurability::Write,
-            AuditMetrics::default(),
-        )
-        .expect("open");
+        let log = open_at(&path, AuditDurability::Write).expect("open");
         for i in 0..3 {
             log.record(entry(&format!("p/{i}"))).await.expect("written");
             assert_eq!(
@@ -695,14 +679,7 @@ mod tests {
             );
         }
         drop(log);
-        let again = AuditLog::open(
-            &path,
-            origin(),
-            None,
-            AuditDurability::Fsync,
-            AuditMetrics::default(),
-        )
-        .expect("reopen");
+        let again = open_at(&path, AuditDurability::Fsync).expect("reopen");
         again.record(entry("p/3")).await.expect("durable");
         assert_eq!(verify(&path).records, 5, "the chain goes on across modes");
     }
